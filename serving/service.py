@@ -1,0 +1,38 @@
+"""The Tonle BentoML service: ``bentoml serve serving.service:Tonle``."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import bentoml
+
+from models.logs import configure_logging
+from serving.app import create_app
+from serving.runtime import Runtime
+from serving.settings import Settings
+
+__all__ = ["Tonle"]
+
+logger = logging.getLogger(__name__)
+
+app = create_app()
+
+
+@bentoml.service(name="tonle", traffic={"timeout": 30})
+@bentoml.asgi_app(app, path="/")
+class Tonle:
+    """Verified ONNX models behind CDS Hooks, FHIR and REST routes."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_json)
+        self.runtime = Runtime.load(settings)
+        app.state.runtime = self.runtime
+        self.runtime.ready = True
+        # Objects made at start-up never change; keep the GC from rescanning them.
+        gc.freeze()
+        logger.info("Tonle ready with %d model(s)", len(self.runtime.models))
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready

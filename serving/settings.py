@@ -1,0 +1,45 @@
+"""Runtime settings, read once from ``TONLE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything a deployment sets without touching code.
+
+    Secrets are ``SecretStr`` so they never show in ``repr`` or logs.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TONLE_", extra="ignore")
+
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///.tonle/tonle.db"),
+        description="SQLAlchemy URL of the audit store: SQLite (default) or PostgreSQL.",
+    )
+    serving_config: Path = Field(
+        default=Path("configs/serving.yaml"),
+        description="YAML with pinned model versions and per-site thresholds.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="Base URL EHRs call; JWT 'aud' must equal this plus the endpoint path.",
+    )
+    allowed_issuers: Path | None = Field(
+        default=None, description="YAML of trusted CDS clients: issuer -> JWKS and FHIR servers."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API."
+    )
+    language: str = Field(default="en", description="Default language for clinician text.")
+    site: str = Field(default="default", description="Site id selecting site configuration.")
+    dev: bool = Field(
+        default=False, description="Disable caller authentication (loopback only, never prod)."
+    )
+    log_json: bool = Field(default=False, description="Log one JSON object per line.")
+    log_level: str = Field(default="INFO")

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from models import registry
+from models.metadata import ModelMetadata
+from models.onnx_runtime import open_session
+from tests.onnx_fixtures import write_linear_onnx
+
+
+def _meta(version: str = "1.0.0") -> ModelMetadata:
+    return ModelMetadata(name="toy-linear", version=version, task="test", intended_use="tests")
+
+
+@pytest.mark.usefixtures("model_store")
+def test_save_then_verify_and_run(tmp_path: Path) -> None:
+    onnx_path = write_linear_onnx(tmp_path / "m.onnx", weight=3.0)
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "README.md").write_text("# card")
+
+    stored = registry.save(onnx_path, _meta(), card_dir=card)
+
+    assert stored.metadata.sha256 == registry.sha256_file(onnx_path)
+    assert (stored.card_dir / "README.md").read_text() == "# card"
+    again = registry.verify("toy-linear", "1.0.0")
+    session = open_session(again, threads=1)
+    (y,) = session.run(None, {"x": np.array([[2.0]], dtype=np.float32)})
+    assert y.tolist() == [[6.0]]
+
+
+@pytest.mark.usefixtures("model_store")
+def test_list_sorts_semantic_versions_and_latest(tmp_path: Path) -> None:
+    for version in ["1.2.0", "1.10.0", "1.9.1"]:
+        registry.save(write_linear_onnx(tmp_path / f"{version}.onnx"), _meta(version))
+
+    assert [m.version for m in registry.list_models("toy-linear")] == ["1.2.0", "1.9.1", "1.10.0"]
+    assert registry.get("toy-linear", "latest").metadata.version == "1.10.0"
+
+
+@pytest.mark.usefixtures("model_store")
+def test_versions_are_immutable(tmp_path: Path) -> None:
+    registry.save(write_linear_onnx(tmp_path / "a.onnx"), _meta())
+    with pytest.raises(registry.ArtifactError, match="already in the model store"):
+        registry.save(write_linear_onnx(tmp_path / "b.onnx", weight=5.0), _meta())
+
+
+@pytest.mark.usefixtures("model_store")
+def test_tampered_bytes_are_refused(tmp_path: Path) -> None:
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta())
+    tampered = write_linear_onnx(tmp_path / "evil.onnx", weight=100.0)
+    stored.onnx_path.write_bytes(tampered.read_bytes())
+
+    with pytest.raises(registry.ArtifactError, match=r"sha256 of model\.onnx is"):
+        registry.verify("toy-linear", "1.0.0")
+
+
+@pytest.mark.usefixtures("model_store")
+def test_missing_model_names_what_exists(tmp_path: Path) -> None:
+    registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta())
+    with pytest.raises(
+        registry.ArtifactError, match=r"toy-linear:9\.9\.9 not found.*toy-linear:1\.0\.0"
+    ):
+        registry.verify("toy-linear", "9.9.9")
+
+
+def test_custom_operator_domain_is_refused(tmp_path: Path) -> None:
+    path = write_linear_onnx(tmp_path / "custom.onnx", domain="evil.ops")
+    with pytest.raises(registry.ArtifactError, match="operator domains"):
+        registry.check_onnx_graph(path)
+
+
+def test_external_data_is_refused(tmp_path: Path) -> None:
+    path = write_linear_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, size_threshold=0,
+              location="weights.bin")  # fmt: skip
+    with pytest.raises(registry.ArtifactError, match="external data"):
+        registry.check_onnx_graph(path)
+
+
+def test_symlink_is_refused(tmp_path: Path) -> None:
+    target = write_linear_onnx(tmp_path / "m.onnx")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    with pytest.raises(registry.ArtifactError, match="symbolic link"):
+        registry.check_onnx_graph(link)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "Bad Name", "model name 'Bad Name' is not allowed"),
+        ("version", "latest", "version 'latest' is not a semantic version"),
+    ],
+)
+def test_metadata_rejects_bad_identity(field: str, value: str, message: str) -> None:
+    data = {"name": "ok-name", "version": "1.0.0", "task": "test", field: value}
+    with pytest.raises(ValueError, match=message):
+        ModelMetadata.model_validate(data)

@@ -1,0 +1,205 @@
+"""The ``tonle`` command line: one command per stage of a model's life.
+
+Exit codes scripts can rely on:
+
+* 0 - success
+* 1 - the command ran and failed (e.g. a check did not pass)
+* 2 - usage error (bad option or argument)
+* 3 - an artifact is missing or failed verification
+* 4 - input data or configuration is invalid
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["EXIT_BAD_ARTIFACT", "EXIT_BAD_INPUT", "EXIT_FAILED", "app", "main"]
+
+EXIT_FAILED = 1
+EXIT_BAD_ARTIFACT = 3
+EXIT_BAD_INPUT = 4
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    name="tonle",
+    help=(
+        "Tonle: train, evaluate, export and serve advisory AI models for clinical "
+        "decision support (NCD risk, chest X-ray triage).\n\n"
+        "Stages: train -> evaluate -> export -> models -> serve. "
+        "Try: tonle demo"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(
+    help="List, inspect and verify artifacts in the model store.", no_args_is_help=True
+)
+train_app = typer.Typer(help="Train a model from a config in configs/.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    """Print an error for a person and return the Exit to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+) -> None:
+    from models.logs import configure_logging
+
+    configure_logging("DEBUG" if verbose else "INFO", log_json)
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model name.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List models and versions in the store.
+
+    Example: tonle models list cvd-risk
+    """
+    from models import registry
+
+    found = registry.list_models(name)
+    if as_json:
+        out.print_json(json.dumps([json.loads(m.model_dump_json()) for m in found]))
+        return
+    table = Table("name", "version", "task", "created", "sha256")
+    for meta in found:
+        table.add_row(
+            meta.name, meta.version, meta.task, f"{meta.created:%Y-%m-%d %H:%M}", meta.sha256[:16]
+        )
+    out.print(table)
+    console.print(f"model store: {registry.store_home()}")
+
+
+@models_app.command("show")
+def models_show(
+    tag: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME for the latest).")],
+) -> None:
+    """Print an artifact's full metadata as JSON.
+
+    Example: tonle models show cvd-risk:1.0.0
+    """
+    from models import registry
+
+    name, version = _split_tag(tag)
+    try:
+        stored = registry.get(name, version)
+    except registry.ArtifactError as exc:
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    out.print_json(json.dumps(registry.describe(stored)))
+
+
+@models_app.command("verify")
+def models_verify(
+    tag: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME for the latest).")],
+) -> None:
+    """Re-hash an artifact and check its graph; exit 3 if it does not match its metadata.
+
+    Example: tonle models verify cvd-risk:1.0.0
+    """
+    from models import registry
+
+    name, version = _split_tag(tag)
+    try:
+        stored = registry.verify(name, version)
+    except registry.ArtifactError as exc:
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    out.print(f"OK {stored.metadata.tag} sha256={stored.metadata.sha256}")
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    name, _, version = tag.partition(":")
+    return name, version or "latest"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return all(
+            ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None)
+        )
+    except (socket.gaierror, ValueError):
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 3000,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Serving YAML with pinned models (default: TONLE_SERVING_CONFIG)."),
+    ] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Disable caller auth. Refused unless bound to loopback.")
+    ] = False,
+) -> None:
+    """Serve the pinned models with BentoML (CDS Hooks, FHIR and REST routes).
+
+    Example: tonle serve --port 3000 --config configs/serving.yaml
+    """
+    if dev and not _is_loopback(host):
+        raise fail(f"--dev disables authentication and is refused on non-loopback host {host!r}", 2)
+    env = dict(os.environ)
+    if config is not None:
+        env["TONLE_SERVING_CONFIG"] = str(config.resolve())
+    if dev:
+        env["TONLE_DEV"] = "1"
+        console.print("[bold yellow]WARNING: --dev: callers are NOT authenticated.[/]")
+    env.setdefault("TONLE_PUBLIC_URL", f"http://{host}:{port}")
+    from models.registry import store_home
+
+    env["BENTOML_HOME"] = str(store_home())
+    command = [
+        sys.executable, "-m", "bentoml", "serve", "serving.service:Tonle",
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process by design
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1 only).")] = 3000,
+    build_only: Annotated[
+        bool, typer.Option("--build-only", help="Build the demo models, do not serve.")
+    ] = False,
+) -> None:
+    """Build the demo models from synthetic data, then serve them on 127.0.0.1.
+
+    Example: tonle demo --port 3000
+    """
+    from training.demo import build_demo
+
+    serving_config = build_demo(console)
+    out.print(
+        "\nTry it (in another terminal):\n"
+        f"  curl -s http://127.0.0.1:{port}/cds-services | python3 -m json.tool\n"
+        f"  curl -s http://127.0.0.1:{port}/v1/models\n"
+    )
+    if not build_only:
+        serve(host="127.0.0.1", port=port, config=serving_config, dev=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
