@@ -1,0 +1,151 @@
+"""The clinician-text catalogues and their formatting (contract C6)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from importlib import resources
+
+import pytest
+
+from serving import i18n
+from serving.i18n import (
+    available_languages,
+    catalogue,
+    format_date,
+    format_number,
+    format_percent,
+    negotiate,
+    placeholders,
+    t,
+)
+
+# Khmer script block; a Khmer message must actually be written in Khmer.
+_KHMER = range(0x1780, 0x1800)
+# Keys whose text is the same in every language (names, codes).
+_LANGUAGE_NEUTRAL = {"ui.app.name", "card.source.label", "card.ncd.factor", "feature.hba1c"}
+
+
+def test_languages_are_the_files() -> None:
+    files = sorted(
+        p.name.removesuffix(".json")
+        for p in resources.files(i18n).iterdir()
+        if p.name.endswith(".json")
+    )
+    assert sorted(available_languages()) == files
+    assert available_languages()[0] == "en"
+    assert "km" in available_languages()
+
+
+@pytest.mark.parametrize("lang", ["km"])
+def test_catalogue_matches_english(lang: str) -> None:
+    english, other = catalogue("en"), catalogue(lang)
+    assert set(other) <= set(english), f"keys not in en.json: {set(other) - set(english)}"
+    for key, text in other.items():
+        assert placeholders(text) == placeholders(english[key]), key
+    # Everything the UI and card templates use is translated, not left to fallback.
+    owned = [k for k in english if k.split(".")[0] in {"ui", "card", "advisory", "override"}]
+    missing = [k for k in owned if k not in other]
+    assert not missing, f"{lang}.json lacks {missing}"
+
+
+def test_khmer_text_is_khmer() -> None:
+    for key, text in catalogue("km").items():
+        if key in _LANGUAGE_NEUTRAL:
+            continue
+        assert any(ord(ch) in _KHMER for ch in text), f"km {key!r} has no Khmer: {text!r}"
+
+
+def test_catalogue_files_have_no_duplicate_keys() -> None:
+    for lang in available_languages():
+        text = resources.files(i18n).joinpath(f"{lang}.json").read_text(encoding="utf-8")
+
+        def no_dupes(pairs: list[tuple[str, object]], lang: str = lang) -> dict[str, object]:
+            keys = [k for k, _ in pairs]
+            dupes = {k for k in keys if keys.count(k) > 1}
+            assert not dupes, f"{lang}.json repeats {dupes}"
+            return dict(pairs)
+
+        json.loads(text, object_pairs_hook=no_dupes)
+
+
+def test_card_summaries_fit_cds_hooks_limit() -> None:
+    # CDS Hooks: summary "SHOULD be less than 140 characters".
+    for lang in available_languages():
+        text = t("card.ncd.cvd.summary", lang, percent=100, band=">=30%") + t(
+            "card.noadvice.summary", lang, reason="x" * 40
+        )
+        assert len(text) < 2 * 140
+        assert len(t("card.ncd.cvd.summary", lang, percent=100, band=">=30%")) < 140
+
+
+def test_t_fills_params_and_formats_numbers_per_language() -> None:
+    assert t("card.ncd.cvd.summary", "en", percent=12, band="10-<20%") == (
+        "10-year heart attack or stroke risk 12% (WHO band 10-<20%)"
+    )
+    km = t("card.ncd.cvd.summary", "km", percent=12, band="10-<20%")
+    assert "12%" in km
+    assert "ហានិភ័យ" in km
+    assert t("ui.explain.whatif.chol", "km", value=5.5, percent=9, band="5-<10%").startswith(
+        "ប្រសិនបើកូឡេស្តេរ៉ុលសរុប 5,5 mmol/L"
+    )
+    assert "5.5 mmol/L" in t("ui.explain.whatif.chol", "en", value=5.5, percent=9, band="x")
+
+
+def test_t_falls_back_to_english_and_rejects_unknown_keys() -> None:
+    assert t("advisory.short", "fr") == "Advisory only"
+    with pytest.raises(KeyError, match=r"no\.such\.key"):
+        t("no.such.key", "km")
+    with pytest.raises(KeyError):
+        t("card.ncd.cvd.summary", "en", percent=3)  # band missing
+
+
+@pytest.mark.parametrize(
+    ("header", "default", "expected"),
+    [
+        (None, "en", "en"),
+        ("", "km", "km"),
+        ("km", "en", "km"),
+        ("km-KH,km;q=0.9,en-US;q=0.8", "en", "km"),
+        ("en-GB,en;q=0.9,km;q=0.8", "km", "en"),
+        ("fr-FR, km;q=0.3, en;q=0.2", "en", "km"),
+        ("en;q=0.2, km;q=0.9", "en", "km"),
+        ("fr, de", "km", "km"),
+        ("*", "km", "km"),
+        ("km;q=0", "en", "en"),
+        ("km;q=bogus, en", "km", "en"),
+        ("fr", "xx", "en"),
+    ],
+)
+def test_negotiate(header: str | None, default: str, expected: str) -> None:
+    assert negotiate(header, default) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "lang", "decimals", "expected"),
+    [
+        (1234.56, "en", 1, "1,234.6"),
+        (1234.56, "km", 1, "1.234,6"),
+        (0.125, "en", 2, "0.13"),
+        (2.5, "en", 0, "3"),
+        (-0.04, "en", 1, "0.0"),
+        (165, "km", 0, "165"),
+    ],
+)
+def test_format_number(value: float, lang: str, decimals: int, expected: str) -> None:
+    assert format_number(value, lang, decimals) == expected
+
+
+def test_format_percent_and_dates() -> None:
+    assert format_percent(0.1234, "en") == "12%"
+    assert format_percent(0.1234, "km", 1) == "12,3%"
+    assert format_date(date(2026, 11, 25), "en") == "25 Nov 2026"
+    assert format_date(date(2026, 1, 5), "km") == "5 មករា 2026"
+    assert format_date(datetime(2026, 4, 14, 9, 5), "km") == "14 មេសា 2026 ម៉ោង 09:05"
+    assert format_date(datetime(2026, 4, 14, 9, 5), "en") == "14 Apr 2026, 09:05"
+    assert "វិច្ឆិកា" in t("ui.explain.measured", "km", date=date(2026, 11, 3))
+
+
+def test_unknown_language_catalogue_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no catalogue"):
+        catalogue("xx")
