@@ -1,0 +1,231 @@
+"""WHO 2019 CVD risk equations: formula, validity and the printed charts."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.who_cvd import (
+    WhoCvdInputError,
+    WhoCvdInputs,
+    band_of_percent,
+    list_countries,
+    list_regions,
+    round_percent,
+    who_cvd_reasons_batch,
+    who_cvd_risk,
+    who_cvd_risk_batch,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "models" / "data"
+SEA = "A05GBDR_014_SEA"
+
+
+# --- An independent, deliberately plain re-implementation of the paper's recipe ---------
+def _rows(name: str) -> list[dict[str, str]]:
+    with (DATA / name).open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+COEF = {(r["model"], r["endpoint"], r["sex"]): r for r in _rows("who2019_cvd_coefficients.csv")}
+RECAL = {
+    (r["code"], r["sex"], r["model"], r["endpoint"]): r
+    for r in _rows("who2019_cvd_recalibration_2017.csv")
+}
+
+
+def reference_risk(model: str, code: str, sex: str, age: float, smk: int, sbp: float,
+                   chol: float, dm: int, bmi: float) -> float:  # fmt: skip
+    survive = 1.0
+    for endpoint in ("chd", "stroke"):
+        c = {k: float(v) for k, v in COEF[(model, endpoint, sex)].items()
+             if k not in ("model", "endpoint", "sex")}  # fmt: skip
+        a, tc, sb, bm = age - 60, chol - 6, sbp - 120, bmi - 25
+        lp = (c["age"] * a + c["total_chol"] * tc + c["sbp"] * sb + c["diabetes"] * dm
+              + c["smoking"] * smk + c["bmi"] * bm + c["age_x_total_chol"] * a * tc
+              + c["age_x_sbp"] * a * sb + c["age_x_diabetes"] * a * dm
+              + c["age_x_smoking"] * a * smk + c["age_x_bmi"] * a * bm)  # fmt: skip
+        p = 1 - c["baseline_survival_10y"] ** math.exp(lp)
+        row = RECAL[(code, sex, model, endpoint)]
+        if not row["cons"]:  # no national recalibration: the region's row
+            region = next(r for (k, s, m, e), r in RECAL.items()
+                          if r["level"] == "region" and r["name"] == row["gbd_region"]
+                          and (s, m, e) == (sex, model, endpoint))  # fmt: skip
+            row = region
+        cal = 1 - math.exp(-math.exp(float(row["cons"]) + float(row["slope"])
+                                     * math.log(-math.log(1 - p))))  # fmt: skip
+        survive *= 1 - cal
+    return 1 - survive
+
+
+REGION_CODES = [code for code, _ in list_regions()]
+COUNTRY_CODES = [code for code, _, _ in list_countries()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from(["lab", "nonlab"]),
+    place=st.one_of(
+        st.tuples(st.just("region"), st.sampled_from(REGION_CODES)),
+        st.tuples(st.just("country"), st.sampled_from(COUNTRY_CODES)),
+    ),
+    sex=st.sampled_from(["female", "male"]),
+    age=st.floats(40, 74.99),
+    smk=st.integers(0, 1),
+    sbp=st.floats(70, 270),
+    chol=st.floats(1.5, 15),
+    dm=st.integers(0, 1),
+    bmi=st.floats(12, 70),
+)
+def test_formula_matches_plain_reimplementation(
+    model: str, place: tuple[str, str], sex: str, age: float, smk: int, sbp: float,
+    chol: float, dm: int, bmi: float,
+) -> None:  # fmt: skip
+    kind, code = place
+    inputs = WhoCvdInputs(sex=sex, age=age, smoking=bool(smk), sbp=sbp,  # type: ignore[arg-type]
+                          total_chol=chol, diabetes=bool(dm), bmi=bmi)  # fmt: skip
+    kwargs = {kind: code}
+    got = who_cvd_risk(inputs, model, **kwargs)  # type: ignore[arg-type]
+    want = reference_risk(model, code, sex, age, smk, sbp,
+                          chol if model == "lab" else 6.0, dm if model == "lab" else 0,
+                          bmi if model == "nonlab" else 25.0)  # fmt: skip
+    assert got.risk == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert 0.0 < got.risk < 1.0
+    assert got.percent == math.floor(want * 100 + 0.5)
+    assert not got.extrapolated
+    batch = who_cvd_risk_batch(model, [sex], [age], [smk], [sbp], [chol], [dm], [bmi],  # type: ignore[arg-type]
+                               **kwargs)  # fmt: skip
+    assert batch[0] == pytest.approx(got.risk, rel=1e-12)
+
+
+def test_batch_matches_scalar_on_many_rows() -> None:
+    rng = np.random.default_rng(1)
+    n = 500
+    sex = rng.choice(["female", "male"], n)
+    age, sbp = rng.uniform(40, 74.9, n), rng.uniform(90, 200, n)
+    chol, bmi = rng.uniform(3, 9, n), rng.uniform(17, 40, n)
+    smk, dm = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    for model in ("lab", "nonlab"):
+        batch = who_cvd_risk_batch(model, sex, age, smk, sbp, chol, dm, bmi, country="KHM")  # type: ignore[arg-type]
+        for i in range(0, n, 37):
+            one = who_cvd_risk(
+                WhoCvdInputs(sex=sex[i], age=age[i], smoking=bool(smk[i]), sbp=sbp[i],
+                             total_chol=chol[i], diabetes=bool(dm[i]), bmi=bmi[i]),
+                model, country="KHM",  # type: ignore[arg-type]
+            )  # fmt: skip
+            assert batch[i] == pytest.approx(one.risk, rel=1e-12)
+
+
+def test_regions_and_countries() -> None:
+    regions = dict(list_regions())
+    assert len(regions) == 21
+    assert regions[SEA] == "Southeast Asia"
+    countries = {c: (n, r) for c, n, r in list_countries()}
+    assert countries["KHM"] == ("Cambodia", SEA)
+    assert len(countries) == 195
+
+
+def test_country_recalibration_differs_from_region_and_is_reported() -> None:
+    x = WhoCvdInputs(sex="male", age=57, smoking=True, sbp=150, total_chol=5.5, diabetes=False)
+    by_region = who_cvd_risk(x, "lab", region=SEA)
+    by_country = who_cvd_risk(x, "lab", country="KHM")
+    assert by_country.country_code == "KHM"
+    assert by_region.country_code is None
+    assert by_country.region_code == by_region.region_code == SEA
+    assert by_country.risk != pytest.approx(by_region.risk, rel=1e-3)
+    # Same call by region name, and a country checked against its region.
+    assert who_cvd_risk(x, "lab", region="Southeast Asia").risk == by_region.risk
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk(x, "lab", region="A07GBDR_017_WEU", country="KHM")
+    assert err.value.field == "country"
+
+
+def test_country_without_national_recalibration_uses_its_region() -> None:
+    x = WhoCvdInputs(sex="female", age=66, smoking=False, sbp=140, bmi=31)
+    guam = who_cvd_risk(x, "nonlab", country="GUM")
+    oceania = who_cvd_risk(x, "nonlab", region="Oceania")
+    assert guam.country_code is None
+    assert guam.region_code == "A05GBDR_020_OCE"
+    assert guam.risk == oceania.risk
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule_part"),
+    [
+        ("age", 39.9, "validity"),
+        ("age", 75.0, "validity"),
+        ("age", 12.0, "impossible"),
+        ("sbp", 60.0, "validity"),
+        ("sbp", 400.0, "impossible"),
+        ("sbp", float("nan"), "finite"),
+        ("total_chol", 16.0, "validity"),
+        ("total_chol", 0.1, "impossible"),
+        ("bmi", 80.0, "validity"),
+        ("bmi", float("inf"), "finite"),
+    ],
+)
+def test_out_of_range_refused_with_field_and_rule(field: str, value: float, rule_part: str) -> None:
+    base = {"sex": "male", "age": 55.0, "smoking": False, "sbp": 130.0,
+            "total_chol": 5.0, "diabetes": False, "bmi": 24.0}  # fmt: skip
+    base[field] = value
+    model = "nonlab" if field == "bmi" else "lab"
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk(WhoCvdInputs(**base), model, region=SEA)  # type: ignore[arg-type]
+    assert err.value.field == field
+    assert rule_part in err.value.rule
+    if rule_part == "validity":  # extrapolation is allowed, and said
+        res = who_cvd_risk(WhoCvdInputs(**base), model, region=SEA, allow_extrapolation=True)  # type: ignore[arg-type, arg-type]
+        assert res.extrapolated
+        assert res.inputs_used[field] == value  # never clipped
+    else:  # impossible values are refused even when extrapolating
+        with pytest.raises(WhoCvdInputError):
+            who_cvd_risk(WhoCvdInputs(**base), model, region=SEA, allow_extrapolation=True)  # type: ignore[arg-type]
+
+
+def test_missing_inputs_and_unknown_places_refused() -> None:
+    no_chol = WhoCvdInputs(sex="male", age=55, smoking=False, sbp=130, diabetes=False)
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk(no_chol, "lab", region=SEA)
+    assert err.value.field == "total_chol"
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk(no_chol, "nonlab", region=SEA)
+    assert err.value.field == "bmi"
+    full = WhoCvdInputs(sex="male", age=55, smoking=False, sbp=130, total_chol=5, diabetes=False)
+    for kwargs, field in (({}, "region"), ({"region": "Atlantis"}, "region"),
+                          ({"country": "XXX"}, "country")):  # fmt: skip
+        with pytest.raises(WhoCvdInputError) as err:
+            who_cvd_risk(full, "lab", **kwargs)  # type: ignore[arg-type]
+        assert err.value.field == field
+
+
+def test_batch_reasons_and_nan() -> None:
+    reasons = who_cvd_reasons_batch(
+        "lab", ["male", "female", "x", "male", "male"], [50, 80, 50, 50, 50], [0, 1, 0, 2, 0],
+        [130, 130, 130, 130, np.nan], [5, 5, 5, 5, 5], [0, 0, 0, 0, 0],
+    )  # fmt: skip
+    assert list(reasons) == [None, "age:out-of-range", "sex:missing-or-unknown",
+                             "smoking:not-0-1", "sbp:missing"]  # fmt: skip
+    risk = who_cvd_risk_batch("lab", ["male", "female"], [50, 80], [0, 1], [130, 130], [5, 5],
+                              [0, 0], region=SEA, invalid="nan")  # fmt: skip
+    assert np.isfinite(risk[0])
+    assert np.isnan(risk[1])
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk_batch("lab", ["male", "female"], [50, 80], [0, 1], [130, 130], [5, 5],
+                           [0, 0], region=SEA)  # fmt: skip
+    assert err.value.field == "age"
+
+
+@pytest.mark.parametrize(
+    ("risk", "percent", "band_index"),
+    [(0.0449, 4, 0), (0.045, 5, 1), (0.0949, 9, 1), (0.095, 10, 2), (0.1949, 19, 2),
+     (0.195, 20, 3), (0.2949, 29, 3), (0.295, 30, 4), (0.6, 60, 4)],
+)  # fmt: skip
+def test_rounding_half_up_and_bands(risk: float, percent: int, band_index: int) -> None:
+    assert round_percent(risk) == percent
+    assert band_of_percent(percent)[0] == band_index
