@@ -1,0 +1,88 @@
+"""Typed rows of the audit store: what crosses the boundary between serving and storage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ApiKeyInfo", "AuditRecord", "FeedbackRecord", "Outcome", "OverrideReason"]
+
+Outcome = Literal["advice", "no-advice", "refused", "error"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditRecord(BaseModel):
+    """One row per request, committed before the response is sent.
+
+    Holds no PHI beyond ``patient_ref`` (a FHIR reference such as ``Patient/123``),
+    which is needed to link clinician feedback to the advice it concerns.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64, description="Id minted by Tonle.")
+    hook_instance: str | None = Field(default=None, max_length=128)
+    service_id: str = Field(min_length=1, max_length=128, description="CDS service or route.")
+    card_ids: list[str] = Field(default_factory=list, description="Uuids of the cards returned.")
+    caller_iss: str | None = Field(default=None, max_length=512)
+    caller_sub: str | None = Field(default=None, max_length=512)
+    caller_tenant: str | None = Field(default=None, max_length=128)
+    model_name: str | None = Field(default=None, max_length=128)
+    model_version: str | None = Field(default=None, max_length=64)
+    model_sha256: str | None = Field(default=None, max_length=64)
+    input_sha256: str | None = Field(
+        default=None, max_length=64, description="sha256 of the canonical model input."
+    )
+    outcome: Outcome
+    reason: str | None = Field(
+        default=None, max_length=512, description="Machine-readable reason code (no PHI)."
+    )
+    patient_ref: str | None = Field(default=None, max_length=256)
+    latency_ms: float = Field(ge=0)
+    created: datetime = Field(default_factory=_now)
+
+
+class OverrideReason(BaseModel):
+    """The coded reason a clinician gave for overriding a card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = Field(default=None, max_length=512)
+    code: str | None = Field(default=None, max_length=128)
+    display: str | None = Field(default=None, max_length=512)
+
+
+class FeedbackRecord(BaseModel):
+    """One CDS Hooks feedback entry, linked to the card and the request that made it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_uuid: str = Field(min_length=1, max_length=64)
+    request_id: str | None = Field(
+        default=None, max_length=64, description="Request whose response carried the card."
+    )
+    service_id: str = Field(min_length=1, max_length=128)
+    outcome: Literal["accepted", "overridden"]
+    accepted_suggestions: list[str] = Field(default_factory=list)
+    override_reason: OverrideReason | None = None
+    comment: str | None = Field(default=None, max_length=4000)
+    outcome_timestamp: datetime | None = None
+    caller_iss: str | None = Field(default=None, max_length=512)
+    caller_sub: str | None = Field(default=None, max_length=512)
+    caller_tenant: str | None = Field(default=None, max_length=128)
+    created: datetime = Field(default_factory=_now)
+
+
+class ApiKeyInfo(BaseModel):
+    """An API key as listed: never the secret, never its hash."""
+
+    key_id: str
+    tenant: str
+    name: str
+    created: datetime
+    revoked: datetime | None = None

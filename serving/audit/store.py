@@ -1,0 +1,362 @@
+"""The audit store: audit rows, clinician feedback, API keys and the JWT replay store.
+
+Every write commits before the method returns (durably: see :mod:`serving.audit.engine`).
+Any database failure surfaces as :class:`AuditUnavailable`, which the web layer answers
+with 503: the service never sends advice whose audit row was not committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from serving.audit import engine as _engine
+from serving.audit import schema
+from serving.audit.records import ApiKeyInfo, AuditRecord, FeedbackRecord, OverrideReason
+
+__all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "DuplicateRequest"]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "tonle"
+_PRUNE_EVERY_S = 60.0
+T = TypeVar("T")
+
+
+class AuditUnavailable(RuntimeError):
+    """The audit database could not be reached or refused the write (answer 503)."""
+
+
+class DuplicateRequest(ValueError):
+    """An audit row with this request id already exists."""
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC datetime from what the database returns (SQLite drops the zone)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class AuditStore:
+    """Append-only audit trail plus the small mutable tables auth needs.
+
+    Open it with :meth:`open`; it is thread-safe (one pooled engine).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._last_prune = 0.0
+        self._prune_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, database_url: str, *, migrate: bool = True, **engine_kwargs: Any) -> AuditStore:
+        """Connect to ``database_url`` and bring its schema up to date.
+
+        Args:
+            database_url: SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
+            migrate: apply shipped Alembic migrations (default). When False, refuse a
+                database that is not already at the shipped head.
+            **engine_kwargs: passed to :func:`sqlalchemy.create_engine`.
+
+        Raises:
+            AuditUnavailable: the database cannot be reached or migrated.
+        """
+        engine = _engine.make_engine(database_url, **engine_kwargs)
+        try:
+            if migrate:
+                _engine.upgrade(engine)
+            elif _engine.current_revision(engine) != _engine.head_revision():
+                raise AuditUnavailable(
+                    "the audit database schema is not up to date: run `tonle db upgrade`"
+                )
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def _run(self, work: Callable[[Any], T], *, read: bool = False) -> T:
+        try:
+            with self.engine.connect() as connection:
+                if read:
+                    connection.execution_options(**{_engine.READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            logger.error("audit database error: %s", type(exc).__name__)
+            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
+
+    # -- audit rows -------------------------------------------------------------------
+
+    def record(self, row: AuditRecord) -> None:
+        """Append one audit row (and its card index) and commit before returning.
+
+        Raises:
+            DuplicateRequest: ``row.request_id`` was already recorded.
+            AuditUnavailable: the row could not be committed; send no advice.
+        """
+        values = row.model_dump()
+        values["created"] = _utc(row.created)
+
+        def work(connection: Any) -> None:
+            connection.execute(insert(schema.audit_events), values)
+            if row.card_ids:
+                connection.execute(
+                    insert(schema.audit_cards),
+                    [{"card_uuid": card, "request_id": row.request_id} for card in row.card_ids],
+                )
+
+        try:
+            self._run(work)
+        except IntegrityError as exc:
+            raise DuplicateRequest(
+                f"request id or card uuid already recorded: {row.request_id}"
+            ) from exc
+
+    def rows(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        request_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditRecord]:
+        """Audit rows in the order they were written, optionally filtered."""
+        table = schema.audit_events
+        query = select(table).order_by(table.c.id)
+        if since is not None:
+            query = query.where(table.c.created >= _utc(since))
+        if until is not None:
+            query = query.where(table.c.created < _utc(until))
+        if request_id is not None:
+            query = query.where(table.c.request_id == request_id)
+        if limit is not None:
+            query = query.limit(limit)
+        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
+        out = []
+        for found in result:
+            values = {k: v for k, v in found.items() if k != "id"}
+            values["created"] = _utc(values["created"])
+            out.append(AuditRecord.model_validate(values))
+        return out
+
+    def count(self) -> int:
+        """Number of audit rows."""
+        query = select(func.count()).select_from(schema.audit_events)
+        return int(self._run(lambda c: c.execute(query).scalar_one(), read=True))
+
+    def request_for_card(self, card_uuid: str) -> str | None:
+        """The request id whose response carried card ``card_uuid`` (None if unknown)."""
+        table = schema.audit_cards
+        query = select(table.c.request_id).where(table.c.card_uuid == card_uuid)
+        found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
+        return found
+
+    # -- feedback ---------------------------------------------------------------------
+
+    def record_feedback(self, fb: FeedbackRecord) -> None:
+        """Append one feedback entry and commit before returning.
+
+        When ``fb.request_id`` is None it is filled from the card index.
+
+        Raises:
+            AuditUnavailable: the entry could not be committed.
+        """
+        reason = fb.override_reason or OverrideReason()
+        values = {
+            "card_uuid": fb.card_uuid,
+            "request_id": fb.request_id,
+            "service_id": fb.service_id,
+            "outcome": fb.outcome,
+            "accepted_suggestions": list(fb.accepted_suggestions),
+            "override_system": reason.system,
+            "override_code": reason.code,
+            "override_display": reason.display,
+            "comment": fb.comment,
+            "outcome_timestamp": _utc_or_none(fb.outcome_timestamp),
+            "caller_iss": fb.caller_iss,
+            "caller_sub": fb.caller_sub,
+            "caller_tenant": fb.caller_tenant,
+            "created": _utc(fb.created),
+        }
+
+        def work(connection: Any) -> None:
+            if values["request_id"] is None:
+                cards = schema.audit_cards
+                values["request_id"] = connection.execute(
+                    select(cards.c.request_id).where(cards.c.card_uuid == fb.card_uuid)
+                ).scalar_one_or_none()
+            connection.execute(insert(schema.feedback), values)
+
+        self._run(work)
+
+    def feedback(
+        self, *, since: datetime | None = None, card_uuid: str | None = None
+    ) -> list[FeedbackRecord]:
+        """Feedback entries in the order they were written, optionally filtered."""
+        table = schema.feedback
+        query = select(table).order_by(table.c.id)
+        if since is not None:
+            query = query.where(table.c.created >= _utc(since))
+        if card_uuid is not None:
+            query = query.where(table.c.card_uuid == card_uuid)
+        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
+        out = []
+        for found in result:
+            has_reason = any(found[k] is not None for k in ("override_system", "override_code"))
+            out.append(
+                FeedbackRecord(
+                    card_uuid=found["card_uuid"],
+                    request_id=found["request_id"],
+                    service_id=found["service_id"],
+                    outcome=found["outcome"],
+                    accepted_suggestions=list(found["accepted_suggestions"]),
+                    override_reason=OverrideReason(
+                        system=found["override_system"],
+                        code=found["override_code"],
+                        display=found["override_display"],
+                    )
+                    if has_reason
+                    else None,
+                    comment=found["comment"],
+                    outcome_timestamp=_utc_or_none(found["outcome_timestamp"]),
+                    caller_iss=found["caller_iss"],
+                    caller_sub=found["caller_sub"],
+                    caller_tenant=found["caller_tenant"],
+                    created=_utc(found["created"]),
+                )
+            )
+        return out
+
+    # -- API keys ---------------------------------------------------------------------
+
+    def create_api_key(self, tenant: str, name: str) -> tuple[ApiKeyInfo, str]:
+        """Mint a key for ``tenant``; only its sha256 is stored.
+
+        Returns:
+            The key's listing and the full key (``tonle_<id>_<secret>``), shown once.
+        """
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        created = datetime.now(UTC)
+        values = {
+            "key_id": key_id,
+            "tenant": tenant,
+            "name": name,
+            "secret_sha256": _secret_hash(secret),
+            "created": created,
+            "revoked": None,
+        }
+        self._run(lambda c: c.execute(insert(schema.api_keys), values))
+        info = ApiKeyInfo(key_id=key_id, tenant=tenant, name=name, created=created)
+        return info, f"{API_KEY_PREFIX}_{key_id}_{secret}"
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyInfo]:
+        """Every key (revoked ones included), never with secrets or hashes."""
+        table = schema.api_keys
+        query = select(table).order_by(table.c.created)
+        if tenant is not None:
+            query = query.where(table.c.tenant == tenant)
+        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
+        return [
+            ApiKeyInfo(
+                key_id=r["key_id"],
+                tenant=r["tenant"],
+                name=r["name"],
+                created=_utc(r["created"]),
+                revoked=_utc_or_none(r["revoked"]),
+            )
+            for r in result
+        ]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key at once. Returns False if no active key has that id."""
+        table = schema.api_keys
+        query = (
+            update(table)
+            .where(table.c.key_id == key_id, table.c.revoked.is_(None))
+            .values(revoked=datetime.now(UTC))
+        )
+        return bool(self._run(lambda c: c.execute(query).rowcount) == 1)
+
+    def check_api_key(self, key: str) -> ApiKeyInfo | None:
+        """The active key matching ``key`` (constant-time secret comparison), else None."""
+        prefix, _, rest = key.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != API_KEY_PREFIX or not key_id or not secret or len(key_id) > 32:
+            return None
+        table = schema.api_keys
+        query = select(table).where(table.c.key_id == key_id)
+        found = self._run(lambda c: c.execute(query).mappings().one_or_none(), read=True)
+        expected = found["secret_sha256"] if found is not None else "0" * 64
+        matches = hmac.compare_digest(expected, _secret_hash(secret))
+        if found is None or not matches or found["revoked"] is not None:
+            return None
+        return ApiKeyInfo(
+            key_id=found["key_id"],
+            tenant=found["tenant"],
+            name=found["name"],
+            created=_utc(found["created"]),
+        )
+
+    # -- JWT replay store -------------------------------------------------------------
+
+    def remember_jti(self, issuer: str, jti: str, expires: datetime) -> bool:
+        """Atomically record a token id; False if ``(issuer, jti)`` was seen before.
+
+        Entries are kept until ``expires`` (the token's ``exp`` plus clock skew) and
+        then pruned, at most once a minute.
+
+        Raises:
+            AuditUnavailable: the store cannot be reached (the caller must refuse).
+        """
+        self._maybe_prune()
+        values = {"issuer": issuer, "jti": jti, "expires": _utc(expires)}
+        try:
+            self._run(lambda c: c.execute(insert(schema.jwt_replay), values))
+        except IntegrityError:
+            return False
+        return True
+
+    def prune_replay(self, now: datetime | None = None) -> int:
+        """Delete replay entries that expired before ``now``; returns how many."""
+        table = schema.jwt_replay
+        query = delete(table).where(table.c.expires < _utc(now or datetime.now(UTC)))
+        return int(self._run(lambda c: c.execute(query).rowcount))
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < _PRUNE_EVERY_S or not self._prune_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_prune = now
+            self.prune_replay(datetime.now(UTC) - timedelta(seconds=1))
+        finally:
+            self._prune_lock.release()

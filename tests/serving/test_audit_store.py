@@ -1,0 +1,260 @@
+"""The audit store against SQLite and the real PostgreSQL on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
+
+from serving.audit import (
+    AuditRecord,
+    AuditStore,
+    AuditUnavailable,
+    DuplicateRequest,
+    FeedbackRecord,
+    OverrideReason,
+)
+from serving.audit.engine import current_revision, head_revision
+from tests.serving.db_fixtures import postgres_database
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[AuditStore]:
+    opened = AuditStore.open(db_url)
+    yield opened
+    opened.close()
+
+
+def _row(request_id: str = "req-1", **changes: object) -> AuditRecord:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "hook_instance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "service_id": "ncd-cvd-risk",
+        "card_ids": [f"{request_id}-card"],
+        "caller_iss": "https://ehr.example.org",
+        "caller_sub": "client-1",
+        "caller_tenant": "site-a",
+        "model_name": "cvd-risk",
+        "model_version": "1.0.0",
+        "model_sha256": "a" * 64,
+        "input_sha256": "b" * 64,
+        "outcome": "advice",
+        "patient_ref": "Patient/123",
+        "latency_ms": 4.5,
+    }
+    values.update(changes)
+    return AuditRecord.model_validate(values)
+
+
+def test_record_round_trips_and_indexes_cards(store: AuditStore) -> None:
+    first = _row("req-1", created=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    second = _row("req-2", outcome="no-advice", reason="stale-data", card_ids=[])
+    store.record(first)
+    store.record(second)
+
+    rows = store.rows()
+    assert rows == [first, second.model_copy(update={"created": rows[1].created})]
+    assert rows[1].created.tzinfo is not None
+    assert store.count() == 2
+    assert store.request_for_card("req-1-card") == "req-1"
+    assert store.request_for_card("nope") is None
+    assert [r.request_id for r in store.rows(since=datetime(2026, 6, 1, tzinfo=UTC))] == ["req-2"]
+    assert [r.request_id for r in store.rows(request_id="req-1")] == ["req-1"]
+
+
+def test_duplicate_request_id_is_refused(store: AuditStore) -> None:
+    store.record(_row("dup"))
+    with pytest.raises(DuplicateRequest):
+        store.record(_row("dup", card_ids=["other-card"]))
+    assert store.count() == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_events SET outcome = 'error'",
+        "DELETE FROM audit_events",
+        "UPDATE audit_cards SET request_id = 'x'",
+        "DELETE FROM audit_cards",
+        "UPDATE feedback SET outcome = 'accepted'",
+        "DELETE FROM feedback",
+    ],
+)
+def test_audit_tables_are_append_only(store: AuditStore, statement: str) -> None:
+    store.record(_row("kept"))
+    store.record_feedback(
+        FeedbackRecord(card_uuid="kept-card", service_id="ncd-cvd-risk", outcome="overridden")
+    )
+    with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(text(statement))
+    assert [r.request_id for r in store.rows()] == ["kept"]
+    assert len(store.feedback()) == 1
+
+
+def test_truncate_refused_on_postgres(pg_url: str) -> None:
+    store = AuditStore.open(pg_url)
+    store.record(_row("kept"))
+    with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(text("TRUNCATE audit_events"))
+    assert store.count() == 1
+    store.close()
+
+
+def test_feedback_links_to_request_through_card(store: AuditStore) -> None:
+    store.record(_row("req-9", card_ids=["card-a", "card-b"]))
+    entry = FeedbackRecord(
+        card_uuid="card-b",
+        service_id="ncd-cvd-risk",
+        outcome="overridden",
+        override_reason=OverrideReason(
+            system="http://example.org/override", code="patient-declined", display="Declined"
+        ),
+        comment="discussed",
+        outcome_timestamp=datetime(2026, 3, 1, 12, tzinfo=UTC),
+        caller_iss="https://ehr.example.org",
+    )
+    store.record_feedback(entry)
+    store.record_feedback(
+        FeedbackRecord(
+            card_uuid="card-a",
+            service_id="ncd-cvd-risk",
+            outcome="accepted",
+            accepted_suggestions=["sugg-1"],
+        )
+    )
+    got = store.feedback()
+    assert got[0].request_id == "req-9"
+    assert got[0].override_reason == entry.override_reason
+    assert got[0].outcome_timestamp == entry.outcome_timestamp
+    assert got[1].accepted_suggestions == ["sugg-1"]
+    assert got[1].override_reason is None
+    assert [f.outcome for f in store.feedback(card_uuid="card-a")] == ["accepted"]
+
+
+def test_api_keys_hashed_checked_and_revoked(store: AuditStore) -> None:
+    info, key = store.create_api_key("site-a", "lab system")
+    other_info, other = store.create_api_key("site-b", "pharmacy")
+
+    assert store.check_api_key(key) == info
+    assert store.check_api_key(other) == other_info
+    assert store.check_api_key(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert store.check_api_key("tonle_nokey_secret") is None
+    assert store.check_api_key("garbage") is None
+    with store.engine.connect() as connection:
+        stored = connection.execute(text("SELECT secret_sha256 FROM api_keys")).scalars().all()
+    assert all(key.rsplit("_", 1)[1] not in h and len(h) == 64 for h in stored)
+
+    assert store.revoke_api_key(info.key_id) is True
+    assert store.revoke_api_key(info.key_id) is False
+    assert store.check_api_key(key) is None
+    assert store.check_api_key(other) == other_info
+    listed = {k.key_id: k for k in store.list_api_keys()}
+    assert listed[info.key_id].revoked is not None
+    assert [k.key_id for k in store.list_api_keys(tenant="site-b")] == [other_info.key_id]
+
+
+def test_jti_accepted_exactly_once_under_50_parallel_copies(store: AuditStore) -> None:
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    results: list[bool] = []
+    barrier = threading.Barrier(50)
+
+    def attempt() -> None:
+        barrier.wait()
+        results.append(store.remember_jti("https://ehr.example.org", "jti-1", expires))
+
+    threads = [threading.Thread(target=attempt) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 49 + [True]
+    # Same jti from another issuer is a different token.
+    assert store.remember_jti("https://other.example.org", "jti-1", expires) is True
+
+
+def test_jti_remembered_across_reopen_and_pruned_after_expiry(db_url: str) -> None:
+    first = AuditStore.open(db_url)
+    now = datetime.now(UTC)
+    assert first.remember_jti("iss", "live", now + timedelta(minutes=5))
+    assert first.remember_jti("iss", "old", now - timedelta(minutes=1))
+    assert first.prune_replay(now) == 1
+    assert first.remember_jti("iss", "old", now + timedelta(minutes=5)) is True
+    first.close()
+
+    second = AuditStore.open(db_url)
+    assert second.remember_jti("iss", "live", now + timedelta(minutes=5)) is False
+    assert second.remember_jti("iss", "old", now + timedelta(minutes=5)) is False
+    second.close()
+
+
+def test_sqlite_every_connection_is_wal_and_synchronous_full(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'a.db'}")
+    connections = [store.engine.raw_connection() for _ in range(3)]
+    try:
+        for connection in connections:
+            cursor = connection.cursor()
+            assert cursor.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert cursor.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+            assert cursor.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
+            cursor.close()
+    finally:
+        for connection in connections:
+            connection.close()
+        store.close()
+
+
+def test_postgres_connections_commit_synchronously(pg_url: str) -> None:
+    store = AuditStore.open(pg_url)
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    store.close()
+
+
+def test_migrations_reach_head_and_are_idempotent(db_url: str) -> None:
+    AuditStore.open(db_url).close()
+    store = AuditStore.open(db_url)
+    assert head_revision() is not None
+    assert current_revision(store.engine) == head_revision()
+    store.close()
+    AuditStore.open(db_url, migrate=False).close()
+
+
+def test_unmigrated_database_refused_without_migrate(tmp_path: Path) -> None:
+    with pytest.raises(AuditUnavailable, match="tonle db upgrade"):
+        AuditStore.open(f"sqlite:///{tmp_path / 'empty.db'}", migrate=False)
+
+
+def test_unreachable_database_is_audit_unavailable() -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"
+    with pytest.raises(AuditUnavailable):
+        AuditStore.open(url)
+
+
+def test_write_failure_after_open_is_audit_unavailable(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'gone.db'}")
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE audit_cards")
+    with pytest.raises(AuditUnavailable):
+        store.record(_row("lost"))
+    assert store.count() == 0  # the audit row rolled back with its card index
+    store.close()
