@@ -1,0 +1,197 @@
+"""Export a :class:`~models.cxr_net.CxrNet` to a single-file ONNX graph, verified.
+
+The graph has one input ``image`` float32 ``[N, 1, S, S]`` and two outputs, ``logits``
+``[N, L]`` and ``cam`` ``[N, L, h, w]`` (contract C7). The legacy TorchScript-based
+exporter (``dynamo=False``) is used on purpose: the new exporter needs ``onnxscript``
+and writes weights to a separate ``.onnx.data`` file, while serving accepts only
+self-contained files (PERFORMANCE.md). Every export is compared with the PyTorch
+module on real preprocessed images, for the logits AND the map.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from pydantic import BaseModel
+
+from models.cxr_net import CXR_LABELS, CxrNet
+from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
+
+__all__ = [
+    "OPSET",
+    "ExportError",
+    "ParityReport",
+    "check_parity",
+    "cxr_metadata",
+    "export_onnx",
+]
+
+OPSET = 17
+PARITY_ATOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch model."""
+
+
+class ParityReport(BaseModel):
+    """Largest absolute differences between PyTorch and ONNX Runtime outputs."""
+
+    n_images: int
+    max_abs_diff_logits: float
+    max_abs_diff_cam: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether both outputs are within ``atol``."""
+        return max(self.max_abs_diff_logits, self.max_abs_diff_cam) <= self.atol
+
+
+def export_onnx(net: CxrNet, path: Path, size: int) -> Path:
+    """Write ``net`` (in eval mode) to ``path`` as one self-contained ONNX file.
+
+    Args:
+        net: the trained network; it is switched to eval mode.
+        path: destination ``.onnx`` file.
+        size: the square input side the model was trained at.
+
+    Returns:
+        ``path``.
+    """
+    net.eval()
+    example = torch.zeros(1, 1, size, size, dtype=torch.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The legacy exporter announces its own deprecation; we choose it deliberately.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits", "cam"],
+            dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "cam": {0: "N"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path), load_external_data=False))
+    return path
+
+
+def check_parity(
+    net: CxrNet, onnx_path: Path, images: np.ndarray, atol: float = PARITY_ATOL
+) -> ParityReport:
+    """Compare PyTorch and ONNX Runtime on ``images`` and raise if they differ.
+
+    Args:
+        net: the PyTorch network the file was exported from.
+        onnx_path: the exported file.
+        images: float32 ``[N, 1, S, S]`` real preprocessed images (not noise).
+        atol: the largest absolute difference allowed for logits and map.
+
+    Returns:
+        The differences measured.
+
+    Raises:
+        ExportError: either output differs by more than ``atol``.
+    """
+    net.eval()
+    batch = np.ascontiguousarray(images, dtype=np.float32)
+    with torch.no_grad():
+        torch_logits, torch_cam = net(torch.from_numpy(batch))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    ort_logits, ort_cam = session.run(["logits", "cam"], {"image": batch})
+    report = ParityReport(
+        n_images=int(batch.shape[0]),
+        max_abs_diff_logits=float(np.max(np.abs(ort_logits - torch_logits.numpy()))),
+        max_abs_diff_cam=float(np.max(np.abs(ort_cam - torch_cam.numpy()))),
+        atol=atol,
+    )
+    if not report.ok:
+        raise ExportError(
+            f"ONNX export differs from PyTorch: max |diff| logits "
+            f"{report.max_abs_diff_logits:.2e}, cam {report.max_abs_diff_cam:.2e}; "
+            f"allowed {atol:.0e}"
+        )
+    return report
+
+
+def cxr_metadata(
+    *,
+    name: str,
+    version: str,
+    image: ImageSpec,
+    cam_shape: tuple[int, int],
+    operating_points: list[OperatingPoint],
+    calibration: dict[str, dict[str, float]],
+    labels: tuple[str, ...] = CXR_LABELS,
+    **fields: Any,
+) -> ModelMetadata:
+    """Metadata for a ``cxr-triage`` artifact following contract C7.
+
+    Args:
+        name: model name, e.g. ``"cxr-triage"``.
+        version: semantic version.
+        image: the preprocessing contract the network was trained with.
+        cam_shape: ``(h, w)`` of the map at ``image.size``.
+        operating_points: one per label, on calibrated probabilities.
+        calibration: label -> ``{"scale": a, "offset": b}``; p = sigmoid(a * logit + b).
+        labels: output columns.
+        **fields: any other :class:`~models.metadata.ModelMetadata` field
+            (metrics, config, limitations, ...); ``extra`` is merged.
+
+    Returns:
+        The metadata (``sha256`` is filled in by the registry on save).
+    """
+    extra = dict(fields.pop("extra", {}))
+    extra.update(
+        {
+            "labels": list(labels),
+            "cam_shape": list(cam_shape),
+            "calibration": {"method": "platt", "params": calibration},
+            "onnx_opset": OPSET,
+        }
+    )
+    fields.setdefault(
+        "intended_use",
+        "Advisory triage of adult (15+) frontal (PA/AP) chest radiographs, CR or DX: "
+        "flags images for priority human reading. Not a diagnosis.",
+    )
+    return ModelMetadata(
+        name=name,
+        version=version,
+        task="cxr-triage",
+        image=image,
+        inputs={"image": ["N", image.channels, image.size, image.size]},
+        outputs=[
+            OutputSpec(
+                name="logits",
+                meaning="raw logits [N, L]; calibrate with extra.calibration (Platt)",
+                labels=list(labels),
+            ),
+            OutputSpec(
+                name="cam",
+                meaning=(
+                    f"class activation maps [N, L, {cam_shape[0]}, {cam_shape[1]}]: final "
+                    "feature map weighted by the classifier, raw (higher = more evidence); "
+                    "logits = mean(cam) + bias"
+                ),
+                labels=list(labels),
+            ),
+        ],
+        operating_points=operating_points,
+        extra=extra,
+        **fields,
+    )

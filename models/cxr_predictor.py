@@ -1,0 +1,208 @@
+"""Score preprocessed chest X-rays with a verified ``cxr-triage`` ONNX artifact.
+
+ONNX Runtime only (no PyTorch), so serving can use it. Sessions default to one
+intra-op thread: on 2 cores two callers on one-thread sessions beat one two-thread
+session and adaptive batching (PERFORMANCE.md).
+
+Metadata this module reads (written by ``training/cxr_train.py``):
+
+* ``metadata.image`` (:class:`~models.metadata.ImageSpec`): the input side ``S``.
+* ``metadata.extra["labels"]``: the output columns.
+* ``metadata.extra["calibration"]``: ``{"method": "platt", "params": {label:
+  {"scale": a, "offset": b}}}``; probability = ``sigmoid(a * logit + b)``.
+* ``metadata.operating_points``: one threshold per label on that probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from models.metadata import ModelMetadata
+from models.onnx_runtime import open_session
+from models.registry import StoredModel
+
+__all__ = [
+    "AppliedThreshold",
+    "CxrPredictionError",
+    "CxrPredictor",
+    "Finding",
+    "cam_peak",
+    "upsample_cam",
+]
+
+
+class CxrPredictionError(ValueError):
+    """The input batch does not fit the model, or the model gave non-finite output."""
+
+
+class AppliedThreshold(BaseModel):
+    """The threshold used for one label, and where it came from."""
+
+    label: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    source: str = Field(description="'model' (chosen on validation data) or 'site'.")
+    chosen_on: str = Field(description="How it was chosen, e.g. 'validation, sensitivity>=0.90'.")
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+
+class Finding(BaseModel):
+    """One label's calibrated probability and whether it crosses its threshold."""
+
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+    positive: bool
+    threshold: AppliedThreshold
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float64)
+
+
+class CxrPredictor:
+    """Calibrated multi-label scores and class activation maps from one ONNX call.
+
+    Args:
+        stored: a verified artifact with ``metadata.task == "cxr-triage"``.
+        threads: ONNX Runtime intra-op threads.
+
+    Raises:
+        CxrPredictionError: the artifact is not a cxr-triage model or lacks metadata.
+    """
+
+    def __init__(self, stored: StoredModel, threads: int = 1) -> None:
+        meta = stored.metadata
+        if meta.task != "cxr-triage" or meta.image is None:
+            raise CxrPredictionError(
+                f"{meta.tag} is a {meta.task!r} model without the image contract; "
+                "CxrPredictor needs task 'cxr-triage' with metadata.image set"
+            )
+        self.metadata: ModelMetadata = meta
+        self.labels: list[str] = list(meta.extra.get("labels", []))
+        if not self.labels:
+            raise CxrPredictionError(f"{meta.tag} has no extra['labels']")
+        self.size: int = meta.image.size
+        calibration = meta.extra.get("calibration", {}).get("params", {})
+        self._scale = np.array(
+            [float(calibration.get(label, {}).get("scale", 1.0)) for label in self.labels]
+        )
+        self._offset = np.array(
+            [float(calibration.get(label, {}).get("offset", 0.0)) for label in self.labels]
+        )
+        self._session = open_session(stored, threads=threads)
+
+    def raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated ``(logits [N, L], cam [N, L, h, w])`` for ``batch``.
+
+        Raises:
+            CxrPredictionError: wrong shape or dtype, non-finite input or output.
+        """
+        expected = (1, self.size, self.size)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected or batch.shape[0] < 1:
+            raise CxrPredictionError(
+                f"image batch has shape {tuple(batch.shape)}; expected (N, *{expected})"
+            )
+        if batch.dtype != np.float32:
+            raise CxrPredictionError(f"image batch has dtype {batch.dtype}; expected float32")
+        if not np.isfinite(batch).all():
+            raise CxrPredictionError("image batch contains NaN or infinite values")
+        logits, cam = self._session.run(["logits", "cam"], {"image": batch})
+        if not (np.isfinite(logits).all() and np.isfinite(cam).all()):
+            raise CxrPredictionError("the model returned NaN or infinite values")
+        return np.asarray(logits), np.asarray(cam)
+
+    def calibrate(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``[N, L]`` from raw logits."""
+        return _sigmoid(logits * self._scale + self._offset)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities ``[N, L]`` and raw maps ``[N, L, h, w]``.
+
+        Args:
+            batch: float32 ``[N, 1, S, S]`` from ``models.cxr_preprocess.to_model_input``.
+        """
+        logits, cam = self.raw(batch)
+        return self.calibrate(logits), cam
+
+    def thresholds(self, overrides: Mapping[str, float] | None = None) -> list[AppliedThreshold]:
+        """The threshold for each label: a site override if given, else the model's.
+
+        Args:
+            overrides: label -> threshold from site configuration.
+
+        Raises:
+            CxrPredictionError: an override names an unknown label or is outside [0, 1],
+                or a label has neither an override nor a model operating point.
+        """
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.labels))
+        if unknown:
+            raise CxrPredictionError(
+                f"threshold override for unknown label(s) {unknown}; labels: {self.labels}"
+            )
+        points = {op.label: op for op in self.metadata.operating_points}
+        applied: list[AppliedThreshold] = []
+        for label in self.labels:
+            if label in overrides:
+                value = float(overrides[label])
+                if not 0.0 <= value <= 1.0:
+                    raise CxrPredictionError(
+                        f"threshold override {label}={value} is outside [0, 1]"
+                    )
+                applied.append(
+                    AppliedThreshold(
+                        label=label, threshold=value, source="site", chosen_on="site configuration"
+                    )
+                )
+            elif label in points:
+                op = points[label]
+                applied.append(
+                    AppliedThreshold(
+                        label=label,
+                        threshold=op.threshold,
+                        source="model",
+                        chosen_on=f"{self.metadata.tag}: {op.chosen_on}",
+                        sensitivity=op.sensitivity,
+                        specificity=op.specificity,
+                    )
+                )
+            else:
+                raise CxrPredictionError(f"{self.metadata.tag} has no operating point for {label}")
+        return applied
+
+    def findings(
+        self, probabilities: np.ndarray, overrides: Mapping[str, float] | None = None
+    ) -> list[Finding]:
+        """Per-label findings for ONE image's probabilities ``[L]``."""
+        probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if probs.shape[0] != len(self.labels):
+            raise CxrPredictionError(
+                f"expected {len(self.labels)} probabilities, got {probs.shape[0]}"
+            )
+        return [
+            Finding(
+                label=t.label,
+                probability=float(p),
+                positive=bool(p >= t.threshold),
+                threshold=t,
+            )
+            for p, t in zip(probs, self.thresholds(overrides), strict=True)
+        ]
+
+
+def upsample_cam(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear upsample of one raw map ``[h, w]`` to ``[height, width]`` (float32)."""
+    image = Image.fromarray(np.ascontiguousarray(cam, dtype=np.float32))
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def cam_peak(cam: np.ndarray, height: int, width: int) -> tuple[int, int]:
+    """Row and column of the hottest point of one map upsampled to ``[height, width]``."""
+    up = upsample_cam(cam, height, width)
+    row, col = np.unravel_index(int(np.argmax(up)), up.shape)
+    return int(row), int(col)

@@ -1,0 +1,76 @@
+"""CxrNet: shapes, the logits/CAM identity, and ONNX export parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.cxr_export import ExportError, check_parity, export_onnx
+from models.cxr_net import CxrNet
+from models.registry import check_onnx_graph
+from tests.cxr_fixtures import tiny_images
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "cam_side"),
+    [
+        ("resnet-small", 64, 4),
+        ("resnet-small", 224, 14),
+        ("resnet18", 64, 2),
+        ("densenet121", 64, 2),
+    ],
+)
+def test_shapes_and_cam_explains_logits(arch: str, size: int, cam_side: int) -> None:
+    torch.manual_seed(0)
+    net = CxrNet(arch).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        net.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0, -1.0]))
+        logits, cam = net(torch.from_numpy(tiny_images(2, size)))
+    assert logits.shape == (2, 5)
+    assert cam.shape == (2, 5, cam_side, cam_side)
+    torch.testing.assert_close(logits, cam.mean(dim=(2, 3)) + net.bias, atol=1e-5, rtol=0)
+
+
+def test_cam_localises_what_the_classifier_sees() -> None:
+    # A classifier that only reads one feature channel makes the map follow that channel.
+    torch.manual_seed(0)
+    net = CxrNet("resnet-small").eval()
+    x = torch.from_numpy(tiny_images(1, 64))
+    with torch.no_grad():
+        fmap = net.features(x)
+        net.classifier.weight.zero_()
+        net.classifier.weight[0, 3] = 1.0
+        _, cam = net(x)
+    torch.testing.assert_close(cam[0, 0], fmap[0, 3])
+
+
+def test_unknown_arch_is_refused() -> None:
+    with pytest.raises(ValueError, match="resnet-small"):
+        CxrNet("vgg")  # type: ignore[arg-type]
+
+
+def test_onnx_export_parity_and_single_file(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = CxrNet("resnet-small")
+    path = export_onnx(net, tmp_path / "m.onnx", 64)
+    check_onnx_graph(path)  # self-contained, no custom ops
+    assert list(tmp_path.iterdir()) == [path]
+    report = check_parity(net, path, tiny_images(3, 64, seed=2))
+    assert report.ok
+    assert report.max_abs_diff_logits <= 1e-4
+    assert report.max_abs_diff_cam <= 1e-4
+    assert report.n_images == 3
+
+
+def test_parity_failure_is_raised(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = CxrNet("resnet-small")
+    path = export_onnx(net, tmp_path / "m.onnx", 64)
+    with torch.no_grad():
+        net.bias.add_(0.01)  # the module now differs from the file
+    with pytest.raises(ExportError, match="logits"):
+        check_parity(net, path, tiny_images(2, 64))
+    assert np.isfinite(tiny_images(1, 64)).all()
