@@ -1,0 +1,352 @@
+"""One chest X-ray through the pipeline: decode, quality gate, preprocess, model, heatmap.
+
+The steps are split so that the HTTP route can run the CPU-bound parts in a worker
+thread and send the model call through BentoML's adaptive batcher:
+:meth:`CxrAnalyser.prepare` (decode + quality gate + preprocessing),
+a model call on the ``[N, 1, S, S]`` batch, then :meth:`CxrAnalyser.finish`
+(thresholds, heatmap, storage). :meth:`CxrAnalyser.analyse` does all three in line.
+
+Decoding, the quality gate and preprocessing are the ones training uses
+(``models.cxr_preprocess``, ``models.cxr_quality``): train/serve skew is a defect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.registry import StoredModel
+from serving.imaging.config import ImagingConfig
+from serving.imaging.heatmap import overlay_png
+from serving.imaging.results import (
+    CxrFinding,
+    CxrResult,
+    ModelIdentity,
+    ResultStore,
+    StudyRef,
+    Timings,
+    now,
+)
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "AppliedThreshold",
+    "CannotAssess",
+    "CxrAnalyser",
+    "CxrModelRunner",
+    "Prepared",
+    "model_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
+DICOM_TYPES = frozenset({"application/dicom"})
+PNG_TYPES = frozenset({"image/png"})
+# Reason codes that mean "we could not read it" rather than "not what the model is for".
+_UNSUPPORTED = {"no-decoder": 415}
+
+
+class CannotAssess(Exception):
+    """The image cannot be assessed; carries a machine-readable reason code.
+
+    Attributes:
+        reason: code such as ``not-chest``, ``lateral-view``, ``unreadable``.
+        detail: plain-words explanation without PHI.
+        status: HTTP status to answer with (4xx).
+    """
+
+    def __init__(self, reason: str, detail: str, status: int = 422) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+class CxrModelRunner(Protocol):
+    """Runs the CXR network on a batch: ``[N,1,S,S]`` -> (probabilities ``[N,L]``, cams)."""
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class AppliedThreshold:
+    """The threshold used for one label and where it came from."""
+
+    label: str
+    threshold: float
+    source: str
+    chosen_on: str
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+
+@dataclass
+class Prepared:
+    """An image that passed the quality gate, ready for the model."""
+
+    model_input: np.ndarray  # [1, S, S] float32
+    input_sha256: str
+    patient_ref: str | None
+    study: StudyRef
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+
+
+def model_labels(stored: StoredModel) -> list[str]:
+    """The label order of the ``logits`` output, from the artifact's metadata."""
+    labels = stored.metadata.extra.get("labels")
+    if isinstance(labels, list) and labels:
+        return [str(label) for label in labels]
+    for output in stored.metadata.outputs:
+        if output.name == "logits" and output.labels:
+            return list(output.labels)
+    return list(DEFAULT_LABELS)
+
+
+def _preprocess_module() -> Any:
+    import models.cxr_preprocess as preprocess
+
+    return preprocess
+
+
+def _quality_module() -> Any:
+    import models.cxr_quality as quality
+
+    return quality
+
+
+def _dicom_header(data: bytes) -> tuple[str | None, StudyRef]:
+    """PatientID and study identity, read without touching the pixel data."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:  # the decoder will give the precise reason
+        return None, StudyRef()
+
+    def text(keyword: str) -> str | None:
+        value = ds.get(keyword)
+        return str(value) if value not in (None, "") else None
+
+    return text("PatientID"), StudyRef(
+        study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        accession=text("AccessionNumber"),
+        study_date=text("StudyDate"),
+    )
+
+
+class CxrAnalyser:
+    """Analyses chest X-rays with one verified model and stores the results."""
+
+    def __init__(
+        self,
+        stored: StoredModel,
+        runner: CxrModelRunner,
+        store: ResultStore,
+        config: ImagingConfig,
+        site: str = "default",
+    ) -> None:
+        if stored.metadata.task != "cxr-triage":
+            raise ValueError(f"{stored.metadata.tag} is a {stored.metadata.task!r} model")
+        if stored.metadata.image is None:
+            raise ValueError(f"{stored.metadata.tag} has no image input contract")
+        self.stored = stored
+        self.runner = runner
+        self.store = store
+        self.config = config
+        self.site = site
+        self.size = stored.metadata.image.size
+        self.labels = model_labels(stored)
+        self.identity = ModelIdentity(
+            name=stored.metadata.name,
+            version=stored.metadata.version,
+            sha256=stored.metadata.sha256,
+        )
+        self.thresholds = self._thresholds()
+
+    def _thresholds(self) -> dict[str, AppliedThreshold]:
+        applied: dict[str, AppliedThreshold] = {}
+        for point in self.stored.metadata.operating_points:
+            applied[point.label] = AppliedThreshold(
+                label=point.label,
+                threshold=point.threshold,
+                source="model-version",
+                chosen_on=f"{self.stored.metadata.tag}: {point.chosen_on}",
+                sensitivity=point.sensitivity,
+                specificity=point.specificity,
+            )
+        site = self.config.sites.get(self.site)
+        if site is not None:
+            for label, threshold in site.thresholds.items():
+                if label not in self.labels:
+                    raise ValueError(
+                        f"imaging.sites.{self.site}.thresholds has label {label!r}; "
+                        f"the model's labels are {self.labels}"
+                    )
+                applied[label] = AppliedThreshold(
+                    label=label,
+                    threshold=threshold,
+                    source="site-override",
+                    chosen_on=f"site {self.site}: {site.chosen_on or 'set in serving config'}",
+                )
+        missing = [label for label in self.labels if label not in applied]
+        if missing:
+            raise ValueError(
+                f"{self.stored.metadata.tag} has no operating point for {missing}; "
+                "set them in the model metadata or imaging.sites in the serving config"
+            )
+        return applied
+
+    def prepare(self, data: bytes, content_type: str, patient_ref: str | None = None) -> Prepared:
+        """Decode, check and preprocess one image.
+
+        Raises:
+            CannotAssess: unsupported type, unreadable bytes or a failed quality gate.
+        """
+        started = time.perf_counter()
+        media = content_type.split(";", 1)[0].strip().lower()
+        if len(data) > self.config.max_body_bytes:
+            raise CannotAssess("too-large", "the image is larger than allowed", status=413)
+        if media not in DICOM_TYPES | PNG_TYPES:
+            raise CannotAssess(
+                "unsupported-media-type",
+                f"content type {media[:64]!r} is not application/dicom or image/png",
+                status=415,
+            )
+        preprocess = _preprocess_module()
+        header_patient, study = (None, StudyRef())
+        try:
+            if media in DICOM_TYPES:
+                header_patient, study = _dicom_header(data)
+                decoded = preprocess.decode_dicom(data, max_pixels=self.config.max_pixels)
+            else:
+                decoded = preprocess.decode_png(data)
+        except CannotAssess:
+            raise
+        except Exception as exc:  # every decoder failure is a 4xx with a reason
+            reason = str(getattr(exc, "reason", "") or "unreadable")
+            raise CannotAssess(
+                reason, "the image could not be decoded", _UNSUPPORTED.get(reason, 422)
+            ) from exc
+        t_decode = time.perf_counter()
+        quality = _quality_module().assess(decoded)
+        t_quality = time.perf_counter()
+        if not quality.ok:
+            reason = str(quality.reason or "out-of-distribution")
+            raise CannotAssess(reason, str(quality.detail), _UNSUPPORTED.get(reason, 422))
+        model_input = np.ascontiguousarray(
+            preprocess.to_model_input(decoded, size=self.size), dtype=np.float32
+        )
+        t_pre = time.perf_counter()
+        if model_input.shape != (1, self.size, self.size) or not np.isfinite(model_input).all():
+            raise CannotAssess("unreadable", "preprocessing produced an invalid image")
+        return Prepared(
+            model_input=model_input,
+            input_sha256=hashlib.sha256(model_input.tobytes()).hexdigest(),
+            patient_ref=patient_ref or header_patient,
+            study=study,
+            timings={
+                "decode_ms": (t_decode - started) * 1000,
+                "quality_ms": (t_quality - t_decode) * 1000,
+                "preprocess_ms": (t_pre - t_quality) * 1000,
+            },
+            started=started,
+        )
+
+    def finish(
+        self, prepared: Prepared, probs: np.ndarray, cam: np.ndarray, model_ms: float
+    ) -> CxrResult:
+        """Apply thresholds, draw and store the heatmap, store the result.
+
+        Args:
+            prepared: the output of :meth:`prepare`.
+            probs: ``[L]`` probabilities for :attr:`labels`.
+            cam: ``[L, h, w]`` raw activation maps.
+            model_ms: time the model call took.
+
+        Raises:
+            CannotAssess: the model returned non-finite or out-of-range values.
+        """
+        if probs.shape != (len(self.labels),) or cam.ndim != 3 or cam.shape[0] != len(self.labels):
+            raise CannotAssess("model-error", "the model returned outputs of the wrong shape", 500)
+        if not (np.isfinite(probs).all() and np.isfinite(cam).all()):
+            raise CannotAssess("model-error", "the model returned non-finite values", 500)
+        if ((probs < 0) | (probs > 1)).any():
+            raise CannotAssess("model-error", "the model returned probabilities outside 0-1", 500)
+        t0 = time.perf_counter()
+        findings: list[CxrFinding] = []
+        for index, label in enumerate(self.labels):
+            applied = self.thresholds[label]
+            probability = float(probs[index])
+            findings.append(
+                CxrFinding(
+                    label=label,
+                    probability=probability,
+                    threshold=applied.threshold,
+                    threshold_source=applied.source,  # type: ignore[arg-type]
+                    threshold_chosen_on=applied.chosen_on,
+                    flagged=probability >= applied.threshold,
+                    sensitivity=applied.sensitivity,
+                    specificity=applied.specificity,
+                )
+            )
+        flagged = [f.label for f in findings if f.flagged]
+        heat_label = self._heatmap_label(findings)
+        result_id = uuid.uuid4().hex
+        png = overlay_png(prepared.model_input[0], cam[self.labels.index(heat_label)])
+        t_heat = time.perf_counter()
+        timings = Timings(
+            **prepared.timings,
+            model_ms=model_ms,
+            heatmap_ms=(t_heat - t0) * 1000,
+            total_ms=(t_heat - prepared.started) * 1000,
+        )
+        result = CxrResult(
+            id=result_id,
+            created=now(),
+            model=self.identity,
+            findings=findings,
+            flagged=flagged,
+            heatmap_label=heat_label,
+            heatmap_url=f"/v1/imaging/results/{result_id}/heatmap.png",
+            site=self.site,
+            patient_ref=prepared.patient_ref,
+            study=prepared.study,
+            input_sha256=prepared.input_sha256,
+            timings=timings,
+        )
+        self.store.save(result, png)
+        return result
+
+    def _heatmap_label(self, findings: list[CxrFinding]) -> str:
+        """The flagged finding with the highest probability-to-threshold ratio, else 'abnormal'."""
+        specific = [f for f in findings if f.flagged and f.label != "abnormal"]
+        if specific:
+            return max(specific, key=lambda f: f.probability / max(f.threshold, 1e-6)).label
+        return "abnormal" if "abnormal" in self.labels else self.labels[0]
+
+    def predict_one(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, float]:
+        """The model call for one prepared image, in line (no batching)."""
+        t0 = time.perf_counter()
+        probs, cams = self.runner.predict(prepared.model_input[None, ...])
+        return probs[0], cams[0], (time.perf_counter() - t0) * 1000
+
+    def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> CxrResult:
+        """The whole pipeline for one image, in the calling thread.
+
+        Raises:
+            CannotAssess: see :meth:`prepare` and :meth:`finish`.
+        """
+        prepared = self.prepare(data, content_type, patient_ref)
+        probs, cam, model_ms = self.predict_one(prepared)
+        return self.finish(prepared, probs, cam, model_ms)

@@ -1,0 +1,166 @@
+"""The ``cxr-triage`` CDS Hooks ``patient-view`` service.
+
+Shows the latest stored AI read of the patient's recent chest X-rays (analysed when
+the study arrived, through ``POST /v1/imaging/cxr`` or the DICOMweb route), with the
+heatmap link. Nothing is computed during the hook call, so it answers well inside
+the ~500 ms EHRs allow. ``cards: []`` when there is no recent read.
+
+Patients are matched on identifier: the hook's ``context.patientId`` must equal the
+DICOM PatientID of the image, or the ``patient`` given when the image was posted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serving.cds_models import Card, CdsRequest, CdsResponse, CdsService, Link, Source
+from serving.imaging.results import ADVISORY, CxrResult, now
+from serving.imaging.state import ImagingState
+
+__all__ = ["SERVICE", "SERVICE_ID", "card_for", "cxr_triage"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ID = "cxr-triage"
+SERVICE = CdsService(
+    hook="patient-view",
+    id=SERVICE_ID,
+    title="Chest X-ray AI triage (advisory)",
+    description=(
+        "Shows the latest AI triage read of the patient's recent chest X-rays "
+        "(abnormality, TB-consistent findings, nodule, consolidation, effusion) with "
+        "its heatmap. AI generated, unverified."
+    ),
+    prefetch={},
+)
+_NAMES = {
+    "abnormal": "abnormality",
+    "tb": "TB-consistent findings",
+    "nodule": "nodule",
+    "consolidation": "consolidation",
+    "effusion": "effusion",
+}
+
+
+def card_for(result: CxrResult, public_url: str) -> Card:
+    """The card for one stored read."""
+    base = public_url.rstrip("/")
+    flagged = [f for f in result.findings if f.flagged]
+    if flagged:
+        names = ", ".join(_NAMES.get(f.label, f.label) for f in flagged)
+        summary = f"AI chest X-ray triage flags {names} (unverified)"
+        if len(summary) > 139:
+            summary = "AI chest X-ray triage flags several findings (unverified)"
+        indicator = "warning"
+    else:
+        summary = "AI chest X-ray triage: no finding above threshold (unverified)"
+        indicator = "info"
+    study_date = result.study.study_date or ""
+    when = (
+        f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:8]}"
+        if len(study_date) == 8
+        else result.created.date().isoformat()
+    )
+    rows = "\n".join(
+        f"| {_NAMES.get(f.label, f.label)} | {f.probability:.2f} | {f.threshold:.2f} "
+        f"({'site' if f.threshold_source == 'site-override' else 'model'}) | "
+        f"{'**flagged**' if f.flagged else 'no'} |"
+        for f in result.findings
+    )
+    detail = (
+        f"Chest X-ray of {when}, read by {result.model.name} {result.model.version}.\n\n"
+        "| finding | AI score | threshold | flag |\n|---|---|---|---|\n"
+        f"{rows}\n\n{ADVISORY} A radiologist or clinician must confirm; TB needs "
+        "bacteriological confirmation."
+    )
+    return Card(
+        uuid=str(uuid.uuid4()),
+        summary=summary,
+        detail=detail,
+        indicator=indicator,  # type: ignore[arg-type]
+        source=Source(label=f"Tonle {result.model.name} {result.model.version} (AI, advisory)"),
+        links=[
+            Link(label="AI heatmap", url=f"{base}{result.heatmap_url}", type="absolute"),
+            Link(
+                label="AI read (FHIR DiagnosticReport)",
+                url=f"{base}/v1/imaging/results/{result.id}/fhir",
+                type="absolute",
+            ),
+        ],
+    )
+
+
+async def _caller(state: ImagingState, request: Request) -> Any | None:
+    if state.dev:
+        return {"iss": "dev", "sub": None, "tenant": None}
+    authenticator = getattr(request.app.state.runtime, "cds_authenticator", None)
+    if authenticator is None:
+        return None
+    try:
+        return await authenticator.authenticate(
+            request.headers.get("authorization"),
+            f"{state.public_url.rstrip('/')}/cds-services/{SERVICE_ID}",
+        )
+    except Exception:
+        return None
+
+
+async def cxr_triage(request: Request) -> Response:
+    """``POST /cds-services/cxr-triage``."""
+    from serving.imaging.routes import _NotReady, audit_row, imaging_state
+
+    started = time.perf_counter()
+    try:
+        state = imaging_state(request)
+    except _NotReady:
+        return JSONResponse({"cards": []})
+    caller = await _caller(state, request)
+    if caller is None:
+        return JSONResponse({"error": "unauthorized"}, status_code=401)
+    raw = await request.body()
+    if len(raw) > 1 << 20:
+        return JSONResponse({"error": "too-large"}, status_code=413)
+    try:
+        hook = CdsRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+        return JSONResponse({"error": "invalid-request", "field": where}, status_code=400)
+    if hook.hook != "patient-view":
+        return JSONResponse({"error": "unsupported-hook", "field": "hook"}, status_code=400)
+    patient = hook.context.patientId
+    since = now() - timedelta(days=state.config.recent_days)
+    result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
+    request_id = uuid.uuid4().hex
+    cards = [card_for(result, state.public_url)] if result else []
+    try:
+        await run_in_threadpool(
+            audit_row,
+            state,
+            request_id=request_id,
+            service_id=SERVICE_ID,
+            outcome="advice" if cards else "no-advice",
+            started=started,
+            caller=caller,
+            reason=None if cards else "no-recent-read",
+            result=result,
+            patient_ref=f"Patient/{patient}",
+            hook_instance=hook.hookInstance,
+            card_ids=[c.uuid for c in cards],
+        )
+    except Exception:
+        logger.exception("audit store unavailable; withholding cxr-triage cards")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    return Response(
+        CdsResponse(cards=cards).model_dump_json(exclude_none=True),
+        media_type="application/json",
+    )

@@ -1,0 +1,69 @@
+"""The ``imaging:`` section of ``configs/serving.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["DicomWebConfig", "ImagingConfig", "SiteThresholds"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteThresholds(_Strict):
+    """A site's own operating points, overriding the model version's defaults."""
+
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Label -> probability threshold in [0, 1] chosen locally (WHO asks sites to).",
+    )
+    chosen_on: str = Field(
+        default="", description="How the site chose them, e.g. 'local audit 2026, sens >= 0.9'."
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for label, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {label!r} is {threshold}; allowed: 0 to 1")
+        return value
+
+
+class DicomWebConfig(_Strict):
+    """The PACS Tonle reads studies from and writes results back to."""
+
+    base_url: str = Field(description="DICOMweb root, e.g. 'http://127.0.0.1:8042/dicom-web'.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout, seconds.")
+    write_back: bool = Field(default=True, description="STOW-RS the SR and heatmap back.")
+    username: str | None = Field(default=None, description="HTTP basic auth user, if any.")
+    password_env: str | None = Field(
+        default=None, description="Environment variable holding the basic-auth password."
+    )
+
+
+class ImagingConfig(_Strict):
+    """Which chest X-ray model serves, site thresholds, PACS and limits."""
+
+    model: str = Field(
+        default="cxr-triage", description="Model name; its version is pinned under 'models:'."
+    )
+    results_dir: Path = Field(
+        default=Path(".tonle/imaging"), description="Where results and heatmaps are stored."
+    )
+    sites: dict[str, SiteThresholds] = Field(
+        default_factory=dict, description="Site id (TONLE_SITE) -> threshold overrides."
+    )
+    pacs: DicomWebConfig | None = Field(default=None, description="DICOMweb PACS, if any.")
+    max_body_bytes: int = Field(
+        default=64 * 1024**2, gt=0, description="Largest image body accepted, bytes."
+    )
+    max_pixels: int = Field(
+        default=40_000_000, gt=0, description="Largest Rows x Columns x frames decoded."
+    )
+    recent_days: int = Field(
+        default=90, gt=0, description="cxr-triage shows reads of studies this recent, days."
+    )

@@ -1,0 +1,217 @@
+"""What one chest X-ray analysis returns, and where the results are kept.
+
+Results are files under ``imaging.results_dir`` (one folder per result id, written
+atomically), plus a per-patient index keyed by a hash of the patient identifier so
+that no identifier appears in a file name. The result JSON itself holds the patient
+reference because the CDS Hooks service must answer by patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ADVISORY",
+    "CxrFinding",
+    "CxrResult",
+    "ModelIdentity",
+    "ResultStore",
+    "StudyRef",
+    "Timings",
+]
+
+ADVISORY = (
+    "AI generated, unverified: advisory chest X-ray triage to support, not replace, a "
+    "clinician's reading."
+)
+_RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CxrFinding(_Frozen):
+    """One label's score and whether it crossed its operating point."""
+
+    label: str = Field(description="'abnormal', 'tb', 'nodule', 'consolidation' or 'effusion'.")
+    probability: float = Field(ge=0.0, le=1.0, description="Model probability, 0-1.")
+    threshold: float = Field(ge=0.0, le=1.0, description="Operating point applied.")
+    threshold_source: Literal["model-version", "site-override"] = Field(
+        description="Whether the threshold is the model version's default or a site's."
+    )
+    threshold_chosen_on: str = Field(description="How that threshold was chosen.")
+    flagged: bool = Field(description="probability >= threshold.")
+    sensitivity: float | None = Field(
+        default=None, description="Validation sensitivity at the model-version threshold."
+    )
+    specificity: float | None = Field(
+        default=None, description="Validation specificity at the model-version threshold."
+    )
+
+
+class ModelIdentity(_Frozen):
+    """Which artifact produced a result."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class StudyRef(_Frozen):
+    """DICOM identity of the analysed image (UIDs are not PHI on their own)."""
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
+    accession: str | None = None
+    study_date: str | None = Field(default=None, description="DICOM StudyDate, YYYYMMDD.")
+
+
+class Timings(_Frozen):
+    """Milliseconds spent in each stage of the analysis."""
+
+    decode_ms: float = 0.0
+    quality_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    model_ms: float = 0.0
+    heatmap_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class CxrResult(_Frozen):
+    """An advisory chest X-ray read, as returned by ``POST /v1/imaging/cxr``."""
+
+    id: str = Field(description="Result id (32 hex digits).")
+    assessable: Literal[True] = True
+    advisory: str = ADVISORY
+    created: datetime
+    model: ModelIdentity
+    findings: list[CxrFinding]
+    flagged: list[str] = Field(description="Labels at or above their threshold.")
+    heatmap_label: str = Field(description="Label whose activation map the heatmap shows.")
+    heatmap_url: str = Field(description="Relative URL of the overlay PNG.")
+    site: str
+    patient_ref: str | None = Field(
+        default=None, description="Patient id the image belongs to (DICOM PatientID or given)."
+    )
+    study: StudyRef = Field(default_factory=StudyRef)
+    input_sha256: str
+    timings: Timings = Field(default_factory=Timings)
+
+    def probability(self, label: str) -> float:
+        """The probability for ``label``.
+
+        Raises:
+            KeyError: the model has no such label.
+        """
+        for finding in self.findings:
+            if finding.label == label:
+                return finding.probability
+        raise KeyError(label)
+
+
+def patient_key(patient_ref: str) -> str:
+    """A file-name-safe hash of a patient identifier (never the identifier itself)."""
+    return hashlib.sha256(patient_ref.encode("utf-8")).hexdigest()
+
+
+class ResultStore:
+    """Results and heatmaps as files; writes are atomic (temp file + rename + fsync)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "results").mkdir(parents=True, exist_ok=True)
+        (root / "patients").mkdir(parents=True, exist_ok=True)
+
+    def _folder(self, result_id: str) -> Path:
+        if not _RESULT_ID.match(result_id):
+            raise KeyError(result_id)
+        return self.root / "results" / result_id
+
+    def save(self, result: CxrResult, heatmap_png: bytes) -> None:
+        """Store a result, its heatmap, and index it under its patient."""
+        folder = self._folder(result.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / "heatmap.png", heatmap_png)
+        _atomic_write(folder / "result.json", result.model_dump_json().encode("utf-8"))
+        if result.patient_ref:
+            index = self.root / "patients" / patient_key(result.patient_ref)
+            index.mkdir(exist_ok=True)
+            stamp = result.created.strftime("%Y%m%dT%H%M%S%fZ")
+            _atomic_write(index / f"{stamp}-{result.id}", b"")
+
+    def get(self, result_id: str) -> CxrResult:
+        """The stored result.
+
+        Raises:
+            KeyError: no result with that id.
+        """
+        path = self._folder(result_id) / "result.json"
+        try:
+            return CxrResult.model_validate_json(path.read_bytes())
+        except FileNotFoundError as exc:
+            raise KeyError(result_id) from exc
+
+    def heatmap(self, result_id: str) -> bytes:
+        """The overlay PNG of a stored result.
+
+        Raises:
+            KeyError: no result with that id.
+        """
+        try:
+            return (self._folder(result_id) / "heatmap.png").read_bytes()
+        except FileNotFoundError as exc:
+            raise KeyError(result_id) from exc
+
+    def for_patient(self, patient_ref: str) -> list[CxrResult]:
+        """Every stored result for a patient, newest first."""
+        index = self.root / "patients" / patient_key(patient_ref)
+        if not index.is_dir():
+            return []
+        results: list[CxrResult] = []
+        for entry in sorted(os.listdir(index), reverse=True):
+            try:
+                results.append(self.get(entry.rsplit("-", 1)[-1]))
+            except KeyError:
+                continue
+        return results
+
+    def latest_for_patient(self, patient_ref: str, since: datetime) -> CxrResult | None:
+        """The newest result for a patient created at or after ``since``, if any."""
+        for result in self.for_patient(patient_ref):
+            if result.created >= since:
+                return result
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def now() -> datetime:
+    """The current UTC time (one place, so tests can reason about it)."""
+    return datetime.now(UTC)
+
+
+def dumps(result: CxrResult) -> str:
+    """JSON text of a result."""
+    return json.dumps(result.model_dump(mode="json"))

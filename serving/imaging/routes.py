@@ -1,0 +1,304 @@
+"""HTTP routes for chest X-ray analysis (contract C5: ``routes() -> list[BaseRoute]``).
+
+``POST /v1/imaging/cxr`` takes the raw image as the body (``application/dicom`` or
+``image/png``; raw rather than multipart, which costs 20-30 ms per PERFORMANCE.md).
+Answers:
+
+* 200 with a :class:`~serving.imaging.results.CxrResult` (``assessable: true``).
+* 422 ``{"assessable": false, "reason": code, "detail": ...}`` when the image is not
+  what the model was built for or cannot be read (quality-gate reason codes).
+  A 4xx rather than a 200 so that no client can mistake it for a read.
+* 415 unsupported media type or compressed without a decoder; 413 too large.
+* 401 without valid credentials; 503 when the audit row could not be committed
+  (no advice leaves without its audit row).
+
+Every answer, advice or not, writes one audit row first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serving.imaging.analysis import CannotAssess
+from serving.imaging.results import CxrResult
+from serving.imaging.state import ImagingState
+
+__all__ = ["SERVICE_ID", "audit_row", "routes"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ID = "imaging-cxr"
+_UNAUTHORISED = {"error": "unauthorized"}
+
+
+class _NotReady(Exception):
+    pass
+
+
+def imaging_state(request: Request) -> ImagingState:
+    """The imaging state of the running app.
+
+    Raises:
+        _NotReady: no CXR model is configured or it is not loaded.
+    """
+    runtime = getattr(request.app.state, "runtime", None)
+    state = getattr(runtime, "imaging", None)
+    if not isinstance(state, ImagingState) or not state.warmed:
+        raise _NotReady
+    return state
+
+
+def _not_ready() -> JSONResponse:
+    return JSONResponse(
+        {"error": "imaging-unavailable", "message": "no chest X-ray model is loaded"},
+        status_code=503,
+    )
+
+
+async def authenticate(state: ImagingState, request: Request) -> Any | None:
+    """The caller, or None when the request must be refused with 401."""
+    if state.dev:
+        return {"iss": "dev", "sub": None, "tenant": None}
+    if state.authenticator is None:
+        return None
+    try:
+        return state.authenticator.authenticate(request.headers.get("x-api-key"))
+    except Exception:  # any auth failure is one identical 401
+        return None
+
+
+def audit_row(
+    state: ImagingState,
+    *,
+    request_id: str,
+    service_id: str,
+    outcome: str,
+    started: float,
+    caller: Any,
+    reason: str | None = None,
+    result: CxrResult | None = None,
+    input_sha256: str | None = None,
+    patient_ref: str | None = None,
+    hook_instance: str | None = None,
+    card_ids: list[str] | None = None,
+) -> None:
+    """Commit one audit row (C4) for a request; raises if the store cannot commit it."""
+    if state.audit is None:
+        return
+    from serving.audit.records import AuditRecord
+
+    identity = state.analyser.identity
+
+    def field(name: str) -> str | None:
+        value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
+        return None if value is None else str(value)
+
+    state.audit.record(
+        AuditRecord(
+            request_id=request_id,
+            hook_instance=hook_instance,
+            service_id=service_id,
+            card_ids=card_ids or [],
+            caller_iss=field("iss"),
+            caller_sub=field("sub"),
+            caller_tenant=field("tenant"),
+            model_name=identity.name,
+            model_version=identity.version,
+            model_sha256=identity.sha256,
+            input_sha256=result.input_sha256 if result else input_sha256,
+            outcome=outcome,  # type: ignore[arg-type]
+            reason=reason,
+            patient_ref=(result.patient_ref if result else patient_ref),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
+    )
+
+
+async def analyse_image(request: Request) -> Response:
+    """``POST /v1/imaging/cxr``: analyse one raw DICOM or PNG body."""
+    started = time.perf_counter()
+    try:
+        state = imaging_state(request)
+    except _NotReady:
+        return _not_ready()
+    caller = await authenticate(state, request)
+    if caller is None:
+        return JSONResponse(_UNAUTHORISED, status_code=401)
+    request_id = uuid.uuid4().hex
+    patient = request.query_params.get("patient")
+    content_type = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length")
+    try:
+        if declared is not None and int(declared) > state.config.max_body_bytes:
+            raise CannotAssess("too-large", "the image is larger than allowed", status=413)
+        body = await _read_body(request, state.config.max_body_bytes)
+        result = await analyse_bytes(state, body, content_type, patient)
+    except CannotAssess as refusal:
+        return await _refused(state, refusal, request_id, started, caller, patient)
+    except ValueError:
+        bad = CannotAssess("bad-request", "the request headers are invalid", 400)
+        return await _refused(state, bad, request_id, started, caller, patient)
+    try:
+        await run_in_threadpool(
+            audit_row,
+            state,
+            request_id=request_id,
+            service_id=SERVICE_ID,
+            outcome="advice",
+            started=started,
+            caller=caller,
+            result=result,
+        )
+    except Exception:
+        logger.exception("audit store unavailable; withholding result %s", result.id)
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    body_json = result.model_dump(mode="json")
+    body_json["request_id"] = request_id
+    body_json["heatmap_url"] = f"{state.public_url.rstrip('/')}{result.heatmap_url}"
+    return JSONResponse(body_json, headers={"x-request-id": request_id})
+
+
+async def analyse_bytes(
+    state: ImagingState, body: bytes, content_type: str, patient: str | None
+) -> CxrResult:
+    """Analyse one image, sending the model call through the batcher when there is one.
+
+    Raises:
+        CannotAssess: the image cannot be assessed.
+    """
+    analyser = state.analyser
+    if state.infer is None:
+        return await run_in_threadpool(analyser.analyse, body, content_type, patient)
+    prepared = await run_in_threadpool(analyser.prepare, body, content_type, patient)
+    t0 = time.perf_counter()
+    probs, cams = await state.infer(prepared.model_input[None, ...])
+    model_ms = (time.perf_counter() - t0) * 1000
+    return await run_in_threadpool(analyser.finish, prepared, probs[0], cams[0], model_ms)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise CannotAssess("too-large", "the image is larger than allowed", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _refused(
+    state: ImagingState,
+    refusal: CannotAssess,
+    request_id: str,
+    started: float,
+    caller: Any,
+    patient: str | None,
+) -> Response:
+    outcome = "error" if refusal.status >= 500 else "no-advice"
+    try:
+        await run_in_threadpool(
+            audit_row,
+            state,
+            request_id=request_id,
+            service_id=SERVICE_ID,
+            outcome=outcome,
+            started=started,
+            caller=caller,
+            reason=refusal.reason,
+            patient_ref=patient,
+        )
+    except Exception:
+        logger.exception("audit store unavailable for a refused request")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    status = 503 if refusal.status >= 500 else refusal.status
+    return JSONResponse(
+        {
+            "assessable": False,
+            "reason": refusal.reason,
+            "detail": refusal.detail,
+            "request_id": request_id,
+            "advisory": "No AI read: the image cannot be assessed by this model.",
+        },
+        status_code=status,
+        headers={"x-request-id": request_id},
+    )
+
+
+def _stored(request: Request) -> tuple[ImagingState, CxrResult] | Response:
+    try:
+        state = imaging_state(request)
+    except _NotReady:
+        return _not_ready()
+    try:
+        return state, state.store.get(str(request.path_params["result_id"]))
+    except KeyError:
+        return JSONResponse({"error": "not-found"}, status_code=404)
+
+
+async def get_result(request: Request) -> Response:
+    """``GET /v1/imaging/results/{id}``: a stored result."""
+    found = _stored(request)
+    if isinstance(found, Response):
+        return found
+    state, result = found
+    if await authenticate(state, request) is None:
+        return JSONResponse(_UNAUTHORISED, status_code=401)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+async def get_heatmap(request: Request) -> Response:
+    """``GET /v1/imaging/results/{id}/heatmap.png``: the overlay image.
+
+    Not behind caller authentication: the link is shown in EHR cards and the result
+    id is an unguessable 128-bit random value.
+    """
+    found = _stored(request)
+    if isinstance(found, Response):
+        return found
+    state, result = found
+    png = state.store.heatmap(result.id)
+    etag = hashlib.sha256(png).hexdigest()[:32]
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"cache-control": "private, max-age=3600", "etag": f'"{etag}"'},
+    )
+
+
+async def get_fhir(request: Request) -> Response:
+    """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
+    from serving.imaging.fhir import result_bundle
+
+    found = _stored(request)
+    if isinstance(found, Response):
+        return found
+    state, result = found
+    if await authenticate(state, request) is None:
+        return JSONResponse(_UNAUTHORISED, status_code=401)
+    bundle = result_bundle(result, state.public_url)
+    return Response(bundle.model_dump_json(), media_type="application/fhir+json")
+
+
+def routes() -> list[BaseRoute]:
+    """The imaging routes, for ``create_app()``."""
+    from serving.imaging.cds import cxr_triage
+    from serving.imaging.studies import analyse_study
+
+    return [
+        Route("/v1/imaging/cxr", analyse_image, methods=["POST"]),
+        Route("/v1/imaging/results/{result_id}", get_result, methods=["GET"]),
+        Route("/v1/imaging/results/{result_id}/heatmap.png", get_heatmap, methods=["GET"]),
+        Route("/v1/imaging/results/{result_id}/fhir", get_fhir, methods=["GET"]),
+        Route("/v1/imaging/studies/{study_uid}/analyse", analyse_study, methods=["POST"]),
+        Route("/cds-services/cxr-triage", cxr_triage, methods=["POST"]),
+    ]

@@ -1,0 +1,105 @@
+"""What the imaging routes hold while the service runs (built once at start-up)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.registry import StoredModel
+from serving.imaging.analysis import CannotAssess, CxrAnalyser, CxrModelRunner
+from serving.imaging.config import ImagingConfig
+from serving.imaging.results import ResultStore
+
+__all__ = ["BatchInfer", "ImagingState"]
+
+logger = logging.getLogger(__name__)
+
+# An async model call on a [N,1,S,S] batch -> (probabilities [N,L], cams [N,L,h,w]).
+BatchInfer = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclass
+class ImagingState:
+    """The analyser, result store and collaborators the imaging routes use.
+
+    Attributes:
+        analyser: runs the pipeline with the pinned CXR model.
+        store: stored results and heatmaps.
+        config: the ``imaging:`` section of the serving config.
+        public_url: base URL used to make links absolute.
+        audit: the audit store (``record(AuditRecord)``), or None in unit tests only.
+        infer: optional adaptive-batching model call; None runs the model in line.
+        dev: no caller authentication (loopback development only).
+    """
+
+    analyser: CxrAnalyser
+    store: ResultStore
+    config: ImagingConfig
+    public_url: str = "http://127.0.0.1:3000"
+    audit: Any = None
+    authenticator: Any = None
+    infer: BatchInfer | None = None
+    dev: bool = False
+    warmed: bool = field(default=False)
+
+    @classmethod
+    def build(
+        cls,
+        stored: StoredModel,
+        config: ImagingConfig,
+        *,
+        site: str,
+        public_url: str,
+        runner: CxrModelRunner | None = None,
+        audit: Any = None,
+        authenticator: Any = None,
+        dev: bool = False,
+    ) -> ImagingState:
+        """Load the runner for ``stored`` and warm it up on a blank image.
+
+        Raises:
+            ValueError: thresholds or the model contract do not fit.
+            CannotAssess: the warm-up produced invalid outputs.
+        """
+        from serving.imaging.runner import load_runner
+
+        store = ResultStore(Path(config.results_dir))
+        analyser = CxrAnalyser(stored, runner or load_runner(stored), store, config, site)
+        state = cls(
+            analyser=analyser,
+            store=store,
+            config=config,
+            public_url=public_url,
+            audit=audit,
+            authenticator=authenticator,
+            dev=dev,
+        )
+        state.warm_up()
+        return state
+
+    def warm_up(self) -> None:
+        """One model call on a mid-grey image; readiness waits for it (RELIABILITY.md 5).
+
+        Raises:
+            CannotAssess: the model's outputs have the wrong shape or are not finite.
+        """
+        size = self.analyser.size
+        started = time.perf_counter()
+        probs, cams = self.analyser.runner.predict(np.full((1, 1, size, size), 0.5, np.float32))
+        labels = len(self.analyser.labels)
+        if probs.shape != (1, labels) or cams.shape[:2] != (1, labels):
+            raise CannotAssess("model-error", "warm-up outputs have the wrong shape", 500)
+        if not (np.isfinite(probs).all() and np.isfinite(cams).all()):
+            raise CannotAssess("model-error", "warm-up outputs are not finite", 500)
+        self.warmed = True
+        logger.info(
+            "cxr model %s warmed up in %.1f ms",
+            self.analyser.identity.version,
+            (time.perf_counter() - started) * 1000,
+        )
