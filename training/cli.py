@@ -48,8 +48,10 @@ models_app = typer.Typer(
     help="List, inspect and verify artifacts in the model store.", no_args_is_help=True
 )
 train_app = typer.Typer(help="Train a model from a config in configs/.", no_args_is_help=True)
+data_app = typer.Typer(help="Build, convert and inspect training data sets.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -126,6 +128,33 @@ def models_verify(
     except registry.ArtifactError as exc:
         raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
     out.print(f"OK {stored.metadata.tag} sha256={stored.metadata.sha256}")
+
+
+@data_app.command("synthetic-cxr")
+def data_synthetic_cxr(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder (created).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 200,
+    seed: Annotated[int, typer.Option(help="Data set seed.")] = 0,
+    size: Annotated[
+        str, typer.Option(help="Side in pixels, or ROWSxCOLS (e.g. 3000x2500).")
+    ] = "512",
+) -> None:
+    """Write synthetic frontal chest radiographs (DICOM), finding masks and labels.csv.
+
+    Example: tonle data synthetic-cxr data/synthetic-cxr --n 200 --seed 0 --size 512
+    """
+    from rich.progress import Progress
+
+    from training.cxr_synthetic import generate, parse_size
+
+    try:
+        shape = parse_size(size)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from exc
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("rendering radiographs", total=n)
+        labels = generate(out_dir, n, seed, shape, progress=lambda k: bar.advance(task, k))
+    out.print(f"wrote {n} images and {labels}")
 
 
 def _split_tag(tag: str) -> tuple[str, str]:

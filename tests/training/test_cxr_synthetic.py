@@ -1,0 +1,151 @@
+"""Synthetic chest radiographs: DICOM validity, labels, masks, determinism, CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from training.cli import app
+from training.cxr_synthetic import (
+    FINDINGS,
+    LABEL_COLUMNS,
+    generate,
+    parse_size,
+    render_case,
+    write_dicom,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn")
+    generate(out, 16, seed=3, size=160)
+    return out
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "labels.csv").open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_labels_csv_has_contract_columns_and_consistent_labels(dataset: Path) -> None:
+    rows = _rows(dataset)
+    assert len(rows) == 16
+    assert tuple(rows[0].keys()) == LABEL_COLUMNS
+    for row in rows:
+        findings = [int(row[f]) for f in FINDINGS]
+        assert int(row["abnormal"]) == int(any(findings))
+        assert row["sex"] in {"female", "male"}
+        assert 15 <= int(row["age"]) <= 85
+        assert (row["mask"] != "") == bool(int(row["abnormal"]))
+        assert (dataset / row["image"]).is_file()
+    abnormal = sum(int(r["abnormal"]) for r in rows)
+    assert 3 <= abnormal <= 13  # about half
+    # Follow-up images share the patient's id, sex and age.
+    by_patient: dict[str, set[tuple[str, str]]] = {}
+    for row in rows:
+        by_patient.setdefault(row["patient_id"], set()).add((row["sex"], row["age"]))
+    assert all(len(v) == 1 for v in by_patient.values())
+
+
+def test_dicom_files_are_valid_cr_or_dx_with_required_attributes(dataset: Path) -> None:
+    seen: set[tuple[str, str]] = set()
+    uids: set[str] = set()
+    for row in _rows(dataset):
+        with pydicom.config.strict_reading():
+            ds = pydicom.dcmread(dataset / row["image"])
+        assert ds.Modality in {"CR", "DX"}
+        assert ds.PhotometricInterpretation in {"MONOCHROME1", "MONOCHROME2"}
+        assert 12 <= ds.BitsStored <= 16
+        assert ds.BitsAllocated == 16
+        assert ds.BodyPartExamined == "CHEST"
+        assert ds.ViewPosition in {"PA", "AP"}
+        assert float(ds.PixelSpacing[0]) == pytest.approx(430.0 / 160, rel=1e-4)
+        assert ds.PatientID == row["patient_id"]
+        assert ds.pixel_array.shape == (160, 160)
+        assert int(ds.pixel_array.max()) < (1 << ds.BitsStored)
+        assert pydicom.uid.UID(ds.SOPInstanceUID).is_valid
+        uids.add(ds.SOPInstanceUID)
+        seen.add((ds.Modality, ds.PhotometricInterpretation))
+    assert len(uids) == 16
+    assert len(seen) >= 3  # both modalities and both polarities occur
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_polarity_lungs_dark_in_display(tmp_path: Path, photometric: str) -> None:
+    case = render_case(0, 1, (128, 128), findings=[])
+    path = tmp_path / "x.dcm"
+    write_dicom(case, path, seed=0, index=1, patient_id="P", site="s", photometric=photometric)
+    raw = pydicom.dcmread(path).pixel_array.astype(float)
+    # Lung (left of the spine, mid height) vs mediastinum (centre) in stored values.
+    lung, mediastinum = raw[55:65, 30:40].mean(), raw[55:65, 60:68].mean()
+    if photometric == "MONOCHROME2":
+        assert lung < mediastinum
+    else:
+        assert lung > mediastinum
+
+
+def test_same_seed_same_images_and_different_seed_differs(tmp_path: Path) -> None:
+    a = render_case(5, 2, (96, 96))
+    b = render_case(5, 2, (96, 96))
+    c = render_case(6, 2, (96, 96))
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("finding", FINDINGS)
+def test_each_finding_has_a_mask_inside_the_chest_and_changes_pixels(finding: str) -> None:
+    normal = render_case(1, 9, (192, 192), findings=[])
+    case = render_case(1, 9, (192, 192), findings=[finding])
+    assert case.findings[finding]
+    assert sum(case.findings.values()) == 1
+    area = case.mask.mean()
+    assert 0.0005 < area < 0.2
+    ys, _ = np.nonzero(case.mask)
+    assert 0.05 * 192 < ys.mean() < 0.9 * 192
+    # The finding makes its region denser (brighter) on average.
+    diff = case.image[case.mask].mean() - normal.image[case.mask].mean()
+    assert diff > 0.02
+    if finding == "tb":
+        assert ys.mean() < 0.5 * 192  # upper zone
+
+
+def test_mask_png_matches_abnormal_row(dataset: Path) -> None:
+    row = next(r for r in _rows(dataset) if r["mask"])
+    mask = np.asarray(Image.open(dataset / row["mask"]))
+    assert mask.shape == (160, 160)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert mask.max() == 255
+
+
+def test_large_benchmark_size_is_fast_enough() -> None:
+    case = render_case(0, 0, (3000, 2500))
+    assert case.image.shape == (3000, 2500)
+    assert case.image.dtype == np.float32
+
+
+def test_parse_size_and_errors() -> None:
+    assert parse_size("512") == (512, 512)
+    assert parse_size("3000x2500") == (3000, 2500)
+    for bad in ("0", "abc", "10x10", "5000", "1x2x3"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="unknown findings"):
+        render_case(0, 0, (64, 64), findings=["fracture"])
+
+
+def test_cli_writes_dataset(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["data", "synthetic-cxr", str(tmp_path / "d"), "--n", "3", "--size", "96"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(_rows(tmp_path / "d")) == 3
+    bad = CliRunner().invoke(app, ["data", "synthetic-cxr", str(tmp_path / "e"), "--size", "9"])
+    assert bad.exit_code == 2
