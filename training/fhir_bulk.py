@@ -1,0 +1,563 @@
+"""FHIR R4 Bulk Data NDJSON -> point-in-time NCD feature table (contract C2).
+
+Reads ``Patient``, ``Observation``, ``Condition`` and ``MedicationRequest`` NDJSON
+files (one resource per line, files named ``<Type>.ndjson`` or ``<Type>.*.ndjson``,
+as a Bulk ``$export`` writes them) and builds one row per patient at an index date:
+
+* Features: for each measured quantity, the most recent Observation dated on or
+  before the index date and no more than ``lookback_days`` before it; its date goes in
+  ``<name>_date``. Units are converted per STANDARDS.md (:mod:`models.ncd_features`);
+  nothing found means NaN, never a default.
+* ``diabetes`` = 1 when a diabetes Condition (SNOMED CT / ICD-10 E10-E14) starts on
+  or before the index date, the latest HbA1c >= 6.5 %, the latest fasting glucose >=
+  7.0 mmol/L, or a glucose-lowering drug (ATC A10) was prescribed in the look-back;
+  0 when none of these holds and HbA1c or fasting glucose was measured; NaN otherwise.
+* ``bp_treated`` = 1 when a blood-pressure-lowering drug (ATC C02, C03, C07, C08, C09)
+  was prescribed in the look-back, else 0.
+* Outcomes: the first MI/stroke (``cvd``) or diabetes Condition dated *after* the index
+  date. Follow-up ends at the patient's last dated resource, death, or ``end_date``,
+  whichever is first; no event by then is censoring. Death is censoring (no cause of
+  death in these resources). Someone with the disease on or before the index date is
+  not at risk: the outcome is NaN and the report says ``prior-disease``.
+
+Problems are collected per patient, field and rule in a :class:`BuildReport`; with
+``strict=True`` the first problem raises :class:`FeatureTableError`. The table itself
+can be checked for leakage with :func:`check_leakage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from models.ncd_features import (
+    BP_PANEL_LOINC,
+    CVD_CONDITION_CODES,
+    DIABETES_CONDITION_CODES,
+    FEATURE_BY_NAME,
+    LOINC_TO_FEATURE,
+    MEASURED_FEATURES,
+    SMOKING_CURRENT_SNOMED,
+    SMOKING_LOINC,
+    SMOKING_NOT_CURRENT_SNOMED,
+    UnitError,
+    convert,
+    feature_columns,
+    icd10_is_cvd,
+    icd10_is_diabetes,
+)
+
+__all__ = [
+    "BuildReport",
+    "FeatureIssue",
+    "FeatureTableError",
+    "build_feature_table",
+    "check_leakage",
+    "iter_ndjson",
+]
+
+log = logging.getLogger(__name__)
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10 = ("http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm")
+ATC = "http://www.whocc.no/atc"
+_BP_DRUG_ATC = ("C02", "C03", "C07", "C08", "C09")
+_DAYS_PER_YEAR = 365.25
+
+
+class FeatureIssue(BaseModel):
+    """One problem found in the input, for one patient and field."""
+
+    patient_id: str
+    field: str
+    rule: str
+    value: str | None = None
+
+
+class FeatureTableError(ValueError):
+    """Input that cannot give a trustworthy feature table (strict mode, or leakage)."""
+
+    def __init__(self, issues: list[FeatureIssue]) -> None:
+        self.issues = issues
+        first = issues[0]
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        super().__init__(
+            f"patient {first.patient_id}: {first.field}: {first.rule}"
+            + (f" (value {first.value})" if first.value is not None else "")
+            + more
+        )
+
+
+class BuildReport(BaseModel):
+    """What the builder found: counts and every problem, per patient and field."""
+
+    patients: int = 0
+    observations: int = 0
+    conditions: int = 0
+    medication_requests: int = 0
+    issues: list[FeatureIssue] = []
+
+    def counts(self) -> dict[str, int]:
+        """Number of issues per ``field:rule``."""
+        out: dict[str, int] = {}
+        for i in self.issues:
+            key = f"{i.field}:{i.rule}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+class _Collector:
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.issues: list[FeatureIssue] = []
+
+    def add(self, patient_id: str, field: str, rule: str, value: object = None) -> None:
+        issue = FeatureIssue(
+            patient_id=patient_id,
+            field=field,
+            rule=rule,
+            value=None if value is None else str(value),
+        )
+        if self.strict:
+            raise FeatureTableError([issue])
+        self.issues.append(issue)
+
+
+def iter_ndjson(ndjson_dir: Path, resource_type: str) -> Iterator[dict[str, Any]]:
+    """Resources of one type from ``<Type>.ndjson`` / ``<Type>.*.ndjson`` files.
+
+    Raises:
+        FeatureTableError: A line that is not JSON, or of another resource type.
+    """
+    files = sorted(ndjson_dir.glob(f"{resource_type}.ndjson")) + sorted(
+        ndjson_dir.glob(f"{resource_type}.*.ndjson")
+    )
+    for path in files:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    res = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise FeatureTableError(
+                        [
+                            FeatureIssue(
+                                patient_id="-",
+                                field=f"{path.name}:{lineno}",
+                                rule=f"not valid JSON ({exc.msg})",
+                            )
+                        ]
+                    ) from exc
+                if not isinstance(res, dict) or res.get("resourceType") != resource_type:
+                    raise FeatureTableError(
+                        [
+                            FeatureIssue(
+                                patient_id="-",
+                                field=f"{path.name}:{lineno}",
+                                rule=f"not a {resource_type} resource",
+                            )
+                        ]
+                    )
+                yield res
+
+
+def _ref_id(reference: dict[str, Any] | None) -> str | None:
+    if not reference:
+        return None
+    ref = str(reference.get("reference", ""))
+    return ref.rsplit("/", 1)[-1] if ref else None
+
+
+def _date(value: object) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _codes(concept: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not concept:
+        return []
+    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in concept.get("coding", [])]
+
+
+def _obs_date(res: dict[str, Any]) -> date | None:
+    return (
+        _date(res.get("effectiveDateTime"))
+        or _date((res.get("effectivePeriod") or {}).get("start"))
+        or _date(res.get("issued"))
+    )
+
+
+def _quantity(
+    feature: str, vq: dict[str, Any] | None, pid: str, issues: _Collector
+) -> float | None:
+    if not vq or "value" not in vq:
+        issues.add(pid, feature, "observation without valueQuantity.value")
+        return None
+    unit = str(vq.get("code") or vq.get("unit") or "")
+    try:
+        value = convert(feature, float(vq["value"]), unit)
+    except UnitError as exc:
+        issues.add(pid, feature, f"unit not accepted (allowed: {', '.join(exc.allowed)})", unit)
+        return None
+    except (TypeError, ValueError):
+        issues.add(pid, feature, "value is not a number", vq.get("value"))
+        return None
+    spec = FEATURE_BY_NAME[feature]
+    assert spec.minimum is not None
+    assert spec.maximum is not None
+    if not np.isfinite(value) or not spec.minimum <= value <= spec.maximum:
+        issues.add(
+            pid,
+            feature,
+            f"impossible value: must be {spec.minimum:g}-{spec.maximum:g} {spec.unit}",
+            f"{vq['value']} {unit}",
+        )
+        return None
+    return value
+
+
+def _observation_rows(
+    res: dict[str, Any], issues: _Collector
+) -> Iterator[tuple[str, str, date, float]]:
+    pid = _ref_id(res.get("subject"))
+    if pid is None or res.get("status") in ("entered-in-error", "cancelled"):
+        return
+    when = _obs_date(res)
+    codes = {code for system, code in _codes(res.get("code")) if system == LOINC}
+    if when is None:
+        if codes & (set(LOINC_TO_FEATURE) | {SMOKING_LOINC, BP_PANEL_LOINC}):
+            issues.add(pid, "effective", "observation without a date")
+        return
+    if SMOKING_LOINC in codes:
+        answer = {c for s, c in _codes(res.get("valueCodeableConcept")) if s == SNOMED}
+        if answer & SMOKING_CURRENT_SNOMED:
+            yield pid, "smoking", when, 1.0
+        elif answer & SMOKING_NOT_CURRENT_SNOMED:
+            yield pid, "smoking", when, 0.0
+        return
+    for code in codes:
+        feature = LOINC_TO_FEATURE.get(code)
+        if feature is not None:
+            value = _quantity(feature, res.get("valueQuantity"), pid, issues)
+            if value is not None:
+                yield pid, feature, when, value
+    if BP_PANEL_LOINC in codes or not codes & set(LOINC_TO_FEATURE):
+        for comp in res.get("component", []):
+            for system, code in _codes(comp.get("code")):
+                feature = LOINC_TO_FEATURE.get(code)
+                if system == LOINC and feature in ("sbp", "dbp"):
+                    value = _quantity(feature, comp.get("valueQuantity"), pid, issues)
+                    if value is not None:
+                        yield pid, feature, when, value
+
+
+def _condition_kind(res: dict[str, Any]) -> str | None:
+    for system, code in _codes(res.get("code")):
+        if system == SNOMED and code in CVD_CONDITION_CODES:
+            return "cvd"
+        if system == SNOMED and code in DIABETES_CONDITION_CODES:
+            return "diabetes"
+        if system in ICD10 and icd10_is_cvd(code):
+            return "cvd"
+        if system in ICD10 and icd10_is_diabetes(code):
+            return "diabetes"
+    return None
+
+
+def _medication_kind(res: dict[str, Any]) -> str | None:
+    for system, code in _codes(res.get("medicationCodeableConcept")):
+        if system == ATC and code.upper().startswith("A10"):
+            return "glucose_lowering"
+        if system == ATC and code.upper().startswith(_BP_DRUG_ATC):
+            return "bp_lowering"
+    return None
+
+
+def build_feature_table(
+    ndjson_dir: Path | str,
+    *,
+    index_date: date | Mapping[str, date],
+    lookback_days: int = 730,
+    end_date: date | None = None,
+    site: str = "",
+    strict: bool = False,
+    report: BuildReport | None = None,
+) -> pd.DataFrame:
+    """Build the C2 feature table from a FHIR Bulk NDJSON export.
+
+    Args:
+        ndjson_dir: Folder with ``Patient``, ``Observation``, ``Condition`` and
+            ``MedicationRequest`` NDJSON files (missing types are treated as empty).
+        index_date: One index date for everyone, or a per-patient mapping (patients
+            not in the mapping are left out).
+        lookback_days: How far before the index date a measurement may be.
+        end_date: End of data (e.g. the export date); follow-up never runs past it.
+        site: Value for the ``site`` column when a Patient has no
+            ``managingOrganization`` reference.
+        strict: Raise :class:`FeatureTableError` at the first problem instead of
+            collecting it.
+        report: If given, filled with counts and every problem found.
+
+    Returns:
+        One row per patient, columns :func:`models.ncd_features.feature_columns`.
+
+    Raises:
+        FeatureTableError: Unreadable NDJSON, or any problem when ``strict``.
+    """
+    folder = Path(ndjson_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of FHIR Bulk NDJSON files")
+    issues = _Collector(strict)
+    rep = report if report is not None else BuildReport()
+
+    patients = _patients(folder, issues, site)
+    rep.patients = len(patients)
+    if isinstance(index_date, Mapping):
+        patients = patients[patients["patient_id"].isin(list(index_date))].copy()
+        patients["index_date"] = pd.to_datetime(patients["patient_id"].map(dict(index_date)))
+    else:
+        patients["index_date"] = pd.Timestamp(index_date)
+
+    obs_rows: list[tuple[str, str, date, float]] = []
+    last_seen: dict[str, date] = {}
+    for res in iter_ndjson(folder, "Observation"):
+        rep.observations += 1
+        for row in _observation_rows(res, issues):
+            obs_rows.append(row)
+        pid, when = _ref_id(res.get("subject")), _obs_date(res)
+        if pid and when and when > last_seen.get(pid, date.min):
+            last_seen[pid] = when
+    cond_rows: list[tuple[str, str, date]] = []
+    for res in iter_ndjson(folder, "Condition"):
+        rep.conditions += 1
+        pid = _ref_id(res.get("subject"))
+        kind = _condition_kind(res)
+        when = _date(res.get("onsetDateTime")) or _date(res.get("recordedDate"))
+        if pid and when and when > last_seen.get(pid, date.min):
+            last_seen[pid] = when
+        if pid is None or kind is None:
+            continue
+        if when is None:
+            issues.add(pid, kind, "condition without onsetDateTime or recordedDate")
+            continue
+        if res.get("verificationStatus") and any(
+            c in ("refuted", "entered-in-error") for _, c in _codes(res["verificationStatus"])
+        ):
+            continue
+        cond_rows.append((pid, kind, when))
+    med_rows: list[tuple[str, str, date]] = []
+    for res in iter_ndjson(folder, "MedicationRequest"):
+        rep.medication_requests += 1
+        pid = _ref_id(res.get("subject"))
+        when = _date(res.get("authoredOn"))
+        if pid and when and when > last_seen.get(pid, date.min):
+            last_seen[pid] = when
+        kind = _medication_kind(res)
+        if pid and when and kind and res.get("status") not in ("entered-in-error", "cancelled"):
+            med_rows.append((pid, kind, when))
+
+    table = _features(patients, obs_rows, lookback_days, issues)
+    table = _diabetes_and_treatment(table, med_rows, cond_rows, lookback_days)
+    table = _outcomes(table, cond_rows, last_seen, end_date, issues)
+    rep.issues = issues.issues
+    return table[feature_columns()].reset_index(drop=True)
+
+
+def _patients(folder: Path, issues: _Collector, site: str) -> pd.DataFrame:
+    rows = []
+    seen: set[str] = set()
+    for res in iter_ndjson(folder, "Patient"):
+        pid = str(res.get("id", ""))
+        if not pid:
+            issues.add("-", "id", "Patient without an id")
+            continue
+        if pid in seen:
+            issues.add(pid, "id", "duplicate Patient resource")
+            continue
+        seen.add(pid)
+        gender = res.get("gender")
+        if gender not in ("female", "male"):
+            issues.add(pid, "sex", "gender must be 'female' or 'male'", gender)
+            gender = None
+        birth = _date(res.get("birthDate"))
+        if birth is None:
+            issues.add(pid, "age", "birthDate missing or not a date", res.get("birthDate"))
+        org = _ref_id(res.get("managingOrganization"))
+        deceased = _date(res.get("deceasedDateTime"))
+        rows.append((pid, org or site, gender, birth, deceased))
+    df = pd.DataFrame(rows, columns=["patient_id", "site", "sex", "birth", "deceased"])
+    df["birth"] = pd.to_datetime(df["birth"])
+    df["deceased"] = pd.to_datetime(df["deceased"])
+    return df
+
+
+def _features(
+    patients: pd.DataFrame,
+    obs_rows: list[tuple[str, str, date, float]],
+    lookback_days: int,
+    issues: _Collector,
+) -> pd.DataFrame:
+    table = patients.copy()
+    table["age"] = (table["index_date"] - table["birth"]).dt.days / _DAYS_PER_YEAR
+    bad_age = table["age"].notna() & ~table["age"].between(
+        FEATURE_BY_NAME["age"].minimum, FEATURE_BY_NAME["age"].maximum
+    )
+    for pid, age in table.loc[bad_age, ["patient_id", "age"]].itertuples(index=False):
+        issues.add(pid, "age", "impossible or adult-only: must be 18-110 years", f"{age:.1f}")
+    table.loc[bad_age, "age"] = np.nan
+    obs = pd.DataFrame(obs_rows, columns=["patient_id", "feature", "date", "value"])
+    obs["date"] = pd.to_datetime(obs["date"])
+    obs = obs.merge(table[["patient_id", "index_date"]], on="patient_id", how="inner")
+    window = (obs["date"] <= obs["index_date"]) & (
+        obs["date"] >= obs["index_date"] - timedelta(days=lookback_days)
+    )
+    obs = obs[window].drop_duplicates(["patient_id", "feature", "date", "value"])
+    latest = obs.groupby(["patient_id", "feature"])["date"].transform("max")
+    obs = obs[obs["date"] == latest]
+    # Same day, different values: refuse to pick one.
+    spread = obs.groupby(["patient_id", "feature"])["value"].agg(["min", "max", "count"])
+    conflicts = spread[spread["count"] > 1]
+    for (pid, feature), row in conflicts.iterrows():
+        issues.add(
+            str(pid),
+            str(feature),
+            "conflicting values on the same date",
+            f"{row['min']:g} vs {row['max']:g}",
+        )
+    obs = obs.drop_duplicates(["patient_id", "feature"], keep=False)
+    values = obs.pivot(index="patient_id", columns="feature", values="value")
+    dates = obs.pivot(index="patient_id", columns="feature", values="date")
+    table = table.set_index("patient_id")
+    for name in MEASURED_FEATURES:
+        table[name] = values.get(name, np.nan)
+        table[f"{name}_date"] = dates.get(name, pd.NaT)
+    return table.reset_index()
+
+
+def _diabetes_and_treatment(
+    table: pd.DataFrame,
+    med_rows: list[tuple[str, str, date]],
+    cond_rows: list[tuple[str, str, date]],
+    lookback_days: int,
+) -> pd.DataFrame:
+    idx = dict(zip(table["patient_id"], table["index_date"], strict=True))
+    meds = pd.DataFrame(med_rows, columns=["patient_id", "kind", "date"])
+    meds["date"] = pd.to_datetime(meds["date"])
+    meds["index_date"] = pd.to_datetime(meds["patient_id"].map(idx))
+    in_window = (meds["date"] <= meds["index_date"]) & (
+        meds["date"] >= meds["index_date"] - timedelta(days=lookback_days)
+    )
+    meds = meds[in_window]
+    on_bp = set(meds.loc[meds["kind"] == "bp_lowering", "patient_id"])
+    on_glucose = set(meds.loc[meds["kind"] == "glucose_lowering", "patient_id"])
+    conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
+    conds["date"] = pd.to_datetime(conds["date"])
+    conds["index_date"] = pd.to_datetime(conds["patient_id"].map(idx))
+    prior_dm = set(
+        conds.loc[
+            (conds["kind"] == "diabetes") & (conds["date"] <= conds["index_date"]), "patient_id"
+        ]
+    )
+    table["bp_treated"] = table["patient_id"].isin(on_bp).astype(float)
+    by_history = table["patient_id"].isin(prior_dm | on_glucose)
+    by_lab = (table["hba1c"] >= 6.5) | (table["fasting_glucose"] >= 7.0)
+    measured = table["hba1c"].notna() | table["fasting_glucose"].notna()
+    table["diabetes"] = np.where(by_history | by_lab, 1.0, np.where(measured, 0.0, np.nan))
+    return table
+
+
+def _outcomes(
+    table: pd.DataFrame,
+    cond_rows: list[tuple[str, str, date]],
+    last_seen: dict[str, date],
+    end_date: date | None,
+    issues: _Collector,
+) -> pd.DataFrame:
+    conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
+    conds["date"] = pd.to_datetime(conds["date"])
+    follow = pd.to_datetime(table["patient_id"].map(last_seen))
+    follow = follow.where(
+        table["deceased"].isna() | (follow < table["deceased"]), table["deceased"]
+    )
+    if end_date is not None:
+        follow = follow.clip(upper=pd.Timestamp(end_date))
+    table["_end"] = follow
+    for kind in ("cvd", "diabetes"):
+        rows = conds[conds["kind"] == kind].merge(
+            table[["patient_id", "index_date"]], on="patient_id"
+        )
+        prior = set(rows.loc[rows["date"] <= rows["index_date"], "patient_id"])
+        after = rows[rows["date"] > rows["index_date"]].groupby("patient_id")["date"].min()
+        first = pd.to_datetime(
+            table[["patient_id"]]
+            .merge(after.rename("first").reset_index(), on="patient_id", how="left")["first"]
+            .to_numpy()
+        )
+        first = pd.Series(first, index=table.index)
+        first = first.where(first <= table["_end"])
+        event = first.notna()
+        stop = first.where(event, table["_end"])
+        time = (stop - table["index_date"]).dt.days / _DAYS_PER_YEAR
+        table[f"{kind}_event"] = event.astype(float)
+        table[f"{kind}_time"] = time
+        not_at_risk = table["patient_id"].isin(prior)
+        no_follow = time.isna() | (time < 0)
+        if kind == "cvd":
+            for pid in table.loc[not_at_risk, "patient_id"]:
+                issues.add(pid, "cvd_event", "prior-disease: MI or stroke on or before index date")
+        table.loc[not_at_risk | no_follow, [f"{kind}_event", f"{kind}_time"]] = np.nan
+    return table.drop(columns=["_end"])
+
+
+def check_leakage(table: pd.DataFrame) -> list[FeatureIssue]:
+    """Problems that would leak the future into training, one per patient and field.
+
+    Refused: a measurement date after the index date, and an outcome time that is
+    negative (an outcome dated before the index date). Training must refuse a table
+    for which this returns anything.
+    """
+    found: list[FeatureIssue] = []
+    index = pd.to_datetime(table["index_date"])
+    for name in MEASURED_FEATURES:
+        col = f"{name}_date"
+        if col not in table:
+            continue
+        when = pd.to_datetime(table[col])
+        for pid, value in table.loc[when > index, ["patient_id", col]].itertuples(index=False):
+            found.append(
+                FeatureIssue(
+                    patient_id=str(pid),
+                    field=col,
+                    rule="measured after the index date",
+                    value=str(value),
+                )
+            )
+    for kind in ("cvd", "diabetes"):
+        col = f"{kind}_time"
+        if col not in table:
+            continue
+        bad = table[col] < 0
+        for pid, value in table.loc[bad, ["patient_id", col]].itertuples(index=False):
+            found.append(
+                FeatureIssue(
+                    patient_id=str(pid),
+                    field=col,
+                    rule="outcome dated before the index date",
+                    value=f"{value:.3f}",
+                )
+            )
+    return found
