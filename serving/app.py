@@ -1,13 +1,21 @@
-"""The ASGI app mounted on the BentoML service: CDS Hooks and plain REST routes."""
+"""The ASGI app mounted on the BentoML service: CDS Hooks, REST, imaging and UI routes.
+
+Route handlers find the :class:`~serving.runtime.Runtime` at
+``request.app.state.runtime`` (contract C5); the service sets it before serving.
+"""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from serving import cds_hooks, rest
 from serving.runtime import Runtime
+from serving.settings import Settings
 
 __all__ = ["create_app"]
 
@@ -15,12 +23,6 @@ __all__ = ["create_app"]
 def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
-
-
-async def discovery(request: Request) -> JSONResponse:
-    """CDS Hooks discovery: the services this deployment offers."""
-    _runtime(request)
-    return JSONResponse({"services": []})
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -41,11 +43,29 @@ async def list_models(request: Request) -> JSONResponse:
     )
 
 
-def create_app() -> Starlette:
-    """A Starlette app; the service sets ``app.state.runtime`` before serving."""
-    return Starlette(
-        routes=[
-            Route("/cds-services", discovery, methods=["GET"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-        ]
-    )
+def create_app(settings: Settings | None = None) -> Starlette:
+    """A Starlette app; the service sets ``app.state.runtime`` before serving.
+
+    Args:
+        settings: Read for the CORS origins (``TONLE_CORS_ORIGINS``); default from the
+            environment.
+    """
+    settings = settings or Settings()
+    routes: list[BaseRoute] = [
+        *cds_hooks.routes(),
+        *rest.routes(),
+        Route("/v1/models", list_models, methods=["GET"]),
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-API-Key", "Accept-Language"],
+                expose_headers=["X-Request-Id"],
+                max_age=600,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware)

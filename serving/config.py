@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.metadata import SEMVER
 
-__all__ = ["ServingConfig"]
+__all__ = ["NcdServiceConfig", "ServingConfig"]
+
+Indicator = Literal["info", "warning", "critical"]
+
+
+class NcdServiceConfig(BaseModel):
+    """One NCD CDS Hooks service: which pinned model answers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Name of a model pinned under `models`.")
+    title: str = Field(description="Title shown in CDS Hooks discovery.")
+    description: str = Field(default="", description="Discovery description.")
 
 
 class ServingConfig(BaseModel):
@@ -19,6 +33,32 @@ class ServingConfig(BaseModel):
         description="Model name -> pinned semantic version. Never 'latest' in production.",
     )
 
+    ncd_services: dict[str, NcdServiceConfig] = Field(
+        default_factory=dict,
+        description="CDS service id (e.g. 'ncd-cvd-risk') -> the NCD model that answers it.",
+    )
+    indicators: list[Indicator] = Field(
+        default=["info", "info", "warning", "critical", "critical"],
+        min_length=5,
+        max_length=5,
+        description="Card indicator for each WHO risk band: <5, 5-<10, 10-<20, 20-<30, >=30 %.",
+    )
+    max_data_age_days: int = Field(
+        default=365, gt=0, le=3650, description="Older measurements give no advice (days)."
+    )
+    language: str | None = Field(
+        default=None, description="Default card language; unset uses TONLE_LANGUAGE."
+    )
+    who_region: str | None = Field(
+        default="A05GBDR_014_SEA", description="WHO 2019 GBD region code for the CVD charts."
+    )
+    who_country: str | None = Field(
+        default="KHM", description="ISO alpha-3 country recalibration (falls back to region)."
+    )
+    fetch_timeout_s: float = Field(
+        default=2.0, gt=0, le=10, description="Deadline for fetching missing prefetch (s)."
+    )
+
     @field_validator("models")
     @classmethod
     def _pinned(cls, value: dict[str, str]) -> dict[str, str]:
@@ -28,3 +68,13 @@ class ServingConfig(BaseModel):
                     f"models.{name} = {version!r}: pin an exact semantic version like '1.0.0'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _services_pinned(self) -> ServingConfig:
+        for service_id, service in self.ncd_services.items():
+            if service.model not in self.models:
+                raise ValueError(
+                    f"ncd_services.{service_id}.model = {service.model!r}: "
+                    f"pin it under models (pinned: {sorted(self.models) or 'none'})"
+                )
+        return self

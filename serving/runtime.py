@@ -1,41 +1,162 @@
-"""What a running service holds: settings, configuration and verified models."""
+"""What a running service holds: settings, configuration, verified models, auth and audit."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from models import registry
 from models.config import load_config
-from models.registry import StoredModel
+from models.registry import ArtifactError, StoredModel
 from serving.config import ServingConfig
 from serving.settings import Settings
 
-__all__ = ["Runtime"]
+if TYPE_CHECKING:
+    from models.ncd_predictor import NcdPredictor
+    from serving.audit.records import AuditRecord, FeedbackRecord
+
+__all__ = ["ApiKeyAuth", "AuditSink", "CallerLike", "CdsAuth", "DevCaller", "Runtime"]
 
 logger = logging.getLogger(__name__)
 
 
+class CallerLike(Protocol):
+    """Who called (contract C4 ``Caller``)."""
+
+    @property
+    def iss(self) -> str: ...
+    @property
+    def sub(self) -> str | None: ...
+    @property
+    def tenant(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class DevCaller:
+    """The caller in ``--dev`` mode, when authentication is off (loopback only)."""
+
+    iss: str = "dev"
+    sub: str | None = None
+    tenant: str | None = None
+    kind: str = "dev"
+
+
+class CdsAuth(Protocol):
+    """Checks CDS Hooks JWTs (contract C4 ``CdsAuthenticator``)."""
+
+    async def authenticate(self, authorization: str | None, endpoint_url: str) -> Any: ...
+    def fhir_server_allowed(self, caller: Any, fhir_server: str) -> bool: ...
+
+
+class ApiKeyAuth(Protocol):
+    """Checks REST API keys (contract C4 ``ApiKeyAuthenticator``)."""
+
+    def authenticate(self, header_value: str | None) -> Any: ...
+
+
+class AuditSink(Protocol):
+    """Durable audit rows (contract C4 ``AuditStore``)."""
+
+    def record(self, row: AuditRecord) -> None: ...
+    def record_feedback(self, fb: FeedbackRecord) -> None: ...
+
+
 @dataclass
 class Runtime:
-    """Loaded once per worker, in the BentoML service's ``__init__``."""
+    """Loaded once per worker, in the BentoML service's ``__init__``.
+
+    ``cds_auth`` / ``api_keys`` are ``None`` only in ``--dev`` mode (no authentication).
+    """
 
     settings: Settings
     config: ServingConfig
     models: dict[str, StoredModel] = field(default_factory=dict)
+    ncd: dict[str, NcdPredictor] = field(default_factory=dict)
+    audit: AuditSink | None = None
+    cds_auth: CdsAuth | None = None
+    api_keys: ApiKeyAuth | None = None
     ready: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def language(self) -> str:
+        """The site's default card language."""
+        return self.config.language or self.settings.language
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
-        """Read the serving config and verify every pinned model (sha256, graph).
+        """Read the serving config, verify every pinned model (sha256, graph), open NCD
+        predictors, the audit store and the authenticators. Not ready until :meth:`warm_up`.
 
         Raises:
             models.registry.ArtifactError: a pinned model is missing or does not verify;
                 the service must not become ready.
         """
+        from models.ncd_predictor import NcdPredictor
+
         config = load_config(settings.serving_config, ServingConfig)
         runtime = cls(settings=settings, config=config)
         for name, version in config.models.items():
             runtime.models[name] = registry.verify(name, version)
             logger.info("verified model %s", runtime.models[name].metadata.tag)
+        for service_id, service in config.ncd_services.items():
+            runtime.ncd[service_id] = NcdPredictor(runtime.models[service.model], threads=1)
+        runtime.audit = _open_audit(settings)
+        if settings.dev:
+            logger.warning(
+                "DEV MODE: CDS Hooks and REST callers are NOT authenticated. "
+                "Never use --dev outside a loopback demo."
+            )
+        else:
+            runtime.cds_auth, runtime.api_keys = _open_auth(settings)
         return runtime
+
+    def warm_up(self) -> None:
+        """Run each model on its golden input (the reference row) and the WHO chart on a
+        known case; the service becomes ready only if every answer is a valid risk.
+
+        Raises:
+            models.registry.ArtifactError: a model gave no valid probability.
+        """
+        from models.ncd_predictor import encode_rows
+        from models.who_cvd import WhoCvdInputs, who_cvd_risk
+
+        for service_id, predictor in self.ncd.items():
+            reference: dict[str, Any] = dict(predictor.metadata.extra["reference"])
+            encodings: dict[str, dict[str, float]] = predictor.metadata.extra.get("encodings", {})
+            for name, codes in encodings.items():
+                by_code = {v: k for k, v in codes.items()}
+                reference[name] = by_code.get(reference[name], reference[name])
+            row = encode_rows(predictor.metadata, [reference])
+            for _ in range(3):
+                risk, _contributions = predictor.explain(row)
+            batch = predictor.predict_proba(np.repeat(row, 4, axis=0))
+            if not (math.isfinite(risk) and 0.0 <= risk <= 1.0) or not np.allclose(batch, risk):
+                raise ArtifactError(f"{service_id}: golden input gave no valid probability")
+        golden = who_cvd_risk(
+            WhoCvdInputs(sex="male", age=60, smoking=True, sbp=160, total_chol=6.0, diabetes=False),
+            "lab",
+            region=self.config.who_region,
+            country=self.config.who_country,
+        )
+        if not 0.0 < golden.risk < 1.0:
+            raise ArtifactError("WHO CVD equations gave no valid risk on the golden input")
+        self.ready = True
+
+
+def _open_audit(settings: Settings) -> AuditSink:
+    from serving.audit import AuditStore
+
+    store: AuditSink = AuditStore.open(settings.database_url.get_secret_value())
+    return store
+
+
+def _open_auth(settings: Settings) -> tuple[CdsAuth, ApiKeyAuth]:
+    from serving.auth import build_authenticators
+
+    cds, keys = build_authenticators(settings)
+    return cds, keys

@@ -29,7 +29,8 @@ class Tonle:
         configure_logging(settings.log_level, settings.log_json)
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
-        self.runtime.ready = True
+        # Golden-input warm-up: /readyz stays 503 until every model answered correctly.
+        self.runtime.warm_up()
         # Objects made at start-up never change; keep the GC from rescanning them.
         gc.freeze()
         logger.info("Tonle ready with %d model(s)", len(self.runtime.models))

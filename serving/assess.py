@@ -1,0 +1,177 @@
+"""One NCD assessment, shared by CDS Hooks and REST: features in, advice or a reason out.
+
+Fail closed: a missing required value, a value older than the configured maximum age,
+a value outside the model's validated range, or a model output that is not a finite
+probability gives :class:`NoAdvice` with a machine-readable reason, never a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Literal
+
+from models.metadata import ModelMetadata
+from models.ncd_predictor import Contribution, NcdInputError, NcdPredictor, encode_rows, risk_band
+from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
+
+__all__ = ["Advice", "NoAdvice", "WhoSettings", "assess", "who_for"]
+
+
+class NoAdvice(Exception):
+    """No advice can be given; ``reason`` is a machine-readable code (no PHI)."""
+
+    def __init__(self, reason: str, field: str | None = None, detail: str = "") -> None:
+        super().__init__(f"{reason}{f':{field}' if field else ''} {detail}".strip())
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+
+    @property
+    def code(self) -> str:
+        """``reason`` or ``reason:field``, as stored in the audit row."""
+        return f"{self.reason}:{self.field}" if self.field else self.reason
+
+
+@dataclass(frozen=True)
+class WhoSettings:
+    """Which WHO 2019 recalibration the site uses."""
+
+    region: str | None = "A05GBDR_014_SEA"
+    country: str | None = "KHM"
+
+
+@dataclass
+class Advice:
+    """A risk the service can stand behind, with everything the card and FHIR need."""
+
+    outcome: str
+    risk: float
+    percent: int
+    band_index: int
+    band: str
+    contributions: list[Contribution]
+    metadata: ModelMetadata
+    features: dict[str, float | str]
+    units: dict[str, str]
+    dates: dict[str, date]
+    sources: dict[str, str]
+    input_sha256: str
+    who: WhoCvdResult | None = None
+    who_note: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _canonical_sha256(tag: str, row: Mapping[str, float | str]) -> str:
+    canonical = json.dumps({"model": tag, "input": dict(sorted(row.items()))}, sort_keys=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def who_for(
+    values: Mapping[str, float | str], settings: WhoSettings
+) -> tuple[WhoCvdResult | None, str | None]:
+    """The WHO chart risk (lab model when cholesterol and diabetes are known, else non-lab).
+
+    Returns:
+        ``(result, None)``, or ``(None, reason)`` when the charts cannot be used (e.g.
+        age outside 40-74); the charts are never extrapolated here.
+    """
+    try:
+        sex = values.get("sex")
+        chol, diabetes, bmi = values.get("total_chol"), values.get("diabetes"), values.get("bmi")
+        model: Literal["lab", "nonlab"] = (
+            "lab" if chol is not None and diabetes is not None else "nonlab"
+        )
+        inputs = WhoCvdInputs.model_validate(
+            {
+                "sex": sex,
+                "age": values.get("age"),
+                "smoking": bool(values.get("smoking")) if "smoking" in values else None,
+                "sbp": values.get("sbp"),
+                "total_chol": chol,
+                "diabetes": bool(diabetes) if diabetes is not None else None,
+                "bmi": bmi,
+            }
+        )
+        return who_cvd_risk(inputs, model, region=settings.region, country=settings.country), None
+    except WhoCvdInputError as exc:
+        return None, f"{exc.field}: {exc.rule}"
+    except ValueError as exc:  # pydantic ValidationError: a chart input is missing
+        first = getattr(exc, "errors", lambda: [{"loc": ("input",)}])()[0]
+        return None, f"{'.'.join(str(p) for p in first['loc'])}: required by the WHO chart"
+
+
+def assess(
+    predictor: NcdPredictor,
+    values: Mapping[str, float | str],
+    *,
+    units: Mapping[str, str] | None = None,
+    dates: Mapping[str, date] | None = None,
+    sources: Mapping[str, str] | None = None,
+    today: date | None = None,
+    max_age_days: int | None = None,
+    who: WhoSettings | None = None,
+    top: int = 3,
+) -> Advice:
+    """Score one patient with ``predictor`` (and the WHO chart for CVD).
+
+    Args:
+        predictor: The verified NCD model.
+        values: Feature values in model units (``sex`` as ``"female"``/``"male"``).
+        units: Unit of each value as received (shown in the card's data list).
+        dates: Date of each value; with ``today`` and ``max_age_days`` enforces freshness.
+        sources: FHIR references of the resources each value came from.
+        today: The index date.
+        max_age_days: Values older than this give no advice (``stale-data``).
+        who: WHO recalibration; ``None`` skips the WHO chart (e.g. diabetes risk).
+        top: Number of contributions to explain.
+
+    Raises:
+        NoAdvice: ``insufficient-data``, ``stale-data``, ``out-of-range`` or ``model-output``.
+    """
+    meta = predictor.metadata
+    dates = dates or {}
+    used: dict[str, float | str] = {}
+    for spec in meta.features:
+        if spec.name in values:
+            used[spec.name] = values[spec.name]
+        elif spec.required:
+            raise NoAdvice("insufficient-data", spec.name, f"{spec.description} is required")
+    if today is not None and max_age_days is not None:
+        oldest = today - timedelta(days=max_age_days)
+        for name in used:
+            when = dates.get(name)
+            if when is not None and when < oldest:
+                raise NoAdvice("stale-data", name, f"measured {when}, older than {max_age_days} d")
+    try:
+        row = encode_rows(meta, [used])
+        risk, contributions = predictor.explain(row, top=top)
+    except NcdInputError as exc:
+        raise NoAdvice("out-of-range", exc.field, exc.rule) from exc
+    if not (math.isfinite(risk) and 0.0 <= risk <= 1.0):
+        raise NoAdvice("model-output", None, "the model returned no valid probability")
+    band_index, band = risk_band(risk)
+    who_result: WhoCvdResult | None = None
+    who_note: str | None = None
+    if who is not None:
+        who_result, who_note = who_for(values, who)
+    return Advice(
+        outcome=str(meta.extra.get("outcome", "")),
+        risk=risk,
+        percent=math.floor(risk * 100.0 + 0.5),
+        band_index=band_index,
+        band=band,
+        contributions=contributions,
+        metadata=meta,
+        features=used,
+        units={k: v for k, v in (units or {}).items() if k in used},
+        dates={k: v for k, v in dates.items() if k in used},
+        sources={k: v for k, v in (sources or {}).items() if k in used and v},
+        input_sha256=_canonical_sha256(meta.tag, used),
+        who=who_result,
+        who_note=who_note,
+    )

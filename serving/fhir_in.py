@@ -1,0 +1,306 @@
+"""Read NCD model inputs out of CDS Hooks prefetch (FHIR R4 Patient, Observation, Condition).
+
+The FHIR shapes are parsed with small typed models (only the elements we use, so a
+call costs microseconds, not the milliseconds full resource validation takes). Unit
+conversion is delegated to :mod:`models.ncd_features`, the one conversion training
+and serving share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from models import ncd_features
+
+__all__ = [
+    "DIABETES_CONDITION_CODES",
+    "LOINC",
+    "OBSERVATION_KEYS",
+    "SMOKER_CODES",
+    "Extracted",
+    "PrefetchError",
+    "extract",
+]
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+
+# prefetch key -> (feature, LOINC codes accepted; a panel's component is searched too)
+OBSERVATION_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sbp": ("sbp", ("8480-6", "85354-9")),
+    "totalChol": ("total_chol", ("2093-3",)),
+    "hdl": ("hdl", ("2085-9",)),
+    "hba1c": ("hba1c", ("4548-4",)),
+    "bmi": ("bmi", ("39156-5",)),
+    "smoking": ("smoking", ("72166-2",)),
+}
+_PANEL_COMPONENT = {"85354-9": "8480-6"}
+# One source of truth for codes shared with training (models/ncd_features.py).
+SMOKER_CODES = ncd_features.SMOKING_CURRENT_SNOMED
+NON_SMOKER_CODES = ncd_features.SMOKING_NOT_CURRENT_SNOMED
+DIABETES_CONDITION_CODES = ncd_features.DIABETES_CONDITION_CODES
+_USABLE_STATUS = frozenset({"final", "amended", "corrected"})
+
+
+class PrefetchError(ValueError):
+    """A prefetch value is not the FHIR shape its key asks for (answered 400)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"prefetch.{key}: {message}")
+        self.key = key
+
+
+class _F(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Coding(_F):
+    system: str | None = None
+    code: str | None = None
+
+
+class _Concept(_F):
+    coding: list[_Coding] = []
+
+
+class _Quantity(_F):
+    value: float | None = None
+    unit: str | None = None
+    code: str | None = None
+    system: str | None = None
+
+
+class _Component(_F):
+    code: _Concept
+    valueQuantity: _Quantity | None = None
+
+
+class _Period(_F):
+    start: str | None = None
+
+
+class _Observation(_F):
+    resourceType: str
+    id: str | None = None
+    status: str
+    code: _Concept
+    effectiveDateTime: str | None = None
+    effectivePeriod: _Period | None = None
+    issued: str | None = None
+    valueQuantity: _Quantity | None = None
+    valueCodeableConcept: _Concept | None = None
+    component: list[_Component] = []
+
+
+class _Condition(_F):
+    resourceType: str
+    id: str | None = None
+    code: _Concept | None = None
+    clinicalStatus: _Concept | None = None
+    verificationStatus: _Concept | None = None
+
+
+class _Patient(_F):
+    resourceType: str
+    id: str | None = None
+    gender: str | None = None
+    birthDate: str | None = None
+
+
+@dataclass
+class Extracted:
+    """Features found in the prefetch, with the date and source of each."""
+
+    values: dict[str, float | str] = field(default_factory=dict)
+    dates: dict[str, date] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # feature -> "Observation/id"
+    problems: dict[str, str] = field(default_factory=dict)  # feature -> reason code
+
+
+def _resources(key: str, value: dict[str, Any] | None, resource_type: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    kind = value.get("resourceType")
+    if kind == resource_type:
+        return [value]
+    if kind != "Bundle":
+        raise PrefetchError(key, f"expected a {resource_type} or a Bundle, got {kind!r}")
+    entries = value.get("entry") or []
+    if not isinstance(entries, list):
+        raise PrefetchError(key, "Bundle.entry must be a list")
+    found: list[dict[str, Any]] = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+            found.append(resource)
+    return found
+
+
+def _parse_date(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC).date() if moment.tzinfo else moment.date()
+
+
+def _has_code(concept: _Concept | None, codes: tuple[str, ...] | frozenset[str]) -> str | None:
+    if concept is None:
+        return None
+    for coding in concept.coding:
+        if coding.code in codes and (coding.system in (None, LOINC, SNOMED)):
+            return coding.code
+    return None
+
+
+def _observation_value(obs: _Observation, code: str) -> _Quantity | None:
+    if code in _PANEL_COMPONENT:
+        wanted = (_PANEL_COMPONENT[code],)
+        for component in obs.component:
+            if _has_code(component.code, wanted):
+                return component.valueQuantity
+        return None
+    return obs.valueQuantity
+
+
+def _latest_observation(
+    key: str, raw: list[dict[str, Any]], codes: tuple[str, ...]
+) -> tuple[_Observation, str, date] | None:
+    best: tuple[_Observation, str, date] | None = None
+    for item in raw:
+        try:
+            obs = _Observation.model_validate(item)
+        except ValidationError as exc:
+            raise PrefetchError(key, f"Observation is malformed: {exc.errors()[0]['msg']}") from exc
+        code = _has_code(obs.code, codes)
+        if code is None or obs.status not in _USABLE_STATUS:
+            continue
+        when = _parse_date(
+            obs.effectiveDateTime or (obs.effectivePeriod.start if obs.effectivePeriod else None)
+        ) or _parse_date(obs.issued)
+        if when is None:
+            continue
+        if best is None or when > best[2]:
+            best = (obs, code, when)
+    return best
+
+
+def _smoking(obs: _Observation) -> float | None:
+    if _has_code(obs.valueCodeableConcept, SMOKER_CODES):
+        return 1.0
+    if _has_code(obs.valueCodeableConcept, NON_SMOKER_CODES):
+        return 0.0
+    return None
+
+
+def _age(birth: date, today: date) -> float:
+    years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+    return float(years)
+
+
+def _diabetic_condition(condition: _Condition) -> bool:
+    status = {c.code for c in (condition.clinicalStatus.coding if condition.clinicalStatus else [])}
+    if status & {"inactive", "resolved", "remission"}:
+        return False
+    verification = condition.verificationStatus
+    if verification and {c.code for c in verification.coding} & {"refuted", "entered-in-error"}:
+        return False
+    for coding in condition.code.coding if condition.code else []:
+        if coding.code is None:
+            continue
+        if coding.system == SNOMED and coding.code in DIABETES_CONDITION_CODES:
+            return True
+        if (coding.system or "").startswith(ICD10) and ncd_features.icd10_is_diabetes(coding.code):
+            return True
+    return False
+
+
+def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracted:
+    """Map prefetch resources to feature values in model units, with dates and sources.
+
+    Values that are absent or unusable are simply not in ``values``; the caller decides
+    (insufficient data means no advice, never a default). A value whose unit cannot
+    be converted is recorded in ``problems`` as ``unit:<unit>``.
+
+    Raises:
+        PrefetchError: a prefetch value is not the FHIR shape its key asks for.
+    """
+    out = Extracted()
+    patients = _resources("patient", prefetch.get("patient"), "Patient")
+    if patients:
+        try:
+            patient = _Patient.model_validate(patients[0])
+        except ValidationError as exc:
+            raise PrefetchError("patient", "Patient is malformed") from exc
+        if patient.gender in ("female", "male"):
+            out.values["sex"] = patient.gender
+            out.units["sex"] = "1"
+        birth = _parse_date(patient.birthDate) if patient.birthDate else None
+        if birth is not None and birth <= today:
+            out.values["age"] = _age(birth, today)
+            out.units["age"] = "a"
+            out.dates["age"] = today
+    for key, (feature, codes) in OBSERVATION_KEYS.items():
+        latest = _latest_observation(key, _resources(key, prefetch.get(key), "Observation"), codes)
+        if latest is None:
+            continue
+        obs, code, when = latest
+        if feature == "smoking":
+            value: float | None = _smoking(obs)
+            unit = "1"
+        else:
+            quantity = _observation_value(obs, code)
+            if quantity is None or quantity.value is None or not math.isfinite(quantity.value):
+                continue
+            unit = quantity.code or quantity.unit or ""
+            try:
+                value = ncd_features.convert(feature, quantity.value, unit)
+            except ncd_features.UnitError:
+                out.problems[feature] = f"unit:{unit[:20]}"
+                continue
+        if value is None:
+            continue
+        out.values[feature] = value
+        out.units[feature] = unit if feature == "smoking" else ncd_features.CANONICAL_UNITS[feature]
+        out.dates[feature] = when
+        if obs.id:
+            out.sources[feature] = f"Observation/{obs.id}"
+    _diabetes(prefetch, out)
+    return out
+
+
+def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> None:
+    """History of diabetes: an active diabetes Condition, or HbA1c >= 6.5 %."""
+    conditions = _resources("diabetes", prefetch.get("diabetes"), "Condition")
+    known = prefetch.get("diabetes") is not None
+    for item in conditions:
+        try:
+            condition = _Condition.model_validate(item)
+        except ValidationError as exc:
+            raise PrefetchError("diabetes", "Condition is malformed") from exc
+        if _diabetic_condition(condition):
+            out.values["diabetes"] = 1.0
+            if condition.id:
+                out.sources["diabetes"] = f"Condition/{condition.id}"
+            break
+    else:
+        hba1c = out.values.get("hba1c")
+        if isinstance(hba1c, float) and hba1c >= 6.5:
+            out.values["diabetes"] = 1.0
+            out.sources["diabetes"] = out.sources.get("hba1c", "")
+            out.dates["diabetes"] = out.dates["hba1c"]
+        elif known:
+            out.values["diabetes"] = 0.0
+    if "diabetes" in out.values:
+        out.units["diabetes"] = "1"

@@ -1,0 +1,148 @@
+"""CDS Hooks prefetch: the templates we advertise, and fetching what the EHR left out.
+
+A key that is missing or ``null`` is fetched from ``fhirServer`` with the EHR's
+``fhirAuthorization`` only when that server is allowlisted for the calling issuer,
+within a deadline; otherwise the call is answered 412 (never computed on partial data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from serving.cds_models import CdsRequest
+
+__all__ = [
+    "FEATURE_KEYS",
+    "TEMPLATES",
+    "PrefetchUnavailable",
+    "complete_prefetch",
+    "keys_for",
+]
+
+logger = logging.getLogger(__name__)
+
+_OBS = "Observation?patient={{context.patientId}}&code=%s&_sort=-date&_count=1"
+TEMPLATES: dict[str, str] = {
+    "patient": "Patient/{{context.patientId}}",
+    "sbp": _OBS % "http://loinc.org|8480-6,http://loinc.org|85354-9",
+    "totalChol": _OBS % "http://loinc.org|2093-3",
+    "hdl": _OBS % "http://loinc.org|2085-9",
+    "hba1c": _OBS % "http://loinc.org|4548-4",
+    "bmi": _OBS % "http://loinc.org|39156-5",
+    "smoking": _OBS % "http://loinc.org|72166-2",
+    "diabetes": "Condition?patient={{context.patientId}}&clinical-status=active&_count=100",
+}
+# Which prefetch keys a feature needs (diabetes also reads HbA1c >= 6.5 %).
+FEATURE_KEYS: dict[str, tuple[str, ...]] = {
+    "sex": ("patient",),
+    "age": ("patient",),
+    "sbp": ("sbp",),
+    "total_chol": ("totalChol",),
+    "hdl": ("hdl",),
+    "hba1c": ("hba1c",),
+    "bmi": ("bmi",),
+    "smoking": ("smoking",),
+    "diabetes": ("diabetes", "hba1c"),
+}
+# The WHO chart inputs (both lab and non-lab models).
+WHO_FEATURES = ("sex", "age", "smoking", "sbp", "total_chol", "diabetes", "bmi")
+_MAX_RESOURCE_BYTES = 1 << 20
+
+
+class PrefetchUnavailable(Exception):
+    """Prefetch is incomplete and cannot be fetched: answered 412 (``reason`` is a code)."""
+
+    def __init__(self, reason: str, keys: Iterable[str]) -> None:
+        self.reason = reason
+        self.keys = sorted(keys)
+        super().__init__(f"{reason}: {', '.join(self.keys)}")
+
+
+def keys_for(features: Iterable[str], with_who: bool) -> list[str]:
+    """Prefetch keys a service needs for its model's features (and the WHO chart)."""
+    wanted = {"patient"}
+    for name in [*features, *(WHO_FEATURES if with_who else ())]:
+        wanted.update(FEATURE_KEYS.get(name, ()))
+    return [key for key in TEMPLATES if key in wanted]
+
+
+def _query(key: str, patient_id: str) -> str:
+    return TEMPLATES[key].replace("{{context.patientId}}", patient_id)
+
+
+async def _fetch_one(
+    client: httpx.AsyncClient, base: str, key: str, patient_id: str, token: str
+) -> dict[str, Any]:
+    url = f"{base.rstrip('/')}/{_query(key, patient_id)}"
+    response = await client.get(
+        url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    )
+    if response.status_code != 200 or len(response.content) > _MAX_RESOURCE_BYTES:
+        raise PrefetchUnavailable("fetch-failed", [key])
+    try:
+        value = json.loads(response.content)
+    except ValueError as exc:
+        raise PrefetchUnavailable("fetch-failed", [key]) from exc
+    if not isinstance(value, dict):
+        raise PrefetchUnavailable("fetch-failed", [key])
+    return value
+
+
+async def complete_prefetch(
+    request: CdsRequest,
+    keys: list[str],
+    *,
+    server_allowed: Callable[[str], bool],
+    timeout_s: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, dict[str, Any] | None]:
+    """The prefetch with every needed key present, fetching missing ones when allowed.
+
+    Args:
+        request: The CDS Hooks call.
+        keys: Keys the service needs.
+        server_allowed: Whether the caller may have us contact ``fhirServer``.
+        timeout_s: Deadline for all fetches together.
+        transport: httpx transport (tests).
+
+    Raises:
+        PrefetchUnavailable: ``prefetch-missing`` when we may not fetch,
+            ``fetch-failed`` when fetching did not succeed in time.
+    """
+    prefetch = dict(request.prefetch)
+    missing = [key for key in keys if prefetch.get(key) is None]
+    if not missing:
+        return prefetch
+    server, auth = request.fhirServer, request.fhirAuthorization
+    if (
+        server is None
+        or auth is None
+        or not server.startswith("https://")
+        or not server_allowed(server)
+    ):
+        raise PrefetchUnavailable("prefetch-missing", missing)
+    patient_id = request.context.patientId
+    try:
+        async with httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, transport=transport, trust_env=False
+        ) as client:
+            async with asyncio.timeout(timeout_s):
+                fetched = await asyncio.gather(
+                    *(
+                        _fetch_one(client, server, key, patient_id, auth.access_token)
+                        for key in missing
+                    )
+                )
+    except PrefetchUnavailable:
+        raise
+    except (httpx.HTTPError, TimeoutError) as exc:
+        logger.warning("fetching prefetch failed: %s", type(exc).__name__)
+        raise PrefetchUnavailable("fetch-failed", missing) from exc
+    prefetch.update(zip(missing, fetched, strict=True))
+    return prefetch

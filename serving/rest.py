@@ -1,0 +1,384 @@
+"""Plain JSON REST endpoints for hospitals without CDS Hooks (API-key auth).
+
+``POST /v1/risk/cvd``, ``POST /v1/risk/diabetes`` and ``POST /v1/who-cvd`` are
+Starlette routes on the mounted app (the fast path through BentoML, see
+``benchmarks/bench_cds.py``); their typed schemas are published at
+``GET /v1/openapi.json``. Every risk call leaves one committed audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
+from serving.assess import Advice, NoAdvice, WhoSettings, assess
+from serving.audit.records import AuditRecord, Outcome
+from serving.body import BadRequest, parse_model, read_json
+from serving.fhir_out import ADVISORY_NOTE, risk_assessment
+from serving.runtime import DevCaller, Runtime
+
+__all__ = [
+    "ContributionOut",
+    "ModelIdentity",
+    "RiskRequest",
+    "RiskResponse",
+    "WhoCvdRequest",
+    "openapi_document",
+    "routes",
+]
+
+logger = logging.getLogger(__name__)
+API_KEY_HEADER = "x-api-key"
+
+
+class RiskRequest(BaseModel):
+    """One patient's values, in the units shown (convert before sending)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sex": "male",
+                    "age": 62,
+                    "smoking": True,
+                    "sbp": 165,
+                    "total_chol": 6.2,
+                    "diabetes": False,
+                    "bmi": 27.5,
+                    "measured": "2026-10-01",
+                }
+            ]
+        },
+    )
+
+    sex: Literal["female", "male"] = Field(description="Administrative sex.")
+    age: float = Field(description="Age in years.", examples=[62])
+    smoking: bool = Field(description="Current tobacco smoker.")
+    sbp: float = Field(description="Systolic blood pressure, mm[Hg].", examples=[165])
+    dbp: float | None = Field(default=None, description="Diastolic blood pressure, mm[Hg].")
+    total_chol: float | None = Field(default=None, description="Total cholesterol, mmol/L.")
+    hdl: float | None = Field(default=None, description="HDL cholesterol, mmol/L.")
+    hba1c: float | None = Field(default=None, description="HbA1c, % (NGSP).")
+    fasting_glucose: float | None = Field(default=None, description="Fasting glucose, mmol/L.")
+    bmi: float | None = Field(default=None, description="Body-mass index, kg/m2.")
+    diabetes: bool | None = Field(default=None, description="Known diabetes.")
+    bp_treated: bool | None = Field(default=None, description="On blood-pressure drugs.")
+    measured: date | None = Field(
+        default=None,
+        description="Date of the oldest measurement; too old gives no advice (stale-data).",
+    )
+    patient_ref: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Optional FHIR reference (e.g. 'Patient/123') for the RiskAssessment.",
+    )
+
+
+class ModelIdentity(BaseModel):
+    """Which artifact answered."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class ContributionOut(BaseModel):
+    """How much one value moves the risk compared with a reference value."""
+
+    feature: str
+    value: float
+    unit: str
+    delta_risk: float = Field(description="Risk change vs the reference value (fraction).")
+    text: str
+
+
+class RiskResponse(BaseModel):
+    """Advice, or no advice with a machine-readable reason (never a guessed risk)."""
+
+    request_id: str
+    advice: bool = Field(description="False means no advice; see `reason`.")
+    reason: str | None = Field(default=None, description="e.g. 'out-of-range:sbp'.")
+    advisory: str = ADVISORY_NOTE
+    model: ModelIdentity
+    risk: float | None = Field(default=None, description="10-year risk, fraction 0-1.")
+    percent: int | None = None
+    band: str | None = Field(default=None, description="WHO band of the risk, e.g. '10-<20%'.")
+    contributions: list[ContributionOut] = Field(default_factory=list)
+    who: WhoCvdResult | None = Field(default=None, description="WHO 2019 chart risk (CVD).")
+    who_note: str | None = Field(default=None, description="Why the WHO chart was not used.")
+    risk_assessment: dict[str, Any] | None = Field(
+        default=None, description="The same result as a FHIR R4 RiskAssessment."
+    )
+
+
+class WhoCvdRequest(WhoCvdInputs):
+    """WHO 2019 chart inputs plus which chart and recalibration to use."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sex": "male",
+                    "age": 62,
+                    "smoking": True,
+                    "sbp": 165,
+                    "total_chol": 6.2,
+                    "diabetes": False,
+                    "model": "lab",
+                    "country": "KHM",
+                }
+            ]
+        },
+    )
+
+    model: Literal["lab", "nonlab"] = Field(description="Laboratory or non-laboratory chart.")
+    region: str | None = Field(default=None, description="GBD region code, e.g. A05GBDR_014_SEA.")
+    country: str | None = Field(default=None, description="ISO alpha-3 country, e.g. KHM.")
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _caller(runtime: Runtime, request: Request) -> Any | None:
+    if runtime.api_keys is None:
+        return DevCaller() if runtime.settings.dev else None
+    from serving.auth import AuthError
+
+    try:
+        return runtime.api_keys.authenticate(request.headers.get(API_KEY_HEADER))
+    except AuthError:
+        return None
+
+
+def _unauthorized() -> Response:
+    return Response(b'{"error":"unauthorized"}', status_code=401, media_type="application/json")
+
+
+async def _audit(
+    runtime: Runtime,
+    *,
+    request_id: str,
+    service_id: str,
+    caller: Any,
+    started: float,
+    outcome: Outcome,
+    reason: str | None,
+    advice: Advice | None,
+    model: Any,
+) -> bool:
+    if runtime.audit is None:
+        return False
+    row = AuditRecord(
+        request_id=request_id,
+        service_id=service_id,
+        caller_iss=getattr(caller, "iss", None),
+        caller_sub=getattr(caller, "sub", None),
+        caller_tenant=getattr(caller, "tenant", None),
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        input_sha256=advice.input_sha256 if advice else None,
+        outcome=outcome,
+        reason=reason,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )
+    try:
+        await run_in_threadpool(runtime.audit.record, row)
+    except Exception:
+        logger.exception("audit store unavailable; refusing request %s", request_id)
+        return False
+    return True
+
+
+def _values(body: RiskRequest) -> dict[str, float | str]:
+    raw = body.model_dump(exclude={"measured", "patient_ref"}, exclude_none=True)
+    return {k: (v if isinstance(v, str) else float(v)) for k, v in raw.items()}
+
+
+async def _risk(request: Request, outcome: str) -> Response:
+    runtime = _runtime(request)
+    service_id = f"ncd-{outcome}-risk"
+    predictor = runtime.ncd.get(service_id)
+    if predictor is None:
+        return JSONResponse({"error": "model-unavailable", "field": None}, status_code=404)
+    caller = _caller(runtime, request)
+    if caller is None:
+        return _unauthorized()
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    meta = predictor.metadata
+    advice: Advice | None = None
+    outcome_code: Outcome = "advice"
+    reason: str | None = None
+    try:
+        body = parse_model(RiskRequest, await read_json(request))
+        values = _values(body)
+        dates = dict.fromkeys(values, body.measured) if body.measured else {}
+        advice = assess(
+            predictor,
+            values,
+            dates={k: v for k, v in dates.items() if v is not None},
+            today=datetime.now(UTC).date(),
+            max_age_days=runtime.config.max_data_age_days,
+            who=WhoSettings(runtime.config.who_region, runtime.config.who_country)
+            if outcome == "cvd"
+            else None,
+        )
+        patient = (body.patient_ref or "Patient/unknown").removeprefix("Patient/")
+        answer = RiskResponse(
+            request_id=request_id,
+            advice=True,
+            model=ModelIdentity(name=meta.name, version=meta.version, sha256=meta.sha256),
+            risk=advice.risk,
+            percent=advice.percent,
+            band=advice.band,
+            contributions=[ContributionOut(**c.model_dump()) for c in advice.contributions],
+            who=advice.who,
+            who_note=advice.who_note,
+            risk_assessment=risk_assessment(
+                advice, resource_id=str(uuid.uuid4()), patient_id=patient[:64]
+            ),
+        )
+        response: Response = Response(
+            answer.model_dump_json(exclude_none=True), media_type="application/json"
+        )
+    except BadRequest as exc:
+        outcome_code, reason, response = "refused", exc.reason, exc.response()
+    except NoAdvice as exc:
+        outcome_code, reason = "no-advice", exc.code
+        status = 422 if exc.reason in {"out-of-range", "insufficient-data"} else 200
+        answer = RiskResponse(
+            request_id=request_id,
+            advice=False,
+            reason=exc.code,
+            model=ModelIdentity(name=meta.name, version=meta.version, sha256=meta.sha256),
+        )
+        payload = answer.model_dump(mode="json", exclude_none=True)
+        payload["field"] = exc.field
+        response = JSONResponse(payload, status_code=status)
+    except Exception:
+        logger.exception("request %s failed; no advice", request_id)
+        outcome_code, reason, advice = "error", "internal-error", None
+        response = JSONResponse({"error": "internal-error", "advice": False}, status_code=500)
+    if not await _audit(
+        runtime,
+        request_id=request_id,
+        service_id=f"rest:{service_id}",
+        caller=caller,
+        started=started,
+        outcome=outcome_code,
+        reason=reason,
+        advice=advice,
+        model=meta,
+    ):
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def risk_cvd(request: Request) -> Response:
+    """``POST /v1/risk/cvd``: 10-year CVD risk from the site's model and the WHO chart."""
+    return await _risk(request, "cvd")
+
+
+async def risk_diabetes(request: Request) -> Response:
+    """``POST /v1/risk/diabetes``: 10-year diabetes risk."""
+    return await _risk(request, "diabetes")
+
+
+async def who_cvd(request: Request) -> Response:
+    """``POST /v1/who-cvd``: the WHO 2019 chart risk alone (no model, no audit of advice)."""
+    runtime = _runtime(request)
+    if _caller(runtime, request) is None:
+        return _unauthorized()
+    try:
+        body = parse_model(WhoCvdRequest, await read_json(request))
+        region = body.region or (None if body.country else runtime.config.who_region)
+        country = body.country or (None if body.region else runtime.config.who_country)
+        inputs = WhoCvdInputs(**body.model_dump(exclude={"model", "region", "country"}))
+        result = who_cvd_risk(inputs, body.model, region=region, country=country)
+    except BadRequest as exc:
+        return exc.response()
+    except WhoCvdInputError as exc:
+        bad = {"error": "out-of-range", "field": exc.field, "message": exc.rule}
+        return JSONResponse(bad, status_code=422)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for the REST routes, generated from the pydantic models."""
+    schemas: dict[str, Any] = {}
+    for model in (RiskRequest, RiskResponse, WhoCvdRequest, WhoCvdResult):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+
+    def op(summary: str, req: str, res: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": summary,
+                "security": [{"apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{req}"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Result (advisory).",
+                        "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{res}"}}
+                        },
+                    },
+                    "400": {"description": "Invalid JSON or field (names the field)."},
+                    "401": {"description": "Missing or invalid API key."},
+                    "413": {"description": "Body too large."},
+                    "422": {"description": "Value outside the validated range (names the field)."},
+                    "503": {"description": "Audit store unavailable; no advice given."},
+                },
+            }
+        }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Tonle REST API", "version": "1", "description": ADVISORY_NOTE},
+        "paths": {
+            "/v1/risk/cvd": op("10-year cardiovascular risk", "RiskRequest", "RiskResponse"),
+            "/v1/risk/diabetes": op("10-year diabetes risk", "RiskRequest", "RiskResponse"),
+            "/v1/who-cvd": op("WHO 2019 CVD chart risk", "WhoCvdRequest", "WhoCvdResult"),
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
+
+async def openapi(request: Request) -> JSONResponse:
+    """``GET /v1/openapi.json``."""
+    return JSONResponse(openapi_document())
+
+
+def routes() -> list[BaseRoute]:
+    """The REST routes."""
+    return [
+        Route("/v1/risk/cvd", risk_cvd, methods=["POST"]),
+        Route("/v1/risk/diabetes", risk_diabetes, methods=["POST"]),
+        Route("/v1/who-cvd", who_cvd, methods=["POST"]),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+    ]

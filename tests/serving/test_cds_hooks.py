@@ -1,0 +1,412 @@
+"""CDS Hooks, REST and FHIR output through the ASGI app, with real fixture models and
+a real SQLite audit store (dev mode: authentication is tested in test_cds_auth.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.riskassessment import RiskAssessment
+from starlette.applications import Starlette
+
+from serving.app import create_app
+from serving.runtime import DevCaller, Runtime
+from tests.serving.cds_fixtures import build_store, cds_request, prefetch, runtime_for
+
+CVD = "/cds-services/ncd-cvd-risk"
+DIABETES = "/cds-services/ncd-diabetes-risk"
+
+
+@pytest.fixture(scope="module")
+def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_store(tmp_path_factory.mktemp("ncd-store"))
+
+
+@pytest.fixture(scope="module")
+def runtime(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    with runtime_for(store_home, tmp_path_factory.mktemp("rt")) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def app(runtime: Runtime) -> Starlette:
+    application = create_app(runtime.settings)
+    application.state.runtime = runtime
+    return application
+
+
+def call(
+    app: Starlette, method: str, url: str, body: Any = None, raw: bytes | None = None, **kw: Any
+) -> httpx.Response:
+    headers = dict(kw.pop("headers", {}))
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            if raw is not None:
+                headers.setdefault("content-type", "application/json")
+                return await client.request(method, url, content=raw, headers=headers)
+            return await client.request(method, url, json=body, headers=headers)
+
+    return asyncio.run(go())
+
+
+def audit_row(runtime: Runtime, response: httpx.Response) -> Any:
+    rows = runtime.audit.rows(request_id=response.headers["x-request-id"])  # type: ignore[union-attr]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_discovery_lists_services_with_loinc_prefetch(app: Starlette) -> None:
+    response = call(app, "GET", "/cds-services")
+    assert response.status_code == 200
+    services = {s["id"]: s for s in response.json()["services"]}
+    assert {"ncd-cvd-risk", "ncd-diabetes-risk"} <= set(services)
+    cvd = services["ncd-cvd-risk"]
+    assert cvd["hook"] == "patient-view"
+    templates = " ".join(cvd["prefetch"].values())
+    for code in ("8480-6", "85354-9", "2093-3", "2085-9", "4548-4", "39156-5", "72166-2"):
+        assert f"http://loinc.org|{code}" in templates
+    assert cvd["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    assert cvd["prefetch"]["diabetes"].startswith("Condition?patient={{context.patientId}}")
+
+
+def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
+    response = call(app, "POST", CVD, cds_request())
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    assert len(cards) == 1
+    card = cards[0]
+    assert len(card["summary"]) < 140
+    assert card["indicator"] in {"info", "warning", "critical"}
+    assert "cvd-risk" in card["source"]["label"]
+    assert "1.0.0" in card["source"]["label"]
+    detail = card["detail"]
+    # ML risk and WHO chart risk side by side, data used with dates, advisory line.
+    assert "WHO 2019 chart" in detail
+    assert "%" in detail
+    assert "6.21 mmol/L" in detail  # 240 mg/dL converted by models.ncd_features
+    assert "Systolic blood pressure" in detail
+    assert "165 mmHg" in detail
+    assert "not a diagnosis" in detail
+    assert card["links"][0]["url"].startswith("http://testserver/ui/explain/")
+    assert {r["code"] for r in card["overrideReasons"]} >= {"disagree", "data-wrong"}
+    actions = card["suggestions"][0]["actions"]
+    assert actions[0]["type"] == "create"
+    assert actions[0]["resource"]["resourceType"] == "RiskAssessment"
+    row = audit_row(runtime, response)
+    assert row.outcome == "advice"
+    assert row.card_ids == [card["uuid"]]
+    assert row.hook_instance == "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+    assert row.model_sha256 == runtime.ncd["ncd-cvd-risk"].metadata.sha256
+    assert row.input_sha256
+    assert len(row.input_sha256) == 64
+    assert row.patient_ref == "Patient/p1"
+
+
+def test_indicator_follows_site_band_mapping(app: Starlette, runtime: Runtime) -> None:
+    low = call(app, "POST", CVD, cds_request(prefetch(age=45, sbp=110, smoker=False, chol=160)))
+    high = call(app, "POST", CVD, cds_request(prefetch(age=72, sbp=200, smoker=True, chol=320)))
+    low_card, high_card = low.json()["cards"][0], high.json()["cards"][0]
+    low_ra = low_card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
+    high_ra = high_card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
+    assert low_ra["probabilityDecimal"] < high_ra["probabilityDecimal"]
+    bands = ["<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"]
+    for card, pred in ((low_card, low_ra), (high_card, high_ra)):
+        band = bands.index(pred["qualitativeRisk"]["text"])
+        assert card["indicator"] == runtime.config.indicators[band]
+
+
+def test_panel_sbp_and_units_are_read(app: Starlette) -> None:
+    response = call(app, "POST", CVD, cds_request(prefetch(sbp=150, sbp_as_panel=True)))
+    card = response.json()["cards"][0]
+    assert "150 mmHg" in card["detail"]
+    basis = card["suggestions"][0]["actions"][0]["resource"]["basis"]
+    assert {"reference": "Observation/bp1"} in basis
+
+
+def test_khmer_card_text(app: Starlette) -> None:
+    response = call(app, "POST", CVD, cds_request(), headers={"accept-language": "km-KH"})
+    summary = response.json()["cards"][0]["summary"]
+    assert "ហានិភ័យ" in summary
+    assert len(summary) < 140
+
+
+def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
+    response = call(app, "POST", DIABETES, cds_request())
+    card = response.json()["cards"][0]
+    assert "diabetes" in card["summary"].lower()
+    assert "WHO 2019 chart" not in card["detail"]
+    assert audit_row(runtime, response).model_name == "diabetes-risk"
+
+
+@pytest.mark.parametrize(
+    ("pf", "reason"),
+    [
+        (prefetch(days_ago=400), "stale-data"),
+        (prefetch(sbp=400), "out-of-range:sbp"),
+        (prefetch(age=30), "out-of-range:age"),
+        (
+            {**prefetch(), "sbp": {"resourceType": "Bundle", "type": "searchset"}},
+            "insufficient-data:sbp",
+        ),
+        (prefetch(chol=5.0, chol_unit="g/L"), "unit:total_chol"),
+    ],
+)
+def test_no_advice_is_empty_cards_and_audited(
+    app: Starlette, runtime: Runtime, pf: dict[str, Any], reason: str
+) -> None:
+    response = call(app, "POST", CVD, cds_request(pf))
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+    row = audit_row(runtime, response)
+    assert row.outcome == "no-advice"
+    assert row.reason is not None
+    assert row.reason.startswith(reason)
+    assert row.card_ids == []
+
+
+def test_missing_prefetch_without_fhir_server_is_412(app: Starlette, runtime: Runtime) -> None:
+    pf = prefetch()
+    pf["sbp"] = None
+    del pf["totalChol"]
+    response = call(app, "POST", CVD, cds_request(pf))
+    assert response.status_code == 412
+    assert set(response.json()["keys"]) == {"sbp", "totalChol"}
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason) == ("refused", "prefetch-missing")
+
+
+class _FakeAuth:
+    """Allows only https://fhir.allowed.example for every caller."""
+
+    async def authenticate(self, authorization: str | None, endpoint_url: str) -> Any:
+        return DevCaller(iss="https://ehr.example", sub="tonle")
+
+    def fhir_server_allowed(self, caller: Any, fhir_server: str) -> bool:
+        return fhir_server == "https://fhir.allowed.example/r4"
+
+
+def test_missing_prefetch_is_fetched_from_allowlisted_server(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = prefetch(sbp=172)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        assert request.headers["authorization"] == "Bearer secret-token"
+        assert request.url.path.endswith("/Observation")
+        return httpx.Response(200, json=full["sbp"])
+
+    monkeypatch.setitem(runtime.extras, "fhir_transport", httpx.MockTransport(handler))
+    monkeypatch.setattr(runtime, "cds_auth", _FakeAuth())
+    auth = {
+        "access_token": "secret-token",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "tonle",
+    }
+    pf = {**full, "sbp": None}
+    ok = call(
+        app, "POST", CVD,
+        cds_request(pf, fhirServer="https://fhir.allowed.example/r4", fhirAuthorization=auth),
+    )  # fmt: skip
+    assert ok.status_code == 200
+    assert "172 mmHg" in ok.json()["cards"][0]["detail"]
+    assert len(seen) == 1
+    assert "8480-6" in str(seen[0].url)
+    refused = call(
+        app, "POST", CVD,
+        cds_request(pf, fhirServer="https://evil.example/r4", fhirAuthorization=auth),
+    )  # fmt: skip
+    assert refused.status_code == 412
+    assert len(seen) == 1  # the caller-chosen server was never contacted
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        (b'{"hook": "patient-view", "x": NaN}', 400, "invalid-number"),
+        (b'{"hook": "patient-view", "x": Infinity}', 400, "invalid-number"),
+        (b'{"hook": "patient-view", "x": 1e309}', 400, "invalid-number"),
+        (b'{"hook": "patient-view", "hook": "order-sign"}', 400, "duplicate-key"),
+        (b"[" * 5000 + b"]" * 5000, 400, "too-deep"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, 400, "too-deep"),
+        (b"not json", 400, "invalid-json"),
+        (b"\xff\xfe", 400, "invalid-json"),
+        (b'{"hook": "patient-view"}', 400, "invalid-field"),
+        (b'{"x": "' + b"a" * (1 << 20) + b'"}', 413, "too-large"),
+    ],
+)
+def test_bad_input_is_4xx_naming_the_problem(
+    app: Starlette, runtime: Runtime, raw: bytes, status: int, reason: str
+) -> None:
+    response = call(app, "POST", CVD, raw=raw)
+    assert response.status_code == status
+    assert response.json()["error"] == reason
+    assert audit_row(runtime, response).outcome == "refused"
+
+
+def test_bad_field_is_named(app: Starlette) -> None:
+    body = cds_request()
+    body["context"]["patientId"] = "../../etc"
+    response = call(app, "POST", CVD, body)
+    assert response.status_code == 400
+    assert response.json()["field"] == "context.patientId"
+    wrong_hook = call(app, "POST", CVD, cds_request(hook="order-sign"))
+    assert wrong_hook.status_code == 400
+    assert wrong_hook.json()["field"] == "hook"
+    media = call(app, "POST", CVD, raw=b"{}", headers={"content-type": "text/plain"})
+    assert media.status_code == 415
+
+
+def test_malformed_prefetch_resource_is_400(app: Starlette) -> None:
+    pf = prefetch()
+    pf["sbp"] = {"resourceType": "Patient", "id": "x"}
+    response = call(app, "POST", CVD, cds_request(pf))
+    assert response.status_code == 400
+    assert response.json()["field"] == "prefetch.sbp"
+
+
+def test_unknown_service_is_404(app: Starlette) -> None:
+    assert call(app, "POST", "/cds-services/nope", cds_request()).status_code == 404
+
+
+def test_feedback_is_stored_and_linked(app: Starlette, runtime: Runtime) -> None:
+    response = call(app, "POST", CVD, cds_request())
+    card_id = response.json()["cards"][0]["uuid"]
+    feedback = {
+        "feedback": [
+            {
+                "card": card_id,
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": {
+                        "system": "https://tonle.dev/fhir/CodeSystem/override-reason",
+                        "code": "disagree",
+                    },
+                    "userComment": "recent BP normal",
+                },
+                "outcomeTimestamp": "2026-11-25T10:00:00Z",
+            }
+        ]
+    }
+    stored = call(app, "POST", f"{CVD}/feedback", feedback)
+    assert stored.status_code == 200
+    found = runtime.audit.feedback(card_uuid=card_id)  # type: ignore[union-attr]
+    assert len(found) == 1
+    assert found[0].outcome == "overridden"
+    assert found[0].override_reason is not None
+    assert found[0].override_reason.code == "disagree"
+    bad = call(app, "POST", f"{CVD}/feedback", {"feedback": [{"card": card_id}]})
+    assert bad.status_code == 400
+    assert bad.json()["field"].startswith("feedback.0")
+
+
+def test_fhir_output_validates_with_r4b(app: Starlette) -> None:
+    card = call(app, "POST", CVD, cds_request()).json()["cards"][0]
+    ra_json, prov_json = (a["resource"] for a in card["suggestions"][0]["actions"])
+    assessment = RiskAssessment.model_validate(ra_json)
+    assert assessment.performer is not None
+    assert assessment.performer.reference == "#tonle-cvd-risk-1.0.0"
+    assert len(assessment.basis or []) == 4
+    assert assessment.prediction is not None
+    assert 0 < float(assessment.prediction[0].probabilityDecimal or 0) < 1
+    device = Device.model_validate(ra_json["contained"][0])
+    assert device.version is not None
+    assert device.version[0].value == "1.0.0"
+    assert any(i.system == "urn:tonle:model-sha256" for i in device.identifier or [])
+    provenance = Provenance.model_validate(prov_json)
+    assert provenance.target[0].reference == f"RiskAssessment/{ra_json['id']}"
+
+
+def test_internal_error_fails_closed(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor = runtime.ncd["ncd-cvd-risk"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("onnx exploded")
+
+    monkeypatch.setattr(predictor, "explain", broken)
+    response = call(app, "POST", CVD, cds_request())
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason) == ("error", "internal-error")
+
+
+def test_no_response_without_audit_row(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = runtime.audit.count()  # type: ignore[union-attr]
+
+    def down(row: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runtime.audit, "record", down)
+    response = call(app, "POST", CVD, cds_request())
+    assert response.status_code == 503
+    assert "cards" not in response.json()
+    monkeypatch.undo()
+    assert runtime.audit.count() == before  # type: ignore[union-attr]
+
+
+def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
+    body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165, "total_chol": 6.2,
+            "diabetes": False, "bmi": 27.5}  # fmt: skip
+    response = call(app, "POST", "/v1/risk/cvd", body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["advice"] is True
+    assert 0 < result["risk"] < 1
+    assert result["who"]["band"] in {"<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"}
+    assert result["model"]["sha256"] == runtime.ncd["ncd-cvd-risk"].metadata.sha256
+    RiskAssessment.model_validate(result["risk_assessment"])
+    assert audit_row(runtime, response).service_id == "rest:ncd-cvd-risk"
+    out_of_range = call(app, "POST", "/v1/risk/cvd", {**body, "age": 121})
+    assert out_of_range.status_code == 422
+    assert out_of_range.json()["field"] == "age"
+    typo = call(app, "POST", "/v1/risk/cvd", {**body, "sbpp": 1})
+    assert typo.status_code == 400
+    assert typo.json()["field"] == "sbpp"
+    who = call(app, "POST", "/v1/who-cvd", {**body, "model": "lab", "country": "KHM"})
+    assert who.status_code == 200
+    assert who.json()["country_code"] == "KHM"
+    young = call(app, "POST", "/v1/who-cvd", {**body, "age": 30, "model": "lab"})
+    assert young.status_code == 422
+    assert young.json()["field"] == "age"
+    spec = call(app, "GET", "/v1/openapi.json").json()
+    assert {"/v1/risk/cvd", "/v1/risk/diabetes", "/v1/who-cvd"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["RiskRequest"]["examples"]
+    assert "description" in spec["components"]["schemas"]["RiskRequest"]["properties"]["sbp"]
+
+
+def test_cors_only_for_allowed_origin(runtime: Runtime) -> None:
+    settings = runtime.settings.model_copy(update={"cors_origins": ["https://ehr.example"]})
+    application = create_app(settings)
+    application.state.runtime = runtime
+    preflight = {"access-control-request-method": "POST"}
+    ok = call(application, "OPTIONS", CVD, headers={"origin": "https://ehr.example", **preflight})
+    assert ok.headers.get("access-control-allow-origin") == "https://ehr.example"
+    other = call(
+        application, "OPTIONS", CVD, headers={"origin": "https://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_summary_is_short_in_every_language(app: Starlette) -> None:
+    for lang in ("en", "km"):
+        for path in (CVD, DIABETES):
+            card = call(app, "POST", path, cds_request(), headers={"accept-language": lang})
+            assert len(card.json()["cards"][0]["summary"]) < 140
+    assert json.loads(json.dumps({"ok": True}))
