@@ -228,16 +228,17 @@ class CxrAnalyser:
         try:
             if media in DICOM_TYPES:
                 header_patient, study = _dicom_header(data)
-                decoded = preprocess.decode_dicom(data, max_pixels=self.config.max_pixels)
+                decoded = preprocess.decode_dicom(
+                    data, max_pixels=self.config.max_pixels, target_size=self.size
+                )
             else:
-                decoded = preprocess.decode_png(data)
+                decoded = preprocess.decode_png(data, max_pixels=self.config.max_pixels)
         except CannotAssess:
             raise
         except Exception as exc:  # every decoder failure is a 4xx with a reason
             reason = str(getattr(exc, "reason", "") or "unreadable")
-            raise CannotAssess(
-                reason, "the image could not be decoded", _UNSUPPORTED.get(reason, 422)
-            ) from exc
+            detail = str(getattr(exc, "detail", "") or "the image could not be decoded")
+            raise CannotAssess(reason, detail, _UNSUPPORTED.get(reason, 422)) from exc
         t_decode = time.perf_counter()
         quality = _quality_module().assess(decoded)
         t_quality = time.perf_counter()

@@ -100,17 +100,19 @@ def card_for(result: CxrResult, public_url: str) -> Card:
 
 
 async def _caller(state: ImagingState, request: Request) -> Any | None:
-    if state.dev:
-        return {"iss": "dev", "sub": None, "tenant": None}
-    authenticator = getattr(request.app.state.runtime, "cds_authenticator", None)
-    if authenticator is None:
-        return None
+    """The CDS client (JWT, C4), or None when the call must be refused with 401."""
+    from serving.runtime import DevCaller
+
+    if state.cds_auth is None:
+        return DevCaller() if state.dev else None
+    from serving.auth import AuthError
+
     try:
-        return await authenticator.authenticate(
+        return await state.cds_auth.authenticate(
             request.headers.get("authorization"),
             f"{state.public_url.rstrip('/')}/cds-services/{SERVICE_ID}",
         )
-    except Exception:
+    except AuthError:
         return None
 
 

@@ -161,7 +161,7 @@ def structured_report(source: Dataset, result: CxrResult) -> FileDataset:
         measured.MeasurementUnitsCodeSequence = Sequence([_code("1", "UCUM", "no units")])
         num.MeasuredValueSequence = Sequence([measured])
         flag = _text(
-            _code(f"{finding.label}-flag", _TONLE_SCHEME, f"AI flag {finding.label}"),
+            _code("flag", _TONLE_SCHEME, "AI flag at operating point"),
             (
                 f"{'FLAGGED' if finding.flagged else 'not flagged'} at threshold "
                 f"{finding.threshold:g} ({finding.threshold_source}: {finding.threshold_chosen_on})"

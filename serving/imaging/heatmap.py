@@ -23,17 +23,20 @@ _LUT = _colour_lut()
 
 
 def upsample_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a raw 2-D activation map to ``size`` (height, width), scaled 0-1.
+    """Bilinear resize of a raw 2-D activation map to ``size`` (height, width), then 0-1.
 
     Higher stays higher: the map is shifted by its minimum and divided by its range,
     never inverted. A flat map becomes all zeros.
     """
-    low = float(cam.min())
-    span = float(cam.max()) - low
-    scaled = (cam - low) / span if span > 1e-12 else np.zeros_like(cam)
-    image = Image.fromarray(scaled.astype(np.float32))
-    resized = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    image = Image.fromarray(np.ascontiguousarray(cam, dtype=np.float32))
+    resized = np.asarray(
+        image.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32
+    )
+    low = float(resized.min())
+    span = float(resized.max()) - low
+    if span <= 1e-12:
+        return np.zeros(size, dtype=np.float32)
+    return (resized - low) / span
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray, *, floor: float = 0.35) -> bytes:

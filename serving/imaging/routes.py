@@ -51,7 +51,7 @@ def imaging_state(request: Request) -> ImagingState:
         _NotReady: no CXR model is configured or it is not loaded.
     """
     runtime = getattr(request.app.state, "runtime", None)
-    state = getattr(runtime, "imaging", None)
+    state = getattr(runtime, "extras", {}).get("imaging")
     if not isinstance(state, ImagingState) or not state.warmed:
         raise _NotReady
     return state
@@ -65,14 +65,16 @@ def _not_ready() -> JSONResponse:
 
 
 async def authenticate(state: ImagingState, request: Request) -> Any | None:
-    """The caller, or None when the request must be refused with 401."""
-    if state.dev:
-        return {"iss": "dev", "sub": None, "tenant": None}
+    """The REST caller (API key, C4), or None when the request must be refused with 401."""
+    from serving.runtime import DevCaller
+
     if state.authenticator is None:
-        return None
+        return DevCaller() if state.dev else None
+    from serving.auth import AuthError, api_key_from_headers
+
     try:
-        return state.authenticator.authenticate(request.headers.get("x-api-key"))
-    except Exception:  # any auth failure is one identical 401
+        return state.authenticator.authenticate(api_key_from_headers(request.headers))
+    except AuthError:
         return None
 
 

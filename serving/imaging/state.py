@@ -16,7 +16,7 @@ from serving.imaging.analysis import CannotAssess, CxrAnalyser, CxrModelRunner
 from serving.imaging.config import ImagingConfig
 from serving.imaging.results import ResultStore
 
-__all__ = ["BatchInfer", "ImagingState"]
+__all__ = ["BatchInfer", "ImagingState", "attach"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class ImagingState:
         config: the ``imaging:`` section of the serving config.
         public_url: base URL used to make links absolute.
         audit: the audit store (``record(AuditRecord)``), or None in unit tests only.
+        authenticator: REST API-key authenticator (C4); None only in dev mode.
+        cds_auth: CDS Hooks JWT authenticator (C4); None only in dev mode.
         infer: optional adaptive-batching model call; None runs the model in line.
         dev: no caller authentication (loopback development only).
     """
@@ -44,6 +46,7 @@ class ImagingState:
     public_url: str = "http://127.0.0.1:3000"
     audit: Any = None
     authenticator: Any = None
+    cds_auth: Any = None
     infer: BatchInfer | None = None
     dev: bool = False
     warmed: bool = field(default=False)
@@ -59,6 +62,7 @@ class ImagingState:
         runner: CxrModelRunner | None = None,
         audit: Any = None,
         authenticator: Any = None,
+        cds_auth: Any = None,
         dev: bool = False,
     ) -> ImagingState:
         """Load the runner for ``stored`` and warm it up on a blank image.
@@ -78,6 +82,7 @@ class ImagingState:
             public_url=public_url,
             audit=audit,
             authenticator=authenticator,
+            cds_auth=cds_auth,
             dev=dev,
         )
         state.warm_up()
@@ -103,3 +108,43 @@ class ImagingState:
             self.analyser.identity.version,
             (time.perf_counter() - started) * 1000,
         )
+
+
+def attach(runtime: Any) -> ImagingState | None:
+    """Build the imaging state for a loaded :class:`~serving.runtime.Runtime`.
+
+    Reads ``runtime.config.imaging``; when it is set, its model must be pinned under
+    ``models:``. Stores the state in ``runtime.extras["imaging"]`` and registers the
+    ``cxr-triage`` CDS service for discovery (``runtime.extras["cds_services"]``).
+
+    Returns:
+        The state, or None when no imaging section is configured.
+
+    Raises:
+        ValueError: the imaging model is not pinned, or its thresholds do not fit.
+    """
+    from serving.imaging.cds import SERVICE
+
+    config: ImagingConfig | None = getattr(runtime.config, "imaging", None)
+    if config is None:
+        return None
+    stored = runtime.models.get(config.model)
+    if stored is None:
+        raise ValueError(
+            f"imaging.model = {config.model!r} is not pinned under models "
+            f"(pinned: {sorted(runtime.models) or 'none'})"
+        )
+    settings = runtime.settings
+    state = ImagingState.build(
+        stored,
+        config,
+        site=settings.site,
+        public_url=settings.public_url,
+        audit=runtime.audit,
+        authenticator=runtime.api_keys,
+        cds_auth=runtime.cds_auth,
+        dev=settings.dev,
+    )
+    runtime.extras["imaging"] = state
+    runtime.extras.setdefault("cds_services", []).append(SERVICE)
+    return state

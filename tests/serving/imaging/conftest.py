@@ -1,0 +1,91 @@
+"""Fixtures for the imaging serving tests: a tiny model, the app, a fake audit store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from models.registry import StoredModel
+from serving.imaging.config import ImagingConfig
+from serving.imaging.routes import routes
+from serving.imaging.state import ImagingState
+from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
+
+
+class Client:
+    """A synchronous HTTP client on an ASGI app (httpx ``ASGITransport``)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                return await c.request(method, url, **kwargs)
+
+        return asyncio.run(go())
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+
+class ListAudit:
+    """Collects audit rows; ``fail`` makes ``record`` raise like a full disk."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+        self.fail = False
+
+    def record(self, row: Any) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        self.rows.append(row)
+
+
+@pytest.fixture
+def tiny_cxr(model_store: Path, tmp_path: Path) -> StoredModel:
+    """The tiny C7 model (64 px) in a private store."""
+    return make_cxr_artifact(tmp_path)
+
+
+@pytest.fixture
+def audit() -> ListAudit:
+    return ListAudit()
+
+
+AppFactory = Callable[..., tuple[Client, ImagingState]]
+
+
+@pytest.fixture
+def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> AppFactory:
+    """Build the imaging routes around the tiny model: ``make_app(**config)``."""
+
+    def build(
+        dev: bool = True, authenticator: Any = None, **config: Any
+    ) -> tuple[Client, ImagingState]:
+        imaging = ImagingConfig(results_dir=tmp_path / "imaging", **config)
+        state = ImagingState.build(
+            tiny_cxr,
+            imaging,
+            site="test-site",
+            public_url="https://tonle.test",
+            audit=audit,
+            authenticator=authenticator,
+            dev=dev,
+        )
+        app = Starlette(routes=routes())
+        app.state.runtime = SimpleNamespace(extras={"imaging": state})
+        return Client(app), state
+
+    return build

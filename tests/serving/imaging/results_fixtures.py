@@ -1,0 +1,58 @@
+"""Hand-made chest X-ray results, for tests of what is built from a result."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+
+from serving.imaging.heatmap import overlay_png
+from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, StudyRef
+
+LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
+
+
+def make_result(
+    patient: str | None = "PAT-001",
+    probs: tuple[float, ...] = (0.92, 0.81, 0.10, 0.05, 0.30),
+    threshold: float = 0.5,
+    created: datetime | None = None,
+    study_uid: str = "1.2.3.4",
+) -> CxrResult:
+    """A result with the given probabilities, all thresholds at ``threshold``."""
+    result_id = uuid.uuid4().hex
+    findings = [
+        CxrFinding(
+            label=label,
+            probability=p,
+            threshold=threshold,
+            threshold_source="model-version",
+            threshold_chosen_on="cxr-triage:1.0.0: validation, sensitivity >= 0.90",
+            flagged=p >= threshold,
+            sensitivity=0.9,
+            specificity=0.75,
+        )
+        for label, p in zip(LABELS, probs, strict=True)
+    ]
+    return CxrResult(
+        id=result_id,
+        created=created or datetime.now(UTC),
+        model=ModelIdentity(name="cxr-triage", version="1.0.0", sha256="ab" * 32),
+        findings=findings,
+        flagged=[f.label for f in findings if f.flagged],
+        heatmap_label="tb",
+        heatmap_url=f"/v1/imaging/results/{result_id}/heatmap.png",
+        site="default",
+        patient_ref=patient,
+        study=StudyRef(study_uid=study_uid, series_uid="1.2.3.4.1", sop_instance_uid="1.2.3.4.1.1"),
+        input_sha256="cd" * 32,
+    )
+
+
+def heatmap_png() -> bytes:
+    """An overlay of a gradient image with a map hottest in the top-left corner."""
+    image = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    cam = np.zeros((8, 8), np.float32)
+    cam[0, 0] = 5.0
+    return overlay_png(image, cam)

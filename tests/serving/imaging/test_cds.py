@@ -1,0 +1,78 @@
+"""The ``cxr-triage`` CDS Hooks service: latest stored read per patient, or no cards."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from serving.cds_models import CdsResponse
+from serving.imaging.cds import SERVICE, card_for
+from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.results_fixtures import heatmap_png, make_result
+
+
+def hook(patient: str) -> dict[str, Any]:
+    return {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/1", "patientId": patient},
+        "prefetch": {},
+    }
+
+
+def test_latest_recent_read_becomes_one_card(make_app: AppFactory, audit: ListAudit) -> None:
+    client, state = make_app()
+    old = make_result(patient="P7", created=datetime.now(UTC) - timedelta(days=400))
+    new = make_result(patient="P7", probs=(0.9, 0.2, 0.7, 0.1, 0.1))
+    for result in (old, new):
+        state.store.save(result, heatmap_png())
+    response = client.post("/cds-services/cxr-triage", json=hook("P7"))
+    assert response.status_code == 200
+    answer = CdsResponse.model_validate(response.json())
+    assert len(answer.cards) == 1
+    card = answer.cards[0]
+    assert card.indicator == "warning"
+    assert "nodule" in card.summary
+    assert "unverified" in card.summary
+    assert len(card.summary) < 140
+    assert card.links[0].url == f"https://tonle.test{new.heatmap_url}"
+    assert "0.70" in (card.detail or "")
+    row = audit.rows[-1]
+    assert row.outcome == "advice"
+    assert row.card_ids == [card.uuid]
+    assert row.hook_instance is not None
+
+
+def test_no_recent_read_gives_no_cards(make_app: AppFactory, audit: ListAudit) -> None:
+    client, state = make_app()
+    state.store.save(
+        make_result(patient="P8", created=datetime.now(UTC) - timedelta(days=400)), heatmap_png()
+    )
+    for patient in ("P8", "P9"):
+        response = client.post("/cds-services/cxr-triage", json=hook(patient))
+        assert response.status_code == 200
+        assert response.json() == {"cards": [], "systemActions": []}
+    assert [r.outcome for r in audit.rows] == ["no-advice", "no-advice"]
+
+
+def test_bad_hook_requests_are_4xx(make_app: AppFactory) -> None:
+    client, _ = make_app()
+    assert client.post("/cds-services/cxr-triage", content=b"{").status_code == 400
+    wrong = hook("P1") | {"hook": "order-sign"}
+    assert client.post("/cds-services/cxr-triage", json=wrong).status_code == 400
+    bad_id = hook("../etc")
+    assert client.post("/cds-services/cxr-triage", json=bad_id).status_code == 400
+
+
+def test_unauthenticated_hook_calls_are_refused(make_app: AppFactory) -> None:
+    client, _ = make_app(dev=False)
+    assert client.post("/cds-services/cxr-triage", json=hook("P1")).status_code == 401
+
+
+def test_card_without_flags_is_info() -> None:
+    card = card_for(make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), "https://x")
+    assert card.indicator == "info"
+    assert "no finding" in card.summary
+    assert SERVICE.hook == "patient-view"
+    assert SERVICE.id == "cxr-triage"

@@ -1,0 +1,114 @@
+"""DICOMweb against a real Orthanc: QIDO-RS, WADO-RS, analysis and STOW-RS write-back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from serving.imaging.config import DicomWebConfig
+from serving.imaging.dicom_out import COMPREHENSIVE_SR, SECONDARY_CAPTURE
+from serving.imaging.dicomweb import DicomWebClient, DicomWebError, parse_multipart
+from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.cxr_fixtures import dicom_bytes, read
+from tests.serving.imaging.orthanc import running_orthanc
+
+
+@pytest.fixture(scope="module")
+def pacs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as url:
+        yield url
+
+
+@pytest.fixture
+def pacs(pacs_url: str) -> Iterator[DicomWebClient]:
+    client = DicomWebClient(DicomWebConfig(base_url=pacs_url))
+    yield client
+    client.close()
+
+
+def test_qido_wado_stow_round_trip(pacs: DicomWebClient) -> None:
+    data = dicom_bytes(study_uid="1.2.826.0.1.1", patient_id="QW-1")
+    pacs.store("1.2.826.0.1.1", [data])
+    studies = pacs.search_studies(PatientID="QW-1")
+    assert [s["0020000D"]["Value"][0] for s in studies] == ["1.2.826.0.1.1"]
+    (instance,) = pacs.search_instances("1.2.826.0.1.1")
+    assert instance.modality == "CR"
+    assert pacs.retrieve_instance(instance) == data
+
+
+def test_bad_uids_never_reach_the_pacs(pacs: DicomWebClient) -> None:
+    with pytest.raises(DicomWebError) as caught:
+        pacs.search_instances("../../system")
+    assert caught.value.reason == "invalid-uid"
+
+
+def test_unreachable_pacs_is_a_reasoned_error() -> None:
+    client = DicomWebClient(DicomWebConfig(base_url="http://127.0.0.1:9/dicom-web", timeout_s=2))
+    with pytest.raises(DicomWebError) as caught:
+        client.search_studies()
+    assert caught.value.reason == "pacs-unreachable"
+
+
+def test_multipart_parser_splits_parts() -> None:
+    body = b"--b1\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--b1\r\n\r\nBB\r\n--b1--\r\n"
+    assert parse_multipart(body, 'multipart/related; boundary="b1"') == [b"AAA", b"BB"]
+    with pytest.raises(DicomWebError):
+        parse_multipart(body, "multipart/related")
+
+
+def test_study_analysed_and_written_back(
+    make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: ListAudit
+) -> None:
+    pytest.importorskip("models.cxr_quality", reason="IMG-A's quality gate not landed yet")
+    study = "1.2.826.0.1.2"
+    frontal = dicom_bytes(study_uid=study, patient_id="WB-1", series_uid="1.2.826.0.1.2.1")
+    lateral = dicom_bytes(
+        study_uid=study, patient_id="WB-1", series_uid="1.2.826.0.1.2.2", view="LL"
+    )
+    pacs.store(study, [frontal, lateral])
+    client, _ = make_app(pacs=DicomWebConfig(base_url=pacs_url))
+    response = client.post(f"/v1/imaging/studies/{study}/analyse")
+    assert response.status_code == 200, response.text
+    entries = {e["series_uid"]: e for e in response.json()["instances"]}
+    assert entries["1.2.826.0.1.2.2"] == {
+        "series_uid": "1.2.826.0.1.2.2",
+        "sop_instance_uid": read(lateral).SOPInstanceUID,
+        "assessable": False,
+        "reason": "lateral-view",
+    }
+    analysed = entries["1.2.826.0.1.2.1"]
+    assert analysed["assessable"] is True
+    assert analysed["result"]["patient_ref"] == "WB-1"
+    written = analysed["written_back"]
+    # The SR and the heatmap are now in the PACS, in the same study, new series.
+    found = {i.sop: i for i in pacs.search_instances(study)}
+    sr = read(pacs.retrieve_instance(found[written["sr_sop_instance_uid"]]))
+    sc = read(pacs.retrieve_instance(found[written["heatmap_sop_instance_uid"]]))
+    assert sr.SOPClassUID == COMPREHENSIVE_SR
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert sr.PatientID == "WB-1"
+    assert sr.ContributingEquipmentSequence[0].SoftwareVersions == "0.1.0"
+    probability = {
+        i.ConceptNameCodeSequence[0].CodeValue: float(i.MeasuredValueSequence[0].NumericValue)
+        for i in sr.ContentSequence
+        if i.ValueType == "NUM"
+    }
+    assert probability["abnormal"] == pytest.approx(
+        analysed["result"]["findings"][0]["probability"], abs=1e-6
+    )
+    assert sc.SOPClassUID == SECONDARY_CAPTURE
+    assert "UNVERIFIED" in sc.ImageComments
+    assert sc.pixel_array.shape == (64, 64, 3)
+    assert sorted(r.outcome for r in audit.rows) == ["advice", "no-advice"]
+    # Nothing to analyse, no PACS configured: clear 4xx answers.
+    assert client.post("/v1/imaging/studies/1.2.3.999/analyse").status_code == 404
+    client2, _ = make_app()
+    assert client2.post(f"/v1/imaging/studies/{study}/analyse").status_code == 409
+
+
+def test_study_route_rejects_bad_uids(make_app: AppFactory, pacs_url: str) -> None:
+    client, _ = make_app(pacs=DicomWebConfig(base_url=pacs_url))
+    assert client.post("/v1/imaging/studies/abc/analyse").status_code == 400
+    response = client.post("/v1/imaging/studies/1.2.3/analyse", content=b'{"series_uid": "x/y"}')
+    assert response.status_code == 400

@@ -1,0 +1,184 @@
+"""``POST /v1/imaging/cxr`` and the result routes, over HTTP through the ASGI app."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from PIL import Image
+
+from serving.imaging.config import SiteThresholds
+from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
+
+pytest.importorskip("models.cxr_quality", reason="IMG-A's quality gate not landed yet")
+
+DICOM = {"content-type": "application/dicom"}
+
+
+def test_dicom_in_scores_thresholds_identity_heatmap(
+    make_app: AppFactory, audit: ListAudit
+) -> None:
+    client, state = make_app()
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["assessable"] is True
+    assert body["model"] == {
+        "name": "cxr-triage",
+        "version": "0.1.0",
+        "sha256": state.analyser.stored.metadata.sha256,
+    }
+    assert [f["label"] for f in body["findings"]] == state.analyser.labels
+    for finding in body["findings"]:
+        assert 0.0 <= finding["probability"] <= 1.0
+        assert finding["threshold"] == 0.5
+        assert finding["threshold_source"] == "model-version"
+        assert "validation, sensitivity >= 0.90" in finding["threshold_chosen_on"]
+        assert finding["flagged"] == (finding["probability"] >= 0.5)
+    assert body["patient_ref"] == "PAT-001"
+    assert body["heatmap_url"].startswith("https://tonle.test/v1/imaging/results/")
+    assert "unverified" in body["advisory"].lower()
+    timings = body["timings"]
+    assert timings["total_ms"] >= timings["model_ms"] > 0
+    # The overlay is served and is an RGB PNG of the model input size.
+    png = client.get(body["heatmap_url"].removeprefix("https://tonle.test"))
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+    # One audit row, committed before the answer, naming the model and the input hash.
+    assert len(audit.rows) == 1
+    row = audit.rows[0]
+    assert row.outcome == "advice"
+    assert row.request_id == body["request_id"]
+    assert row.model_sha256 == state.analyser.stored.metadata.sha256
+    assert row.input_sha256 == body["input_sha256"]
+
+
+def test_heatmap_is_hot_where_the_image_is_bright(make_app: AppFactory) -> None:
+    # The tiny model's map is the pooled image: orientation and polarity end to end.
+    client, _ = make_app()
+    with_box = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
+    png = client.get(with_box["heatmap_url"].removeprefix("https://tonle.test")).content
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+    redness = rgb[..., 0] - rgb[..., 2]
+    row, col = np.unravel_index(int(np.argmax(redness)), redness.shape)
+    # The box is in the upper right of the image (rows 1/8-1/3, columns 5/8-7/8).
+    assert row < 32
+    assert col > 32
+
+
+def test_monochrome1_reads_like_monochrome2(make_app: AppFactory) -> None:
+    client, _ = make_app()
+    pixels = radiograph()
+    mono2 = client.post("/v1/imaging/cxr", content=dicom_bytes(pixels), headers=DICOM).json()
+    inverted = (4095 - pixels).astype(np.uint16)
+    mono1 = client.post(
+        "/v1/imaging/cxr",
+        content=dicom_bytes(inverted, photometric="MONOCHROME1"),
+        headers=DICOM,
+    ).json()
+    for a, b in zip(mono2["findings"], mono1["findings"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
+
+
+def test_site_override_is_applied_and_named(make_app: AppFactory) -> None:
+    client, _ = make_app(
+        sites={"test-site": SiteThresholds(thresholds={"tb": 0.01}, chosen_on="local audit")}
+    )
+    body = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
+    tb = next(f for f in body["findings"] if f["label"] == "tb")
+    assert tb["threshold"] == 0.01
+    assert tb["threshold_source"] == "site-override"
+    assert "local audit" in tb["threshold_chosen_on"]
+    assert tb["flagged"] is True
+    assert "tb" in body["flagged"]
+    nodule = next(f for f in body["findings"] if f["label"] == "nodule")
+    assert nodule["threshold_source"] == "model-version"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"view": "LL"}, "lateral-view"),
+        ({"modality": "CT"}, "not-cr-dx"),
+        ({"body_part": "KNEE"}, "not-chest"),
+    ],
+)
+def test_out_of_scope_images_are_refused_with_a_reason(
+    make_app: AppFactory, audit: ListAudit, kwargs: dict[str, str], reason: str
+) -> None:
+    client, _ = make_app()
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(**kwargs), headers=DICOM)
+    assert response.status_code == 422
+    assert response.json()["assessable"] is False
+    assert response.json()["reason"] == reason
+    assert [r.outcome for r in audit.rows] == ["no-advice"]
+    assert audit.rows[0].reason == reason
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"not a dicom file at all", "application/dicom", 422),
+        (b"\x00" * 200, "application/dicom", 422),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", 422),
+        (b"GIF89a", "image/gif", 415),
+        (b"", "application/dicom", 422),
+    ],
+)
+def test_bad_bytes_get_a_4xx_reason_never_a_5xx(
+    make_app: AppFactory, body: bytes, content_type: str, status: int
+) -> None:
+    client, _ = make_app()
+    response = client.post("/v1/imaging/cxr", content=body, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.json()["reason"]
+
+
+def test_truncated_dicom_is_refused(make_app: AppFactory) -> None:
+    client, _ = make_app()
+    data = dicom_bytes()
+    for cut in (132, len(data) // 2, len(data) - 7):
+        response = client.post("/v1/imaging/cxr", content=data[:cut], headers=DICOM)
+        assert 400 <= response.status_code < 500, (cut, response.text)
+
+
+def test_oversize_body_is_413(make_app: AppFactory) -> None:
+    client, _ = make_app(max_body_bytes=1000)
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 413
+    assert response.json()["reason"] == "too-large"
+
+
+def test_no_advice_without_a_committed_audit_row(make_app: AppFactory, audit: ListAudit) -> None:
+    client, _ = make_app()
+    audit.fail = True
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 503
+    assert "findings" not in response.json()
+
+
+def test_callers_without_credentials_are_refused(make_app: AppFactory, audit: ListAudit) -> None:
+    client, _ = make_app(dev=False)
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 401
+    assert audit.rows == []
+
+
+def test_result_and_fhir_routes(make_app: AppFactory) -> None:
+    client, _ = make_app()
+    body = client.post(
+        "/v1/imaging/cxr?patient=Patient-9", content=dicom_bytes(), headers=DICOM
+    ).json()
+    stored = client.get(f"/v1/imaging/results/{body['id']}").json()
+    assert stored["findings"] == body["findings"]
+    assert stored["patient_ref"] == "Patient-9"
+    fhir = client.get(f"/v1/imaging/results/{body['id']}/fhir")
+    assert fhir.headers["content-type"].startswith("application/fhir+json")
+    bundle = Bundle.model_validate_json(fhir.content)
+    assert bundle.type == "collection"
+    assert client.get("/v1/imaging/results/" + "0" * 32).status_code == 404
+    assert client.get("/v1/imaging/results/..%2F..%2Fetc").status_code == 404
