@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.metadata import SEMVER
+from serving.imaging.config import ImagingConfig
 
 __all__ = ["NcdServiceConfig", "ServingConfig"]
 
@@ -57,6 +58,10 @@ class ServingConfig(BaseModel):
     )
     fetch_timeout_s: float = Field(
         default=2.0, gt=0, le=10, description="Deadline for fetching missing prefetch (s)."
+    )
+    imaging: ImagingConfig | None = Field(
+        default=None,
+        description="Chest X-ray serving (model, site thresholds, PACS); unset = no imaging.",
     )
 
     @field_validator("models")
