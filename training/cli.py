@@ -23,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training import ops_cli
+
 __all__ = ["EXIT_BAD_ARTIFACT", "EXIT_BAD_INPUT", "EXIT_FAILED", "app", "main"]
 
 EXIT_FAILED = 1
@@ -52,6 +54,7 @@ data_app = typer.Typer(help="Build, convert and inspect training data sets.", no
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 app.add_typer(data_app, name="data")
+ops_cli.register(app)  # tonle db / apikey / audit
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
@@ -217,9 +220,11 @@ def demo(
 
     Example: tonle demo --port 3000
     """
-    from training.demo import build_demo
+    from training.demo import DEMO_ISSUERS_FILE, build_demo
 
     serving_config = build_demo(console)
+    # The demo EHR's token issuer (keys made by build_demo) is the one trusted caller.
+    os.environ.setdefault("TONLE_ALLOWED_ISSUERS", str(DEMO_ISSUERS_FILE.resolve()))
     out.print(
         "\nTry it (in another terminal):\n"
         f"  curl -s http://127.0.0.1:{port}/cds-services | python3 -m json.tool\n"

@@ -7,9 +7,11 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-__all__ = ["DEMO_DIR", "build_demo"]
+__all__ = ["DEMO_DIR", "DEMO_ISSUERS_FILE", "build_demo"]
 
 DEMO_DIR = Path(".tonle")
+# Allowed-issuers YAML trusting the demo EHR's token issuer (serving/demo_issuer.py).
+DEMO_ISSUERS_FILE = DEMO_DIR / "demo-issuer" / "allowed-issuers.yaml"
 
 
 def build_demo(console: Console) -> Path:
@@ -18,7 +20,11 @@ def build_demo(console: Console) -> Path:
     Returns:
         Path of the serving YAML that pins the demo models.
     """
+    from serving.demo_issuer import ensure_demo_issuer
+
     DEMO_DIR.mkdir(exist_ok=True)
+    ensure_demo_issuer(DEMO_ISSUERS_FILE.parent)
+    console.print(f"demo EHR token issuer: {DEMO_ISSUERS_FILE}")
     pinned: dict[str, str] = {}
     config_path = DEMO_DIR / "serving.yaml"
     config_path.write_text(

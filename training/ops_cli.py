@@ -1,0 +1,183 @@
+"""Operations commands: ``tonle db``, ``tonle apikey`` and ``tonle audit``.
+
+They act on the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL``
+(default ``sqlite:///.tonle/tonle.db``). Heavy imports stay inside the commands so
+``tonle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from serving.audit import AuditStore
+
+__all__ = ["apikey_app", "audit_app", "db_app", "register"]
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 4
+
+console = Console(stderr=True)
+out = Console()
+
+db_app = typer.Typer(help="Create or upgrade the audit database schema.", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="API keys for the REST endpoints (hashed at rest).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="Read the audit trail.", no_args_is_help=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL (default: TONLE_DATABASE_URL, else sqlite:///.tonle/tonle.db).",
+        show_default=False,
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``db``, ``apikey`` and ``audit`` command groups to ``app``."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(apikey_app, name="apikey")
+    app.add_typer(audit_app, name="audit")
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _url(database_url: str | None) -> str:
+    if database_url:
+        return database_url
+    from serving.settings import Settings
+
+    return Settings().database_url.get_secret_value()
+
+
+def _open(database_url: str | None) -> AuditStore:
+    from serving.audit import AuditStore, AuditUnavailable
+
+    try:
+        return AuditStore.open(_url(database_url))
+    except (AuditUnavailable, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _fail(
+            f"{option} {value!r} is not an ISO date or date-time (e.g. 2026-01-31 or "
+            "2026-01-31T08:00:00+07:00)",
+            EXIT_BAD_INPUT,
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Apply the shipped migrations (the service also does this at start).
+
+    Example: tonle db upgrade --database-url postgresql+psycopg://tonle@db/tonle
+    """
+    from serving.audit.engine import current_revision
+
+    store = _open(database_url)
+    out.print(f"audit database at revision {current_revision(store.engine)}")
+    store.close()
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option(help="Tenant (hospital or site) the key acts for.")],
+    name: Annotated[str, typer.Option(help="What uses the key, e.g. 'lab system'.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API key; the key is printed once and only its hash is stored.
+
+    Example: tonle apikey create --tenant kampong-cham --name "lab system"
+    """
+    store = _open(database_url)
+    info, key = store.create_api_key(tenant, name)
+    store.close()
+    console.print(
+        f"created key {info.key_id} for tenant {tenant!r}; store it now, it is not shown again"
+    )
+    out.print(key, highlight=False)
+
+
+@apikey_app.command("list")
+def apikey_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List API keys (ids, tenants, names, dates; never secrets).
+
+    Example: tonle apikey list --tenant kampong-cham
+    """
+    store = _open(database_url)
+    keys = store.list_api_keys(tenant)
+    store.close()
+    if as_json:
+        out.print_json(json.dumps([json.loads(k.model_dump_json()) for k in keys]))
+        return
+    table = Table("key id", "tenant", "name", "created", "revoked")
+    for key in keys:
+        revoked = f"{key.revoked:%Y-%m-%d %H:%M}" if key.revoked else ""
+        table.add_row(key.key_id, key.tenant, key.name, f"{key.created:%Y-%m-%d %H:%M}", revoked)
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `tonle apikey list`.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke an API key at once; exit 1 if no active key has that id.
+
+    Example: tonle apikey revoke 3f2a9c0d1e4b5a6c
+    """
+    store = _open(database_url)
+    revoked = store.revoke_api_key(key_id)
+    store.close()
+    if not revoked:
+        raise _fail(f"no active API key with id {key_id!r}")
+    out.print(f"revoked {key_id}")
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="NDJSON file to write.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only rows created at or after this ISO date-time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only rows created before this ISO date-time.")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Export audit rows as FHIR AuditEvent NDJSON (IHE Basic Audit Log Patterns).
+
+    Example: tonle audit export --since 2026-01-01 -o audit-2026.ndjson
+    """
+    from serving.audit.fhir_export import write_ndjson
+
+    start, end = _when(since, "--since"), _when(until, "--until")
+    store = _open(database_url)
+    rows = store.rows(since=start, until=end)
+    store.close()
+    count = write_ndjson(rows, output)
+    console.print(f"wrote {count} AuditEvent(s) to {output}")
