@@ -34,7 +34,9 @@ __all__ = [
     "ExportError",
     "ParityReport",
     "check_parity",
+    "export_checked",
     "onnx_probabilities",
+    "save_proto",
     "save_verified",
     "to_onnx_model",
 ]
@@ -128,16 +130,10 @@ def check_parity(
     )
 
 
-def save_verified(
-    estimator: Any,
-    x_parity: np.ndarray,
-    metadata: ModelMetadata,
-    card_dir: Path | None = None,
-    min_rows: int = 10_000,
-) -> tuple[registry.StoredModel, ParityReport]:
-    """Export, check parity on ``x_parity``, and only then save through the registry.
-
-    The parity report is added to ``metadata.extra["parity"]``.
+def export_checked(
+    estimator: Any, x_parity: np.ndarray, metadata: ModelMetadata, min_rows: int = 10_000
+) -> tuple[onnx.ModelProto, ModelMetadata, ParityReport]:
+    """Export and check parity on ``x_parity``; the metadata gains ``extra["parity"]``.
 
     Raises:
         ExportError: fewer than ``min_rows`` rows, or parity fails.
@@ -152,15 +148,36 @@ def save_verified(
             f"{report.max_abs_diff:.3g} (limit {report.tolerance:g}), "
             f"{report.band_mismatches} of {report.n_rows} rows in a different band"
         )
-    extra = {**metadata.extra, "parity": report.model_dump()}
     final = metadata.model_copy(
         update={
-            "extra": extra,
+            "extra": {**metadata.extra, "parity": report.model_dump()},
             "inputs": {INPUT_NAME: ["N", len(metadata.features)]},
         }
     )
+    return proto, final, report
+
+
+def save_proto(
+    proto: onnx.ModelProto, metadata: ModelMetadata, card_dir: Path | None = None
+) -> registry.StoredModel:
+    """Write the ONNX model to a temporary file and save it through the registry."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(proto, str(path))
-        stored = registry.save(path, final, card_dir)
-    return stored, report
+        return registry.save(path, metadata, card_dir)
+
+
+def save_verified(
+    estimator: Any,
+    x_parity: np.ndarray,
+    metadata: ModelMetadata,
+    card_dir: Path | None = None,
+    min_rows: int = 10_000,
+) -> tuple[registry.StoredModel, ParityReport]:
+    """Export, check parity on ``x_parity``, and only then save through the registry.
+
+    Raises:
+        ExportError: fewer than ``min_rows`` rows, or parity fails.
+    """
+    proto, final, report = export_checked(estimator, x_parity, metadata, min_rows)
+    return save_proto(proto, final, card_dir), report

@@ -1,0 +1,280 @@
+"""Training pipeline: input checks, splits, export gate, and one end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from models import registry
+from models.config import load_config
+from models.ncd_predictor import NcdPredictor
+from training.ncd_export import ExportError, save_verified
+from training.ncd_train import (
+    NcdTrainConfig,
+    TrainingDataError,
+    check_table,
+    feature_matrix,
+    patient_split,
+)
+from training.synthetic_ncd import simulate
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _table(n: int, seed: int) -> pd.DataFrame:
+    """A C2 feature table straight from the simulator (no FHIR round trip)."""
+    c = simulate(n, seed)
+    index = pd.Timestamp("2016-01-01")
+    cvd_event = c.cvd_years <= c.followup_years
+    dm_event = c.diabetes_years <= c.followup_years
+    return pd.DataFrame(
+        {
+            "patient_id": [f"p{i}" for i in range(n)],
+            "index_date": index,
+            "site": c.site,
+            "sex": np.where(c.male, "male", "female"),
+            "age": c.age,
+            "smoking": c.smoking,
+            "sbp": c.sbp,
+            "dbp": c.dbp,
+            "bmi": c.bmi,
+            "total_chol": c.total_chol,
+            "hdl": c.hdl,
+            "hba1c": c.hba1c,
+            "fasting_glucose": c.fasting_glucose,
+            "diabetes": c.diabetes,
+            "bp_treated": c.bp_treated,
+            "sbp_date": index - pd.Timedelta(days=30),
+            "cvd_event": cvd_event.astype(int),
+            "cvd_time": np.minimum(c.cvd_years, c.followup_years),
+            "diabetes_event": dm_event.astype(int),
+            "diabetes_time": np.minimum(c.diabetes_years, c.followup_years),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def cvd_config() -> NcdTrainConfig:
+    return load_config(CONFIG / "cvd-risk.yaml", NcdTrainConfig)
+
+
+def _check(table: pd.DataFrame, cfg: NcdTrainConfig) -> pd.DataFrame:
+    return check_table(table, cfg, lambda _: None)
+
+
+def test_configs_load() -> None:
+    cvd = load_config(CONFIG / "cvd-risk.yaml", NcdTrainConfig)
+    dm = load_config(CONFIG / "diabetes-risk.yaml", NcdTrainConfig)
+    assert cvd.outcome == "cvd"
+    assert dm.exclude_prevalent_diabetes
+    for cfg in (cvd, dm):
+        assert set(cfg.reference) == set(cfg.features)
+        assert set(cfg.required) <= set(cfg.features)
+        assert cfg.export.parity_min_rows >= 10_000
+
+
+def test_leakage_is_refused(cvd_config: NcdTrainConfig) -> None:
+    table = _table(200, 1)
+    table.loc[17, "cvd_time"] = -0.5
+    with pytest.raises(TrainingDataError) as info:
+        _check(table, cvd_config)
+    assert info.value.field == "cvd_time"
+    assert info.value.patient_id == "p17"
+    assert "before the index date" in str(info.value)
+    table = _table(200, 1)
+    table.loc[3, "sbp_date"] = pd.Timestamp("2016-02-01")
+    with pytest.raises(TrainingDataError, match="sbp_date") as info:
+        _check(table, cvd_config)
+    assert info.value.patient_id == "p3"
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "field", "rule"),
+    [
+        ("total_chol", 190.0, "total_chol", "check the unit"),  # mg/dL given as mmol/L
+        ("sex", "M", "sex", "'female' or 'male'"),
+        ("sbp", np.nan, "sbp", "required feature is missing"),
+        ("cvd_event", 2, "cvd_event", "0 or 1"),
+    ],
+)
+def test_bad_values_name_patient_and_field(
+    cvd_config: NcdTrainConfig, column: str, value: object, field: str, rule: str
+) -> None:
+    table = _table(100, 2)
+    table[column] = table[column].astype(object)
+    table.loc[5, column] = value
+    with pytest.raises(TrainingDataError) as info:
+        _check(table, cvd_config)
+    assert info.value.field == field
+    assert info.value.patient_id == "p5"
+    assert rule in str(info.value)
+
+
+def test_duplicates_and_missing_columns(cvd_config: NcdTrainConfig) -> None:
+    table = _table(50, 3)
+    with pytest.raises(TrainingDataError, match="duplicate"):
+        _check(pd.concat([table, table.iloc[[4]]]), cvd_config)
+    with pytest.raises(TrainingDataError, match="column missing") as info:
+        _check(table.drop(columns=["hdl"]), cvd_config)
+    assert info.value.field == "hdl"
+
+
+def test_exclusions_are_explicit(cvd_config: NcdTrainConfig) -> None:
+    table = _table(300, 4)
+    table.loc[:9, "sbp"] = np.nan
+    messages: list[str] = []
+    cfg = cvd_config.model_copy(update={"drop_incomplete": True})
+    out = check_table(table, cfg, messages.append)
+    assert len(out) == 290
+    assert any("10 rows missing required feature sbp" in m for m in messages)
+    dm = load_config(CONFIG / "diabetes-risk.yaml", NcdTrainConfig)
+    kept = check_table(_table(300, 4), dm, messages.append)
+    assert (kept["diabetes"] == 0).all()
+
+
+def test_patient_split_is_by_patient_and_seeded(cvd_config: NcdTrainConfig) -> None:
+    ids = pd.Series([f"p{i % 500}" for i in range(2000)])  # each patient 4 times
+    split = patient_split(ids, 7, cvd_config.split)
+    per_patient = pd.Series(split).groupby(ids).nunique()
+    assert (per_patient == 1).all()
+    assert np.array_equal(split, patient_split(ids, 7, cvd_config.split))
+    assert not np.array_equal(split, patient_split(ids, 8, cvd_config.split))
+    share = (
+        np.bincount(patient_split(pd.Series([f"q{i}" for i in range(20_000)]), 1, cvd_config.split))
+        / 20_000
+    )
+    assert share == pytest.approx([0.7, 0.15, 0.15], abs=0.02)
+
+
+def test_feature_matrix_encodes_sex() -> None:
+    table = _table(10, 5)
+    x = feature_matrix(table, ["sex", "age"])
+    assert x.dtype == np.float32
+    assert np.array_equal(x[:, 0], (table["sex"] == "male").to_numpy(dtype=np.float32))
+
+
+def test_unfaithful_export_is_not_saved(model_store: Path) -> None:
+    """A calibrator around scaler+logistic exports wrongly (PERFORMANCE.md): refused."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tests.ncd_fixtures import FIXTURE_FEATURES, fixture_rows
+
+    x, y = fixture_rows(2000)
+    x = np.nan_to_num(x, nan=5.0)
+    bad = CalibratedClassifierCV(
+        make_pipeline(StandardScaler(), LogisticRegression()), method="sigmoid", cv=3
+    ).fit(x, y)
+    from models.metadata import ModelMetadata
+
+    meta = ModelMetadata(
+        name="bad-export",
+        version="1.0.0",
+        task="ncd-risk",
+        features=FIXTURE_FEATURES,
+        extra={"outcome": "cvd", "reference": {}},
+    )
+    with pytest.raises(ExportError, match="not faithful"):
+        save_verified(bad, x, meta, min_rows=1000)
+    with pytest.raises(ExportError, match="at least 10000 rows"):
+        save_verified(bad, x, meta)
+    assert not (model_store / "models" / "bad-export").exists()
+
+
+@pytest.mark.slow
+def test_train_end_to_end_from_fhir(
+    model_store: Path, tmp_path: Path, artifacts_dir: Path, cvd_config: NcdTrainConfig
+) -> None:
+    """Synthetic FHIR NDJSON -> feature table -> train -> ONNX -> registry -> evaluate."""
+    from training.cli import app
+
+    runner = CliRunner()
+    cfg = cvd_config.model_copy(
+        update={
+            "export": cvd_config.export.model_copy(update={"parity_min_rows": 3000}),
+            "evaluation": cvd_config.evaluation.model_copy(update={"bootstrap_reps": 30}),
+        }
+    )
+    cfg_path = tmp_path / "cvd.yaml"
+    cfg_path.write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
+    cards = tmp_path / "cards"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "cvd-risk",
+            "--synthetic",
+            "4000",
+            "--seed",
+            "3",
+            "--config",
+            str(cfg_path),
+            "--cards",
+            str(cards),
+            "--version",
+            "0.1.0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "[6/6]" in result.output
+    stored = registry.verify("cvd-risk", "0.1.0")
+    meta = stored.metadata
+    assert meta.task == "ncd-risk"
+    assert meta.extra["outcome"] == "cvd"
+    assert meta.extra["parity"]["max_abs_diff"] <= 1e-5
+    assert meta.extra["parity"]["band_mismatches"] == 0
+    assert meta.training_manifest_sha256
+    assert meta.library_versions["skl2onnx"]
+    assert meta.config["seed"] == cfg.seed
+    assert {"test_auroc", "who_test_auroc", "test_uno_c", "test_calibration_slope"} <= set(
+        meta.metrics
+    )
+    assert meta.metrics["test_auroc"].ci_low is not None
+    for name in ("model-card.md", "model-card.json", "calibration.png", "decision_curve.png"):
+        assert (stored.card_dir / name).is_file(), name
+    card = (stored.card_dir / "model-card.md").read_text()
+    assert "TRIPOD+AI" in card
+    assert "WHO 2019 chart" in card
+    (artifacts_dir / "ncd-model-card-example.md").write_text(card, encoding="utf-8")
+
+    predictor = NcdPredictor(stored)
+    risk, contributions = predictor.explain(
+        np.array([1, 66, 1, 172, 6.8, 1, 24, 1.0, 0], dtype=np.float32)
+    )
+    assert 0.05 < risk < 0.9
+    assert contributions
+    assert contributions[0].delta_risk > 0
+
+    # the WHO chart generated the outcomes: the model should rank about as well
+    data = json.loads((stored.card_dir / "evaluation.json").read_text())
+    assert data["overall"]["model"]["auroc"]["value"] > 0.6
+    assert data["overall"]["who"]["auroc"]["value"] > 0.6
+
+    # tonle evaluate on a fresh cohort, as a CSV feature table
+    table = _table(3000, 11)
+    csv = tmp_path / "features.csv"
+    table.to_csv(csv, index=False)
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        ["evaluate", "cvd-risk:0.1.0", "--data", str(csv), "-o", str(out), "--bootstrap", "20"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["n_rows"] == 3000
+    assert report["overall"]["who"] is not None
+    assert {g["group"] for g in report["subgroups"]} == {"sex", "age band", "site"}
+
+    # leakage in the input: exit code 4 with the patient and field named
+    table.loc[0, "cvd_time"] = -1.0
+    table.to_csv(csv, index=False)
+    result = runner.invoke(app, ["evaluate", "cvd-risk:0.1.0", "--data", str(csv)])
+    assert result.exit_code == 4
+    assert "cvd_time" in result.output

@@ -1,0 +1,193 @@
+"""The model card of an NCD risk model: Markdown + PNG plots + the same data as JSON.
+
+Written into the folder that :func:`models.registry.save` copies next to the artifact
+(``card_dir``), together with ``evaluation.md/json`` and the plots from
+:func:`training.ncd_evaluate.write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from models.metadata import ModelMetadata
+from training.ncd_evaluate import EvaluationReport, report_markdown
+
+__all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
+
+#: TRIPOD+AI (Collins et al., BMJ 2024) items this card and its evaluation report cover,
+#: with where. Items about the study's conduct (ethics, funding, registration, patient
+#: involvement) belong to the hospital's report and are not claimed here.
+TRIPOD_AI_ITEMS: dict[str, str] = {
+    "3a/3b Background, objectives": "Intended use",
+    "5a Data source": "Population and data (feature table, manifest hash)",
+    "6a Participants, eligibility": "Population and data (exclusions in the config)",
+    "7 Data preparation": "Input features (units, valid ranges, missing values)",
+    "8a Outcome definition": "Outcome and horizon",
+    "9a Predictors": "Input features",
+    "10 Sample size": "Population and data (patients, events per split)",
+    "11 Missing data": "Input features (missing = NaN, handled by the model or refused)",
+    "12a-12f Analytical methods": "Training (model, calibration, IPCW, split, seeds)",
+    "12g Performance measures": "Performance (definitions under the tables)",
+    "13 Class imbalance": "Training (no resampling; calibrated probabilities)",
+    "14 Fairness": "Subgroups (sex, age band, site)",
+    "15 Model output": "Outputs and explanations",
+    "16 Training vs evaluation": "Training (patient-level split)",
+    "20a-20b Participants, characteristics": "Population and data",
+    "23a-23b Performance with CIs, subgroups": "Performance, Subgroups",
+    "24 Model updating": "Limitations",
+    "26 Interpretation, limitations": "Limitations",
+    "27a-27c Usability, intended users, missing data in practice": "Intended use",
+    "18d Code and model availability": "Provenance (git commit, library versions)",
+}
+
+
+def _metric_line(name: str, meta: ModelMetadata, key: str) -> str:
+    value = meta.metrics.get(key)
+    if value is None:
+        return f"| {name} | n/a |"
+    ci = (
+        f" ({value.ci_low:.3f}-{value.ci_high:.3f})"
+        if value.ci_low is not None and value.ci_high is not None
+        else ""
+    )
+    who = meta.metrics.get(f"who_{key}")
+    who_text = ""
+    if who is not None:
+        who_ci = (
+            f" ({who.ci_low:.3f}-{who.ci_high:.3f})"
+            if who.ci_low is not None and who.ci_high is not None
+            else ""
+        )
+        who_text = f" {who.value:.3f}{who_ci} |"
+    return f"| {name} | {value.value:.3f}{ci} |{who_text}"
+
+
+def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
+    """Write ``model-card.md`` and ``model-card.json`` into ``card_dir``."""
+    card_dir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = meta.extra
+    horizon = extra.get("horizon_years", 10)
+    cfg = meta.config
+    split = extra.get("split_counts", {})
+    has_who = report.overall.who is not None
+    lines = [
+        f"# Model card: {meta.name} {meta.version}",
+        "",
+        f"{meta.description}",
+        "",
+        "**Advisory only.** The output supports, never replaces, a clinician's judgement.",
+        "",
+        "## Intended use",
+        "",
+        meta.intended_use,
+        "",
+        "## Outcome and horizon",
+        "",
+        f"Outcome: `{extra.get('outcome')}` within {horizon} years of the index date "
+        "(from the feature table's `<outcome>_event` / `<outcome>_time` columns).",
+        "",
+        "## Population and data",
+        "",
+        f"- Training data manifest (sha256 of the feature table content): "
+        f"`{meta.training_manifest_sha256}`",
+        f"- Patient-level split (seed {cfg.get('seed')}): {split}",
+        f"- Ages {cfg.get('min_age')}-{cfg.get('max_age')}; prevalent diabetes excluded: "
+        f"{cfg.get('exclude_prevalent_diabetes')}; rows missing a required feature left out: "
+        f"{cfg.get('drop_incomplete')}",
+        f"- Test split: {report.n_rows} patients, {report.overall.model.events} events within "
+        f"{horizon} years among {report.overall.model.n_known} with known status",
+        "",
+        "## Input features",
+        "",
+        "| feature | meaning | unit | valid range | LOINC | required | reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    reference = extra.get("reference", {})
+    for f in meta.features:
+        lines.append(
+            f"| `{f.name}` | {f.description} | {f.unit} | {f.minimum:g}-{f.maximum:g} | "
+            f"{f.loinc or ''} | {'yes' if f.required else 'no (missing allowed)'} | "
+            f"{reference.get(f.name, '')} |"
+            if f.minimum is not None and f.maximum is not None
+            else f"| `{f.name}` | {f.description} | {f.unit} | | {f.loinc or ''} | "
+            f"{'yes' if f.required else 'no'} | {reference.get(f.name, '')} |"
+        )
+    lines += [
+        "",
+        "Missing optional values are passed as NaN (the gradient-boosting model routes "
+        "them; the logistic baseline imputes the training median). A missing required "
+        "value or a value outside the valid range gives no advice.",
+        "",
+        "## Training",
+        "",
+        f"- Candidates: {cfg.get('candidates')}; chosen: **{extra.get('estimator')}** "
+        "(lowest IPCW Brier score on the validation split).",
+        f"- Validation: {json.dumps(extra.get('validation', {}))}",
+        "- Calibration: sigmoid (Platt), cross-fitted (CalibratedClassifierCV, "
+        f"{cfg.get('calibration', {}).get('folds')} folds, one refitted model).",
+        "- Censoring: the outcome at the horizon is unknown for patients censored earlier "
+        "without an event. They get weight 0 and everyone else an inverse-probability-of-"
+        "censoring weight from a Kaplan-Meier estimate of the censoring distribution, so "
+        "the weighted known-status patients stand for the whole cohort. Dropping censored "
+        "patients without weights would inflate the risk; counting them as non-events "
+        "would deflate it.",
+        "",
+        "## Performance (test split)",
+        "",
+        "| metric | model (95 % CI) |" + (" WHO 2019 chart (95 % CI) |" if has_who else ""),
+        "|---|---|" + ("---|" if has_who else ""),
+        _metric_line("AUROC at horizon (IPCW)", meta, "test_auroc"),
+        _metric_line("Harrell's C", meta, "test_harrell_c"),
+        _metric_line("Uno's C", meta, "test_uno_c"),
+        _metric_line("Calibration slope", meta, "test_calibration_slope"),
+        _metric_line("Calibration intercept", meta, "test_calibration_intercept"),
+        _metric_line("Brier (IPCW)", meta, "test_brier"),
+        _metric_line("ECE", meta, "test_ece"),
+        "",
+        "![calibration](calibration.png)",
+        "",
+        "![decision curve](decision_curve.png)",
+        "",
+        "Full tables (decision curve, subgroups by sex, age band and site): "
+        "[evaluation.md](evaluation.md).",
+        "",
+        report_markdown(report, "Evaluation details"),
+        "## Outputs and explanations",
+        "",
+        "ONNX input `features` float32 [N, F] in the order above; output `probabilities` "
+        f"float32 [N, 2], column 1 = probability of the event within {horizon} years. Each "
+        "explanation is the risk change when one feature is set to its reference value, "
+        "computed with this ONNX model.",
+        "",
+        "## Export",
+        "",
+        f"ONNX parity vs scikit-learn: {json.dumps(extra.get('parity', {}))}.",
+        "",
+        "## Limitations",
+        "",
+        *[f"- {item}" for item in meta.limitations],
+        "",
+        "## Provenance",
+        "",
+        f"- Code: git `{meta.code_version or 'unknown'}`",
+        f"- Libraries: {json.dumps(meta.library_versions)}",
+        "",
+        "## TRIPOD+AI items covered",
+        "",
+        "| item | where |",
+        "|---|---|",
+        *[f"| {item} | {where} |" for item, where in TRIPOD_AI_ITEMS.items()],
+        "",
+    ]
+    md = card_dir / "model-card.md"
+    md.write_text("\n".join(lines), encoding="utf-8")
+    data = {
+        "metadata": json.loads(meta.model_dump_json()),
+        "evaluation": json.loads(report.model_dump_json()),
+        "tripod_ai": TRIPOD_AI_ITEMS,
+    }
+    js = card_dir / "model-card.json"
+    js.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return [md, js]

@@ -1,0 +1,438 @@
+"""Evaluate a 10-year NCD risk model, always side by side with the WHO 2019 chart.
+
+``evaluate_table`` takes a feature table (contract C2) and the model's risks for its
+rows and returns an :class:`EvaluationReport`: discrimination (IPCW AUROC at the
+horizon, Harrell's and Uno's C-index), calibration (slope, intercept, IPCW Brier,
+expected calibration error, a calibration curve) and decision-curve net benefit at
+5-30 %, each with a bootstrap 95 % CI, overall and per subgroup (sex, age band,
+site). For a CVD model the WHO 2019 lab chart (Southeast Asia region unless
+configured otherwise) is scored on the same patients: the comparison set is the rows
+where the chart gives a risk (age 40-74, cholesterol and diabetes known); the model
+is also reported on all rows. See :mod:`training.ncd_metrics` for how censoring is
+handled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pydantic import BaseModel
+
+from training import ncd_metrics as m
+
+__all__ = [
+    "AGE_BANDS",
+    "AUROC_DEFINITION",
+    "C_INDEX_DEFINITION",
+    "THRESHOLDS",
+    "EvaluationReport",
+    "GroupMetrics",
+    "MetricCI",
+    "MetricSet",
+    "evaluate_table",
+    "who_risk_for_table",
+    "write_report",
+]
+
+THRESHOLDS = [0.05, 0.075, 0.10, 0.15, 0.20, 0.25, 0.30]
+AGE_BANDS = (
+    (0, 40, "<40"),
+    (40, 50, "40-49"),
+    (50, 60, "50-59"),
+    (60, 70, "60-69"),
+    (70, 200, "70+"),
+)
+AUROC_DEFINITION = (
+    "IPCW-weighted AUROC at the horizon (Uno's cumulative/dynamic AUC): cases = events "
+    "within the horizon weighted 1/G(T-), controls = event-free beyond the horizon weighted "
+    "1/G(horizon), G = Kaplan-Meier of censoring; patients censored earlier without an "
+    "event carry weight 0."
+)
+C_INDEX_DEFINITION = (
+    "Harrell's C (unweighted) and Uno's C (IPCW, weights G(T_i-)^-2), both truncated at the "
+    "horizon; ties in risk count one half."
+)
+WHO_REFERENCE = (
+    "WHO 2019 CVD risk chart, laboratory-based model (Kaptoge et al., Lancet Glob Health "
+    "2019), recalibrated to {where}"
+)
+
+
+class MetricCI(BaseModel):
+    """A point estimate with its percentile bootstrap 95 % CI."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class MetricSet(BaseModel):
+    """All metrics of one set of risks on one group of patients."""
+
+    n: int
+    n_known: int
+    events: int
+    auroc: MetricCI
+    harrell_c: MetricCI
+    uno_c: MetricCI
+    calibration_slope: MetricCI
+    calibration_intercept: MetricCI
+    brier: MetricCI
+    ece: MetricCI
+    net_benefit: dict[str, float]
+    treat_all_net_benefit: dict[str, float]
+
+
+class GroupMetrics(BaseModel):
+    """Model and (when applicable) WHO chart metrics on the same patients."""
+
+    group: str
+    level: str
+    model: MetricSet
+    who: MetricSet | None = None
+
+
+class EvaluationReport(BaseModel):
+    """Everything ``tonle evaluate`` measures; also stored in the model card JSON."""
+
+    outcome: Literal["cvd", "diabetes"]
+    horizon_years: float
+    bootstrap_reps: int
+    seed: int
+    auroc_definition: str = AUROC_DEFINITION
+    c_index_definition: str = C_INDEX_DEFINITION
+    who_reference: str | None
+    n_rows: int
+    n_compared: int
+    not_compared: dict[str, int]
+    model_all_rows: MetricSet
+    overall: GroupMetrics
+    subgroups: list[GroupMetrics]
+    calibration_curve: dict[str, dict[str, list[float]]]
+
+
+def _clean(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def _ci(values: npt.NDArray[np.float64]) -> MetricCI:
+    point = _clean(float(values[0]))
+    boots = values[1:][np.isfinite(values[1:])]
+    if point is None or len(boots) < 10:
+        return MetricCI(value=point)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return MetricCI(value=point, ci_low=float(low), ci_high=float(high))
+
+
+def _metric_set(
+    time: npt.NDArray[np.float64],
+    event: npt.NDArray[np.bool_],
+    risk: npt.NDArray[np.float64],
+    horizon: float,
+    c: npt.NDArray[np.float64],
+    censoring: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+) -> MetricSet:
+    y, w = m.ipcw_labels(time, event, horizon, censoring)
+    slope, intercept = m.calibration_slope_intercept(y, risk, w, c)
+    nb, treat_all = m.net_benefit(y, risk, w, np.asarray(THRESHOLDS))
+    return MetricSet(
+        n=len(risk),
+        n_known=int((w > 0).sum()),
+        events=int(y.sum()),
+        auroc=_ci(m.auroc(y, risk, w, c)),
+        harrell_c=_ci(m.concordance(time, event, risk, horizon, c)),
+        uno_c=_ci(m.concordance(time, event, risk, horizon, c, censoring)),
+        calibration_slope=_ci(slope),
+        calibration_intercept=_ci(intercept),
+        brier=_ci(m.brier(y, risk, w, c)),
+        ece=_ci(m.ece(y, risk, w, c)),
+        net_benefit={f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, nb, strict=True)},
+        treat_all_net_benefit={
+            f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, treat_all, strict=True)
+        },
+    )
+
+
+def who_risk_for_table(
+    table: pd.DataFrame, region: str | None = "A05GBDR_014_SEA", country: str | None = None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.object_]]:
+    """WHO 2019 lab-chart risk per row (NaN where the chart gives none) and the reasons."""
+    from models.who_cvd import who_cvd_reasons_batch, who_cvd_risk_batch
+
+    columns: dict[str, Any] = {
+        "sex": table["sex"].astype(str).to_numpy(),
+        "age": table["age"].to_numpy(dtype=np.float64),
+        "smoking": table["smoking"].to_numpy(dtype=np.float64),
+        "sbp": table["sbp"].to_numpy(dtype=np.float64),
+        "total_chol": table["total_chol"].to_numpy(dtype=np.float64),
+        "diabetes": table["diabetes"].to_numpy(dtype=np.float64),
+    }
+    reasons = who_cvd_reasons_batch("lab", **columns)
+    risk = who_cvd_risk_batch("lab", **columns, region=region, country=country, invalid="nan")
+    return np.asarray(risk, dtype=np.float64), reasons
+
+
+def _age_band(age: npt.NDArray[np.float64]) -> npt.NDArray[np.object_]:
+    out = np.full(len(age), "unknown", dtype=object)
+    for low, high, label in AGE_BANDS:
+        out[(age >= low) & (age < high)] = label
+    return out
+
+
+def evaluate_table(
+    table: pd.DataFrame,
+    risk: npt.NDArray[np.float64],
+    outcome: Literal["cvd", "diabetes"],
+    *,
+    horizon: float = 10.0,
+    bootstrap_reps: int = 200,
+    seed: int = 0,
+    who_region: str | None = "A05GBDR_014_SEA",
+    who_country: str | None = None,
+    compare_who: bool | None = None,
+) -> EvaluationReport:
+    """Evaluate ``risk`` (one per row of ``table``) against the table's outcomes.
+
+    Args:
+        table: feature table with ``<outcome>_event`` and ``<outcome>_time`` columns.
+        risk: the model's 10-year risk per row.
+        outcome: ``"cvd"`` or ``"diabetes"``.
+        horizon: years.
+        bootstrap_reps: bootstrap replicates for the 95 % CIs (0 = none).
+        seed: bootstrap seed.
+        who_region: GBD region for the WHO chart comparison.
+        who_country: ISO alpha-3 country instead of a region.
+        compare_who: score the WHO chart too; default: only for ``cvd``.
+    """
+    time = table[f"{outcome}_time"].to_numpy(dtype=np.float64)
+    event = table[f"{outcome}_event"].to_numpy(dtype=np.float64) == 1.0
+    risk = np.asarray(risk, dtype=np.float64)
+    if compare_who is None:
+        compare_who = outcome == "cvd"
+    n = len(table)
+    if compare_who:
+        who, reasons = who_risk_for_table(table, who_region, who_country)
+        compared = np.isfinite(who)
+        counts = pd.Series([r for r in reasons if r is not None], dtype=object).value_counts()
+        not_compared = {str(k): int(v) for k, v in counts.items()}
+        where = f"country {who_country}" if who_country else f"region {who_region}"
+        reference: str | None = WHO_REFERENCE.format(where=where)
+    else:
+        who = np.full(n, np.nan)
+        compared = np.ones(n, dtype=bool)
+        not_compared = {}
+        reference = None
+    c_all = m.bootstrap_weights(n, bootstrap_reps, seed)
+    censoring = m.censoring_survival(time, event)
+    model_all = _metric_set(time, event, risk, horizon, c_all, censoring)
+
+    def group_metrics(group: str, level: str, mask: npt.NDArray[np.bool_]) -> GroupMetrics:
+        sel = mask & compared
+        c = c_all[sel]
+        model_set = _metric_set(time[sel], event[sel], risk[sel], horizon, c, censoring)
+        who_set = (
+            _metric_set(time[sel], event[sel], who[sel], horizon, c, censoring)
+            if compare_who
+            else None
+        )
+        return GroupMetrics(group=group, level=level, model=model_set, who=who_set)
+
+    overall = group_metrics("all", "all", np.ones(n, dtype=bool))
+    subgroups: list[GroupMetrics] = []
+    levels: dict[str, npt.NDArray[np.object_]] = {
+        "sex": table["sex"].astype(str).to_numpy(dtype=object),
+        "age band": _age_band(table["age"].to_numpy(dtype=np.float64)),
+    }
+    if "site" in table.columns:
+        levels["site"] = table["site"].astype(str).to_numpy(dtype=object)
+    for group, values in levels.items():
+        for level in sorted({str(v) for v in values}):
+            mask = (values == level) & compared
+            if mask.sum() >= 20:
+                subgroups.append(group_metrics(group, level, values == level))
+
+    curve: dict[str, dict[str, list[float]]] = {}
+    y, w = m.ipcw_labels(time[compared], event[compared], horizon, censoring)
+    named = {"model": risk[compared]} | ({"who": who[compared]} if compare_who else {})
+    for name, p in named.items():
+        pred, obs, weight = m.calibration_bins(y, p, w)
+        keep = np.isfinite(pred) & np.isfinite(obs)
+        curve[name] = {
+            "predicted": pred[keep].tolist(),
+            "observed": obs[keep].tolist(),
+            "weight": weight[keep].tolist(),
+        }
+    return EvaluationReport(
+        outcome=outcome,
+        horizon_years=horizon,
+        bootstrap_reps=bootstrap_reps,
+        seed=seed,
+        who_reference=reference,
+        n_rows=n,
+        n_compared=int(compared.sum()),
+        not_compared=not_compared,
+        model_all_rows=model_all,
+        overall=overall,
+        subgroups=subgroups,
+        calibration_curve=curve,
+    )
+
+
+def _fmt(metric: MetricCI, digits: int = 3) -> str:
+    if metric.value is None:
+        return "n/a"
+    text = f"{metric.value:.{digits}f}"
+    if metric.ci_low is not None and metric.ci_high is not None:
+        text += f" ({metric.ci_low:.{digits}f}-{metric.ci_high:.{digits}f})"
+    return text
+
+
+_ROWS = (
+    ("AUROC at horizon (IPCW)", "auroc"),
+    ("Harrell's C", "harrell_c"),
+    ("Uno's C", "uno_c"),
+    ("Calibration slope", "calibration_slope"),
+    ("Calibration intercept", "calibration_intercept"),
+    ("Brier (IPCW)", "brier"),
+    ("ECE", "ece"),
+)
+
+
+def report_markdown(report: EvaluationReport, title: str) -> str:
+    """The report as Markdown tables (model next to the WHO chart)."""
+    who = report.overall.who is not None
+    lines = [f"## {title}", ""]
+    lines.append(
+        f"{report.n_rows} patients; {report.n_compared} in the comparison set"
+        + (f" (WHO chart: {report.who_reference})" if who else "")
+        + f". 95 % CIs: percentile bootstrap, {report.bootstrap_reps} replicates."
+    )
+    if report.not_compared:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.not_compared.items()))
+        lines.append(f"Not in the comparison set (the WHO chart gives no risk): {reasons}.")
+    lines += [
+        "",
+        "| metric | model | " + ("WHO chart |" if who else ""),
+        "|---|---|" + ("---|" if who else ""),
+    ]
+    for label, key in _ROWS:
+        row = f"| {label} | {_fmt(getattr(report.overall.model, key))} |"
+        if report.overall.who is not None:
+            row += f" {_fmt(getattr(report.overall.who, key))} |"
+        lines.append(row)
+    lines += [
+        "",
+        f"Model on all {report.n_rows} rows: AUROC "
+        f"{_fmt(report.model_all_rows.auroc)}, calibration slope "
+        f"{_fmt(report.model_all_rows.calibration_slope)}.",
+        "",
+    ]
+    lines += [
+        "### Decision curve (net benefit)",
+        "",
+        "| threshold | model | " + ("WHO chart | " if who else "") + "treat all |",
+        "|---|---|" + ("---|" if who else "") + "---|",
+    ]
+    for t, v in report.overall.model.net_benefit.items():
+        row = f"| {float(t):.1%} | {v:.4f} |"
+        if report.overall.who is not None:
+            row += f" {report.overall.who.net_benefit[t]:.4f} |"
+        row += f" {report.overall.model.treat_all_net_benefit[t]:.4f} |"
+        lines.append(row)
+    lines += [
+        "",
+        "### Subgroups",
+        "",
+        "| group | n | events | AUROC model | "
+        + ("AUROC WHO | " if who else "")
+        + "slope model | Brier model | ECE model |",
+        "|---|---|---|---|" + ("---|" if who else "") + "---|---|---|",
+    ]
+    for g in report.subgroups:
+        row = f"| {g.group}: {g.level} | {g.model.n} | {g.model.events} | {_fmt(g.model.auroc)} |"
+        if g.who is not None:
+            row += f" {_fmt(g.who.auroc)} |"
+        row += (
+            f" {_fmt(g.model.calibration_slope, 2)} | {_fmt(g.model.brier, 4)} |"
+            f" {_fmt(g.model.ece, 4)} |"
+        )
+        lines.append(row)
+    lines += ["", f"AUROC: {report.auroc_definition}", "", f"C-index: {report.c_index_definition}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Path]:
+    """Write ``evaluation.json``, ``evaluation.md``, ``calibration.png``, ``decision_curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "evaluation.json", out_dir / "evaluation.md"]
+    paths[0].write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    paths[1].write_text(report_markdown(report, title), encoding="utf-8")
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    top = 0.0
+    for name, curve in report.calibration_curve.items():
+        label = "trained model" if name == "model" else "WHO 2019 chart"
+        ax.plot(curve["predicted"], curve["observed"], marker="o", label=label)
+        top = max(top, *curve["predicted"], *curve["observed"], 0.05)
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", label="perfect calibration")
+    ax.set_xlabel(f"predicted {report.horizon_years:g}-year risk (decile means)")
+    ax.set_ylabel("observed risk (IPCW)")
+    ax.set_title(f"Calibration, {report.outcome}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png")
+    plt.close(fig)
+    paths.append(out_dir / "calibration.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    thresholds = [float(t) for t in report.overall.model.net_benefit]
+    ax.plot(
+        thresholds,
+        list(report.overall.model.net_benefit.values()),
+        marker="o",
+        label="trained model",
+    )
+    if report.overall.who is not None:
+        ax.plot(
+            thresholds,
+            list(report.overall.who.net_benefit.values()),
+            marker="s",
+            label="WHO 2019 chart",
+        )
+    ax.plot(
+        thresholds,
+        list(report.overall.model.treat_all_net_benefit.values()),
+        linestyle="--",
+        label="treat all",
+    )
+    ax.axhline(0.0, color="grey", linewidth=0.8, label="treat none")
+    ax.set_xlabel("threshold risk")
+    ax.set_ylabel("net benefit")
+    ax.set_title(f"Decision curve, {report.outcome}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "decision_curve.png")
+    plt.close(fig)
+    paths.append(out_dir / "decision_curve.png")
+    return paths
+
+
+def report_summary(report: EvaluationReport) -> dict[str, Any]:
+    """A small JSON-ready summary for progress output."""
+    out: dict[str, Any] = {
+        "auroc": report.overall.model.auroc.value,
+        "calibration_slope": report.overall.model.calibration_slope.value,
+    }
+    if report.overall.who is not None:
+        out["who_auroc"] = report.overall.who.auroc.value
+    return json.loads(json.dumps(out))  # type: ignore[no-any-return]
