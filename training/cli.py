@@ -234,6 +234,11 @@ def demo(
         serve(host="127.0.0.1", port=port, config=serving_config, dev=False)
 
 
+from training.ncd_cli import register as _register_ncd  # noqa: E402 - needs app, train_app
+
+_register_ncd(app, train_app)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
