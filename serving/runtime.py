@@ -112,7 +112,7 @@ class Runtime:
                 "Never use --dev outside a loopback demo."
             )
         else:
-            runtime.cds_auth, runtime.api_keys = _open_auth(settings)
+            runtime.cds_auth, runtime.api_keys = _open_auth(settings, runtime.audit)
         return runtime
 
     def warm_up(self) -> None:
@@ -155,8 +155,9 @@ def _open_audit(settings: Settings) -> AuditSink:
     return store
 
 
-def _open_auth(settings: Settings) -> tuple[CdsAuth, ApiKeyAuth]:
+def _open_auth(settings: Settings, store: AuditSink) -> tuple[CdsAuth, ApiKeyAuth]:
     from serving.auth import build_authenticators
 
-    cds, keys = build_authenticators(settings)
+    # One engine: the audit store is also the JWT replay store and the API-key table.
+    cds, keys = build_authenticators(settings, store)
     return cds, keys
