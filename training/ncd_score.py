@@ -1,0 +1,255 @@
+"""Batch NCD risk scoring: ``tonle score MODEL INPUT -o OUTPUT``.
+
+Models: ``who-cvd-lab`` / ``who-cvd-nonlab`` (WHO 2019 charts, with a region or
+country) and trained ``ncd-risk`` artifacts from the model store (``NAME:VERSION``,
+contract C3, run through ONNX Runtime). Input: the documented CSV
+(:mod:`training.csv_adapter`) read in chunks, or a FHIR Bulk NDJSON folder
+(:mod:`training.fhir_bulk`, built in memory first). Output: CSV, one row per input
+row, in input order, with columns :data:`OUTPUT_COLUMNS`; ``reason`` says why no
+risk was given (``<field>:<rule>``, e.g. ``age:out-of-range``), and ``risk`` is then
+empty. Memory stays bounded by the chunk size for CSV input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from models.who_cvd import resolve_recalibration, who_cvd_reasons_batch, who_cvd_risk_batch
+
+__all__ = ["OUTPUT_COLUMNS", "ScoreSummary", "Scorer", "count_rows", "open_scorer", "score_file"]
+
+OUTPUT_COLUMNS = [
+    "patient_id", "model", "model_version", "model_sha256", "region_code", "country_code",
+    "risk", "percent", "band", "extrapolated", "reason",
+]  # fmt: skip
+FloatArray = npt.NDArray[np.float64]
+# risk (NaN = none), reason (None = scored), extrapolated
+_Scored = tuple[npt.NDArray[np.float64], npt.NDArray[np.object_], npt.NDArray[np.bool_]]
+_BANDS = np.array(["<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"], dtype=object)
+_EDGES = np.array([5.0, 10.0, 20.0, 30.0])
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did."""
+
+    rows: int = 0
+    scored: int = 0
+    refused: int = 0
+
+
+def _bands(
+    risk: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.object_]]:
+    percent = np.floor(risk * 100.0 + 0.5)
+    index = np.searchsorted(_EDGES, np.nan_to_num(percent), side="right")
+    band: npt.NDArray[np.object_] = _BANDS[index]
+    band[np.isnan(risk)] = None
+    return percent, band
+
+
+class Scorer:
+    """Scores C2 feature chunks with one model; see :func:`open_scorer`."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        sha256: str,
+        region_code: str,
+        country_code: str,
+        score: Callable[[pd.DataFrame], _Scored],
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.sha256 = sha256
+        self.region_code = region_code
+        self.country_code = country_code
+        self._score = score
+
+    def __call__(self, table: pd.DataFrame) -> pd.DataFrame:
+        """One output row per input row (see :data:`OUTPUT_COLUMNS`)."""
+        risk, reason, extrapolated = self._score(table)
+        percent, band = _bands(risk)
+        out = pd.DataFrame({
+            "patient_id": table["patient_id"].to_numpy(),
+            "model": self.name, "model_version": self.version, "model_sha256": self.sha256,
+            "region_code": self.region_code, "country_code": self.country_code,
+            "risk": np.round(risk, 6),
+            "percent": pd.array(np.where(np.isnan(risk), pd.NA, percent), dtype="Int64"),
+            "band": band, "extrapolated": extrapolated.astype(int), "reason": reason,
+        })  # fmt: skip
+        return out[OUTPUT_COLUMNS]
+
+
+def _who_scorer(
+    kind: Literal["lab", "nonlab"], region: str | None, country: str | None, extrapolate: bool
+) -> Scorer:
+    region_code, _, country_code = resolve_recalibration(region, country)
+
+    def score(t: pd.DataFrame) -> _Scored:
+        sex = t["sex"].to_numpy(dtype=object)
+        cols = {
+            "age": t["age"].to_numpy(float), "smoking": t["smoking"].to_numpy(float),
+            "sbp": t["sbp"].to_numpy(float),
+            "total_chol": t["total_chol"].to_numpy(float) if kind == "lab" else None,
+            "diabetes": t["diabetes"].to_numpy(float) if kind == "lab" else None,
+            "bmi": t["bmi"].to_numpy(float) if kind == "nonlab" else None,
+        }  # fmt: skip
+        reasons = who_cvd_reasons_batch(kind, sex, **cols, allow_extrapolation=extrapolate)
+        risk = who_cvd_risk_batch(
+            kind, sex, **cols, region=region_code, country=country_code,
+            allow_extrapolation=extrapolate, invalid="nan",
+        )  # fmt: skip
+        extrapolated = np.zeros(len(t), dtype=bool)
+        if extrapolate:
+            strict = who_cvd_reasons_batch(kind, sex, **cols)
+            extrapolated = (strict != None) & ~np.isnan(risk)  # noqa: E711
+        return risk, reasons, extrapolated
+
+    return Scorer(f"who-cvd-{kind}", "2019", "", region_code, country_code or "", score)
+
+
+def _trained_scorer(tag: str, threads: int) -> Scorer:
+    import bentoml
+
+    from models import registry
+    from models.ncd_predictor import NcdPredictor
+
+    name, _, version = tag.partition(":")
+    try:
+        stored = registry.verify(name, version or "latest")
+    except bentoml.exceptions.BentoMLException as exc:  # e.g. NotFound for an unknown name
+        raise registry.ArtifactError(f"model {tag}: {exc}") from exc
+    predictor = NcdPredictor(stored, threads=threads)
+    meta = predictor.metadata
+    encodings: dict[str, dict[str, float]] = meta.extra.get("encodings", {})
+
+    def score(t: pd.DataFrame) -> _Scored:
+        n = len(t)
+        x = np.full((n, len(meta.features)), np.nan, dtype=np.float32)
+        reasons = np.full(n, None, dtype=object)
+        for j, spec in enumerate(meta.features):
+            if spec.name not in t:
+                raw = np.full(n, np.nan)
+            elif spec.name in encodings:
+                codes = encodings[spec.name]
+                text = t[spec.name].astype("string")
+                raw = text.map(lambda v, c=codes: c.get(v, np.nan) if v is not pd.NA else np.nan)
+                raw = raw.to_numpy(dtype=float, na_value=np.nan)
+            else:
+                raw = pd.to_numeric(t[spec.name], errors="coerce").to_numpy(dtype=float)
+            missing = np.isnan(raw)
+            if spec.required:
+                reasons[missing & (reasons == None)] = f"{spec.name}:missing"  # noqa: E711
+            low = -np.inf if spec.minimum is None else spec.minimum
+            high = np.inf if spec.maximum is None else spec.maximum
+            bad = ~missing & ((raw < low) | (raw > high))
+            reasons[bad & (reasons == None)] = f"{spec.name}:out-of-range"  # noqa: E711
+            x[:, j] = raw
+        ok = reasons == None  # noqa: E711
+        risk = np.full(n, np.nan)
+        if ok.any():
+            risk[ok] = predictor.predict_proba(x[ok]).astype(np.float64)
+        return risk, reasons, np.zeros(n, dtype=bool)
+
+    return Scorer(meta.name, meta.version, meta.sha256, "", "", score)
+
+
+def open_scorer(
+    model: str,
+    *,
+    region: str | None = None,
+    country: str | None = None,
+    allow_extrapolation: bool = False,
+    threads: int = 1,
+) -> Scorer:
+    """A scorer for ``who-cvd-lab``, ``who-cvd-nonlab`` or a stored ``NAME[:VERSION]``.
+
+    Raises:
+        models.who_cvd.WhoCvdInputError: WHO model without a known region/country.
+        models.registry.ArtifactError: stored model missing or failing verification.
+    """
+    if model in ("who-cvd-lab", "who-cvd-nonlab"):
+        kind: Literal["lab", "nonlab"] = "lab" if model == "who-cvd-lab" else "nonlab"
+        return _who_scorer(kind, region, country, allow_extrapolation)
+    return _trained_scorer(model, threads)
+
+
+def count_rows(path: Path) -> int:
+    """Data rows in a CSV file (newlines minus the header), read in 1 MiB blocks."""
+    lines = 0
+    last = b"\n"
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return max(lines - (1 if last == b"\n" else 0), 0)
+
+
+def _chunks(
+    source: Path, chunksize: int, chol_unit: str, index_date: date | None, lookback_days: int
+) -> Iterator[pd.DataFrame]:
+    if source.is_dir():
+        from training.fhir_bulk import build_feature_table
+
+        table = build_feature_table(
+            source, index_date=index_date or date.today(), lookback_days=lookback_days
+        )
+        for start in range(0, len(table), chunksize):
+            yield table.iloc[start : start + chunksize]
+        return
+    from training.csv_adapter import read_csv_chunks
+
+    yield from read_csv_chunks(source, chunksize=chunksize, chol_unit=chol_unit)
+
+
+def score_file(
+    scorer: Scorer,
+    source: Path,
+    output: Path,
+    *,
+    chunksize: int = 100_000,
+    chol_unit: str = "mmol/L",
+    index_date: date | None = None,
+    lookback_days: int = 730,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreSummary:
+    """Score every row of ``source`` (CSV or FHIR Bulk folder) into the ``output`` CSV.
+
+    Args:
+        scorer: From :func:`open_scorer`.
+        source: The documented CSV, or a FHIR Bulk NDJSON folder.
+        output: CSV to write (written to ``<output>.part`` then renamed).
+        chunksize: Rows per chunk (bounds memory for CSV input).
+        chol_unit: Cholesterol unit for CSV rows without a ``total_chol_unit``.
+        index_date: For FHIR input, the date features refer to (default: today).
+        lookback_days: For FHIR input, how old a measurement may be.
+        progress: Called with the number of rows done after each chunk.
+    """
+    summary = ScoreSummary()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".part")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        header = True
+        for chunk in _chunks(source, chunksize, chol_unit, index_date, lookback_days):
+            scored = scorer(chunk)
+            scored.to_csv(fh, header=header, index=False, float_format="%.6g")
+            header = False
+            summary.rows += len(scored)
+            summary.scored += int(scored["risk"].notna().sum())
+            if progress is not None:
+                progress(len(scored))
+        if header:
+            pd.DataFrame(columns=OUTPUT_COLUMNS).to_csv(fh, index=False)
+    tmp.replace(output)
+    summary.refused = summary.rows - summary.scored
+    return summary
