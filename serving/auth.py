@@ -39,6 +39,7 @@ __all__ = [
     "UNAUTHORIZED_BODY",
     "ApiKeyAuthenticator",
     "AuthError",
+    "AuthUnavailable",
     "Caller",
     "CdsAuthenticator",
     "ReplayStore",
@@ -76,6 +77,11 @@ class AuthError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class AuthUnavailable(AuthError):
+    """The replay or key store could not be reached: refused, and the web layer should
+    answer 503 (a caller that only catches :class:`AuthError` still fails closed)."""
 
 
 class ReplayStore(Protocol):
@@ -175,7 +181,7 @@ class CdsAuthenticator:
 
         Raises:
             AuthError: for every kind of invalid, forged or replayed token.
-            serving.audit.AuditUnavailable: the replay store is down (answer 503).
+            AuthUnavailable: (an AuthError) the replay store is down; answer 503.
         """
         token = self._bearer(authorization)
         head_b64, body_b64, _ = token.split(".")
@@ -282,9 +288,13 @@ class CdsAuthenticator:
         if configured is not None and claimed is not None and claimed != configured:
             raise _refuse("tenant")
         expires = datetime.fromtimestamp(_number(claims, "exp") + CLOCK_SKEW_S, UTC)
-        fresh = await anyio.to_thread.run_sync(
-            self._replay.remember_jti, issuer, str(claims["jti"]), expires
-        )
+        try:
+            fresh = await anyio.to_thread.run_sync(
+                self._replay.remember_jti, issuer, str(claims["jti"]), expires
+            )
+        except Exception as exc:  # any store failure: never admit an unchecked jti
+            logger.error("replay store unavailable: %s", type(exc).__name__)
+            raise AuthUnavailable("replay-store-unavailable") from None
         if not fresh:
             raise _refuse("replay")
         return Caller(iss=issuer, sub=claims.get("sub"), tenant=configured or claimed, kind="jwt")
@@ -328,7 +338,7 @@ class ApiKeyAuthenticator:
 
         Raises:
             AuthError: missing, malformed, unknown or revoked key.
-            serving.audit.AuditUnavailable: the key store is down (answer 503).
+            AuthUnavailable: (an AuthError) the key store is down; answer 503.
         """
         if not header_value:
             raise _refuse("no-api-key")
@@ -337,7 +347,11 @@ class ApiKeyAuthenticator:
             value = value[7:].strip()
         if len(value) > MAX_API_KEY_CHARS or not value.isascii():
             raise _refuse("api-key-malformed")
-        info = self._store.check_api_key(value)
+        try:
+            info = self._store.check_api_key(value)
+        except Exception as exc:  # any store failure: refuse
+            logger.error("API key store unavailable: %s", type(exc).__name__)
+            raise AuthUnavailable("key-store-unavailable") from None
         if info is None:
             raise _refuse("api-key-unknown")
         return Caller(iss="api-key", sub=info.key_id, tenant=info.tenant, kind="api-key")

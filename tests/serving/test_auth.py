@@ -29,11 +29,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from models.config import ConfigError
-from serving.audit import AuditStore
+from serving.audit import AuditStore, AuditUnavailable
 from serving.auth import (
     UNAUTHORIZED_BODY,
     ApiKeyAuthenticator,
     AuthError,
+    AuthUnavailable,
     Caller,
     CdsAuthenticator,
     api_key_from_headers,
@@ -41,6 +42,7 @@ from serving.auth import (
 from serving.demo_issuer import DEMO_ISSUER, ensure_demo_issuer, sign_token
 from serving.issuers import load_allowed_issuers
 from serving.jwks import JkuFetcher
+from tests.serving.db_fixtures import postgres_database
 
 PUBLIC = "https://tonle.example.org"
 PATH = "/cds-services/ncd-cvd-risk"
@@ -622,3 +624,24 @@ def test_demo_issuer_keeps_its_keys_private_and_stable(issuer_dir: Path, tmp_pat
     issuers, keys = load_allowed_issuers(directory / "allowed-issuers.yaml")
     assert {k.alg for k in keys[DEMO_ISSUER]} == {"ES384", "RS384"}
     assert issuers.issuers[DEMO_ISSUER].tenant == "demo"
+
+
+def test_replay_store_down_refuses_as_unavailable(world: World) -> None:
+    class Down:
+        def remember_jti(self, issuer: str, jti: str, expires: Any) -> bool:
+            raise AuditUnavailable("database is down")
+
+    world.auth = CdsAuthenticator.from_file(world.directory / "allowed-issuers.yaml", Down())
+    with pytest.raises(AuthUnavailable):
+        asyncio.run(world.auth.authenticate(f"Bearer {world.sign()}", ENDPOINT))
+    _assert_refused(world, world.call(f"Bearer {world.sign()}"))
+
+
+def test_50_parallel_copies_on_postgres(issuer_dir: Path) -> None:
+    with postgres_database() as url:
+        world = World(issuer_dir, url)
+        token = f"Bearer {world.sign()}"
+        statuses = sorted(r.status_code for r in world.call(*[token] * 50))
+        world.store.close()
+    assert statuses == [200] + [401] * 49
+    assert world.handled == 1
