@@ -238,6 +238,10 @@ from training.ncd_cli import register as _register_ncd  # noqa: E402 - needs app
 
 _register_ncd(app, train_app)
 
+from training.ncd_data_cli import register as _register_ncd_data  # noqa: E402 - needs data_app
+
+_register_ncd_data(app, data_app)
+
 
 def main() -> None:
     """Console-script entry point."""
