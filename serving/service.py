@@ -19,7 +19,13 @@ logger = logging.getLogger(__name__)
 app = create_app()
 
 
-@bentoml.service(name="tonle", traffic={"timeout": 30})
+# Access logs off: the audit store is the request log, and per-request log lines cost
+# ~25 % of throughput here (PERFORMANCE.md); errors are still logged.
+@bentoml.service(
+    name="tonle",
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+)
 @bentoml.asgi_app(app, path="/")
 class Tonle:
     """Verified ONNX models behind CDS Hooks, FHIR and REST routes."""
@@ -27,6 +33,7 @@ class Tonle:
     def __init__(self) -> None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
+        logging.getLogger("uvicorn.access").disabled = True
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
         # Golden-input warm-up: /readyz stays 503 until every model answered correctly.

@@ -1,0 +1,167 @@
+"""Open-loop (fixed-rate) and closed-loop (max throughput) HTTP load, as its own process.
+
+Raw asyncio streams over keep-alive connections: the generator must cost far less CPU
+than the server it measures (httpx costs ~1 ms per request in Python). Open-loop
+latency is measured from each request's *scheduled* send time, so a stalled server
+cannot hide its queueing (no coordinated omission).
+
+Usage:
+    python benchmarks/loadgen.py open URL BODY_FILE --rate 100 --duration 10 [--header K:V]
+    python benchmarks/loadgen.py closed URL BODY_FILE --connections 8 --duration 10
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from urllib.parse import urlsplit
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+async def _connect(host: str, port: int) -> _Conn:
+    reader, writer = await asyncio.open_connection(host, port)
+    return _Conn(reader, writer)
+
+
+def _request(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
+    parts = urlsplit(url)
+    lines = [
+        f"POST {parts.path} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *headers,
+    ]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return parts.hostname or "127.0.0.1", parts.port or 80, raw
+
+
+def _summary(latencies: list[float], statuses: dict[int, int], errors: int, wall: float) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
+    return {
+        "requests": len(latencies) + errors,
+        "ok_2xx": ok,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": errors + sum(n for s, n in statuses.items() if not 200 <= s < 300),
+        "throughput_rps": ok / wall if wall else 0.0,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "max_ms": ordered[-1] * 1000 if ordered else float("nan"),
+        "mean_ms": statistics.fmean(ordered) * 1000 if ordered else float("nan"),
+        "wall_s": wall,
+    }
+
+
+async def open_loop(url: str, body: bytes, rate: float, duration: float, headers: list[str]):
+    host, port, raw = _request(url, body, headers)
+    idle: list[_Conn] = [await _connect(host, port) for _ in range(4)]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    total = int(rate * duration)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(scheduled: float) -> None:
+        nonlocal errors
+        conn = idle.pop() if idle else await _connect(host, port)
+        try:
+            status = await asyncio.wait_for(conn.send(raw), 10)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            errors += 1
+            conn.writer.close()
+            return
+        latencies.append(time.perf_counter() - scheduled)
+        statuses[status] = statuses.get(status, 0) + 1
+        idle.append(conn)
+
+    start = time.perf_counter()
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
+    return _summary(latencies, statuses, errors, wall)
+
+
+async def closed_loop(url: str, body: bytes, connections: int, duration: float, headers: list[str]):
+    host, port, raw = _request(url, body, headers)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = await _connect(host, port)
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                status = await asyncio.wait_for(conn.send(raw), 10)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                errors += 1
+                conn = await _connect(host, port)
+                continue
+            latencies.append(time.perf_counter() - sent)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return _summary(latencies, statuses, errors, time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["open", "closed"])
+    parser.add_argument("url")
+    parser.add_argument("body_file")
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--header", action="append", default=[])
+    args = parser.parse_args()
+    with open(args.body_file, "rb") as handle:
+        body = handle.read()
+    try:
+        from uvloop import run
+    except ImportError:
+        run = asyncio.run  # type: ignore[assignment]
+    if args.mode == "open":
+        result = run(open_loop(args.url, body, args.rate, args.duration, args.header))
+    else:
+        result = run(closed_loop(args.url, body, args.connections, args.duration, args.header))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
