@@ -99,6 +99,30 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
     store.close()
 
 
+@db_app.command("grant-service-role")
+def db_grant_service_role(
+    role: Annotated[str, typer.Argument(help="Existing PostgreSQL role the service logs in as.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Grant a PostgreSQL role only what the service needs (audit tables: INSERT/SELECT).
+
+    Run as the owner role after `tonle db upgrade`; then serve with a
+    TONLE_DATABASE_URL that logs in as ROLE.
+
+    Example: tonle db grant-service-role tonle_service
+    """
+    from serving.audit.engine import grant_service_role
+
+    store = _open(database_url)
+    try:
+        grant_service_role(store.engine, role)
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+    finally:
+        store.close()
+    out.print(f"granted {role}: INSERT/SELECT on audit tables, no UPDATE/DELETE")
+
+
 @apikey_app.command("create")
 def apikey_create(
     tenant: Annotated[str, typer.Option(help="Tenant (hospital or site) the key acts for.")],

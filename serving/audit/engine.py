@@ -8,6 +8,7 @@ connection, so a commit has reached the WAL on disk before it returns.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "MIGRATIONS_DIR",
     "READ_ONLY",
     "current_revision",
+    "grant_service_role",
     "head_revision",
     "make_engine",
     "upgrade",
@@ -123,3 +125,36 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         # SQLite: BEGIN IMMEDIATE (see _sqlite_on_begin) already holds the write lock.
         command.upgrade(_alembic_config(connection), revision)
+
+
+# What the service's own PostgreSQL role may do: append to the audit tables, read keys,
+# and keep the replay store. Migrations and `tonle apikey` run as the owner role.
+_SERVICE_GRANTS = (
+    ("SELECT, INSERT", ("audit_events", "audit_cards", "feedback")),
+    ("SELECT, INSERT, DELETE", ("jwt_replay",)),
+    ("SELECT", ("api_keys", "alembic_version")),
+)
+_SERVICE_SEQUENCES = ("audit_events_id_seq", "feedback_id_seq")
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def grant_service_role(engine: Engine, role: str) -> None:
+    """Give an existing PostgreSQL role exactly the rights the running service needs.
+
+    The role can INSERT and SELECT audit and feedback rows but never UPDATE, DELETE or
+    TRUNCATE them (and, not owning the tables, cannot disable the append-only triggers).
+
+    Raises:
+        ValueError: not PostgreSQL, or ``role`` is not a plain lower-case identifier.
+    """
+    if engine.dialect.name != "postgresql":
+        raise ValueError("service-role grants apply to PostgreSQL; SQLite relies on triggers")
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(f"role {role!r}: use a lower-case identifier like 'tonle_service'")
+    quoted = engine.dialect.identifier_preparer.quote(role)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {quoted}")
+        for rights, tables in _SERVICE_GRANTS:
+            connection.exec_driver_sql(f"GRANT {rights} ON {', '.join(tables)} TO {quoted}")
+        sequences = ", ".join(_SERVICE_SEQUENCES)
+        connection.exec_driver_sql(f"GRANT USAGE, SELECT ON SEQUENCE {sequences} TO {quoted}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DatabaseError
 
 from serving.audit import (
@@ -19,7 +20,7 @@ from serving.audit import (
     FeedbackRecord,
     OverrideReason,
 )
-from serving.audit.engine import current_revision, head_revision
+from serving.audit.engine import current_revision, grant_service_role, head_revision
 from tests.serving.db_fixtures import postgres_database
 
 
@@ -258,3 +259,43 @@ def test_write_failure_after_open_is_audit_unavailable(tmp_path: Path) -> None:
         store.record(_row("lost"))
     assert store.count() == 0  # the audit row rolled back with its card index
     store.close()
+
+
+def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
+    owner = AuditStore.open(pg_url)
+    owner.record(_row("by-owner"))
+    role = f"tonle_svc_{uuid.uuid4().hex[:8]}"
+    with owner.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    try:
+        grant_service_role(owner.engine, role)
+        service = AuditStore.open(make_url(pg_url).set(username=role).render_as_string(False))
+        service.record(_row("by-service"))
+        assert service.remember_jti("iss", "j1", datetime.now(UTC) + timedelta(minutes=1))
+        assert service.prune_replay() == 0
+        assert [r.request_id for r in service.rows()] == ["by-owner", "by-service"]
+        for statement in [
+            "DELETE FROM audit_events",
+            "ALTER TABLE audit_events DISABLE TRIGGER ALL",
+            "TRUNCATE feedback",
+            "INSERT INTO api_keys VALUES ('k', 't', 'n', 'h', now(), NULL)",
+        ]:
+            with pytest.raises(DatabaseError), service.engine.begin() as connection:
+                connection.exec_driver_sql(statement)
+        service.close()
+    finally:
+        with owner.engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        owner.close()
+
+
+def test_grant_service_role_refuses_sqlite_and_odd_names(tmp_path: Path, pg_url: str) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        grant_service_role(store.engine, "tonle_service")
+    store.close()
+    pg = AuditStore.open(pg_url)
+    with pytest.raises(ValueError, match="identifier"):
+        grant_service_role(pg.engine, 'x"; DROP TABLE audit_events; --')
+    pg.close()
