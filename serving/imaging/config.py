@@ -64,6 +64,13 @@ class ImagingConfig(_Strict):
     max_pixels: int = Field(
         default=40_000_000, gt=0, description="Largest Rows x Columns x frames decoded."
     )
+    adaptive_batching: bool = Field(
+        default=True, description="Batch concurrent model calls (BentoML's dispatcher)."
+    )
+    max_batch_size: int = Field(default=8, ge=1, le=64, description="Most images per model call.")
+    max_latency_ms: int = Field(
+        default=2000, ge=10, description="Longest wait + run for a model call before 503, ms."
+    )
     recent_days: int = Field(
         default=90, gt=0, description="cxr-triage shows reads of studies this recent, days."
     )

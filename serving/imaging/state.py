@@ -86,6 +86,12 @@ class ImagingState:
             dev=dev,
         )
         state.warm_up()
+        if config.adaptive_batching:
+            from serving.imaging.batching import AdaptiveBatcher
+
+            state.infer = AdaptiveBatcher(
+                analyser.runner, config.max_batch_size, config.max_latency_ms
+            )
         return state
 
     def warm_up(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +24,8 @@ class Client:
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
+        # One loop for the client's life, as in a server (the batcher binds to it).
+        self.loop = asyncio.new_event_loop()
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         async def go() -> httpx.Response:
@@ -31,7 +33,19 @@ class Client:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
                 return await c.request(method, url, **kwargs)
 
-        return asyncio.run(go())
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+
+            async def drain() -> None:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+            self.loop.run_until_complete(drain())
+        self.loop.close()
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
@@ -68,8 +82,9 @@ AppFactory = Callable[..., tuple[Client, ImagingState]]
 
 
 @pytest.fixture
-def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> AppFactory:
+def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterator[AppFactory]:
     """Build the imaging routes around the tiny model: ``make_app(**config)``."""
+    clients: list[Client] = []
 
     def build(
         dev: bool = True, authenticator: Any = None, **config: Any
@@ -86,6 +101,9 @@ def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> AppFact
         )
         app = Starlette(routes=routes())
         app.state.runtime = SimpleNamespace(extras={"imaging": state})
-        return Client(app), state
+        clients.append(Client(app))
+        return clients[-1], state
 
-    return build
+    yield build
+    for client in clients:
+        client.close()
