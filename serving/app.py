@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from serving import cds_hooks, rest
 from serving.runtime import Runtime
 from serving.settings import Settings
+from serving.ui import routes as ui_routes
 
 __all__ = ["create_app"]
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *cds_hooks.routes(),
         *rest.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
+        *ui_routes.routes(),
     ]
     middleware = []
     if settings.cors_origins:

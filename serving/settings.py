@@ -43,3 +43,10 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO")
+    demo_issuer_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Demo only: folder of the demo EHR issuer's keys (serving/demo_issuer.py). When "
+            "set, /ui/ehr and its token endpoint exist. Never set in production."
+        ),
+    )

@@ -1,0 +1,177 @@
+"""What the NCD explanation page shows for one card, built from the card's advice.
+
+The CDS Hooks service keeps each card's :class:`~serving.assess.Advice` (keyed by the
+card uuid) and links the card to ``/ui/explain/{card uuid}``. The page turns that
+advice into an :class:`NcdExplanation`: exactly what the card was computed from,
+with the same model identity, plus WHO chart "what if" risks. Nothing is recomputed
+from data the page cannot see.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.metadata import MetricValue, ModelMetadata
+from models.ncd_predictor import Contribution
+from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
+from serving.assess import Advice, WhoSettings
+
+__all__ = ["ModelView", "NcdExplanation", "WhatIf", "what_ifs"]
+
+
+class ModelView(BaseModel):
+    """The model identity and the validation facts a clinician may check."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    sha256: str
+    task: str
+    intended_use: str = ""
+    limitations: list[str] = Field(default_factory=list)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, meta: ModelMetadata) -> ModelView:
+        """Copy the identity fields of an artifact's metadata."""
+        return cls(
+            name=meta.name,
+            version=meta.version,
+            sha256=meta.sha256,
+            task=meta.task,
+            intended_use=meta.intended_use,
+            limitations=list(meta.limitations),
+            metrics=dict(meta.metrics),
+        )
+
+
+class WhatIf(BaseModel):
+    """The WHO chart risk if one modifiable value were different."""
+
+    model_config = ConfigDict(frozen=True)
+
+    change: Literal["sbp", "smoking", "chol", "bmi"]
+    value: float | None = Field(description="The changed value (None for stopping smoking).")
+    percent: int
+    band: str
+    band_index: int
+
+
+class NcdExplanation(BaseModel):
+    """Everything the NCD explanation page shows for one card."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["ncd"] = "ncd"
+    id: str = Field(description="The card uuid this explains.")
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    service_id: str
+    request_id: str | None = None
+    patient_ref: str | None = None
+    outcome: str = Field(description="'cvd' or 'diabetes'.")
+    risk: float
+    percent: int
+    band: str
+    band_index: int
+    features: dict[str, float | str]
+    units: dict[str, str] = Field(default_factory=dict)
+    dates: dict[str, date] = Field(default_factory=dict)
+    contributions: list[Contribution]
+    model: ModelView
+    who: WhoCvdResult | None = None
+    who_note: str | None = None
+    who_region: str | None = None
+    who_country: str | None = None
+    what_ifs: list[WhatIf] = Field(default_factory=list)
+
+    @classmethod
+    def from_advice(
+        cls,
+        advice: Advice,
+        *,
+        card_uuid: str,
+        service_id: str,
+        who_settings: WhoSettings | None = None,
+        request_id: str | None = None,
+        patient_ref: str | None = None,
+    ) -> NcdExplanation:
+        """The explanation of one piece of advice, with its WHO "what if" risks.
+
+        Args:
+            advice: What :func:`serving.assess.assess` returned.
+            card_uuid: The card this explains (feedback is stored against it).
+            service_id: CDS service (or route) that gave the advice.
+            who_settings: The WHO recalibration the advice used.
+            request_id: Tonle's request id (links to the audit row).
+            patient_ref: FHIR reference, e.g. ``Patient/123``.
+        """
+        settings = who_settings or WhoSettings()
+        return cls(
+            id=card_uuid,
+            service_id=service_id,
+            request_id=request_id,
+            patient_ref=patient_ref,
+            outcome=advice.outcome,
+            risk=advice.risk,
+            percent=advice.percent,
+            band=advice.band,
+            band_index=advice.band_index,
+            features=dict(advice.features),
+            units=dict(advice.units),
+            dates=dict(advice.dates),
+            contributions=list(advice.contributions),
+            model=ModelView.from_metadata(advice.metadata),
+            who=advice.who,
+            who_note=advice.who_note,
+            who_region=settings.region,
+            who_country=settings.country,
+            what_ifs=what_ifs(advice.who, settings) if advice.who is not None else [],
+        )
+
+
+def what_ifs(who: WhoCvdResult, settings: WhoSettings) -> list[WhatIf]:
+    """WHO chart risks with one modifiable factor at a target (HEARTS targets).
+
+    Systolic BP 130 mmHg (when above), stopping smoking, total cholesterol 5 mmol/L
+    (lab chart, when above) or BMI 25 kg/m2 (non-lab chart, when above).
+    """
+    used = who.inputs_used
+    base = {
+        k: used[k]
+        for k in ("sex", "age", "smoking", "sbp", "total_chol", "diabetes", "bmi")
+        if k in used
+    }
+    changes: list[tuple[Literal["sbp", "smoking", "chol", "bmi"], str, object, float | None]] = []
+    if float(base["sbp"]) > 130:  # type: ignore[arg-type]
+        changes.append(("sbp", "sbp", 130.0, 130.0))
+    if base.get("smoking"):
+        changes.append(("smoking", "smoking", False, None))
+    if who.model == "lab" and float(base.get("total_chol", 0)) > 5:  # type: ignore[arg-type]
+        changes.append(("chol", "total_chol", 5.0, 5.0))
+    if who.model == "nonlab" and float(base.get("bmi", 0)) > 25:  # type: ignore[arg-type]
+        changes.append(("bmi", "bmi", 25.0, 25.0))
+    out: list[WhatIf] = []
+    for change, key, new, shown in changes:
+        try:
+            result = who_cvd_risk(
+                WhoCvdInputs.model_validate({**base, key: new}),
+                who.model,
+                region=settings.region,
+                country=settings.country,
+            )
+        except WhoCvdInputError:
+            continue
+        out.append(
+            WhatIf(
+                change=change,
+                value=shown,
+                percent=result.percent,
+                band=result.band,
+                band_index=result.band_index,
+            )
+        )
+    return out

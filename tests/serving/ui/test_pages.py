@@ -1,0 +1,247 @@
+"""UI routes through the ASGI app: demo EHR plumbing, explanation pages, feedback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+
+from models.who_cvd import WhoCvdInputs, who_cvd_risk
+from serving.fhir_in import extract
+from serving.prefetch import TEMPLATES
+from serving.runtime import Runtime
+from serving.ui import demo
+from serving.ui.who_chart import grid
+from tests.serving.ui.ui_fixtures import demo_app, request
+
+UI = Path(__file__).resolve().parents[3] / "serving" / "ui"
+
+
+@pytest.fixture(scope="module")
+def app_rt(
+    ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Starlette, Runtime]]:
+    with demo_app(ui_store_home, tmp_path_factory.mktemp("ui-rt")) as pair:
+        yield pair
+
+
+def _token(app: Starlette, path: str) -> dict[str, str]:
+    r = request(app, "POST", "/ui/api/demo/token", json={"aud": f"http://testserver{path}"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _card_for(app: Starlette, patient_id: str, lang: str = "en") -> dict[str, Any]:
+    """Run the demo EHR's patient-view flow over HTTP; returns the CVD card."""
+    found = request(app, "GET", "/cds-services", headers=_token(app, "/cds-services"))
+    assert found.status_code == 200, found.text
+    service = next(s for s in found.json()["services"] if s["id"] == "ncd-cvd-risk")
+    pf = request(
+        app,
+        "POST",
+        "/ui/api/demo/prefetch",
+        json={"patientId": patient_id, "templates": service["prefetch"]},
+    ).json()["prefetch"]
+    path = "/cds-services/ncd-cvd-risk"
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "b8a1a6f4-4a0e-4a43-9b65-0d5d3a1e5d11",
+        "context": {"userId": "Practitioner/demo", "patientId": patient_id},
+        "prefetch": pf,
+    }
+    r = request(
+        app, "POST", path, json=body, headers={**_token(app, path), "Accept-Language": lang}
+    )
+    assert r.status_code == 200, r.text
+    cards: list[dict[str, Any]] = r.json()["cards"]
+    return cards[0] if cards else {}
+
+
+def test_who_grid_cells_are_the_equation_at_representative_values() -> None:
+    g = grid(
+        "lab",
+        sex="male",
+        smoking=True,
+        diabetes=False,
+        region="A05GBDR_014_SEA",
+        country="KHM",
+        age=57,
+        sbp=165,
+        col_value=5.2,
+    )
+    assert g.cell == (3, 3, 2)  # 55-59, 160-179, 5-5.9
+    expected = who_cvd_risk(
+        WhoCvdInputs(sex="male", age=57, smoking=True, sbp=170, total_chol=5.5, diabetes=False),
+        "lab",
+        region="A05GBDR_014_SEA",
+        country="KHM",
+    )
+    assert g.percent[3][3][2] == expected.percent
+    assert g.band_index[3][3][2] == expected.band_index
+    percent = np.array(g.percent)
+    assert (np.diff(percent, axis=1) >= 0).all()  # risk rises with SBP
+    assert (np.diff(percent, axis=0) >= 0).all()  # and with age
+    outside = grid(
+        "nonlab", sex="female", smoking=False, diabetes=None, region="A05GBDR_014_SEA",
+        country=None, age=80, sbp=120, col_value=22,
+    )  # fmt: skip
+    assert outside.cell is None
+    assert outside.diabetes is None
+
+
+def test_demo_fhir_answers_the_advertised_prefetch() -> None:
+    today = date(2026, 11, 25)
+    p = demo.patient("demo-01")
+    found = extract(demo.prefetch(p, TEMPLATES, today), today)
+    assert found.values["sbp"] == 165
+    assert found.values["total_chol"] == pytest.approx(6.4)
+    assert found.values["diabetes"] == 1
+    assert found.values["smoking"] == 0
+    assert found.values["age"] == 58
+    assert found.dates["sbp"] == date(2026, 11, 4)
+    no_lab = extract(demo.prefetch(demo.patient("demo-04"), TEMPLATES, today), today)
+    assert "total_chol" not in no_lab.values
+    other = demo.search(p, "Observation?patient=demo-02&code=http://loinc.org|8480-6", today)
+    assert other is not None
+    assert other["total"] == 0
+    assert demo.search(p, "Patient/demo-02", today) is None
+    wrong_system = demo.search(p, "Observation?patient=demo-01&code=http://x.org|8480-6", today)
+    assert wrong_system is not None
+    assert wrong_system["total"] == 0
+
+
+def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, runtime = app_rt
+    card = _card_for(app, "demo-01")
+    assert card["indicator"] in {"warning", "critical"}
+    link = card["links"][0]["url"]
+    assert link.startswith("http://testserver/ui/explain/")
+    page = request(app, "GET", link.removeprefix("http://testserver"))
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    html = page.text
+    assert '<html lang="en">' in html
+    assert 'id="patient-cell"' in html
+    assert "cvd-risk" in html
+    assert "1.0.0" in html
+    who = re.search(r'id="who-risk">(\d+)%', html)
+    assert who is not None
+    expected = who_cvd_risk(
+        WhoCvdInputs(sex="female", age=58, smoking=False, sbp=165, total_chol=6.4, diabetes=True),
+        "lab",
+        region="A05GBDR_014_SEA",
+        country="KHM",
+    )
+    assert int(who.group(1)) == expected.percent
+    assert "If systolic BP were 130 mmHg" in html
+
+    uuid = card["uuid"]
+    refused = request(app, "POST", "/ui/api/feedback", json={"card": uuid, "agree": False})
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "reason-required"
+    unknown = request(
+        app, "POST", "/ui/api/feedback", json={"card": "0" * 32, "agree": True, "reason": ""}
+    )
+    assert unknown.status_code == 404
+    ok = request(
+        app,
+        "POST",
+        "/ui/api/feedback",
+        json={"card": uuid, "agree": False, "reason": "BP was measured once, after exertion"},
+    )
+    assert ok.status_code == 200, ok.text
+    assert runtime.audit is not None
+    stored = runtime.audit.feedback(card_uuid=uuid)  # type: ignore[attr-defined]
+    assert len(stored) == 1
+    assert stored[0].outcome == "overridden"
+    assert stored[0].service_id == "ncd-cvd-risk"
+    assert stored[0].comment == "BP was measured once, after exertion"
+    assert stored[0].request_id is not None  # linked to the audited CDS request
+
+
+def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt
+    card = _card_for(app, "demo-02", lang="km")
+    assert "ហានិភ័យ" in card["summary"]
+    path = card["links"][0]["url"].removeprefix("http://testserver")
+    html = request(app, "GET", path, headers={"Accept-Language": "km-KH,km;q=0.9"}).text
+    assert '<html lang="km">' in html
+    assert "ការពន្យល់" in html
+    assert '<html lang="en">' in request(app, "GET", f"{path}?lang=en").text
+    missing = request(app, "GET", "/ui/explain/not-a-card-id-at-all")
+    assert missing.status_code == 404
+    assert "expired" in missing.text
+
+
+def test_no_advice_patient_gives_no_card(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt
+    assert _card_for(app, "demo-07") == {}  # no blood pressure recorded
+
+
+def test_token_endpoint_only_signs_for_this_service(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt
+    bad = request(app, "POST", "/ui/api/demo/token", json={"aud": "http://evil.example/x"})
+    assert bad.status_code == 400
+    assert request(app, "POST", "/ui/api/demo/token", json={}).status_code == 400
+
+
+def test_demo_pages_absent_without_demo_config(ui_store_home: Path, tmp_path: Path) -> None:
+    with demo_app(ui_store_home, tmp_path, demo=False) as (app, _):
+        assert request(app, "GET", "/ui/ehr").status_code == 404
+        assert (
+            request(
+                app, "POST", "/ui/api/demo/token", json={"aud": "http://testserver/cds-services"}
+            ).status_code
+            == 404
+        )
+        assert (
+            request(
+                app, "POST", "/ui/api/demo/prefetch", json={"patientId": "demo-01", "templates": {}}
+            ).status_code
+            == 404
+        )
+
+
+def test_ehr_page_and_static_files(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt
+    page = request(app, "GET", "/ui/ehr", headers={"Accept-Language": "km"})
+    assert page.status_code == 200
+    assert '<html lang="km">' in page.text
+    assert "ចាន់ សុខា" in page.text
+    for path in (
+        "/ui/static/ui.css",
+        "/ui/static/ehr.js",
+        "/ui/static/fonts/NotoSansKhmer-Regular.ttf",
+    ):
+        assert request(app, "GET", path).status_code == 200, path
+    assert request(app, "GET", "/ui", follow_redirects=False).headers["location"] == "/ui/ehr"
+
+
+def test_smart_launch(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt
+    assert request(app, "GET", "/ui/launch").status_code == 400
+    r = request(
+        app,
+        "GET",
+        "/ui/launch?iss=https://ehr.example/fhir&launch=abc&card=6f1c2d3e-aaaa-bbbb-cccc-123456789012&lang=km",
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == "/ui/explain/6f1c2d3e-aaaa-bbbb-cccc-123456789012?lang=km"
+
+
+def test_pages_fetch_nothing_from_outside() -> None:
+    """No CDN, no web font service: every src/href/url() in templates and CSS is local."""
+    for path in [*UI.glob("templates/*.html"), UI / "static" / "ui.css"]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), path
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), path
+        assert "@import" not in text
+    licence = (UI / "static" / "fonts" / "OFL.txt").read_text(encoding="utf-8")
+    assert "SIL Open Font License" in licence

@@ -1,0 +1,83 @@
+"""A Tonle app with real fixture models, real JWT auth and the demo issuer, for UI tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from starlette.applications import Starlette
+
+from serving.app import create_app
+from serving.demo_issuer import ensure_demo_issuer
+from serving.runtime import Runtime
+from tests.serving.cds_fixtures import runtime_for
+
+__all__ = ["build_cvd_store", "demo_app", "request"]
+
+
+def build_cvd_store(tmp: Path) -> Path:
+    """Store only the fixture CVD model (what the UI tests need); return the store home."""
+    import os
+
+    from tests.ncd_fixtures import make_ncd_artifact
+
+    home = tmp / "bentoml"
+    old = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        make_ncd_artifact(tmp, "cvd")
+    finally:
+        if old is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = old
+    return home
+
+
+@contextmanager
+def demo_app(
+    store_home: Path, tmp: Path, public_url: str = "http://testserver", demo: bool = True
+) -> Iterator[tuple[Starlette, Runtime]]:
+    """The app as ``tonle demo`` runs it: JWT auth trusting the demo issuer (not dev mode)."""
+    issuer_dir = tmp / "demo-issuer"
+    issuers = ensure_demo_issuer(issuer_dir)
+    config = tmp / "ui-serving.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"cvd-risk": "1.0.0"},
+                "ncd_services": {
+                    "ncd-cvd-risk": {"model": "cvd-risk", "title": "10-year CVD risk"}
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    with runtime_for(
+        store_home,
+        tmp,
+        serving_config=config,
+        dev=False,
+        public_url=public_url,
+        allowed_issuers=issuers,
+        demo_issuer_dir=issuer_dir if demo else None,
+    ) as runtime:
+        app = create_app(runtime.settings)
+        app.state.runtime = runtime
+        yield app, runtime
+
+
+def request(app: Starlette, method: str, url: str, json: Any = None, **kw: Any) -> httpx.Response:
+    """One request through the ASGI app."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.request(method, url, json=json, **kw)
+
+    return asyncio.run(go())
