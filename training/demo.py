@@ -26,6 +26,9 @@ def build_demo(console: Console) -> Path:
     ensure_demo_issuer(DEMO_ISSUERS_FILE.parent)
     console.print(f"demo EHR token issuer: {DEMO_ISSUERS_FILE}")
     pinned: dict[str, str] = {}
+    from training.ncd_demo import build_ncd_demo
+
+    pinned.update(build_ncd_demo(console))  # cvd-risk, diabetes-risk
     config_path = DEMO_DIR / "serving.yaml"
     config_path.write_text(
         "# Written by `tonle demo`: the demo models, pinned.\n"

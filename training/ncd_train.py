@@ -237,15 +237,6 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
     if not sex_ok.all():
         pid = str(table.loc[~sex_ok, "patient_id"].iloc[0])
         raise TrainingDataError("sex", "must be 'female' or 'male'", pid, int((~sex_ok).sum()))
-    for column in outcome_cols:
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values)
-        if column.endswith("_event"):
-            bad |= ~values.isin([0, 1])
-        if bad.any():
-            pid = str(table.loc[bad, "patient_id"].iloc[0])
-            rule = "must be 0 or 1" if column.endswith("_event") else "must be a number of years"
-            raise TrainingDataError(column, rule, pid, int(bad.sum()))
     for name in cfg.features:
         if name == "sex":
             continue
@@ -273,6 +264,15 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
             f"excluded {int(age_out.sum())} patients outside ages {cfg.min_age:g}-{cfg.max_age:g}"
         )
         out = out[~age_out]
+    for column in outcome_cols:
+        values = pd.to_numeric(out[column], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values)
+        if column.endswith("_event"):
+            bad |= ~values.isin([0, 1])
+        if bad.any():
+            pid = str(out.loc[bad, "patient_id"].iloc[0])
+            rule = "must be 0 or 1" if column.endswith("_event") else "must be a number of years"
+            raise TrainingDataError(column, rule, pid, int(bad.sum()))
     for name in cfg.required:
         missing = out[name].isna()
         if not missing.any():
