@@ -1,0 +1,150 @@
+"""Chest X-ray commands: ``tonle train cxr`` and the ``cxr-triage`` branch of
+``tonle evaluate``.
+
+Heavy imports (torch, MONAI) stay inside the commands so ``tonle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+if TYPE_CHECKING:
+    from models.registry import StoredModel
+    from training.cxr_train import CxrTrainConfig
+
+__all__ = ["evaluate_cxr", "register", "train_cxr_command", "train_with_progress"]
+
+EXIT_FAILED = 1
+EXIT_BAD_ARTIFACT = 3
+EXIT_BAD_INPUT = 4
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def train_with_progress(cfg: CxrTrainConfig, *, resume: bool = False) -> StoredModel | None:
+    """Run :func:`training.cxr_train.train_cxr` with rich progress bars on stderr."""
+    from training.cxr_train import train_cxr
+
+    tasks: dict[str, TaskID] = {}
+    with _progress_bar() as bar:
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        return train_cxr(cfg, resume=resume, progress=report)
+
+
+def train_cxr_command(
+    config: Annotated[Path, typer.Option(help="Training YAML.")] = Path("configs/cxr.yaml"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint.")
+    ] = False,
+) -> None:
+    """Train, calibrate, export and register the chest X-ray triage model.
+
+    Example: tonle train cxr --config configs/cxr.yaml
+    Two processes: torchrun --nproc_per_node 2 -m training.cxr_train --config configs/cxr.yaml
+    """
+    from models.config import ConfigError, load_config
+    from models.registry import ArtifactError
+    from training.cxr_train import CxrTrainConfig
+
+    try:
+        cfg = load_config(config, CxrTrainConfig)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    try:
+        stored = train_with_progress(cfg, resume=resume)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    except ArtifactError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
+    if stored is not None:
+        meta = stored.metadata
+        auroc = meta.metrics.get("auroc_abnormal")
+        out.print(
+            f"saved {meta.tag} sha256={meta.sha256[:16]} "
+            f"test AUROC(abnormal)={auroc.value if auroc else float('nan'):.3f}"
+        )
+        out.print(f"model card: {stored.card_dir / 'README.md'}")
+
+
+def evaluate_cxr(stored: StoredModel, data: Path, output: Path, bootstrap: int = 500) -> None:
+    """``tonle evaluate`` for a ``cxr-triage`` artifact on ``data`` (a labels CSV).
+
+    Scores with the exported ONNX model, compares with the previous version in the
+    store (same data), and writes the report (Markdown, PNG, JSON) to ``output``.
+
+    Raises:
+        typer.Exit: exit 3 for a bad artifact, 4 for bad data.
+    """
+    from models import registry
+    from training.cxr_data import load_cxr_data
+    from training.cxr_evaluate import evaluate_stored, write_card
+
+    meta = stored.metadata
+    if meta.image is None:
+        console.print(f"[bold red]error:[/] {meta.tag} has no image contract")
+        raise typer.Exit(EXIT_BAD_ARTIFACT)
+    older = [m for m in registry.list_models(meta.name) if m.created < meta.created]
+    try:
+        prior = registry.verify(meta.name, older[-1].version) if older else None
+    except registry.ArtifactError as exc:
+        console.print(f"[bold red]error:[/] previous version: {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
+    try:
+        cxr = load_cxr_data(data, meta.image.size)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    report = evaluate_stored(stored, cxr, reps=bootstrap)
+    before = None
+    if prior is not None and prior.metadata.image == meta.image:
+        before = evaluate_stored(prior, cxr, reps=bootstrap)
+    write_card(meta, report, output, before)
+    summary = {
+        r.label: {
+            "auroc": r.auroc.value,
+            "sensitivity": r.sensitivity,
+            "specificity": r.specificity,
+        }
+        for r in report.labels
+    }
+    summary["localisation"] = report.localisation.model_dump()
+    out.print_json(json.dumps(summary))
+    console.print(f"wrote {output / 'README.md'}, metrics.json, calibration.png")
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    """Add ``tonle train cxr`` to ``train_app``."""
+    train_app.command("cxr")(train_cxr_command)

@@ -1,0 +1,130 @@
+"""Chest X-ray data for training and evaluation: a labels CSV plus DICOM / PNG files.
+
+The layout is contract C7's (``training/cxr_synthetic.py`` writes it, and the generic
+"folder of DICOM or PNG + labels CSV" adapter uses it): ``labels.csv`` with columns
+``image``, ``patient_id``, ``sex``, ``age``, ``site``, the five label columns, and
+``mask`` (path of the union finding mask, empty for normal), paths relative to the
+CSV's folder. Every image goes through ``models.cxr_preprocess`` - the same code
+serving uses - exactly once, and the resulting tensors are kept in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
+from PIL import Image
+
+from models.cxr_net import CXR_LABELS
+
+__all__ = ["CxrData", "load_cxr_data", "patient_split"]
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("image", "patient_id", "sex", "age", "site", *CXR_LABELS, "mask")
+
+
+@dataclass
+class CxrData:
+    """Preprocessed images and their labels, row-aligned with ``table``."""
+
+    root: Path
+    table: pd.DataFrame
+    images: npt.NDArray[np.float32]  # [N, 1, S, S]
+    labels: npt.NDArray[np.float32]  # [N, L] in CXR_LABELS order
+    manifest_sha256: str  # hash of labels.csv and every image file
+
+    def subset(self, index: npt.NDArray[np.int64]) -> CxrData:
+        """The rows ``index`` (same root and manifest)."""
+        return CxrData(
+            root=self.root,
+            table=self.table.iloc[index].reset_index(drop=True),
+            images=self.images[index],
+            labels=self.labels[index],
+            manifest_sha256=self.manifest_sha256,
+        )
+
+    def mask(self, row: int) -> npt.NDArray[np.bool_]:
+        """The finding mask of ``row`` at its stored resolution (all False if none)."""
+        name = self.table["mask"].iloc[row]
+        if not isinstance(name, str) or not name:
+            return np.zeros((1, 1), dtype=bool)
+        with Image.open(self.root / name) as img:
+            return np.asarray(img.convert("L")) > 0
+
+
+def _decode(path: Path, size: int) -> npt.NDArray[np.float32]:
+    data = path.read_bytes()
+    decoded = decode_png(data) if path.suffix.lower() == ".png" else decode_dicom(data)
+    return np.asarray(to_model_input(decoded, size=size), dtype=np.float32)
+
+
+def load_cxr_data(
+    labels_csv: Path,
+    size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> CxrData:
+    """Read ``labels_csv`` and preprocess every image to ``[1, size, size]``.
+
+    Args:
+        labels_csv: the labels file; image and mask paths are relative to its folder.
+        size: model input side in pixels.
+        progress: called as ``progress(done, total)`` after each image.
+
+    Raises:
+        ValueError: missing columns, or an image that cannot be decoded (named).
+    """
+    table = pd.read_csv(labels_csv, dtype={"patient_id": str, "image": str, "mask": str})
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{labels_csv} lacks column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")
+    table["mask"] = table["mask"].fillna("")
+    root = labels_csv.parent
+    digest = hashlib.sha256(labels_csv.read_bytes())
+    images = np.empty((len(table), 1, size, size), dtype=np.float32)
+    for i, name in enumerate(table["image"]):
+        path = root / name
+        try:
+            images[i] = _decode(path, size)
+        except Exception as exc:  # any decoder failure names the file
+            raise ValueError(f"cannot preprocess {path}: {exc}") from exc
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        if progress is not None:
+            progress(i + 1, len(table))
+    labels = table[list(CXR_LABELS)].to_numpy(dtype=np.float32)
+    return CxrData(
+        root=root, table=table, images=images, labels=labels, manifest_sha256=digest.hexdigest()
+    )
+
+
+def patient_split(
+    patient_ids: pd.Series, fractions: tuple[float, float, float], seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Row indices of (train, validation, test), never splitting a patient.
+
+    Patients are shuffled with ``seed`` and cut by the cumulative ``fractions``.
+
+    Raises:
+        ValueError: the fractions do not sum to 1 or a split would be empty.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions {fractions} must sum to 1")
+    patients = np.array(sorted(set(patient_ids.astype(str))))
+    np.random.default_rng(seed).shuffle(patients)
+    n = len(patients)
+    cut1 = round(fractions[0] * n)
+    cut2 = cut1 + round(fractions[1] * n)
+    groups = (patients[:cut1], patients[cut1:cut2], patients[cut2:])
+    ids = patient_ids.astype(str).to_numpy()
+    out = tuple(np.flatnonzero(np.isin(ids, g)).astype(np.int64) for g in groups)
+    for name, idx, frac in zip(("train", "validation", "test"), out, fractions, strict=True):
+        if frac > 0 and idx.size == 0:
+            raise ValueError(f"the {name} split is empty with {n} patients; add data")
+    return out[0], out[1], out[2]

@@ -1,0 +1,60 @@
+"""Demo chest X-ray model (``cxr-triage``) from IMG-A's synthetic radiographs.
+
+Called by :func:`training.demo.build_demo`. It runs the real pipeline (synthetic
+DICOM -> ``models.cxr_preprocess`` -> train -> calibrate -> operating points ->
+parity-checked ONNX -> evaluation -> registry) with ``configs/cxr.yaml`` and pins
+:data:`DEMO_VERSION`. A version already in the store is verified and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["DEMO_VERSION", "build_cxr_demo"]
+
+DEMO_VERSION = "0.1.0-demo"
+DEMO_NAME = "cxr-triage"
+
+
+def build_cxr_demo(
+    console: Console,
+    config: Path = Path("configs/cxr.yaml"),
+    demo_dir: Path = Path(".tonle"),
+) -> dict[str, str]:
+    """Build (or reuse) the demo CXR model; returns ``{name: version}`` to pin."""
+    from models import registry
+
+    try:
+        registry.verify(DEMO_NAME, DEMO_VERSION)
+    except Exception as exc:  # ArtifactError, or bentoml's NotFound for an unknown name
+        console.print(f"no usable {DEMO_NAME}:{DEMO_VERSION} ({type(exc).__name__}); building it")
+    else:
+        console.print(f"reusing {DEMO_NAME}:{DEMO_VERSION}")
+        return {DEMO_NAME: DEMO_VERSION}
+    from models.config import load_config
+    from training.cxr_cli import train_with_progress
+    from training.cxr_train import CxrTrainConfig
+
+    cfg = load_config(config, CxrTrainConfig)
+    cfg = cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(
+                update={"labels_csv": demo_dir / "cxr-synthetic" / "labels.csv"}
+            ),
+            "output": cfg.output.model_copy(
+                update={
+                    "name": DEMO_NAME,
+                    "version": DEMO_VERSION,
+                    "checkpoint_dir": demo_dir / "checkpoints" / "cxr-demo",
+                    "bootstrap_reps": 200,
+                }
+            ),
+        }
+    )
+    console.print(f"demo CXR model: training {DEMO_NAME}:{DEMO_VERSION} on synthetic radiographs")
+    stored = train_with_progress(cfg, resume=True)
+    if stored is None:
+        raise RuntimeError("CXR demo training returned no artifact")
+    return {DEMO_NAME: DEMO_VERSION}

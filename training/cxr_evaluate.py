@@ -1,0 +1,328 @@
+"""Evaluate a chest X-ray artifact and write its model card.
+
+``tonle evaluate cxr-triage:0.1.0 --data labels.csv`` scores the EXPORTED model
+(ONNX Runtime, through :class:`~models.cxr_predictor.CxrPredictor`, the code serving
+uses) on a labelled set and reports, per label, AUROC with a bootstrap 95 % CI,
+sensitivity / specificity at the operating point, calibration (ECE and reliability
+bins); localisation of the ``abnormal`` map (peak inside the finding mask, mean IoU of
+the thresholded map); subgroups (sex, age band, site); and the previous version
+side by side on the same data. The card is Markdown + PNG + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+
+from models.cxr_predictor import CxrPredictor
+from models.metadata import MetricValue, ModelMetadata
+from models.registry import StoredModel
+from training.cxr_data import CxrData
+from training.cxr_metrics import (
+    AurocCI,
+    Localisation,
+    auroc_ci,
+    calibration_bins,
+    expected_calibration_error,
+    localisation,
+    sens_spec,
+)
+
+__all__ = [
+    "CxrReport",
+    "LabelReport",
+    "SubgroupReport",
+    "evaluate_predictions",
+    "evaluate_stored",
+    "report_metrics",
+    "write_card",
+]
+
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("15-39", 15, 40),
+    ("40-59", 40, 60),
+    ("60+", 60, 200),
+)
+
+
+class LabelReport(BaseModel):
+    """One label's discrimination, operating point and calibration."""
+
+    label: str
+    auroc: AurocCI
+    threshold: float
+    sensitivity: float
+    specificity: float
+    ece: float
+    calibration: list[tuple[float, float, int]]
+
+
+class SubgroupReport(BaseModel):
+    """``abnormal`` performance in one subgroup."""
+
+    group: str
+    n: int
+    n_positive: int
+    auroc: float | None
+    sensitivity: float
+    specificity: float
+
+
+class CxrReport(BaseModel):
+    """Everything ``tonle evaluate`` measured for one model on one data set."""
+
+    model: str
+    sha256: str
+    data_manifest_sha256: str
+    n: int
+    labels: list[LabelReport]
+    localisation: Localisation
+    subgroups: list[SubgroupReport]
+
+    def label(self, name: str) -> LabelReport:
+        """The report of label ``name``."""
+        return next(r for r in self.labels if r.label == name)
+
+
+def evaluate_predictions(
+    data: CxrData,
+    probs: npt.NDArray[np.float64],
+    cams: npt.NDArray[np.float32],
+    thresholds: dict[str, float],
+    labels: list[str],
+    *,
+    model: str,
+    sha256: str,
+    reps: int = 500,
+    seed: int = 0,
+) -> CxrReport:
+    """Build a :class:`CxrReport` from calibrated probabilities and maps."""
+    per_label: list[LabelReport] = []
+    for j, label in enumerate(labels):
+        y = data.labels[:, j]
+        sens, spec = sens_spec(y, probs[:, j], thresholds[label])
+        per_label.append(
+            LabelReport(
+                label=label,
+                auroc=auroc_ci(y, probs[:, j], reps=reps, seed=seed),
+                threshold=thresholds[label],
+                sensitivity=sens,
+                specificity=spec,
+                ece=expected_calibration_error(y, probs[:, j]),
+                calibration=calibration_bins(y, probs[:, j]),
+            )
+        )
+    j_abn = labels.index("abnormal")
+    positive = np.flatnonzero(data.labels[:, j_abn] > 0)
+    loc = localisation(cams[positive, j_abn], [data.mask(int(i)) for i in positive])
+    return CxrReport(
+        model=model,
+        sha256=sha256,
+        data_manifest_sha256=data.manifest_sha256,
+        n=len(data.table),
+        labels=per_label,
+        localisation=loc,
+        subgroups=_subgroups(data, probs[:, j_abn], thresholds["abnormal"], j_abn),
+    )
+
+
+def _subgroups(
+    data: CxrData, p: npt.NDArray[np.float64], threshold: float, j: int
+) -> list[SubgroupReport]:
+    table = data.table
+    groups: list[tuple[str, npt.NDArray[np.bool_]]] = []
+    for sex in sorted(table["sex"].astype(str).unique()):
+        groups.append((f"sex={sex}", (table["sex"].astype(str) == sex).to_numpy()))
+    age = table["age"].astype(float).to_numpy()
+    for name, low, high in AGE_BANDS:
+        groups.append((f"age={name}", (age >= low) & (age < high)))
+    for site in sorted(table["site"].astype(str).unique()):
+        groups.append((f"site={site}", (table["site"].astype(str) == site).to_numpy()))
+    out: list[SubgroupReport] = []
+    for name, sel in groups:
+        if not sel.any():
+            continue
+        y = data.labels[sel, j]
+        sens, spec = sens_spec(y, p[sel], threshold)
+        out.append(
+            SubgroupReport(
+                group=name,
+                n=int(sel.sum()),
+                n_positive=int(y.sum()),
+                auroc=auroc_ci(y, p[sel], reps=0).value,
+                sensitivity=sens,
+                specificity=spec,
+            )
+        )
+    return out
+
+
+def evaluate_stored(
+    stored: StoredModel,
+    data: CxrData,
+    *,
+    overrides: dict[str, float] | None = None,
+    reps: int = 500,
+    batch: int = 32,
+) -> CxrReport:
+    """Score ``data`` with the ONNX artifact and evaluate it at its thresholds."""
+    predictor = CxrPredictor(stored, threads=2)
+    probs, cams = [], []
+    for start in range(0, len(data.images), batch):
+        p, c = predictor.predict(np.ascontiguousarray(data.images[start : start + batch]))
+        probs.append(p)
+        cams.append(c)
+    thresholds = {t.label: t.threshold for t in predictor.thresholds(overrides)}
+    return evaluate_predictions(
+        data,
+        np.concatenate(probs),
+        np.concatenate(cams),
+        thresholds,
+        predictor.labels,
+        model=stored.metadata.tag,
+        sha256=stored.metadata.sha256,
+        reps=reps,
+    )
+
+
+def report_metrics(report: CxrReport) -> dict[str, MetricValue]:
+    """The report's headline numbers as metadata metrics."""
+    metrics: dict[str, MetricValue] = {}
+    for r in report.labels:
+        if r.auroc.value is not None:
+            metrics[f"auroc_{r.label}"] = MetricValue(
+                value=r.auroc.value, ci_low=r.auroc.ci_low, ci_high=r.auroc.ci_high, n=r.auroc.n
+            )
+        metrics[f"sensitivity_{r.label}"] = MetricValue(value=r.sensitivity, n=r.auroc.n_positive)
+        metrics[f"specificity_{r.label}"] = MetricValue(
+            value=r.specificity, n=r.auroc.n - r.auroc.n_positive
+        )
+        metrics[f"ece_{r.label}"] = MetricValue(value=r.ece, n=r.auroc.n)
+    loc = report.localisation
+    if loc.peak_in_mask is not None and loc.mean_iou is not None:
+        metrics["cam_peak_in_mask"] = MetricValue(value=loc.peak_in_mask, n=loc.n)
+        metrics["cam_mean_iou"] = MetricValue(value=loc.mean_iou, n=loc.n)
+    return metrics
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _auroc_text(a: AurocCI | None) -> str:
+    if a is None or a.value is None:
+        return "-"
+    return f"{a.value:.3f} ({_fmt(a.ci_low)}-{_fmt(a.ci_high)})"
+
+
+def _plots(report: CxrReport, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    for r in report.labels:
+        if r.calibration:
+            pred, obs, _ = zip(*r.calibration, strict=True)
+            ax.plot(pred, obs, marker="o", label=r.label)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed rate")
+    ax.set_title(f"Calibration, {report.model}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "calibration.png", dpi=100)
+    plt.close(fig)
+    return ["calibration.png"]
+
+
+def write_card(
+    meta: ModelMetadata,
+    report: CxrReport,
+    folder: Path,
+    previous: CxrReport | None = None,
+) -> Path:
+    """Write ``README.md``, ``metrics.json`` and ``calibration.png`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = _plots(report, folder)
+    payload = {"report": report.model_dump(mode="json")}
+    if previous is not None:
+        payload["previous"] = previous.model_dump(mode="json")
+    (folder / "metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    lines = [
+        f"# Model card: {meta.tag}",
+        "",
+        "**Advisory only.** Triage aid for chest radiographs; every positive or "
+        "negative read needs a clinician. Not a diagnosis.",
+        "",
+        f"- Task: `{meta.task}`; architecture: `{meta.extra.get('arch', '?')}` "
+        f"(MONAI), input {meta.image.size if meta.image else '?'} px, 1 channel",
+        f"- Intended use: {meta.intended_use}",
+        f"- Evaluated on: {report.n} images (held-out, patient-level split), "
+        f"data manifest `{report.data_manifest_sha256[:16]}`",
+        f"- Training data manifest: `{meta.training_manifest_sha256[:16]}`; "
+        f"code `{meta.code_version[:12] or 'unknown'}`",
+        "",
+        "## Per label (held-out)",
+        "",
+        "| label | AUROC (95 % CI) | threshold | sensitivity | specificity | ECE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report.labels:
+        lines.append(
+            f"| {r.label} | {_auroc_text(r.auroc)} | {r.threshold:.3f} | "
+            f"{_fmt(r.sensitivity)} | {_fmt(r.specificity)} | {_fmt(r.ece)} |"
+        )
+    lines += ["", "## Operating points (chosen on validation data)", ""]
+    for op in meta.operating_points:
+        lines.append(
+            f"- {op.label}: {op.threshold:.3f} ({op.chosen_on}; validation sensitivity "
+            f"{_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)})"
+        )
+    loc = report.localisation
+    lines += [
+        "",
+        "## Localisation of the `abnormal` activation map",
+        "",
+        f"- positive cases with a mask: {loc.n}",
+        f"- map peak inside the finding mask: {_fmt(loc.peak_in_mask)}",
+        f"- mean IoU of the map thresholded at half its range: {_fmt(loc.mean_iou)}",
+        "",
+        "## Subgroups (`abnormal`)",
+        "",
+        "| group | n | positives | AUROC | sensitivity | specificity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report.subgroups:
+        lines.append(
+            f"| {s.group} | {s.n} | {s.n_positive} | {_fmt(s.auroc)} | "
+            f"{_fmt(s.sensitivity)} | {_fmt(s.specificity)} |"
+        )
+    if previous is not None:
+        lines += [
+            "",
+            f"## Side by side with {previous.model} (same data)",
+            "",
+            f"| label | {previous.model} AUROC | {report.model} AUROC |",
+            "|---|---|---|",
+        ]
+        for r in report.labels:
+            old = next((p for p in previous.labels if p.label == r.label), None)
+            lines.append(
+                f"| {r.label} | {_auroc_text(old.auroc if old else None)} | "
+                f"{_auroc_text(r.auroc)} |"
+            )
+        lines.append(
+            f"| map peak in mask | {_fmt(previous.localisation.peak_in_mask)} | "
+            f"{_fmt(loc.peak_in_mask)} |"
+        )
+    lines += ["", "## Limitations", ""]
+    lines += [f"- {item}" for item in meta.limitations] or ["- none recorded"]
+    lines += ["", *[f"![{name}]({name})" for name in images], ""]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    return folder

@@ -1,0 +1,185 @@
+"""Metrics for the chest X-ray model: AUROC with bootstrap CI, operating points,
+Platt calibration, calibration error and localisation of the activation map.
+
+Plain numpy (plus scikit-learn's AUROC), shared by training (operating points and
+calibration on validation data) and ``tonle evaluate`` (held-out reports).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from models.cxr_predictor import upsample_cam
+
+__all__ = [
+    "AurocCI",
+    "Localisation",
+    "OperatingPointChoice",
+    "auroc_ci",
+    "calibration_bins",
+    "choose_threshold",
+    "expected_calibration_error",
+    "fit_platt",
+    "localisation",
+    "sens_spec",
+]
+
+F64 = npt.NDArray[np.float64]
+
+
+class AurocCI(BaseModel):
+    """AUROC with a percentile bootstrap 95 % CI; ``value`` is None with one class only."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    n_positive: int
+
+
+def auroc_ci(y: npt.ArrayLike, p: npt.ArrayLike, reps: int = 1000, seed: int = 0) -> AurocCI:
+    """AUROC and a 95 % bootstrap CI (cases resampled with replacement).
+
+    Args:
+        y: 0/1 truth.
+        p: scores (any monotone scale).
+        reps: bootstrap replicates.
+        seed: RNG seed for the replicates.
+    """
+    yy = np.asarray(y, dtype=np.int64)
+    pp = np.asarray(p, dtype=np.float64)
+    n, pos = int(yy.size), int(yy.sum())
+    if pos == 0 or pos == n:
+        return AurocCI(value=None, ci_low=None, ci_high=None, n=n, n_positive=pos)
+    value = float(roc_auc_score(yy, pp))
+    rng = np.random.default_rng(seed)
+    samples: list[float] = []
+    for _ in range(reps):
+        idx = rng.integers(0, n, n)
+        ys = yy[idx]
+        if 0 < ys.sum() < n:
+            samples.append(float(roc_auc_score(ys, pp[idx])))
+    low, high = np.percentile(samples, [2.5, 97.5]) if samples else (value, value)
+    return AurocCI(value=value, ci_low=float(low), ci_high=float(high), n=n, n_positive=pos)
+
+
+def sens_spec(y: npt.ArrayLike, p: npt.ArrayLike, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity of ``p >= threshold`` (NaN where undefined)."""
+    yy = np.asarray(y, dtype=bool)
+    flag = np.asarray(p, dtype=np.float64) >= threshold
+    sens = float(flag[yy].mean()) if yy.any() else float("nan")
+    spec = float((~flag[~yy]).mean()) if (~yy).any() else float("nan")
+    return sens, spec
+
+
+class OperatingPointChoice(BaseModel):
+    """A threshold and what it achieved on the data it was chosen on."""
+
+    threshold: float
+    sensitivity: float
+    specificity: float
+    rule: str
+
+
+def choose_threshold(
+    y: npt.ArrayLike, p: npt.ArrayLike, min_sensitivity: float
+) -> OperatingPointChoice:
+    """The highest threshold whose sensitivity is at least ``min_sensitivity``.
+
+    The highest such threshold maximises specificity under the sensitivity target.
+    With no positive cases the threshold is 0.5 and the rule says so.
+    """
+    yy = np.asarray(y, dtype=bool)
+    pp = np.asarray(p, dtype=np.float64)
+    if not yy.any():
+        sens, spec = sens_spec(yy, pp, 0.5)
+        return OperatingPointChoice(
+            threshold=0.5, sensitivity=0.0, specificity=spec, rule="no positives: default 0.5"
+        )
+    positives = np.sort(pp[yy])[::-1]
+    k = int(np.ceil(min_sensitivity * positives.size))  # positives that must be flagged
+    threshold = float(positives[max(k, 1) - 1])
+    sens, spec = sens_spec(yy, pp, threshold)
+    return OperatingPointChoice(
+        threshold=threshold,
+        sensitivity=sens,
+        specificity=spec,
+        rule=f"highest threshold with sensitivity >= {min_sensitivity:.2f}",
+    )
+
+
+def fit_platt(logits: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, float]:
+    """Platt scaling of one label's logits: ``p = sigmoid(scale * logit + offset)``.
+
+    Falls back to the identity when the data hold one class only.
+    """
+    xx = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
+    yy = np.asarray(y, dtype=np.int64)
+    if yy.min() == yy.max():
+        return {"scale": 1.0, "offset": 0.0}
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(xx, yy)
+    return {"scale": float(model.coef_[0, 0]), "offset": float(model.intercept_[0])}
+
+
+def calibration_bins(
+    y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10
+) -> list[tuple[float, float, int]]:
+    """Equal-width bins: (mean predicted, observed rate, count) for non-empty bins."""
+    yy = np.asarray(y, dtype=np.float64)
+    pp = np.asarray(p, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(pp, edges[1:-1]), 0, n_bins - 1)
+    out: list[tuple[float, float, int]] = []
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            out.append((float(pp[sel].mean()), float(yy[sel].mean()), int(sel.sum())))
+    return out
+
+
+def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10) -> float:
+    """Count-weighted mean |observed - predicted| over equal-width bins."""
+    bins = calibration_bins(y, p, n_bins)
+    total = sum(count for _, _, count in bins)
+    return float(sum(abs(obs - pred) * count for pred, obs, count in bins) / max(total, 1))
+
+
+class Localisation(BaseModel):
+    """How well the activation maps point at the findings' masks."""
+
+    n: int
+    peak_in_mask: float | None  # fraction of positive cases whose map peak is inside the mask
+    mean_iou: float | None  # mean IoU of the map thresholded at ``iou_level`` x its max vs mask
+
+
+def localisation(
+    cams: npt.NDArray[np.float32], masks: list[npt.NDArray[np.bool_]], iou_level: float = 0.5
+) -> Localisation:
+    """Peak-in-mask rate and mean IoU for positive cases.
+
+    Args:
+        cams: one raw map ``[h, w]`` per case (the ``abnormal`` label's).
+        masks: the union finding mask of each case (any resolution, non-empty).
+        iou_level: the map is thresholded at this fraction of its range above its minimum.
+    """
+    hits: list[bool] = []
+    ious: list[float] = []
+    for cam, mask in zip(cams, masks, strict=True):
+        if not mask.any():
+            continue
+        up = upsample_cam(cam, mask.shape[0], mask.shape[1])
+        peak = np.unravel_index(int(np.argmax(up)), up.shape)
+        hits.append(bool(mask[peak]))
+        low, high = float(up.min()), float(up.max())
+        hot = up >= low + iou_level * (high - low) if high > low else np.zeros_like(mask)
+        union = np.logical_or(hot, mask).sum()
+        ious.append(float(np.logical_and(hot, mask).sum() / union) if union else 0.0)
+    if not hits:
+        return Localisation(n=0, peak_in_mask=None, mean_iou=None)
+    return Localisation(
+        n=len(hits), peak_in_mask=float(np.mean(hits)), mean_iou=float(np.mean(ious))
+    )

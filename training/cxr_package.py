@@ -1,0 +1,166 @@
+"""Turn a trained CxrNet into a registered artifact: calibrate, choose operating
+points, export, verify, evaluate, write the card, save.
+
+Calibration (Platt, per label) and operating points are fitted on the VALIDATION
+split; the reported metrics come from the exported ONNX model on the TEST split.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models import registry
+from models.cxr_export import check_parity, cxr_metadata, export_onnx
+from models.cxr_net import CXR_LABELS, CxrNet
+from models.metadata import ImageSpec, OperatingPoint
+from models.registry import StoredModel
+from training.cxr_data import CxrData
+from training.cxr_evaluate import CxrReport, evaluate_stored, report_metrics, write_card
+from training.cxr_metrics import choose_threshold, fit_platt
+
+if TYPE_CHECKING:
+    from training.cxr_train import CxrTrainConfig
+
+__all__ = ["image_spec", "package_model"]
+
+LIMITATIONS = [
+    "Trained and evaluated on data from the sites and devices listed in its data "
+    "manifest; performance elsewhere is unknown until measured locally.",
+    "Thresholds were chosen on validation data for this version only; a site must "
+    "re-choose them on its own data (WHO asks programmes to set thresholds locally).",
+    "Frontal adult (15+) CR/DX radiographs only; the quality gate refuses other input.",
+    "The activation map shows where evidence came from at low resolution; it is not "
+    "a segmentation.",
+]
+
+
+def image_spec(size: int) -> ImageSpec:
+    """The preprocessing contract of ``models.cxr_preprocess.to_model_input`` at ``size``."""
+    from models import cxr_preprocess
+
+    make = getattr(cxr_preprocess, "image_spec", None)
+    if callable(make):
+        spec = make(size)
+        if isinstance(spec, ImageSpec):
+            return spec
+    return ImageSpec(
+        size=size,
+        normalisation="models.cxr_preprocess.to_model_input: area downsample, [0, 1]",
+    )
+
+
+def _code_version() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout.strip()
+
+
+def _library_versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in ("torch", "monai", "onnx", "onnxruntime", "pydicom", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _previous(name: str, data: CxrData, size: int, reps: int) -> CxrReport | None:
+    try:
+        prior = registry.list_models(name)
+    except Exception:  # bentoml raises NotFound for a name never stored
+        return None
+    if not prior:
+        return None
+    stored = registry.verify(name, prior[-1].version)
+    if stored.metadata.image is None or stored.metadata.image.size != size:
+        return None
+    return evaluate_stored(stored, data, reps=reps)
+
+
+def package_model(
+    cfg: CxrTrainConfig,
+    net: CxrNet,
+    val: CxrData,
+    test: CxrData,
+    *,
+    n_train: int,
+    report: Callable[[str, int, int], None],
+) -> StoredModel:
+    """Calibrate, choose thresholds, export, evaluate and save ``net``.
+
+    Returns:
+        The verified artifact in the model store.
+    """
+    from training.cxr_train import predict_torch
+
+    size = cfg.model.image_size
+    report("calibrate", 0, 1)
+    val_logits, _ = predict_torch(net, val.images)
+    calibration: dict[str, dict[str, float]] = {}
+    points: list[OperatingPoint] = []
+    for j, label in enumerate(CXR_LABELS):
+        y = val.labels[:, j]
+        params = fit_platt(val_logits[:, j], y)
+        calibration[label] = params
+        probs = 1.0 / (1.0 + np.exp(-(params["scale"] * val_logits[:, j] + params["offset"])))
+        target = cfg.sensitivity_targets.get(label, 0.9)
+        choice = choose_threshold(y, probs, target)
+        points.append(
+            OperatingPoint(
+                label=label,
+                threshold=float(np.clip(choice.threshold, 0.0, 1.0)),
+                sensitivity=choice.sensitivity,
+                specificity=choice.specificity,
+                chosen_on=(
+                    f"validation split (n={len(y)}, positives={int(y.sum())}), {choice.rule}"
+                ),
+            )
+        )
+    report("calibrate", 1, 1)
+    with tempfile.TemporaryDirectory(prefix="cxr-export-") as tmp:
+        folder = Path(tmp)
+        onnx_path = export_onnx(net, folder / registry.ONNX_FILE, size)
+        parity = check_parity(net, onnx_path, val.images[:16])
+        cam_side = int(predict_torch(net, val.images[:1])[1].shape[-1])
+        meta = cxr_metadata(
+            name=cfg.output.name,
+            version=cfg.output.version,
+            image=image_spec(size),
+            cam_shape=(cam_side, cam_side),
+            operating_points=points,
+            calibration=calibration,
+            description=(
+                f"Chest X-ray triage, MONAI {cfg.model.arch} with class activation maps, "
+                f"trained on {n_train} images"
+            ),
+            training_manifest_sha256=val.manifest_sha256,
+            limitations=LIMITATIONS,
+            config=cfg.model_dump(mode="json"),
+            code_version=_code_version(),
+            library_versions=_library_versions(),
+            extra={
+                "arch": cfg.model.arch,
+                "parity": parity.model_dump(),
+                "split": {"train": n_train, "validation": len(val.table), "test": len(test.table)},
+            },
+        )
+        report("evaluate", 0, 1)
+        candidate = StoredModel(metadata=meta, path=folder)
+        evaluation = evaluate_stored(candidate, test, reps=cfg.output.bootstrap_reps)
+        previous = _previous(cfg.output.name, test, size, cfg.output.bootstrap_reps)
+        meta = meta.model_copy(update={"metrics": report_metrics(evaluation)})
+        card = write_card(meta, evaluation, folder / "card", previous)
+        report("evaluate", 1, 1)
+        return registry.save(onnx_path, meta, card)

@@ -1,0 +1,325 @@
+"""Train the chest X-ray triage model: ``tonle train cxr --config configs/cxr.yaml``.
+
+One process, or several with ``torchrun --nproc_per_node 2 -m training.cxr_train
+--config ...`` (DDP, gloo on CPU). Steps:
+
+1. read the labels CSV (or generate the synthetic set first when configured) and
+   preprocess every image once with ``models.cxr_preprocess``;
+2. split by patient into train / validation / test;
+3. train :class:`~models.cxr_net.CxrNet` with multi-label BCE and MONAI
+   augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues);
+4. on validation data: Platt calibration per label, then per-label operating points
+   (the highest threshold reaching the configured sensitivity);
+5. export ONNX, check parity on real validation images, evaluate the exported
+   artifact on the test split, write the model card and save it in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from models.cxr_net import CXR_LABELS, Architecture, CxrNet
+from models.registry import StoredModel
+
+__all__ = ["CxrTrainConfig", "main", "train_cxr"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticData(_Section):
+    """Generate IMG-A's synthetic set when the labels CSV does not exist yet."""
+
+    n: int = Field(default=600, ge=20, description="Number of images.")
+    seed: int = Field(default=7, description="Generator seed.")
+    size: int = Field(default=256, ge=64, le=4096, description="Square image side in pixels.")
+
+
+class DataConfig(_Section):
+    labels_csv: Path = Field(description="labels.csv; image paths relative to its folder.")
+    synthetic: SyntheticData | None = Field(
+        default=None, description="Generate when labels_csv is absent."
+    )
+    split: tuple[float, float, float] = Field(
+        default=(0.7, 0.15, 0.15), description="Patient fractions."
+    )
+    split_seed: int = 0
+
+
+class ModelConfig(_Section):
+    arch: Architecture = "resnet-small"
+    image_size: int = Field(default=224, ge=32, le=1024, description="Model input side, pixels.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="Per process.")
+    lr: float = Field(default=3e-3, gt=0, description="AdamW peak learning rate (cosine decay).")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    seed: int = 42
+    threads: int = Field(default=2, ge=1, description="Torch threads, all ranks.")
+
+
+class AugmentConfig(_Section):
+    prob: float = Field(default=0.8, ge=0, le=1, description="Per-transform probability.")
+    rotate_deg: float = Field(default=7.0, ge=0, description="Max rotation, degrees.")
+    scale: float = Field(default=0.1, ge=0, description="Max relative zoom in/out.")
+    translate: float = Field(default=0.05, ge=0, description="Max shift, fraction of the side.")
+    gamma: tuple[float, float] = Field(default=(0.8, 1.25), description="Contrast gamma range.")
+    noise_std: float = Field(default=0.02, ge=0, description="Gaussian noise std.")
+
+
+class OutputConfig(_Section):
+    name: str = "cxr-triage"
+    version: str = "0.1.0"
+    checkpoint_dir: Path = Path(".tonle/checkpoints/cxr-triage")
+    bootstrap_reps: int = Field(default=500, ge=0, description="AUROC bootstrap reps.")
+
+
+class CxrTrainConfig(_Section):
+    """The whole training configuration (``configs/cxr.yaml``)."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    sensitivity_targets: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(CXR_LABELS, 0.9),
+        description="Label -> minimum validation sensitivity of its operating point.",
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+class _Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(
+        self, images: npt.NDArray[np.float32], labels: npt.NDArray[np.float32], cfg: AugmentConfig
+    ) -> None:
+        from monai.transforms.compose import Compose
+        from monai.transforms.intensity.array import RandAdjustContrast, RandGaussianNoise
+        from monai.transforms.spatial.array import RandAffine
+
+        size = images.shape[-1]
+        self.images = images
+        self.labels = labels
+        self.transform = Compose(
+            [
+                RandAffine(
+                    prob=cfg.prob,
+                    rotate_range=(math.radians(cfg.rotate_deg),),
+                    scale_range=(cfg.scale, cfg.scale),
+                    translate_range=(cfg.translate * size, cfg.translate * size),
+                    padding_mode="border",
+                ),
+                RandAdjustContrast(prob=cfg.prob, gamma=cfg.gamma),
+                RandGaussianNoise(prob=cfg.prob, std=cfg.noise_std),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.transform(self.images[index])
+        tensor = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+        return tensor, torch.from_numpy(self.labels[index])
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _ensure_data(cfg: DataConfig) -> Path:
+    if cfg.labels_csv.exists():
+        return cfg.labels_csv
+    if cfg.synthetic is None:
+        raise FileNotFoundError(f"{cfg.labels_csv} does not exist and no synthetic set is set")
+    from training.cxr_synthetic import generate
+
+    folder = cfg.labels_csv.parent
+    generate(folder, cfg.synthetic.n, cfg.synthetic.seed, size=cfg.synthetic.size)
+    if not cfg.labels_csv.exists():
+        raise FileNotFoundError(f"the synthetic generator did not write {cfg.labels_csv}")
+    return cfg.labels_csv
+
+
+def predict_torch(
+    net: nn.Module, images: npt.NDArray[np.float32], batch: int = 64
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Eval-mode logits and maps for ``images`` (no gradients)."""
+    net.eval()
+    logits, cams = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            out_logits, out_cam = net(torch.from_numpy(images[start : start + batch]))
+            logits.append(out_logits.numpy())
+            cams.append(out_cam.numpy())
+    return np.concatenate(logits), np.concatenate(cams)
+
+
+def _checkpoint_path(cfg: CxrTrainConfig) -> Path:
+    return cfg.output.checkpoint_dir / "last.pt"
+
+
+def _set_seeds(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.default_rng(seed)
+
+
+def train_cxr(
+    cfg: CxrTrainConfig, *, resume: bool = False, progress: Progress | None = None
+) -> StoredModel | None:
+    """Train, calibrate, choose operating points, export and register the model.
+
+    Args:
+        cfg: the configuration.
+        resume: continue from ``checkpoint_dir/last.pt`` when it exists.
+        progress: callback for progress bars (rank 0 only).
+
+    Returns:
+        The stored artifact on rank 0, None on other ranks.
+    """
+    from training.cxr_data import load_cxr_data, patient_split
+
+    rank, world = _rank_world()
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    torch.set_num_threads(max(1, cfg.train.threads // world))
+    _set_seeds(cfg.train.seed)
+    report: Progress = progress if (progress is not None and rank == 0) else (lambda *_: None)
+
+    labels_csv = _ensure_data(cfg.data) if rank == 0 else cfg.data.labels_csv
+    if distributed:
+        dist.barrier()  # rank 0 may have generated the data
+    data = load_cxr_data(labels_csv, cfg.model.image_size, lambda d, t: report("preprocess", d, t))
+    train_idx, val_idx, test_idx = patient_split(
+        data.table["patient_id"], cfg.data.split, cfg.data.split_seed
+    )
+    train_set = _Augmented(data.images[train_idx], data.labels[train_idx], cfg.augment)
+    train_set.transform.set_random_state(seed=cfg.train.seed + rank)
+    sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor]] | None = (
+        DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.train.seed)
+        if distributed
+        else None
+    )
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=generator,
+        drop_last=len(train_set) > cfg.train.batch_size * world,
+    )
+
+    net = CxrNet(cfg.model.arch, num_labels=len(CXR_LABELS), dropout=cfg.model.dropout)
+    model: nn.Module = nn.parallel.DistributedDataParallel(net) if distributed else net
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    total_steps = cfg.train.epochs * max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.15
+    )
+    positives = data.labels[train_idx].mean(axis=0).clip(0.02, 0.98)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.from_numpy((1 - positives) / positives))
+
+    start_epoch = 0
+    ckpt = _checkpoint_path(cfg)
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+        logger.info("resumed from %s at epoch %d", ckpt, start_epoch)
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        running, count = 0.0, 0
+        for step, (x, y) in enumerate(loader):
+            logits, _ = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.detach().item() * len(x)
+            count += len(x)
+            report(f"epoch {epoch + 1}/{cfg.train.epochs}", step + 1, len(loader))
+        logger.info("epoch %d train loss %.4f", epoch + 1, running / max(count, 1))
+        if rank == 0:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                },
+                tmp,
+            )
+            tmp.replace(ckpt)  # atomic: a crash never leaves a half-written checkpoint
+
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return None
+    from training.cxr_package import package_model
+
+    return package_model(
+        cfg,
+        net,
+        data.subset(val_idx),
+        data.subset(test_idx),
+        n_train=len(train_idx),
+        report=report,
+    )
+
+
+def _resolved(cfg: CxrTrainConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``torchrun ... -m training.cxr_train --config FILE [--resume]``."""
+    import argparse
+
+    from models.config import load_config
+
+    parser = argparse.ArgumentParser(description="Train the chest X-ray triage model.")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    cfg = load_config(args.config, CxrTrainConfig)
+    stored = train_cxr(cfg, resume=args.resume)
+    if stored is not None:
+        print(f"saved {stored.metadata.tag} sha256={stored.metadata.sha256}")
+
+
+if __name__ == "__main__":
+    main()
