@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,14 @@ import yaml
 from serving.runtime import Runtime
 from serving.settings import Settings
 
-__all__ = ["build_store", "cds_request", "observation", "prefetch", "runtime_for"]
+__all__ = [
+    "build_store",
+    "cds_request",
+    "observation",
+    "prefetch",
+    "runtime_for",
+    "shared_store",
+]
 
 NCD_SERVICES = {
     "ncd-cvd-risk": {"model": "cvd-risk", "title": "10-year CVD risk (WHO + Tonle model)"},
@@ -38,6 +49,14 @@ def build_store(tmp: Path) -> Path:
         else:
             os.environ["BENTOML_HOME"] = old
     return home
+
+
+@cache
+def shared_store() -> Path:
+    """One fixture store per test session (building it takes seconds); removed at exit."""
+    tmp = Path(tempfile.mkdtemp(prefix="tonle-ncd-store-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    return build_store(tmp)
 
 
 def write_config(tmp: Path, **overrides: Any) -> Path:

@@ -18,15 +18,15 @@ from starlette.applications import Starlette
 
 from serving.app import create_app
 from serving.runtime import DevCaller, Runtime
-from tests.serving.cds_fixtures import build_store, cds_request, prefetch, runtime_for
+from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
 
 CVD = "/cds-services/ncd-cvd-risk"
 DIABETES = "/cds-services/ncd-diabetes-risk"
 
 
 @pytest.fixture(scope="module")
-def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_store(tmp_path_factory.mktemp("ncd-store"))
+def store_home() -> Path:
+    return shared_store()
 
 
 @pytest.fixture(scope="module")

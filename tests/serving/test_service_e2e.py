@@ -1,0 +1,176 @@
+"""One real ``bentoml serve`` process per database (SQLite, PostgreSQL), driven over HTTP
+with JWTs signed by the demo EHR issuer and with an API key."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.audit import AuditStore
+from serving.demo_issuer import ensure_demo_issuer, sign_token
+from tests.serving.cds_fixtures import cds_request, shared_store, write_config
+from tests.serving.db_fixtures import postgres_database
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+CVD = "/cds-services/ncd-cvd-risk"
+
+
+@dataclass
+class Served:
+    url: str
+    issuer_dir: Path
+    store: AuditStore
+
+    def token(self, path: str, **kwargs: object) -> dict[str, str]:
+        jwt = sign_token(self.url + path, directory=self.issuer_dir, **kwargs)  # type: ignore[arg-type]
+        return {"Authorization": f"Bearer {jwt}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def store_home() -> Path:
+    return shared_store()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(
+    request: pytest.FixtureRequest, store_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    issuers = ensure_demo_issuer(tmp / "issuer", fhir_servers=[])
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        postgres_database("tonle_e2e")
+        if request.param == "postgresql"
+        else _sqlite(tmp) as database_url
+    ):
+        env = {
+            **os.environ,
+            "BENTOML_HOME": str(store_home),
+            "TONLE_SERVING_CONFIG": str(write_config(tmp)),
+            "TONLE_DATABASE_URL": database_url,
+            "TONLE_ALLOWED_ISSUERS": str(issuers),
+            "TONLE_PUBLIC_URL": url,
+            "TONLE_LOG_LEVEL": "WARNING",
+        }
+        env.pop("TONLE_DEV", None)
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "serving.service:Tonle",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        store: AuditStore | None = None
+        try:
+            deadline = time.time() + 120
+            while True:
+                if proc.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"server did not start:\n{log.read().decode()[-4000:]}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+            store = AuditStore.open(database_url)
+            yield Served(url=url, issuer_dir=tmp / "issuer", store=store)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            if store is not None:
+                store.close()
+
+
+class _sqlite:
+    def __init__(self, tmp: Path) -> None:
+        self.url = f"sqlite:///{tmp / 'audit.db'}"
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_health_and_metrics(served: Served) -> None:
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(served.url + path).status_code == 200
+
+
+def test_signed_cds_call_gives_card_and_audit_row(served: Served) -> None:
+    discovery = httpx.get(served.url + "/cds-services", headers=served.token("/cds-services"))
+    assert discovery.status_code == 200
+    assert "ncd-cvd-risk" in {s["id"] for s in discovery.json()["services"]}
+    for alg in ("ES384", "RS384"):
+        response = httpx.post(
+            served.url + CVD, json=cds_request(), headers=served.token(CVD, alg=alg)
+        )
+        assert response.status_code == 200, response.text
+        card = response.json()["cards"][0]
+        rows = served.store.rows(request_id=response.headers["x-request-id"])
+        assert len(rows) == 1
+        assert rows[0].outcome == "advice"
+        assert rows[0].card_ids == [card["uuid"]]
+        assert rows[0].caller_iss == "https://demo-ehr.tonle.example"
+    feedback = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
+                              "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}  # fmt: skip
+    stored = httpx.post(
+        served.url + f"{CVD}/feedback", json=feedback, headers=served.token(f"{CVD}/feedback")
+    )
+    assert stored.status_code == 200
+    assert served.store.feedback(card_uuid=card["uuid"])[0].outcome == "accepted"
+
+
+def test_refused_tokens_get_one_identical_401(served: Served) -> None:
+    headers = served.token(CVD)
+    first = httpx.post(served.url + CVD, json=cds_request(), headers=headers)
+    assert first.status_code == 200
+    bodies = set()
+    for bad in (
+        headers,  # replay
+        {},
+        {"Authorization": "Bearer not-a-jwt"},
+        served.token("/cds-services/ncd-diabetes-risk"),  # aud for another service
+        served.token(CVD, issuer="https://demo-ehr.tonle.example.evil"),
+    ):
+        response = httpx.post(served.url + CVD, json=cds_request(), headers=bad)
+        assert response.status_code == 401
+        bodies.add(response.content)
+    assert len(bodies) == 1
+    refused = [r for r in served.store.rows() if r.outcome == "refused"]
+    assert len(refused) >= 5
+
+
+def test_rest_needs_api_key(served: Served) -> None:
+    body = {"sex": "female", "age": 55, "smoking": False, "sbp": 140, "total_chol": 5.0,
+            "diabetes": False, "bmi": 24.0}  # fmt: skip
+    assert httpx.post(served.url + "/v1/risk/cvd", json=body).status_code == 401
+    _, secret = served.store.create_api_key("hospital-a", "e2e")
+    response = httpx.post(served.url + "/v1/risk/cvd", json=body, headers={"X-API-Key": secret})
+    assert response.status_code == 200, response.text
+    assert response.json()["advice"] is True
+    row = served.store.rows(request_id=response.headers["x-request-id"])[0]
+    assert row.caller_tenant == "hospital-a"
