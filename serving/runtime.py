@@ -17,6 +17,7 @@ from serving.settings import Settings
 
 if TYPE_CHECKING:
     from models.ncd_predictor import NcdPredictor
+    from serving.audit import AuditStore
     from serving.audit.records import AuditRecord, FeedbackRecord
 
 __all__ = ["ApiKeyAuth", "AuditSink", "CallerLike", "CdsAuth", "DevCaller", "Runtime"]
@@ -105,14 +106,18 @@ class Runtime:
             logger.info("verified model %s", runtime.models[name].metadata.tag)
         for service_id, service in config.ncd_services.items():
             runtime.ncd[service_id] = NcdPredictor(runtime.models[service.model], threads=1)
-        runtime.audit = _open_audit(settings)
+        store = _open_audit(settings)
+        runtime.audit = _batching(store)
         if settings.dev:
             logger.warning(
                 "DEV MODE: CDS Hooks and REST callers are NOT authenticated. "
                 "Never use --dev outside a loopback demo."
             )
         else:
-            runtime.cds_auth, runtime.api_keys = _open_auth(settings, runtime.audit)
+            runtime.cds_auth, runtime.api_keys = _open_auth(settings, store)
+        from serving.imaging.state import attach
+
+        attach(runtime)  # chest X-ray model + cxr-triage service, when configured (IMG-C)
         return runtime
 
     def warm_up(self) -> None:
@@ -148,14 +153,20 @@ class Runtime:
         self.ready = True
 
 
-def _open_audit(settings: Settings) -> AuditSink:
+def _open_audit(settings: Settings) -> AuditStore:
     from serving.audit import AuditStore
 
-    store: AuditSink = AuditStore.open(settings.database_url.get_secret_value())
-    return store
+    return AuditStore.open(settings.database_url.get_secret_value())
 
 
-def _open_auth(settings: Settings, store: AuditSink) -> tuple[CdsAuth, ApiKeyAuth]:
+def _batching(store: AuditStore) -> AuditSink:
+    from serving.audit_batch import BatchingAudit
+
+    # Concurrent requests share one commit (one fsync); each still waits for its row.
+    return BatchingAudit(store)
+
+
+def _open_auth(settings: Settings, store: AuditStore) -> tuple[CdsAuth, ApiKeyAuth]:
     from serving.auth import build_authenticators
 
     # One engine: the audit store is also the JWT replay store and the API-key table.
