@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+try:  # orjson parses NDJSON ~3x faster; the standard library gives the same result
+    import orjson
+
+    _loads: Callable[[bytes], Any] = orjson.loads
+except ImportError:  # pragma: no cover - orjson is in the train extra
+    _loads = json.loads
+_MIN_DAY = "0000-00-00"
+_FEATURE_LOINC = frozenset(LOINC_TO_FEATURE)
+_KNOWN_LOINC = _FEATURE_LOINC | {SMOKING_LOINC, BP_PANEL_LOINC}
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -145,19 +155,19 @@ def iter_ndjson(ndjson_dir: Path, resource_type: str) -> Iterator[dict[str, Any]
         ndjson_dir.glob(f"{resource_type}.*.ndjson")
     )
     for path in files:
-        with path.open(encoding="utf-8") as fh:
+        with path.open("rb") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
                 try:
-                    res = json.loads(line)
-                except json.JSONDecodeError as exc:
+                    res = _loads(line)
+                except ValueError as exc:  # orjson / json decode errors
                     raise FeatureTableError(
                         [
                             FeatureIssue(
                                 patient_id="-",
                                 field=f"{path.name}:{lineno}",
-                                rule=f"not valid JSON ({exc.msg})",
+                                rule=f"not valid JSON ({exc})",
                             )
                         ]
                     ) from exc
@@ -181,22 +191,26 @@ def _ref_id(reference: dict[str, Any] | None) -> str | None:
     return ref.rsplit("/", 1)[-1] if ref else None
 
 
-def _date(value: object) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
+def _date(value: object) -> str | None:
+    """The ``YYYY-MM-DD`` day of a FHIR date/dateTime (kept as text: ISO days sort)."""
+    if not isinstance(value, str) or len(value) < 10 or value[4] != "-" or value[7] != "-":
         return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
+    day = value[:10]
+    return day if day[:4].isdigit() and day[5:7].isdigit() and day[8:10].isdigit() else None
 
 
 def _codes(concept: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not concept:
         return []
-    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in concept.get("coding", [])]
+    return [(c.get("system", ""), c.get("code", "")) for c in concept.get("coding", ())]
 
 
-def _obs_date(res: dict[str, Any]) -> date | None:
+def _days(values: pd.Series) -> pd.Series:
+    """ISO day strings -> datetime64 (an impossible calendar day becomes NaT)."""
+    return pd.to_datetime(values, format="%Y-%m-%d", errors="coerce")
+
+
+def _obs_date(res: dict[str, Any]) -> str | None:
     return (
         _date(res.get("effectiveDateTime"))
         or _date((res.get("effectivePeriod") or {}).get("start"))
@@ -234,38 +248,40 @@ def _quantity(
 
 
 def _observation_rows(
-    res: dict[str, Any], issues: _Collector
-) -> Iterator[tuple[str, str, date, float]]:
+    res: dict[str, Any], issues: _Collector, rows: list[tuple[str, str, str, float]]
+) -> tuple[str | None, str | None]:
+    """Append the feature values of one Observation to ``rows``; return (patient, day)."""
     pid = _ref_id(res.get("subject"))
-    if pid is None or res.get("status") in ("entered-in-error", "cancelled"):
-        return
     when = _obs_date(res)
+    if pid is None or res.get("status") in ("entered-in-error", "cancelled"):
+        return pid, None
     codes = {code for system, code in _codes(res.get("code")) if system == LOINC}
     if when is None:
-        if codes & (set(LOINC_TO_FEATURE) | {SMOKING_LOINC, BP_PANEL_LOINC}):
+        if codes & _KNOWN_LOINC:
             issues.add(pid, "effective", "observation without a date")
-        return
+        return pid, None
     if SMOKING_LOINC in codes:
         answer = {c for s, c in _codes(res.get("valueCodeableConcept")) if s == SNOMED}
         if answer & SMOKING_CURRENT_SNOMED:
-            yield pid, "smoking", when, 1.0
+            rows.append((pid, "smoking", when, 1.0))
         elif answer & SMOKING_NOT_CURRENT_SNOMED:
-            yield pid, "smoking", when, 0.0
-        return
+            rows.append((pid, "smoking", when, 0.0))
+        return pid, when
     for code in codes:
         feature = LOINC_TO_FEATURE.get(code)
         if feature is not None:
             value = _quantity(feature, res.get("valueQuantity"), pid, issues)
             if value is not None:
-                yield pid, feature, when, value
-    if BP_PANEL_LOINC in codes or not codes & set(LOINC_TO_FEATURE):
-        for comp in res.get("component", []):
+                rows.append((pid, feature, when, value))
+    if BP_PANEL_LOINC in codes or not codes & _FEATURE_LOINC:
+        for comp in res.get("component", ()):
             for system, code in _codes(comp.get("code")):
                 feature = LOINC_TO_FEATURE.get(code)
                 if system == LOINC and feature in ("sbp", "dbp"):
                     value = _quantity(feature, comp.get("valueQuantity"), pid, issues)
                     if value is not None:
-                        yield pid, feature, when, value
+                        rows.append((pid, feature, when, value))
+    return pid, when
 
 
 def _condition_kind(res: dict[str, Any]) -> str | None:
@@ -339,22 +355,22 @@ def build_feature_table(
     else:
         patients["index_date"] = pd.Timestamp(index_date)
 
-    obs_rows: list[tuple[str, str, date, float]] = []
-    last_seen: dict[str, date] = {}
+    obs_rows: list[tuple[str, str, str, float]] = []
+    last_seen: dict[str, str] = {}
+    n_obs = 0
     for res in iter_ndjson(folder, "Observation"):
-        rep.observations += 1
-        for row in _observation_rows(res, issues):
-            obs_rows.append(row)
-        pid, when = _ref_id(res.get("subject")), _obs_date(res)
-        if pid and when and when > last_seen.get(pid, date.min):
+        n_obs += 1
+        pid, when = _observation_rows(res, issues, obs_rows)
+        if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
-    cond_rows: list[tuple[str, str, date]] = []
+    rep.observations = n_obs
+    cond_rows: list[tuple[str, str, str]] = []
     for res in iter_ndjson(folder, "Condition"):
         rep.conditions += 1
         pid = _ref_id(res.get("subject"))
         kind = _condition_kind(res)
         when = _date(res.get("onsetDateTime")) or _date(res.get("recordedDate"))
-        if pid and when and when > last_seen.get(pid, date.min):
+        if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
         if pid is None or kind is None:
             continue
@@ -366,12 +382,12 @@ def build_feature_table(
         ):
             continue
         cond_rows.append((pid, kind, when))
-    med_rows: list[tuple[str, str, date]] = []
+    med_rows: list[tuple[str, str, str]] = []
     for res in iter_ndjson(folder, "MedicationRequest"):
         rep.medication_requests += 1
         pid = _ref_id(res.get("subject"))
         when = _date(res.get("authoredOn"))
-        if pid and when and when > last_seen.get(pid, date.min):
+        if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
         kind = _medication_kind(res)
         if pid and when and kind and res.get("status") not in ("entered-in-error", "cancelled"):
@@ -381,7 +397,7 @@ def build_feature_table(
         pid = _ref_id(res.get("subject"))
         period = res.get("period") or {}
         when = _date(period.get("end")) or _date(period.get("start"))
-        if pid and when and when > last_seen.get(pid, date.min):
+        if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
 
     table = _features(patients, obs_rows, lookback_days, issues)
@@ -417,14 +433,14 @@ def _patients(folder: Path, issues: _Collector, site: str) -> pd.DataFrame:
         deceased = _date(res.get("deceasedDateTime"))
         rows.append((pid, org or site, gender, birth, deceased))
     df = pd.DataFrame(rows, columns=["patient_id", "site", "sex", "birth", "deceased"])
-    df["birth"] = pd.to_datetime(df["birth"])
-    df["deceased"] = pd.to_datetime(df["deceased"])
+    df["birth"] = _days(df["birth"])
+    df["deceased"] = _days(df["deceased"])
     return df
 
 
 def _features(
     patients: pd.DataFrame,
-    obs_rows: list[tuple[str, str, date, float]],
+    obs_rows: list[tuple[str, str, str, float]],
     lookback_days: int,
     issues: _Collector,
 ) -> pd.DataFrame:
@@ -437,7 +453,7 @@ def _features(
         issues.add(pid, "age", "impossible or adult-only: must be 18-110 years", f"{age:.1f}")
     table.loc[bad_age, "age"] = np.nan
     obs = pd.DataFrame(obs_rows, columns=["patient_id", "feature", "date", "value"])
-    obs["date"] = pd.to_datetime(obs["date"])
+    obs["date"] = _days(obs["date"])
     obs = obs.merge(table[["patient_id", "index_date"]], on="patient_id", how="inner")
     window = (obs["date"] <= obs["index_date"]) & (
         obs["date"] >= obs["index_date"] - timedelta(days=lookback_days)
@@ -467,15 +483,15 @@ def _features(
 
 def _diabetes_and_treatment(
     table: pd.DataFrame,
-    med_rows: list[tuple[str, str, date]],
-    cond_rows: list[tuple[str, str, date]],
+    med_rows: list[tuple[str, str, str]],
+    cond_rows: list[tuple[str, str, str]],
     lookback_days: int,
     has_meds: bool,
     complete_conditions: bool,
 ) -> pd.DataFrame:
     idx = dict(zip(table["patient_id"], table["index_date"], strict=True))
     meds = pd.DataFrame(med_rows, columns=["patient_id", "kind", "date"])
-    meds["date"] = pd.to_datetime(meds["date"])
+    meds["date"] = _days(meds["date"])
     meds["index_date"] = pd.to_datetime(meds["patient_id"].map(idx))
     in_window = (meds["date"] <= meds["index_date"]) & (
         meds["date"] >= meds["index_date"] - timedelta(days=lookback_days)
@@ -484,7 +500,7 @@ def _diabetes_and_treatment(
     on_bp = set(meds.loc[meds["kind"] == "bp_lowering", "patient_id"])
     on_glucose = set(meds.loc[meds["kind"] == "glucose_lowering", "patient_id"])
     conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
-    conds["date"] = pd.to_datetime(conds["date"])
+    conds["date"] = _days(conds["date"])
     conds["index_date"] = pd.to_datetime(conds["patient_id"].map(idx))
     prior_dm = set(
         conds.loc[
@@ -502,14 +518,14 @@ def _diabetes_and_treatment(
 
 def _outcomes(
     table: pd.DataFrame,
-    cond_rows: list[tuple[str, str, date]],
-    last_seen: dict[str, date],
+    cond_rows: list[tuple[str, str, str]],
+    last_seen: dict[str, str],
     end_date: date | None,
     issues: _Collector,
 ) -> pd.DataFrame:
     conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
-    conds["date"] = pd.to_datetime(conds["date"])
-    follow = pd.to_datetime(table["patient_id"].map(last_seen))
+    conds["date"] = _days(conds["date"])
+    follow = _days(table["patient_id"].map(last_seen))
     follow = follow.where(
         table["deceased"].isna() | (follow < table["deceased"]), table["deceased"]
     )
