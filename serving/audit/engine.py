@@ -153,7 +153,10 @@ def grant_service_role(engine: Engine, role: str) -> None:
         raise ValueError(f"role {role!r}: use a lower-case identifier like 'tonle_service'")
     quoted = engine.dialect.identifier_preparer.quote(role)
     with engine.begin() as connection:
-        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {quoted}")
+        schema = engine.dialect.identifier_preparer.quote(
+            connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        )
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {quoted}")
         for rights, tables in _SERVICE_GRANTS:
             connection.exec_driver_sql(f"GRANT {rights} ON {', '.join(tables)} TO {quoted}")
         sequences = ", ".join(_SERVICE_SEQUENCES)

@@ -36,3 +36,24 @@ def postgres_database(prefix: str = "tonle_test") -> Iterator[str]:
     finally:
         with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def postgres_schema(database_url: str) -> Iterator[str]:
+    """A fresh schema in an existing database (much cheaper than a database per test).
+
+    Yields the database URL with ``search_path`` set to the new schema, so migrations and
+    queries see only it; the schema is dropped afterwards.
+    """
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = make_url(database_url)
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield url.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

@@ -21,21 +21,27 @@ from serving.audit import (
     OverrideReason,
 )
 from serving.audit.engine import current_revision, grant_service_role, head_revision
-from tests.serving.db_fixtures import postgres_database
+from tests.serving.db_fixtures import postgres_database, postgres_schema
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
+def pg_database() -> Iterator[str]:
     with postgres_database() as url:
         yield url
 
 
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    with postgres_schema(pg_database) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'audit.db'}"
     else:
-        with postgres_database() as url:
+        with postgres_schema(pg_database) as url:
             yield url
 
 
@@ -269,20 +275,23 @@ def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
         connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
     try:
         grant_service_role(owner.engine, role)
-        service = AuditStore.open(make_url(pg_url).set(username=role).render_as_string(False))
-        service.record(_row("by-service"))
-        assert service.remember_jti("iss", "j1", datetime.now(UTC) + timedelta(minutes=1))
-        assert service.prune_replay() == 0
-        assert [r.request_id for r in service.rows()] == ["by-owner", "by-service"]
-        for statement in [
-            "DELETE FROM audit_events",
-            "ALTER TABLE audit_events DISABLE TRIGGER ALL",
-            "TRUNCATE feedback",
-            "INSERT INTO api_keys VALUES ('k', 't', 'n', 'h', now(), NULL)",
-        ]:
-            with pytest.raises(DatabaseError), service.engine.begin() as connection:
-                connection.exec_driver_sql(statement)
-        service.close()
+        service_url = make_url(pg_url).set(username=role).render_as_string(False)
+        service = AuditStore.open(service_url)
+        try:
+            service.record(_row("by-service"))
+            assert service.remember_jti("iss", "j1", datetime.now(UTC) + timedelta(minutes=1))
+            assert service.prune_replay() == 0
+            assert {"by-owner", "by-service"} <= {r.request_id for r in service.rows()}
+            for statement in [
+                "DELETE FROM audit_events",
+                "ALTER TABLE audit_events DISABLE TRIGGER ALL",
+                "TRUNCATE feedback",
+                "INSERT INTO api_keys VALUES ('k', 't', 'n', 'h', now(), NULL)",
+            ]:
+                with pytest.raises(DatabaseError), service.engine.begin() as connection:
+                    connection.exec_driver_sql(statement)
+        finally:
+            service.close()
     finally:
         with owner.engine.begin() as connection:
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
