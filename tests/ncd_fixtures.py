@@ -113,15 +113,19 @@ def make_ncd_artifact(
     """
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     from training.ncd_export import save_verified
 
     x, y = fixture_rows(3000, seed=1)
-    model = CalibratedClassifierCV(
-        HistGradientBoostingClassifier(max_iter=40, max_depth=3, random_state=0),
-        method="sigmoid",
-        cv=3,
-    ).fit(x, y)
+    # One OpenMP thread: on a shared machine spin-waiting threads made this fit 20-50x slower.
+    with threadpool_limits(1):
+        model = CalibratedClassifierCV(
+            HistGradientBoostingClassifier(max_iter=40, max_depth=3, random_state=0),
+            method="sigmoid",
+            cv=3,
+            ensemble=False,
+        ).fit(x, y)
     x_parity, _ = fixture_rows(10_000, seed=2)
     card = tmp_path / f"card-{outcome}-{version}"
     card.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,10 @@ IndexDateOpt = Annotated[
     str | None,
     typer.Option(help="Index date (YYYY-MM-DD) when --data is FHIR Bulk NDJSON."),
 ]
+SaveSklearnOpt = Annotated[
+    Path | None,
+    typer.Option(help="Also write the fitted scikit-learn estimator (joblib) here."),
+]
 LookbackOpt = Annotated[int, typer.Option(help="Look-back window (days) for FHIR input.")]
 
 
@@ -49,6 +53,7 @@ def _train(
     synthetic: int | None,
     seed: int,
     cards: Path,
+    save_sklearn: Path | None = None,
 ) -> None:
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
@@ -77,6 +82,7 @@ def _train(
                 table,
                 version=version,
                 card_root=cards,
+                estimator_path=save_sklearn,
                 progress=lambda line: console.print(line, highlight=False),
             )
         except TrainingDataError as exc:
@@ -108,12 +114,24 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path(
             "artifacts"
         ),
+        save_sklearn: SaveSklearnOpt = None,
     ) -> None:
         """Train, evaluate (vs the WHO 2019 chart), export and register the CVD model.
 
         Example: tonle train cvd-risk --data export/ --index-date 2016-01-01
         """
-        _train("cvd-risk", data, config, version, index_date, lookback_days, synthetic, seed, cards)
+        _train(
+            "cvd-risk",
+            data,
+            config,
+            version,
+            index_date,
+            lookback_days,
+            synthetic,
+            seed,
+            cards,
+            save_sklearn,
+        )
 
     @train_app.command("diabetes-risk")
     def train_diabetes(
@@ -131,15 +149,24 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path(
             "artifacts"
         ),
+        save_sklearn: SaveSklearnOpt = None,
     ) -> None:
         """Train, evaluate, export and register the incident-diabetes model.
 
         Example: tonle train diabetes-risk --data features.csv
         """
         _train(
-            "diabetes-risk", data, config, version, index_date, lookback_days, synthetic, seed,
+            "diabetes-risk",
+            data,
+            config,
+            version,
+            index_date,
+            lookback_days,
+            synthetic,
+            seed,
             cards,
-        )  # fmt: skip
+            save_sklearn,
+        )
 
     @app.command("evaluate")
     def evaluate(
@@ -179,10 +206,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             raise fail(f"evaluation data refused: {exc}", EXIT_BAD_INPUT) from exc
         risk = predictor.predict_proba(features_of(table, predictor.feature_names))
         report = evaluate_table(
-            table, risk.astype("float64"), cfg.outcome, horizon=cfg.horizon_years,
-            bootstrap_reps=bootstrap, seed=cfg.seed, who_region=cfg.evaluation.who_region,
+            table,
+            risk.astype("float64"),
+            cfg.outcome,
+            horizon=cfg.horizon_years,
+            bootstrap_reps=bootstrap,
+            seed=cfg.seed,
+            who_region=cfg.evaluation.who_region,
             who_country=cfg.evaluation.who_country,
-        )  # fmt: skip
+        )
         paths = write_report(report, output, f"Evaluation of {stored.metadata.tag} on {data.name}")
         out.print_json(data=report_summary(report))
         console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -116,11 +116,22 @@ def onnx_probabilities(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    estimator: Any, proto: onnx.ModelProto, x: np.ndarray, tolerance: float = PARITY_TOLERANCE
+    estimator: Any,
+    proto: onnx.ModelProto,
+    x: np.ndarray,
+    tolerance: float = PARITY_TOLERANCE,
+    threads: int = 1,
 ) -> ParityReport:
-    """Compare ONNX and scikit-learn probabilities and WHO bands on the rows ``x``."""
+    """Compare ONNX and scikit-learn probabilities and WHO bands on the rows ``x``.
+
+    scikit-learn runs with ``threads`` OpenMP threads: on a shared machine more threads
+    spin-wait and were many times slower.
+    """
+    from threadpoolctl import threadpool_limits
+
     x32 = np.ascontiguousarray(x, dtype=np.float32)
-    p_sk = np.asarray(estimator.predict_proba(x32), dtype=np.float64)[:, 1]
+    with threadpool_limits(threads):
+        p_sk = np.asarray(estimator.predict_proba(x32), dtype=np.float64)[:, 1]
     p_onnx = onnx_probabilities(proto, x32)
     return ParityReport(
         n_rows=len(x32),

@@ -387,8 +387,12 @@ def train(
     version: str | None = None,
     card_root: Path = Path("artifacts"),
     progress: Progress = print,
+    estimator_path: Path | None = None,
 ) -> TrainResult:
     """Run the whole pipeline on ``table`` and save the artifact; see the module docstring.
+
+    ``estimator_path``, when given, also receives the fitted scikit-learn estimator
+    (joblib), for benchmarks and audits; serving never reads it.
 
     Raises:
         TrainingDataError: the table fails :func:`check_table`, or a split is empty.
@@ -396,13 +400,24 @@ def train(
     """
     from threadpoolctl import threadpool_limits
 
+    cfg = cfg.model_copy(update={"version": version}) if version else cfg
+    with threadpool_limits(cfg.threads):
+        return _train(cfg, table, card_root, progress, estimator_path)
+
+
+def _train(
+    cfg: NcdTrainConfig,
+    table: pd.DataFrame,
+    card_root: Path,
+    progress: Progress,
+    estimator_path: Path | None,
+) -> TrainResult:
     from training import ncd_metrics
     from training.ncd_card import write_model_card
     from training.ncd_evaluate import evaluate_table, write_report
     from training.ncd_export import export_checked, save_proto
 
     started = time.perf_counter()
-    cfg = cfg.model_copy(update={"version": version}) if version else cfg
     progress(f"[1/6] checking {len(table)} rows for {cfg.name}:{cfg.version}")
     manifest = _manifest_hash(table)
     data = check_table(table, cfg, progress)
@@ -429,8 +444,7 @@ def train(
     validation: dict[str, dict[str, float]] = {}
     for kind in cfg.candidates:
         t0 = time.perf_counter()
-        with threadpool_limits(cfg.threads):
-            model = _fit(kind, _candidate(kind, cfg), x[tr][known], y_tr[known], w_tr[known])
+        model = _fit(kind, _candidate(kind, cfg), x[tr][known], y_tr[known], w_tr[known])
         p_va = np.asarray(model.predict_proba(x[va]), dtype=np.float64)[:, 1]
         validation[kind] = {
             "brier": float(ncd_metrics.brier(y_va, p_va, w_va, ones)[0]),
@@ -514,6 +528,11 @@ def train(
     )
     write_model_card(metadata, report, card_dir)
     stored = save_proto(proto, metadata, card_dir)
+    if estimator_path is not None:
+        import joblib
+
+        estimator_path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(model, estimator_path)
     progress(
         f"saved {stored.metadata.tag}: parity max |diff| {parity.max_abs_diff:.2e}, "
         f"{parity.band_mismatches} band mismatches; card in {card_dir}"
