@@ -240,7 +240,7 @@ class CxrAnalyser:
             detail = str(getattr(exc, "detail", "") or "the image could not be decoded")
             raise CannotAssess(reason, detail, _UNSUPPORTED.get(reason, 422)) from exc
         t_decode = time.perf_counter()
-        quality = _quality_module().assess(decoded)
+        quality = _quality_module().assess(decoded, min_side=self.size)
         t_quality = time.perf_counter()
         if not quality.ok:
             reason = str(quality.reason or "out-of-distribution")

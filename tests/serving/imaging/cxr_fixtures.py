@@ -8,6 +8,7 @@ check polarity and localisation with a known image.
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import date
 from pathlib import Path
@@ -92,14 +93,22 @@ def make_cxr_artifact(
     return registry.save(onnx_path, metadata)
 
 
-def radiograph(rows: int = 256, cols: int = 200, bright_box: bool = True) -> np.ndarray:
-    """A 12-bit synthetic frontal image; an optional bright box in the upper right."""
-    y, x = np.mgrid[0:rows, 0:cols]
-    image = 900 + 600 * np.exp(
-        -(((x - cols / 2) / (cols / 3)) ** 2 + ((y - rows / 2) / (rows / 3)) ** 2)
-    )
+@functools.lru_cache(maxsize=4)
+def _synthetic(rows: int, cols: int) -> np.ndarray:
+    from training.cxr_synthetic import render_case
+
+    return render_case(7, 0, (rows, cols), findings=[]).image
+
+
+def radiograph(rows: int = 256, cols: int = 240, bright_box: bool = True) -> np.ndarray:
+    """A 12-bit synthetic frontal chest radiograph (IMG-A's generator, no findings).
+
+    With ``bright_box`` a dense square sits in the upper right lung field.
+    """
+    image = _synthetic(rows, cols) * 4000.0
     if bright_box:
-        image[rows // 8 : rows // 3, cols * 5 // 8 : cols * 7 // 8] = 3800
+        image = image.copy()
+        image[rows // 5 : rows // 3, cols * 5 // 8 : cols * 3 // 4] = 4000.0
     return image.astype(np.uint16)
 
 
