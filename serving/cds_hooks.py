@@ -229,7 +229,7 @@ async def ncd_service(request: Request) -> Response:
             region=_region_name(advice, runtime),
             source_url=f"{base}/v1/models",
         )
-        card.links[0].url = f"{base}/ui/explain/{card.uuid}"
+        card.links[0].url = f"{base}/ui/explain/{card.uuid}?lang={lang}"
         call.card_ids = [card.uuid]
         _remember(runtime, card.uuid, advice, cds.context.patientId)
         body = CdsResponse(cards=[card]).model_dump_json(exclude_none=True)

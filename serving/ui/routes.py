@@ -400,8 +400,8 @@ def _patient_view(p: demo.DemoPatient, lang: str) -> dict[str, Any]:
             decimals = 0 if float(q["value"]) == round(float(q["value"])) else 1
             unit = _DISPLAY_UNIT.get(q["unit"], q["unit"])
             shown = f"{i18n.format_number(q['value'], lang, decimals)} {unit}"
-        else:
-            shown = r["valueCodeableConcept"]["coding"][0]["display"]
+        else:  # smoking status, shown in the page's language
+            shown = i18n.t(f"value.smoking.{p.obs['smoking'][0]}", lang)
         observations.append(
             {
                 "label": _feature_label(name, lang),
@@ -409,9 +409,7 @@ def _patient_view(p: demo.DemoPatient, lang: str) -> dict[str, Any]:
                 "date": i18n.format_date(date.fromisoformat(r["effectiveDateTime"]), lang),
             }
         )
-    conditions = [
-        r["code"]["coding"][0]["display"] for r in resources if r["resourceType"] == "Condition"
-    ]
+    conditions = [i18n.t("value.t2dm", lang) for r in resources if r["resourceType"] == "Condition"]
     return {
         "id": p.id,
         "name": p.name_km if lang == "km" else p.name,

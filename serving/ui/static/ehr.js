@@ -36,7 +36,7 @@
   }
 
   function showRaw() {
-    $("raw-request").textContent = exchanges.map((x) => `${x.method} ${x.url}\n${JSON.stringify(redact(x.headers), null, 2)}\n${JSON.stringify(x.body, null, 2)}`).join("\n\n");
+    $("raw-request").textContent = exchanges.map((x) => `${x.method} ${x.url}\n${JSON.stringify(redact(x.headers), null, 2)}${x.body === undefined ? "" : "\n" + JSON.stringify(x.body, null, 2)}`).join("\n\n");
     $("raw-response").textContent = exchanges.map((x) => `${x.url} -> ${x.status}\n${JSON.stringify(x.response, null, 2)}`).join("\n\n");
   }
 

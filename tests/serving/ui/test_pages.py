@@ -169,7 +169,9 @@ def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]
     app, _ = app_rt
     card = _card_for(app, "demo-02", lang="km")
     assert "ហានិភ័យ" in card["summary"]
-    path = card["links"][0]["url"].removeprefix("http://testserver")
+    link = card["links"][0]["url"]
+    assert link.endswith("?lang=km")  # the page opens in the card's language
+    path = link.removeprefix("http://testserver").split("?")[0]
     html = request(app, "GET", path, headers={"Accept-Language": "km-KH,km;q=0.9"}).text
     assert '<html lang="km">' in html
     assert "ការពន្យល់" in html

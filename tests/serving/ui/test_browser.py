@@ -1,0 +1,257 @@
+"""The pages in real headless Chromium (Debian ``chromium``), end to end, both languages.
+
+A real uvicorn server runs the Tonle app with real JWT auth trusting the demo issuer,
+the fixture CVD model and a SQLite audit store. The browser follows the demo flow:
+select a patient, cards appear, override one, open the explanation, send feedback;
+the test then reads the feedback back from the audit store. Screenshots go to
+``test-artifacts/ui-*.png``.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from playwright.sync_api import expect, sync_playwright
+
+from serving.imaging.heatmap import overlay_png
+from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, ResultStore
+from serving.runtime import Runtime
+from tests.serving.ui.ui_fixtures import demo_app
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP = {"width": 1366, "height": 768}
+TABLET = {"width": 768, "height": 1024}
+
+if not CHROMIUM.exists():  # pragma: no cover - `make test` installs it (SYSTEM_PACKAGES)
+    pytest.fail("Debian chromium is required: apt-get install chromium", pytrace=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server(
+    ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Runtime]]:
+    tmp = tmp_path_factory.mktemp("ui-browser")
+    url = f"http://127.0.0.1:{_free_port()}"
+    with demo_app(ui_store_home, tmp, public_url=url) as (app, runtime):
+        runtime.extras["imaging"] = SimpleNamespace(store=ResultStore(tmp / "cxr"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
+        config.log_level = "warning"
+        srv = uvicorn.Server(config)
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.started
+        try:
+            yield url, runtime
+        finally:
+            srv.should_exit = True
+            thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _page(browser: Any, viewport: dict[str, int], errors: list[str]) -> Any:
+    page = browser.new_page(viewport=viewport)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if msg.type == "error" else None,
+    )
+    page.set_default_timeout(20_000)
+    return page
+
+
+@pytest.mark.parametrize("lang", ["en", "km"])
+def test_demo_flow_end_to_end(
+    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, lang: str
+) -> None:
+    url, runtime = server
+    errors: list[str] = []
+    page = _page(browser, DESKTOP, errors)
+    page.goto(f"{url}/ui/ehr?lang={lang}")
+    assert page.get_attribute("html", "lang") == lang
+    # Keyboard: the first Tab reaches the skip link; patients are real buttons.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.focus("button[data-patient=demo-02]")
+    page.keyboard.press("Enter")
+    card = page.wait_for_selector("article.card")
+    assert card is not None
+    assert page.get_attribute("button[data-patient=demo-02]", "aria-pressed") == "true"
+    summary = page.inner_text("article.card h3.summary")
+    assert ("risk" in summary) if lang == "en" else ("ហានិភ័យ" in summary)
+    assert "card-critical" in (card.get_attribute("class") or "")
+    page.click("#raw summary")
+    assert '"hook": "patient-view"' in page.inner_text("#raw-request")
+    assert "Bearer" in page.inner_text("#raw-request")
+    page.screenshot(path=str(artifacts_dir / f"ui-ehr-{lang}-1366.png"), full_page=True)
+
+    # Override the card with a coded reason: real CDS Hooks feedback, JWT-authenticated.
+    card_id = card.get_attribute("data-card")
+    page.click("article.card button.override")
+    page.select_option("article.card select", "already-managed")
+    page.click("article.card form.override-form button[type=submit]")
+    expect(page.locator("article.card .feedback-status")).to_have_text(re.compile(r"\S"))
+    assert runtime.audit is not None
+    stored = runtime.audit.feedback(card_uuid=card_id)  # type: ignore[attr-defined]
+    assert [f.outcome for f in stored] == ["overridden"]
+    assert stored[0].override_reason.code == "already-managed"
+    assert stored[0].caller_iss == "https://demo-ehr.tonle.example"
+
+    # Open the explanation from the card's link, agree from the page.
+    href = page.get_attribute("article.card a.card-link", "href")
+    assert href is not None
+    page.goto(href)
+    assert page.get_attribute("html", "lang") == lang
+    page.wait_for_selector("#patient-cell")
+    assert page.inner_text("#model-version") == "1.0.0"
+    # The bundled Khmer font is what renders Khmer text.
+    if lang == "km":
+        page.evaluate("document.fonts.ready")
+        assert page.evaluate("document.fonts.check('16px \"Tonle Khmer\"', 'ហានិភ័យ')")
+        assert page.evaluate(
+            "[...document.fonts].some(f => f.family.includes('Tonle Khmer') && "
+            "f.status === 'loaded')"
+        )
+    page.screenshot(path=str(artifacts_dir / f"ui-explain-ncd-{lang}-1366.png"), full_page=True)
+    page.check("input[name=agree][value=yes]")
+    page.fill("#fb-reason", "fits the clinical picture")
+    page.click("#feedback button[type=submit]")
+    expect(page.locator("#fb-status")).to_have_text(re.compile(r"\S"))
+    assert page.is_disabled("#feedback button[type=submit]")
+    stored = runtime.audit.feedback(card_uuid=card_id)  # type: ignore[attr-defined]
+    assert [f.outcome for f in stored] == ["overridden", "accepted"]
+    assert stored[1].comment == "fits the clinical picture"
+    assert stored[1].caller_iss == "tonle-ui"
+
+    # The same pages on a tablet.
+    tablet = _page(browser, TABLET, errors)
+    tablet.goto(href)
+    tablet.wait_for_selector("#patient-cell")
+    width = tablet.evaluate("document.documentElement.scrollWidth")
+    assert width <= TABLET["width"], f"page scrolls sideways on a tablet: {width}px"
+    tablet.screenshot(path=str(artifacts_dir / f"ui-explain-ncd-{lang}-tablet.png"))
+    tablet.goto(f"{url}/ui/ehr?lang={lang}")
+    tablet.click("button[data-patient=demo-01]")
+    tablet.wait_for_selector("article.card")
+    assert tablet.evaluate("document.documentElement.scrollWidth") <= TABLET["width"]
+    tablet.screenshot(path=str(artifacts_dir / f"ui-ehr-{lang}-tablet.png"))
+    tablet.close()
+    page.close()
+    assert not [e for e in errors if "favicon" not in e], errors
+
+
+def _cxr_result(store: ResultStore) -> CxrResult:
+    labels = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
+    probs = [0.91, 0.78, 0.12, 0.06, 0.33]
+    result_id = uuid.uuid4().hex
+    findings = [
+        CxrFinding(
+            label=label,
+            probability=p,
+            threshold=0.5,
+            threshold_source="model-version",
+            threshold_chosen_on="validation, sensitivity >= 0.90",
+            flagged=p >= 0.5,
+            sensitivity=0.9,
+            specificity=0.74,
+        )
+        for label, p in zip(labels, probs, strict=True)
+    ]
+    result = CxrResult(
+        id=result_id,
+        created=datetime.now(UTC),
+        model=ModelIdentity(name="cxr-triage", version="1.0.0", sha256="ab" * 32),
+        findings=findings,
+        flagged=[f.label for f in findings if f.flagged],
+        heatmap_label="tb",
+        heatmap_url=f"/v1/imaging/results/{result_id}/heatmap.png",
+        site="default",
+        patient_ref="demo-05",
+        input_sha256="cd" * 32,
+    )
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32) / 255.0
+    image = 0.6 - 0.4 * np.abs(xx - 0.5) + 0.1 * yy
+    cam = np.zeros((8, 8), np.float32)
+    cam[2, 5] = 5.0
+    store.save(result, overlay_png(image, cam))
+    return result
+
+
+@pytest.mark.parametrize("lang", ["en", "km"])
+def test_cxr_explanation(
+    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, lang: str
+) -> None:
+    url, runtime = server
+    result = _cxr_result(runtime.extras["imaging"].store)
+    errors: list[str] = []
+    page = _page(browser, DESKTOP, errors)
+    page.goto(f"{url}/ui/explain/cxr/{result.id}?lang={lang}")
+    assert page.get_attribute("html", "lang") == lang
+    # (wait_for_function would eval a string, which the pages' CSP rightly forbids)
+    expect(page.locator("#cxr-heatmap")).to_be_visible()
+    page.wait_for_load_state("load")
+    assert page.evaluate("document.getElementById('cxr-heatmap').naturalWidth") == 256
+    rows = page.locator("#cxr-scores tbody tr.flagged").count()
+    assert rows == 2  # abnormal and tb crossed 0.5
+    page.fill("#heatmap-opacity", "40")
+    page.dispatch_event("#heatmap-opacity", "input")
+    assert page.evaluate("getComputedStyle(document.getElementById('cxr-heatmap')).opacity") == (
+        "0.4"
+    )
+    page.uncheck("#heatmap-toggle")
+    assert page.evaluate("getComputedStyle(document.getElementById('cxr-heatmap')).opacity") == (
+        "0"
+    )
+    assert page.is_disabled("#heatmap-opacity")
+    page.check("#heatmap-toggle")
+    page.screenshot(path=str(artifacts_dir / f"ui-explain-cxr-{lang}-1366.png"), full_page=True)
+    page.check("input[name=agree][value=no]")
+    page.click("#feedback button[type=submit]")  # no reason: refused in the page
+    assert page.inner_text("#fb-status") != ""
+    assert runtime.audit is not None
+    assert runtime.audit.feedback(card_uuid=result.id) == []  # type: ignore[attr-defined]
+    page.fill("#fb-reason", "heatmap points outside the lung")
+    page.click("#feedback button[type=submit]")
+    expect(page.locator("#feedback button[type=submit]")).to_be_disabled()
+    stored = runtime.audit.feedback(card_uuid=result.id)  # type: ignore[attr-defined]
+    assert [(f.service_id, f.outcome) for f in stored] == [("cxr-triage", "overridden")]
+    page.close()
+    assert not [e for e in errors if "favicon" not in e], errors
