@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from serving import cds_hooks, rest
+from serving.imaging import routes as imaging_routes
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui import routes as ui_routes
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """
     settings = settings or Settings()
     routes: list[BaseRoute] = [
+        # Imaging first: its /cds-services/cxr-triage must win over /cds-services/{id}.
+        *imaging_routes.routes(),
         *cds_hooks.routes(),
         *rest.routes(),
         Route("/v1/models", list_models, methods=["GET"]),

@@ -123,8 +123,8 @@ async def cxr_triage(request: Request) -> Response:
     started = time.perf_counter()
     try:
         state = imaging_state(request)
-    except _NotReady:
-        return JSONResponse({"cards": []})
+    except _NotReady:  # no imaging configured: the service does not exist here
+        return JSONResponse({"error": "unknown-service"}, status_code=404)
     caller = await _caller(state, request)
     if caller is None:
         return JSONResponse({"error": "unauthorized"}, status_code=401)
