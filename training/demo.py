@@ -32,8 +32,25 @@ def build_demo(console: Console) -> Path:
     config_path = DEMO_DIR / "serving.yaml"
     config_path.write_text(
         "# Written by `tonle demo`: the demo models, pinned.\n"
-        + yaml.safe_dump({"models": pinned}, sort_keys=True),
+        + yaml.safe_dump(_serving_config(pinned), sort_keys=True),
         encoding="utf-8",
     )
     console.print(f"demo models: {', '.join(pinned) or 'none yet'}; config {config_path}")
     return config_path
+
+
+# CDS Hooks service id -> (model name, discovery title) for the demo NCD models.
+_NCD_SERVICES = {
+    "ncd-cvd-risk": ("cvd-risk", "10-year heart attack and stroke risk (Tonle model + WHO chart)"),
+    "ncd-diabetes-risk": ("diabetes-risk", "10-year type 2 diabetes risk (Tonle model)"),
+}
+
+
+def _serving_config(pinned: dict[str, str]) -> dict[str, object]:
+    """The demo serving YAML: pinned models and the CDS services that use them."""
+    services = {
+        service_id: {"model": model, "title": title}
+        for service_id, (model, title) in _NCD_SERVICES.items()
+        if model in pinned
+    }
+    return {"models": pinned, "ncd_services": services}
