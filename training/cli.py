@@ -225,7 +225,11 @@ def demo(
     serving_config = build_demo(console)
     # The demo EHR's token issuer (keys made by build_demo) is the one trusted caller.
     os.environ.setdefault("TONLE_ALLOWED_ISSUERS", str(DEMO_ISSUERS_FILE.resolve()))
+    # ... and its folder switches on the demo EHR page and its token endpoint.
+    os.environ.setdefault("TONLE_DEMO_ISSUER_DIR", str(DEMO_ISSUERS_FILE.parent.resolve()))
     out.print(
+        f"\nOpen the demo EHR:  http://127.0.0.1:{port}/ui/ehr"
+        f"   (Khmer: http://127.0.0.1:{port}/ui/ehr?lang=km)\n"
         "\nTry it (in another terminal):\n"
         f"  curl -s http://127.0.0.1:{port}/cds-services | python3 -m json.tool\n"
         f"  curl -s http://127.0.0.1:{port}/v1/models\n"
@@ -241,6 +245,10 @@ _register_ncd(app, train_app)
 from training.ncd_data_cli import register as _register_ncd_data  # noqa: E402 - needs data_app
 
 _register_ncd_data(app, data_app)
+
+from training.cxr_cli import register as _register_cxr  # noqa: E402 - needs app, train_app
+
+_register_cxr(app, train_app)  # tonle train cxr; tonle evaluate handles cxr-triage models
 
 
 def main() -> None:

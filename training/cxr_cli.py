@@ -6,9 +6,12 @@ Heavy imports (torch, MONAI) stay inside the commands so ``tonle --help`` stays 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -145,6 +148,64 @@ def evaluate_cxr(stored: StoredModel, data: Path, output: Path, bootstrap: int =
     console.print(f"wrote {output / 'README.md'}, metrics.json, calibration.png")
 
 
+def _dispatching(original: Callable[..., None]) -> Callable[..., None]:
+    """Wrap the NCD ``evaluate`` command so ``cxr-triage`` models are evaluated here."""
+
+    @functools.wraps(original)
+    def evaluate(**kwargs: Any) -> None:
+        from models import registry
+
+        name, _, version = str(kwargs.get("model", "")).partition(":")
+        try:
+            stored = registry.verify(name, version or "latest")
+        except Exception:  # let the original command report unknown models its way
+            original(**kwargs)
+            return
+        if stored.metadata.task != "cxr-triage":
+            original(**kwargs)
+            return
+        evaluate_cxr(stored, kwargs["data"], kwargs["output"], int(kwargs.get("bootstrap", 500)))
+
+    evaluate.__doc__ = inspect.cleandoc(original.__doc__ or "") + (
+        "\n\nChest X-ray (cxr-triage) models: --data is a labels.csv (contract C7); "
+        "writes README.md, metrics.json and calibration.png, with the previous version "
+        "side by side.\n\nExample: tonle evaluate cxr-triage:0.1.0 --data labels.csv -o out/"
+    )
+    return evaluate
+
+
+def _evaluate_cxr_only(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME for the latest).")],
+    data: Annotated[Path, typer.Option("--data", help="labels.csv of a CXR set.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path(
+        "artifacts/evaluation"
+    ),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs.")] = 500,
+) -> None:
+    """Evaluate a stored model on labelled data and write its report.
+
+    Example: tonle evaluate cxr-triage:0.1.0 --data labels.csv -o artifacts/eval
+    """
+    from models import registry
+
+    name, _, version = model.partition(":")
+    try:
+        stored = registry.verify(name, version or "latest")
+    except registry.ArtifactError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
+    evaluate_cxr(stored, data, output, bootstrap)
+
+
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
-    """Add ``tonle train cxr`` to ``train_app``."""
+    """Add ``tonle train cxr``; make ``tonle evaluate`` handle ``cxr-triage`` models.
+
+    ``tonle evaluate`` is one command for every task: when the NCD command is already
+    registered its callback is wrapped to dispatch on the model's task.
+    """
     train_app.command("cxr")(train_cxr_command)
+    for info in app.registered_commands:
+        if info.name == "evaluate" and info.callback is not None:
+            info.callback = _dispatching(info.callback)
+            return
+    app.command("evaluate")(_evaluate_cxr_only)

@@ -190,22 +190,22 @@ def evaluate_stored(
 
 
 def report_metrics(report: CxrReport) -> dict[str, MetricValue]:
-    """The report's headline numbers as metadata metrics."""
+    """The report's headline numbers as metadata metrics (undefined ones left out)."""
     metrics: dict[str, MetricValue] = {}
+
+    def put(key: str, value: float | None, **more: float | int | None) -> None:
+        if value is not None and np.isfinite(value):
+            metrics[key] = MetricValue(value=value, **more)  # type: ignore[arg-type]
+
     for r in report.labels:
-        if r.auroc.value is not None:
-            metrics[f"auroc_{r.label}"] = MetricValue(
-                value=r.auroc.value, ci_low=r.auroc.ci_low, ci_high=r.auroc.ci_high, n=r.auroc.n
-            )
-        metrics[f"sensitivity_{r.label}"] = MetricValue(value=r.sensitivity, n=r.auroc.n_positive)
-        metrics[f"specificity_{r.label}"] = MetricValue(
-            value=r.specificity, n=r.auroc.n - r.auroc.n_positive
-        )
-        metrics[f"ece_{r.label}"] = MetricValue(value=r.ece, n=r.auroc.n)
+        a = r.auroc
+        put(f"auroc_{r.label}", a.value, ci_low=a.ci_low, ci_high=a.ci_high, n=a.n)
+        put(f"sensitivity_{r.label}", r.sensitivity, n=a.n_positive)
+        put(f"specificity_{r.label}", r.specificity, n=a.n - a.n_positive)
+        put(f"ece_{r.label}", r.ece, n=a.n)
     loc = report.localisation
-    if loc.peak_in_mask is not None and loc.mean_iou is not None:
-        metrics["cam_peak_in_mask"] = MetricValue(value=loc.peak_in_mask, n=loc.n)
-        metrics["cam_mean_iou"] = MetricValue(value=loc.mean_iou, n=loc.n)
+    put("cam_peak_in_mask", loc.peak_in_mask, n=loc.n)
+    put("cam_mean_iou", loc.mean_iou, n=loc.n)
     return metrics
 
 

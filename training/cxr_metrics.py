@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
+from scipy.stats import rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -56,14 +57,17 @@ def auroc_ci(y: npt.ArrayLike, p: npt.ArrayLike, reps: int = 1000, seed: int = 0
     if pos == 0 or pos == n:
         return AurocCI(value=None, ci_low=None, ci_high=None, n=n, n_positive=pos)
     value = float(roc_auc_score(yy, pp))
-    rng = np.random.default_rng(seed)
-    samples: list[float] = []
-    for _ in range(reps):
-        idx = rng.integers(0, n, n)
-        ys = yy[idx]
-        if 0 < ys.sum() < n:
-            samples.append(float(roc_auc_score(ys, pp[idx])))
-    low, high = np.percentile(samples, [2.5, 97.5]) if samples else (value, value)
+    if reps <= 0:
+        return AurocCI(value=value, ci_low=None, ci_high=None, n=n, n_positive=pos)
+    idx = np.random.default_rng(seed).integers(0, n, (reps, n))
+    ys, ps = yy[idx], pp[idx]
+    ranks = rankdata(ps, axis=1)  # ties get their average rank, as AUROC counts them 1/2
+    n1 = ys.sum(axis=1)
+    n0 = n - n1
+    valid = (n1 > 0) & (n0 > 0)
+    u = (ranks * ys).sum(axis=1) - n1 * (n1 + 1) / 2
+    samples = u[valid] / (n1[valid] * n0[valid])
+    low, high = np.percentile(samples, [2.5, 97.5]) if samples.size else (value, value)
     return AurocCI(value=value, ci_low=float(low), ci_high=float(high), n=n, n_positive=pos)
 
 

@@ -56,6 +56,10 @@ def image_spec(size: int) -> ImageSpec:
     )
 
 
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
 def _code_version() -> str:
     try:
         result = subprocess.run(
@@ -121,8 +125,8 @@ def package_model(
             OperatingPoint(
                 label=label,
                 threshold=float(np.clip(choice.threshold, 0.0, 1.0)),
-                sensitivity=choice.sensitivity,
-                specificity=choice.specificity,
+                sensitivity=_finite(choice.sensitivity),
+                specificity=_finite(choice.specificity),
                 chosen_on=(
                     f"validation split (n={len(y)}, positives={int(y.sum())}), {choice.rule}"
                 ),

@@ -249,7 +249,14 @@ def train_cxr(
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        saved = state["scheduler"]
+        if saved.get("total_steps") == total_steps:
+            scheduler.load_state_dict(saved)
+        else:  # more (or fewer) epochs than before: same position, stretched schedule
+            scheduler.last_epoch = int(saved["last_epoch"])
+            logger.info(
+                "schedule length changed: %s -> %d steps", saved["total_steps"], total_steps
+            )
         start_epoch = int(state["epoch"])
         logger.info("resumed from %s at epoch %d", ckpt, start_epoch)
 

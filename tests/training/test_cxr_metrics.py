@@ -1,0 +1,86 @@
+"""CXR metrics: thresholds, AUROC CI, Platt scaling, localisation, patient split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.cxr_data import patient_split
+from training.cxr_metrics import (
+    auroc_ci,
+    choose_threshold,
+    expected_calibration_error,
+    fit_platt,
+    localisation,
+    sens_spec,
+)
+
+
+def test_choose_threshold_reaches_sensitivity_with_best_specificity() -> None:
+    y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.5, 0.45, 0.4, 0.1, 0.42, 0.3, 0.2, 0.05])
+    choice = choose_threshold(y, p, 0.9)
+    assert choice.threshold == pytest.approx(0.4)  # 9 of 10 positives at or above
+    assert choice.sensitivity == pytest.approx(0.9)
+    assert choice.specificity == pytest.approx(0.75)  # 0.42 is flagged
+    assert sens_spec(y, p, choice.threshold) == (choice.sensitivity, choice.specificity)
+    assert choose_threshold(y, p, 1.0).threshold == pytest.approx(0.1)
+
+
+def test_auroc_ci_brackets_value_and_handles_one_class() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = y * 0.8 + rng.normal(0, 0.5, 300)
+    result = auroc_ci(y, p, reps=200)
+    assert result.value is not None
+    assert result.ci_low is not None
+    assert result.ci_high is not None
+    assert result.ci_low < result.value < result.ci_high
+    assert 0.8 < result.value < 0.95
+    assert auroc_ci(np.zeros(5), np.arange(5.0)).value is None
+
+
+def test_platt_recovers_a_known_scale() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, 20000)
+    y = (rng.random(20000) < 1 / (1 + np.exp(-(0.5 * logits - 1.0)))).astype(int)
+    params = fit_platt(logits, y)
+    assert params["scale"] == pytest.approx(0.5, abs=0.05)
+    assert params["offset"] == pytest.approx(-1.0, abs=0.08)
+    p = 1 / (1 + np.exp(-(params["scale"] * logits + params["offset"])))
+    assert expected_calibration_error(y, p) < 0.02
+    assert expected_calibration_error(y, 1 / (1 + np.exp(-logits))) > 0.05
+    assert fit_platt(logits[:5], np.zeros(5)) == {"scale": 1.0, "offset": 0.0}
+
+
+def test_localisation_peak_and_iou() -> None:
+    mask = np.zeros((64, 64), bool)
+    mask[12:36, 32:52] = True
+    on_target = np.zeros((4, 4), np.float32)
+    on_target[1, 2] = 3.0  # cell covering rows 16-32, cols 32-48 upsampled
+    off_target = np.zeros((4, 4), np.float32)
+    off_target[3, 0] = 3.0
+    result = localisation(np.stack([on_target, off_target]), [mask, mask])
+    assert result.n == 2
+    assert result.peak_in_mask == pytest.approx(0.5)
+    assert result.mean_iou is not None
+    assert 0.0 < result.mean_iou < 0.5
+    empty = localisation(np.stack([on_target]), [np.zeros((8, 8), bool)])
+    assert empty.n == 0
+    assert empty.peak_in_mask is None
+
+
+def test_patient_split_never_shares_a_patient() -> None:
+    ids = pd.Series([f"p{i // 2}" for i in range(100)])  # two images per patient
+    train, val, test = patient_split(ids, (0.6, 0.2, 0.2), seed=3)
+    assert len(train) + len(val) + len(test) == 100
+    sets = [set(ids.iloc[idx]) for idx in (train, val, test)]
+    assert not (sets[0] & sets[1])
+    assert not (sets[0] & sets[2])
+    assert not (sets[1] & sets[2])
+    assert len(sets[1]) == 10
+    again = patient_split(ids, (0.6, 0.2, 0.2), seed=3)
+    assert all((a == b).all() for a, b in zip(again, (train, val, test), strict=True))
+    with pytest.raises(ValueError, match="sum to 1"):
+        patient_split(ids, (0.6, 0.2, 0.1), seed=3)

@@ -1,0 +1,124 @@
+"""One-epoch smoke test of ``tonle train cxr`` on tiny synthetic radiographs, then
+resume, a new version compared side by side, ``tonle evaluate``, and 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from models import registry
+from models.cxr_net import CXR_LABELS
+from models.cxr_predictor import CxrPredictor
+from training.cli import app
+from training.cxr_synthetic import generate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("cxr") / "data", 40, seed=11, size=64)
+
+
+def _config(tmp_path: Path, labels: Path, version: str, epochs: int) -> Path:
+    cfg = {
+        "data": {"labels_csv": str(labels), "split": [0.5, 0.25, 0.25]},
+        "model": {"arch": "resnet-small", "image_size": 64},
+        "train": {"epochs": epochs, "batch_size": 8, "threads": 1, "seed": 1},
+        "output": {
+            "version": version,
+            "checkpoint_dir": str(tmp_path / "ckpt"),
+            "bootstrap_reps": 20,
+        },
+    }
+    path = tmp_path / f"cxr-{version}.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(
+        app, ["train", "cxr", "--config", str(_config(tmp_path, tiny_set, "0.1.0", 1))]
+    )
+    assert first.exit_code == 0, first.output
+    stored = registry.verify("cxr-triage", "0.1.0")
+    meta = stored.metadata
+    assert meta.task == "cxr-triage"
+    assert meta.image is not None
+    assert meta.image.size == 64
+    assert meta.inputs == {"image": ["N", 1, 64, 64]}
+    assert [op.label for op in meta.operating_points] == list(CXR_LABELS)
+    assert all("validation split" in op.chosen_on for op in meta.operating_points)
+    assert set(meta.extra["calibration"]["params"]) == set(CXR_LABELS)
+    assert meta.extra["parity"]["max_abs_diff_logits"] <= 1e-4
+    assert meta.extra["parity"]["max_abs_diff_cam"] <= 1e-4
+    assert meta.training_manifest_sha256
+    assert (stored.card_dir / "README.md").is_file()
+    assert (stored.card_dir / "calibration.png").is_file()
+    assert json.loads((stored.card_dir / "metrics.json").read_text())["report"]["n"] > 0
+
+    # The checkpoint is tensors only: loadable with weights_only=True.
+    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+    # The artifact serves through the ONNX predictor.
+    probs, cams = CxrPredictor(stored).predict(np.full((2, 1, 64, 64), 0.5, np.float32))
+    assert probs.shape == (2, 5)
+    assert cams.shape[:2] == (2, 5)
+
+    # Resume for one more epoch as a new version; the card compares with 0.1.0.
+    second = runner.invoke(
+        app,
+        ["train", "cxr", "--resume", "--config", str(_config(tmp_path, tiny_set, "0.1.1", 2))],
+    )
+    assert second.exit_code == 0, second.output
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["epoch"] == 2
+    card = (registry.verify("cxr-triage", "0.1.1").card_dir / "README.md").read_text()
+    assert "Side by side with cxr-triage:0.1.0" in card
+
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app, ["evaluate", "cxr-triage:0.1.1", "--data", str(tiny_set), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = (out / "README.md").read_text()
+    assert "AUROC" in report
+    assert "cxr-triage:0.1.0" in report  # previous version side by side
+    assert "sex=" in report
+    assert "age=" in report
+
+
+def test_bad_config_exits_4(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {labels_csv: x.csv}\nmodel: {arch: vgg}\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", "cxr", "--config", str(bad)])
+    assert result.exit_code == 4
+    assert "model.arch" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path: Path, tiny_set: Path) -> None:
+    config = _config(tmp_path, tiny_set, "0.2.0", 1)
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path / "store"), OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2",
+         "-m", "training.cxr_train", "--config", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "saved cxr-triage:0.2.0" in result.stdout
+    assert result.stdout.count("saved cxr-triage") == 1  # rank 0 only
+    meta = json.loads(next((tmp_path / "store").rglob("metadata.json")).read_text(encoding="utf-8"))
+    assert meta["version"] == "0.2.0"
