@@ -29,6 +29,9 @@ def build_demo(console: Console) -> Path:
     from training.ncd_demo import build_ncd_demo
 
     pinned.update(build_ncd_demo(console))  # cvd-risk, diabetes-risk
+    from training.cxr_demo import build_cxr_demo
+
+    pinned.update(build_cxr_demo(console, demo_dir=DEMO_DIR))  # cxr-triage
     config_path = DEMO_DIR / "serving.yaml"
     config_path.write_text(
         "# Written by `tonle demo`: the demo models, pinned.\n"
