@@ -43,15 +43,31 @@ async def _connect(host: str, port: int) -> _Conn:
     return _Conn(reader, writer)
 
 
+class _Requests:
+    """The raw request to send, with a fresh bearer token each time when tokens are given."""
+
+    def __init__(self, raw: bytes, tokens: list[str]) -> None:
+        self.raw, self.tokens, self.i = raw, tokens, 0
+
+    def next(self) -> bytes:
+        if not self.tokens:
+            return self.raw
+        token = self.tokens[self.i % len(self.tokens)]
+        self.i += 1
+        head, _, body = self.raw.partition(b"\r\n\r\n")
+        return head + f"\r\nAuthorization: Bearer {token}".encode() + b"\r\n\r\n" + body
+
+
 def _request(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     lines = [
         f"POST {parts.path} HTTP/1.1",
         f"Host: {parts.netloc}",
-        "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         *headers,
     ]
+    if not any(h.lower().startswith("content-type:") for h in headers):
+        lines.insert(2, "Content-Type: application/json")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
     return parts.hostname or "127.0.0.1", parts.port or 80, raw
 
@@ -80,8 +96,11 @@ def _summary(latencies: list[float], statuses: dict[int, int], errors: int, wall
     }
 
 
-async def open_loop(url: str, body: bytes, rate: float, duration: float, headers: list[str]):
+async def open_loop(
+    url: str, body: bytes, rate: float, duration: float, headers: list[str], tokens: list[str]
+):
     host, port, raw = _request(url, body, headers)
+    requests = _Requests(raw, tokens)
     idle: list[_Conn] = [await _connect(host, port) for _ in range(4)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -93,7 +112,7 @@ async def open_loop(url: str, body: bytes, rate: float, duration: float, headers
         nonlocal errors
         conn = idle.pop() if idle else await _connect(host, port)
         try:
-            status = await asyncio.wait_for(conn.send(raw), 10)
+            status = await asyncio.wait_for(conn.send(requests.next()), 10)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
             errors += 1
             conn.writer.close()
@@ -114,8 +133,11 @@ async def open_loop(url: str, body: bytes, rate: float, duration: float, headers
     return _summary(latencies, statuses, errors, wall)
 
 
-async def closed_loop(url: str, body: bytes, connections: int, duration: float, headers: list[str]):
+async def closed_loop(
+    url: str, body: bytes, connections: int, duration: float, headers: list[str], tokens: list[str]
+):
     host, port, raw = _request(url, body, headers)
+    requests = _Requests(raw, tokens)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -127,7 +149,7 @@ async def closed_loop(url: str, body: bytes, connections: int, duration: float, 
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
             try:
-                status = await asyncio.wait_for(conn.send(raw), 10)
+                status = await asyncio.wait_for(conn.send(requests.next()), 10)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 errors += 1
                 conn = await _connect(host, port)
@@ -149,17 +171,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--tokens", help="File of bearer tokens, one per line, each used once.")
     args = parser.parse_args()
     with open(args.body_file, "rb") as handle:
         body = handle.read()
+    tokens: list[str] = []
+    if args.tokens:
+        with open(args.tokens, encoding="utf-8") as handle:
+            tokens = [line.strip() for line in handle if line.strip()]
     try:
         from uvloop import run
     except ImportError:
         run = asyncio.run  # type: ignore[assignment]
     if args.mode == "open":
-        result = run(open_loop(args.url, body, args.rate, args.duration, args.header))
+        result = run(open_loop(args.url, body, args.rate, args.duration, args.header, tokens))
     else:
-        result = run(closed_loop(args.url, body, args.connections, args.duration, args.header))
+        result = run(
+            closed_loop(args.url, body, args.connections, args.duration, args.header, tokens)
+        )
     print(json.dumps(result))
 
 
