@@ -217,8 +217,13 @@ def generate(out_dir: Path | str, n: int, seed: int) -> Path:
     visit = _day(-rng.integers(0, 180, n))  # baseline visit, up to 6 months before index
     lab = _day(-rng.integers(0, 365, n))
     end = _day(np.round(c.followup_years * days_per_year).astype(np.int64))
-    cvd_day = _day(np.round(np.minimum(c.cvd_years, 99.0) * days_per_year).astype(np.int64))
-    dm_day = _day(np.round(np.minimum(c.diabetes_years, 99.0) * days_per_year).astype(np.int64))
+    # Outcomes are strictly after the index date (day >= 1), as the builder requires.
+    cvd_day = _day(
+        np.maximum(np.round(np.minimum(c.cvd_years, 99.0) * days_per_year), 1).astype(np.int64)
+    )
+    dm_day = _day(
+        np.maximum(np.round(np.minimum(c.diabetes_years, 99.0) * days_per_year), 1).astype(np.int64)
+    )
     dx_day = _day(-rng.integers(200, 3000, n))
     chol_mg = rng.random(n) < 0.3
     a1c_ifcc = rng.random(n) < 0.2
