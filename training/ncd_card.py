@@ -16,6 +16,16 @@ from training.ncd_evaluate import EvaluationReport, report_markdown
 
 __all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
 
+_CARD_ROWS = (
+    ("AUROC at horizon (IPCW)", "auroc"),
+    ("Harrell's C", "harrell_c"),
+    ("Uno's C", "uno_c"),
+    ("Calibration slope", "calibration_slope"),
+    ("Calibration intercept", "calibration_intercept"),
+    ("Brier (IPCW)", "brier"),
+    ("ECE", "ece"),
+)
+
 #: TRIPOD+AI (Collins et al., BMJ 2024) items this card and its evaluation report cover,
 #: with where. Items about the study's conduct (ethics, funding, registration, patient
 #: involvement) belong to the hospital's report and are not claimed here.
@@ -43,25 +53,20 @@ TRIPOD_AI_ITEMS: dict[str, str] = {
 }
 
 
-def _metric_line(name: str, meta: ModelMetadata, key: str) -> str:
+def _fmt(meta: ModelMetadata, key: str) -> str:
     value = meta.metrics.get(key)
     if value is None:
-        return f"| {name} | n/a |"
-    ci = (
-        f" ({value.ci_low:.3f}-{value.ci_high:.3f})"
-        if value.ci_low is not None and value.ci_high is not None
-        else ""
-    )
-    who = meta.metrics.get(f"who_{key}")
-    who_text = ""
-    if who is not None:
-        who_ci = (
-            f" ({who.ci_low:.3f}-{who.ci_high:.3f})"
-            if who.ci_low is not None and who.ci_high is not None
-            else ""
-        )
-        who_text = f" {who.value:.3f}{who_ci} |"
-    return f"| {name} | {value.value:.3f}{ci} |{who_text}"
+        return "n/a"
+    if value.ci_low is None or value.ci_high is None:
+        return f"{value.value:.3f}"
+    return f"{value.value:.3f} ({value.ci_low:.3f}-{value.ci_high:.3f})"
+
+
+def _metric_line(name: str, meta: ModelMetadata, key: str, who: bool) -> str:
+    line = f"| {name} | {_fmt(meta, f'test_{key}')} |"
+    if who:
+        line += f" {_fmt(meta, f'compared_test_{key}')} | {_fmt(meta, f'who_test_{key}')} |"
+    return line
 
 
 def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
@@ -136,15 +141,18 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Performance (test split)",
         "",
-        "| metric | model (95 % CI) |" + (" WHO 2019 chart (95 % CI) |" if has_who else ""),
-        "|---|---|" + ("---|" if has_who else ""),
-        _metric_line("AUROC at horizon (IPCW)", meta, "test_auroc"),
-        _metric_line("Harrell's C", meta, "test_harrell_c"),
-        _metric_line("Uno's C", meta, "test_uno_c"),
-        _metric_line("Calibration slope", meta, "test_calibration_slope"),
-        _metric_line("Calibration intercept", meta, "test_calibration_intercept"),
-        _metric_line("Brier (IPCW)", meta, "test_brier"),
-        _metric_line("ECE", meta, "test_ece"),
+        f"Model on all {report.n_rows} test patients"
+        + (
+            f"; model and WHO 2019 chart side by side on the {report.n_compared} of them "
+            "for whom the chart gives a risk."
+            if has_who
+            else "."
+        ),
+        "",
+        "| metric (95 % CI) | model, all test rows |"
+        + (" model, compared rows | WHO 2019 chart, compared rows |" if has_who else ""),
+        "|---|---|" + ("---|---|" if has_who else ""),
+        *[_metric_line(label, meta, key, has_who) for label, key in _CARD_ROWS],
         "",
         "![calibration](calibration.png)",
         "",

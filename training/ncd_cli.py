@@ -7,6 +7,7 @@ Heavy imports stay inside the command functions so ``tonle --help`` is fast.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,15 +31,22 @@ SaveSklearnOpt = Annotated[
     typer.Option(help="Also write the fitted scikit-learn estimator (joblib) here."),
 ]
 LookbackOpt = Annotated[int, typer.Option(help="Look-back window (days) for FHIR input.")]
+CompleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--complete-conditions",
+        help="The FHIR export holds every diagnosis (absence of diabetes means none).",
+    ),
+]
 
 
-def _load(data: Path, index_date: str | None, lookback_days: int) -> Any:
+def _load(data: Path, index_date: str | None, lookback_days: int, complete: bool = False) -> Any:
     from training.cli import EXIT_BAD_INPUT, fail
     from training.fhir_bulk import FeatureTableError
     from training.ncd_train import TrainingDataError, load_table
 
     try:
-        return load_table(data, index_date, lookback_days)
+        return load_table(data, index_date, lookback_days, complete)
     except (TrainingDataError, FeatureTableError, FileNotFoundError, ValueError) as exc:
         raise fail(f"cannot read {data}: {exc}", EXIT_BAD_INPUT) from exc
 
@@ -54,6 +62,7 @@ def _train(
     seed: int,
     cards: Path,
     save_sklearn: Path | None = None,
+    complete: bool = False,
 ) -> None:
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
@@ -67,6 +76,7 @@ def _train(
         raise fail(str(exc), EXIT_BAD_INPUT) from exc
     if (data is None) == (synthetic is None):
         raise fail("give exactly one of --data PATH or --synthetic N", 2)
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if synthetic is not None:
             from training.synthetic_ncd import INDEX_DATE, generate
@@ -75,7 +85,8 @@ def _train(
             data = generate(Path(tmp) / "ndjson", synthetic, seed)
             index_date = INDEX_DATE.isoformat()
         assert data is not None
-        table = _load(data, index_date, lookback_days)
+        table = _load(data, index_date, lookback_days, complete)
+        console.print(f"{time.perf_counter() - started:7.1f}s read {len(table)} rows from {data}")
         try:
             result = train(
                 cfg,
@@ -83,7 +94,9 @@ def _train(
                 version=version,
                 card_root=cards,
                 estimator_path=save_sklearn,
-                progress=lambda line: console.print(line, highlight=False),
+                progress=lambda line: console.print(
+                    f"{time.perf_counter() - started:7.1f}s {line}", highlight=False
+                ),
             )
         except TrainingDataError as exc:
             raise fail(f"training data refused: {exc}", EXIT_BAD_INPUT) from exc
@@ -115,6 +128,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "artifacts"
         ),
         save_sklearn: SaveSklearnOpt = None,
+        complete_conditions: CompleteOpt = False,
     ) -> None:
         """Train, evaluate (vs the WHO 2019 chart), export and register the CVD model.
 
@@ -131,6 +145,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             seed,
             cards,
             save_sklearn,
+            complete_conditions,
         )
 
     @train_app.command("diabetes-risk")
@@ -150,6 +165,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "artifacts"
         ),
         save_sklearn: SaveSklearnOpt = None,
+        complete_conditions: CompleteOpt = False,
     ) -> None:
         """Train, evaluate, export and register the incident-diabetes model.
 
@@ -166,6 +182,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             seed,
             cards,
             save_sklearn,
+            complete_conditions,
         )
 
     @app.command("evaluate")
@@ -178,6 +195,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         index_date: IndexDateOpt = None,
         lookback_days: LookbackOpt = 730,
         bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs.")] = 200,
+        complete_conditions: CompleteOpt = False,
     ) -> None:
         """Evaluate a stored NCD model on a feature table, next to the WHO 2019 chart.
 
@@ -199,7 +217,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         except registry.ArtifactError as exc:
             raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
         cfg = NcdTrainConfig.model_validate(stored.metadata.config)
-        table = _load(data, index_date, lookback_days)
+        table = _load(data, index_date, lookback_days, complete_conditions)
         try:
             table = check_table(table, cfg, lambda line: console.print(line, highlight=False))
         except TrainingDataError as exc:
@@ -214,6 +232,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             seed=cfg.seed,
             who_region=cfg.evaluation.who_region,
             who_country=cfg.evaluation.who_country,
+            who_model=cfg.evaluation.who_model,
         )
         paths = write_report(report, output, f"Evaluation of {stored.metadata.tag} on {data.name}")
         out.print_json(data=report_summary(report))

@@ -58,8 +58,8 @@ C_INDEX_DEFINITION = (
     "horizon; ties in risk count one half."
 )
 WHO_REFERENCE = (
-    "WHO 2019 CVD risk chart, laboratory-based model (Kaptoge et al., Lancet Glob Health "
-    "2019), recalibrated to {where}"
+    "WHO 2019 CVD risk chart, {kind} model (Kaptoge et al., Lancet Glob Health 2019), "
+    "recalibrated to {where}"
 )
 
 
@@ -159,21 +159,20 @@ def _metric_set(
 
 
 def who_risk_for_table(
-    table: pd.DataFrame, region: str | None = "A05GBDR_014_SEA", country: str | None = None
+    table: pd.DataFrame,
+    region: str | None = "A05GBDR_014_SEA",
+    country: str | None = None,
+    model: Literal["lab", "nonlab"] = "lab",
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.object_]]:
-    """WHO 2019 lab-chart risk per row (NaN where the chart gives none) and the reasons."""
+    """WHO 2019 chart risk per row (NaN where the chart gives none) and the reasons."""
     from models.who_cvd import who_cvd_reasons_batch, who_cvd_risk_batch
 
-    columns: dict[str, Any] = {
-        "sex": table["sex"].astype(str).to_numpy(),
-        "age": table["age"].to_numpy(dtype=np.float64),
-        "smoking": table["smoking"].to_numpy(dtype=np.float64),
-        "sbp": table["sbp"].to_numpy(dtype=np.float64),
-        "total_chol": table["total_chol"].to_numpy(dtype=np.float64),
-        "diabetes": table["diabetes"].to_numpy(dtype=np.float64),
-    }
-    reasons = who_cvd_reasons_batch("lab", **columns)
-    risk = who_cvd_risk_batch("lab", **columns, region=region, country=country, invalid="nan")
+    names = ["age", "smoking", "sbp"] + (["total_chol", "diabetes"] if model == "lab" else ["bmi"])
+    columns: dict[str, Any] = {"sex": table["sex"].astype(str).to_numpy()}
+    for name in names:
+        columns[name] = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+    reasons = who_cvd_reasons_batch(model, **columns)
+    risk = who_cvd_risk_batch(model, **columns, region=region, country=country, invalid="nan")
     return np.asarray(risk, dtype=np.float64), reasons
 
 
@@ -195,6 +194,7 @@ def evaluate_table(
     who_region: str | None = "A05GBDR_014_SEA",
     who_country: str | None = None,
     compare_who: bool | None = None,
+    who_model: Literal["lab", "nonlab"] = "lab",
 ) -> EvaluationReport:
     """Evaluate ``risk`` (one per row of ``table``) against the table's outcomes.
 
@@ -208,6 +208,8 @@ def evaluate_table(
         who_region: GBD region for the WHO chart comparison.
         who_country: ISO alpha-3 country instead of a region.
         compare_who: score the WHO chart too; default: only for ``cvd``.
+        who_model: the chart compared: ``"lab"`` (cholesterol, diabetes) or ``"nonlab"``
+            (BMI), e.g. for data without total cholesterol.
     """
     time = table[f"{outcome}_time"].to_numpy(dtype=np.float64)
     event = table[f"{outcome}_event"].to_numpy(dtype=np.float64) == 1.0
@@ -216,12 +218,13 @@ def evaluate_table(
         compare_who = outcome == "cvd"
     n = len(table)
     if compare_who:
-        who, reasons = who_risk_for_table(table, who_region, who_country)
+        who, reasons = who_risk_for_table(table, who_region, who_country, who_model)
         compared = np.isfinite(who)
         counts = pd.Series([r for r in reasons if r is not None], dtype=object).value_counts()
         not_compared = {str(k): int(v) for k, v in counts.items()}
         where = f"country {who_country}" if who_country else f"region {who_region}"
-        reference: str | None = WHO_REFERENCE.format(where=where)
+        kind = "laboratory-based" if who_model == "lab" else "non-laboratory (BMI)"
+        reference: str | None = WHO_REFERENCE.format(where=where, kind=kind)
     else:
         who = np.full(n, np.nan)
         compared = np.ones(n, dtype=bool)
@@ -416,6 +419,11 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Pa
         label="treat all",
     )
     ax.axhline(0.0, color="grey", linewidth=0.8, label="treat none")
+    curves = [report.overall.model.net_benefit, report.overall.model.treat_all_net_benefit]
+    if report.overall.who is not None:
+        curves.append(report.overall.who.net_benefit)
+    best = max([max(c.values()) for c in curves] + [0.001])
+    ax.set_ylim(-0.5 * best, 1.15 * best)  # treat-all falls far below zero; keep the detail
     ax.set_xlabel("threshold risk")
     ax.set_ylabel("net benefit")
     ax.set_title(f"Decision curve, {report.outcome}")

@@ -99,6 +99,7 @@ class EvaluationConfig(_Cfg):
     """Test-split evaluation."""
 
     bootstrap_reps: int = Field(default=200, ge=0)
+    who_model: Literal["lab", "nonlab"] = "lab"
     who_region: str | None = "A05GBDR_014_SEA"
     who_country: str | None = None
 
@@ -160,7 +161,7 @@ class TrainResult(BaseModel):
     stored: Any
     chosen: str
     validation: dict[str, dict[str, float]]
-    test_summary: dict[str, float | None]
+    test_summary: dict[str, float | int | None]
     card_dir: Path
     seconds: float
 
@@ -168,8 +169,17 @@ class TrainResult(BaseModel):
 SEX_CODES = {"female": 0, "male": 1}
 
 
-def load_table(path: Path, fhir_index_date: str | None = None, lookback_days: int = 730) -> Any:
-    """Read a C2 feature table: a CSV file, or build one from a FHIR Bulk NDJSON folder."""
+def load_table(
+    path: Path,
+    fhir_index_date: str | None = None,
+    lookback_days: int = 730,
+    complete_conditions: bool = False,
+) -> Any:
+    """Read a C2 feature table: a CSV file, or build one from a FHIR Bulk NDJSON folder.
+
+    ``complete_conditions`` tells the FHIR builder that the export holds every
+    diagnosis (see :func:`training.fhir_bulk.build_feature_table`).
+    """
     if path.is_dir():
         from datetime import date
 
@@ -178,7 +188,10 @@ def load_table(path: Path, fhir_index_date: str | None = None, lookback_days: in
         if fhir_index_date is None:
             raise TrainingDataError("index_date", "give --index-date for FHIR Bulk NDJSON input")
         return build_feature_table(
-            path, index_date=date.fromisoformat(fhir_index_date), lookback_days=lookback_days
+            path,
+            index_date=date.fromisoformat(fhir_index_date),
+            lookback_days=lookback_days,
+            complete_conditions=complete_conditions,
         )
     if not path.is_file():
         raise TrainingDataError("data", f"{path} is not a file or folder")
@@ -224,9 +237,11 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
     if negative.any():
         pid = str(table.loc[negative, "patient_id"].iloc[0])
         raise TrainingDataError(
-            f"{cfg.outcome}_time", "leakage: outcome dated before the index date", pid,
+            f"{cfg.outcome}_time",
+            "leakage: outcome dated before the index date",
+            pid,
             int(negative.sum()),
-        )  # fmt: skip
+        )
     dup = table.duplicated(["patient_id", "index_date"], keep=False)
     if dup.any():
         pid = str(table.loc[dup, "patient_id"].iloc[0])
@@ -264,6 +279,13 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
             f"excluded {int(age_out.sum())} patients outside ages {cfg.min_age:g}-{cfg.max_age:g}"
         )
         out = out[~age_out]
+    not_at_risk = out[outcome_cols[0]].isna() & out[outcome_cols[1]].isna()
+    if not_at_risk.any():
+        progress(
+            f"excluded {int(not_at_risk.sum())} patients not at risk of {cfg.outcome} "
+            "(disease on or before the index date, or no follow-up)"
+        )
+        out = out[~not_at_risk]
     for column in outcome_cols:
         values = pd.to_numeric(out[column], errors="coerce")
         bad = values.isna() | ~np.isfinite(values)
@@ -280,9 +302,11 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
         if not cfg.drop_incomplete:
             pid = str(out.loc[missing, "patient_id"].iloc[0])
             raise TrainingDataError(
-                name, "required feature is missing (set drop_incomplete to leave such rows out)",
-                pid, int(missing.sum()),
-            )  # fmt: skip
+                name,
+                "required feature is missing (set drop_incomplete to leave such rows out)",
+                pid,
+                int(missing.sum()),
+            )
         progress(f"left out {int(missing.sum())} rows missing required feature {name}")
         out = out[~missing]
     if len(out) == 0:
@@ -463,28 +487,49 @@ def _train(
     test_table = data[te].reset_index(drop=True)
     p_te = np.asarray(model.predict_proba(x[te]), dtype=np.float64)[:, 1]
     report = evaluate_table(
-        test_table, p_te, cfg.outcome, horizon=h,
-        bootstrap_reps=cfg.evaluation.bootstrap_reps, seed=cfg.seed,
-        who_region=cfg.evaluation.who_region, who_country=cfg.evaluation.who_country,
-    )  # fmt: skip
+        test_table,
+        p_te,
+        cfg.outcome,
+        horizon=h,
+        bootstrap_reps=cfg.evaluation.bootstrap_reps,
+        seed=cfg.seed,
+        who_region=cfg.evaluation.who_region,
+        who_country=cfg.evaluation.who_country,
+        who_model=cfg.evaluation.who_model,
+    )
     card_dir = card_root / cfg.name / cfg.version
     write_report(report, card_dir, f"Test-split evaluation of {cfg.name}:{cfg.version}")
     summary = {
-        "auroc": report.overall.model.auroc.value,
-        "calibration_slope": report.overall.model.calibration_slope.value,
-        "who_auroc": report.overall.who.auroc.value if report.overall.who else None,
+        "auroc": report.model_all_rows.auroc.value,
+        "calibration_slope": report.model_all_rows.calibration_slope.value,
     }
+    if report.overall.who is not None:
+        summary |= {
+            "compared_n": report.n_compared,
+            "compared_auroc": report.overall.model.auroc.value,
+            "who_auroc": report.overall.who.auroc.value,
+        }
     progress(f"[5/6] test split: {summary}")
 
+    # test_*: the model on every test row; compared_test_* / who_test_*: the model and
+    # the WHO chart on the test rows where the chart gives a risk (same patients).
     metrics: dict[str, MetricValue] = {}
-    for key in ("auroc", "harrell_c", "uno_c", "calibration_slope", "calibration_intercept",
-                "brier", "ece"):  # fmt: skip
-        for who_or_model, metric_set in (("", report.overall.model), ("who_", report.overall.who)):
-            if metric_set is None:
-                continue
+    sets = [("test_", report.model_all_rows)]
+    if report.overall.who is not None:
+        sets += [("compared_test_", report.overall.model), ("who_test_", report.overall.who)]
+    for key in (
+        "auroc",
+        "harrell_c",
+        "uno_c",
+        "calibration_slope",
+        "calibration_intercept",
+        "brier",
+        "ece",
+    ):
+        for prefix, metric_set in sets:
             value = getattr(metric_set, key)
             if value.value is not None:
-                metrics[f"{who_or_model}test_{key}"] = MetricValue(
+                metrics[f"{prefix}{key}"] = MetricValue(
                     value=value.value, ci_low=value.ci_low, ci_high=value.ci_high, n=metric_set.n
                 )
     rng = np.random.default_rng(cfg.seed)
