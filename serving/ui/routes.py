@@ -22,12 +22,16 @@ the browser's own small escaping renderer (``static/markdown.js``).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
+import time
+import uuid
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -498,6 +502,88 @@ async def demo_token(request: Request) -> Response:
     return JSONResponse({"access_token": token, "token_type": "Bearer"})
 
 
+def _demo_xray(runtime: Runtime, patient_id: str) -> Path | None:
+    """A synthetic radiograph for a demo patient, from ``tonle demo``'s generated set.
+
+    ``tonle demo`` keeps its files under one folder: the demo issuer in
+    ``<demo>/demo-issuer`` and IMG-A's synthetic radiographs (``labels.csv`` + DICOM)
+    in ``<demo>/cxr-synthetic``. The image is picked deterministically per patient,
+    preferring one with a finding so the demo shows a flagged read.
+    """
+    directory = runtime.settings.demo_issuer_dir
+    if directory is None:
+        return None
+    folder = Path(directory).parent / "cxr-synthetic"
+    try:
+        with (folder / "labels.csv").open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None
+    rows.sort(key=lambda row: (row.get("abnormal") != "1", row.get("image", "")))
+    if not rows:
+        return None
+    pick = rows[sum(map(ord, patient_id)) % min(len(rows), 5)]
+    path = (folder / pick["image"]).resolve()
+    return path if path.is_file() and path.is_relative_to(folder.resolve()) else None
+
+
+async def demo_xray(request: Request) -> Response:
+    """``POST /ui/api/demo/xray``: ``{"patientId"}`` - the demo PACS sends the patient's X-ray.
+
+    Runs the synthetic radiograph through the imaging pipeline (IMG-C's
+    :func:`serving.imaging.routes.analyse_bytes`, as ``POST /v1/imaging/cxr`` does) for
+    that patient and commits its audit row; the ``cxr-triage`` CDS service then answers
+    the next ``patient-view``. Demo only (404 otherwise).
+    """
+    runtime = _runtime(request)
+    if not demo_enabled(runtime):
+        return Response(status_code=404)
+    state = runtime.extras.get("imaging")
+    try:
+        patient_id = str(json.loads(await request.body())["patientId"])
+        p = demo.patient(patient_id)
+    except (ValueError, KeyError, TypeError):
+        return _bad("invalid-body")
+    image = _demo_xray(runtime, p.id) if p.xray else None
+    if state is None or image is None:
+        return _bad("no-demo-xray", 404)
+    from serving.imaging.analysis import CannotAssess
+    from serving.imaging.routes import analyse_bytes, audit_row
+
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    caller = SimpleNamespace(iss=UI_CALLER, sub="demo-pacs", tenant=None)
+    try:
+        result = await analyse_bytes(state, image.read_bytes(), "application/dicom", p.id)
+    except CannotAssess as refusal:
+        reason = refusal.reason
+        await run_in_threadpool(
+            lambda: audit_row(
+                state,
+                request_id=request_id,
+                service_id="cxr-triage",
+                outcome="no-advice",
+                started=started,
+                caller=caller,
+                reason=reason,
+                patient_ref=f"Patient/{p.id}",
+            )
+        )
+        return _bad(reason, 422)
+    await run_in_threadpool(
+        lambda: audit_row(
+            state,
+            request_id=request_id,
+            service_id="cxr-triage",
+            outcome="advice",
+            started=started,
+            caller=caller,
+            result=result,
+        )
+    )
+    return JSONResponse({"result": result.id, "explanation": f"/ui/explain/cxr/{result.id}"})
+
+
 # --- SMART launch ------------------------------------------------------------------------
 
 
@@ -545,5 +631,6 @@ def routes() -> list[BaseRoute]:
         Route("/ui/api/feedback", feedback, methods=["POST"]),
         Route("/ui/api/demo/prefetch", demo_prefetch, methods=["POST"]),
         Route("/ui/api/demo/token", demo_token, methods=["POST"]),
+        Route("/ui/api/demo/xray", demo_xray, methods=["POST"]),
         Mount("/ui/static", app=StaticFiles(directory=_STATIC), name="ui-static"),
     ]

@@ -77,6 +77,9 @@
       body.appendChild(tr);
     }
     $("chart-conditions").textContent = p.conditions.length ? p.conditions.join(", ") : S["ui.ehr.none"];
+    $("chart-imaging").hidden = !p.xray;
+    $("xray-status").textContent = "";
+    $("send-xray").disabled = false;
   }
 
   async function sendFeedback(service, card, item, statusEl, okKey) {
@@ -189,4 +192,24 @@
     });
   }
   $("fire").addEventListener("click", () => { if (current) fire(current.id); });
+  // The demo PACS: the X-ray reaches Tonle, is analysed and stored; the next
+  // patient-view then gets the cxr-triage card, as after a real study arrives.
+  $("send-xray").addEventListener("click", async () => {
+    if (!current) return;
+    const patient = current.id;
+    $("send-xray").disabled = true;
+    $("xray-status").textContent = S["ui.ehr.waiting"];
+    const r = await fetch("/ui/api/demo/xray", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ patientId: patient }),
+    });
+    if (!r.ok) {
+      let error = String(r.status);
+      try { error = (await r.json()).error || error; } catch (e) { /* keep status */ }
+      $("xray-status").textContent = fmt("ui.ehr.xray_failed", { error });
+      $("send-xray").disabled = false;
+      return;
+    }
+    $("xray-status").textContent = S["ui.ehr.xray_sent"];
+    if (current && current.id === patient) await fire(patient);
+  });
 })();

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -61,8 +60,7 @@ def server(
 ) -> Iterator[tuple[str, Runtime]]:
     tmp = tmp_path_factory.mktemp("ui-browser")
     url = f"http://127.0.0.1:{_free_port()}"
-    with demo_app(ui_store_home, tmp, public_url=url) as (app, runtime):
-        runtime.extras["imaging"] = SimpleNamespace(store=ResultStore(tmp / "cxr"))
+    with demo_app(ui_store_home, tmp, public_url=url, cxr=True) as (app, runtime):
         config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
         config.log_level = "warning"
         srv = uvicorn.Server(config)
@@ -174,6 +172,30 @@ def test_demo_flow_end_to_end(
     assert tablet.evaluate("document.documentElement.scrollWidth") <= TABLET["width"]
     tablet.screenshot(path=str(artifacts_dir / f"ui-ehr-{lang}-tablet.png"))
     tablet.close()
+    page.close()
+    assert not [e for e in errors if "favicon" not in e], errors
+
+
+def test_demo_xray_reaches_the_ehr(
+    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path
+) -> None:
+    """The demo PACS sends demo-05's X-ray; patient-view then returns the cxr-triage card."""
+    url, runtime = server
+    errors: list[str] = []
+    page = _page(browser, DESKTOP, errors)
+    page.goto(f"{url}/ui/ehr?lang=km")
+    page.click("button[data-patient=demo-05]")
+    expect(page.locator("#chart-imaging")).to_be_visible()
+    page.wait_for_selector("article.card")
+    before = page.locator("article.card").count()
+    page.click("#send-xray")
+    expect(page.locator("article.card")).to_have_count(before + 1)
+    assert "X-ray" in page.inner_text("#cards")
+    page.screenshot(path=str(artifacts_dir / "ui-ehr-xray-km-1366.png"), full_page=True)
+    stored = runtime.extras["imaging"].store.for_patient("demo-05")
+    assert len(stored) == 1
+    page.goto(f"{url}/ui/explain/cxr/{stored[0].id}?lang=km")
+    expect(page.locator("#cxr-scores tbody tr")).to_have_count(len(stored[0].findings))
     page.close()
     assert not [e for e in errors if "favicon" not in e], errors
 

@@ -186,6 +186,14 @@ def test_no_advice_patient_gives_no_card(app_rt: tuple[Starlette, Runtime]) -> N
     assert _card_for(app, "demo-07") == {}  # no blood pressure recorded
 
 
+def test_demo_xray_needs_imaging(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, _ = app_rt  # no imaging configured here (the browser tests run it for real)
+    r = request(app, "POST", "/ui/api/demo/xray", json={"patientId": "demo-05"})
+    assert r.status_code == 404
+    assert r.json()["error"] == "no-demo-xray"
+    assert request(app, "POST", "/ui/api/demo/xray", json={}).status_code == 400
+
+
 def test_token_endpoint_only_signs_for_this_service(app_rt: tuple[Starlette, Runtime]) -> None:
     app, _ = app_rt
     bad = request(app, "POST", "/ui/api/demo/token", json={"aud": "http://evil.example/x"})

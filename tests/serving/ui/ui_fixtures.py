@@ -21,9 +21,10 @@ __all__ = ["build_cvd_store", "demo_app", "request"]
 
 
 def build_cvd_store(tmp: Path) -> Path:
-    """Store only the fixture CVD model (what the UI tests need); return the store home."""
+    """Store the fixture CVD model and a tiny untrained CXR model; return the store home."""
     import os
 
+    from tests.cxr_fixtures import make_cxr_artifact
     from tests.ncd_fixtures import make_ncd_artifact
 
     home = tmp / "bentoml"
@@ -31,6 +32,7 @@ def build_cvd_store(tmp: Path) -> Path:
     os.environ["BENTOML_HOME"] = str(home)
     try:
         make_ncd_artifact(tmp, "cvd")
+        make_cxr_artifact(tmp)  # cxr-triage 0.0.1, 64 px
     finally:
         if old is None:
             os.environ.pop("BENTOML_HOME", None)
@@ -41,23 +43,31 @@ def build_cvd_store(tmp: Path) -> Path:
 
 @contextmanager
 def demo_app(
-    store_home: Path, tmp: Path, public_url: str = "http://testserver", demo: bool = True
+    store_home: Path,
+    tmp: Path,
+    public_url: str = "http://testserver",
+    demo: bool = True,
+    cxr: bool = False,
 ) -> Iterator[tuple[Starlette, Runtime]]:
-    """The app as ``tonle demo`` runs it: JWT auth trusting the demo issuer (not dev mode)."""
+    """The app as ``tonle demo`` runs it: JWT auth trusting the demo issuer (not dev mode).
+
+    With ``cxr``, chest X-ray serving runs too (the tiny CXR model) and ``tmp`` holds
+    two synthetic radiographs where ``tonle demo`` keeps them (``cxr-synthetic/``).
+    """
     issuer_dir = tmp / "demo-issuer"
     issuers = ensure_demo_issuer(issuer_dir)
+    serving: dict[str, Any] = {
+        "models": {"cvd-risk": "1.0.0"},
+        "ncd_services": {"ncd-cvd-risk": {"model": "cvd-risk", "title": "10-year CVD risk"}},
+    }
+    if cxr:
+        from training.cxr_synthetic import generate
+
+        generate(tmp / "cxr-synthetic", 2, seed=3, size=256)
+        serving["models"]["cxr-triage"] = "0.0.1"
+        serving["imaging"] = {"results_dir": str(tmp / "imaging"), "adaptive_batching": False}
     config = tmp / "ui-serving.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": {"cvd-risk": "1.0.0"},
-                "ncd_services": {
-                    "ncd-cvd-risk": {"model": "cvd-risk", "title": "10-year CVD risk"}
-                },
-            }
-        ),
-        encoding="utf-8",
-    )
+    config.write_text(yaml.safe_dump(serving), encoding="utf-8")
     with runtime_for(
         store_home,
         tmp,
