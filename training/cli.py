@@ -141,6 +141,9 @@ def data_synthetic_cxr(
     size: Annotated[
         str, typer.Option(help="Side in pixels, or ROWSxCOLS (e.g. 3000x2500).")
     ] = "512",
+    contact_sheet: Annotated[
+        Path | None, typer.Option(help="Also draw the first 10 images into this PNG.")
+    ] = None,
 ) -> None:
     """Write synthetic frontal chest radiographs (DICOM), finding masks and labels.csv.
 
@@ -158,6 +161,10 @@ def data_synthetic_cxr(
         task = bar.add_task("rendering radiographs", total=n)
         labels = generate(out_dir, n, seed, shape, progress=lambda k: bar.advance(task, k))
     out.print(f"wrote {n} images and {labels}")
+    if contact_sheet is not None:
+        from training.cxr_sheet import contact_sheet as draw_sheet
+
+        out.print(f"contact sheet {draw_sheet(labels, contact_sheet)}")
 
 
 def _split_tag(tag: str) -> tuple[str, str]:

@@ -214,7 +214,7 @@ def _compose(anat: _Anatomy) -> tuple[Array, Array, Array]:
     arm = arm * anat.soft((y - shoulder_y - 0.04).astype(np.float32), 6.0)
     dx = np.clip(ax / hw, 0, 1)
     thickness = np.sqrt(np.clip(1.0 - dx * dx, 0.0, 1.0))
-    density = 0.04 + body * (0.42 + 0.22 * thickness) + arm * (0.3 + 0.1 * body)
+    density = 0.04 + body * (0.30 + 0.2 * thickness) + arm * (0.22 + 0.06 * body)
     humerus = anat.soft((0.03 - np.abs(ax - (arm_in + arm_out) / 2)).astype(np.float32), 3.0)
     density += 0.12 * humerus * arm
     lung_r, lung_l = anat.lung(-1), anat.lung(1)
@@ -222,8 +222,11 @@ def _compose(anat: _Anatomy) -> tuple[Array, Array, Array]:
     lungs = np.clip((lung_r + lung_l) * (1 - heart), 0.0, 1.0)
     # Lungs are darkest in the mid zones and lighter towards the apices and bases.
     zone = np.clip((y - anat.top) / 0.3, 0.0, 1.0) ** 0.6
-    density -= lungs * (0.26 + 0.08 * zone)
-    density += heart * 0.06
+    density -= lungs * (0.22 + 0.07 * zone)
+    density += heart * (0.08 + 0.06 * thickness)
+    # Upper abdomen (liver, spleen) below the domes is denser than the chest wall.
+    abdomen = anat.soft((y - (anat.dia_r + anat.dia_l) / 2 - 0.03).astype(np.float32), 12.0)
+    density += 0.07 * abdomen * body
     # Trachea: an air column in the upper mediastinum.
     trachea = anat.soft((0.014 - np.abs(x - cx + 0.004)).astype(np.float32), 2.0)
     trachea = trachea * anat.soft((anat.top + 0.2 - y).astype(np.float32), 5) * (y > 0.02)
@@ -492,7 +495,8 @@ def write_dicom(
     pixels = np.clip(np.rint(values), 0, maxval).astype(np.uint16)
     slope, intercept = (1.0, 0.0) if rng.random() < 0.7 else (0.5, float(rng.integers(0, 200)))
     out = pixels.astype(np.float64) * slope + intercept
-    p_lo, p_hi = np.percentile(out[::4, ::4], [1.0, 99.5])
+    p_lo, p_hi = np.percentile(out[::4, ::4], [0.5, 99.9])
+    p_hi += 0.25 * (p_hi - p_lo)  # headroom: bone and heart stay below white
 
     def uid(kind: str) -> str:
         return str(generate_uid(entropy_srcs=["tonle-synthetic-cxr", str(seed), str(index), kind]))

@@ -142,10 +142,12 @@ def test_parse_size_and_errors() -> None:
 
 
 def test_cli_writes_dataset(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app, ["data", "synthetic-cxr", str(tmp_path / "d"), "--n", "3", "--size", "96"]
-    )
+    sheet = tmp_path / "sheet.png"
+    args = ["data", "synthetic-cxr", str(tmp_path / "d"), "--n", "3", "--size", "96"]
+    result = CliRunner().invoke(app, [*args, "--contact-sheet", str(sheet)])
     assert result.exit_code == 0, result.output
     assert len(_rows(tmp_path / "d")) == 3
+    with Image.open(sheet) as img:
+        assert img.size == (5 * 192, 192 + 14)
     bad = CliRunner().invoke(app, ["data", "synthetic-cxr", str(tmp_path / "e"), "--size", "9"])
     assert bad.exit_code == 2
