@@ -51,8 +51,10 @@ def _free_port() -> int:
 class Server:
     """A ``bentoml serve`` child process, ready when ``/readyz`` says so."""
 
-    def __init__(self, target: str, env: dict[str, str], cwd: Path) -> None:
-        self.port = _free_port()
+    def __init__(
+        self, target: str, env: dict[str, str], cwd: Path, port: int | None = None
+    ) -> None:
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [PY, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
                    "--port", str(self.port)]  # fmt: skip
@@ -83,9 +85,18 @@ class Server:
             self.proc.kill()
 
 
-def load(mode: str, url: str, body: Path, args: argparse.Namespace, headers: list[str]) -> dict:
+def load(
+    mode: str,
+    url: str,
+    body: Path,
+    args: argparse.Namespace,
+    headers: list[str],
+    tokens: Path | None = None,
+) -> dict:
     command = [PY, LOADGEN, mode, url, str(body), "--duration", str(args.duration),
                "--rate", str(args.rate), "--connections", str(args.connections)]  # fmt: skip
+    if tokens is not None:
+        command += ["--tokens", str(tokens)]
     for header in headers:
         command += ["--header", header]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -172,6 +183,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="Also run the CDS call with a fresh demo-issuer JWT per request (ES384).",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -209,6 +225,33 @@ def main() -> None:
             results["Tonle NCD CDS open"] = load("open", url, cds_body, args, [])
             results["Tonle NCD CDS max"] = load("closed", url, cds_body, args, [])
             after = sqlite3.connect(db).execute("select count(*) from audit_events").fetchone()[0]
+
+        if args.auth:
+            from serving.demo_issuer import ensure_demo_issuer, sign_token
+
+            issuers = ensure_demo_issuer(tmp / "issuer", fhir_servers=[])
+            port = _free_port()
+            auth_env = {
+                **{k: v for k, v in env.items() if k != "TONLE_DEV"},
+                "TONLE_ALLOWED_ISSUERS": str(issuers),
+                "TONLE_DATABASE_URL": f"sqlite:///{tmp / 'audit-auth.db'}",
+                # The JWT aud must equal the public URL plus the endpoint path.
+                "TONLE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            }
+            with Server("serving.service:Tonle", auth_env, ROOT, port=port) as server:
+                url = server.url + "/cds-services/ncd-cvd-risk"
+                for mode, n in (("open", int(args.rate * args.duration) + 100),
+                                ("closed", int(args.duration * 1000))):  # fmt: skip
+                    tokens = tmp / f"tokens-{mode}.txt"
+                    tokens.write_text(
+                        "\n".join(
+                            sign_token(url, directory=tmp / "issuer", lifetime_s=240)
+                            for _ in range(n)
+                        )
+                    )
+                    results[f"Tonle NCD CDS+JWT {mode}"] = load(
+                        mode, url, cds_body, args, [], tokens
+                    )
 
         print(f"\nOpen loop at {args.rate:g} req/s for {args.duration:g} s; closed loop with "
               f"{args.connections} connections for {args.duration:g} s. 127.0.0.1, "

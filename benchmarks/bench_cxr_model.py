@@ -75,7 +75,7 @@ def speed(arch: str, size: int, repeat: int, threads: int, images: np.ndarray) -
     }
 
 
-def accuracy(tag: str, n: int, seed: int, size: int) -> None:
+def accuracy(tag: str, n: int, seed: int, size: int, int8: bool, repeat: int) -> None:
     """Held-out synthetic AUROC and map-peak-in-mask rate of a stored artifact."""
     from models import registry
     from training.cxr_data import load_cxr_data
@@ -89,6 +89,8 @@ def accuracy(tag: str, n: int, seed: int, size: int) -> None:
         labels = generate(Path(tmp) / "heldout", n, seed, size=size)
         data = load_cxr_data(labels, stored.metadata.image.size)
         report = evaluate_stored(stored, data, reps=500)
+        if int8:
+            _int8(stored, data, report.label("abnormal").auroc.value, Path(tmp), seed, repeat)
     abnormal = report.label("abnormal")
     auroc = abnormal.auroc
     print(f"model {stored.metadata.tag} on {n} fresh synthetic images (seed {seed}, {size} px)")
@@ -110,6 +112,43 @@ def accuracy(tag: str, n: int, seed: int, size: int) -> None:
     )
 
 
+def _int8(stored: object, data: object, fp32_auroc: float | None, tmp: Path, seed: int,
+          repeat: int) -> None:  # fmt: skip
+    """Static QDQ int8 variant: AUROC drop and latency vs fp32; kept only if both pass."""
+    import shutil
+
+    from models.cxr_export import quantize_int8
+    from models.registry import StoredModel
+    from training.cxr_data import load_cxr_data
+    from training.cxr_evaluate import evaluate_stored
+    from training.cxr_synthetic import generate
+
+    assert isinstance(stored, StoredModel)
+    assert stored.metadata.image is not None
+    calib = load_cxr_data(
+        generate(tmp / "calib", 64, seed + 1, size=256), stored.metadata.image.size
+    )
+    folder = tmp / "int8"
+    folder.mkdir()
+    quantize_int8(stored.onnx_path, folder / "model.onnx", calib.images)
+    shutil.copy(stored.path / "metadata.json", folder / "metadata.json")
+    q = StoredModel(metadata=stored.metadata, path=folder)
+    report = evaluate_stored(q, data, reps=0)  # type: ignore[arg-type]
+    q_auroc = report.label("abnormal").auroc.value
+    one = np.ascontiguousarray(calib.images[:1])
+    fp = _session(stored.onnx_path, 2)
+    i8 = _session(folder / "model.onnx", 2)
+    fp_ms = _median_ms(lambda: fp.run(None, {"image": one}), repeat)
+    i8_ms = _median_ms(lambda: i8.run(None, {"image": one}), repeat)
+    drop = (fp32_auroc or 0.0) - (q_auroc or 0.0)
+    keep = drop < 0.005 and i8_ms < fp_ms
+    print(
+        f"  int8 (static QDQ, per-channel, 64 real calibration images): AUROC abnormal "
+        f"{q_auroc:.4f} (drop {drop:+.4f}), latency {i8_ms:.1f} ms vs fp32 {fp_ms:.1f} ms "
+        f"-> {'KEEP' if keep else 'DISCARD'} (rule: drop < 0.005 and faster)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cxr-triage:0.1.0-demo", help="NAME:VERSION")
@@ -120,10 +159,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--arch-sweep", action="store_true", help="speed of every arch")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--int8", action="store_true", help="measure a static int8 variant")
     args = parser.parse_args()
 
     if not args.skip_accuracy and not args.arch_sweep:
-        accuracy(args.model, args.n, args.seed, args.data_size)
+        accuracy(args.model, args.n, args.seed, args.data_size, args.int8, args.repeat)
 
     size = 224
     rng = np.random.default_rng(0)
