@@ -142,9 +142,8 @@ def _trained_scorer(tag: str, threads: int) -> Scorer:
                 raw = np.full(n, np.nan)
             elif spec.name in encodings:
                 codes = encodings[spec.name]
-                text = t[spec.name].astype("string")
-                raw = text.map(lambda v, c=codes: c.get(v, np.nan) if v is not pd.NA else np.nan)
-                raw = raw.to_numpy(dtype=float, na_value=np.nan)
+                mapped = t[spec.name].astype(object).map({k: float(v) for k, v in codes.items()})
+                raw = pd.to_numeric(mapped, errors="coerce").to_numpy(dtype=float)
             else:
                 raw = pd.to_numeric(t[spec.name], errors="coerce").to_numpy(dtype=float)
             missing = np.isnan(raw)
