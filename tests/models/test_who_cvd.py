@@ -229,3 +229,62 @@ def test_batch_reasons_and_nan() -> None:
 def test_rounding_half_up_and_bands(risk: float, percent: int, band_index: int) -> None:
     assert round_percent(risk) == percent
     assert band_of_percent(percent)[0] == band_index
+
+
+# --- Chart-grid properties --------------------------------------------------------------
+# No transcription of printed WHO chart cells was available offline (see the report in
+# the NCD-A notes): these tests check properties every printed chart has, on the chart
+# grid at representative values of each band, for all 21 regions.
+CHART_AGES = np.array([42.0, 47.0, 52.0, 57.0, 62.0, 67.0, 72.0])
+CHART_SBP = np.array([110.0, 130.0, 150.0, 170.0, 190.0])
+CHART_CHOL = np.array([3.5, 4.5, 5.5, 6.5, 7.5])
+
+
+@pytest.mark.parametrize("region", REGION_CODES)
+def test_chart_grid_is_monotone_in_every_region(region: str) -> None:
+    age, sbp, chol, smk, dm, male = np.meshgrid(
+        CHART_AGES, CHART_SBP, CHART_CHOL, [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], indexing="ij"
+    )
+    risk = who_cvd_risk_batch(
+        "lab",
+        male.ravel(),
+        age.ravel(),
+        smk.ravel(),
+        sbp.ravel(),
+        chol.ravel(),
+        dm.ravel(),
+        region=region,
+    ).reshape(age.shape)
+    assert np.all((risk > 0) & (risk < 1))
+    for axis in range(5):  # older, higher SBP / cholesterol, smoking, diabetes: never lower
+        assert np.all(np.diff(risk, axis=axis) > 0), f"not increasing along axis {axis}"
+    bmi_grid = np.array([20.0, 27.5, 32.5, 37.5])
+    age2, bmi2 = np.meshgrid(CHART_AGES, bmi_grid, indexing="ij")
+    nonlab = who_cvd_risk_batch(
+        "nonlab",
+        np.ones(age2.size),
+        age2.ravel(),
+        np.zeros(age2.size),
+        np.full(age2.size, 150.0),
+        bmi=bmi2.ravel(),
+        region=region,
+    ).reshape(age2.shape)
+    assert np.all(np.diff(nonlab, axis=0) > 0)
+    assert np.all(np.diff(nonlab, axis=1) > 0)
+
+
+def test_every_country_gives_a_risk() -> None:
+    for code in COUNTRY_CODES:
+        for model in ("lab", "nonlab"):
+            risk = who_cvd_risk_batch(
+                model,
+                ["female", "male"],
+                [55, 55],
+                [1, 1],
+                [150, 150],
+                [6, 6],
+                [1, 1],
+                [28, 28],  # type: ignore[arg-type]
+                country=code,
+            )
+            assert np.all((risk > 0.005) & (risk < 0.9)), (code, model, risk)
