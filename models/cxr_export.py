@@ -30,6 +30,7 @@ __all__ = [
     "check_parity",
     "cxr_metadata",
     "export_onnx",
+    "quantize_int8",
 ]
 
 OPSET = 17
@@ -195,3 +196,42 @@ def cxr_metadata(
         extra=extra,
         **fields,
     )
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, images: np.ndarray) -> Path:
+    """Static QDQ int8 copy of an exported CXR graph, calibrated on real images.
+
+    Dynamic int8 made convolutional nets 10-50x slower here and random-noise
+    calibration is meaningless (PERFORMANCE.md), so this is static, per-channel, QDQ,
+    calibrated on ``images`` (float32 ``[N, 1, S, S]`` real preprocessed inputs).
+    Keep the result only if its measured AUROC drop is < 0.005 and it is faster.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._rows = iter(np.ascontiguousarray(images, dtype=np.float32))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            row = next(self._rows, None)
+            return None if row is None else {"image": row[None]}
+
+    prepared = out_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(onnx_path), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(out_path),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink(missing_ok=True)
+    return out_path

@@ -12,15 +12,29 @@ Because the classifier is linear and the pooling is a global mean,
 it comes with. The map is low resolution (no in-graph upsampling: it cost ~15 % in
 PERFORMANCE.md); callers upsample it for display.
 
-Architectures (``arch``), measured on this project's 2-core machines at 224 px
-(``benchmarks/bench_cxr_model.py --arch-sweep``; numbers in the model card):
+Architectures (``arch``). Measured here at 224 px, 2 threads, on a quiet machine
+(14:12 UTC, load 0.2; one training step = forward + backward + AdamW, batch 16):
+
+===============  ======  ===============  ==================  ====================
+arch             params  GFLOP fwd+bwd    train step, b16     6 epochs x 600 imgs
+===============  ======  ===============  ==================  ====================
+densenet121      6.95 M  ~16 (3x fwd)     18.6 s (1.16 s/img)  ~70 min
+resnet18         11.2 M  10.3             5.5 s (0.34 s/img)   ~20 min
+resnet-small     0.70 M  1.1              0.46 s (0.03 s/img)  ~2 min
+===============  ======  ===============  ==================  ====================
+
+Serving latency (ONNX Runtime, batch 1, 2 threads) from PERFORMANCE.md:
+DenseNet121 24.8 ms, ResNet18 12.2 ms; ``benchmarks/bench_cxr_model.py --arch-sweep``
+re-measures all three side by side. The resnet-small step was timed on its first
+layout (no max-pool, all stages at 2x the resolution, more FLOPs than now). Only
+``resnet-small`` trains within the demo's 10-minute budget on 2 CPU cores, so it is
+the default; the others stay selectable for sites with more compute.
 
 * ``"densenet121"``: MONAI DenseNet121, the issue's default (stride 32 -> 7x7 map).
 * ``"resnet18"``: MONAI ResNet18 (basic blocks 2-2-2-2, widths 64-512), 7x7 map.
 * ``"resnet-small"``: ResNet18 layout with widths 16-32-64-128 and the last stage
-  at stride 1 (output stride 16), so the map is 14x14 at 224 px. The default:
-  trainable on 2 CPU cores within the demo's 10 minutes, fastest to serve, and its
-  finer map localises small findings.
+  at stride 1 (output stride 16), so the map is 14x14 at 224 px: a finer map for
+  small findings such as nodules.
 """
 
 from __future__ import annotations
