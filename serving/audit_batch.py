@@ -14,6 +14,7 @@ fails (e.g. one duplicate request id), each row is retried alone through
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -22,10 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert
+from starlette.concurrency import run_in_threadpool
 
 from serving.audit import AuditRecord, AuditStore, FeedbackRecord, schema
 
-__all__ = ["BatchingAudit"]
+__all__ = ["BatchingAudit", "commit_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,20 @@ class BatchingAudit:
         done: Future[None] = Future()
         self._queue.put((row, done))
         done.result()
+
+    async def record_async(self, row: AuditRecord) -> None:
+        """:meth:`record` for the event loop: awaits the commit without holding a thread.
+
+        Raises:
+            serving.audit.AuditUnavailable: the row could not be committed.
+            serving.audit.DuplicateRequest: the request id was already recorded.
+        """
+        if not self._thread.is_alive():
+            await asyncio.to_thread(self.store.record, row)
+            return
+        done: Future[None] = Future()
+        self._queue.put((row, done))
+        await asyncio.wrap_future(done)
 
     def record_feedback(self, fb: FeedbackRecord) -> None:
         """Feedback is rare: committed directly by the store."""
@@ -132,3 +148,17 @@ class BatchingAudit:
             connection.execute(insert(schema.audit_events), events)
             if cards:
                 connection.execute(insert(schema.audit_cards), cards)
+
+
+async def commit_row(audit: Any, row: AuditRecord) -> None:
+    """Commit one row from the event loop: awaited directly when ``audit`` group-commits
+    (no thread held while waiting), else in Starlette's thread pool.
+
+    Raises:
+        Exception: whatever the store raises; the caller must then send no advice.
+    """
+    record_async = getattr(audit, "record_async", None)
+    if record_async is not None:
+        await record_async(row)
+    else:
+        await run_in_threadpool(audit.record, row)

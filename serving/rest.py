@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -23,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, Outcome
+from serving.audit_batch import commit_row
 from serving.body import BadRequest, parse_model, read_json
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.runtime import DevCaller, Runtime
@@ -197,7 +197,7 @@ async def _audit(
         latency_ms=(time.perf_counter() - started) * 1000.0,
     )
     try:
-        await run_in_threadpool(runtime.audit.record, row)
+        await commit_row(runtime.audit, row)
     except Exception:
         logger.exception("audit store unavailable; refusing request %s", request_id)
         return False

@@ -353,7 +353,11 @@ def test_no_response_without_audit_row(
     def down(row: Any) -> None:
         raise OSError("disk full")
 
+    async def down_async(row: Any) -> None:
+        raise OSError("disk full")
+
     monkeypatch.setattr(runtime.audit, "record", down)
+    monkeypatch.setattr(runtime.audit, "record_async", down_async)
     response = call(app, "POST", CVD, cds_request())
     assert response.status_code == 503
     assert "cards" not in response.json()
