@@ -8,6 +8,7 @@ connection, so a commit has reached the WAL on disk before it returns.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,16 @@ READ_ONLY = "tonle_read_only"
 _PG_MIGRATION_LOCK = 0x746F6E6C65
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine for ``database_url`` with durable commits configured per connection.
+def make_engine(database_url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
+    """An engine for ``database_url`` with the commit durability set on every connection.
 
     Args:
         database_url: ``sqlite:///path.db`` or ``postgresql+psycopg://user@host/db``.
+        durable: True (audit rows): every commit is on disk before it returns
+            (SQLite ``synchronous=FULL``; PostgreSQL ``synchronous_commit=on``). False
+            (the JWT replay store only): commits survive a process crash but reach
+            disk with the next durable commit, which every answered call makes (see
+            :meth:`serving.audit.AuditStore.remember_jti`).
         **kwargs: passed to :func:`sqlalchemy.create_engine` (pool sizes, ...).
 
     Raises:
@@ -53,13 +59,15 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _sqlite_on_connect)
+        sync = "FULL" if durable else "NORMAL"
+        event.listen(engine, "connect", functools.partial(_sqlite_on_connect, sync))
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if backend == "postgresql":
         kwargs.setdefault("pool_pre_ping", True)
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _postgres_on_connect)
+        commit = "on" if durable else "off"
+        event.listen(engine, "connect", functools.partial(_postgres_on_connect, commit))
         return engine
     raise ValueError(
         f"database URL scheme {url.drivername!r} is not supported: use sqlite:/// or "
@@ -67,7 +75,7 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     )
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_on_connect(sync: str, dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit BEGIN
     # is deferred, which makes concurrent writers fail instead of waiting).
     dbapi_connection.isolation_level = None
@@ -75,7 +83,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute(f"PRAGMA synchronous = {sync}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
@@ -89,10 +97,10 @@ def _sqlite_on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _postgres_on_connect(commit: str, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("SET synchronous_commit = on")
+        cursor.execute(f"SET synchronous_commit = {commit}")
     finally:
         cursor.close()
     dbapi_connection.commit()

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from serving.audit import engine as _engine
 from serving.audit import schema
+from serving.audit.committer import GroupCommitter
 from serving.audit.records import ApiKeyInfo, AuditRecord, FeedbackRecord, OverrideReason
 
 __all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "DuplicateRequest"]
@@ -60,8 +61,10 @@ class AuditStore:
     Open it with :meth:`open`; it is thread-safe (one pooled engine).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, replay_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.replay_engine = replay_engine or engine
+        self._committer = GroupCommitter(self._write_rows)
         self._last_prune = 0.0
         self._prune_lock = threading.Lock()
 
@@ -89,20 +92,25 @@ class AuditStore:
         except SQLAlchemyError as exc:
             engine.dispose()
             raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
-        return cls(engine)
+        return cls(engine, _engine.make_engine(database_url, durable=False, **engine_kwargs))
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Commit queued rows, then release pooled connections."""
+        self._committer.close()
         self.engine.dispose()
+        if self.replay_engine is not self.engine:
+            self.replay_engine.dispose()
 
     @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.engine.dialect.name
 
-    def _run(self, work: Callable[[Any], T], *, read: bool = False) -> T:
+    def _run(
+        self, work: Callable[[Any], T], *, read: bool = False, engine: Engine | None = None
+    ) -> T:
         try:
-            with self.engine.connect() as connection:
+            with (engine or self.engine).connect() as connection:
                 if read:
                     connection.execution_options(**{_engine.READ_ONLY: True})
                 with connection.begin():
@@ -118,27 +126,44 @@ class AuditStore:
     def record(self, row: AuditRecord) -> None:
         """Append one audit row (and its card index) and commit before returning.
 
+        Rows from concurrent callers share one durable commit (group commit); each
+        call still returns only after the commit that holds its row.
+
         Raises:
-            DuplicateRequest: ``row.request_id`` was already recorded.
+            DuplicateRequest: ``row.request_id`` (or a card uuid) was already recorded.
             AuditUnavailable: the row could not be committed; send no advice.
         """
-        values = row.model_dump()
-        values["created"] = _utc(row.created)
-
-        def work(connection: Any) -> None:
-            connection.execute(insert(schema.audit_events), values)
-            if row.card_ids:
-                connection.execute(
-                    insert(schema.audit_cards),
-                    [{"card_uuid": card, "request_id": row.request_id} for card in row.card_ids],
-                )
-
         try:
-            self._run(work)
+            self._committer.commit(row)
         except IntegrityError as exc:
             raise DuplicateRequest(
                 f"request id or card uuid already recorded: {row.request_id}"
             ) from exc
+
+    async def record_async(self, row: AuditRecord) -> None:
+        """:meth:`record` for async handlers, without holding a worker thread while waiting."""
+        try:
+            await self._committer.commit_async(row)
+        except IntegrityError as exc:
+            raise DuplicateRequest(
+                f"request id or card uuid already recorded: {row.request_id}"
+            ) from exc
+
+    def _write_rows(self, rows: list[AuditRecord]) -> None:
+        events: list[dict[str, Any]] = []
+        cards: list[dict[str, str]] = []
+        for row in rows:
+            values = row.model_dump()
+            values["created"] = _utc(row.created)
+            events.append(values)
+            cards.extend({"card_uuid": c, "request_id": row.request_id} for c in row.card_ids)
+
+        def work(connection: Any) -> None:
+            connection.execute(insert(schema.audit_events), events)
+            if cards:
+                connection.execute(insert(schema.audit_cards), cards)
+
+        self._run(work)
 
     def rows(
         self,
@@ -334,13 +359,21 @@ class AuditStore:
         Entries are kept until ``expires`` (the token's ``exp`` plus clock skew) and
         then pruned, at most once a minute.
 
+        The insert is atomic (primary key) and survives a process crash at once, but
+        is not flushed to disk on its own: it reaches disk with the next durable audit
+        commit, which every answered call makes before its response (the WAL is synced
+        in order). A power loss can therefore only forget token ids whose calls were
+        never answered, and one fsync per call is saved.
+
         Raises:
             AuditUnavailable: the store cannot be reached (the caller must refuse).
         """
         self._maybe_prune()
         values = {"issuer": issuer, "jti": jti, "expires": _utc(expires)}
         try:
-            self._run(lambda c: c.execute(insert(schema.jwt_replay), values))
+            self._run(
+                lambda c: c.execute(insert(schema.jwt_replay), values), engine=self.replay_engine
+            )
         except IntegrityError:
             return False
         return True
@@ -349,7 +382,7 @@ class AuditStore:
         """Delete replay entries that expired before ``now``; returns how many."""
         table = schema.jwt_replay
         query = delete(table).where(table.c.expires < _utc(now or datetime.now(UTC)))
-        return int(self._run(lambda c: c.execute(query).rowcount))
+        return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
 
     def _maybe_prune(self) -> None:
         now = time.monotonic()

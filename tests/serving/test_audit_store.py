@@ -234,6 +234,24 @@ def test_postgres_connections_commit_synchronously(pg_url: str) -> None:
     store = AuditStore.open(pg_url)
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    # The replay store's commits ride on the next audit commit (see remember_jti).
+    with store.replay_engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    store.close()
+
+
+def test_sqlite_replay_inserts_reach_disk_with_the_next_audit_commit(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'r.db'}")
+    raw = store.replay_engine.raw_connection()
+    try:
+        assert raw.cursor().execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    finally:
+        raw.close()
+    # Same file, same WAL: the audit connection sees the jti and its commit syncs it.
+    assert store.remember_jti("iss", "j", datetime.now(UTC) + timedelta(minutes=1))
+    store.record(_row("after-jti"))
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM jwt_replay").scalar() == 1
     store.close()
 
 
