@@ -147,3 +147,5 @@ def score(
         f"{summary.rows:,} rows: {summary.scored:,} scored, {summary.refused:,} without a risk "
         f"(see the reason column) -> {output}"
     )
+    for rule, count in list(summary.issue_counts().items())[:10]:
+        console.print(f"input problem: {rule} ({count:,} rows; values not used)", highlight=False)

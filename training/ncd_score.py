@@ -13,7 +13,7 @@ empty. Memory stays bounded by the chunk size for CSV input.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from models.who_cvd import resolve_recalibration, who_cvd_reasons_batch, who_cvd_risk_batch
+from training.fhir_bulk import FeatureIssue
 
 __all__ = ["OUTPUT_COLUMNS", "ScoreSummary", "Scorer", "count_rows", "open_scorer", "score_file"]
 
@@ -44,6 +45,15 @@ class ScoreSummary:
     rows: int = 0
     scored: int = 0
     refused: int = 0
+    issues: list[FeatureIssue] = field(default_factory=list)  # input problems (bounded)
+
+    def issue_counts(self) -> dict[str, int]:
+        """Input problems per ``field: rule``, most frequent first."""
+        counts: dict[str, int] = {}
+        for issue in self.issues:
+            key = f"{issue.field}: {issue.rule}"
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _bands(
@@ -195,20 +205,28 @@ def count_rows(path: Path) -> int:
 
 
 def _chunks(
-    source: Path, chunksize: int, chol_unit: str, index_date: date | None, lookback_days: int
+    source: Path,
+    chunksize: int,
+    chol_unit: str,
+    index_date: date | None,
+    lookback_days: int,
+    issues: list[FeatureIssue],
 ) -> Iterator[pd.DataFrame]:
     if source.is_dir():
-        from training.fhir_bulk import build_feature_table
+        from training.fhir_bulk import BuildReport, build_feature_table
 
+        report = BuildReport()
         table = build_feature_table(
-            source, index_date=index_date or date.today(), lookback_days=lookback_days
-        )
+            source, index_date=index_date or date.today(), lookback_days=lookback_days,
+            report=report,
+        )  # fmt: skip
+        issues.extend(report.issues)
         for start in range(0, len(table), chunksize):
             yield table.iloc[start : start + chunksize]
         return
     from training.csv_adapter import read_csv_chunks
 
-    yield from read_csv_chunks(source, chunksize=chunksize, chol_unit=chol_unit)
+    yield from read_csv_chunks(source, chunksize=chunksize, chol_unit=chol_unit, issues=issues)
 
 
 def score_file(
@@ -239,7 +257,8 @@ def score_file(
     tmp = output.with_name(output.name + ".part")
     with tmp.open("w", encoding="utf-8", newline="") as fh:
         header = True
-        for chunk in _chunks(source, chunksize, chol_unit, index_date, lookback_days):
+        chunks = _chunks(source, chunksize, chol_unit, index_date, lookback_days, summary.issues)
+        for chunk in chunks:
             scored = scorer(chunk)
             scored.to_csv(fh, header=header, index=False, float_format="%.6g")
             header = False

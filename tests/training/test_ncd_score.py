@@ -68,6 +68,9 @@ def test_who_scoring_matches_scalar_and_gives_reasons(patients_csv: Path, tmp_pa
     assert list(res.index) == [f"p{i}" for i in range(1, 8)]  # input order, one row each
     assert summary.rows == 7
     assert summary.scored == 2
+    counts = summary.issue_counts()
+    assert counts["smoking: must be 1/0, yes/no or true/false"] == 1
+    assert sum(counts.values()) == 3  # p4 smoking, p5 unit, p7 impossible SBP
     want = who_cvd_risk(
         WhoCvdInputs(sex="male", age=62, smoking=True, sbp=150, total_chol=5.5, diabetes=False),
         "lab",
