@@ -140,6 +140,10 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
     )
     assert int(who.group(1)) == expected.percent
     assert "If systolic BP were 130 mmHg" in html
+    card_page = request(app, "GET", "/ui/models/cvd-risk/1.0.0")
+    assert card_page.status_code == 200
+    assert "Automated tests only." in card_page.text  # the fixture's intended use
+    assert request(app, "GET", "/ui/models/cvd-risk/9.9.9").status_code == 404
 
     uuid = card["uuid"]
     refused = request(app, "POST", "/ui/api/feedback", json={"card": uuid, "agree": False})
