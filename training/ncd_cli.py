@@ -233,6 +233,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             who_region=cfg.evaluation.who_region,
             who_country=cfg.evaluation.who_country,
             who_model=cfg.evaluation.who_model,
+            who_missing_smoking_as_non_smoker=cfg.evaluation.who_missing_smoking_as_non_smoker,
         )
         paths = write_report(report, output, f"Evaluation of {stored.metadata.tag} on {data.name}")
         out.print_json(data=report_summary(report))

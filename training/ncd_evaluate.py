@@ -163,14 +163,21 @@ def who_risk_for_table(
     region: str | None = "A05GBDR_014_SEA",
     country: str | None = None,
     model: Literal["lab", "nonlab"] = "lab",
+    missing_smoking_as_non_smoker: bool = False,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.object_]]:
-    """WHO 2019 chart risk per row (NaN where the chart gives none) and the reasons."""
+    """WHO 2019 chart risk per row (NaN where the chart gives none) and the reasons.
+
+    ``missing_smoking_as_non_smoker`` is an explicit, reported evaluation assumption for
+    data that rarely records smoking; it is never used for advice.
+    """
     from models.who_cvd import who_cvd_reasons_batch, who_cvd_risk_batch
 
     names = ["age", "smoking", "sbp"] + (["total_chol", "diabetes"] if model == "lab" else ["bmi"])
     columns: dict[str, Any] = {"sex": table["sex"].astype(str).to_numpy()}
     for name in names:
         columns[name] = pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+    if missing_smoking_as_non_smoker:
+        columns["smoking"] = np.nan_to_num(columns["smoking"], nan=0.0)
     reasons = who_cvd_reasons_batch(model, **columns)
     risk = who_cvd_risk_batch(model, **columns, region=region, country=country, invalid="nan")
     return np.asarray(risk, dtype=np.float64), reasons
@@ -195,6 +202,7 @@ def evaluate_table(
     who_country: str | None = None,
     compare_who: bool | None = None,
     who_model: Literal["lab", "nonlab"] = "lab",
+    who_missing_smoking_as_non_smoker: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``risk`` (one per row of ``table``) against the table's outcomes.
 
@@ -210,6 +218,8 @@ def evaluate_table(
         compare_who: score the WHO chart too; default: only for ``cvd``.
         who_model: the chart compared: ``"lab"`` (cholesterol, diabetes) or ``"nonlab"``
             (BMI), e.g. for data without total cholesterol.
+        who_missing_smoking_as_non_smoker: score the chart for rows without a smoking
+            record as non-smokers (stated in the report); default: leave them out.
     """
     time = table[f"{outcome}_time"].to_numpy(dtype=np.float64)
     event = table[f"{outcome}_event"].to_numpy(dtype=np.float64) == 1.0
@@ -218,13 +228,22 @@ def evaluate_table(
         compare_who = outcome == "cvd"
     n = len(table)
     if compare_who:
-        who, reasons = who_risk_for_table(table, who_region, who_country, who_model)
+        who, reasons = who_risk_for_table(
+            table, who_region, who_country, who_model, who_missing_smoking_as_non_smoker
+        )
         compared = np.isfinite(who)
         counts = pd.Series([r for r in reasons if r is not None], dtype=object).value_counts()
         not_compared = {str(k): int(v) for k, v in counts.items()}
         where = f"country {who_country}" if who_country else f"region {who_region}"
         kind = "laboratory-based" if who_model == "lab" else "non-laboratory (BMI)"
-        reference: str | None = WHO_REFERENCE.format(where=where, kind=kind)
+        text = WHO_REFERENCE.format(where=where, kind=kind)
+        if who_missing_smoking_as_non_smoker:
+            assumed = int(table["smoking"].isna().sum())
+            text += (
+                f"; ASSUMPTION: {assumed} patients without a smoking record were scored "
+                "as non-smokers for the chart only"
+            )
+        reference: str | None = text
     else:
         who = np.full(n, np.nan)
         compared = np.ones(n, dtype=bool)

@@ -100,6 +100,7 @@ class EvaluationConfig(_Cfg):
 
     bootstrap_reps: int = Field(default=200, ge=0)
     who_model: Literal["lab", "nonlab"] = "lab"
+    who_missing_smoking_as_non_smoker: bool = False
     who_region: str | None = "A05GBDR_014_SEA"
     who_country: str | None = None
 
@@ -496,6 +497,7 @@ def _train(
         who_region=cfg.evaluation.who_region,
         who_country=cfg.evaluation.who_country,
         who_model=cfg.evaluation.who_model,
+        who_missing_smoking_as_non_smoker=cfg.evaluation.who_missing_smoking_as_non_smoker,
     )
     card_dir = card_root / cfg.name / cfg.version
     write_report(report, card_dir, f"Test-split evaluation of {cfg.name}:{cfg.version}")
