@@ -327,7 +327,10 @@ class CxrAnalyser:
             timings=timings,
         )
         self.store.save(result, png)
-        return result
+        store_ms = (time.perf_counter() - t_heat) * 1000
+        return result.model_copy(
+            update={"timings": timings.model_copy(update={"store_ms": store_ms})}
+        )
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
         """The flagged finding with the highest probability-to-threshold ratio, else 'abnormal'."""

@@ -95,6 +95,12 @@ def card_for(result: CxrResult, public_url: str) -> Card:
                 url=f"{base}/v1/imaging/results/{result.id}/fhir",
                 type="absolute",
             ),
+            # The explanation page: image + heatmap toggle, scores vs thresholds, feedback.
+            Link(
+                label="Why? Open the explanation",
+                url=f"{base}/ui/explain/cxr/{result.id}",
+                type="absolute",
+            ),
         ],
     )
 

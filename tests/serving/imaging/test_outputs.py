@@ -73,6 +73,11 @@ def test_store_round_trip_and_patient_index(tmp_path: Path) -> None:
     assert not any("PAT-" in str(p) for p in tmp_path.rglob("*"))
     with pytest.raises(KeyError):
         store.get("../../etc/passwd")
+    # A file torn by a power loss reads as missing, never as a result.
+    (tmp_path / "results" / old.id / "result.json").write_bytes(b'{"id": "tr')
+    with pytest.raises(KeyError):
+        store.get(old.id)
+    assert [r.id for r in store.for_patient("PAT-001")] == [new.id]
 
 
 def test_fhir_bundle_validates_and_links_everything() -> None:
