@@ -31,7 +31,7 @@ from serving.i18n import negotiate
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.runtime import DevCaller, Runtime
 
-__all__ = ["EXPLANATIONS_KEPT", "UNAUTHORIZED_BODY", "discovery_document", "routes"]
+__all__ = ["EXPLANATIONS_KEPT", "UNAUTHORIZED_BODY", "AuthDown", "discovery_document", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +62,23 @@ async def _caller(runtime: Runtime, request: Request) -> Any | None:
         if not runtime.settings.dev:
             return None
         return DevCaller()
-    from serving.auth import AuthError
+    from serving.auth import AuthError, AuthUnavailable
 
     endpoint = runtime.settings.public_url.rstrip("/") + request.url.path
     try:
         return await runtime.cds_auth.authenticate(request.headers.get("authorization"), endpoint)
+    except AuthUnavailable as exc:
+        raise AuthDown from exc
     except AuthError:
         return None
+
+
+class AuthDown(Exception):
+    """The replay/key store behind authentication is unreachable: answer 503, no advice."""
+
+
+def _auth_down() -> Response:
+    return JSONResponse({"error": "auth-unavailable"}, status_code=503)
 
 
 def discovery_document(runtime: Runtime) -> Discovery:
@@ -98,8 +108,11 @@ def discovery_document(runtime: Runtime) -> Discovery:
 async def discovery(request: Request) -> Response:
     """``GET /cds-services``."""
     runtime = _runtime(request)
-    if await _caller(runtime, request) is None:
-        return _unauthorized()
+    try:
+        if await _caller(runtime, request) is None:
+            return _unauthorized()
+    except AuthDown:
+        return _auth_down()
     return Response(
         discovery_document(runtime).model_dump_json(exclude_none=True),
         media_type="application/json",
@@ -176,7 +189,10 @@ async def ncd_service(request: Request) -> Response:
         return JSONResponse({"error": "unknown-service", "field": "id"}, status_code=404)
     call = _Call(service_id)
     call.model = predictor.metadata
-    call.caller = await _caller(runtime, request)
+    try:
+        call.caller = await _caller(runtime, request)
+    except AuthDown:
+        return await _finish(runtime, call, _auth_down(), "error", "auth-unavailable")
     if call.caller is None:
         return await _finish(runtime, call, _unauthorized(), "refused", "unauthorized")
     try:
@@ -284,7 +300,10 @@ async def feedback(request: Request) -> Response:
     service_id = request.path_params["service_id"]
     if service_id not in runtime.ncd and service_id not in runtime.extras.get("feedback_ids", ()):
         return JSONResponse({"error": "unknown-service", "field": "id"}, status_code=404)
-    caller = await _caller(runtime, request)
+    try:
+        caller = await _caller(runtime, request)
+    except AuthDown:
+        return _auth_down()
     if caller is None:
         return _unauthorized()
     try:

@@ -24,6 +24,7 @@ from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, Outcome
 from serving.audit_batch import commit_row
 from serving.body import BadRequest, parse_model, read_json
+from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.runtime import DevCaller, Runtime
 
@@ -156,10 +157,12 @@ def _runtime(request: Request) -> Runtime:
 def _caller(runtime: Runtime, request: Request) -> Any | None:
     if runtime.api_keys is None:
         return DevCaller() if runtime.settings.dev else None
-    from serving.auth import AuthError
+    from serving.auth import AuthError, AuthUnavailable
 
     try:
         return runtime.api_keys.authenticate(request.headers.get(API_KEY_HEADER))
+    except AuthUnavailable as exc:
+        raise AuthDown from exc
     except AuthError:
         return None
 
@@ -215,7 +218,10 @@ async def _risk(request: Request, outcome: str) -> Response:
     predictor = runtime.ncd.get(service_id)
     if predictor is None:
         return JSONResponse({"error": "model-unavailable", "field": None}, status_code=404)
-    caller = _caller(runtime, request)
+    try:
+        caller = _caller(runtime, request)
+    except AuthDown:
+        return JSONResponse({"error": "auth-unavailable"}, status_code=503)
     if caller is None:
         return _unauthorized()
     started = time.perf_counter()
@@ -303,8 +309,11 @@ async def risk_diabetes(request: Request) -> Response:
 async def who_cvd(request: Request) -> Response:
     """``POST /v1/who-cvd``: the WHO 2019 chart risk alone (no model, no audit of advice)."""
     runtime = _runtime(request)
-    if _caller(runtime, request) is None:
-        return _unauthorized()
+    try:
+        if _caller(runtime, request) is None:
+            return _unauthorized()
+    except AuthDown:
+        return JSONResponse({"error": "auth-unavailable"}, status_code=503)
     try:
         body = parse_model(WhoCvdRequest, await read_json(request))
         region = body.region or (None if body.country else runtime.config.who_region)

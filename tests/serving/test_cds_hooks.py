@@ -414,3 +414,49 @@ def test_summary_is_short_in_every_language(app: Starlette) -> None:
             card = call(app, "POST", path, cds_request(), headers={"accept-language": lang})
             assert len(card.json()["cards"][0]["summary"]) < 140
     assert json.loads(json.dumps({"ok": True}))
+
+
+class _RaisingAuth:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def authenticate(self, authorization: str | None, endpoint_url: str) -> Any:
+        raise self.error
+
+    def fhir_server_allowed(self, caller: Any, fhir_server: str) -> bool:
+        return False
+
+
+class _RaisingKeys:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def authenticate(self, header_value: str | None) -> Any:
+        raise self.error
+
+
+def test_refused_and_unavailable_auth(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.auth import AuthError, AuthUnavailable
+
+    monkeypatch.setattr(runtime, "cds_auth", _RaisingAuth(AuthError("bad-signature")))
+    refused = call(app, "POST", CVD, cds_request())
+    assert refused.status_code == 401
+    assert refused.content == b'{"error":"unauthorized"}'
+    assert call(app, "GET", "/cds-services").content == refused.content
+    assert (audit_row(runtime, refused).outcome, audit_row(runtime, refused).reason) == (
+        "refused",
+        "unauthorized",
+    )
+    monkeypatch.setattr(runtime, "cds_auth", _RaisingAuth(AuthUnavailable("store down")))
+    down = call(app, "POST", CVD, cds_request())
+    assert down.status_code == 503
+    assert "cards" not in down.json()
+    assert audit_row(runtime, down).reason == "auth-unavailable"
+    assert call(app, "GET", "/cds-services").status_code == 503
+    body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165}
+    monkeypatch.setattr(runtime, "api_keys", _RaisingKeys(AuthError("unknown-key")))
+    assert call(app, "POST", "/v1/risk/cvd", body).status_code == 401
+    monkeypatch.setattr(runtime, "api_keys", _RaisingKeys(AuthUnavailable("store down")))
+    assert call(app, "POST", "/v1/risk/cvd", body).status_code == 503
