@@ -220,7 +220,8 @@ def _chunks(
             source, index_date=index_date or date.today(), lookback_days=lookback_days,
             report=report,
         )  # fmt: skip
-        issues.extend(report.issues)
+        # Outcome problems (prior disease) do not matter for scoring.
+        issues.extend(i for i in report.issues if not i.field.endswith("_event"))
         for start in range(0, len(table), chunksize):
             yield table.iloc[start : start + chunksize]
         return
