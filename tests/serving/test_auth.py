@@ -645,3 +645,12 @@ def test_50_parallel_copies_on_postgres(issuer_dir: Path) -> None:
         world.store.close()
     assert statuses == [200] + [401] * 49
     assert world.handled == 1
+
+
+def test_example_issuers_config_loads() -> None:
+    root = Path(__file__).resolve().parents[2]
+    issuers, keys = load_allowed_issuers(root / "configs" / "allowed-issuers.example.yaml")
+    config = issuers.issuers["https://ehr.example-hospital.org"]
+    assert config.tenant == "example-hospital"
+    assert config.fhir_servers == ("https://ehr.example-hospital.org/fhir/r4",)
+    assert keys == {"https://ehr.example-hospital.org": ()}  # keys come from the jku
