@@ -167,6 +167,38 @@ def data_synthetic_cxr(
         out.print(f"contact sheet {draw_sheet(labels, contact_sheet)}")
 
 
+@data_app.command("import-cxr")
+def data_import_cxr(
+    kind: Annotated[str, typer.Argument(help="nih-cxr14, shenzhen, montgomery, tbx11k or folder.")],
+    source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    val: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Share for test without an official list.")] = 0.1,
+    labels: Annotated[
+        Path | None, typer.Option(help="For 'folder': the labels CSV (default SOURCE/labels.csv).")
+    ] = None,
+) -> None:
+    """Convert a public chest X-ray data set's layout into Tonle's labels.csv.
+
+    Splits are by patient; official test lists are kept.
+
+    Example: tonle data import-cxr nih-cxr14 ~/data/ChestX-ray14 data/nih
+    """
+    from training.cxr_datasets import ADAPTERS, import_dataset
+
+    if kind not in ADAPTERS:
+        raise fail(f"unknown data set kind {kind!r}; choose from {', '.join(ADAPTERS)}", 2)
+    try:
+        path = import_dataset(
+            kind, source, out_dir, seed=seed, val_fraction=val, test_fraction=test,
+            labels_csv=labels,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+    out.print(f"wrote {path}")
+
+
 def _split_tag(tag: str) -> tuple[str, str]:
     name, _, version = tag.partition(":")
     return name, version or "latest"

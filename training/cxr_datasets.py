@@ -1,0 +1,439 @@
+"""Adapters from public chest X-ray data set layouts to Tonle's labels CSV (contract C7).
+
+Each reader takes the folder a user downloaded (unchanged, as the data set ships)
+and returns a table with the C7 columns (``image``, ``patient_id``, ``sex``, ``age``,
+``site``, ``abnormal``, ``tb``, ``nodule``, ``consolidation``, ``effusion``, ``mask``)
+plus ``split`` (``train`` / ``val`` / ``test``) and ``source_labels`` (the data set's
+own labels, for audit). Label cells are 1, 0, or empty when the data set does not
+say (e.g. NIH has no TB label): an empty cell means *unknown*, never *absent*, and a
+training loss must mask it. Images are referenced by absolute path; nothing is copied
+except masks drawn from bounding boxes.
+
+Splits are by patient: every image of a patient lands in the same split. Official
+test lists are kept (NIH ``test_list.txt``; TBX11K's public labels end at its
+validation list, which becomes our test split); the rest is assigned by a hash of
+``(seed, patient_id)``, so a patient keeps its split when more data arrives.
+
+Readers: :func:`read_nih_cxr14`, :func:`read_shenzhen`, :func:`read_montgomery`,
+:func:`read_tbx11k`, :func:`read_folder`. :func:`import_dataset` runs one and writes
+``labels.csv``. The dataset cards in ``datasets/<name>/README.md`` describe each
+layout, licence and how to obtain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import xml.etree.ElementTree as ET  # local annotation files the user downloaded
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+__all__ = [
+    "ADAPTERS",
+    "LABELS",
+    "OUTPUT_COLUMNS",
+    "assign_splits",
+    "import_dataset",
+    "read_folder",
+    "read_montgomery",
+    "read_nih_cxr14",
+    "read_shenzhen",
+    "read_tbx11k",
+    "write_labels",
+]
+
+logger = logging.getLogger(__name__)
+
+LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "image", "patient_id", "sex", "age", "site", *LABELS, "mask", "split", "source_labels",
+)  # fmt: skip
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+
+# NIH ChestX-ray14 label -> ours (labels not listed only make the image abnormal).
+NIH_MAP: dict[str, str] = {
+    "Nodule": "nodule",
+    "Consolidation": "consolidation",
+    "Pneumonia": "consolidation",
+    "Effusion": "effusion",
+}
+
+
+def _row(
+    image: Path, patient_id: str, site: str, labels: dict[str, float], **extra: object
+) -> dict[str, object]:
+    row: dict[str, object] = {
+        "image": str(image.resolve()),
+        "patient_id": patient_id,
+        "sex": extra.pop("sex", None),
+        "age": extra.pop("age", None),
+        "site": site,
+        "mask": extra.pop("mask", ""),
+        "split": extra.pop("split", ""),
+        "source_labels": extra.pop("source_labels", ""),
+    }
+    for label in LABELS:
+        row[label] = labels.get(label, np.nan)
+    return row
+
+
+def _normal() -> dict[str, float]:
+    return {label: 0.0 for label in LABELS}
+
+
+def _table(rows: list[dict[str, object]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    for label in LABELS:
+        table[label] = table[label].astype("Float64").round().astype("Int64")
+    table["age"] = pd.to_numeric(table["age"], errors="coerce")
+    return table
+
+
+def read_nih_cxr14(root: Path) -> pd.DataFrame:
+    """NIH ChestX-ray14: ``Data_Entry_2017*.csv``, PNGs under ``images*/``, split lists.
+
+    Images listed in the CSV but not on disk are skipped (a partial download works).
+    TB is unknown (NIH has no TB label); ``abnormal`` is "not No Finding".
+    """
+    csvs = sorted(root.glob("Data_Entry_2017*.csv"))
+    if not csvs:
+        raise FileNotFoundError(f"{root}: no Data_Entry_2017*.csv (NIH ChestX-ray14 layout)")
+    entries = pd.read_csv(csvs[0], dtype=str)
+    files = {p.name: p for p in root.glob("images*/**/*.png")}
+    test = _read_list(root / "test_list.txt")
+    needed = ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender"]
+    missing = [c for c in needed if c not in entries.columns]
+    if missing:
+        raise ValueError(f"{csvs[0]}: missing column(s) {missing}")
+    rows: list[dict[str, object]] = []
+    for rec in entries.to_dict("records"):
+        name = str(rec["Image Index"])
+        path = files.get(name)
+        if path is None:
+            continue
+        findings = set(str(rec["Finding Labels"]).split("|"))
+        labels = _normal()
+        if findings != {"No Finding"}:
+            labels["abnormal"] = 1.0
+            labels["tb"] = np.nan
+            for source, ours in NIH_MAP.items():
+                if source in findings:
+                    labels[ours] = 1.0
+        age = float(pd.to_numeric(str(rec["Patient Age"]).rstrip("Yy"), errors="coerce"))
+        rows.append(
+            _row(
+                path,
+                f"nih-{rec['Patient ID']}",
+                "nih-cxr14",
+                labels,
+                sex={"M": "male", "F": "female"}.get(str(rec["Patient Gender"]).strip()),
+                age=age if 0 <= age <= 120 else None,  # the CSV has a few ages like 414
+                split="test" if name in test else "",
+                source_labels="|".join(sorted(findings)),
+            )
+        )
+    if len(rows) < len(entries):
+        logger.info("NIH: %d of %d listed images found on disk", len(rows), len(entries))
+    return _table(rows)
+
+
+def _read_list(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+_SZ_NAME = re.compile(r"^CHNCXR_(\d{4})_([01])$")
+_MC_NAME = re.compile(r"^MCUCXR_(\d{4})_([01])$")
+_AGE = re.compile(r"(\d+)\s*(yrs?|years?|y|months?|mons?|m|days?|d)\b", re.IGNORECASE)
+_AGE_SCALE = {"y": 1.0, "m": 1 / 12, "d": 1 / 365.25}
+
+
+def _reading(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+
+
+def _parse_age(text: str) -> float | None:
+    match = _AGE.search(text)
+    if not match:
+        return None
+    return round(int(match.group(1)) * _AGE_SCALE[match.group(2)[0].lower()], 2)
+
+
+_Reading = Callable[[str], tuple[str | None, float | None]]
+
+
+def _tb_set(root: Path, pattern: re.Pattern[str], site: str, parse: _Reading) -> pd.DataFrame:
+    rows: list[dict[str, object]] = []
+    for path in sorted(root.rglob("*.png")):
+        match = pattern.match(path.stem)
+        if not match or "mask" in str(path.parent).lower():
+            continue
+        text = ""
+        for readings in path.parents:
+            candidate = readings / "ClinicalReadings" / f"{path.stem}.txt"
+            if candidate.is_file():
+                text = _reading(candidate)
+                break
+            if readings == root:
+                break
+        sex, age = parse(text)
+        tb = match.group(2) == "1"
+        labels = _normal() if not tb else {"abnormal": 1.0, "tb": 1.0}
+        finding = " ".join(text.split()[2:]) if site == "shenzhen" else text
+        source = ("tb: " if tb else "normal: ") + " ".join(finding.split())[:200]
+        patient = f"{site}-{match.group(1)}"
+        rows.append(_row(path, patient, site, labels, sex=sex, age=age, source_labels=source))
+    if not rows:
+        raise FileNotFoundError(f"{root}: no {pattern.pattern} PNG files ({site} layout)")
+    return _table(rows)
+
+
+def _shenzhen_reading(text: str) -> tuple[str | None, float | None]:
+    first = text.strip().splitlines()[0].lower() if text.strip() else ""
+    sex = "female" if "female" in first else "male" if "male" in first else None
+    return sex, _parse_age(first)
+
+
+def _montgomery_reading(text: str) -> tuple[str | None, float | None]:
+    sex_match = re.search(r"Sex:\s*([MFO])", text, re.IGNORECASE)
+    sexes = {"m": "male", "f": "female", "o": "other"}
+    sex = sexes.get(sex_match.group(1).lower()) if sex_match else None
+    age_match = re.search(r"Age:\s*0*(\d+)\s*([YMD])", text, re.IGNORECASE)
+    if not age_match:
+        return sex, None
+    return sex, round(int(age_match.group(1)) * _AGE_SCALE[age_match.group(2).lower()], 2)
+
+
+def read_shenzhen(root: Path) -> pd.DataFrame:
+    """Shenzhen TB set: ``CXR_png/CHNCXR_NNNN_L.png`` (L = 1 for TB) and
+    ``ClinicalReadings/CHNCXR_NNNN_L.txt`` ("male 45yrs" then the reading).
+
+    Normal images have every finding 0; TB images have ``tb`` = 1 and the other
+    findings unknown. Each image is its own patient (the set has no patient ids).
+    """
+    return _tb_set(root, _SZ_NAME, "shenzhen", _shenzhen_reading)
+
+
+def read_montgomery(root: Path) -> pd.DataFrame:
+    """Montgomery County TB set: ``CXR_png/MCUCXR_NNNN_L.png`` and
+    ``ClinicalReadings/MCUCXR_NNNN_L.txt`` ("Patient's Sex: F", "Patient's Age: 040Y")."""
+    return _tb_set(root, _MC_NAME, "montgomery", _montgomery_reading)
+
+
+def read_tbx11k(root: Path, masks_dir: Path) -> pd.DataFrame:
+    """TBX11K: ``imgs/{health,sick,tb}/*.png``, ``lists/*.txt`` and Pascal VOC boxes in
+    ``annotations/xml/``. TB boxes are drawn as union masks into ``masks_dir``.
+
+    ``health`` -> normal; ``sick`` -> abnormal, not TB, other findings unknown;
+    ``tb`` -> abnormal and TB. The official validation list becomes our test split
+    (the official test labels are not public); ``imgs/test`` and ``extra`` are not read.
+    """
+    imgs = root / "imgs"
+    if not imgs.is_dir():
+        raise FileNotFoundError(f"{root}: no imgs/ folder (TBX11K layout)")
+    lists = root / "lists"
+    train = _read_list(lists / "TBX11K_train.txt") or _read_list(lists / "all_train.txt")
+    val = _read_list(lists / "TBX11K_val.txt") or _read_list(lists / "all_val.txt")
+    names = sorted(n.removeprefix("imgs/") for n in train | val)
+    rows: list[dict[str, object]] = []
+    for name in names:
+        category = name.split("/", 1)[0]
+        path = imgs / name
+        if category not in {"health", "sick", "tb"} or not path.is_file():
+            continue
+        labels = _normal()
+        if category != "health":
+            labels = {"abnormal": 1.0, "tb": 1.0 if category == "tb" else 0.0}
+        mask, boxes = "", _voc_boxes(root / "annotations" / "xml" / f"{Path(name).stem}.xml")
+        if category == "tb" and boxes:
+            mask = str(_draw_mask(path, boxes, masks_dir / f"{Path(name).stem}.png").resolve())
+        split = "test" if name in val or f"imgs/{name}" in val else ""
+        source = category + "".join(f"|{b[0]}" for b in boxes)
+        patient = f"tbx11k-{Path(name).stem}"
+        rows.append(
+            _row(path, patient, "tbx11k", labels, mask=mask, split=split, source_labels=source)
+        )
+    if not rows:
+        raise FileNotFoundError(f"{root}: no listed images found under imgs/")
+    return _table(rows)
+
+
+def _voc_boxes(path: Path) -> list[tuple[str, float, float, float, float]]:
+    if not path.is_file():
+        return []
+    tree = ET.parse(path)  # noqa: S314 - local file from the data set
+    boxes = []
+    for obj in tree.getroot().iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            continue
+        coords = [float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
+        if all(np.isfinite(coords)):
+            boxes.append((obj.findtext("name") or "?", *coords))
+    return boxes  # type: ignore[return-value]
+
+
+def _draw_mask(image: Path, boxes: list[tuple[str, float, float, float, float]], out: Path) -> Path:
+    with Image.open(image) as img:
+        width, height = img.size
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _, x0, y0, x1, y1 in boxes:
+        top, bottom = max(0, int(y0)), min(height, int(np.ceil(y1)))
+        left, right = max(0, int(x0)), min(width, int(np.ceil(x1)))
+        mask[top:bottom, left:right] = 255
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(out)
+    return out
+
+
+def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
+    """A folder of DICOM or PNG/JPEG files plus a labels CSV with C7 column names.
+
+    Only ``image`` is required. Missing label columns are unknown; a missing
+    ``patient_id``/``sex``/``age`` is read from the DICOM header (PatientID,
+    PatientSex, PatientAge), else the patient id is the file name (each image its own
+    patient). Paths in the CSV are relative to the CSV.
+
+    Raises:
+        ValueError: no ``image`` column, a missing file, or a label other than 0/1/empty.
+    """
+    labels_csv = labels_csv or root / "labels.csv"
+    given = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    if "image" not in given.columns:
+        raise ValueError(f"{labels_csv}: needs an 'image' column; has {list(given.columns)}")
+    rows: list[dict[str, object]] = []
+    for i, rec in enumerate(given.to_dict("records")):
+        path = labels_csv.parent / rec["image"]
+        if not path.is_file():
+            raise ValueError(f"{labels_csv} row {i + 2}: image {rec['image']!r} not found")
+        labels: dict[str, float] = {}
+        for label in LABELS:
+            value = str(rec.get(label, "")).strip()
+            if value not in {"", "0", "1", "0.0", "1.0"}:
+                raise ValueError(f"{labels_csv} row {i + 2}: {label}={value!r}; use 0, 1 or empty")
+            labels[label] = float(value) if value else np.nan
+        header = _dicom_header(path) if path.suffix.lower() in {".dcm", ".dicom", ""} else {}
+        mask = rec.get("mask", "")
+        rows.append(
+            _row(
+                path,
+                str(rec.get("patient_id") or header.get("patient_id") or path.stem),
+                rec.get("site") or root.name,
+                labels,
+                sex=rec.get("sex") or header.get("sex"),
+                age=rec.get("age") or header.get("age"),
+                mask=str((labels_csv.parent / mask).resolve()) if mask else "",
+                split=rec.get("split", ""),
+            )
+        )
+    return _table(rows)
+
+
+def _dicom_header(path: Path) -> dict[str, object]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # not DICOM after all: the preprocessing will say so
+        return {}
+    age = str(ds.get("PatientAge") or "")
+    return {
+        "patient_id": str(ds.get("PatientID") or "") or None,
+        "sex": {"F": "female", "M": "male", "O": "other"}.get(str(ds.get("PatientSex") or "")),
+        "age": int(age[:3]) if len(age) == 4 and age[:3].isdigit() and age[3] == "Y" else None,
+    }
+
+
+def assign_splits(
+    table: pd.DataFrame, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> pd.DataFrame:
+    """Fill the ``split`` column by patient, keeping splits the data set already gave.
+
+    A patient with any image in an official split gets that split for all its images;
+    the others are placed by ``sha256(seed:patient_id)``, so assignments are stable.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(f"val {val_fraction} + test {test_fraction} must be in [0, 1)")
+    table = table.copy()
+    given = table["split"].fillna("").astype(str).to_numpy()
+    patients = table["patient_id"].astype(str).to_numpy()
+    has = given != ""
+    official = pd.Series(given[has]).groupby(patients[has]).first()
+
+    def place(patient: str) -> str:
+        if patient in official.index:
+            return str(official[patient])
+        digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        # With an official test list, only validation is carved out of the rest.
+        test_share = 0.0 if (official == "test").any() else test_fraction
+        return "test" if u < test_share else "val" if u < test_share + val_fraction else "train"
+
+    table["split"] = [place(p) for p in patients]
+    return table
+
+
+def write_labels(table: pd.DataFrame, out_dir: Path) -> Path:
+    """Write ``labels.csv`` (C7 columns first) into ``out_dir``; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "labels.csv"
+    table.loc[:, list(OUTPUT_COLUMNS)].to_csv(path, index=False)
+    return path
+
+
+ADAPTERS: dict[str, str] = {
+    "nih-cxr14": "NIH ChestX-ray14 (Data_Entry_2017.csv, images*/, train_val_list/test_list)",
+    "shenzhen": "Shenzhen TB set (CXR_png/CHNCXR_*.png, ClinicalReadings/)",
+    "montgomery": "Montgomery County TB set (CXR_png/MCUCXR_*.png, ClinicalReadings/)",
+    "tbx11k": "TBX11K (imgs/, lists/, annotations/xml/)",
+    "folder": "a folder of DICOM/PNG/JPEG with labels.csv (C7 columns)",
+}
+
+
+def import_dataset(
+    kind: str,
+    source: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    labels_csv: Path | None = None,
+) -> Path:
+    """Read a data set in its own layout and write Tonle's ``labels.csv`` for it.
+
+    Args:
+        kind: one of :data:`ADAPTERS`.
+        source: the data set's folder, as downloaded.
+        out_dir: where ``labels.csv`` (and box masks) go.
+        seed: split seed.
+        val_fraction: share of (non-official-test) patients for validation.
+        test_fraction: share for test when the data set has no official test list.
+        labels_csv: for ``folder``: the CSV (default ``source/labels.csv``).
+
+    Returns:
+        Path of the written ``labels.csv``.
+    """
+    if kind == "nih-cxr14":
+        table = read_nih_cxr14(source)
+    elif kind == "shenzhen":
+        table = read_shenzhen(source)
+    elif kind == "montgomery":
+        table = read_montgomery(source)
+    elif kind == "tbx11k":
+        table = read_tbx11k(source, out_dir / "masks")
+    elif kind == "folder":
+        table = read_folder(source, labels_csv)
+    else:
+        raise ValueError(f"unknown data set kind {kind!r}; choose from {sorted(ADAPTERS)}")
+    table = assign_splits(table, val_fraction, test_fraction, seed)
+    path = write_labels(table, out_dir)
+    counts = table["split"].value_counts().to_dict()
+    logger.info("%s: %d images, splits %s -> %s", kind, len(table), counts, path)
+    return path
