@@ -2,13 +2,16 @@
 
 Only URLs that are on the issuer's allowlist reach this module. Even then the host
 must resolve to public addresses only (no loopback, private, link-local or metadata
-addresses), the fetch has a deadline and a size cap, redirects are not followed and
-results (good or bad) are cached so a flood of tokens cannot make Tonle a proxy.
+addresses) and the connection goes to the address that was checked (TLS verifies the
+certificate for the host name), the fetch has a deadline and a size cap, redirects are
+not followed and results (good or bad) are cached so a flood of tokens cannot make
+Tonle a proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import socket
@@ -117,6 +120,14 @@ class JkuFetcher:
         addresses = await anyio.to_thread.run_sync(self._resolver, host, parts.port or 443)
         if not addresses or not all(is_public_address(a) for a in addresses):
             raise JwksError("jku host resolves to a non-public address")
+        # Connect to the address just checked (no second DNS answer can swap in a
+        # private one); TLS still verifies the certificate for the host name.
+        pinned = ipaddress.ip_address(addresses[0].split("%", 1)[0])
+        netloc = f"[{pinned}]" if pinned.version == 6 else str(pinned)
+        if parts.port:
+            netloc += f":{parts.port}"
+        target = parts._replace(netloc=netloc).geturl()
+        headers = {"Accept": "application/json", "Host": parts.netloc}
         async with (
             httpx.AsyncClient(
                 transport=self._transport,
@@ -124,7 +135,9 @@ class JkuFetcher:
                 follow_redirects=False,
                 trust_env=False,
             ) as client,
-            client.stream("GET", url, headers={"Accept": "application/json"}) as response,
+            client.stream(
+                "GET", target, headers=headers, extensions={"sni_hostname": host}
+            ) as response,
         ):
             if response.status_code != 200:
                 raise JwksError(f"jku answered HTTP {response.status_code}")

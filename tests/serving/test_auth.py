@@ -88,7 +88,8 @@ class Recorder(httpx.AsyncBaseTransport):
         self.jwks = jwks
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(str(request.url))
+        sni = request.extensions.get("sni_hostname")
+        self.requests.append(f"{request.url} host={request.headers['host']} sni={sni}")
         return httpx.Response(200, json=self.jwks)
 
 
@@ -213,7 +214,11 @@ def test_allowlisted_jku_is_fetched_once_and_cached(world: World) -> None:
     second = world.sign(extra_headers={"jku": JKU})
     responses = world.call(f"Bearer {first}") + world.call(f"Bearer {second}")
     assert [r.status_code for r in responses] == [200, 200]
-    assert world.network.requests == [JKU]
+    # Connected to the checked address, with the host name for HTTP and TLS.
+    pinned = JKU.replace("demo-ehr.tonle.example", "93.184.216.34")
+    assert world.network.requests == [
+        f"{pinned} host=demo-ehr.tonle.example sni=demo-ehr.tonle.example"
+    ]
 
 
 def _forgeries(world: World) -> dict[str, str | None]:
