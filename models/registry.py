@@ -192,7 +192,11 @@ def _read_metadata(folder: Path) -> ModelMetadata:
 def list_models(name: str | None = None) -> list[ModelMetadata]:
     """Metadata of every Tonle artifact in the store (optionally one name), sorted."""
     found: list[ModelMetadata] = []
-    for bento_model in bentoml.models.list(name, _model_store=_store()):
+    try:
+        bento_models = bentoml.models.list(name, _model_store=_store())
+    except bentoml.exceptions.NotFound:
+        return []
+    for bento_model in bento_models:
         folder = Path(bento_model.path)
         if (folder / METADATA_FILE).exists():
             found.append(_read_metadata(folder))

@@ -102,3 +102,12 @@ def test_metadata_rejects_bad_identity(field: str, value: str, message: str) -> 
     data = {"name": "ok-name", "version": "1.0.0", "task": "test", field: value}
     with pytest.raises(ValueError, match=message):
         ModelMetadata.model_validate(data)
+
+
+@pytest.mark.usefixtures("model_store")
+def test_unknown_name_is_an_artifact_error() -> None:
+    assert registry.list_models("never-stored") == []
+    with pytest.raises(registry.ArtifactError, match="no versions of model 'never-stored'"):
+        registry.get("never-stored", "latest")
+    with pytest.raises(registry.ArtifactError, match=r"never-stored:1\.0\.0 not found"):
+        registry.verify("never-stored", "1.0.0")
