@@ -92,10 +92,10 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 
     Example: tonle db upgrade --database-url postgresql+psycopg://tonle@db/tonle
     """
-    from serving.audit.engine import current_revision
+    from serving.audit.engine import current_revisions
 
     store = _open(database_url)
-    out.print(f"audit database at revision {current_revision(store.engine)}")
+    out.print(f"audit database at revision {', '.join(current_revisions(store.engine))}")
     store.close()
 
 

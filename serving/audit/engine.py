@@ -23,9 +23,9 @@ from sqlalchemy.engine import Connection
 __all__ = [
     "MIGRATIONS_DIR",
     "READ_ONLY",
-    "current_revision",
+    "current_revisions",
     "grant_service_role",
-    "head_revision",
+    "head_revisions",
     "make_engine",
     "upgrade",
 ]
@@ -113,21 +113,25 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
-def head_revision() -> str | None:
-    """The newest migration revision shipped with this code."""
+def head_revisions() -> tuple[str, ...]:
+    """The newest shipped migration revision(s), sorted (several if teams branched)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return tuple(sorted(ScriptDirectory.from_config(config).get_heads()))
 
 
-def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at (``None`` for an empty database)."""
+def current_revisions(engine: Engine) -> tuple[str, ...]:
+    """The revision(s) the database is at, sorted (empty for an empty database)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply the shipped migrations up to ``revision``, safely from several processes."""
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Apply the shipped migrations up to ``revision``, safely from several processes.
+
+    ``heads`` (the default) also applies revisions that two teams added in parallel on
+    the same parent (e.g. an imaging table next to another new table).
+    """
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})

@@ -85,7 +85,7 @@ class AuditStore:
         try:
             if migrate:
                 _engine.upgrade(engine)
-            elif _engine.current_revision(engine) != _engine.head_revision():
+            elif _engine.current_revisions(engine) != _engine.head_revisions():
                 raise AuditUnavailable(
                     "the audit database schema is not up to date: run `tonle db upgrade`"
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from serving.audit import (
     FeedbackRecord,
     OverrideReason,
 )
-from serving.audit.engine import current_revision, grant_service_role, head_revision
+from serving.audit import engine as engine_module
+from serving.audit.engine import current_revisions, grant_service_role, head_revisions
 from tests.serving.db_fixtures import postgres_database, postgres_schema
 
 
@@ -258,8 +260,8 @@ def test_sqlite_replay_inserts_reach_disk_with_the_next_audit_commit(tmp_path: P
 def test_migrations_reach_head_and_are_idempotent(db_url: str) -> None:
     AuditStore.open(db_url).close()
     store = AuditStore.open(db_url)
-    assert head_revision() is not None
-    assert current_revision(store.engine) == head_revision()
+    assert head_revisions()
+    assert current_revisions(store.engine) == head_revisions()
     store.close()
     AuditStore.open(db_url, migrate=False).close()
 
@@ -326,3 +328,47 @@ def test_grant_service_role_refuses_sqlite_and_odd_names(tmp_path: Path, pg_url:
     with pytest.raises(ValueError, match="identifier"):
         grant_service_role(pg.engine, 'x"; DROP TABLE audit_events; --')
     pg.close()
+
+
+_EXTRA_MIGRATION = """
+import sqlalchemy as sa
+from alembic import op
+
+from serving.audit.migrations.append_only import make_append_only
+
+revision = "{rev}"
+down_revision = "0001_audit_core"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("{table}", sa.Column("id", sa.Integer, primary_key=True))
+    make_append_only("{table}")
+
+
+def downgrade() -> None:
+    op.drop_table("{table}")
+"""
+
+
+def test_tables_added_by_parallel_migrations_are_applied(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(
+        engine_module.MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for rev, table in [("0002_imaging", "imaging_results"), ("0002_other", "other_rows")]:
+        (migrations / "versions" / f"{rev}.py").write_text(
+            _EXTRA_MIGRATION.format(rev=rev, table=table)
+        )
+    monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", migrations)
+
+    store = AuditStore.open(db_url)
+    assert current_revisions(store.engine) == ("0002_imaging", "0002_other")
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO imaging_results (id) VALUES (1)")
+    with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM imaging_results")
+    store.close()
