@@ -194,7 +194,10 @@ def test_demo_xray_reaches_the_ehr(
     page.screenshot(path=str(artifacts_dir / "ui-ehr-xray-km-1366.png"), full_page=True)
     stored = runtime.extras["imaging"].store.for_patient("demo-05")
     assert len(stored) == 1
-    page.goto(f"{url}/ui/explain/cxr/{stored[0].id}?lang=km")
+    link = page.locator("article.card a.card-link[href*='/ui/explain/cxr/']")
+    href = link.get_attribute("href")
+    assert href == f"{url}/ui/explain/cxr/{stored[0].id}"
+    page.goto(f"{href}?lang=km")
     expect(page.locator("#cxr-scores tbody tr")).to_have_count(len(stored[0].findings))
     page.close()
     assert not [e for e in errors if "favicon" not in e], errors
