@@ -77,8 +77,13 @@ def out_of_scope() -> None:
         f"refused {refused}/{len(should_refuse)} ({refused / len(should_refuse):.1%}); "
         f"with the expected reason {matched}/{len(should_refuse)}; slowest {slowest * 1000:.0f} ms"
     )
-    accepted = sum(screen(c.data)[0] is None for c in should_accept)
+    answers = [(c, screen(c.data)[0]) for c in should_accept]
+    accepted = sum(reason is None for _, reason in answers)
     print(f"valid-but-unusual inputs accepted: {accepted}/{len(should_accept)}")
+    for case, reason in answers:
+        if reason is not None:
+            allowed = "allowed" if reason in case.expected else "NOT allowed"
+            print(f"  {case.name} -> {reason} ({allowed})")
 
 
 def timings(tmp: Path) -> None:

@@ -191,8 +191,8 @@ def _block_mean(a: NDArray[Any], k: int) -> Array:
         return np.asarray(a, dtype=np.float32)
     r, c = a.shape[0] // k, a.shape[1] // k
     acc: Any = np.uint64 if a.dtype.itemsize > 2 else np.uint32
-    if a.dtype.kind in "fi":
-        acc = np.float64 if a.dtype.kind == "f" else np.int64
+    if a.dtype.kind in "fi":  # float32 sums are exact enough for <= 64 x 64 blocks of [0, 1]
+        acc = np.float32 if a.dtype.kind == "f" else np.int64
     rows = a[: r * k, : c * k].reshape(r, k, c * k).sum(axis=1, dtype=acc)
     return np.asarray(rows.reshape(r, c, k).sum(axis=2) / float(k * k), dtype=np.float32)
 
