@@ -1,0 +1,70 @@
+"""RELIABILITY.md "Bad input" over HTTP: every malformed or out-of-scope image gets a 4xx
+with an acceptable reason code, quickly, and the service keeps answering."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from starlette.applications import Starlette
+
+from serving.imaging.config import ImagingConfig
+from serving.imaging.routes import routes
+from serving.imaging.state import ImagingState
+from tests.serving.imaging.conftest import Client, ListAudit
+from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
+
+cases = pytest.importorskip("training.cxr_bad_inputs")
+
+
+def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Path) -> None:
+    stored = make_cxr_artifact(tmp_path, size=224)  # the gate's real minimum side
+    audit = ListAudit()
+    state = ImagingState.build(
+        stored,
+        ImagingConfig(results_dir=tmp_path / "imaging"),
+        site="default",
+        public_url="http://t",
+        audit=audit,
+        dev=True,
+    )
+    app = Starlette(routes=routes())
+    app.state.runtime = SimpleNamespace(extras={"imaging": state})
+    client = Client(app)
+    everything = cases.bad_dicom_cases() + cases.bad_image_cases()
+    everything += cases.out_of_scope_pixel_cases()
+    wrong: list[str] = []
+    try:
+        valid = everything[0]
+        assert valid.expected == frozenset({None})
+        warm = client.post("/v1/imaging/cxr", content=valid.data,
+                           headers={"content-type": "application/dicom"})  # fmt: skip
+        assert warm.status_code == 200, warm.text
+        for case in everything:
+            media = "application/dicom" if case.media == "dicom" else "image/png"
+            start = time.perf_counter()
+            response = client.post(
+                "/v1/imaging/cxr", content=case.data, headers={"content-type": media}
+            )
+            elapsed = time.perf_counter() - start
+            assert elapsed < 2.0, f"{case.name}: {elapsed:.2f} s"
+            if response.status_code == 200:
+                reason = None
+            else:
+                assert 400 <= response.status_code < 500, (case.name, response.status_code)
+                reason = response.json()["reason"]
+            # The service also caps the body size (413 before any parsing).
+            capped = len(case.data) > state.config.max_body_bytes
+            if capped:
+                assert response.status_code == 413, case.name
+            elif reason not in case.expected:
+                wrong.append(
+                    f"{case.name}: got {reason!r}, expected {sorted(map(str, case.expected))}"
+                )
+        assert not wrong, "\n".join(wrong)
+        # One audit row per request, and the worker still answers.
+        assert len(audit.rows) == len(everything) + 1
+    finally:
+        client.close()
