@@ -251,7 +251,9 @@ async def explain_ncd(request: Request) -> Response:
         factors=factors,
         data_rows=data_rows,
         chart=chart,
-        title_key="ui.explain.ncd.title" if ex.outcome == "cvd" else "ui.explain.title",
+        title_key={"cvd": "ui.explain.ncd.title", "diabetes": "ui.explain.diabetes.title"}.get(
+            ex.outcome, "ui.explain.title"
+        ),
     )
 
 
