@@ -254,21 +254,52 @@ def write_card(
     if previous is not None:
         payload["previous"] = previous.model_dump(mode="json")
     (folder / "metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    split = meta.extra.get("split", {})
+    parity = meta.extra.get("parity", {})
+    spec = meta.image
     lines = [
         f"# Model card: {meta.tag}",
         "",
         "**Advisory only.** Triage aid for chest radiographs; every positive or "
         "negative read needs a clinician. Not a diagnosis.",
         "",
-        f"- Task: `{meta.task}`; architecture: `{meta.extra.get('arch', '?')}` "
-        f"(MONAI), input {meta.image.size if meta.image else '?'} px, 1 channel",
-        f"- Intended use: {meta.intended_use}",
-        f"- Evaluated on: {report.n} images (held-out, patient-level split), "
-        f"data manifest `{report.data_manifest_sha256[:16]}`",
-        f"- Training data manifest: `{meta.training_manifest_sha256[:16]}`; "
-        f"code `{meta.code_version[:12] or 'unknown'}`",
+        "## Intended use",
         "",
-        "## Per label (held-out)",
+        meta.intended_use,
+        "",
+        "## Input and outputs",
+        "",
+        f"- Input `image` float32 [N, 1, {spec.size if spec else '?'}, "
+        f"{spec.size if spec else '?'}]: {spec.normalisation if spec else '?'}",
+        f"- Outputs: `logits` [N, 5] for {', '.join(meta.extra.get('labels', []))}; `cam` "
+        f"[N, 5, {'x'.join(str(v) for v in meta.extra.get('cam_shape', []))}] class "
+        "activation maps from the same forward pass (logits = mean(cam) + bias)",
+        "- Probabilities: Platt scaling per label fitted on the validation split "
+        "(metadata `extra.calibration`); thresholds below apply to them",
+        "",
+        "## Training",
+        "",
+        f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
+        "MONAI augmentation (affine, contrast, noise)",
+        f"- Patient-level split: train {split.get('train', '?')}, validation "
+        f"{split.get('validation', '?')}, test {split.get('test', '?')} images",
+        f"- Data manifest `{meta.training_manifest_sha256[:16]}`; "
+        f"code `{meta.code_version[:12] or 'unknown'}`; "
+        + ", ".join(f"{k} {v}" for k, v in meta.library_versions.items()),
+        "",
+        "## Export",
+        "",
+        f"- ONNX opset {meta.extra.get('onnx_opset', '?')}, one self-contained file "
+        "(sha256 in metadata.json)",
+        f"- Parity vs PyTorch on {parity.get('n_images', '?')} real validation images: "
+        f"max |diff| logits {parity.get('max_abs_diff_logits', float('nan')):.1e}, "
+        f"cam {parity.get('max_abs_diff_cam', float('nan')):.1e} (allowed 1e-4)",
+        "",
+        f"## Performance on {report.n} held-out images",
+        "",
+        f"Data manifest `{report.data_manifest_sha256[:16]}`.",
+        "",
+        "### Per label",
         "",
         "| label | AUROC (95 % CI) | threshold | sensitivity | specificity | ECE |",
         "|---|---|---|---|---|---|",

@@ -179,6 +179,33 @@ def _checkpoint_path(cfg: CxrTrainConfig) -> Path:
     return cfg.output.checkpoint_dir / "last.pt"
 
 
+def _resume(
+    ckpt: Path,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.OneCycleLR,
+    total_steps: int,
+) -> int:
+    """Load a checkpoint; returns the epoch to continue from (0 if it does not fit)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    current = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    saved_shapes = {k: tuple(v.shape) for k, v in state.get("model", {}).items()}
+    if current != saved_shapes:
+        logger.warning("checkpoint %s is for another network; starting afresh", ckpt)
+        return 0
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    saved = state["scheduler"]
+    if saved.get("total_steps") == total_steps:
+        scheduler.load_state_dict(saved)
+    else:  # more (or fewer) epochs than before: same position, stretched schedule
+        scheduler.last_epoch = int(saved["last_epoch"])
+        logger.info("schedule: %s -> %d steps", saved["total_steps"], total_steps)
+    epoch = int(state["epoch"])
+    logger.info("resumed from %s at epoch %d", ckpt, epoch)
+    return epoch
+
+
 def _set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.default_rng(seed)
@@ -246,19 +273,7 @@ def train_cxr(
     start_epoch = 0
     ckpt = _checkpoint_path(cfg)
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        saved = state["scheduler"]
-        if saved.get("total_steps") == total_steps:
-            scheduler.load_state_dict(saved)
-        else:  # more (or fewer) epochs than before: same position, stretched schedule
-            scheduler.last_epoch = int(saved["last_epoch"])
-            logger.info(
-                "schedule length changed: %s -> %d steps", saved["total_steps"], total_steps
-            )
-        start_epoch = int(state["epoch"])
-        logger.info("resumed from %s at epoch %d", ckpt, start_epoch)
+        start_epoch = _resume(ckpt, net, optimizer, scheduler, total_steps)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()

@@ -20,7 +20,7 @@ from tests.cxr_fixtures import tiny_images
         ("resnet-small", 64, 4),
         ("resnet-small", 224, 14),
         ("resnet18", 64, 2),
-        ("densenet121", 64, 2),
+        ("densenet121", 32, 1),
     ],
 )
 def test_shapes_and_cam_explains_logits(arch: str, size: int, cam_side: int) -> None:
@@ -74,3 +74,24 @@ def test_parity_failure_is_raised(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="logits"):
         check_parity(net, path, tiny_images(2, 64))
     assert np.isfinite(tiny_images(1, 64)).all()
+
+
+def test_static_int8_variant_runs_and_stays_close(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from models.cxr_export import quantize_int8
+
+    torch.manual_seed(3)
+    net = CxrNet("resnet-small").eval()
+    fp32 = export_onnx(net, tmp_path / "m.onnx", 64)
+    images = tiny_images(8, 64, seed=4)
+    int8 = quantize_int8(fp32, tmp_path / "m-int8.onnx", images)
+    check_onnx_graph(int8)
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "QuantizeLinear" in ops
+    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    la = a.run(["logits"], {"image": images})[0]
+    lb = b.run(["logits"], {"image": images})[0]
+    assert np.abs(la - lb).max() < 0.1 * (np.abs(la).max() + 1e-3) + 0.05
