@@ -174,3 +174,27 @@ def test_rest_needs_api_key(served: Served) -> None:
     assert response.json()["advice"] is True
     row = served.store.rows(request_id=response.headers["x-request-id"])[0]
     assert row.caller_tenant == "hospital-a"
+
+
+def test_burst_gets_200_or_429_and_every_200_is_audited(served: Served) -> None:
+    import asyncio
+
+    headers = [served.token(CVD) for _ in range(150)]
+    body = cds_request()
+
+    async def burst() -> tuple[list[httpx.Response], int]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            calls = [client.post(served.url + CVD, json=body, headers=h) for h in headers]
+            ready = client.get(served.url + "/readyz")
+            *answers, health = await asyncio.gather(*calls, ready)
+            return answers, health.status_code
+
+    answers, health = asyncio.run(burst())
+    assert health == 200
+    statuses = {r.status_code for r in answers}
+    assert statuses <= {200, 429}
+    ok = [r for r in answers if r.status_code == 200]
+    assert ok
+    for response in ok:
+        assert len(served.store.rows(request_id=response.headers["x-request-id"])) == 1
