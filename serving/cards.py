@@ -37,9 +37,8 @@ def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
         return t(f"value.{value}", lang)
     if unit == "1" or name in ("smoking", "diabetes", "bp_treated"):
         return t("value.yes" if float(value) >= 0.5 else "value.no", lang)
-    number = t(
-        "card.ncd.factor", lang, name="", value=float(value), unit=_DISPLAY_UNIT.get(unit, unit)
-    )
+    shown_unit = t("unit.years", lang) if unit == "a" else _DISPLAY_UNIT.get(unit, unit)
+    number = t("card.ncd.factor", lang, name="", value=float(value), unit=shown_unit)
     return number.strip()
 
 

@@ -174,7 +174,7 @@ def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
         return i18n.t("value.yes" if float(value) >= 0.5 else "value.no", lang)
     decimals = 0 if float(value) == round(float(value)) or abs(float(value)) >= 50 else 1
     shown = i18n.format_number(float(value), lang, decimals)
-    suffix = _DISPLAY_UNIT.get(unit, unit)
+    suffix = i18n.t("unit.years", lang) if unit == "a" else _DISPLAY_UNIT.get(unit, unit)
     return f"{shown} {suffix}".strip()
 
 
