@@ -28,6 +28,7 @@ from serving.cards import ncd_card
 from serving.cds_models import CdsRequest, CdsResponse, CdsService, Discovery, FeedbackRequest
 from serving.fhir_in import PrefetchError, extract
 from serving.i18n import negotiate
+from serving.metrics import count_outcome
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.runtime import DevCaller, Runtime
 
@@ -171,7 +172,9 @@ async def _finish(
     runtime: Runtime, call: _Call, response: Response, outcome: Outcome, reason: str | None
 ) -> Response:
     if not await _commit(runtime, call.record(outcome, reason)):
+        count_outcome(call.service_id, "error", "audit-unavailable")
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    count_outcome(call.service_id, outcome, reason)
     response.headers["X-Request-Id"] = call.request_id
     return response
 

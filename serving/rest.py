@@ -26,6 +26,7 @@ from serving.audit_batch import commit_row
 from serving.body import BadRequest, parse_model, read_json
 from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
+from serving.metrics import count_outcome
 from serving.runtime import DevCaller, Runtime
 
 __all__ = [
@@ -291,7 +292,9 @@ async def _risk(request: Request, outcome: str) -> Response:
         advice=advice,
         model=meta,
     ):
+        count_outcome(f"rest:{service_id}", "error", "audit-unavailable")
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    count_outcome(f"rest:{service_id}", outcome_code, reason)
     response.headers["X-Request-Id"] = request_id
     return response
 

@@ -118,6 +118,9 @@ class _sqlite:
 def test_health_and_metrics(served: Served) -> None:
     for path in ("/livez", "/readyz", "/metrics"):
         assert httpx.get(served.url + path).status_code == 200
+    httpx.post(served.url + CVD, json=cds_request(), headers=served.token(CVD))
+    metrics = httpx.get(served.url + "/metrics").text
+    assert 'tonle_outcomes_total{outcome="advice",reason="",service="ncd-cvd-risk"}' in metrics
 
 
 def test_signed_cds_call_gives_card_and_audit_row(served: Served) -> None:
