@@ -137,20 +137,23 @@ def _metric_set(
     c: npt.NDArray[np.float64],
     censoring: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
 ) -> MetricSet:
-    y, w = m.ipcw_labels(time, event, horizon, censoring)
-    slope, intercept = m.calibration_slope_intercept(y, risk, w, c)
-    nb, treat_all = m.net_benefit(y, risk, w, np.asarray(THRESHOLDS))
+    y_all, w_all = m.ipcw_labels(time, event, horizon, censoring)
+    # Patients with unknown status have weight 0: leaving them out is exact and faster.
+    known = w_all > 0
+    y, w, p, ck = y_all[known], w_all[known], risk[known], c[known]
+    slope, intercept = m.calibration_slope_intercept(y, p, w, ck)
+    nb, treat_all = m.net_benefit(y, p, w, np.asarray(THRESHOLDS))
     return MetricSet(
         n=len(risk),
-        n_known=int((w > 0).sum()),
+        n_known=int(known.sum()),
         events=int(y.sum()),
-        auroc=_ci(m.auroc(y, risk, w, c)),
+        auroc=_ci(m.auroc(y, p, w, ck)),
         harrell_c=_ci(m.concordance(time, event, risk, horizon, c)),
         uno_c=_ci(m.concordance(time, event, risk, horizon, c, censoring)),
         calibration_slope=_ci(slope),
         calibration_intercept=_ci(intercept),
-        brier=_ci(m.brier(y, risk, w, c)),
-        ece=_ci(m.ece(y, risk, w, c)),
+        brier=_ci(m.brier(y, p, w, ck)),
+        ece=_ci(m.ece(y, p, w, ck)),
         net_benefit={f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, nb, strict=True)},
         treat_all_net_benefit={
             f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, treat_all, strict=True)
@@ -264,7 +267,11 @@ def evaluate_table(
         )
         return GroupMetrics(group=group, level=level, model=model_set, who=who_set)
 
-    overall = group_metrics("all", "all", np.ones(n, dtype=bool))
+    overall = (
+        group_metrics("all", "all", np.ones(n, dtype=bool))
+        if compare_who or not compared.all()
+        else GroupMetrics(group="all", level="all", model=model_all)
+    )
     subgroups: list[GroupMetrics] = []
     levels: dict[str, npt.NDArray[np.object_]] = {
         "sex": table["sex"].astype(str).to_numpy(dtype=object),

@@ -147,12 +147,13 @@ def calibration_bins(
 def ece(y: npt.NDArray[np.int64], p: F64, w: F64, c: F64, n_bins: int = 10) -> F64:
     """Expected calibration error (10 equal-frequency bins, weighted) per replicate."""
     b = _bins(p, w, n_bins)
-    onehot = np.zeros((n_bins, len(p)))
-    onehot[b, np.arange(len(p))] = 1.0
-    wc = w[:, None] * c
-    weight = onehot @ wc
-    pred = onehot @ (wc * p[:, None])
-    obs = onehot @ (wc * y[:, None])
+    order = np.argsort(b, kind="mergesort")
+    bins_sorted = b[order]
+    starts = np.flatnonzero(np.r_[True, bins_sorted[1:] != bins_sorted[:-1]])
+    wc = w[order][:, None] * c[order]
+    weight = np.add.reduceat(wc, starts, axis=0)
+    pred = np.add.reduceat(wc * p[order][:, None], starts, axis=0)
+    obs = np.add.reduceat(wc * y[order][:, None], starts, axis=0)
     total = weight.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(np.abs(pred - obs).sum(axis=0) / total)
@@ -173,27 +174,35 @@ def calibration_slope_intercept(
     """
     q = np.clip(p, 1e-7, 1 - 1e-7)
     lp = np.log(q / (1 - q))
+    lp2 = lp**2
     wc = w[:, None] * c
+    yw = wc * y[:, None]
+    g0_y, g1_y = yw.sum(0), lp @ yw
     reps = c.shape[1]
     a = np.zeros(reps)
     b = np.ones(reps)
     for _ in range(iterations):
-        eta = a[None, :] + b[None, :] * lp[:, None]
-        mu = _expit(eta)
-        v = wc * mu * (1 - mu)
-        r = wc * (y[:, None] - mu)
-        g0, g1 = r.sum(0), (r * lp[:, None]).sum(0)
-        h00, h01, h11 = v.sum(0), (v * lp[:, None]).sum(0), (v * lp[:, None] ** 2).sum(0)
+        mu = _expit(a[None, :] + b[None, :] * lp[:, None])
+        wmu = wc * mu
+        v = wmu * (1 - mu)
+        g0, g1 = g0_y - wmu.sum(0), g1_y - lp @ wmu
+        h00, h01, h11 = v.sum(0), lp @ v, lp2 @ v
         det = h00 * h11 - h01**2
         with np.errstate(invalid="ignore", divide="ignore"):
-            a = a + np.clip((h11 * g0 - h01 * g1) / det, -1.0, 1.0)
-            b = b + np.clip((h00 * g1 - h01 * g0) / det, -1.0, 1.0)
+            step_a = np.clip((h11 * g0 - h01 * g1) / det, -1.0, 1.0)
+            step_b = np.clip((h00 * g1 - h01 * g0) / det, -1.0, 1.0)
+        a, b = a + step_a, b + step_b
+        if np.nanmax(np.abs(np.r_[step_a, step_b]), initial=0.0) < 1e-9:
+            break
     intercept = np.zeros(reps)
     for _ in range(iterations):
         mu = _expit(intercept[None, :] + lp[:, None])
+        wmu = wc * mu
         with np.errstate(invalid="ignore", divide="ignore"):
-            step = (wc * (y[:, None] - mu)).sum(0) / (wc * mu * (1 - mu)).sum(0)
-            intercept = intercept + np.clip(step, -1.0, 1.0)
+            step = np.clip((g0_y - wmu.sum(0)) / (wmu * (1 - mu)).sum(0), -1.0, 1.0)
+        intercept = intercept + step
+        if np.nanmax(np.abs(step), initial=0.0) < 1e-9:
+            break
     return b, intercept
 
 
