@@ -56,7 +56,9 @@ MAX_TOKEN_CHARS = 8192
 MAX_API_KEY_CHARS = 256
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
 # Header parameters that carry or point to keys; keys come only from configuration.
-_KEY_BEARING_HEADERS = frozenset({"jwk", "x5c", "x5u", "x5t", "x5t#S256", "crit"})
+_KEY_BEARING_HEADERS = frozenset({"jwk", "x5c", "x5u", "x5t", "x5t#S256"})
+# Extensions we do not implement (RFC 7515 `crit`, RFC 7797 unencoded payloads).
+_UNSUPPORTED_HEADERS = frozenset({"crit", "b64"})
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -191,10 +193,13 @@ class CdsAuthenticator:
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise _refuse("alg")
-        if header.get("typ", "JWT") != "JWT":
+        typ = header.get("typ", "JWT")
+        if not isinstance(typ, str) or typ.upper() != "JWT":
             raise _refuse("typ")
         if _KEY_BEARING_HEADERS & header.keys():
             raise _refuse("embedded-key")
+        if _UNSUPPORTED_HEADERS & header.keys():
+            raise _refuse("header-param")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _refuse("kid-missing")

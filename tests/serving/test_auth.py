@@ -203,6 +203,11 @@ def test_valid_tokens_are_accepted(world: World, alg: str) -> None:
     assert world.network.requests == []
 
 
+def test_lower_case_typ_is_accepted(world: World) -> None:
+    (response,) = world.call(f"Bearer {world.sign(extra_headers={'typ': 'jwt'})}")
+    assert response.status_code == 200
+
+
 def test_token_within_clock_skew_is_accepted(world: World) -> None:
     now = time.time()
     (response,) = world.call(f"Bearer {world.sign(now=now - 150, lifetime_s=120)}")
@@ -289,6 +294,10 @@ def _forgeries(world: World) -> dict[str, str | None]:
         "embedded-x5c": "Bearer " + signed(_claims(), x5c=["MIIB"]),
         "embedded-x5u": "Bearer " + signed(_claims(), x5u="https://evil.example/cert.pem"),
         "crit-header": "Bearer " + signed(_claims(), crit=["exp"]),
+        "b64-false-header": "Bearer "
+        + _raw_token(
+            '{"alg":"ES384","typ":"JWT","kid":"demo-es384","b64":false}', _claims(), es_key
+        ),
         "attacker-key-known-kid": "Bearer "
         + jwt.encode(_claims(), attacker, algorithm="ES384", headers={"kid": "demo-es384"}),
         "jku-not-allowlisted": with_jku("https://evil.example/jwks.json"),
@@ -359,7 +368,8 @@ FORGERY_CASES = {
     "embedded-jwk-real-key": "embedded-key",
     "embedded-x5c": "embedded-key",
     "embedded-x5u": "embedded-key",
-    "crit-header": "embedded-key",
+    "crit-header": "header-param",
+    "b64-false-header": "header-param",
     "attacker-key-known-kid": "jwt-InvalidSignatureError",
     "jku-not-allowlisted": "jku",
     "jku-file": "jku",
