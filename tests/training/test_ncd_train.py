@@ -278,3 +278,23 @@ def test_train_end_to_end_from_fhir(
     result = runner.invoke(app, ["evaluate", "cvd-risk:0.1.0", "--data", str(csv)])
     assert result.exit_code == 4
     assert "cvd_time" in result.output
+
+
+def test_evaluate_against_the_non_lab_chart_with_a_stated_assumption() -> None:
+    from training.ncd_evaluate import evaluate_table
+
+    table = _table(1500, 6)
+    table.loc[: 1500 // 2, "smoking"] = np.nan
+    risk = np.full(len(table), 0.05)
+    kwargs = {"bootstrap_reps": 0, "who_model": "nonlab", "who_region": None, "who_country": "USA"}
+    strict = evaluate_table(table, risk, "cvd", **kwargs)
+    assert strict.n_compared < 800
+    assert strict.not_compared["smoking:missing"] == 751
+    assumed = evaluate_table(table, risk, "cvd", who_missing_smoking_as_non_smoker=True, **kwargs)
+    assert assumed.n_compared == 1500
+    assert "751 patients without a smoking record were scored as non-smokers" in str(
+        assumed.who_reference
+    )
+    assert "non-laboratory" in str(assumed.who_reference)
+    # a constant risk cannot discriminate: AUROC exactly one half
+    assert assumed.overall.model.auroc.value == pytest.approx(0.5)
