@@ -53,7 +53,8 @@ class FhirAuthorization(_In):
 class PatientViewContext(_In):
     """``patient-view`` context."""
 
-    userId: str = Field(min_length=1, max_length=256)
+    # Required by CDS Hooks 2.0; 1.0 clients sent a top-level ``user`` instead.
+    userId: str | None = Field(default=None, min_length=1, max_length=256)
     patientId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
     encounterId: str | None = Field(default=None, max_length=64)
 
@@ -62,6 +63,7 @@ class CdsRequest(_In):
     """A CDS Hooks service call."""
 
     hook: str = Field(min_length=1, max_length=64)
+    user: str | None = Field(default=None, max_length=256, description="CDS Hooks 1.0.")
     hookInstance: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-]{1,64}$")
     fhirServer: str | None = Field(default=None, max_length=2048)
     fhirAuthorization: FhirAuthorization | None = None

@@ -460,3 +460,11 @@ def test_refused_and_unavailable_auth(
     assert call(app, "POST", "/v1/risk/cvd", body).status_code == 401
     monkeypatch.setattr(runtime, "api_keys", _RaisingKeys(AuthUnavailable("store down")))
     assert call(app, "POST", "/v1/risk/cvd", body).status_code == 503
+
+
+def test_cds_hooks_1_0_request_is_tolerated(app: Starlette) -> None:
+    body = cds_request(user="Practitioner/example")
+    del body["context"]["userId"]
+    response = call(app, "POST", CVD, body)
+    assert response.status_code == 200
+    assert len(response.json()["cards"]) == 1
