@@ -495,8 +495,14 @@ def write_dicom(
     pixels = np.clip(np.rint(values), 0, maxval).astype(np.uint16)
     slope, intercept = (1.0, 0.0) if rng.random() < 0.7 else (0.5, float(rng.integers(0, 200)))
     out = pixels.astype(np.float64) * slope + intercept
-    p_lo, p_hi = np.percentile(out[::4, ::4], [0.5, 99.9])
-    p_hi += 0.25 * (p_hi - p_lo)  # headroom: bone and heart stay below white
+    # Headroom on the dense side (high values in MONOCHROME2, low in MONOCHROME1) keeps
+    # bone and heart below white; the air side is windowed tightly.
+    if photometric == "MONOCHROME1":
+        p_lo, p_hi = np.percentile(out[::4, ::4], [0.1, 99.5])
+        p_lo -= 0.25 * (p_hi - p_lo)
+    else:
+        p_lo, p_hi = np.percentile(out[::4, ::4], [0.5, 99.9])
+        p_hi += 0.25 * (p_hi - p_lo)
 
     def uid(kind: str) -> str:
         return str(generate_uid(entropy_srcs=["tonle-synthetic-cxr", str(seed), str(index), kind]))
@@ -549,11 +555,32 @@ def write_dicom(
     ds.PixelRepresentation = 0
     ds.RescaleSlope = f"{slope:g}"
     ds.RescaleIntercept = f"{intercept:g}"
-    ds.WindowCenter = f"{(p_lo + p_hi) / 2:.1f}"
-    ds.WindowWidth = f"{max(p_hi - p_lo, 1.0):.1f}"
+    # Some CR readers ship a non-linear VOI LUT instead of a window (US LUT data must
+    # stay under 64 KB, and its first value is unsigned: only for ranges that fit).
+    if rng.random() < 0.15 and p_lo >= 0 and p_hi - p_lo < 32000:
+        _add_voi_lut(ds, float(p_lo), float(p_hi), float(rng.uniform(0.8, 1.25)))
+    else:
+        ds.WindowCenter = f"{(p_lo + p_hi) / 2:.1f}"
+        ds.WindowWidth = f"{max(p_hi - p_lo, 1.0):.1f}"
     ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+def _add_voi_lut(ds: Any, lo: float, hi: float, gamma: float) -> None:
+    """A 12-bit VOI LUT (gamma curve) over the rescaled range [lo, hi]."""
+    from pydicom import Dataset
+    from pydicom.sequence import Sequence
+
+    first = int(np.floor(lo))
+    entries = int(min(32000, max(2, np.ceil(hi) - first + 1)))
+    x = np.arange(entries, dtype=np.float64) / (entries - 1)
+    table = np.rint(np.clip(x, 0, 1) ** gamma * 4095).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [entries, first, 12]
+    item.add_new(0x00283006, "US", table.tolist())  # LUTData
+    item.LUTExplanation = f"synthetic gamma {gamma:.2f}"
+    ds.VOILUTSequence = Sequence([item])
 
 
 def generate(
