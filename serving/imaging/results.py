@@ -127,9 +127,9 @@ class CxrResult(_Frozen):
         raise KeyError(label)
 
 
-def patient_key(patient_ref: str) -> str:
-    """A file-name-safe hash of a patient identifier (never the identifier itself)."""
-    return hashlib.sha256(patient_ref.encode("utf-8")).hexdigest()
+def patient_key(identifier: str) -> str:
+    """A file-name-safe hash of an identifier (never the identifier itself)."""
+    return hashlib.sha256(identifier.encode("utf-8")).hexdigest()
 
 
 class ResultStore:
@@ -139,6 +139,7 @@ class ResultStore:
         self.root = root
         (root / "results").mkdir(parents=True, exist_ok=True)
         (root / "patients").mkdir(parents=True, exist_ok=True)
+        (root / "instances").mkdir(parents=True, exist_ok=True)
 
     def _folder(self, result_id: str) -> Path:
         if not _RESULT_ID.match(result_id):
@@ -151,6 +152,9 @@ class ResultStore:
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(folder / "heatmap.png", heatmap_png)
         _atomic_write(folder / "result.json", result.model_dump_json().encode("utf-8"))
+        if result.study.sop_instance_uid:
+            key = patient_key(result.study.sop_instance_uid)
+            _atomic_write(self.root / "instances" / key, result.id.encode("ascii"))
         if result.patient_ref:
             index = self.root / "patients" / patient_key(result.patient_ref)
             index.mkdir(exist_ok=True)
@@ -168,6 +172,14 @@ class ResultStore:
             return CxrResult.model_validate_json(path.read_bytes())
         except (FileNotFoundError, ValueError) as exc:  # missing, or torn by a power loss
             raise KeyError(result_id) from exc
+
+    def for_instance(self, sop_instance_uid: str) -> CxrResult | None:
+        """The latest stored result for a DICOM instance, if it was analysed."""
+        try:
+            result_id = (self.root / "instances" / patient_key(sop_instance_uid)).read_text("ascii")
+            return self.get(result_id.strip())
+        except (FileNotFoundError, KeyError, ValueError):
+            return None
 
     def heatmap(self, result_id: str) -> bytes:
         """The overlay PNG of a stored result.

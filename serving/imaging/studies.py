@@ -5,6 +5,11 @@ QIDO-RS finds the study's CR/DX instances (optionally one series given as
 analyses it, and STOW-RS writes back a Comprehensive SR and a secondary-capture
 heatmap per assessable image (when ``imaging.pacs.write_back``). Images the model
 cannot assess are listed with their reason code; nothing is written back for them.
+
+Idempotent per instance: an instance already analysed is answered from the store
+and not written back again. This matters because the PACS calls this route when a
+study becomes stable (:func:`orthanc_on_stable_study_lua`), and our own write-back
+makes the study change again.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +36,7 @@ from serving.imaging.dicom_out import (
 from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid
 from serving.imaging.state import ImagingState
 
-__all__ = ["MAX_INSTANCES", "analyse_study", "analyse_study_sync"]
+__all__ = ["MAX_INSTANCES", "analyse_study", "analyse_study_sync", "orthanc_on_stable_study_lua"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +45,19 @@ _IMAGE_MODALITIES = {"CR", "DX"}
 
 
 def analyse_study_sync(
-    state: ImagingState, client: DicomWebClient, study: str, series: str | None
+    state: ImagingState,
+    client: DicomWebClient,
+    study: str,
+    series: str | None,
+    audit: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
     """Retrieve, analyse and write back one study (blocking; run it in a thread).
 
+    ``audit`` is called with each new entry before anything about it leaves the
+    service (the write-back to the PACS included); if it raises, nothing more is done.
+
     Raises:
-        DicomWebError: the PACS could not be searched or read.
+        DicomWebError: the PACS could not be searched, read or written.
     """
     instances = [
         i
@@ -52,15 +66,22 @@ def analyse_study_sync(
     ][:MAX_INSTANCES]
     analysed: list[dict[str, Any]] = []
     for instance in instances:
-        data = client.retrieve_instance(instance)
         entry: dict[str, Any] = {"series_uid": instance.series, "sop_instance_uid": instance.sop}
+        previous = state.store.for_instance(instance.sop)
+        if previous is not None:  # audited and written back when it was analysed
+            entry.update(assessable=True, result=previous.model_dump(mode="json"), repeat=True)
+            analysed.append(entry)
+            continue
+        data = client.retrieve_instance(instance)
         try:
             result = state.analyser.analyse(data, "application/dicom")
         except CannotAssess as refusal:
             entry.update(assessable=False, reason=refusal.reason)
+            audit(entry)
             analysed.append(entry)
             continue
         entry.update(assessable=True, result=result.model_dump(mode="json"))
+        audit(entry)
         if state.config.pacs is not None and state.config.pacs.write_back:
             source = read_header(data)
             sr = structured_report(source, result)
@@ -74,9 +95,53 @@ def analyse_study_sync(
     return {"study_uid": study, "instances": analysed}
 
 
+def _run_study(
+    state: ImagingState, caller: Any, study: str, series: str | None, started: float
+) -> tuple[int, dict[str, Any]]:
+    """The whole study analysis with auditing; returns (HTTP status, JSON body)."""
+    from serving.imaging.routes import audit_row
+
+    assert state.config.pacs is not None
+    request_id = uuid.uuid4().hex
+
+    def audit(entry: dict[str, Any]) -> None:
+        result = entry.get("result")
+        audit_row(
+            state,
+            request_id=uuid.uuid4().hex,
+            service_id="imaging-study",
+            outcome="advice" if result else "no-advice",
+            started=started,
+            caller=caller,
+            reason=entry.get("reason"),
+            input_sha256=result["input_sha256"] if result else None,
+            patient_ref=result["patient_ref"] if result else None,
+        )
+
+    client = DicomWebClient(state.config.pacs)
+    try:
+        answer = analyse_study_sync(state, client, study, series, audit)
+    except DicomWebError as exc:
+        return 502, {"error": exc.reason, "request_id": request_id}
+    except Exception:
+        logger.exception("study analysis failed; no advice")
+        return 503, {"error": "audit-or-analysis-unavailable", "request_id": request_id}
+    finally:
+        client.close()
+    if not answer["instances"]:
+        return 404, {"error": "no-images", "message": "no CR/DX instances in that study"}
+    answer["request_id"] = request_id
+    return 200, answer
+
+
 async def analyse_study(request: Request) -> Response:
-    """Analyse the CR/DX images of a PACS study and write the results back."""
-    from serving.imaging.routes import _NotReady, audit_row, authenticate, imaging_state
+    """Analyse the CR/DX images of a PACS study and write the results back.
+
+    With ``Prefer: respond-async`` (RFC 7240) the answer is ``202 Accepted`` at once
+    and the work runs after the response: a PACS calling from its own event hook
+    (Orthanc's Lua ``OnStableStudy``) must not wait on requests back to itself.
+    """
+    from serving.imaging.routes import _NotReady, authenticate, imaging_state
 
     started = time.perf_counter()
     try:
@@ -104,36 +169,48 @@ async def analyse_study(request: Request) -> Response:
             series = check_uid(str(value), "series_uid") if value is not None else None
     except (ValueError, DicomWebError):
         return JSONResponse({"error": "invalid-request"}, status_code=400)
-    client = DicomWebClient(state.config.pacs)
-    request_id = uuid.uuid4().hex
-    try:
-        answer = await run_in_threadpool(analyse_study_sync, state, client, study, series)
-    except DicomWebError as exc:
-        return JSONResponse({"error": exc.reason, "request_id": request_id}, status_code=502)
-    finally:
-        client.close()
-    if not answer["instances"]:
+    if "respond-async" in request.headers.get("prefer", "").lower():
+
+        async def later() -> None:
+            status, _ = await run_in_threadpool(_run_study, state, caller, study, series, started)
+            logger.info("background study analysis finished with status %d", status)
+
         return JSONResponse(
-            {"error": "no-images", "message": "no CR/DX instances in that study"},
-            status_code=404,
+            {"status": "accepted", "study_uid": study},
+            status_code=202,
+            background=BackgroundTask(later),
         )
-    for entry in answer["instances"]:
-        result = entry.get("result")
-        try:
-            await run_in_threadpool(
-                audit_row,
-                state,
-                request_id=uuid.uuid4().hex,
-                service_id="imaging-study",
-                outcome="advice" if result else "no-advice",
-                started=started,
-                caller=caller,
-                reason=entry.get("reason"),
-                input_sha256=result["input_sha256"] if result else None,
-                patient_ref=result["patient_ref"] if result else None,
-            )
-        except Exception:
-            logger.exception("audit store unavailable; withholding study results")
-            return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    answer["request_id"] = request_id
-    return JSONResponse(answer)
+    status, answer = await run_in_threadpool(_run_study, state, caller, study, series, started)
+    return JSONResponse(answer, status_code=status)
+
+
+def orthanc_on_stable_study_lua(service_url: str, api_key_env: str = "TONLE_API_KEY") -> str:
+    """An Orthanc Lua script that asks Tonle to analyse each study once it is stable.
+
+    Install it with Orthanc's ``LuaScripts`` option (and a ``StableAge`` of a few
+    seconds), so studies are analysed when they arrive and the ``cxr-triage`` CDS
+    service has a read to show. The API key comes from the environment variable
+    ``api_key_env`` of the Orthanc process, never from the script.
+
+    Args:
+        service_url: Tonle's base URL as seen from the PACS.
+        api_key_env: environment variable holding Tonle's API key.
+    """
+    base = json.dumps(service_url.rstrip("/") + "/v1/imaging/studies/")
+    return f"""-- Written by Tonle (serving.imaging.studies): analyse chest X-rays on arrival.
+function OnStableStudy(studyId, tags, metadata)
+  local uid = tags['StudyInstanceUID']
+  if uid == nil or not string.match(uid, '^[0-9.]+$') then
+    return
+  end
+  local headers = {{
+    ['Content-Type'] = 'application/json',
+    ['Prefer'] = 'respond-async',
+    ['X-API-Key'] = os.getenv({json.dumps(api_key_env)}) or ''
+  }}
+  local ok = pcall(HttpPost, {base} .. uid .. '/analyse', '{{}}', headers)
+  if not ok then
+    print('Tonle analysis request failed for study ' .. studyId)
+  end
+end
+"""

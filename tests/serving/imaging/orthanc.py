@@ -35,8 +35,11 @@ def require_orthanc() -> None:
 
 
 @contextmanager
-def running_orthanc(folder: Path) -> Iterator[str]:
-    """Run Orthanc; yields its DICOMweb root URL (``http://127.0.0.1:PORT/dicom-web``)."""
+def running_orthanc(folder: Path, **extra: object) -> Iterator[str]:
+    """Run Orthanc; yields its DICOMweb root URL (``http://127.0.0.1:PORT/dicom-web``).
+
+    ``extra`` adds or overrides Orthanc configuration options (e.g. ``LuaScripts``).
+    """
     require_orthanc()
     port = _free_port()
     config = {
@@ -51,6 +54,7 @@ def running_orthanc(folder: Path) -> Iterator[str]:
         "HttpDescribeErrors": True,
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+        **extra,
     }
     config_path = folder / "orthanc.json"
     config_path.write_text(json.dumps(config), encoding="utf-8")
