@@ -96,14 +96,14 @@ class Recorder(httpx.AsyncBaseTransport):
 class World:
     """An issuer folder, a replay store, a recording network, and the ASGI app."""
 
-    def __init__(self, directory: Path, db_url: str) -> None:
+    def __init__(self, directory: Path, db_url: str, store: AuditStore | None = None) -> None:
         self.directory = directory
         self.db_url = db_url
         self.jwks = json.loads((directory / "jwks.json").read_text())
         self.network = Recorder(self.jwks)
         self.resolved: list[str] = []
         self.handled = 0
-        self.store = AuditStore.open(db_url)
+        self.store = store or AuditStore.open(db_url)
         self.auth = self.make_auth(self.store)
 
     def make_auth(self, store: AuditStore) -> CdsAuthenticator:
@@ -174,8 +174,24 @@ def issuer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AuditStore]]:
+    """One replay store for the module (every token has a fresh jti): saves a migration
+    per test. Tests that close or replace the store use their own (``own_world``)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('auth') / 'auth.db'}"
+    store = AuditStore.open(url)
+    yield url, store
+    store.close()
+
+
 @pytest.fixture
-def world(issuer_dir: Path, tmp_path: Path) -> Iterator[World]:
+def world(issuer_dir: Path, shared_db: tuple[str, AuditStore]) -> World:
+    url, store = shared_db
+    return World(issuer_dir, url, store)
+
+
+@pytest.fixture
+def own_world(issuer_dir: Path, tmp_path: Path) -> Iterator[World]:
     made = World(issuer_dir, f"sqlite:///{tmp_path / 'auth.db'}")
     yield made
     made.store.close()
@@ -447,7 +463,8 @@ def test_50_parallel_copies_exactly_one_accepted(world: World) -> None:
     assert world.handled == 1
 
 
-def test_replay_still_refused_after_restart(world: World) -> None:
+def test_replay_still_refused_after_restart(own_world: World) -> None:
+    world = own_world
     token = f"Bearer {world.sign()}"
     assert world.call(token)[0].status_code == 200
     world.store.close()
