@@ -94,11 +94,13 @@ def _table(rows: list[dict[str, object]]) -> pd.DataFrame:
     return table
 
 
-def read_nih_cxr14(root: Path) -> pd.DataFrame:
+def read_nih_cxr14(root: Path, masks_dir: Path | None = None) -> pd.DataFrame:
     """NIH ChestX-ray14: ``Data_Entry_2017*.csv``, PNGs under ``images*/``, split lists.
 
     Images listed in the CSV but not on disk are skipped (a partial download works).
-    TB is unknown (NIH has no TB label); ``abnormal`` is "not No Finding".
+    TB is unknown (NIH has no TB label); ``abnormal`` is "not No Finding". With
+    ``masks_dir``, the boxes of ``BBox_List_2017.csv`` (about 1,000 images) are drawn
+    there as union masks.
     """
     csvs = sorted(root.glob("Data_Entry_2017*.csv"))
     if not csvs:
@@ -106,6 +108,7 @@ def read_nih_cxr14(root: Path) -> pd.DataFrame:
     entries = pd.read_csv(csvs[0], dtype=str)
     files = {p.name: p for p in root.glob("images*/**/*.png")}
     test = _read_list(root / "test_list.txt")
+    boxes = _nih_boxes(root / "BBox_List_2017.csv")
     needed = ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender"]
     missing = [c for c in needed if c not in entries.columns]
     if missing:
@@ -125,6 +128,9 @@ def read_nih_cxr14(root: Path) -> pd.DataFrame:
                 if source in findings:
                     labels[ours] = 1.0
         age = float(pd.to_numeric(str(rec["Patient Age"]).rstrip("Yy"), errors="coerce"))
+        mask = ""
+        if masks_dir is not None and name in boxes:
+            mask = str(_draw_mask(path, boxes[name], masks_dir / name).resolve())
         rows.append(
             _row(
                 path,
@@ -135,11 +141,24 @@ def read_nih_cxr14(root: Path) -> pd.DataFrame:
                 age=age if 0 <= age <= 120 else None,  # the CSV has a few ages like 414
                 split="test" if name in test else "",
                 source_labels="|".join(sorted(findings)),
+                mask=mask,
             )
         )
     if len(rows) < len(entries):
         logger.info("NIH: %d of %d listed images found on disk", len(rows), len(entries))
     return _table(rows)
+
+
+def _nih_boxes(path: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
+    """Image -> [(label, x0, y0, x1, y1)] from BBox_List_2017.csv (x, y, w, h columns)."""
+    if not path.is_file():
+        return {}
+    raw = pd.read_csv(path, header=None, skiprows=1, usecols=range(6), dtype=str)
+    out: dict[str, list[tuple[str, float, float, float, float]]] = {}
+    for name, label, *xywh in raw.itertuples(index=False):
+        x, y, w, h = (float(v) for v in xywh)
+        out.setdefault(str(name), []).append((str(label), x, y, x + w, y + h))
+    return out
 
 
 def _read_list(path: Path) -> set[str]:
@@ -421,7 +440,7 @@ def import_dataset(
         Path of the written ``labels.csv``.
     """
     if kind == "nih-cxr14":
-        table = read_nih_cxr14(source)
+        table = read_nih_cxr14(source, out_dir / "masks")
     elif kind == "shenzhen":
         table = read_shenzhen(source)
     elif kind == "montgomery":

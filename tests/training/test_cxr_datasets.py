@@ -50,6 +50,12 @@ def _nih(root: Path) -> None:
     _png(root / "images_002" / "images" / "00000002_000.png")
     _png(root / "images_002" / "images" / "00000003_000.png")
     (root / "test_list.txt").write_text("00000002_000.png\n", encoding="utf-8")
+    (root / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000002_000.png,Nodule,4.5,6.0,8.0,4.0,,,\n"
+        "00000002_000.png,Pneumonia,20,20,5,5\n",
+        encoding="utf-8",
+    )
     (root / "train_val_list.txt").write_text(
         "00000001_000.png\n00000001_001.png\n00000003_000.png\n", encoding="utf-8"
     )
@@ -71,6 +77,14 @@ def test_nih_labels_patients_and_official_test_list(tmp_path: Path) -> None:
     assert pd.isna(second["age"])  # 414 is a known error in the CSV
     normal = table.loc["00000001_001.png"]
     assert [normal[k] for k in LABELS] == [0, 0, 0, 0, 0]
+    masked = read_nih_cxr14(tmp_path, tmp_path / "masks")
+    drawn = masked.loc[masked["mask"] != "", "mask"]
+    assert len(drawn) == 1
+    mask = np.asarray(Image.open(drawn.iloc[0]))
+    assert int((mask > 0).sum()) == 9 * 4 + 5 * 5  # x 4.5-12.5 -> columns 4..12
+    assert mask[7, 5] == 255
+    assert mask[22, 22] == 255
+    assert mask[0, 0] == 0
     split = assign_splits(read_nih_cxr14(tmp_path), seed=0)
     by_name = dict(zip([Path(p).name for p in split["image"]], split["split"], strict=True))
     assert by_name["00000002_000.png"] == "test"
