@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import cache
 from typing import Literal
 
 from serving.assess import Advice
@@ -56,6 +57,7 @@ def _factors(advice: Advice, lang: str) -> str:
     return "; ".join(parts) or "—"
 
 
+@cache
 def _has_feature_key(name: str) -> bool:
     try:
         t(f"feature.{name}", "en")
