@@ -150,7 +150,7 @@ def profile_one_call(home: Path, tmp: Path, calls: int = 300) -> str:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 headers = {"content-type": "application/json"}
-                for _ in range(20):
+                for _ in range(600):  # WAL steady state, as above
                     await client.post("/cds-services/ncd-cvd-risk", content=body, headers=headers)
                 stages.clear()
                 t = time.perf_counter()
