@@ -24,7 +24,7 @@ import numpy as np
 
 from models.registry import StoredModel
 from serving.imaging.config import ImagingConfig
-from serving.imaging.heatmap import overlay_png
+from serving.imaging.heatmap import grey_png, overlay_png
 from serving.imaging.results import (
     CxrFinding,
     CxrResult,
@@ -305,6 +305,7 @@ class CxrAnalyser:
         heat_label = self._heatmap_label(findings)
         result_id = uuid.uuid4().hex
         png = overlay_png(prepared.model_input[0], cam[self.labels.index(heat_label)])
+        plain = grey_png(prepared.model_input[0])
         t_heat = time.perf_counter()
         timings = Timings(
             **prepared.timings,
@@ -326,7 +327,7 @@ class CxrAnalyser:
             input_sha256=prepared.input_sha256,
             timings=timings,
         )
-        self.store.save(result, png)
+        self.store.save(result, png, plain)
         store_ms = (time.perf_counter() - t_heat) * 1000
         return result.model_copy(
             update={"timings": timings.model_copy(update={"store_ms": store_ms})}

@@ -42,63 +42,70 @@ SERVICE = CdsService(
     ),
     prefetch={},
 )
-_NAMES = {
-    "abnormal": "abnormality",
-    "tb": "TB-consistent findings",
-    "nodule": "nodule",
-    "consolidation": "consolidation",
-    "effusion": "effusion",
-}
 
 
-def card_for(result: CxrResult, public_url: str) -> Card:
-    """The card for one stored read."""
+def card_for(result: CxrResult, public_url: str, lang: str = "en") -> Card:
+    """The card for one stored read, in ``lang`` (C6 catalogues, English fallback)."""
+    from serving.i18n import t
+
     base = public_url.rstrip("/")
     flagged = [f for f in result.findings if f.flagged]
     if flagged:
-        names = ", ".join(_NAMES.get(f.label, f.label) for f in flagged)
-        summary = f"AI chest X-ray triage flags {names} (unverified)"
+        names = ", ".join(t(f"label.{f.label}", lang) for f in flagged)
+        summary = t("card.cxr.summary.abnormal", lang, findings=names)
         if len(summary) > 139:
-            summary = "AI chest X-ray triage flags several findings (unverified)"
+            summary = t("card.cxr.summary.abnormal", lang, findings=t("label.abnormal", lang))
         indicator = "warning"
     else:
-        summary = "AI chest X-ray triage: no finding above threshold (unverified)"
+        summary = t("card.cxr.summary.normal", lang)
         indicator = "info"
-    study_date = result.study.study_date or ""
-    when = (
-        f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:8]}"
-        if len(study_date) == 8
-        else result.created.date().isoformat()
-    )
-    rows = "\n".join(
-        f"| {_NAMES.get(f.label, f.label)} | {f.probability:.2f} | {f.threshold:.2f} "
-        f"({'site' if f.threshold_source == 'site-override' else 'model'}) | "
-        f"{'**flagged**' if f.flagged else 'no'} |"
+    scores = "; ".join(
+        t(
+            "card.cxr.score",
+            lang,
+            label=t(f"label.{f.label}", lang),
+            score=round(f.probability, 2),
+            threshold=round(f.threshold, 2),
+        )
         for f in result.findings
     )
-    detail = (
-        f"Chest X-ray of {when}, read by {result.model.name} {result.model.version}.\n\n"
-        "| finding | AI score | threshold | flag |\n|---|---|---|---|\n"
-        f"{rows}\n\n{ADVISORY} A radiologist or clinician must confirm; TB needs "
-        "bacteriological confirmation."
+    detail = "\n\n".join(
+        [
+            t(
+                "card.cxr.detail",
+                lang,
+                model=result.model.name,
+                version=result.model.version,
+                scores=scores,
+                quality=t("ui.explain.cxr.quality_ok", lang),
+            ),
+            f"**{ADVISORY}**" if lang == "en" else t("advisory.statement", lang),
+        ]
     )
     return Card(
         uuid=str(uuid.uuid4()),
-        summary=summary,
+        summary=summary[:139],
         detail=detail,
         indicator=indicator,  # type: ignore[arg-type]
-        source=Source(label=f"Tonle {result.model.name} {result.model.version} (AI, advisory)"),
+        source=Source(
+            label=t(
+                "card.source.label", lang, model=result.model.name, version=result.model.version
+            )
+        ),
         links=[
-            Link(label="AI heatmap", url=f"{base}{result.heatmap_url}", type="absolute"),
             Link(
-                label="AI read (FHIR DiagnosticReport)",
-                url=f"{base}/v1/imaging/results/{result.id}/fhir",
+                label=t("ui.explain.cxr.image", lang),
+                url=f"{base}{result.heatmap_url}",
                 type="absolute",
             ),
-            # The explanation page: image + heatmap toggle, scores vs thresholds, feedback.
             Link(
-                label="Why? Open the explanation",
-                url=f"{base}/ui/explain/cxr/{result.id}",
+                label=t("card.link.explanation", lang),
+                url=f"{base}/ui/explain/cxr/{result.id}?lang={lang}",
+                type="absolute",
+            ),
+            Link(
+                label="FHIR DiagnosticReport",
+                url=f"{base}/v1/imaging/results/{result.id}/fhir",
                 type="absolute",
             ),
         ],
@@ -149,7 +156,11 @@ async def cxr_triage(request: Request) -> Response:
     since = now() - timedelta(days=state.config.recent_days)
     result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
     request_id = uuid.uuid4().hex
-    cards = [card_for(result, state.public_url)] if result else []
+    from serving.i18n import negotiate
+
+    default = getattr(getattr(request.app.state, "runtime", None), "language", "en")
+    lang = negotiate(request.headers.get("accept-language"), default)
+    cards = [card_for(result, state.public_url, lang)] if result else []
     try:
         await run_in_threadpool(
             audit_row,

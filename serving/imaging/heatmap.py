@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["overlay_png", "upsample_cam"]
+__all__ = ["grey_png", "overlay_png", "upsample_cam"]
 
 
 def _colour_lut() -> np.ndarray:
@@ -60,4 +60,14 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, *, floor: float = 0.35) -> b
     out = Image.fromarray((rgb * 255).astype(np.uint8))
     buffer = io.BytesIO()
     out.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def grey_png(image: np.ndarray) -> bytes:
+    """The analysed image alone (min-max scaled, white = dense) as an 8-bit PNG."""
+    low = float(image.min())
+    span = float(image.max()) - low
+    grey = (image - low) / span if span > 1e-12 else np.zeros_like(image)
+    buffer = io.BytesIO()
+    Image.fromarray((grey * 255).astype(np.uint8)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

@@ -146,11 +146,13 @@ class ResultStore:
             raise KeyError(result_id)
         return self.root / "results" / result_id
 
-    def save(self, result: CxrResult, heatmap_png: bytes) -> None:
-        """Store a result, its heatmap, and index it under its patient."""
+    def save(self, result: CxrResult, heatmap_png: bytes, image_png: bytes | None = None) -> None:
+        """Store a result, its heatmap (and plain image), and index it."""
         folder = self._folder(result.id)
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(folder / "heatmap.png", heatmap_png)
+        if image_png is not None:
+            _atomic_write(folder / "image.png", image_png)
         _atomic_write(folder / "result.json", result.model_dump_json().encode("utf-8"))
         if result.study.sop_instance_uid:
             key = patient_key(result.study.sop_instance_uid)
@@ -171,6 +173,17 @@ class ResultStore:
         try:
             return CxrResult.model_validate_json(path.read_bytes())
         except (FileNotFoundError, ValueError) as exc:  # missing, or torn by a power loss
+            raise KeyError(result_id) from exc
+
+    def image(self, result_id: str) -> bytes:
+        """The plain analysed image (model input size) of a stored result.
+
+        Raises:
+            KeyError: no result, or it was stored without its image.
+        """
+        try:
+            return (self._folder(result_id) / "image.png").read_bytes()
+        except FileNotFoundError as exc:
             raise KeyError(result_id) from exc
 
     def for_instance(self, sop_instance_uid: str) -> CxrResult | None:

@@ -34,10 +34,13 @@ def test_latest_recent_read_becomes_one_card(make_app: AppFactory, audit: ListAu
     card = answer.cards[0]
     assert card.indicator == "warning"
     assert "nodule" in card.summary
-    assert "unverified" in card.summary
+    assert "abnormality" in card.summary
+    assert "tuberculosis" not in card.summary  # 0.2 < 0.5
     assert len(card.summary) < 140
     assert card.links[0].url == f"https://tonle.test{new.heatmap_url}"
-    assert "0.70" in (card.detail or "")
+    assert card.links[1].url == f"https://tonle.test/ui/explain/cxr/{new.id}?lang=en"
+    assert "0.7" in (card.detail or "")
+    assert "unverified" in (card.detail or "")
     row = audit.rows[-1]
     assert row.outcome == "advice"
     assert row.card_ids == [card.uuid]
@@ -73,6 +76,18 @@ def test_unauthenticated_hook_calls_are_refused(make_app: AppFactory) -> None:
 def test_card_without_flags_is_info() -> None:
     card = card_for(make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), "https://x")
     assert card.indicator == "info"
-    assert "no finding" in card.summary
+    assert "no abnormality" in card.summary
     assert SERVICE.hook == "patient-view"
     assert SERVICE.id == "cxr-triage"
+
+
+def test_cards_speak_khmer_when_asked(make_app: AppFactory) -> None:
+    client, state = make_app()
+    state.store.save(make_result(patient="P10"), heatmap_png())
+    english = client.post("/cds-services/cxr-triage", json=hook("P10")).json()["cards"][0]
+    khmer = client.post(
+        "/cds-services/cxr-triage", json=hook("P10"), headers={"accept-language": "km-KH"}
+    ).json()["cards"][0]
+    assert english["summary"] != khmer["summary"]
+    assert any("\u1780" <= ch <= "\u17ff" for ch in khmer["summary"])
+    assert khmer["links"][1]["url"].endswith("?lang=km")

@@ -48,6 +48,9 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     assert png.status_code == 200
     assert png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+    plain = Image.open(io.BytesIO(state.store.image(body["id"])))
+    assert plain.mode == "L"
+    assert plain.size == (64, 64)
     # One audit row, committed before the answer, naming the model and the input hash.
     assert len(audit.rows) == 1
     row = audit.rows[0]
