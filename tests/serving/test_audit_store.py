@@ -372,3 +372,26 @@ def test_tables_added_by_parallel_migrations_are_applied(
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
         connection.exec_driver_sql("DELETE FROM imaging_results")
     store.close()
+
+
+def test_workers_opening_a_new_database_at_once_all_succeed(db_url: str) -> None:
+    stores: list[AuditStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            stores.append(AuditStore.open(db_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert {current_revisions(s.engine) for s in stores} == {head_revisions()}
+    for store in stores:
+        store.close()
