@@ -265,6 +265,8 @@ class CdsAuthenticator:
 
     def _check_claims(self, claims: Mapping[str, Any], endpoint_url: str, now: float) -> None:
         aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]  # RFC 7519 allows an array; it must name only this endpoint
         if not isinstance(aud, str) or aud != endpoint_url:
             raise _refuse("aud")
         exp = _number(claims, "exp")

@@ -219,6 +219,11 @@ def test_valid_tokens_are_accepted(world: World, alg: str) -> None:
     assert world.network.requests == []
 
 
+def test_aud_as_a_one_element_array_is_accepted(world: World) -> None:
+    (response,) = world.call(f"Bearer {world.sign(extra_claims={'aud': [ENDPOINT]})}")
+    assert response.status_code == 200
+
+
 def test_lower_case_typ_is_accepted(world: World) -> None:
     (response,) = world.call(f"Bearer {world.sign(extra_headers={'typ': 'jwt'})}")
     assert response.status_code == 200
