@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="training cohort size")
     parser.add_argument("--holdout", type=int, default=100_000, help="held-out cohort size")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (batches)")
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="comma-separated model kinds to train instead of the config's, e.g. 'hgb'",
+    )
     args = parser.parse_args()
 
     import joblib
@@ -52,6 +57,14 @@ def main() -> None:
         env = dict(os.environ, BENTOML_HOME=str(Path(tmp) / "store"))
         os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]
         est_path = Path(tmp) / "sklearn.joblib"
+        config = ROOT / "configs" / "cvd-risk.yaml"
+        if args.candidates:
+            import yaml
+
+            raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+            raw["candidates"] = args.candidates.split(",")
+            config = Path(tmp) / "cvd-risk.yaml"
+            config.write_text(yaml.safe_dump(raw), encoding="utf-8")
         command = [
             str(Path(sys.executable).parent / "tonle"),
             "train",
@@ -66,6 +79,8 @@ def main() -> None:
             str(Path(tmp) / "cards"),
             "--save-sklearn",
             str(est_path),
+            "--config",
+            str(config),
         ]
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
