@@ -132,7 +132,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder is not None:
-            files = sorted(p for p in args.folder.rglob("*") if p.is_file())
+            suffixes = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ""}
+            files = sorted(
+                p for p in args.folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+            )
         else:
             generate(Path(tmp) / "syn", args.n, args.seed, args.size)
             files = sorted((Path(tmp) / "syn" / "images").glob("*.dcm"))
