@@ -201,7 +201,8 @@ def audit_export(
 
     start, end = _when(since, "--since"), _when(until, "--until")
     store = _open(database_url)
-    rows = store.rows(since=start, until=end)
-    store.close()
-    count = write_ndjson(rows, output)
+    try:
+        count = write_ndjson(store.iter_rows(since=start, until=end), output)
+    finally:
+        store.close()
     console.print(f"wrote {count} AuditEvent(s) to {output}")

@@ -13,11 +13,11 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from serving.audit import engine as _engine
@@ -174,6 +174,39 @@ class AuditStore:
         limit: int | None = None,
     ) -> list[AuditRecord]:
         """Audit rows in the order they were written, optionally filtered."""
+        query = self._rows_query(since, until, request_id)
+        if limit is not None:
+            query = query.limit(limit)
+        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
+        return [self._audit_record(found) for found in result]
+
+    def iter_rows(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        chunk: int = 1000,
+    ) -> Iterator[AuditRecord]:
+        """Like :meth:`rows` but fetched ``chunk`` rows at a time (for large exports)."""
+        table = schema.audit_events
+        last_id = 0
+        while True:
+            query = self._rows_query(since, until, None).where(table.c.id > last_id).limit(chunk)
+            result = self._fetch_all(query)
+            for found in result:
+                yield self._audit_record(found)
+            if len(result) < chunk:
+                return
+            last_id = result[-1]["id"]
+
+    def _fetch_all(self, query: Select[Any]) -> list[Any]:
+        found: list[Any] = self._run(lambda c: list(c.execute(query).mappings().all()), read=True)
+        return found
+
+    @staticmethod
+    def _rows_query(
+        since: datetime | None, until: datetime | None, request_id: str | None
+    ) -> Select[Any]:
         table = schema.audit_events
         query = select(table).order_by(table.c.id)
         if since is not None:
@@ -182,15 +215,13 @@ class AuditStore:
             query = query.where(table.c.created < _utc(until))
         if request_id is not None:
             query = query.where(table.c.request_id == request_id)
-        if limit is not None:
-            query = query.limit(limit)
-        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
-        out = []
-        for found in result:
-            values = {k: v for k, v in found.items() if k != "id"}
-            values["created"] = _utc(values["created"])
-            out.append(AuditRecord.model_validate(values))
-        return out
+        return query
+
+    @staticmethod
+    def _audit_record(found: Any) -> AuditRecord:
+        values = {k: v for k, v in found.items() if k != "id"}
+        values["created"] = _utc(values["created"])
+        return AuditRecord.model_validate(values)
 
     def count(self) -> int:
         """Number of audit rows."""

@@ -89,6 +89,10 @@ def test_record_round_trips_and_indexes_cards(store: AuditStore) -> None:
     assert store.request_for_card("nope") is None
     assert [r.request_id for r in store.rows(since=datetime(2026, 6, 1, tzinfo=UTC))] == ["req-2"]
     assert [r.request_id for r in store.rows(request_id="req-1")] == ["req-1"]
+    assert list(store.iter_rows(chunk=1)) == rows
+    assert [r.request_id for r in store.iter_rows(until=datetime(2026, 6, 1, tzinfo=UTC))] == [
+        "req-1"
+    ]
 
 
 def test_duplicate_request_id_is_refused(store: AuditStore) -> None:
