@@ -216,7 +216,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             predictor = NcdPredictor(stored, threads=0)
         except registry.ArtifactError as exc:
             raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
-        cfg = NcdTrainConfig.model_validate(stored.metadata.config)
+        try:
+            cfg = NcdTrainConfig.model_validate(stored.metadata.config)
+        except ValueError as exc:
+            raise fail(
+                f"{stored.metadata.tag} has no usable training config in its metadata "
+                f"(was it built by tonle train?): {exc}",
+                EXIT_BAD_ARTIFACT,
+            ) from exc
         table = _load(data, index_date, lookback_days, complete_conditions)
         try:
             table = check_table(table, cfg, lambda line: console.print(line, highlight=False))

@@ -298,3 +298,17 @@ def test_evaluate_against_the_non_lab_chart_with_a_stated_assumption() -> None:
     assert "non-laboratory" in str(assumed.who_reference)
     # a constant risk cannot discriminate: AUROC exactly one half
     assert assumed.overall.model.auroc.value == pytest.approx(0.5)
+
+
+def test_evaluate_refuses_an_artifact_without_training_config(
+    model_store: Path, tmp_path: Path
+) -> None:
+    from tests.ncd_fixtures import make_ncd_artifact
+    from training.cli import app
+
+    make_ncd_artifact(tmp_path)
+    csv = tmp_path / "t.csv"
+    _table(50, 1).to_csv(csv, index=False)
+    result = CliRunner().invoke(app, ["evaluate", "cvd-risk:1.0.0", "--data", str(csv)])
+    assert result.exit_code == 3
+    assert "training config" in result.output
