@@ -599,6 +599,10 @@ def decode_image(
     """Decode DICOM (``DICM`` at offset 128) or else PNG/JPEG bytes."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return decode_dicom(data, max_pixels=max_pixels, target_size=target_size)
+    if data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] < b"\x20\x00":
+        # Looks like a bare DICOM data set (group 0002 or 0008 first): not read without
+        # the Part 10 preamble, as pydicom is never asked to force-read a file.
+        raise ImageError("unreadable", "DICOM without the 128-byte preamble and 'DICM'")
     return decode_png(data, max_pixels=max_pixels)
 
 

@@ -206,6 +206,8 @@ def test_decode_image_dispatches_on_the_dicom_magic() -> None:
     png = png_bytes(Image.fromarray(np.zeros((8, 8), np.uint8)))
     assert decode_image(dcm).source == "dicom"
     assert decode_image(png).source == "png"
+    with pytest.raises(ImageError, match="preamble"):
+        decode_image(dcm[132:])
 
 
 def test_area_resize_preserves_the_mean_and_handles_any_ratio() -> None:
