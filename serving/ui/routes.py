@@ -251,6 +251,7 @@ async def explain_ncd(request: Request) -> Response:
         factors=factors,
         data_rows=data_rows,
         chart=chart,
+        metrics=_headline_metrics(ex.model.metrics),
         title_key={"cvd": "ui.explain.ncd.title", "diabetes": "ui.explain.diabetes.title"}.get(
             ex.outcome, "ui.explain.title"
         ),
@@ -317,9 +318,36 @@ async def model_card(request: Request) -> Response:
     )
     if stored is None:
         return _message(request, "ui.explain.not_found", 404)
-    readme = stored.card_dir / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    return _page(request, "model_card.html", meta_=stored.metadata, card_text=text)
+    cards = [stored.card_dir / n for n in ("model-card.md", "README.md")]
+    found = next((c for c in cards if c.is_file()), None)
+    text = found.read_text(encoding="utf-8") if found else ""
+    return _page(
+        request,
+        "model_card.html",
+        meta_=stored.metadata,
+        card_json=_script_json(text),
+        metrics=_headline_metrics(stored.metadata.metrics, limit=50),
+    )
+
+
+def _script_json(value: object) -> Markup:
+    """JSON safe to place inside ``<script type="application/json">``."""
+    text = json.dumps(value, ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return Markup(text)  # noqa: S704 - every markup character is escaped above
+
+
+def _headline_metrics(metrics: dict[str, Any], limit: int = 6) -> dict[str, Any]:
+    """The test-split metrics a clinician reads first (the model card has the rest)."""
+    order = ("auroc", "harrell_c", "calibration_slope", "brier", "sensitivity", "specificity")
+    test = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    if not test:
+        return dict(list(metrics.items())[:limit])
+    ranked = sorted(test, key=lambda k: next((i for i, o in enumerate(order) if o in k), 99))
+    headline = {k: test[k] for k in ranked[:limit]}
+    if "who_test_auroc" in metrics and limit < 50:
+        headline["who_test_auroc"] = metrics["who_test_auroc"]
+    return headline
 
 
 # --- feedback ------------------------------------------------------------------------------
@@ -449,19 +477,13 @@ async def ehr(request: Request) -> Response:
         "ehr.html",
         lang=lang,
         patients=view,
-        boot=Markup(  # noqa: S704 - JSON escaped for a <script type=application/json> block
-            json.dumps(
-                {
-                    "lang": lang,
-                    "strings": strings,
-                    "patients": view,
-                    "publicUrl": runtime.settings.public_url,
-                },
-                ensure_ascii=False,
-            )
-            .replace("<", "\\u003c")
-            .replace(">", "\\u003e")
-            .replace("&", "\\u0026")
+        boot=_script_json(
+            {
+                "lang": lang,
+                "strings": strings,
+                "patients": view,
+                "publicUrl": runtime.settings.public_url,
+            }
         ),
     )
 
