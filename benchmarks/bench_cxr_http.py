@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=30, help="sequential requests per image")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=2, help="also run with N workers")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -251,25 +252,28 @@ def main() -> None:
             "image": "3000 x 2500, 16-bit",
             "bytes": {"uncompressed": len(raw), "jpeg2000": len(j2k)},
         }
-        for batching in (True, False):
-            config = {
-                "models": {name: version},
-                "imaging": {
-                    "model": name,
-                    "results_dir": str(tmp / f"imaging-{batching}"),
-                    "adaptive_batching": batching,
-                    "max_batch_size": args.connections,
-                },
+        runs = [("batching", True, 1), ("no-batching", False, 1)]
+        if args.workers > 1:
+            runs.append((f"batching {args.workers} workers", True, args.workers))
+        for key, batching, workers in runs:
+            imaging: dict[str, Any] = {
+                "model": name,
+                "results_dir": str(tmp / f"imaging-{len(results)}"),
+                "adaptive_batching": batching,
+                "max_batch_size": args.connections,
             }
+            if workers > 1:
+                imaging["model_threads"] = 1  # one core per worker, no oversubscription
+            config = {"models": {name: version}, "imaging": imaging}
             (tmp / "serving.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
             env = {
                 "BENTOML_HOME": str(home),
                 "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
-                "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'audit-{batching}.db'}",
+                "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'audit-{len(results)}.db'}",
                 "TONLE_DEV": "1",
                 "TONLE_LOG_LEVEL": "WARNING",
+                "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
             }
-            key = "batching" if batching else "no-batching"
             with Server(env) as server:
                 url = f"{server.url}/v1/imaging/cxr"
                 results[f"{key} upload floor ms"] = upload_floor(url, raw, args.n)
@@ -285,18 +289,19 @@ def main() -> None:
           f"{results['bytes']['jpeg2000'] / 1e6:.1f} MB JPEG 2000)")  # fmt: skip
     print(f"{'one client':<34}{'p50':>8}{'p90':>8} | " + "".join(
         f"{s.removesuffix('_ms'):>11}" for s in [*STAGES, "response_ms"]))  # fmt: skip
-    for key in ("batching", "no-batching"):
+    keys = [k.removesuffix(" upload floor ms") for k in results if k.endswith("upload floor ms")]
+    for key in keys:
         for image in ("uncompressed", "jpeg2000"):
             r = results[f"{key} one client {image}"]
             split = r["split_p50_ms"]
             print(f"{key + ' ' + image:<34}{r['p50_ms']:>8.1f}{r['p90_ms']:>8.1f} | "
                   + "".join(f"{split[s]:>11.1f}" for s in [*STAGES, "response_ms"]))  # fmt: skip
-    for key in ("batching", "no-batching"):
+    for key in keys:
         print(f"{key}: same 15 MB upload answered 415 at once (HTTP + body + audit row): "
               f"p50 {results[key + ' upload floor ms']:.1f} ms")  # fmt: skip
     ort_rate = results["model-only ORT img/s"]
     print(f"\nmodel-only ONNX Runtime, batch {args.connections}: {ort_rate:.1f} img/s")
-    for key in ("batching", "no-batching"):
+    for key in keys:
         r = results[f"{key} {args.connections} clients"]
         print(f"{key}, {args.connections} clients: {r['throughput_rps']:.1f} img/s "
               f"({r['ok_2xx']} ok, {r['errors']} errors, p50 {r['p50_ms']:.0f} ms, "

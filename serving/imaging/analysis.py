@@ -51,7 +51,7 @@ DEFAULT_LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", 
 DICOM_TYPES = frozenset({"application/dicom"})
 PNG_TYPES = frozenset({"image/png"})
 # Reason codes that mean "we could not read it" rather than "not what the model is for".
-_UNSUPPORTED = {"no-decoder": 415}
+_UNSUPPORTED = {"no-decoder": 415, "too-large": 413}
 
 
 class CannotAssess(Exception):
@@ -279,11 +279,11 @@ class CxrAnalyser:
             CannotAssess: the model returned non-finite or out-of-range values.
         """
         if probs.shape != (len(self.labels),) or cam.ndim != 3 or cam.shape[0] != len(self.labels):
-            raise CannotAssess("model-error", "the model returned outputs of the wrong shape", 500)
+            raise CannotAssess("model-error", "the model returned outputs of the wrong shape", 503)
         if not (np.isfinite(probs).all() and np.isfinite(cam).all()):
-            raise CannotAssess("model-error", "the model returned non-finite values", 500)
+            raise CannotAssess("model-error", "the model returned non-finite values", 503)
         if ((probs < 0) | (probs > 1)).any():
-            raise CannotAssess("model-error", "the model returned probabilities outside 0-1", 500)
+            raise CannotAssess("model-error", "the model returned probabilities outside 0-1", 503)
         t0 = time.perf_counter()
         findings: list[CxrFinding] = []
         for index, label in enumerate(self.labels):
@@ -343,7 +343,10 @@ class CxrAnalyser:
     def predict_one(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, float]:
         """The model call for one prepared image, in line (no batching)."""
         t0 = time.perf_counter()
-        probs, cams = self.runner.predict(prepared.model_input[None, ...])
+        try:
+            probs, cams = self.runner.predict(prepared.model_input[None, ...])
+        except Exception as exc:  # fail closed: no advice, a reason, never a guess
+            raise CannotAssess("model-error", "the model call failed", 503) from exc
         return probs[0], cams[0], (time.perf_counter() - t0) * 1000
 
     def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> CxrResult:

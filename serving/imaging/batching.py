@@ -63,7 +63,10 @@ class AdaptiveBatcher:
     async def _run_batch(self, items: Sequence[np.ndarray]) -> list[Outputs]:
         sizes = [int(item.shape[0]) for item in items]
         batch = items[0] if len(items) == 1 else np.concatenate(list(items), axis=0)
-        probs, cams = await run_in_threadpool(self.runner.predict, batch)
+        try:
+            probs, cams = await run_in_threadpool(self.runner.predict, batch)
+        except Exception as exc:  # every caller in the batch gets no advice, with a reason
+            raise CannotAssess("model-error", "the model call failed", 503) from exc
         if len(self.batch_sizes) < 10_000:
             self.batch_sizes.append(len(batch))
         out: list[Outputs] = []

@@ -64,6 +64,11 @@ class ImagingConfig(_Strict):
     max_pixels: int = Field(
         default=40_000_000, gt=0, description="Largest Rows x Columns x frames decoded."
     )
+    model_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="ONNX Runtime threads per worker; unset = all cores (1 with 2+ workers).",
+    )
     adaptive_batching: bool = Field(
         default=True, description="Batch concurrent model calls (BentoML's dispatcher)."
     )

@@ -140,15 +140,18 @@ async def analyse_image(request: Request) -> Response:
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
     try:
+        if declared is not None and not declared.isdigit():
+            raise CannotAssess("bad-request", "Content-Length is not a number", 400)
         if declared is not None and int(declared) > state.config.max_body_bytes:
             raise CannotAssess("too-large", "the image is larger than allowed", status=413)
         body = await _read_body(request, state.config.max_body_bytes)
         result = await analyse_bytes(state, body, content_type, patient)
     except CannotAssess as refusal:
         return await _refused(state, refusal, request_id, started, caller, patient)
-    except ValueError:
-        bad = CannotAssess("bad-request", "the request headers are invalid", 400)
-        return await _refused(state, bad, request_id, started, caller, patient)
+    except Exception:  # a defect: still no advice, an audit row and a reason
+        logger.exception("imaging request %s failed", request_id)
+        failure = CannotAssess("internal-error", "the analysis failed", 500)
+        return await _refused(state, failure, request_id, started, caller, patient)
     try:
         await run_in_threadpool(
             audit_row,
@@ -222,7 +225,7 @@ async def _refused(
     except Exception:
         logger.exception("audit store unavailable for a refused request")
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    status = 503 if refusal.status >= 500 else refusal.status
+    status = refusal.status
     return JSONResponse(
         {
             "assessable": False,

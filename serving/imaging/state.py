@@ -74,7 +74,8 @@ class ImagingState:
         from serving.imaging.runner import load_runner
 
         store = ResultStore(Path(config.results_dir))
-        analyser = CxrAnalyser(stored, runner or load_runner(stored), store, config, site)
+        runner = runner or load_runner(stored, config.model_threads)
+        analyser = CxrAnalyser(stored, runner, store, config, site)
         state = cls(
             analyser=analyser,
             store=store,

@@ -185,3 +185,30 @@ def test_result_and_fhir_routes(make_app: AppFactory) -> None:
     assert bundle.type == "collection"
     assert client.get("/v1/imaging/results/" + "0" * 32).status_code == 404
     assert client.get("/v1/imaging/results/..%2F..%2Fetc").status_code == 404
+
+
+class _BrokenRunner:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode == "raise":
+            raise RuntimeError("onnxruntime failed")
+        n = len(batch)
+        return np.full((n, 5), np.nan, np.float32), np.zeros((n, 5, 8, 8), np.float32)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+@pytest.mark.parametrize("batching", [True, False])
+def test_model_failure_is_no_advice_with_a_reason(
+    make_app: AppFactory, audit: ListAudit, mode: str, batching: bool
+) -> None:
+    client, state = make_app(adaptive_batching=batching)
+    state.analyser.runner = _BrokenRunner(mode)
+    if state.infer is not None:
+        state.infer.runner = state.analyser.runner  # type: ignore[attr-defined]
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 503
+    assert response.json()["reason"] == "model-error"
+    assert "findings" not in response.json()
+    assert [(r.outcome, r.reason) for r in audit.rows] == [("error", "model-error")]
