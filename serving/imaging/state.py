@@ -122,7 +122,8 @@ def attach(runtime: Any) -> ImagingState | None:
 
     Reads ``runtime.config.imaging``; when it is set, its model must be pinned under
     ``models:``. Stores the state in ``runtime.extras["imaging"]`` and registers the
-    ``cxr-triage`` CDS service for discovery (``runtime.extras["cds_services"]``).
+    ``cxr-triage`` CDS service for discovery (``runtime.extras["cds_services"]``) and
+    feedback (``runtime.extras["feedback_ids"]``).
 
     Returns:
         The state, or None when no imaging section is configured.
@@ -154,4 +155,6 @@ def attach(runtime: Any) -> ImagingState | None:
     )
     runtime.extras["imaging"] = state
     runtime.extras.setdefault("cds_services", []).append(SERVICE)
+    # Clinicians' feedback on cxr-triage cards goes through the shared feedback route.
+    runtime.extras.setdefault("feedback_ids", set()).add(SERVICE.id)
     return state

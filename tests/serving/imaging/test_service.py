@@ -57,6 +57,20 @@ def test_configured_imaging_is_served_discovered_and_audited(runtime: Runtime) -
         cards = client.post("/cds-services/cxr-triage", json=hook).json()["cards"]
         assert len(cards) == 1
         assert cards[0]["links"][0]["url"] == response.json()["heatmap_url"]
+        feedback = {
+            "feedback": [
+                {
+                    "card": cards[0]["uuid"],
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": {"code": "disagree", "system": "urn:x"}},
+                    "outcomeTimestamp": "2026-11-25T10:00:00Z",
+                }
+            ]
+        }
+        answer = client.post("/cds-services/cxr-triage/feedback", json=feedback)
+        assert answer.status_code == 200, answer.text
+        stored = runtime.audit.feedback(card_uuid=cards[0]["uuid"])  # type: ignore[union-attr]
+        assert [f.outcome for f in stored] == ["overridden"]
     finally:
         client.close()
 
