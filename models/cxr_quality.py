@@ -23,10 +23,12 @@ How the out-of-distribution thresholds were set: each statistic encodes a proper
 every frontal chest radiograph has (contrast; not saturated; the mediastinum and
 spine, in the middle third, brighter than both lung fields beside it at mid height;
 the two halves roughly mirror each other). Limits were placed well outside the
-range seen on 600 synthetic radiographs of ``training.cxr_synthetic`` (all exposure
-variants, findings included; measured by ``benchmarks/bench_cxr_quality.py``) and
-inside the range of out-of-scope inputs (flat, noise, gradients, inverted polarity,
-abdomen-, hand- and document-like images). They were not tuned on real radiographs,
+range seen on synthetic radiographs of ``training.cxr_synthetic`` (300 images at
+512 px from ``benchmarks/bench_cxr_quality.py`` plus 100 at 256 px with each finding
+forced, all exposure and DICOM variants; e.g. minimum contrast 0.15, mediastinum
+margin 0.22, symmetry 0.64, diaphragm margin 0.04) and inside the range of
+out-of-scope inputs (flat, noise, gradients, inverted polarity, a rotated chest,
+abdomen-, skull-, hand- and document-like images). They were not tuned on real radiographs,
 which are not available here: a site should run the benchmark on its own in-scope
 images and set ``OodThresholds`` in configuration if its refusal rate is not ~0.
 """
