@@ -79,6 +79,9 @@ class HgbConfig(_Cfg):
     min_samples_leaf: int = Field(default=50, ge=1)
     l2_regularization: float = Field(default=1.0, ge=0)
     early_stopping: bool = True
+    monotonic: dict[str, Literal[-1, 0, 1]] = Field(
+        default_factory=dict, description="feature -> +1 (risk never falls as it rises) / -1"
+    )
 
 
 class LogisticConfig(_Cfg):
@@ -343,8 +346,14 @@ def _candidate(kind: str, cfg: NcdTrainConfig) -> Any:
 
     folds = cfg.calibration.folds
     if kind == "hgb":
+        unknown = sorted(set(cfg.hgb.monotonic) - set(cfg.features))
+        if unknown:
+            raise TrainingDataError("hgb.monotonic", f"names features not in the model: {unknown}")
         base = HistGradientBoostingClassifier(
-            **cfg.hgb.model_dump(), random_state=cfg.seed, validation_fraction=0.1
+            **cfg.hgb.model_dump(exclude={"monotonic"}),
+            monotonic_cst=[cfg.hgb.monotonic.get(name, 0) for name in cfg.features],
+            random_state=cfg.seed,
+            validation_fraction=0.1,
         )
         return CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=False)
     # The scaler stays OUTSIDE the calibrator: skl2onnx exports a calibrated
