@@ -289,6 +289,10 @@ from training.cxr_cli import register as _register_cxr  # noqa: E402 - needs app
 
 _register_cxr(app, train_app)  # tonle train cxr; tonle evaluate handles cxr-triage models
 
+from training.imaging_cli import register as _register_imaging  # noqa: E402
+
+_register_imaging(app)  # tonle imaging orthanc-lua / analyse
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -1,0 +1,37 @@
+"""``tonle imaging analyse`` against the imaging routes on a real HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from starlette.applications import Starlette
+from typer.testing import CliRunner
+
+from serving.imaging.routes import routes
+from tests.serving.imaging.conftest import AppFactory
+from tests.serving.imaging.cxr_fixtures import dicom_bytes
+from tests.serving.imaging.test_on_arrival import _Served
+from training.cli import app as cli
+
+
+def test_analyse_prints_the_read_and_exits_4_when_not_assessable(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    _, state = make_app()
+    app = Starlette(routes=routes())
+    app.state.runtime = SimpleNamespace(extras={"imaging": state})
+    good = tmp_path / "good.dcm"
+    good.write_bytes(dicom_bytes())
+    lateral = tmp_path / "lateral.dcm"
+    lateral.write_bytes(dicom_bytes(view="LL"))
+    runner = CliRunner()
+    with _Served(app) as url:
+        ok = runner.invoke(cli, ["imaging", "analyse", str(good), "--url", url])
+        refused = runner.invoke(cli, ["imaging", "analyse", str(lateral), "--url", url])
+    assert ok.exit_code == 0, ok.output
+    assert "cxr-triage 0.1.0" in ok.output
+    assert "abnormal" in ok.output
+    assert "model-version" in ok.output
+    assert refused.exit_code == 4
+    assert "lateral-view" in refused.output
