@@ -297,13 +297,14 @@ async def get_fhir(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """The imaging routes, for ``create_app()``."""
     from serving.imaging.cds import cxr_triage
-    from serving.imaging.studies import analyse_study
+    from serving.imaging.studies import analyse_study, list_studies
 
     return [
         Route("/v1/imaging/cxr", analyse_image, methods=["POST"]),
         Route("/v1/imaging/results/{result_id}", get_result, methods=["GET"]),
         Route("/v1/imaging/results/{result_id}/heatmap.png", get_heatmap, methods=["GET"]),
         Route("/v1/imaging/results/{result_id}/fhir", get_fhir, methods=["GET"]),
+        Route("/v1/imaging/studies", list_studies, methods=["GET"]),
         Route("/v1/imaging/studies/{study_uid}/analyse", analyse_study, methods=["POST"]),
         Route("/cds-services/cxr-triage", cxr_triage, methods=["POST"]),
     ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -33,10 +34,16 @@ from serving.imaging.dicom_out import (
     structured_report,
     to_bytes,
 )
-from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid
+from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid, tag_value
 from serving.imaging.state import ImagingState
 
-__all__ = ["MAX_INSTANCES", "analyse_study", "analyse_study_sync", "orthanc_on_stable_study_lua"]
+__all__ = [
+    "MAX_INSTANCES",
+    "analyse_study",
+    "analyse_study_sync",
+    "list_studies",
+    "orthanc_on_stable_study_lua",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +189,60 @@ async def analyse_study(request: Request) -> Response:
         )
     status, answer = await run_in_threadpool(_run_study, state, caller, study, series, started)
     return JSONResponse(answer, status_code=status)
+
+
+_PATIENT_ID = re.compile(r"^[A-Za-z0-9\-._^]{1,64}$")
+
+
+def _list_sync(state: ImagingState, patient: str) -> list[dict[str, Any]]:
+    assert state.config.pacs is not None
+    client = DicomWebClient(state.config.pacs)
+    try:
+        found = client.search_studies(PatientID=patient, includefield="00080061")
+    finally:
+        client.close()
+    analysed = {r.study.study_uid: r for r in state.store.for_patient(patient)}
+    studies: list[dict[str, Any]] = []
+    for item in found:
+        uid = tag_value(item, "0020000D")
+        if not uid:
+            continue
+        modalities = [str(m) for m in item.get("00080061", {}).get("Value", [])]
+        read = analysed.get(uid)
+        studies.append(
+            {
+                "study_uid": uid,
+                "study_date": tag_value(item, "00080020"),
+                "modalities": modalities,
+                "chest_xray": bool({"CR", "DX"} & set(modalities)),
+                "result_id": read.id if read else None,
+                "flagged": read.flagged if read else None,
+            }
+        )
+    return sorted(studies, key=lambda s: s["study_date"] or "", reverse=True)
+
+
+async def list_studies(request: Request) -> Response:
+    """``GET /v1/imaging/studies?patient=ID``: the patient's studies in the PACS (QIDO-RS),
+    with the id of Tonle's read for each one it has analysed."""
+    from serving.imaging.routes import _NotReady, authenticate, imaging_state
+
+    try:
+        state = imaging_state(request)
+    except _NotReady:
+        return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
+    if await authenticate(state, request) is None:
+        return JSONResponse({"error": "unauthorized"}, status_code=401)
+    if state.config.pacs is None:
+        return JSONResponse({"error": "no-pacs"}, status_code=409)
+    patient = request.query_params.get("patient", "")
+    if not _PATIENT_ID.match(patient):
+        return JSONResponse({"error": "invalid-request", "field": "patient"}, status_code=400)
+    try:
+        studies = await run_in_threadpool(_list_sync, state, patient)
+    except DicomWebError as exc:
+        return JSONResponse({"error": exc.reason}, status_code=502)
+    return JSONResponse({"studies": studies})
 
 
 def orthanc_on_stable_study_lua(service_url: str, api_key_env: str = "TONLE_API_KEY") -> str:

@@ -101,6 +101,16 @@ def test_study_analysed_and_written_back(
     assert "UNVERIFIED" in sc.ImageComments
     assert sc.pixel_array.shape == (64, 64, 3)
     assert sorted(r.outcome for r in audit.rows) == ["advice", "no-advice"]
+    # QIDO-RS listing for the patient shows the study and Tonle's read of it.
+    listed = client.get("/v1/imaging/studies?patient=WB-1").json()["studies"]
+    assert [(s["study_uid"], s["chest_xray"]) for s in listed] == [(study, True)]
+    assert listed[0]["result_id"] == analysed["result"]["id"]
+    assert set(listed[0]["modalities"]) >= {"CR", "SR"}
+    assert client.get("/v1/imaging/studies?patient=../x").status_code == 400
+    # Analysing again is idempotent: nothing new is written to the PACS.
+    again = client.post(f"/v1/imaging/studies/{study}/analyse").json()
+    assert all(e.get("repeat") or not e["assessable"] for e in again["instances"])
+    assert len(pacs.search_instances(study)) == len(found)
     # Nothing to analyse, no PACS configured: clear 4xx answers.
     assert client.post("/v1/imaging/studies/1.2.3.999/analyse").status_code == 404
     client2, _ = make_app()
