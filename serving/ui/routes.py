@@ -282,9 +282,18 @@ async def explain_cxr(request: Request) -> Response:
         "explain_cxr.html",
         result=result,
         heatmap=f"/ui/explain/cxr/{result.id}/heatmap.png",
-        # The plain image under the overlay, when the result store keeps one.
-        base_image=f"/ui/explain/cxr/{result.id}/image.png" if hasattr(store, "image") else None,
+        # The plain image under the overlay, when the result store kept one.
+        base_image=f"/ui/explain/cxr/{result.id}/image.png"
+        if await run_in_threadpool(_has_image, store, result.id)
+        else None,
     )
+
+
+def _has_image(store: Any, result_id: str) -> bool:
+    try:
+        return bool(store.image(result_id))
+    except (AttributeError, KeyError):
+        return False
 
 
 async def cxr_png(request: Request) -> Response:

@@ -190,20 +190,22 @@ def test_demo_xray_reaches_the_ehr(
     before = page.locator("article.card").count()
     page.click("#send-xray")
     expect(page.locator("article.card")).to_have_count(before + 1)
-    assert "X-ray" in page.inner_text("#cards")
+    assert "cxr-triage" in page.inner_text("#cards")  # the card's source label
     page.screenshot(path=str(artifacts_dir / "ui-ehr-xray-km-1366.png"), full_page=True)
     stored = runtime.extras["imaging"].store.for_patient("demo-05")
     assert len(stored) == 1
     link = page.locator("article.card a.card-link[href*='/ui/explain/cxr/']")
     href = link.get_attribute("href")
-    assert href == f"{url}/ui/explain/cxr/{stored[0].id}"
-    page.goto(f"{href}?lang=km")
+    assert href is not None
+    assert href.split("?")[0] == f"{url}/ui/explain/cxr/{stored[0].id}"
+    page.goto(href)
+    assert page.get_attribute("html", "lang") == "km"
     expect(page.locator("#cxr-scores tbody tr")).to_have_count(len(stored[0].findings))
     page.close()
     assert not [e for e in errors if "favicon" not in e], errors
 
 
-def _cxr_result(store: ResultStore) -> CxrResult:
+def _cxr_result(store: ResultStore, with_image: bool) -> CxrResult:
     labels = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
     probs = [0.91, 0.78, 0.12, 0.06, 0.33]
     result_id = uuid.uuid4().hex
@@ -236,7 +238,8 @@ def _cxr_result(store: ResultStore) -> CxrResult:
     image = 0.6 - 0.4 * np.abs(xx - 0.5) + 0.1 * yy
     cam = np.zeros((8, 8), np.float32)
     cam[2, 5] = 5.0
-    store.save(result, overlay_png(image, cam))
+    plain = overlay_png(image, np.zeros_like(cam))  # no colour where the map is flat
+    store.save(result, overlay_png(image, cam), plain if with_image else None)
     return result
 
 
@@ -245,7 +248,8 @@ def test_cxr_explanation(
     server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, lang: str
 ) -> None:
     url, runtime = server
-    result = _cxr_result(runtime.extras["imaging"].store)
+    # English: the store kept the plain image; Khmer: it did not (greyscale fallback).
+    result = _cxr_result(runtime.extras["imaging"].store, with_image=lang == "en")
     errors: list[str] = []
     page = _page(browser, DESKTOP, errors)
     page.goto(f"{url}/ui/explain/cxr/{result.id}?lang={lang}")
@@ -254,6 +258,9 @@ def test_cxr_explanation(
     expect(page.locator("#cxr-heatmap")).to_be_visible()
     page.wait_for_load_state("load")
     assert page.evaluate("document.getElementById('cxr-heatmap').naturalWidth") == 256
+    base = page.evaluate("document.getElementById('cxr-base').getAttribute('src')")
+    assert base.endswith("/image.png" if lang == "en" else "/heatmap.png")
+    assert page.evaluate("document.getElementById('cxr-base').naturalWidth") == 256
     rows = page.locator("#cxr-scores tbody tr.flagged").count()
     assert rows == 2  # abnormal and tb crossed 0.5
     page.fill("#heatmap-opacity", "40")
