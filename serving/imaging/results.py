@@ -175,6 +175,12 @@ class ResultStore:
         except (FileNotFoundError, ValueError) as exc:  # missing, or torn by a power loss
             raise KeyError(result_id) from exc
 
+    def delete(self, result_id: str) -> None:
+        """Remove a result (its files; index entries then read as missing)."""
+        folder = self._folder(result_id)
+        for name in ("result.json", "heatmap.png", "image.png"):
+            (folder / name).unlink(missing_ok=True)
+
     def image(self, result_id: str) -> bytes:
         """The plain analysed image (model input size) of a stored result.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_ID = "imaging-cxr"
 _UNAUTHORISED = {"error": "unauthorized"}
+_PATIENT = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # as CDS Hooks context.patientId
 
 
 class _NotReady(Exception):
@@ -139,6 +141,9 @@ async def analyse_image(request: Request) -> Response:
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
+    if patient is not None and not _PATIENT.match(patient):
+        bad = CannotAssess("invalid-patient", "patient must be 1-64 of A-Z a-z 0-9 - .", 400)
+        return await _refused(state, bad, request_id, started, caller, None)
     try:
         if declared is not None and not declared.isdigit():
             raise CannotAssess("bad-request", "Content-Length is not a number", 400)
@@ -165,6 +170,8 @@ async def analyse_image(request: Request) -> Response:
         )
     except Exception:
         logger.exception("audit store unavailable; withholding result %s", result.id)
+        # Not audited, so never shown later either (cxr-triage, UI, FHIR).
+        await run_in_threadpool(state.store.delete, result.id)
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     body_json = result.model_dump(mode="json")
     body_json["request_id"] = request_id

@@ -157,11 +157,24 @@ def test_oversize_body_is_413(make_app: AppFactory) -> None:
 
 
 def test_no_advice_without_a_committed_audit_row(make_app: AppFactory, audit: ListAudit) -> None:
-    client, _ = make_app()
+    client, state = make_app()
     audit.fail = True
     response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
     assert response.status_code == 503
     assert "findings" not in response.json()
+    # The unaudited read is not kept: no card or page can show it later.
+    assert state.store.for_patient("PAT-001") == []
+
+
+def test_patient_parameter_is_validated(make_app: AppFactory, audit: ListAudit) -> None:
+    client, _ = make_app()
+    for bad in ("../x", "a" * 65, "Patient/1", ""):
+        response = client.post(
+            "/v1/imaging/cxr", params={"patient": bad}, content=dicom_bytes(), headers=DICOM
+        )
+        assert response.status_code == 400
+        assert response.json()["reason"] == "invalid-patient"
+    assert {r.outcome for r in audit.rows} == {"no-advice"}
 
 
 def test_callers_without_credentials_are_refused(make_app: AppFactory, audit: ListAudit) -> None:
