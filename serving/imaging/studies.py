@@ -148,7 +148,7 @@ async def analyse_study(request: Request) -> Response:
     and the work runs after the response: a PACS calling from its own event hook
     (Orthanc's Lua ``OnStableStudy``) must not wait on requests back to itself.
     """
-    from serving.imaging.routes import _NotReady, authenticate, imaging_state
+    from serving.imaging.routes import _NotReady, _read_body, authenticate, imaging_state
 
     started = time.perf_counter()
     try:
@@ -162,18 +162,18 @@ async def analyse_study(request: Request) -> Response:
         return JSONResponse(
             {"error": "no-pacs", "message": "imaging.pacs is not configured"}, status_code=409
         )
-    raw = await request.body()
     series: str | None = None
     try:
+        raw = await _read_body(request, 4096)
         study = check_uid(str(request.path_params["study_uid"]), "study")
         if raw.strip():
-            if len(raw) > 4096:
-                raise ValueError("body too large")
             body = json.loads(raw)
             if not isinstance(body, dict):
                 raise ValueError("body must be an object")
             value = body.get("series_uid")
             series = check_uid(str(value), "series_uid") if value is not None else None
+    except CannotAssess:
+        return JSONResponse({"error": "too-large"}, status_code=413)
     except (ValueError, DicomWebError):
         return JSONResponse({"error": "invalid-request"}, status_code=400)
     if "respond-async" in request.headers.get("prefer", "").lower():

@@ -122,3 +122,5 @@ def test_study_route_rejects_bad_uids(make_app: AppFactory, pacs_url: str) -> No
     assert client.post("/v1/imaging/studies/abc/analyse").status_code == 400
     response = client.post("/v1/imaging/studies/1.2.3/analyse", content=b'{"series_uid": "x/y"}')
     assert response.status_code == 400
+    huge = client.post("/v1/imaging/studies/1.2.3/analyse", content=b"{" + b" " * 10_000 + b"}")
+    assert huge.status_code == 413
