@@ -85,6 +85,13 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+# Form controls and buttons without an accessible name (label, aria-label or text).
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !(el.textContent || '').trim())
+  .map(el => el.outerHTML.slice(0, 80))"""
+
+
 def _page(browser: Any, viewport: dict[str, int], errors: list[str]) -> Any:
     page = browser.new_page(viewport=viewport)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -116,6 +123,9 @@ def test_demo_flow_end_to_end(
     summary = page.inner_text("article.card h3.summary")
     assert ("risk" in summary) if lang == "en" else ("ហានិភ័យ" in summary)
     assert "card-critical" in (card.get_attribute("class") or "")
+    page.click("article.card button.override")  # reveal the override form too
+    assert page.evaluate(UNLABELLED) == []
+    page.click("article.card button.override")
     page.click("#raw summary")
     assert '"hook": "patient-view"' in page.inner_text("#raw-request")
     assert "Bearer" in page.inner_text("#raw-request")
@@ -148,6 +158,7 @@ def test_demo_flow_end_to_end(
             "[...document.fonts].some(f => f.family.includes('Tonle Khmer') && "
             "f.status === 'loaded')"
         )
+    assert page.evaluate(UNLABELLED) == []
     page.screenshot(path=str(artifacts_dir / f"ui-explain-ncd-{lang}-1366.png"), full_page=True)
     page.check("input[name=agree][value=yes]")
     page.fill("#fb-reason", "fits the clinical picture")
