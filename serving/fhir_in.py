@@ -39,6 +39,7 @@ OBSERVATION_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "hba1c": ("hba1c", ("4548-4",)),
     "bmi": ("bmi", ("39156-5",)),
     "smoking": ("smoking", ("72166-2",)),
+    "fastingGlucose": ("fasting_glucose", ("1558-6",)),
 }
 _PANEL_COMPONENT = {"85354-9": "8480-6"}
 # One source of truth for codes shared with training (models/ncd_features.py).
@@ -281,7 +282,8 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
 
 
 def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> None:
-    """History of diabetes: an active diabetes Condition, or HbA1c >= 6.5 %."""
+    """History of diabetes: an active diabetes Condition, HbA1c >= 6.5 % or fasting
+    glucose >= 7.0 mmol/L; unknown (absent) when no Condition search was given."""
     conditions = _resources("diabetes", prefetch.get("diabetes"), "Condition")
     known = prefetch.get("diabetes") is not None
     for item in conditions:
@@ -295,12 +297,16 @@ def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> Non
                 out.sources["diabetes"] = f"Condition/{condition.id}"
             break
     else:
-        hba1c = out.values.get("hba1c")
-        if isinstance(hba1c, float) and hba1c >= 6.5:
-            out.values["diabetes"] = 1.0
-            out.sources["diabetes"] = out.sources.get("hba1c", "")
-            out.dates["diabetes"] = out.dates["hba1c"]
-        elif known:
-            out.values["diabetes"] = 0.0
+        # STANDARDS.md: HbA1c >= 6.5 % or fasting glucose >= 7.0 mmol/L.
+        for lab, cut in (("hba1c", 6.5), ("fasting_glucose", 7.0)):
+            value = out.values.get(lab)
+            if isinstance(value, float) and value >= cut:
+                out.values["diabetes"] = 1.0
+                out.sources["diabetes"] = out.sources.get(lab, "")
+                out.dates["diabetes"] = out.dates[lab]
+                break
+        else:
+            if known:
+                out.values["diabetes"] = 0.0
     if "diabetes" in out.values:
         out.units["diabetes"] = "1"

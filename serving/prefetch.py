@@ -36,6 +36,7 @@ TEMPLATES: dict[str, str] = {
     "hba1c": _OBS % "http://loinc.org|4548-4",
     "bmi": _OBS % "http://loinc.org|39156-5",
     "smoking": _OBS % "http://loinc.org|72166-2",
+    "fastingGlucose": _OBS % "http://loinc.org|1558-6",
     "diabetes": "Condition?patient={{context.patientId}}&clinical-status=active&_count=100",
 }
 # Which prefetch keys a feature needs (diabetes also reads HbA1c >= 6.5 %).
@@ -48,7 +49,8 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "hba1c": ("hba1c",),
     "bmi": ("bmi",),
     "smoking": ("smoking",),
-    "diabetes": ("diabetes", "hba1c"),
+    "fasting_glucose": ("fastingGlucose",),
+    "diabetes": ("diabetes", "hba1c", "fastingGlucose"),
 }
 # The WHO chart inputs (both lab and non-lab models).
 WHO_FEATURES = ("sex", "age", "smoking", "sbp", "total_chol", "diabetes", "bmi")

@@ -211,6 +211,7 @@ def prefetch(
         "hba1c": _bundle(*([observation("4548-4", hba1c, "%", when, "a1c1")] if hba1c else [])),
         "bmi": _bundle(*([observation("39156-5", bmi, "kg/m2", when, "bmi1")] if bmi else [])),
         "smoking": _bundle(smoking_obs),
+        "fastingGlucose": _bundle(),
         "diabetes": _bundle(*conditions),
     }
 

@@ -66,6 +66,16 @@ def test_hba1c_at_or_above_6_5_means_diabetes_without_a_condition() -> None:
         TODAY,
     )
     assert none.values["diabetes"] == 0.0
+    glucose = extract(
+        {
+            "fastingGlucose": _bundle(observation("1558-6", 130, "mg/dL", TODAY, "g")),
+            "diabetes": _bundle(),
+        },
+        TODAY,
+    )
+    assert glucose.values["fasting_glucose"] == pytest.approx(130 / 18.016)
+    assert glucose.values["diabetes"] == 1.0
+    assert glucose.sources["diabetes"] == "Observation/g"
     unknown = extract({"hba1c": _bundle(observation("4548-4", 5.2, "%", TODAY, "h"))}, TODAY)
     assert "diabetes" not in unknown.values  # no Condition search given: unknown, not "no"
 
@@ -121,6 +131,6 @@ def test_malformed_prefetch_names_the_key(bad: dict) -> None:
 def test_keys_for_cover_model_and_who_inputs() -> None:
     assert keys_for(["sex", "age", "sbp"], with_who=False) == ["patient", "sbp"]
     assert set(keys_for(["sbp"], with_who=True)) == {
-        "patient", "sbp", "totalChol", "hba1c", "bmi", "smoking", "diabetes",
+        "patient", "sbp", "totalChol", "hba1c", "bmi", "smoking", "diabetes", "fastingGlucose",
     }  # fmt: skip
     assert all("{{context.patientId}}" in template for template in TEMPLATES.values())
