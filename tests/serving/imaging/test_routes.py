@@ -225,3 +225,21 @@ def test_model_failure_is_no_advice_with_a_reason(
     assert response.json()["reason"] == "model-error"
     assert "findings" not in response.json()
     assert [(r.outcome, r.reason) for r in audit.rows] == [("error", "model-error")]
+
+
+def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) -> None:
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    client, _ = make_app()
+    pixels = radiograph()
+    raw = dicom_bytes(pixels)
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    plain = client.post("/v1/imaging/cxr", content=raw, headers=DICOM).json()
+    j2k = client.post("/v1/imaging/cxr", content=buffer.getvalue(), headers=DICOM)
+    assert j2k.status_code == 200, j2k.text
+    for a, b in zip(plain["findings"], j2k.json()["findings"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
