@@ -1,12 +1,19 @@
 """Chest X-ray serving: HTTP analysis, DICOMweb, DICOM/FHIR write-back, CDS Hooks.
 
 The model itself (decode, quality gate, network) lives in ``models/``; this package
-wires it to callers: :mod:`serving.imaging.routes` mounts the HTTP routes,
-:mod:`serving.imaging.analysis` runs one image through the pipeline,
-:mod:`serving.imaging.store` keeps results, :mod:`serving.imaging.dicom_out` and
-:mod:`serving.imaging.fhir` turn a result into DICOM SR / secondary capture and FHIR,
-:mod:`serving.imaging.dicomweb` talks to the PACS and :mod:`serving.imaging.cds`
-answers the ``cxr-triage`` CDS Hooks service.
+wires it to callers:
+
+* :mod:`serving.imaging.routes` - the HTTP routes (contract C5 ``routes()``);
+* :mod:`serving.imaging.state` - what the routes hold, built by ``attach(runtime)``;
+* :mod:`serving.imaging.analysis` - one image through decode, quality gate,
+  preprocessing, model, thresholds and heatmap;
+* :mod:`serving.imaging.batching` - adaptive batching of the model call;
+* :mod:`serving.imaging.results` - stored results, heatmaps and indexes;
+* :mod:`serving.imaging.dicom_out` / :mod:`serving.imaging.fhir` - a result as DICOM
+  SR + secondary capture, or as a FHIR DiagnosticReport bundle;
+* :mod:`serving.imaging.dicomweb` / :mod:`serving.imaging.studies` - the PACS client
+  and the study routes (analyse on arrival, list a patient's studies);
+* :mod:`serving.imaging.cds` - the ``cxr-triage`` CDS Hooks service.
 """
 
 from __future__ import annotations
