@@ -3,6 +3,7 @@ with an acceptable reason code, quickly, and the service keeps answering."""
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,6 +43,7 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
         warm = client.post("/v1/imaging/cxr", content=valid.data,
                            headers={"content-type": "application/dicom"})  # fmt: skip
         assert warm.status_code == 200, warm.text
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         for case in everything:
             media = "application/dicom" if case.media == "dicom" else "image/png"
             start = time.perf_counter()
@@ -64,6 +66,8 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
                     f"{case.name}: got {reason!r}, expected {sorted(map(str, case.expected))}"
                 )
         assert not wrong, "\n".join(wrong)
+        growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+        assert growth_mb < 200, f"peak memory grew by {growth_mb:.0f} MB"
         # One audit row per request, and the worker still answers.
         assert len(audit.rows) == len(everything) + 1
     finally:
