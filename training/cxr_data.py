@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
 from PIL import Image
 
 from models.cxr_net import CXR_LABELS
+from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
 
 __all__ = ["CxrData", "load_cxr_data", "patient_split"]
 
