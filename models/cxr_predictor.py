@@ -60,7 +60,9 @@ class Finding(BaseModel):
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float64)
+    # exp(-|x|) never overflows: logits of several hundred are possible after scaling.
+    z = np.exp(-np.abs(x))
+    return np.asarray(np.where(x >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), dtype=np.float64)
 
 
 class CxrPredictor:

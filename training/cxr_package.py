@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import expit
 
 from models import registry
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
@@ -118,7 +119,7 @@ def package_model(
         y = val.labels[:, j]
         params = fit_platt(val_logits[:, j], y)
         calibration[label] = params
-        probs = 1.0 / (1.0 + np.exp(-(params["scale"] * val_logits[:, j] + params["offset"])))
+        probs = expit(params["scale"] * val_logits[:, j] + params["offset"])
         target = cfg.sensitivity_targets.get(label, 0.9)
         choice = choose_threshold(y, probs, target)
         points.append(
