@@ -131,9 +131,17 @@ def assess(
         top: Number of contributions to explain.
 
     Raises:
-        NoAdvice: ``insufficient-data``, ``stale-data``, ``out-of-range`` or ``model-output``.
+        NoAdvice: ``already-has-outcome``, ``insufficient-data``, ``stale-data``,
+            ``out-of-range`` or ``model-output``.
     """
     meta = predictor.metadata
+    if meta.extra.get("outcome") == "diabetes" and values.get("diabetes") == 1.0:
+        # A new-onset risk is meaningless for someone who already has the outcome.
+        raise NoAdvice(
+            "already-has-outcome",
+            "diabetes",
+            "the patient already has diabetes; the model predicts new-onset diabetes",
+        )
     dates = dates or {}
     used: dict[str, float | str] = {}
     for spec in meta.features:

@@ -147,6 +147,16 @@ def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
     assert audit_row(runtime, response).model_name == "diabetes-risk"
 
 
+@pytest.mark.parametrize("pf", [prefetch(diabetic=True), prefetch(hba1c=7.1)])
+def test_no_diabetes_risk_for_patients_who_have_diabetes(
+    app: Starlette, runtime: Runtime, pf: dict[str, Any]
+) -> None:
+    response = call(app, "POST", DIABETES, cds_request(pf))
+    assert response.json() == {"cards": []}
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason) == ("no-advice", "already-has-outcome:diabetes")
+
+
 @pytest.mark.parametrize(
     ("pf", "reason"),
     [
