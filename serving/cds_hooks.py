@@ -22,7 +22,6 @@ from starlette.routing import BaseRoute, Route
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, FeedbackRecord, Outcome
 from serving.audit.records import OverrideReason as AuditOverride
-from serving.audit_batch import commit_row
 from serving.body import BadRequest, parse_model, read_json
 from serving.cards import ncd_card
 from serving.cds_models import CdsRequest, CdsResponse, CdsService, Discovery, FeedbackRequest
@@ -161,7 +160,7 @@ async def _commit(runtime: Runtime, row: AuditRecord) -> bool:
     if runtime.audit is None:
         return False
     try:
-        await commit_row(runtime.audit, row)
+        await runtime.audit.record_async(row)
     except Exception:  # any storage failure: no response may leave without its row
         logger.exception("audit store unavailable; refusing to answer request %s", row.request_id)
         return False

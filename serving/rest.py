@@ -22,7 +22,6 @@ from starlette.routing import BaseRoute, Route
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, Outcome
-from serving.audit_batch import commit_row
 from serving.body import BadRequest, parse_model, read_json
 from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
@@ -201,7 +200,7 @@ async def _audit(
         latency_ms=(time.perf_counter() - started) * 1000.0,
     )
     try:
-        await commit_row(runtime.audit, row)
+        await runtime.audit.record_async(row)
     except Exception:
         logger.exception("audit store unavailable; refusing request %s", request_id)
         return False

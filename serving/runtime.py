@@ -63,6 +63,7 @@ class AuditSink(Protocol):
     """Durable audit rows (contract C4 ``AuditStore``)."""
 
     def record(self, row: AuditRecord) -> None: ...
+    async def record_async(self, row: AuditRecord) -> None: ...
     def record_feedback(self, fb: FeedbackRecord) -> None: ...
 
 
@@ -106,8 +107,8 @@ class Runtime:
             logger.info("verified model %s", runtime.models[name].metadata.tag)
         for service_id, service in config.ncd_services.items():
             runtime.ncd[service_id] = NcdPredictor(runtime.models[service.model], threads=1)
-        store = _open_audit(settings)
-        runtime.audit = _batching(store)
+        # Concurrent requests share one durable commit (group commit in the store).
+        store = runtime.audit = _open_audit(settings)
         if settings.dev:
             logger.warning(
                 "DEV MODE: CDS Hooks and REST callers are NOT authenticated. "
@@ -157,13 +158,6 @@ def _open_audit(settings: Settings) -> AuditStore:
     from serving.audit import AuditStore
 
     return AuditStore.open(settings.database_url.get_secret_value())
-
-
-def _batching(store: AuditStore) -> AuditSink:
-    from serving.audit_batch import BatchingAudit
-
-    # Concurrent requests share one commit (one fsync); each still waits for its row.
-    return BatchingAudit(store)
 
 
 def _open_auth(settings: Settings, store: AuditStore) -> tuple[CdsAuth, ApiKeyAuth]:
