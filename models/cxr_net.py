@@ -23,12 +23,19 @@ resnet18         11.2 M  10.3             5.5 s (0.34 s/img)   ~20 min
 resnet-small     0.70 M  1.1              0.46 s (0.03 s/img)  ~2 min
 ===============  ======  ===============  ==================  ====================
 
-Serving latency (ONNX Runtime, batch 1, 2 threads) from PERFORMANCE.md:
-DenseNet121 24.8 ms, ResNet18 12.2 ms; ``benchmarks/bench_cxr_model.py --arch-sweep``
-re-measures all three side by side. The resnet-small step was timed on its first
-layout (no max-pool, all stages at 2x the resolution, more FLOPs than now). Only
-``resnet-small`` trains within the demo's 10-minute budget on 2 CPU cores, so it is
-the default; the others stay selectable for sites with more compute.
+Model call, batch 1, 2 threads, ``benchmarks/bench_cxr_model.py --arch-sweep``
+(15:26 UTC, load ~2, median of 10): eager PyTorch vs ONNX Runtime, and ORT batch-8
+throughput:
+
+* densenet121: 75.9 ms vs 51.4 ms (1.5x), 23 img/s
+* resnet18: 33.7 ms vs 19.4 ms (1.7x), 62 img/s
+* resnet-small: 8.1 ms vs 2.5 ms (3.3x), 505 img/s
+
+The resnet-small training step above was timed on its first layout (no max-pool,
+all stages at 2x the resolution, more FLOPs than now). Only ``resnet-small`` trains
+within the demo's 10-minute budget on 2 CPU cores, and it serves 20x faster than
+DenseNet121, so it is the default; the others stay selectable for sites with more
+compute. On held-out synthetic radiographs it reached AUROC 0.995 for "abnormal".
 
 * ``"densenet121"``: MONAI DenseNet121, the issue's default (stride 32 -> 7x7 map).
 * ``"resnet18"``: MONAI ResNet18 (basic blocks 2-2-2-2, widths 64-512), 7x7 map.
