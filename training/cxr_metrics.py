@@ -92,10 +92,13 @@ class OperatingPointChoice(BaseModel):
 def choose_threshold(
     y: npt.ArrayLike, p: npt.ArrayLike, min_sensitivity: float
 ) -> OperatingPointChoice:
-    """The highest threshold whose sensitivity is at least ``min_sensitivity``.
+    """A threshold reaching ``min_sensitivity`` with the best specificity, with margin.
 
-    The highest such threshold maximises specificity under the sensitivity target.
-    With no positive cases the threshold is 0.5 and the rule says so.
+    The k-th highest positive score (k = ceil(target x positives)) is the highest
+    threshold meeting the target; the threshold returned sits halfway (in logit space)
+    between it and the next lower score, so the validation sensitivity and specificity
+    are unchanged but new cases near the boundary are not lost to an overconfident,
+    razor-edge cut. With no positive cases the threshold is 0.5 and the rule says so.
     """
     yy = np.asarray(y, dtype=bool)
     pp = np.asarray(p, dtype=np.float64)
@@ -106,13 +109,23 @@ def choose_threshold(
         )
     positives = np.sort(pp[yy])[::-1]
     k = int(np.ceil(min_sensitivity * positives.size))  # positives that must be flagged
-    threshold = float(positives[max(k, 1) - 1])
+    cut = float(positives[max(k, 1) - 1])
+    lower = pp[pp < cut]
+    threshold = cut
+    if lower.size:
+        eps = 1e-12
+        a, b = np.clip([cut, float(lower.max())], eps, 1 - eps)
+        mid = (np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2
+        threshold = float(1 / (1 + np.exp(-mid)))
     sens, spec = sens_spec(yy, pp, threshold)
     return OperatingPointChoice(
         threshold=threshold,
         sensitivity=sens,
         specificity=spec,
-        rule=f"highest threshold with sensitivity >= {min_sensitivity:.2f}",
+        rule=(
+            f"sensitivity >= {min_sensitivity:.2f} with best specificity; "
+            "threshold midway (logit) to the next lower score"
+        ),
     )
 
 
