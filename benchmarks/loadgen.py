@@ -20,12 +20,18 @@ import statistics
 import time
 from urllib.parse import urlsplit
 
+# Reuse a keep-alive connection only while it is younger than the server's idle timeout
+# (uvicorn closes idle connections after 5 s); an older one may already be closed.
+_MAX_IDLE_S = 4.0
+
 
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.last_used = time.perf_counter()
 
     async def send(self, request: bytes) -> int:
+        self.last_used = time.perf_counter()
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -110,7 +116,11 @@ async def open_loop(
 
     async def one(scheduled: float) -> None:
         nonlocal errors
-        conn = idle.pop() if idle else await _connect(host, port)
+        conn = idle.pop() if idle else None
+        if conn is None or time.perf_counter() - conn.last_used > _MAX_IDLE_S:
+            if conn is not None:
+                conn.writer.close()
+            conn = await _connect(host, port)
         try:
             status = await asyncio.wait_for(conn.send(requests.next()), 10)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
