@@ -35,7 +35,7 @@ def _cats(rows: list[tuple[str, float | None, float]]) -> tuple[_Category, ...]:
     return tuple(_Category(label=label, low=low, value=value) for label, low, value in rows)
 
 
-AGE_BANDS = _cats([(f"{a}-{a + 4}", float(a), a + 2.0) for a in range(40, 75, 5)])
+AGE_BANDS = _cats([(f"{a}-{a + 4}", float(a), a + 2.5) for a in range(40, 75, 5)])
 # Ascending; the page shows SBP with the highest category on top, as the charts do.
 SBP_CATEGORIES = _cats(
     [

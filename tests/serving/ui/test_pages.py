@@ -77,7 +77,7 @@ def test_who_grid_cells_are_the_equation_at_representative_values() -> None:
     )
     assert g.cell == (3, 3, 2)  # 55-59, 160-179, 5-5.9
     expected = who_cvd_risk(
-        WhoCvdInputs(sex="male", age=57, smoking=True, sbp=170, total_chol=5.5, diabetes=False),
+        WhoCvdInputs(sex="male", age=57.5, smoking=True, sbp=170, total_chol=5.5, diabetes=False),
         "lab",
         region="A05GBDR_014_SEA",
         country="KHM",
