@@ -259,7 +259,7 @@ def demo(
 
     Example: tonle demo --port 3000
     """
-    from training.demo import DEMO_ISSUERS_FILE, build_demo
+    from training.demo import DEMO_ISSUERS_FILE, DEMO_REQUEST, build_demo
 
     serving_config = build_demo(console)
     # The demo EHR's token issuer (keys made by build_demo) is the one trusted caller.
@@ -269,9 +269,12 @@ def demo(
     out.print(
         f"\nOpen the demo EHR:  http://127.0.0.1:{port}/ui/ehr"
         f"   (Khmer: http://127.0.0.1:{port}/ui/ehr?lang=km)\n"
-        "\nTry it (in another terminal):\n"
-        f"  curl -s http://127.0.0.1:{port}/cds-services | python3 -m json.tool\n"
+        "\nTry it from another terminal in this folder (each token is single-use):\n"
         f"  curl -s http://127.0.0.1:{port}/v1/models\n"
+        f"  T=$(.venv/bin/tonle demo-token /cds-services/ncd-cvd-risk --port {port})\n"
+        f'  curl -s -H "Authorization: Bearer $T" -H "Content-Type: application/json" '
+        f"--data @{DEMO_REQUEST} http://127.0.0.1:{port}/cds-services/ncd-cvd-risk"
+        " | python3 -m json.tool\n"
     )
     if not build_only:
         serve(host="127.0.0.1", port=port, config=serving_config, dev=False)
@@ -292,6 +295,22 @@ _register_cxr(app, train_app)  # tonle train cxr; tonle evaluate handles cxr-tri
 from training.imaging_cli import register as _register_imaging  # noqa: E402
 
 _register_imaging(app)  # tonle imaging orthanc-lua / analyse
+
+
+@app.command("demo-token")
+def demo_token(
+    path: Annotated[str, typer.Argument(help="Endpoint path, e.g. /cds-services/ncd-cvd-risk.")],
+    port: Annotated[int, typer.Option(help="Port the demo serves on.")] = 3000,
+) -> None:
+    """Print a single-use CDS Hooks JWT from the local demo issuer (demo only).
+
+    Example: curl -H "Authorization: Bearer $(tonle demo-token /cds-services)" ...
+    """
+    from serving.demo_issuer import DEMO_ISSUER_DIR, sign_token
+
+    if not (DEMO_ISSUER_DIR / "allowed-issuers.yaml").exists():
+        raise fail("no demo issuer here; run `tonle demo` (or `make demo`) first", 3)
+    out.print(sign_token(f"http://127.0.0.1:{port}{path}"), soft_wrap=True)
 
 
 def main() -> None:

@@ -7,11 +7,14 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-__all__ = ["DEMO_DIR", "DEMO_ISSUERS_FILE", "build_demo"]
+__all__ = ["DEMO_DIR", "DEMO_ISSUERS_FILE", "DEMO_REQUEST", "build_demo", "write_demo_request"]
 
 DEMO_DIR = Path(".tonle")
 # Allowed-issuers YAML trusting the demo EHR's token issuer (serving/demo_issuer.py).
 DEMO_ISSUERS_FILE = DEMO_DIR / "demo-issuer" / "allowed-issuers.yaml"
+# A complete patient-view request (synthetic patient, full prefetch) to paste into curl.
+DEMO_REQUEST = DEMO_DIR / "demo-request.json"
+DEMO_REQUEST_PATIENT = "demo-02"
 
 
 def build_demo(console: Console) -> Path:
@@ -32,6 +35,7 @@ def build_demo(console: Console) -> Path:
     from training.cxr_demo import build_cxr_demo
 
     pinned.update(build_cxr_demo(console, demo_dir=DEMO_DIR))  # cxr-triage
+    write_demo_request(DEMO_REQUEST)
     config_path = DEMO_DIR / "serving.yaml"
     config_path.write_text(
         "# Written by `tonle demo`: the demo models, pinned.\n"
@@ -61,3 +65,22 @@ def _serving_config(pinned: dict[str, str]) -> dict[str, object]:
         # Chest X-ray serving; the demo EHR's "send the X-ray" uses DEMO_DIR/cxr-synthetic.
         config["imaging"] = {"model": "cxr-triage", "results_dir": str(DEMO_DIR / "imaging")}
     return config
+
+
+def write_demo_request(path: Path, patient_id: str = DEMO_REQUEST_PATIENT) -> Path:
+    """Write a CDS Hooks ``patient-view`` request for a demo patient, prefetch filled in
+    from the service's own templates as an EHR would."""
+    import json
+    import uuid
+
+    from serving.prefetch import TEMPLATES
+    from serving.ui import demo
+
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/demo-clinician", "patientId": patient_id},
+        "prefetch": demo.prefetch(demo.patient(patient_id), dict(TEMPLATES)),
+    }
+    path.write_text(json.dumps(body, indent=2), encoding="utf-8")
+    return path

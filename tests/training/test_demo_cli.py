@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+from typer.testing import CliRunner
+
+from serving.demo_issuer import ensure_demo_issuer
+from serving.prefetch import TEMPLATES
+from training.cli import app
+from training.demo import write_demo_request
+
+
+def test_demo_request_has_full_prefetch(tmp_path: Path) -> None:
+    body = json.loads(write_demo_request(tmp_path / "r.json").read_text())
+    assert body["hook"] == "patient-view"
+    assert set(body["prefetch"]) == set(TEMPLATES)
+    assert body["prefetch"]["patient"]["id"] == body["context"]["patientId"]
+
+
+def test_demo_token_needs_the_demo_issuer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo-token", "/cds-services"])
+    assert result.exit_code == 3
+    assert "run `tonle demo`" in result.output
+
+
+def test_demo_token_is_signed_for_the_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ensure_demo_issuer(Path(".tonle/demo-issuer"))
+    result = CliRunner().invoke(app, ["demo-token", "/cds-services/ncd-cvd-risk", "--port", "3123"])
+    assert result.exit_code == 0, result.output
+    claims = jwt.decode(result.output.strip(), options={"verify_signature": False})
+    assert claims["aud"] == "http://127.0.0.1:3123/cds-services/ncd-cvd-risk"
+    assert jwt.get_unverified_header(result.output.strip())["alg"] == "ES384"
