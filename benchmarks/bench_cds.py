@@ -23,7 +23,6 @@ import io
 import json
 import os
 import pstats
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,53 +35,11 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.server import Server, free_port  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
 
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A ``bentoml serve`` child process, ready when ``/readyz`` says so."""
-
-    def __init__(
-        self, target: str, env: dict[str, str], cwd: Path, port: int | None = None
-    ) -> None:
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [PY, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
-                   "--port", str(self.port)]  # fmt: skip
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            command, cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=self.log
-        )
-
-    def __enter__(self) -> Server:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(self.log.read().decode()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("server did not become ready in 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def load(
@@ -232,7 +189,7 @@ def main() -> None:
             from serving.demo_issuer import ensure_demo_issuer, sign_token
 
             issuers = ensure_demo_issuer(tmp / "issuer", fhir_servers=[])
-            port = _free_port()
+            port = free_port()
             auth_env = {
                 **{k: v for k, v in env.items() if k != "TONLE_DEV"},
                 "TONLE_ALLOWED_ISSUERS": str(issuers),

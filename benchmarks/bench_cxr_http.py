@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,54 +42,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.server import Server  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
 STAGES = ["decode_ms", "quality_ms", "preprocess_ms", "model_ms", "heatmap_ms", "store_ms"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A ``bentoml serve`` child process, ready when ``/readyz`` says so."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [PY, "-m", "bentoml", "serve", "serving.service:Tonle", "--host",
-                   "127.0.0.1", "--port", str(self.port)]  # fmt: skip
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=self.log
-        )
-
-    def __enter__(self) -> Server:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(self.log.read().decode()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("server did not become ready in 180 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def build_model(home: Path, arch: str, tmp: Path) -> tuple[str, str]:
@@ -274,7 +232,7 @@ def main() -> None:
                 "TONLE_LOG_LEVEL": "WARNING",
                 "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
             }
-            with Server(env) as server:
+            with Server("serving.service:Tonle", env, ROOT) as server:
                 url = f"{server.url}/v1/imaging/cxr"
                 results[f"{key} upload floor ms"] = upload_floor(url, raw, args.n)
                 results[f"{key} one client uncompressed"] = one_client(url, raw, args.n)

@@ -1,0 +1,64 @@
+"""A ``bentoml serve`` child process for the benchmarks, ready when ``/readyz`` says so."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``bentoml serve TARGET`` on 127.0.0.1; a context manager that waits for readiness."""
+
+    def __init__(
+        self,
+        target: str,
+        env: dict[str, str],
+        cwd: Path,
+        port: int | None = None,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_timeout_s = ready_timeout_s
+        command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
+                   "--port", str(self.port)]  # fmt: skip
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=self.log
+        )
+
+    def __enter__(self) -> Server:
+        deadline = time.time() + self.ready_timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(self.log.read().decode()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server did not become ready in {self.ready_timeout_s:.0f} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
