@@ -110,80 +110,58 @@ def _train(
     )
 
 
+def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> None:
+    """``tonle train NAME``: the same options for every NCD model, its own config."""
+
+    @train_app.command(name, help=help_text)
+    def train(
+        data: DataOpt = None,
+        config: Annotated[
+            Path | None, typer.Option(help="Training YAML; default configs/<model>.yaml.")
+        ] = None,
+        version: Annotated[str | None, typer.Option(help="Override the config's version.")] = None,
+        index_date: IndexDateOpt = None,
+        lookback_days: LookbackOpt = 730,
+        synthetic: Annotated[
+            int | None, typer.Option(help="Train on N synthetic patients instead of --data.")
+        ] = None,
+        seed: Annotated[int, typer.Option(help="Seed for --synthetic.")] = 1,
+        cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path(
+            "artifacts"
+        ),
+        save_sklearn: SaveSklearnOpt = None,
+        complete_conditions: CompleteOpt = False,
+    ) -> None:
+        _train(
+            name,
+            data,
+            config,
+            version,
+            index_date,
+            lookback_days,
+            synthetic,
+            seed,
+            cards,
+            save_sklearn,
+            complete_conditions,
+        )
+
+
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     """Add the NCD commands to the ``tonle`` app."""
 
-    @train_app.command("cvd-risk")
-    def train_cvd(
-        data: DataOpt = None,
-        config: Annotated[Path | None, typer.Option(help="Default configs/cvd-risk.yaml.")] = None,
-        version: Annotated[str | None, typer.Option(help="Override the config's version.")] = None,
-        index_date: IndexDateOpt = None,
-        lookback_days: LookbackOpt = 730,
-        synthetic: Annotated[
-            int | None, typer.Option(help="Train on N synthetic patients instead of --data.")
-        ] = None,
-        seed: Annotated[int, typer.Option(help="Seed for --synthetic.")] = 1,
-        cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path(
-            "artifacts"
-        ),
-        save_sklearn: SaveSklearnOpt = None,
-        complete_conditions: CompleteOpt = False,
-    ) -> None:
-        """Train, evaluate (vs the WHO 2019 chart), export and register the CVD model.
-
-        Example: tonle train cvd-risk --data export/ --index-date 2016-01-01
-        """
-        _train(
-            "cvd-risk",
-            data,
-            config,
-            version,
-            index_date,
-            lookback_days,
-            synthetic,
-            seed,
-            cards,
-            save_sklearn,
-            complete_conditions,
-        )
-
-    @train_app.command("diabetes-risk")
-    def train_diabetes(
-        data: DataOpt = None,
-        config: Annotated[
-            Path | None, typer.Option(help="Default configs/diabetes-risk.yaml.")
-        ] = None,
-        version: Annotated[str | None, typer.Option(help="Override the config's version.")] = None,
-        index_date: IndexDateOpt = None,
-        lookback_days: LookbackOpt = 730,
-        synthetic: Annotated[
-            int | None, typer.Option(help="Train on N synthetic patients instead of --data.")
-        ] = None,
-        seed: Annotated[int, typer.Option(help="Seed for --synthetic.")] = 1,
-        cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path(
-            "artifacts"
-        ),
-        save_sklearn: SaveSklearnOpt = None,
-        complete_conditions: CompleteOpt = False,
-    ) -> None:
-        """Train, evaluate, export and register the incident-diabetes model.
-
-        Example: tonle train diabetes-risk --data features.csv
-        """
-        _train(
-            "diabetes-risk",
-            data,
-            config,
-            version,
-            index_date,
-            lookback_days,
-            synthetic,
-            seed,
-            cards,
-            save_sklearn,
-            complete_conditions,
-        )
+    _add_train_command(
+        train_app,
+        "cvd-risk",
+        "Train, evaluate (vs the WHO 2019 chart), export and register the CVD model.\n\n"
+        "Example: tonle train cvd-risk --data export/ --index-date 2016-01-01",
+    )
+    _add_train_command(
+        train_app,
+        "diabetes-risk",
+        "Train, evaluate, export and register the incident-diabetes model.\n\n"
+        "Example: tonle train diabetes-risk --data features.csv",
+    )
 
     @app.command("evaluate")
     def evaluate(
