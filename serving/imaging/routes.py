@@ -257,14 +257,22 @@ def _stored(request: Request) -> tuple[ImagingState, CxrResult] | Response:
         return JSONResponse({"error": "not-found"}, status_code=404)
 
 
-async def get_result(request: Request) -> Response:
-    """``GET /v1/imaging/results/{id}``: a stored result."""
+async def _stored_for_caller(request: Request) -> tuple[ImagingState, CxrResult] | Response:
+    """:func:`_stored`, for authenticated callers only (401 otherwise)."""
     found = _stored(request)
     if isinstance(found, Response):
         return found
-    state, result = found
-    if await authenticate(state, request) is None:
+    if await authenticate(found[0], request) is None:
         return JSONResponse(_UNAUTHORISED, status_code=401)
+    return found
+
+
+async def get_result(request: Request) -> Response:
+    """``GET /v1/imaging/results/{id}``: a stored result."""
+    found = await _stored_for_caller(request)
+    if isinstance(found, Response):
+        return found
+    _, result = found
     return JSONResponse(result.model_dump(mode="json"))
 
 
@@ -291,12 +299,10 @@ async def get_fhir(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
     from serving.imaging.fhir import result_bundle
 
-    found = _stored(request)
+    found = await _stored_for_caller(request)
     if isinstance(found, Response):
         return found
     state, result = found
-    if await authenticate(state, request) is None:
-        return JSONResponse(_UNAUTHORISED, status_code=401)
     bundle = result_bundle(result, state.public_url)
     return Response(bundle.model_dump_json(), media_type="application/fhir+json")
 

@@ -33,21 +33,27 @@ NCD_SERVICES = {
 }
 
 
-def build_store(tmp: Path) -> Path:
-    """Store the fixture CVD and diabetes models under ``tmp/bentoml``; return the home."""
-    from tests.ncd_fixtures import make_ncd_artifact
-
-    home = tmp / "bentoml"
+@contextmanager
+def model_store_at(home: Path) -> Iterator[Path]:
+    """Point the registry at ``home`` (``BENTOML_HOME``) inside the block, then restore it."""
     old = os.environ.get("BENTOML_HOME")
     os.environ["BENTOML_HOME"] = str(home)
     try:
-        make_ncd_artifact(tmp, "cvd")
-        make_ncd_artifact(tmp, "diabetes")
+        yield home
     finally:
         if old is None:
             os.environ.pop("BENTOML_HOME", None)
         else:
             os.environ["BENTOML_HOME"] = old
+
+
+def build_store(tmp: Path) -> Path:
+    """Store the fixture CVD and diabetes models under ``tmp/bentoml``; return the home."""
+    from tests.ncd_fixtures import make_ncd_artifact
+
+    with model_store_at(tmp / "bentoml") as home:
+        make_ncd_artifact(tmp, "cvd")
+        make_ncd_artifact(tmp, "diabetes")
     return home
 
 

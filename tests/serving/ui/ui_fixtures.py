@@ -15,29 +15,19 @@ from starlette.applications import Starlette
 from serving.app import create_app
 from serving.demo_issuer import ensure_demo_issuer
 from serving.runtime import Runtime
-from tests.serving.cds_fixtures import runtime_for
+from tests.serving.cds_fixtures import model_store_at, runtime_for
 
 __all__ = ["build_cvd_store", "demo_app", "request"]
 
 
 def build_cvd_store(tmp: Path) -> Path:
     """Store the fixture CVD model and a tiny untrained CXR model; return the store home."""
-    import os
-
     from tests.cxr_fixtures import make_cxr_artifact
     from tests.ncd_fixtures import make_ncd_artifact
 
-    home = tmp / "bentoml"
-    old = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
+    with model_store_at(tmp / "bentoml") as home:
         make_ncd_artifact(tmp, "cvd")
         make_cxr_artifact(tmp)  # cxr-triage 0.0.1, 64 px
-    finally:
-        if old is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = old
     return home
 
 
