@@ -12,19 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from models.metadata import ModelMetadata
-from training.ncd_evaluate import EvaluationReport, report_markdown
+from training.ncd_evaluate import METRIC_ROWS, EvaluationReport, report_markdown
 
 __all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
 
-_CARD_ROWS = (
-    ("AUROC at horizon (IPCW)", "auroc"),
-    ("Harrell's C", "harrell_c"),
-    ("Uno's C", "uno_c"),
-    ("Calibration slope", "calibration_slope"),
-    ("Calibration intercept", "calibration_intercept"),
-    ("Brier (IPCW)", "brier"),
-    ("ECE", "ece"),
-)
 
 #: TRIPOD+AI (Collins et al., BMJ 2024) items this card and its evaluation report cover,
 #: with where. Items about the study's conduct (ethics, funding, registration, patient
@@ -152,7 +143,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "| metric (95 % CI) | model, all test rows |"
         + (" model, compared rows | WHO 2019 chart, compared rows |" if has_who else ""),
         "|---|---|" + ("---|---|" if has_who else ""),
-        *[_metric_line(label, meta, key, has_who) for label, key in _CARD_ROWS],
+        *[_metric_line(label, meta, key, has_who) for label, key in METRIC_ROWS],
         "",
         "![calibration](calibration.png)",
         "",

@@ -29,6 +29,7 @@ __all__ = [
     "AGE_BANDS",
     "AUROC_DEFINITION",
     "C_INDEX_DEFINITION",
+    "METRIC_ROWS",
     "THRESHOLDS",
     "EvaluationReport",
     "GroupMetrics",
@@ -321,7 +322,8 @@ def _fmt(metric: MetricCI, digits: int = 3) -> str:
     return text
 
 
-_ROWS = (
+# Headline metrics, label and EvaluationReport key, shown in reports and model cards.
+METRIC_ROWS = (
     ("AUROC at horizon (IPCW)", "auroc"),
     ("Harrell's C", "harrell_c"),
     ("Uno's C", "uno_c"),
@@ -349,7 +351,7 @@ def report_markdown(report: EvaluationReport, title: str) -> str:
         "| metric | model | " + ("WHO chart |" if who else ""),
         "|---|---|" + ("---|" if who else ""),
     ]
-    for label, key in _ROWS:
+    for label, key in METRIC_ROWS:
         row = f"| {label} | {_fmt(getattr(report.overall.model, key))} |"
         if report.overall.who is not None:
             row += f" {_fmt(getattr(report.overall.who, key))} |"
