@@ -40,6 +40,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 API_KEY_HEADER = "x-api-key"
+# The OpenAPI examples' patient: the CVD risk and WHO chart requests show the same person.
+_EXAMPLE_PATIENT: dict[str, Any] = {
+    "sex": "male",
+    "age": 62,
+    "smoking": True,
+    "sbp": 165,
+    "total_chol": 6.2,
+    "diabetes": False,
+}
 
 
 class RiskRequest(BaseModel):
@@ -48,18 +57,7 @@ class RiskRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {
-                    "sex": "male",
-                    "age": 62,
-                    "smoking": True,
-                    "sbp": 165,
-                    "total_chol": 6.2,
-                    "diabetes": False,
-                    "bmi": 27.5,
-                    "measured": "2026-10-01",
-                }
-            ]
+            "examples": [{**_EXAMPLE_PATIENT, "bmi": 27.5, "measured": "2026-10-01"}]
         },
     )
 
@@ -128,20 +126,7 @@ class WhoCvdRequest(WhoCvdInputs):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "sex": "male",
-                    "age": 62,
-                    "smoking": True,
-                    "sbp": 165,
-                    "total_chol": 6.2,
-                    "diabetes": False,
-                    "model": "lab",
-                    "country": "KHM",
-                }
-            ]
-        },
+        json_schema_extra={"examples": [{**_EXAMPLE_PATIENT, "model": "lab", "country": "KHM"}]},
     )
 
     model: Literal["lab", "nonlab"] = Field(description="Laboratory or non-laboratory chart.")
