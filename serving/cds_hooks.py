@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,23 +19,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
-from serving.audit.records import AuditRecord, FeedbackRecord, Outcome
+from serving.audit.records import AuditRecord, ExplanationRecord, FeedbackRecord, Outcome
 from serving.audit.records import OverrideReason as AuditOverride
 from serving.body import BadRequest, parse_model, read_json
 from serving.cards import ncd_card
-from serving.cds_models import CdsRequest, CdsResponse, CdsService, Discovery, FeedbackRequest
+from serving.cds_models import (
+    Card,
+    CdsRequest,
+    CdsResponse,
+    CdsService,
+    Discovery,
+    FeedbackRequest,
+)
 from serving.fhir_in import PrefetchError, extract
 from serving.i18n import negotiate
 from serving.metrics import count_outcome
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.runtime import DevCaller, Runtime
+from serving.ui.explanations import explanation_record
+from serving.ui.links import signer
 
-__all__ = ["EXPLANATIONS_KEPT", "UNAUTHORIZED_BODY", "AuthDown", "discovery_document", "routes"]
+__all__ = ["UNAUTHORIZED_BODY", "AuthDown", "discovery_document", "routes"]
 
 logger = logging.getLogger(__name__)
 
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
-EXPLANATIONS_KEPT = 2000
 _USAGE = (
     "Needs Patient, latest observations (SBP, cholesterol, HbA1c, BMI, smoking) and Conditions."
 )
@@ -132,6 +139,7 @@ class _Call:
         self.advice: Advice | None = None
         self.card_ids: list[str] = []
         self.model: Any | None = None
+        self.explanation: ExplanationRecord | None = None
 
     def record(self, outcome: Outcome, reason: str | None) -> AuditRecord:
         meta = self.advice.metadata if self.advice else self.model
@@ -152,6 +160,7 @@ class _Call:
             reason=reason,
             patient_ref=self.patient_ref,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            explanation=self.explanation if outcome == "advice" else None,
         )
 
 
@@ -206,6 +215,11 @@ async def ncd_service(request: Request) -> Response:
                 "wrong-hook", f"{service_id} answers patient-view, not {cds.hook[:40]}", "hook"
             )
         outcome = predictor.metadata.extra.get("outcome")
+        who = (
+            WhoSettings(runtime.config.who_region, runtime.config.who_country)
+            if outcome == "cvd"
+            else None
+        )
         keys = keys_for(predictor.feature_names, with_who=outcome == "cvd")
         auth = runtime.cds_auth
         caller = call.caller
@@ -231,9 +245,7 @@ async def ncd_service(request: Request) -> Response:
             sources=found.sources,
             today=today,
             max_age_days=runtime.config.max_data_age_days,
-            who=WhoSettings(runtime.config.who_region, runtime.config.who_country)
-            if outcome == "cvd"
-            else None,
+            who=who,
         )
         call.advice = advice
         lang = negotiate(request.headers.get("accept-language"), runtime.language)
@@ -248,12 +260,23 @@ async def ncd_service(request: Request) -> Response:
             region=_region_name(advice, runtime),
             source_url=f"{base}/v1/models",
         )
-        card.links[0].url = f"{base}/ui/explain/{card.uuid}?lang={lang}"
+        page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
+        card.links[0].url = f"{base}{page}&lang={lang}"
         call.card_ids = [card.uuid]
-        _remember(runtime, card.uuid, advice, cds.context.patientId)
-        body = CdsResponse(cards=[card]).model_dump_json(exclude_none=True)
+        # Stored with the audit row, in its commit: the link works on any worker.
+        call.explanation = explanation_record(
+            advice,
+            card_uuid=card.uuid,
+            service_id=service_id,
+            who_settings=who,
+            retention=timedelta(days=runtime.settings.explanation_retention_days),
+        )
         return await _finish(
-            runtime, call, Response(body, media_type="application/json"), "advice", None
+            runtime,
+            call,
+            Response(response_body([card]), media_type="application/json"),
+            "advice",
+            None,
         )
     except BadRequest as exc:
         return await _finish(runtime, call, exc.response(), "refused", exc.reason)
@@ -273,20 +296,15 @@ async def ncd_service(request: Request) -> Response:
         return await _finish(runtime, call, _no_cards(), "error", "internal-error")
 
 
+def response_body(cards: list[Card]) -> bytes:
+    """The JSON body of a CDS Hooks response carrying ``cards``."""
+    return CdsResponse(cards=cards).model_dump_json(exclude_none=True).encode()
+
+
 def _region_name(advice: Advice, runtime: Runtime) -> str:
     if advice.who is None:
         return ""
     return advice.who.country_code or advice.who.region_name
-
-
-def _remember(runtime: Runtime, card_id: str, advice: Advice, patient_id: str) -> None:
-    """Keep recent advice in memory for the explanation page (bounded; never persisted)."""
-    kept: OrderedDict[str, tuple[Advice, str]] = runtime.extras.setdefault(
-        "explanations", OrderedDict()
-    )
-    kept[card_id] = (advice, patient_id)
-    while len(kept) > EXPLANATIONS_KEPT:
-        kept.popitem(last=False)
 
 
 def _timestamp(text: str) -> datetime | None:

@@ -41,6 +41,31 @@ class Settings(BaseSettings):
     dev: bool = Field(
         default=False, description="Disable caller authentication (loopback only, never prod)."
     )
+    explanation_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description=(
+            "Days an NCD card's explanation is kept (then purged; its page says expired) "
+            "and a signed page or heatmap link stays valid."
+        ),
+    )
+    link_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key signing the page and heatmap links opened from browsers (32+ characters). "
+            "Unset: one is generated once and kept in the database, shared by all workers."
+        ),
+    )
+    shutdown_drain_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=60.0,
+        description=(
+            "On SIGTERM, seconds /readyz answers 503 while requests are still served (so "
+            "load balancers stop sending), before in-flight requests finish and it exits."
+        ),
+    )
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO")
     demo_issuer_dir: Path | None = Field(

@@ -142,8 +142,8 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
 # What the service's own PostgreSQL role may do: append to the audit tables, read keys,
 # and keep the replay store. Migrations and `tonle apikey` run as the owner role.
 _SERVICE_GRANTS = (
-    ("SELECT, INSERT", ("audit_events", "audit_cards", "feedback")),
-    ("SELECT, INSERT, DELETE", ("jwt_replay",)),
+    ("SELECT, INSERT", ("audit_events", "audit_cards", "feedback", "service_secrets")),
+    ("SELECT, INSERT, DELETE", ("jwt_replay", "explanations")),
     ("SELECT", ("api_keys", "alembic_version")),
 )
 _SERVICE_SEQUENCES = ("audit_events_id_seq", "feedback_id_seq")

@@ -7,13 +7,36 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ApiKeyInfo", "AuditRecord", "FeedbackRecord", "Outcome", "OverrideReason"]
+__all__ = [
+    "ApiKeyInfo",
+    "AuditRecord",
+    "ExplanationRecord",
+    "FeedbackRecord",
+    "Outcome",
+    "OverrideReason",
+]
 
 Outcome = Literal["advice", "no-advice", "refused", "error"]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class ExplanationRecord(BaseModel):
+    """What a card's explanation page shows, kept until ``expires`` (then purged).
+
+    ``content`` is the page's JSON (model identity, risks, the values used with their
+    dates): no names and no identifiers; the audit row holds the patient reference.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_uuid: str = Field(min_length=1, max_length=64)
+    service_id: str = Field(min_length=1, max_length=128)
+    created: datetime = Field(default_factory=_now)
+    expires: datetime
+    content: str = Field(description="JSON text of the explanation.")
 
 
 class AuditRecord(BaseModel):
@@ -45,6 +68,11 @@ class AuditRecord(BaseModel):
     patient_ref: str | None = Field(default=None, max_length=256)
     latency_ms: float = Field(ge=0)
     created: datetime = Field(default_factory=_now)
+    explanation: ExplanationRecord | None = Field(
+        default=None,
+        exclude=True,
+        description="Committed with this row, in the same transaction; not an audit column.",
+    )
 
 
 class OverrideReason(BaseModel):

@@ -24,9 +24,11 @@ __all__ = [
     "api_keys",
     "audit_cards",
     "audit_events",
+    "explanations",
     "feedback",
     "jwt_replay",
     "metadata",
+    "service_secrets",
 ]
 
 metadata = MetaData()
@@ -100,6 +102,27 @@ jwt_replay = Table(
     Column("issuer", String(512), primary_key=True),
     Column("jti", String(256), primary_key=True),
     Column("expires", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# What an NCD card's explanation page shows (JSON text), until ``expires`` (then purged).
+explanations = Table(
+    "explanations",
+    metadata,
+    Column("card_uuid", String(64), primary_key=True),
+    Column("service_id", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+    Column("content", Text, nullable=False),
+)
+
+# Secrets every worker and replica must share (e.g. the key signing page links),
+# created once by whichever process needs one first.
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
 )
 
 # Tables the service may only INSERT into (UPDATE/DELETE refused by triggers).

@@ -7,6 +7,7 @@ with 503: the service never sends advice whose audit row was not committed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,7 +24,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from serving.audit import engine as _engine
 from serving.audit import schema
 from serving.audit.committer import GroupCommitter
-from serving.audit.records import ApiKeyInfo, AuditRecord, FeedbackRecord, OverrideReason
+from serving.audit.records import (
+    ApiKeyInfo,
+    AuditRecord,
+    ExplanationRecord,
+    FeedbackRecord,
+    OverrideReason,
+)
 
 __all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "DuplicateRequest"]
 
@@ -152,16 +159,21 @@ class AuditStore:
     def _write_rows(self, rows: list[AuditRecord]) -> None:
         events: list[dict[str, Any]] = []
         cards: list[dict[str, str]] = []
+        explanations: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
             values["created"] = _utc(row.created)
             events.append(values)
             cards.extend({"card_uuid": c, "request_id": row.request_id} for c in row.card_ids)
+            if row.explanation is not None:
+                explanations.append(row.explanation.model_dump())
 
         def work(connection: Any) -> None:
             connection.execute(insert(schema.audit_events), events)
             if cards:
                 connection.execute(insert(schema.audit_cards), cards)
+            if explanations:  # same transaction: no second commit (fsync) per call
+                connection.execute(insert(schema.explanations), explanations)
 
         self._run(work)
 
@@ -234,6 +246,48 @@ class AuditStore:
         query = select(table.c.request_id).where(table.c.card_uuid == card_uuid)
         found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
         return found
+
+    # -- explanations and shared secrets ----------------------------------------------
+
+    def explanation(self, card_uuid: str) -> ExplanationRecord | None:
+        """The stored explanation of card ``card_uuid``, expired or not (None if unknown).
+
+        Written with the card's audit row (:attr:`AuditRecord.explanation`); rows past
+        ``expires`` are purged at most once a minute, from here and from the JWT checks.
+        """
+        self._maybe_prune()
+        table = schema.explanations
+        query = select(table).where(table.c.card_uuid == card_uuid)
+        found = self._run(lambda c: c.execute(query).mappings().one_or_none(), read=True)
+        if found is None:
+            return None
+        values = dict(found)
+        values["created"], values["expires"] = _utc(found["created"]), _utc(found["expires"])
+        return ExplanationRecord.model_validate(values)
+
+    def prune_explanations(self, now: datetime | None = None) -> int:
+        """Delete explanations that expired before ``now``; returns how many."""
+        table = schema.explanations
+        query = delete(table).where(table.c.expires < _utc(now or datetime.now(UTC)))
+        # Not durable on its own: a purge lost in a power cut is simply done again.
+        return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
+
+    def service_secret(self, name: str) -> str:
+        """The shared secret ``name``, created (256 random bits) by the first caller.
+
+        Every worker and replica on this database gets the same value: concurrent
+        creators race on the primary key and all read back the winner's.
+        """
+        table = schema.service_secrets
+        query = select(table.c.value).where(table.c.name == name)
+        found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
+        if found is not None:
+            return found
+        values = {"name": name, "value": secrets.token_hex(32), "created": datetime.now(UTC)}
+        with contextlib.suppress(IntegrityError):  # another process created it first
+            self._run(lambda c: c.execute(insert(table), values))
+        value: str = self._run(lambda c: c.execute(query).scalar_one(), read=True)
+        return value
 
     # -- feedback ---------------------------------------------------------------------
 
@@ -422,5 +476,6 @@ class AuditStore:
         try:
             self._last_prune = now
             self.prune_replay(datetime.now(UTC) - timedelta(seconds=1))
+            self.prune_explanations()
         finally:
             self._prune_lock.release()

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from serving.cds_models import Card, CdsRequest, CdsResponse, CdsService, Link, Source
 from serving.imaging.results import ADVISORY, CxrResult, now
 from serving.imaging.state import ImagingState
+from serving.ui.links import LinkSigner, signer
 
 __all__ = ["SERVICE", "SERVICE_ID", "card_for", "cxr_triage"]
 
@@ -44,8 +45,12 @@ SERVICE = CdsService(
 )
 
 
-def card_for(result: CxrResult, public_url: str, lang: str = "en") -> Card:
-    """The card for one stored read, in ``lang`` (C6 catalogues, English fallback)."""
+def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str = "en") -> Card:
+    """The card for one stored read, in ``lang`` (C6 catalogues, English fallback).
+
+    The heatmap and explanation links open in a browser without credentials, so they
+    are signed capability links (:mod:`serving.ui.links`).
+    """
     from serving.i18n import t
 
     base = public_url.rstrip("/")
@@ -95,12 +100,12 @@ def card_for(result: CxrResult, public_url: str, lang: str = "en") -> Card:
         links=[
             Link(
                 label=t("ui.explain.cxr.image", lang),
-                url=f"{base}{result.heatmap_url}",
+                url=f"{base}{signer.sign(result.heatmap_url)}",
                 type="absolute",
             ),
             Link(
                 label=t("card.link.explanation", lang),
-                url=f"{base}/ui/explain/cxr/{result.id}?lang={lang}",
+                url=f"{base}{signer.sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}",
                 type="absolute",
             ),
             Link(
@@ -158,9 +163,12 @@ async def cxr_triage(request: Request) -> Response:
     request_id = uuid.uuid4().hex
     from serving.i18n import negotiate
 
-    default = getattr(getattr(request.app.state, "runtime", None), "language", "en")
-    lang = negotiate(request.headers.get("accept-language"), default)
-    cards = [card_for(result, state.public_url, lang)] if result else []
+    runtime = request.app.state.runtime
+    lang = negotiate(request.headers.get("accept-language"), getattr(runtime, "language", "en"))
+    cards = []
+    if result:
+        link_signer = await run_in_threadpool(signer, runtime)
+        cards = [card_for(result, state.public_url, link_signer, lang)]
     try:
         await run_in_threadpool(
             audit_row,

@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 from serving.imaging.analysis import CannotAssess
 from serving.imaging.results import CxrResult
 from serving.imaging.state import ImagingState
+from serving.ui import links
 
 __all__ = ["SERVICE_ID", "audit_row", "routes"]
 
@@ -175,8 +177,14 @@ async def analyse_image(request: Request) -> Response:
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     body_json = result.model_dump(mode="json")
     body_json["request_id"] = request_id
-    body_json["heatmap_url"] = f"{state.public_url.rstrip('/')}{result.heatmap_url}"
+    body_json["heatmap_url"] = _heatmap_link(request, state, result)
     return JSONResponse(body_json, headers={"x-request-id": request_id})
+
+
+def _heatmap_link(request: Request, state: ImagingState, result: CxrResult) -> str:
+    """The absolute, signed heatmap URL (opened from browsers without credentials)."""
+    signed = links.signer(request.app.state.runtime).sign(result.heatmap_url)
+    return f"{state.public_url.rstrip('/')}{signed}"
 
 
 async def analyse_bytes(
@@ -246,43 +254,57 @@ async def _refused(
     )
 
 
-def _stored(request: Request) -> tuple[ImagingState, CxrResult] | Response:
+async def _stored(
+    request: Request, check: Callable[[ImagingState, Request], Awaitable[Response | None]]
+) -> tuple[ImagingState, CxrResult] | Response:
+    """The requested result, looked up only after ``check`` let the request through.
+
+    Refusing first (401 / 403 / 410) means a caller without access learns nothing
+    about which result ids exist.
+    """
     try:
         state = imaging_state(request)
     except _NotReady:
         return _not_ready()
+    refused = await check(state, request)
+    if refused is not None:
+        return refused
     try:
-        return state, state.store.get(str(request.path_params["result_id"]))
+        found = await run_in_threadpool(state.store.get, str(request.path_params["result_id"]))
     except KeyError:
         return JSONResponse({"error": "not-found"}, status_code=404)
+    return state, found
 
 
-async def _stored_for_caller(request: Request) -> tuple[ImagingState, CxrResult] | Response:
-    """:func:`_stored`, for authenticated callers only (401 otherwise)."""
-    found = _stored(request)
-    if isinstance(found, Response):
-        return found
-    if await authenticate(found[0], request) is None:
+async def _caller_check(state: ImagingState, request: Request) -> Response | None:
+    if await authenticate(state, request) is None:
         return JSONResponse(_UNAUTHORISED, status_code=401)
-    return found
+    return None
+
+
+async def _link_check(state: ImagingState, request: Request) -> Response | None:
+    verdict = await run_in_threadpool(links.verdict, request)
+    return None if verdict == "ok" else links.refusal(verdict)
 
 
 async def get_result(request: Request) -> Response:
-    """``GET /v1/imaging/results/{id}``: a stored result."""
-    found = await _stored_for_caller(request)
+    """``GET /v1/imaging/results/{id}``: a stored result, with a fresh signed heatmap link."""
+    found = await _stored(request, _caller_check)
     if isinstance(found, Response):
         return found
-    _, result = found
-    return JSONResponse(result.model_dump(mode="json"))
+    state, result = found
+    body = result.model_dump(mode="json")
+    body["heatmap_url"] = _heatmap_link(request, state, result)
+    return JSONResponse(body)
 
 
 async def get_heatmap(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/heatmap.png``: the overlay image.
 
-    Not behind caller authentication: the link is shown in EHR cards and the result
-    id is an unguessable 128-bit random value.
+    Opened from EHR cards in a browser (no credentials): the link must be signed
+    (:mod:`serving.ui.links`); 403 / 410 otherwise, before any lookup.
     """
-    found = _stored(request)
+    found = await _stored(request, _link_check)
     if isinstance(found, Response):
         return found
     state, result = found
@@ -299,11 +321,12 @@ async def get_fhir(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
     from serving.imaging.fhir import result_bundle
 
-    found = await _stored_for_caller(request)
+    found = await _stored(request, _caller_check)
     if isinstance(found, Response):
         return found
     state, result = found
-    bundle = result_bundle(result, state.public_url)
+    signed = links.signer(request.app.state.runtime).sign(result.heatmap_url)
+    bundle = result_bundle(result.model_copy(update={"heatmap_url": signed}), state.public_url)
     return Response(bundle.model_dump_json(), media_type="application/fhir+json")
 
 

@@ -1,16 +1,18 @@
 """What the NCD explanation page shows for one card, built from the card's advice.
 
-The CDS Hooks service keeps each card's :class:`~serving.assess.Advice` (keyed by the
-card uuid) and links the card to ``/ui/explain/{card uuid}``. The page turns that
-advice into an :class:`NcdExplanation`: exactly what the card was computed from,
-with the same model identity, plus WHO chart "what if" risks. Nothing is recomputed
-from data the page cannot see.
+The CDS Hooks service turns each card's :class:`~serving.assess.Advice` into an
+:class:`NcdExplanation` and stores it (:func:`explanation_record`) with the call's
+audit row, in the same commit, keyed by the card uuid; the card links to
+``/ui/explain/{card uuid}``, which any worker or replica on the same database can
+then show until the retention limit. The page shows exactly what the card was computed
+from, with the same model identity, plus WHO chart "what if" risks (computed when the
+page is shown). Nothing is recomputed from data the page cannot see.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,8 +20,29 @@ from models.metadata import MetricValue, ModelMetadata
 from models.ncd_predictor import Contribution
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from serving.assess import Advice, WhoSettings
+from serving.audit.records import ExplanationRecord
 
-__all__ = ["ModelView", "NcdExplanation", "WhatIf", "what_ifs"]
+__all__ = [
+    "ModelView",
+    "NcdExplanation",
+    "WhatIf",
+    "explanation_record",
+    "headline_metrics",
+    "what_ifs",
+]
+
+
+def headline_metrics(metrics: dict[str, Any], limit: int = 6) -> dict[str, Any]:
+    """The test-split metrics a clinician reads first (the model card has the rest)."""
+    order = ("auroc", "harrell_c", "calibration_slope", "brier", "sensitivity", "specificity")
+    test = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    if not test:
+        return dict(list(metrics.items())[:limit])
+    ranked = sorted(test, key=lambda k: next((i for i, o in enumerate(order) if o in k), 99))
+    headline = {k: test[k] for k in ranked[:limit]}
+    if "who_test_auroc" in metrics and limit < 50:
+        headline["who_test_auroc"] = metrics["who_test_auroc"]
+    return headline
 
 
 class ModelView(BaseModel):
@@ -37,7 +60,7 @@ class ModelView(BaseModel):
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ModelView:
-        """Copy the identity fields of an artifact's metadata."""
+        """Copy the identity fields and headline metrics of an artifact's metadata."""
         return cls(
             name=meta.name,
             version=meta.version,
@@ -45,7 +68,7 @@ class ModelView(BaseModel):
             task=meta.task,
             intended_use=meta.intended_use,
             limitations=list(meta.limitations),
-            metrics=dict(meta.metrics),
+            metrics=headline_metrics(meta.metrics),
         )
 
 
@@ -62,7 +85,7 @@ class WhatIf(BaseModel):
 
 
 class NcdExplanation(BaseModel):
-    """Everything the NCD explanation page shows for one card."""
+    """Everything the NCD explanation page shows for one card (no names, no identifiers)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -70,8 +93,6 @@ class NcdExplanation(BaseModel):
     id: str = Field(description="The card uuid this explains.")
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     service_id: str
-    request_id: str | None = None
-    patient_ref: str | None = None
     outcome: str = Field(description="'cvd' or 'diabetes'.")
     risk: float
     percent: int
@@ -86,7 +107,6 @@ class NcdExplanation(BaseModel):
     who_note: str | None = None
     who_region: str | None = None
     who_country: str | None = None
-    what_ifs: list[WhatIf] = Field(default_factory=list)
 
     @classmethod
     def from_advice(
@@ -96,25 +116,19 @@ class NcdExplanation(BaseModel):
         card_uuid: str,
         service_id: str,
         who_settings: WhoSettings | None = None,
-        request_id: str | None = None,
-        patient_ref: str | None = None,
     ) -> NcdExplanation:
-        """The explanation of one piece of advice, with its WHO "what if" risks.
+        """The explanation of one piece of advice.
 
         Args:
             advice: What :func:`serving.assess.assess` returned.
             card_uuid: The card this explains (feedback is stored against it).
             service_id: CDS service (or route) that gave the advice.
             who_settings: The WHO recalibration the advice used.
-            request_id: Tonle's request id (links to the audit row).
-            patient_ref: FHIR reference, e.g. ``Patient/123``.
         """
         settings = who_settings or WhoSettings()
         return cls(
             id=card_uuid,
             service_id=service_id,
-            request_id=request_id,
-            patient_ref=patient_ref,
             outcome=advice.outcome,
             risk=advice.risk,
             percent=advice.percent,
@@ -129,8 +143,34 @@ class NcdExplanation(BaseModel):
             who_note=advice.who_note,
             who_region=settings.region,
             who_country=settings.country,
-            what_ifs=what_ifs(advice.who, settings) if advice.who is not None else [],
         )
+
+    def what_ifs(self) -> list[WhatIf]:
+        """The WHO chart "what if" risks (none without a WHO chart result)."""
+        if self.who is None:
+            return []
+        return what_ifs(self.who, WhoSettings(self.who_region, self.who_country))
+
+
+def explanation_record(
+    advice: Advice,
+    *,
+    card_uuid: str,
+    service_id: str,
+    who_settings: WhoSettings | None,
+    retention: timedelta,
+) -> ExplanationRecord:
+    """The stored form of a card's explanation, kept for ``retention``."""
+    ex = NcdExplanation.from_advice(
+        advice, card_uuid=card_uuid, service_id=service_id, who_settings=who_settings
+    )
+    return ExplanationRecord(
+        card_uuid=card_uuid,
+        service_id=service_id,
+        created=ex.created,
+        expires=ex.created + retention,
+        content=ex.model_dump_json(),
+    )
 
 
 def what_ifs(who: WhoCvdResult, settings: WhoSettings) -> list[WhatIf]:

@@ -33,6 +33,7 @@ from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -43,11 +44,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving import i18n
-from serving.assess import Advice, WhoSettings
 from serving.audit.records import FeedbackRecord, OverrideReason
 from serving.runtime import Runtime
-from serving.ui import demo
-from serving.ui.explanations import NcdExplanation
+from serving.ui import demo, links
+from serving.ui.explanations import NcdExplanation, headline_metrics
 from serving.ui.who_chart import ChartGrid, grid
 
 __all__ = ["UI_CALLER", "demo_enabled", "language", "routes"]
@@ -142,29 +142,28 @@ def _message(request: Request, key: str, status: int) -> HTMLResponse:
     return _page(request, "message.html", status=status, message_key=key)
 
 
+async def _link_refused(request: Request) -> HTMLResponse | None:
+    """The refusal of a page link that is not validly signed (403 / 410, one body)."""
+    verdict = await run_in_threadpool(links.verdict, request)
+    if verdict == "ok":
+        return None
+    return _message(request, "ui.link.refused", 410 if verdict == "expired" else 403)
+
+
+def _signed(runtime: Runtime, path: str) -> str:
+    return links.signer(runtime).sign(path)
+
+
 # --- NCD explanation -------------------------------------------------------------------
 
 
-def _service_for(runtime: Runtime, advice: Advice) -> str:
-    for service_id, predictor in runtime.ncd.items():
-        if predictor.metadata.tag == advice.metadata.tag:
-            return service_id
-    return "ncd"
-
-
 def _explanation(runtime: Runtime, card_id: str) -> NcdExplanation | None:
-    kept: dict[str, tuple[Advice, str]] = runtime.extras.get("explanations", {})
-    entry = kept.get(card_id)
-    if entry is None:
+    """The stored explanation of a card; None if unknown, purged or past its retention."""
+    lookup = getattr(runtime.audit, "explanation", None)
+    found = lookup(card_id) if lookup is not None and _CARD_ID.match(card_id) else None
+    if found is None or found.expires <= datetime.now(UTC):
         return None
-    advice, patient_id = entry
-    return NcdExplanation.from_advice(
-        advice,
-        card_uuid=card_id,
-        service_id=_service_for(runtime, advice),
-        who_settings=WhoSettings(runtime.config.who_region, runtime.config.who_country),
-        patient_ref=f"Patient/{patient_id}",
-    )
+    return NcdExplanation.model_validate_json(found.content)
 
 
 def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
@@ -210,8 +209,10 @@ def _who_grid(ex: NcdExplanation, runtime: Runtime) -> ChartGrid | None:
 async def explain_ncd(request: Request) -> Response:
     """``GET /ui/explain/{card_id}``: the NCD explanation page."""
     runtime = _runtime(request)
-    card_id = request.path_params["card_id"]
-    ex = _explanation(runtime, card_id) if _CARD_ID.match(card_id) else None
+    refused = await _link_refused(request)
+    if refused is not None:
+        return refused
+    ex = await run_in_threadpool(_explanation, runtime, request.path_params["card_id"])
     if ex is None:
         return _message(request, "ui.explain.not_found", 404)
     lang = language(request)
@@ -248,10 +249,12 @@ async def explain_ncd(request: Request) -> Response:
         "explain_ncd.html",
         lang=lang,
         ex=ex,
+        what_ifs=await run_in_threadpool(ex.what_ifs),
         factors=factors,
         data_rows=data_rows,
         chart=chart,
-        metrics=_headline_metrics(ex.model.metrics),
+        link=request.query_params,
+        metrics=ex.model.metrics,
         title_key={"cvd": "ui.explain.ncd.title", "diabetes": "ui.explain.diabetes.title"}.get(
             ex.outcome, "ui.explain.title"
         ),
@@ -269,6 +272,9 @@ def _cxr_store(runtime: Runtime) -> Any | None:
 async def explain_cxr(request: Request) -> Response:
     """``GET /ui/explain/cxr/{result_id}``: a chest X-ray result with its heatmap."""
     runtime = _runtime(request)
+    refused = await _link_refused(request)
+    if refused is not None:
+        return refused
     store = _cxr_store(runtime)
     result_id = request.path_params["result_id"]
     try:
@@ -281,11 +287,12 @@ async def explain_cxr(request: Request) -> Response:
         request,
         "explain_cxr.html",
         result=result,
-        heatmap=f"/ui/explain/cxr/{result.id}/heatmap.png",
+        heatmap=_signed(runtime, f"/ui/explain/cxr/{result.id}/heatmap.png"),
         # The plain image under the overlay, when the result store kept one.
-        base_image=f"/ui/explain/cxr/{result.id}/image.png"
+        base_image=_signed(runtime, f"/ui/explain/cxr/{result.id}/image.png")
         if await run_in_threadpool(_has_image, store, result.id)
         else None,
+        link=request.query_params,
     )
 
 
@@ -298,6 +305,9 @@ def _has_image(store: Any, result_id: str) -> bool:
 
 async def cxr_png(request: Request) -> Response:
     """The overlay (``heatmap.png``) or plain (``image.png``) PNG of a stored result."""
+    verdict = await run_in_threadpool(links.verdict, request)
+    if verdict != "ok":
+        return links.refusal(verdict)
     store = _cxr_store(_runtime(request))
     which = "heatmap" if request.url.path.endswith("/heatmap.png") else "image"
     read = getattr(store, which, None)
@@ -335,7 +345,7 @@ async def model_card(request: Request) -> Response:
         "model_card.html",
         meta_=stored.metadata,
         card_json=_script_json(text),
-        metrics=_headline_metrics(stored.metadata.metrics, limit=50),
+        metrics=headline_metrics(stored.metadata.metrics, limit=50),
     )
 
 
@@ -344,19 +354,6 @@ def _script_json(value: object) -> Markup:
     text = json.dumps(value, ensure_ascii=False)
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return Markup(text)  # noqa: S704 - every markup character is escaped above
-
-
-def _headline_metrics(metrics: dict[str, Any], limit: int = 6) -> dict[str, Any]:
-    """The test-split metrics a clinician reads first (the model card has the rest)."""
-    order = ("auroc", "harrell_c", "calibration_slope", "brier", "sensitivity", "specificity")
-    test = {k: v for k, v in metrics.items() if k.startswith("test_")}
-    if not test:
-        return dict(list(metrics.items())[:limit])
-    ranked = sorted(test, key=lambda k: next((i for i, o in enumerate(order) if o in k), 99))
-    headline = {k: test[k] for k in ranked[:limit]}
-    if "who_test_auroc" in metrics and limit < 50:
-        headline["who_test_auroc"] = metrics["who_test_auroc"]
-    return headline
 
 
 # --- feedback ------------------------------------------------------------------------------
@@ -369,9 +366,10 @@ def _bad(reason: str, status: int = 400) -> JSONResponse:
 async def feedback(request: Request) -> Response:
     """``POST /ui/api/feedback``: agree / disagree with a card, from its explanation page.
 
-    Body: ``{"card": uuid, "agree": bool, "reason": str, "kind": "ncd"|"cxr"}``. The card
-    must be one this service answered (its uuid is the capability); the row goes to the
-    same store as CDS Hooks feedback, with ``caller_iss = "tonle-ui"``.
+    Body: ``{"card": uuid, "agree": bool, "reason": str, "kind": "ncd"|"cxr", "exp": str,
+    "sig": str}``: ``exp`` and ``sig`` are those of the signed page link the feedback
+    comes from (the capability; 403 / 410 otherwise). The row goes to the same store as
+    CDS Hooks feedback, with ``caller_iss = "tonle-ui"``.
     """
     runtime = _runtime(request)
     try:
@@ -380,10 +378,15 @@ async def feedback(request: Request) -> Response:
         agree = body["agree"]
         reason = str(body.get("reason") or "").strip()[:2000]
         kind = str(body.get("kind") or "ncd")
-    except (ValueError, KeyError, TypeError):
+        link = {"exp": str(body.get("exp") or ""), "sig": str(body.get("sig") or "")}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return _bad("invalid-body")
-    if not isinstance(agree, bool) or not _CARD_ID.match(card):
+    if not isinstance(agree, bool) or not _CARD_ID.match(card) or kind not in ("ncd", "cxr"):
         return _bad("invalid-body")
+    page = f"/ui/explain/cxr/{card}" if kind == "cxr" else f"/ui/explain/{card}"
+    verdict = await run_in_threadpool(lambda: links.signer(runtime).check(page, link))
+    if verdict != "ok":
+        return links.refusal(verdict)
     if not agree and not reason:
         return _bad("reason-required")
     if kind == "cxr":
@@ -396,7 +399,7 @@ async def feedback(request: Request) -> Response:
             return _bad("unknown-card", 404)
         service_id = "cxr-triage"
     else:
-        ex = _explanation(runtime, card)
+        ex = await run_in_threadpool(_explanation, runtime, card)
         if ex is None:
             return _bad("unknown-card", 404)
         service_id = ex.service_id
@@ -614,7 +617,8 @@ async def demo_xray(request: Request) -> Response:
             result=result,
         )
     )
-    return JSONResponse({"result": result.id, "explanation": f"/ui/explain/cxr/{result.id}"})
+    page = _signed(runtime, f"/ui/explain/cxr/{result.id}")
+    return JSONResponse({"result": result.id, "explanation": page})
 
 
 # --- SMART launch ------------------------------------------------------------------------
@@ -625,8 +629,9 @@ async def launch(request: Request) -> Response:
 
     The EHR opens this with its FHIR base (``iss``) and an opaque ``launch`` context.
     Tonle checks that ``iss`` is a FHIR server it trusts for some caller, then opens
-    the explanation named by ``card`` (passed through by the EHR's launch URL) or the
-    demo EHR. A full OAuth 2 authorisation-code exchange is not done: Tonle reads no
+    the explanation named by ``card`` with the ``exp`` and ``sig`` of the card's signed
+    link (passed through by the EHR's launch URL; the page checks them) or the demo EHR.
+    A full OAuth 2 authorisation-code exchange is not done: Tonle reads no
     FHIR data from the launch, it only shows what it already computed.
     """
     runtime = _runtime(request)
@@ -640,7 +645,9 @@ async def launch(request: Request) -> Response:
     lang = language(request)
     card = request.query_params.get("card")
     if card and _CARD_ID.match(card):
-        return RedirectResponse(f"/ui/explain/{card}?lang={lang}", status_code=303)
+        signed = {k: v for k in ("exp", "sig") if (v := request.query_params.get(k))}
+        query = urlencode({**signed, "lang": lang})
+        return RedirectResponse(f"/ui/explain/{card}?{query}", status_code=303)
     return RedirectResponse(f"/ui/ehr?lang={lang}", status_code=303)
 
 

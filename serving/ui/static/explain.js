@@ -26,7 +26,7 @@
     if (!agree && !reason) { status.textContent = form.dataset.needReason; $("fb-reason").focus(); return; }
     const r = await fetch("/ui/api/feedback", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ card: form.dataset.card, kind: form.dataset.kind, agree, reason }),
+      body: JSON.stringify({ card: form.dataset.card, kind: form.dataset.kind, exp: form.dataset.exp, sig: form.dataset.sig, agree, reason }),
     });
     if (r.ok) {
       status.textContent = form.dataset.thanks;

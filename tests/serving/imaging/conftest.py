@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,7 @@ from models.registry import StoredModel
 from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
+from serving.ui.links import LinkSigner
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 
 
@@ -100,7 +102,8 @@ def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterato
             dev=dev,
         )
         app = Starlette(routes=routes())
-        app.state.runtime = SimpleNamespace(extras={"imaging": state})
+        signer = LinkSigner(b"k" * 32, timedelta(days=30))
+        app.state.runtime = SimpleNamespace(extras={"imaging": state, "link_signer": signer})
         clients.append(Client(app))
         return clients[-1], state
 

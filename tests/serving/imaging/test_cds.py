@@ -8,8 +8,11 @@ from typing import Any
 
 from serving.cds_models import CdsResponse
 from serving.imaging.cds import SERVICE, card_for
+from serving.ui.links import LinkSigner
 from tests.serving.imaging.conftest import AppFactory, ListAudit
 from tests.serving.imaging.results_fixtures import heatmap_png, make_result
+
+_SIGNER = LinkSigner(b"k" * 32, timedelta(days=1))
 
 
 def hook(patient: str) -> dict[str, Any]:
@@ -37,8 +40,12 @@ def test_latest_recent_read_becomes_one_card(make_app: AppFactory, audit: ListAu
     assert "abnormality" in card.summary
     assert "tuberculosis" not in card.summary  # 0.2 < 0.5
     assert len(card.summary) < 140
-    assert card.links[0].url == f"https://tonle.test{new.heatmap_url}"
-    assert card.links[1].url == f"https://tonle.test/ui/explain/cxr/{new.id}?lang=en"
+    # Browser links are signed capability links; the heatmap one opens as is.
+    heatmap = card.links[0].url.removeprefix("https://tonle.test")
+    assert heatmap.startswith(f"{new.heatmap_url}?exp=")
+    assert client.get(heatmap).headers["content-type"] == "image/png"
+    assert card.links[1].url.startswith(f"https://tonle.test/ui/explain/cxr/{new.id}?exp=")
+    assert card.links[1].url.endswith("&lang=en")
     assert "0.7" in (card.detail or "")
     assert "unverified" in (card.detail or "")
     row = audit.rows[-1]
@@ -74,7 +81,7 @@ def test_unauthenticated_hook_calls_are_refused(make_app: AppFactory) -> None:
 
 
 def test_card_without_flags_is_info() -> None:
-    card = card_for(make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), "https://x")
+    card = card_for(make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), "https://x", _SIGNER)
     assert card.indicator == "info"
     assert "no abnormality" in card.summary
     assert SERVICE.hook == "patient-view"
@@ -90,4 +97,4 @@ def test_cards_speak_khmer_when_asked(make_app: AppFactory) -> None:
     ).json()["cards"][0]
     assert english["summary"] != khmer["summary"]
     assert any("\u1780" <= ch <= "\u17ff" for ch in khmer["summary"])
-    assert khmer["links"][1]["url"].endswith("?lang=km")
+    assert khmer["links"][1]["url"].endswith("&lang=km")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from models.who_cvd import WhoCvdInputs, who_cvd_risk
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
 from serving.runtime import Runtime
-from serving.ui import demo
+from serving.ui import demo, links
 from serving.ui.who_chart import grid
 from tests.serving.ui.ui_fixtures import demo_app, request
 
@@ -29,6 +30,11 @@ def app_rt(
 ) -> Iterator[tuple[Starlette, Runtime]]:
     with demo_app(ui_store_home, tmp_path_factory.mktemp("ui-rt")) as pair:
         yield pair
+
+
+def _signed_params(link: str) -> dict[str, str]:
+    query = dict(parse_qsl(link.partition("?")[2]))
+    return {"exp": query["exp"], "sig": query["sig"]}
 
 
 def _token(app: Starlette, path: str) -> dict[str, str]:
@@ -146,18 +152,29 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
     assert request(app, "GET", "/ui/models/cvd-risk/9.9.9").status_code == 404
 
     uuid = card["uuid"]
-    refused = request(app, "POST", "/ui/api/feedback", json={"card": uuid, "agree": False})
+    signed = _signed_params(link)  # the page posts its own link's exp and sig
+    unsigned = request(app, "POST", "/ui/api/feedback", json={"card": uuid, "agree": True})
+    assert unsigned.status_code == 403
+    refused = request(
+        app, "POST", "/ui/api/feedback", json={"card": uuid, "agree": False, **signed}
+    )
     assert refused.status_code == 400
     assert refused.json()["error"] == "reason-required"
+    other = _signed_params(links.signer(runtime).sign("/ui/explain/" + "0" * 32))
     unknown = request(
-        app, "POST", "/ui/api/feedback", json={"card": "0" * 32, "agree": True, "reason": ""}
+        app, "POST", "/ui/api/feedback", json={"card": "0" * 32, "agree": True, **other}
     )
     assert unknown.status_code == 404
     ok = request(
         app,
         "POST",
         "/ui/api/feedback",
-        json={"card": uuid, "agree": False, "reason": "BP was measured once, after exertion"},
+        json={
+            "card": uuid,
+            "agree": False,
+            "reason": "BP was measured once, after exertion",
+            **signed,
+        },
     )
     assert ok.status_code == 200, ok.text
     assert runtime.audit is not None
@@ -170,19 +187,20 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
 
 
 def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]) -> None:
-    app, _ = app_rt
+    app, runtime = app_rt
     card = _card_for(app, "demo-02", lang="km")
     assert "ហានិភ័យ" in card["summary"]
     link = card["links"][0]["url"]
-    assert link.endswith("?lang=km")  # the page opens in the card's language
-    path = link.removeprefix("http://testserver").split("?")[0]
+    assert link.endswith("&lang=km")  # the page opens in the card's language
+    path = link.removeprefix("http://testserver").removesuffix("&lang=km")
     html = request(app, "GET", path, headers={"Accept-Language": "km-KH,km;q=0.9"}).text
     assert '<html lang="km">' in html
     assert "ការពន្យល់" in html
-    assert '<html lang="en">' in request(app, "GET", f"{path}?lang=en").text
-    missing = request(app, "GET", "/ui/explain/not-a-card-id-at-all")
+    assert '<html lang="en">' in request(app, "GET", f"{path}&lang=en").text
+    missing = request(app, "GET", links.signer(runtime).sign("/ui/explain/not-a-card-id-at-all"))
     assert missing.status_code == 404
     assert "expired" in missing.text
+    assert request(app, "GET", path.split("?")[0]).status_code == 403
 
 
 def test_no_advice_patient_gives_no_card(app_rt: tuple[Starlette, Runtime]) -> None:
@@ -248,6 +266,15 @@ def test_smart_launch(app_rt: tuple[Starlette, Runtime]) -> None:
     )
     assert r.status_code == 303
     assert r.headers["location"] == "/ui/explain/6f1c2d3e-aaaa-bbbb-cccc-123456789012?lang=km"
+    # The card link's signature travels through the launch to the page, which checks it.
+    r = request(
+        app,
+        "GET",
+        "/ui/launch?iss=https://ehr.example/fhir&launch=abc&card=6f1c2d3e-aaaa-bbbb-cccc-123456789012&exp=99&sig=ab",
+        follow_redirects=False,
+    )
+    assert r.headers["location"].endswith("?exp=99&sig=ab&lang=en")
+    assert request(app, "GET", r.headers["location"]).status_code == 403
 
 
 def test_pages_fetch_nothing_from_outside() -> None:
