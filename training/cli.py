@@ -17,13 +17,16 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from training import ops_cli
+
+if TYPE_CHECKING:
+    from models.registry import StoredModel
 
 __all__ = ["EXIT_BAD_ARTIFACT", "EXIT_BAD_INPUT", "EXIT_FAILED", "app", "main"]
 
@@ -107,12 +110,7 @@ def models_show(
     """
     from models import registry
 
-    name, version = _split_tag(tag)
-    try:
-        stored = registry.get(name, version)
-    except registry.ArtifactError as exc:
-        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
-    out.print_json(json.dumps(registry.describe(stored)))
+    out.print_json(json.dumps(registry.describe(_artifact(tag, verify=False))))
 
 
 @models_app.command("verify")
@@ -123,13 +121,7 @@ def models_verify(
 
     Example: tonle models verify cvd-risk:1.0.0
     """
-    from models import registry
-
-    name, version = _split_tag(tag)
-    try:
-        stored = registry.verify(name, version)
-    except registry.ArtifactError as exc:
-        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    stored = _artifact(tag, verify=True)
     out.print(f"OK {stored.metadata.tag} sha256={stored.metadata.sha256}")
 
 
@@ -199,9 +191,16 @@ def data_import_cxr(
     out.print(f"wrote {path}")
 
 
-def _split_tag(tag: str) -> tuple[str, str]:
+def _artifact(tag: str, *, verify: bool) -> StoredModel:
+    """The artifact NAME:VERSION (NAME: the latest), re-hashed if ``verify``; exit 3 if bad."""
+    from models import registry
+
     name, _, version = tag.partition(":")
-    return name, version or "latest"
+    try:
+        lookup = registry.verify if verify else registry.get
+        return lookup(name, version or "latest")
+    except registry.ArtifactError as exc:
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
 
 
 def _is_loopback(host: str) -> bool:
