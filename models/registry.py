@@ -104,7 +104,8 @@ def check_onnx_graph(path: Path) -> None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types
         raise ArtifactError(f"{path.name} is not a valid ONNX model: {exc}") from exc
-    for tensor in _all_initializers(proto.graph):
+    graphs = _graphs(proto.graph)
+    for tensor in (t for g in graphs for t in g.initializer):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ArtifactError(
                 f"{path.name} stores tensor {tensor.name!r} as external data; "
@@ -114,7 +115,7 @@ def check_onnx_graph(path: Path) -> None:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ArtifactError(f"{path.name} is not a valid ONNX model: {exc}") from exc
-    domains = {node.domain for node in _all_nodes(proto.graph)}
+    domains = {node.domain for g in graphs for node in g.node}
     unexpected = sorted(domains - ALLOWED_ONNX_DOMAINS)
     if unexpected:
         raise ArtifactError(
@@ -123,24 +124,16 @@ def check_onnx_graph(path: Path) -> None:
         )
 
 
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    nodes = list(graph.node)
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The graph and every subgraph in its nodes' attributes (If, Loop, Scan bodies)."""
+    graphs = [graph]
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.g.node:
-                nodes.extend(_all_nodes(attribute.g))
+                graphs.extend(_graphs(attribute.g))
             for subgraph in attribute.graphs:
-                nodes.extend(_all_nodes(subgraph))
-    return nodes
-
-
-def _all_initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    tensors = list(graph.initializer)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.g.node:
-                tensors.extend(_all_initializers(attribute.g))
-    return tensors
+                graphs.extend(_graphs(subgraph))
+    return graphs
 
 
 def save(onnx_path: Path, metadata: ModelMetadata, card_dir: Path | None = None) -> StoredModel:

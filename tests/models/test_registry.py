@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from models import registry
 from models.metadata import ModelMetadata
@@ -80,6 +81,50 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
     onnx.save(model, str(path), save_as_external_data=True, size_threshold=0,
               location="weights.bin")  # fmt: skip
     with pytest.raises(registry.ArtifactError, match="external data"):
+        registry.check_onnx_graph(path)
+
+
+def _if_graph(path: Path, domain: str = "") -> Path:
+    """``y = x * w`` inside both branches of an If: the weight and the op live in subgraphs."""
+
+    def branch(name: str) -> onnx.GraphProto:
+        weight = numpy_helper.from_array(np.array([2.0], dtype=np.float32), name=f"w_{name}")
+        return helper.make_graph(
+            [helper.make_node("Mul", ["x", f"w_{name}"], [f"y_{name}"], domain=domain)],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, ["N", 1])],
+            initializer=[weight],
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("no")
+            )
+        ],
+        "nested",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def test_subgraphs_are_checked_too(tmp_path: Path) -> None:
+    registry.check_onnx_graph(_if_graph(tmp_path / "ok.onnx"))  # a plain If is fine
+    with pytest.raises(registry.ArtifactError, match="operator domains"):
+        registry.check_onnx_graph(_if_graph(tmp_path / "custom.onnx", domain="evil.ops"))
+    path = _if_graph(tmp_path / "external.onnx")
+    onnx.save(onnx.load(str(path)), str(path), save_as_external_data=True, size_threshold=0,
+              location="weights.bin")  # fmt: skip
+    with pytest.raises(registry.ArtifactError, match=r"stores tensor 'w_\w+' as external data"):
         registry.check_onnx_graph(path)
 
 
