@@ -156,6 +156,9 @@ def _day(offset_days: npt.NDArray[np.int64]) -> list[str]:
     return [str(d) for d in base + offset_days.astype("timedelta64[D]")]
 
 
+_LOINC = "http://loinc.org"
+
+
 def _quantity(value: float, unit: str) -> str:
     return (
         f'{{"value":{value:.1f},"unit":"{unit}","system":"http://unitsofmeasure.org",'
@@ -163,18 +166,26 @@ def _quantity(value: float, unit: str) -> str:
     )
 
 
+def _coding(system: str, code: str, display: str | None = None) -> str:
+    shown = "" if display is None else f',"display":"{display}"'
+    return f'{{"coding":[{{"system":"{system}","code":"{code}"{shown}}}]}}'
+
+
+def _subject(pid: str) -> str:
+    return f'"subject":{{"reference":"Patient/{pid}"}}'
+
+
 def _obs(oid: str, pid: str, day: str, loinc: str, value_json: str) -> str:
     return (
         f'{{"resourceType":"Observation","id":"{oid}","status":"final",'
-        f'"code":{{"coding":[{{"system":"http://loinc.org","code":"{loinc}"}}]}},'
-        f'"subject":{{"reference":"Patient/{pid}"}},"effectiveDateTime":"{day}",{value_json}}}'
+        f'"code":{_coding(_LOINC, loinc)},{_subject(pid)},"effectiveDateTime":"{day}",'
+        f"{value_json}}}"
     )
 
 
 def _bp(oid: str, pid: str, day: str, sbp: float, dbp: float) -> str:
     comps = ",".join(
-        f'{{"code":{{"coding":[{{"system":"http://loinc.org","code":"{code}"}}]}},'
-        f'"valueQuantity":{_quantity(v, "mm[Hg]")}}}'
+        f'{{"code":{_coding(_LOINC, code)},"valueQuantity":{_quantity(v, "mm[Hg]")}}}'
         for code, v in (("8480-6", sbp), ("8462-4", dbp))
     )
     return _obs(oid, pid, day, "85354-9", f'"component":[{comps}]')
@@ -183,18 +194,16 @@ def _bp(oid: str, pid: str, day: str, sbp: float, dbp: float) -> str:
 def _condition(cid: str, pid: str, day: str, snomed: str, display: str) -> str:
     return (
         f'{{"resourceType":"Condition","id":"{cid}",'
-        f'"code":{{"coding":[{{"system":"http://snomed.info/sct","code":"{snomed}",'
-        f'"display":"{display}"}}]}},'
-        f'"subject":{{"reference":"Patient/{pid}"}},"onsetDateTime":"{day}"}}'
+        f'"code":{_coding("http://snomed.info/sct", snomed, display)},'
+        f'{_subject(pid)},"onsetDateTime":"{day}"}}'
     )
 
 
 def _medication(mid: str, pid: str, day: str, atc: str, display: str) -> str:
     return (
-        f'{{"resourceType":"MedicationRequest","id":"{mid}","status":"active",'
-        f'"intent":"order","medicationCodeableConcept":{{"coding":[{{'
-        f'"system":"http://www.whocc.no/atc","code":"{atc}","display":"{display}"}}]}},'
-        f'"subject":{{"reference":"Patient/{pid}"}},"authoredOn":"{day}"}}'
+        f'{{"resourceType":"MedicationRequest","id":"{mid}","status":"active","intent":"order",'
+        f'"medicationCodeableConcept":{_coding("http://www.whocc.no/atc", atc, display)},'
+        f'{_subject(pid)},"authoredOn":"{day}"}}'
     )
 
 
