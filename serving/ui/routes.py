@@ -108,6 +108,9 @@ def _env() -> Environment:
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     lang = context.pop("lang", None) or language(request)
+    query = context.pop("query", None)
+    if query is None:
+        query = {k: v for k, v in request.query_params.items() if k != "lang"}
     meta = i18n.language_meta(lang)
 
     def tr(key: str, **params: object) -> str:
@@ -131,7 +134,7 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
             meta=meta,
             languages=languages,
             path=request.url.path,
-            query={k: v for k, v in request.query_params.items() if k != "lang"},
+            query=query,
             **context,
         )
     )
@@ -147,7 +150,9 @@ async def _link_refused(request: Request) -> HTMLResponse | None:
     verdict = await run_in_threadpool(links.verdict, request)
     if verdict == "ok":
         return None
-    return _message(request, "ui.link.refused", 410 if verdict == "expired" else 403)
+    # One body for every refusal: the request's own query is not echoed.
+    status = 410 if verdict == "expired" else 403
+    return _page(request, "message.html", status=status, message_key="ui.link.refused", query={})
 
 
 def _signed(runtime: Runtime, path: str) -> str:

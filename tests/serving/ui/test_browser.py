@@ -27,6 +27,7 @@ from playwright.sync_api import expect, sync_playwright
 from serving.imaging.heatmap import overlay_png
 from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, ResultStore
 from serving.runtime import Runtime
+from serving.ui import links
 from tests.serving.ui.ui_fixtures import demo_app
 
 pytestmark = pytest.mark.slow
@@ -263,14 +264,14 @@ def test_cxr_explanation(
     result = _cxr_result(runtime.extras["imaging"].store, with_image=lang == "en")
     errors: list[str] = []
     page = _page(browser, DESKTOP, errors)
-    page.goto(f"{url}/ui/explain/cxr/{result.id}?lang={lang}")
+    page.goto(f"{url}{links.signer(runtime).sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}")
     assert page.get_attribute("html", "lang") == lang
     # (wait_for_function would eval a string, which the pages' CSP rightly forbids)
     expect(page.locator("#cxr-heatmap")).to_be_visible()
     page.wait_for_load_state("load")
     assert page.evaluate("document.getElementById('cxr-heatmap').naturalWidth") == 256
     base = page.evaluate("document.getElementById('cxr-base').getAttribute('src')")
-    assert base.endswith("/image.png" if lang == "en" else "/heatmap.png")
+    assert base.split("?")[0].endswith("/image.png" if lang == "en" else "/heatmap.png")
     assert page.evaluate("document.getElementById('cxr-base').naturalWidth") == 256
     rows = page.locator("#cxr-scores tbody tr.flagged").count()
     assert rows == 2  # abnormal and tb crossed 0.5
