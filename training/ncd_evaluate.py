@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from training import ncd_metrics as m
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "AGE_BANDS",
@@ -418,49 +421,39 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Pa
     ax.plot([0, top], [0, top], color="grey", linestyle="--", label="perfect calibration")
     ax.set_xlabel(f"predicted {report.horizon_years:g}-year risk (decile means)")
     ax.set_ylabel("observed risk (IPCW)")
-    ax.set_title(f"Calibration, {report.outcome}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png")
-    plt.close(fig)
-    paths.append(out_dir / "calibration.png")
+    paths.append(_save(fig, f"Calibration, {report.outcome}", out_dir / "calibration.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    thresholds = [float(t) for t in report.overall.model.net_benefit]
-    ax.plot(
-        thresholds,
-        list(report.overall.model.net_benefit.values()),
-        marker="o",
-        label="trained model",
-    )
-    if report.overall.who is not None:
-        ax.plot(
-            thresholds,
-            list(report.overall.who.net_benefit.values()),
-            marker="s",
-            label="WHO 2019 chart",
-        )
-    ax.plot(
-        thresholds,
-        list(report.overall.model.treat_all_net_benefit.values()),
-        linestyle="--",
-        label="treat all",
-    )
+    overall = report.overall
+    curves: list[tuple[dict[str, float], dict[str, Any]]] = [
+        (overall.model.net_benefit, {"marker": "o", "label": "trained model"})
+    ]
+    if overall.who is not None:
+        curves.append((overall.who.net_benefit, {"marker": "s", "label": "WHO 2019 chart"}))
+    curves.append((overall.model.treat_all_net_benefit, {"linestyle": "--", "label": "treat all"}))
+    thresholds = [float(t) for t in overall.model.net_benefit]
+    for net_benefit, style in curves:
+        ax.plot(thresholds, list(net_benefit.values()), **style)
     ax.axhline(0.0, color="grey", linewidth=0.8, label="treat none")
-    curves = [report.overall.model.net_benefit, report.overall.model.treat_all_net_benefit]
-    if report.overall.who is not None:
-        curves.append(report.overall.who.net_benefit)
-    best = max([max(c.values()) for c in curves] + [0.001])
+    best = max([max(c.values()) for c, _ in curves] + [0.001])
     ax.set_ylim(-0.5 * best, 1.15 * best)  # treat-all falls far below zero; keep the detail
     ax.set_xlabel("threshold risk")
     ax.set_ylabel("net benefit")
-    ax.set_title(f"Decision curve, {report.outcome}")
+    paths.append(_save(fig, f"Decision curve, {report.outcome}", out_dir / "decision_curve.png"))
+    return paths
+
+
+def _save(fig: Figure, title: str, path: Path) -> Path:
+    """Title the figure's plot, add its legend, write it as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    ax = fig.axes[0]
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "decision_curve.png")
+    fig.savefig(path)
     plt.close(fig)
-    paths.append(out_dir / "decision_curve.png")
-    return paths
+    return path
 
 
 def report_summary(report: EvaluationReport) -> dict[str, Any]:
