@@ -66,28 +66,20 @@ def _bands(
     return percent, band
 
 
+@dataclass(frozen=True)
 class Scorer:
     """Scores C2 feature chunks with one model; see :func:`open_scorer`."""
 
-    def __init__(
-        self,
-        name: str,
-        version: str,
-        sha256: str,
-        region_code: str,
-        country_code: str,
-        score: Callable[[pd.DataFrame], _Scored],
-    ) -> None:
-        self.name = name
-        self.version = version
-        self.sha256 = sha256
-        self.region_code = region_code
-        self.country_code = country_code
-        self._score = score
+    name: str
+    version: str
+    sha256: str
+    region_code: str
+    country_code: str
+    score: Callable[[pd.DataFrame], _Scored]  # risk, reason and extrapolated per row
 
     def __call__(self, table: pd.DataFrame) -> pd.DataFrame:
         """One output row per input row (see :data:`OUTPUT_COLUMNS`)."""
-        risk, reason, extrapolated = self._score(table)
+        risk, reason, extrapolated = self.score(table)
         percent, band = _bands(risk)
         out = pd.DataFrame({
             "patient_id": table["patient_id"].to_numpy(),
