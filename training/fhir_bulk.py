@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date, timedelta
 from pathlib import Path
@@ -42,6 +43,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from models.ncd_features import (
+    ATC_SYSTEM,
+    BP_LOWERING_ATC,
     BP_PANEL_LOINC,
     CVD_CONDITION_CODES,
     DIABETES_CONDITION_CODES,
@@ -82,8 +85,8 @@ _KNOWN_LOINC = _FEATURE_LOINC | {SMOKING_LOINC, BP_PANEL_LOINC}
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = ("http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm")
-ATC = "http://www.whocc.no/atc"
-_BP_DRUG_ATC = ("C02", "C03", "C07", "C08", "C09")
+ATC = ATC_SYSTEM
+_BP_DRUG_ATC = BP_LOWERING_ATC
 _DAYS_PER_YEAR = 365.25
 
 
@@ -121,11 +124,7 @@ class BuildReport(BaseModel):
 
     def counts(self) -> dict[str, int]:
         """Number of issues per ``field:rule``."""
-        out: dict[str, int] = {}
-        for i in self.issues:
-            key = f"{i.field}:{i.rule}"
-            out[key] = out.get(key, 0) + 1
-        return out
+        return dict(Counter(f"{i.field}:{i.rule}" for i in self.issues))
 
 
 class _Collector:
@@ -159,29 +158,18 @@ def iter_ndjson(ndjson_dir: Path, resource_type: str) -> Iterator[dict[str, Any]
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
+                where = f"{path.name}:{lineno}"
                 try:
                     res = _loads(line)
                 except ValueError as exc:  # orjson / json decode errors
-                    raise FeatureTableError(
-                        [
-                            FeatureIssue(
-                                patient_id="-",
-                                field=f"{path.name}:{lineno}",
-                                rule=f"not valid JSON ({exc})",
-                            )
-                        ]
-                    ) from exc
+                    raise _file_error(where, f"not valid JSON ({exc})") from exc
                 if not isinstance(res, dict) or res.get("resourceType") != resource_type:
-                    raise FeatureTableError(
-                        [
-                            FeatureIssue(
-                                patient_id="-",
-                                field=f"{path.name}:{lineno}",
-                                rule=f"not a {resource_type} resource",
-                            )
-                        ]
-                    )
+                    raise _file_error(where, f"not a {resource_type} resource")
                 yield res
+
+
+def _file_error(where: str, rule: str) -> FeatureTableError:
+    return FeatureTableError([FeatureIssue(patient_id="-", field=where, rule=rule)])
 
 
 def _ref_id(reference: dict[str, Any] | None) -> str | None:

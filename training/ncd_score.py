@@ -12,6 +12,7 @@ empty. Memory stays bounded by the chunk size for CSV input.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -49,11 +50,7 @@ class ScoreSummary:
 
     def issue_counts(self) -> dict[str, int]:
         """Input problems per ``field: rule``, most frequent first."""
-        counts: dict[str, int] = {}
-        for issue in self.issues:
-            key = f"{issue.field}: {issue.rule}"
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        return dict(Counter(f"{i.field}: {i.rule}" for i in self.issues).most_common())
 
 
 def _bands(

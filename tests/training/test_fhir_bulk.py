@@ -136,13 +136,19 @@ def test_leakage_detected() -> None:
     assert found == {("x", "cvd_time"), ("y", "sbp_date")}
 
 
-def test_bad_ndjson_line_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("line", "rule"),
+    [("{oops", "not valid JSON"), ('{"resourceType": "Observation"}', "not a Patient resource")],
+)
+def test_bad_ndjson_line_is_refused(tmp_path: Path, line: str, rule: str) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
-    (folder / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "a"}\n{oops\n')
+    (folder / "Patient.ndjson").write_text(f'{{"resourceType": "Patient", "id": "a"}}\n{line}\n')
     with pytest.raises(FeatureTableError) as err:
         build_feature_table(folder, index_date=INDEX)
-    assert "Patient.ndjson:2" in str(err.value)
+    (issue,) = err.value.issues
+    assert issue.field == "Patient.ndjson:2"
+    assert issue.rule.startswith(rule)
 
 
 def test_synthetic_cohort_round_trips_through_fhir(tmp_path: Path) -> None:
