@@ -70,7 +70,7 @@ class ImagingConfig(_Strict):
         description="ONNX Runtime threads per worker; unset = all cores (1 with 2+ workers).",
     )
     adaptive_batching: bool = Field(
-        default=True, description="Batch concurrent model calls (BentoML's dispatcher)."
+        default=True, description="Batch concurrent model calls (serving.imaging.batching)."
     )
     max_batch_size: int = Field(default=8, ge=1, le=64, description="Most images per model call.")
     max_latency_ms: int = Field(
