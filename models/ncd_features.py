@@ -20,6 +20,8 @@ import numpy.typing as npt
 from models.metadata import FeatureSpec
 
 __all__ = [
+    "ATC_SYSTEM",
+    "BP_LOWERING_ATC",
     "BP_PANEL_LOINC",
     "CANONICAL_UNITS",
     "CVD_CONDITION_CODES",
@@ -131,6 +133,11 @@ CVD_CONDITION_CODES: Final[frozenset[str]] = frozenset({
     "422504002",  # Ischemic stroke
     "274100004",  # Cerebral hemorrhage
 })  # fmt: skip
+#: WHO ATC system and the classes of blood-pressure-lowering drugs (``bp_treated``):
+#: C02 antihypertensives, C03 diuretics, C07 beta blockers, C08 calcium channel
+#: blockers, C09 agents acting on the renin-angiotensin system.
+ATC_SYSTEM: Final = "http://www.whocc.no/atc"
+BP_LOWERING_ATC: Final[tuple[str, ...]] = ("C02", "C03", "C07", "C08", "C09")
 #: SNOMED CT concepts for diabetes mellitus.
 DIABETES_CONDITION_CODES: Final[frozenset[str]] = frozenset({
     "73211009",  # Diabetes mellitus

@@ -1,4 +1,5 @@
-"""Read NCD model inputs out of CDS Hooks prefetch (FHIR R4 Patient, Observation, Condition).
+"""Read NCD model inputs out of CDS Hooks prefetch (FHIR R4 Patient, Observation,
+Condition, MedicationStatement and MedicationRequest).
 
 The FHIR shapes are parsed with small typed models (only the elements we use, so a
 call costs microseconds, not the milliseconds full resource validation takes). Unit
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from models import ncd_features
 
 __all__ = [
+    "BP_LOWERING_ATC",
     "DIABETES_CONDITION_CODES",
     "LOINC",
     "OBSERVATION_KEYS",
@@ -33,7 +35,8 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 
 # prefetch key -> (feature, LOINC codes accepted; a panel's component is searched too)
 OBSERVATION_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sbp": ("sbp", ("8480-6", "85354-9")),
+    "sbp": ("sbp", ("8480-6", ncd_features.BP_PANEL_LOINC)),
+    "dbp": ("dbp", ("8462-4", ncd_features.BP_PANEL_LOINC)),
     "totalChol": ("total_chol", ("2093-3",)),
     "hdl": ("hdl", ("2085-9",)),
     "hba1c": ("hba1c", ("4548-4",)),
@@ -41,12 +44,20 @@ OBSERVATION_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
     "smoking": ("smoking", ("72166-2",)),
     "fastingGlucose": ("fasting_glucose", ("1558-6",)),
 }
-_PANEL_COMPONENT = {"85354-9": "8480-6"}
 # One source of truth for codes shared with training (models/ncd_features.py).
 SMOKER_CODES = ncd_features.SMOKING_CURRENT_SNOMED
 NON_SMOKER_CODES = ncd_features.SMOKING_NOT_CURRENT_SNOMED
 DIABETES_CONDITION_CODES = ncd_features.DIABETES_CONDITION_CODES
+# ATC classes only: RxNorm codes name products, and mapping them to drug classes needs
+# the RxNorm/RxClass tables, which we do not ship.
+BP_LOWERING_ATC = ncd_features.BP_LOWERING_ATC
 _USABLE_STATUS = frozenset({"final", "amended", "corrected"})
+# prefetch key -> resource type of active medication lists (for bp_treated)
+MEDICATION_KEYS = {
+    "medicationStatements": "MedicationStatement",
+    "medicationRequests": "MedicationRequest",
+}
+_NOT_AN_ORDER = frozenset({"proposal", "option"})
 
 
 class PrefetchError(ValueError):
@@ -107,6 +118,28 @@ class _Condition(_F):
     verificationStatus: _Concept | None = None
 
 
+class _Reference(_F):
+    reference: str | None = None
+
+
+class _MedicationUse(_F):
+    """A MedicationStatement or MedicationRequest (the elements both have that we read)."""
+
+    resourceType: str
+    id: str | None = None
+    status: str
+    intent: str | None = None
+    medicationCodeableConcept: _Concept | None = None
+    medicationReference: _Reference | None = None
+    contained: list[dict[str, Any]] = []
+
+
+class _Medication(_F):
+    resourceType: str
+    id: str | None = None
+    code: _Concept | None = None
+
+
 class _Patient(_F):
     resourceType: str
     id: str | None = None
@@ -165,9 +198,9 @@ def _has_code(concept: _Concept | None, codes: tuple[str, ...] | frozenset[str])
     return None
 
 
-def _observation_value(obs: _Observation, code: str) -> _Quantity | None:
-    if code in _PANEL_COMPONENT:
-        wanted = (_PANEL_COMPONENT[code],)
+def _observation_value(obs: _Observation, code: str, feature: str) -> _Quantity | None:
+    if code == ncd_features.BP_PANEL_LOINC:  # the panel's component for this feature
+        wanted = (str(ncd_features.FEATURE_BY_NAME[feature].loinc),)
         for component in obs.component:
             if _has_code(component.code, wanted):
                 return component.valueQuantity
@@ -261,7 +294,7 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
             value: float | None = _smoking(obs)
             unit = "1"
         else:
-            quantity = _observation_value(obs, code)
+            quantity = _observation_value(obs, code, feature)
             if quantity is None or quantity.value is None or not math.isfinite(quantity.value):
                 continue
             unit = quantity.code or quantity.unit or ""
@@ -278,6 +311,7 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
         if obs.id:
             out.sources[feature] = f"Observation/{obs.id}"
     _diabetes(prefetch, out)
+    _bp_treated(prefetch, out)
     return out
 
 
@@ -310,3 +344,61 @@ def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> Non
                 out.values["diabetes"] = 0.0
     if "diabetes" in out.values:
         out.units["diabetes"] = "1"
+
+
+def _bp_lowering(concept: _Concept | None) -> bool:
+    return any(
+        c.system == ncd_features.ATC_SYSTEM and (c.code or "").upper().startswith(BP_LOWERING_ATC)
+        for c in (concept.coding if concept else [])
+    )
+
+
+def _bp_treated(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> None:
+    """On blood-pressure-lowering drugs: an *active* MedicationStatement or MedicationRequest
+    (not a proposal) of ATC class C02, C03, C07, C08 or C09. 0 when both medication
+    searches were given and none is; unknown (absent) otherwise.
+
+    The drug is read from ``medicationCodeableConcept`` or from the referenced
+    Medication (contained, or included in the search Bundle). No date is kept: "active"
+    is what makes it current, and a long-standing prescription is not stale data.
+    """
+    for key, kind in MEDICATION_KEYS.items():
+        medications: dict[str, _Concept | None] = {}
+        for raw in _resources(key, prefetch.get(key), "Medication"):
+            try:
+                medication = _Medication.model_validate(raw)
+            except ValidationError as exc:
+                raise PrefetchError(key, "Medication is malformed") from exc
+            medications[f"Medication/{medication.id}"] = medication.code
+        for raw in _resources(key, prefetch.get(key), kind):
+            try:
+                use = _MedicationUse.model_validate(raw)
+            except ValidationError as exc:
+                raise PrefetchError(key, f"{kind} is malformed") from exc
+            if use.status != "active" or use.intent in _NOT_AN_ORDER:
+                continue
+            concept = use.medicationCodeableConcept or _referenced(use, medications)
+            if _bp_lowering(concept):
+                out.values["bp_treated"] = 1.0
+                out.units["bp_treated"] = "1"
+                if use.id:
+                    out.sources["bp_treated"] = f"{kind}/{use.id}"
+                return
+    if all(prefetch.get(key) is not None for key in MEDICATION_KEYS):
+        out.values["bp_treated"] = 0.0
+        out.units["bp_treated"] = "1"
+
+
+def _referenced(use: _MedicationUse, medications: dict[str, _Concept | None]) -> _Concept | None:
+    reference = use.medicationReference.reference if use.medicationReference else None
+    if not reference:
+        return None
+    if reference.startswith("#"):
+        for raw in use.contained:
+            if raw.get("resourceType") == "Medication" and raw.get("id") == reference[1:]:
+                try:
+                    return _Medication.model_validate(raw).code
+                except ValidationError:
+                    return None
+        return None
+    return medications.get("/".join(reference.split("/")[-2:]))  # relative or absolute

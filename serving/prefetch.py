@@ -31,6 +31,7 @@ _OBS = "Observation?patient={{context.patientId}}&code=%s&_sort=-date&_count=1"
 TEMPLATES: dict[str, str] = {
     "patient": "Patient/{{context.patientId}}",
     "sbp": _OBS % "http://loinc.org|8480-6,http://loinc.org|85354-9",
+    "dbp": _OBS % "http://loinc.org|8462-4,http://loinc.org|85354-9",
     "totalChol": _OBS % "http://loinc.org|2093-3",
     "hdl": _OBS % "http://loinc.org|2085-9",
     "hba1c": _OBS % "http://loinc.org|4548-4",
@@ -38,12 +39,21 @@ TEMPLATES: dict[str, str] = {
     "smoking": _OBS % "http://loinc.org|72166-2",
     "fastingGlucose": _OBS % "http://loinc.org|1558-6",
     "diabetes": "Condition?patient={{context.patientId}}&clinical-status=active&_count=100",
+    "medicationStatements": (
+        "MedicationStatement?patient={{context.patientId}}&status=active"
+        "&_include=MedicationStatement:medication&_count=100"
+    ),
+    "medicationRequests": (
+        "MedicationRequest?patient={{context.patientId}}&status=active"
+        "&_include=MedicationRequest:medication&_count=100"
+    ),
 }
 # Which prefetch keys a feature needs (diabetes also reads HbA1c >= 6.5 %).
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "sex": ("patient",),
     "age": ("patient",),
     "sbp": ("sbp",),
+    "dbp": ("dbp",),
     "total_chol": ("totalChol",),
     "hdl": ("hdl",),
     "hba1c": ("hba1c",),
@@ -51,6 +61,7 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "smoking": ("smoking",),
     "fasting_glucose": ("fastingGlucose",),
     "diabetes": ("diabetes", "hba1c", "fastingGlucose"),
+    "bp_treated": ("medicationStatements", "medicationRequests"),
 }
 # The WHO chart inputs (both lab and non-lab models).
 WHO_FEATURES = ("sex", "age", "smoking", "sbp", "total_chol", "diabetes", "bmi")

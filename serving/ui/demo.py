@@ -23,6 +23,7 @@ __all__ = ["DemoPatient", "fhir_resources", "patient", "patients", "prefetch", "
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
+ATC = "http://www.whocc.no/atc"
 # feature -> (LOINC code, display, UCUM unit)
 _OBSERVATIONS: dict[str, tuple[str, str, str]] = {
     "sbp": ("8480-6", "Systolic blood pressure", "mm[Hg]"),
@@ -52,6 +53,9 @@ class DemoPatient(BaseModel):
     site: str
     obs: dict[str, tuple[float | str, int]] = Field(description="name -> (value, days ago).")
     diabetes: tuple[bool, int]
+    meds: list[tuple[str, str, int]] = Field(
+        default_factory=list, description="Active drugs: (ATC code, display, days since started)."
+    )
     note: str = ""
     xray: str | None = None
 
@@ -85,7 +89,7 @@ def _birth_date(p: DemoPatient, today: date) -> date:
 
 
 def fhir_resources(p: DemoPatient, today: date | None = None) -> list[dict[str, Any]]:
-    """The patient's Patient, Observation and Condition resources (FHIR R4 JSON)."""
+    """The patient's Patient, Observation, Condition and MedicationStatement resources."""
     today = today or datetime.now(UTC).date()
     family, given = p.name.split(" ", 1)
     out: list[dict[str, Any]] = [
@@ -142,6 +146,20 @@ def fhir_resources(p: DemoPatient, today: date | None = None) -> list[dict[str, 
                     "coding": [{"system": SNOMED, "code": "44054006", "display": "Type 2 diabetes"}]
                 },
                 "onsetDateTime": (today - timedelta(days=days)).isoformat(),
+            }
+        )
+    for i, (atc, display, days) in enumerate(p.meds):
+        out.append(
+            {
+                "resourceType": "MedicationStatement",
+                "id": f"{p.id}-med-{i}",
+                "status": "active",
+                "subject": subject,
+                "medicationCodeableConcept": {
+                    "coding": [{"system": ATC, "code": atc, "display": display}],
+                    "text": display,
+                },
+                "effectivePeriod": {"start": (today - timedelta(days=days)).isoformat()},
             }
         )
     return out

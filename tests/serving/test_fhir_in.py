@@ -134,3 +134,155 @@ def test_keys_for_cover_model_and_who_inputs() -> None:
         "patient", "sbp", "totalChol", "hba1c", "bmi", "smoking", "diabetes", "fastingGlucose",
     }  # fmt: skip
     assert all("{{context.patientId}}" in template for template in TEMPLATES.values())
+
+
+# -- diastolic blood pressure ------------------------------------------------------------
+
+
+def _bp_panel(sbp: float | None, dbp: float | None, when: date, obs_id: str) -> dict:
+    components = [
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "unit": "mmHg", "code": "mm[Hg]"},
+        }
+        for code, value in (("8480-6", sbp), ("8462-4", dbp))
+        if value is not None
+    ]
+    return observation("85354-9", None, "mm[Hg]", when, obs_id, component=components)
+
+
+def test_dbp_from_its_own_observation_and_from_the_bp_panel() -> None:
+    alone = observation("8462-4", 88, "mmHg", date(2026, 3, 1), "d1")
+    panel = _bp_panel(150, 95, date(2026, 9, 1), "p1")
+    found = extract({"dbp": _bundle(alone, panel), "sbp": _bundle(panel)}, TODAY)
+    assert found.values["dbp"] == 95  # the newer panel's diastolic component
+    assert found.values["sbp"] == 150  # and its systolic one for the sbp key
+    assert found.units["dbp"] == "mm[Hg]"
+    assert found.dates["dbp"] == date(2026, 9, 1)
+    assert found.sources["dbp"] == "Observation/p1"
+    assert extract({"dbp": _bundle(alone)}, TODAY).values["dbp"] == 88
+
+
+def test_dbp_kept_with_its_old_date_so_staleness_is_judged_downstream() -> None:
+    old = observation("8462-4", 80, "mm[Hg]", date(2023, 1, 5), "d-old")
+    wrong = observation("8462-4", 200, "mm[Hg]", TODAY, "d-bad", status="entered-in-error")
+    found = extract({"dbp": _bundle(old, wrong)}, TODAY)
+    assert found.values["dbp"] == 80
+    assert found.dates["dbp"] == date(2023, 1, 5)  # assess() refuses it as stale-data
+
+
+def test_dbp_missing_component_or_unit_gives_no_value() -> None:
+    only_systolic = _bp_panel(140, None, TODAY, "p2")
+    assert "dbp" not in extract({"dbp": _bundle(only_systolic)}, TODAY).values
+    kpa = observation("8462-4", 11.5, "kPa", TODAY, "d2")
+    found = extract({"dbp": _bundle(kpa)}, TODAY)
+    assert "dbp" not in found.values
+    assert found.problems["dbp"] == "unit:kPa"
+
+
+# -- blood-pressure treatment -----------------------------------------------------------
+
+ATC = "http://www.whocc.no/atc"
+
+
+def _drug(code: str, system: str = ATC) -> dict:
+    return {"coding": [{"system": system, "code": code}]}
+
+
+def _statement(code: str, status: str = "active", **extra: object) -> dict:
+    return {
+        "resourceType": "MedicationStatement",
+        "id": f"ms-{code}-{status}",
+        "status": status,
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": _drug(code),
+        **extra,
+    }
+
+
+def _request(code: str, status: str = "active", intent: str = "order", **extra: object) -> dict:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"mr-{code}-{status}-{intent}",
+        "status": status,
+        "intent": intent,
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": _drug(code),
+        **extra,
+    }
+
+
+def _meds(statements: list[dict], requests: list[dict]) -> dict:
+    return {"medicationStatements": _bundle(*statements), "medicationRequests": _bundle(*requests)}
+
+
+@pytest.mark.parametrize(
+    ("statements", "requests", "expected", "source"),
+    [
+        ([_statement("C08CA01")], [], 1.0, "MedicationStatement/ms-C08CA01-active"),
+        ([], [_request("C09AA05")], 1.0, "MedicationRequest/mr-C09AA05-active-order"),
+        ([], [_request("c03aa03")], 1.0, "MedicationRequest/mr-c03aa03-active-order"),
+        # A long-standing active prescription is current, however old its authoring date.
+        ([], [_request("C07AB02", authoredOn="2015-02-01")], 1.0, None),
+        ([_statement("C08CA01", "stopped"), _statement("C09AA02", "completed")], [], 0.0, None),
+        (
+            [],
+            [_request("C02AC01", "entered-in-error"), _request("C07AB02", "cancelled")],
+            0.0,
+            None,
+        ),
+        ([], [_request("C09CA01", intent="proposal")], 0.0, None),
+        ([_statement("A10BA02")], [_request("N02BE01")], 0.0, None),  # metformin, paracetamol
+        # RxNorm only (amlodipine 5 mg tablet): not mapped, ATC classes only.
+        ([], [_request("197361", medicationCodeableConcept=_drug("197361", "rxnorm"))], 0.0, None),
+    ],
+)
+def test_bp_treated_from_active_antihypertensives(
+    statements: list[dict], requests: list[dict], expected: float, source: str | None
+) -> None:
+    found = extract(_meds(statements, requests), TODAY)
+    assert found.values["bp_treated"] == expected
+    assert found.units["bp_treated"] == "1"
+    assert "bp_treated" not in found.dates
+    if source is not None:
+        assert found.sources["bp_treated"] == source
+
+
+def test_bp_treated_through_referenced_medications() -> None:
+    included = {"resourceType": "Medication", "id": "m1", "code": _drug("C09AA05")}
+    by_reference = _request("x", medicationReference={"reference": "Medication/m1"})
+    del by_reference["medicationCodeableConcept"]
+    bundle = _bundle(by_reference, included)
+    found = extract({"medicationStatements": _bundle(), "medicationRequests": bundle}, TODAY)
+    assert found.values["bp_treated"] == 1.0
+    contained = _statement(
+        "x",
+        contained=[{"resourceType": "Medication", "id": "c1", "code": _drug("C08CA01")}],
+        medicationReference={"reference": "#c1"},
+    )
+    del contained["medicationCodeableConcept"]
+    assert extract(_meds([contained], []), TODAY).values["bp_treated"] == 1.0
+    dangling = {**by_reference, "medicationReference": {"reference": "Medication/nowhere"}}
+    assert extract(_meds([], [dangling]), TODAY).values["bp_treated"] == 0.0
+
+
+def test_bp_treatment_unknown_without_both_medication_searches() -> None:
+    only_statements = {"medicationStatements": _bundle(_statement("A10BA02"))}
+    assert "bp_treated" not in extract(only_statements, TODAY).values
+    treated = {"medicationRequests": _bundle(_request("C09AA05"))}
+    assert extract(treated, TODAY).values["bp_treated"] == 1.0  # positive evidence suffices
+    assert "bp_treated" not in extract({}, TODAY).values
+
+
+def test_malformed_medication_names_the_key() -> None:
+    with pytest.raises(PrefetchError) as caught:
+        extract({"medicationRequests": _bundle({"resourceType": "MedicationRequest"})}, TODAY)
+    assert caught.value.key == "medicationRequests"
+
+
+def test_models_with_dbp_and_bp_treated_ask_for_their_prefetch() -> None:
+    keys = keys_for(["sex", "age", "sbp", "dbp", "bp_treated"], with_who=False)
+    assert keys == ["patient", "sbp", "dbp", "medicationStatements", "medicationRequests"]
+    assert "8462-4" in TEMPLATES["dbp"]
+    assert TEMPLATES["medicationRequests"].startswith("MedicationRequest?patient=")
+    assert "status=active" in TEMPLATES["medicationStatements"]

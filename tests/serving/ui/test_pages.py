@@ -111,8 +111,12 @@ def test_demo_fhir_answers_the_advertised_prefetch() -> None:
     assert found.values["smoking"] == 0
     assert found.values["age"] == 58
     assert found.dates["sbp"] == date(2026, 11, 4)
+    assert found.values["dbp"] == 98
+    assert found.values["bp_treated"] == 1  # amlodipine, an active MedicationStatement
+    assert found.sources["bp_treated"] == "MedicationStatement/demo-01-med-0"
     no_lab = extract(demo.prefetch(demo.patient("demo-04"), TEMPLATES, today), today)
     assert "total_chol" not in no_lab.values
+    assert no_lab.values["bp_treated"] == 0  # both medication searches answered, no drug
     other = demo.search(p, "Observation?patient=demo-02&code=http://loinc.org|8480-6", today)
     assert other is not None
     assert other["total"] == 0
