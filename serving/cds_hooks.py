@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 UNAUTHORIZED_BODY = b'{"error":"unauthorized"}'
 _USAGE = (
-    "Needs Patient, latest observations (SBP, cholesterol, HbA1c, BMI, smoking) and Conditions."
+    "Needs Patient, latest observations (BP, cholesterol, HbA1c, BMI, smoking), Conditions "
+    "and active medications."
 )
 
 
