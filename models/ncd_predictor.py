@@ -26,10 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from models.metadata import ModelMetadata
 from models.onnx_runtime import open_session
 from models.registry import ArtifactError, StoredModel
+from models.who_cvd import band_of_percent, round_percent
 
 __all__ = [
-    "BANDS",
-    "BAND_EDGES",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "Contribution",
@@ -37,14 +36,10 @@ __all__ = [
     "NcdPredictor",
     "encode_rows",
     "risk_band",
-    "risk_bands",
 ]
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
-# Risk bands of the WHO 2019 charts, on the whole percent printed on the chart.
-BAND_EDGES = (5, 10, 20, 30)
-BANDS = ("<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%")
 
 
 class NcdInputError(ValueError):
@@ -81,14 +76,7 @@ def risk_band(risk: float) -> tuple[int, str]:
     The chart prints the risk rounded to a whole percent (half up) and colours the
     cell by that percent, so the band is taken from the rounded percent.
     """
-    index = int(risk_bands(np.array([risk], dtype=np.float64))[0])
-    return index, BANDS[index]
-
-
-def risk_bands(risk: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`risk_band`: band indices 0-4 for an array of risk fractions."""
-    percent = np.floor(np.asarray(risk, dtype=np.float64) * 100.0 + 0.5)
-    return np.searchsorted(np.asarray(BAND_EDGES, dtype=np.float64), percent, side="right")
+    return band_of_percent(round_percent(risk))
 
 
 def encode_rows(metadata: ModelMetadata, rows: list[Mapping[str, Any]]) -> np.ndarray:

@@ -41,10 +41,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.who_cvd_batch import who_cvd_reasons_batch, who_cvd_risk_batch
 from models.who_cvd_equations import (
+    FloatArray,
     list_countries,
     list_regions,
     recalibration,
@@ -71,6 +73,7 @@ __all__ = [
     "band_of_percent",
     "list_countries",
     "list_regions",
+    "percents_and_bands",
     "resolve_recalibration",
     "round_percent",
     "who_cvd_reasons_batch",
@@ -86,6 +89,7 @@ BANDS: tuple[tuple[int, str], ...] = (
     (20, "20-<30%"),
     (30, ">=30%"),
 )
+_BAND_LOWS = np.array([low for low, _ in BANDS[1:]], dtype=np.float64)
 
 
 class WhoCvdResult(BaseModel):
@@ -122,6 +126,17 @@ def band_of_percent(percent: int) -> tuple[int, str]:
     """
     index = sum(1 for low, _ in BANDS[1:] if percent >= low)
     return index, BANDS[index][1]
+
+
+def percents_and_bands(risk: npt.ArrayLike) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """Vectorised :func:`round_percent` and :func:`band_of_percent` for risk fractions.
+
+    Returns:
+        The printed whole percents (float64; NaN where the risk is NaN) and the band
+        indices 0-4 (0 where the risk is NaN: mask those).
+    """
+    percent = np.floor(np.asarray(risk, dtype=np.float64) * 100.0 + 0.5)
+    return percent, np.searchsorted(_BAND_LOWS, np.nan_to_num(percent), side="right")
 
 
 def who_cvd_risk(

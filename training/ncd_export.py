@@ -27,7 +27,8 @@ from pydantic import BaseModel
 
 from models import registry
 from models.metadata import ModelMetadata
-from models.ncd_predictor import INPUT_NAME, OUTPUT_NAME, risk_bands
+from models.ncd_predictor import INPUT_NAME, OUTPUT_NAME
+from models.who_cvd import percents_and_bands
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -136,7 +137,7 @@ def check_parity(
     return ParityReport(
         n_rows=len(x32),
         max_abs_diff=float(np.max(np.abs(p_onnx - p_sk))) if len(x32) else 0.0,
-        band_mismatches=int(np.sum(risk_bands(p_onnx) != risk_bands(p_sk))),
+        band_mismatches=int(np.sum(percents_and_bands(p_onnx)[1] != percents_and_bands(p_sk)[1])),
         tolerance=tolerance,
     )
 

@@ -23,7 +23,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from models.who_cvd import resolve_recalibration, who_cvd_reasons_batch, who_cvd_risk_batch
+from models.who_cvd import (
+    BANDS,
+    percents_and_bands,
+    resolve_recalibration,
+    who_cvd_reasons_batch,
+    who_cvd_risk_batch,
+)
 from training.fhir_bulk import FeatureIssue
 
 __all__ = ["OUTPUT_COLUMNS", "ScoreSummary", "Scorer", "count_rows", "open_scorer", "score_file"]
@@ -35,8 +41,7 @@ OUTPUT_COLUMNS = [
 FloatArray = npt.NDArray[np.float64]
 # risk (NaN = none), reason (None = scored), extrapolated
 _Scored = tuple[npt.NDArray[np.float64], npt.NDArray[np.object_], npt.NDArray[np.bool_]]
-_BANDS = np.array(["<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"], dtype=object)
-_EDGES = np.array([5.0, 10.0, 20.0, 30.0])
+_BAND_LABELS = np.array([label for _, label in BANDS], dtype=object)
 
 
 @dataclass
@@ -56,9 +61,8 @@ class ScoreSummary:
 def _bands(
     risk: npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.object_]]:
-    percent = np.floor(risk * 100.0 + 0.5)
-    index = np.searchsorted(_EDGES, np.nan_to_num(percent), side="right")
-    band: npt.NDArray[np.object_] = _BANDS[index]
+    percent, index = percents_and_bands(risk)
+    band: npt.NDArray[np.object_] = _BAND_LABELS[index]
     band[np.isnan(risk)] = None
     return percent, band
 

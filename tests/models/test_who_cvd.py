@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from models.who_cvd import (
     band_of_percent,
     list_countries,
     list_regions,
+    percents_and_bands,
     round_percent,
     who_cvd_reasons_batch,
     who_cvd_risk,
@@ -90,7 +92,7 @@ def test_formula_matches_plain_reimplementation(
     kind, code = place
     inputs = WhoCvdInputs(sex=sex, age=age, smoking=bool(smk), sbp=sbp,  # type: ignore[arg-type]
                           total_chol=chol, diabetes=bool(dm), bmi=bmi)  # fmt: skip
-    kwargs = {kind: code}
+    kwargs: dict[str, Any] = {kind: code}
     got = who_cvd_risk(inputs, model, **kwargs)  # type: ignore[arg-type]
     want = reference_risk(model, code, sex, age, smk, sbp,
                           chol if model == "lab" else 6.0, dm if model == "lab" else 0,
@@ -229,6 +231,10 @@ def test_batch_reasons_and_nan() -> None:
 def test_rounding_half_up_and_bands(risk: float, percent: int, band_index: int) -> None:
     assert round_percent(risk) == percent
     assert band_of_percent(percent)[0] == band_index
+    percents, bands = percents_and_bands(np.array([risk, np.nan]))  # the vectorised twin
+    assert percents[0] == percent
+    assert np.isnan(percents[1])
+    assert bands.tolist() == [band_index, 0]
 
 
 # --- Chart-grid properties --------------------------------------------------------------
