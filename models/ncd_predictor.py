@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from models.errors import InputError
 from models.metadata import ModelMetadata
 from models.onnx_runtime import open_session
 from models.registry import ArtifactError, StoredModel
@@ -42,20 +43,11 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 
 
-class NcdInputError(ValueError):
+class NcdInputError(InputError):
     """A feature row cannot be scored: wrong shape, missing column or bad value.
 
-    Attributes:
-        field: the feature (column) concerned, or ``"features"`` for the whole row.
-        value: the offending value, if any.
-        rule: what was expected, in plain words.
+    ``field`` is the feature (column) concerned, or ``"features"`` for the whole row.
     """
-
-    def __init__(self, field: str, value: object, rule: str) -> None:
-        self.field = field
-        self.value = value
-        self.rule = rule
-        super().__init__(f"{field}={value!r}: {rule}")
 
 
 class Contribution(BaseModel):

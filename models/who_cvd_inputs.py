@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.errors import InputError
+
 __all__ = [
     "HARD_LIMITS",
     "VALID_RANGES",
@@ -44,20 +46,8 @@ HARD_LIMITS: dict[str, tuple[float, float]] = {
 _UNITS = {"age": "years", "sbp": "mmHg", "total_chol": "mmol/L", "bmi": "kg/m2"}
 
 
-class WhoCvdInputError(ValueError):
-    """An input the WHO charts cannot take.
-
-    Attributes:
-        field: The input's name, e.g. ``"age"``.
-        value: The value given (``None`` when missing).
-        rule: The rule it broke, in plain words.
-    """
-
-    def __init__(self, field: str, value: object, rule: str) -> None:
-        self.field = field
-        self.value = value
-        self.rule = rule
-        super().__init__(f"{field}={value!r}: {rule}")
+class WhoCvdInputError(InputError):
+    """An input the WHO charts cannot take (``field``, ``value`` and the ``rule`` broken)."""
 
 
 class WhoCvdInputs(BaseModel):
