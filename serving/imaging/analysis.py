@@ -24,7 +24,7 @@ import numpy as np
 
 from models.registry import StoredModel
 from serving.imaging.config import ImagingConfig
-from serving.imaging.heatmap import grey_png, overlay_png
+from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
     CxrFinding,
     CxrResult,
@@ -267,7 +267,7 @@ class CxrAnalyser:
     def finish(
         self, prepared: Prepared, probs: np.ndarray, cam: np.ndarray, model_ms: float
     ) -> CxrResult:
-        """Apply thresholds, draw and store the heatmap, store the result.
+        """Apply thresholds, store the result and what its heatmap is drawn from.
 
         Args:
             prepared: the output of :meth:`prepare`.
@@ -304,8 +304,8 @@ class CxrAnalyser:
         flagged = [f.label for f in findings if f.flagged]
         heat_label = self._heatmap_label(findings)
         result_id = uuid.uuid4().hex
-        png = overlay_png(prepared.model_input[0], cam[self.labels.index(heat_label)])
-        plain = grey_png(prepared.model_input[0])
+        # The PNGs are drawn on first read (serving.imaging.heatmap).
+        heatmap = HeatmapSource.of(prepared.model_input[0], cam[self.labels.index(heat_label)])
         t_heat = time.perf_counter()
         timings = Timings(
             **prepared.timings,
@@ -327,7 +327,7 @@ class CxrAnalyser:
             input_sha256=prepared.input_sha256,
             timings=timings,
         )
-        self.store.save(result, png, plain)
+        self.store.save(result, heatmap)
         store_ms = (time.perf_counter() - t_heat) * 1000
         return result.model_copy(
             update={"timings": timings.model_copy(update={"store_ms": store_ms})}
