@@ -105,10 +105,11 @@ def accuracy(tag: str, n: int, seed: int, size: int, int8: bool, repeat: int) ->
         f"  at threshold {abnormal.threshold:.3f}: sensitivity {abnormal.sensitivity:.3f}, "
         f"specificity {abnormal.specificity:.3f}"
     )
-    loc = report.localisation
+    loc = report.headline_localisation()
     print(
         f"  map peak inside finding mask: {loc.peak_in_mask:.3f} of {loc.n} positives "
-        f"(target >= 0.80); mean IoU {loc.mean_iou:.3f}"
+        f"(target >= 0.80); mean IoU {loc.mean_iou:.3f} "
+        "(per finding, baselines, calibration: benchmarks/bench_cxr_localisation.py)"
     )
 
 

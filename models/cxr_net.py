@@ -56,8 +56,8 @@ from torch import nn
 __all__ = ["ARCHITECTURES", "CXR_LABELS", "Architecture", "CxrNet"]
 
 CXR_LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
-Architecture = Literal["densenet121", "resnet18", "resnet-small"]
-ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet18", "resnet-small")
+Architecture = Literal["densenet121", "resnet18", "resnet-small", "resnet-small-fine"]
+ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet18", "resnet-small", "resnet-small-fine")
 
 
 def _densenet121_features() -> tuple[nn.Module, int]:
@@ -68,7 +68,7 @@ def _densenet121_features() -> tuple[nn.Module, int]:
 
 def _resnet_features(
     widths: list[int], no_max_pool: bool, last_stride: int = 2
-) -> tuple[nn.Module, int]:
+) -> tuple[nn.Sequential, int]:
     net = ResNet(
         block="basic",
         layers=[2, 2, 2, 2],
@@ -92,6 +92,29 @@ def _resnet_features(
     return features, widths[-1]
 
 
+class _FineFeatures(nn.Module):
+    """A stride-16 backbone plus a stride-8 lateral branch: a map twice as fine.
+
+    ``relu(upsample2x(layer4) + conv1x1(layer2))``, as in a feature pyramid's top-down
+    step: the deep features say what, the layer2 features (receptive field ~ 60 px)
+    say where, at the resolution of small findings.
+    """
+
+    def __init__(self, backbone: nn.Sequential, lateral_in: int, channels: int) -> None:
+        super().__init__()
+        layers = list(backbone.children())
+        self.to_stride8 = nn.Sequential(*layers[:-2])  # stem, layer1, layer2
+        self.deep = nn.Sequential(*layers[-2:])  # layer3, layer4 (stride 16)
+        self.lateral = nn.Conv2d(lateral_in, channels, kernel_size=1)
+        self.act = nn.ReLU()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        fine = self.to_stride8(image)
+        deep = nn.functional.interpolate(self.deep(fine), scale_factor=2.0, mode="nearest")
+        out: torch.Tensor = self.act(deep + self.lateral(fine))
+        return out
+
+
 class CxrNet(nn.Module):
     """Multi-label chest X-ray classifier returning ``(logits, cam)`` in one forward.
 
@@ -105,14 +128,16 @@ class CxrNet(nn.Module):
         self, arch: Architecture = "resnet-small", num_labels: int = 5, dropout: float = 0.0
     ) -> None:
         super().__init__()
+        features: nn.Module
         if arch == "densenet121":
             features, channels = _densenet121_features()
         elif arch == "resnet18":
             features, channels = _resnet_features([64, 128, 256, 512], no_max_pool=False)
-        elif arch == "resnet-small":
-            features, channels = _resnet_features(
-                [16, 32, 64, 128], no_max_pool=False, last_stride=1
-            )
+        elif arch in ("resnet-small", "resnet-small-fine"):
+            widths = [16, 32, 64, 128]
+            features, channels = _resnet_features(widths, no_max_pool=False, last_stride=1)
+            if arch == "resnet-small-fine":
+                features = _FineFeatures(features, lateral_in=widths[1], channels=channels)
         else:
             raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
         if num_labels < 1:

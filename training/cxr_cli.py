@@ -135,7 +135,7 @@ def evaluate_cxr(stored: StoredModel, data: Path, output: Path, bootstrap: int =
     if prior is not None and prior.metadata.image == meta.image:
         before = evaluate_stored(prior, cxr, reps=bootstrap)
     write_card(meta, report, output, before)
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         r.label: {
             "auroc": r.auroc.value,
             "sensitivity": r.sensitivity,
@@ -143,7 +143,7 @@ def evaluate_cxr(stored: StoredModel, data: Path, output: Path, bootstrap: int =
         }
         for r in report.labels
     }
-    summary["localisation"] = report.localisation.model_dump()
+    summary["localisation"] = {r.finding: r.model.model_dump() for r in report.localisation}
     out.print_json(json.dumps(summary))
     console.print(f"wrote {output / 'README.md'}, metrics.json, calibration.png")
 

@@ -4,9 +4,12 @@
 (ONNX Runtime, through :class:`~models.cxr_predictor.CxrPredictor`, the code serving
 uses) on a labelled set and reports, per label, AUROC with a bootstrap 95 % CI,
 sensitivity / specificity at the operating point, calibration (ECE and reliability
-bins); localisation of the ``abnormal`` map (peak inside the finding mask, mean IoU of
-the thresholded map); subgroups (sex, age band, site); and the previous version
-side by side on the same data. The card is Markdown + PNG + JSON.
+bins) before and after the artifact's calibration; localisation (peak of the upsampled
+map inside the finding mask, mean IoU of the thresholded map) of the ``abnormal`` map
+over all positive cases and of each finding's own map over the cases with that finding
+alone, next to two trivial baselines (the image centre, and one fixed map of where these
+cases' masks are most often); subgroups (sex, age band, site); and the previous
+version side by side on the same data. The card is Markdown + PNG + JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
+from scipy.special import expit
 
 from models.cxr_predictor import CxrPredictor
 from models.metadata import MetricValue, ModelMetadata
@@ -27,14 +31,18 @@ from training.cxr_metrics import (
     Localisation,
     auroc_ci,
     calibration_bins,
+    centre_map,
     expected_calibration_error,
     localisation,
+    prior_map,
+    proportion_ci,
     sens_spec,
 )
 
 __all__ = [
     "CxrReport",
     "LabelReport",
+    "LocalisationRow",
     "SubgroupReport",
     "evaluate_predictions",
     "evaluate_stored",
@@ -56,9 +64,21 @@ class LabelReport(BaseModel):
     auroc: AurocCI
     threshold: float
     sensitivity: float
+    sensitivity_ci: tuple[float, float]  # exact 95 % CI over this set's positives
     specificity: float
-    ece: float
+    ece: float  # of the calibrated probabilities
+    ece_uncalibrated: float  # of sigmoid(logit), before the artifact's calibration
     calibration: list[tuple[float, float, int]]
+
+
+class LocalisationRow(BaseModel):
+    """One map scored on one group of positive cases, next to trivial baselines."""
+
+    finding: str  # the label whose map is scored
+    cases: str  # which positive cases
+    model: Localisation
+    centre: Localisation  # baseline: the map peaks at the image centre
+    prior: Localisation  # baseline: one fixed map, how often each point is in these masks
 
 
 class SubgroupReport(BaseModel):
@@ -80,16 +100,21 @@ class CxrReport(BaseModel):
     data_manifest_sha256: str
     n: int
     labels: list[LabelReport]
-    localisation: Localisation
+    localisation: list[LocalisationRow]  # first: the ``abnormal`` map, all positives
     subgroups: list[SubgroupReport]
 
     def label(self, name: str) -> LabelReport:
         """The report of label ``name``."""
         return next(r for r in self.labels if r.label == name)
 
+    def headline_localisation(self) -> Localisation:
+        """The ``abnormal`` map on every positive case with a mask (the issue's target)."""
+        return self.localisation[0].model
+
 
 def evaluate_predictions(
     data: CxrData,
+    logits: npt.NDArray[np.float64],
     probs: npt.NDArray[np.float64],
     cams: npt.NDArray[np.float32],
     thresholds: dict[str, float],
@@ -100,34 +125,69 @@ def evaluate_predictions(
     reps: int = 500,
     seed: int = 0,
 ) -> CxrReport:
-    """Build a :class:`CxrReport` from calibrated probabilities and maps."""
+    """Build a :class:`CxrReport` from raw logits, calibrated probabilities and maps."""
     per_label: list[LabelReport] = []
     for j, label in enumerate(labels):
         y = data.labels[:, j]
         sens, spec = sens_spec(y, probs[:, j], thresholds[label])
+        flagged = int(((probs[:, j] >= thresholds[label]) & (y > 0)).sum())
         per_label.append(
             LabelReport(
                 label=label,
                 auroc=auroc_ci(y, probs[:, j], reps=reps, seed=seed),
                 threshold=thresholds[label],
                 sensitivity=sens,
+                sensitivity_ci=proportion_ci(flagged, int(y.sum())),
                 specificity=spec,
                 ece=expected_calibration_error(y, probs[:, j]),
+                ece_uncalibrated=expected_calibration_error(y, expit(logits[:, j])),
                 calibration=calibration_bins(y, probs[:, j]),
             )
         )
     j_abn = labels.index("abnormal")
-    positive = np.flatnonzero(data.labels[:, j_abn] > 0)
-    loc = localisation(cams[positive, j_abn], [data.mask(int(i)) for i in positive])
     return CxrReport(
         model=model,
         sha256=sha256,
         data_manifest_sha256=data.manifest_sha256,
         n=len(data.table),
         labels=per_label,
-        localisation=loc,
+        localisation=localisation_rows(data, cams, labels),
         subgroups=_subgroups(data, probs[:, j_abn], thresholds["abnormal"], j_abn),
     )
+
+
+def localisation_rows(
+    data: CxrData, cams: npt.NDArray[np.float32], labels: list[str]
+) -> list[LocalisationRow]:
+    """The ``abnormal`` map on all positives, then each finding's map on its own cases.
+
+    Masks are the union of an image's findings, so a finding's own map is scored only
+    on images where it is the sole finding (its mask is then exactly that finding's).
+    """
+    j_abn = labels.index("abnormal")
+    findings = [j for j, label in enumerate(labels) if label != "abnormal"]
+    n_findings = (data.labels[:, findings] > 0).sum(axis=1)
+    groups = [
+        ("abnormal", "all positives (mask: union of findings)", j_abn, data.labels[:, j_abn] > 0)
+    ]
+    for j in findings:
+        sole = (data.labels[:, j] > 0) & (n_findings == 1)
+        groups.append((labels[j], "its only finding", j, sole))
+    rows: list[LocalisationRow] = []
+    for finding, cases, j, selected in groups:
+        index = np.flatnonzero(selected)
+        masks = [data.mask(int(i)) for i in index]
+        n = len(index)
+        rows.append(
+            LocalisationRow(
+                finding=finding,
+                cases=cases,
+                model=localisation(cams[index, j], masks),
+                centre=localisation(np.repeat(centre_map()[None], n, axis=0), masks),
+                prior=localisation(np.repeat(prior_map(masks)[None], n, axis=0), masks),
+            )
+        )
+    return rows
 
 
 def _subgroups(
@@ -171,15 +231,17 @@ def evaluate_stored(
 ) -> CxrReport:
     """Score ``data`` with the ONNX artifact and evaluate it at its thresholds."""
     predictor = CxrPredictor(stored, threads=2)
-    probs, cams = [], []
+    logits, cams = [], []
     for start in range(0, len(data.images), batch):
-        p, c = predictor.predict(np.ascontiguousarray(data.images[start : start + batch]))
-        probs.append(p)
-        cams.append(c)
+        raw, cam = predictor.raw(np.ascontiguousarray(data.images[start : start + batch]))
+        logits.append(raw)
+        cams.append(cam)
     thresholds = {t.label: t.threshold for t in predictor.thresholds(overrides)}
+    all_logits = np.concatenate(logits).astype(np.float64)
     return evaluate_predictions(
         data,
-        np.concatenate(probs),
+        all_logits,
+        predictor.calibrate(all_logits),
         np.concatenate(cams),
         thresholds,
         predictor.labels,
@@ -203,9 +265,11 @@ def report_metrics(report: CxrReport) -> dict[str, MetricValue]:
         put(f"sensitivity_{r.label}", r.sensitivity, n=a.n_positive)
         put(f"specificity_{r.label}", r.specificity, n=a.n - a.n_positive)
         put(f"ece_{r.label}", r.ece, n=a.n)
-    loc = report.localisation
-    put("cam_peak_in_mask", loc.peak_in_mask, n=loc.n)
-    put("cam_mean_iou", loc.mean_iou, n=loc.n)
+    for row in report.localisation:
+        loc = row.model
+        suffix = "" if row.finding == "abnormal" else f"_{row.finding}"
+        put(f"cam_peak_in_mask{suffix}", loc.peak_in_mask, n=loc.n)
+        put(f"cam_mean_iou{suffix}", loc.mean_iou, n=loc.n)
     return metrics
 
 
@@ -217,6 +281,20 @@ def _auroc_text(a: AurocCI | None) -> str:
     if a is None or a.value is None:
         return "-"
     return f"{a.value:.3f} ({_fmt(a.ci_low)}-{_fmt(a.ci_high)})"
+
+
+def _mask_loss_text(mask_loss: dict[str, float]) -> str:
+    weight = float(mask_loss.get("weight", 0.0))
+    if weight <= 0:
+        return "- Localisation supervision: none (maps learnt from image labels only)"
+    return (
+        f"- Localisation supervision: mask loss (weight {weight:g}) on "
+        f"{int(mask_loss.get('images', 0))} training images with a finding mask: for each "
+        "positive label whose mask it is (`abnormal`: the union of findings; a finding: "
+        "when it is the only one), -log of the map's softmax mass inside the mask "
+        "(`training.cxr_train.mask_loss`). The maps are still those of the same forward "
+        "pass (logits = mean(cam) + bias)"
+    )
 
 
 def _plots(report: CxrReport, folder: Path) -> list[str]:
@@ -274,13 +352,15 @@ def write_card(
         f"- Outputs: `logits` [N, 5] for {', '.join(meta.extra.get('labels', []))}; `cam` "
         f"[N, 5, {'x'.join(str(v) for v in meta.extra.get('cam_shape', []))}] class "
         "activation maps from the same forward pass (logits = mean(cam) + bias)",
-        "- Probabilities: Platt scaling per label fitted on the validation split "
-        "(metadata `extra.calibration`); thresholds below apply to them",
+        "- Probabilities: Platt scaling per label, `sigmoid(logit / T + b)`, fitted on the "
+        "validation split with Platt's smoothed targets (metadata `extra.calibration`: "
+        "`scale` = 1/T, `offset` = b); thresholds below apply to them",
         "",
         "## Training",
         "",
         f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
-        "MONAI augmentation (affine, contrast, noise)",
+        "MONAI augmentation (affine, contrast, noise; finding masks move with the image)",
+        _mask_loss_text(meta.extra.get("mask_loss", {})),
         f"- Patient-level split: train {split.get('train', '?')}, validation "
         f"{split.get('validation', '?')}, test {split.get('test', '?')} images",
         f"- Data manifest `{meta.training_manifest_sha256[:16]}`; "
@@ -301,13 +381,16 @@ def write_card(
         "",
         "### Per label",
         "",
-        "| label | AUROC (95 % CI) | threshold | sensitivity | specificity | ECE |",
+        "| label | AUROC (95 % CI) | threshold | sensitivity (95 % CI) | specificity | "
+        "ECE uncalibrated -> calibrated |",
         "|---|---|---|---|---|---|",
     ]
     for r in report.labels:
+        low, high = r.sensitivity_ci
         lines.append(
             f"| {r.label} | {_auroc_text(r.auroc)} | {r.threshold:.3f} | "
-            f"{_fmt(r.sensitivity)} | {_fmt(r.specificity)} | {_fmt(r.ece)} |"
+            f"{_fmt(r.sensitivity)} ({_fmt(low)}-{_fmt(high)}) | {_fmt(r.specificity)} | "
+            f"{_fmt(r.ece_uncalibrated)} -> {_fmt(r.ece)} |"
         )
     lines += ["", "## Operating points (chosen on validation data)", ""]
     for op in meta.operating_points:
@@ -315,14 +398,27 @@ def write_card(
             f"- {op.label}: {op.threshold:.3f} ({op.chosen_on}; validation sensitivity "
             f"{_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)})"
         )
-    loc = report.localisation
     lines += [
         "",
-        "## Localisation of the `abnormal` activation map",
+        "## Localisation of the activation maps",
         "",
-        f"- positive cases with a mask: {loc.n}",
-        f"- map peak inside the finding mask: {_fmt(loc.peak_in_mask)}",
-        f"- mean IoU of the map thresholded at half its range: {_fmt(loc.mean_iou)}",
+        "Peak of the map (upsampled to the mask, as served) inside the finding mask, and "
+        "mean IoU of the map thresholded at half its range. Baselines: a map peaking at "
+        "the image centre, and one fixed map of how often each point lies in these cases' "
+        "masks (fitted on the same cases, so it flatters the baseline).",
+        "",
+        "| map | cases | n | peak in mask | IoU | centre: peak in mask | "
+        "fixed prior map: peak in mask / IoU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report.localisation:
+        m, c, p = row.model, row.centre, row.prior
+        lines.append(
+            f"| {row.finding} | {row.cases} | {m.n} | {_fmt(m.peak_in_mask)} | "
+            f"{_fmt(m.mean_iou)} | {_fmt(c.peak_in_mask)} | "
+            f"{_fmt(p.peak_in_mask)} / {_fmt(p.mean_iou)} |"
+        )
+    lines += [
         "",
         "## Subgroups (`abnormal`)",
         "",
@@ -349,8 +445,8 @@ def write_card(
                 f"{_auroc_text(r.auroc)} |"
             )
         lines.append(
-            f"| map peak in mask | {_fmt(previous.localisation.peak_in_mask)} | "
-            f"{_fmt(loc.peak_in_mask)} |"
+            f"| map peak in mask | {_fmt(previous.headline_localisation().peak_in_mask)} | "
+            f"{_fmt(report.headline_localisation().peak_in_mask)} |"
         )
     lines += ["", "## Limitations", ""]
     lines += [f"- {item}" for item in meta.limitations] or ["- none recorded"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
-from scipy.stats import rankdata
+from scipy.stats import beta, rankdata
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from models.cxr_predictor import upsample_cam
+from models.cxr_preprocess import area_resize
 
 __all__ = [
     "AurocCI",
@@ -22,11 +23,15 @@ __all__ = [
     "OperatingPointChoice",
     "auroc_ci",
     "calibration_bins",
+    "centre_map",
     "choose_threshold",
     "expected_calibration_error",
     "fit_platt",
     "localisation",
+    "prior_map",
+    "proportion_ci",
     "sens_spec",
+    "sensitivity_lower_bound",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -80,6 +85,23 @@ def sens_spec(y: npt.ArrayLike, p: npt.ArrayLike, threshold: float) -> tuple[flo
     return sens, spec
 
 
+def sensitivity_lower_bound(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound of a proportion ``k / n`` at ``confidence``."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, k, n - k + 1))
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided CI of ``k / n``; (nan, nan) when ``n == 0``."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    tail = 1.0 - (1.0 - level) / 2
+    low = sensitivity_lower_bound(k, n, tail)
+    high = 1.0 - sensitivity_lower_bound(n - k, n, tail)
+    return low, high
+
+
 class OperatingPointChoice(BaseModel):
     """A threshold and what it achieved on the data it was chosen on."""
 
@@ -90,14 +112,18 @@ class OperatingPointChoice(BaseModel):
 
 
 def choose_threshold(
-    y: npt.ArrayLike, p: npt.ArrayLike, min_sensitivity: float
+    y: npt.ArrayLike, p: npt.ArrayLike, min_sensitivity: float, confidence: float | None = None
 ) -> OperatingPointChoice:
     """A threshold reaching ``min_sensitivity`` with the best specificity, with margin.
 
-    The k-th highest positive score (k = ceil(target x positives)) is the highest
-    threshold meeting the target; the threshold returned sits halfway (in logit space)
-    between it and the next lower score, so the validation sensitivity and specificity
-    are unchanged but new cases near the boundary are not lost to an overconfident,
+    Without ``confidence`` the k-th highest positive score (k = ceil(target x
+    positives)) is the highest threshold meeting the target on these data. With it, k
+    is the smallest count whose one-sided Clopper-Pearson lower bound at
+    ``confidence`` reaches the target (all positives when none does): the validation
+    sensitivity then exceeds the target by the sampling margin of its positives, so
+    new data are likely to meet it too. The threshold returned sits halfway (in logit
+    space) between that score and the next lower one, so the validation sensitivity
+    and specificity are unchanged but new cases near the boundary are not lost to a
     razor-edge cut. With no positive cases the threshold is 0.5 and the rule says so.
     """
     yy = np.asarray(y, dtype=bool)
@@ -108,8 +134,21 @@ def choose_threshold(
             threshold=0.5, sensitivity=0.0, specificity=spec, rule="no positives: default 0.5"
         )
     positives = np.sort(pp[yy])[::-1]
-    k = int(np.ceil(min_sensitivity * positives.size))  # positives that must be flagged
-    cut = float(positives[max(k, 1) - 1])
+    n = positives.size
+    if confidence is None:
+        k = max(1, int(np.ceil(min_sensitivity * n)))  # positives that must be flagged
+        rule = f"sensitivity >= {min_sensitivity:.2f} with best specificity"
+    else:
+        k = next(
+            (j for j in range(1, n + 1)
+             if sensitivity_lower_bound(j, n, confidence) >= min_sensitivity),
+            n,
+        )  # fmt: skip
+        rule = (
+            f"one-sided {confidence:.0%} lower bound of sensitivity >= {min_sensitivity:.2f} "
+            "(else every positive) with best specificity"
+        )
+    cut = float(positives[k - 1])
     lower = pp[pp < cut]
     threshold = cut
     if lower.size:
@@ -122,10 +161,7 @@ def choose_threshold(
         threshold=threshold,
         sensitivity=sens,
         specificity=spec,
-        rule=(
-            f"sensitivity >= {min_sensitivity:.2f} with best specificity; "
-            "threshold midway (logit) to the next lower score"
-        ),
+        rule=f"{rule}; threshold midway (logit) to the next lower score",
     )
 
 
@@ -166,7 +202,7 @@ def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int =
 
 
 class Localisation(BaseModel):
-    """How well the activation maps point at the findings' masks."""
+    """How well one kind of map points at the findings' masks."""
 
     n: int
     peak_in_mask: float | None  # fraction of positive cases whose map peak is inside the mask
@@ -178,9 +214,13 @@ def localisation(
 ) -> Localisation:
     """Peak-in-mask rate and mean IoU for positive cases.
 
+    Each map is upsampled (bilinear, as the served heatmap) to its mask's resolution
+    before the peak is taken. The mask must cover the same field of view as the model
+    input (``to_model_input`` resizes the whole image, no crop, so any resolution works).
+
     Args:
-        cams: one raw map ``[h, w]`` per case (the ``abnormal`` label's).
-        masks: the union finding mask of each case (any resolution, non-empty).
+        cams: one raw map ``[h, w]`` per case.
+        masks: the finding mask of each case (any resolution); empty masks are skipped.
         iou_level: the map is thresholded at this fraction of its range above its minimum.
     """
     hits: list[bool] = []
@@ -200,3 +240,22 @@ def localisation(
     return Localisation(
         n=len(hits), peak_in_mask=float(np.mean(hits)), mean_iou=float(np.mean(ious))
     )
+
+
+def centre_map() -> npt.NDArray[np.float32]:
+    """A trivial map whose peak is the image centre (a baseline for :func:`localisation`)."""
+    out = np.zeros((3, 3), dtype=np.float32)
+    out[1, 1] = 1.0
+    return out
+
+
+def prior_map(masks: list[npt.NDArray[np.bool_]], side: int = 32) -> npt.NDArray[np.float32]:
+    """The fraction of ``masks`` covering each point: one fixed map for every case.
+
+    Its peak is where findings are most often; used as a baseline. Fitted on the cases
+    it is scored on, so it flatters the baseline (an upper bound for any fixed map).
+    """
+    grids = [area_resize(m.astype(np.float32), (side, side)) for m in masks if m.any()]
+    if not grids:
+        return np.zeros((side, side), dtype=np.float32)
+    return np.asarray(np.mean(grids, axis=0), dtype=np.float32)

@@ -1,8 +1,9 @@
 """Turn a trained CxrNet into a registered artifact: calibrate, choose operating
 points, export, verify, evaluate, write the card, save.
 
-Calibration (Platt, per label) and operating points are fitted on the VALIDATION
-split; the reported metrics come from the exported ONNX model on the TEST split.
+Calibration (Platt, per label, with smoothed targets) and operating points (a
+conservative bound on validation sensitivity) are fitted on the VALIDATION split; the
+reported metrics come from the exported ONNX model on the TEST split.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def package_model(
     test: CxrData,
     *,
     n_train: int,
+    n_masks: int,
     report: Callable[[str, int, int], None],
 ) -> StoredModel:
     """Calibrate, choose thresholds, export, evaluate and save ``net``.
@@ -121,7 +123,7 @@ def package_model(
         calibration[label] = params
         probs = expit(params["scale"] * val_logits[:, j] + params["offset"])
         target = cfg.sensitivity_targets.get(label, 0.9)
-        choice = choose_threshold(y, probs, target)
+        choice = choose_threshold(y, probs, target, cfg.sensitivity_confidence)
         points.append(
             OperatingPoint(
                 label=label,
@@ -157,6 +159,7 @@ def package_model(
             library_versions=_library_versions(),
             extra={
                 "arch": cfg.model.arch,
+                "mask_loss": {"weight": cfg.localisation.weight, "images": n_masks},
                 "parity": parity.model_dump(),
                 "split": {"train": n_train, "validation": len(val.table), "test": len(test.table)},
             },

@@ -7,9 +7,15 @@ One process, or several with ``torchrun --nproc_per_node 2 -m training.cxr_train
    preprocess every image once with ``models.cxr_preprocess``;
 2. split by patient into train / validation / test;
 3. train :class:`~models.cxr_net.CxrNet` with multi-label BCE and MONAI
-   augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues);
-4. on validation data: Platt calibration per label, then per-label operating points
-   (the highest threshold reaching the configured sensitivity);
+   augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues).
+   Where the data set has finding masks and ``localisation.weight > 0``, a mask loss
+   (:func:`mask_loss`) also pulls each positive label's activation map into its
+   finding: supervised localisation, on the same maps the model serves;
+4. on validation data: Platt calibration per label (a temperature and an offset,
+   fitted with Platt's smoothed targets so that nearly separable validation data do
+   not give saturated, overconfident probabilities), then per-label operating points
+   (the highest threshold whose validation sensitivity reaches the target with the
+   configured confidence);
 5. export ONNX, check parity on real validation images, evaluate the exported
    artifact on the test split, write the model card and save it in the registry.
 """
@@ -21,7 +27,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +39,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.cxr_net import CXR_LABELS, Architecture, CxrNet
 from models.registry import StoredModel
+
+if TYPE_CHECKING:
+    from training.cxr_data import CxrData
 
 __all__ = ["CxrTrainConfig", "main", "train_cxr"]
 
@@ -88,6 +97,14 @@ class AugmentConfig(_Section):
     noise_std: float = Field(default=0.02, ge=0, description="Gaussian noise std.")
 
 
+class LocalisationConfig(_Section):
+    """Supervise the activation maps with finding masks where the data set has them."""
+
+    weight: float = Field(
+        default=0.0, ge=0, description="Weight of the mask loss next to the BCE; 0 = off."
+    )
+
+
 class OutputConfig(_Section):
     name: str = "cxr-triage"
     version: str = "0.1.0"
@@ -102,45 +119,122 @@ class CxrTrainConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    localisation: LocalisationConfig = Field(default_factory=LocalisationConfig)
     sensitivity_targets: dict[str, float] = Field(
         default_factory=lambda: dict.fromkeys(CXR_LABELS, 0.9),
-        description="Label -> minimum validation sensitivity of its operating point.",
+        description="Label -> minimum sensitivity of its operating point.",
+    )
+    sensitivity_confidence: float | None = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description=(
+            "Choose each threshold so that the one-sided exact lower confidence bound of "
+            "its validation sensitivity reaches the target (None: the point estimate)."
+        ),
     )
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
-class _Augmented(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class _Augmented(Dataset[Sample]):
+    """Augmented ``(image, labels, mask)``; the mask moves with the image."""
+
     def __init__(
-        self, images: npt.NDArray[np.float32], labels: npt.NDArray[np.float32], cfg: AugmentConfig
+        self,
+        images: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.float32],
+        masks: npt.NDArray[np.bool_],
+        cfg: AugmentConfig,
     ) -> None:
-        from monai.transforms.compose import Compose
         from monai.transforms.intensity.array import RandAdjustContrast, RandGaussianNoise
         from monai.transforms.spatial.array import RandAffine
 
         size = images.shape[-1]
         self.images = images
         self.labels = labels
-        self.transform = Compose(
-            [
-                RandAffine(
-                    prob=cfg.prob,
-                    rotate_range=(math.radians(cfg.rotate_deg),),
-                    scale_range=(cfg.scale, cfg.scale),
-                    translate_range=(cfg.translate * size, cfg.translate * size),
-                    padding_mode="border",
-                ),
-                RandAdjustContrast(prob=cfg.prob, gamma=cfg.gamma),
-                RandGaussianNoise(prob=cfg.prob, std=cfg.noise_std),
-            ]
+        self.masks = masks
+        self.affine = RandAffine(
+            prob=cfg.prob,
+            rotate_range=(math.radians(cfg.rotate_deg),),
+            scale_range=(cfg.scale, cfg.scale),
+            translate_range=(cfg.translate * size, cfg.translate * size),
+            padding_mode="border",
         )
+        self.contrast = RandAdjustContrast(prob=cfg.prob, gamma=cfg.gamma)
+        self.noise = RandGaussianNoise(prob=cfg.prob, std=cfg.noise_std)
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed every random transform."""
+        for i, transform in enumerate((self.affine, self.contrast, self.noise)):
+            transform.set_random_state(seed=seed + 1000 * i)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.transform(self.images[index])
-        tensor = torch.as_tensor(np.asarray(image), dtype=torch.float32)
-        return tensor, torch.from_numpy(self.labels[index])
+    def __getitem__(self, index: int) -> Sample:
+        moved = self.affine(torch.from_numpy(self.images[index]))
+        mask = torch.from_numpy(self.masks[index].astype(np.float32))
+        if self.masks[index].any():  # the same geometric transform as the image
+            mask = torch.as_tensor(
+                self.affine(mask, mode="nearest", padding_mode="zeros", randomize=False)
+            )
+        image = self.noise(self.contrast(torch.as_tensor(moved)))
+        return (
+            torch.as_tensor(np.asarray(image), dtype=torch.float32),
+            torch.from_numpy(self.labels[index]),
+            torch.as_tensor(np.asarray(mask), dtype=torch.float32),
+        )
+
+
+def mask_loss(cam: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean ``-log`` of the share of each supervised map's softmax mass inside its mask.
+
+    Args:
+        cam: ``[N, L, h, w]`` raw maps.
+        labels: ``[N, L]`` 0/1 truth.
+        masks: ``[N, 1, S, S]`` finding masks at the model input resolution (0 = none).
+
+    Returns:
+        A scalar; 0 when no (image, label) pair in the batch is supervised.
+    """
+    n, k, h, w = cam.shape
+    # Fraction of each map cell covered by the mask: the mass is pulled to the cells
+    # most inside the finding, which is where the upsampled peak lands.
+    cover = nn.functional.adaptive_avg_pool2d(masks, (h, w)).reshape(n, 1, h * w)
+    pairs = supervised_pairs(labels, masks)
+    if not pairs.any():
+        return cam.sum() * 0.0
+    mass = (torch.softmax(cam.reshape(n, k, h * w), dim=-1) * cover).sum(-1)
+    return -torch.log(mass[pairs] + 1e-6).mean()
+
+
+def supervised_pairs(labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``[N, L]`` bool: image positive for the label, with a mask that is that label's.
+
+    The data contract has one union mask per image, so it belongs to ``abnormal``
+    (column 0 of :data:`CXR_LABELS`) always, and to a finding label only when that is
+    the image's sole positive finding.
+    """
+    has_mask = masks.flatten(1).amax(1) > 0
+    findings = labels[:, 1:].sum(1)
+    own = torch.ones_like(labels, dtype=torch.bool)
+    own[:, 1:] = (findings == 1)[:, None]
+    return (labels > 0) & own & has_mask[:, None]
+
+
+def mask_inputs(data: CxrData, size: int) -> npt.NDArray[np.bool_]:
+    """``[N, 1, size, size]`` finding masks resized like the images (all False if none)."""
+    from models.cxr_preprocess import area_resize
+
+    out = np.zeros((len(data.table), 1, size, size), dtype=bool)
+    for i in range(len(data.table)):
+        mask = data.mask(i)
+        if mask.any():
+            out[i, 0] = area_resize(mask.astype(np.float32), (size, size)) >= 0.5
+    return out
 
 
 def _rank_world() -> tuple[int, int]:
@@ -241,9 +335,18 @@ def train_cxr(
     train_idx, val_idx, test_idx = patient_split(
         data.table["patient_id"], cfg.data.split, cfg.data.split_seed
     )
-    train_set = _Augmented(data.images[train_idx], data.labels[train_idx], cfg.augment)
-    train_set.transform.set_random_state(seed=cfg.train.seed + rank)
-    sampler: DistributedSampler[tuple[torch.Tensor, torch.Tensor]] | None = (
+    train = data.subset(train_idx)
+    use_masks = cfg.localisation.weight > 0
+    masks = (
+        mask_inputs(train, cfg.model.image_size)
+        if use_masks
+        else np.zeros((len(train_idx), 1, 1, 1), dtype=bool)
+    )
+    if use_masks:
+        logger.info("mask loss on %d training images with a mask", int(masks.any((1, 2, 3)).sum()))
+    train_set = _Augmented(train.images, train.labels, masks, cfg.augment)
+    train_set.set_random_state(seed=cfg.train.seed + rank)
+    sampler: DistributedSampler[Sample] | None = (
         DistributedSampler(train_set, num_replicas=world, rank=rank, seed=cfg.train.seed)
         if distributed
         else None
@@ -280,9 +383,11 @@ def train_cxr(
         if sampler is not None:
             sampler.set_epoch(epoch)
         running, count = 0.0, 0
-        for step, (x, y) in enumerate(loader):
-            logits, _ = model(x)
+        for step, (x, y, m) in enumerate(loader):
+            logits, cam = model(x)
             loss = loss_fn(logits, y)
+            if use_masks:
+                loss = loss + cfg.localisation.weight * mask_loss(cam, y, m)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -318,6 +423,7 @@ def train_cxr(
         data.subset(val_idx),
         data.subset(test_idx),
         n_train=len(train_idx),
+        n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
         report=report,
     )
 

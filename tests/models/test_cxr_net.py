@@ -19,6 +19,8 @@ from tests.cxr_fixtures import tiny_images
     [
         ("resnet-small", 64, 4),
         ("resnet-small", 224, 14),
+        ("resnet-small-fine", 64, 8),
+        ("resnet-small-fine", 224, 28),
         ("resnet18", 64, 2),
         ("densenet121", 32, 1),
     ],
@@ -52,9 +54,10 @@ def test_unknown_arch_is_refused() -> None:
         CxrNet("vgg")  # type: ignore[arg-type]
 
 
-def test_onnx_export_parity_and_single_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["resnet-small", "resnet-small-fine"])
+def test_onnx_export_parity_and_single_file(tmp_path: Path, arch: str) -> None:
     torch.manual_seed(1)
-    net = CxrNet("resnet-small")
+    net = CxrNet(arch)  # type: ignore[arg-type]
     path = export_onnx(net, tmp_path / "m.onnx", 64)
     check_onnx_graph(path)  # self-contained, no custom ops
     assert list(tmp_path.iterdir()) == [path]

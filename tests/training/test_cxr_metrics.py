@@ -1,4 +1,4 @@
-"""CXR metrics: thresholds, AUROC CI, Platt scaling, localisation, patient split."""
+"""CXR metrics: thresholds, AUROC CI, calibration, localisation and baselines, patient split."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import pytest
 from training.cxr_data import patient_split
 from training.cxr_metrics import (
     auroc_ci,
+    centre_map,
     choose_threshold,
     expected_calibration_error,
     fit_platt,
     localisation,
+    prior_map,
+    proportion_ci,
     sens_spec,
+    sensitivity_lower_bound,
 )
 
 
@@ -27,6 +31,32 @@ def test_choose_threshold_reaches_sensitivity_with_best_specificity() -> None:
     assert sens_spec(y, p, choice.threshold) == (choice.sensitivity, choice.specificity)
     assert 0.05 < choose_threshold(y, p, 1.0).threshold < 0.1
     assert choose_threshold(y, p, 1.0).sensitivity == 1.0
+
+
+def test_conservative_threshold_keeps_a_sampling_margin() -> None:
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(60, int), np.zeros(60, int)]
+    p = np.r_[rng.uniform(0.3, 1.0, 60), rng.uniform(0.0, 0.6, 60)]
+    plain = choose_threshold(y, p, 0.9)
+    bound = choose_threshold(y, p, 0.9, confidence=0.9)
+    assert plain.sensitivity == pytest.approx(54 / 60)
+    # 58/60 is the least count whose one-sided 90 % exact lower bound reaches 0.90.
+    assert sensitivity_lower_bound(57, 60, 0.9) < 0.9 <= sensitivity_lower_bound(58, 60, 0.9)
+    assert bound.sensitivity == pytest.approx(58 / 60)
+    assert bound.threshold < plain.threshold
+    assert "lower bound" in bound.rule
+    # Too few positives for the bound to reach the target: every positive is flagged.
+    few = choose_threshold(y[50:70], p[50:70], 0.9, confidence=0.9)
+    assert few.sensitivity == 1.0
+
+
+def test_proportion_ci_is_exact() -> None:
+    low, high = proportion_ci(45, 50)
+    assert low == pytest.approx(0.7819, abs=1e-3)  # Clopper-Pearson (scipy's binomtest agrees)
+    assert high == pytest.approx(0.9667, abs=1e-3)
+    assert proportion_ci(0, 10)[0] == 0.0
+    assert proportion_ci(10, 10)[1] == 1.0
+    assert np.isnan(proportion_ci(0, 0)[0])
 
 
 def test_auroc_ci_brackets_value_and_handles_one_class() -> None:
@@ -70,6 +100,21 @@ def test_localisation_peak_and_iou() -> None:
     empty = localisation(np.stack([on_target]), [np.zeros((8, 8), bool)])
     assert empty.n == 0
     assert empty.peak_in_mask is None
+
+
+def test_localisation_baselines() -> None:
+    central = np.zeros((64, 64), bool)
+    central[24:40, 24:40] = True
+    lateral = np.zeros((64, 64), bool)
+    lateral[40:60, 2:20] = True
+    masks = [central, lateral, lateral]
+    centre = localisation(np.repeat(centre_map()[None], 3, axis=0), masks)
+    assert centre.peak_in_mask == pytest.approx(1 / 3)
+    prior = prior_map(masks)
+    assert prior.shape == (32, 32)
+    assert prior.max() == pytest.approx(2 / 3)  # the lateral region, in 2 of 3 masks
+    fixed = localisation(np.repeat(prior[None], 3, axis=0), masks)
+    assert fixed.peak_in_mask == pytest.approx(2 / 3)
 
 
 def test_patient_split_never_shares_a_patient() -> None:

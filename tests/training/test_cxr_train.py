@@ -20,6 +20,7 @@ from models.cxr_net import CXR_LABELS
 from models.cxr_predictor import CxrPredictor
 from training.cli import app
 from training.cxr_synthetic import generate
+from training.cxr_train import AugmentConfig, _Augmented, mask_loss, supervised_pairs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,7 @@ def _config(tmp_path: Path, labels: Path, version: str, epochs: int) -> Path:
         "data": {"labels_csv": str(labels), "split": [0.5, 0.25, 0.25]},
         "model": {"arch": "resnet-small", "image_size": 64},
         "train": {"epochs": epochs, "batch_size": 8, "threads": 1, "seed": 1},
+        "localisation": {"weight": 0.5},
         "output": {
             "version": version,
             "checkpoint_dir": str(tmp_path / "ckpt"),
@@ -64,7 +66,11 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert meta.extra["parity"]["max_abs_diff_logits"] <= 1e-4
     assert meta.extra["parity"]["max_abs_diff_cam"] <= 1e-4
     assert meta.training_manifest_sha256
-    assert (stored.card_dir / "README.md").is_file()
+    assert meta.extra["mask_loss"]["weight"] == 0.5
+    assert meta.extra["mask_loss"]["images"] > 0
+    card_text = (stored.card_dir / "README.md").read_text()
+    assert "mask loss (weight 0.5)" in card_text
+    assert "| nodule | its only finding |" in card_text
     assert (stored.card_dir / "calibration.png").is_file()
     assert json.loads((stored.card_dir / "metrics.json").read_text())["report"]["n"] > 0
 
@@ -97,6 +103,47 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert "cxr-triage:0.1.0" in report  # previous version side by side
     assert "sex=" in report
     assert "age=" in report
+
+
+def test_augmentation_moves_the_mask_with_the_image() -> None:
+    image = np.zeros((1, 1, 64, 64), np.float32)
+    image[0, 0, 8:22, 38:52] = 1.0
+    cfg = AugmentConfig(prob=1.0, rotate_deg=15, translate=0.15, gamma=(1.0, 1.0), noise_std=0)
+    data = _Augmented(image, np.ones((1, 5), np.float32), image > 0.5, cfg)
+    moved = 0
+    for seed in range(6):
+        data.set_random_state(seed)
+        x, _, m = data[0]
+        assert m.shape == (1, 64, 64)
+        inside = m[0] > 0.5
+        assert inside.sum() > 100
+        assert (x[0][inside] > 0.25).float().mean() > 0.95  # the mask covers the square
+        moved += int(not torch.equal(inside, torch.from_numpy(image[0, 0] > 0.5)))
+    assert moved >= 5  # and it did move
+
+
+def test_mask_loss_pulls_each_supervised_map_into_its_mask() -> None:
+    labels = torch.tensor([[1.0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])  # abnormal + nodule; normal
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, 0, :8, :8] = 1.0
+    assert supervised_pairs(labels, masks).tolist() == [
+        [True, False, True, False, False],
+        [False] * 5,
+    ]
+    two = labels.clone()
+    two[0, 4] = 1.0  # a second finding: the union mask is no longer the nodule's own
+    assert supervised_pairs(two, masks)[0].tolist() == [True, False, False, False, False]
+    inside = torch.zeros(2, 5, 4, 4)
+    inside[:, :, 0, 0] = 5.0
+    outside = torch.zeros(2, 5, 4, 4)
+    outside[:, :, 3, 3] = 5.0
+    assert mask_loss(inside, labels, masks) < 0.1 < 2.0 < mask_loss(outside, labels, masks)
+    cam = outside.clone().requires_grad_(True)
+    mask_loss(cam, labels, masks).backward()
+    assert cam.grad is not None
+    assert cam.grad[0, 0, 0, 0] < 0 < cam.grad[0, 0, 3, 3]  # up inside, down outside
+    assert cam.grad[1].abs().sum() == 0  # the normal image is not supervised
+    assert mask_loss(outside, labels * 0, masks).item() == 0.0
 
 
 def test_bad_config_exits_4(tmp_path: Path) -> None:
