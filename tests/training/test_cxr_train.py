@@ -139,7 +139,7 @@ def test_mask_loss_pulls_each_supervised_map_into_its_mask() -> None:
     outside[:, :, 3, 3] = 5.0
     assert mask_loss(inside, labels, masks) < 0.1 < 2.0 < mask_loss(outside, labels, masks)
     cam = outside.clone().requires_grad_(True)
-    mask_loss(cam, labels, masks).backward()
+    mask_loss(cam, labels, masks).backward()  # type: ignore[no-untyped-call]
     assert cam.grad is not None
     assert cam.grad[0, 0, 0, 0] < 0 < cam.grad[0, 0, 3, 3]  # up inside, down outside
     assert cam.grad[1].abs().sum() == 0  # the normal image is not supervised
