@@ -265,7 +265,12 @@ class CxrAnalyser:
         )
 
     def finish(
-        self, prepared: Prepared, probs: np.ndarray, cam: np.ndarray, model_ms: float
+        self,
+        prepared: Prepared,
+        probs: np.ndarray,
+        cam: np.ndarray,
+        model_ms: float,
+        model_batch: int = 1,
     ) -> CxrResult:
         """Apply thresholds, store the result and what its heatmap is drawn from.
 
@@ -274,6 +279,7 @@ class CxrAnalyser:
             probs: ``[L]`` probabilities for :attr:`labels`.
             cam: ``[L, h, w]`` raw activation maps.
             model_ms: time the model call took.
+            model_batch: images in that model call (adaptive batching).
 
         Raises:
             CannotAssess: the model returned non-finite or out-of-range values.
@@ -310,6 +316,7 @@ class CxrAnalyser:
         timings = Timings(
             **prepared.timings,
             model_ms=model_ms,
+            model_batch=model_batch,
             heatmap_ms=(t_heat - t0) * 1000,
             total_ms=(t_heat - prepared.started) * 1000,
         )

@@ -35,16 +35,24 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from serving.imaging.analysis import CannotAssess, CxrModelRunner
 
-__all__ = ["AdaptiveBatcher"]
+__all__ = ["AdaptiveBatcher", "Batched"]
 
 logger = logging.getLogger(__name__)
 
-Outputs = tuple[np.ndarray, np.ndarray]
+
+class Batched(NamedTuple):
+    """One caller's rows of a shared model call."""
+
+    probs: np.ndarray  # [n, L]
+    cams: np.ndarray  # [n, L, h, w]
+    batch_size: int  # images in the model call the rows came from
+
 
 _HISTORY = 64  # model calls the cost estimate is fitted on
 
@@ -56,7 +64,7 @@ def _overloaded() -> CannotAssess:
 @dataclass
 class _Waiting:
     images: np.ndarray
-    future: asyncio.Future[Outputs]
+    future: asyncio.Future[Batched]
     queued: float  # time.perf_counter() at arrival
 
 
@@ -119,7 +127,7 @@ class AdaptiveBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-model")
         self._closed = False
 
-    async def __call__(self, images: np.ndarray) -> Outputs:
+    async def __call__(self, images: np.ndarray) -> Batched:
         """Probabilities and maps for ``images``, computed in a shared batch.
 
         Raises:
@@ -136,7 +144,7 @@ class AdaptiveBatcher:
             gap = now - self._last_arrival
             self._gap_s = gap if math.isinf(self._gap_s) else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(images, future, now))
         self._queued_images += n
         self._arrived.set()
@@ -230,7 +238,8 @@ class AdaptiveBatcher:
         for waiting in taken:
             size = int(waiting.images.shape[0])
             if not waiting.future.done():
-                waiting.future.set_result((probs[start : start + size], cams[start : start + size]))
+                rows = slice(start, start + size)
+                waiting.future.set_result(Batched(probs[rows], cams[rows], n))
             start += size
 
     def close(self) -> None:

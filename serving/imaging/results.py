@@ -97,6 +97,9 @@ class Timings(_Frozen):
     heatmap_ms: float = 0.0
     total_ms: float = 0.0
     store_ms: float = Field(default=0.0, description="Writing the result files (after total).")
+    model_batch: int = Field(
+        default=1, ge=1, description="Images in the model call this read shared (batching)."
+    )
 
 
 class CxrResult(_Frozen):

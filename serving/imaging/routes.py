@@ -200,9 +200,11 @@ async def analyse_bytes(
         return await run_in_threadpool(analyser.analyse, body, content_type, patient)
     prepared = await run_in_threadpool(analyser.prepare, body, content_type, patient)
     t0 = time.perf_counter()
-    probs, cams = await state.infer(prepared.model_input[None, ...])
+    out = await state.infer(prepared.model_input[None, ...])
     model_ms = (time.perf_counter() - t0) * 1000
-    return await run_in_threadpool(analyser.finish, prepared, probs[0], cams[0], model_ms)
+    return await run_in_threadpool(
+        analyser.finish, prepared, out.probs[0], out.cams[0], model_ms, out.batch_size
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

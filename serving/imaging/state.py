@@ -13,6 +13,7 @@ import numpy as np
 
 from models.registry import StoredModel
 from serving.imaging.analysis import CannotAssess, CxrAnalyser, CxrModelRunner
+from serving.imaging.batching import Batched
 from serving.imaging.config import ImagingConfig
 from serving.imaging.results import ResultStore
 
@@ -20,8 +21,9 @@ __all__ = ["BatchInfer", "ImagingState", "attach"]
 
 logger = logging.getLogger(__name__)
 
-# An async model call on a [N,1,S,S] batch -> (probabilities [N,L], cams [N,L,h,w]).
-BatchInfer = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+# An async model call on a [N,1,S,S] batch -> probabilities [N,L], cams [N,L,h,w] and the
+# size of the model call they came from.
+BatchInfer = Callable[[np.ndarray], Awaitable[Batched]]
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 
 from models.registry import StoredModel
 from serving.imaging.analysis import CannotAssess
-from serving.imaging.batching import AdaptiveBatcher
+from serving.imaging.batching import AdaptiveBatcher, Batched
 from serving.imaging.runner import load_runner
 
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def test_concurrent_calls_are_batched_and_answers_unchanged(tiny_cxr: StoredMode
     images = [rng.random((1, 1, 64, 64), dtype=np.float32) for _ in range(24)]
     expected = [runner.inner.predict(image) for image in images]  # type: ignore[attr-defined]
 
-    async def run() -> list[tuple[np.ndarray, np.ndarray]]:
+    async def run() -> list[Batched]:
         batcher = AdaptiveBatcher(runner, max_batch_size=8, max_latency_ms=5000)
         try:
             return list(await asyncio.gather(*(batcher(image) for image in images)))
@@ -88,7 +88,7 @@ def test_concurrent_calls_are_batched_and_answers_unchanged(tiny_cxr: StoredMode
             batcher.close()
 
     got = _run(run())
-    for (probs, cams), (want_probs, want_cams) in zip(got, expected, strict=True):
+    for (probs, cams, _), (want_probs, want_cams) in zip(got, expected, strict=True):
         np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(cams, want_cams, rtol=1e-5, atol=1e-5)
     assert max(runner.calls) > 1  # some calls carried several images
@@ -100,7 +100,7 @@ def test_each_caller_gets_its_own_rows_in_order() -> None:
     runner = FakeRunner(delay_s=0.01)
     sizes = [1, 2, 1, 3, 1, 1, 2, 1, 1, 1]
 
-    async def run() -> list[tuple[np.ndarray, np.ndarray]]:
+    async def run() -> list[Batched]:
         batcher = AdaptiveBatcher(runner, max_batch_size=4, max_latency_ms=5000)
         try:
             calls = [batcher(_images(i + 1, n)) for i, n in enumerate(sizes)]
@@ -109,7 +109,8 @@ def test_each_caller_gets_its_own_rows_in_order() -> None:
             batcher.close()
 
     got = _run(run())
-    for i, ((probs, cams), n) in enumerate(zip(got, sizes, strict=True)):
+    for i, ((probs, cams, batch_size), n) in enumerate(zip(got, sizes, strict=True)):
+        assert n <= batch_size <= 4
         assert probs.shape == (n, 5)
         assert cams.shape == (n, 5, 2, 2)
         assert np.all(probs == i + 1)
@@ -128,8 +129,8 @@ def test_a_failed_call_fails_every_caller_in_it_and_the_next_call_runs(runner: F
                 *(batcher(_images(1)) for _ in range(5)), return_exceptions=True
             )
             runner.fail, runner.rows = False, None
-            probs, _ = await batcher(_images(7))
-            return list(outcomes), [int(probs[0, 0])]
+            after = await batcher(_images(7))
+            return list(outcomes), [int(after.probs[0, 0]), after.batch_size]
         finally:
             batcher.close()
 
@@ -139,7 +140,7 @@ def test_a_failed_call_fails_every_caller_in_it_and_the_next_call_runs(runner: F
         for o in outcomes
     )
     assert len({id(o) for o in outcomes}) == 5  # one exception object per caller
-    assert after == [7]
+    assert after == [7, 1]
 
 
 def test_requests_past_the_latency_budget_are_shed_with_503(tiny_cxr: StoredModel) -> None:

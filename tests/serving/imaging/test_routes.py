@@ -43,6 +43,7 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     assert "unverified" in body["advisory"].lower()
     timings = body["timings"]
     assert timings["total_ms"] >= timings["model_ms"] > 0
+    assert timings["model_batch"] == 1  # one client: a model call of its own
     # The overlay is served and is an RGB PNG of the model input size.
     png = client.get(body["heatmap_url"].removeprefix("https://tonle.test"))
     assert png.status_code == 200
