@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
+from scipy.optimize import minimize
+from scipy.special import expit
 from scipy.stats import beta, rankdata
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from models.cxr_predictor import upsample_cam
@@ -168,14 +169,29 @@ def choose_threshold(
 def fit_platt(logits: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, float]:
     """Platt scaling of one label's logits: ``p = sigmoid(scale * logit + offset)``.
 
-    Falls back to the identity when the data hold one class only.
+    ``scale`` is an inverse temperature and ``offset`` a shift (the class-weighted
+    training loss moves rare labels' logits). Fitted by maximum likelihood against
+    Platt's (1999) smoothed targets, ``(n+ + 1) / (n+ + 2)`` for positives and
+    ``1 / (n- + 2)`` for negatives: on (nearly) separable validation data a plain fit
+    drives the scale to infinity and every probability to 0 or 1, which makes the
+    operating points razor-edged. Falls back to the identity with one class only.
     """
-    xx = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
-    yy = np.asarray(y, dtype=np.int64)
+    xx = np.asarray(logits, dtype=np.float64).reshape(-1)
+    yy = np.asarray(y, dtype=np.int64).reshape(-1)
     if yy.min() == yy.max():
         return {"scale": 1.0, "offset": 0.0}
-    model = LogisticRegression(C=1e4, max_iter=1000).fit(xx, yy)
-    return {"scale": float(model.coef_[0, 0]), "offset": float(model.intercept_[0])}
+    n_pos = int(yy.sum())
+    n_neg = yy.size - n_pos
+    target = np.where(yy > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+    def nll(v: F64) -> tuple[float, F64]:
+        z = v[0] * xx + v[1]
+        residual = expit(z) - target
+        loss = float(np.sum(np.logaddexp(0.0, z) - target * z))
+        return loss, np.array([np.sum(residual * xx), np.sum(residual)])
+
+    result = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return {"scale": float(result.x[0]), "offset": float(result.x[1])}
 
 
 def calibration_bins(

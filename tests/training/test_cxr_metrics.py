@@ -85,6 +85,18 @@ def test_platt_recovers_a_known_scale() -> None:
     assert fit_platt(logits[:5], np.zeros(5)) == {"scale": 1.0, "offset": 0.0}
 
 
+def test_platt_does_not_saturate_on_separable_data() -> None:
+    # Validation scores of a strong model: every positive above every negative. A plain
+    # maximum-likelihood fit sends the scale towards infinity (probabilities 0 or 1).
+    logits = np.r_[np.linspace(2, 12, 50), np.linspace(-12, -2, 50)]
+    y = np.r_[np.ones(50), np.zeros(50)]
+    params = fit_platt(logits, y)
+    assert 0.3 < params["scale"] < 1.0
+    p = 1 / (1 + np.exp(-(params["scale"] * logits + params["offset"])))
+    assert 0.9 < p[:50].mean() < 0.99  # Platt's target for 50 positives: 51/52
+    assert p[:50].min() < 0.9  # the weakest positives keep room below 1
+
+
 def test_localisation_peak_and_iou() -> None:
     mask = np.zeros((64, 64), bool)
     mask[12:36, 32:52] = True
