@@ -1,33 +1,32 @@
 """Benchmark: an NCD CDS Hooks call with full prefetch vs a constant BentoML endpoint.
 
 Everything runs on 127.0.0.1: this script builds the fixture models in a temporary
-store, starts ``bentoml serve`` for Tonle and for the constant service (one at a time,
-so they never share the CPU), and drives each with ``benchmarks/loadgen.py`` in a
-separate process. It prints:
+store, starts ``bentoml serve`` for Tonle and for the constant service, and drives them
+with ``benchmarks/loadgen.py`` in a separate process, one endpoint at a time (the idle
+server uses no CPU meanwhile). It prints:
 
 1. open-loop latency at ``--rate`` req/s (p50/p99, errors) for the CDS call and both
    constant paths; audit rows committed == 2xx responses;
-2. maximum throughput (closed loop, ``--connections`` clients) and Tonle's ratio to the
-   constant endpoints;
-3. where the time of one call goes (stage timings and a cProfile, in-process).
+2. maximum throughput (closed loop, ``--connections`` clients) in ``--rounds`` rounds
+   that alternate the endpoints (other work on the machine then slows all of them
+   alike), the server's CPU time per request, and Tonle's ratio to the constant
+   endpoints: the median of the per-round ratios;
+3. where the time of one call goes (``benchmarks/profile_cds.py``, in-process).
 
 Usage:
-    .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 20] [--connections 8]
+    .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 15] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
 import os
-import pstats
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -35,11 +34,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.profile_cds import profile  # noqa: E402
 from benchmarks.server import Server, free_port  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
 
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
+CONST_PATHS = {"const @bentoml.api": "/const", "const mounted ASGI": "/asgi/const"}
+CDS_PATH = "/cds-services/ncd-cvd-risk"
 
 
 def load(
@@ -47,17 +49,21 @@ def load(
     url: str,
     body: Path,
     args: argparse.Namespace,
-    headers: list[str],
+    server: Server,
     tokens: Path | None = None,
 ) -> dict:
+    """One loadgen run; adds the server's CPU time per answered request (ms)."""
     command = [PY, LOADGEN, mode, url, str(body), "--duration", str(args.duration),
                "--rate", str(args.rate), "--connections", str(args.connections)]  # fmt: skip
     if tokens is not None:
         command += ["--tokens", str(tokens)]
-    for header in headers:
-        command += ["--header", header]
+    cpu = server.cpu_seconds()
     out = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    result: dict = json.loads(out.stdout)
+    answered = max(1, sum(result["statuses"].values()))
+    result["server_cpu_ms"] = (server.cpu_seconds() - cpu) * 1000 / answered
+    result["load1"] = os.getloadavg()[0]
+    return result
 
 
 def warm(url: str, body: bytes, n: int = 50) -> None:
@@ -66,79 +72,17 @@ def warm(url: str, body: bytes, n: int = 50) -> None:
             client.post(url, content=body, headers={"content-type": "application/json"})
 
 
-def profile_one_call(home: Path, tmp: Path, calls: int = 300) -> str:
-    """Stage timings (ms per call) and the top of a cProfile, through the ASGI app."""
-    import asyncio
-
-    from serving import cds_hooks
-    from serving.app import create_app
-    from tests.serving.cds_fixtures import runtime_for
-
-    stages: dict[str, float] = {}
-
-    def timed(name: str, fn):  # type: ignore[no-untyped-def]
-        is_async = asyncio.iscoroutinefunction(fn)
-
-        async def wrapper_async(*a, **k):  # type: ignore[no-untyped-def]
-            t = time.perf_counter()
-            try:
-                return await fn(*a, **k)
-            finally:
-                stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
-
-        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
-
-        return wrapper_async if is_async else wrapper
-
-    for name in ("read_json", "parse_model", "complete_prefetch", "extract", "assess",
-                 "ncd_card", "_commit"):  # fmt: skip
-        setattr(cds_hooks, name, timed(name, getattr(cds_hooks, name)))
-    body = json.dumps(cds_request()).encode()
-    with runtime_for(home, tmp) as runtime:
-        app = create_app(runtime.settings)
-        app.state.runtime = runtime
-
-        async def run(n: int) -> float:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                headers = {"content-type": "application/json"}
-                for _ in range(600):  # WAL steady state, as above
-                    await client.post("/cds-services/ncd-cvd-risk", content=body, headers=headers)
-                stages.clear()
-                t = time.perf_counter()
-                for _ in range(n):
-                    r = await client.post(
-                        "/cds-services/ncd-cvd-risk", content=body, headers=headers
-                    )
-                    assert r.status_code == 200
-                return (time.perf_counter() - t) / n
-
-        per_call = asyncio.run(run(calls))
-        lines = [f"in-process per call (ASGI, incl. httpx test client): {per_call * 1000:.2f} ms"]
-        for name, total in sorted(stages.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {name:<18} {total / calls * 1000:7.3f} ms")
-        profiler = cProfile.Profile()
-        profiler.enable()
-        asyncio.run(run(calls))
-        profiler.disable()
-        stream = io.StringIO()
-        stats = pstats.Stats(profiler, stream=stream).sort_stats("tottime")
-        stats.print_stats(18)
-        lines.append(f"cProfile, top functions by own time over {calls} calls:")
-        lines.extend(line for line in stream.getvalue().splitlines()[6:] if line.strip())
-        return "\n".join(lines)
+def audit_rows(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        return int(connection.execute("select count(*) from audit_events").fetchone()[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="Closed-loop rounds.")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
         "--auth",
@@ -146,6 +90,7 @@ def main() -> None:
         help="Also run the CDS call with a fresh demo-issuer JWT per request (ES384).",
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -164,26 +109,30 @@ def main() -> None:
         const_body = tmp / "const.json"
         const_body.write_bytes(b'{"hook": "patient-view"}')
         results: dict[str, dict] = {}
+        rounds: list[dict[str, dict]] = []
 
-        with Server("benchmarks.const_service:Const", {}, ROOT) as const:
-            for name, path in (
-                ("const @bentoml.api", "/const"),
-                ("const mounted ASGI", "/asgi/const"),
-            ):
-                url = const.url + path
-                warm(url, const_body.read_bytes())
-                results[f"{name} open"] = load("open", url, const_body, args, [])
-                results[f"{name} max"] = load("closed", url, const_body, args, [])
-
-        with Server("serving.service:Tonle", env, ROOT) as tonle:
-            url = tonle.url + "/cds-services/ncd-cvd-risk"
+        with (
+            Server("benchmarks.const_service:Const", {}, ROOT) as const,
+            Server("serving.service:Tonle", env, ROOT) as tonle,
+        ):
+            targets = [(name, const, const.url + path, const_body)
+                       for name, path in CONST_PATHS.items()]  # fmt: skip
+            targets.append(("Tonle NCD CDS", tonle, tonle.url + CDS_PATH, cds_body))
+            for _, _, url, body in targets[:-1]:
+                warm(url, body.read_bytes())
             # Steady state: enough calls for SQLite's first WAL checkpoint, after which the
             # WAL file is reused and a commit's fsync no longer also grows the file.
-            warm(url, cds_body.read_bytes(), n=600)
-            before = sqlite3.connect(db).execute("select count(*) from audit_events").fetchone()[0]
-            results["Tonle NCD CDS open"] = load("open", url, cds_body, args, [])
-            results["Tonle NCD CDS max"] = load("closed", url, cds_body, args, [])
-            after = sqlite3.connect(db).execute("select count(*) from audit_events").fetchone()[0]
+            warm(targets[-1][2], cds_body.read_bytes(), n=600)
+            before = audit_rows(db)
+            for name, server, url, body in targets:
+                results[f"{name} open"] = load("open", url, body, args, server)
+            for i in range(args.rounds):
+                rounds.append({})
+                for name, server, url, body in targets:
+                    rounds[i][name] = results[f"{name} max #{i + 1}"] = load(
+                        "closed", url, body, args, server
+                    )
+            after = audit_rows(db)
 
         if args.auth:
             from serving.demo_issuer import ensure_demo_issuer, sign_token
@@ -198,7 +147,7 @@ def main() -> None:
                 "TONLE_PUBLIC_URL": f"http://127.0.0.1:{port}",
             }
             with Server("serving.service:Tonle", auth_env, ROOT, port=port) as server:
-                url = server.url + "/cds-services/ncd-cvd-risk"
+                url = server.url + CDS_PATH
                 warm_tokens = [sign_token(url, directory=tmp / "issuer") for _ in range(600)]
                 with httpx.Client() as client:
                     for token in warm_tokens:
@@ -215,33 +164,39 @@ def main() -> None:
                         )
                     )
                     results[f"Tonle NCD CDS+JWT {mode}"] = load(
-                        mode, url, cds_body, args, [], tokens
+                        mode, url, cds_body, args, server, tokens
                     )
 
-        print(f"\nOpen loop at {args.rate:g} req/s for {args.duration:g} s; closed loop with "
-              f"{args.connections} connections for {args.duration:g} s. 127.0.0.1, "
-              f"{os.cpu_count()} CPUs.")  # fmt: skip
-        print(f"{'endpoint':<32}{'req':>7}{'2xx':>7}{'err':>5}{'rps':>9}{'p50 ms':>9}"
-              f"{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")  # fmt: skip
+        print(f"\nOpen loop at {args.rate:g} req/s for {args.duration:g} s; closed loop ('max') "
+              f"with {args.connections} connections for {args.duration:g} s, {args.rounds} "
+              f"rounds alternating the endpoints. 127.0.0.1, {os.cpu_count()} CPUs. Load "
+              f"average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+              f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")  # fmt: skip
+        print(f"{'endpoint':<30}{'req':>7}{'2xx':>7}{'err':>5}{'rps':>8}{'p50 ms':>8}"
+              f"{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'CPU ms/req':>11}{'load1':>7}")  # fmt: skip
         for name, r in results.items():
-            print(f"{name:<32}{r['requests']:>7}{r['ok_2xx']:>7}{r['errors']:>5}"
-                  f"{r['throughput_rps']:>9.1f}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
-                  f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}")  # fmt: skip
-        runs = (results["Tonle NCD CDS open"], results["Tonle NCD CDS max"])
+            print(f"{name:<30}{r['requests']:>7}{r['ok_2xx']:>7}{r['errors']:>5}"
+                  f"{r['throughput_rps']:>8.1f}{r['p50_ms']:>8.2f}{r['p90_ms']:>8.2f}"
+                  f"{r['p99_ms']:>8.2f}{r['max_ms']:>8.2f}{r['server_cpu_ms']:>11.3f}"
+                  f"{r['load1']:>7.2f}")  # fmt: skip
+        runs = [r for name, r in results.items() if name.startswith("Tonle NCD CDS ")]
         tonle_ok = sum(r["ok_2xx"] for r in runs)
         gave_up = sum(r["errors"] for r in runs)  # client timeouts: answered late, still audited
         rows = after - before
         print(f"\naudit rows written during the runs: {rows}; 2xx responses: {tonle_ok}; "
               f"client gave up (10 s timeout) on {gave_up} -> "
               f"{'EQUAL' if rows == tonle_ok else ('EQUAL incl. late answers' if rows == tonle_ok + gave_up else 'MISMATCH')}")  # noqa: E501  # fmt: skip
-        tonle_max = results["Tonle NCD CDS max"]["throughput_rps"]
-        for name in ("const @bentoml.api max", "const mounted ASGI max"):
-            print(f"max throughput ratio Tonle / {name}: "
-                  f"{tonle_max / results[name]['throughput_rps'] * 100:.0f} %")  # fmt: skip
+        for name in CONST_PATHS:
+            ratios = [r["Tonle NCD CDS"]["throughput_rps"] / r[name]["throughput_rps"]
+                      for r in rounds]  # fmt: skip
+            cpu = statistics.median(r[name]["server_cpu_ms"] / r["Tonle NCD CDS"]["server_cpu_ms"]
+                                    for r in rounds)  # fmt: skip
+            print(f"max throughput ratio Tonle / {name}: median {statistics.median(ratios):.0%} "
+                  f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}); "
+                  f"server CPU per request ratio: {cpu:.0%}")  # fmt: skip
         if not args.no_profile:
-            print("\nWhere the time of one call goes:")
-            (tmp / "profile").mkdir()
-            print(profile_one_call(home, tmp / "profile"))
+            print("\nWhere the time of one call goes (benchmarks/profile_cds.py --no-auth):")
+            print(profile(300, auth=False))
         print("\nJSON:", json.dumps(results))
 
 

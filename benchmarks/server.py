@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -54,6 +55,18 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"server did not become ready in {self.ready_timeout_s:.0f} s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and all its workers."""
+        total = 0.0
+        root = psutil.Process(self.proc.pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

@@ -31,6 +31,7 @@ from serving.audit.records import (
     FeedbackRecord,
     OverrideReason,
 )
+from serving.audit.writer import BatchWriter
 
 __all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "DuplicateRequest"]
 
@@ -71,6 +72,9 @@ class AuditStore:
     def __init__(self, engine: Engine, replay_engine: Engine | None = None) -> None:
         self.engine = engine
         self.replay_engine = replay_engine or engine
+        self._writer = BatchWriter(
+            engine, [schema.audit_events, schema.audit_cards, schema.explanations]
+        )
         self._committer = GroupCommitter(self._write_rows)
         self._last_prune = 0.0
         self._prune_lock = threading.Lock()
@@ -104,6 +108,7 @@ class AuditStore:
     def close(self) -> None:
         """Commit queued rows, then release pooled connections."""
         self._committer.close()
+        self._writer.close()
         self.engine.dispose()
         if self.replay_engine is not self.engine:
             self.replay_engine.dispose()
@@ -168,14 +173,15 @@ class AuditStore:
             if row.explanation is not None:
                 explanations.append(row.explanation.model_dump())
 
-        def work(connection: Any) -> None:
-            connection.execute(insert(schema.audit_events), events)
-            if cards:
-                connection.execute(insert(schema.audit_cards), cards)
-            if explanations:  # same transaction: no second commit (fsync) per call
-                connection.execute(insert(schema.explanations), explanations)
-
-        self._run(work)
+        try:  # one transaction: the explanations cost no second commit (fsync)
+            self._writer.write(
+                {"audit_events": events, "audit_cards": cards, "explanations": explanations}
+            )
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            logger.error("audit database error: %s", type(exc).__name__)
+            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
 
     def rows(
         self,

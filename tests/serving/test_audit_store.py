@@ -291,6 +291,28 @@ def test_write_failure_after_open_is_audit_unavailable(tmp_path: Path) -> None:
     store.close()
 
 
+def test_audit_writer_replaces_a_connection_the_server_dropped(pg_url: str) -> None:
+    store = AuditStore.open(pg_url)
+    store.record(_row("before"))  # the writer now keeps a connection between batches
+    with store.engine.connect() as connection:
+        killed = connection.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).all()
+    assert killed  # the writer's connection was among them
+    store.record(_row("after"))  # retried on a fresh connection, not a 503
+    assert [r.request_id for r in store.rows()] == ["before", "after"]
+    store.close()
+
+
+def test_failed_batch_rolls_back_and_the_next_one_commits(store: AuditStore) -> None:
+    store.record(_row("first"))
+    with pytest.raises(DuplicateRequest):
+        store.record(_row("first"))
+    store.record(_row("second"))
+    assert [r.request_id for r in store.rows()] == ["first", "second"]
+
+
 def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
     owner = AuditStore.open(pg_url)
     owner.record(_row("by-owner"))
