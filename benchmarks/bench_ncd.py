@@ -49,7 +49,7 @@ def main() -> None:
     from models.ncd_predictor import NcdPredictor
     from training import ncd_metrics as m
     from training.ncd_evaluate import who_risk_for_table
-    from training.ncd_train import feature_matrix, load_table
+    from training.ncd_table import feature_matrix, load_table
     from training.synthetic_ncd import INDEX_DATE, generate
 
     print(f"load average at start: {os.getloadavg()} on {os.cpu_count()} cores")

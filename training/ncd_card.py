@@ -2,7 +2,7 @@
 
 Written into the folder that :func:`models.registry.save` copies next to the artifact
 (``card_dir``), together with ``evaluation.md/json`` and the plots from
-:func:`training.ncd_evaluate.write_report`.
+:func:`training.ncd_report.write_report`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from models.metadata import ModelMetadata
-from training.ncd_evaluate import METRIC_ROWS, EvaluationReport, report_markdown
+from training.ncd_evaluate import EvaluationReport
+from training.ncd_report import METRIC_ROWS, report_markdown
 
 __all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
 

@@ -43,7 +43,7 @@ CompleteOpt = Annotated[
 def _load(data: Path, index_date: str | None, lookback_days: int, complete: bool = False) -> Any:
     from training.cli import EXIT_BAD_INPUT, fail
     from training.fhir_bulk import FeatureTableError
-    from training.ncd_train import TrainingDataError, load_table
+    from training.ncd_table import TrainingDataError, load_table
 
     try:
         return load_table(data, index_date, lookback_days, complete)
@@ -67,8 +67,10 @@ def _train(
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
     from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
+    from training.ncd_config import NcdTrainConfig
     from training.ncd_export import ExportError
-    from training.ncd_train import NcdTrainConfig, TrainingDataError, train
+    from training.ncd_table import TrainingDataError
+    from training.ncd_train import train
 
     try:
         cfg = load_config(config or Path("configs") / f"{name}.yaml", NcdTrainConfig)
@@ -184,9 +186,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from models import registry
         from models.ncd_predictor import NcdPredictor
         from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
-        from training.ncd_evaluate import evaluate_table, report_summary, write_report
-        from training.ncd_train import NcdTrainConfig, TrainingDataError, check_table
-        from training.ncd_train import feature_matrix as features_of
+        from training.ncd_config import NcdTrainConfig
+        from training.ncd_evaluate import evaluate_for_config
+        from training.ncd_report import report_summary, write_report
+        from training.ncd_table import TrainingDataError, check_table
+        from training.ncd_table import feature_matrix as features_of
 
         name, _, version = model.partition(":")
         try:
@@ -208,18 +212,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         except TrainingDataError as exc:
             raise fail(f"evaluation data refused: {exc}", EXIT_BAD_INPUT) from exc
         risk = predictor.predict_proba(features_of(table, predictor.feature_names))
-        report = evaluate_table(
-            table,
-            risk.astype("float64"),
-            cfg.outcome,
-            horizon=cfg.horizon_years,
-            bootstrap_reps=bootstrap,
-            seed=cfg.seed,
-            who_region=cfg.evaluation.who_region,
-            who_country=cfg.evaluation.who_country,
-            who_model=cfg.evaluation.who_model,
-            who_missing_smoking_as_non_smoker=cfg.evaluation.who_missing_smoking_as_non_smoker,
-        )
+        report = evaluate_for_config(table, risk.astype("float64"), cfg, bootstrap_reps=bootstrap)
         paths = write_report(report, output, f"Evaluation of {stored.metadata.tag} on {data.name}")
         out.print_json(data=report_summary(report))
         console.print("wrote " + ", ".join(str(p) for p in paths))

@@ -25,7 +25,9 @@ def build_ncd_demo(console: Console, card_root: Path = Path(".tonle/cards")) -> 
     """Build (or reuse) the demo NCD models; returns ``{name: version}`` to pin."""
     from models import registry
     from models.config import load_config
-    from training.ncd_train import NcdTrainConfig, load_table, train
+    from training.ncd_config import NcdTrainConfig
+    from training.ncd_table import load_table
+    from training.ncd_train import train
 
     names = ("cvd-risk", "diabetes-risk")
     missing = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,14 +14,9 @@ from typer.testing import CliRunner
 from models import registry
 from models.config import load_config
 from models.ncd_predictor import NcdPredictor
+from training.ncd_config import NcdTrainConfig
 from training.ncd_export import ExportError, save_verified
-from training.ncd_train import (
-    NcdTrainConfig,
-    TrainingDataError,
-    check_table,
-    feature_matrix,
-    patient_split,
-)
+from training.ncd_table import TrainingDataError, check_table, feature_matrix, patient_split
 from training.synthetic_ncd import simulate
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs"
@@ -286,7 +282,12 @@ def test_evaluate_against_the_non_lab_chart_with_a_stated_assumption() -> None:
     table = _table(1500, 6)
     table.loc[: 1500 // 2, "smoking"] = np.nan
     risk = np.full(len(table), 0.05)
-    kwargs = {"bootstrap_reps": 0, "who_model": "nonlab", "who_region": None, "who_country": "USA"}
+    kwargs: dict[str, Any] = {
+        "bootstrap_reps": 0,
+        "who_model": "nonlab",
+        "who_region": None,
+        "who_country": "USA",
+    }
     strict = evaluate_table(table, risk, "cvd", **kwargs)
     assert strict.n_compared < 800
     assert strict.not_compared["smoking:missing"] == 751
