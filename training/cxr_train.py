@@ -189,6 +189,18 @@ class _Augmented(Dataset[Sample]):
         )
 
 
+def label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor
+) -> torch.Tensor:
+    """Class-weighted BCE over the KNOWN labels: NaN (an empty cell: the data set does
+    not say, e.g. TB in NIH ChestX-ray14) is left out, never read as absent."""
+    known = ~torch.isnan(labels)
+    per_label = nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.nan_to_num(labels), pos_weight=pos_weight, reduction="none"
+    )
+    return (per_label * known).sum() / known.sum().clamp(min=1)
+
+
 def mask_loss(cam: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean ``-log`` of the share of each supervised map's softmax mass inside its mask.
 
@@ -370,8 +382,8 @@ def train_cxr(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.15
     )
-    positives = data.labels[train_idx].mean(axis=0).clip(0.02, 0.98)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.from_numpy((1 - positives) / positives))
+    positives = np.nanmean(train.labels, axis=0).clip(0.02, 0.98)
+    pos_weight = torch.from_numpy((1 - positives) / positives)
 
     start_epoch = 0
     ckpt = _checkpoint_path(cfg)
@@ -385,11 +397,11 @@ def train_cxr(
         running, count = 0.0, 0
         for step, (x, y, m) in enumerate(loader):
             logits, cam = model(x)
-            loss = loss_fn(logits, y)
+            loss = label_loss(logits, y, pos_weight)
             if use_masks:
                 loss = loss + cfg.localisation.weight * mask_loss(cam, y, m)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             scheduler.step()
             running += loss.detach().item() * len(x)

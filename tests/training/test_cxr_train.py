@@ -20,7 +20,13 @@ from models.cxr_net import CXR_LABELS
 from models.cxr_predictor import CxrPredictor
 from training.cli import app
 from training.cxr_synthetic import generate
-from training.cxr_train import AugmentConfig, _Augmented, mask_loss, supervised_pairs
+from training.cxr_train import (
+    AugmentConfig,
+    _Augmented,
+    label_loss,
+    mask_loss,
+    supervised_pairs,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,6 +150,27 @@ def test_mask_loss_pulls_each_supervised_map_into_its_mask() -> None:
     assert cam.grad[0, 0, 0, 0] < 0 < cam.grad[0, 0, 3, 3]  # up inside, down outside
     assert cam.grad[1].abs().sum() == 0  # the normal image is not supervised
     assert mask_loss(outside, labels * 0, masks).item() == 0.0
+
+
+def test_unknown_labels_are_left_out_of_the_loss() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0, 0.0]])
+    known = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0]])
+    unknown_tb = known.clone()
+    unknown_tb[0, 1] = float("nan")  # NIH: no TB label
+    weight = torch.ones(5)
+    loss = label_loss(logits, unknown_tb, weight)
+    assert torch.isfinite(loss)
+    keep = [0, 2, 3, 4]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, keep], known[:, keep])
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(
+        label_loss(logits, known, weight),
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, known),
+    )
+    # The mask loss never supervises a finding whose siblings are unknown.
+    assert supervised_pairs(unknown_tb, torch.ones(1, 1, 4, 4)).tolist() == [
+        [True, False, False, False, False]
+    ]
 
 
 def test_bad_config_exits_4(tmp_path: Path) -> None:
