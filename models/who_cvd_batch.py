@@ -138,7 +138,11 @@ def who_cvd_risk_batch(
         age: Years. smoking: 0/1. sbp: mmHg.
         total_chol: mmol/L (lab). diabetes: 0/1 (lab). bmi: kg/m2 (non-lab).
         region: GBD region code or name. country: ISO alpha-3 code.
-        allow_extrapolation: As in :func:`who_cvd_risk`.
+        allow_extrapolation: As in :func:`who_cvd_risk`; in addition, an extrapolated
+            row whose risk the equation saturates to 0 or 1 in float64 is unusable, with
+            reason ``"risk:saturated"`` (such extreme values occur only far outside the
+            charts; :func:`who_cvd_reasons_batch` does not compute risks and cannot
+            report this one).
         invalid: ``"raise"`` a :class:`WhoCvdInputError` for the first unusable row, or
             return ``nan`` for unusable rows (see :func:`who_cvd_reasons_batch` for why).
 
@@ -154,11 +158,9 @@ def who_cvd_risk_batch(
     male, sex_ok, cols = _batch_columns(model, sex, age, smoking, sbp, total_chol, diabetes, bmi)
     reasons = _reasons(sex_ok, cols, allow_extrapolation)
     bad = reasons != None  # noqa: E711 - elementwise on object array
-    if invalid == "raise" and bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        field, _, rule = str(reasons[row]).partition(":")
-        raise WhoCvdInputError(field, f"row {row}", rule)
-    with np.errstate(invalid="ignore", over="ignore"):
+    # Unusable rows (NaN, inf) and saturated ones warn inside the equation (invalid,
+    # overflow, division by zero): each of them is refused below, with its reason.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         risk = risk_arrays(
             model,
             male,
@@ -170,5 +172,17 @@ def who_cvd_risk_batch(
             diabetes=cols.get("diabetes"),
             bmi=cols.get("bmi"),
         )
+    if allow_extrapolation:
+        # Far enough outside the charts, the Cox risk 1 - S0 ** exp(lp) rounds to 1 in
+        # float64 (log1p(-1) above): a certainty is no risk to report. Inside them it
+        # never does (lp is multilinear, so its extremes are at the box's corners).
+        extrapolated = ~bad & (_reasons(sex_ok, cols, allow_extrapolation=False) != None)  # noqa: E711
+        saturated = extrapolated & ~((risk > 0.0) & (risk < 1.0))
+        reasons[saturated] = "risk:saturated"
+        bad |= saturated
+    if invalid == "raise" and bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        field, _, rule = str(reasons[row]).partition(":")
+        raise WhoCvdInputError(field, f"row {row}", rule)
     risk[bad] = np.nan
     return risk

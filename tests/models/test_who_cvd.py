@@ -223,6 +223,25 @@ def test_batch_reasons_and_nan() -> None:
     assert err.value.field == "age"
 
 
+def test_batch_refuses_an_extrapolated_row_the_equation_saturates_on() -> None:
+    """Age 18, SBP 350, cholesterol 40: possible, far outside the charts, and the
+    uncalibrated risk is 1.0 in float64 (log1p(-1) divides by zero). The row is refused
+    with a reason, never a silent 100 % (and no RuntimeWarning, an error under pytest)."""
+    rows = (["male", "male", "female"], [18, 55, 80], [1, 0, 1], [350, 130, 200], [40, 5, 7],
+            [1, 0, 1])  # fmt: skip
+    risk = who_cvd_risk_batch("lab", *rows, region=SEA, allow_extrapolation=True, invalid="nan")  # type: ignore[arg-type]
+    assert np.isnan(risk[0])
+    assert 0.0 < risk[1] < 1.0
+    assert 0.0 < risk[2] < 1.0  # extrapolated, but the equation still gives a risk
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk_batch("lab", *rows, region=SEA, allow_extrapolation=True)  # type: ignore[arg-type]
+    assert (err.value.field, err.value.value) == ("risk", "row 0")
+    assert err.value.rule == "saturated"
+    with pytest.raises(WhoCvdInputError) as err:  # without extrapolation: out of range, as before
+        who_cvd_risk_batch("lab", *rows, region=SEA)  # type: ignore[arg-type]
+    assert (err.value.field, err.value.rule) == ("age", "out-of-range")
+
+
 @pytest.mark.parametrize(
     ("risk", "percent", "band_index"),
     [(0.0449, 4, 0), (0.045, 5, 1), (0.0949, 9, 1), (0.095, 10, 2), (0.1949, 19, 2),
