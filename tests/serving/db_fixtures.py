@@ -20,7 +20,8 @@ ADMIN_URL = os.environ.get(
 )
 
 
-def _admin_conninfo() -> str:
+def admin_conninfo() -> str:
+    """libpq connection string of the admin database (for CREATE/ALTER/DROP DATABASE)."""
     url = make_url(ADMIN_URL)
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
@@ -29,12 +30,12 @@ def _admin_conninfo() -> str:
 def postgres_database(prefix: str = "tonle_test") -> Iterator[str]:
     """Create a uniquely named database; yield its SQLAlchemy URL; drop it."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
+    with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
+        with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

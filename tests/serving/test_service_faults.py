@@ -1,0 +1,383 @@
+"""Load and faults against a real ``bentoml serve`` (RELIABILITY.md, "Load and faults").
+
+Steady load, overload, schema fuzzing and SIGTERM share one service on SQLite (SIGTERM
+last: it ends that service); SIGKILL, a full disk and an unreachable PostgreSQL each
+get their own. Every load loop is bounded in calls and seconds, on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core.result import Err
+from sqlalchemy import create_engine
+
+from serving.audit import AuditStore
+from tests.serving.db_fixtures import admin_conninfo, postgres_database
+from tests.serving.service_process import CVD, Call, TonleProcess, audited, cds_call, closed_loop
+
+pytestmark = pytest.mark.slow
+
+# The issue's target: 100 calls/s at a p99 of 50 ms, so about 5 calls in flight.
+EXPECTED_CONCURRENCY = 5
+# The service admits 64 calls at once (serving/service.py); overload is 5x that.
+MAX_CONCURRENCY = 64
+DRAIN_S = 2.0
+
+
+def _sqlite(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'audit.db'}"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TonleProcess]:
+    """One SQLite-backed service for the tests that leave it healthy (SIGTERM ends it)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    env = {"TONLE_SHUTDOWN_DRAIN_S": str(DRAIN_S)}
+    with TonleProcess(tmp, _sqlite(tmp), env) as served:
+        yield served
+
+
+def _assert_every_2xx_audited_once(database_url: str, calls: list[Call]) -> int:
+    """Each 2xx the clients saw has exactly one audit row; returns how many 2xx."""
+    ok = [c.request_id for c in calls if c.ok]
+    assert None not in ok, "a 2xx without X-Request-Id"
+    rows = audited(database_url, ok)
+    missing = [rid for rid in ok if rows.get(rid) != 1]  # type: ignore[arg-type]
+    assert not missing, f"{len(missing)} of {len(ok)} 2xx calls without exactly one audit row"
+    assert len(set(ok)) == len(ok), "a request id answered twice"
+    return len(ok)
+
+
+def test_steady_load_at_twice_expected_concurrency(service: TonleProcess) -> None:
+    """2x expected concurrency: 0 errors, worker memory drift < 10 %, every 2xx audited."""
+    clients = 2 * EXPECTED_CONCURRENCY
+    worker = service.worker()
+    # Warm-up fills what is meant to fill (connection pools, caches), then the drift window.
+    asyncio.run(closed_loop(service, clients=clients, duration_s=3, max_calls=1500))
+    rss_start = worker.memory_info().rss
+    calls = asyncio.run(closed_loop(service, clients=clients, duration_s=15, max_calls=6000))
+    rss_end = worker.memory_info().rss
+    errors = [c for c in calls if c.status != 200]
+    assert not errors, f"{len(errors)} errors, first: {errors[0]}"
+    assert len(calls) > 200, "the load generator barely ran"
+    drift = (rss_end - rss_start) / rss_start
+    print(
+        f"steady: {len(calls)} calls, RSS {rss_start >> 20} -> {rss_end >> 20} MiB ({drift:+.1%})"
+    )
+    assert drift < 0.10, f"worker RSS grew {drift:.1%} over {len(calls)} calls"
+    assert _assert_every_2xx_audited_once(service.database_url, calls) == len(calls)
+
+
+def test_overload_refuses_fast_keeps_health_and_recovers(service: TonleProcess) -> None:
+    """5x the concurrency limit: the excess gets 429/503 fast, admitted calls succeed,
+    /livez and /readyz answer throughout, and a call succeeds again within 30 s."""
+
+    async def overload() -> tuple[list[Call], list[tuple[str, int | None, float]]]:
+        load = asyncio.create_task(
+            closed_loop(service, clients=5 * MAX_CONCURRENCY, duration_s=6, max_calls=4000)
+        )
+        probes: list[tuple[str, int | None, float]] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.sleep(1.0)
+            while not load.done():
+                for path in ("/livez", "/readyz"):
+                    sent = time.monotonic()
+                    try:
+                        status: int | None = (await client.get(service.url + path)).status_code
+                    except httpx.HTTPError:
+                        status = None
+                    probes.append((path, status, time.monotonic() - sent))
+                await asyncio.sleep(0.3)
+        return await load, probes
+
+    calls, probes = asyncio.run(overload())
+    ended = time.monotonic()
+    refused = [c for c in calls if c.status in (429, 503)]
+    admitted = [c for c in calls if c.ok]
+    others = [c for c in calls if not c.ok and c.status not in (429, 503)]
+    assert not others, f"{len(others)} calls neither admitted nor refused: {others[0]}"
+    assert refused, "no call was refused: the service was not overloaded"
+    assert admitted, "no call was admitted under overload"
+    refusal_p95 = statistics.quantiles([c.latency_s for c in refused], n=20)[-1]
+    admitted_p50 = statistics.median(c.latency_s for c in admitted)
+    print(
+        f"overload: {len(admitted)} admitted (p50 {admitted_p50:.3f} s), {len(refused)} "
+        f"refused (p95 {refusal_p95:.3f} s), {len(probes)} health probes "
+        f"(max {max(p[2] for p in probes):.3f} s)"
+    )
+    assert refusal_p95 < 2.0, f"refusals took {refusal_p95:.2f} s (p95)"
+    assert probes, "health endpoints never probed during the overload"
+    assert all(status == 200 for _, status, _ in probes), probes
+    assert max(latency for *_, latency in probes) < 5.0, probes
+
+    async def until_served() -> float:
+        while time.monotonic() - ended < 30:
+            if (await cds_call(service)).status == 200:
+                return time.monotonic() - ended
+            await asyncio.sleep(0.2)
+        return float("inf")
+
+    recovered = asyncio.run(until_served())
+    print(f"overload: served again {recovered:.2f} s after the load ended")
+    assert recovered < 30
+    _assert_every_2xx_audited_once(service.database_url, calls)
+
+
+def test_openapi_fuzzing_no_server_error_no_schema_violation(service: TonleProcess) -> None:
+    """Schema-driven requests for each REST operation of the served ``/v1/openapi.json``
+    (with a valid API key): no 5xx, every answer matches the spec (all default checks)."""
+    store = AuditStore.open(service.database_url)
+    try:
+        key = store.create_api_key("fuzz", "schemathesis")[1]
+    finally:
+        store.close()
+    # A schema-valid value can still lie outside the loaded model's validated range (per
+    # model, not expressible in one schema): the documented answer is 422 naming the field.
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "422"]}}}
+    )
+    schema = schemathesis.openapi.from_url(service.url + "/v1/openapi.json", config=config)
+    operations = []
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
+        operations.append(result.ok())
+    assert {op.path for op in operations} == {"/v1/risk/cvd", "/v1/risk/diabetes", "/v1/who-cvd"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=40,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        def fuzz(case: schemathesis.Case[Any]) -> None:
+            case.call_and_validate(headers={"X-API-Key": key}, timeout=10)
+
+        fuzz()
+
+
+def test_sigkill_under_load_loses_no_answered_call(tmp_path: Path) -> None:
+    """SIGKILL of the whole service at random moments under load, 3 times: every call the
+    clients saw answered 2xx has its audit row, SQLite stays intact, and the service
+    restarts on the same database and serves again."""
+    rng = random.Random(4)
+    database_url = _sqlite(tmp_path)
+    answered: list[Call] = []
+    with TonleProcess(tmp_path, database_url) as served:
+        for _ in range(3):
+
+            async def load_then_kill() -> list[Call]:
+                stop = asyncio.Event()
+                load = asyncio.create_task(
+                    closed_loop(served, clients=8, duration_s=15, max_calls=3000, stop=stop)
+                )
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+                served.kill()
+                stop.set()
+                return await load
+
+            calls = asyncio.run(load_then_kill())
+            answered += [c for c in calls if c.ok]
+            assert all(c.ok or c.status is None for c in calls), [c for c in calls if not c.ok]
+            engine = create_engine(database_url)
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            engine.dispose()
+            served.start()
+        assert len(answered) > 30, "too few calls answered before the kills"
+        with httpx.Client(timeout=10) as client:
+            again = client.post(served.url + CVD, json=_body(), headers=served.token(CVD))
+        assert again.status_code == 200
+    _assert_every_2xx_audited_once(database_url, answered)
+
+
+def _body() -> dict[str, object]:
+    from tests.serving.cds_fixtures import cds_request
+
+    return cds_request()
+
+
+def test_sigterm_under_load_drains_then_exits_zero(service: TonleProcess) -> None:
+    """SIGTERM under load: /readyz turns 503 while calls are still served, every call
+    sent before it noticed succeeds, and the service exits 0 within the grace period.
+
+    Ends the module's service, so it runs last of the tests that use it.
+    """
+    assert service.proc is not None
+
+    async def terminate_under_load() -> tuple[list[Call], list[int | None]]:
+        stop = asyncio.Event()  # what a load balancer does once readiness fails
+        load = asyncio.create_task(
+            closed_loop(service, clients=8, duration_s=20, max_calls=4000, stop=stop)
+        )
+        await asyncio.sleep(1.0)
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        readiness: list[int | None] = []
+        async with httpx.AsyncClient(timeout=2) as client:
+            while len(readiness) < 400:
+                try:
+                    status: int | None = (await client.get(service.url + "/readyz")).status_code
+                except httpx.HTTPError:
+                    status = None
+                readiness.append(status)
+                if status != 200:
+                    stop.set()
+                if status is None:
+                    break
+                await asyncio.sleep(0.05)
+        return await load, readiness
+
+    signalled = time.monotonic()
+    calls, readiness = asyncio.run(terminate_under_load())
+    returncode = service.proc.wait(timeout=30)
+    took = time.monotonic() - signalled
+    assert returncode == 0, service.log_tail()
+    assert took < 30, f"exit took {took:.1f} s"
+    first_not_ready = next(i for i, s in enumerate(readiness) if s != 200)
+    assert readiness[first_not_ready] == 503, readiness
+    after = readiness[first_not_ready:]
+    assert 200 not in after, readiness
+    assert after.count(503) >= 3, f"readiness was 503 only briefly: {readiness}"
+    failed = [c for c in calls if c.status != 200]
+    assert not failed, f"{len(failed)} of {len(calls)} calls failed, first: {failed[0]}"
+    _assert_every_2xx_audited_once(service.database_url, calls)
+
+
+@contextlib.contextmanager
+def _small_tmpfs(where: Path, size_mb: int) -> Iterator[Path]:
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("disk-full test mounts a small tmpfs: needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tonle-full", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until the filesystem is full; returns the filler."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _outage(served: TonleProcess, break_db: object, repair_db: object) -> None:
+    """Calls during an outage get 503 with a reason code and never a 2xx without its
+    row; /readyz turns 503; after the repair it turns 200 and calls succeed, no restart."""
+    pid = served.worker().pid
+    calls: list[Call] = []
+
+    async def scenario() -> tuple[float, float]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            calls.extend([await cds_call(served) for _ in range(5)])
+            assert all(c.status == 200 for c in calls), calls
+            break_db()  # type: ignore[operator]
+            broken = time.monotonic()
+            down = await _until(client, served, 503, broken, calls)
+            repair_db()  # type: ignore[operator]
+            repaired = time.monotonic()
+            up = await _until(client, served, 200, repaired, calls)
+            calls.append(await cds_call(served))
+            return down, up
+
+    down, up = asyncio.run(scenario())
+    assert down < 10, f"/readyz still 200 {down:.1f} s into the outage"
+    assert up < 30, f"not ready {up:.1f} s after the database came back"
+    assert calls[-1].status == 200, calls[-1]
+    refused = [c for c in calls if c.status == 503]
+    assert refused, "no call was refused during the outage"
+    for call in refused:
+        assert call.error is not None
+        assert '"error":"' in call.error.replace(" ", ""), call.error
+    assert all(c.ok or c.status == 503 for c in calls), [c for c in calls if not c.ok]
+    assert served.worker().pid == pid, "the worker restarted"
+    _assert_every_2xx_audited_once(served.database_url, calls)
+
+
+async def _until(
+    client: httpx.AsyncClient, served: TonleProcess, status: int, since: float, calls: list[Call]
+) -> float:
+    """Send calls and poll /readyz until it answers ``status``; returns seconds taken."""
+    while time.monotonic() - since < 30:
+        calls.append(await cds_call(served))
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get(served.url + "/readyz")).status_code == status:
+                return time.monotonic() - since
+        await asyncio.sleep(0.25)
+    return float("inf")
+
+
+def test_disk_full_gives_503_and_recovers_without_restart(tmp_path: Path) -> None:
+    """SQLite on a full disk (a small tmpfs): 503 with a reason, /readyz 503, and back
+    to 200 once space is freed."""
+    with _small_tmpfs(tmp_path / "disk", 16) as disk:
+        database_url = f"sqlite:///{disk / 'audit.db'}"
+        filler: list[Path] = []
+        with TonleProcess(tmp_path, database_url) as served:
+            _outage(
+                served,
+                lambda: filler.append(_fill(disk)),
+                lambda: filler[0].unlink(),
+            )
+            engine = create_engine(database_url)
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            engine.dispose()
+
+
+def test_postgres_unavailable_gives_503_and_recovers_without_restart(tmp_path: Path) -> None:
+    """PostgreSQL refusing connections (and the service's sessions terminated): 503 with a
+    reason, /readyz 503, and back to 200 once it accepts connections again."""
+    with postgres_database("tonle_outage") as database_url:
+        name = database_url.rsplit("/", 1)[1]
+
+        def admin(sql: str) -> None:
+            with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as db:
+                db.execute(sql)
+
+        def break_db() -> None:
+            admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
+
+        with TonleProcess(tmp_path, database_url) as served:
+            _outage(
+                served, break_db, lambda: admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            )
