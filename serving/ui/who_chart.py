@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.who_cvd import band_of_percent, round_percent, who_cvd_risk_batch
+from models.who_cvd import percents_and_bands, who_cvd_risk_batch
 
 __all__ = ["AGE_BANDS", "BMI_CATEGORIES", "CHOL_CATEGORIES", "SBP_CATEGORIES", "ChartGrid", "grid"]
 
@@ -134,8 +134,7 @@ def grid(
         country=country,
     )
     shape = (len(AGE_BANDS), len(SBP_CATEGORIES), len(cols))
-    percent = np.array([round_percent(float(r)) for r in risks]).reshape(shape)
-    bands = np.vectorize(lambda p: band_of_percent(int(p))[0])(percent)
+    percent, bands = percents_and_bands(risks.reshape(shape))
     cell: tuple[int, int, int] | None = None
     if age is not None and sbp is not None and col_value is not None and 40 <= age < 75:
         cell = (_index(AGE_BANDS, age), _index(SBP_CATEGORIES, sbp), _index(cols, col_value))
@@ -147,7 +146,7 @@ def grid(
         age_labels=[a.label for a in AGE_BANDS],
         sbp_labels=[s.label for s in SBP_CATEGORIES],
         col_labels=[c.label for c in cols],
-        percent=percent.tolist(),
+        percent=percent.astype(int).tolist(),
         band_index=bands.tolist(),
         cell=cell,
     )
