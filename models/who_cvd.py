@@ -192,18 +192,22 @@ def who_cvd_risk(
             value = used[field]
             assert isinstance(value, float)
             extrapolated |= check_range(field, value, allow_extrapolation)
-    one = risk_arrays(
-        model,
-        np.array([inputs.sex == "male"]),
-        rec,
-        age=np.array([inputs.age]),
-        smoking=np.array([float(inputs.smoking)]),
-        sbp=np.array([inputs.sbp]),
-        total_chol=np.array([inputs.total_chol]) if lab else None,
-        diabetes=np.array([float(bool(inputs.diabetes))]) if lab else None,
-        bmi=None if lab else np.array([inputs.bmi]),
-    )
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        one = risk_arrays(
+            model,
+            np.array([inputs.sex == "male"]),
+            rec,
+            age=np.array([inputs.age]),
+            smoking=np.array([float(inputs.smoking)]),
+            sbp=np.array([inputs.sbp]),
+            total_chol=np.array([inputs.total_chol]) if lab else None,
+            diabetes=np.array([float(bool(inputs.diabetes))]) if lab else None,
+            bmi=None if lab else np.array([inputs.bmi]),
+        )
     risk = float(one[0])
+    if not 0.0 < risk < 1.0:
+        # Only far outside the charts (extrapolated) does the equation saturate.
+        raise WhoCvdInputError("risk", risk, "saturated")
     percent = round_percent(risk)
     band_index, band = band_of_percent(percent)
     return WhoCvdResult(

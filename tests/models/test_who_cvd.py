@@ -313,3 +313,11 @@ def test_every_country_gives_a_risk() -> None:
                 country=code,
             )
             assert np.all((risk > 0.005) & (risk < 0.9)), (code, model, risk)
+
+
+def test_scalar_refuses_an_extrapolated_input_the_equation_saturates_on() -> None:
+    """The single-patient path refuses the same saturated row as the batch path."""
+    extreme = WhoCvdInputs(sex="male", age=18, smoking=True, sbp=350, total_chol=40, diabetes=True)
+    with pytest.raises(WhoCvdInputError) as err:
+        who_cvd_risk(extreme, "lab", region=SEA, allow_extrapolation=True)
+    assert (err.value.field, err.value.rule) == ("risk", "saturated")
