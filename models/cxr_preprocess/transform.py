@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,17 @@ def _resize_axis0(img: Array, n_out: int) -> Array:
     n_in = img.shape[0]
     if n_in == n_out:
         return img
+    idx, band = _band(n_in, n_out)
+    out = np.zeros((n_out, *img.shape[1:]), dtype=np.float32)
+    for t in range(idx.shape[1]):
+        out += band[:, t, None] * img[idx[:, t]]
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _band(n_in: int, n_out: int) -> tuple[NDArray[np.intp], Array]:
+    """Input rows and weights ``[n_out, width]`` of each output row (read-only; cached:
+    the same few sizes recur, and building them cost as much as the resize)."""
     weights = _area_weights(n_in, n_out)
     nonzero = weights > 0
     first = nonzero.argmax(axis=1)
@@ -77,10 +89,9 @@ def _resize_axis0(img: Array, n_out: int) -> Array:
     idx = np.minimum(first[:, None] + np.arange(width)[None, :], n_in - 1)
     band = np.take_along_axis(weights, idx, axis=1)
     band[first[:, None] + np.arange(width)[None, :] >= n_in] = 0.0
-    out = np.zeros((n_out, *img.shape[1:]), dtype=np.float32)
-    for t in range(width):
-        out += band[:, t, None] * img[idx[:, t]]
-    return out
+    idx.flags.writeable = False
+    band.flags.writeable = False
+    return idx, band
 
 
 def percentile_window(values: NDArray[Any]) -> Array:
