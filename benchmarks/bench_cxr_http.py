@@ -9,14 +9,22 @@ model (224 px) and measures, in one run:
    gate, preprocess, model, heatmap) and "response" = client time - service time
    (HTTP, body transfer, JSON, result storage, audit commit);
 2. 8 concurrent clients (closed loop, ``benchmarks/loadgen.py``) with adaptive
-   batching on and off, against the model-only ONNX Runtime batch throughput
-   measured in this same run (target >= 80 %).
+   batching on and off (and with N BentoML workers), for that radiograph and for a
+   small DICOM (``--small``, 512 x 512), against the model-only ONNX Runtime batch
+   throughput measured in this same run (target >= 80 %). Each row also gives the
+   mean images per model call (from every stored result), the CPU-ms per request of
+   the server and of the load generator, and the *ceiling*: on cores shared by the
+   model and everything else, throughput / model-only <= model CPU-ms per image /
+   (model CPU-ms per image + CPU-ms per request outside the model). Where the
+   ceiling is below 80 % the target cannot be met on this machine, whatever the
+   batching does.
 
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
 
 Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
+    .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
     .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.1.0-demo
 """
 
@@ -26,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -151,17 +160,60 @@ def upload_floor(url: str, body: bytes, n: int) -> float:
     return statistics.median(times)
 
 
-def closed_loop(url: str, body_file: Path, connections: int, duration: float) -> dict[str, Any]:
+def small_radiograph(side: int) -> np.ndarray:
+    """A ``side`` x ``side`` 12-bit synthetic chest radiograph (a small DICOM)."""
+    from training.cxr_synthetic import render_case
+
+    image = render_case(11, 0, (side, side), findings=["nodule"]).image
+    return (image * 4095).astype(np.uint16)
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and all its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def closed_loop(
+    server: Server, body_file: Path, results_dir: Path, connections: int, duration: float
+) -> dict[str, Any]:
+    """Closed-loop load; adds server and client CPU ms per request and the mean number of
+    images per model call (from every result stored during the run)."""
+    url = f"{server.url}/v1/imaging/cxr"
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                "content-type:application/dicom"]  # fmt: skip
+    before = set(results_dir.glob("results/*/result.json"))
+    server_cpu = _tree_cpu_s(server.proc.pid)
+    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
+    server_cpu = _tree_cpu_s(server.proc.pid) - server_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = json.loads(out.stdout)
+    n = max(result["requests"], 1)
+    result["server_cpu_ms_per_req"] = server_cpu / n * 1000
+    client_s = (after.ru_utime + after.ru_stime) - (client_cpu.ru_utime + client_cpu.ru_stime)
+    result["client_cpu_ms_per_req"] = client_s / n * 1000
+    batches = [
+        json.loads(path.read_bytes())["timings"]["model_batch"]
+        for path in set(results_dir.glob("results/*/result.json")) - before
+    ]
+    result["mean_batch"] = statistics.fmean(batches) if batches else float("nan")
     return result
 
 
-def model_only_throughput(onnx_path: Path, batch: int, seconds: float) -> float:
-    """Images/s of the bare ONNX Runtime session (2 threads) on batches of ``batch``."""
+def model_only(onnx_path: Path, batch: int, seconds: float) -> dict[str, float]:
+    """Images/s and CPU ms per image of the bare ONNX Runtime session (all cores) on
+    batches of ``batch``, as the serving predictor opens it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -172,11 +224,17 @@ def model_only_throughput(onnx_path: Path, batch: int, seconds: float) -> float:
     images = np.random.default_rng(0).random((batch, 1, 224, 224), dtype=np.float32)
     for _ in range(3):
         session.run(None, {"image": images})
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         session.run(None, {"image": images})
         done += batch
-    return done / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"img_per_s": done / wall, "cpu_ms_per_img": cpu / done * 1000}
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as ``uptime`` shows them."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -187,6 +245,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=30, help="sequential requests per image")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--small", type=int, default=512, help="side of the small input")
     parser.add_argument("--workers", type=int, default=2, help="also run with N workers")
     args = parser.parse_args()
 
@@ -203,20 +262,25 @@ def main() -> None:
         pixels = radiograph()
         raw = dicom_bytes(pixels)
         j2k = jpeg2000(raw, pixels)
-        (tmp / "raw.dcm").write_bytes(raw)
+        inputs = {"3000x2500": raw, f"{args.small}x{args.small}": dicom_bytes(
+            small_radiograph(args.small))}  # fmt: skip
+        for label, data in inputs.items():
+            (tmp / f"{label}.dcm").write_bytes(data)
         results: dict[str, Any] = {
             "model": f"{name}:{version}",
             "cpus": os.cpu_count(),
-            "image": "3000 x 2500, 16-bit",
-            "bytes": {"uncompressed": len(raw), "jpeg2000": len(j2k)},
+            "bytes": {"uncompressed": len(raw), "jpeg2000": len(j2k)}
+            | {label: len(data) for label, data in inputs.items()},
+            "load_before": load_average(),
         }
         runs = [("batching", True, 1), ("no-batching", False, 1)]
         if args.workers > 1:
             runs.append((f"batching {args.workers} workers", True, args.workers))
         for key, batching, workers in runs:
+            results_dir = tmp / f"imaging-{len(results)}"
             imaging: dict[str, Any] = {
                 "model": name,
-                "results_dir": str(tmp / f"imaging-{len(results)}"),
+                "results_dir": str(results_dir),
                 "adaptive_batching": batching,
                 "max_batch_size": args.connections,
             }
@@ -234,37 +298,67 @@ def main() -> None:
             }
             with Server("serving.service:Tonle", env, ROOT) as server:
                 url = f"{server.url}/v1/imaging/cxr"
-                results[f"{key} upload floor ms"] = upload_floor(url, raw, args.n)
-                results[f"{key} one client uncompressed"] = one_client(url, raw, args.n)
-                results[f"{key} one client jpeg2000"] = one_client(url, j2k, args.n)
-                results[f"{key} {args.connections} clients"] = closed_loop(
-                    url, tmp / "raw.dcm", args.connections, args.duration
-                )
-        results["model-only ORT img/s"] = model_only_throughput(onnx_path, args.connections, 10)
+                if workers == 1:
+                    results[f"{key} upload floor ms"] = upload_floor(url, raw, args.n)
+                    results[f"{key} one client uncompressed"] = one_client(url, raw, args.n)
+                    results[f"{key} one client jpeg2000"] = one_client(url, j2k, args.n)
+                for label in inputs:
+                    results[f"{key} {label} {args.connections} clients"] = closed_loop(
+                        server, tmp / f"{label}.dcm", results_dir, args.connections,
+                        args.duration)  # fmt: skip
+        results["model-only"] = model_only(onnx_path, args.connections, 10)
+        results["load_after"] = load_average()
+    report(results, args.connections, list(inputs), [key for key, _, _ in runs])
 
-    print(f"\nChest X-ray over HTTP: {results['model']}, {results['cpus']} CPUs, 224 px, "
-          f"{results['image']} ({results['bytes']['uncompressed'] / 1e6:.1f} MB raw, "
-          f"{results['bytes']['jpeg2000'] / 1e6:.1f} MB JPEG 2000)")  # fmt: skip
-    print(f"{'one client':<34}{'p50':>8}{'p90':>8} | " + "".join(
+
+def report(results: dict[str, Any], connections: int, inputs: list[str], keys: list[str]) -> None:
+    """Print the one-client split, the 8-client table and the ceiling arithmetic."""
+    cpus = results["cpus"]
+    print(
+        f"\nChest X-ray over HTTP: {results['model']}, {cpus} CPUs, 224 px model input; "
+        f"load average {results['load_before']} (before), {results['load_after']} (after)"
+    )
+    print(f"{'one client, 3000 x 2500 16-bit':<34}{'p50':>8}{'p90':>8} | " + "".join(
         f"{s.removesuffix('_ms'):>11}" for s in [*STAGES, "response_ms"]))  # fmt: skip
-    keys = [k.removesuffix(" upload floor ms") for k in results if k.endswith("upload floor ms")]
     for key in keys:
         for image in ("uncompressed", "jpeg2000"):
-            r = results[f"{key} one client {image}"]
+            r = results.get(f"{key} one client {image}")
+            if r is None:
+                continue
             split = r["split_p50_ms"]
             print(f"{key + ' ' + image:<34}{r['p50_ms']:>8.1f}{r['p90_ms']:>8.1f} | "
                   + "".join(f"{split[s]:>11.1f}" for s in [*STAGES, "response_ms"]))  # fmt: skip
-    for key in keys:
-        print(f"{key}: same 15 MB upload answered 415 at once (HTTP + body + audit row): "
-              f"p50 {results[key + ' upload floor ms']:.1f} ms")  # fmt: skip
-    ort_rate = results["model-only ORT img/s"]
-    print(f"\nmodel-only ONNX Runtime, batch {args.connections}: {ort_rate:.1f} img/s")
-    for key in keys:
-        r = results[f"{key} {args.connections} clients"]
-        print(f"{key}, {args.connections} clients: {r['throughput_rps']:.1f} img/s "
-              f"({r['ok_2xx']} ok, {r['errors']} errors, p50 {r['p50_ms']:.0f} ms, "
-              f"p99 {r['p99_ms']:.0f} ms) = {r['throughput_rps'] / ort_rate * 100:.0f} % "
-              "of model-only")  # fmt: skip
+        if f"{key} upload floor ms" in results:
+            print(f"{key}: the same 15 MB upload answered 415 at once (HTTP + body + audit "
+                  f"row): p50 {results[key + ' upload floor ms']:.1f} ms")  # fmt: skip
+    model = results["model-only"]
+    model_ms = 1000 / model["img_per_s"]
+    print(f"\nmodel-only ONNX Runtime, batch {connections}, {cpus} threads: "
+          f"{model['img_per_s']:.1f} img/s = {model_ms:.2f} ms/img wall, "
+          f"{model['cpu_ms_per_img']:.2f} CPU-ms/img")  # fmt: skip
+    print(f"{connections} clients, closed loop{'':<21}{'req/s':>8}{'ratio':>8}{'batch':>7}"
+          f"{'p50 ms':>8}{'p99 ms':>8}{'srv CPU':>9}{'cli CPU':>9}{'ceiling':>9}")  # fmt: skip
+    for label in inputs:
+        for key in keys:
+            r = results[f"{key} {label} {connections} clients"]
+            # CPU per request outside the model call; if the model and the rest share
+            # the same cores, throughput / model-only <= model / (model + rest).
+            rest = max(r["server_cpu_ms_per_req"] - model["cpu_ms_per_img"], 0.0)
+            rest += r["client_cpu_ms_per_req"]
+            ceiling = model["cpu_ms_per_img"] / (model["cpu_ms_per_img"] + rest)
+            name = f"{label} {key}"
+            print(f"{name:<50}{r['throughput_rps']:>8.1f}"
+                  f"{r['throughput_rps'] / model['img_per_s'] * 100:>7.0f}%"
+                  f"{r['mean_batch']:>7.2f}{r['p50_ms']:>8.0f}{r['p99_ms']:>8.0f}"
+                  f"{r['server_cpu_ms_per_req']:>9.1f}{r['client_cpu_ms_per_req']:>9.1f}"
+                  f"{ceiling * 100:>8.0f}%"
+                  + (f"  ({r['errors']} errors)" if r["errors"] else ""))  # fmt: skip
+    print(
+        "ratio = req/s / model-only img/s (target >= 80 %); batch = mean images per model "
+        "call; srv/cli CPU = CPU-ms per request of the server (all workers) and of the load "
+        "generator; ceiling = model CPU-ms/img / (model CPU-ms/img + CPU-ms per request "
+        "outside the model), the best ratio possible when everything shares the cores."
+    )
     print("\nJSON:", json.dumps(results))
 
 
