@@ -39,7 +39,9 @@ LIMITATIONS = [
     "re-choose them on its own data (WHO asks programmes to set thresholds locally).",
     "Frontal adult (15+) CR/DX radiographs only; the quality gate refuses other input.",
     "The activation map shows where evidence came from at low resolution; it is not "
-    "a segmentation.",
+    "a segmentation. Where training images had finding masks (synthetic masks, NIH / "
+    "TBX11K boxes) the maps were supervised to fall inside them; on other data their "
+    "localisation is unmeasured until checked against local annotations.",
 ]
 
 
