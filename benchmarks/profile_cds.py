@@ -11,7 +11,8 @@ median and p90 of each stage in ms:
   insert (the durable replay store, run on a worker thread);
 - JSON parse (strict: no duplicate keys, NaN or deep nesting) and pydantic request;
 - FHIR mapping (prefetch -> features), the models (ONNX risk + explanation batch, WHO
-  chart, rest of ``assess``), card building, response serialisation;
+  chart, rest of ``assess``), card building, the explanation page's record (stored with
+  the audit row), response serialisation;
 - audit commit: waiting for the group commit of the row (one fsync), and the write on
   the committer thread itself;
 - the rest of the handler and routing (``other``).
@@ -104,6 +105,7 @@ ROWS = (
     ("ONNX risk + explanation", True),
     ("WHO chart", True),
     ("card building", False),
+    ("explanation page record", False),
     ("response serialisation", False),
     ("audit commit (wait)", False),
     ("committer write incl. fsync", True),
@@ -134,6 +136,7 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
         ("extract", "FHIR mapping"),
         ("assess", "models: assess"),
         ("ncd_card", "card building"),
+        ("explanation_record", "explanation page record"),
         ("response_body", "response serialisation"),
         ("_commit", "audit commit (wait)"),
     ):

@@ -43,18 +43,37 @@ def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
     return number.strip()
 
 
-def _factors(advice: Advice, lang: str) -> str:
-    parts: list[str] = []
+def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
+    """Each used value as shown on the card (the factors and the data table share them)."""
     units = {spec.name: spec.unit for spec in advice.metadata.features}
+    return {
+        name: _value_text(name, value, units.get(name, "1"), lang)
+        for name, value in advice.features.items()
+    }
+
+
+def _label(name: str, lang: str) -> str:
+    return t(f"feature.{name}", lang) if _has_feature_key(name) else name
+
+
+def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
+    parts: list[str] = []
     for item in advice.contributions:
-        name = (
-            t(f"feature.{item.feature}", lang) if _has_feature_key(item.feature) else item.feature
-        )
-        value = advice.features.get(item.feature, item.value)
         sign = "+" if item.delta_risk >= 0 else "−"
-        shown = _value_text(item.feature, value, units.get(item.feature, item.unit), lang)
-        parts.append(f"{name} {shown} ({sign}{abs(item.delta_risk) * 100:.1f} pp)")
+        text = shown.get(item.feature) or _value_text(item.feature, item.value, item.unit, lang)
+        parts.append(
+            f"{_label(item.feature, lang)} {text} ({sign}{abs(item.delta_risk) * 100:.1f} pp)"
+        )
     return "; ".join(parts) or "—"
+
+
+@cache
+def _override_reasons(lang: str) -> tuple[OverrideReason, ...]:
+    # The same for every card in a language; cards only serialise them.
+    return tuple(
+        OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=t(f"override.{code}", lang))
+        for code in OVERRIDE_CODES
+    )
 
 
 @cache
@@ -66,15 +85,13 @@ def _has_feature_key(name: str) -> bool:
     return True
 
 
-def _data_used(advice: Advice, lang: str) -> str:
+def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     header = f"| {t('ui.col.name', lang)} | {t('ui.col.value', lang)} | {t('ui.col.date', lang)} |"
     rows = [header, "|---|---|---|"]
-    units = {spec.name: spec.unit for spec in advice.metadata.features}
-    for name, value in advice.features.items():
-        label = t(f"feature.{name}", lang) if _has_feature_key(name) else name
+    for name in advice.features:
         when = advice.dates.get(name)
-        shown = _value_text(name, value, units.get(name, "1"), lang)
-        rows.append(f"| {label} | {shown} | {format_date(when, lang) if when else ''} |")
+        date_text = format_date(when, lang) if when else ""
+        rows.append(f"| {_label(name, lang)} | {shown[name]} | {date_text} |")
     return "\n".join(rows)
 
 
@@ -85,7 +102,8 @@ def _summary(advice: Advice, lang: str) -> str:
 
 def _detail(advice: Advice, lang: str, region: str) -> str:
     meta = advice.metadata
-    factors = _factors(advice, lang)
+    shown = _value_texts(advice, lang)
+    factors = _factors(advice, lang, shown)
     if advice.outcome == "cvd" and advice.who is not None:
         body = t(
             "card.ncd.cvd.detail",
@@ -118,7 +136,7 @@ def _detail(advice: Advice, lang: str, region: str) -> str:
             factors=factors,
         )
     return "\n\n".join(
-        [body, f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang)}",
+        [body, f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}",
          f"_{t('advisory.statement', lang)}_"]
     )  # fmt: skip
 
@@ -185,9 +203,6 @@ def ncd_card(
             )
         ],
         selectionBehavior="at-most-one",
-        overrideReasons=[
-            OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=t(f"override.{code}", lang))
-            for code in OVERRIDE_CODES
-        ],
+        overrideReasons=list(_override_reasons(lang)),
         links=[Link(label=t("card.link.explanation", lang), url=explain_url, type="absolute")],
     )
