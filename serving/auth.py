@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import anyio.to_thread
 import jwt
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
@@ -89,7 +88,7 @@ class AuthUnavailable(AuthError):
 class ReplayStore(Protocol):
     """Durable, atomic memory of token ids (``AuditStore`` implements it)."""
 
-    def remember_jti(self, issuer: str, jti: str, expires: datetime) -> bool: ...
+    async def remember_jti_async(self, issuer: str, jti: str, expires: datetime) -> bool: ...
 
 
 def unauthorized_response() -> Response:
@@ -296,9 +295,7 @@ class CdsAuthenticator:
             raise _refuse("tenant")
         expires = datetime.fromtimestamp(_number(claims, "exp") + CLOCK_SKEW_S, UTC)
         try:
-            fresh = await anyio.to_thread.run_sync(
-                self._replay.remember_jti, issuer, str(claims["jti"]), expires
-            )
+            fresh = await self._replay.remember_jti_async(issuer, str(claims["jti"]), expires)
         except Exception as exc:  # any store failure: never admit an unchecked jti
             logger.error("replay store unavailable: %s", type(exc).__name__)
             raise AuthUnavailable("replay-store-unavailable") from None

@@ -63,6 +63,21 @@ def _secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def _jti_row(issuer: str, jti: str, expires: datetime) -> dict[str, Any]:
+    return {"issuer": issuer, "jti": jti, "expires": _utc(expires)}
+
+
+def _write(writer: BatchWriter, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Commit ``rows``; a database failure other than a taken key is AuditUnavailable."""
+    try:
+        writer.write(rows)
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        logger.error("audit database error: %s", type(exc).__name__)
+        raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
+
+
 class AuditStore:
     """Append-only audit trail plus the small mutable tables auth needs.
 
@@ -76,6 +91,9 @@ class AuditStore:
             engine, [schema.audit_events, schema.audit_cards, schema.explanations]
         )
         self._committer = GroupCommitter(self._write_rows)
+        # Token ids from concurrent calls share one (non-durable) commit as well.
+        self._replay_writer = BatchWriter(self.replay_engine, [schema.jwt_replay])
+        self._replay_committer = GroupCommitter(self._write_jtis, name="jti-commit")
         self._last_prune = 0.0
         self._prune_lock = threading.Lock()
 
@@ -108,7 +126,9 @@ class AuditStore:
     def close(self) -> None:
         """Commit queued rows, then release pooled connections."""
         self._committer.close()
+        self._replay_committer.close()
         self._writer.close()
+        self._replay_writer.close()
         self.engine.dispose()
         if self.replay_engine is not self.engine:
             self.replay_engine.dispose()
@@ -173,15 +193,11 @@ class AuditStore:
             if row.explanation is not None:
                 explanations.append(row.explanation.model_dump())
 
-        try:  # one transaction: the explanations cost no second commit (fsync)
-            self._writer.write(
-                {"audit_events": events, "audit_cards": cards, "explanations": explanations}
-            )
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            logger.error("audit database error: %s", type(exc).__name__)
-            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
+        # One transaction: the explanations cost no second commit (fsync).
+        _write(
+            self._writer,
+            {"audit_events": events, "audit_cards": cards, "explanations": explanations},
+        )
 
     def rows(
         self,
@@ -454,20 +470,30 @@ class AuditStore:
         is not flushed to disk on its own: it reaches disk with the next durable audit
         commit, which every answered call makes before its response (the WAL is synced
         in order). A power loss can therefore only forget token ids whose calls were
-        never answered, and one fsync per call is saved.
+        never answered, and one fsync per call is saved. Ids from concurrent calls are
+        inserted in one transaction (a batch holding a repeated id is retried row by
+        row, so exactly one of the copies is accepted).
 
         Raises:
             AuditUnavailable: the store cannot be reached (the caller must refuse).
         """
-        self._maybe_prune()
-        values = {"issuer": issuer, "jti": jti, "expires": _utc(expires)}
         try:
-            self._run(
-                lambda c: c.execute(insert(schema.jwt_replay), values), engine=self.replay_engine
-            )
+            self._replay_committer.commit(_jti_row(issuer, jti, expires))
         except IntegrityError:
             return False
         return True
+
+    async def remember_jti_async(self, issuer: str, jti: str, expires: datetime) -> bool:
+        """:meth:`remember_jti` for async handlers, without holding a worker thread."""
+        try:
+            await self._replay_committer.commit_async(_jti_row(issuer, jti, expires))
+        except IntegrityError:
+            return False
+        return True
+
+    def _write_jtis(self, rows: list[dict[str, Any]]) -> None:
+        self._maybe_prune()
+        _write(self._replay_writer, {"jwt_replay": rows})
 
     def prune_replay(self, now: datetime | None = None) -> int:
         """Delete replay entries that expired before ``now``; returns how many."""

@@ -665,7 +665,7 @@ def test_demo_issuer_keeps_its_keys_private_and_stable(issuer_dir: Path, tmp_pat
 
 def test_replay_store_down_refuses_as_unavailable(world: World) -> None:
     class Down:
-        def remember_jti(self, issuer: str, jti: str, expires: Any) -> bool:
+        async def remember_jti_async(self, issuer: str, jti: str, expires: Any) -> bool:
             raise AuditUnavailable("database is down")
 
     world.auth = CdsAuthenticator.from_file(world.directory / "allowed-issuers.yaml", Down())
