@@ -1,8 +1,8 @@
 """A real ``bentoml serve serving.service:Tonle`` for fault and load tests, and its clients.
 
-The service runs in its own process group on 127.0.0.1, so a test can SIGKILL all of it
-(arbiter and worker) or SIGTERM it as an orchestrator would; leaving the ``with`` block
-always stops every process of the group.
+The service runs on 127.0.0.1; a test can SIGKILL all of its processes (arbiter and
+worker) or SIGTERM it as an orchestrator would, and leaving the ``with`` block always
+stops every one of them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,17 @@ import psutil
 from serving.demo_issuer import ensure_demo_issuer, sign_token
 from tests.serving.cds_fixtures import cds_request, shared_store, write_config
 
-__all__ = ["CVD", "Call", "TonleProcess", "audited", "cds_call", "closed_loop", "free_port"]
+__all__ = [
+    "CVD",
+    "Call",
+    "TonleProcess",
+    "audited",
+    "call",
+    "cds_call",
+    "closed_loop",
+    "free_port",
+    "rest_request_bytes",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 CVD = "/cds-services/ncd-cvd-risk"
@@ -76,6 +85,8 @@ class TonleProcess:
             "TONLE_DATABASE_URL": database_url,
             "TONLE_ALLOWED_ISSUERS": str(ensure_demo_issuer(self.issuer_dir, fhir_servers=[])),
             "TONLE_LOG_LEVEL": "WARNING",
+            # No load balancer to wait for: stop at once unless a test asks for a drain.
+            "TONLE_SHUTDOWN_DRAIN_S": "0",
             **(env or {}),
         }
         self._env.pop("TONLE_DEV", None)
@@ -102,9 +113,16 @@ class TonleProcess:
                  "--host", "127.0.0.1", "--port", str(port)],
                 cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
-        deadline = started + ready_timeout_s
+        self.wait_ready(ready_timeout_s)
+        return time.monotonic() - started
+
+    def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Poll ``/readyz`` until 200; returns seconds waited. Stops everything and raises
+        if the service exits or ``timeout_s`` passes first."""
+        assert self.proc is not None
+        started = time.monotonic()
         while not self.ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+            if self.proc.poll() is not None or time.monotonic() - started > timeout_s:
                 self.stop()
                 raise RuntimeError(f"service did not become ready:\n{self.log_tail()}")
             time.sleep(0.2)
@@ -125,22 +143,35 @@ class TonleProcess:
         raise RuntimeError("no serving worker found")
 
     def kill(self) -> None:
-        """SIGKILL every process of the service at once (a crash, an OOM kill)."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        """SIGKILL every process of the service at once (a host or container crash)."""
+        self._kill_all()
+
+    def kill_worker(self) -> None:
+        """SIGKILL the serving worker only (a crash, an OOM kill); the arbiter starts a new
+        one (see :meth:`wait_ready`)."""
+        worker = self.worker()
+        worker.kill()
+        worker.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL whatever of the process group is left after 30 s."""
+        """SIGTERM, then SIGKILL whatever is left after 30 s."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._kill_all()
+
+    def _kill_all(self) -> None:
+        # The arbiter starts each worker in a session of its own: kill them by pid.
+        assert self.proc is not None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers = psutil.Process(self.proc.pid).children(recursive=True)
+            for process in [*workers, psutil.Process(self.proc.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            psutil.wait_procs(workers, timeout=10)
         self.proc.wait(10)
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -189,25 +220,45 @@ class _Connection:
             self.streams = None
 
 
-def cds_request_bytes(service: TonleProcess) -> bytes:
-    """A raw CDS Hooks call (full prefetch) with a fresh token."""
-    body = json.dumps(cds_request(hookInstance=str(uuid.uuid4()))).encode()
-    token = service.token(CVD)["Authorization"]
+def request_bytes(service: TonleProcess, path: str, body: Any, headers: dict[str, str]) -> bytes:
+    """A raw HTTP/1.1 POST of ``body`` as JSON."""
+    data = json.dumps(body).encode()
     host = service.url.removeprefix("http://")
-    head = (
-        f"POST {CVD} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nAuthorization: {token}\r\n\r\n"
-    )
-    return head.encode() + body
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def cds_request_bytes(service: TonleProcess) -> bytes:
+    """A CDS Hooks call (full prefetch) with a fresh token."""
+    body = cds_request(hookInstance=str(uuid.uuid4()))
+    return request_bytes(service, CVD, body, service.token(CVD))
+
+
+def rest_request_bytes(service: TonleProcess, api_key: str) -> bytes:
+    """A REST ``/v1/risk/cvd`` call with an API key."""
+    body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165, "total_chol": 6.2,
+            "diabetes": False, "bmi": 27.5}  # fmt: skip
+    return request_bytes(service, "/v1/risk/cvd", body, {"X-API-Key": api_key})
+
+
+async def call(service: TonleProcess, request: bytes, timeout_s: float = 30.0) -> Call:
+    """Send one raw request on a new connection."""
+    connection = _Connection(*_host_port(service))
+    try:
+        return await connection.call(request, timeout_s)
+    finally:
+        connection.close()
 
 
 async def cds_call(service: TonleProcess, timeout_s: float = 30.0) -> Call:
     """One CDS Hooks call on a new connection."""
-    connection = _Connection(*_host_port(service))
-    try:
-        return await connection.call(cds_request_bytes(service), timeout_s)
-    finally:
-        connection.close()
+    return await call(service, cds_request_bytes(service), timeout_s)
 
 
 def _host_port(service: TonleProcess) -> tuple[str, int]:
