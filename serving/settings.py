@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -75,3 +75,13 @@ class Settings(BaseSettings):
             "set, /ui/ehr and its token endpoint exist. Never set in production."
         ),
     )
+
+    @field_validator("link_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                f"TONLE_LINK_SECRET has {len(value.get_secret_value())} characters; use 32 or "
+                "more (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            )
+        return value

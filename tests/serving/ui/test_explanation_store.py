@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from starlette.applications import Starlette
 
 from serving.app import create_app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord
 from serving.runtime import Runtime
+from serving.settings import Settings
 from serving.ui import links
 from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for
 from tests.serving.db_fixtures import postgres_database
@@ -185,3 +187,5 @@ def test_configured_link_secret_is_used(ui_store_home: Path, tmp_path: Path) -> 
         signer = links.signer(app.state.runtime)
     configured = links.LinkSigner(b"s" * 40, timedelta(days=30))
     assert signer.sign("/x", now=0) == configured.sign("/x", now=0)
+    with pytest.raises(ValidationError, match="32 or more"):
+        Settings(link_secret="too-short")
