@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import math
 import signal
 import threading
-import time
-import uuid
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -22,58 +18,15 @@ from starlette.responses import JSONResponse
 from models.logs import configure_logging
 from serving.app import create_app
 from serving.audit import AuditStore
+from serving.readiness import AuditProbe
 from serving.runtime import Runtime
 from serving.settings import Settings
 
-__all__ = ["AuditProbe", "Tonle"]
+__all__ = ["Tonle"]
 
 logger = logging.getLogger(__name__)
 
 app = create_app()
-
-# Readiness writes a throw-away replay-store row (issuer below, already expired, pruned
-# with the others) at most this often, so /readyz turns 503 when the database is down
-# or full and 200 again once it takes writes: no restart needed.
-_PROBE_EVERY_S = 1.0
-_PROBE_ISSUER = "tonle:readiness-probe"
-
-
-class AuditProbe:
-    """Whether the audit database takes writes right now.
-
-    At most one probe runs at a time, in a thread; between probes the last answer is
-    reused. A probe still running after ``timeout_s`` (a hung database) counts as down.
-    """
-
-    def __init__(self, store: AuditStore, every_s: float = _PROBE_EVERY_S, timeout_s: float = 2.0):
-        self._store = store
-        self._every_s = every_s
-        self._timeout_s = timeout_s
-        self._lock = asyncio.Lock()
-        self._ok = True
-        self._checked = -math.inf
-        self._started = -math.inf
-
-    async def ok(self) -> bool:
-        """The last probe's answer, refreshed when it is older than ``every_s``."""
-        now = time.monotonic()
-        if self._lock.locked():
-            return self._ok and now - self._started < self._timeout_s
-        if now - self._checked < self._every_s:
-            return self._ok
-        async with self._lock:
-            self._started = now
-            self._ok = await asyncio.to_thread(self._write)
-            self._checked = time.monotonic()
-        return self._ok
-
-    def _write(self) -> bool:
-        try:
-            self._store.remember_jti(_PROBE_ISSUER, uuid.uuid4().hex, datetime.now(UTC))
-        except Exception as exc:  # any failure means: do not send traffic here
-            logger.warning("readiness: audit database unavailable (%s)", type(exc).__name__)
-            return False
-        return True
 
 
 class _TimeoutMiddleware(TimeoutMiddleware):

@@ -69,6 +69,7 @@ def served(
             "TONLE_ALLOWED_ISSUERS": str(issuers),
             "TONLE_PUBLIC_URL": url,
             "TONLE_LOG_LEVEL": "WARNING",
+            "TONLE_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
         }
         env.pop("TONLE_DEV", None)
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below

@@ -16,6 +16,7 @@ import random
 import signal
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.result import Err
 from sqlalchemy import create_engine
 
-from serving.audit import AuditStore
+from serving.audit import AuditStore, AuditUnavailable
+from serving.readiness import AuditProbe
 from tests.serving.db_fixtures import admin_conninfo, postgres_database
 from tests.serving.service_process import (
     Call,
@@ -89,8 +91,10 @@ def test_steady_load_at_twice_expected_concurrency(service: TonleProcess) -> Non
     assert not errors, f"{len(errors)} errors, first: {errors[0]}"
     assert len(calls) > 200, "the load generator barely ran"
     drift = (rss_end - rss_start) / rss_start
+    latencies = statistics.quantiles([c.latency_s * 1000 for c in calls], n=100)
     print(
-        f"steady: {len(calls)} calls, RSS {rss_start >> 20} -> {rss_end >> 20} MiB ({drift:+.1%})"
+        f"steady: {len(calls)} calls from {clients} clients, p50 {latencies[49]:.0f} ms, "
+        f"p99 {latencies[98]:.0f} ms, RSS {rss_start >> 20} -> {rss_end >> 20} MiB ({drift:+.1%})"
     )
     assert drift < 0.10, f"worker RSS grew {drift:.1%} over {len(calls)} calls"
     assert _assert_every_2xx_audited_once(service.database_url, calls) == len(calls)
@@ -242,8 +246,9 @@ def test_sigterm_under_load_drains_then_exits_zero(service: TonleProcess) -> Non
         assert service.proc is not None
         service.proc.send_signal(signal.SIGTERM)
         readiness: list[int | None] = []
+        deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=2) as client:
-            while len(readiness) < 400:
+            while len(readiness) < 400 and time.monotonic() < deadline:
                 try:
                     status: int | None = (await client.get(service.url + "/readyz")).status_code
                 except httpx.HTTPError:
@@ -407,3 +412,48 @@ def test_postgres_unavailable_gives_503_and_recovers_without_restart(tmp_path: P
             _outage(
                 served, break_db, lambda: admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             )
+
+
+class _FakeStore:
+    """Stands in for the audit store behind the readiness probe."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.down = False
+        self.hang: threading.Event | None = None
+
+    def remember_jti(self, issuer: str, jti: str, expires: object) -> bool:
+        self.writes += 1
+        if self.hang is not None:
+            self.hang.wait(5)
+        if self.down:
+            raise AuditUnavailable("audit database unavailable: OperationalError")
+        return True
+
+
+def test_readiness_probe_follows_the_database() -> None:
+    """/readyz's audit probe: false while writes fail, true once they work again, false
+    while a probe hangs past its timeout (without starting a second), and cached."""
+    store = _FakeStore()
+
+    async def scenario() -> None:
+        probe = AuditProbe(store, every_s=0.0, timeout_s=0.2)  # type: ignore[arg-type]
+        assert await probe.ok()
+        store.down = True
+        assert not await probe.ok()
+        store.down = False
+        assert await probe.ok()
+        store.hang = threading.Event()
+        stuck = asyncio.create_task(probe.ok())
+        await asyncio.sleep(0.3)
+        assert not await probe.ok()
+        assert store.writes == 4, "a second probe started while one was stuck"
+        store.hang.set()
+        assert await stuck
+        store.hang = None
+        cached = AuditProbe(store, every_s=60.0)  # type: ignore[arg-type]
+        assert await cached.ok()
+        assert await cached.ok()
+        assert store.writes == 5
+
+    asyncio.run(scenario())

@@ -52,6 +52,7 @@ def test_real_service_analyses_a_dicom_with_an_api_key(
         "TONLE_ALLOWED_ISSUERS": str(issuers),
         "TONLE_PUBLIC_URL": url,
         "TONLE_LOG_LEVEL": "WARNING",
+        "TONLE_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
     }
     env.pop("TONLE_DEV", None)
     with tempfile.TemporaryFile() as log:
