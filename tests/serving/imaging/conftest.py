@@ -83,6 +83,12 @@ def audit() -> ListAudit:
 AppFactory = Callable[..., tuple[Client, ImagingState]]
 
 
+def fake_runtime(state: ImagingState) -> SimpleNamespace:
+    """What the imaging routes read of a running service: its imaging state and link key."""
+    signer = LinkSigner(b"k" * 32, timedelta(days=30))
+    return SimpleNamespace(extras={"imaging": state, "link_signer": signer})
+
+
 @pytest.fixture
 def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterator[AppFactory]:
     """Build the imaging routes around the tiny model: ``make_app(**config)``."""
@@ -102,8 +108,7 @@ def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterato
             dev=dev,
         )
         app = Starlette(routes=routes())
-        signer = LinkSigner(b"k" * 32, timedelta(days=30))
-        app.state.runtime = SimpleNamespace(extras={"imaging": state, "link_signer": signer})
+        app.state.runtime = fake_runtime(state)
         clients.append(Client(app))
         return clients[-1], state
 

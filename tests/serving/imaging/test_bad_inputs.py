@@ -6,7 +6,6 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from starlette.applications import Starlette
@@ -14,7 +13,7 @@ from starlette.applications import Starlette
 from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
-from tests.serving.imaging.conftest import Client, ListAudit
+from tests.serving.imaging.conftest import Client, ListAudit, fake_runtime
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 
 cases = pytest.importorskip("training.cxr_bad_inputs")
@@ -32,7 +31,7 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
         dev=True,
     )
     app = Starlette(routes=routes())
-    app.state.runtime = SimpleNamespace(extras={"imaging": state})
+    app.state.runtime = fake_runtime(state)
     client = Client(app)
     everything = cases.bad_dicom_cases() + cases.bad_image_cases()
     everything += cases.out_of_scope_pixel_cases()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from typer.testing import CliRunner
 
 from serving.imaging.routes import routes
-from tests.serving.imaging.conftest import AppFactory
+from tests.serving.imaging.conftest import AppFactory, fake_runtime
 from tests.serving.imaging.cxr_fixtures import dicom_bytes
 from tests.serving.imaging.test_on_arrival import _Served
 from training.cli import app as cli
@@ -20,7 +19,7 @@ def test_analyse_prints_the_read_and_exits_4_when_not_assessable(
 ) -> None:
     _, state = make_app()
     app = Starlette(routes=routes())
-    app.state.runtime = SimpleNamespace(extras={"imaging": state})
+    app.state.runtime = fake_runtime(state)
     good = tmp_path / "good.dcm"
     good.write_bytes(dicom_bytes())
     lateral = tmp_path / "lateral.dcm"

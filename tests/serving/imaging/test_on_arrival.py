@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import uvicorn
@@ -18,7 +17,7 @@ from serving.imaging.dicom_out import COMPREHENSIVE_SR
 from serving.imaging.dicomweb import DicomWebClient
 from serving.imaging.routes import routes
 from serving.imaging.studies import orthanc_on_stable_study_lua
-from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.conftest import AppFactory, ListAudit, fake_runtime
 from tests.serving.imaging.cxr_fixtures import dicom_bytes
 from tests.serving.imaging.orthanc import running_orthanc
 
@@ -64,7 +63,7 @@ def test_stable_study_is_analysed_once_on_arrival(
     with running_orthanc(orthanc_dir, LuaScripts=[str(lua)], StableAge=1) as pacs_url:
         _, state = make_app(pacs=DicomWebConfig(base_url=pacs_url))
         app = Starlette(routes=routes())
-        app.state.runtime = SimpleNamespace(extras={"imaging": state})
+        app.state.runtime = fake_runtime(state)
         served = _Served(app)
         served.port = tonle_port
         served.server.config.port = tonle_port
