@@ -8,6 +8,11 @@ Pages (language from ``?lang=``, else ``Accept-Language``, else the site default
 * ``GET /ui/ehr`` - the demo EHR (only when the demo is enabled).
 * ``GET /ui/launch?iss=...&launch=...`` - minimal SMART app launch (see :func:`launch`).
 
+The explanation pages and their images are opened from cards in a browser without
+credentials: their links are signed (:mod:`serving.ui.links`, ``?exp=&sig=``; 403 /
+410 otherwise, before any lookup). An NCD explanation is read from the service
+database, where the CDS call stored it with its audit row, so any worker shows it.
+
 JSON used by the pages:
 
 * ``POST /ui/api/feedback`` - agree / disagree from an explanation page, stored with
