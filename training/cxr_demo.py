@@ -14,7 +14,7 @@ from rich.console import Console
 
 __all__ = ["DEMO_VERSION", "build_cxr_demo"]
 
-DEMO_VERSION = "0.1.0-demo"
+DEMO_VERSION = "0.2.0-demo"  # 0.2.0: mask-supervised 28x28 maps, smoothed Platt, bounded OPs
 DEMO_NAME = "cxr-triage"
 
 

@@ -125,7 +125,7 @@ class CxrTrainConfig(_Section):
         description="Label -> minimum sensitivity of its operating point.",
     )
     sensitivity_confidence: float | None = Field(
-        default=0.9,
+        default=0.8,
         gt=0,
         lt=1,
         description=(
