@@ -191,42 +191,55 @@ def test_openapi_fuzzing_no_server_error_no_schema_violation(service: TonleProce
         fuzz()
 
 
-def test_sigkill_under_load_loses_no_answered_call(service: TonleProcess) -> None:
-    """SIGKILL at random moments under load, 3 times (the worker twice, restarted by the
-    arbiter; the whole service once, restarted by the test): every call the clients saw
-    answered 2xx has its audit row, SQLite stays intact, and it serves again."""
-    rng = random.Random(4)
+def _kill_under_load(service: TonleProcess, kills: tuple[str, ...], seed: int) -> None:
+    """SIGKILL ``service`` at random moments under load, once per entry of ``kills``
+    ("worker": the arbiter starts a new one; "all": the test starts a new service on the
+    same database). Every call the clients saw answered 2xx has its audit row, SQLite
+    stays intact, and the service serves again after each kill."""
+    rng = random.Random(seed)
     answered: list[Call] = []
     restarts: list[float] = []
     lost = 0
-    for whole in (False, True, False):
 
-        async def load_then_kill(whole: bool) -> list[Call]:
-            stop = asyncio.Event()
-            load = asyncio.create_task(
-                closed_loop(service, clients=8, duration_s=15, max_calls=3000, stop=stop)
-            )
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
-            service.kill() if whole else service.kill_worker()
-            stop.set()
-            return await load
+    async def load_then_kill(kill: str) -> list[Call]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(
+            closed_loop(service, clients=8, duration_s=15, max_calls=3000, stop=stop)
+        )
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+        if kill == "all":
+            service.kill()
+        else:
+            service.kill_worker()
+        stop.set()
+        return await load
 
-        calls = asyncio.run(load_then_kill(whole))
+    for kill in kills:
+        calls = asyncio.run(load_then_kill(kill))
         answered += [c for c in calls if c.ok]
         lost += sum(c.status is None for c in calls)
         assert all(c.ok or c.status is None for c in calls), [c for c in calls if not c.ok]
-        engine = create_engine(service.database_url)
-        with engine.connect() as connection:
-            assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
-        engine.dispose()
-        restarts.append(service.start() if whole else service.wait_ready())
+        if service.database_url.startswith("sqlite"):
+            engine = create_engine(service.database_url)
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            engine.dispose()
+        restarts.append(service.start() if kill == "all" else service.wait_ready())
     again = asyncio.run(cds_call(service))
     took = ", ".join(f"{s:.1f}" for s in restarts)
-    print(f"sigkill: 3 kills, {len(answered)} answered 2xx, {lost} cut off, restarts {took} s")
-    assert len(answered) > 30, "too few calls answered before the kills"
+    print(
+        f"sigkill ({service.database_url.split(':')[0]}): {len(kills)} kills {kills}, "
+        f"{len(answered)} answered 2xx, {lost} cut off, ready again after {took} s"
+    )
+    assert len(answered) > 10 * len(kills), "too few calls answered before the kills"
     assert lost, "no call was in flight at any kill"
     assert again.status == 200, again
     _assert_every_2xx_audited_once(service.database_url, [*answered, again])
+
+
+def test_sigkill_under_load_loses_no_answered_call(service: TonleProcess) -> None:
+    """SQLite: the whole service killed twice, the worker once."""
+    _kill_under_load(service, ("all", "worker", "all"), seed=4)
 
 
 def test_sigterm_under_load_drains_then_exits_zero(service: TonleProcess) -> None:
@@ -391,27 +404,43 @@ def test_disk_full_gives_503_and_recovers_without_restart(tmp_path: Path) -> Non
             engine.dispose()
 
 
-def test_postgres_unavailable_gives_503_and_recovers_without_restart(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pg_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TonleProcess]:
+    """A service on a fresh PostgreSQL database (dropped afterwards)."""
+    with (
+        postgres_database("tonle_faults") as database_url,
+        TonleProcess(tmp_path_factory.mktemp("faults-pg"), database_url) as served,
+    ):
+        yield served
+
+
+def test_postgres_unavailable_gives_503_and_recovers_without_restart(
+    pg_service: TonleProcess,
+) -> None:
     """PostgreSQL refusing connections (and the service's sessions terminated): 503 with a
     reason, /readyz 503, and back to 200 once it accepts connections again."""
-    with postgres_database("tonle_outage") as database_url:
-        name = database_url.rsplit("/", 1)[1]
+    name = pg_service.database_url.rsplit("/", 1)[1]
 
-        def admin(sql: str) -> None:
-            with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as db:
-                db.execute(sql)
+    def admin(sql: str) -> None:
+        with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as db:
+            db.execute(sql)
 
-        def break_db() -> None:
-            admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            admin(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            )
+    def break_db() -> None:
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )
 
-        with TonleProcess(tmp_path, database_url) as served:
-            _outage(
-                served, break_db, lambda: admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            )
+    def repair_db() -> None:
+        admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    _outage(pg_service, break_db, repair_db)
+
+
+def test_sigkill_under_load_loses_no_answered_call_postgres(pg_service: TonleProcess) -> None:
+    """PostgreSQL (``synchronous_commit=on``): the whole service killed once."""
+    _kill_under_load(pg_service, ("all",), seed=5)
 
 
 class _FakeStore:
