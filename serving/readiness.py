@@ -13,10 +13,9 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Protocol
 
-from serving.audit import AuditStore
-
-__all__ = ["AuditProbe"]
+__all__ = ["AuditProbe", "ReplayStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +25,12 @@ _PROBE_EVERY_S = 1.0
 _PROBE_ISSUER = "tonle:readiness-probe"
 
 
+class ReplayStore(Protocol):
+    """What the probe writes to (:class:`serving.audit.AuditStore`)."""
+
+    def remember_jti(self, issuer: str, jti: str, expires: datetime) -> bool: ...
+
+
 class AuditProbe:
     """Whether the audit database takes writes right now.
 
@@ -33,7 +38,7 @@ class AuditProbe:
     reused. A probe still running after ``timeout_s`` (a hung database) counts as down.
     """
 
-    def __init__(self, store: AuditStore, every_s: float = _PROBE_EVERY_S, timeout_s: float = 2.0):
+    def __init__(self, store: ReplayStore, every_s: float = _PROBE_EVERY_S, timeout_s: float = 2.0):
         self._store = store
         self._every_s = every_s
         self._timeout_s = timeout_s

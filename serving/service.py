@@ -63,7 +63,8 @@ class _TimeoutMiddleware(TimeoutMiddleware):
         await task
 
 
-# BentoML builds its middleware stack from this module attribute when the worker starts.
+# BentoML builds its middleware stack from this module attribute when the worker starts,
+# after importing this entry module. Drop this once BentoML cancels its own timer.
 bentoml_traffic.TimeoutMiddleware = _TimeoutMiddleware  # type: ignore[misc]
 
 

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -451,7 +452,7 @@ class _FakeStore:
         self.down = False
         self.hang: threading.Event | None = None
 
-    def remember_jti(self, issuer: str, jti: str, expires: object) -> bool:
+    def remember_jti(self, issuer: str, jti: str, expires: datetime) -> bool:
         self.writes += 1
         if self.hang is not None:
             self.hang.wait(5)
@@ -466,7 +467,7 @@ def test_readiness_probe_follows_the_database() -> None:
     store = _FakeStore()
 
     async def scenario() -> None:
-        probe = AuditProbe(store, every_s=0.0, timeout_s=0.2)  # type: ignore[arg-type]
+        probe = AuditProbe(store, every_s=0.0, timeout_s=0.2)
         assert await probe.ok()
         store.down = True
         assert not await probe.ok()
@@ -480,7 +481,7 @@ def test_readiness_probe_follows_the_database() -> None:
         store.hang.set()
         assert await stuck
         store.hang = None
-        cached = AuditProbe(store, every_s=60.0)  # type: ignore[arg-type]
+        cached = AuditProbe(store, every_s=60.0)
         assert await cached.ok()
         assert await cached.ok()
         assert store.writes == 5
