@@ -1,7 +1,7 @@
 """One chest X-ray through the pipeline: decode, quality gate, preprocess, model, heatmap.
 
 The steps are split so that the HTTP route can run the CPU-bound parts in a worker
-thread and send the model call through BentoML's adaptive batcher:
+thread and send the model call through the adaptive batcher (:mod:`serving.imaging.batching`):
 :meth:`CxrAnalyser.prepare` (decode + quality gate + preprocessing),
 a model call on the ``[N, 1, S, S]`` batch, then :meth:`CxrAnalyser.finish`
 (thresholds, heatmap, storage). :meth:`CxrAnalyser.analyse` does all three in line.
