@@ -167,35 +167,34 @@ def test_requests_past_the_latency_budget_are_shed_with_503(tiny_cxr: StoredMode
 def test_learned_costs_shed_at_once_what_cannot_finish_in_time() -> None:
     runner = FakeRunner(delay_s=0.03)
 
-    async def run() -> tuple[list[object], float]:
-        batcher = AdaptiveBatcher(runner, max_batch_size=1, max_latency_ms=100)
+    async def run() -> list[object]:
+        batcher = AdaptiveBatcher(runner, max_batch_size=1, max_latency_ms=150)
         try:
             await batcher(_images(1))  # learn: ~30 ms per call
-            started = time.perf_counter()
             outcomes = await asyncio.gather(
-                *(batcher(_images(1)) for _ in range(10)), return_exceptions=True
+                *(batcher(_images(1)) for _ in range(20)), return_exceptions=True
             )
-            return list(outcomes), time.perf_counter() - started
+            return list(outcomes)
         finally:
             batcher.close()
 
-    outcomes, _ = _run(run())
+    outcomes = _run(run())
     served = [o for o in outcomes if not isinstance(o, Exception)]
-    assert 1 <= len(served) <= 4  # ~100 ms of budget buys about three 30 ms calls
+    assert 1 <= len(served) <= 6  # ~150 ms of budget buys about five 30 ms calls
     assert sum(runner.calls) == 1 + len(served)
 
 
 def test_fixed_cost_is_learned_and_sets_the_window() -> None:
-    batcher = AdaptiveBatcher(FakeRunner(delay_s=0.2), max_batch_size=8, max_window_ms=50)
+    batcher = AdaptiveBatcher(FakeRunner(delay_s=0.2), max_batch_size=8, max_window_ms=200)
     for n in (1, 2, 4, 8, 1, 8):
-        batcher.cost.add(n, 0.04 + 0.001 * n)
-    assert batcher.cost.fixed == pytest.approx(0.04, abs=1e-9)
+        batcher.cost.add(n, 0.1 + 0.001 * n)
+    assert batcher.cost.fixed == pytest.approx(0.1, abs=1e-9)
     assert batcher.cost.per_image == pytest.approx(0.001, abs=1e-9)
     assert batcher.window_s() == 0.0  # no arrivals yet: never wait
 
     async def arrivals() -> float:
         calls = []
-        for _ in range(3):  # requests ~1 ms apart, well inside the 40 ms fixed cost
+        for _ in range(3):  # requests ~1 ms apart, well inside the 100 ms fixed cost
             calls.append(asyncio.ensure_future(batcher(_images(1))))
             await asyncio.sleep(0.001)
         window = batcher.window_s()
@@ -203,7 +202,7 @@ def test_fixed_cost_is_learned_and_sets_the_window() -> None:
         batcher.close()
         return window
 
-    assert _run(arrivals()) == pytest.approx(0.04, abs=1e-9)
+    assert _run(arrivals()) == pytest.approx(0.1, abs=1e-9)
 
 
 def test_close_sheds_what_is_queued_and_refuses_new_calls() -> None:
