@@ -14,7 +14,7 @@ server uses no CPU meanwhile). It prints:
 3. where the time of one call goes (``benchmarks/profile_cds.py``, in-process).
 
 Usage:
-    .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 15] [--rounds 3]
+    .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 15] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="Closed-loop rounds.")
+    parser.add_argument("--rounds", type=int, default=5, help="Closed-loop rounds.")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
         "--auth",
