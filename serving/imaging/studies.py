@@ -36,6 +36,7 @@ from serving.imaging.dicom_out import (
 )
 from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid, tag_value
 from serving.imaging.state import ImagingState
+from serving.ui import links
 
 __all__ = [
     "MAX_INSTANCES",
@@ -188,6 +189,11 @@ async def analyse_study(request: Request) -> Response:
             background=BackgroundTask(later),
         )
     status, answer = await run_in_threadpool(_run_study, state, caller, study, series, started)
+    signer = links.signer(request.app.state.runtime)
+    for entry in answer.get("instances", []):
+        if "result" in entry:  # browsers open it without credentials: a signed link
+            path = entry["result"]["heatmap_url"]
+            entry["result"]["heatmap_url"] = f"{state.public_url.rstrip('/')}{signer.sign(path)}"
     return JSONResponse(answer, status_code=status)
 
 

@@ -80,6 +80,11 @@ def test_study_analysed_and_written_back(
     analysed = entries["1.2.826.0.1.2.1"]
     assert analysed["assessable"] is True
     assert analysed["result"]["patient_ref"] == "WB-1"
+    # The heatmap link is signed: it opens without credentials, and not unsigned.
+    heatmap_url = analysed["result"]["heatmap_url"]
+    assert "sig=" in heatmap_url
+    assert client.get(heatmap_url).headers["content-type"] == "image/png"
+    assert client.get(heatmap_url.split("?")[0]).status_code == 403
     written = analysed["written_back"]
     # The SR and the heatmap are now in the PACS, in the same study, new series.
     found = {i.sop: i for i in pacs.search_instances(study)}
