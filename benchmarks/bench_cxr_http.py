@@ -168,21 +168,6 @@ def small_radiograph(side: int) -> np.ndarray:
     return (image * 4095).astype(np.uint16)
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and all its descendants."""
-    import psutil
-
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def closed_loop(
     server: Server, body_file: Path, results_dir: Path, connections: int, duration: float
 ) -> dict[str, Any]:
@@ -193,10 +178,10 @@ def closed_loop(
                "--connections", str(connections), "--header",
                "content-type:application/dicom"]  # fmt: skip
     before = set(results_dir.glob("results/*/result.json"))
-    server_cpu = _tree_cpu_s(server.proc.pid)
+    server_cpu = server.cpu_seconds()
     client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
-    server_cpu = _tree_cpu_s(server.proc.pid) - server_cpu
+    server_cpu = server.cpu_seconds() - server_cpu
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = json.loads(out.stdout)
     n = max(result["requests"], 1)
