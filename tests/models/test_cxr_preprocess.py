@@ -116,6 +116,21 @@ def test_bits_above_bits_stored_are_ignored() -> None:
     np.testing.assert_array_equal(clean, dirty)
 
 
+def test_signed_pixels_keep_their_sign_whatever_the_bits_above_bits_stored() -> None:
+    values = np.array([[-2048, -1, 0, 2047]] * 2, dtype=np.int16)  # 12-bit two's complement
+    garbage = ((values.view(np.uint16) & np.uint16(0x0FFF)) | np.uint16(0x5000)).view(np.int16)
+
+    def signed(ds: Any) -> None:
+        ds.PixelRepresentation = 1
+        ds.WindowCenter, ds.WindowWidth = "0", "4096"
+
+    clean = decode_dicom(dicom_bytes(values, bits_stored=12, extra=signed)).pixels
+    dirty = decode_dicom(dicom_bytes(garbage, bits_stored=12, extra=signed)).pixels
+    np.testing.assert_array_equal(clean, dirty)
+    expected = np.clip((values[0] + 0.5) / 4095 + 0.5, 0, 1)  # DICOM LINEAR window
+    np.testing.assert_allclose(clean[0], expected, atol=1e-6)
+
+
 def test_no_window_uses_percentiles_and_header_attributes_are_read(tmp_path: Any) -> None:
     case = render_case(0, 3, (256, 256), findings=["nodule"])
     path = tmp_path / "x.dcm"
