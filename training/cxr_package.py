@@ -125,7 +125,7 @@ def package_model(
         calibration[label] = params
         probs = expit(params["scale"] * val_logits[:, j] + params["offset"])
         target = cfg.sensitivity_targets.get(label, 0.9)
-        choice = choose_threshold(y, probs, target, cfg.sensitivity_confidence)
+        choice = choose_threshold(y, probs, target, cfg.sensitivity_confidence.get(label))
         points.append(
             OperatingPoint(
                 label=label,

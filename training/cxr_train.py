@@ -27,7 +27,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -124,13 +124,12 @@ class CxrTrainConfig(_Section):
         default_factory=lambda: dict.fromkeys(CXR_LABELS, 0.9),
         description="Label -> minimum sensitivity of its operating point.",
     )
-    sensitivity_confidence: float | None = Field(
-        default=0.8,
-        gt=0,
-        lt=1,
+    sensitivity_confidence: dict[str, Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: dict.fromkeys(CXR_LABELS, 0.8) | {"abnormal": 0.95},
         description=(
-            "Choose each threshold so that the one-sided exact lower confidence bound of "
-            "its validation sensitivity reaches the target (None: the point estimate)."
+            "Label -> confidence: its threshold is the highest whose one-sided exact lower "
+            "confidence bound of validation sensitivity reaches the target (a label left "
+            "out: the point estimate)."
         ),
     )
     output: OutputConfig = Field(default_factory=OutputConfig)
