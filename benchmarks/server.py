@@ -39,7 +39,12 @@ class Server:
                    "--port", str(self.port)]  # fmt: skip
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            command, cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=self.log
+            command,
+            cwd=cwd,
+            # No SIGTERM drain (TONLE_SHUTDOWN_DRAIN_S): nothing balances load to a benchmark.
+            env={**os.environ, "TONLE_SHUTDOWN_DRAIN_S": "0", **env},
+            stdout=self.log,
+            stderr=self.log,
         )
 
     def __enter__(self) -> Server:
