@@ -96,7 +96,19 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
 
 
 def _summary(advice: Advice, lang: str) -> str:
-    text = t(f"card.ncd.{advice.outcome}.summary", lang, percent=advice.percent, band=advice.band)
+    # With the WHO chart beside it, the summary names both numbers, so the model's
+    # risk is never read as the chart's.
+    if advice.outcome == "cvd" and advice.who is not None:
+        text = t(
+            "card.ncd.cvd.summary_who",
+            lang,
+            percent=advice.percent,
+            who_percent=advice.who.percent,
+        )
+    else:
+        text = t(
+            f"card.ncd.{advice.outcome}.summary", lang, percent=advice.percent, band=advice.band
+        )
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 

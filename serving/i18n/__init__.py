@@ -11,7 +11,7 @@ error and raises ``KeyError``.
 
 Example:
     >>> t("card.ncd.cvd.summary", "en", percent=12, band="10-<20%")
-    '10-year heart attack or stroke risk 12% (WHO band 10-<20%)'
+    '10-year heart attack or stroke risk 12% (band 10-<20%)'
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,10 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     assert len(cards) == 1
     card = cards[0]
     assert len(card["summary"]) < 140
+    # The summary names the model's risk and the WHO chart's, never one as the other.
+    who = re.search(r"WHO 2019 chart, [^:]+: \*\*(\d+)%\*\*", card["detail"])
+    assert who is not None
+    assert card["summary"].endswith(f"(model); WHO chart {who.group(1)}%")
     assert card["indicator"] in {"info", "warning", "critical"}
     assert "cvd-risk" in card["source"]["label"]
     assert "1.0.0" in card["source"]["label"]
