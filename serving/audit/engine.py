@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,29 @@ def _sqlite_on_connect(sync: str, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _sqlite_wal(cursor)
         cursor.execute(f"PRAGMA synchronous = {sync}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _sqlite_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (kept in the file: a no-op once done).
+
+    Switching a new database to WAL needs its exclusive lock and SQLite answers "database
+    is locked" at once, without the busy handler, when another connection opening the
+    same new file holds a lock; so retry for as long as the busy timeout would wait.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
