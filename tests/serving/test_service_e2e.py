@@ -3,12 +3,6 @@ with JWTs signed by the demo EHR issuer and with an API key."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +11,12 @@ import httpx
 import pytest
 
 from serving.audit import AuditStore
-from serving.demo_issuer import ensure_demo_issuer, sign_token
-from tests.serving.cds_fixtures import cds_request, shared_store, write_config
+from serving.demo_issuer import sign_token
+from tests.serving.cds_fixtures import cds_request
 from tests.serving.db_fixtures import postgres_database
+from tests.serving.service_process import TonleProcess
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 CVD = "/cds-services/ncd-cvd-risk"
 
 
@@ -37,72 +31,22 @@ class Served:
         return {"Authorization": f"Bearer {jwt}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def store_home() -> Path:
-    return shared_store()
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def served(
-    request: pytest.FixtureRequest, store_home: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    issuers = ensure_demo_issuer(tmp / "issuer", fhir_servers=[])
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     with (
         postgres_database("tonle_e2e")
         if request.param == "postgresql"
-        else _sqlite(tmp) as database_url
+        else _sqlite(tmp) as database_url,
+        TonleProcess(tmp, database_url) as service,
     ):
-        env = {
-            **os.environ,
-            "BENTOML_HOME": str(store_home),
-            "TONLE_SERVING_CONFIG": str(write_config(tmp)),
-            "TONLE_DATABASE_URL": database_url,
-            "TONLE_ALLOWED_ISSUERS": str(issuers),
-            "TONLE_PUBLIC_URL": url,
-            "TONLE_LOG_LEVEL": "WARNING",
-            "TONLE_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
-        }
-        env.pop("TONLE_DEV", None)
-        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "serving.service:Tonle",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-        store: AuditStore | None = None
+        store = AuditStore.open(database_url)
         try:
-            deadline = time.time() + 120
-            while True:
-                if proc.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"server did not start:\n{log.read().decode()[-4000:]}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
-            store = AuditStore.open(database_url)
-            yield Served(url=url, issuer_dir=tmp / "issuer", store=store)
+            yield Served(url=service.url, issuer_dir=service.issuer_dir, store=store)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-            if store is not None:
-                store.close()
+            store.close()
 
 
 class _sqlite:
