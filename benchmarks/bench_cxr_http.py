@@ -31,7 +31,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -53,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.server import Server  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
+from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
 
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
@@ -102,18 +102,6 @@ def radiograph() -> np.ndarray:
     rng = np.random.default_rng(0)
     big = np.clip(big + rng.normal(0, 0.004, big.shape).astype(np.float32), 0, 1)
     return (big * 65535).astype(np.uint16)
-
-
-def jpeg2000(data: bytes, pixels: np.ndarray) -> bytes:
-    """The same DICOM, JPEG 2000 lossless (pylibjpeg-openjpeg encoder)."""
-    import pydicom
-    from pydicom.uid import JPEG2000Lossless
-
-    ds = pydicom.dcmread(io.BytesIO(data))
-    ds.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def one_client(url: str, body: bytes, n: int) -> dict[str, Any]:
@@ -253,7 +241,7 @@ def main() -> None:
         onnx_path = home / "models" / name / version / "model.onnx"
         pixels = radiograph()
         raw = dicom_bytes(pixels)
-        j2k = jpeg2000(raw, pixels)
+        j2k = jpeg2000_lossless(raw)
         inputs = {"3000x2500": raw, f"{args.small}x{args.small}": dicom_bytes(
             small_radiograph(args.small))}  # fmt: skip
         for label, data in inputs.items():

@@ -15,7 +15,6 @@ Optionally --folder DIR runs the gate over your own in-scope images (DICOM/PNG/J
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
@@ -23,12 +22,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from models.cxr_preprocess import ImageError, decode_dicom, decode_image, to_model_input
 from models.cxr_quality import assess, pixel_statistics
 from training.cxr_bad_inputs import bad_dicom_cases, bad_image_cases, out_of_scope_pixel_cases
 from training.cxr_synthetic import generate, render_case, write_dicom
+from training.cxr_synthetic_dicom import jpeg2000_lossless
 
 
 def screen(data: bytes) -> tuple[str | None, dict[str, float] | None]:
@@ -91,11 +90,7 @@ def timings(tmp: Path) -> None:
     path = tmp / "big.dcm"
     write_dicom(case, path, seed=0, index=0, patient_id="P", site="s", bits_stored=16)
     plain = path.read_bytes()
-    ds = pydicom.dcmread(path)
-    ds.compress(pydicom.uid.JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    j2k = buf.getvalue()
+    j2k = jpeg2000_lossless(plain)
     print("\n2500 x 3000 16-bit radiograph -> [1, 224, 224] (median of 7, ms):")
     inputs = {}
     for label, data, target in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from training.cxr_synthetic_render import SyntheticCase
 
-__all__ = ["FIELD_HEIGHT_MM", "write_dicom"]
+__all__ = ["FIELD_HEIGHT_MM", "jpeg2000_lossless", "write_dicom"]
 
 # Physical height of the field of view; pixel spacing follows from the image size.
 FIELD_HEIGHT_MM = 430.0
@@ -152,3 +153,15 @@ def _add_voi_lut(ds: Any, lo: float, hi: float, gamma: float) -> None:
     item.add_new(0x00283006, "US", table.tolist())  # LUTData
     item.LUTExplanation = f"synthetic gamma {gamma:.2f}"
     ds.VOILUTSequence = Sequence([item])
+
+
+def jpeg2000_lossless(data: bytes) -> bytes:
+    """The same DICOM with its pixels stored as JPEG 2000 lossless (pylibjpeg encoder)."""
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -27,6 +27,7 @@ from models.cxr_preprocess import (
 )
 from training.cxr_bad_inputs import dicom_bytes, png_bytes
 from training.cxr_synthetic import render_case, write_dicom
+from training.cxr_synthetic_dicom import jpeg2000_lossless
 
 
 def _known(rows: int = 300, cols: int = 200) -> np.ndarray:
@@ -169,11 +170,7 @@ def test_jpeg2000_is_decoded_at_a_reduced_resolution_level(tmp_path: Any) -> Non
     path = tmp_path / "x.dcm"
     write_dicom(case, path, seed=2, index=5, patient_id="P", site="s", bits_stored=12)
     plain = path.read_bytes()
-    ds = pydicom.dcmread(path)
-    ds.compress(pydicom.uid.JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    j2k = buf.getvalue()
+    j2k = jpeg2000_lossless(plain)
     reduced = decode_dicom(j2k, target_size=224)
     assert reduced.transfer_syntax == pydicom.uid.JPEG2000Lossless
     assert reduced.pixels.shape == (256, 256)  # resolution level 2, not a full decode

@@ -12,6 +12,7 @@ from PIL import Image
 from serving.imaging.config import SiteThresholds
 from tests.serving.imaging.conftest import AppFactory, ListAudit
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
+from training.cxr_synthetic_dicom import jpeg2000_lossless
 
 pytest.importorskip("models.cxr_quality", reason="IMG-A's quality gate not landed yet")
 
@@ -229,18 +230,10 @@ def test_model_failure_is_no_advice_with_a_reason(
 
 
 def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) -> None:
-    import pydicom
-    from pydicom.uid import JPEG2000Lossless
-
     client, _ = make_app()
-    pixels = radiograph()
-    raw = dicom_bytes(pixels)
-    ds = pydicom.dcmread(io.BytesIO(raw))
-    ds.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    raw = dicom_bytes(radiograph())
     plain = client.post("/v1/imaging/cxr", content=raw, headers=DICOM).json()
-    j2k = client.post("/v1/imaging/cxr", content=buffer.getvalue(), headers=DICOM)
+    j2k = client.post("/v1/imaging/cxr", content=jpeg2000_lossless(raw), headers=DICOM)
     assert j2k.status_code == 200, j2k.text
     for a, b in zip(plain["findings"], j2k.json()["findings"], strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
