@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -87,6 +88,8 @@ class TonleProcess:
             "TONLE_LOG_LEVEL": "WARNING",
             # No load balancer to wait for: stop at once unless a test asks for a drain.
             "TONLE_SHUTDOWN_DRAIN_S": "0",
+            # Not dev mode: the link key must be configured (one for every restart).
+            "TONLE_LINK_SECRET": secrets.token_hex(32),
             **(env or {}),
         }
         self._env.pop("TONLE_DEV", None)
@@ -278,10 +281,12 @@ async def closed_loop(
     max_calls: int,
     stop: asyncio.Event | None = None,
     timeout_s: float = 30.0,
+    interval_s: float = 0.0,
 ) -> list[Call]:
     """``clients`` keep-alive connections, each sending its next CDS Hooks call when the
-    last one returned. Bounded: stops after ``duration_s``, ``max_calls`` calls or once
-    ``stop`` is set."""
+    last one returned (and at least ``interval_s`` after it sent the last one, which
+    bounds the rate while the service refuses fast). Bounded: stops after
+    ``duration_s``, ``max_calls`` calls or once ``stop`` is set."""
     calls: list[Call] = []
     deadline = time.monotonic() + duration_s
     stop = stop or asyncio.Event()
@@ -290,8 +295,9 @@ async def closed_loop(
         connection = _Connection(*_host_port(service))
         try:
             while time.monotonic() < deadline and len(calls) < max_calls and not stop.is_set():
-                calls.append(await connection.call(cds_request_bytes(service), timeout_s))
-                await asyncio.sleep(0)
+                answer = await connection.call(cds_request_bytes(service), timeout_s)
+                calls.append(answer)
+                await asyncio.sleep(max(0.0, answer.sent + interval_s - time.monotonic()))
         finally:
             connection.close()
 

@@ -2,8 +2,9 @@
 
 Steady load, overload, schema fuzzing, SIGKILL and SIGTERM share one service on SQLite
 (SIGKILL restarts it; SIGTERM ends it, so it runs last); a full disk and an unreachable
-PostgreSQL each get their own. Every load loop is bounded in calls and seconds, and
-everything runs on 127.0.0.1.
+PostgreSQL each get their own; SIGKILL of PostgreSQL itself kills a throw-away cluster
+(tests/serving/postgres_cluster.py), never the shared server. Every load loop is bounded
+in calls and seconds, and everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy import create_engine
 from serving.audit import AuditStore, AuditUnavailable
 from serving.readiness import AuditProbe
 from tests.serving.db_fixtures import admin_conninfo, postgres_database
+from tests.serving.postgres_cluster import PostgresCluster, PostgresUnavailable
 from tests.serving.service_process import (
     Call,
     TonleProcess,
@@ -442,6 +444,105 @@ def test_postgres_unavailable_gives_503_and_recovers_without_restart(
 def test_sigkill_under_load_loses_no_answered_call_postgres(pg_service: TonleProcess) -> None:
     """PostgreSQL (``synchronous_commit=on``): the whole service killed once."""
     _kill_under_load(pg_service, ("all",), seed=5)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this test's own, which it may kill (never the shared one)."""
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"cannot run a throw-away PostgreSQL: {exc}")
+    with cluster:
+        yield cluster
+
+
+def test_postgres_killed_under_load_loses_no_answered_call_and_recovers(
+    own_postgres: PostgresCluster, tmp_path: Path
+) -> None:
+    """SIGKILL of PostgreSQL itself (postmaster and backends), twice at random moments
+    under steady CDS load: while it is down calls get 503 with a reason and /readyz 503;
+    once it is back on the same port (crash recovery from the WAL) the same service
+    process serves again within 30 s, and every 2xx the clients saw has its audit row."""
+    rng = random.Random(6)
+    outages: list[dict[str, float]] = []
+    readiness: list[tuple[float, int | None]] = []
+
+    async def poll_readiness(served: TonleProcess, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while not stop.is_set():
+                try:
+                    status: int | None = (await client.get(served.url + "/readyz")).status_code
+                except httpx.HTTPError:
+                    status = None
+                readiness.append((time.monotonic(), status))
+                await asyncio.sleep(0.1)
+
+    async def until_readyz(status: int, since: float, limit_s: float) -> float:
+        while not any(t > since and s == status for t, s in readiness):
+            assert time.monotonic() - since < limit_s, f"/readyz not {status} in {limit_s} s"
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+
+    async def scenario(served: TonleProcess) -> list[Call]:
+        stop = asyncio.Event()
+        load = asyncio.create_task(
+            closed_loop(served, clients=8, duration_s=50, max_calls=8000, stop=stop,
+                        interval_s=0.05)
+        )  # fmt: skip
+        poller = asyncio.create_task(poll_readiness(served, stop))
+        for _ in range(2):
+            await asyncio.sleep(rng.uniform(1.5, 3.0))
+            marks = {"kill": time.monotonic()}
+            outages.append(marks)
+            own_postgres.kill()
+            marks["not ready"] = await until_readyz(503, marks["kill"], 10)
+            await asyncio.sleep(rng.uniform(1.0, 3.0))  # calls keep coming while it is down
+            marks["restart"] = time.monotonic()
+            await asyncio.to_thread(own_postgres.start)
+            marks["accepting"] = time.monotonic()
+            marks["ready"] = await until_readyz(200, marks["accepting"], 30)
+        await asyncio.sleep(2.0)  # the load goes on after the last recovery
+        stop.set()
+        await poller
+        return await load
+
+    with TonleProcess(tmp_path, own_postgres.url) as served:
+        pid = served.worker().pid
+        calls = asyncio.run(scenario(served))
+        again = asyncio.run(cds_call(served))
+        assert served.worker().pid == pid, "the service restarted"
+
+    refused = [c for c in calls if c.status == 503]
+    reasons = sorted({json.loads(c.error or "{}").get("error") for c in refused})
+    answered = sorted(c.sent + c.latency_s for c in calls if c.ok)
+    for i, marks in enumerate(outages):
+        served_again = next((t for t in answered if t > marks["accepting"]), float("inf"))
+        marks["served"] = served_again
+        print(
+            f"postgres kill {i + 1}: /readyz 503 after {marks['not ready'] - marks['kill']:.2f}"
+            f" s; down {marks['restart'] - marks['kill']:.1f} s; crash recovery "
+            f"{marks['accepting'] - marks['restart']:.2f} s; then /readyz 200 after "
+            f"{marks['ready'] - marks['accepting']:.2f} s, first 2xx after "
+            f"{served_again - marks['accepting']:.2f} s"
+        )
+    print(
+        f"postgres kills: {len(calls)} calls, {len(answered)} 2xx, {len(refused)} refused "
+        f"503 {reasons}"
+    )
+    others = [c for c in calls if not c.ok and c.status != 503]
+    assert not others, f"{len(others)} calls neither 2xx nor 503, first: {others[0]}"
+    assert None not in reasons, "a 503 without a reason code"
+    assert set(reasons) <= {"audit-unavailable", "auth-unavailable"}, reasons
+    for marks in outages:
+        assert marks["served"] - marks["accepting"] < 30, "no 2xx 30 s after the restart"
+        down = [c for c in calls if marks["not ready"] < c.sent < marks["restart"]]
+        assert down, "no call sent while PostgreSQL was down"
+        assert not [c for c in down if c.ok], "a 2xx while PostgreSQL was down"
+    assert sum(c.ok and c.sent < outages[0]["kill"] for c in calls) > 20, "little load before"
+    assert sum(t > outages[-1]["served"] for t in answered) > 20, "little load after"
+    assert again.status == 200, again
+    _assert_every_2xx_audited_once(own_postgres.url, [*calls, again])
 
 
 class _FakeStore:
