@@ -44,7 +44,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.who_cvd_batch import who_cvd_reasons_batch, who_cvd_risk_batch
+from models.who_cvd_batch import (
+    WhoCvdBatchScore,
+    who_cvd_reasons_batch,
+    who_cvd_risk_batch,
+    who_cvd_score_batch,
+)
 from models.who_cvd_equations import (
     FloatArray,
     list_countries,
@@ -67,6 +72,7 @@ __all__ = [
     "BANDS",
     "HARD_LIMITS",
     "VALID_RANGES",
+    "WhoCvdBatchScore",
     "WhoCvdInputError",
     "WhoCvdInputs",
     "WhoCvdResult",
@@ -79,6 +85,7 @@ __all__ = [
     "who_cvd_reasons_batch",
     "who_cvd_risk",
     "who_cvd_risk_batch",
+    "who_cvd_score_batch",
 ]
 
 #: Chart colour bands, lower bound in whole percent, and their labels.

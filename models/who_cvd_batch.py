@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +16,18 @@ from models.who_cvd_inputs import (
     check_model,
 )
 
-__all__ = ["who_cvd_reasons_batch", "who_cvd_risk_batch"]
+__all__ = ["WhoCvdBatchScore", "who_cvd_reasons_batch", "who_cvd_risk_batch", "who_cvd_score_batch"]
+
+
+class WhoCvdBatchScore(NamedTuple):
+    """Per row: the risk, why there is none, and whether it was extrapolated."""
+
+    risk: FloatArray
+    """10-year risk as a fraction; ``nan`` where ``reason`` is set."""
+    reason: npt.NDArray[np.object_]
+    """``"<field>:<rule>"`` for every row without a risk, ``None`` where scored."""
+    extrapolated: npt.NDArray[np.bool_]
+    """A risk was given although an input is outside the charts' ranges."""
 
 
 def _as_float(name: str, values: npt.ArrayLike | None, n: int) -> FloatArray | None:
@@ -115,6 +126,69 @@ def who_cvd_reasons_batch(
     return _reasons(sex_ok, cols, allow_extrapolation)
 
 
+def who_cvd_score_batch(
+    model: ModelKind,
+    sex: npt.ArrayLike,
+    age: npt.ArrayLike,
+    smoking: npt.ArrayLike,
+    sbp: npt.ArrayLike,
+    total_chol: npt.ArrayLike | None = None,
+    diabetes: npt.ArrayLike | None = None,
+    bmi: npt.ArrayLike | None = None,
+    *,
+    region: str | None = None,
+    country: str | None = None,
+    allow_extrapolation: bool = False,
+) -> WhoCvdBatchScore:
+    """Risks and, for every row without one, the reason, computed once.
+
+    Use this where the reasons are reported (batch scoring): only it knows the
+    ``"risk:saturated"`` rows (see :func:`who_cvd_risk_batch`), which
+    :func:`who_cvd_reasons_batch` cannot find without computing risks.
+
+    Args:
+        model, sex, age, smoking, sbp, total_chol, diabetes, bmi, region, country,
+            allow_extrapolation: As in :func:`who_cvd_risk_batch`.
+
+    Returns:
+        Risk (``nan`` where refused), reason (``None`` where scored) and extrapolated.
+
+    Raises:
+        WhoCvdInputError: Unknown region/country or a required column missing.
+    """
+    check_model(model)
+    rec = recalibration(region, country)
+    male, sex_ok, cols = _batch_columns(model, sex, age, smoking, sbp, total_chol, diabetes, bmi)
+    reasons = _reasons(sex_ok, cols, allow_extrapolation)
+    bad = reasons != None  # noqa: E711 - elementwise on object array
+    # Unusable rows (NaN, inf) and saturated ones warn inside the equation (invalid,
+    # overflow, division by zero): each of them is refused below, with its reason.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        risk = risk_arrays(
+            model,
+            male,
+            rec,
+            age=cols["age"],
+            smoking=cols["smoking"],
+            sbp=cols["sbp"],
+            total_chol=cols.get("total_chol"),
+            diabetes=cols.get("diabetes"),
+            bmi=cols.get("bmi"),
+        )
+    extrapolated = np.zeros(risk.shape[0], dtype=bool)
+    if allow_extrapolation:
+        # Far enough outside the charts, the Cox risk 1 - S0 ** exp(lp) rounds to 1 in
+        # float64 (log1p(-1) above): a certainty is no risk to report. Inside them it
+        # never does (lp is multilinear, so its extremes are at the box's corners).
+        extrapolated = ~bad & (_reasons(sex_ok, cols, allow_extrapolation=False) != None)  # noqa: E711
+        saturated = extrapolated & ~((risk > 0.0) & (risk < 1.0))
+        reasons[saturated] = "risk:saturated"
+        bad |= saturated
+        extrapolated &= ~saturated
+    risk[bad] = np.nan
+    return WhoCvdBatchScore(risk, reasons, extrapolated)
+
+
 def who_cvd_risk_batch(
     model: ModelKind,
     sex: npt.ArrayLike,
@@ -142,9 +216,9 @@ def who_cvd_risk_batch(
             row whose risk the equation saturates to 0 or 1 in float64 is unusable, with
             reason ``"risk:saturated"`` (such extreme values occur only far outside the
             charts; :func:`who_cvd_reasons_batch` does not compute risks and cannot
-            report this one).
+            report this one: :func:`who_cvd_score_batch` gives risks and all reasons).
         invalid: ``"raise"`` a :class:`WhoCvdInputError` for the first unusable row, or
-            return ``nan`` for unusable rows (see :func:`who_cvd_reasons_batch` for why).
+            return ``nan`` for unusable rows (see :func:`who_cvd_score_batch` for why).
 
     Returns:
         10-year risks as fractions, float64, one per row.
@@ -153,36 +227,14 @@ def who_cvd_risk_batch(
         WhoCvdInputError: Unknown region/country, a required column missing, or (with
             ``invalid="raise"``) an unusable row.
     """
-    check_model(model)
-    rec = recalibration(region, country)
-    male, sex_ok, cols = _batch_columns(model, sex, age, smoking, sbp, total_chol, diabetes, bmi)
-    reasons = _reasons(sex_ok, cols, allow_extrapolation)
-    bad = reasons != None  # noqa: E711 - elementwise on object array
-    # Unusable rows (NaN, inf) and saturated ones warn inside the equation (invalid,
-    # overflow, division by zero): each of them is refused below, with its reason.
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        risk = risk_arrays(
-            model,
-            male,
-            rec,
-            age=cols["age"],
-            smoking=cols["smoking"],
-            sbp=cols["sbp"],
-            total_chol=cols.get("total_chol"),
-            diabetes=cols.get("diabetes"),
-            bmi=cols.get("bmi"),
-        )
-    if allow_extrapolation:
-        # Far enough outside the charts, the Cox risk 1 - S0 ** exp(lp) rounds to 1 in
-        # float64 (log1p(-1) above): a certainty is no risk to report. Inside them it
-        # never does (lp is multilinear, so its extremes are at the box's corners).
-        extrapolated = ~bad & (_reasons(sex_ok, cols, allow_extrapolation=False) != None)  # noqa: E711
-        saturated = extrapolated & ~((risk > 0.0) & (risk < 1.0))
-        reasons[saturated] = "risk:saturated"
-        bad |= saturated
-    if invalid == "raise" and bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        field, _, rule = str(reasons[row]).partition(":")
-        raise WhoCvdInputError(field, f"row {row}", rule)
-    risk[bad] = np.nan
+    risk, reasons, _ = who_cvd_score_batch(
+        model, sex, age, smoking, sbp, total_chol, diabetes, bmi,
+        region=region, country=country, allow_extrapolation=allow_extrapolation,
+    )  # fmt: skip
+    if invalid == "raise":
+        refused = np.flatnonzero(reasons != None)  # noqa: E711 - elementwise on object array
+        if refused.size:
+            row = int(refused[0])
+            field, _, rule = str(reasons[row]).partition(":")
+            raise WhoCvdInputError(field, f"row {row}", rule)
     return risk

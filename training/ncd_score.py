@@ -27,8 +27,7 @@ from models.who_cvd import (
     BANDS,
     percents_and_bands,
     resolve_recalibration,
-    who_cvd_reasons_batch,
-    who_cvd_risk_batch,
+    who_cvd_score_batch,
 )
 from training.fhir_bulk import FeatureIssue
 
@@ -107,16 +106,13 @@ def _who_scorer(
             "diabetes": t["diabetes"].to_numpy(float) if kind == "lab" else None,
             "bmi": t["bmi"].to_numpy(float) if kind == "nonlab" else None,
         }  # fmt: skip
-        reasons = who_cvd_reasons_batch(kind, sex, **cols, allow_extrapolation=extrapolate)
-        risk = who_cvd_risk_batch(
+        # One call gives the risks and every reason, "risk:saturated" included (the
+        # reasons alone cannot know which extrapolated rows the equation saturates on).
+        scored = who_cvd_score_batch(
             kind, sex, **cols, region=region_code, country=country_code,
-            allow_extrapolation=extrapolate, invalid="nan",
+            allow_extrapolation=extrapolate,
         )  # fmt: skip
-        extrapolated = np.zeros(len(t), dtype=bool)
-        if extrapolate:
-            strict = who_cvd_reasons_batch(kind, sex, **cols)
-            extrapolated = (strict != None) & ~np.isnan(risk)  # noqa: E711
-        return risk, reasons, extrapolated
+        return scored.risk, scored.reason, scored.extrapolated
 
     return Scorer(f"who-cvd-{kind}", "2019", "", region_code, country_code or "", score)
 

@@ -23,6 +23,7 @@ from models.who_cvd import (
     who_cvd_reasons_batch,
     who_cvd_risk,
     who_cvd_risk_batch,
+    who_cvd_score_batch,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "models" / "data"
@@ -240,6 +241,10 @@ def test_batch_refuses_an_extrapolated_row_the_equation_saturates_on() -> None:
     with pytest.raises(WhoCvdInputError) as err:  # without extrapolation: out of range, as before
         who_cvd_risk_batch("lab", *rows, region=SEA)  # type: ignore[arg-type]
     assert (err.value.field, err.value.rule) == ("age", "out-of-range")
+    scored = who_cvd_score_batch("lab", *rows, region=SEA, allow_extrapolation=True)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(scored.risk, risk)
+    assert list(scored.reason) == ["risk:saturated", None, None]  # the reason, in one pass
+    assert list(scored.extrapolated) == [False, False, True]
 
 
 @pytest.mark.parametrize(

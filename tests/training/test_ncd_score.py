@@ -97,6 +97,31 @@ def test_who_scoring_matches_scalar_and_gives_reasons(patients_csv: Path, tmp_pa
     assert res.loc["p1", "extrapolated"] == 0
 
 
+def test_every_row_without_a_risk_says_why(tmp_path: Path) -> None:
+    """An extrapolated row the WHO equation saturates on (age 18, SBP 280, cholesterol
+    20 mmol/L, smoker with diabetes: plausible values, far outside the charts) gets no
+    risk, and its output row must say why (``risk:saturated``), like every refused row."""
+    source = tmp_path / "extreme.csv"
+    source.write_text(
+        "patient_id,sex,age,smoking,sbp,total_chol,diabetes,bmi\n"
+        "sat,male,18,1,280,20,1,24\n"
+        "ok,male,39,0,120,4.0,0,22\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "risk.csv"
+    scorer = open_scorer("who-cvd-lab", country="KHM", allow_extrapolation=True)
+    summary = score_file(scorer, source, out)
+    res = pd.read_csv(out, dtype={"reason": str}).set_index("patient_id")
+    assert np.isnan(res.loc["sat", "risk"])
+    assert res.loc["sat", "reason"] == "risk:saturated"
+    assert res.loc["sat", "extrapolated"] == 0  # no risk, so nothing was extrapolated
+    assert res.loc["ok", "risk"] > 0
+    assert res.loc["ok", "extrapolated"] == 1
+    assert pd.isna(res.loc["ok", "reason"])
+    assert (summary.scored, summary.refused) == (1, 1)
+    assert res.loc[res["risk"].isna(), "reason"].notna().all()
+
+
 @pytest.mark.slow
 def test_trained_model_scoring(patients_csv: Path, tmp_path: Path, model_store: Path) -> None:
     from models.ncd_predictor import NcdPredictor
