@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -38,11 +39,15 @@ class Server:
         command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1",
                    "--port", str(self.port)]  # fmt: skip
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
+        # No SIGTERM drain (TONLE_SHUTDOWN_DRAIN_S): nothing balances load to a benchmark.
+        environment = {**os.environ, "TONLE_SHUTDOWN_DRAIN_S": "0", **env}
+        if not {"TONLE_LINK_SECRET", "TONLE_LINK_SECRET_FILE"} & environment.keys():
+            # Required outside dev mode: a throwaway key, the same for all its workers.
+            environment["TONLE_LINK_SECRET"] = secrets.token_hex(32)
         self.proc = subprocess.Popen(
             command,
             cwd=cwd,
-            # No SIGTERM drain (TONLE_SHUTDOWN_DRAIN_S): nothing balances load to a benchmark.
-            env={**os.environ, "TONLE_SHUTDOWN_DRAIN_S": "0", **env},
+            env=environment,
             stdout=self.log,
             stderr=self.log,
         )

@@ -97,9 +97,13 @@ class Runtime:
         Raises:
             models.registry.ArtifactError: a pinned model is missing or does not verify;
                 the service must not become ready.
+            ValueError: no link key outside dev mode and the demo (the message says what
+                to set), or a serving config that does not check out.
         """
         from models.ncd_predictor import NcdPredictor
+        from serving.ui.links import require_key
 
+        require_key(settings)  # before anything slow: the start fails at once
         config = load_config(settings.serving_config, ServingConfig)
         runtime = cls(settings=settings, config=config)
         for name, version in config.models.items():

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+_MIN_LINK_SECRET = 32
+_MAKE_ONE = "e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`"
 
 
 class Settings(BaseSettings):
     """Everything a deployment sets without touching code.
 
-    Secrets are ``SecretStr`` so they never show in ``repr`` or logs.
+    Secrets are ``SecretStr`` so they never show in ``repr`` or logs, and a validation
+    error never repeats the value it refused (it could be a secret).
     """
 
-    model_config = SettingsConfigDict(env_prefix="TONLE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TONLE_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: SecretStr = Field(
         default=SecretStr("sqlite:///.tonle/tonle.db"),
@@ -54,8 +60,27 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Key signing the page and heatmap links opened from browsers (32+ characters). "
-            "Unset: one is generated once and kept in the database, shared by all workers."
+            "Required unless TONLE_DEV or the demo (TONLE_DEMO_ISSUER_DIR): there, when "
+            "unset, one is generated once and kept in the database, shared by all workers."
         ),
+    )
+    link_secret_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding the link key instead of TONLE_LINK_SECRET (a Docker or "
+            "Kubernetes secret); surrounding whitespace is ignored. Not both."
+        ),
+    )
+    link_secret_previous: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The link key before a rotation (32+ characters): links it signed still "
+            "open until they expire; new links are always signed with TONLE_LINK_SECRET."
+        ),
+    )
+    link_secret_previous_file: Path | None = Field(
+        default=None,
+        description="File holding TONLE_LINK_SECRET_PREVIOUS instead of the variable. Not both.",
     )
     shutdown_drain_s: float = Field(
         default=5.0,
@@ -76,12 +101,41 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("link_secret")
+    @field_validator("link_secret", "link_secret_previous")
     @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError(
-                f"TONLE_LINK_SECRET has {len(value.get_secret_value())} characters; use 32 or "
-                "more (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)"
-            )
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            _check_length(value.get_secret_value(), f"TONLE_{str(info.field_name).upper()}")
         return value
+
+    @model_validator(mode="after")
+    def _read_link_secret_files(self) -> Settings:
+        self.link_secret = _secret_or_file(self.link_secret, self.link_secret_file, "LINK_SECRET")
+        self.link_secret_previous = _secret_or_file(
+            self.link_secret_previous, self.link_secret_previous_file, "LINK_SECRET_PREVIOUS"
+        )
+        return self
+
+
+def _check_length(secret: str, source: str) -> None:
+    if len(secret) < _MIN_LINK_SECRET:
+        raise ValueError(
+            f"{source} has {len(secret)} characters; use {_MIN_LINK_SECRET} or more ({_MAKE_ONE})"
+        )
+
+
+def _secret_or_file(value: SecretStr | None, path: Path | None, name: str) -> SecretStr | None:
+    """``TONLE_<name>`` or the content of the file ``TONLE_<name>_FILE`` names."""
+    if path is None:
+        return value
+    if value is not None:
+        raise ValueError(f"TONLE_{name} and TONLE_{name}_FILE are both set; set only one")
+    source = f"TONLE_{name}_FILE ({path})"
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{source} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the key
+        raise ValueError(f"{source} is not UTF-8 text") from None
+    _check_length(text, source)
+    return SecretStr(text)

@@ -6,10 +6,19 @@ that carries no credentials. Each such link is signed: ``?exp=<unix seconds>&sig
 where ``sig`` is HMAC-SHA256 over the path and ``exp`` (first 32 hex digits, 128 bits).
 Other parameters (``lang``) change only presentation and are not signed.
 
-The key is ``TONLE_LINK_SECRET`` or, when unset, a random key created once in the
-service database, so every worker and replica on it signs and checks alike. A tampered
-link is refused with 403 and an expired one with 410, both with one identical body,
-before anything is looked up: a link reveals nothing about which ids exist.
+The key is ``TONLE_LINK_SECRET`` (or the file ``TONLE_LINK_SECRET_FILE`` names), the
+same for every worker and replica; the service refuses to start without one. During a
+rotation ``TONLE_LINK_SECRET_PREVIOUS`` is still accepted for checking, so links already
+in EHR cards keep opening, while new links are signed with the current key only.
+
+Only in dev mode (``TONLE_DEV``) and the demo (``TONLE_DEMO_ISSUER_DIR``) may the key be
+left unset: a random one is then created once and kept, in the clear, in the service
+database, so that every worker on it signs and checks alike. Anyone who can read that
+database can sign links, which is acceptable only for a loopback demo.
+
+A tampered link (or one signed with an unknown key) is refused with 403 and an expired
+one with 410, both with one identical body, before anything is looked up: a link
+reveals nothing about which ids exist.
 """
 
 from __future__ import annotations
@@ -19,16 +28,35 @@ import hmac
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["REFUSED_BODY", "LinkSigner", "Verdict", "refusal", "signer", "verdict"]
+if TYPE_CHECKING:
+    from serving.settings import Settings
+
+__all__ = [
+    "MISSING_KEY",
+    "REFUSED_BODY",
+    "LinkSigner",
+    "Verdict",
+    "refusal",
+    "require_key",
+    "signer",
+    "verdict",
+]
 
 REFUSED_BODY = b'{"error":"invalid-or-expired-link"}'
 _SECRET_NAME = "link-hmac-v1"  # noqa: S105 - the name of a row, not a secret
 _SIG_HEX = 32
+MISSING_KEY = (
+    "TONLE_LINK_SECRET is not set. Outside dev mode and the demo the key signing the "
+    "explanation-page and heatmap links must be configured, the same on every worker and "
+    "replica: set TONLE_LINK_SECRET to 32 or more random characters (e.g. `python -c "
+    "'import secrets; print(secrets.token_hex(32))'`), or TONLE_LINK_SECRET_FILE to the "
+    "path of a file holding it (a Docker or Kubernetes secret)."
+)
 
 Verdict = Literal["ok", "invalid", "expired"]
 
@@ -37,50 +65,85 @@ class LinkSigner:
     """Signs and checks capability links.
 
     Args:
-        key: the HMAC key (at least 32 bytes).
+        key: the HMAC key new links are signed with (at least 32 bytes).
         ttl: how long a link stays valid after it is made.
+        previous: older keys still accepted by :meth:`check` (a key rotation), never
+            used to sign.
     """
 
-    def __init__(self, key: bytes, ttl: timedelta) -> None:
-        if len(key) < 32:
-            raise ValueError(f"the link key has {len(key)} bytes; at least 32 are needed")
+    def __init__(self, key: bytes, ttl: timedelta, previous: tuple[bytes, ...] = ()) -> None:
+        for each in (key, *previous):
+            if len(each) < 32:
+                raise ValueError(f"a link key has {len(each)} bytes; at least 32 are needed")
         self._key = key
+        self._keys = (key, *previous)
         self.ttl_s = int(ttl.total_seconds())
 
-    def _sig(self, path: str, expires: int) -> str:
+    @staticmethod
+    def _sig(key: bytes, path: str, expires: int) -> str:
         message = f"{path}\n{expires}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:_SIG_HEX]
+        return hmac.new(key, message, hashlib.sha256).hexdigest()[:_SIG_HEX]
 
     def sign(self, path: str, now: float | None = None) -> str:
-        """``path?exp=...&sig=...``, valid for :attr:`ttl_s` seconds from ``now``."""
+        """``path?exp=...&sig=...`` with the current key, valid for :attr:`ttl_s` seconds
+        from ``now``."""
         expires = int(now if now is not None else time.time()) + self.ttl_s
-        return f"{path}?exp={expires}&sig={self._sig(path, expires)}"
+        return f"{path}?exp={expires}&sig={self._sig(self._key, path, expires)}"
 
     def check(self, path: str, params: Mapping[str, str], now: float | None = None) -> Verdict:
-        """Whether ``params`` (``exp``, ``sig``) make a valid link to ``path``."""
+        """Whether ``params`` (``exp``, ``sig``) make a valid link to ``path``, signed with
+        the current or a previous key."""
         exp, sig = params.get("exp", ""), params.get("sig", "")
         if not exp.isdigit() or len(exp) > 12 or len(sig) != _SIG_HEX:
             return "invalid"
-        if not hmac.compare_digest(self._sig(path, int(exp)), sig):
+        # Every key is tried (no early exit), so timing does not tell which one matched.
+        matches = [hmac.compare_digest(self._sig(k, path, int(exp)), sig) for k in self._keys]
+        if not any(matches):
             return "invalid"
         return "ok" if int(exp) > (now if now is not None else time.time()) else "expired"
+
+
+def _generated_key_allowed(settings: Settings) -> bool:
+    """Dev mode or the demo: the only places a key kept in the database is acceptable."""
+    return settings.dev or settings.demo_issuer_dir is not None
+
+
+def require_key(settings: Settings) -> None:
+    """Refuse to start without a configured link key, outside dev mode and the demo.
+
+    Raises:
+        ValueError: no ``TONLE_LINK_SECRET`` (or ``TONLE_LINK_SECRET_FILE``) outside dev
+            mode and the demo; the message says what to set.
+    """
+    if settings.link_secret is None and not _generated_key_allowed(settings):
+        raise ValueError(MISSING_KEY)
 
 
 def signer(runtime: Any) -> LinkSigner:
     """The running service's signer (made once per worker, kept in ``runtime.extras``).
 
     Raises:
-        AuditUnavailable: no ``TONLE_LINK_SECRET`` and the database cannot be read.
+        ValueError: no configured key outside dev mode and the demo (see :func:`require_key`).
+        AuditUnavailable: dev mode or the demo without a key, and the database cannot be
+            read.
     """
     made: LinkSigner | None = runtime.extras.get("link_signer")
     if made is not None:
         return made
     settings = runtime.settings
+    require_key(settings)
     if settings.link_secret is not None:
         key = settings.link_secret.get_secret_value().encode()
     else:
+        # Dev mode or the demo only: a generated key kept in the clear in the database
+        # (whoever reads it can sign links), so that all workers agree on one key.
         key = bytes.fromhex(runtime.audit.service_secret(_SECRET_NAME))
-    made = LinkSigner(key, timedelta(days=settings.explanation_retention_days))
+    previous = settings.link_secret_previous
+    made = LinkSigner(
+        key,
+        timedelta(days=settings.explanation_retention_days),
+        previous=() if previous is None else (previous.get_secret_value().encode(),),
+    )
     runtime.extras["link_signer"] = made
     return made
 

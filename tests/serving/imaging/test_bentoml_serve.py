@@ -4,6 +4,7 @@ the cxr-triage service in discovery. The service runs without --dev."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def test_real_service_analyses_a_dicom_with_an_api_key(
         "TONLE_PUBLIC_URL": url,
         "TONLE_LOG_LEVEL": "WARNING",
         "TONLE_SHUTDOWN_DRAIN_S": "0",  # no load balancer to wait for
+        "TONLE_LINK_SECRET": secrets.token_hex(32),  # required outside dev mode
     }
     env.pop("TONLE_DEV", None)
     with tempfile.TemporaryFile() as log:

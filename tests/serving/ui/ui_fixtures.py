@@ -66,6 +66,8 @@ def demo_app(
         public_url=public_url,
         allowed_issuers=issuers,
         demo_issuer_dir=issuer_dir if demo else None,
+        # Only the demo may keep a generated link key in the database.
+        link_secret=None if demo else "ui-fixture-link-key-".ljust(40, "k"),
     ) as runtime:
         app = create_app(runtime.settings)
         app.state.runtime = runtime
