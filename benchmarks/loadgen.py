@@ -8,7 +8,8 @@ cannot hide its queueing (no coordinated omission).
 Usage:
     python benchmarks/loadgen.py open URL BODY_FILE --rate 100 --duration 10 [--header K:V]
     python benchmarks/loadgen.py closed URL BODY_FILE --connections 8 --duration 10
-Prints one JSON object.
+Prints one JSON object (with every latency in ms under ``latencies_ms`` when given
+``--keep-latencies``, e.g. to pool percentiles over several runs).
 """
 
 from __future__ import annotations
@@ -103,7 +104,13 @@ def _summary(latencies: list[float], statuses: dict[int, int], errors: int, wall
 
 
 async def open_loop(
-    url: str, body: bytes, rate: float, duration: float, headers: list[str], tokens: list[str]
+    url: str,
+    body: bytes,
+    rate: float,
+    duration: float,
+    headers: list[str],
+    tokens: list[str],
+    keep_latencies: bool = False,
 ):
     host, port, raw = _request(url, body, headers)
     requests = _Requests(raw, tokens)
@@ -140,7 +147,10 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - start
-    return _summary(latencies, statuses, errors, wall)
+    summary = _summary(latencies, statuses, errors, wall)
+    if keep_latencies:
+        summary["latencies_ms"] = [round(x * 1000, 3) for x in latencies]
+    return summary
 
 
 async def closed_loop(
@@ -182,6 +192,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--tokens", help="File of bearer tokens, one per line, each used once.")
+    parser.add_argument("--keep-latencies", action="store_true", help="Open loop: list them.")
     args = parser.parse_args()
     with open(args.body_file, "rb") as handle:
         body = handle.read()
@@ -194,7 +205,11 @@ def main() -> None:
     except ImportError:
         run = asyncio.run  # type: ignore[assignment]
     if args.mode == "open":
-        result = run(open_loop(args.url, body, args.rate, args.duration, args.header, tokens))
+        result = run(
+            open_loop(
+                args.url, body, args.rate, args.duration, args.header, tokens, args.keep_latencies
+            )
+        )
     else:
         result = run(
             closed_loop(args.url, body, args.connections, args.duration, args.header, tokens)

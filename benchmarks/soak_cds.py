@@ -1,0 +1,261 @@
+"""Benchmark: a steady-load soak of the NCD CDS Hooks call for minutes (RELIABILITY.md).
+
+RELIABILITY.md asks for steady load "for minutes" with 0 errors, p99 within the target,
+memory drift < 10 % and audit rows == 2xx responses; the test suite's steady-load
+scenario runs only seconds. This script builds the fixture models in a temporary store,
+starts ``bentoml serve`` for Tonle (SQLite audit store unless ``--database-url``; dev
+mode, no JWTs) and drives the CDS call open-loop at ``--rate`` req/s with
+``benchmarks/loadgen.py``, one run per ``--sample-s`` window, back to back (between
+windows the generator restarts, a pause of ~0.2 s). After each window, when no call is
+in flight, it samples:
+
+- RSS and open file descriptors of every service process (arbiter and workers);
+- p50 / p99 latency (from each call's scheduled send time) and errors of the window;
+- audit rows committed vs 2xx answered so far (they must be equal at every sample),
+  and duplicate request ids;
+- the server's CPU time and the machine's load average.
+
+At the end it prints the drift (service RSS, first vs last minute, as the mean of the
+samples in each; p99 of all calls in the first vs the last minute) and PASS/FAIL
+against RELIABILITY.md's steady-load criteria; the exit status is 0 only on PASS.
+
+Usage:
+    .venv/bin/python benchmarks/soak_cds.py [--minutes 5] [--rate 100] [--sample-s 10]
+        [--p99-target-ms 50] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import create_engine, func, select
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_cds import CDS_PATH, LOADGEN, PY, warm  # noqa: E402
+from benchmarks.server import Server  # noqa: E402
+from serving.audit import schema  # noqa: E402
+from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
+
+# RELIABILITY.md, steady load: memory drift under 10 %; the issue's latency target is a
+# p99 of 50 ms at 100 calls/s.
+MAX_RSS_DRIFT = 0.10
+MiB = 1 << 20
+
+
+@dataclass
+class Sample:
+    """One window's load result and the service's state right after it."""
+
+    t_s: float
+    load: dict[str, Any]
+    latencies_ms: list[float]
+    rss: dict[int, int]  # pid -> bytes
+    fds: dict[int, int]  # pid -> open descriptors
+    audit_rows: int
+    duplicates: int
+    ok_so_far: int
+    cpu_s: float
+    load1: float
+    names: dict[int, str] = field(default_factory=dict)
+
+
+def service_processes(server: Server) -> list[psutil.Process]:
+    """The arbiter and all its children (workers, their helpers)."""
+    root = psutil.Process(server.proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _role(process: psutil.Process, server: Server) -> str:
+    if process.pid == server.proc.pid:
+        return "arbiter"
+    if "_bentoml_impl.worker" in " ".join(process.cmdline()):
+        return "worker"
+    return process.name()
+
+
+def audit_counts(database_url: str) -> tuple[int, int]:
+    """Audit rows, and how many of them repeat a request id."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            table = schema.audit_events
+            rows, distinct = connection.execute(
+                select(func.count(), func.count(table.c.request_id.distinct()))
+            ).one()
+    finally:
+        engine.dispose()
+    return int(rows), int(rows) - int(distinct)
+
+
+def window(url: str, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """One open-loop run of ``benchmarks/loadgen.py`` (every latency kept)."""
+    command = [PY, LOADGEN, "open", url, str(body), "--rate", str(rate),
+               "--duration", str(seconds), "--keep-latencies"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank, as loadgen reports it)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str) -> list[Sample]:
+    """Run the windows back to back; print one line per sample."""
+    windows = max(1, round(args.minutes * 60 / args.sample_s))
+    rows_before, _ = audit_counts(db)
+    ok_so_far = 0
+    samples: list[Sample] = []
+    started = time.monotonic()
+    print(f"{'t s':>6}{'req':>6}{'2xx':>6}{'err':>5}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+          f"{'RSS MiB (per process)':>28}{'fds':>6}{'audit':>8}{'2xx sum':>8}{'dup':>5}"
+          f"{'CPU s':>7}{'load1':>7}")  # fmt: skip
+    for _ in range(windows):
+        result = window(url, body, args.rate, args.sample_s)
+        latencies = result.pop("latencies_ms")
+        ok_so_far += result["ok_2xx"]
+        rss: dict[int, int] = {}
+        fds: dict[int, int] = {}
+        names: dict[int, str] = {}
+        for process in service_processes(server):
+            try:
+                rss[process.pid] = process.memory_info().rss
+                fds[process.pid] = process.num_fds()
+                names[process.pid] = _role(process, server)
+            except psutil.NoSuchProcess:
+                continue
+        rows, duplicates = audit_counts(db)
+        sample = Sample(
+            t_s=time.monotonic() - started,
+            load=result,
+            latencies_ms=latencies,
+            rss=rss,
+            fds=fds,
+            audit_rows=rows - rows_before,
+            duplicates=duplicates,
+            ok_so_far=ok_so_far,
+            cpu_s=server.cpu_seconds(),
+            load1=os.getloadavg()[0],
+            names=names,
+        )
+        samples.append(sample)
+        per_process = "/".join(f"{rss[p] / MiB:.0f}" for p in sorted(rss))
+        print(f"{sample.t_s:>6.0f}{result['requests']:>6}{result['ok_2xx']:>6}"
+              f"{result['errors']:>5}{result['p50_ms']:>8.2f}{result['p99_ms']:>8.2f}"
+              f"{result['max_ms']:>8.1f}{per_process:>28}{sum(fds.values()):>6}"
+              f"{sample.audit_rows:>8}{ok_so_far:>8}{duplicates:>5}{sample.cpu_s:>7.1f}"
+              f"{sample.load1:>7.2f}", flush=True)  # fmt: skip
+    return samples
+
+
+def verdict(samples: list[Sample], args: argparse.Namespace) -> bool:
+    """Print drift and the pass/fail checks; True when all pass."""
+    end = samples[-1].t_s
+    first = [s for s in samples if s.t_s <= 60.0] or samples[:1]
+    last = [s for s in samples if s.t_s > end - 60.0] or samples[-1:]
+    rss_first = statistics.fmean(sum(s.rss.values()) for s in first)
+    rss_last = statistics.fmean(sum(s.rss.values()) for s in last)
+    rss_drift = (rss_last - rss_first) / rss_first
+    pids = set(samples[0].rss)
+    same_processes = all(set(s.rss) == pids for s in samples)
+    per_process = []
+    for pid in sorted(pids):
+        a = statistics.fmean(s.rss.get(pid, 0) for s in first)
+        b = statistics.fmean(s.rss.get(pid, 0) for s in last)
+        name = samples[0].names.get(pid, "?")
+        per_process.append(f"{name} {pid}: {a / MiB:.0f} -> {b / MiB:.0f} MiB ({(b - a) / a:+.1%})")
+    p99_first = percentile([x for s in first for x in s.latencies_ms], 99)
+    p99_last = percentile([x for s in last for x in s.latencies_ms], 99)
+    every = [x for s in samples for x in s.latencies_ms]
+    p99_all = percentile(every, 99)
+    requests = sum(s.load["requests"] for s in samples)
+    errors = sum(s.load["errors"] for s in samples)
+    ok = samples[-1].ok_so_far
+    wall = sum(s.load["wall_s"] for s in samples)
+    fds_first, fds_last = sum(samples[0].fds.values()), sum(samples[-1].fds.values())
+    mismatched = [s for s in samples if s.audit_rows != s.ok_so_far]
+
+    print(f"\n{requests} calls in {end:.0f} s ({requests / end:.1f} req/s offered overall, "
+          f"{ok / wall:.1f} 2xx/s while loading); p50 {percentile(every, 50):.2f} ms, "
+          f"p99 {p99_all:.2f} ms, max {max(every, default=math.nan):.1f} ms")  # fmt: skip
+    print(f"RSS of the service ({len(pids)} processes), mean of the first vs the last minute's "
+          f"samples: {rss_first / MiB:.1f} -> {rss_last / MiB:.1f} MiB ({rss_drift:+.2%}); "
+          f"{'; '.join(per_process)}")  # fmt: skip
+    print(f"p99 first minute {p99_first:.2f} ms, last minute {p99_last:.2f} ms; open fds "
+          f"{fds_first} -> {fds_last}; audit rows {samples[-1].audit_rows} vs 2xx {ok}, "
+          f"{samples[-1].duplicates} duplicate request ids")  # fmt: skip
+
+    checks = {
+        "0 errors": errors == 0,
+        f"p99 <= {args.p99_target_ms:g} ms (all calls)": p99_all <= args.p99_target_ms,
+        f"RSS drift < {MAX_RSS_DRIFT:.0%} (first vs last minute)": rss_drift < MAX_RSS_DRIFT,
+        "no service process replaced": same_processes,
+        "audit rows == 2xx at every sample": not mismatched,
+        "0 duplicate request ids": samples[-1].duplicates == 0,
+        "rate held (>= 95 % of --rate)": ok / wall >= 0.95 * args.rate,
+    }
+    for name, passed in checks.items():
+        print(f"  {'pass' if passed else 'FAIL'}  {name}")
+    passed = all(checks.values())
+    print("PASS" if passed else "FAIL")
+    return passed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="Open-loop calls/s.")
+    parser.add_argument("--sample-s", type=float, default=10.0, help="Seconds per sample.")
+    parser.add_argument("--p99-target-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--database-url", help="Audit store (default: a SQLite file in a temporary folder)."
+    )
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        db = args.database_url or f"sqlite:///{tmp / 'audit.db'}"
+        env = {
+            "BENTOML_HOME": str(build_store(tmp)),
+            "TONLE_SERVING_CONFIG": str(write_config(tmp)),
+            "TONLE_DATABASE_URL": db,
+            "TONLE_DEV": "1",
+            "TONLE_LOG_LEVEL": "WARNING",
+        }
+        body = tmp / "cds.json"
+        body.write_bytes(json.dumps(cds_request()).encode())
+        with Server("serving.service:Tonle", env, ROOT) as tonle:
+            url = tonle.url + CDS_PATH
+            # Past SQLite's first WAL checkpoint, as bench_cds.py does.
+            warm(url, body.read_bytes(), n=600)
+            print(f"Soak: {args.rate:g} req/s open loop for {args.minutes:g} min, a sample "
+                  f"every {args.sample_s:g} s; 127.0.0.1, {os.cpu_count()} CPUs; audit store "
+                  f"{db.split(':')[0]}; load average before: "
+                  f"{' '.join(f'{x:.2f}' for x in load_before)}")  # fmt: skip
+            samples = soak(args, url, body, tonle, db)
+        print(f"Load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        passed = verdict(samples, args)
+    sys.exit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+    main()
