@@ -84,7 +84,7 @@ def _role(process: psutil.Process, server: Server) -> str:
         return "arbiter"
     if "_bentoml_impl.worker" in " ".join(process.cmdline()):
         return "worker"
-    return process.name()
+    return str(process.name())
 
 
 def audit_counts(database_url: str) -> tuple[int, int]:
