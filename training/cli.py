@@ -212,6 +212,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_settings(dev: bool) -> None:
+    """Refuse here (exit 2) what every BentoML worker would refuse at start, in a loop:
+    invalid ``TONLE_*`` settings, or no link key outside ``--dev`` and the demo."""
+    from serving.settings import Settings
+    from serving.ui.links import require_key
+
+    try:
+        settings = Settings()
+        if not dev:
+            require_key(settings)
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise fail(str(exc), 2) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -230,6 +244,7 @@ def serve(
     """
     if dev and not _is_loopback(host):
         raise fail(f"--dev disables authentication and is refused on non-loopback host {host!r}", 2)
+    _check_settings(dev)
     env = dict(os.environ)
     if config is not None:
         env["TONLE_SERVING_CONFIG"] = str(config.resolve())
