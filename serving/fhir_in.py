@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from models import ncd_features
+from models import bp_treatment, ncd_features
 
 __all__ = [
     "BP_LOWERING_ATC",
@@ -57,7 +57,6 @@ MEDICATION_KEYS = {
     "medicationStatements": "MedicationStatement",
     "medicationRequests": "MedicationRequest",
 }
-_NOT_AN_ORDER = frozenset({"proposal", "option"})
 
 
 class PrefetchError(ValueError):
@@ -97,6 +96,10 @@ class _Period(_F):
     start: str | None = None
 
 
+class _MedicationPeriod(_Period):
+    end: str | None = None
+
+
 class _Observation(_F):
     resourceType: str
     id: str | None = None
@@ -123,7 +126,8 @@ class _Reference(_F):
 
 
 class _MedicationUse(_F):
-    """A MedicationStatement or MedicationRequest (the elements both have that we read)."""
+    """A MedicationStatement or MedicationRequest: the shape checked before
+    :func:`models.bp_treatment.medication_use` reads it."""
 
     resourceType: str
     id: str | None = None
@@ -132,6 +136,10 @@ class _MedicationUse(_F):
     medicationCodeableConcept: _Concept | None = None
     medicationReference: _Reference | None = None
     contained: list[dict[str, Any]] = []
+    effectiveDateTime: str | None = None
+    effectivePeriod: _MedicationPeriod | None = None
+    dateAsserted: str | None = None
+    authoredOn: str | None = None
 
 
 class _Medication(_F):
@@ -311,7 +319,7 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
         if obs.id:
             out.sources[feature] = f"Observation/{obs.id}"
     _diabetes(prefetch, out)
-    _bp_treated(prefetch, out)
+    _bp_treated(prefetch, out, today)
     return out
 
 
@@ -346,59 +354,34 @@ def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> Non
         out.units["diabetes"] = "1"
 
 
-def _bp_lowering(concept: _Concept | None) -> bool:
-    return any(
-        c.system == ncd_features.ATC_SYSTEM and (c.code or "").upper().startswith(BP_LOWERING_ATC)
-        for c in (concept.coding if concept else [])
-    )
+def _bp_treated(prefetch: dict[str, dict[str, Any] | None], out: Extracted, today: date) -> None:
+    """On a blood-pressure-lowering drug today, by :func:`models.bp_treatment.bp_treated`
+    (the rule training uses at its index date; see that module for what counts and why).
 
-
-def _bp_treated(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> None:
-    """On blood-pressure-lowering drugs: an *active* MedicationStatement or MedicationRequest
-    (not a proposal) of ATC class C02, C03, C07, C08 or C09. 0 when both medication
-    searches were given and none is; unknown (absent) otherwise.
-
-    The drug is read from ``medicationCodeableConcept`` or from the referenced
-    Medication (contained, or included in the search Bundle). No date is kept: "active"
-    is what makes it current, and a long-standing prescription is not stale data.
+    Both medication searches given means complete data (0 when nothing counts);
+    otherwise only a record that counts gives a value. Statuses are read today, so
+    they always apply. No date is kept: the rule has already judged the record's dates.
     """
+    uses: list[bp_treatment.MedicationUse] = []
     for key, kind in MEDICATION_KEYS.items():
-        medications: dict[str, _Concept | None] = {}
+        medications: dict[str, dict[str, Any]] = {}
         for raw in _resources(key, prefetch.get(key), "Medication"):
             try:
                 medication = _Medication.model_validate(raw)
             except ValidationError as exc:
                 raise PrefetchError(key, "Medication is malformed") from exc
-            medications[f"Medication/{medication.id}"] = medication.code
+            medications[f"Medication/{medication.id}"] = raw
         for raw in _resources(key, prefetch.get(key), kind):
             try:
-                use = _MedicationUse.model_validate(raw)
+                _MedicationUse.model_validate(raw)
             except ValidationError as exc:
                 raise PrefetchError(key, f"{kind} is malformed") from exc
-            if use.status != "active" or use.intent in _NOT_AN_ORDER:
-                continue
-            concept = use.medicationCodeableConcept or _referenced(use, medications)
-            if _bp_lowering(concept):
-                out.values["bp_treated"] = 1.0
-                out.units["bp_treated"] = "1"
-                if use.id:
-                    out.sources["bp_treated"] = f"{kind}/{use.id}"
-                return
-    if all(prefetch.get(key) is not None for key in MEDICATION_KEYS):
-        out.values["bp_treated"] = 0.0
-        out.units["bp_treated"] = "1"
-
-
-def _referenced(use: _MedicationUse, medications: dict[str, _Concept | None]) -> _Concept | None:
-    reference = use.medicationReference.reference if use.medicationReference else None
-    if not reference:
-        return None
-    if reference.startswith("#"):
-        for raw in use.contained:
-            if raw.get("resourceType") == "Medication" and raw.get("id") == reference[1:]:
-                try:
-                    return _Medication.model_validate(raw).code
-                except ValidationError:
-                    return None
-        return None
-    return medications.get("/".join(reference.split("/")[-2:]))  # relative or absolute
+            uses.append(bp_treatment.medication_use(raw, medications))
+    complete = all(prefetch.get(key) is not None for key in MEDICATION_KEYS)
+    value, evidence = bp_treatment.bp_treated(uses, today, status_read_on=today, complete=complete)
+    if value is None:
+        return
+    out.values["bp_treated"] = value
+    out.units["bp_treated"] = "1"
+    if evidence is not None and not evidence.reference.endswith("/"):
+        out.sources["bp_treated"] = evidence.reference

@@ -1,8 +1,9 @@
 """FHIR R4 Bulk Data NDJSON -> point-in-time NCD feature table (contract C2).
 
-Reads ``Patient``, ``Observation``, ``Condition`` and ``MedicationRequest`` NDJSON
-files (one resource per line, files named ``<Type>.ndjson`` or ``<Type>.*.ndjson``,
-as a Bulk ``$export`` writes them) and builds one row per patient at an index date:
+Reads ``Patient``, ``Observation``, ``Condition``, ``MedicationRequest`` and
+``MedicationStatement`` NDJSON files (with ``Medication`` for referenced drugs; one
+resource per line, files named ``<Type>.ndjson`` or ``<Type>.*.ndjson``, as a Bulk
+``$export`` writes them) and builds one row per patient at an index date:
 
 * Features: for each measured quantity, the most recent Observation dated on or
   before the index date and no more than ``lookback_days`` before it; its date goes in
@@ -13,9 +14,14 @@ as a Bulk ``$export`` writes them) and builds one row per patient at an index da
   7.0 mmol/L, or a glucose-lowering drug (ATC A10) was prescribed in the look-back;
   0 when none of these holds and HbA1c or fasting glucose was measured (or the
   caller says the diagnoses are complete); NaN otherwise.
-* ``bp_treated`` = 1 when a blood-pressure-lowering drug (ATC C02, C03, C07, C08, C09)
-  was prescribed in the look-back, else 0; NaN when the export has no
-  ``MedicationRequest`` file at all (unknown, not untreated).
+* ``bp_treated``: on a blood-pressure-lowering drug (ATC C02, C03, C07, C08, C09) at
+  the index date, by :mod:`models.bp_treatment`, the rule serving applies today: a
+  MedicationRequest or MedicationStatement whose dates cover the index date (not the
+  look-back: an order counts for a year, a period until its end). Statuses are as at
+  export time, so one counts only where ``meta.lastUpdated`` shows it already held at
+  the index date; otherwise the dates decide (a status changed after the index date
+  would leak the future). 0 when nothing counts; NaN when the export has neither
+  medication file (unknown, not untreated).
 * ``Encounter`` files, when present, count only as contacts (follow-up).
 * Outcomes: the first MI/stroke (``cvd``) or diabetes Condition dated *after* the index
   date. Follow-up ends at the patient's last dated resource, death, or ``end_date``,
@@ -42,9 +48,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from models.bp_treatment import MedicationUse, bp_treated, medication_use
 from models.ncd_features import (
     ATC_SYSTEM,
-    BP_LOWERING_ATC,
     BP_PANEL_LOINC,
     CVD_CONDITION_CODES,
     DIABETES_CONDITION_CODES,
@@ -86,7 +92,6 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = ("http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm")
 ATC = ATC_SYSTEM
-_BP_DRUG_ATC = BP_LOWERING_ATC
 _DAYS_PER_YEAR = 365.25
 
 
@@ -120,6 +125,7 @@ class BuildReport(BaseModel):
     observations: int = 0
     conditions: int = 0
     medication_requests: int = 0
+    medication_statements: int = 0
     issues: list[FeatureIssue] = []
 
     def counts(self) -> dict[str, int]:
@@ -285,13 +291,30 @@ def _condition_kind(res: dict[str, Any]) -> str | None:
     return None
 
 
-def _medication_kind(res: dict[str, Any]) -> str | None:
-    for system, code in _codes(res.get("medicationCodeableConcept")):
-        if system == ATC and code.upper().startswith("A10"):
-            return "glucose_lowering"
-        if system == ATC and code.upper().startswith(_BP_DRUG_ATC):
-            return "bp_lowering"
-    return None
+def _glucose_lowering(res: dict[str, Any]) -> bool:
+    return any(
+        system == ATC and code.upper().startswith("A10")
+        for system, code in _codes(res.get("medicationCodeableConcept"))
+    )
+
+
+def _bp_use(
+    res: dict[str, Any],
+    pid: str | None,
+    medications: dict[str, dict[str, Any]],
+    issues: _Collector,
+    uses: dict[str, list[MedicationUse]],
+) -> None:
+    """Keep a blood-pressure drug record for :func:`models.bp_treatment.bp_treated`."""
+    if pid is None:
+        return
+    use = medication_use(res, medications)
+    if not use.bp_lowering or use.void:
+        return
+    if use.start is None:
+        issues.add(pid, "bp_treated", "medication record without a start date", use.reference)
+        return
+    uses.setdefault(pid, []).append(use)
 
 
 def build_feature_table(
@@ -308,11 +331,13 @@ def build_feature_table(
     """Build the C2 feature table from a FHIR Bulk NDJSON export.
 
     Args:
-        ndjson_dir: Folder with ``Patient``, ``Observation``, ``Condition`` and
-            ``MedicationRequest`` NDJSON files (missing types are treated as empty).
+        ndjson_dir: Folder with ``Patient``, ``Observation``, ``Condition``,
+            ``MedicationRequest``, ``MedicationStatement`` and ``Medication`` NDJSON
+            files (missing types are treated as empty).
         index_date: One index date for everyone, or a per-patient mapping (patients
             not in the mapping are left out).
-        lookback_days: How far before the index date a measurement may be.
+        lookback_days: How far before the index date a measurement (or a
+            glucose-lowering prescription) may be; ``bp_treated`` has its own rule.
         end_date: End of data (e.g. the export date); follow-up never runs past it.
         site: Value for the ``site`` column when a Patient has no
             ``managingOrganization`` reference.
@@ -370,16 +395,22 @@ def build_feature_table(
         ):
             continue
         cond_rows.append((pid, kind, when))
+    medications = {f"Medication/{res.get('id')}": res for res in iter_ndjson(folder, "Medication")}
     med_rows: list[tuple[str, str, str]] = []
+    bp_uses: dict[str, list[MedicationUse]] = {}
     for res in iter_ndjson(folder, "MedicationRequest"):
         rep.medication_requests += 1
         pid = _ref_id(res.get("subject"))
         when = _date(res.get("authoredOn"))
         if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
-        kind = _medication_kind(res)
-        if pid and when and kind and res.get("status") not in ("entered-in-error", "cancelled"):
-            med_rows.append((pid, kind, when))
+        valid = res.get("status") not in ("entered-in-error", "cancelled")
+        if pid and when and valid and _glucose_lowering(res):
+            med_rows.append((pid, "glucose_lowering", when))
+        _bp_use(res, pid, medications, issues, bp_uses)
+    for res in iter_ndjson(folder, "MedicationStatement"):
+        rep.medication_statements += 1
+        _bp_use(res, _ref_id(res.get("subject")), medications, issues, bp_uses)
 
     for res in iter_ndjson(folder, "Encounter"):  # last contact only
         pid = _ref_id(res.get("subject"))
@@ -389,9 +420,11 @@ def build_feature_table(
             last_seen[pid] = when
 
     table = _features(patients, obs_rows, lookback_days, issues)
-    has_meds = any(folder.glob("MedicationRequest*.ndjson"))
+    has_meds = any(folder.glob("MedicationRequest*.ndjson")) or any(
+        folder.glob("MedicationStatement*.ndjson")
+    )
     table = _diabetes_and_treatment(
-        table, med_rows, cond_rows, lookback_days, has_meds, complete_conditions
+        table, med_rows, bp_uses, cond_rows, lookback_days, has_meds, complete_conditions
     )
     table = _outcomes(table, cond_rows, last_seen, end_date, issues)
     rep.issues = issues.issues
@@ -472,6 +505,7 @@ def _features(
 def _diabetes_and_treatment(
     table: pd.DataFrame,
     med_rows: list[tuple[str, str, str]],
+    bp_uses: dict[str, list[MedicationUse]],
     cond_rows: list[tuple[str, str, str]],
     lookback_days: int,
     has_meds: bool,
@@ -485,7 +519,6 @@ def _diabetes_and_treatment(
         meds["date"] >= meds["index_date"] - timedelta(days=lookback_days)
     )
     meds = meds[in_window]
-    on_bp = set(meds.loc[meds["kind"] == "bp_lowering", "patient_id"])
     on_glucose = set(meds.loc[meds["kind"] == "glucose_lowering", "patient_id"])
     conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
     conds["date"] = _days(conds["date"])
@@ -495,8 +528,13 @@ def _diabetes_and_treatment(
             (conds["kind"] == "diabetes") & (conds["date"] <= conds["index_date"]), "patient_id"
         ]
     )
-    # No MedicationRequest file at all: treatment is unknown, not "untreated".
-    table["bp_treated"] = table["patient_id"].isin(on_bp).astype(float) if has_meds else np.nan
+    # No medication file at all: treatment is unknown, not "untreated". Statuses were
+    # read at export time (status_read_on=None), after every index date.
+    treated = [
+        bp_treated(bp_uses.get(pid, ()), when.date(), status_read_on=None, complete=has_meds)[0]
+        for pid, when in zip(table["patient_id"], table["index_date"], strict=True)
+    ]
+    table["bp_treated"] = np.array([np.nan if v is None else v for v in treated], dtype=float)
     by_history = table["patient_id"].isin(prior_dm | on_glucose)
     by_lab = (table["hba1c"] >= 6.5) | (table["fasting_glucose"] >= 7.0)
     measured = table["hba1c"].notna() | table["fasting_glucose"].notna() | complete_conditions

@@ -4,6 +4,7 @@ with training (models.ncd_features), smoking and diabetes codes, malformed input
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -12,9 +13,10 @@ from serving.prefetch import TEMPLATES, keys_for
 from tests.serving.cds_fixtures import observation
 
 TODAY = date(2026, 11, 25)
+Prefetch = dict[str, dict[str, Any] | None]
 
 
-def _bundle(*resources: dict) -> dict:
+def _bundle(*resources: dict[str, Any]) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "searchset",
@@ -81,7 +83,7 @@ def test_hba1c_at_or_above_6_5_means_diabetes_without_a_condition() -> None:
 
 
 def test_icd10_and_resolved_conditions() -> None:
-    def condition(system: str, code: str, status: str) -> dict:
+    def condition(system: str, code: str, status: str) -> dict[str, Any]:
         return {
             "resourceType": "Condition",
             "id": code,
@@ -122,7 +124,7 @@ def test_patient_age_and_sex() -> None:
         _bundle({"resourceType": "Observation", "status": "final"}),
     ],
 )
-def test_malformed_prefetch_names_the_key(bad: dict) -> None:
+def test_malformed_prefetch_names_the_key(bad: dict[str, Any]) -> None:
     with pytest.raises(PrefetchError) as caught:
         extract({"sbp": bad}, TODAY)
     assert caught.value.key == "sbp"
@@ -139,7 +141,7 @@ def test_keys_for_cover_model_and_who_inputs() -> None:
 # -- diastolic blood pressure ------------------------------------------------------------
 
 
-def _bp_panel(sbp: float | None, dbp: float | None, when: date, obs_id: str) -> dict:
+def _bp_panel(sbp: float | None, dbp: float | None, when: date, obs_id: str) -> dict[str, Any]:
     components = [
         {
             "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
@@ -185,22 +187,25 @@ def test_dbp_missing_component_or_unit_gives_no_value() -> None:
 ATC = "http://www.whocc.no/atc"
 
 
-def _drug(code: str, system: str = ATC) -> dict:
+def _drug(code: str, system: str = ATC) -> dict[str, Any]:
     return {"coding": [{"system": system, "code": code}]}
 
 
-def _statement(code: str, status: str = "active", **extra: object) -> dict:
+def _statement(code: str, status: str = "active", **extra: object) -> dict[str, Any]:
     return {
         "resourceType": "MedicationStatement",
         "id": f"ms-{code}-{status}",
         "status": status,
         "subject": {"reference": "Patient/p1"},
         "medicationCodeableConcept": _drug(code),
+        "effectivePeriod": {"start": "2024-03-01"},  # ongoing since (no end)
         **extra,
     }
 
 
-def _request(code: str, status: str = "active", intent: str = "order", **extra: object) -> dict:
+def _request(
+    code: str, status: str = "active", intent: str = "order", **extra: object
+) -> dict[str, Any]:
     return {
         "resourceType": "MedicationRequest",
         "id": f"mr-{code}-{status}-{intent}",
@@ -208,11 +213,12 @@ def _request(code: str, status: str = "active", intent: str = "order", **extra: 
         "intent": intent,
         "subject": {"reference": "Patient/p1"},
         "medicationCodeableConcept": _drug(code),
+        "authoredOn": "2026-10-01",  # eight weeks before TODAY
         **extra,
     }
 
 
-def _meds(statements: list[dict], requests: list[dict]) -> dict:
+def _meds(statements: list[dict[str, Any]], requests: list[dict[str, Any]]) -> Prefetch:
     return {"medicationStatements": _bundle(*statements), "medicationRequests": _bundle(*requests)}
 
 
@@ -222,8 +228,26 @@ def _meds(statements: list[dict], requests: list[dict]) -> dict:
         ([_statement("C08CA01")], [], 1.0, "MedicationStatement/ms-C08CA01-active"),
         ([], [_request("C09AA05")], 1.0, "MedicationRequest/mr-C09AA05-active-order"),
         ([], [_request("c03aa03")], 1.0, "MedicationRequest/mr-c03aa03-active-order"),
-        # A long-standing active prescription is current, however old its authoring date.
-        ([], [_request("C07AB02", authoredOn="2015-02-01")], 1.0, None),
+        # An order without a validity period counts for a year after it was written
+        # (models.bp_treatment): "active" alone no longer makes a 2015 order current,
+        # since training cannot read a status at its index date. Validity periods count.
+        ([], [_request("C07AB02", authoredOn="2015-02-01")], 0.0, None),
+        ([], [_request("C07AB02", authoredOn="2025-11-26")], 1.0, None),
+        ([], [_request("C07AB02", authoredOn="2025-11-24")], 0.0, None),
+        (
+            [],
+            [
+                _request(
+                    "C07AB02",
+                    authoredOn="2015-02-01",
+                    dispenseRequest={
+                        "validityPeriod": {"start": "2015-02-01", "end": "2027-01-31"}
+                    },
+                )
+            ],
+            1.0,
+            None,
+        ),
         ([_statement("C08CA01", "stopped"), _statement("C09AA02", "completed")], [], 0.0, None),
         (
             [],
@@ -237,8 +261,11 @@ def _meds(statements: list[dict], requests: list[dict]) -> dict:
         ([], [_request("197361", medicationCodeableConcept=_drug("197361", "rxnorm"))], 0.0, None),
     ],
 )
-def test_bp_treated_from_active_antihypertensives(
-    statements: list[dict], requests: list[dict], expected: float, source: str | None
+def test_bp_treated_from_current_antihypertensives(
+    statements: list[dict[str, Any]],
+    requests: list[dict[str, Any]],
+    expected: float,
+    source: str | None,
 ) -> None:
     found = extract(_meds(statements, requests), TODAY)
     assert found.values["bp_treated"] == expected
@@ -267,9 +294,9 @@ def test_bp_treated_through_referenced_medications() -> None:
 
 
 def test_bp_treatment_unknown_without_both_medication_searches() -> None:
-    only_statements = {"medicationStatements": _bundle(_statement("A10BA02"))}
+    only_statements: Prefetch = {"medicationStatements": _bundle(_statement("A10BA02"))}
     assert "bp_treated" not in extract(only_statements, TODAY).values
-    treated = {"medicationRequests": _bundle(_request("C09AA05"))}
+    treated: Prefetch = {"medicationRequests": _bundle(_request("C09AA05"))}
     assert extract(treated, TODAY).values["bp_treated"] == 1.0  # positive evidence suffices
     assert "bp_treated" not in extract({}, TODAY).values
 
