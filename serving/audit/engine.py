@@ -48,8 +48,9 @@ def make_engine(database_url: str, *, durable: bool = True, **kwargs: Any) -> En
         durable: True (audit rows): every commit is on disk before it returns
             (SQLite ``synchronous=FULL``; PostgreSQL ``synchronous_commit=on``). False
             (the JWT replay store only): commits survive a process crash but reach
-            disk with the next durable commit, which every answered call makes (see
-            :meth:`serving.audit.AuditStore.remember_jti`).
+            disk with the next durable commit on the same database, which every call
+            answering with advice or stored feedback makes after its token's (see
+            :meth:`serving.audit.AuditStore.open` for why that is enough).
         **kwargs: passed to :func:`sqlalchemy.create_engine` (pool sizes, ...).
 
     Raises:

@@ -115,8 +115,9 @@ explanations = Table(
     Column("content", Text, nullable=False),
 )
 
-# Secrets every worker and replica must share (e.g. the key signing page links),
-# created once by whichever process needs one first.
+# Secrets every worker and replica must share, created once by whichever process needs
+# one first and kept in the clear: only for dev mode and the demo (the link key when
+# TONLE_LINK_SECRET is unset there; elsewhere the service refuses to start without it).
 service_secrets = Table(
     "service_secrets",
     metadata,

@@ -121,6 +121,20 @@ class AuditStore:
         except SQLAlchemyError as exc:
             engine.dispose()
             raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
+        # The JWT replay store commits without an fsync of its own; checked, that is safe.
+        # Both engines use this one URL: one SQLite file and WAL, or one PostgreSQL WAL.
+        # A durable commit syncs the WAL up to itself, earlier commits from any
+        # connection included (SQLite FULL fsyncs the whole WAL file; frames already
+        # checkpointed were synced then; PostgreSQL flushes up to its commit record),
+        # and the authenticator awaits the jti commit before the route writes its audit
+        # row. So a call answered with advice, "no advice" or stored feedback has its
+        # jti on disk first. Answers without a durable commit after authentication
+        # (discovery; 4xx for a bad feedback or cxr-triage body; 503 when the audit
+        # commit failed) may lose their jti in a power cut, not in a process crash;
+        # a copy of that token (5 min + 60 s lifetime at most) could then be used once
+        # more, but that first answer gave nothing beyond the discovery document, so
+        # a token still gets advice, data or a write at most once. A new JWT route
+        # that returns data or stores anything must commit durably before answering.
         return cls(engine, _engine.make_engine(database_url, durable=False, **engine_kwargs))
 
     def close(self) -> None:
@@ -298,7 +312,10 @@ class AuditStore:
         """The shared secret ``name``, created (256 random bits) by the first caller.
 
         Every worker and replica on this database gets the same value: concurrent
-        creators race on the primary key and all read back the winner's.
+        creators race on the primary key and all read back the winner's. It is stored
+        in the clear, so anyone who can read the database knows it: only for dev mode
+        and the demo (the link key, :mod:`serving.ui.links`); a deployment configures
+        its keys outside the database.
         """
         table = schema.service_secrets
         query = select(table.c.value).where(table.c.name == name)
@@ -467,10 +484,12 @@ class AuditStore:
         then pruned, at most once a minute.
 
         The insert is atomic (primary key) and survives a process crash at once, but
-        is not flushed to disk on its own: it reaches disk with the next durable audit
-        commit, which every answered call makes before its response (the WAL is synced
-        in order). A power loss can therefore only forget token ids whose calls were
-        never answered, and one fsync per call is saved. Ids from concurrent calls are
+        is not flushed to disk on its own: it reaches disk with the next durable commit
+        on the same WAL, which every call answering with advice, "no advice" or stored
+        feedback makes (its audit row) before its response; one fsync per call is saved.
+        A power loss can therefore only forget token ids of calls that were not answered
+        or were answered with nothing but an error or the discovery document (see the
+        reasoning in :meth:`open`). Ids from concurrent calls are
         inserted in one transaction (a batch holding a repeated id is retried row by
         row, so exactly one of the copies is accepted).
 
