@@ -83,6 +83,8 @@ def test_signed_cds_call_gives_card_and_audit_row(served: Served) -> None:
         assert rows[0].outcome == "advice"
         assert rows[0].card_ids == [card["uuid"]]
         assert rows[0].caller_iss == "https://demo-ehr.tonle.example"
+        # Its explanation link, signed with the configured TONLE_LINK_SECRET, opens.
+        assert httpx.get(card["links"][0]["url"]).status_code == 200
     feedback = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
                               "outcomeTimestamp": "2026-11-25T10:00:00Z"}]}  # fmt: skip
     stored = httpx.post(
