@@ -3,11 +3,14 @@
 Each reader takes the folder a user downloaded (unchanged, as the data set ships)
 and returns a table with the C7 columns (``image``, ``patient_id``, ``sex``, ``age``,
 ``site``, ``abnormal``, ``tb``, ``nodule``, ``consolidation``, ``effusion``, ``mask``)
-plus ``split`` (``train`` / ``val`` / ``test``) and ``source_labels`` (the data set's
-own labels, for audit). Label cells are 1, 0, or empty when the data set does not
-say (e.g. NIH has no TB label): an empty cell means *unknown*, never *absent*, and a
-training loss must mask it. Images are referenced by absolute path; nothing is copied
-except masks drawn from bounding boxes.
+plus ``split`` (``train`` / ``val`` / ``test``), ``source_labels`` (the data set's
+own labels, for audit) and the optional per-finding masks ``mask_tb``, ``mask_nodule``,
+``mask_consolidation``, ``mask_effusion`` (that finding's own mask; empty = not known:
+training and evaluation then fall back to the union ``mask`` only where the finding is
+the image's only one, see :meth:`training.cxr_data.CxrData.label_mask`). Label cells
+are 1, 0, or empty when the data set does not say (e.g. NIH has no TB label): an empty
+cell means *unknown*, never *absent*, and a training loss must mask it. Images are
+referenced by absolute path; nothing is copied except masks drawn from bounding boxes.
 
 Splits are by patient: every image of a patient lands in the same split. Official
 test lists are kept (NIH ``test_list.txt``; TBX11K's public labels end at its
@@ -35,9 +38,12 @@ from PIL import Image
 
 __all__ = [
     "ADAPTERS",
+    "FINDING_MASKS_CSV",
+    "FINDING_MASK_COLUMNS",
     "LABELS",
     "OUTPUT_COLUMNS",
     "assign_splits",
+    "finding_mask_column",
     "import_dataset",
     "read_folder",
     "read_montgomery",
@@ -50,8 +56,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
+
+
+def finding_mask_column(finding: str) -> str:
+    """The C7 column naming ``finding``'s own mask: ``mask_<finding>``."""
+    return f"mask_{finding}"
+
+
+FINDING_MASK_COLUMNS: tuple[str, ...] = tuple(finding_mask_column(f) for f in LABELS[1:])
+# Optional file beside labels.csv: ``image`` plus ``mask_<finding>`` columns, joined on
+# ``image`` (the synthetic generator writes it; its labels.csv stays as it was).
+FINDING_MASKS_CSV = "finding_masks.csv"
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "image", "patient_id", "sex", "age", "site", *LABELS, "mask", "split", "source_labels",
+    *FINDING_MASK_COLUMNS,
 )  # fmt: skip
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 
@@ -77,6 +95,8 @@ def _row(
         "split": extra.pop("split", ""),
         "source_labels": extra.pop("source_labels", ""),
     }
+    for column in FINDING_MASK_COLUMNS:
+        row[column] = extra.pop(column, "")
     for label in LABELS:
         row[label] = labels.get(label, np.nan)
     return row
@@ -100,7 +120,11 @@ def read_nih_cxr14(root: Path, masks_dir: Path | None = None) -> pd.DataFrame:
     Images listed in the CSV but not on disk are skipped (a partial download works).
     TB is unknown (NIH has no TB label); ``abnormal`` is "not No Finding". With
     ``masks_dir``, the boxes of ``BBox_List_2017.csv`` (about 1,000 images) are drawn
-    there as union masks.
+    there as union masks (every box), and the boxes of a label in :data:`NIH_MAP` also
+    as that finding's own mask (``mask_nodule``, ``mask_consolidation`` from
+    Pneumonia boxes, ``mask_effusion``; NIH has no Consolidation boxes). Boxes of other
+    labels (Atelectasis, Cardiomegaly, Infiltrate, Mass, Pneumothorax) only enter the
+    union.
     """
     csvs = sorted(root.glob("Data_Entry_2017*.csv"))
     if not csvs:
@@ -128,9 +152,10 @@ def read_nih_cxr14(root: Path, masks_dir: Path | None = None) -> pd.DataFrame:
                 if source in findings:
                     labels[ours] = 1.0
         age = float(pd.to_numeric(str(rec["Patient Age"]).rstrip("Yy"), errors="coerce"))
-        mask = ""
+        mask, own = "", {}
         if masks_dir is not None and name in boxes:
             mask = str(_draw_mask(path, boxes[name], masks_dir / name).resolve())
+            own = _nih_finding_masks(path, boxes[name], masks_dir)
         rows.append(
             _row(
                 path,
@@ -142,11 +167,29 @@ def read_nih_cxr14(root: Path, masks_dir: Path | None = None) -> pd.DataFrame:
                 split="test" if name in test else "",
                 source_labels="|".join(sorted(findings)),
                 mask=mask,
+                **own,
             )
         )
     if len(rows) < len(entries):
         logger.info("NIH: %d of %d listed images found on disk", len(rows), len(entries))
     return _table(rows)
+
+
+def _nih_finding_masks(
+    image: Path, boxes: list[tuple[str, float, float, float, float]], masks_dir: Path
+) -> dict[str, str]:
+    """``mask_<finding>`` -> path of that finding's own box mask, for mapped box labels."""
+    by_finding: dict[str, list[tuple[str, float, float, float, float]]] = {}
+    for box in boxes:
+        finding = NIH_MAP.get(box[0])
+        if finding is not None:
+            by_finding.setdefault(finding, []).append(box)
+    return {
+        f"mask_{finding}": str(
+            _draw_mask(image, own, masks_dir / f"{image.stem}_{finding}.png").resolve()
+        )
+        for finding, own in sorted(by_finding.items())
+    }
 
 
 def _nih_boxes(path: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
@@ -252,6 +295,8 @@ def read_tbx11k(root: Path, masks_dir: Path) -> pd.DataFrame:
     ``health`` -> normal; ``sick`` -> abnormal, not TB, other findings unknown;
     ``tb`` -> abnormal and TB. The official validation list becomes our test split
     (the official test labels are not public); ``imgs/test`` and ``extra`` are not read.
+    Every box is a TB box, so the union mask is also ``mask_tb``, TB's own mask (the
+    other findings are unknown, so without it the TB map could not be supervised).
     """
     imgs = root / "imgs"
     if not imgs.is_dir():
@@ -276,7 +321,16 @@ def read_tbx11k(root: Path, masks_dir: Path) -> pd.DataFrame:
         source = category + "".join(f"|{b[0]}" for b in boxes)
         patient = f"tbx11k-{Path(name).stem}"
         rows.append(
-            _row(path, patient, "tbx11k", labels, mask=mask, split=split, source_labels=source)
+            _row(
+                path,
+                patient,
+                "tbx11k",
+                labels,
+                mask=mask,
+                mask_tb=mask,
+                split=split,
+                source_labels=source,
+            )
         )
     if not rows:
         raise FileNotFoundError(f"{root}: no listed images found under imgs/")
@@ -314,7 +368,9 @@ def _draw_mask(image: Path, boxes: list[tuple[str, float, float, float, float]],
 def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
     """A folder of DICOM or PNG/JPEG files plus a labels CSV with C7 column names.
 
-    Only ``image`` is required. Missing label columns are unknown; a missing
+    Only ``image`` is required. Missing label columns are unknown, and so are missing
+    per-finding mask columns (``mask_<finding>``, in the CSV or in a
+    ``finding_masks.csv`` beside it; passed through when given); a missing
     ``patient_id``/``sex``/``age`` is read from the DICOM header (PatientID,
     PatientSex, PatientAge), else the patient id is the file name (each image its own
     patient). Paths in the CSV are relative to the CSV.
@@ -326,6 +382,13 @@ def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
     given = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
     if "image" not in given.columns:
         raise ValueError(f"{labels_csv}: needs an 'image' column; has {list(given.columns)}")
+    sidecar = labels_csv.parent / FINDING_MASKS_CSV
+    if sidecar.is_file():  # per-finding masks beside the CSV (as the synthetic set has)
+        own = pd.read_csv(sidecar, dtype=str, keep_default_na=False)
+        extra = [c for c in FINDING_MASK_COLUMNS if c in own.columns and c not in given]
+        if "image" in own.columns and extra:
+            merged = given.merge(own[["image", *extra]], on="image", how="left")
+            given = merged.fillna("")
     rows: list[dict[str, object]] = []
     for i, rec in enumerate(given.to_dict("records")):
         path = labels_csv.parent / rec["image"]
@@ -339,6 +402,11 @@ def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
             labels[label] = float(value) if value else np.nan
         header = _dicom_header(path) if path.suffix.lower() in {".dcm", ".dicom", ""} else {}
         mask = rec.get("mask", "")
+        own = {
+            column: str((labels_csv.parent / rec[column]).resolve())
+            for column in FINDING_MASK_COLUMNS
+            if rec.get(column)
+        }
         rows.append(
             _row(
                 path,
@@ -349,6 +417,7 @@ def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
                 age=rec.get("age") or header.get("age"),
                 mask=str((labels_csv.parent / mask).resolve()) if mask else "",
                 split=rec.get("split", ""),
+                **own,
             )
         )
     return _table(rows)

@@ -14,8 +14,13 @@ and the tests use these images. Each image is composed in a "display density" sp
 Exposure (gain, offset, gamma, heel effect), quantum noise and detector blur vary per
 image. The result is written as a real DICOM file (CR or DX, MONOCHROME1 or
 MONOCHROME2, 12-16 bits stored, PixelSpacing, synthetic patient and study
-attributes, valid UIDs), the union mask of the findings as a PNG, and one row per
-image in ``labels.csv`` (columns in :data:`LABEL_COLUMNS`, contract C7).
+attributes, valid UIDs), the union mask of the findings as a PNG, one row per image in
+``labels.csv`` (columns in :data:`LABEL_COLUMNS`, contract C7), and each finding's own
+mask as a bilevel TIFF listed in ``finding_masks.csv`` (``image`` plus one
+``mask_<finding>`` column per finding; see :mod:`training.cxr_data`). With two findings
+in one image the union mask is no finding's own, so training and scoring a finding's map
+needs the per-finding masks. They sit beside ``labels.csv`` rather than in it so that
+``labels.csv`` and the union PNGs stay byte for byte what earlier versions wrote.
 
 Every image depends only on ``(seed, index)``, so a data set is reproducible.
 
@@ -34,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.cxr_datasets import FINDING_MASKS_CSV, finding_mask_column
 from training.cxr_synthetic_dicom import write_dicom
 from training.cxr_synthetic_render import FINDINGS, SyntheticCase, render_case
 
@@ -105,6 +111,8 @@ def generate(
 
     Returns:
         Path of ``labels.csv`` (columns :data:`LABEL_COLUMNS`; paths relative to it).
+        ``finding_masks.csv`` beside it names each finding's own mask
+        (``masks/NNNNNN_<finding>.tif``).
     """
     if n < 1:
         raise ValueError(f"n={n}: must be at least 1")
@@ -113,9 +121,15 @@ def generate(
     plan = np.random.default_rng([seed, 99])
     labels_path = out_dir / "labels.csv"
     patient_no = -1
-    with labels_path.open("w", newline="", encoding="utf-8") as fh:
+    own_columns = ["image", *(finding_mask_column(f) for f in FINDINGS)]
+    with (
+        labels_path.open("w", newline="", encoding="utf-8") as fh,
+        (out_dir / FINDING_MASKS_CSV).open("w", newline="", encoding="utf-8") as own_fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=list(LABEL_COLUMNS))
         writer.writeheader()
+        own_writer = csv.DictWriter(own_fh, fieldnames=own_columns)
+        own_writer.writeheader()
         for i in range(n):
             follow_up = i > 0 and plan.random() < 1 / 7
             if not follow_up:
@@ -132,6 +146,15 @@ def generate(
                 mask_rel = f"masks/{i:06d}.png"
                 (out_dir / "masks").mkdir(exist_ok=True)
                 Image.fromarray(case.mask.astype(np.uint8) * 255).save(out_dir / mask_rel)
+            own_row = {"image": image_rel}
+            for name, finding_mask in case.finding_masks.items():
+                if not finding_mask.any():  # none drawn at this size: unknown, not empty
+                    continue
+                own_rel = f"masks/{i:06d}_{name}.tif"
+                # Bilevel, CCITT group 4: ~200 bytes a mask, read by PIL like the PNG.
+                Image.fromarray(finding_mask).save(out_dir / own_rel, compression="group4")
+                own_row[finding_mask_column(name)] = own_rel
+            own_writer.writerow(own_row)
             writer.writerow(
                 {
                     "image": image_rel,

@@ -28,6 +28,8 @@ class SyntheticCase:
     sex: str
     age: int
     attrs: dict[str, object] = field(default_factory=dict)
+    # Each present finding's own mask (same shape as ``mask``; their union is ``mask``).
+    finding_masks: dict[str, NDArray[np.bool_]] = field(default_factory=dict)
 
 
 def _sample_in(anat: Anatomy, region: Array, ymin: float, ymax: float) -> tuple[float, float]:
@@ -140,7 +142,8 @@ def render_case(
             findings, exposure and noise on ``index``.
 
     Returns:
-        The image in display density (MONOCHROME2, 0-1), the union mask and labels.
+        The image in display density (MONOCHROME2, 0-1), the union mask, each finding's
+        own mask and the labels.
     """
     body_rng = np.random.default_rng([seed, index if patient is None else patient, 7])
     sex = "female" if body_rng.random() < 0.5 else "male"
@@ -161,9 +164,12 @@ def render_case(
     unknown = set(findings) - set(FINDINGS)
     if unknown:
         raise ValueError(f"unknown findings {sorted(unknown)}; allowed: {list(FINDINGS)}")
+    own: dict[str, NDArray[np.bool_]] = {}
+    for name in sorted(findings):  # this order fixes the random draws: keep it
+        own[name] = _FINDING_FNS[name](anat, lungs, density)
     mask = np.zeros(work, dtype=bool)
-    for name in sorted(findings):
-        mask |= _FINDING_FNS[name](anat, lungs, density)
+    for finding_mask in own.values():
+        mask |= finding_mask
     # Exposure, heel effect and detector blur.
     gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.05, 0.05)
     gamma = rng.uniform(0.85, 1.2)
@@ -175,6 +181,7 @@ def render_case(
         rows = np.minimum((np.arange(shape[0]) * work[0]) // shape[0], work[0] - 1)
         cols = np.minimum((np.arange(shape[1]) * work[1]) // shape[1], work[1] - 1)
         mask = mask[rows[:, None], cols[None, :]]
+        own = {name: m[rows[:, None], cols[None, :]] for name, m in own.items()}
     # Quantum noise (more where fewer photons reach the detector) and fine texture.
     noise_sd = rng.uniform(0.006, 0.018)
     noise = rng.standard_normal(shape, dtype=np.float32)
@@ -187,4 +194,5 @@ def render_case(
         sex=sex,
         age=age,
         attrs={"modality": "CR" if rng.random() < 0.5 else "DX"},
+        finding_masks=own,
     )

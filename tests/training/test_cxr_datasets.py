@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from training.cli import app
 from training.cxr_datasets import (
+    FINDING_MASK_COLUMNS,
+    FINDING_MASKS_CSV,
     LABELS,
     OUTPUT_COLUMNS,
     assign_splits,
@@ -85,6 +87,18 @@ def test_nih_labels_patients_and_official_test_list(tmp_path: Path) -> None:
     assert mask[7, 5] == 255
     assert mask[22, 22] == 255
     assert mask[0, 0] == 0
+    # Each mapped box is also its finding's own mask; the union keeps every box.
+    boxed = masked.loc[masked["mask"] != ""].iloc[0]
+    nodule = np.asarray(Image.open(boxed["mask_nodule"])) > 0
+    pneumonia = np.asarray(Image.open(boxed["mask_consolidation"])) > 0
+    assert int(nodule.sum()) == 9 * 4
+    assert nodule[7, 5]
+    assert not nodule[22, 22]
+    assert int(pneumonia.sum()) == 5 * 5
+    assert pneumonia[22, 22]
+    assert not pneumonia[7, 5]
+    assert boxed["mask_effusion"] == ""
+    assert boxed["mask_tb"] == ""
     split = assign_splits(read_nih_cxr14(tmp_path), seed=0)
     by_name = dict(zip([Path(p).name for p in split["image"]], split["split"], strict=True))
     assert by_name["00000002_000.png"] == "test"
@@ -181,10 +195,13 @@ def test_tbx11k_categories_boxes_as_masks_and_validation_as_test(tmp_path: Path)
     assert mask[30, 10] == 0
     assert int((mask > 0).sum()) == 16 * 10 + 10 * 10
     assert table.loc["tbx11k-tb0002", "mask"] == ""  # no annotation file
+    # Every TBX11K box is a TB box: the union is TB's own mask.
+    assert table.loc["tbx11k-tb0001", "mask_tb"] == table.loc["tbx11k-tb0001", "mask"]
+    assert (table[["mask_nodule", "mask_consolidation", "mask_effusion"]] == "").all().all()
 
 
 def test_generic_folder_reads_dicom_headers_and_validates(tmp_path: Path) -> None:
-    generate(tmp_path / "syn", 4, seed=2, size=64)
+    generate(tmp_path / "syn", 8, seed=2, size=64)  # images 5-7 have findings
     src = tmp_path / "syn"
     full = pd.read_csv(src / "labels.csv", dtype=str, keep_default_na=False)
     full[["image", "abnormal", "tb"]].to_csv(src / "minimal.csv", index=False)
@@ -193,6 +210,12 @@ def test_generic_folder_reads_dicom_headers_and_validates(tmp_path: Path) -> Non
     assert list(table["sex"]) == list(full["sex"])
     assert table["nodule"].isna().all()  # not given: unknown
     assert list(table["abnormal"].astype(int)) == list(full["abnormal"].astype(int))
+    # The synthetic set's per-finding masks (finding_masks.csv beside the CSV) come along.
+    own = pd.read_csv(src / FINDING_MASKS_CSV, dtype=str, keep_default_na=False)
+    for column in FINDING_MASK_COLUMNS:
+        expected = [str((src / m).resolve()) if m else "" for m in own[column]]
+        assert list(table[column]) == expected
+    assert (table[list(FINDING_MASK_COLUMNS)] != "").sum().sum() >= 3
     bad = full.copy()
     bad.loc[0, "tb"] = "yes"
     bad.to_csv(src / "bad.csv", index=False)

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from training.cli import app
+from training.cxr_datasets import FINDING_MASKS_CSV, finding_mask_column
 from training.cxr_synthetic import (
     FINDINGS,
     LABEL_COLUMNS,
@@ -147,6 +148,53 @@ def test_generated_dataset_is_pinned(tmp_path: Path) -> None:
     for path in sorted(tmp_path.rglob("*.png")):
         digest.update(np.asarray(Image.open(path)).tobytes())
     assert digest.hexdigest() == _DATASET_SHA256
+
+
+def test_each_finding_has_its_own_mask_and_their_union_is_the_mask() -> None:
+    both = render_case(4, 2, (600, 520), findings=["nodule", "effusion"])
+    assert sorted(both.finding_masks) == ["effusion", "nodule"]
+    nodule, effusion = both.finding_masks["nodule"], both.finding_masks["effusion"]
+    assert nodule.shape == effusion.shape == both.mask.shape == (600, 520)
+    assert np.array_equal(nodule | effusion, both.mask)
+    assert nodule.any()
+    assert effusion.any()
+    assert (nodule & effusion).mean() < 0.5 * nodule.mean()  # two different places
+    normal = render_case(4, 2, (96, 96), findings=[])
+    assert normal.finding_masks == {}
+
+
+def test_finding_masks_csv_names_each_findings_own_tiff(dataset: Path) -> None:
+    with (dataset / FINDING_MASKS_CSV).open(encoding="utf-8") as fh:
+        own = list(csv.DictReader(fh))
+    rows = _rows(dataset)
+    assert [r["image"] for r in own] == [r["image"] for r in rows]
+    assert tuple(own[0]) == ("image", *(finding_mask_column(f) for f in FINDINGS))
+    several = 0
+    for row, masks in zip(rows, own, strict=True):
+        present = [f for f in FINDINGS if row[f] == "1"]
+        named = [f for f in FINDINGS if masks[finding_mask_column(f)]]
+        assert named == present
+        if not present:
+            continue
+        union = np.asarray(Image.open(dataset / row["mask"])) > 0
+        drawn = [np.asarray(Image.open(dataset / masks[finding_mask_column(f)])) for f in named]
+        assert all(d.shape == union.shape and d.any() for d in drawn)
+        assert np.array_equal(np.logical_or.reduce(drawn), union)
+        several += len(present) > 1
+    assert several >= 1  # the set has an image with two findings
+
+
+# The per-finding masks and finding_masks.csv, pinned like the images above.
+_FINDING_MASKS_SHA256 = "ec345f49ff7c61a62611e1b343105b0fbf6a19310777f4dab9c8f2f7b7eb58f7"
+
+
+def test_generated_finding_masks_are_pinned(tmp_path: Path) -> None:
+    generate(tmp_path, 12, seed=2, size=(80, 72))
+    digest = hashlib.sha256((tmp_path / FINDING_MASKS_CSV).read_bytes())
+    for path in sorted(tmp_path.rglob("*.tif")):
+        digest.update(path.name.encode())
+        digest.update(np.asarray(Image.open(path)).tobytes())
+    assert digest.hexdigest() == _FINDING_MASKS_SHA256
 
 
 def test_mask_png_matches_abnormal_row(dataset: Path) -> None:
