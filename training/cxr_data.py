@@ -6,6 +6,14 @@ The layout is contract C7's (``training/cxr_synthetic.py`` writes it, and the ge
 ``mask`` (path of the union finding mask, empty for normal), paths relative to the
 CSV's folder. Every image goes through ``models.cxr_preprocess`` - the same code
 serving uses - exactly once, and the resulting tensors are kept in memory.
+
+Per-finding masks are optional: a column ``mask_<finding>`` (e.g. ``mask_nodule``)
+names that finding's own mask, in ``labels.csv`` itself or in ``finding_masks.csv``
+beside it (columns ``image`` and ``mask_<finding>``, joined on ``image``; the synthetic
+generator writes this file). An empty cell means the finding's own extent is not known.
+:meth:`CxrData.label_mask` gives the mask a label's map is trained and scored against:
+``abnormal`` -> the union mask; a finding -> its own mask, else the union mask when the
+finding is the image's only one (every other finding known absent), else none.
 """
 
 from __future__ import annotations
@@ -23,12 +31,19 @@ from PIL import Image
 
 from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
+from training.cxr_datasets import FINDING_MASKS_CSV, finding_mask_column
 
 __all__ = ["CxrData", "load_cxr_data", "patient_split"]
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "patient_id", "sex", "age", "site", *CXR_LABELS, "mask")
+_ABNORMAL = "abnormal"
+
+
+def _read_mask(path: Path) -> npt.NDArray[np.bool_]:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L")) > 0
 
 
 @dataclass
@@ -52,12 +67,39 @@ class CxrData:
         )
 
     def mask(self, row: int) -> npt.NDArray[np.bool_]:
-        """The finding mask of ``row`` at its stored resolution (all False if none)."""
-        name = self.table["mask"].iloc[row]
+        """The union finding mask of ``row`` at its stored resolution (all False if none)."""
+        return self._mask_file(row, "mask")
+
+    def _mask_file(self, row: int, column: str) -> npt.NDArray[np.bool_]:
+        name = self.table[column].iloc[row] if column in self.table.columns else ""
         if not isinstance(name, str) or not name:
             return np.zeros((1, 1), dtype=bool)
-        with Image.open(self.root / name) as img:
-            return np.asarray(img.convert("L")) > 0
+        return _read_mask(self.root / name)
+
+    def label_mask(self, row: int, label: str) -> tuple[npt.NDArray[np.bool_], str] | None:
+        """The mask ``label``'s map is trained and scored against in ``row``, and its kind.
+
+        Returns:
+            ``(mask, kind)`` with kind ``"union"`` (``abnormal``: the union of findings),
+            ``"own"`` (the finding's own mask) or ``"sole finding"`` (no own mask: the
+            union mask of an image whose only finding this is, every other finding
+            known absent); ``None`` when no such mask is known or it is empty. The
+            label's truth is not checked here.
+        """
+        if label == _ABNORMAL:
+            union = self.mask(row)
+            return (union, "union") if union.any() else None
+        own = self._mask_file(row, finding_mask_column(label))
+        if own.any():
+            return own, "own"
+        findings = [j for j, name in enumerate(CXR_LABELS) if name != _ABNORMAL]
+        others = [j for j in findings if CXR_LABELS[j] != label]
+        truth = self.labels[row]
+        if truth[CXR_LABELS.index(label)] > 0 and np.all(truth[others] == 0):
+            union = self.mask(row)
+            if union.any():
+                return union, "sole finding"
+        return None
 
 
 def _decode(path: Path, size: int) -> npt.NDArray[np.float32]:
@@ -88,6 +130,14 @@ def load_cxr_data(
     table["mask"] = table["mask"].fillna("")
     root = labels_csv.parent
     digest = hashlib.sha256(labels_csv.read_bytes())
+    sidecar = root / FINDING_MASKS_CSV
+    if sidecar.is_file():
+        table = _join_finding_masks(table, sidecar)
+        digest.update(hashlib.sha256(sidecar.read_bytes()).digest())
+    for label in CXR_LABELS:
+        column = finding_mask_column(label)
+        if label != _ABNORMAL and column in table.columns:
+            table[column] = table[column].fillna("").astype(str)
     images = np.empty((len(table), 1, size, size), dtype=np.float32)
     for i, name in enumerate(table["image"]):
         path = root / name
@@ -102,6 +152,19 @@ def load_cxr_data(
     return CxrData(
         root=root, table=table, images=images, labels=labels, manifest_sha256=digest.hexdigest()
     )
+
+
+def _join_finding_masks(table: pd.DataFrame, sidecar: Path) -> pd.DataFrame:
+    """Add the ``mask_<finding>`` columns of ``sidecar`` that ``table`` lacks, by image."""
+    own = pd.read_csv(sidecar, dtype=str, keep_default_na=False)
+    if "image" not in own.columns:
+        raise ValueError(f"{sidecar} lacks column 'image'; has {list(own.columns)}")
+    wanted = [finding_mask_column(f) for f in CXR_LABELS if f != _ABNORMAL]
+    columns = [c for c in own.columns if c in wanted and c not in table.columns]
+    if own["image"].duplicated().any():
+        raise ValueError(f"{sidecar} lists an image twice")
+    joined = table.merge(own[["image", *columns]], on="image", how="left", validate="m:1")
+    return joined.reset_index(drop=True)
 
 
 def patient_split(

@@ -14,7 +14,9 @@ from rich.console import Console
 
 __all__ = ["DEMO_VERSION", "build_cxr_demo"]
 
-DEMO_VERSION = "0.2.0-demo"  # 0.2.0: mask-supervised 28x28 maps, smoothed Platt, bounded OPs
+# 0.2.0: mask-supervised 28x28 maps, smoothed Platt, bounded OPs.
+# 0.3.0: each finding's map supervised with its own mask (per-finding synthetic masks).
+DEMO_VERSION = "0.3.0-demo"
 DEMO_NAME = "cxr-triage"
 
 
@@ -35,24 +37,37 @@ def build_cxr_demo(
         return {DEMO_NAME: DEMO_VERSION}
     from models.config import load_config
     from training.cxr_cli import train_with_progress
+    from training.cxr_datasets import FINDING_MASKS_CSV
+    from training.cxr_synthetic import generate
     from training.cxr_train import CxrTrainConfig
 
     cfg = load_config(config, CxrTrainConfig)
+    labels_csv = demo_dir / "cxr-synthetic" / "labels.csv"
     cfg = cfg.model_copy(
         update={
-            "data": cfg.data.model_copy(
-                update={"labels_csv": demo_dir / "cxr-synthetic" / "labels.csv"}
-            ),
+            "data": cfg.data.model_copy(update={"labels_csv": labels_csv}),
             "output": cfg.output.model_copy(
                 update={
                     "name": DEMO_NAME,
                     "version": DEMO_VERSION,
-                    "checkpoint_dir": demo_dir / "checkpoints" / "cxr-demo",
+                    # Per version: resuming another version's finished checkpoint would
+                    # skip training and register its weights under this version.
+                    "checkpoint_dir": demo_dir / "checkpoints" / f"cxr-demo-{DEMO_VERSION}",
                     "bootstrap_reps": 200,
                 }
             ),
         }
     )
+    synthetic = cfg.data.synthetic
+    if (
+        synthetic is not None
+        and labels_csv.exists()
+        and not (labels_csv.parent / FINDING_MASKS_CSV).exists()
+    ):
+        # Written before the generator wrote per-finding masks: the same seed gives the
+        # same images, now with each finding's own mask.
+        console.print(f"{labels_csv.parent}: adding per-finding masks (same images)")
+        generate(labels_csv.parent, synthetic.n, synthetic.seed, size=synthetic.size)
     console.print(f"demo CXR model: training {DEMO_NAME}:{DEMO_VERSION} on synthetic radiographs")
     stored = train_with_progress(cfg, resume=True)
     if stored is None:

@@ -106,6 +106,7 @@ def package_model(
     n_train: int,
     n_masks: int,
     report: Callable[[str, int, int], None],
+    mask_kinds: dict[str, int] | None = None,
 ) -> StoredModel:
     """Calibrate, choose thresholds, export, evaluate and save ``net``.
 
@@ -161,7 +162,11 @@ def package_model(
             library_versions=_library_versions(),
             extra={
                 "arch": cfg.model.arch,
-                "mask_loss": {"weight": cfg.localisation.weight, "images": n_masks},
+                "mask_loss": {
+                    "weight": cfg.localisation.weight,
+                    "images": n_masks,
+                    "pairs": dict(mask_kinds or {}),  # positive (image, label) by mask kind
+                },
                 "parity": parity.model_dump(),
                 "split": {"train": n_train, "validation": len(val.table), "test": len(test.table)},
             },

@@ -10,7 +10,10 @@ One process, or several with ``torchrun --nproc_per_node 2 -m training.cxr_train
    augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues).
    Where the data set has finding masks and ``localisation.weight > 0``, a mask loss
    (:func:`mask_loss`) also pulls each positive label's activation map into its
-   finding: supervised localisation, on the same maps the model serves;
+   finding: supervised localisation, on the same maps the model serves. Each label's
+   map is pulled into its own mask (:meth:`~training.cxr_data.CxrData.label_mask`:
+   ``abnormal`` -> the union; a finding -> its own mask, else the union when it is
+   the image's only finding);
 4. on validation data: Platt calibration per label (a temperature and an offset,
    fitted with Platt's smoothed targets so that nearly separable validation data do
    not give saturated, overconfident probabilities), then per-label operating points
@@ -139,13 +142,13 @@ Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class _Augmented(Dataset[Sample]):
-    """Augmented ``(image, labels, mask)``; the mask moves with the image."""
+    """Augmented ``(image, labels, masks)``; the masks move with the image."""
 
     def __init__(
         self,
         images: npt.NDArray[np.float32],
         labels: npt.NDArray[np.float32],
-        masks: npt.NDArray[np.bool_],
+        masks: npt.NDArray[np.bool_],  # [N, C, S, S], or [N, C, 1, 1] when unused
         cfg: AugmentConfig,
     ) -> None:
         from monai.transforms.intensity.array import RandAdjustContrast, RandGaussianNoise
@@ -176,9 +179,10 @@ class _Augmented(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         moved = self.affine(torch.from_numpy(self.images[index]))
         mask = torch.from_numpy(self.masks[index].astype(np.float32))
-        if self.masks[index].any():  # the same geometric transform as the image
-            mask = torch.as_tensor(
-                self.affine(mask, mode="nearest", padding_mode="zeros", randomize=False)
+        drawn = np.flatnonzero(self.masks[index].any(axis=(1, 2)))
+        if drawn.size:  # the same geometric transform as the image, on drawn channels
+            mask[drawn] = torch.as_tensor(
+                self.affine(mask[drawn], mode="nearest", padding_mode="zeros", randomize=False)
             )
         image = self.noise(self.contrast(torch.as_tensor(moved)))
         return (
@@ -206,46 +210,69 @@ def mask_loss(cam: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> t
     Args:
         cam: ``[N, L, h, w]`` raw maps.
         labels: ``[N, L]`` 0/1 truth.
-        masks: ``[N, 1, S, S]`` finding masks at the model input resolution (0 = none).
+        masks: ``[N, L, S, S]`` each label's mask at the model input resolution
+            (:func:`mask_inputs`; all 0 = not known).
 
     Returns:
         A scalar; 0 when no (image, label) pair in the batch is supervised.
     """
     n, k, h, w = cam.shape
-    # Fraction of each map cell covered by the mask: the mass is pulled to the cells
-    # most inside the finding, which is where the upsampled peak lands.
-    cover = nn.functional.adaptive_avg_pool2d(masks, (h, w)).reshape(n, 1, h * w)
     pairs = supervised_pairs(labels, masks)
     if not pairs.any():
         return cam.sum() * 0.0
+    # Fraction of each map cell covered by the mask: the mass is pulled to the cells
+    # most inside the finding, which is where the upsampled peak lands.
+    cover = nn.functional.adaptive_avg_pool2d(masks, (h, w)).reshape(n, k, h * w)
     mass = (torch.softmax(cam.reshape(n, k, h * w), dim=-1) * cover).sum(-1)
     return -torch.log(mass[pairs] + 1e-6).mean()
 
 
 def supervised_pairs(labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``[N, L]`` bool: image positive for the label, with a mask that is that label's.
+    """``[N, L]`` bool: image positive for the label, and the label's mask is known.
 
-    The data contract has one union mask per image, so it belongs to ``abnormal``
-    (column 0 of :data:`CXR_LABELS`) always, and to a finding label only when that is
-    the image's sole positive finding.
+    Args:
+        labels: ``[N, L]`` truth (NaN = unknown: never positive).
+        masks: ``[N, L, S, S]``; channel ``j`` is label ``j``'s own mask, all 0 where
+            none is known (which mask that is, is decided once, by
+            :meth:`training.cxr_data.CxrData.label_mask`).
+
+    Raises:
+        ValueError: ``masks`` has not one channel per label (e.g. a lone union mask).
     """
-    has_mask = masks.flatten(1).amax(1) > 0
-    findings = labels[:, 1:].sum(1)
-    own = torch.ones_like(labels, dtype=torch.bool)
-    own[:, 1:] = (findings == 1)[:, None]
-    return (labels > 0) & own & has_mask[:, None]
+    if masks.shape[:2] != labels.shape:
+        raise ValueError(
+            f"masks of shape {tuple(masks.shape)} for labels {tuple(labels.shape)}: "
+            "need [N, L, S, S], one channel per label (training.cxr_train.mask_inputs)"
+        )
+    return (labels > 0) & (masks.flatten(2).amax(2) > 0)
 
 
-def mask_inputs(data: CxrData, size: int) -> npt.NDArray[np.bool_]:
-    """``[N, 1, size, size]`` finding masks resized like the images (all False if none)."""
+def mask_inputs(data: CxrData, size: int) -> tuple[npt.NDArray[np.bool_], dict[str, int]]:
+    """Each label's mask resized like the images, and how many of each kind there are.
+
+    Returns:
+        ``[N, L, size, size]`` (channel ``j``: :data:`CXR_LABELS` ``[j]``'s mask from
+        :meth:`~training.cxr_data.CxrData.label_mask` where that label is positive, else
+        all False), and counts of positive (image, label) pairs by mask kind (``own``,
+        ``sole finding``, ``union``) plus ``none`` for positive findings left
+        unsupervised.
+    """
     from models.cxr_preprocess import area_resize
 
-    out = np.zeros((len(data.table), 1, size, size), dtype=bool)
+    out = np.zeros((len(data.table), len(CXR_LABELS), size, size), dtype=bool)
+    kinds = {"own": 0, "sole finding": 0, "union": 0, "none": 0}
     for i in range(len(data.table)):
-        mask = data.mask(i)
-        if mask.any():
-            out[i, 0] = area_resize(mask.astype(np.float32), (size, size)) >= 0.5
-    return out
+        for j, label in enumerate(CXR_LABELS):
+            if not data.labels[i, j] > 0:
+                continue
+            found = data.label_mask(i, label)
+            if found is None:
+                kinds["none"] += 1
+                continue
+            mask, kind = found
+            out[i, j] = area_resize(mask.astype(np.float32), (size, size)) >= 0.5
+            kinds[kind] += 1
+    return out, kinds
 
 
 def _rank_world() -> tuple[int, int]:
@@ -348,13 +375,16 @@ def train_cxr(
     )
     train = data.subset(train_idx)
     use_masks = cfg.localisation.weight > 0
-    masks = (
-        mask_inputs(train, cfg.model.image_size)
-        if use_masks
-        else np.zeros((len(train_idx), 1, 1, 1), dtype=bool)
-    )
+    masks = np.zeros((len(train_idx), len(CXR_LABELS), 1, 1), dtype=bool)
+    mask_kinds: dict[str, int] = {}
     if use_masks:
-        logger.info("mask loss on %d training images with a mask", int(masks.any((1, 2, 3)).sum()))
+        masks, mask_kinds = mask_inputs(train, cfg.model.image_size)
+        logger.info(
+            "mask loss on %d training images with a mask; positive (image, label) pairs "
+            "by mask: %s",
+            int(masks.any((1, 2, 3)).sum()),
+            mask_kinds,
+        )
     train_set = _Augmented(train.images, train.labels, masks, cfg.augment)
     train_set.set_random_state(seed=cfg.train.seed + rank)
     sampler: DistributedSampler[Sample] | None = (
@@ -435,6 +465,7 @@ def train_cxr(
         data.subset(test_idx),
         n_train=len(train_idx),
         n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
+        mask_kinds=mask_kinds,
         report=report,
     )
 

@@ -74,9 +74,12 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert meta.training_manifest_sha256
     assert meta.extra["mask_loss"]["weight"] == 0.5
     assert meta.extra["mask_loss"]["images"] > 0
+    assert meta.extra["mask_loss"]["pairs"]["own"] > 0  # the synthetic set's own masks
+    assert meta.extra["mask_loss"]["pairs"]["sole finding"] == 0
     card_text = (stored.card_dir / "README.md").read_text()
     assert "mask loss (weight 0.5)" in card_text
-    assert "| nodule | its only finding |" in card_text
+    assert "that finding's OWN mask" in card_text  # the definition is on the card
+    assert "| findings | every positive (image, finding) pair (" in card_text
     assert (stored.card_dir / "calibration.png").is_file()
     assert json.loads((stored.card_dir / "metrics.json").read_text())["report"]["n"] > 0
 
@@ -115,13 +118,16 @@ def test_augmentation_moves_the_mask_with_the_image() -> None:
     image = np.zeros((1, 1, 64, 64), np.float32)
     image[0, 0, 8:22, 38:52] = 1.0
     cfg = AugmentConfig(prob=1.0, rotate_deg=15, translate=0.15, gamma=(1.0, 1.0), noise_std=0)
-    data = _Augmented(image, np.ones((1, 5), np.float32), image > 0.5, cfg)
+    masks = np.zeros((1, 5, 64, 64), bool)
+    masks[:, 2] = image[:, 0] > 0.5  # one label's mask; the others stay empty
+    data = _Augmented(image, np.ones((1, 5), np.float32), masks, cfg)
     moved = 0
     for seed in range(6):
         data.set_random_state(seed)
         x, _, m = data[0]
-        assert m.shape == (1, 64, 64)
-        inside = m[0] > 0.5
+        assert m.shape == (5, 64, 64)
+        assert m[[0, 1, 3, 4]].sum() == 0
+        inside = m[2] > 0.5
         assert inside.sum() > 100
         assert (x[0][inside] > 0.25).float().mean() > 0.95  # the mask covers the square
         moved += int(not torch.equal(inside, torch.from_numpy(image[0, 0] > 0.5)))
@@ -130,15 +136,16 @@ def test_augmentation_moves_the_mask_with_the_image() -> None:
 
 def test_mask_loss_pulls_each_supervised_map_into_its_mask() -> None:
     labels = torch.tensor([[1.0, 0, 1, 0, 0], [0, 0, 0, 0, 0]])  # abnormal + nodule; normal
-    masks = torch.zeros(2, 1, 16, 16)
-    masks[0, 0, :8, :8] = 1.0
+    masks = torch.zeros(2, 5, 16, 16)
+    masks[0, 0, :8, :8] = 1.0  # abnormal: the union
+    masks[0, 2, :8, :8] = 1.0  # the nodule's own mask
     assert supervised_pairs(labels, masks).tolist() == [
         [True, False, True, False, False],
         [False] * 5,
     ]
     two = labels.clone()
-    two[0, 4] = 1.0  # a second finding: the union mask is no longer the nodule's own
-    assert supervised_pairs(two, masks)[0].tolist() == [True, False, False, False, False]
+    two[0, 4] = 1.0  # a second finding without a mask of its own: not supervised
+    assert supervised_pairs(two, masks)[0].tolist() == [True, False, True, False, False]
     inside = torch.zeros(2, 5, 4, 4)
     inside[:, :, 0, 0] = 5.0
     outside = torch.zeros(2, 5, 4, 4)
@@ -150,6 +157,23 @@ def test_mask_loss_pulls_each_supervised_map_into_its_mask() -> None:
     assert cam.grad[0, 0, 0, 0] < 0 < cam.grad[0, 0, 3, 3]  # up inside, down outside
     assert cam.grad[1].abs().sum() == 0  # the normal image is not supervised
     assert mask_loss(outside, labels * 0, masks).item() == 0.0
+    with pytest.raises(ValueError, match="one channel per label"):
+        supervised_pairs(labels, masks[:, :1])  # a lone union mask is ambiguous
+
+
+def test_mask_loss_uses_each_findings_own_mask() -> None:
+    # Nodule top left, effusion bottom right, in one image: each map is pulled into its
+    # own finding, the abnormal map into the union.
+    labels = torch.tensor([[1.0, 0, 1, 0, 1]])
+    masks = torch.zeros(1, 5, 16, 16)
+    masks[0, 2, :4, :4] = 1.0
+    masks[0, 4, 12:, 12:] = 1.0
+    masks[0, 0] = masks[0, 2] + masks[0, 4]
+    right = torch.zeros(1, 5, 4, 4)
+    right[0, 2, 0, 0] = right[0, 4, 3, 3] = right[0, 0, 0, 0] = 5.0
+    swapped = torch.zeros(1, 5, 4, 4)
+    swapped[0, 2, 3, 3] = swapped[0, 4, 0, 0] = swapped[0, 0, 0, 0] = 5.0
+    assert mask_loss(right, labels, masks) < 0.1 < 2.0 < mask_loss(swapped, labels, masks)
 
 
 def test_unknown_labels_are_left_out_of_the_loss() -> None:
@@ -167,9 +191,9 @@ def test_unknown_labels_are_left_out_of_the_loss() -> None:
         label_loss(logits, known, weight),
         torch.nn.functional.binary_cross_entropy_with_logits(logits, known),
     )
-    # The mask loss never supervises a finding whose siblings are unknown.
-    assert supervised_pairs(unknown_tb, torch.ones(1, 1, 4, 4)).tolist() == [
-        [True, False, False, False, False]
+    # An unknown label is never supervised, even with a mask.
+    assert supervised_pairs(unknown_tb, torch.ones(1, 5, 4, 4)).tolist() == [
+        [True, False, True, False, False]
     ]
 
 
