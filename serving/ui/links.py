@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -46,6 +47,8 @@ __all__ = [
     "signer",
     "verdict",
 ]
+
+logger = logging.getLogger(__name__)
 
 REFUSED_BODY = b'{"error":"invalid-or-expired-link"}'
 _SECRET_NAME = "link-hmac-v1"  # noqa: S105 - the name of a row, not a secret
@@ -138,6 +141,10 @@ def signer(runtime: Any) -> LinkSigner:
         # Dev mode or the demo only: a generated key kept in the clear in the database
         # (whoever reads it can sign links), so that all workers agree on one key.
         key = bytes.fromhex(runtime.audit.service_secret(_SECRET_NAME))
+        logger.warning(
+            "link key generated and kept in the database (dev mode / demo only); "
+            "set TONLE_LINK_SECRET or TONLE_LINK_SECRET_FILE anywhere else"
+        )
     previous = settings.link_secret_previous
     made = LinkSigner(
         key,
