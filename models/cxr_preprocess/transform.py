@@ -37,11 +37,20 @@ def block_mean(a: NDArray[Any], k: int) -> Array:
     if k <= 1:
         return np.asarray(a, dtype=np.float32)
     r, c = a.shape[0] // k, a.shape[1] // k
-    acc: Any = np.uint64 if a.dtype.itemsize > 2 else np.uint32
-    if a.dtype.kind in "fi":  # float32 sums are exact enough for <= 64 x 64 blocks of [0, 1]
-        acc = np.float32 if a.dtype.kind == "f" else np.int64
-    rows = a[: r * k, : c * k].reshape(r, k, c * k).sum(axis=1, dtype=acc)
-    return np.asarray(rows.reshape(r, c, k).sum(axis=2) / float(k * k), dtype=np.float32)
+    view = a[: r * k, : c * k]
+    if a.dtype.kind == "f":  # float32 sums are exact enough for <= 64 x 64 blocks of [0, 1]
+        rows = view.reshape(r, k, c * k).sum(axis=1, dtype=np.float32)
+        return np.asarray(rows.reshape(r, c, k).sum(axis=2) / float(k * k), dtype=np.float32)
+    # Integers (stored DICOM values): exact sums of k strided rows, then of k strided
+    # columns. 2-7x faster than sum(axis=...) with a wider dtype for small k.
+    acc: Any = np.int64 if a.dtype.kind == "i" else np.uint64 if a.dtype.itemsize > 2 else np.uint32
+    sums = view[0::k].astype(acc)
+    for i in range(1, k):
+        sums += view[i::k]
+    out = sums[:, 0::k].copy()
+    for j in range(1, k):
+        out += sums[:, j::k]
+    return np.asarray(out / float(k * k), dtype=np.float32)
 
 
 def _area_weights(n_in: int, n_out: int) -> Array:

@@ -25,6 +25,7 @@ from models.cxr_preprocess import (
     image_spec,
     to_model_input,
 )
+from models.cxr_preprocess.transform import block_mean
 from training.cxr_bad_inputs import dicom_bytes, png_bytes
 from training.cxr_synthetic import render_case, write_dicom
 from training.cxr_synthetic_dicom import jpeg2000_lossless
@@ -231,6 +232,23 @@ def test_area_resize_preserves_the_mean_and_handles_any_ratio() -> None:
         assert out.mean() == pytest.approx(img.mean(), abs=0.01)
     ramp = np.tile(np.arange(448, dtype=np.float32), (10, 1))
     np.testing.assert_allclose(area_resize(ramp, (10, 224))[0], np.arange(224) * 2 + 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32])
+@pytest.mark.parametrize(("shape", "k"), [((512, 512), 2), ((301, 257), 3), ((3000, 2500), 11)])
+def test_block_mean_of_stored_integers_is_the_exact_block_average(
+    dtype: Any, shape: tuple[int, int], k: int
+) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(k)
+    stored = rng.integers(max(info.min, -32768), min(info.max, 65535), shape, endpoint=True)
+    stored = stored.astype(dtype)
+    r, c = shape[0] // k, shape[1] // k  # the edge remainder is dropped
+    expected = stored[: r * k, : c * k].astype(np.float64).reshape(r, k, c, k).mean(axis=(1, 3))
+    out = block_mean(stored, k)
+    assert out.dtype == np.float32
+    assert out.shape == (r, c)
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
 
 
 def test_image_spec_records_the_preprocessing() -> None:
