@@ -136,27 +136,30 @@ async def _caller(state: ImagingState, request: Request) -> Any | None:
 
 async def cxr_triage(request: Request) -> Response:
     """``POST /cds-services/cxr-triage``."""
-    from serving.imaging.routes import _NotReady, audit_row, imaging_state
+    from serving.imaging.routes import _NotReady, audit_row, imaging_state, refuse
 
     started = time.perf_counter()
     try:
         state = imaging_state(request)
     except _NotReady:  # no imaging configured: the service does not exist here
         return JSONResponse({"error": "unknown-service"}, status_code=404)
+
     caller = await _caller(state, request)
     if caller is None:
-        return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return await refuse(state, SERVICE_ID, started, 401, {"error": "unauthorized"})
     raw = await request.body()
     if len(raw) > 1 << 20:
-        return JSONResponse({"error": "too-large"}, status_code=413)
+        return await refuse(state, SERVICE_ID, started, 413, {"error": "too-large"}, caller)
     try:
         hook = CdsRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
-        return JSONResponse({"error": "invalid-request", "field": where}, status_code=400)
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        body = {"error": "invalid-request", "field": where}
+        return await refuse(state, SERVICE_ID, started, 400, body, caller)
     if hook.hook != "patient-view":
-        return JSONResponse({"error": "unsupported-hook", "field": "hook"}, status_code=400)
+        body = {"error": "unsupported-hook", "field": "hook"}
+        return await refuse(state, SERVICE_ID, started, 400, body, caller, hook.hookInstance)
     patient = hook.context.patientId
     since = now() - timedelta(days=state.config.recent_days)
     result = await run_in_threadpool(state.store.latest_for_patient, patient, since)

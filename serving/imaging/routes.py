@@ -35,7 +35,7 @@ from serving.imaging.results import CxrResult
 from serving.imaging.state import ImagingState
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "audit_row", "routes"]
+__all__ = ["SERVICE_ID", "audit_row", "refuse", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,36 @@ def audit_row(
     )
 
 
+async def refuse(
+    state: ImagingState,
+    service_id: str,
+    started: float,
+    status: int,
+    body: dict[str, str],
+    caller: Any = None,
+    hook_instance: str | None = None,
+) -> Response:
+    """A 4xx refusal with its audit row (outcome ``refused``, reason ``body["error"]``);
+    503 when that row cannot be committed."""
+    request_id = uuid.uuid4().hex
+    try:
+        await run_in_threadpool(
+            audit_row,
+            state,
+            request_id=request_id,
+            service_id=service_id,
+            outcome="refused",
+            started=started,
+            caller=caller,
+            reason=body["error"],
+            hook_instance=hook_instance,
+        )
+    except Exception:
+        logger.exception("audit store unavailable for a refused %s call", service_id)
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+
+
 async def analyse_image(request: Request) -> Response:
     """``POST /v1/imaging/cxr``: analyse one raw DICOM or PNG body."""
     started = time.perf_counter()
@@ -138,7 +168,7 @@ async def analyse_image(request: Request) -> Response:
         return _not_ready()
     caller = await authenticate(state, request)
     if caller is None:
-        return JSONResponse(_UNAUTHORISED, status_code=401)
+        return await refuse(state, SERVICE_ID, started, 401, _UNAUTHORISED)
     request_id = uuid.uuid4().hex
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")

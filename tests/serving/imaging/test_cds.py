@@ -66,18 +66,41 @@ def test_no_recent_read_gives_no_cards(make_app: AppFactory, audit: ListAudit) -
     assert [r.outcome for r in audit.rows] == ["no-advice", "no-advice"]
 
 
-def test_bad_hook_requests_are_4xx(make_app: AppFactory) -> None:
+def test_bad_hook_requests_are_4xx_with_an_audit_row(
+    make_app: AppFactory, audit: ListAudit
+) -> None:
     client, _ = make_app()
-    assert client.post("/cds-services/cxr-triage", content=b"{").status_code == 400
     wrong = hook("P1") | {"hook": "order-sign"}
-    assert client.post("/cds-services/cxr-triage", json=wrong).status_code == 400
-    bad_id = hook("../etc")
-    assert client.post("/cds-services/cxr-triage", json=bad_id).status_code == 400
+    calls = [
+        (client.post("/cds-services/cxr-triage", content=b"{"), "invalid-request"),
+        (client.post("/cds-services/cxr-triage", json=wrong), "unsupported-hook"),
+        (client.post("/cds-services/cxr-triage", json=hook("../etc")), "invalid-request"),
+        (client.post("/cds-services/cxr-triage", content=b" " * (1 << 20 | 1)), "too-large"),
+    ]
+    assert [r.status_code for r, _ in calls] == [400, 400, 400, 413]
+    assert [(row.outcome, row.reason) for row in audit.rows] == [
+        ("refused", reason) for _, reason in calls
+    ]
+    assert [r.headers["x-request-id"] for r, _ in calls] == [row.request_id for row in audit.rows]
+    assert audit.rows[1].hook_instance == wrong["hookInstance"]
 
 
-def test_unauthenticated_hook_calls_are_refused(make_app: AppFactory) -> None:
+def test_unauthenticated_hook_calls_are_refused_and_audited(
+    make_app: AppFactory, audit: ListAudit
+) -> None:
     client, _ = make_app(dev=False)
     assert client.post("/cds-services/cxr-triage", json=hook("P1")).status_code == 401
+    assert [(row.outcome, row.reason, row.caller_sub) for row in audit.rows] == [
+        ("refused", "unauthorized", None)
+    ]
+
+
+def test_refusal_without_its_audit_row_is_503(make_app: AppFactory, audit: ListAudit) -> None:
+    client, _ = make_app()
+    audit.fail = True
+    response = client.post("/cds-services/cxr-triage", content=b"{")
+    assert response.status_code == 503
+    assert response.json() == {"error": "audit-unavailable"}
 
 
 def test_card_without_flags_is_info() -> None:

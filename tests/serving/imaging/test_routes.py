@@ -183,7 +183,11 @@ def test_callers_without_credentials_are_refused(make_app: AppFactory, audit: Li
     client, _ = make_app(dev=False)
     response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
     assert response.status_code == 401
-    assert audit.rows == []
+    # Audited as refused, like the CDS Hooks services, before the body is read.
+    assert [(r.outcome, r.reason, r.caller_sub) for r in audit.rows] == [
+        ("refused", "unauthorized", None)
+    ]
+    assert response.headers["x-request-id"] == audit.rows[0].request_id
 
 
 def test_result_and_fhir_routes(make_app: AppFactory) -> None:
