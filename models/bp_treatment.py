@@ -68,7 +68,10 @@ __all__ = [
     "MedicationUse",
     "bp_treated",
     "counts_at",
+    "fhir_day",
+    "in_use_at",
     "medication_use",
+    "status_known_at",
 ]
 
 #: How long a record without an end date is evidence of treatment, in days after its
@@ -97,9 +100,12 @@ class MedicationUse:
     """A statement's open ``effectivePeriod`` (a start, no end)."""
     last_updated: date | None
     """``meta.lastUpdated``: the status has held since at least this day."""
+    atc: tuple[str, ...] = ()
+    """The drug's ATC codes, upper-case (other drug-class rules read these, e.g.
+    :mod:`models.diabetes_status` for A10)."""
 
 
-def _day(value: object) -> date | None:
+def fhir_day(value: object) -> date | None:
     """The calendar day of a FHIR date/dateTime/instant, as written (partial: None)."""
     if not isinstance(value, str) or len(value) < 10:
         return None
@@ -167,14 +173,16 @@ def medication_use(
     codes = _atc_codes(_drug(resource, medications or {}))
     if kind == "MedicationStatement":
         period = _mapping(resource.get("effectivePeriod"))
-        point = _day(resource.get("effectiveDateTime")) or _day(resource.get("dateAsserted"))
+        point = fhir_day(resource.get("effectiveDateTime")) or fhir_day(
+            resource.get("dateAsserted")
+        )
         void = status == "entered-in-error"
     else:
         period = _mapping(_mapping(resource.get("dispenseRequest")).get("validityPeriod"))
-        point = _day(resource.get("authoredOn"))
+        point = fhir_day(resource.get("authoredOn"))
         void = status == "entered-in-error" or resource.get("intent") in _NOT_AN_ORDER
-    start = _day(period.get("start")) or point
-    end = _day(period.get("end"))
+    start = fhir_day(period.get("start")) or point
+    end = fhir_day(period.get("end"))
     return MedicationUse(
         reference=f"{kind}/{resource.get('id') or ''}",
         status=status,
@@ -183,17 +191,53 @@ def medication_use(
         start=start,
         end=end,
         ongoing=kind == "MedicationStatement" and "start" in period and end is None,
-        last_updated=_day(_mapping(resource.get("meta")).get("lastUpdated")),
+        last_updated=fhir_day(_mapping(resource.get("meta")).get("lastUpdated")),
+        atc=tuple(codes),
     )
 
 
-def _status_holds_at(use: MedicationUse, index_date: date, status_read_on: date | None) -> bool:
+def status_known_at(
+    last_updated: date | None, index_date: date, *, status_read_on: date | None
+) -> bool:
+    """Whether a status read on ``status_read_on`` is known to describe ``index_date``
+    (rule 4): read that day, or the resource unchanged since (``meta.lastUpdated``).
+
+    Args:
+        last_updated: The resource's ``meta.lastUpdated`` day.
+        index_date: The day the feature describes.
+        status_read_on: As in :func:`counts_at`.
+
+    Returns:
+        True when the status may be read as the status at ``index_date``.
+    """
     if status_read_on is not None:
         if status_read_on == index_date:
             return True
         if status_read_on < index_date:  # it may have changed between reading and D
             return False
-    return use.last_updated is not None and use.last_updated <= index_date
+    return last_updated is not None and last_updated <= index_date
+
+
+def in_use_at(use: MedicationUse, index_date: date, *, status_read_on: date | None) -> bool:
+    """Rules 2-4 for any drug: a record of use or an order whose dates cover
+    ``index_date`` and whose status, where known to describe that day, is active.
+
+    Args:
+        use: From :func:`medication_use`.
+        index_date: The day the feature describes (serving: today).
+        status_read_on: As in :func:`counts_at`.
+
+    Returns:
+        True when the record says the drug was in use at ``index_date``.
+    """
+    if use.void or use.start is None or use.start > index_date:
+        return False
+    known = status_known_at(use.last_updated, index_date, status_read_on=status_read_on)
+    if known and use.status != "active":
+        return False
+    if use.end is not None:
+        return index_date <= use.end
+    return use.ongoing or index_date - use.start <= timedelta(days=RECENT_DAYS)
 
 
 def counts_at(use: MedicationUse, index_date: date, *, status_read_on: date | None) -> bool:
@@ -209,13 +253,7 @@ def counts_at(use: MedicationUse, index_date: date, *, status_read_on: date | No
     Returns:
         True when rules 1-4 of the module docstring all hold.
     """
-    if not use.bp_lowering or use.void or use.start is None or use.start > index_date:
-        return False
-    if _status_holds_at(use, index_date, status_read_on) and use.status != "active":
-        return False
-    if use.end is not None:
-        return index_date <= use.end
-    return use.ongoing or index_date - use.start <= timedelta(days=RECENT_DAYS)
+    return use.bp_lowering and in_use_at(use, index_date, status_read_on=status_read_on)
 
 
 def bp_treated(

@@ -28,6 +28,7 @@ __all__ = [
     "DIABETES_CONDITION_CODES",
     "FEATURES",
     "FEATURE_BY_NAME",
+    "GLUCOSE_LOWERING_ATC",
     "LOINC_TO_FEATURE",
     "MEASURED_FEATURES",
     "OUTCOME_COLUMNS",
@@ -138,6 +139,9 @@ CVD_CONDITION_CODES: Final[frozenset[str]] = frozenset({
 #: blockers, C09 agents acting on the renin-angiotensin system.
 ATC_SYSTEM: Final = "http://www.whocc.no/atc"
 BP_LOWERING_ATC: Final[tuple[str, ...]] = ("C02", "C03", "C07", "C08", "C09")
+#: ATC class A10, drugs used in diabetes (insulins and glucose-lowering drugs): taking
+#: one is evidence of diabetes (``diabetes``, :mod:`models.diabetes_status`).
+GLUCOSE_LOWERING_ATC: Final[tuple[str, ...]] = ("A10",)
 #: SNOMED CT concepts for diabetes mellitus.
 DIABETES_CONDITION_CODES: Final[frozenset[str]] = frozenset({
     "73211009",  # Diabetes mellitus

@@ -221,7 +221,7 @@ async def ncd_service(request: Request) -> Response:
             if outcome == "cvd"
             else None
         )
-        keys = keys_for(predictor.feature_names, with_who=outcome == "cvd")
+        keys = keys_for(predictor.feature_names, with_who=outcome == "cvd", outcome=outcome)
         auth = runtime.cds_auth
         caller = call.caller
         prefetch = await complete_prefetch(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from models import bp_treatment, ncd_features
+from models import bp_treatment, diabetes_status, ncd_features
 
 __all__ = [
     "BP_LOWERING_ATC",
@@ -31,7 +31,6 @@ __all__ = [
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
 
 # prefetch key -> (feature, LOINC codes accepted; a panel's component is searched too)
 OBSERVATION_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -52,7 +51,7 @@ DIABETES_CONDITION_CODES = ncd_features.DIABETES_CONDITION_CODES
 # the RxNorm/RxClass tables, which we do not ship.
 BP_LOWERING_ATC = ncd_features.BP_LOWERING_ATC
 _USABLE_STATUS = frozenset({"final", "amended", "corrected"})
-# prefetch key -> resource type of active medication lists (for bp_treated)
+# prefetch key -> resource type of medication lists (bp_treated and diabetes read them)
 MEDICATION_KEYS = {
     "medicationStatements": "MedicationStatement",
     "medicationRequests": "MedicationRequest",
@@ -114,11 +113,19 @@ class _Observation(_F):
 
 
 class _Condition(_F):
+    """A Condition: the shape checked before :func:`models.diabetes_status.diagnosis`
+    reads it."""
+
     resourceType: str
     id: str | None = None
     code: _Concept | None = None
     clinicalStatus: _Concept | None = None
     verificationStatus: _Concept | None = None
+    onsetDateTime: str | None = None
+    onsetPeriod: _MedicationPeriod | None = None
+    recordedDate: str | None = None
+    abatementDateTime: str | None = None
+    abatementPeriod: _MedicationPeriod | None = None
 
 
 class _Reference(_F):
@@ -251,23 +258,6 @@ def _age(birth: date, today: date) -> float:
     return float(years)
 
 
-def _diabetic_condition(condition: _Condition) -> bool:
-    status = {c.code for c in (condition.clinicalStatus.coding if condition.clinicalStatus else [])}
-    if status & {"inactive", "resolved", "remission"}:
-        return False
-    verification = condition.verificationStatus
-    if verification and {c.code for c in verification.coding} & {"refuted", "entered-in-error"}:
-        return False
-    for coding in condition.code.coding if condition.code else []:
-        if coding.code is None:
-            continue
-        if coding.system == SNOMED and coding.code in DIABETES_CONDITION_CODES:
-            return True
-        if (coding.system or "").startswith(ICD10) and ncd_features.icd10_is_diabetes(coding.code):
-            return True
-    return False
-
-
 def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracted:
     """Map prefetch resources to feature values in model units, with dates and sources.
 
@@ -318,50 +308,29 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
         out.dates[feature] = when
         if obs.id:
             out.sources[feature] = f"Observation/{obs.id}"
-    _diabetes(prefetch, out)
-    _bp_treated(prefetch, out, today)
+    uses, medications_complete = _medication_uses(prefetch)
+    _diabetes(prefetch, out, today, uses, medications_complete)
+    _bp_treated(out, today, uses, medications_complete)
     return out
 
 
-def _diabetes(prefetch: dict[str, dict[str, Any] | None], out: Extracted) -> None:
-    """History of diabetes: an active diabetes Condition, HbA1c >= 6.5 % or fasting
-    glucose >= 7.0 mmol/L; unknown (absent) when no Condition search was given."""
-    conditions = _resources("diabetes", prefetch.get("diabetes"), "Condition")
-    known = prefetch.get("diabetes") is not None
-    for item in conditions:
-        try:
-            condition = _Condition.model_validate(item)
-        except ValidationError as exc:
-            raise PrefetchError("diabetes", "Condition is malformed") from exc
-        if _diabetic_condition(condition):
-            out.values["diabetes"] = 1.0
-            if condition.id:
-                out.sources["diabetes"] = f"Condition/{condition.id}"
-            break
-    else:
-        # STANDARDS.md: HbA1c >= 6.5 % or fasting glucose >= 7.0 mmol/L.
-        for lab, cut in (("hba1c", 6.5), ("fasting_glucose", 7.0)):
-            value = out.values.get(lab)
-            if isinstance(value, float) and value >= cut:
-                out.values["diabetes"] = 1.0
-                out.sources["diabetes"] = out.sources.get(lab, "")
-                out.dates["diabetes"] = out.dates[lab]
-                break
-        else:
-            if known:
-                out.values["diabetes"] = 0.0
-    if "diabetes" in out.values:
-        out.units["diabetes"] = "1"
+def _complete(prefetch: dict[str, dict[str, Any] | None], key: str) -> bool:
+    """The search was answered in full: given, and not a Bundle with a further page."""
+    value = prefetch.get(key)
+    if value is None:
+        return False
+    links = value.get("link") if value.get("resourceType") == "Bundle" else None
+    return not any(
+        isinstance(link, dict) and link.get("relation") == "next"
+        for link in (links if isinstance(links, list) else [])
+    )
 
 
-def _bp_treated(prefetch: dict[str, dict[str, Any] | None], out: Extracted, today: date) -> None:
-    """On a blood-pressure-lowering drug today, by :func:`models.bp_treatment.bp_treated`
-    (the rule training uses at its index date; see that module for what counts and why).
-
-    Both medication searches given means complete data (0 when nothing counts);
-    otherwise only a record that counts gives a value. Statuses are read today, so
-    they always apply. No date is kept: the rule has already judged the record's dates.
-    """
+def _medication_uses(
+    prefetch: dict[str, dict[str, Any] | None],
+) -> tuple[list[bp_treatment.MedicationUse], bool]:
+    """Every MedicationStatement and MedicationRequest in the prefetch, read for the
+    shared rules, and whether both searches were answered in full."""
     uses: list[bp_treatment.MedicationUse] = []
     for key, kind in MEDICATION_KEYS.items():
         medications: dict[str, dict[str, Any]] = {}
@@ -377,8 +346,67 @@ def _bp_treated(prefetch: dict[str, dict[str, Any] | None], out: Extracted, toda
             except ValidationError as exc:
                 raise PrefetchError(key, f"{kind} is malformed") from exc
             uses.append(bp_treatment.medication_use(raw, medications))
-    complete = all(prefetch.get(key) is not None for key in MEDICATION_KEYS)
-    value, evidence = bp_treatment.bp_treated(uses, today, status_read_on=today, complete=complete)
+    return uses, all(_complete(prefetch, key) for key in MEDICATION_KEYS)
+
+
+def _diabetes(
+    prefetch: dict[str, dict[str, Any] | None],
+    out: Extracted,
+    today: date,
+    uses: list[bp_treatment.MedicationUse],
+    medications_complete: bool,
+) -> None:
+    """Diabetes today, by :func:`models.diabetes_status.has_diabetes` (the rule training
+    uses at its index date, and the one ``already-has-outcome`` reads): a diabetes
+    Condition, a drug used in diabetes, or the latest HbA1c / fasting glucose.
+
+    0 only when the Condition search and both medication searches were answered in
+    full; otherwise only evidence gives a value (unknown, not "no"). The date is kept
+    for a laboratory result (its age is checked like any measurement).
+    """
+    diagnoses: list[diabetes_status.Diagnosis] = []
+    for raw in _resources("diabetes", prefetch.get("diabetes"), "Condition"):
+        try:
+            _Condition.model_validate(raw)
+        except ValidationError as exc:
+            raise PrefetchError("diabetes", "Condition is malformed") from exc
+        diagnoses.append(diabetes_status.diagnosis(raw))
+    labs = [
+        diabetes_status.LabResult(lab, value, out.dates[lab], out.sources.get(lab, ""))
+        for lab in diabetes_status.LAB_CUTS
+        if isinstance(value := out.values.get(lab), float) and lab in out.dates
+    ]
+    complete = _complete(prefetch, "diabetes") and medications_complete
+    finding = diabetes_status.has_diabetes(
+        diagnoses, uses, labs, today, status_read_on=today, complete=complete
+    )
+    if finding.value is None:
+        return
+    out.values["diabetes"] = finding.value
+    out.units["diabetes"] = "1"
+    if finding.reference:
+        out.sources["diabetes"] = finding.reference
+    if finding.day is not None:
+        out.dates["diabetes"] = finding.day
+
+
+def _bp_treated(
+    out: Extracted,
+    today: date,
+    uses: list[bp_treatment.MedicationUse],
+    medications_complete: bool,
+) -> None:
+    """On a blood-pressure-lowering drug today, by :func:`models.bp_treatment.bp_treated`
+    (the rule training uses at its index date; see that module for what counts and why).
+
+    Both medication searches answered in full means complete data (0 when nothing
+    counts); otherwise only a record that counts gives a value. Statuses are read
+    today, so they always apply. No date is kept: the rule has already judged the
+    record's dates.
+    """
+    value, evidence = bp_treatment.bp_treated(
+        uses, today, status_read_on=today, complete=medications_complete
+    )
     if value is None:
         return
     out.values["bp_treated"] = value

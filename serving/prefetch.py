@@ -38,7 +38,9 @@ TEMPLATES: dict[str, str] = {
     "bmi": _OBS % "http://loinc.org|39156-5",
     "smoking": _OBS % "http://loinc.org|72166-2",
     "fastingGlucose": _OBS % "http://loinc.org|1558-6",
-    "diabetes": "Condition?patient={{context.patientId}}&clinical-status=active&_count=100",
+    # Every status: models.diabetes_status judges clinicalStatus itself, and a Condition
+    # without one (an encounter diagnosis) counts by its dates, as in training.
+    "diabetes": "Condition?patient={{context.patientId}}&_count=100",
     "medicationStatements": (
         "MedicationStatement?patient={{context.patientId}}&status=active"
         "&_include=MedicationStatement:medication&_count=100"
@@ -48,7 +50,8 @@ TEMPLATES: dict[str, str] = {
         "&_include=MedicationRequest:medication&_count=100"
     ),
 }
-# Which prefetch keys a feature needs (diabetes also reads HbA1c >= 6.5 %).
+# Which prefetch keys a feature needs (models.diabetes_status reads diagnoses, drugs
+# used in diabetes, HbA1c and fasting glucose).
 FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "sex": ("patient",),
     "age": ("patient",),
@@ -60,7 +63,13 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
     "bmi": ("bmi",),
     "smoking": ("smoking",),
     "fasting_glucose": ("fastingGlucose",),
-    "diabetes": ("diabetes", "hba1c", "fastingGlucose"),
+    "diabetes": (
+        "diabetes",
+        "hba1c",
+        "fastingGlucose",
+        "medicationStatements",
+        "medicationRequests",
+    ),
     "bp_treated": ("medicationStatements", "medicationRequests"),
 }
 # The WHO chart inputs (both lab and non-lab models).
@@ -77,10 +86,19 @@ class PrefetchUnavailable(Exception):
         super().__init__(f"{reason}: {', '.join(self.keys)}")
 
 
-def keys_for(features: Iterable[str], with_who: bool) -> list[str]:
-    """Prefetch keys a service needs for its model's features (and the WHO chart)."""
+def keys_for(features: Iterable[str], with_who: bool, outcome: str | None = None) -> list[str]:
+    """Prefetch keys a service needs for its model's features (and the WHO chart).
+
+    Args:
+        features: The model's input features.
+        with_who: The service also shows the WHO chart (needs its inputs).
+        outcome: The model's outcome. A diabetes-risk service needs what tells whether
+            the patient already has diabetes (``already-has-outcome``), even though
+            its model does not take ``diabetes`` as an input.
+    """
     wanted = {"patient"}
-    for name in [*features, *(WHO_FEATURES if with_who else ())]:
+    outcome_features = ("diabetes",) if outcome == "diabetes" else ()
+    for name in [*features, *(WHO_FEATURES if with_who else ()), *outcome_features]:
         wanted.update(FEATURE_KEYS.get(name, ()))
     return [key for key in TEMPLATES if key in wanted]
 

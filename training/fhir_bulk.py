@@ -9,11 +9,15 @@ resource per line, files named ``<Type>.ndjson`` or ``<Type>.*.ndjson``, as a Bu
   before the index date and no more than ``lookback_days`` before it; its date goes in
   ``<name>_date``. Units are converted per STANDARDS.md (:mod:`models.ncd_features`);
   nothing found means NaN, never a default.
-* ``diabetes`` = 1 when a diabetes Condition (SNOMED CT / ICD-10 E10-E14) starts on
-  or before the index date, the latest HbA1c >= 6.5 %, the latest fasting glucose >=
-  7.0 mmol/L, or a glucose-lowering drug (ATC A10) was prescribed in the look-back;
-  0 when none of these holds and HbA1c or fasting glucose was measured (or the
-  caller says the diagnoses are complete); NaN otherwise.
+* ``diabetes``: diabetes at the index date, by :mod:`models.diabetes_status`, the
+  rule serving applies today: a diabetes Condition (SNOMED CT / ICD-10 E10-E14) that
+  has started and not abated by the index date, a drug used in diabetes (ATC A10)
+  whose dates cover the index date (the ``bp_treated`` date rules), or the latest
+  HbA1c >= 6.5 % / fasting glucose >= 7.0 mmol/L. Statuses (clinical status, drug
+  status) are as at export time and are read only where ``meta.lastUpdated`` shows
+  they already held at the index date. 0 when nothing counts and the export has both
+  Condition and medication files (or the caller says the diagnoses are complete);
+  NaN otherwise (a normal HbA1c alone is not "no diabetes").
 * ``bp_treated``: on a blood-pressure-lowering drug (ATC C02, C03, C07, C08, C09) at
   the index date, by :mod:`models.bp_treatment`, the rule serving applies today: a
   MedicationRequest or MedicationStatement whose dates cover the index date (not the
@@ -49,12 +53,14 @@ import pandas as pd
 from pydantic import BaseModel
 
 from models.bp_treatment import MedicationUse, bp_treated, medication_use
+from models.diabetes_status import Diagnosis, LabResult, diagnosis, has_diabetes
 from models.ncd_features import (
     ATC_SYSTEM,
     BP_PANEL_LOINC,
     CVD_CONDITION_CODES,
     DIABETES_CONDITION_CODES,
     FEATURE_BY_NAME,
+    GLUCOSE_LOWERING_ATC,
     LOINC_TO_FEATURE,
     MEASURED_FEATURES,
     SMOKING_CURRENT_SNOMED,
@@ -291,28 +297,25 @@ def _condition_kind(res: dict[str, Any]) -> str | None:
     return None
 
 
-def _glucose_lowering(res: dict[str, Any]) -> bool:
-    return any(
-        system == ATC and code.upper().startswith("A10")
-        for system, code in _codes(res.get("medicationCodeableConcept"))
-    )
-
-
-def _bp_use(
+def _drug_use(
     res: dict[str, Any],
     pid: str | None,
     medications: dict[str, dict[str, Any]],
     issues: _Collector,
     uses: dict[str, list[MedicationUse]],
 ) -> None:
-    """Keep a blood-pressure drug record for :func:`models.bp_treatment.bp_treated`."""
+    """Keep a blood-pressure or glucose-lowering drug record for the shared rules
+    (:func:`models.bp_treatment.bp_treated`, :func:`models.diabetes_status.has_diabetes`).
+    """
     if pid is None:
         return
     use = medication_use(res, medications)
-    if not use.bp_lowering or use.void:
+    glucose = any(code.startswith(GLUCOSE_LOWERING_ATC) for code in use.atc)
+    if not (use.bp_lowering or glucose) or use.void:
         return
     if use.start is None:
-        issues.add(pid, "bp_treated", "medication record without a start date", use.reference)
+        field = "bp_treated" if use.bp_lowering else "diabetes"
+        issues.add(pid, field, "medication record without a start date", use.reference)
         return
     uses.setdefault(pid, []).append(use)
 
@@ -336,8 +339,8 @@ def build_feature_table(
             files (missing types are treated as empty).
         index_date: One index date for everyone, or a per-patient mapping (patients
             not in the mapping are left out).
-        lookback_days: How far before the index date a measurement (or a
-            glucose-lowering prescription) may be; ``bp_treated`` has its own rule.
+        lookback_days: How far before the index date a measurement may be;
+            ``bp_treated`` and ``diabetes`` have their own date rules.
         end_date: End of data (e.g. the export date); follow-up never runs past it.
         site: Value for the ``site`` column when a Patient has no
             ``managingOrganization`` reference.
@@ -346,7 +349,7 @@ def build_feature_table(
         report: If given, filled with counts and every problem found.
         complete_conditions: The export is known to hold every diagnosis (e.g. a
             records-linkage cohort): no diabetes evidence then means ``diabetes`` = 0
-            instead of unknown.
+            instead of unknown, even without Condition or medication files.
 
     Returns:
         One row per patient, columns :func:`models.ncd_features.feature_columns`.
@@ -378,10 +381,14 @@ def build_feature_table(
             last_seen[pid] = when
     rep.observations = n_obs
     cond_rows: list[tuple[str, str, str]] = []
+    diagnoses: dict[str, list[Diagnosis]] = {}
     for res in iter_ndjson(folder, "Condition"):
         rep.conditions += 1
         pid = _ref_id(res.get("subject"))
         kind = _condition_kind(res)
+        dx = diagnosis(res)
+        if pid is not None and dx.diabetes:
+            diagnoses.setdefault(pid, []).append(dx)
         when = _date(res.get("onsetDateTime")) or _date(res.get("recordedDate"))
         if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
@@ -396,21 +403,17 @@ def build_feature_table(
             continue
         cond_rows.append((pid, kind, when))
     medications = {f"Medication/{res.get('id')}": res for res in iter_ndjson(folder, "Medication")}
-    med_rows: list[tuple[str, str, str]] = []
-    bp_uses: dict[str, list[MedicationUse]] = {}
+    drug_uses: dict[str, list[MedicationUse]] = {}
     for res in iter_ndjson(folder, "MedicationRequest"):
         rep.medication_requests += 1
         pid = _ref_id(res.get("subject"))
         when = _date(res.get("authoredOn"))
         if pid and when and when > last_seen.get(pid, _MIN_DAY):
             last_seen[pid] = when
-        valid = res.get("status") not in ("entered-in-error", "cancelled")
-        if pid and when and valid and _glucose_lowering(res):
-            med_rows.append((pid, "glucose_lowering", when))
-        _bp_use(res, pid, medications, issues, bp_uses)
+        _drug_use(res, pid, medications, issues, drug_uses)
     for res in iter_ndjson(folder, "MedicationStatement"):
         rep.medication_statements += 1
-        _bp_use(res, _ref_id(res.get("subject")), medications, issues, bp_uses)
+        _drug_use(res, _ref_id(res.get("subject")), medications, issues, drug_uses)
 
     for res in iter_ndjson(folder, "Encounter"):  # last contact only
         pid = _ref_id(res.get("subject"))
@@ -423,9 +426,8 @@ def build_feature_table(
     has_meds = any(folder.glob("MedicationRequest*.ndjson")) or any(
         folder.glob("MedicationStatement*.ndjson")
     )
-    table = _diabetes_and_treatment(
-        table, med_rows, bp_uses, cond_rows, lookback_days, has_meds, complete_conditions
-    )
+    complete = complete_conditions or (has_meds and any(folder.glob("Condition*.ndjson")))
+    table = _diabetes_and_treatment(table, drug_uses, diagnoses, has_meds, complete)
     table = _outcomes(table, cond_rows, last_seen, end_date, issues)
     rep.issues = issues.issues
     return table[feature_columns()].reset_index(drop=True)
@@ -502,43 +504,40 @@ def _features(
     return table.reset_index()
 
 
+def _labs(row: Any) -> list[LabResult]:
+    """The latest HbA1c and fasting glucose of one table row (within the look-back)."""
+    found = []
+    for name in ("hba1c", "fasting_glucose"):
+        value, day = getattr(row, name), getattr(row, f"{name}_date")
+        if not pd.isna(value) and not pd.isna(day):
+            found.append(LabResult(name, float(value), day.date()))
+    return found
+
+
 def _diabetes_and_treatment(
     table: pd.DataFrame,
-    med_rows: list[tuple[str, str, str]],
-    bp_uses: dict[str, list[MedicationUse]],
-    cond_rows: list[tuple[str, str, str]],
-    lookback_days: int,
+    drug_uses: dict[str, list[MedicationUse]],
+    diagnoses: dict[str, list[Diagnosis]],
     has_meds: bool,
-    complete_conditions: bool,
+    complete: bool,
 ) -> pd.DataFrame:
-    idx = dict(zip(table["patient_id"], table["index_date"], strict=True))
-    meds = pd.DataFrame(med_rows, columns=["patient_id", "kind", "date"])
-    meds["date"] = _days(meds["date"])
-    meds["index_date"] = pd.to_datetime(meds["patient_id"].map(idx))
-    in_window = (meds["date"] <= meds["index_date"]) & (
-        meds["date"] >= meds["index_date"] - timedelta(days=lookback_days)
-    )
-    meds = meds[in_window]
-    on_glucose = set(meds.loc[meds["kind"] == "glucose_lowering", "patient_id"])
-    conds = pd.DataFrame(cond_rows, columns=["patient_id", "kind", "date"])
-    conds["date"] = _days(conds["date"])
-    conds["index_date"] = pd.to_datetime(conds["patient_id"].map(idx))
-    prior_dm = set(
-        conds.loc[
-            (conds["kind"] == "diabetes") & (conds["date"] <= conds["index_date"]), "patient_id"
-        ]
-    )
-    # No medication file at all: treatment is unknown, not "untreated". Statuses were
-    # read at export time (status_read_on=None), after every index date.
-    treated = [
-        bp_treated(bp_uses.get(pid, ()), when.date(), status_read_on=None, complete=has_meds)[0]
-        for pid, when in zip(table["patient_id"], table["index_date"], strict=True)
-    ]
+    # Statuses were read at export time (status_read_on=None), after every index date.
+    # No medication file at all: treatment is unknown, not "untreated"; diabetes is
+    # unknown unless diagnoses and medications are both complete.
+    treated: list[float | None] = []
+    diabetic: list[float | None] = []
+    columns = ["patient_id", "index_date", "hba1c", "hba1c_date"]
+    columns += ["fasting_glucose", "fasting_glucose_date"]
+    for row in table[columns].itertuples(index=False):
+        pid, when = str(row.patient_id), row.index_date.date()
+        uses = drug_uses.get(pid, [])
+        treated.append(bp_treated(uses, when, status_read_on=None, complete=has_meds)[0])
+        finding = has_diabetes(
+            diagnoses.get(pid, []), uses, _labs(row), when, status_read_on=None, complete=complete
+        )
+        diabetic.append(finding.value)
     table["bp_treated"] = np.array([np.nan if v is None else v for v in treated], dtype=float)
-    by_history = table["patient_id"].isin(prior_dm | on_glucose)
-    by_lab = (table["hba1c"] >= 6.5) | (table["fasting_glucose"] >= 7.0)
-    measured = table["hba1c"].notna() | table["fasting_glucose"].notna() | complete_conditions
-    table["diabetes"] = np.where(by_history | by_lab, 1.0, np.where(measured, 0.0, np.nan))
+    table["diabetes"] = np.array([np.nan if v is None else v for v in diabetic], dtype=float)
     return table
 
 

@@ -142,6 +142,7 @@ def prefetch(
     bmi: float | None = 27.5,
     smoker: bool = True,
     diabetic: bool = False,
+    on_metformin: bool = False,
     days_ago: int = 30,
     sbp_as_panel: bool = False,
 ) -> dict[str, Any]:
@@ -202,6 +203,21 @@ def prefetch(
                 "subject": {"reference": "Patient/p1"},
             }
         )
+    requests = []
+    if on_metformin:  # ATC A10BA02, ordered at the last visit
+        requests.append(
+            {
+                "resourceType": "MedicationRequest",
+                "id": "met1",
+                "status": "active",
+                "intent": "order",
+                "medicationCodeableConcept": {
+                    "coding": [{"system": "http://www.whocc.no/atc", "code": "A10BA02"}]
+                },
+                "subject": {"reference": "Patient/p1"},
+                "authoredOn": when.isoformat(),
+            }
+        )
     return {
         "patient": {
             "resourceType": "Patient",
@@ -219,6 +235,8 @@ def prefetch(
         "smoking": _bundle(smoking_obs),
         "fastingGlucose": _bundle(),
         "diabetes": _bundle(*conditions),
+        "medicationStatements": _bundle(),
+        "medicationRequests": _bundle(*requests),
     }
 
 

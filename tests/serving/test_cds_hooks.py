@@ -152,7 +152,16 @@ def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
     assert audit_row(runtime, response).model_name == "diabetes-risk"
 
 
-@pytest.mark.parametrize("pf", [prefetch(diabetic=True), prefetch(hba1c=7.1)])
+@pytest.mark.parametrize(
+    "pf",
+    [
+        pytest.param(prefetch(diabetic=True), id="diagnosis"),
+        pytest.param(prefetch(hba1c=7.1), id="HbA1c"),
+        # No diagnosis and a normal HbA1c, but on metformin: models.diabetes_status, the
+        # rule that also left such patients out of the diabetes model's training.
+        pytest.param(prefetch(on_metformin=True), id="drug used in diabetes"),
+    ],
+)
 def test_no_diabetes_risk_for_patients_who_have_diabetes(
     app: Starlette, runtime: Runtime, pf: dict[str, Any]
 ) -> None:

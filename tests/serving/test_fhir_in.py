@@ -57,6 +57,9 @@ def test_unknown_unit_is_a_problem_not_a_value() -> None:
     assert found.problems["total_chol"] == "unit:g/L"
 
 
+NO_MEDICATIONS: Prefetch = {"medicationStatements": _bundle(), "medicationRequests": _bundle()}
+
+
 def test_hba1c_at_or_above_6_5_means_diabetes_without_a_condition() -> None:
     found = extract(
         {"hba1c": _bundle(observation("4548-4", 7.1, "%", TODAY, "h")), "diabetes": _bundle()},
@@ -64,10 +67,20 @@ def test_hba1c_at_or_above_6_5_means_diabetes_without_a_condition() -> None:
     )
     assert found.values["diabetes"] == 1.0
     none = extract(
-        {"hba1c": _bundle(observation("4548-4", 5.2, "%", TODAY, "h")), "diabetes": _bundle()},
+        {
+            "hba1c": _bundle(observation("4548-4", 5.2, "%", TODAY, "h")),
+            "diabetes": _bundle(),
+            **NO_MEDICATIONS,
+        },
         TODAY,
     )
     assert none.values["diabetes"] == 0.0
+    # Without the medication searches a drug used in diabetes could be missed: unknown.
+    no_drugs = extract(
+        {"hba1c": _bundle(observation("4548-4", 5.2, "%", TODAY, "h")), "diabetes": _bundle()},
+        TODAY,
+    )
+    assert "diabetes" not in no_drugs.values
     glucose = extract(
         {
             "fastingGlucose": _bundle(observation("1558-6", 130, "mg/dL", TODAY, "g")),
@@ -96,7 +109,11 @@ def test_icd10_and_resolved_conditions() -> None:
     )
     assert icd.values["diabetes"] == 1.0
     resolved = extract(
-        {"diabetes": _bundle(condition("http://snomed.info/sct", "44054006", "resolved"))}, TODAY
+        {
+            "diabetes": _bundle(condition("http://snomed.info/sct", "44054006", "resolved")),
+            **NO_MEDICATIONS,
+        },
+        TODAY,
     )
     assert resolved.values["diabetes"] == 0.0
 
@@ -134,6 +151,12 @@ def test_keys_for_cover_model_and_who_inputs() -> None:
     assert keys_for(["sex", "age", "sbp"], with_who=False) == ["patient", "sbp"]
     assert set(keys_for(["sbp"], with_who=True)) == {
         "patient", "sbp", "totalChol", "hba1c", "bmi", "smoking", "diabetes", "fastingGlucose",
+        "medicationStatements", "medicationRequests",  # drugs used in diabetes
+    }  # fmt: skip
+    # A diabetes-risk model without a diabetes input still needs what shows the outcome.
+    assert set(keys_for(["sex", "age"], with_who=False, outcome="diabetes")) == {
+        "patient", "diabetes", "hba1c", "fastingGlucose",
+        "medicationStatements", "medicationRequests",
     }  # fmt: skip
     assert all("{{context.patientId}}" in template for template in TEMPLATES.values())
 
