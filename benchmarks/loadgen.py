@@ -120,9 +120,12 @@ async def open_loop(
     errors = 0
     total = int(rate * duration)
     tasks: list[asyncio.Task[None]] = []
+    # How late the generator itself started each call (a busy machine delays it too).
+    lags: list[float] = []
 
     async def one(scheduled: float) -> None:
         nonlocal errors
+        lags.append(time.perf_counter() - scheduled)
         conn = idle.pop() if idle else None
         if conn is None or time.perf_counter() - conn.last_used > _MAX_IDLE_S:
             if conn is not None:
@@ -148,6 +151,9 @@ async def open_loop(
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - start
     summary = _summary(latencies, statuses, errors, wall)
+    lags.sort()
+    summary["send_lag_p99_ms"] = lags[int(0.99 * (len(lags) - 1))] * 1000 if lags else 0.0
+    summary["send_lag_max_ms"] = lags[-1] * 1000 if lags else 0.0
     if keep_latencies:
         summary["latencies_ms"] = [round(x * 1000, 3) for x in latencies]
     return summary

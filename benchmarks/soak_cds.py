@@ -13,7 +13,10 @@ in flight, it samples:
 - p50 / p99 latency (from each call's scheduled send time) and errors of the window;
 - audit rows committed vs 2xx answered so far (they must be equal at every sample),
   and duplicate request ids;
-- the server's CPU time and the machine's load average.
+- the server's CPU time, how often its processes were preempted (involuntary context
+  switches: other work on the machine), the machine's load average, and how late the
+  generator itself started its calls (``lag99``, p99 ms; a busy machine delays the
+  client too, and open-loop latency counts that).
 
 At the end it prints the drift (service RSS, first vs last minute, as the mean of the
 samples in each; p99 of all calls in the first vs the last minute) and PASS/FAIL
@@ -65,6 +68,7 @@ class Sample:
     latencies_ms: list[float]
     rss: dict[int, int]  # pid -> bytes
     fds: dict[int, int]  # pid -> open descriptors
+    preempted: int  # involuntary context switches of the service in the window
     audit_rows: int
     duplicates: int
     ok_so_far: int
@@ -77,6 +81,17 @@ def service_processes(server: Server) -> list[psutil.Process]:
     """The arbiter and all its children (workers, their helpers)."""
     root = psutil.Process(server.proc.pid)
     return [root, *root.children(recursive=True)]
+
+
+def involuntary_switches(server: Server) -> int:
+    """Times the service's processes were preempted so far (CPU contention shows here)."""
+    total = 0
+    for process in service_processes(server):
+        try:
+            total += process.num_ctx_switches().involuntary
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def _role(process: psutil.Process, server: Server) -> str:
@@ -122,12 +137,13 @@ def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str
     """Run the windows back to back; print one line per sample."""
     windows = max(1, round(args.minutes * 60 / args.sample_s))
     rows_before, _ = audit_counts(db)
+    switches = involuntary_switches(server)
     ok_so_far = 0
     samples: list[Sample] = []
     started = time.monotonic()
     print(f"{'t s':>6}{'req':>6}{'2xx':>6}{'err':>5}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-          f"{'RSS MiB (per process)':>28}{'fds':>6}{'audit':>8}{'2xx sum':>8}{'dup':>5}"
-          f"{'CPU s':>7}{'load1':>7}")  # fmt: skip
+          f"{'lag99':>7}{'RSS MiB':>10}{'fds':>5}{'audit':>7}{'2xx sum':>8}{'dup':>4}"
+          f"{'CPU s':>7}{'preempt':>8}{'load1':>6}")  # fmt: skip
     for _ in range(windows):
         result = window(url, body, args.rate, args.sample_s)
         latencies = result.pop("latencies_ms")
@@ -143,12 +159,14 @@ def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str
             except psutil.NoSuchProcess:
                 continue
         rows, duplicates = audit_counts(db)
+        switched, switches = switches, involuntary_switches(server)
         sample = Sample(
             t_s=time.monotonic() - started,
             load=result,
             latencies_ms=latencies,
             rss=rss,
             fds=fds,
+            preempted=switches - switched,
             audit_rows=rows - rows_before,
             duplicates=duplicates,
             ok_so_far=ok_so_far,
@@ -160,9 +178,10 @@ def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str
         per_process = "/".join(f"{rss[p] / MiB:.0f}" for p in sorted(rss))
         print(f"{sample.t_s:>6.0f}{result['requests']:>6}{result['ok_2xx']:>6}"
               f"{result['errors']:>5}{result['p50_ms']:>8.2f}{result['p99_ms']:>8.2f}"
-              f"{result['max_ms']:>8.1f}{per_process:>28}{sum(fds.values()):>6}"
-              f"{sample.audit_rows:>8}{ok_so_far:>8}{duplicates:>5}{sample.cpu_s:>7.1f}"
-              f"{sample.load1:>7.2f}", flush=True)  # fmt: skip
+              f"{result['max_ms']:>8.1f}{result['send_lag_p99_ms']:>7.1f}{per_process:>10}"
+              f"{sum(fds.values()):>5}{sample.audit_rows:>7}{ok_so_far:>8}{duplicates:>4}"
+              f"{sample.cpu_s:>7.1f}{sample.preempted:>8}{sample.load1:>6.2f}",
+              flush=True)  # fmt: skip
     return samples
 
 
