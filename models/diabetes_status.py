@@ -48,13 +48,18 @@ the export has Condition and medication files, or the caller says the diagnoses 
 complete); missing otherwise. A normal HbA1c alone is not "no diabetes": treated
 diabetes often has one, and without the diagnoses and drugs the record cannot tell.
 
+**Already has the outcome.** The diabetes-risk model predicts *new-onset* diabetes.
+Someone with diabetes at D by the rule above is not at risk of it, and neither is
+someone diagnosed with diabetes on or before D whose diabetes has since resolved,
+abated or gone into remission (a later diagnosis would be a relapse, not an onset):
+:func:`diagnosed_by` finds them. Training leaves both out of the diabetes-risk cohort
+(``exclude_prevalent_diabetes``, and no outcome for those :func:`diagnosed_by` finds);
+serving refuses both (``already-has-outcome``).
+
 What this rule knowingly gives up: a diagnosis refuted after D counts in serving on D
 but not in training (an erroneous record is void for its whole life); a single raised
 laboratory value is taken as diabetes without the confirmatory second test WHO asks
-for (the record rarely shows whether the patient was fasting or symptomatic); and a
-patient whose diabetes abated or resolved before D is not "diabetic at D" here, while
-training still leaves such a patient out of the *incident* diabetes cohort (any
-diagnosis dated on or before D, :func:`training.fhir_bulk.build_feature_table`).
+for (the record rarely shows whether the patient was fasting or symptomatic).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ __all__ = [
     "Diagnosis",
     "Finding",
     "LabResult",
+    "diagnosed_by",
     "diagnosis",
     "diagnosis_counts_at",
     "drug_counts_at",
@@ -223,6 +229,23 @@ def diagnosis_counts_at(dx: Diagnosis, index_date: date, *, status_read_on: date
     if dx.start > index_date:
         return False
     return dx.end is None or index_date <= dx.end
+
+
+def diagnosed_by(diagnoses: Iterable[Diagnosis], index_date: date) -> Diagnosis | None:
+    """A diabetes diagnosis dated on or before ``index_date``, whatever its clinical
+    status or abatement: the patient is not at risk of *new-onset* diabetes.
+
+    Args:
+        diagnoses: The patient's Conditions (any code).
+        index_date: The day the prediction is made for (serving: today).
+
+    Returns:
+        The first such diagnosis (not refuted or entered-in-error), else None.
+    """
+    for dx in diagnoses:
+        if dx.diabetes and not dx.void and dx.start is not None and dx.start <= index_date:
+            return dx
+    return None
 
 
 def drug_counts_at(use: MedicationUse, index_date: date, *, status_read_on: date | None) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
@@ -19,7 +19,7 @@ from models.metadata import ModelMetadata
 from models.ncd_predictor import Contribution, NcdInputError, NcdPredictor, encode_rows, risk_band
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 
-__all__ = ["Advice", "NoAdvice", "WhoSettings", "assess", "who_for"]
+__all__ = ["Advice", "NoAdvice", "WhoSettings", "already_has_outcome", "assess", "who_for"]
 
 
 class NoAdvice(Exception):
@@ -105,6 +105,25 @@ def who_for(
         return None, f"{'.'.join(str(p) for p in first['loc'])}: required by the WHO chart"
 
 
+def already_has_outcome(
+    outcome: object, values: Mapping[str, float | str], prior: Collection[str] = ()
+) -> bool:
+    """Whether a new-onset risk of ``outcome`` is meaningless for this patient.
+
+    For diabetes, by :mod:`models.diabetes_status` (the rule that also left such
+    patients out of the model's training): diabetes now (``values["diabetes"]`` = 1),
+    or a diabetes diagnosis on record by today whatever its status (``prior``).
+
+    Args:
+        outcome: The model's ``extra.outcome``.
+        values: Feature values (serving: :func:`serving.fhir_in.extract`).
+        prior: Outcomes already diagnosed (:attr:`serving.fhir_in.Extracted.prior`).
+    """
+    if outcome != "diabetes":
+        return False
+    return values.get("diabetes") == 1.0 or "diabetes" in prior
+
+
 def assess(
     predictor: NcdPredictor,
     values: Mapping[str, float | str],
@@ -116,6 +135,7 @@ def assess(
     max_age_days: int | None = None,
     who: WhoSettings | None = None,
     top: int = 3,
+    prior: Collection[str] = (),
 ) -> Advice:
     """Score one patient with ``predictor`` (and the WHO chart for CVD).
 
@@ -129,13 +149,15 @@ def assess(
         max_age_days: Values older than this give no advice (``stale-data``).
         who: WHO recalibration; ``None`` skips the WHO chart (e.g. diabetes risk).
         top: Number of contributions to explain.
+        prior: Outcomes the patient was already diagnosed with (see
+            :func:`already_has_outcome`).
 
     Raises:
         NoAdvice: ``already-has-outcome``, ``insufficient-data``, ``stale-data``,
             ``out-of-range`` or ``model-output``.
     """
     meta = predictor.metadata
-    if meta.extra.get("outcome") == "diabetes" and values.get("diabetes") == 1.0:
+    if already_has_outcome(meta.extra.get("outcome"), values, prior):
         # A new-onset risk is meaningless for someone who already has the outcome.
         raise NoAdvice(
             "already-has-outcome",

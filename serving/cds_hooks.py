@@ -247,6 +247,7 @@ async def ncd_service(request: Request) -> Response:
             today=today,
             max_age_days=runtime.config.max_data_age_days,
             who=who,
+            prior=found.prior,
         )
         call.advice = advice
         lang = negotiate(request.headers.get("accept-language"), runtime.language)

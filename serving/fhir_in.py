@@ -171,6 +171,9 @@ class Extracted:
     units: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # feature -> "Observation/id"
     problems: dict[str, str] = field(default_factory=dict)  # feature -> reason code
+    # outcome -> the resource showing the patient already had it (diagnosed on or before
+    # today, even if resolved since): not at risk of a new onset.
+    prior: dict[str, str] = field(default_factory=dict)
 
 
 def _resources(key: str, value: dict[str, Any] | None, resource_type: str) -> list[dict[str, Any]]:
@@ -388,6 +391,9 @@ def _diabetes(
         out.sources["diabetes"] = finding.reference
     if finding.day is not None:
         out.dates["diabetes"] = finding.day
+    diagnosed = diabetes_status.diagnosed_by(diagnoses, today)
+    if diagnosed is not None:
+        out.prior["diabetes"] = diagnosed.reference
 
 
 def _bp_treated(

@@ -53,7 +53,13 @@ import pandas as pd
 from pydantic import BaseModel
 
 from models.bp_treatment import MedicationUse, bp_treated, medication_use
-from models.diabetes_status import Diagnosis, LabResult, diagnosis, has_diabetes
+from models.diabetes_status import (
+    Diagnosis,
+    LabResult,
+    diagnosed_by,
+    diagnosis,
+    has_diabetes,
+)
 from models.ncd_features import (
     ATC_SYSTEM,
     BP_PANEL_LOINC,
@@ -538,6 +544,12 @@ def _diabetes_and_treatment(
         diabetic.append(finding.value)
     table["bp_treated"] = np.array([np.nan if v is None else v for v in treated], dtype=float)
     table["diabetes"] = np.array([np.nan if v is None else v for v in diabetic], dtype=float)
+    # Diagnosed on or before the index date, even if resolved since: not at risk of a
+    # new onset (the rule serving's already-has-outcome applies).
+    table["_diagnosed"] = [
+        diagnosed_by(diagnoses.get(str(pid), []), when.date()) is not None
+        for pid, when in zip(table["patient_id"], table["index_date"], strict=True)
+    ]
     return table
 
 
@@ -561,7 +573,10 @@ def _outcomes(
         rows = conds[conds["kind"] == kind].merge(
             table[["patient_id", "index_date"]], on="patient_id"
         )
-        prior = set(rows.loc[rows["date"] <= rows["index_date"], "patient_id"])
+        if kind == "diabetes":
+            prior = set(table.loc[table["_diagnosed"], "patient_id"])
+        else:
+            prior = set(rows.loc[rows["date"] <= rows["index_date"], "patient_id"])
         after = rows[rows["date"] > rows["index_date"]].groupby("patient_id")["date"].min()
         first = pd.to_datetime(
             table[["patient_id"]]
@@ -581,7 +596,7 @@ def _outcomes(
             for pid in table.loc[not_at_risk, "patient_id"]:
                 issues.add(pid, "cvd_event", "prior-disease: MI or stroke on or before index date")
         table.loc[not_at_risk | no_follow, [f"{kind}_event", f"{kind}_time"]] = np.nan
-    return table.drop(columns=["_end"])
+    return table.drop(columns=["_end", "_diagnosed"])
 
 
 def check_leakage(table: pd.DataFrame) -> list[FeatureIssue]:

@@ -19,11 +19,13 @@ from models.diabetes_status import (
     LAB_CUTS,
     LAB_LOOKBACK_DAYS,
     LabResult,
+    diagnosed_by,
     diagnosis,
     diagnosis_counts_at,
     has_diabetes,
     lab_counts_at,
 )
+from serving.assess import already_has_outcome
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
 from training.fhir_bulk import BuildReport, build_feature_table
@@ -176,14 +178,10 @@ def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
             "entry": [{"resource": r} for r in resources]}  # fmt: skip
 
 
-def _serving(
-    resources: list[dict[str, Any]],
-    today: date,
-    *,
-    conditions: bool = True,
-    medications: bool = True,
-) -> float | None:
-    """diabetes from CDS Hooks prefetch: the keys models.diabetes_status needs."""
+def _prefetch(
+    resources: list[dict[str, Any]], *, conditions: bool = True, medications: bool = True
+) -> dict[str, dict[str, Any] | None]:
+    """The prefetch keys models.diabetes_status needs, answered from ``resources``."""
     meds = _kinds(resources, "Medication")
     prefetch: dict[str, dict[str, Any] | None] = {
         "hba1c": _bundle([r for r in _kinds(resources, "Observation") if "4548-4" in str(r)]),
@@ -196,6 +194,18 @@ def _serving(
     if medications:
         prefetch["medicationStatements"] = _bundle(_kinds(resources, "MedicationStatement") + meds)
         prefetch["medicationRequests"] = _bundle(_kinds(resources, "MedicationRequest") + meds)
+    return prefetch
+
+
+def _serving(
+    resources: list[dict[str, Any]],
+    today: date,
+    *,
+    conditions: bool = True,
+    medications: bool = True,
+) -> float | None:
+    """diabetes from CDS Hooks prefetch."""
+    prefetch = _prefetch(resources, conditions=conditions, medications=medications)
     value = extract(prefetch, today).values.get("diabetes")
     assert value is None or isinstance(value, float)
     return value
@@ -314,6 +324,9 @@ def test_rule_functions() -> None:
     assert has_diabetes([], [], [], D, status_read_on=D, complete=True).value == 0.0
     found = has_diabetes([dx], [], [lab], D, status_read_on=None, complete=False)
     assert (found.value, found.reference, found.day) == (1.0, "Condition/c", None)
+    assert diagnosed_by([dx], D) == dx  # resolved since: still not at risk of an onset
+    assert diagnosed_by([dx], date(2019, 2, 28)) is None
+    assert diagnosed_by([diagnosis(_dx("c", meta=BEFORE))], D) is None  # undated
     with pytest.raises(ValueError, match="'Observation' is not Condition"):
         diagnosis({"resourceType": "Observation"})
 
@@ -337,8 +350,9 @@ def test_prefetch_asks_for_what_the_rule_can_count() -> None:
 
 
 def test_prevalent_exclusion_in_training_is_serving_refusal(tmp_path: Path) -> None:
-    """Whom the diabetes model was trained on (``exclude_prevalent_diabetes``) is whom
-    serving advises: the same rule gives both ``already-has-outcome`` and the exclusion."""
+    """Whom the diabetes model was trained on is whom serving advises: the same rule
+    gives serving's ``already-has-outcome`` and training's exclusions (diabetes at the
+    index date, ``exclude_prevalent_diabetes``; diagnosed before it, no outcome)."""
     people: dict[str, list[dict[str, Any]]] = {
         "dx": [_dx("c", onsetDateTime="2019-03-01")],
         "metformin": [_mr("r", authoredOn="2026-10-01")],
@@ -355,15 +369,27 @@ def test_prevalent_exclusion_in_training_is_serving_refusal(tmp_path: Path) -> N
                      "birthDate": "1970-01-01"})  # fmt: skip
         rows += [{**r, "id": f"{pid}-{r['id']}", "subject": {"reference": f"Patient/{pid}"}}
                  for r in resources]  # fmt: skip
+        # Seen again three years on (follow-up), with the BMI the config requires.
+        rows.append(
+            {
+                **_lab(f"{pid}-bmi", "39156-5", 24.0, "kg/m2", "2026-09-01"),
+                "subject": {"reference": f"Patient/{pid}"},
+            }
+        )
+        rows.append({**_lab(f"{pid}-late", "39156-5", 25.0, "kg/m2", "2029-11-25"),
+                     "subject": {"reference": f"Patient/{pid}"}})  # fmt: skip
     for kind in ("Patient", "Condition", "MedicationRequest", "Observation"):
         _write(folder, kind, rows)
     table = build_feature_table(folder, index_date=D).set_index("patient_id")
-    refused = {pid for pid, resources in people.items() if _serving(resources, D) == 1.0}
-    assert refused == {"dx", "metformin", "a1c"}
-    assert set(table.index[table["diabetes"] == 1.0]) == refused
+    refused = set()
+    for pid, resources in people.items():
+        found = extract(_prefetch(resources), D)
+        if already_has_outcome("diabetes", found.values, found.prior):
+            refused.add(pid)
+    assert refused == {"dx", "metformin", "a1c", "resolved"}
+    assert set(table.index[table["diabetes"] == 1.0]) == refused - {"resolved"}
+    assert np.isnan(table.loc["resolved", "diabetes_event"])  # had it: no onset to predict
     # training.ncd_table leaves exactly those out of the diabetes-risk cohort.
     cfg = load_config(CONFIG / "diabetes-risk.yaml", NcdTrainConfig)
-    cohort = table.reset_index()
-    cohort["diabetes_event"], cohort["diabetes_time"], cohort["bmi"] = 0.0, 5.0, 24.0
-    kept = check_table(cohort, cfg, lambda _: None)
-    assert set(kept["patient_id"]) == set(people) - refused
+    kept = check_table(table.reset_index(), cfg, lambda _: None)
+    assert set(kept["patient_id"]) == set(people) - refused == {"healthy"}

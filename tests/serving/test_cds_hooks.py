@@ -152,6 +152,13 @@ def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
     assert audit_row(runtime, response).model_name == "diabetes-risk"
 
 
+def _in_remission(pf: dict[str, Any]) -> dict[str, Any]:
+    condition = pf["diabetes"]["entry"][0]["resource"]
+    condition["clinicalStatus"]["coding"][0]["code"] = "remission"
+    condition["onsetDateTime"] = "2015-03-01"
+    return pf
+
+
 @pytest.mark.parametrize(
     "pf",
     [
@@ -160,6 +167,8 @@ def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
         # No diagnosis and a normal HbA1c, but on metformin: models.diabetes_status, the
         # rule that also left such patients out of the diabetes model's training.
         pytest.param(prefetch(on_metformin=True), id="drug used in diabetes"),
+        # Diagnosed years ago, in remission now: not at risk of a *new* onset either.
+        pytest.param(_in_remission(prefetch(diabetic=True)), id="diagnosis in remission"),
     ],
 )
 def test_no_diabetes_risk_for_patients_who_have_diabetes(

@@ -95,6 +95,16 @@ def test_hba1c_at_or_above_6_5_means_diabetes_without_a_condition() -> None:
     assert "diabetes" not in unknown.values  # no Condition search given: unknown, not "no"
 
 
+def test_a_search_with_a_further_page_is_incomplete() -> None:
+    """Both shared rules say "no" only on complete data; a next page may hold the drug."""
+    paged = {**_bundle(), "link": [{"relation": "next", "url": "https://ehr.example/p2"}]}
+    complete = extract({**NO_MEDICATIONS, "diabetes": _bundle()}, TODAY)
+    assert (complete.values["bp_treated"], complete.values["diabetes"]) == (0.0, 0.0)
+    partial = extract({**NO_MEDICATIONS, "medicationRequests": paged, "diabetes": _bundle()}, TODAY)
+    assert "bp_treated" not in partial.values
+    assert "diabetes" not in partial.values
+
+
 def test_icd10_and_resolved_conditions() -> None:
     def condition(system: str, code: str, status: str) -> dict[str, Any]:
         return {
