@@ -273,6 +273,9 @@ def demo(
 
     Example: tonle demo --port 3000
     """
+    from training.openmp import prefer_passive_openmp
+
+    prefer_passive_openmp()  # idle training threads sleep; before torch / sklearn load
     from training.demo import DEMO_ISSUERS_FILE, DEMO_REQUEST, build_demo
 
     serving_config = build_demo(console)

@@ -75,6 +75,10 @@ def train_cxr_command(
     Example: tonle train cxr --config configs/cxr.yaml
     Two processes: torchrun --nproc_per_node 2 -m training.cxr_train --config configs/cxr.yaml
     """
+    from training.openmp import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch is imported (training.cxr_train)
+
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
     from training.cxr_train import CxrTrainConfig
