@@ -57,6 +57,9 @@ from tests.serving.cds_fixtures import build_store, cds_request, write_config  #
 # p99 of 50 ms at 100 calls/s.
 MAX_RSS_DRIFT = 0.10
 MiB = 1 << 20
+# A window whose calls the generator itself started this late (p99) ran on a machine
+# busy with other work; reported apart, never used to pass.
+ON_TIME_LAG_MS = 5.0
 
 
 @dataclass
@@ -221,6 +224,12 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> bool:
     print(f"p99 first minute {p99_first:.2f} ms, last minute {p99_last:.2f} ms; open fds "
           f"{fds_first} -> {fds_last}; audit rows {samples[-1].audit_rows} vs 2xx {ok}, "
           f"{samples[-1].duplicates} duplicate request ids")  # fmt: skip
+
+    on_time = [s for s in samples if s.load["send_lag_p99_ms"] < ON_TIME_LAG_MS]
+    print(f"p99 over the {len(on_time)} of {len(samples)} windows where the generator kept "
+          f"its schedule (lag99 < {ON_TIME_LAG_MS:g} ms, i.e. the machine was not "
+          f"saturated by other work): "
+          f"{percentile([x for s in on_time for x in s.latencies_ms], 99):.2f} ms")  # fmt: skip
 
     checks = {
         "0 errors": errors == 0,
