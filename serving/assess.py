@@ -64,6 +64,10 @@ class Advice:
     who: WhoCvdResult | None = None
     who_note: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, float | None] = field(default_factory=dict)
+    """Optional inputs that were not recorded -> the value the model scored them as
+    (``extra["missing_inputs"]``, measured at training), None where no single value
+    says it. The card and the explanation page list them."""
 
 
 def _canonical_sha256(tag: str, row: Mapping[str, float | str]) -> str:
@@ -103,6 +107,14 @@ def who_for(
     except ValueError as exc:  # pydantic ValidationError: a chart input is missing
         first = getattr(exc, "errors", lambda: [{"loc": ("input",)}])()[0]
         return None, f"{'.'.join(str(p) for p in first['loc'])}: required by the WHO chart"
+
+
+def _scored_as(meta: ModelMetadata, name: str) -> float | None:
+    """What the model scores a missing ``name`` as (training.ncd_missing), if one value."""
+    table = meta.extra.get("missing_inputs")
+    info = table.get(name) if isinstance(table, dict) else None
+    value = info.get("scored_as") if isinstance(info, dict) else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def already_has_outcome(
@@ -166,11 +178,14 @@ def assess(
         )
     dates = dates or {}
     used: dict[str, float | str] = {}
+    missing: dict[str, float | None] = {}
     for spec in meta.features:
         if spec.name in values:
             used[spec.name] = values[spec.name]
         elif spec.required:
             raise NoAdvice("insufficient-data", spec.name, f"{spec.description} is required")
+        else:
+            missing[spec.name] = _scored_as(meta, spec.name)
     if today is not None and max_age_days is not None:
         oldest = today - timedelta(days=max_age_days)
         for name in used:
@@ -204,4 +219,5 @@ def assess(
         input_sha256=_canonical_sha256(meta.tag, used),
         who=who_result,
         who_note=who_note,
+        missing=missing,
     )

@@ -21,7 +21,7 @@ from serving.cds_models import (
 from serving.fhir_out import provenance, risk_assessment
 from serving.i18n import format_date, t
 
-__all__ = ["OVERRIDE_CODES", "OVERRIDE_SYSTEM", "Indicator", "ncd_card"]
+__all__ = ["OVERRIDE_CODES", "OVERRIDE_SYSTEM", "Indicator", "missing_text", "ncd_card"]
 
 Indicator = Literal["info", "warning", "critical"]
 OVERRIDE_SYSTEM = "https://tonle.dev/fhir/CodeSystem/override-reason"
@@ -85,6 +85,14 @@ def _has_feature_key(name: str) -> bool:
     return True
 
 
+def missing_text(name: str, scored_as: float | None, unit: str, lang: str) -> str:
+    """How a missing input is shown: not recorded, and what the model scored it as."""
+    if scored_as is None:
+        return t("card.ncd.missing.filled", lang)
+    value = _value_text(name, scored_as, unit, lang)
+    return t("card.ncd.missing.scored_as", lang, value=value)
+
+
 def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     header = f"| {t('ui.col.name', lang)} | {t('ui.col.value', lang)} | {t('ui.col.date', lang)} |"
     rows = [header, "|---|---|---|"]
@@ -92,7 +100,18 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         when = advice.dates.get(name)
         date_text = format_date(when, lang) if when else ""
         rows.append(f"| {_label(name, lang)} | {shown[name]} | {date_text} |")
+    units = {spec.name: spec.unit for spec in advice.metadata.features}
+    for name, scored_as in advice.missing.items():
+        text = missing_text(name, scored_as, units.get(name, "1"), lang)
+        rows.append(f"| {_label(name, lang)} | **{text}** | |")
     return "\n".join(rows)
+
+
+def _missing_note(advice: Advice, lang: str) -> list[str]:
+    if not advice.missing:
+        return []
+    fields = ", ".join(_label(name, lang) for name in advice.missing)
+    return [f"**{t('card.ncd.missing.note', lang, fields=fields)}**"]
 
 
 def _summary(advice: Advice, lang: str) -> str:
@@ -148,7 +167,8 @@ def _detail(advice: Advice, lang: str, region: str) -> str:
             factors=factors,
         )
     return "\n\n".join(
-        [body, f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}",
+        [body, *_missing_note(advice, lang),
+         f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}",
          f"_{t('advisory.statement', lang)}_"]
     )  # fmt: skip
 

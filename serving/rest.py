@@ -116,6 +116,11 @@ class RiskResponse(BaseModel):
     contributions: list[ContributionOut] = Field(default_factory=list)
     who: WhoCvdResult | None = Field(default=None, description="WHO 2019 chart risk (CVD).")
     who_note: str | None = Field(default=None, description="Why the WHO chart was not used.")
+    missing: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Optional inputs not given -> the value the model scored them as "
+        "(null: filled in by the model, no single value). Show these to the clinician.",
+    )
     risk_assessment: dict[str, Any] | None = Field(
         default=None, description="The same result as a FHIR R4 RiskAssessment."
     )
@@ -240,6 +245,7 @@ async def _risk(request: Request, outcome: str) -> Response:
             contributions=[ContributionOut(**c.model_dump()) for c in advice.contributions],
             who=advice.who,
             who_note=advice.who_note,
+            missing=advice.missing,
             risk_assessment=risk_assessment(
                 advice, resource_id=str(uuid.uuid4()), patient_id=patient[:64]
             ),

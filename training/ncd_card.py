@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.metadata import ModelMetadata
+from models.metadata import FeatureSpec, ModelMetadata
 from training.ncd_evaluate import EvaluationReport
 from training.ncd_report import METRIC_ROWS, report_markdown
 
@@ -29,7 +29,8 @@ TRIPOD_AI_ITEMS: dict[str, str] = {
     "8a Outcome definition": "Outcome and horizon",
     "9a Predictors": "Input features",
     "10 Sample size": "Population and data (patients, events per split)",
-    "11 Missing data": "Input features (missing = NaN, handled by the model or refused)",
+    "11 Missing data": "Input features (share missing in training, what a missing value "
+    "is scored as; a missing required value is refused)",
     "12a-12f Analytical methods": "Training (model, calibration, IPCW, split, seeds)",
     "12g Performance measures": "Performance (definitions under the tables)",
     "13 Class imbalance": "Training (no resampling; calibrated probabilities)",
@@ -59,6 +60,27 @@ def _metric_line(name: str, meta: ModelMetadata, key: str, who: bool) -> str:
     if who:
         line += f" {_fmt(meta, f'compared_test_{key}')} | {_fmt(meta, f'who_test_{key}')} |"
     return line
+
+
+def _missing_text(spec: FeatureSpec, missing: dict[str, Any]) -> tuple[str, str]:
+    """(share missing in training, what a missing value is scored as) for one feature."""
+    if spec.required:
+        return "", "refused: no advice"
+    info = missing.get(spec.name)
+    if not isinstance(info, dict):
+        return "not recorded", "not recorded for this artifact"
+    share = f"{100.0 * float(info.get('missing_in_training') or 0.0):.1f} %"
+    value = info.get("scored_as")
+    if value is not None:
+        if spec.unit == "1" and spec.minimum == 0.0 and spec.maximum == 1.0:
+            return share, f"**{value:g} ({'yes' if value else 'no'})**: unknown is treated as this"
+        return share, f"**{value:g} {spec.unit}**: unknown is treated as this"
+    if info.get("missing_in_training"):
+        return share, "unknown (its own route, learned from the patients it was missing for)"
+    return share, (
+        "the commonest branch at each split (never missing in training): close to a "
+        "typical value, not 'unknown'"
+    )
 
 
 def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
@@ -98,24 +120,36 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Input features",
         "",
-        "| feature | meaning | unit | valid range | LOINC | required | reference |",
-        "|---|---|---|---|---|---|---|",
+        "| feature | meaning | unit | valid range | LOINC | required | missing in training "
+        "| a missing value is scored as | explanation reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     reference = extra.get("reference", {})
+    missing = extra.get("missing_inputs", {})
     for f in meta.features:
-        lines.append(
-            f"| `{f.name}` | {f.description} | {f.unit} | {f.minimum:g}-{f.maximum:g} | "
-            f"{f.loinc or ''} | {'yes' if f.required else 'no (missing allowed)'} | "
-            f"{reference.get(f.name, '')} |"
+        valid = (
+            f"{f.minimum:g}-{f.maximum:g}"
             if f.minimum is not None and f.maximum is not None
-            else f"| `{f.name}` | {f.description} | {f.unit} | | {f.loinc or ''} | "
-            f"{'yes' if f.required else 'no'} | {reference.get(f.name, '')} |"
+            else ""
+        )
+        share, scored_as = _missing_text(f, missing if isinstance(missing, dict) else {})
+        lines.append(
+            f"| `{f.name}` | {f.description} | {f.unit} | {valid} | {f.loinc or ''} | "
+            f"{'yes' if f.required else 'no (missing allowed)'} | {share} | {scored_as} | "
+            f"{reference.get(f.name, '')} |"
         )
     lines += [
         "",
-        "Missing optional values are passed as NaN (the gradient-boosting model routes "
-        "them; the logistic baseline imputes the training median). A missing required "
-        "value or a value outside the valid range gives no advice.",
+        "A missing optional value is passed to the model as NaN. What the model then makes "
+        "of it was measured on the training rows (`training/ncd_missing.py`) and is in the "
+        "table: where it names a value, **a missing input is scored exactly as that value** "
+        "(an unknown 0/1 input scored as 0 means unknown is treated as 'no', e.g. "
+        "untreated). The gradient-boosting model has a route of its own for unknown only "
+        "for inputs that were missing in training; the logistic baseline imputes the "
+        "training median. Every card and explanation page lists the inputs that were not "
+        "recorded and what they were scored as. The explanation reference is only the "
+        "baseline explanations compare against; it is never used for a missing value. A "
+        "missing required value or a value outside the valid range gives no advice.",
         "",
         "## Training",
         "",

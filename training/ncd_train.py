@@ -18,9 +18,10 @@ Steps, each printed as it runs:
 4. Fit each candidate (HistGradientBoosting; regularised logistic regression with
    the imputer and scaler *outside* the calibrator), each sigmoid-calibrated with
    cross-fitting, and keep the one with the lower IPCW Brier score on validation.
-5. Evaluate on the test split next to the WHO 2019 chart, write the model card.
-6. Export with skl2onnx, check parity on at least 10,000 real rows, save through the
-   registry with full metadata.
+5. Evaluate on the test split next to the WHO 2019 chart, write the model card,
+   with what a missing optional input is scored as (:mod:`training.ncd_missing`).
+6. Export with skl2onnx, check parity on at least 10,000 real rows (plus rows with
+   each optional input missing), save through the registry with full metadata.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from models.metadata import FeatureSpec, MetricValue, ModelMetadata, OutputSpec
 from training.ncd_config import NcdTrainConfig
+from training.ncd_missing import missing_inputs, with_missing_rows
 from training.ncd_table import (
     SEX_CODES,
     Progress,
@@ -261,15 +263,18 @@ def _train(
                 metrics[f"{prefix}{key}"] = MetricValue(
                     value=value.value, ci_low=value.ci_low, ci_high=value.ci_high, n=metric_set.n
                 )
+    specs = _feature_specs(cfg)
+    # What "not recorded" becomes inside this model (shown on every card), measured.
+    missing = missing_inputs(model, x[tr][known], specs)
     rng = np.random.default_rng(cfg.seed)
     parity_rows = min(len(x), cfg.export.parity_max_rows)
-    x_parity = x[rng.choice(len(x), parity_rows, replace=False)]
+    x_parity = with_missing_rows(x[rng.choice(len(x), parity_rows, replace=False)], specs)
     metadata = ModelMetadata(
         name=cfg.name,
         version=cfg.version,
         task="ncd-risk",
         description=cfg.description,
-        features=_feature_specs(cfg),
+        features=specs,
         outputs=[
             OutputSpec(
                 name="probabilities",
@@ -294,9 +299,13 @@ def _train(
             "validation": validation,
             "split_counts": counts,
             "censoring": "IPCW, Kaplan-Meier of censoring on the training split",
+            "missing_inputs": missing,
         },
     )
-    progress(f"[6/6] exporting to ONNX; parity on {parity_rows} real rows")
+    progress(
+        f"[6/6] exporting to ONNX; parity on {parity_rows} real rows "
+        f"and {len(x_parity) - parity_rows} with an optional input missing"
+    )
     proto, metadata, parity = export_checked(
         model, x_parity, metadata, min_rows=cfg.export.parity_min_rows
     )

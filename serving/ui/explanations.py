@@ -107,6 +107,11 @@ class NcdExplanation(BaseModel):
     who_note: str | None = None
     who_region: str | None = None
     who_country: str | None = None
+    missing: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Optional inputs not recorded -> the value the model scored them as "
+        "(None: no single value).",
+    )
 
     @classmethod
     def from_advice(
@@ -135,6 +140,7 @@ class NcdExplanation(BaseModel):
             band=advice.band,
             band_index=advice.band_index,
             features=dict(advice.features),
+            missing=dict(advice.missing),
             units=dict(advice.units),
             dates=dict(advice.dates),
             contributions=list(advice.contributions),

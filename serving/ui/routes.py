@@ -245,7 +245,7 @@ async def explain_ncd(request: Request) -> Response:
         }
         for c in ex.contributions
     ]
-    data_rows = [
+    data_rows: list[dict[str, Any]] = [
         {
             "label": _feature_label(name, lang),
             "value": _value_text(name, value, units.get(name, ex.units.get(name, "")), lang),
@@ -253,6 +253,28 @@ async def explain_ncd(request: Request) -> Response:
         }
         for name, value in ex.features.items()
     ]
+    # Inputs not recorded: shown, with what the model scored them as (never hidden).
+    for name, scored_as in ex.missing.items():
+        unit = units.get(name, "1")
+        text = (
+            i18n.t("card.ncd.missing.filled", lang)
+            if scored_as is None
+            else i18n.t(
+                "card.ncd.missing.scored_as", lang, value=_value_text(name, scored_as, unit, lang)
+            )
+        )
+        data_rows.append(
+            {"label": _feature_label(name, lang), "value": text, "date": None, "missing": True}
+        )
+    missing_note = (
+        i18n.t(
+            "card.ncd.missing.note",
+            lang,
+            fields=", ".join(_feature_label(name, lang) for name in ex.missing),
+        )
+        if ex.missing
+        else ""
+    )
     chart = await run_in_threadpool(_who_grid, ex, runtime)
     return _page(
         request,
@@ -262,6 +284,7 @@ async def explain_ncd(request: Request) -> Response:
         what_ifs=await run_in_threadpool(ex.what_ifs),
         factors=factors,
         data_rows=data_rows,
+        missing_note=missing_note,
         chart=chart,
         link=request.query_params,
         metrics=ex.model.metrics,

@@ -4,6 +4,7 @@ a real SQLite audit store (dev mode: authentication is tested in test_cds_auth.p
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from starlette.applications import Starlette
 
 from serving.app import create_app
+from serving.assess import assess
+from serving.cards import ncd_card
 from serving.runtime import DevCaller, Runtime
 from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
 
@@ -410,6 +413,9 @@ def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
     assert result["model"]["sha256"] == runtime.ncd["ncd-cvd-risk"].metadata.sha256
     RiskAssessment.model_validate(result["risk_assessment"])
     assert audit_row(runtime, response).service_id == "rest:ncd-cvd-risk"
+    assert result["missing"] == {}
+    no_bmi = {k: v for k, v in body.items() if k != "bmi"}
+    assert call(app, "POST", "/v1/risk/cvd", no_bmi).json()["missing"] == {"bmi": None}
     out_of_range = call(app, "POST", "/v1/risk/cvd", {**body, "age": 121})
     assert out_of_range.status_code == 422
     assert out_of_range.json()["field"] == "age"
@@ -501,3 +507,36 @@ def test_cds_hooks_1_0_request_is_tolerated(app: Starlette) -> None:
     response = call(app, "POST", CVD, body)
     assert response.status_code == 200
     assert len(response.json()["cards"]) == 1
+
+
+def test_inputs_not_recorded_are_on_the_card(app: Starlette, runtime: Runtime) -> None:
+    """A missing optional input is listed with what the model scored it as: from the
+    artifact's measured ``missing_inputs`` when it names a value, else "filled in"."""
+    full = call(app, "POST", CVD, cds_request(prefetch())).json()["cards"][0]
+    assert "Not recorded" not in full["detail"]
+    no_chol = call(app, "POST", CVD, cds_request(prefetch(chol=None))).json()["cards"][0]
+    assert "Not recorded, filled in by the model: Total cholesterol." in no_chol["detail"]
+    assert "| Total cholesterol | **not recorded: the model filled it in** | |" in no_chol["detail"]
+
+    predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
+    measured = {"diabetes": {"missing_in_training": 0.0, "scored_as": 0.0}}
+    predictor.metadata = predictor.metadata.model_copy(
+        update={"extra": {**predictor.metadata.extra, "missing_inputs": measured}}
+    )
+    values: dict[str, float | str] = {
+        "sex": "male", "age": 60.0, "smoking": 1.0, "sbp": 150.0, "total_chol": 5.5, "bmi": 27.0,
+    }  # fmt: skip
+    advice = assess(predictor, values)
+    assert advice.missing == {"diabetes": 0.0}
+    card = ncd_card(
+        advice, lang="en", indicators=runtime.config.indicators, patient_id="p1",
+        encounter_id=None, explain_url="https://example.org/x", region="",
+    )  # fmt: skip
+    assert card.detail is not None
+    assert "| Diabetes | **not recorded: the model scored it as no** | |" in card.detail
+    km = ncd_card(
+        advice, lang="km", indicators=runtime.config.indicators, patient_id="p1",
+        encounter_id=None, explain_url="https://example.org/x", region="",
+    )  # fmt: skip
+    assert km.detail is not None
+    assert "មិនបានកត់ត្រា៖ ម៉ូដែលបានគណនាវាជា ទេ" in km.detail

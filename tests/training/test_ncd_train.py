@@ -238,6 +238,15 @@ def test_train_end_to_end_from_fhir(
     card = (stored.card_dir / "model-card.md").read_text()
     assert "TRIPOD+AI" in card
     assert "WHO 2019 chart" in card
+    # bp_treated is never missing in the synthetic export, so an unknown one is scored
+    # as untreated: measured into the metadata, stated on the card.
+    assert meta.extra["missing_inputs"]["bp_treated"] == {
+        "missing_in_training": 0.0,
+        "scored_as": 0.0,
+    }
+    assert "| 0.0 % | **0 (no)**: unknown is treated as this |" in card
+    # ONNX parity also on 500 rows per optional input (5 of them) with that input missing.
+    assert "and 2500 with an optional input missing" in " ".join(result.output.split())
     (artifacts_dir / "ncd-model-card-example.md").write_text(card, encoding="utf-8")
 
     predictor = NcdPredictor(stored)

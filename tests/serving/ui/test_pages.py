@@ -290,3 +290,18 @@ def test_pages_fetch_nothing_from_outside() -> None:
         assert "@import" not in text
     licence = (UI / "static" / "fonts" / "OFL.txt").read_text(encoding="utf-8")
     assert "SIL Open Font License" in licence
+
+
+def test_inputs_not_recorded_are_shown_on_the_explanation_page(
+    app_rt: tuple[Starlette, Runtime],
+) -> None:
+    """demo-04 has no cholesterol: the page says so, and what the model did about it."""
+    app, _ = app_rt
+    card = _card_for(app, "demo-04")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    assert 'id="missing-note"' in page
+    assert "Not recorded, filled in by the model: Total cholesterol." in page
+    assert "<strong>not recorded: the model filled it in</strong>" in page
+    complete = _card_for(app, "demo-01")
+    full_page = request(app, "GET", complete["links"][0]["url"].removeprefix("http://testserver"))
+    assert 'id="missing-note"' not in full_page.text
