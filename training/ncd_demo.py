@@ -16,7 +16,9 @@ from rich.console import Console
 
 __all__ = ["DEMO_COHORT", "DEMO_SEED", "DEMO_VERSION", "build_ncd_demo"]
 
-DEMO_VERSION = "0.1.0-demo"
+# 0.2.0: models carry what each missing input is scored as (training/ncd_missing.py),
+# and bp_treated / diabetes follow one rule in training and serving.
+DEMO_VERSION = "0.2.0-demo"
 DEMO_COHORT = 16_000  # enough for >= 10,000 parity rows after excluding diabetics
 DEMO_SEED = 2026
 
