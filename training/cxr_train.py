@@ -1,7 +1,9 @@
 """Train the chest X-ray triage model: ``tonle train cxr --config configs/cxr.yaml``.
 
 One process, or several with ``torchrun --nproc_per_node 2 -m training.cxr_train
---config ...`` (DDP, gloo on CPU). Steps:
+--config ...`` (DDP, gloo on CPU). ``tonle train cxr`` sets ``OMP_WAIT_POLICY=PASSIVE``
+before torch loads (:mod:`training.openmp`); this module imports torch at once, so with
+torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). Steps:
 
 1. read the labels CSV (or generate the synthetic set first when configured) and
    preprocess every image once with ``models.cxr_preprocess``;
