@@ -42,17 +42,27 @@ class ExportError(RuntimeError):
 
 
 class ParityReport(BaseModel):
-    """Largest absolute differences between PyTorch and ONNX Runtime outputs."""
+    """Largest differences between PyTorch and ONNX Runtime outputs.
+
+    Logits are compared absolutely. The map is compared on the scale it is shown at:
+    each map's difference divided by that map's range (the heatmap is drawn min-max
+    scaled), or absolutely where the range is below 1. A raw map's scale grows with
+    training (the demo model's maps span -31 to 127), and float32 alone cannot hold
+    it to 1e-4 absolute: PyTorch in float32 differed from the same network in float64
+    by 1.0e-4 on such maps, ONNX Runtime by 4.9e-5, each other by 1.3e-4, that is
+    3.7e-6 of the map's range.
+    """
 
     n_images: int
     max_abs_diff_logits: float
     max_abs_diff_cam: float
+    max_scaled_diff_cam: float
     atol: float
 
     @property
     def ok(self) -> bool:
-        """Whether both outputs are within ``atol``."""
-        return max(self.max_abs_diff_logits, self.max_abs_diff_cam) <= self.atol
+        """Whether the logits and the scaled map are within ``atol``."""
+        return max(self.max_abs_diff_logits, self.max_scaled_diff_cam) <= self.atol
 
 
 def export_onnx(net: CxrNet, path: Path, size: int) -> Path:
@@ -96,7 +106,8 @@ def check_parity(
         net: the PyTorch network the file was exported from.
         onnx_path: the exported file.
         images: float32 ``[N, 1, S, S]`` real preprocessed images (not noise).
-        atol: the largest absolute difference allowed for logits and map.
+        atol: the largest difference allowed for the logits (absolute) and the map
+            (relative to its range, see :class:`ParityReport`).
 
     Returns:
         The differences measured.
@@ -114,17 +125,21 @@ def check_parity(
         str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
     ort_logits, ort_cam = session.run(["logits", "cam"], {"image": batch})
+    cam = torch_cam.numpy()
+    cam_diff = np.abs(ort_cam - cam)
+    cam_range = cam.max(axis=(2, 3), keepdims=True) - cam.min(axis=(2, 3), keepdims=True)
     report = ParityReport(
         n_images=int(batch.shape[0]),
         max_abs_diff_logits=float(np.max(np.abs(ort_logits - torch_logits.numpy()))),
-        max_abs_diff_cam=float(np.max(np.abs(ort_cam - torch_cam.numpy()))),
+        max_abs_diff_cam=float(np.max(cam_diff)),
+        max_scaled_diff_cam=float(np.max(cam_diff / np.maximum(cam_range, 1.0))),
         atol=atol,
     )
     if not report.ok:
         raise ExportError(
             f"ONNX export differs from PyTorch: max |diff| logits "
-            f"{report.max_abs_diff_logits:.2e}, cam {report.max_abs_diff_cam:.2e}; "
-            f"allowed {atol:.0e}"
+            f"{report.max_abs_diff_logits:.2e}, cam {report.max_scaled_diff_cam:.2e} of its "
+            f"range ({report.max_abs_diff_cam:.2e} absolute); allowed {atol:.0e}"
         )
     return report
 

@@ -59,15 +59,15 @@ def build_cxr_demo(
         }
     )
     synthetic = cfg.data.synthetic
-    if (
-        synthetic is not None
-        and labels_csv.exists()
-        and not (labels_csv.parent / FINDING_MASKS_CSV).exists()
-    ):
-        # Written before the generator wrote per-finding masks: the same seed gives the
-        # same images, now with each finding's own mask.
-        console.print(f"{labels_csv.parent}: adding per-finding masks (same images)")
-        generate(labels_csv.parent, synthetic.n, synthetic.seed, size=synthetic.size)
+    if synthetic is not None and labels_csv.exists():
+        rows = sum(1 for _ in labels_csv.open(encoding="utf-8")) - 1
+        if rows != synthetic.n or not (labels_csv.parent / FINDING_MASKS_CSV).exists():
+            # Written by an earlier version (fewer images, or before the generator wrote
+            # per-finding masks): the same seed gives the same images, plus the rest.
+            console.print(
+                f"{labels_csv.parent}: regenerating {synthetic.n} images with their masks"
+            )
+            generate(labels_csv.parent, synthetic.n, synthetic.seed, size=synthetic.size)
     console.print(f"demo CXR model: training {DEMO_NAME}:{DEMO_VERSION} on synthetic radiographs")
     stored = train_with_progress(cfg, resume=True)
     if stored is None:

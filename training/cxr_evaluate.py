@@ -444,7 +444,8 @@ def write_card(
         "(sha256 in metadata.json)",
         f"- Parity vs PyTorch on {parity.get('n_images', '?')} real validation images: "
         f"max |diff| logits {parity.get('max_abs_diff_logits', float('nan')):.1e}, "
-        f"cam {parity.get('max_abs_diff_cam', float('nan')):.1e} (allowed 1e-4)",
+        f"heatmap {parity.get('max_scaled_diff_cam', float('nan')):.1e} of its range "
+        f"({parity.get('max_abs_diff_cam', float('nan')):.1e} absolute); allowed 1e-4",
         "",
         f"## Performance on {report.n} held-out images",
         "",

@@ -70,7 +70,7 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert all("validation split" in op.chosen_on for op in meta.operating_points)
     assert set(meta.extra["calibration"]["params"]) == set(CXR_LABELS)
     assert meta.extra["parity"]["max_abs_diff_logits"] <= 1e-4
-    assert meta.extra["parity"]["max_abs_diff_cam"] <= 1e-4
+    assert meta.extra["parity"]["max_scaled_diff_cam"] <= 1e-4
     assert meta.training_manifest_sha256
     assert meta.extra["mask_loss"]["weight"] == 0.5
     assert meta.extra["mask_loss"]["images"] > 0
