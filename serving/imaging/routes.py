@@ -97,8 +97,12 @@ def audit_row(
     hook_instance: str | None = None,
     card_ids: list[str] | None = None,
 ) -> None:
-    """Commit one audit row (C4) for a request; raises if the store cannot commit it."""
+    """Commit one audit row (C4) for a request and count its outcome (``/metrics``);
+    raises if the store cannot commit it."""
+    from serving.metrics import count_outcome
+
     if state.audit is None:
+        count_outcome(service_id, outcome, reason)
         return
     from serving.audit.records import AuditRecord
 
@@ -108,25 +112,30 @@ def audit_row(
         value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
         return None if value is None else str(value)
 
-    state.audit.record(
-        AuditRecord(
-            request_id=request_id,
-            hook_instance=hook_instance,
-            service_id=service_id,
-            card_ids=card_ids or [],
-            caller_iss=field("iss"),
-            caller_sub=field("sub"),
-            caller_tenant=field("tenant"),
-            model_name=identity.name,
-            model_version=identity.version,
-            model_sha256=identity.sha256,
-            input_sha256=result.input_sha256 if result else input_sha256,
-            outcome=outcome,  # type: ignore[arg-type]
-            reason=reason,
-            patient_ref=(result.patient_ref if result else patient_ref),
-            latency_ms=(time.perf_counter() - started) * 1000,
+    try:
+        state.audit.record(
+            AuditRecord(
+                request_id=request_id,
+                hook_instance=hook_instance,
+                service_id=service_id,
+                card_ids=card_ids or [],
+                caller_iss=field("iss"),
+                caller_sub=field("sub"),
+                caller_tenant=field("tenant"),
+                model_name=identity.name,
+                model_version=identity.version,
+                model_sha256=identity.sha256,
+                input_sha256=result.input_sha256 if result else input_sha256,
+                outcome=outcome,  # type: ignore[arg-type]
+                reason=reason,
+                patient_ref=(result.patient_ref if result else patient_ref),
+                latency_ms=(time.perf_counter() - started) * 1000,
+            )
         )
-    )
+    except Exception:
+        count_outcome(service_id, "error", "audit-unavailable")
+        raise
+    count_outcome(service_id, outcome, reason)
 
 
 async def refuse(

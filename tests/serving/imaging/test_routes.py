@@ -241,3 +241,30 @@ def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) ->
     assert j2k.status_code == 200, j2k.text
     for a, b in zip(plain["findings"], j2k.json()["findings"], strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
+
+
+def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: ListAudit) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str, reason: str) -> float:
+        labels = {"service": "imaging-cxr", "outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("tonle_outcomes_total", labels) or 0.0
+
+    before = (
+        count("advice", ""),
+        count("refused", "unauthorized"),
+        count("error", "audit-unavailable"),
+    )
+    client, _ = make_app()
+    assert client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).status_code == 200
+    audit.fail = True
+    assert client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).status_code == 503
+    audit.fail = False
+    refused, _ = make_app(dev=False)
+    assert refused.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).status_code == 401
+    after = (
+        count("advice", ""),
+        count("refused", "unauthorized"),
+        count("error", "audit-unavailable"),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1.0, 1.0, 1.0]
