@@ -291,7 +291,10 @@ def demo(
         f"  T=$(.venv/bin/tonle demo-token /cds-services/ncd-cvd-risk --port {port})\n"
         f'  curl -s -H "Authorization: Bearer $T" -H "Content-Type: application/json" '
         f"--data @{DEMO_REQUEST} http://127.0.0.1:{port}/cds-services/ncd-cvd-risk"
-        " | python3 -m json.tool\n"
+        " | python3 -m json.tool\n",
+        # Never hard-wrapped (rich breaks lines at 80 columns without a terminal, or
+        # at a narrow one's width): the commands must work as pasted.
+        soft_wrap=True,
     )
     if not build_only:
         serve(host="127.0.0.1", port=port, config=serving_config, dev=False)

@@ -37,3 +37,24 @@ def test_demo_token_is_signed_for_the_endpoint(
     claims = jwt.decode(result.output.strip(), options={"verify_signature": False})
     assert claims["aud"] == "http://127.0.0.1:3123/cds-services/ncd-cvd-risk"
     assert jwt.get_unverified_header(result.output.strip())["alg"] == "ES384"
+
+
+def test_demo_prints_commands_that_work_as_pasted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a terminal rich wraps at 80 columns; a curl command broken over two
+    # lines runs without its --data when pasted.
+    import training.demo
+
+    monkeypatch.chdir(tmp_path)
+    # `tonle demo` sets these with setdefault: set them here so they are undone after.
+    monkeypatch.setenv("TONLE_ALLOWED_ISSUERS", str(tmp_path / "issuers.yaml"))
+    monkeypatch.setenv("TONLE_DEMO_ISSUER_DIR", str(tmp_path))
+    monkeypatch.setattr(training.demo, "build_demo", lambda console: tmp_path / "serving.yaml")
+    result = CliRunner().invoke(app, ["demo", "--build-only", "--port", "3123"])
+    assert result.exit_code == 0, result.output
+    curl = [line for line in result.output.splitlines() if "Authorization: Bearer" in line]
+    assert len(curl) == 1
+    assert "--data @" in curl[0]
+    assert curl[0].rstrip().endswith("| python3 -m json.tool")
+    assert "Khmer: http://127.0.0.1:3123/ui/ehr?lang=km)" in result.output
