@@ -49,7 +49,9 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
     """The card for one stored read, in ``lang`` (C6 catalogues, English fallback).
 
     The heatmap and explanation links open in a browser without credentials, so they
-    are signed capability links (:mod:`serving.ui.links`).
+    are signed capability links (:mod:`serving.ui.links`). The FHIR DiagnosticReport
+    (``/v1/imaging/results/{id}/fhir``) needs an API key, so it is not a card link:
+    a clinician's browser would get 401.
     """
     from serving.i18n import t
 
@@ -106,11 +108,6 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
             Link(
                 label=t("card.link.explanation", lang),
                 url=f"{base}{signer.sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}",
-                type="absolute",
-            ),
-            Link(
-                label="FHIR DiagnosticReport",
-                url=f"{base}/v1/imaging/results/{result.id}/fhir",
                 type="absolute",
             ),
         ],

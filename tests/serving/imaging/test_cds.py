@@ -46,6 +46,10 @@ def test_latest_recent_read_becomes_one_card(make_app: AppFactory, audit: ListAu
     assert client.get(heatmap).headers["content-type"] == "image/png"
     assert card.links[1].url.startswith(f"https://tonle.test/ui/explain/cxr/{new.id}?exp=")
     assert card.links[1].url.endswith("&lang=en")
+    # Every card link opens in a browser without credentials: all are signed links
+    # (the API-key FHIR DiagnosticReport route would answer 401 there).
+    assert len(card.links) == 2
+    assert all("&sig=" in link.url for link in card.links)
     assert "0.7" in (card.detail or "")
     assert "unverified" in (card.detail or "")
     row = audit.rows[-1]
