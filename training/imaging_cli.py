@@ -90,23 +90,43 @@ def analyse(
     except httpx.HTTPError as exc:
         console.print(f"[bold red]error:[/] cannot reach {url}: {type(exc).__name__}")
         raise typer.Exit(EXIT_FAILED) from exc
-    body = response.json() if response.content else {}
-    if as_json:
+    try:
+        body = response.json() if response.content else {}
+    except ValueError:  # not Tonle (wrong --url), or a proxy's error page
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if as_json and body:
         out.print_json(json.dumps(body))
     if response.status_code != 200:
-        reason = body.get("reason") or body.get("error") or response.status_code
-        console.print(f"no read: {reason} ({body.get('detail', '')})")
+        reason = body.get("reason") or body.get("error") or f"HTTP {response.status_code}"
+        detail = body.get("detail")
+        console.print(f"no read: {reason}" + (f" ({detail})" if detail else ""), markup=False)
+        if response.status_code in (401, 403):
+            hint = f"${api_key_env} is not set" if not key else f"${api_key_env} was refused"
+            console.print(
+                f"{hint}; create a key with: tonle apikey create --tenant SITE --name NAME"
+            )
+            raise typer.Exit(EXIT_FAILED)
+        if not body:
+            console.print(f"no Tonle answer at {url} (is --url the service's base URL?)")
+            raise typer.Exit(EXIT_FAILED)
         raise typer.Exit(EXIT_BAD_INPUT if response.status_code < 500 else EXIT_FAILED)
     if not as_json:
+        # soft_wrap: never break a line (the heatmap link must work when copied).
         model = body["model"]
-        out.print(f"{model['name']} {model['version']} - {body['advisory']}")
+        out.print(
+            f"{model['name']} {model['version']} - {body['advisory']}", soft_wrap=True, markup=False
+        )
         for finding in body["findings"]:
             flag = "FLAG" if finding["flagged"] else "    "
             out.print(
                 f"{flag} {finding['label']:<14} {finding['probability']:.3f}  threshold "
-                f"{finding['threshold']:.3f} ({finding['threshold_source']})"
+                f"{finding['threshold']:.3f} ({finding['threshold_source']})",
+                soft_wrap=True,
+                markup=False,
             )
-        out.print(f"heatmap: {body['heatmap_url']}")
+        out.print(f"heatmap: {body['heatmap_url']}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:
