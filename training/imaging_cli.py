@@ -105,11 +105,16 @@ def analyse(
         if response.status_code in (401, 403):
             hint = f"${api_key_env} is not set" if not key else f"${api_key_env} was refused"
             console.print(
-                f"{hint}; create a key with: tonle apikey create --tenant SITE --name NAME"
+                f"{hint}; create a key with: tonle apikey create --tenant SITE --name NAME",
+                soft_wrap=True,
             )
             raise typer.Exit(EXIT_FAILED)
         if not body:
-            console.print(f"no Tonle answer at {url} (is --url the service's base URL?)")
+            console.print(
+                f"no Tonle answer at {url} (is --url the service's base URL?)",
+                soft_wrap=True,
+                markup=False,
+            )
             raise typer.Exit(EXIT_FAILED)
         raise typer.Exit(EXIT_BAD_INPUT if response.status_code < 500 else EXIT_FAILED)
     if not as_json:
