@@ -1,0 +1,67 @@
+"""What the feature-table builder found: every problem, per patient, field and rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from pydantic import BaseModel
+
+__all__ = ["BuildReport", "FeatureIssue", "FeatureTableError", "IssueCollector"]
+
+
+class FeatureIssue(BaseModel):
+    """One problem found in the input, for one patient and field."""
+
+    patient_id: str
+    field: str
+    rule: str
+    value: str | None = None
+
+
+class FeatureTableError(ValueError):
+    """Input that cannot give a trustworthy feature table (strict mode, or leakage)."""
+
+    def __init__(self, issues: list[FeatureIssue]) -> None:
+        self.issues = issues
+        first = issues[0]
+        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
+        super().__init__(
+            f"patient {first.patient_id}: {first.field}: {first.rule}"
+            + (f" (value {first.value})" if first.value is not None else "")
+            + more
+        )
+
+
+class BuildReport(BaseModel):
+    """What the builder found: counts and every problem, per patient and field."""
+
+    patients: int = 0
+    observations: int = 0
+    conditions: int = 0
+    medication_requests: int = 0
+    medication_statements: int = 0
+    issues: list[FeatureIssue] = []
+
+    def counts(self) -> dict[str, int]:
+        """Number of issues per ``field:rule``."""
+        return dict(Counter(f"{i.field}:{i.rule}" for i in self.issues))
+
+
+class IssueCollector:
+    """Collects problems as they are found; with ``strict``, raises at the first one."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.issues: list[FeatureIssue] = []
+
+    def add(self, patient_id: str, field: str, rule: str, value: object = None) -> None:
+        """Record one problem (or raise it as :class:`FeatureTableError` when strict)."""
+        issue = FeatureIssue(
+            patient_id=patient_id,
+            field=field,
+            rule=rule,
+            value=None if value is None else str(value),
+        )
+        if self.strict:
+            raise FeatureTableError([issue])
+        self.issues.append(issue)
