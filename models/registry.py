@@ -218,7 +218,10 @@ def get(name: str, version: str) -> StoredModel:
     try:
         bento_model = bentoml.models.get(f"{name}:{version}", _model_store=_store())
     except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException) as exc:
-        available = ", ".join(m.tag for m in list_models(name)) or "none"
+        available = ", ".join(m.tag for m in list_models(name))
+        if not available:  # a misspelt name: say which names there are
+            names = ", ".join(sorted({m.name for m in list_models()})) or "none"
+            available = f"no model named {name!r}; models in the store: {names}"
         raise ArtifactError(f"model {name}:{version} not found; available: {available}") from exc
     folder = Path(bento_model.path)
     return StoredModel(metadata=_read_metadata(folder), path=folder)

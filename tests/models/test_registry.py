@@ -67,6 +67,12 @@ def test_missing_model_names_what_exists(tmp_path: Path) -> None:
         registry.ArtifactError, match=r"toy-linear:9\.9\.9 not found.*toy-linear:1\.0\.0"
     ):
         registry.verify("toy-linear", "9.9.9")
+    # A misspelt name lists the names there are (was "available: none").
+    with pytest.raises(
+        registry.ArtifactError,
+        match=r"no model named 'toy-linaer'; models in the store: toy-linear",
+    ):
+        registry.verify("toy-linaer", "1.0.0")
 
 
 def test_custom_operator_domain_is_refused(tmp_path: Path) -> None:
