@@ -69,9 +69,10 @@ from monai.networks.nets.densenet import DenseNet
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
+from models.cxr_labels import CXR_LABELS
+
 __all__ = ["ARCHITECTURES", "CXR_LABELS", "Architecture", "CxrNet"]
 
-CXR_LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
 Architecture = Literal["densenet121", "resnet18", "resnet-small", "resnet-small-fine"]
 ARCHITECTURES: tuple[str, ...] = ("densenet121", "resnet18", "resnet-small", "resnet-small-fine")
 

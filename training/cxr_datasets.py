@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from models.cxr_labels import CXR_LABELS
+
 __all__ = [
     "ADAPTERS",
     "FINDING_MASKS_CSV",
@@ -55,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
+LABELS = CXR_LABELS  # the model's label order, one column each in labels.csv
 
 
 def finding_mask_column(finding: str) -> str:

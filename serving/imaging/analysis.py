@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.cxr_labels import CXR_LABELS
 from models.registry import StoredModel
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource
@@ -36,7 +37,6 @@ from serving.imaging.results import (
 )
 
 __all__ = [
-    "DEFAULT_LABELS",
     "AppliedThreshold",
     "CannotAssess",
     "CxrAnalyser",
@@ -47,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LABELS: tuple[str, ...] = ("abnormal", "tb", "nodule", "consolidation", "effusion")
 DICOM_TYPES = frozenset({"application/dicom"})
 PNG_TYPES = frozenset({"image/png"})
 # Reason codes that mean "we could not read it" rather than "not what the model is for".
@@ -108,7 +107,7 @@ def model_labels(stored: StoredModel) -> list[str]:
     for output in stored.metadata.outputs:
         if output.name == "logits" and output.labels:
             return list(output.labels)
-    return list(DEFAULT_LABELS)
+    return list(CXR_LABELS)
 
 
 def _preprocess_module() -> Any:
