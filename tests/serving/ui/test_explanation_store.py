@@ -7,25 +7,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import ValidationError
 from starlette.applications import Starlette
 
-from serving.app import create_app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui import links
-from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for
+from tests.serving.cds_fixtures import cds_request, prefetch
 from tests.serving.db_fixtures import postgres_database
-from tests.serving.ui.ui_fixtures import request
+from tests.serving.ui.ui_fixtures import cvd_app, request
 
 PATIENT = "PHI-PATIENT-7731"
 CDS = "/cds-services/ncd-cvd-risk"
@@ -38,30 +35,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     with postgres_database("tonle_ui") as url:
         yield url
-
-
-@contextmanager
-def _instance(home: Path, tmp: Path, db_url: str, **settings: Any) -> Iterator[Starlette]:
-    """One app instance (as one worker or replica runs it) on the shared database."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    config = tmp / "ui-serving.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": {"cvd-risk": "1.0.0"},
-                "ncd_services": {"ncd-cvd-risk": {"model": "cvd-risk", "title": "CVD risk"}},
-            }
-        ),
-        encoding="utf-8",
-    )
-    with runtime_for(home, tmp, serving_config=config, database_url=db_url, **settings) as rt:
-        app = create_app(rt.settings)
-        app.state.runtime = rt
-        try:
-            yield app
-        finally:
-            assert isinstance(rt.audit, AuditStore)
-            rt.audit.close()
 
 
 def _card(app: Starlette) -> dict[str, Any]:
@@ -82,18 +55,18 @@ def test_link_opens_on_another_instance_and_after_a_restart(
     ui_store_home: Path, tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with _instance(ui_store_home, tmp_path / "a", db_url) as first:
+    with cvd_app(ui_store_home, tmp_path / "a", database_url=db_url) as first:
         card = _card(first)
         link = card["links"][0]["url"].removeprefix("http://testserver")
         shown = request(first, "GET", link)
         assert shown.status_code == 200
-        with _instance(ui_store_home, tmp_path / "b", db_url) as second:
+        with cvd_app(ui_store_home, tmp_path / "b", database_url=db_url) as second:
             # Another worker: no memory of the card, same database (and link key).
             elsewhere = request(second, "GET", link)
             assert elsewhere.status_code == 200, elsewhere.text
             assert _ml_risk(elsewhere.text) == _ml_risk(shown.text)
             assert "If systolic BP were 130 mmHg" in elsewhere.text  # what-ifs on read
-    with _instance(ui_store_home, tmp_path / "c", db_url) as restarted:
+    with cvd_app(ui_store_home, tmp_path / "c", database_url=db_url) as restarted:
         again = request(restarted, "GET", link)
         assert again.status_code == 200
         assert _ml_risk(again.text) == _ml_risk(shown.text)
@@ -115,7 +88,9 @@ def test_link_opens_on_another_instance_and_after_a_restart(
 def test_expired_explanations_are_refused_then_purged(
     ui_store_home: Path, tmp_path: Path, db_url: str
 ) -> None:
-    with _instance(ui_store_home, tmp_path / "a", db_url, explanation_retention_days=2) as app:
+    with cvd_app(
+        ui_store_home, tmp_path / "a", database_url=db_url, explanation_retention_days=2
+    ) as app:
         runtime: Runtime = app.state.runtime
         store = runtime.audit
         assert isinstance(store, AuditStore)
@@ -153,7 +128,7 @@ def test_expired_explanations_are_refused_then_purged(
 
 
 def test_page_links_are_signed_and_refusals_look_alike(ui_store_home: Path, tmp_path: Path) -> None:
-    with _instance(ui_store_home, tmp_path, f"sqlite:///{tmp_path / 'a.db'}") as app:
+    with cvd_app(ui_store_home, tmp_path, database_url=f"sqlite:///{tmp_path / 'a.db'}") as app:
         runtime = app.state.runtime
         card = _card(app)
         page = f"/ui/explain/{card['uuid']}"
@@ -183,7 +158,7 @@ def test_page_links_are_signed_and_refusals_look_alike(ui_store_home: Path, tmp_
 
 def test_configured_link_secret_is_used(ui_store_home: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
-    with _instance(ui_store_home, tmp_path, url, link_secret="s" * 40) as app:
+    with cvd_app(ui_store_home, tmp_path, database_url=url, link_secret="s" * 40) as app:
         signer = links.signer(app.state.runtime)
     configured = links.LinkSigner(b"s" * 40, timedelta(days=30))
     assert signer.sign("/x", now=0) == configured.sign("/x", now=0)

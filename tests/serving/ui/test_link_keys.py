@@ -3,26 +3,20 @@ file), rotated with a previous key that still checks but never signs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import yaml
 from pydantic import ValidationError
 from starlette.applications import Starlette
 
-from serving.app import create_app
-from serving.audit import AuditStore
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui import links
-from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for
-from tests.serving.ui.ui_fixtures import request
+from tests.serving.cds_fixtures import cds_request, prefetch
+from tests.serving.ui.ui_fixtures import cvd_app, request
 
 TTL = timedelta(days=30)
 NOW = 1_800_000_000.0
@@ -83,29 +77,6 @@ def test_short_keys_are_refused_by_the_signer() -> None:
 # -- through the service ------------------------------------------------------------
 
 
-@contextmanager
-def _instance(home: Path, tmp: Path, **settings: Any) -> Iterator[Starlette]:
-    """One app instance over the fixture CVD model and the shared database in ``tmp``."""
-    config = tmp / "keys-serving.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": {"cvd-risk": "1.0.0"},
-                "ncd_services": {"ncd-cvd-risk": {"model": "cvd-risk", "title": "CVD risk"}},
-            }
-        ),
-        encoding="utf-8",
-    )
-    with runtime_for(home, tmp, serving_config=config, **settings) as runtime:
-        app = create_app(runtime.settings)
-        app.state.runtime = runtime
-        try:
-            yield app
-        finally:
-            assert isinstance(runtime.audit, AuditStore)
-            runtime.audit.close()
-
-
 def _card_link(app: Starlette) -> str:
     body = cds_request(prefetch(), context={"userId": "Practitioner/1", "patientId": "p-keys"})
     response = request(app, "POST", "/cds-services/ncd-cvd-risk", json=body)
@@ -115,10 +86,10 @@ def _card_link(app: Starlette) -> str:
 
 
 def test_rotation_keeps_links_in_ehr_cards_working(ui_store_home: Path, tmp_path: Path) -> None:
-    with _instance(ui_store_home, tmp_path, link_secret=PREVIOUS) as before:
+    with cvd_app(ui_store_home, tmp_path, link_secret=PREVIOUS) as before:
         old_link = _card_link(before)
     rotated = {"link_secret": CURRENT, "link_secret_previous": PREVIOUS}
-    with _instance(ui_store_home, tmp_path, **rotated) as after:
+    with cvd_app(ui_store_home, tmp_path, **rotated) as after:
         assert request(after, "GET", old_link).status_code == 200
         page = urlsplit(old_link).path
         forged = _signed(UNKNOWN, page, now=NOW) + "&lang=en"
@@ -130,7 +101,7 @@ def test_rotation_keeps_links_in_ehr_cards_working(ui_store_home: Path, tmp_path
         assert links.LinkSigner(CURRENT.encode(), TTL).check(page, params) == "ok"
         assert links.LinkSigner(PREVIOUS.encode(), TTL).check(page, params) == "invalid"
     # The rotation done: the previous key's links are refused like forged ones.
-    with _instance(ui_store_home, tmp_path, link_secret=CURRENT) as done:
+    with cvd_app(ui_store_home, tmp_path, link_secret=CURRENT) as done:
         assert request(done, "GET", old_link).status_code == 403
         assert request(done, "GET", new_link).status_code == 200
 

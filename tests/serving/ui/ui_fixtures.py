@@ -13,11 +13,12 @@ import yaml
 from starlette.applications import Starlette
 
 from serving.app import create_app
+from serving.audit import AuditStore
 from serving.demo_issuer import ensure_demo_issuer
 from serving.runtime import Runtime
 from tests.serving.cds_fixtures import model_store_at, runtime_for
 
-__all__ = ["build_cvd_store", "demo_app", "request"]
+__all__ = ["build_cvd_store", "cvd_app", "demo_app", "request"]
 
 
 def build_cvd_store(tmp: Path) -> Path:
@@ -29,6 +30,34 @@ def build_cvd_store(tmp: Path) -> Path:
         make_ncd_artifact(tmp, "cvd")
         make_cxr_artifact(tmp)  # cxr-triage 0.0.1, 64 px
     return home
+
+
+@contextmanager
+def cvd_app(store_home: Path, tmp: Path, **settings: Any) -> Iterator[Starlette]:
+    """One app instance (as one worker or replica runs it) serving the fixture CVD model.
+
+    ``settings`` go to :func:`runtime_for` (e.g. ``database_url`` for a database that
+    several instances share); the audit store is closed on exit.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = tmp / "cvd-serving.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"cvd-risk": "1.0.0"},
+                "ncd_services": {"ncd-cvd-risk": {"model": "cvd-risk", "title": "CVD risk"}},
+            }
+        ),
+        encoding="utf-8",
+    )
+    with runtime_for(store_home, tmp, serving_config=config, **settings) as runtime:
+        app = create_app(runtime.settings)
+        app.state.runtime = runtime
+        try:
+            yield app
+        finally:
+            assert isinstance(runtime.audit, AuditStore)
+            runtime.audit.close()
 
 
 @contextmanager
