@@ -169,9 +169,9 @@ def main() -> None:
     size = 224
     rng = np.random.default_rng(0)
     images = rng.random((1, 1, size, size), dtype=np.float32)
-    archs = ARCHITECTURES if args.arch_sweep else ("resnet-small",)
-    if not args.arch_sweep and not args.skip_accuracy:
-        from models import registry
+    archs = ARCHITECTURES
+    if not args.arch_sweep:  # the architecture of --model (it was resnet-small whatever
+        from models import registry  # the model with --skip-accuracy)
 
         name, _, version = args.model.partition(":")
         archs = (str(registry.get(name, version or "latest").metadata.extra.get("arch")),)
