@@ -21,7 +21,14 @@ from serving.cds_models import (
 from serving.fhir_out import provenance, risk_assessment
 from serving.i18n import format_date, t
 
-__all__ = ["OVERRIDE_CODES", "OVERRIDE_SYSTEM", "Indicator", "missing_text", "ncd_card"]
+__all__ = [
+    "OVERRIDE_CODES",
+    "OVERRIDE_SYSTEM",
+    "Indicator",
+    "missing_text",
+    "ncd_card",
+    "value_text",
+]
 
 Indicator = Literal["info", "warning", "critical"]
 OVERRIDE_SYSTEM = "https://tonle.dev/fhir/CodeSystem/override-reason"
@@ -33,7 +40,8 @@ _SUGGESTION_KEY = {
 _DISPLAY_UNIT = {"mm[Hg]": "mmHg", "kg/m2": "kg/m²", "a": "years", "1": ""}
 
 
-def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
+def value_text(name: str, value: float | str, unit: str, lang: str) -> str:
+    """One input value as cards and explanation pages show it (same digits on both)."""
     if name == "sex":
         return t(f"value.{value}", lang)
     if unit == "1" or name in ("smoking", "diabetes", "bp_treated"):
@@ -47,7 +55,7 @@ def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
     """Each used value as shown on the card (the factors and the data table share them)."""
     units = {spec.name: spec.unit for spec in advice.metadata.features}
     return {
-        name: _value_text(name, value, units.get(name, "1"), lang)
+        name: value_text(name, value, units.get(name, "1"), lang)
         for name, value in advice.features.items()
     }
 
@@ -60,7 +68,7 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     parts: list[str] = []
     for item in advice.contributions:
         sign = "+" if item.delta_risk >= 0 else "−"
-        text = shown.get(item.feature) or _value_text(item.feature, item.value, item.unit, lang)
+        text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
         parts.append(
             f"{_label(item.feature, lang)} {text} ({sign}{abs(item.delta_risk) * 100:.1f} pp)"
         )
@@ -89,7 +97,7 @@ def missing_text(name: str, scored_as: float | None, unit: str, lang: str) -> st
     """How a missing input is shown: not recorded, and what the model scored it as."""
     if scored_as is None:
         return t("card.ncd.missing.filled", lang)
-    value = _value_text(name, scored_as, unit, lang)
+    value = value_text(name, scored_as, unit, lang)
     return t("card.ncd.missing.scored_as", lang, value=value)
 
 

@@ -21,12 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving import i18n
+from serving.cards import missing_text, value_text
 from serving.runtime import Runtime
 from serving.ui import links
 from serving.ui.explanations import NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
-    DISPLAY_UNIT,
     feature_label,
     language,
     link_refused,
@@ -40,9 +40,6 @@ from serving.ui.who_chart import ChartGrid, grid
 
 __all__ = ["cxr_png", "cxr_store", "explain_cxr", "explain_ncd", "model_card", "stored_explanation"]
 
-_FLAGS = frozenset({"smoking", "diabetes", "bp_treated"})
-
-
 # --- NCD explanation -------------------------------------------------------------------
 
 
@@ -53,17 +50,6 @@ def stored_explanation(runtime: Runtime, card_id: str) -> NcdExplanation | None:
     if found is None or found.expires <= datetime.now(UTC):
         return None
     return NcdExplanation.model_validate_json(found.content)
-
-
-def _value_text(name: str, value: float | str, unit: str, lang: str) -> str:
-    if name == "sex":
-        return i18n.t(f"value.{value}", lang)
-    if name in _FLAGS or unit == "1":
-        return i18n.t("value.yes" if float(value) >= 0.5 else "value.no", lang)
-    decimals = 0 if float(value) == round(float(value)) or abs(float(value)) >= 50 else 1
-    shown = i18n.format_number(float(value), lang, decimals)
-    suffix = i18n.t("unit.years", lang) if unit == "a" else DISPLAY_UNIT.get(unit, unit)
-    return f"{shown} {suffix}".strip()
 
 
 def _who_grid(ex: NcdExplanation, runtime: Runtime) -> ChartGrid | None:
@@ -107,7 +93,7 @@ async def explain_ncd(request: Request) -> Response:
     factors = [
         {
             "label": feature_label(c.feature, lang),
-            "value": _value_text(
+            "value": value_text(
                 c.feature, ex.features.get(c.feature, c.value), units.get(c.feature, c.unit), lang
             ),
             "date": ex.dates.get(c.feature),
@@ -120,7 +106,7 @@ async def explain_ncd(request: Request) -> Response:
     data_rows: list[dict[str, Any]] = [
         {
             "label": feature_label(name, lang),
-            "value": _value_text(name, value, units.get(name, ex.units.get(name, "")), lang),
+            "value": value_text(name, value, units.get(name, ex.units.get(name, "")), lang),
             "date": ex.dates.get(name),
         }
         for name, value in ex.features.items()
@@ -128,13 +114,7 @@ async def explain_ncd(request: Request) -> Response:
     # Inputs not recorded: shown, with what the model scored them as (never hidden).
     for name, scored_as in ex.missing.items():
         unit = units.get(name, "1")
-        text = (
-            i18n.t("card.ncd.missing.filled", lang)
-            if scored_as is None
-            else i18n.t(
-                "card.ncd.missing.scored_as", lang, value=_value_text(name, scored_as, unit, lang)
-            )
-        )
+        text = missing_text(name, scored_as, unit, lang)  # as on the card
         data_rows.append(
             {"label": feature_label(name, lang), "value": text, "date": None, "missing": True}
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,16 @@ def _token(app: Starlette, path: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def _card_for(app: Starlette, patient_id: str, lang: str = "en") -> dict[str, Any]:
-    """Run the demo EHR's patient-view flow over HTTP; returns the CVD card."""
+def _card_for(
+    app: Starlette,
+    patient_id: str,
+    lang: str = "en",
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the demo EHR's patient-view flow over HTTP; returns the CVD card.
+
+    ``edit`` may change the prefetch before the call (e.g. a value with more digits).
+    """
     found = request(app, "GET", "/cds-services", headers=_token(app, "/cds-services"))
     assert found.status_code == 200, found.text
     service = next(s for s in found.json()["services"] if s["id"] == "ncd-cvd-risk")
@@ -54,6 +62,8 @@ def _card_for(app: Starlette, patient_id: str, lang: str = "en") -> dict[str, An
         "/ui/api/demo/prefetch",
         json={"patientId": patient_id, "templates": service["prefetch"]},
     ).json()["prefetch"]
+    if edit is not None:
+        edit(pf)
     path = "/cds-services/ncd-cvd-risk"
     body = {
         "hook": "patient-view",
@@ -305,3 +315,22 @@ def test_inputs_not_recorded_are_shown_on_the_explanation_page(
     complete = _card_for(app, "demo-01")
     full_page = request(app, "GET", complete["links"][0]["url"].removeprefix("http://testserver"))
     assert 'id="missing-note"' not in full_page.text
+
+
+def test_card_and_explanation_page_show_the_same_numbers(
+    app_rt: tuple[Starlette, Runtime],
+) -> None:
+    """Cholesterol 6.95 mmol/L read 6.95 on the card but 7.0 on the page (own rounding)."""
+    app, _ = app_rt
+
+    def two_decimals(prefetch: dict[str, Any]) -> None:
+        entries = prefetch["totalChol"]["entry"]
+        assert entries, "no cholesterol in the demo-02 prefetch"
+        for entry in entries:
+            entry["resource"]["valueQuantity"]["value"] = 6.95
+
+    card = _card_for(app, "demo-02", edit=two_decimals)
+    assert "| 6.95 mmol/L |" in card["detail"], card["detail"]
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    assert "6.95 mmol/L" in page
+    assert "7.0 mmol/L" not in page
