@@ -80,9 +80,7 @@ def write_config(tmp: Path, **overrides: Any) -> Path:
 @contextmanager
 def runtime_for(home: Path, tmp: Path, **settings: Any) -> Iterator[Runtime]:
     """A warmed-up runtime over the store at ``home`` (dev mode unless overridden)."""
-    old = os.environ.get("BENTOML_HOME")
-    os.environ["BENTOML_HOME"] = str(home)
-    try:
+    with model_store_at(home):
         values: dict[str, Any] = {
             "serving_config": write_config(tmp),
             "database_url": f"sqlite:///{tmp / 'audit.db'}",
@@ -93,11 +91,6 @@ def runtime_for(home: Path, tmp: Path, **settings: Any) -> Iterator[Runtime]:
         runtime = Runtime.load(Settings(**values))
         runtime.warm_up()
         yield runtime
-    finally:
-        if old is None:
-            os.environ.pop("BENTOML_HOME", None)
-        else:
-            os.environ["BENTOML_HOME"] = old
 
 
 def observation(
