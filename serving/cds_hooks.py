@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -260,7 +261,11 @@ async def ncd_service(request: Request) -> Response:
             encounter_id=cds.context.encounterId,
             explain_url="",
             region=_region_name(advice, runtime),
-            source_url=f"{base}/v1/models",
+            # The model card page (a clinician's browser opens it), not the JSON list.
+            source_url=(
+                f"{base}/ui/models/{quote(advice.metadata.name)}/"
+                f"{quote(advice.metadata.version)}?lang={lang}"
+            ),
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"

@@ -96,6 +96,8 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     assert card["indicator"] in {"info", "warning", "critical"}
     assert "cvd-risk" in card["source"]["label"]
     assert "1.0.0" in card["source"]["label"]
+    # The source link opens the model card page, without credentials.
+    assert card["source"]["url"] == "http://testserver/ui/models/cvd-risk/1.0.0?lang=en"
     detail = card["detail"]
     # ML risk and WHO chart risk side by side, data used with dates, advisory line.
     assert "WHO 2019 chart" in detail
