@@ -28,9 +28,9 @@ from starlette.staticfiles import StaticFiles
 from serving.ui.demo_ehr import demo_prefetch, demo_token, demo_xray, ehr
 from serving.ui.feedback import feedback
 from serving.ui.pages import cxr_png, explain_cxr, explain_ncd, model_card
-from serving.ui.render import CARD_ID, UI_CALLER, demo_enabled, language, message_page, runtime_of
+from serving.ui.render import CARD_ID, language, message_page, runtime_of
 
-__all__ = ["UI_CALLER", "demo_enabled", "language", "routes"]
+__all__ = ["routes"]
 
 _STATIC = Path(__file__).parent / "static"
 
