@@ -340,10 +340,14 @@ class CxrAnalyser:
         )
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
-        """The flagged finding with the highest probability-to-threshold ratio, else 'abnormal'."""
+        """The flagged finding with the highest (calibrated) probability, else 'abnormal'.
+
+        Not the probability-to-threshold ratio: a finding with a low threshold (nodule,
+        0.03) beat a far likelier one (TB 0.89 at 0.78) and the heatmap showed the nodule.
+        """
         specific = [f for f in findings if f.flagged and f.label != "abnormal"]
         if specific:
-            return max(specific, key=lambda f: f.probability / max(f.threshold, 1e-6)).label
+            return max(specific, key=lambda f: f.probability).label
         return "abnormal" if "abnormal" in self.labels else self.labels[0]
 
     def predict_one(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, float]:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving.cds_models import Card, CdsRequest, CdsResponse, CdsService, Link, Source
-from serving.imaging.results import ADVISORY, CxrResult, now
+from serving.imaging.results import CxrResult, now
 from serving.imaging.state import ImagingState
 from serving.ui.links import LinkSigner, signer
 
@@ -86,7 +86,7 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
                 scores=scores,
                 quality=t("ui.explain.cxr.quality_ok", lang),
             ),
-            f"**{ADVISORY}**" if lang == "en" else t("advisory.statement", lang),
+            f"**{t('advisory.cxr', lang)}**",
         ]
     )
     return Card(

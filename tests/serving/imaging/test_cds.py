@@ -125,3 +125,10 @@ def test_cards_speak_khmer_when_asked(make_app: AppFactory) -> None:
     assert english["summary"] != khmer["summary"]
     assert any("\u1780" <= ch <= "\u17ff" for ch in khmer["summary"])
     assert khmer["links"][1]["url"].endswith("&lang=km")
+    # Both say the read is AI generated and unverified, in their own language.
+    from serving.i18n import t
+    from serving.imaging.results import ADVISORY
+
+    assert t("advisory.cxr", "en") == ADVISORY
+    assert ADVISORY in english["detail"]
+    assert t("advisory.cxr", "km") in khmer["detail"]

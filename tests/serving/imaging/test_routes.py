@@ -268,3 +268,26 @@ def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: ListAudit
         count("error", "audit-unavailable"),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [1.0, 1.0, 1.0]
+
+
+def test_heatmap_shows_the_likeliest_flagged_finding(make_app: AppFactory) -> None:
+    from serving.imaging.results import CxrFinding
+
+    _, state = make_app()
+
+    def finding(label: str, probability: float, threshold: float) -> CxrFinding:
+        return CxrFinding(
+            label=label,
+            probability=probability,
+            threshold=threshold,
+            threshold_source="model-version",
+            threshold_chosen_on="test",
+            flagged=probability >= threshold,
+        )
+
+    # TB 0.89 over its 0.78 threshold beats a nodule at 0.11 over a low 0.03 threshold
+    # (the demo's thresholds), though the nodule's ratio to its threshold is higher.
+    findings = [finding("abnormal", 0.95, 0.5), finding("tb", 0.89, 0.78)]
+    findings += [finding("nodule", 0.11, 0.03), finding("effusion", 0.6, 0.8)]
+    assert state.analyser._heatmap_label(findings) == "tb"
+    assert state.analyser._heatmap_label(findings[:1]) == "abnormal"
