@@ -18,6 +18,7 @@ from typing import Literal
 from models.metadata import ModelMetadata
 from models.ncd_predictor import Contribution, NcdInputError, NcdPredictor, encode_rows, risk_band
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
+from serving.ui.who_chart import ChartCell, patient_cell
 
 __all__ = ["Advice", "NoAdvice", "WhoSettings", "already_has_outcome", "assess", "who_for"]
 
@@ -62,6 +63,9 @@ class Advice:
     sources: dict[str, str]
     input_sha256: str
     who: WhoCvdResult | None = None
+    """The WHO 2019 equation at the patient's exact values."""
+    who_cell: ChartCell | None = None
+    """The printed WHO chart cell the patient falls in (what "WHO chart" means on cards)."""
     who_note: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     missing: dict[str, float | None] = field(default_factory=dict)
@@ -201,9 +205,12 @@ def assess(
         raise NoAdvice("model-output", None, "the model returned no valid probability")
     band_index, band = risk_band(risk)
     who_result: WhoCvdResult | None = None
+    who_cell: ChartCell | None = None
     who_note: str | None = None
     if who is not None:
         who_result, who_note = who_for(values, who)
+        if who_result is not None:
+            who_cell = patient_cell(who_result, region=who.region, country=who.country)
     return Advice(
         outcome=str(meta.extra.get("outcome", "")),
         risk=risk,
@@ -218,6 +225,7 @@ def assess(
         sources={k: v for k, v in (sources or {}).items() if k in used and v},
         input_sha256=_canonical_sha256(meta.tag, used),
         who=who_result,
+        who_cell=who_cell,
         who_note=who_note,
         missing=missing,
     )

@@ -124,13 +124,17 @@ def _missing_note(advice: Advice, lang: str) -> list[str]:
 
 def _summary(advice: Advice, lang: str) -> str:
     # With the WHO chart beside it, the summary names both numbers, so the model's
-    # risk is never read as the chart's.
-    if advice.outcome == "cvd" and advice.who is not None:
+    # risk is never read as the chart's. "WHO chart" is the patient's printed chart
+    # cell (what the explanation page outlines and a clinician reads off the paper
+    # chart), not the equation at the exact values, which only the detail shows.
+    cell = advice.who_cell
+    if advice.outcome == "cvd" and advice.who is not None and cell is not None:
         text = t(
             "card.ncd.cvd.summary_who",
             lang,
             percent=advice.percent,
-            who_percent=advice.who.percent,
+            who_percent=cell.percent,
+            who_band=cell.band,
         )
     else:
         text = t(
@@ -143,7 +147,8 @@ def _detail(advice: Advice, lang: str, region: str) -> str:
     meta = advice.metadata
     shown = _value_texts(advice, lang)
     factors = _factors(advice, lang, shown)
-    if advice.outcome == "cvd" and advice.who is not None:
+    cell = advice.who_cell
+    if advice.outcome == "cvd" and advice.who is not None and cell is not None:
         body = t(
             "card.ncd.cvd.detail",
             lang,
@@ -151,8 +156,10 @@ def _detail(advice: Advice, lang: str, region: str) -> str:
             model=meta.name,
             version=meta.version,
             region=region,
-            who_percent=advice.who.percent,
-            band=advice.who.band,
+            who_percent=cell.percent,
+            band=cell.band,
+            cell=t(f"card.ncd.cvd.cell.{advice.who.model}", lang, **cell.model_dump()),
+            exact_percent=advice.who.percent,
             factors=factors,
         )
     elif advice.outcome == "cvd":
@@ -215,6 +222,11 @@ def ncd_card(
         uuid=card_id,
         summary=_summary(advice, lang),
         detail=_detail(advice, lang, region),
+        # The indicator follows the site model's own risk band (the band its FHIR
+        # RiskAssessment records), not either WHO number: the WHO chart is shown beside
+        # it for comparison. Where a WHO band is shown it is the chart cell's category,
+        # because HEARTS reads its treatment thresholds off the printed chart's
+        # categories (e.g. >= 20 %), not off the equation at exact values.
         indicator=indicators[advice.band_index],
         source=Source(
             label=t("card.source.label", lang, model=meta.name, version=meta.version),

@@ -27,6 +27,7 @@ from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.metrics import count_outcome
 from serving.runtime import DevCaller, Runtime
+from serving.ui.who_chart import ChartCell
 
 __all__ = [
     "ContributionOut",
@@ -114,7 +115,16 @@ class RiskResponse(BaseModel):
     percent: int | None = None
     band: str | None = Field(default=None, description="WHO band of the risk, e.g. '10-<20%'.")
     contributions: list[ContributionOut] = Field(default_factory=list)
-    who: WhoCvdResult | None = Field(default=None, description="WHO 2019 chart risk (CVD).")
+    who: WhoCvdResult | None = Field(
+        default=None,
+        description="WHO 2019 risk equation at the patient's exact values (CVD); can differ "
+        "from `who_chart`, the printed chart cell.",
+    )
+    who_chart: ChartCell | None = Field(
+        default=None,
+        description="The printed WHO 2019 chart cell the patient falls in (its number and "
+        "risk category, computed at the middle of its ranges): what cards call 'WHO chart'.",
+    )
     who_note: str | None = Field(default=None, description="Why the WHO chart was not used.")
     missing: dict[str, float | None] = Field(
         default_factory=dict,
@@ -244,6 +254,7 @@ async def _risk(request: Request, outcome: str) -> Response:
             band=advice.band,
             contributions=[ContributionOut(**c.model_dump()) for c in advice.contributions],
             who=advice.who,
+            who_chart=advice.who_cell,
             who_note=advice.who_note,
             missing=advice.missing,
             risk_assessment=risk_assessment(
@@ -362,7 +373,9 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/risk/cvd": op("10-year cardiovascular risk", "RiskRequest", "RiskResponse"),
             "/v1/risk/diabetes": op("10-year diabetes risk", "RiskRequest", "RiskResponse"),
-            "/v1/who-cvd": op("WHO 2019 CVD chart risk", "WhoCvdRequest", "WhoCvdResult"),
+            "/v1/who-cvd": op(
+                "WHO 2019 CVD risk equation at the given values", "WhoCvdRequest", "WhoCvdResult"
+            ),
         },
         "components": {
             "schemas": schemas,

@@ -128,6 +128,9 @@ async def explain_ncd(request: Request) -> Response:
         else ""
     )
     chart = await run_in_threadpool(_who_grid, ex, runtime)
+    # The headline's "WHO chart" number is the outlined cell's, as on the card; the
+    # equation at the patient's exact values is shown beside it, named as such.
+    who_cell = chart.patient() if chart is not None else None
     return render_page(
         request,
         "explain_ncd.html",
@@ -138,6 +141,7 @@ async def explain_ncd(request: Request) -> Response:
         data_rows=data_rows,
         missing_note=missing_note,
         chart=chart,
+        who_cell=who_cell,
         link=request.query_params,
         metrics=ex.model.metrics,
         title_key={"cvd": "ui.explain.ncd.title", "diabetes": "ui.explain.diabetes.title"}.get(

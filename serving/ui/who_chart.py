@@ -8,6 +8,10 @@ the middle of the blood pressure and cholesterol/BMI ranges). The grid is comput
 here with :func:`models.who_cvd.who_cvd_risk_batch`, so it is the same equation
 the patient's own risk comes from; the patient's exact risk can differ from their
 cell's by a band edge, as on paper.
+
+:func:`patient_cell` is the one cell of that grid a patient falls in: what a
+clinician reads off the printed chart, and what cards call "WHO chart" (the
+equation at the patient's exact values is shown beside it, named as such).
 """
 
 from __future__ import annotations
@@ -18,9 +22,18 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.who_cvd import percents_and_bands, who_cvd_risk_batch
+from models.who_cvd import BANDS, WhoCvdResult, percents_and_bands, who_cvd_risk_batch
 
-__all__ = ["AGE_BANDS", "BMI_CATEGORIES", "CHOL_CATEGORIES", "SBP_CATEGORIES", "ChartGrid", "grid"]
+__all__ = [
+    "AGE_BANDS",
+    "BMI_CATEGORIES",
+    "CHOL_CATEGORIES",
+    "SBP_CATEGORIES",
+    "ChartCell",
+    "ChartGrid",
+    "grid",
+    "patient_cell",
+]
 
 
 class _Category(BaseModel):
@@ -71,6 +84,19 @@ def _index(categories: tuple[_Category, ...], value: float) -> int:
     return bisect.bisect_right(bounds, value)
 
 
+class ChartCell(BaseModel):
+    """The printed chart cell a patient falls in: its number, colour band and categories."""
+
+    model_config = ConfigDict(frozen=True)
+
+    percent: int = Field(description="The number printed in the cell (whole percent).")
+    band: str = Field(description="The cell's colour band (risk category), e.g. '20-<30%'.")
+    band_index: int = Field(ge=0, le=4)
+    age: str = Field(description="Age band, e.g. '60-64'.")
+    sbp: str = Field(description="Systolic BP category, mmHg, e.g. '160-179'.")
+    col: str = Field(description="Total cholesterol (mmol/L, lab) or BMI (kg/m2) category.")
+
+
 class ChartGrid(BaseModel):
     """One chart page: ``percent[age][sbp][col]`` with colour bands, and the patient's cell."""
 
@@ -86,6 +112,48 @@ class ChartGrid(BaseModel):
     percent: list[list[list[int]]]
     band_index: list[list[list[int]]]
     cell: tuple[int, int, int] | None = Field(description="(age, sbp, col) of the patient.")
+
+    def patient(self) -> ChartCell | None:
+        """The patient's (outlined) cell, or None when the patient is not on this page."""
+        if self.cell is None:
+            return None
+        a, s, c = self.cell
+        index = self.band_index[a][s][c]
+        return ChartCell(
+            percent=self.percent[a][s][c],
+            band=BANDS[index][1],
+            band_index=index,
+            age=self.age_labels[a],
+            sbp=self.sbp_labels[s],
+            col=self.col_labels[c],
+        )
+
+
+def _chart_risks(
+    model: Literal["lab", "nonlab"],
+    mesh: np.ndarray,
+    *,
+    sex: Literal["female", "male"],
+    smoking: bool,
+    diabetes: bool | None,
+    region: str | None,
+    country: str | None,
+) -> np.ndarray:
+    """The equation at representative values ``mesh[:, (age, sbp, chol or BMI)]``."""
+    n = len(mesh)
+    lab = model == "lab"
+    return who_cvd_risk_batch(
+        model,
+        [sex] * n,
+        mesh[:, 0],
+        np.full(n, int(smoking)),
+        mesh[:, 1],
+        total_chol=mesh[:, 2] if lab else None,
+        diabetes=np.full(n, int(bool(diabetes))) if lab else None,
+        bmi=None if lab else mesh[:, 2],
+        region=region,
+        country=country,
+    )
 
 
 def grid(
@@ -119,19 +187,9 @@ def grid(
     mesh = np.array(
         [(a.value, s.value, c.value) for a in AGE_BANDS for s in SBP_CATEGORIES for c in cols]
     )
-    n = len(mesh)
     lab = model == "lab"
-    risks = who_cvd_risk_batch(
-        model,
-        [sex] * n,
-        mesh[:, 0],
-        np.full(n, int(smoking)),
-        mesh[:, 1],
-        total_chol=mesh[:, 2] if lab else None,
-        diabetes=np.full(n, int(bool(diabetes))) if lab else None,
-        bmi=None if lab else mesh[:, 2],
-        region=region,
-        country=country,
+    risks = _chart_risks(
+        model, mesh, sex=sex, smoking=smoking, diabetes=diabetes, region=region, country=country
     )
     shape = (len(AGE_BANDS), len(SBP_CATEGORIES), len(cols))
     percent, bands = percents_and_bands(risks.reshape(shape))
@@ -149,4 +207,57 @@ def grid(
         percent=percent.astype(int).tolist(),
         band_index=bands.tolist(),
         cell=cell,
+    )
+
+
+def patient_cell(who: WhoCvdResult, *, region: str | None, country: str | None) -> ChartCell | None:
+    """The printed chart cell of the patient a WHO result was computed for.
+
+    The same categories and representative values as :func:`grid` (one cell of it),
+    so a card's "WHO chart" number is the number outlined on the explanation page.
+
+    Args:
+        who: The WHO 2019 result at the patient's exact values (its ``inputs_used``
+            locate the cell; its ``model`` picks the lab or non-lab chart).
+        region: GBD region code the result used. country: ISO alpha-3 code.
+
+    Returns:
+        The cell, or None when the values are outside the chart (age not 40-74) or
+        the sex is not one the charts print.
+
+    Raises:
+        models.who_cvd.WhoCvdInputError: unknown region or country.
+    """
+    used = who.inputs_used
+    sex, age, sbp = used.get("sex"), used.get("age"), used.get("sbp")
+    col = used.get("total_chol") if who.model == "lab" else used.get("bmi")
+    if sex not in ("female", "male") or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in (age, sbp, col)
+    ):
+        return None
+    age_f, sbp_f, col_f = float(age), float(sbp), float(col)  # type: ignore[arg-type]
+    if not 40 <= age_f < 75:
+        return None
+    cols = CHOL_CATEGORIES if who.model == "lab" else BMI_CATEGORIES
+    a = AGE_BANDS[_index(AGE_BANDS, age_f)]
+    s = SBP_CATEGORIES[_index(SBP_CATEGORIES, sbp_f)]
+    c = cols[_index(cols, col_f)]
+    risk = _chart_risks(
+        who.model,
+        np.array([(a.value, s.value, c.value)]),
+        sex="male" if sex == "male" else "female",
+        smoking=bool(used.get("smoking")),
+        diabetes=bool(used.get("diabetes")) if who.model == "lab" else None,
+        region=region,
+        country=country,
+    )
+    percent, bands = percents_and_bands(risk)
+    index = int(bands[0])
+    return ChartCell(
+        percent=int(percent[0]),
+        band=BANDS[index][1],
+        band_index=index,
+        age=a.label,
+        sbp=s.label,
+        col=c.label,
     )

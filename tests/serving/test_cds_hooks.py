@@ -89,10 +89,18 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     assert len(cards) == 1
     card = cards[0]
     assert len(card["summary"]) < 140
-    # The summary names the model's risk and the WHO chart's, never one as the other.
-    who = re.search(r"WHO 2019 chart, [^:]+: \*\*(\d+)%\*\*", card["detail"])
+    # The summary names the model's risk and the WHO chart's, never one as the other;
+    # "WHO chart" is the printed chart cell the detail names, with its risk category.
+    who = re.search(
+        r"WHO 2019 chart, [^:]+: \*\*(\d+)%\*\*, category \*\*([^*]+)\*\* \(the patient's cell: "
+        r"age 60-64, systolic BP 160-179 mmHg, total cholesterol 6-6.9 mmol/L\)",
+        card["detail"],
+    )
     assert who is not None
-    assert card["summary"].endswith(f"(model); WHO chart {who.group(1)}%")
+    assert card["summary"].endswith(f"(model); WHO chart {who.group(1)}% ({who.group(2)})")
+    # The equation at the exact values is in the detail, named as such, not in the summary.
+    assert re.search(r"WHO 2019 equation at this patient's exact values: \d+%", card["detail"])
+    assert "equation" not in card["summary"]
     assert card["indicator"] in {"info", "warning", "critical"}
     assert "cvd-risk" in card["source"]["label"]
     assert "1.0.0" in card["source"]["label"]
@@ -412,6 +420,10 @@ def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
     assert result["advice"] is True
     assert 0 < result["risk"] < 1
     assert result["who"]["band"] in {"<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"}
+    # "who" is the equation at the exact values, "who_chart" the printed cell (62, 165, 6.2).
+    cell = result["who_chart"]
+    assert (cell["age"], cell["sbp"], cell["col"]) == ("60-64", "160-179", "6-6.9")
+    assert cell["band"] in {"<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"}
     assert result["model"]["sha256"] == runtime.ncd["ncd-cvd-risk"].metadata.sha256
     RiskAssessment.model_validate(result["risk_assessment"])
     assert audit_row(runtime, response).service_id == "rest:ncd-cvd-risk"

@@ -77,15 +77,19 @@ def test_card_summaries_fit_cds_hooks_limit() -> None:
         )
         assert len(text) < 2 * 140
         assert len(t("card.ncd.cvd.summary", lang, percent=100, band=">=30%")) < 140
-        assert len(t("card.ncd.cvd.summary_who", lang, percent=100, who_percent=100)) < 140
+        longest = t(
+            "card.ncd.cvd.summary_who", lang, percent=100, who_percent=100, who_band="20-<30%"
+        )
+        assert len(longest) < 140
 
 
 def test_t_fills_params_and_formats_numbers_per_language() -> None:
     assert t("card.ncd.cvd.summary", "en", percent=12, band="10-<20%") == (
         "10-year heart attack or stroke risk 12% (band 10-<20%)"
     )
-    assert t("card.ncd.cvd.summary_who", "en", percent=16, who_percent=25) == (
-        "10-year heart attack or stroke risk 16% (model); WHO chart 25%"
+    # demo-02: "WHO chart" is the printed cell's number and risk category.
+    assert t("card.ncd.cvd.summary_who", "en", percent=16, who_percent=23, who_band="20-<30%") == (
+        "10-year heart attack or stroke risk 16% (model); WHO chart 23% (20-<30%)"
     )
     km = t("card.ncd.cvd.summary", "km", percent=12, band="10-<20%")
     assert "12%" in km

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -18,7 +19,7 @@ from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
 from serving.runtime import Runtime
 from serving.ui import demo, links
-from serving.ui.who_chart import grid
+from serving.ui.who_chart import grid, patient_cell
 from tests.serving.ui.ui_fixtures import demo_app, request
 
 UI = Path(__file__).resolve().parents[3] / "serving" / "ui"
@@ -111,6 +112,42 @@ def test_who_grid_cells_are_the_equation_at_representative_values() -> None:
     assert outside.diabetes is None
 
 
+@pytest.mark.parametrize(
+    ("model", "sex", "smoking", "diabetes", "age", "sbp", "col"),
+    [
+        ("lab", "male", True, False, 63.0, 178.0, 7.1),  # demo-02: cell 23 %, exact 25 %
+        ("lab", "female", False, True, 40.0, 119.9, 4.0),  # on band edges
+        ("nonlab", "female", True, None, 74.9, 180.0, 34.9),
+    ],
+)
+def test_patient_cell_is_the_grid_cell(
+    model: Literal["lab", "nonlab"],
+    sex: Literal["female", "male"],
+    smoking: bool,
+    diabetes: bool | None,
+    age: float,
+    sbp: float,
+    col: float,
+) -> None:
+    kw: dict[str, Any] = {"region": "A05GBDR_014_SEA", "country": "KHM"}
+    chart = grid(model, sex=sex, smoking=smoking, diabetes=diabetes, age=age, sbp=sbp,
+                 col_value=col, **kw)  # fmt: skip
+    extra = {"total_chol": col, "diabetes": diabetes} if model == "lab" else {"bmi": col}
+    exact = who_cvd_risk(
+        WhoCvdInputs(sex=sex, age=age, smoking=smoking, sbp=sbp, **extra), model, **kw
+    )
+    cell = patient_cell(exact, **kw)
+    assert cell is not None
+    assert cell == chart.patient()
+    assert chart.cell is not None
+    a, s, c = chart.cell
+    assert (cell.age, cell.sbp, cell.col) == (
+        chart.age_labels[a],
+        chart.sbp_labels[s],
+        chart.col_labels[c],
+    )
+
+
 def test_demo_fhir_answers_the_advertised_prefetch() -> None:
     today = date(2026, 11, 25)
     p = demo.patient("demo-01")
@@ -150,15 +187,25 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
     assert 'id="patient-cell"' in html
     assert "cvd-risk" in html
     assert "1.0.0" in html
+    # The headline's WHO chart number is the outlined cell (55-59, 160-179, 6-6.9), the
+    # number a clinician reads off the printed chart; the equation at the exact values
+    # is shown under it, named as such.
     who = re.search(r'id="who-risk">(\d+)%', html)
     assert who is not None
+    cell = who_cvd_risk(
+        WhoCvdInputs(sex="female", age=57.5, smoking=False, sbp=170, total_chol=6.5, diabetes=True),
+        "lab",
+        region="A05GBDR_014_SEA",
+        country="KHM",
+    )
+    assert int(who.group(1)) == cell.percent
     expected = who_cvd_risk(
         WhoCvdInputs(sex="female", age=58, smoking=False, sbp=165, total_chol=6.4, diabetes=True),
         "lab",
         region="A05GBDR_014_SEA",
         country="KHM",
     )
-    assert int(who.group(1)) == expected.percent
+    assert f"exact values: {expected.percent}%</p>" in html
     assert "If systolic BP were 130 mmHg" in html
     card_page = request(app, "GET", "/ui/models/cvd-risk/1.0.0")
     assert card_page.status_code == 200
@@ -198,6 +245,43 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
     assert stored[0].service_id == "ncd-cvd-risk"
     assert stored[0].comment == "BP was measured once, after exertion"
     assert stored[0].request_id is not None  # linked to the audited CDS request
+
+
+@pytest.mark.parametrize(("lang", "chart_word"), [("en", "WHO chart"), ("km", "តារាង WHO")])
+def test_card_who_chart_number_is_the_outlined_cell(
+    app_rt: tuple[Starlette, Runtime], lang: str, chart_word: str
+) -> None:
+    """QA's demo-02 case: at Kim Dara's exact values (male 63, smoker, SBP 178, total
+    cholesterol 7.1, no diabetes) the WHO 2019 equation gives 25 %; his printed chart
+    cell (60-64, 160-179, >= 7) shows 23. "WHO chart" on the card and the page is the
+    cell; 25 % appears only as the equation at his exact values."""
+    app, _ = app_rt
+    card = _card_for(app, "demo-02", lang=lang)
+    exact = who_cvd_risk(
+        WhoCvdInputs(sex="male", age=63, smoking=True, sbp=178, total_chol=7.1, diabetes=False),
+        "lab",
+        region="A05GBDR_014_SEA",
+        country="KHM",
+    )
+    html = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    outlined = re.search(r'id="patient-cell"[^>]*>(\d+)</td>', html)
+    assert outlined is not None
+    cell = int(outlined.group(1))
+    assert (cell, exact.percent) == (23, 25)  # the two numbers QA saw side by side
+    assert card["summary"].endswith(f"{chart_word} {cell}% (20-<30%)")
+    assert len(card["summary"]) < 140
+    headline = re.search(r'id="who-risk">(\d+)%', html)
+    assert headline is not None
+    assert int(headline.group(1)) == cell
+    assert f"{exact.percent}%" not in card["summary"]
+    exact_label = {
+        "en": "WHO 2019 equation at this patient's exact values: ",
+        "km": "សមីការ WHO ឆ្នាំ 2019 តាមតម្លៃជាក់លាក់របស់អ្នកជំងឺនេះ៖ ",
+    }[lang]
+    assert f"{exact_label}{exact.percent}%" in card["detail"]
+    page_exact = re.search(r'id="who-exact">([^<]*)</p>', html)
+    assert page_exact is not None
+    assert html_lib.unescape(page_exact.group(1)) == f"{exact_label}{exact.percent}%"
 
 
 def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]) -> None:
