@@ -27,7 +27,7 @@ from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.metrics import count_outcome
 from serving.runtime import DevCaller, Runtime
-from serving.ui.who_chart import ChartCell
+from serving.ui.who_chart import ChartCell, patient_cell
 
 __all__ = [
     "ContributionOut",
@@ -147,6 +147,18 @@ class WhoCvdRequest(WhoCvdInputs):
     model: Literal["lab", "nonlab"] = Field(description="Laboratory or non-laboratory chart.")
     region: str | None = Field(default=None, description="GBD region code, e.g. A05GBDR_014_SEA.")
     country: str | None = Field(default=None, description="ISO alpha-3 country, e.g. KHM.")
+
+
+class WhoCvdResponse(WhoCvdResult):
+    """The WHO 2019 equation at the given values, and the printed chart cell they fall in."""
+
+    chart: ChartCell | None = Field(
+        default=None,
+        description="The printed WHO 2019 chart cell of these values (its number and risk "
+        "category, computed at the middle of its ranges): what a clinician reads off the "
+        "paper chart; can differ from `risk`, the equation at the exact values. Null "
+        "outside the chart (e.g. a sex the charts do not print).",
+    )
 
 
 def _runtime(request: Request) -> Runtime:
@@ -324,18 +336,20 @@ async def who_cvd(request: Request) -> Response:
         country = body.country or (None if body.region else runtime.config.who_country)
         inputs = WhoCvdInputs(**body.model_dump(exclude={"model", "region", "country"}))
         result = who_cvd_risk(inputs, body.model, region=region, country=country)
+        chart = patient_cell(result, region=region, country=country)
     except BadRequest as exc:
         return exc.response()
     except WhoCvdInputError as exc:
         bad = {"error": "out-of-range", "field": exc.field, "message": exc.rule}
         return JSONResponse(bad, status_code=422)
-    return Response(result.model_dump_json(), media_type="application/json")
+    answer = WhoCvdResponse(**result.model_dump(), chart=chart)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for the REST routes, generated from the pydantic models."""
     schemas: dict[str, Any] = {}
-    for model in (RiskRequest, RiskResponse, WhoCvdRequest, WhoCvdResult):
+    for model in (RiskRequest, RiskResponse, WhoCvdRequest, WhoCvdResponse):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -374,7 +388,9 @@ def openapi_document() -> dict[str, Any]:
             "/v1/risk/cvd": op("10-year cardiovascular risk", "RiskRequest", "RiskResponse"),
             "/v1/risk/diabetes": op("10-year diabetes risk", "RiskRequest", "RiskResponse"),
             "/v1/who-cvd": op(
-                "WHO 2019 CVD risk equation at the given values", "WhoCvdRequest", "WhoCvdResult"
+                "WHO 2019 CVD risk equation at the given values, and their printed chart cell",
+                "WhoCvdRequest",
+                "WhoCvdResponse",
             ),
         },
         "components": {

@@ -439,6 +439,8 @@ def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
     who = call(app, "POST", "/v1/who-cvd", {**body, "model": "lab", "country": "KHM"})
     assert who.status_code == 200
     assert who.json()["country_code"] == "KHM"
+    # The printed chart cell comes with the equation, the same cell the risk route names.
+    assert who.json()["chart"] == result["who_chart"]
     young = call(app, "POST", "/v1/who-cvd", {**body, "age": 30, "model": "lab"})
     assert young.status_code == 422
     assert young.json()["field"] == "age"
