@@ -180,7 +180,11 @@ def explanation_record(
 
 
 def what_ifs(who: WhoCvdResult, settings: WhoSettings) -> list[WhatIf]:
-    """WHO chart risks with one modifiable factor at a target (HEARTS targets).
+    """WHO 2019 equation risks with one modifiable factor at a target (HEARTS targets).
+
+    The equation at the patient's other exact values, not a chart cell: a target sits
+    on a cell boundary (5 mmol/L opens the 5-5.9 cell), so a cell would stand for a
+    range, not the target. The page labels these numbers as the equation's.
 
     Systolic BP 130 mmHg (when above), stopping smoking, total cholesterol 5 mmol/L
     (lab chart, when above) or BMI 25 kg/m2 (non-lab chart, when above).

@@ -206,7 +206,16 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
         country="KHM",
     )
     assert f"exact values: {expected.percent}%</p>" in html
-    assert "If systolic BP were 130 mmHg" in html
+    # What-ifs are the equation at the target with the other exact values, and say so
+    # (the headline above them is a chart cell).
+    at_target = who_cvd_risk(
+        WhoCvdInputs(sex="female", age=58, smoking=False, sbp=130, total_chol=6.4, diabetes=True),
+        "lab",
+        region="A05GBDR_014_SEA",
+        country="KHM",
+    )
+    assert f"If systolic BP were 130 mmHg: WHO 2019 equation {at_target.percent}% (" in html
+    assert "WHO risk" not in html
     card_page = request(app, "GET", "/ui/models/cvd-risk/1.0.0")
     assert card_page.status_code == 200
     assert "Automated tests only." in card_page.text  # the fixture's intended use
@@ -294,6 +303,7 @@ def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]
     html = request(app, "GET", path, headers={"Accept-Language": "km-KH,km;q=0.9"}).text
     assert '<html lang="km">' in html
     assert "ការពន្យល់" in html
+    assert "ប្រសិនបើសម្ពាធឈាមស៊ីស្តូលិក 130 mmHg៖ សមីការ WHO ឆ្នាំ 2019 " in html
     assert '<html lang="en">' in request(app, "GET", f"{path}&lang=en").text
     missing = request(app, "GET", links.signer(runtime).sign("/ui/explain/not-a-card-id-at-all"))
     assert missing.status_code == 404
