@@ -411,6 +411,28 @@ def test_inputs_not_recorded_are_shown_on_the_explanation_page(
     assert 'id="missing-note"' not in full_page.text
 
 
+@pytest.mark.parametrize(
+    ("patient", "lang", "listed"),
+    [
+        ("demo-04", "en", "male, smoker. The patient's cell"),  # non-lab chart: no diabetes axis
+        ("demo-04", "km", "ប្រុស, ជក់បារី។ ក្រឡា"),
+        ("demo-02", "en", "male, smoker, no diabetes. The patient's cell"),
+    ],
+)
+def test_chart_caption_lists_the_chart_the_patient_is_on(
+    app_rt: tuple[Starlette, Runtime], patient: str, lang: str, listed: str
+) -> None:
+    """The non-lab caption ended "male, smoker, BMI." (BMI in the diabetes slot)."""
+    app, _ = app_rt
+    card = _card_for(app, patient, lang=lang)
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    caption = re.search(r'id="chart-caption">([^<]*)</p>', page)
+    assert caption is not None
+    text = html_lib.unescape(caption.group(1))
+    assert listed in text, text
+    assert "BMI." not in text
+
+
 def test_card_and_explanation_page_show_the_same_numbers(
     app_rt: tuple[Starlette, Runtime],
 ) -> None:
