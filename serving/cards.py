@@ -19,7 +19,7 @@ from serving.cds_models import (
     Suggestion,
 )
 from serving.fhir_out import provenance, risk_assessment
-from serving.i18n import format_date, t
+from serving.i18n import format_date, format_number, t
 
 __all__ = [
     "OVERRIDE_CODES",
@@ -69,9 +69,9 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     for item in advice.contributions:
         sign = "+" if item.delta_risk >= 0 else "−"
         text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
-        parts.append(
-            f"{_label(item.feature, lang)} {text} ({sign}{abs(item.delta_risk) * 100:.1f} pp)"
-        )
+        # Points in the language's digits and decimal mark, as every other number.
+        points = format_number(abs(item.delta_risk) * 100.0, lang, 1)
+        parts.append(f"{_label(item.feature, lang)} {text} ({sign}{points} pp)")
     return "; ".join(parts) or "—"
 
 

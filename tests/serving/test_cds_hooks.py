@@ -155,6 +155,14 @@ def test_khmer_card_text(app: Starlette) -> None:
     summary = response.json()["cards"][0]["summary"]
     assert "ហានិភ័យ" in summary
     assert len(summary) < 140
+    # Factor points use Khmer's decimal comma, as its other numbers ("7,1 mmol/L").
+    detail = response.json()["cards"][0]["detail"]
+    km_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", detail)
+    assert km_points, detail
+    assert all("," in p for p in km_points), km_points
+    english = call(app, "POST", CVD, cds_request()).json()["cards"][0]["detail"]
+    en_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", english)
+    assert [p.replace(".", ",") for p in en_points] == km_points
 
 
 def test_diabetes_service(app: Starlette, runtime: Runtime) -> None:
