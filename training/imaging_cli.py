@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +30,20 @@ out = Console()
 imaging_app = typer.Typer(
     help="Chest X-ray serving: PACS hook, analyse a file.", no_args_is_help=True
 )
+
+
+@contextmanager
+def _quiet_http_client(verbose: bool) -> Iterator[None]:
+    """httpx logs each request at INFO ("HTTP Request: POST ..."): noise among the
+    printed read, so it is kept to warnings unless ``tonle -v``."""
+    logger = logging.getLogger("httpx")
+    before = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @imaging_app.command("orthanc-lua")
@@ -58,6 +75,7 @@ def orthanc_lua(
 
 @imaging_app.command("analyse")
 def analyse(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="DICOM (.dcm) or PNG file.", exists=True)],
     url: Annotated[str, typer.Option(help="Tonle base URL.")] = "http://127.0.0.1:3000",
     patient: Annotated[str | None, typer.Option(help="Patient id to file the read under.")] = None,
@@ -69,6 +87,7 @@ def analyse(
     """Send one image to ``POST /v1/imaging/cxr`` and print the read.
 
     Example: TONLE_API_KEY=... tonle imaging analyse chest.dcm --url http://127.0.0.1:3000
+    (``tonle -v imaging analyse ...`` also logs the HTTP exchange.)
     """
     import httpx
 
@@ -79,14 +98,16 @@ def analyse(
     if key:
         headers["X-API-Key"] = key
     params = {"patient": patient} if patient else None
+    verbose = bool(ctx.find_root().params.get("verbose"))
     try:
-        response = httpx.post(
-            url.rstrip("/") + "/v1/imaging/cxr",
-            content=data,
-            headers=headers,
-            params=params,
-            timeout=60,
-        )
+        with _quiet_http_client(verbose):
+            response = httpx.post(
+                url.rstrip("/") + "/v1/imaging/cxr",
+                content=data,
+                headers=headers,
+                params=params,
+                timeout=60,
+            )
     except httpx.HTTPError as exc:
         console.print(f"[bold red]error:[/] cannot reach {url}: {type(exc).__name__}")
         raise typer.Exit(EXIT_FAILED) from exc
