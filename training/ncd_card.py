@@ -13,7 +13,7 @@ from typing import Any
 
 from models.metadata import FeatureSpec, ModelMetadata
 from training.ncd_evaluate import EvaluationReport
-from training.ncd_report import METRIC_ROWS, report_markdown
+from training.ncd_report import METRIC_ROWS, format_ci, report_markdown
 
 __all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
 
@@ -50,9 +50,55 @@ def _fmt(meta: ModelMetadata, key: str) -> str:
     value = meta.metrics.get(key)
     if value is None:
         return "n/a"
-    if value.ci_low is None or value.ci_high is None:
-        return f"{value.value:.3f}"
-    return f"{value.value:.3f} ({value.ci_low:.3f}-{value.ci_high:.3f})"
+    return format_ci(value.value, value.ci_low, value.ci_high)
+
+
+#: Names in words for the metrics the training stores (``extra["validation"]``).
+_VALIDATION_NAMES = {"brier": "IPCW Brier score", "auroc": "AUROC"}
+_SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _split_text(split: Any) -> str:
+    """``{'train': 11148, 'val': 2415, 'test': 2437}`` as a sentence."""
+    if not isinstance(split, dict) or not split:
+        return "not recorded"
+    parts = [f"{int(n):,} {_SPLIT_NAMES.get(str(k), str(k))}" for k, n in split.items()]
+    return ", ".join(parts) + " patients"
+
+
+def _validation_text(validation: Any) -> str:
+    """Each candidate's validation-split scores, named in words."""
+    if not isinstance(validation, dict) or not validation:
+        return "not recorded"
+    parts = []
+    for kind, scores in validation.items():
+        if not isinstance(scores, dict):
+            continue
+        named = [
+            f"{name} {float(scores[key]):.4f}"
+            for key, name in _VALIDATION_NAMES.items()
+            if isinstance(scores.get(key), int | float)
+        ]
+        seconds = scores.get("fit_seconds")
+        if isinstance(seconds, int | float):
+            named.append(f"fitted in {float(seconds):.1f} s")
+        parts.append(f"{kind}: " + ", ".join(named))
+    return "; ".join(parts) or "not recorded"
+
+
+def _parity_text(parity: Any) -> str:
+    """The ONNX parity check in words."""
+    if not isinstance(parity, dict) or "max_abs_diff" not in parity:
+        return "not recorded"
+    text = (
+        f"largest absolute difference in probability {float(parity['max_abs_diff']):.1e} "
+        f"on {int(parity.get('n_rows', 0)):,} rows"
+    )
+    if "tolerance" in parity:
+        text += f" (tolerance {float(parity['tolerance']):.0e})"
+    if "band_mismatches" in parity:
+        text += f"; risk-band mismatches: {int(parity['band_mismatches'])}"
+    return text
 
 
 def _metric_line(name: str, meta: ModelMetadata, key: str, who: bool) -> str:
@@ -111,7 +157,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         f"- Training data manifest (sha256 of the feature table content): "
         f"`{meta.training_manifest_sha256}`",
-        f"- Patient-level split (seed {cfg.get('seed')}): {split}",
+        f"- Patient-level split (seed {cfg.get('seed')}): {_split_text(split)}",
         f"- Ages {cfg.get('min_age')}-{cfg.get('max_age')}; prevalent diabetes excluded: "
         f"{cfg.get('exclude_prevalent_diabetes')}; rows missing a required feature left out: "
         f"{cfg.get('drop_incomplete')}",
@@ -153,9 +199,10 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Training",
         "",
-        f"- Candidates: {cfg.get('candidates')}; chosen: **{extra.get('estimator')}** "
+        f"- Candidates: {', '.join(str(c) for c in cfg.get('candidates') or [])}; "
+        f"chosen: **{extra.get('estimator')}** "
         "(lowest IPCW Brier score on the validation split).",
-        f"- Validation: {json.dumps(extra.get('validation', {}))}",
+        f"- Validation split: {_validation_text(extra.get('validation'))}",
         "- Calibration: sigmoid (Platt), cross-fitted (CalibratedClassifierCV, "
         f"{cfg.get('calibration', {}).get('folds')} folds, one refitted model).",
         "- Censoring: the outcome at the horizon is unknown for patients censored earlier "
@@ -197,7 +244,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Export",
         "",
-        f"ONNX parity vs scikit-learn: {json.dumps(extra.get('parity', {}))}.",
+        f"ONNX parity vs scikit-learn: {_parity_text(extra.get('parity'))}.",
         "",
         "## Limitations",
         "",
@@ -206,7 +253,8 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "## Provenance",
         "",
         f"- Code: git `{meta.code_version or 'unknown'}`",
-        f"- Libraries: {json.dumps(meta.library_versions)}",
+        "- Libraries: "
+        + (", ".join(f"{k} {v}" for k, v in meta.library_versions.items()) or "not recorded"),
         "",
         "## TRIPOD+AI items covered",
         "",

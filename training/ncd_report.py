@@ -16,16 +16,31 @@ from training.ncd_evaluate import EvaluationReport, MetricCI
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["METRIC_ROWS", "report_markdown", "report_summary", "write_report"]
+__all__ = ["METRIC_ROWS", "format_ci", "report_markdown", "report_summary", "write_report"]
+
+
+def format_ci(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """A value with its confidence interval, as every report and model card writes it.
+
+    ``0.021 (-0.380 to 0.255)``: "to", never a hyphen, since a bound can be negative
+    ("-0.380-0.255" reads as a subtraction or a range from 0.380).
+
+    Args:
+        value: The point estimate (None: ``n/a``).
+        low: Lower bound (None: no interval shown).
+        high: Upper bound (None: no interval shown).
+        digits: Decimals.
+    """
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if low is not None and high is not None:
+        text += f" ({low:.{digits}f} to {high:.{digits}f})"
+    return text
 
 
 def _fmt(metric: MetricCI, digits: int = 3) -> str:
-    if metric.value is None:
-        return "n/a"
-    text = f"{metric.value:.{digits}f}"
-    if metric.ci_low is not None and metric.ci_high is not None:
-        text += f" ({metric.ci_low:.{digits}f}-{metric.ci_high:.{digits}f})"
-    return text
+    return format_ci(metric.value, metric.ci_low, metric.ci_high, digits)
 
 
 # Headline metrics, label and EvaluationReport key, shown in reports and model cards.

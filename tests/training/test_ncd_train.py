@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,18 @@ def test_train_end_to_end_from_fhir(
     card = (stored.card_dir / "model-card.md").read_text()
     assert "TRIPOD+AI" in card
     assert "WHO 2019 chart" in card
+    # Read by clinicians: no Python dicts or raw metric names, and intervals that stay
+    # readable when a bound is negative ("-0.380-0.255" was ambiguous).
+    split = meta.extra["split_counts"]
+    assert f"{split['train']:,} training, {split['val']:,} validation" in card
+    assert not re.search(r"[{\[]'", card)  # no Python dict or list
+    assert "{" not in card
+    assert "test_auroc" not in card
+    assert "fit_seconds" not in card
+    assert "IPCW Brier score" in card
+    intervals = re.findall(r"\((-?\d+\.\d+)(.{1,4}?)(-?\d+\.\d+)\)", card)
+    assert intervals
+    assert {sep for _, sep, _ in intervals} == {" to "}, intervals
     # bp_treated is never missing in the synthetic export, so an unknown one is scored
     # as untreated: measured into the metadata, stated on the card.
     assert meta.extra["missing_inputs"]["bp_treated"] == {
