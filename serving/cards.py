@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Literal
 
+from models.metadata import ModelMetadata
 from serving.assess import Advice
 from serving.cds_models import (
     SUMMARY_MAX,
@@ -25,6 +26,8 @@ __all__ = [
     "OVERRIDE_CODES",
     "OVERRIDE_SYSTEM",
     "Indicator",
+    "MissingHow",
+    "missing_how",
     "missing_text",
     "ncd_card",
     "value_text",
@@ -93,10 +96,34 @@ def _has_feature_key(name: str) -> bool:
     return True
 
 
-def missing_text(name: str, scored_as: float | None, unit: str, lang: str) -> str:
-    """How a missing input is shown: not recorded, and what the model scored it as."""
+MissingHow = Literal["value", "branch", "route", "unmeasured"]
+
+
+def missing_how(meta: ModelMetadata, name: str) -> MissingHow:
+    """What the artifact's measured ``missing_inputs`` (training.ncd_missing) says a
+    missing ``name`` becomes: one value, the trees' commonest branch (never missing in
+    training, no single value reproduces it), a learned route for unknown, or not
+    measured (older artifacts)."""
+    table = meta.extra.get("missing_inputs")
+    info = table.get(name) if isinstance(table, dict) else None
+    if not isinstance(info, dict):
+        return "unmeasured"
+    if isinstance(info.get("scored_as"), int | float):
+        return "value"
+    return "route" if info.get("missing_in_training") else "branch"
+
+
+def missing_text(
+    name: str, scored_as: float | None, unit: str, lang: str, how: MissingHow = "unmeasured"
+) -> str:
+    """How a missing input is shown: not recorded, and what the model scored it as.
+
+    The value where one stands in for it; otherwise what the model did instead
+    (``how``, from :func:`missing_how`), so a card without a value still says why.
+    """
     if scored_as is None:
-        return t("card.ncd.missing.filled", lang)
+        key = {"branch": "branch", "route": "route"}.get(how, "filled")
+        return t(f"card.ncd.missing.{key}", lang)
     value = value_text(name, scored_as, unit, lang)
     return t("card.ncd.missing.scored_as", lang, value=value)
 
@@ -110,7 +137,8 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         rows.append(f"| {_label(name, lang)} | {shown[name]} | {date_text} |")
     units = {spec.name: spec.unit for spec in advice.metadata.features}
     for name, scored_as in advice.missing.items():
-        text = missing_text(name, scored_as, units.get(name, "1"), lang)
+        how = missing_how(advice.metadata, name)
+        text = missing_text(name, scored_as, units.get(name, "1"), lang, how)
         rows.append(f"| {_label(name, lang)} | **{text}** | |")
     return "\n".join(rows)
 

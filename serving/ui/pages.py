@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving import i18n
-from serving.cards import missing_text, value_text
+from serving.cards import missing_how, missing_text, value_text
 from serving.runtime import Runtime
 from serving.ui import links
 from serving.ui.explanations import NcdExplanation, headline_metrics
@@ -84,11 +84,10 @@ async def explain_ncd(request: Request) -> Response:
     if ex is None:
         return message_page(request, "ui.explain.not_found", 404)
     lang = language(request)
-    units = (
-        {spec.name: spec.unit for spec in runtime.ncd[ex.service_id].metadata.features}
-        if (ex.service_id in runtime.ncd)
-        else {}
-    )
+    meta = runtime.ncd[ex.service_id].metadata if ex.service_id in runtime.ncd else None
+    units = {spec.name: spec.unit for spec in meta.features} if meta is not None else {}
+    if meta is not None and (meta.name, meta.version) != (ex.model.name, ex.model.version):
+        meta = None  # another version scored this card: say nothing of its missing inputs
     top = max((abs(c.delta_risk) for c in ex.contributions), default=0.0) or 1.0
     factors = [
         {
@@ -114,7 +113,8 @@ async def explain_ncd(request: Request) -> Response:
     # Inputs not recorded: shown, with what the model scored them as (never hidden).
     for name, scored_as in ex.missing.items():
         unit = units.get(name, "1")
-        text = missing_text(name, scored_as, unit, lang)  # as on the card
+        how = missing_how(meta, name) if meta is not None else "unmeasured"
+        text = missing_text(name, scored_as, unit, lang, how)  # as on the card
         data_rows.append(
             {"label": feature_label(name, lang), "value": text, "date": None, "missing": True}
         )

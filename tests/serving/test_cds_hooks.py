@@ -564,3 +564,44 @@ def test_inputs_not_recorded_are_on_the_card(app: Starlette, runtime: Runtime) -
     )  # fmt: skip
     assert km.detail is not None
     assert "មិនបានកត់ត្រា៖ ម៉ូដែលបានគណនាវាជា ទេ" in km.detail
+
+
+@pytest.mark.parametrize(
+    ("measured", "lang", "text"),
+    [
+        # demo-04's heart card: trees, cholesterol never missing in training, no single
+        # value gives the model's answer; it said only "the model filled it in".
+        ({"missing_in_training": 0.0, "scored_as": None}, "en",
+         "not recorded: no single value stands in for it; the model took its commonest "
+         "branch, close to a typical patient's value"),
+        ({"missing_in_training": 0.2, "scored_as": None}, "en",
+         "not recorded: the model scored it as unknown, by a route it learned from "
+         "patients without it"),
+        ({"missing_in_training": 0.0, "scored_as": 4.21}, "en",
+         "not recorded: the model scored it as 4.21 mmol/L"),
+        ({"missing_in_training": 0.0, "scored_as": 4.21}, "km",
+         "មិនបានកត់ត្រា៖ ម៉ូដែលបានគណនាវាជា 4,21 mmol/L"),
+        ({"missing_in_training": 0.0, "scored_as": None}, "km",
+         "មិនបានកត់ត្រា៖ គ្មានតម្លៃតែមួយជំនួសវាទេ"),
+    ],
+)  # fmt: skip
+def test_missing_input_says_what_the_model_scored_it_as(
+    runtime: Runtime, measured: dict[str, float | None], lang: str, text: str
+) -> None:
+    """A card names the value a missing input was scored as, and where no single value
+    stands in for it, what the model did instead (never just "filled it in")."""
+    predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
+    predictor.metadata = predictor.metadata.model_copy(
+        update={"extra": {**predictor.metadata.extra, "missing_inputs": {"total_chol": measured}}}
+    )
+    values: dict[str, float | str] = {
+        "sex": "male", "age": 52.0, "smoking": 1.0, "sbp": 146.0, "bmi": 29.3, "diabetes": 0.0,
+    }  # fmt: skip
+    advice = assess(predictor, values)
+    assert advice.missing == {"total_chol": measured["scored_as"]}
+    card = ncd_card(
+        advice, lang=lang, indicators=runtime.config.indicators, patient_id="p1",
+        encounter_id=None, explain_url="https://example.org/x", region="",
+    )  # fmt: skip
+    assert card.detail is not None
+    assert text in card.detail, card.detail

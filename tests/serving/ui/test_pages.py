@@ -433,6 +433,26 @@ def test_chart_caption_lists_the_chart_the_patient_is_on(
     assert "BMI." not in text
 
 
+def test_missing_input_without_one_value_says_what_the_model_did(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo-04 (Heng Vannak, no cholesterol) on a tree model for which no single value
+    reproduces a missing cholesterol: card and page say what the model did instead of
+    "the model filled it in" (the diabetes card names the value it used)."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    measured = {"total_chol": {"missing_in_training": 0.0, "scored_as": None}}
+    extra = {**predictor.metadata.extra, "missing_inputs": measured}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    card = _card_for(app, "demo-04")
+    said = "not recorded: no single value stands in for it; the model took its commonest branch"
+    assert said in card["detail"]
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    assert said in html_lib.unescape(page)
+
+
 def test_card_and_explanation_page_show_the_same_numbers(
     app_rt: tuple[Starlette, Runtime],
 ) -> None:
