@@ -90,6 +90,23 @@ def _env() -> Environment:
     return env
 
 
+# Stored NCD metric keys: "test_X" (model, test split), "compared_test_X" (model on
+# the rows the WHO chart covers), "who_test_X" (the WHO chart on those rows).
+_METRIC_SETS = (("who_test_", "ui.metric.who"), ("compared_test_", "ui.metric.compared"))
+
+
+def _metric_name(key: str, lang: str) -> str:
+    """A stored metric key in words ("test_auroc" -> "AUROC at horizon (IPCW)"); keys
+    without a catalogue name are shown as stored."""
+    wrap = next((w for p, w in _METRIC_SETS if key.startswith(p)), None)
+    base = key.split("test_", 1)[1] if "test_" in key else key
+    try:
+        name = i18n.t(f"ui.metric.{base}", lang)
+    except KeyError:
+        return key
+    return i18n.t(wrap, lang, name=name) if wrap else name
+
+
 def render_page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A template rendered in the request's language, with the pages' security headers."""
     lang = context.pop("lang", None) or language(request)
@@ -107,6 +124,9 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
     def when(value: date | datetime | None) -> str:
         return i18n.format_date(value, lang) if value is not None else ""
 
+    def metric_name(key: str) -> str:
+        return _metric_name(key, lang)
+
     languages = [(code, i18n.language_meta(code).name) for code in i18n.available_languages()]
     html = (
         _env()
@@ -115,6 +135,7 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
             t=tr,
             num=num,
             when=when,
+            metric_name=metric_name,
             lang=lang,
             meta=meta,
             languages=languages,

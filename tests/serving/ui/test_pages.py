@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
+from models.metadata import MetricValue
 from models.who_cvd import WhoCvdInputs, who_cvd_risk
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
@@ -451,6 +452,38 @@ def test_missing_input_without_one_value_says_what_the_model_did(
     assert said in card["detail"]
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
     assert said in html_lib.unescape(page)
+
+
+@pytest.mark.parametrize(
+    ("lang", "expected"),
+    [
+        ("en", ["Calibration intercept: 0.021 (95% CI -0.380 to 0.255)",
+                "AUROC at horizon (IPCW), WHO 2019 chart: 0.719 (95% CI 0.662 to 0.774)"]),
+        ("km", ["ចំណុចប្រសព្វនៃការក្រិតតម្រូវ៖ 0,021 (CI 95% -0,380 ដល់ 0,255)",
+                "AUROC នៅចុងរយៈពេល (IPCW), តារាង WHO 2019៖ 0,719"]),
+    ],
+)  # fmt: skip
+def test_validation_metrics_are_named_in_words_with_unambiguous_intervals(
+    app_rt: tuple[Starlette, Runtime],
+    monkeypatch: pytest.MonkeyPatch,
+    lang: str,
+    expected: list[str],
+) -> None:
+    """The page listed 'test_calibration_intercept: 0.021 (95% CI -0.380-0.255)'."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    metrics = {
+        "test_calibration_intercept": MetricValue(value=0.021, ci_low=-0.380, ci_high=0.255),
+        "who_test_auroc": MetricValue(value=0.719, ci_low=0.662, ci_high=0.774),
+    }
+    updated = predictor.metadata.model_copy(update={"metrics": metrics})
+    monkeypatch.setattr(predictor, "metadata", updated)
+    card = _card_for(app, "demo-02", lang=lang)
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    listed = re.findall(r"<li>([^<]*)</li>", html_lib.unescape(page))
+    for line in expected:
+        assert any(item.startswith(line) for item in listed), (line, listed)
+    assert "test_" not in " ".join(listed)
 
 
 def test_card_and_explanation_page_show_the_same_numbers(
