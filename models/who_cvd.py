@@ -212,8 +212,11 @@ def who_cvd_risk(
             bmi=None if lab else np.array([inputs.bmi]),
         )
     risk = float(one[0])
-    if not 0.0 < risk < 1.0:
-        # Only far outside the charts (extrapolated) does the equation saturate.
+    if extrapolated and not 0.0 < risk < 1.0:
+        # Far outside the charts the equation saturates: no number to give. Inside them
+        # it can reach 1.0 in float at the extreme corner (male, 75, smoker, diabetic,
+        # SBP 270, cholesterol 15, Central Asia): a valid ">=30%" risk, kept as in
+        # who_cvd_risk_batch.
         raise WhoCvdInputError("risk", risk, "saturated")
     percent = round_percent(risk)
     band_index, band = band_of_percent(percent)

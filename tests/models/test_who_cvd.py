@@ -99,12 +99,26 @@ def test_formula_matches_plain_reimplementation(
                           chol if model == "lab" else 6.0, dm if model == "lab" else 0,
                           bmi if model == "nonlab" else 25.0)  # fmt: skip
     assert got.risk == pytest.approx(want, rel=1e-9, abs=1e-12)
-    assert 0.0 < got.risk < 1.0
+    assert 0.0 < got.risk <= 1.0  # 1.0 in float at the extreme corner, see below
     assert got.percent == math.floor(want * 100 + 0.5)
     assert not got.extrapolated
     batch = who_cvd_risk_batch(model, [sex], [age], [smk], [sbp], [chol], [dm], [bmi],  # type: ignore[arg-type]
                                **kwargs)  # fmt: skip
     assert batch[0] == pytest.approx(got.risk, rel=1e-12)
+
+
+def test_extreme_corner_inside_the_charts_is_the_top_band_not_a_refusal() -> None:
+    # Found by the property test above: the equation reaches 1.0 in float here, inside
+    # every validity range. The highest-risk patient gets ">=30%", never "no advice".
+    inputs = WhoCvdInputs(sex="male", age=74.99, smoking=True, sbp=270, total_chol=15,
+                          diabetes=True)  # fmt: skip
+    got = who_cvd_risk(inputs, "lab", region="A06GBDR_015_CAS")
+    assert got.risk == 1.0
+    assert got.band == ">=30%"
+    assert not got.extrapolated
+    batch = who_cvd_risk_batch("lab", ["male"], [74.99], [1], [270], [15], [1], [None],  # type: ignore[list-item]
+                               region="A06GBDR_015_CAS")  # fmt: skip
+    assert batch[0] == 1.0
 
 
 def test_batch_matches_scalar_on_many_rows() -> None:
