@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +16,13 @@ import pytest
 from models.bp_treatment import RECENT_DAYS, bp_treated, counts_at, medication_use
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
+from tests.models.medication_fixtures import drug, request, statement
 from training.fhir_bulk import BuildReport, build_feature_table
 
 D = date(2026, 11, 25)  # the index date; serving's "today"
-ATC = "http://www.whocc.no/atc"
-
-
-def _drug(code: str, system: str = ATC) -> dict[str, Any]:
-    return {"coding": [{"system": system, "code": code}]}
-
-
-def _ms(rid: str, status: str = "active", code: str = "C08CA01", **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationStatement", "id": rid, "status": status,
-        "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": _drug(code),
-        **extra,
-    }  # fmt: skip
-
-
-def _mr(
-    rid: str, status: str = "active", code: str = "C09AA05", intent: str = "order", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationRequest", "id": rid, "status": status, "intent": intent,
-        "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": _drug(code),
-        **extra,
-    }  # fmt: skip
+_drug = drug
+_ms = partial(statement, code="C08CA01")  # amlodipine
+_mr = partial(request, code="C09AA05")  # ramipril
 
 
 def _by_reference(resource: dict[str, Any], reference: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,13 @@ from models.diabetes_status import (
 from serving.assess import already_has_outcome
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
+from tests.models.medication_fixtures import drug, request, statement
 from training.fhir_bulk import BuildReport, build_feature_table
 from training.ncd_config import NcdTrainConfig
 from training.ncd_table import check_table
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs"
 D = date(2026, 11, 25)  # the index date; serving's "today"
-ATC = "http://www.whocc.no/atc"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 BEFORE = {"lastUpdated": "2026-02-01T09:30:00Z"}  # the status was set before D
@@ -63,26 +64,9 @@ def _refuted(code: str) -> dict[str, Any]:
     return {"coding": [{"system": VERIFICATION, "code": code}]}
 
 
-def _drug(code: str) -> dict[str, Any]:
-    return {"coding": [{"system": ATC, "code": code}]}
-
-
-def _mr(
-    rid: str, status: str = "active", code: str = "A10BA02", intent: str = "order", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationRequest", "id": rid, "status": status, "intent": intent,
-        "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": _drug(code),
-        **extra,
-    }  # fmt: skip
-
-
-def _ms(rid: str, status: str = "active", code: str = "A10AE04", **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationStatement", "id": rid, "status": status,
-        "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": _drug(code),
-        **extra,
-    }  # fmt: skip
+_drug = drug
+_mr = partial(request, code="A10BA02")  # metformin
+_ms = partial(statement, code="A10AE04")  # insulin glargine
 
 
 def _lab(rid: str, loinc: str, value: float, unit: str, day: str) -> dict[str, Any]:
