@@ -13,6 +13,20 @@ from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, StudyR
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
 
 
+def make_finding(label: str, probability: float, threshold: float) -> CxrFinding:
+    """One label's score at a model-version threshold, flagged at or above it."""
+    return CxrFinding(
+        label=label,
+        probability=probability,
+        threshold=threshold,
+        threshold_source="model-version",
+        threshold_chosen_on="cxr-triage:1.0.0: validation, sensitivity >= 0.90",
+        flagged=probability >= threshold,
+        sensitivity=0.9,
+        specificity=0.75,
+    )
+
+
 def make_result(
     patient: str | None = "PAT-001",
     probs: tuple[float, ...] = (0.92, 0.81, 0.10, 0.05, 0.30),
@@ -22,19 +36,7 @@ def make_result(
 ) -> CxrResult:
     """A result with the given probabilities, all thresholds at ``threshold``."""
     result_id = uuid.uuid4().hex
-    findings = [
-        CxrFinding(
-            label=label,
-            probability=p,
-            threshold=threshold,
-            threshold_source="model-version",
-            threshold_chosen_on="cxr-triage:1.0.0: validation, sensitivity >= 0.90",
-            flagged=p >= threshold,
-            sensitivity=0.9,
-            specificity=0.75,
-        )
-        for label, p in zip(LABELS, probs, strict=True)
-    ]
+    findings = [make_finding(label, p, threshold) for label, p in zip(LABELS, probs, strict=True)]
     return CxrResult(
         id=result_id,
         created=created or datetime.now(UTC),

@@ -271,20 +271,9 @@ def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: ListAudit
 
 
 def test_heatmap_shows_the_likeliest_flagged_finding(make_app: AppFactory) -> None:
-    from serving.imaging.results import CxrFinding
+    from tests.serving.imaging.results_fixtures import make_finding as finding
 
     _, state = make_app()
-
-    def finding(label: str, probability: float, threshold: float) -> CxrFinding:
-        return CxrFinding(
-            label=label,
-            probability=probability,
-            threshold=threshold,
-            threshold_source="model-version",
-            threshold_chosen_on="test",
-            flagged=probability >= threshold,
-        )
-
     # TB 0.89 over its 0.78 threshold beats a nodule at 0.11 over a low 0.03 threshold
     # (the demo's thresholds), though the nodule's ratio to its threshold is higher.
     findings = [finding("abnormal", 0.95, 0.5), finding("tb", 0.89, 0.78)]
