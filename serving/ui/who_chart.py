@@ -17,6 +17,7 @@ equation at the patient's exact values is shown beside it, named as such).
 from __future__ import annotations
 
 import bisect
+import functools
 from typing import Literal
 
 import numpy as np
@@ -210,6 +211,31 @@ def grid(
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _cell_risk(
+    model: Literal["lab", "nonlab"],
+    values: tuple[float, float, float],
+    sex: Literal["female", "male"],
+    smoking: bool,
+    diabetes: bool | None,
+    region: str | None,
+    country: str | None,
+) -> float:
+    """One printed cell's risk. Cells are few (bands x sex x smoking x diabetes per
+    region), and every NCD CDS call asks for one: cached, it costs microseconds instead
+    of ~0.1 ms of the equation on the hot path."""
+    risks = _chart_risks(
+        model,
+        np.array([values]),
+        sex=sex,
+        smoking=smoking,
+        diabetes=diabetes,
+        region=region,
+        country=country,
+    )
+    return float(risks[0])
+
+
 def patient_cell(who: WhoCvdResult, *, region: str | None, country: str | None) -> ChartCell | None:
     """The printed chart cell of the patient a WHO result was computed for.
 
@@ -242,16 +268,16 @@ def patient_cell(who: WhoCvdResult, *, region: str | None, country: str | None) 
     a = AGE_BANDS[_index(AGE_BANDS, age_f)]
     s = SBP_CATEGORIES[_index(SBP_CATEGORIES, sbp_f)]
     c = cols[_index(cols, col_f)]
-    risk = _chart_risks(
+    risk = _cell_risk(
         who.model,
-        np.array([(a.value, s.value, c.value)]),
-        sex="male" if sex == "male" else "female",
-        smoking=bool(used.get("smoking")),
-        diabetes=bool(used.get("diabetes")) if who.model == "lab" else None,
-        region=region,
-        country=country,
+        (a.value, s.value, c.value),
+        "male" if sex == "male" else "female",
+        bool(used.get("smoking")),
+        bool(used.get("diabetes")) if who.model == "lab" else None,
+        region,
+        country,
     )
-    percent, bands = percents_and_bands(risk)
+    percent, bands = percents_and_bands(np.array([risk]))
     index = int(bands[0])
     return ChartCell(
         percent=int(percent[0]),
