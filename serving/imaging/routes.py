@@ -143,23 +143,29 @@ async def refuse(
     service_id: str,
     started: float,
     status: int,
-    body: dict[str, str],
+    body: dict[str, Any],
     caller: Any = None,
     hook_instance: str | None = None,
+    *,
+    outcome: str = "refused",
+    reason: str | None = None,
+    patient_ref: str | None = None,
+    request_id: str | None = None,
 ) -> Response:
-    """A 4xx refusal with its audit row (outcome ``refused``, reason ``body["error"]``);
-    503 when that row cannot be committed."""
-    request_id = uuid.uuid4().hex
+    """A 4xx/5xx answer without advice, after its audit row (outcome ``refused`` and
+    reason ``body["error"]`` unless given); 503 when that row cannot be committed."""
+    request_id = request_id or uuid.uuid4().hex
     try:
         await run_in_threadpool(
             audit_row,
             state,
             request_id=request_id,
             service_id=service_id,
-            outcome="refused",
+            outcome=outcome,
             started=started,
             caller=caller,
-            reason=body["error"],
+            reason=reason or body["error"],
+            patient_ref=patient_ref,
             hook_instance=hook_instance,
         )
     except Exception:
@@ -265,34 +271,18 @@ async def _refused(
     caller: Any,
     patient: str | None,
 ) -> Response:
+    body = {
+        "assessable": False,
+        "reason": refusal.reason,
+        "detail": refusal.detail,
+        "request_id": request_id,
+        "advisory": "No AI read: the image cannot be assessed by this model.",
+    }
     outcome = "error" if refusal.status >= 500 else "no-advice"
-    try:
-        await run_in_threadpool(
-            audit_row,
-            state,
-            request_id=request_id,
-            service_id=SERVICE_ID,
-            outcome=outcome,
-            started=started,
-            caller=caller,
-            reason=refusal.reason,
-            patient_ref=patient,
-        )
-    except Exception:
-        logger.exception("audit store unavailable for a refused request")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    status = refusal.status
-    return JSONResponse(
-        {
-            "assessable": False,
-            "reason": refusal.reason,
-            "detail": refusal.detail,
-            "request_id": request_id,
-            "advisory": "No AI read: the image cannot be assessed by this model.",
-        },
-        status_code=status,
-        headers={"x-request-id": request_id},
-    )
+    return await refuse(
+        state, SERVICE_ID, started, refusal.status, body, caller,
+        outcome=outcome, reason=refusal.reason, patient_ref=patient, request_id=request_id,
+    )  # fmt: skip
 
 
 async def _stored(
