@@ -17,8 +17,8 @@ from typing import Literal
 
 from models.metadata import ModelMetadata
 from models.ncd_predictor import Contribution, NcdInputError, NcdPredictor, encode_rows, risk_band
+from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.ui.who_chart import ChartCell, patient_cell
 
 __all__ = ["Advice", "NoAdvice", "WhoSettings", "already_has_outcome", "assess", "who_for"]
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, Outcome
@@ -27,7 +28,6 @@ from serving.cds_hooks import AuthDown
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.metrics import count_outcome
 from serving.runtime import DevCaller, Runtime
-from serving.ui.who_chart import ChartCell, patient_cell
 
 __all__ = [
     "ContributionOut",

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from models.who_chart import ChartGrid, grid
 from serving import i18n
 from serving.cards import missing_how, missing_text, value_text
 from serving.runtime import Runtime
@@ -36,7 +37,6 @@ from serving.ui.render import (
     script_json,
     signed_link,
 )
-from serving.ui.who_chart import ChartGrid, grid
 
 __all__ = ["cxr_png", "cxr_store", "explain_cxr", "explain_ncd", "model_card", "stored_explanation"]
 

@@ -1,4 +1,4 @@
-"""The WHO 2019 risk chart as a grid, with the patient's cell, for the explanation page.
+"""The WHO 2019 risk chart as a grid, and the printed cell a patient falls in.
 
 The printed WHO charts show, for one sex, smoking status and (lab chart) diabetes
 status, one block per 5-year age band: rows are systolic blood pressure categories,
@@ -11,7 +11,8 @@ cell's by a band edge, as on paper.
 
 :func:`patient_cell` is the one cell of that grid a patient falls in: what a
 clinician reads off the printed chart, and what cards call "WHO chart" (the
-equation at the patient's exact values is shown beside it, named as such).
+equation at the patient's exact values is shown beside it, named as such). The
+explanation page (:mod:`serving.ui.pages`) renders a :class:`ChartGrid`.
 """
 
 from __future__ import annotations
