@@ -17,7 +17,10 @@ model (224 px) and measures, in one run:
    ratio*: model-only CPU-ms per image / CPU-ms per request, i.e. the ratio on equal
    CPU shares, which other load on the machine does not distort. On cores shared by
    the model and everything else, no batching can lift the ratio above model CPU-ms /
-   (model CPU-ms + CPU-ms per request outside the model).
+   (model CPU-ms + CPU-ms per request outside the model);
+3. the same closed loop against a bare uvicorn app that only receives each body
+   (``benchmarks/asgi_floor.py``): the CPU-ms per request no application code can
+   remove, and so the ceiling of that ratio for this model, measured in the same run.
 
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
@@ -40,17 +43,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server import Server  # noqa: E402
+from benchmarks.server import Server, free_port  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
 
@@ -156,32 +161,66 @@ def small_radiograph(side: int) -> np.ndarray:
     return (image * 4095).astype(np.uint16)
 
 
-def closed_loop(
-    server: Server, body_file: Path, results_dir: Path, connections: int, duration: float
+def load_row(
+    url: str, body_file: Path, connections: int, duration: float, server_cpu: Callable[[], float]
 ) -> dict[str, Any]:
-    """Closed-loop load; adds server and client CPU ms per request and the mean number of
-    images per model call (from every result stored during the run)."""
-    url = f"{server.url}/v1/imaging/cxr"
+    """Closed-loop load on ``url``; adds server and client CPU ms per request."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                "content-type:application/dicom"]  # fmt: skip
-    before = set(results_dir.glob("results/*/result.json"))
-    server_cpu = server.cpu_seconds()
-    client_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = server_cpu()
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
-    server_cpu = server.cpu_seconds() - server_cpu
+    server_s = server_cpu() - server_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = json.loads(out.stdout)
     n = max(result["requests"], 1)
-    result["server_cpu_ms_per_req"] = server_cpu / n * 1000
-    client_s = (after.ru_utime + after.ru_stime) - (client_cpu.ru_utime + client_cpu.ru_stime)
+    result["server_cpu_ms_per_req"] = server_s / n * 1000
+    client_s = (after.ru_utime + after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     result["client_cpu_ms_per_req"] = client_s / n * 1000
+    return result
+
+
+def closed_loop(
+    server: Server, body_file: Path, results_dir: Path, connections: int, duration: float
+) -> dict[str, Any]:
+    """:func:`load_row` on the imaging route, plus the mean number of images per model
+    call (from every result stored during the run)."""
+    before = set(results_dir.glob("results/*/result.json"))
+    url = f"{server.url}/v1/imaging/cxr"
+    result = load_row(url, body_file, connections, duration, server.cpu_seconds)
     batches = [
         json.loads(path.read_bytes())["timings"]["model_batch"]
         for path in set(results_dir.glob("results/*/result.json")) - before
     ]
     result["mean_batch"] = statistics.fmean(batches) if batches else float("nan")
     return result
+
+
+def asgi_floor(body_file: Path, connections: int, duration: float) -> dict[str, Any]:
+    """:func:`load_row` on ``benchmarks/asgi_floor.py`` under uvicorn (what ``bentoml
+    serve`` runs): the CPU a request of this size costs before any application code."""
+    port = free_port()
+    command = [PY, "-m", "uvicorn", "benchmarks.asgi_floor:app", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the ASGI floor server did not start") from None
+                time.sleep(0.2)
+        process = psutil.Process(proc.pid)
+        return load_row(url, body_file, connections, duration,
+                        lambda: sum(process.cpu_times()[:2]))  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 class ModelOnly:
@@ -227,6 +266,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=512, help="side of the small input")
     parser.add_argument("--workers", type=int, default=2, help="also run with N workers")
     parser.add_argument("--model-seconds", type=float, default=4.0, help="per baseline")
+    parser.add_argument("--floor-seconds", type=float, default=6.0, help="per ASGI floor")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -254,6 +294,10 @@ def main() -> None:
             | {label: len(data) for label, data in inputs.items()},
             "load_before": load_average(),
         }
+        for label in inputs:
+            results[f"asgi floor {label}"] = asgi_floor(
+                tmp / f"{label}.dcm", args.connections, args.floor_seconds
+            )
         runs = [("batching", True, 1), ("no-batching", False, 1)]
         if args.workers > 1:
             runs.append((f"batching {args.workers} workers", True, args.workers))
@@ -333,6 +377,20 @@ def report(results: dict[str, Any], connections: int, inputs: list[str], keys: l
                   f"{r['server_cpu_ms_per_req']:>8.1f}{r['client_cpu_ms_per_req']:>8.1f}"
                   f"{m['cpu_ms_per_img']:>8.2f}"
                   + (f"  ({r['errors']} errors)" if r["errors"] else ""))  # fmt: skip
+    for label in inputs:
+        floor = results[f"asgi floor {label}"]
+        model_cpu = statistics.median(
+            results[f"{key} {label} {connections} clients"]["model_only"]["cpu_ms_per_img"]
+            for key in keys
+        )
+        per_request = floor["server_cpu_ms_per_req"] + floor["client_cpu_ms_per_req"]
+        ceiling = model_cpu / (model_cpu + per_request) * 100
+        print(f"{label}: bare uvicorn (benchmarks/asgi_floor.py) receiving the same body, "
+              f"{connections} clients: {floor['throughput_rps']:.0f} req/s, server "
+              f"{floor['server_cpu_ms_per_req']:.1f} + client "
+              f"{floor['client_cpu_ms_per_req']:.1f} CPU-ms per request -> ceiling "
+              f"{ceiling:.0f} % for this model ({model_cpu:.2f} CPU-ms per image) on "
+              "shared cores, before any of our code")  # fmt: skip
     print(
         "ratio = req/s / model-only img/s (target >= 80 %). CPU ratio = model-only CPU-ms "
         "per image / (server + client CPU-ms per request): the ratio on equal CPU shares, "
