@@ -62,6 +62,12 @@ def _text(ds: Any, keyword: str) -> str | None:
     return str(value).strip().upper() or None
 
 
+def _stored_text(ds: Any, keyword: str) -> str | None:
+    """A text attribute exactly as stored (identifiers keep their case)."""
+    value = ds.get(keyword)
+    return str(value) if value not in (None, "") else None
+
+
 def _number(value: Any) -> float | None:
     try:
         if isinstance(value, list | tuple) or (
@@ -218,6 +224,9 @@ def decode_dicom(
                 study_uid=_text(ds, "StudyInstanceUID"),
                 series_uid=_text(ds, "SeriesInstanceUID"),
                 sop_instance_uid=_text(ds, "SOPInstanceUID"),
+                patient_id=_stored_text(ds, "PatientID"),
+                accession=_stored_text(ds, "AccessionNumber"),
+                study_date=_stored_text(ds, "StudyDate"),
             )
         except ImageError:
             raise

@@ -61,4 +61,7 @@ class DecodedImage:
     study_uid: str | None = None
     series_uid: str | None = None
     sop_instance_uid: str | None = None
+    patient_id: str | None = None  # as stored (not upper-cased)
+    accession: str | None = None  # as stored
+    study_date: str | None = None  # DICOM StudyDate, YYYYMMDD
     extra: dict[str, Any] = field(default_factory=dict)

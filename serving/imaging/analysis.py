@@ -13,7 +13,6 @@ Decoding, the quality gate and preprocessing are the ones training uses
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 import uuid
@@ -122,28 +121,6 @@ def _quality_module() -> Any:
     return quality
 
 
-def _dicom_header(data: bytes) -> tuple[str | None, StudyRef]:
-    """PatientID and study identity, read without touching the pixel data."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except Exception:  # the decoder will give the precise reason
-        return None, StudyRef()
-
-    def text(keyword: str) -> str | None:
-        value = ds.get(keyword)
-        return str(value) if value not in (None, "") else None
-
-    return text("PatientID"), StudyRef(
-        study_uid=text("StudyInstanceUID"),
-        series_uid=text("SeriesInstanceUID"),
-        sop_instance_uid=text("SOPInstanceUID"),
-        accession=text("AccessionNumber"),
-        study_date=text("StudyDate"),
-    )
-
-
 class CxrAnalyser:
     """Analyses chest X-rays with one verified model and stores the results."""
 
@@ -223,10 +200,8 @@ class CxrAnalyser:
                 status=415,
             )
         preprocess = _preprocess_module()
-        header_patient, study = (None, StudyRef())
         try:
             if media in DICOM_TYPES:
-                header_patient, study = _dicom_header(data)
                 decoded = preprocess.decode_dicom(
                     data, max_pixels=self.config.max_pixels, target_size=self.size
                 )
@@ -253,8 +228,14 @@ class CxrAnalyser:
         return Prepared(
             model_input=model_input,
             input_sha256=hashlib.sha256(model_input.tobytes()).hexdigest(),
-            patient_ref=patient_ref or header_patient,
-            study=study,
+            patient_ref=patient_ref or decoded.patient_id,
+            study=StudyRef(
+                study_uid=decoded.study_uid,
+                series_uid=decoded.series_uid,
+                sop_instance_uid=decoded.sop_instance_uid,
+                accession=decoded.accession,
+                study_date=decoded.study_date,
+            ),
             timings={
                 "decode_ms": (t_decode - started) * 1000,
                 "quality_ms": (t_quality - t_decode) * 1000,

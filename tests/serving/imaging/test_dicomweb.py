@@ -60,7 +60,6 @@ def test_multipart_parser_splits_parts() -> None:
 def test_study_analysed_and_written_back(
     make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: ListAudit
 ) -> None:
-    pytest.importorskip("models.cxr_quality", reason="IMG-A's quality gate not landed yet")
     study = "1.2.826.0.1.2"
     frontal = dicom_bytes(study_uid=study, patient_id="WB-1", series_uid="1.2.826.0.1.2.1")
     lateral = dicom_bytes(

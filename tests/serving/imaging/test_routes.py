@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import date
 
 import numpy as np
 import pytest
@@ -14,8 +15,6 @@ from tests.serving.imaging.conftest import AppFactory, ListAudit
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
 from training.cxr_synthetic_dicom import jpeg2000_lossless
 
-pytest.importorskip("models.cxr_quality", reason="IMG-A's quality gate not landed yet")
-
 DICOM = {"content-type": "application/dicom"}
 
 
@@ -23,10 +22,18 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     make_app: AppFactory, audit: ListAudit
 ) -> None:
     client, state = make_app()
-    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    data = dicom_bytes(patient_id="pat-001a", study_uid="1.2.826.0.1.7", series_uid="1.2.826.0.1.8")
+    response = client.post("/v1/imaging/cxr", content=data, headers=DICOM)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["assessable"] is True
+    # The identity comes from the header, identifiers exactly as stored.
+    assert body["patient_ref"] == "pat-001a"
+    study = body["study"]
+    assert (study["study_uid"], study["series_uid"]) == ("1.2.826.0.1.7", "1.2.826.0.1.8")
+    assert study["accession"] == "ACC1"
+    assert study["study_date"] == date.today().strftime("%Y%m%d")
+    assert study["sop_instance_uid"]
     assert body["model"] == {
         "name": "cxr-triage",
         "version": "0.1.0",
@@ -39,7 +46,6 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
         assert finding["threshold_source"] == "model-version"
         assert "validation, sensitivity >= 0.90" in finding["threshold_chosen_on"]
         assert finding["flagged"] == (finding["probability"] >= 0.5)
-    assert body["patient_ref"] == "PAT-001"
     assert body["heatmap_url"].startswith("https://tonle.test/v1/imaging/results/")
     assert "unverified" in body["advisory"].lower()
     timings = body["timings"]
