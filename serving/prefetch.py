@@ -3,6 +3,11 @@
 A key that is missing or ``null`` is fetched from ``fhirServer`` with the EHR's
 ``fhirAuthorization`` only when that server is allowlisted for the calling issuer,
 within a deadline; otherwise the call is answered 412 (never computed on partial data).
+
+A search that must be read in full (diagnoses, medications) is paged: its ``next``
+links are followed, fetched or EHR-supplied alike, on the same server only and for at
+most :data:`MAX_PAGES` pages. A search left with a further page stays incomplete, and
+:mod:`serving.fhir_in` then reads what it decides as unknown, never as "no".
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from serving.cds_models import CdsRequest
 
 __all__ = [
     "FEATURE_KEYS",
+    "MAX_PAGES",
     "TEMPLATES",
     "PrefetchUnavailable",
     "complete_prefetch",
     "keys_for",
+    "on_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,6 +82,11 @@ FEATURE_KEYS: dict[str, tuple[str, ...]] = {
 # The WHO chart inputs (both lab and non-lab models).
 WHO_FEATURES = ("sex", "age", "smoking", "sbp", "total_chol", "diabetes", "bmi")
 _MAX_RESOURCE_BYTES = 1 << 20
+# Searches whose every page counts: the shared diabetes and blood-pressure-treatment
+# rules say "no" only on complete data. (An Observation search wants its latest value,
+# page 1 of ``_sort=-date``.)
+_READ_IN_FULL = frozenset({"diabetes", "medicationStatements", "medicationRequests"})
+MAX_PAGES = 10  # pages read per search (``_count=100``: 1000 resources); beyond, incomplete
 
 
 class PrefetchUnavailable(Exception):
@@ -107,10 +119,33 @@ def _query(key: str, patient_id: str) -> str:
     return TEMPLATES[key].replace("{{context.patientId}}", patient_id)
 
 
-async def _fetch_one(
-    client: httpx.AsyncClient, base: str, key: str, patient_id: str, token: str
-) -> dict[str, Any]:
-    url = f"{base.rstrip('/')}/{_query(key, patient_id)}"
+def on_server(url: str, base: str) -> bool:
+    """Whether ``url`` is on the FHIR server at ``base``: same scheme, host and port, at
+    or under its path, and no user info. The EHR's token is only ever sent there."""
+    try:
+        target, root = httpx.URL(url), httpx.URL(base)
+    except httpx.InvalidURL:
+        return False
+    path = root.path.rstrip("/")
+    return (
+        target.scheme == root.scheme
+        and target.host == root.host
+        and target.port == root.port
+        and not target.userinfo
+        and (target.path == path or target.path.startswith(f"{path}/"))
+    )
+
+
+def _next_url(value: dict[str, Any]) -> str | None:
+    links = value.get("link") if value.get("resourceType") == "Bundle" else None
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) else ""
+    return None
+
+
+async def _get(client: httpx.AsyncClient, url: str, key: str, token: str) -> dict[str, Any]:
     response = await client.get(
         url, headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     )
@@ -125,6 +160,36 @@ async def _fetch_one(
     return value
 
 
+async def _read_in_full(
+    client: httpx.AsyncClient, base: str, key: str, first: dict[str, Any], token: str
+) -> dict[str, Any]:
+    """``first`` with the entries of its further pages, and the last page's links (a
+    ``next`` among them leaves the search incomplete)."""
+    entries = first.get("entry") or []
+    if not isinstance(entries, list):
+        return first  # malformed: serving.fhir_in refuses it
+    entries = list(entries)
+    page = first
+    for _ in range(MAX_PAGES - 1):
+        url = _next_url(page)
+        if url is None:
+            break
+        if not on_server(url, base):
+            logger.warning("prefetch %s: next page is not on fhirServer; not followed", key)
+            break
+        page = await _get(client, url, key, token)
+        more = page.get("entry") or []
+        if page.get("resourceType") != "Bundle" or not isinstance(more, list):
+            raise PrefetchUnavailable("fetch-failed", [key])
+        entries.extend(more)
+    else:
+        if _next_url(page) is not None:
+            logger.warning("prefetch %s: more than %d pages; left incomplete", key, MAX_PAGES)
+    if page is first:
+        return first
+    return {**first, "entry": entries, "link": page.get("link", [])}
+
+
 async def complete_prefetch(
     request: CdsRequest,
     keys: list[str],
@@ -133,7 +198,8 @@ async def complete_prefetch(
     timeout_s: float,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, dict[str, Any] | None]:
-    """The prefetch with every needed key present, fetching missing ones when allowed.
+    """The prefetch with every needed key present, fetching missing ones and the further
+    pages of searches read in full when allowed.
 
     Args:
         request: The CDS Hooks call.
@@ -144,11 +210,17 @@ async def complete_prefetch(
 
     Raises:
         PrefetchUnavailable: ``prefetch-missing`` when we may not fetch,
-            ``fetch-failed`` when fetching did not succeed in time.
+            ``fetch-failed`` when fetching (a key or one of its pages) did not succeed
+            in time.
     """
     prefetch = dict(request.prefetch)
     missing = [key for key in keys if prefetch.get(key) is None]
-    if not missing:
+    paged = [
+        key
+        for key in keys
+        if key in _READ_IN_FULL and (value := prefetch.get(key)) and _next_url(value) is not None
+    ]
+    if not missing and not paged:
         return prefetch
     server, auth = request.fhirServer, request.fhirAuthorization
     if (
@@ -157,23 +229,33 @@ async def complete_prefetch(
         or not server.startswith("https://")
         or not server_allowed(server)
     ):
-        raise PrefetchUnavailable("prefetch-missing", missing)
+        if missing:
+            raise PrefetchUnavailable("prefetch-missing", missing)
+        return prefetch  # the further pages stay unread: those searches are incomplete
     patient_id = request.context.patientId
+    token = auth.access_token
+
+    async def read(client: httpx.AsyncClient, key: str) -> dict[str, Any]:
+        value = prefetch.get(key)
+        if value is None:
+            value = await _get(
+                client, f"{server.rstrip('/')}/{_query(key, patient_id)}", key, token
+            )
+        if key in _READ_IN_FULL:
+            value = await _read_in_full(client, server, key, value, token)
+        return value
+
+    wanted = [*missing, *paged]
     try:
         async with httpx.AsyncClient(
             timeout=timeout_s, follow_redirects=False, transport=transport, trust_env=False
         ) as client:
             async with asyncio.timeout(timeout_s):
-                fetched = await asyncio.gather(
-                    *(
-                        _fetch_one(client, server, key, patient_id, auth.access_token)
-                        for key in missing
-                    )
-                )
+                fetched = await asyncio.gather(*(read(client, key) for key in wanted))
     except PrefetchUnavailable:
         raise
     except (httpx.HTTPError, TimeoutError) as exc:
         logger.warning("fetching prefetch failed: %s", type(exc).__name__)
-        raise PrefetchUnavailable("fetch-failed", missing) from exc
-    prefetch.update(zip(missing, fetched, strict=True))
+        raise PrefetchUnavailable("fetch-failed", wanted) from exc
+    prefetch.update(zip(wanted, fetched, strict=True))
     return prefetch
