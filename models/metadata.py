@@ -100,6 +100,12 @@ class ModelMetadata(_Strict):
     operating_points: list[OperatingPoint] = Field(default_factory=list)
     training_manifest_sha256: str = Field(default="", description="Hash of the training data.")
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    lookback_days: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tabular models: the oldest measurement training read, in days before "
+        "the index date. None: unknown (a ready-made feature table, or an older artifact).",
+    )
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict, description="Resolved training config.")

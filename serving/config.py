@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.metadata import SEMVER
+from models.ncd_lookback import LOOKBACK_DAYS
 from serving.imaging.config import ImagingConfig
 
 __all__ = ["NcdServiceConfig", "ServingConfig"]
@@ -45,7 +46,11 @@ class ServingConfig(BaseModel):
         description="Card indicator for each WHO risk band: <5, 5-<10, 10-<20, 20-<30, >=30 %.",
     )
     max_data_age_days: int = Field(
-        default=365, gt=0, le=3650, description="Older measurements give no advice (days)."
+        default=LOOKBACK_DAYS,
+        gt=0,
+        le=3650,
+        description="Older measurements give no advice (days). Not longer than the "
+        "look-back each served NCD model was trained with (the service refuses to start).",
     )
     language: str | None = Field(
         default=None, description="Default card language; unset uses TONLE_LANGUAGE."

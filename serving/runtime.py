@@ -11,6 +11,7 @@ import numpy as np
 
 from models import registry
 from models.config import load_config
+from models.metadata import ModelMetadata
 from models.registry import ArtifactError, StoredModel
 from serving.config import ServingConfig
 from serving.settings import Settings
@@ -98,7 +99,8 @@ class Runtime:
             models.registry.ArtifactError: a pinned model is missing or does not verify;
                 the service must not become ready.
             ValueError: no link key outside dev mode and the demo (the message says what
-                to set), or a serving config that does not check out.
+                to set), or a serving config that does not check out (e.g. a
+                ``max_data_age_days`` longer than a served model's training look-back).
         """
         from models.ncd_predictor import NcdPredictor
         from serving.ui.links import require_key
@@ -110,7 +112,9 @@ class Runtime:
             runtime.models[name] = registry.verify(name, version)
             logger.info("verified model %s", runtime.models[name].metadata.tag)
         for service_id, service in config.ncd_services.items():
-            runtime.ncd[service_id] = NcdPredictor(runtime.models[service.model], threads=1)
+            stored = runtime.models[service.model]
+            _check_lookback(service_id, stored.metadata, config.max_data_age_days)
+            runtime.ncd[service_id] = NcdPredictor(stored, threads=1)
         # Concurrent requests share one durable commit (group commit in the store).
         store = runtime.audit = _open_audit(settings)
         if settings.dev:
@@ -170,3 +174,28 @@ def _open_auth(settings: Settings, store: AuditStore) -> tuple[CdsAuth, ApiKeyAu
     # One engine: the audit store is also the JWT replay store and the API-key table.
     cds, keys = build_authenticators(settings, store)
     return cds, keys
+
+
+def _check_lookback(service_id: str, meta: ModelMetadata, max_age_days: int) -> None:
+    """Refuse a serving max age longer than the model's training look-back.
+
+    Serving would then score measurements older than any the model learned from
+    (train/serve skew, silently); refusing at start-up fails closed where the operator
+    sees it. An artifact that does not record its look-back (built before it was
+    recorded, or from a ready-made feature table) is allowed with a warning.
+    """
+    if meta.lookback_days is None:
+        logger.warning(
+            "%s: %s does not record its training look-back; cannot check "
+            "max_data_age_days = %d against it",
+            service_id,
+            meta.tag,
+            max_age_days,
+        )
+    elif max_age_days > meta.lookback_days:
+        raise ValueError(
+            f"max_data_age_days = {max_age_days}, but {service_id}'s model {meta.tag} was "
+            f"trained on measurements at most {meta.lookback_days} days old: set "
+            f"max_data_age_days to {meta.lookback_days} or less, or serve a model trained "
+            "with a longer --lookback-days"
+        )

@@ -129,6 +129,19 @@ def _missing_text(spec: FeatureSpec, missing: dict[str, Any]) -> tuple[str, str]
     )
 
 
+def _lookback_text(days: int | None) -> str:
+    if days is None:
+        return (
+            "look-back not recorded (a ready-made feature table): how old the measurements "
+            "training read could be is unknown, so serving cannot check its maximum age"
+        )
+    return (
+        f"the latest on or before the index date and at most {days} days "
+        f"({days / 365.25:.1f} years) before it. Serving must not read older ones: its "
+        f"`max_data_age_days` may be at most {days} (it refuses to start otherwise)"
+    )
+
+
 def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
     """Write ``model-card.md`` and ``model-card.json`` into ``card_dir``."""
     card_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +171,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         f"- Training data manifest (sha256 of the feature table content): "
         f"`{meta.training_manifest_sha256}`",
         f"- Patient-level split (seed {cfg.get('seed')}): {_split_text(split)}",
+        f"- Measurements: {_lookback_text(meta.lookback_days)}",
         f"- Ages {cfg.get('min_age')}-{cfg.get('max_age')}; prevalent diabetes excluded: "
         f"{cfg.get('exclude_prevalent_diabetes')}; rows missing a required feature left out: "
         f"{cfg.get('drop_incomplete')}",

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from models.ncd_lookback import LOOKBACK_DAYS
+
 __all__ = ["register"]
 
 DataOpt = Annotated[
@@ -30,7 +32,13 @@ SaveSklearnOpt = Annotated[
     Path | None,
     typer.Option(help="Also write the fitted scikit-learn estimator (joblib) here."),
 ]
-LookbackOpt = Annotated[int, typer.Option(help="Look-back window (days) for FHIR input.")]
+LookbackOpt = Annotated[
+    int,
+    typer.Option(
+        help="FHIR input: how old a measurement may be (days before the index date); "
+        "recorded in the model, and serving's max_data_age_days may not exceed it.",
+    ),
+]
 CompleteOpt = Annotated[
     bool,
     typer.Option(
@@ -96,6 +104,7 @@ def _train(
                 version=version,
                 card_root=cards,
                 estimator_path=save_sklearn,
+                lookback_days=lookback_days if data.is_dir() else None,
                 progress=lambda line: console.print(
                     f"{time.perf_counter() - started:7.1f}s {line}", highlight=False
                 ),
@@ -123,7 +132,7 @@ def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> Non
         ] = None,
         version: Annotated[str | None, typer.Option(help="Override the config's version.")] = None,
         index_date: IndexDateOpt = None,
-        lookback_days: LookbackOpt = 730,
+        lookback_days: LookbackOpt = LOOKBACK_DAYS,
         synthetic: Annotated[
             int | None, typer.Option(help="Train on N synthetic patients instead of --data.")
         ] = None,
@@ -173,7 +182,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "artifacts/evaluation"
         ),
         index_date: IndexDateOpt = None,
-        lookback_days: LookbackOpt = 730,
+        lookback_days: LookbackOpt = LOOKBACK_DAYS,
         bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs.")] = 200,
         complete_conditions: CompleteOpt = False,
     ) -> None:

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from models.ncd_lookback import LOOKBACK_DAYS
+
 __all__ = ["register"]
 
 
@@ -85,7 +87,9 @@ def score(
     index_date: Annotated[
         str | None, typer.Option(help="FHIR input: ISO date features refer to (default today).")
     ] = None,
-    lookback_days: Annotated[int, typer.Option(help="FHIR input: look-back in days.")] = 730,
+    lookback_days: Annotated[
+        int, typer.Option(help="FHIR input: look-back in days (serving's default max age).")
+    ] = LOOKBACK_DAYS,
     allow_extrapolation: Annotated[
         bool,
         typer.Option(

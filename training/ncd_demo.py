@@ -17,7 +17,9 @@ from rich.console import Console
 __all__ = ["DEMO_COHORT", "DEMO_SEED", "DEMO_VERSION", "build_ncd_demo"]
 
 # 0.2.0: models carry what each missing input is scored as (training/ncd_missing.py),
-# and bp_treated / diabetes follow one rule in training and serving.
+# and bp_treated / diabetes follow one rule in training and serving. The 365-day
+# look-back (was 730; now recorded in the metadata) leaves the demo's feature table as
+# it was: every synthetic measurement is less than a year before the index date.
 DEMO_VERSION = "0.2.0-demo"
 DEMO_COHORT = 16_000  # enough for >= 10,000 parity rows after excluding diabetics
 DEMO_SEED = 2026
@@ -27,6 +29,7 @@ def build_ncd_demo(console: Console, card_root: Path = Path(".tonle/cards")) -> 
     """Build (or reuse) the demo NCD models; returns ``{name: version}`` to pin."""
     from models import registry
     from models.config import load_config
+    from models.ncd_lookback import LOOKBACK_DAYS
     from training.ncd_config import NcdTrainConfig
     from training.ncd_table import load_table
     from training.ncd_train import train
@@ -45,7 +48,7 @@ def build_ncd_demo(console: Console, card_root: Path = Path(".tonle/cards")) -> 
         with tempfile.TemporaryDirectory() as tmp:
             console.print(f"demo NCD models: {DEMO_COHORT} synthetic patients (seed {DEMO_SEED})")
             folder = generate(Path(tmp) / "ndjson", DEMO_COHORT, DEMO_SEED)
-            table = load_table(folder, INDEX_DATE.isoformat())
+            table = load_table(folder, INDEX_DATE.isoformat(), LOOKBACK_DAYS)
         for name in missing:
             cfg = load_config(Path("configs") / f"{name}.yaml", NcdTrainConfig)
             cfg = cfg.model_copy(
@@ -59,6 +62,7 @@ def build_ncd_demo(console: Console, card_root: Path = Path(".tonle/cards")) -> 
                 table,
                 version=DEMO_VERSION,
                 card_root=card_root,
+                lookback_days=LOOKBACK_DAYS,
                 progress=lambda line: console.print(f"  {line}", highlight=False),
             )
     return dict.fromkeys(names, DEMO_VERSION)

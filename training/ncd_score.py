@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from models.ncd_lookback import LOOKBACK_DAYS
 from models.who_cvd import (
     BANDS,
     percents_and_bands,
@@ -227,7 +228,7 @@ def score_file(
     chunksize: int = 100_000,
     chol_unit: str = "mmol/L",
     index_date: date | None = None,
-    lookback_days: int = 730,
+    lookback_days: int = LOOKBACK_DAYS,
     progress: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
     """Score every row of ``source`` (CSV or FHIR Bulk folder) into the ``output`` CSV.

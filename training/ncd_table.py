@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from models.ncd_lookback import LOOKBACK_DAYS
 from training.ncd_config import NcdTrainConfig, SplitConfig
 
 __all__ = [
@@ -53,7 +54,7 @@ SEX_CODES = {"female": 0, "male": 1}
 def load_table(
     path: Path,
     fhir_index_date: str | None = None,
-    lookback_days: int = 730,
+    lookback_days: int = LOOKBACK_DAYS,
     complete_conditions: bool = False,
 ) -> Any:
     """Read a C2 feature table: a CSV file, or build one from a FHIR Bulk NDJSON folder.

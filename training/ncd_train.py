@@ -152,11 +152,15 @@ def train(
     card_root: Path = Path("artifacts"),
     progress: Progress = print,
     estimator_path: Path | None = None,
+    lookback_days: int | None = None,
 ) -> TrainResult:
     """Run the whole pipeline on ``table`` and save the artifact; see the module docstring.
 
     ``estimator_path``, when given, also receives the fitted scikit-learn estimator
-    (joblib), for benchmarks and audits; serving never reads it.
+    (joblib), for benchmarks and audits; serving never reads it. ``lookback_days`` is
+    the look-back the table was built with (FHIR input), recorded in the metadata so
+    serving can check its ``max_data_age_days`` against it; None when unknown (a
+    ready-made feature table).
 
     Raises:
         TrainingDataError: the table fails :func:`check_table`, or a split is empty.
@@ -166,7 +170,7 @@ def train(
 
     cfg = cfg.model_copy(update={"version": version}) if version else cfg
     with threadpool_limits(cfg.threads):
-        return _train(cfg, table, card_root, progress, estimator_path)
+        return _train(cfg, table, card_root, progress, estimator_path, lookback_days)
 
 
 def _train(
@@ -175,6 +179,7 @@ def _train(
     card_root: Path,
     progress: Progress,
     estimator_path: Path | None,
+    lookback_days: int | None,
 ) -> TrainResult:
     from training import ncd_metrics
     from training.ncd_card import write_model_card
@@ -284,6 +289,7 @@ def _train(
         ],
         training_manifest_sha256=manifest,
         metrics=metrics,
+        lookback_days=lookback_days,
         intended_use=cfg.intended_use,
         limitations=cfg.limitations,
         config=cfg.model_dump(mode="json"),

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from models import registry
 from models.config import load_config
+from models.ncd_lookback import LOOKBACK_DAYS
 from models.ncd_predictor import NcdPredictor
 from training.ncd_config import NcdTrainConfig
 from training.ncd_export import ExportError, save_verified
@@ -185,6 +186,14 @@ def test_unfaithful_export_is_not_saved(model_store: Path) -> None:
     assert not (model_store / "models" / "bad-export").exists()
 
 
+def test_card_states_the_lookback_or_that_it_is_unknown() -> None:
+    from training.ncd_card import _lookback_text
+
+    assert "at most 180 days (0.5 years) before it" in _lookback_text(180)
+    assert "`max_data_age_days` may be at most 180" in _lookback_text(180)
+    assert "look-back not recorded" in _lookback_text(None)
+
+
 @pytest.mark.slow
 def test_train_end_to_end_from_fhir(
     model_store: Path, tmp_path: Path, artifacts_dir: Path, cvd_config: NcdTrainConfig
@@ -248,6 +257,9 @@ def test_train_end_to_end_from_fhir(
     assert "test_auroc" not in card
     assert "fit_seconds" not in card
     assert "IPCW Brier score" in card
+    # The look-back the FHIR export was read with (serving's default max age), in words.
+    assert meta.lookback_days == LOOKBACK_DAYS == 365
+    assert "at most 365 days (1.0 years) before it" in card
     intervals = re.findall(r"\((-?\d+\.\d+)(.{1,4}?)(-?\d+\.\d+)\)", card)
     assert intervals
     assert {sep for _, sep, _ in intervals} == {" to "}, intervals

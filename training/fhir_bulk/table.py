@@ -19,6 +19,7 @@ from models.diabetes_status import (
     has_diabetes,
 )
 from models.ncd_features import FEATURE_BY_NAME, MEASURED_FEATURES, feature_columns
+from models.ncd_lookback import LOOKBACK_DAYS
 from training.fhir_bulk.ndjson import codes_of, fhir_day, iter_ndjson, ref_id
 from training.fhir_bulk.report import BuildReport, FeatureIssue, IssueCollector
 from training.fhir_bulk.resources import (
@@ -39,7 +40,7 @@ def build_feature_table(
     ndjson_dir: Path | str,
     *,
     index_date: date | Mapping[str, date],
-    lookback_days: int = 730,
+    lookback_days: int = LOOKBACK_DAYS,
     end_date: date | None = None,
     site: str = "",
     strict: bool = False,
