@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from models.errors import InputError
-from models.metadata import ModelMetadata
+from models.metadata import FeatureSpec, ModelMetadata
 from models.onnx_runtime import open_session
 from models.registry import ArtifactError, StoredModel
 from models.who_cvd import band_of_percent, round_percent
@@ -36,6 +36,7 @@ __all__ = [
     "NcdInputError",
     "NcdPredictor",
     "encode_rows",
+    "encode_value",
     "risk_band",
 ]
 
@@ -71,6 +72,36 @@ def risk_band(risk: float) -> tuple[int, str]:
     return band_of_percent(round_percent(risk))
 
 
+def encode_value(metadata: ModelMetadata, spec: FeatureSpec, raw: Any) -> float:
+    """One present feature value as the model reads it (the check :func:`encode_rows`
+    applies to every value), so a caller can name every bad value, not only the first.
+
+    Raises:
+        NcdInputError: the value is not a number (or code) the feature accepts, or is
+            outside its valid range.
+    """
+    encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
+    if spec.name in encodings:
+        codes = encodings[spec.name]
+        if str(raw) not in codes:
+            raise NcdInputError(spec.name, raw, f"must be one of {sorted(codes)}")
+        value = float(codes[str(raw)])
+    elif isinstance(raw, bool):
+        value = float(raw)
+    else:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise NcdInputError(spec.name, raw, f"must be a number in {spec.unit}") from exc
+        if not math.isfinite(value):
+            raise NcdInputError(spec.name, raw, "must be a finite number")
+    if spec.minimum is not None and value < spec.minimum:
+        raise NcdInputError(spec.name, raw, f"must be at least {spec.minimum:g} {spec.unit}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise NcdInputError(spec.name, raw, f"must be at most {spec.maximum:g} {spec.unit}")
+    return value
+
+
 def encode_rows(metadata: ModelMetadata, rows: list[Mapping[str, Any]]) -> np.ndarray:
     """Turn feature dictionaries into the model's float32 ``[N, F]`` input.
 
@@ -82,7 +113,6 @@ def encode_rows(metadata: ModelMetadata, rows: list[Mapping[str, Any]]) -> np.nd
     Raises:
         NcdInputError: naming the feature and the rule broken.
     """
-    encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
     out = np.full((len(rows), len(metadata.features)), np.nan, dtype=np.float32)
     for i, row in enumerate(rows):
         for j, spec in enumerate(metadata.features):
@@ -91,27 +121,7 @@ def encode_rows(metadata: ModelMetadata, rows: list[Mapping[str, Any]]) -> np.nd
                 if spec.required:
                     raise NcdInputError(spec.name, raw, f"{spec.description} is required")
                 continue
-            if spec.name in encodings:
-                codes = encodings[spec.name]
-                if str(raw) not in codes:
-                    raise NcdInputError(spec.name, raw, f"must be one of {sorted(codes)}")
-                value = float(codes[str(raw)])
-            elif isinstance(raw, bool):
-                value = float(raw)
-            else:
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError) as exc:
-                    raise NcdInputError(spec.name, raw, f"must be a number in {spec.unit}") from exc
-                if not math.isfinite(value):
-                    raise NcdInputError(spec.name, raw, "must be a finite number")
-            if spec.minimum is not None and value < spec.minimum:
-                raise NcdInputError(
-                    spec.name, raw, f"must be at least {spec.minimum:g} {spec.unit}"
-                )
-            if spec.maximum is not None and value > spec.maximum:
-                raise NcdInputError(spec.name, raw, f"must be at most {spec.maximum:g} {spec.unit}")
-            out[i, j] = value
+            out[i, j] = encode_value(metadata, spec, raw)
     return out
 
 

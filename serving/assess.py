@@ -10,32 +10,84 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Literal
 
 from models.metadata import ModelMetadata
-from models.ncd_predictor import Contribution, NcdInputError, NcdPredictor, encode_rows, risk_band
+from models.ncd_predictor import (
+    Contribution,
+    NcdInputError,
+    NcdPredictor,
+    encode_rows,
+    encode_value,
+    risk_band,
+)
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 
-__all__ = ["Advice", "NoAdvice", "WhoSettings", "already_has_outcome", "assess", "who_for"]
+__all__ = [
+    "Advice",
+    "NoAdvice",
+    "Problem",
+    "WhoSettings",
+    "already_has_outcome",
+    "assess",
+    "who_for",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an input stops the assessment (no PHI beyond the value and its date).
+
+    Attributes:
+        reason: ``unit``, ``already-has-outcome``, ``insufficient-data``, ``stale-data``
+            or ``out-of-range`` (as in :class:`NoAdvice`).
+        field: The feature concerned, e.g. ``"sbp"``.
+        detail: The rule broken, in plain (English) words, for logs and tests.
+        value: The value given (``out-of-range``).
+        measured: When the value was measured (``stale-data``).
+    """
+
+    reason: str
+    field: str | None
+    detail: str = ""
+    value: float | str | None = None
+    measured: date | None = None
 
 
 class NoAdvice(Exception):
-    """No advice can be given; ``reason`` is a machine-readable code (no PHI)."""
+    """No advice can be given; ``reason`` is a machine-readable code (no PHI).
 
-    def __init__(self, reason: str, field: str | None = None, detail: str = "") -> None:
+    ``problems`` lists every input problem found, the one named by ``reason`` and
+    ``field`` first (so a card can name them all, not only the first).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        field: str | None = None,
+        detail: str = "",
+        problems: Sequence[Problem] = (),
+    ) -> None:
         super().__init__(f"{reason}{f':{field}' if field else ''} {detail}".strip())
         self.reason = reason
         self.field = field
         self.detail = detail
+        self.problems: tuple[Problem, ...] = tuple(problems) or (Problem(reason, field, detail),)
 
     @property
     def code(self) -> str:
         """``reason`` or ``reason:field``, as stored in the audit row."""
         return f"{self.reason}:{self.field}" if self.field else self.reason
+
+    @classmethod
+    def of(cls, problems: Sequence[Problem]) -> NoAdvice:
+        """No advice for ``problems`` (at least one); the first gives the reason code."""
+        first = problems[0]
+        return cls(first.reason, first.field, first.detail, problems)
 
 
 @dataclass(frozen=True)
@@ -140,6 +192,54 @@ def already_has_outcome(
     return values.get("diabetes") == 1.0 or "diabetes" in prior
 
 
+def _problems(
+    meta: ModelMetadata,
+    values: Mapping[str, float | str],
+    dates: Mapping[str, date],
+    unreadable: Mapping[str, str],
+    has_outcome: bool,
+    oldest: date | None,
+    max_age_days: int | None,
+) -> list[Problem]:
+    """Every input problem, in the order the reason code is chosen: unreadable units,
+    the outcome already present, then missing, stale and out-of-range values (each in
+    the model's feature order)."""
+    found = [Problem("unit", name, problem) for name, problem in unreadable.items()]
+    if has_outcome:
+        found.append(
+            Problem(
+                "already-has-outcome",
+                "diabetes",
+                "the patient already has diabetes; the model predicts new-onset diabetes",
+            )
+        )
+    found += [
+        Problem("insufficient-data", spec.name, f"{spec.description} is required")
+        for spec in meta.features
+        if spec.required and spec.name not in values and spec.name not in unreadable
+    ]
+    if oldest is not None:
+        for spec in meta.features:
+            when = dates.get(spec.name)
+            if spec.name in values and when is not None and when < oldest:
+                found.append(
+                    Problem(
+                        "stale-data",
+                        spec.name,
+                        f"measured {when}, older than {max_age_days} d",
+                        measured=when,
+                    )
+                )
+    for spec in meta.features:
+        if spec.name not in values:
+            continue
+        try:
+            encode_value(meta, spec, values[spec.name])
+        except NcdInputError as exc:
+            found.append(Problem("out-of-range", exc.field, exc.rule, value=values[spec.name]))
+    return found
+
+
 def assess(
     predictor: NcdPredictor,
     values: Mapping[str, float | str],
@@ -152,6 +252,7 @@ def assess(
     who: WhoSettings | None = None,
     top: int = 3,
     prior: Collection[str] = (),
+    unreadable: Mapping[str, str] | None = None,
 ) -> Advice:
     """Score one patient with ``predictor`` (and the WHO chart for CVD).
 
@@ -167,35 +268,35 @@ def assess(
         top: Number of contributions to explain.
         prior: Outcomes the patient was already diagnosed with (see
             :func:`already_has_outcome`).
+        unreadable: Features whose value could not be read -> the problem (e.g.
+            ``unit:g/L``, :attr:`serving.fhir_in.Extracted.problems`): no advice
+            (``unit``), whatever else is wrong.
 
     Raises:
-        NoAdvice: ``already-has-outcome``, ``insufficient-data``, ``stale-data``,
-            ``out-of-range`` or ``model-output``.
+        NoAdvice: ``unit``, ``already-has-outcome``, ``insufficient-data``,
+            ``stale-data``, ``out-of-range`` or ``model-output``; for the input
+            problems it lists them all (:attr:`NoAdvice.problems`), the first giving
+            the reason code.
     """
     meta = predictor.metadata
-    if already_has_outcome(meta.extra.get("outcome"), values, prior):
-        # A new-onset risk is meaningless for someone who already has the outcome.
-        raise NoAdvice(
-            "already-has-outcome",
-            "diabetes",
-            "the patient already has diabetes; the model predicts new-onset diabetes",
-        )
     dates = dates or {}
+    oldest = (
+        today - timedelta(days=max_age_days)
+        if today is not None and max_age_days is not None
+        else None
+    )
+    # A new-onset risk is meaningless for someone who already has the outcome.
+    has_outcome = already_has_outcome(meta.extra.get("outcome"), values, prior)
+    problems = _problems(meta, values, dates, unreadable or {}, has_outcome, oldest, max_age_days)
+    if problems:
+        raise NoAdvice.of(problems)
     used: dict[str, float | str] = {}
     missing: dict[str, float | None] = {}
     for spec in meta.features:
         if spec.name in values:
             used[spec.name] = values[spec.name]
-        elif spec.required:
-            raise NoAdvice("insufficient-data", spec.name, f"{spec.description} is required")
         else:
             missing[spec.name] = _scored_as(meta, spec.name)
-    if today is not None and max_age_days is not None:
-        oldest = today - timedelta(days=max_age_days)
-        for name in used:
-            when = dates.get(name)
-            if when is not None and when < oldest:
-                raise NoAdvice("stale-data", name, f"measured {when}, older than {max_age_days} d")
     try:
         row = encode_rows(meta, [used])
         risk, contributions = predictor.explain(row, top=top)

@@ -29,6 +29,7 @@ __all__ = [
     "MissingHow",
     "missing_how",
     "missing_text",
+    "model_source",
     "ncd_card",
     "value_text",
 ]
@@ -216,6 +217,21 @@ def _detail(advice: Advice, lang: str, region: str) -> str:
     )  # fmt: skip
 
 
+def model_source(meta: ModelMetadata, lang: str, url: str | None) -> Source:
+    """A card's source: the model's name and version (and its sha256 in ``topic``).
+
+    Args:
+        meta: The model that answered.
+        lang: Language of the label.
+        url: Where the model card can be read.
+    """
+    return Source(
+        label=t("card.source.label", lang, model=meta.name, version=meta.version),
+        url=url,
+        topic=Coding(system="urn:tonle:model", code=meta.tag, display=f"sha256 {meta.sha256[:12]}"),
+    )
+
+
 def ncd_card(
     advice: Advice,
     *,
@@ -256,13 +272,7 @@ def ncd_card(
         # because HEARTS reads its treatment thresholds off the printed chart's
         # categories (e.g. >= 20 %), not off the equation at exact values.
         indicator=indicators[advice.band_index],
-        source=Source(
-            label=t("card.source.label", lang, model=meta.name, version=meta.version),
-            url=source_url,
-            topic=Coding(
-                system="urn:tonle:model", code=meta.tag, display=f"sha256 {meta.sha256[:12]}"
-            ),
-        ),
+        source=model_source(meta, lang, source_url),
         suggestions=[
             Suggestion(
                 label=t(_SUGGESTION_KEY.get(advice.outcome, "card.ncd.suggestion.followup"), lang),

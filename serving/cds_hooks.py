@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from models.metadata import ModelMetadata
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
 from serving.audit.records import AuditRecord, ExplanationRecord, FeedbackRecord, Outcome
 from serving.audit.records import OverrideReason as AuditOverride
@@ -35,6 +36,7 @@ from serving.cds_models import (
 from serving.fhir_in import PrefetchError, extract
 from serving.i18n import negotiate
 from serving.metrics import count_outcome
+from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.runtime import DevCaller, Runtime
 from serving.ui.explanations import explanation_record
@@ -193,6 +195,33 @@ def _no_cards() -> Response:
     return Response(b'{"cards":[]}', media_type="application/json")
 
 
+def _model_page(base: str, meta: ModelMetadata, lang: str) -> str:
+    """The model card page (a clinician's browser opens it), not the JSON list."""
+    return f"{base}/ui/models/{quote(meta.name)}/{quote(meta.version)}?lang={lang}"
+
+
+def _no_advice(
+    runtime: Runtime, call: _Call, exc: NoAdvice, meta: ModelMetadata, lang: str
+) -> Response:
+    """``cards: []``, or (site option ``no_advice_card``) one ``info`` card saying why
+    when the reason is one the chart can fix (:mod:`serving.no_advice_card`)."""
+    if not (runtime.config.no_advice_card and actionable(exc)):
+        return _no_cards()
+    try:
+        card = no_advice_card(
+            exc,
+            meta,
+            lang=lang,
+            max_age_days=runtime.config.max_data_age_days,
+            source_url=_model_page(runtime.settings.public_url.rstrip("/"), meta, lang),
+        )
+    except Exception:  # the explanation must never turn no-advice into a failure
+        logger.exception("request %s: no-advice card failed; answering no cards", call.request_id)
+        return _no_cards()
+    call.card_ids = [card.uuid]
+    return Response(response_body([card]), media_type="application/json")
+
+
 async def ncd_service(request: Request) -> Response:
     """``POST /cds-services/{id}`` for an NCD risk service (``patient-view``)."""
     runtime = _runtime(request)
@@ -202,6 +231,7 @@ async def ncd_service(request: Request) -> Response:
         return JSONResponse({"error": "unknown-service", "field": "id"}, status_code=404)
     call = _Call(service_id)
     call.model = predictor.metadata
+    lang = negotiate(request.headers.get("accept-language"), runtime.language)
     try:
         call.caller = await _caller(runtime, request)
     except AuthDown:
@@ -236,9 +266,6 @@ async def ncd_service(request: Request) -> Response:
         )
         today = datetime.now(UTC).date()
         found = extract(prefetch, today)
-        if found.problems:
-            name, problem = next(iter(found.problems.items()))
-            raise NoAdvice("unit", name, problem)
         advice = assess(
             predictor,
             found.values,
@@ -249,9 +276,9 @@ async def ncd_service(request: Request) -> Response:
             max_age_days=runtime.config.max_data_age_days,
             who=who,
             prior=found.prior,
+            unreadable=found.problems,
         )
         call.advice = advice
-        lang = negotiate(request.headers.get("accept-language"), runtime.language)
         base = runtime.settings.public_url.rstrip("/")
         card = ncd_card(
             advice,
@@ -261,11 +288,7 @@ async def ncd_service(request: Request) -> Response:
             encounter_id=cds.context.encounterId,
             explain_url="",
             region=_region_name(advice, runtime),
-            # The model card page (a clinician's browser opens it), not the JSON list.
-            source_url=(
-                f"{base}/ui/models/{quote(advice.metadata.name)}/"
-                f"{quote(advice.metadata.version)}?lang={lang}"
-            ),
+            source_url=_model_page(base, advice.metadata, lang),
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"
@@ -296,7 +319,8 @@ async def ncd_service(request: Request) -> Response:
             runtime, call, JSONResponse(missing, status_code=412), "refused", exc.reason
         )
     except NoAdvice as exc:
-        return await _finish(runtime, call, _no_cards(), "no-advice", exc.code)
+        response = _no_advice(runtime, call, exc, predictor.metadata, lang)
+        return await _finish(runtime, call, response, "no-advice", exc.code)
     except Exception:
         logger.exception("request %s failed; answering no advice", call.request_id)
         call.advice = None

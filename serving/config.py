@@ -52,6 +52,15 @@ class ServingConfig(BaseModel):
         description="Older measurements give no advice (days). Not longer than the "
         "look-back each served NCD model was trained with (the service refuses to start).",
     )
+    no_advice_card: bool = Field(
+        default=False,
+        description="When an NCD service can give no estimate for a reason the chart can "
+        "fix (a required value not recorded, older than max_data_age_days, outside the "
+        "model's range or in an unreadable unit), answer one `info` card saying which "
+        "values and why, with no risk and no suggestion, instead of `cards: []`. Other "
+        "reasons (patient outside the model's population, internal errors) keep "
+        "`cards: []`; see serving/no_advice_card.py. Off: `cards: []` for every no-advice.",
+    )
     language: str | None = Field(
         default=None, description="Default card language; unset uses TONLE_LANGUAGE."
     )

@@ -227,6 +227,187 @@ def test_no_advice_is_empty_cards_and_audited(
     assert row.card_ids == []
 
 
+_NO_SBP = {"resourceType": "Bundle", "type": "searchset"}
+
+
+def test_no_advice_card_is_off_by_default(app: Starlette, runtime: Runtime) -> None:
+    assert runtime.config.no_advice_card is False
+    response = call(app, "POST", CVD, cds_request({**prefetch(), "sbp": _NO_SBP}))
+    assert response.content == b'{"cards":[]}'  # exactly as without the option
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason, row.card_ids) == ("no-advice", "insufficient-data:sbp", [])
+
+
+@pytest.mark.parametrize(
+    ("pf", "reason", "summary", "line"),
+    [
+        (
+            {**prefetch(), "sbp": _NO_SBP},
+            "insufficient-data:sbp",
+            "No 10-year heart attack or stroke risk estimate: Systolic blood pressure not recorded",
+            "- Systolic blood pressure: not recorded",
+        ),
+        (
+            prefetch(sbp=400),
+            "out-of-range:sbp",
+            "No 10-year heart attack or stroke risk estimate: Systolic blood pressure outside "
+            "the range the model accepts",
+            "- Systolic blood pressure: 400 mmHg is outside the range the model accepts (",
+        ),
+        (
+            prefetch(chol=5.0, chol_unit="g/L"),
+            "unit:total_chol",
+            "No 10-year heart attack or stroke risk estimate: Total cholesterol recorded in a "
+            "unit Tonle cannot read",
+            "- Total cholesterol: recorded in a unit Tonle cannot convert (g/L)",
+        ),
+        (
+            # Every value 400 days old: too many to name in the summary, all in the detail.
+            prefetch(days_ago=400),
+            "stale-data:smoking",
+            "No 10-year heart attack or stroke risk estimate: 4 values missing, out of date or "
+            "unusable",
+            "- Systolic blood pressure: last recorded ",
+        ),
+    ],
+)
+def test_no_advice_card_when_on_says_why(
+    app: Starlette,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    pf: dict[str, Any],
+    reason: str,
+    summary: str,
+    line: str,
+) -> None:
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+    response = call(app, "POST", CVD, cds_request(pf))
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    assert len(cards) == 1
+    card = cards[0]
+    assert card["summary"] == summary
+    assert len(card["summary"]) < 140
+    assert card["indicator"] == "info"
+    # No risk, no recommendation, nothing to accept, no explanation page.
+    assert card["suggestions"] == []
+    assert card["links"] == []
+    assert card["overrideReasons"] == []
+    assert card["source"]["label"] == "Tonle cvd-risk 1.0.0"
+    assert card["source"]["url"] == "http://testserver/ui/models/cvd-risk/1.0.0?lang=en"
+    detail = card["detail"]
+    assert line in detail
+    assert "This is not a risk estimate" in detail
+    assert f"`{reason}`" in detail
+    assert "RiskAssessment" not in response.text
+    if reason != "unit:total_chol":
+        assert not re.search(r"\d%", detail)  # no percentage anywhere: no risk is given
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason) == ("no-advice", reason)
+    assert row.card_ids == [card["uuid"]]
+    assert row.input_sha256 is None
+
+
+def test_no_advice_card_names_every_problem(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+    stale = prefetch(days_ago=500)["totalChol"]
+    response = call(
+        app, "POST", CVD, cds_request({**prefetch(), "sbp": _NO_SBP, "totalChol": stale})
+    )
+    card = response.json()["cards"][0]
+    assert card["summary"] == (
+        "No 10-year heart attack or stroke risk estimate: Systolic blood pressure, "
+        "Total cholesterol missing, out of date or unusable"
+    )
+    assert "- Systolic blood pressure: not recorded\n" in card["detail"]
+    assert "- Total cholesterol: last recorded " in card["detail"]
+    assert "more than 365 days ago" in card["detail"]
+    # The audited reason is the first problem, as without the card.
+    assert audit_row(runtime, response).reason == "insufficient-data:sbp"
+
+
+def test_no_advice_card_diabetes_and_khmer(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+    pf = {**prefetch(), "sbp": _NO_SBP}
+    km = call(app, "POST", CVD, cds_request(pf), headers={"accept-language": "km-KH"})
+    card = km.json()["cards"][0]
+    assert card["summary"] == (
+        "គ្មានការប៉ាន់ស្មានហានិភ័យគាំងបេះដូង ឬដាច់សរសៃឈាមខួរក្បាល 10 ឆ្នាំ៖ សម្ពាធឈាមស៊ីស្តូលិក មិនបានកត់ត្រា"
+    )
+    assert len(card["summary"]) < 140
+    assert "នេះមិនមែនជាការប៉ាន់ស្មានហានិភ័យទេ" in card["detail"]
+    assert card["source"]["url"].endswith("?lang=km")
+    # The diabetes service names its own outcome; no birth date: insufficient-data:age.
+    patient = {**pf["patient"]}
+    del patient["birthDate"]
+    response = call(app, "POST", DIABETES, cds_request({**prefetch(), "patient": patient}))
+    card = response.json()["cards"][0]
+    assert card["summary"] == "No 10-year diabetes risk estimate: Age not recorded"
+    assert card["source"]["label"] == "Tonle diabetes-risk 1.0.0"
+    assert audit_row(runtime, response).reason == "insufficient-data:age"
+
+
+@pytest.mark.parametrize(
+    ("path", "pf", "reason"),
+    [
+        (CVD, prefetch(age=30), "out-of-range:age"),
+        # Missing blood pressure, but too young for the model anyway: no card asking for
+        # a value that would still give no estimate (alert noise on every young patient).
+        (CVD, {**prefetch(age=30), "sbp": _NO_SBP}, "insufficient-data:sbp"),
+        (CVD, {**prefetch(age=30, days_ago=400)}, "stale-data:smoking"),
+        (DIABETES, prefetch(diabetic=True), "already-has-outcome:diabetes"),
+        (DIABETES, prefetch(diabetic=True, chol=5.0, chol_unit="g/L"), "unit:total_chol"),
+    ],
+)
+def test_no_advice_card_not_for_patients_outside_the_model(
+    app: Starlette,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    pf: dict[str, Any],
+    reason: str,
+) -> None:
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+    response = call(app, "POST", path, cds_request(pf))
+    assert response.content == b'{"cards":[]}'
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason, row.card_ids) == ("no-advice", reason, [])
+
+
+def test_no_advice_card_not_for_internal_errors(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+    predictor = runtime.ncd["ncd-cvd-risk"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("onnx exploded")
+
+    monkeypatch.setattr(predictor, "explain", broken)
+    response = call(app, "POST", CVD, cds_request())
+    assert response.content == b'{"cards":[]}'
+    assert (audit_row(runtime, response).outcome, audit_row(runtime, response).reason) == (
+        "error",
+        "internal-error",
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime.config, "no_advice_card", True)
+
+    def card_fails(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("card.noadvice.missing.key")
+
+    # A card that cannot be built never turns no-advice into a failure.
+    monkeypatch.setattr("serving.cds_hooks.no_advice_card", card_fails)
+    response = call(app, "POST", CVD, cds_request({**prefetch(), "sbp": _NO_SBP}))
+    assert response.content == b'{"cards":[]}'
+    row = audit_row(runtime, response)
+    assert (row.outcome, row.reason, row.card_ids) == ("no-advice", "insufficient-data:sbp", [])
+
+
 def test_missing_prefetch_without_fhir_server_is_412(app: Starlette, runtime: Runtime) -> None:
     pf = prefetch()
     pf["sbp"] = None
