@@ -60,7 +60,12 @@ def _serving_config(pinned: dict[str, str]) -> dict[str, object]:
         for service_id, (model, title) in _NCD_SERVICES.items()
         if model in pinned
     }
-    config: dict[str, object] = {"models": pinned, "ncd_services": services}
+    config: dict[str, object] = {
+        "models": pinned,
+        "ncd_services": services,
+        # The demo EHR shows why a patient got no estimate (demo-07: no blood pressure).
+        "no_advice_card": True,
+    }
     if "cxr-triage" in pinned:
         # Chest X-ray serving; the demo EHR's "send the X-ray" uses DEMO_DIR/cxr-synthetic.
         config["imaging"] = {"model": "cxr-triage", "results_dir": str(DEMO_DIR / "imaging")}

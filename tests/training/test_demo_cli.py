@@ -7,10 +7,11 @@ import jwt
 import pytest
 from typer.testing import CliRunner
 
+from serving.config import ServingConfig
 from serving.demo_issuer import ensure_demo_issuer
 from serving.prefetch import TEMPLATES
 from training.cli import app
-from training.demo import write_demo_request
+from training.demo import _serving_config, write_demo_request
 
 
 def test_demo_request_has_full_prefetch(tmp_path: Path) -> None:
@@ -18,6 +19,13 @@ def test_demo_request_has_full_prefetch(tmp_path: Path) -> None:
     assert body["hook"] == "patient-view"
     assert set(body["prefetch"]) == set(TEMPLATES)
     assert body["prefetch"]["patient"]["id"] == body["context"]["patientId"]
+
+
+def test_demo_serving_config_says_why_there_is_no_estimate() -> None:
+    pinned = {"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0"}
+    config = ServingConfig.model_validate(_serving_config(pinned))
+    assert config.no_advice_card is True  # off by default; the demo EHR shows the card
+    assert set(config.ncd_services) == {"ncd-cvd-risk", "ncd-diabetes-risk"}
 
 
 def test_demo_token_needs_the_demo_issuer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

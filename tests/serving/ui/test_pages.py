@@ -242,9 +242,19 @@ def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]
     assert request(app, "GET", path.split("?")[0]).status_code == 403
 
 
-def test_no_advice_patient_gives_no_card(app_rt: tuple[Starlette, Runtime]) -> None:
-    app, _ = app_rt
-    assert _card_for(app, "demo-07") == {}  # no blood pressure recorded
+def test_demo_says_why_a_patient_got_no_estimate(app_rt: tuple[Starlette, Runtime]) -> None:
+    app, runtime = app_rt
+    assert runtime.config.no_advice_card  # the demo turns the site option on
+    card = _card_for(app, "demo-07")  # no blood pressure recorded
+    assert card["indicator"] == "info"
+    assert card["summary"] == (
+        "No 10-year heart attack or stroke risk estimate: Systolic blood pressure not recorded"
+    )
+    assert card["suggestions"] == []
+    km = _card_for(app, "demo-07", lang="km")
+    assert "សម្ពាធឈាមស៊ីស្តូលិក មិនបានកត់ត្រា" in km["summary"]
+    # Below the model's age range: nothing to record, so no card (not alert noise).
+    assert _card_for(app, "demo-06") == {}
 
 
 def test_demo_xray_needs_imaging(app_rt: tuple[Starlette, Runtime]) -> None:

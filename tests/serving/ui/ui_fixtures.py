@@ -78,6 +78,7 @@ def demo_app(
     serving: dict[str, Any] = {
         "models": {"cvd-risk": "1.0.0"},
         "ncd_services": {"ncd-cvd-risk": {"model": "cvd-risk", "title": "10-year CVD risk"}},
+        "no_advice_card": True,  # as training.demo writes it
     }
     if cxr:
         from training.cxr_synthetic import generate
