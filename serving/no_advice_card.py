@@ -23,7 +23,8 @@ reason code                        card   why
                                           mistyped): check and correct it
 ``out-of-range:age`` / ``:sex``    no     the patient is outside the model's population (e.g.
                                           under 40 for the WHO-range CVD model)
-``unit:<input>``                   yes    recorded in a unit that cannot be converted: correct
+``unit:<input>``                   yes    recorded in a unit that cannot be converted: fix the
+                                          unit
 ``already-has-outcome:diabetes``   no     the patient already has the outcome the model predicts
 ``model-output``                   no     internal: the model gave no valid probability
 anything else, ``internal-error``  no     not the chart's to fix

@@ -9,6 +9,7 @@ import yaml
 
 from serving.assess import NoAdvice, Problem
 from serving.config import ServingConfig
+from serving.i18n import catalogue, t
 from serving.no_advice_card import actionable, no_advice_card
 
 
@@ -58,3 +59,17 @@ def test_option_is_off_by_default_and_read_from_yaml() -> None:
     shipped = yaml.safe_load(shipped_path.read_text(encoding="utf-8"))
     assert ServingConfig.model_validate(shipped).no_advice_card is False
     assert ServingConfig.model_validate({"no_advice_card": True}).no_advice_card is True
+
+
+@pytest.mark.parametrize("lang", ["en", "km"])
+def test_one_value_summaries_fit_without_cutting(lang: str) -> None:
+    # CDS Hooks: summary < 140 characters. Any one input, any reason, the longest
+    # allowed max_data_age_days: named in full (the card cuts only as a last resort).
+    features = [k.removeprefix("feature.") for k in catalogue("en") if k.startswith("feature.")]
+    for outcome in ("cvd", "diabetes", None):
+        head = f"card.noadvice.ncd.{outcome}.summary" if outcome else "card.noadvice.ncd.summary"
+        for kind in ("missing", "stale", "range", "unit"):
+            for name in features:
+                label = t(f"feature.{name}", lang)
+                reason = t(f"card.noadvice.ncd.{kind}", lang, name=label, days=3650)
+                assert len(t(head, lang, reason=reason)) < 140, (outcome, kind, name)
