@@ -150,7 +150,9 @@
       if (ok) { accept.disabled = true; overrideBtn.disabled = true; send.disabled = true; }
     });
     actions.append(accept, overrideBtn);
-    el.append(actions, form, status);
+    // A card with nothing to accept and no reasons to override (the no-advice info card)
+    // is read, not acted on: no feedback buttons.
+    if (suggestion || (card.overrideReasons || []).length) el.append(actions, form, status);
     return el;
   }
 

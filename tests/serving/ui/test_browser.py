@@ -184,6 +184,16 @@ def test_demo_flow_end_to_end(
     assert tablet.evaluate("document.documentElement.scrollWidth") <= TABLET["width"]
     tablet.screenshot(path=str(artifacts_dir / f"ui-ehr-{lang}-tablet.png"))
     tablet.close()
+
+    # No blood pressure recorded: an info card says why there is no estimate, and has
+    # nothing to accept or override.
+    page.goto(f"{url}/ui/ehr?lang={lang}")
+    page.click("button[data-patient=demo-07]")
+    info = page.wait_for_selector("article.card-info")
+    assert info is not None
+    assert "%" not in (info.inner_text() or "")
+    assert page.locator("article.card-info button").count() == 0
+    page.screenshot(path=str(artifacts_dir / f"ui-ehr-{lang}-no-advice.png"), full_page=True)
     page.close()
     assert not [e for e in errors if "favicon" not in e], errors
 
