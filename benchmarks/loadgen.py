@@ -9,7 +9,9 @@ Usage:
     python benchmarks/loadgen.py open URL BODY_FILE --rate 100 --duration 10 [--header K:V]
     python benchmarks/loadgen.py closed URL BODY_FILE --connections 8 --duration 10
 Prints one JSON object (with every latency in ms under ``latencies_ms`` when given
-``--keep-latencies``, e.g. to pool percentiles over several runs).
+``--keep-latencies``, e.g. to pool percentiles over several runs). ``--record-ids FILE``
+writes the ``X-Request-Id`` of every 2xx answer, one a line, so that a caller can join
+them with the audit store; ``ok_2xx_without_id`` counts the 2xx answers that had none.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import json
 import statistics
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 # Reuse a keep-alive connection only while it is younger than the server's idle timeout
@@ -31,18 +34,23 @@ class _Conn:
         self.reader, self.writer = reader, writer
         self.last_used = time.perf_counter()
 
-    async def send(self, request: bytes) -> int:
+    async def send(self, request: bytes) -> tuple[int, bytes | None]:
+        """Send one request; the answer's status and its ``X-Request-Id`` (None if absent)."""
         self.last_used = time.perf_counter()
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
+        request_id = None
         for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
+            name = line[:15].lower()
+            if name == b"content-length:":
                 length = int(line[15:])
+            elif name[:13] == b"x-request-id:":
+                request_id = line[13:].strip()
         if length:
             await self.reader.readexactly(length)
-        return status
+        return status, request_id
 
 
 async def _connect(host: str, port: int) -> _Conn:
@@ -79,7 +87,31 @@ def _request(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes
     return parts.hostname or "127.0.0.1", parts.port or 80, raw
 
 
-def _summary(latencies: list[float], statuses: dict[int, int], errors: int, wall: float) -> dict:
+class _Ids:
+    """The ``X-Request-Id`` of each 2xx answer, kept only when ``--record-ids`` asks."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.ids: list[bytes] = []
+        self.without = 0  # 2xx answers with no id: nothing to join with the audit store
+
+    def add(self, status: int, request_id: bytes | None) -> None:
+        if not self.keep or not 200 <= status < 300:
+            return
+        if request_id is None:
+            self.without += 1
+        else:
+            self.ids.append(request_id)
+
+    def write(self, path: str, summary: dict[str, Any]) -> None:
+        with open(path, "wb") as handle:
+            handle.writelines(i + b"\n" for i in self.ids)
+        summary["ok_2xx_without_id"] = self.without
+
+
+def _summary(
+    latencies: list[float], statuses: dict[int, int], errors: int, wall: float
+) -> dict[str, Any]:
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -111,9 +143,11 @@ async def open_loop(
     headers: list[str],
     tokens: list[str],
     keep_latencies: bool = False,
-):
+    record_ids: str | None = None,
+) -> dict[str, Any]:
     host, port, raw = _request(url, body, headers)
     requests = _Requests(raw, tokens)
+    ids = _Ids(record_ids is not None)
     idle: list[_Conn] = [await _connect(host, port) for _ in range(4)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -132,13 +166,14 @@ async def open_loop(
                 conn.writer.close()
             conn = await _connect(host, port)
         try:
-            status = await asyncio.wait_for(conn.send(requests.next()), 10)
+            status, request_id = await asyncio.wait_for(conn.send(requests.next()), 10)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
             errors += 1
             conn.writer.close()
             return
         latencies.append(time.perf_counter() - scheduled)
         statuses[status] = statuses.get(status, 0) + 1
+        ids.add(status, request_id)
         idle.append(conn)
 
     start = time.perf_counter()
@@ -156,14 +191,23 @@ async def open_loop(
     summary["send_lag_max_ms"] = lags[-1] * 1000 if lags else 0.0
     if keep_latencies:
         summary["latencies_ms"] = [round(x * 1000, 3) for x in latencies]
+    if record_ids is not None:
+        ids.write(record_ids, summary)
     return summary
 
 
 async def closed_loop(
-    url: str, body: bytes, connections: int, duration: float, headers: list[str], tokens: list[str]
-):
+    url: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    headers: list[str],
+    tokens: list[str],
+    record_ids: str | None = None,
+) -> dict[str, Any]:
     host, port, raw = _request(url, body, headers)
     requests = _Requests(raw, tokens)
+    ids = _Ids(record_ids is not None)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -175,17 +219,21 @@ async def closed_loop(
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
             try:
-                status = await asyncio.wait_for(conn.send(requests.next()), 10)
+                status, request_id = await asyncio.wait_for(conn.send(requests.next()), 10)
             except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
                 errors += 1
                 conn = await _connect(host, port)
                 continue
             latencies.append(time.perf_counter() - sent)
             statuses[status] = statuses.get(status, 0) + 1
+            ids.add(status, request_id)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return _summary(latencies, statuses, errors, time.perf_counter() - start)
+    summary = _summary(latencies, statuses, errors, time.perf_counter() - start)
+    if record_ids is not None:
+        ids.write(record_ids, summary)
+    return summary
 
 
 def main() -> None:
@@ -199,6 +247,11 @@ def main() -> None:
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--tokens", help="File of bearer tokens, one per line, each used once.")
     parser.add_argument("--keep-latencies", action="store_true", help="Open loop: list them.")
+    parser.add_argument(
+        "--record-ids",
+        metavar="FILE",
+        help="Write the X-Request-Id of each 2xx answer, one a line.",
+    )
     args = parser.parse_args()
     with open(args.body_file, "rb") as handle:
         body = handle.read()
@@ -213,12 +266,27 @@ def main() -> None:
     if args.mode == "open":
         result = run(
             open_loop(
-                args.url, body, args.rate, args.duration, args.header, tokens, args.keep_latencies
+                args.url,
+                body,
+                args.rate,
+                args.duration,
+                args.header,
+                tokens,
+                args.keep_latencies,
+                args.record_ids,
             )
         )
     else:
         result = run(
-            closed_loop(args.url, body, args.connections, args.duration, args.header, tokens)
+            closed_loop(
+                args.url,
+                body,
+                args.connections,
+                args.duration,
+                args.header,
+                tokens,
+                args.record_ids,
+            )
         )
     print(json.dumps(result))
 

@@ -13,14 +13,20 @@ in flight, it samples:
 - p50 / p99 latency (from each call's scheduled send time) and errors of the window;
 - audit rows committed vs 2xx answered so far (they must be equal at every sample),
   and duplicate request ids;
+- the join on request id (RELIABILITY.md promise 1): the generator records the
+  ``X-Request-Id`` of every 2xx answer (``loadgen.py --record-ids``), and each of the
+  window's ids must have exactly one audit row; ids with none (``miss``, a 2xx answer
+  without an id counts here too) or with more than one, or answered twice (``2x``), are
+  reported. At the end every id of the run is joined once more;
 - the server's CPU time, how often its processes were preempted (involuntary context
   switches: other work on the machine), the machine's load average, and how late the
   generator itself started its calls (``lag99``, p99 ms; a busy machine delays the
   client too, and open-loop latency counts that).
 
-At the end it prints the drift (service RSS, first vs last minute, as the mean of the
-samples in each; p99 of all calls in the first vs the last minute) and PASS/FAIL
-against RELIABILITY.md's steady-load criteria; the exit status is 0 only on PASS.
+At the end it prints the join over the whole run, the drift (service RSS, first vs last
+minute, as the mean of the samples in each; p99 of all calls in the first vs the last
+minute) and PASS/FAIL against RELIABILITY.md's steady-load criteria; the exit status is
+0 only on PASS.
 
 Usage:
     .venv/bin/python benchmarks/soak_cds.py [--minutes 5] [--rate 100] [--sample-s 10]
@@ -38,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +71,33 @@ ON_TIME_LAG_MS = 5.0
 
 
 @dataclass
+class Join:
+    """2xx answers joined with the audit rows on request id; every field 0/empty on PASS."""
+
+    ids: int  # distinct request ids joined
+    missing: list[str]  # answered 2xx, no audit row
+    duplicated: list[str]  # more than one audit row, or answered more than once
+    without_id: int = 0  # 2xx answers with no X-Request-Id: no row can be shown for them
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.duplicated and not self.without_id
+
+    def describe(self, limit: int = 5) -> str:
+        """One line: the counts, and the first few ids of each kind."""
+        text = (
+            f"{self.ids} request ids of 2xx answers: {len(self.missing)} without an audit "
+            f"row, {len(self.duplicated)} duplicated, {self.without_id} 2xx answers without "
+            "an X-Request-Id"
+        )
+        for name, ids in (("missing", self.missing), ("duplicated", self.duplicated)):
+            if ids:
+                more = f" (+{len(ids) - limit})" if len(ids) > limit else ""
+                text += f"; {name}: {', '.join(ids[:limit])}{more}"
+        return text
+
+
+@dataclass
 class Sample:
     """One window's load result and the service's state right after it."""
 
@@ -77,6 +112,7 @@ class Sample:
     ok_so_far: int
     cpu_s: float
     load1: float
+    join: Join  # this window's 2xx answers
     names: dict[int, str] = field(default_factory=dict)
 
 
@@ -119,10 +155,42 @@ def audit_counts(database_url: str) -> tuple[int, int]:
     return int(rows), int(rows) - int(distinct)
 
 
-def window(url: str, body: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """One open-loop run of ``benchmarks/loadgen.py`` (every latency kept)."""
+def audit_join(database_url: str, answered: Counter[str], without_id: int = 0) -> Join:
+    """Join request ids of 2xx answers (id -> times answered) with the audit rows."""
+    wanted = list(answered)
+    rows: dict[str, int] = {}
+    table = schema.audit_events
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            for start in range(0, len(wanted), 500):  # well under any driver's bind limit
+                chunk = wanted[start : start + 500]
+                query = (
+                    select(table.c.request_id, func.count())
+                    .where(table.c.request_id.in_(chunk))
+                    .group_by(table.c.request_id)
+                )
+                rows.update((str(i), int(n)) for i, n in connection.execute(query))
+    finally:
+        engine.dispose()
+    return Join(
+        ids=len(wanted),
+        missing=[i for i in wanted if i not in rows],
+        duplicated=[i for i in wanted if rows.get(i, 0) > 1 or answered[i] > 1],
+        without_id=without_id,
+    )
+
+
+def read_ids(path: Path) -> Iterable[str]:
+    """The ids ``loadgen.py --record-ids`` wrote, one a line."""
+    return path.read_text(encoding="ascii").split()
+
+
+def window(url: str, body: Path, rate: float, seconds: float, ids: Path) -> dict[str, Any]:
+    """One open-loop run of ``benchmarks/loadgen.py`` (every latency and 2xx id kept)."""
     command = [PY, LOADGEN, "open", url, str(body), "--rate", str(rate),
-               "--duration", str(seconds), "--keep-latencies"]  # fmt: skip
+               "--duration", str(seconds), "--keep-latencies",
+               "--record-ids", str(ids)]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -136,21 +204,36 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str) -> list[Sample]:
-    """Run the windows back to back; print one line per sample."""
+def soak(
+    args: argparse.Namespace, url: str, body: Path, server: Server, db: str
+) -> tuple[list[Sample], Join]:
+    """Run the windows back to back; print one line per sample.
+
+    Returns:
+        The samples, and the join of every 2xx answer of the run with the audit rows.
+    """
     windows = max(1, round(args.minutes * 60 / args.sample_s))
     rows_before, _ = audit_counts(db)
     switches = involuntary_switches(server)
     ok_so_far = 0
+    answered: Counter[str] = Counter()  # request id -> 2xx answers that carried it
+    without_id = 0
+    ids_file = body.parent / "ids.txt"
     samples: list[Sample] = []
     started = time.monotonic()
     print(f"{'t s':>6}{'req':>6}{'2xx':>6}{'err':>5}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
           f"{'lag99':>7}{'RSS MiB':>10}{'fds':>5}{'audit':>7}{'2xx sum':>8}{'dup':>4}"
-          f"{'CPU s':>7}{'preempt':>8}{'load1':>6}")  # fmt: skip
+          f"{'CPU s':>7}{'preempt':>8}{'load1':>6}{'miss':>5}{'2x':>4}")  # fmt: skip
     for _ in range(windows):
-        result = window(url, body, args.rate, args.sample_s)
+        result = window(url, body, args.rate, args.sample_s, ids_file)
         latencies = result.pop("latencies_ms")
         ok_so_far += result["ok_2xx"]
+        window_ids = Counter(read_ids(ids_file))
+        answered.update(window_ids)
+        without_id += result["ok_2xx_without_id"]
+        # Ids answered in an earlier window too count as duplicated here.
+        joined = audit_join(db, Counter({i: answered[i] for i in window_ids}))
+        joined.without_id = result["ok_2xx_without_id"]
         rss: dict[int, int] = {}
         fds: dict[int, int] = {}
         names: dict[int, str] = {}
@@ -175,6 +258,7 @@ def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str
             ok_so_far=ok_so_far,
             cpu_s=server.cpu_seconds(),
             load1=os.getloadavg()[0],
+            join=joined,
             names=names,
         )
         samples.append(sample)
@@ -183,12 +267,15 @@ def soak(args: argparse.Namespace, url: str, body: Path, server: Server, db: str
               f"{result['errors']:>5}{result['p50_ms']:>8.2f}{result['p99_ms']:>8.2f}"
               f"{result['max_ms']:>8.1f}{result['send_lag_p99_ms']:>7.1f}{per_process:>10}"
               f"{sum(fds.values()):>5}{sample.audit_rows:>7}{ok_so_far:>8}{duplicates:>4}"
-              f"{sample.cpu_s:>7.1f}{sample.preempted:>8}{sample.load1:>6.2f}",
+              f"{sample.cpu_s:>7.1f}{sample.preempted:>8}{sample.load1:>6.2f}"
+              f"{len(joined.missing) + joined.without_id:>5}{len(joined.duplicated):>4}",
               flush=True)  # fmt: skip
-    return samples
+        if not joined.ok:
+            print(f"       join: {joined.describe()}", flush=True)
+    return samples, audit_join(db, answered, without_id)
 
 
-def verdict(samples: list[Sample], args: argparse.Namespace) -> bool:
+def verdict(samples: list[Sample], final: Join, args: argparse.Namespace) -> bool:
     """Print drift and the pass/fail checks; True when all pass."""
     end = samples[-1].t_s
     first = [s for s in samples if s.t_s <= 60.0] or samples[:1]
@@ -224,6 +311,7 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> bool:
     print(f"p99 first minute {p99_first:.2f} ms, last minute {p99_last:.2f} ms; open fds "
           f"{fds_first} -> {fds_last}; audit rows {samples[-1].audit_rows} vs 2xx {ok}, "
           f"{samples[-1].duplicates} duplicate request ids")  # fmt: skip
+    print(f"Join on request id, whole run: {final.describe()}")
 
     on_time = [s for s in samples if s.load["send_lag_p99_ms"] < ON_TIME_LAG_MS]
     print(f"p99 over the {len(on_time)} of {len(samples)} windows where the generator kept "
@@ -238,6 +326,9 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> bool:
         "no service process replaced": same_processes,
         "audit rows == 2xx at every sample": not mismatched,
         "0 duplicate request ids": samples[-1].duplicates == 0,
+        "every 2xx request id has exactly one audit row (joined at every sample and at the end)": (
+            final.ok and final.ids > 0 and all(s.join.ok for s in samples)
+        ),
         "rate held (>= 95 % of --rate)": ok / wall >= 0.95 * args.rate,
     }
     for name, passed in checks.items():
@@ -279,9 +370,9 @@ def main() -> None:
                   f"every {args.sample_s:g} s; 127.0.0.1, {os.cpu_count()} CPUs; audit store "
                   f"{db.split(':')[0]}; load average before: "
                   f"{' '.join(f'{x:.2f}' for x in load_before)}")  # fmt: skip
-            samples = soak(args, url, body, tonle, db)
+            samples, final = soak(args, url, body, tonle, db)
         print(f"Load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        passed = verdict(samples, args)
+        passed = verdict(samples, final, args)
     sys.exit(0 if passed else 1)
 
 
