@@ -63,15 +63,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _check_depth(value: Any) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise BadRequest("too-deep", f"JSON nested deeper than {MAX_DEPTH} levels")
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+    """Refuse values nested deeper than :data:`MAX_DEPTH` (the root is level 1), walking
+    one level of containers at a time; scalars are never queued (most of a bundle)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
+        deeper: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            if children and depth >= MAX_DEPTH:
+                raise BadRequest("too-deep", f"JSON nested deeper than {MAX_DEPTH} levels")
+            deeper.extend([child for child in children if isinstance(child, dict | list)])
+        level, depth = deeper, depth + 1
 
 
 def loads_strict(data: bytes) -> Any:
