@@ -49,16 +49,18 @@ def _patient_view(p: demo.DemoPatient, lang: str) -> dict[str, Any]:
         if r["resourceType"] != "Observation":
             continue
         name = r["id"].removeprefix(f"{p.id}-")
+        label = feature_label(name, lang)
         if "valueQuantity" in r:
             q = r["valueQuantity"]
             decimals = 0 if float(q["value"]) == round(float(q["value"])) else 1
             unit = DISPLAY_UNIT.get(q["unit"], q["unit"])
             shown = f"{i18n.format_number(q['value'], lang, decimals)} {unit}"
-        else:  # smoking status, shown in the page's language
+        else:  # the EHR's smoking status (LOINC 72166-2), not the model's yes/no input
             shown = i18n.t(f"value.smoking.{p.obs['smoking'][0]}", lang)
+            label = i18n.t("ui.ehr.smoking_status", lang)
         observations.append(
             {
-                "label": feature_label(name, lang),
+                "label": label,
                 "value": shown.strip(),
                 "date": i18n.format_date(date.fromisoformat(r["effectiveDateTime"]), lang),
             }

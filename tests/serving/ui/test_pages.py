@@ -295,6 +295,11 @@ def test_ehr_page_and_static_files(app_rt: tuple[Starlette, Runtime]) -> None:
     assert page.status_code == 200
     assert '<html lang="km">' in page.text
     assert "ចាន់ សុខា" in page.text
+    # The chart shows the EHR's smoking status ("former smoker"), not the model's input
+    # name ("Current smoker"), which read as a contradiction.
+    english = request(app, "GET", "/ui/ehr").text
+    assert "Smoking status" in english
+    assert "Current smoker" not in english
     for path in (
         "/ui/static/ui.css",
         "/ui/static/ehr.js",
