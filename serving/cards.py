@@ -27,6 +27,7 @@ __all__ = [
     "OVERRIDE_SYSTEM",
     "Indicator",
     "MissingHow",
+    "feature_label",
     "missing_how",
     "missing_text",
     "model_source",
@@ -64,7 +65,8 @@ def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
     }
 
 
-def _label(name: str, lang: str) -> str:
+def feature_label(name: str, lang: str) -> str:
+    """The feature's name in ``lang``; the field name itself where none is translated."""
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
 
 
@@ -75,7 +77,7 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
         # Points in the language's digits and decimal mark, as every other number.
         points = format_number(abs(item.delta_risk) * 100.0, lang, 1)
-        parts.append(f"{_label(item.feature, lang)} {text} ({sign}{points} pp)")
+        parts.append(f"{feature_label(item.feature, lang)} {text} ({sign}{points} pp)")
     return "; ".join(parts) or "—"
 
 
@@ -135,19 +137,19 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     for name in advice.features:
         when = advice.dates.get(name)
         date_text = format_date(when, lang) if when else ""
-        rows.append(f"| {_label(name, lang)} | {shown[name]} | {date_text} |")
+        rows.append(f"| {feature_label(name, lang)} | {shown[name]} | {date_text} |")
     units = {spec.name: spec.unit for spec in advice.metadata.features}
     for name, scored_as in advice.missing.items():
         how = missing_how(advice.metadata, name)
         text = missing_text(name, scored_as, units.get(name, "1"), lang, how)
-        rows.append(f"| {_label(name, lang)} | **{text}** | |")
+        rows.append(f"| {feature_label(name, lang)} | **{text}** | |")
     return "\n".join(rows)
 
 
 def _missing_note(advice: Advice, lang: str) -> list[str]:
     if not advice.missing:
         return []
-    fields = ", ".join(_label(name, lang) for name in advice.missing)
+    fields = ", ".join(feature_label(name, lang) for name in advice.missing)
     return [f"**{t('card.ncd.missing.note', lang, fields=fields)}**"]
 
 

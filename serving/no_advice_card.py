@@ -43,7 +43,7 @@ from typing import Final
 
 from models.metadata import ModelMetadata
 from serving.assess import NoAdvice, Problem
-from serving.cards import model_source, value_text
+from serving.cards import feature_label, model_source, value_text
 from serving.cds_models import SUMMARY_MAX, Card
 from serving.i18n import t
 
@@ -77,13 +77,6 @@ def actionable(no_advice: NoAdvice) -> bool:
     return all(_fixable(problem) for problem in no_advice.problems)
 
 
-def _label(name: str, lang: str) -> str:
-    try:
-        return t(f"feature.{name}", lang)
-    except KeyError:  # a feature without a display name: its code
-        return name
-
-
 def _value(name: str, value: float | str | None, unit: str, lang: str) -> str:
     if value is None:
         return ""
@@ -95,7 +88,7 @@ def _value(name: str, value: float | str | None, unit: str, lang: str) -> str:
 
 def _line(problem: Problem, meta: ModelMetadata, lang: str, max_age_days: int) -> str:
     name = str(problem.field)
-    label = _label(name, lang)
+    label = feature_label(name, lang)
     key = f"card.noadvice.ncd.line.{ACTIONABLE[problem.reason]}"
     spec = next((s for s in meta.features if s.name == name), None)
     unit = spec.unit if spec is not None else "1"
@@ -115,7 +108,7 @@ def _line(problem: Problem, meta: ModelMetadata, lang: str, max_age_days: int) -
 def _reason(problems: tuple[Problem, ...], lang: str, max_age_days: int) -> str:
     """The summary's reason: one problem named, or several (by name, else by count)."""
     kinds = {ACTIONABLE[p.reason] for p in problems}
-    names = ", ".join(dict.fromkeys(_label(str(p.field), lang) for p in problems))
+    names = ", ".join(dict.fromkeys(feature_label(str(p.field), lang) for p in problems))
     if len(kinds) == 1:
         return t(f"card.noadvice.ncd.{kinds.pop()}", lang, name=names, days=max_age_days)
     return t("card.noadvice.ncd.several", lang, names=names)

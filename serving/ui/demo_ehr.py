@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving import i18n
+from serving.cards import feature_label
 from serving.runtime import Runtime
 from serving.ui import demo
 from serving.ui.render import (
     DISPLAY_UNIT,
     UI_CALLER,
     demo_enabled,
-    feature_label,
     json_error,
     language,
     message_page,

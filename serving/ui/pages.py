@@ -22,13 +22,12 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
-from serving.cards import missing_how, missing_text, value_text
+from serving.cards import feature_label, missing_how, missing_text, value_text
 from serving.runtime import Runtime
 from serving.ui import links
 from serving.ui.explanations import NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
-    feature_label,
     language,
     link_refused,
     message_page,

@@ -27,7 +27,6 @@ __all__ = [
     "DISPLAY_UNIT",
     "UI_CALLER",
     "demo_enabled",
-    "feature_label",
     "json_error",
     "language",
     "link_refused",
@@ -167,14 +166,6 @@ async def link_refused(request: Request) -> HTMLResponse | None:
 def signed_link(runtime: Runtime, path: str) -> str:
     """``path`` with its ``?exp=&sig=`` link signature."""
     return links.signer(runtime).sign(path)
-
-
-def feature_label(name: str, lang: str) -> str:
-    """The feature's name in ``lang``; the field name itself where none is translated."""
-    try:
-        return i18n.t(f"feature.{name}", lang)
-    except KeyError:
-        return name
 
 
 def script_json(value: object) -> Markup:
