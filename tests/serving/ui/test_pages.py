@@ -123,29 +123,19 @@ def test_demo_flow_over_http_stores_page_feedback(app_rt: tuple[Starlette, Runti
     # is shown under it, named as such.
     who = re.search(r'id="who-risk">(\d+)%', html)
     assert who is not None
-    cell = who_cvd_risk(
-        WhoCvdInputs(sex="female", age=57.5, smoking=False, sbp=170, total_chol=6.5, diabetes=True),
-        "lab",
-        region="A05GBDR_014_SEA",
-        country="KHM",
-    )
-    assert int(who.group(1)) == cell.percent
-    expected = who_cvd_risk(
-        WhoCvdInputs(sex="female", age=58, smoking=False, sbp=165, total_chol=6.4, diabetes=True),
-        "lab",
-        region="A05GBDR_014_SEA",
-        country="KHM",
-    )
-    assert f"exact values: {expected.percent}%</p>" in html
+
+    def khm_lab(age: float, sbp: float, total_chol: float) -> int:
+        # The patient is a non-smoking diabetic woman; Cambodia's lab chart.
+        inputs = WhoCvdInputs(
+            sex="female", age=age, smoking=False, sbp=sbp, total_chol=total_chol, diabetes=True
+        )
+        return who_cvd_risk(inputs, "lab", region="A05GBDR_014_SEA", country="KHM").percent
+
+    assert int(who.group(1)) == khm_lab(57.5, 170, 6.5)
+    assert f"exact values: {khm_lab(58, 165, 6.4)}%</p>" in html
     # What-ifs are the equation at the target with the other exact values, and say so
     # (the headline above them is a chart cell).
-    at_target = who_cvd_risk(
-        WhoCvdInputs(sex="female", age=58, smoking=False, sbp=130, total_chol=6.4, diabetes=True),
-        "lab",
-        region="A05GBDR_014_SEA",
-        country="KHM",
-    )
-    assert f"If systolic BP were 130 mmHg: WHO 2019 equation {at_target.percent}% (" in html
+    assert f"If systolic BP were 130 mmHg: WHO 2019 equation {khm_lab(58, 130, 6.4)}% (" in html
     assert "WHO risk" not in html
     card_page = request(app, "GET", "/ui/models/cvd-risk/1.0.0")
     assert card_page.status_code == 200
