@@ -232,8 +232,9 @@ def soak(
         answered.update(window_ids)
         without_id += result["ok_2xx_without_id"]
         # Ids answered in an earlier window too count as duplicated here.
-        joined = audit_join(db, Counter({i: answered[i] for i in window_ids}))
-        joined.without_id = result["ok_2xx_without_id"]
+        joined = audit_join(
+            db, Counter({i: answered[i] for i in window_ids}), result["ok_2xx_without_id"]
+        )
         rss: dict[int, int] = {}
         fds: dict[int, int] = {}
         names: dict[int, str] = {}
