@@ -33,6 +33,7 @@ __all__ = ["evaluate_cxr", "register", "train_cxr_command", "train_with_progress
 EXIT_FAILED = 1
 EXIT_BAD_ARTIFACT = 3
 EXIT_BAD_INPUT = 4
+EXIT_GATE = 5  # trained, but failed a held-out gate: nothing saved
 
 console = Console(stderr=True)
 out = Console()
@@ -72,6 +73,9 @@ def train_cxr_command(
 ) -> None:
     """Train, calibrate, export and register the chest X-ray triage model.
 
+    Exit codes: 4 bad config or data, or a failed pre-flight check (named; nothing
+    trained); 5 the trained model failed a held-out gate (named; nothing saved).
+
     Example: tonle train cxr --config configs/cxr.yaml
     Two processes: torchrun --nproc_per_node 2 -m training.cxr_train --config configs/cxr.yaml
     """
@@ -81,6 +85,7 @@ def train_cxr_command(
 
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
+    from training.cxr_gates import GateError
     from training.cxr_train import CxrTrainConfig
 
     try:
@@ -96,6 +101,9 @@ def train_cxr_command(
     except ArtifactError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
+    except GateError as exc:
+        console.print(f"[bold red]refused:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_GATE) from exc
     if stored is not None:
         meta = stored.metadata
         auroc = meta.metrics.get("auroc_abnormal")

@@ -44,6 +44,7 @@ __all__ = [
     "FINDING_MASK_COLUMNS",
     "LABELS",
     "OUTPUT_COLUMNS",
+    "SPLITS",
     "assign_splits",
     "finding_mask_column",
     "import_dataset",
@@ -440,29 +441,51 @@ def _dicom_header(path: Path) -> dict[str, object]:
     }
 
 
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
 def assign_splits(
     table: pd.DataFrame, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> pd.DataFrame:
-    """Fill the ``split`` column by patient, keeping splits the data set already gave.
+    """Fill the ``split`` column by patient, keeping the splits the table already gives.
 
-    A patient with any image in an official split gets that split for all its images;
-    the others are placed by ``sha256(seed:patient_id)``, so assignments are stable.
+    A patient with any image in a given split (an official list, or a ``split`` column
+    written by ``tonle data import-cxr``) gets that split for all its images; the
+    others are placed by ``sha256(seed:patient_id)``, so a patient keeps its split when
+    data are added. When any patient is given the test split, only validation is
+    carved out of the rest (the official test list stays the test set).
+
+    Raises:
+        ValueError: a fraction out of range, a split name other than train / val
+            (validation) / test, or a patient given two different splits (named).
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(f"val {val_fraction} + test {test_fraction} must be in [0, 1)")
     table = table.copy()
-    given = table["split"].fillna("").astype(str).to_numpy()
+    raw = table["split"] if "split" in table.columns else pd.Series("", index=table.index)
+    text = raw.fillna("").astype(str).str.strip().str.lower()
+    bad = sorted(set(text[(text != "") & ~text.isin(list(_SPLIT_NAMES))]))
+    if bad:
+        raise ValueError(f"split value(s) {bad[:5]}; use train, val (validation) or test")
+    given = text.map(lambda v: _SPLIT_NAMES.get(v, "")).to_numpy()
     patients = table["patient_id"].astype(str).to_numpy()
     has = given != ""
-    official = pd.Series(given[has]).groupby(patients[has]).first()
+    per_patient = pd.Series(given[has]).groupby(patients[has]).unique()
+    mixed = [p for p, values in per_patient.items() if len(values) > 1]
+    if mixed:
+        raise ValueError(
+            f"{len(mixed)} patient(s) have images in two splits (e.g. {sorted(mixed)[:3]}); "
+            "a split must keep each patient's images together"
+        )
+    official = per_patient.map(lambda values: str(values[0]))
+    test_share = 0.0 if (official == "test").any() else test_fraction
 
     def place(patient: str) -> str:
         if patient in official.index:
             return str(official[patient])
         digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
-        # With an official test list, only validation is carved out of the rest.
-        test_share = 0.0 if (official == "test").any() else test_fraction
         return "test" if u < test_share else "val" if u < test_share + val_fraction else "train"
 
     table["split"] = [place(p) for p in patients]
