@@ -216,7 +216,12 @@ def _evaluate_cxr_only(
 
 
 def import_cxr_command(
-    kind: Annotated[str, typer.Argument(help="nih-cxr14, shenzhen, montgomery, tbx11k or folder.")],
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="nih-cxr14, shenzhen, montgomery, tbx11k, chexpert, padchest, vindr-cxr or folder."
+        ),
+    ],
     source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
     out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,

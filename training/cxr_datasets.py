@@ -53,6 +53,7 @@ __all__ = [
     "assign_splits",
     "finding_mask_column",
     "import_dataset",
+    "labels_table",
     "read_folder",
     "read_montgomery",
     "read_nih_cxr14",
@@ -122,11 +123,12 @@ def _normal() -> dict[str, float]:
 
 
 def _table(rows: list[dict[str, object]]) -> pd.DataFrame:
-    return _table_from(pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)))
+    return labels_table(pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)))
 
 
-def _table_from(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with the output columns in order, labels as nullable 0/1 integers."""
+def labels_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (every :data:`OUTPUT_COLUMNS` column) in that order, labels as nullable
+    0/1 integers (NaN -> <NA>: unknown), ages numeric."""
     table = table.loc[:, list(OUTPUT_COLUMNS)].copy()
     for label in LABELS:
         table[label] = table[label].astype("Float64").round().astype("Int64")
@@ -258,7 +260,7 @@ def read_nih_cxr14(
             scaled += _image_size(path) != NIH_BOX_SPACE
         if scaled:
             logger.info("NIH: boxes scaled from 1024 x 1024 to the size of %d images", scaled)
-    return _table_from(table)
+    return labels_table(table)
 
 
 def _nih_test_split(
@@ -640,6 +642,9 @@ ADAPTERS: dict[str, str] = {
     "montgomery": "Montgomery County TB set (CXR_png/MCUCXR_*.png, ClinicalReadings/)",
     "tbx11k": "TBX11K (imgs/, lists/, annotations/xml/)",
     "folder": "a folder of DICOM/PNG/JPEG with labels.csv (C7 columns)",
+    "chexpert": "CheXpert (train.csv, valid.csv; -1 = uncertain -> unknown; frontal only)",
+    "padchest": "PadChest (PADCHEST_chest_x_ray_images_labels_160K*.csv[.gz], <ImageDir>/)",
+    "vindr-cxr": "VinDr-CXR (annotations/image_labels_{train,test}.csv, train/, test/)",
 }
 
 
@@ -691,6 +696,10 @@ def import_dataset(
         table = read_tbx11k(source, out_dir / "masks")
     elif kind == "folder":
         table = read_folder(source, labels_csv)
+    elif kind in ("chexpert", "padchest", "vindr-cxr"):
+        from training.cxr_public_labels import READERS  # imports this module
+
+        table = READERS[kind](source)
     else:
         raise ValueError(f"unknown data set kind {kind!r}; choose from {sorted(ADAPTERS)}")
     if table.empty:
