@@ -160,3 +160,33 @@ def test_preflight_refuses_before_training(
     unknown_abnormal.to_csv(broken, index=False)
     with pytest.raises(PreflightError, match="'abnormal' has too few known positives"):
         _preflight(broken, GatesConfig(min_known_positives=1))
+
+
+def test_view_position_is_a_subgroup() -> None:
+    logits, labels = _validation(n=40)
+    view = ["AP"] * 15 + ["PA"] * 20 + [np.nan] * 5  # NaN: not recorded
+    data = CxrData(
+        root=Path("."),
+        table=pd.DataFrame(
+            {"sex": ["male"] * 40, "age": [40] * 40, "site": ["a"] * 40, "view": view}
+        ),
+        images=np.zeros((40, 1, 4, 4), np.float32),
+        labels=labels,
+        manifest_sha256="x",
+    )
+    report = evaluate_predictions(
+        data,
+        logits.astype(np.float64),
+        expit(logits.astype(np.float64)),
+        np.zeros((40, len(CXR_LABELS), 2, 2), np.float32),
+        dict.fromkeys(CXR_LABELS, 0.5),
+        list(CXR_LABELS),
+        model="m:1",
+        sha256="0",
+        reps=0,
+    )
+    groups = {s.group: s for s in report.subgroups}
+    assert groups["view=AP"].n == 15
+    assert groups["view=PA"].n == 20
+    assert "view=" not in groups
+    assert "view=nan" not in groups
