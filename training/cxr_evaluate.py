@@ -401,6 +401,21 @@ def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
     )
 
 
+def _init_text(init: dict[str, Any] | None) -> str:
+    if not init:
+        return "- Initial weights: none (trained from scratch)"
+    adapted = "; ".join(f"{k}: {v}" for k, v in init.get("adapted", {}).items()) or "none"
+    return (
+        f"- Initial weights: `{init['file']}` (sha256 `{init['sha256']}`, origin: "
+        f"{init.get('origin') or 'not stated'}), {init['layout']} layout: {init['loaded']} "
+        f"of {init['total']} tensors loaded, {len(init.get('not_loaded', []))} left at "
+        f"their initial values, {len(init.get('unused', {}))} in the file not used; "
+        f"adapted: {adapted}. Fine-tuning: backbone frozen for "
+        f"{init.get('freeze_epochs', 0)} epoch(s), backbone learning rate x "
+        f"{init.get('backbone_lr_scale', 1.0):g}"
+    )
+
+
 def _plots(report: CxrReport, folder: Path) -> list[str]:
     import matplotlib
 
@@ -465,6 +480,7 @@ def write_card(
         f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
         "MONAI augmentation (affine, contrast, noise; finding masks move with the image)",
         _mask_loss_text(meta.extra.get("mask_loss", {})),
+        _init_text(meta.extra.get("init_weights")),
         f"- Patient-level split: train {split.get('train', '?')}, validation "
         f"{split.get('validation', '?')}, test {split.get('test', '?')} images; "
         f"assigned by {split.get('source', '?')}",

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -163,6 +163,7 @@ def package_model(
     report: Callable[[str, int, int], None],
     mask_kinds: dict[str, int] | None = None,
     split_source: str = "",
+    init: dict[str, Any] | None = None,
 ) -> StoredModel:
     """Calibrate, choose thresholds, export, evaluate, gate and save ``net``.
 
@@ -215,6 +216,7 @@ def package_model(
                     "source": split_source,
                 },
                 "no_operating_point": missing,
+                "init_weights": init,  # None: trained from scratch
                 "gates": cfg.gates.model_dump(mode="json"),
             },
         )

@@ -53,7 +53,7 @@ from training.cxr_gates import GatesConfig
 if TYPE_CHECKING:
     from training.cxr_data import CxrData
 
-__all__ = ["CxrTrainConfig", "main", "train_cxr"]
+__all__ = ["CxrTrainConfig", "main", "train_cxr", "with_init"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,26 @@ class LocalisationConfig(_Section):
     )
 
 
+class InitConfig(_Section):
+    """Pretrained weights to start from (``training.cxr_init``), and how to fine-tune."""
+
+    weights: Path | None = Field(
+        default=None, description="Local state dict file (--init-weights); None: from scratch."
+    )
+    origin: str = Field(
+        default="", description="Where the file came from, for the card (--weights-origin)."
+    )
+    freeze_epochs: int = Field(
+        default=0, ge=0, description="First epochs with the backbone frozen (head only)."
+    )
+    backbone_lr_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Backbone learning rate = train.lr x this; the head keeps train.lr.",
+    )
+
+
 class OutputConfig(_Section):
     name: str = "cxr-triage"
     version: str = "0.1.0"
@@ -144,6 +164,7 @@ class CxrTrainConfig(_Section):
         ),
     )
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -422,13 +443,24 @@ def train_cxr(
     )
 
     net = CxrNet(cfg.model.arch, num_labels=len(CXR_LABELS), dropout=cfg.model.dropout)
+    init_report = None
+    if cfg.init.weights is not None:
+        from training.cxr_init import load_init_weights
+
+        init_report = load_init_weights(net, cfg.init.weights, cfg.init.origin)
+        logger.info("init weights: %s", init_report.summary())
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if distributed else net
+    backbone = list(net.features.parameters())
+    in_backbone = {id(p) for p in backbone}
+    head = [p for p in net.parameters() if id(p) not in in_backbone]
+    lrs = [cfg.train.lr * cfg.init.backbone_lr_scale, cfg.train.lr]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        [{"params": backbone, "lr": lrs[0]}, {"params": head, "lr": lrs[1]}],
+        weight_decay=cfg.train.weight_decay,
     )
     total_steps = cfg.train.epochs * max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.15
+        optimizer, max_lr=lrs, total_steps=total_steps, pct_start=0.15
     )
     n_known = (~np.isnan(train.labels)).sum(axis=0)
     n_positive = (train.labels > 0).sum(axis=0)
@@ -444,6 +476,9 @@ def train_cxr(
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
+        frozen = epoch < cfg.init.freeze_epochs
+        if frozen:
+            net.features.eval()  # batch-norm statistics stay those of the loaded weights
         if sampler is not None:
             sampler.set_epoch(epoch)
         running, count = 0.0, 0
@@ -454,6 +489,9 @@ def train_cxr(
                 loss = loss + cfg.localisation.weight * mask_loss(cam, y, m)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
+            if frozen:  # AdamW skips a parameter without a gradient (no decay either)
+                for p in backbone:
+                    p.grad = None
             optimizer.step()
             scheduler.step()
             running += loss.detach().item() * len(x)
@@ -491,11 +529,20 @@ def train_cxr(
         mask_kinds=mask_kinds,
         report=report,
         split_source=split.source,
+        init=init_report.model_dump() | cfg.init.model_dump(mode="json", exclude={"weights"})
+        if init_report is not None
+        else None,
     )
 
 
-def _resolved(cfg: CxrTrainConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+def with_init(cfg: CxrTrainConfig, weights: Path | None, origin: str | None) -> CxrTrainConfig:
+    """``cfg`` with the command line's ``--init-weights`` / ``--weights-origin``."""
+    update: dict[str, Any] = {}
+    if weights is not None:
+        update["weights"] = weights
+    if origin is not None:
+        update["origin"] = origin
+    return cfg.model_copy(update={"init": cfg.init.model_copy(update=update)}) if update else cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -507,9 +554,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the chest X-ray triage model.")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init-weights", type=Path, default=None)
+    parser.add_argument("--weights-origin", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    cfg = load_config(args.config, CxrTrainConfig)
+    cfg = with_init(
+        load_config(args.config, CxrTrainConfig), args.init_weights, args.weights_origin
+    )
     stored = train_cxr(cfg, resume=args.resume)
     if stored is not None:
         print(f"saved {stored.metadata.tag} sha256={stored.metadata.sha256}")
