@@ -401,6 +401,21 @@ def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
     )
 
 
+def _ood_text(ood: dict[str, Any] | None) -> str:
+    if not ood:
+        return "None: every image gets scores, however unlike the training images it is."
+    return (
+        f"Before any score is shown, an image whose {ood['method']} ({ood['dims']} "
+        f"dimensions, fitted on {ood['fitted_on']}, Ledoit-Wolf shrinkage "
+        f"{ood['shrinkage']:.3f}) to the training images exceeds the threshold (squared "
+        f"distance {ood['threshold']:.1f}: the {ood['threshold_on']}) is refused: "
+        '"cannot assess: unlike the images this model was trained on". The mean, '
+        "precision matrix and threshold are part of the ONNX graph (output `ood_score`, "
+        "above 1 = refuse), covered by its sha256. Held-out test images refused: "
+        f"{ood['refused_test']:.1%} of {ood['n_test']} (not used to set the threshold)."
+    )
+
+
 def _init_text(init: dict[str, Any] | None) -> str:
     if not init:
         return "- Initial weights: none (trained from scratch)"
@@ -540,6 +555,7 @@ def write_card(
             f"every operating point sensitivity >= {gates['min_sensitivity']} and "
             f"specificity >= {gates['min_specificity']}",
         ]
+    lines += ["", "## Out-of-distribution gate", "", _ood_text(meta.extra.get("ood"))]
     lines += [
         "",
         "## Localisation of the activation maps",

@@ -136,6 +136,18 @@ class InitConfig(_Section):
     )
 
 
+class OodConfig(_Section):
+    """The out-of-distribution gate (``models.cxr_ood``), fitted and exported with the model."""
+
+    enabled: bool = Field(default=True, description="Fit and export the gate.")
+    quantile: float = Field(
+        default=0.995,
+        gt=0.5,
+        lt=1,
+        description="Threshold: this quantile of the validation images' distances.",
+    )
+
+
 class OutputConfig(_Section):
     name: str = "cxr-triage"
     version: str = "0.1.0"
@@ -165,6 +177,7 @@ class CxrTrainConfig(_Section):
     )
     gates: GatesConfig = Field(default_factory=GatesConfig)
     init: InitConfig = Field(default_factory=InitConfig)
+    ood: OodConfig = Field(default_factory=OodConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -525,6 +538,7 @@ def train_cxr(
         data.subset(val_idx),
         data.subset(test_idx),
         n_train=len(train_idx),
+        train_images=train.images,
         n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
         mask_kinds=mask_kinds,
         report=report,
