@@ -11,7 +11,8 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
    data valid, enough known positives), then the patient split: the labels file's
    ``split`` column as given, a patient-id hash with the configured fractions for rows
    it leaves empty;
-3. train :class:`~models.cxr_net.CxrNet` with multi-label BCE and MONAI
+3. train :class:`~models.cxr_net.CxrNet` (from scratch, or from a local weights file:
+   :mod:`training.cxr_init`) with multi-label BCE over the known labels and MONAI
    augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues).
    Where the data set has finding masks and ``localisation.weight > 0``, a mask loss
    (:func:`mask_loss`) also pulls each positive label's activation map into its
@@ -24,7 +25,9 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
    not give saturated, overconfident probabilities), then per-label operating points
    (the highest threshold whose validation sensitivity reaches the target with the
    configured confidence);
-5. export ONNX, check parity on real validation images, evaluate the exported
+5. fit the out-of-distribution gate (:mod:`models.cxr_ood`: training embeddings,
+   threshold on validation) and export it inside the ONNX graph with the network;
+   check parity on real validation images, evaluate the exported
    artifact on the test split, apply the held-out gates (a failing model is not
    saved), write the model card and save it in the registry.
 """

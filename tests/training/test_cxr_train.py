@@ -101,6 +101,13 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
 
+    # The out-of-distribution gate is in the graph, and on the card.
+    ood = meta.extra["ood"]
+    assert ood["threshold"] > 0
+    assert 0.0 <= ood["refused_test"] <= 1.0
+    assert "## Out-of-distribution gate" in card_text
+    assert CxrPredictor(stored).has_ood_gate
+
     # The artifact serves through the ONNX predictor.
     probs, cams = CxrPredictor(stored).predict(np.full((2, 1, 64, 64), 0.5, np.float32))
     assert probs.shape == (2, 5)
