@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from models.ncd_lookback import LOOKBACK_DAYS
+from training.ncd_data_cli import SkipInvalidOpt
 
 __all__ = ["register"]
 
@@ -48,15 +49,36 @@ CompleteOpt = Annotated[
 ]
 
 
-def _load(data: Path, index_date: str | None, lookback_days: int, complete: bool = False) -> Any:
-    from training.cli import EXIT_BAD_INPUT, fail
+def _load(
+    data: Path,
+    index_date: str | None,
+    lookback_days: int,
+    complete: bool = False,
+    skip_invalid: bool = False,
+) -> Any:
+    """The one NCD input path (:mod:`training.ncd_input`), its report on the console."""
+    from datetime import date
+
+    from training.cli import console, fail
     from training.fhir_bulk import FeatureTableError
-    from training.ncd_table import TrainingDataError, load_table
+    from training.ncd_data_cli import input_refused
+    from training.ncd_input import read_input
 
     try:
-        return load_table(data, index_date, lookback_days, complete)
-    except (TrainingDataError, FeatureTableError, FileNotFoundError, ValueError) as exc:
-        raise fail(f"cannot read {data}: {exc}", EXIT_BAD_INPUT) from exc
+        when = date.fromisoformat(index_date) if index_date else None
+    except ValueError as exc:
+        raise fail(f"--index-date {index_date!r} is not an ISO date (YYYY-MM-DD)", 2) from exc
+    try:
+        table, report = read_input(
+            data, index_date=when, lookback_days=lookback_days, complete_conditions=complete,
+            skip_invalid=skip_invalid,
+        )  # fmt: skip
+    except FeatureTableError as exc:
+        raise input_refused(data, exc) from exc
+    if report.problems:
+        for line in report.lines()[1:]:
+            console.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
+    return table
 
 
 def _train(
@@ -71,6 +93,7 @@ def _train(
     cards: Path,
     save_sklearn: Path | None = None,
     complete: bool = False,
+    skip_invalid: bool = False,
 ) -> None:
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
@@ -95,7 +118,7 @@ def _train(
             data = generate(Path(tmp) / "ndjson", synthetic, seed)
             index_date = INDEX_DATE.isoformat()
         assert data is not None
-        table = _load(data, index_date, lookback_days, complete)
+        table = _load(data, index_date, lookback_days, complete, skip_invalid)
         console.print(f"{time.perf_counter() - started:7.1f}s read {len(table)} rows from {data}")
         try:
             result = train(
@@ -142,6 +165,7 @@ def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> Non
         ),
         save_sklearn: SaveSklearnOpt = None,
         complete_conditions: CompleteOpt = False,
+        skip_invalid: SkipInvalidOpt = False,
     ) -> None:
         _train(
             name,
@@ -155,6 +179,7 @@ def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> Non
             cards,
             save_sklearn,
             complete_conditions,
+            skip_invalid,
         )
 
 
@@ -185,6 +210,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         lookback_days: LookbackOpt = LOOKBACK_DAYS,
         bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for CIs.")] = 200,
         complete_conditions: CompleteOpt = False,
+        skip_invalid: SkipInvalidOpt = False,
     ) -> None:
         """Evaluate a stored NCD model on a feature table, next to the WHO 2019 chart.
 
@@ -215,7 +241,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 f"(was it built by tonle train?): {exc}",
                 EXIT_BAD_ARTIFACT,
             ) from exc
-        table = _load(data, index_date, lookback_days, complete_conditions)
+        table = _load(data, index_date, lookback_days, complete_conditions, skip_invalid)
         try:
             table = check_table(table, cfg, lambda line: console.print(line, highlight=False))
         except TrainingDataError as exc:
