@@ -38,7 +38,8 @@ def test_encodings_and_delimiters_are_detected(tmp_path: Path) -> None:
         fmt = sniff(path)
         assert (fmt.encoding, fmt.delimiter) == want, name
         table, report = read_input(path)
-        assert len(table) == 40 and not report.problems, name
+        assert len(table) == 40, name
+        assert not report.problems, name
         assert "Sokhà" in set(table["patient_id"]), name  # the accent survives every encoding
         assert table["sbp"].notna().all()
 
@@ -54,7 +55,7 @@ def test_semicolon_files_read_decimal_commas(tmp_path: Path) -> None:
 def test_unreadable_files_get_a_plain_hint(tmp_path: Path) -> None:
     binary = tmp_path / "sheet.csv"
     binary.write_bytes(b"PK\x03\x04\x00\x00binary")
-    with pytest.raises(CsvInputError, match="NUL bytes.*CSV UTF-8"):
+    with pytest.raises(CsvInputError, match=r"NUL bytes.*CSV UTF-8"):
         read_input(binary)
     one_column = tmp_path / "pipes.csv"
     one_column.write_text("patient_id|sex|age\np1|F|50\n", encoding="utf-8")
@@ -96,7 +97,8 @@ def test_one_sbp_of_295_is_refused_the_same_way_everywhere(tmp_path: Path) -> No
         assert result.exit_code == 4, (name, result.output)
         assert "row 6, patient p4 value '295'" in result.output, name
         assert "sbp: impossible value" in result.output, name
-    assert not out.exists() and not list(tmp_path.glob("*.part"))
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.part"))
     assert not cards.exists()
     # --skip-invalid: the value is read as not recorded, and the row says why.
     result = runner.invoke(app, [*calls["score"], "--skip-invalid"])
@@ -125,7 +127,8 @@ def test_score_refuses_duplicates_and_fails_when_nothing_is_scored(tmp_path: Pat
     result = runner.invoke(app, ["score", "who-cvd-lab", str(dup), "-o", str(out), "--country",
                                  "KHM"])  # fmt: skip
     assert result.exit_code == 4
-    assert "duplicate patient_id" in result.output and "row 42, patient p0" in result.output
+    assert "duplicate patient_id" in result.output
+    assert "row 42, patient p0" in result.output
     assert not out.exists()
     young = _csv(tmp_path / "young.csv", [r.replace(",45,", ",30,") for r in ROWS[:1]])
     result = runner.invoke(app, ["score", "who-cvd-lab", str(young), "-o", str(out),
