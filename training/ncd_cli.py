@@ -94,12 +94,14 @@ def _train(
     save_sklearn: Path | None = None,
     complete: bool = False,
     skip_invalid: bool = False,
+    accept_worse_than_who: str | None = None,
 ) -> None:
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
     from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_export import ExportError
+    from training.ncd_gates import GateError
     from training.ncd_table import TrainingDataError
     from training.ncd_train import train
 
@@ -128,13 +130,14 @@ def _train(
                 card_root=cards,
                 estimator_path=save_sklearn,
                 lookback_days=lookback_days if data.is_dir() else None,
+                accept_worse_than_who=accept_worse_than_who,
                 progress=lambda line: console.print(
                     f"{time.perf_counter() - started:7.1f}s {line}", highlight=False
                 ),
             )
         except TrainingDataError as exc:
             raise fail(f"training data refused: {exc}", EXIT_BAD_INPUT) from exc
-        except ExportError as exc:
+        except (ExportError, GateError) as exc:
             raise fail(str(exc), EXIT_FAILED) from exc
         except ArtifactError as exc:
             raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
@@ -166,6 +169,14 @@ def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> Non
         save_sklearn: SaveSklearnOpt = None,
         complete_conditions: CompleteOpt = False,
         skip_invalid: SkipInvalidOpt = False,
+        accept_worse_than_who: Annotated[
+            str | None,
+            typer.Option(
+                metavar="REASON",
+                help="Save a CVD model that is not at least as good as the WHO chart on the "
+                "same test patients; the reason is recorded (serving then shows the chart).",
+            ),
+        ] = None,
     ) -> None:
         _train(
             name,
@@ -180,6 +191,7 @@ def _add_train_command(train_app: typer.Typer, name: str, help_text: str) -> Non
             save_sklearn,
             complete_conditions,
             skip_invalid,
+            accept_worse_than_who,
         )
 
 

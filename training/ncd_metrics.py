@@ -37,6 +37,7 @@ __all__ = [
     "ece",
     "ipcw_labels",
     "net_benefit",
+    "observed_expected",
 ]
 
 G_FLOOR = 0.05
@@ -204,6 +205,19 @@ def calibration_slope_intercept(
         if np.nanmax(np.abs(step), initial=0.0) < 1e-9:
             break
     return b, intercept
+
+
+def observed_expected(y: npt.NDArray[np.int64], p: F64, w: F64, c: F64) -> F64:
+    """Observed/expected risk per replicate, on every row (weight 0 = status unknown).
+
+    Observed: the IPCW-weighted share of events among patients with known status at
+    the horizon; expected: the mean predicted risk of all patients.
+    """
+    wc = w[:, None] * c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = (y @ wc) / wc.sum(0)
+        expected = (p @ c) / c.sum(0)
+        return np.asarray(observed / expected)
 
 
 def net_benefit(y: npt.NDArray[np.int64], p: F64, w: F64, thresholds: F64) -> tuple[F64, F64]:
