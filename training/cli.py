@@ -316,6 +316,10 @@ from training.imaging_cli import register as _register_imaging  # noqa: E402
 
 _register_imaging(app)  # tonle imaging orthanc-lua / analyse
 
+from training.who_cli import register as _register_who  # noqa: E402
+
+_register_who(app)  # tonle who regions
+
 
 @app.command("demo-token")
 def demo_token(

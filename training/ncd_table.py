@@ -177,7 +177,8 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
             pid = str(out.loc[missing, "patient_id"].iloc[0])
             raise TrainingDataError(
                 name,
-                "required feature is missing (set drop_incomplete to leave such rows out)",
+                "required feature is missing (leave such rows out: drop_incomplete in the config, "
+                "or tonle evaluate --drop-incomplete)",
                 pid,
                 int(missing.sum()),
             )

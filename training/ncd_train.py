@@ -319,10 +319,11 @@ def _train(
         "calibration_intercept",
         "brier",
         "ece",
+        "observed_expected",
     ):
         for prefix, metric_set in sets:
             value = getattr(metric_set, key)
-            if value.value is not None:
+            if value is not None and value.value is not None:
                 metrics[f"{prefix}{key}"] = MetricValue(
                     value=value.value, ci_low=value.ci_low, ci_high=value.ci_high, n=metric_set.n
                 )
