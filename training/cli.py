@@ -316,6 +316,10 @@ from training.imaging_cli import register as _register_imaging  # noqa: E402
 
 _register_imaging(app)  # tonle imaging orthanc-lua / analyse
 
+from training.calibrate.cli import register as _register_calibrate  # noqa: E402
+
+_register_calibrate(app)  # tonle calibrate cxr
+
 
 @app.command("demo-token")
 def demo_token(
