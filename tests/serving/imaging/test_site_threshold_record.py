@@ -138,3 +138,29 @@ def test_free_text_site_thresholds_are_gone(tmp_path: Path) -> None:
         )
     with pytest.raises(ValidationError):
         ImagingConfig.model_validate({"sites": {"s": {"records": []}}})
+
+
+def test_a_record_made_by_tonle_calibrate_is_served(
+    make_app: AppFactory, tiny_cxr: StoredModel, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tests.training.test_calibrate import HEADER, ROWS
+    from training.cli import app
+
+    study = tmp_path / "study.csv"
+    study.write_text(f"{HEADER}\n{ROWS}")
+    out = tmp_path / "calib"
+    result = CliRunner().invoke(
+        app,
+        ["calibrate", "cxr", str(study), "-o", str(out), "--model", tiny_cxr.metadata.tag,
+         "--min-sensitivity", "0.3", "--site", "test-site", "--by", "Dr Sok"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    client, state = make_app(sites=sites(out / "site-threshold.json"))
+    chosen = json.loads((out / "site-threshold.json").read_text())["threshold"]
+    assert state.analyser.thresholds["tb"].threshold == chosen
+    body = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
+    tb = next(f for f in body["findings"] if f["label"] == "tb")
+    assert tb["threshold"] == chosen
+    assert "chosen by Dr Sok" in tb["threshold_chosen_on"]
