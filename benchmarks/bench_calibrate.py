@@ -68,7 +68,7 @@ def main() -> None:
         t2 = time.perf_counter()
         print(f"in process: read+check {t1 - t0:.3f} s, tables (overall + strata) {t2 - t1:.3f} s")
         command = [
-            sys.executable, "-c", "from training.cli import main; main()",
+            sys.executable, "-c", "from cli.app import main; main()",
             "calibrate", "cxr", str(study_path), "-o", str(Path(tmp) / "out"),
             "--cost-per-test", "15", "--sampling-fraction", "0:0.1,0.4:1",
         ]  # fmt: skip

@@ -1,6 +1,6 @@
 """``tonle train cvd-risk``, ``tonle train diabetes-risk`` and ``tonle evaluate``.
 
-Registered on the main app by :func:`register` (one line in :mod:`training.cli`).
+Registered on the main app by :func:`register` (one line in :mod:`cli.training`).
 Heavy imports stay inside the command functions so ``tonle --help`` is fast.
 """
 
@@ -49,7 +49,7 @@ CompleteOpt = Annotated[
 
 
 def _load(data: Path, index_date: str | None, lookback_days: int, complete: bool = False) -> Any:
-    from training.cli import EXIT_BAD_INPUT, fail
+    from cli.console import EXIT_BAD_INPUT, fail
     from training.fhir_bulk import FeatureTableError
     from training.ncd_table import TrainingDataError, load_table
 
@@ -72,9 +72,9 @@ def _train(
     save_sklearn: Path | None = None,
     complete: bool = False,
 ) -> None:
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_export import ExportError
     from training.ncd_table import TrainingDataError
@@ -192,9 +192,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         Example: tonle evaluate cvd-risk:1.0.0 --data features.csv -o artifacts/eval
         """
+        from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
         from models import registry
         from models.ncd_predictor import NcdPredictor
-        from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
         from training.ncd_config import NcdTrainConfig
         from training.ncd_evaluate import evaluate_for_config
         from training.ncd_report import report_summary, write_report

@@ -11,12 +11,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
+from cli.app import app
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, make_cxr_artifact, radiograph
 from tests.training.test_calibrate import HEADER, ROWS
 from training.calibrate.table import COLUMNS
-from training.cli import app
 
 runner = CliRunner()
 

@@ -15,10 +15,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from cli import app
 from models import registry
 from models.cxr_net import CXR_LABELS
 from models.cxr_predictor import CxrPredictor
-from training.cli import app
 from training.cxr_synthetic import generate
 from training.cxr_train import (
     AugmentConfig,

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.console import Console
+
+from cli.console import (
+    EXIT_BAD_ARTIFACT,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    fail,
+    out,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,14 +36,8 @@ __all__ = ["calibrate_app", "register"]
 
 RuleKind = Literal["min-sensitivity", "budget"]
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_BAD_ARTIFACT = 3
-EXIT_BAD_INPUT = 4
 RECORD_FILE = "site-threshold.json"
 
-console = Console(stderr=True)
-out = Console()
 
 calibrate_app = typer.Typer(
     help="Local calibration: choose a site's thresholds on its own patients.",
@@ -45,11 +48,6 @@ calibrate_app = typer.Typer(
 def register(app: typer.Typer) -> None:
     """Add the ``calibrate`` command group to ``app``."""
     app.add_typer(calibrate_app, name="calibrate")
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 @calibrate_app.command("cxr")
@@ -119,22 +117,22 @@ def cxr(
     started = time.perf_counter()
     rule = _rule(min_sensitivity, budget)
     if rule is not None and (site is None or by is None or model is None):
-        raise _fail("choosing a threshold needs --site, --by and --model", EXIT_USAGE)
+        raise fail("choosing a threshold needs --site, --by and --model", EXIT_USAGE)
     try:
         grid = default_thresholds() if thresholds is None else parse_thresholds(thresholds)
         bands = None if sampling_fraction is None else parse_sampling_fractions(sampling_fraction)
     except ValueError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     stored = None if model is None else _artifact(model)
     try:
         study = read_study(study_file)
         if study.image is not None:
             if stored is None:
-                raise _fail("the study has an 'image' column: give --model NAME:VERSION", 2)
+                raise fail("the study has an 'image' column: give --model NAME:VERSION", 2)
             study = study.with_scores(_score(study, stored, label))
         calibration = calibrate(study, grid, cost_per_test=cost_per_test, bands=bands)
     except StudyError as exc:
-        raise _fail(f"{study_file}: {exc}", EXIT_BAD_INPUT) from None
+        raise fail(f"{study_file}: {exc}", EXIT_BAD_INPUT) from None
     record = None
     failure = None
     if rule is not None and stored is not None and site and by:
@@ -166,14 +164,14 @@ def cxr(
         out.print(f"wrote {path}", highlight=False)
     console.print(f"{study.screened} people in {time.perf_counter() - started:.2f} s")
     if failure is not None:
-        raise _fail(failure, EXIT_FAILED)
+        raise fail(failure, EXIT_FAILED)
     if record is not None:
         out.print(f"threshold {record.threshold:g}: {record.rule.text}", highlight=False)
 
 
 def _rule(min_sensitivity: float | None, budget: float | None) -> tuple[RuleKind, float] | None:
     if min_sensitivity is not None and budget is not None:
-        raise _fail("give --min-sensitivity or --budget, not both", EXIT_USAGE)
+        raise fail("give --min-sensitivity or --budget, not both", EXIT_USAGE)
     if min_sensitivity is not None:
         return ("min-sensitivity", min_sensitivity)
     if budget is not None:
@@ -186,11 +184,11 @@ def _artifact(tag: str) -> StoredModel:
 
     name, sep, version = tag.partition(":")
     if not sep or not version or version == "latest":
-        raise _fail(f"--model {tag!r}: give NAME:VERSION with an exact version", EXIT_USAGE)
+        raise fail(f"--model {tag!r}: give NAME:VERSION with an exact version", EXIT_USAGE)
     try:
         return registry.verify(name, version)
     except registry.ArtifactError as exc:
-        raise _fail(str(exc), EXIT_BAD_ARTIFACT) from None
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from None
 
 
 def _score(study: Study, stored: StoredModel, label: str) -> np.ndarray:

@@ -145,8 +145,8 @@ def test_a_record_made_by_tonle_calibrate_is_served(
 ) -> None:
     from typer.testing import CliRunner
 
+    from cli.app import app
     from tests.training.test_calibrate import HEADER, ROWS
-    from training.cli import app
 
     study = tmp_path / "study.csv"
     study.write_text(f"{HEADER}\n{ROWS}")
