@@ -16,16 +16,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from cli.console import (
-    EXIT_BAD_ARTIFACT,
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_USAGE,
-    console,
-    fail,
-    out,
-)
-
 if TYPE_CHECKING:
     import numpy as np
 
@@ -104,6 +94,7 @@ def cxr(
     Example: tonle calibrate cxr study.csv -o calib --cost-per-test 15
     --model cxr-triage:1.0.0 --min-sensitivity 0.9 --site kampong-cham --by "Dr Sok"
     """
+    from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_USAGE, console, fail, out
     from training.calibrate.choose import NoThreshold, choose, make_record
     from training.calibrate.cxr import (
         calibrate,
@@ -170,6 +161,8 @@ def cxr(
 
 
 def _rule(min_sensitivity: float | None, budget: float | None) -> tuple[RuleKind, float] | None:
+    from cli.console import EXIT_USAGE, fail
+
     if min_sensitivity is not None and budget is not None:
         raise fail("give --min-sensitivity or --budget, not both", EXIT_USAGE)
     if min_sensitivity is not None:
@@ -180,6 +173,7 @@ def _rule(min_sensitivity: float | None, budget: float | None) -> tuple[RuleKind
 
 
 def _artifact(tag: str) -> StoredModel:
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_USAGE, fail
     from models import registry
 
     name, sep, version = tag.partition(":")
@@ -194,6 +188,7 @@ def _artifact(tag: str) -> StoredModel:
 def _score(study: Study, stored: StoredModel, label: str) -> np.ndarray:
     from rich.progress import Progress
 
+    from cli.console import console
     from training.calibrate.images import score_images
 
     with Progress(console=console, transient=True) as progress:
