@@ -15,7 +15,7 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,7 +29,7 @@ __all__ = [
     "load_record",
 ]
 
-RECORD_KIND = "tonle.site-threshold"
+RECORD_KIND: Final = "tonle.site-threshold"
 _MAX_RECORD_BYTES = 1024**2
 
 
