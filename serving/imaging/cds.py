@@ -74,6 +74,16 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
         )
         for f in result.findings
     )
+    local = [
+        t(
+            "card.cxr.threshold.site",
+            lang,
+            label=t(f"label.{f.label}", lang),
+            source=f.threshold_chosen_on,
+        )
+        for f in result.findings
+        if f.threshold_source == "site-override"
+    ]
     detail = "\n\n".join(
         [
             t(
@@ -84,6 +94,7 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
                 scores=scores,
                 quality=t("ui.explain.cxr.quality_ok", lang),
             ),
+            *local,
             f"**{t('advisory.cxr', lang)}**",
         ]
     )
