@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.cxr_datasets import (
     FINDING_MASK_COLUMNS,
     FINDING_MASKS_CSV,

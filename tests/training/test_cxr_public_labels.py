@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.cxr_datasets import LABELS, OUTPUT_COLUMNS
 from training.cxr_public_labels import read_chexpert, read_padchest, read_vindr
 

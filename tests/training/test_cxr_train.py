@@ -17,11 +17,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from cli import app
 from models import registry
 from models.config import load_config
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
-from training.cli import app
 from training.cxr_data import load_cxr_data, patient_split
 from training.cxr_metrics import sens_spec
 from training.cxr_synthetic import generate
