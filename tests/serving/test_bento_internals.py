@@ -17,7 +17,6 @@ from bentoml._internal.server.http import traffic as bentoml_traffic
 from serving import bento_internals
 from serving.bento_internals import TimeoutMiddleware, install_timeout_middleware
 
-
 # Importing BentoML's service SDK warns about its own use of a deprecated pydantic hook.
 _SDK_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -62,7 +61,7 @@ def test_the_timer_is_cancelled_once_the_answer_starts() -> None:
     async def slow(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(5)
 
-    assert [m.get("status") for m in _run(TimeoutMiddleware(fast, timeout=1))][0] == 200
+    assert _run(TimeoutMiddleware(fast, timeout=1))[0]["status"] == 200
     timed_out = _run(TimeoutMiddleware(slow, timeout=0.05))
     assert timed_out[0]["status"] == 504
 
