@@ -9,7 +9,7 @@ PORT ?= 3000
 # Debian packages the integration tests drive (browser, PACS, fonts).
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 
-.PHONY: demo test lint typecheck pytest system-deps clean
+.PHONY: demo test lint typecheck pytest perf system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# Load and timing thresholds (throughput, latency percentiles, memory drift): on a quiet
+# machine, apart from the deterministic suite.
+perf: $(STAMP)
+	$(BIN)/pytest -m performance
 
 ## system-deps: Debian packages the integration tests drive (installed once, as root)
 system-deps:
