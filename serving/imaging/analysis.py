@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.cxr_labels import CXR_LABELS
+from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
@@ -275,10 +276,14 @@ class CxrAnalyser:
             model_batch: images in that model call (adaptive batching).
 
         Raises:
-            CannotAssess: the model returned non-finite or out-of-range values.
+            CannotAssess: the model's out-of-distribution gate refused the image
+                (all-NaN outputs, ``out-of-distribution``), or it returned non-finite or
+                out-of-range values.
         """
         if probs.shape != (len(self.labels),) or cam.ndim != 3 or cam.shape[0] != len(self.labels):
             raise CannotAssess("model-error", "the model returned outputs of the wrong shape", 503)
+        if np.isnan(probs).all() and np.isnan(cam).all():  # the model's own OOD gate
+            raise CannotAssess(OOD_REASON, OOD_DETAIL)
         if not (np.isfinite(probs).all() and np.isfinite(cam).all()):
             raise CannotAssess("model-error", "the model returned non-finite values", 503)
         if ((probs < 0) | (probs > 1)).any():

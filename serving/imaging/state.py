@@ -109,7 +109,9 @@ class ImagingState:
         labels = len(self.analyser.labels)
         if probs.shape != (1, labels) or cams.shape[:2] != (1, labels):
             raise CannotAssess("model-error", "warm-up outputs have the wrong shape", 500)
-        if not (np.isfinite(probs).all() and np.isfinite(cams).all()):
+        # A model with an out-of-distribution gate refuses a grey image (all NaN): fine.
+        refused = np.isnan(probs).all() and np.isnan(cams).all()
+        if not refused and not (np.isfinite(probs).all() and np.isfinite(cams).all()):
             raise CannotAssess("model-error", "warm-up outputs are not finite", 500)
         self.warmed = True
         logger.info(

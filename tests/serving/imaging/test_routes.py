@@ -223,6 +223,31 @@ def test_model_failure_is_no_advice_with_a_reason(
     assert [(r.outcome, r.reason) for r in audit.rows] == [("error", "model-error")]
 
 
+class _OutOfDistributionRunner:
+    """A CxrPredictor whose out-of-distribution gate refuses every image (all NaN)."""
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        return np.full((n, 5), np.nan), np.full((n, 5, 8, 8), np.nan, np.float32)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_models_ood_gate_refuses_before_any_score(
+    make_app: AppFactory, audit: ListAudit, batching: bool
+) -> None:
+    client, state = make_app(adaptive_batching=batching)
+    state.analyser.runner = _OutOfDistributionRunner()
+    if state.infer is not None:
+        state.infer.runner = state.analyser.runner  # type: ignore[attr-defined]
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["reason"] == "out-of-distribution"
+    assert body["detail"] == "cannot assess: unlike the images this model was trained on"
+    assert "findings" not in body
+    assert [(r.outcome, r.reason) for r in audit.rows] == [("no-advice", "out-of-distribution")]
+
+
 def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) -> None:
     client, _ = make_app()
     raw = dicom_bytes(radiograph())
