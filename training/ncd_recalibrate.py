@@ -130,7 +130,8 @@ def recalibrate(
     p_old = onnx_probabilities(proto, x)
     time = table[f"{cfg.outcome}_time"].to_numpy(dtype=np.float64)
     event = table[f"{cfg.outcome}_event"].to_numpy(dtype=np.float64) == 1.0
-    y, w = m.ipcw_labels(time, event, cfg.horizon_years)
+    h = cfg.horizon_years
+    y, w = m.ipcw_labels(time, event, h)
     events = int(y[w > 0].sum())
     if events < 20:
         raise RecalibrationError(f"{events} events within {cfg.horizon_years:g} years: need 20")
@@ -148,11 +149,11 @@ def recalibrate(
         "events": events,
         "data_manifest_sha256": manifest_hash(table),
         "before": {
-            "observed_expected": float(m.observed_expected(y, p_old, w, ones)[0]),
+            "observed_expected": float(m.observed_expected(time, event, p_old, h, ones)[0]),
             "calibration_slope": float(m.calibration_slope_intercept(y, p_old, w, ones)[0][0]),
         },
         "after_in_sample": {
-            "observed_expected": float(m.observed_expected(y, p_new, w, ones)[0]),
+            "observed_expected": float(m.observed_expected(time, event, p_new, h, ones)[0]),
             "calibration_slope": float(m.calibration_slope_intercept(y, p_new, w, ones)[0][0]),
         },
         "max_abs_diff_vs_formula": diff,

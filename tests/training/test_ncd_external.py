@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from models.who_cvd import WhoCvdInputError, list_regions, resolve_recalibration
 from tests.training.test_ncd_train import _table
 from training.cli import app
-from training.ncd_metrics import km_risk
+from training.ncd_metrics import km_risk, observed_expected
 
 
 def test_km_risk_matches_the_exponential_truth() -> None:
@@ -23,6 +23,14 @@ def test_km_risk_matches_the_exponential_truth() -> None:
     risk, low, high = km_risk(np.minimum(true, censor), true <= censor, 10.0)
     assert low < 1 - np.exp(-10 / 20) < high
     assert risk == pytest.approx(1 - np.exp(-0.5), abs=0.01)
+    # observed/expected uses the same Kaplan-Meier risk, per bootstrap replicate.
+    time, event = np.minimum(true, censor), true <= censor
+    c = np.ones((len(time), 2))
+    c[:, 1] = np.r_[np.zeros(10_000), 2 * np.ones(10_000)]  # a replicate of the second half
+    oe = observed_expected(time, event, np.full(len(time), 0.2), 10.0, c)
+    assert oe[0] == pytest.approx(risk / 0.2)
+    half = km_risk(time[10_000:], event[10_000:], 10.0)[0]
+    assert oe[1] == pytest.approx(half / 0.2)
 
 
 def test_who_regions_lists_codes_and_names_and_errors_point_to_it() -> None:
