@@ -277,15 +277,16 @@ def recalibrate(
 WHO_MODELS = ("who-cvd-lab", "who-cvd-nonlab")
 
 
-def _who_config(model: str) -> Any:
+def _who_config(model: str, missing_smoking_as_non_smoker: bool) -> Any:
     """A config that evaluates the WHO chart itself: its inputs, its age range (40-74)."""
     from training.ncd_config import NcdTrainConfig
 
     lab = model == "who-cvd-lab"
     features = ["sex", "age", "smoking", "sbp", *(["total_chol", "diabetes"] if lab else ["bmi"])]
+    required = [f for f in features if not (missing_smoking_as_non_smoker and f == "smoking")]
     return NcdTrainConfig(
         name=model, version="2019", outcome="cvd", description="WHO 2019 CVD risk chart",
-        intended_use="external validation", features=features, required=features,
+        intended_use="external validation", features=features, required=required,
         min_age=40, max_age=74.99, reference={}, candidates=["logistic"],
     )  # fmt: skip
 
@@ -367,7 +368,7 @@ def evaluate(
             raise fail(f"{exc} (tonle who regions lists the codes)", 2) from exc
     predictor = None
     if who_model:
-        cfg = _who_config(model)
+        cfg = _who_config(model, missing_smoking_as_non_smoker)
         title = f"External validation of the WHO 2019 chart ({model}) on {data.name}"
     else:
         from models.ncd_predictor import NcdPredictor
