@@ -1,6 +1,6 @@
 """``tonle train cvd-risk``, ``tonle train diabetes-risk`` and ``tonle evaluate``.
 
-Registered on the main app by :func:`register` (one line in :mod:`training.cli`).
+Registered on the main app by :func:`register` (one line in :mod:`cli.training`).
 Heavy imports stay inside the command functions so ``tonle --help`` is fast.
 """
 
@@ -59,7 +59,7 @@ def _load(
     """The one NCD input path (:mod:`training.ncd_input`), its report on the console."""
     from datetime import date
 
-    from training.cli import console, fail
+    from cli.console import console, fail
     from training.fhir_bulk import FeatureTableError
     from training.ncd_data_cli import input_refused
     from training.ncd_input import read_input
@@ -96,9 +96,9 @@ def _train(
     skip_invalid: bool = False,
     accept_worse_than_who: str | None = None,
 ) -> None:
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_export import ExportError
     from training.ncd_gates import GateError
@@ -243,7 +243,7 @@ def recalibrate(
     Example: tonle recalibrate cvd-risk:1.0.0 --data local.csv --version 1.0.1
     """
     from models import registry
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_recalibrate import RecalibrationError
     from training.ncd_recalibrate import recalibrate as run
@@ -347,9 +347,9 @@ def evaluate(
     """
     import numpy as np
 
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from models import registry
     from models.who_cvd import WhoCvdInputError, resolve_recalibration
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_evaluate import evaluate_for_config, who_risk_for_table
     from training.ncd_report import report_summary, write_report

@@ -1,6 +1,6 @@
 """``tonle data synthetic-ncd``, ``nafld``, ``check`` and ``tonle score``: NCD data in, risk out.
 
-Registered on the main app from :mod:`training.cli` with one call to :func:`register`.
+Registered on the main app from :mod:`cli.training` with one call to :func:`register`.
 Heavy modules are imported inside the commands so ``tonle --help`` stays fast.
 """
 
@@ -39,7 +39,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
 def input_refused(source: Path, exc: FeatureTableError) -> typer.Exit:
     """Print the problem report of a refused input; the Exit (code 4) to raise."""
-    from training.cli import EXIT_BAD_INPUT, console, fail
+    from cli.console import EXIT_BAD_INPUT, console, fail
     from training.ncd_input import NcdInputError
 
     if isinstance(exc, NcdInputError):
@@ -81,7 +81,7 @@ def data_check(
 
     Example: tonle data check patients.csv
     """
-    from training.cli import EXIT_BAD_INPUT, fail, out
+    from cli.console import EXIT_BAD_INPUT, fail, out
     from training.fhir_bulk import FeatureTableError
     from training.ncd_input import InputReport, iter_input
 
@@ -120,7 +120,7 @@ def data_synthetic_ncd(
     """
     import time
 
-    from training.cli import console, out
+    from cli.console import console, out
     from training.synthetic_ncd import generate
 
     start = time.perf_counter()
@@ -138,7 +138,7 @@ def data_nafld(
 
     Example: tonle data nafld data/nafld
     """
-    from training.cli import EXIT_BAD_INPUT, console, fail, out
+    from cli.console import EXIT_BAD_INPUT, console, fail, out
     from training.nafld import NafldError, convert
 
     try:
@@ -199,9 +199,9 @@ def score(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from models.registry import ArtifactError
     from models.who_cvd import WhoCvdInputError
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from training.fhir_bulk import FeatureTableError
     from training.ncd_score import count_rows, open_scorer, score_file
 

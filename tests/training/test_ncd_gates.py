@@ -107,7 +107,7 @@ def test_who_comparison_rule(cfg: NcdTrainConfig) -> None:
 def test_a_model_worse_than_the_chart_is_saved_only_with_a_reason(
     cfg: NcdTrainConfig, model_store: Path, tmp_path: Path
 ) -> None:
-    from training.cli import app
+    from cli import app
 
     weak = cfg.model_copy(
         update={

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.csv_adapter import CsvInputError, sniff
 from training.ncd_input import NcdInputError, read_input
 

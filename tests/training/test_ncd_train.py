@@ -200,7 +200,7 @@ def test_train_end_to_end_from_fhir(
     model_store: Path, tmp_path: Path, artifacts_dir: Path, cvd_config: NcdTrainConfig
 ) -> None:
     """Synthetic FHIR NDJSON -> feature table -> train -> ONNX -> registry -> evaluate."""
-    from training.cli import app
+    from cli import app
 
     runner = CliRunner()
     cfg = cvd_config.model_copy(
@@ -346,8 +346,8 @@ def test_evaluate_against_the_non_lab_chart_with_a_stated_assumption() -> None:
 def test_evaluate_refuses_an_artifact_without_training_config(
     model_store: Path, tmp_path: Path
 ) -> None:
+    from cli import app
     from tests.ncd_fixtures import make_ncd_artifact
-    from training.cli import app
 
     make_ncd_artifact(tmp_path)
     csv = tmp_path / "t.csv"

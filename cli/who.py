@@ -1,6 +1,6 @@
 """``tonle who regions``: the WHO 2019 chart regions and countries, with their codes.
 
-Registered on the main app with one call to :func:`register`.
+Registered on the main app by :mod:`cli.app`; it needs only the ``models`` package.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def regions(
     """
     from rich.table import Table
 
+    from cli.console import out
     from models.who_cvd import list_countries, list_regions
-    from training.cli import out
 
+    rows: list[tuple[str, ...]]
+    header: tuple[str, ...]
     if countries:
         names = dict(list_regions())
         rows = [(code, name, region, names[region]) for code, name, region in list_countries()]
