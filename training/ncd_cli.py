@@ -242,8 +242,8 @@ def recalibrate(
 
     Example: tonle recalibrate cvd-risk:1.0.0 --data local.csv --version 1.0.1
     """
-    from models import registry
     from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
+    from models import registry
     from training.ncd_config import NcdTrainConfig
     from training.ncd_recalibrate import RecalibrationError
     from training.ncd_recalibrate import recalibrate as run
