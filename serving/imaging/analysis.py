@@ -217,7 +217,9 @@ class CxrAnalyser:
                     data, max_pixels=self.config.max_pixels, target_size=self.size
                 )
             else:
-                decoded = preprocess.decode_png(data, max_pixels=self.config.max_pixels)
+                decoded = preprocess.decode_png(
+                    data, max_pixels=self.config.max_pixels, target_size=self.size
+                )
         except CannotAssess:
             raise
         except Exception as exc:  # every decoder failure is a 4xx with a reason
