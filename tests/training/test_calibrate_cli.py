@@ -74,6 +74,7 @@ def test_thresholds_option(study: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert [r["threshold"] for r in read_csv(out / "thresholds.csv")] == ["0.25", "0.5"]
+    assert "By subgroup at threshold 0.5<" in (out / "report.html").read_text()
     assert read_csv(out / "thresholds.csv")[0]["cost_per_case"] == ""  # no costs given
 
 
