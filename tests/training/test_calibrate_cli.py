@@ -97,7 +97,7 @@ def test_invalid_study_exits_4_naming_line_and_field(tmp_path: Path) -> None:
     bad.write_text(f"{HEADER}\n{ROWS}p13,0.5,1,-4,F,1,1\n")
     result = runner.invoke(app, ["calibrate", "cxr", str(bad), "-o", str(tmp_path / "o")])
     assert result.exit_code == 4
-    assert "line 14, field 'age'" in flat(result.output)
+    assert "row 14, field 'age'" in flat(result.output)
     assert not (tmp_path / "o").exists()
 
 
@@ -183,7 +183,7 @@ def test_image_refused_by_the_quality_gate_names_its_line(
               "--model", "cxr-triage:0.1.0"],
     )  # fmt: skip
     assert result.exit_code == 4
-    assert "line 2, field 'image'" in flat(result.output)
+    assert "row 2, field 'image'" in flat(result.output)
     no_model = runner.invoke(app, ["calibrate", "cxr", str(study), "-o", str(tmp_path / "o")])
     assert no_model.exit_code == 2
 

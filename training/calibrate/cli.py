@@ -5,7 +5,7 @@ imports stay inside the commands so ``tonle --help`` stays fast.
 
 Exit codes: 0 done; 1 the study was computed but no threshold meets the rule;
 2 usage (bad option); 3 the model artifact is missing or fails verification;
-4 the study file is invalid (the message names the line and field).
+4 the study file is invalid (the message names the row and field).
 """
 
 from __future__ import annotations
