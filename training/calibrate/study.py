@@ -241,9 +241,7 @@ def _parse(path: Path, sha256: str, names: list[str], rows: list[tuple[int, list
                 "person_id",
             )
         if pid in first_line:
-            raise StudyError(
-                f"{pid!r} already appears on row {first_line[pid]}", line, "person_id"
-            )
+            raise StudyError(f"{pid!r} already appears on row {first_line[pid]}", line, "person_id")
         first_line[pid] = line
         ids.append(pid)
         if "score" in present:
