@@ -39,6 +39,8 @@ def regions(
     from cli.console import out
     from models.who_cvd import list_countries, list_regions
 
+    rows: list[tuple[str, ...]]
+    header: tuple[str, ...]
     if countries:
         names = dict(list_regions())
         rows = [(code, name, region, names[region]) for code, name, region in list_countries()]

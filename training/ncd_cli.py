@@ -96,9 +96,9 @@ def _train(
     skip_invalid: bool = False,
     accept_worse_than_who: str | None = None,
 ) -> None:
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
-    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_FAILED, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_export import ExportError
     from training.ncd_gates import GateError
@@ -286,9 +286,9 @@ def evaluate(
     """
     import numpy as np
 
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from models import registry
     from models.who_cvd import WhoCvdInputError, resolve_recalibration
-    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from training.ncd_config import NcdTrainConfig
     from training.ncd_evaluate import evaluate_for_config, who_risk_for_table
     from training.ncd_report import report_summary, write_report

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from models.who_cvd import WhoCvdInputError, list_regions, resolve_recalibration
 from tests.training.test_ncd_train import _table
-from cli import app
 from training.ncd_metrics import km_risk
 
 
