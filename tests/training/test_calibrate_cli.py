@@ -149,6 +149,18 @@ def test_budget_rule(study: Path, tmp_path: Path, tiny_cxr: StoredModel) -> None
     assert not (out / "site-threshold.json").exists()  # the earlier run's record is gone
 
 
+def test_model_without_the_label_is_a_usage_error(
+    study: Path, tmp_path: Path, tiny_cxr: StoredModel
+) -> None:
+    result = runner.invoke(
+        app,
+        ["calibrate", "cxr", str(study), "-o", str(tmp_path), "--model", "cxr-triage:0.1.0",
+         "--label", "pneumothorax"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "output 'pneumothorax'" in flat(result.output)
+
+
 def test_unknown_model_exits_3(study: Path, tmp_path: Path, model_store: Path) -> None:
     result = runner.invoke(
         app, ["calibrate", "cxr", str(study), "-o", str(tmp_path), "--model", "cxr-triage:9.9.9"]

@@ -58,7 +58,7 @@ def cxr(
         str | None,
         typer.Option(
             help="Verification sampling by score band, LOWER:FRACTION,..., e.g. "
-            "'0:0.1,0.4:1' (10 %% of scores below 0.4 tested, all above): corrects "
+            "'0:0.1,0.4:1' (10 % of scores below 0.4 tested, all above): corrects "
             "verification bias by inverse-probability weighting."
         ),
     ] = None,
@@ -73,7 +73,7 @@ def cxr(
     min_sensitivity: Annotated[
         float | None,
         typer.Option(
-            help="Choose the highest threshold whose sensitivity lower 95 %% bound >= this (0-1)."
+            help="Choose the highest threshold whose sensitivity lower 95 % bound >= this (0-1)."
         ),
     ] = None,
     budget: Annotated[
@@ -115,11 +115,18 @@ def cxr(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     stored = None if model is None else _artifact(model)
+    if stored is not None:
+        labels = stored.metadata.extra.get("labels", [])
+        if stored.metadata.task != "cxr-triage" or label not in labels:
+            raise fail(
+                f"{stored.metadata.tag} is not a cxr-triage model with output {label!r}",
+                EXIT_USAGE,
+            )
     try:
         study = read_study(study_file)
         if study.image is not None:
             if stored is None:
-                raise fail("the study has an 'image' column: give --model NAME:VERSION", 2)
+                raise fail("the study has an 'image' column: give --model NAME:VERSION", EXIT_USAGE)
             study = study.with_scores(_score(study, stored, label))
         calibration = calibrate(study, grid, cost_per_test=cost_per_test, bands=bands)
     except StudyError as exc:
