@@ -12,11 +12,13 @@ __all__ = [
     "AuditRecord",
     "ExplanationRecord",
     "FeedbackRecord",
+    "Mode",
     "Outcome",
     "OverrideReason",
 ]
 
 Outcome = Literal["advice", "no-advice", "refused", "error"]
+Mode = Literal["live", "silent"]
 
 
 def _now() -> datetime:
@@ -68,6 +70,11 @@ class AuditRecord(BaseModel):
     patient_ref: str | None = Field(default=None, max_length=256)
     latency_ms: float = Field(ge=0)
     created: datetime = Field(default_factory=_now)
+    mode: Mode = Field(
+        default="live",
+        description="'silent': the service ran and stored its cards (card_ids) but the EHR "
+        "got cards: [] (serving config `silent`).",
+    )
     explanation: ExplanationRecord | None = Field(
         default=None,
         exclude=True,

@@ -53,6 +53,7 @@ audit_events = Table(
     Column("patient_ref", String(256)),
     Column("latency_ms", Float, nullable=False),
     Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("mode", String(8), nullable=False, server_default="live"),
 )
 
 # Card uuid -> request id, so feedback (which names only the card) finds its request.

@@ -100,6 +100,7 @@ def fake_runtime(state: ImagingState) -> SimpleNamespace:
         audit=state.audit,
         settings=SimpleNamespace(dev=state.dev, public_url=state.public_url),
         language="en",
+        silent=lambda service_id: False,
     )
 
 
