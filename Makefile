@@ -9,7 +9,7 @@ PORT ?= 3000
 # Debian packages the integration tests drive (browser, PACS, fonts).
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 
-.PHONY: demo test lint typecheck pytest system-deps clean
+.PHONY: demo test lint typecheck pytest system-deps requirements bento clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## requirements: rewrite requirements/serving.txt (the Bento's lock) after a dependency change
+requirements: $(STAMP)
+	$(BIN)/python requirements/compile.py
+
+## bento: build the serving Bento with the models configs/serving.yaml pins (CONFIG=...)
+CONFIG ?= configs/serving.yaml
+bento: $(STAMP)
+	$(BIN)/tonle bento build --config $(CONFIG)
 
 ## system-deps: Debian packages the integration tests drive (installed once, as root)
 system-deps:
