@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cli import bento, imaging, models, ops, serve
+from cli import bento, imaging, models, ops, serve, who
 
 __all__ = ["TRAINING_MODULES", "app", "main", "missing_training_modules"]
 
@@ -77,6 +77,7 @@ ops.register(app)  # tonle db / apikey / audit
 models.register(app)  # tonle models list / show / verify
 serve.register(app)  # tonle serve / demo-token
 imaging.register(app)  # tonle imaging orthanc-lua / analyse
+who.register(app)  # tonle who regions
 bento.register(app)  # tonle bento build
 
 _missing = missing_training_modules()

@@ -22,6 +22,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     """Add the training command groups and every training area's commands to ``app``."""
     from training import cxr_cli, ncd_cli, ncd_data_cli
+    from training.calibrate import cli as calibrate_cli
 
     train_app = typer.Typer(help="Train a model from a config in configs/.", no_args_is_help=True)
     data_app = typer.Typer(
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
     ncd_cli.register(app, train_app)  # tonle train cvd-risk / diabetes-risk, tonle evaluate
     ncd_data_cli.register(app, data_app)  # tonle data synthetic-ncd / nafld, tonle score
     cxr_cli.register(app, train_app)  # tonle train cxr; tonle evaluate handles cxr-triage
+    calibrate_cli.register(app)  # tonle calibrate cxr
 
 
 def data_synthetic_cxr(

@@ -73,7 +73,8 @@ def test_configs_load() -> None:
     for cfg in (cvd, dm):
         assert set(cfg.reference) == set(cfg.features)
         assert set(cfg.required) <= set(cfg.features)
-        assert cfg.export.parity_min_rows >= 10_000
+        assert cfg.export.parity_max_rows >= 10_000  # parity on min(this, rows available)
+        assert cfg.export.parity_min_rows <= cfg.export.parity_max_rows
 
 
 def test_leakage_is_refused(cvd_config: NcdTrainConfig) -> None:
@@ -226,6 +227,8 @@ def test_train_end_to_end_from_fhir(
             str(cards),
             "--version",
             "0.1.0",
+            "--accept-worse-than-who",
+            "synthetic test cohort",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -239,6 +242,11 @@ def test_train_end_to_end_from_fhir(
     assert meta.training_manifest_sha256
     assert meta.library_versions["skl2onnx"]
     assert meta.config["seed"] == cfg.seed
+    # The WHO comparison serving reads: typed, with the acceptance when it was needed.
+    who = meta.extra["who_comparison"]
+    assert who["n"] > 0
+    assert who["at_least_as_good"] == (who["discrimination_ok"] and who["calibration_ok"])
+    assert who["accepted_reason"] == (None if who["at_least_as_good"] else "synthetic test cohort")
     assert {"test_auroc", "who_test_auroc", "test_uno_c", "test_calibration_slope"} <= set(
         meta.metrics
     )
