@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 PORT ?= 3000
 # Debian packages the integration tests drive (browser, PACS, fonts).
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium postgresql-client
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium postgresql-client haproxy
 
 .PHONY: demo test lint typecheck pytest system-deps requirements bento clean
 
