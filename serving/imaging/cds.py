@@ -5,8 +5,10 @@ the study arrived, through ``POST /v1/imaging/cxr`` or the DICOMweb route), with
 heatmap link. Nothing is computed during the hook call, so it answers well inside
 the ~500 ms EHRs allow. ``cards: []`` when there is no recent read.
 
-Patients are matched on identifier: the hook's ``context.patientId`` must equal the
-DICOM PatientID of the image, or the ``patient`` given when the image was posted.
+Patients are matched on identifier within the caller's tenant: the hook's
+``context.patientId`` must equal the DICOM PatientID of the image, or the ``patient``
+given when the image was posted, by a caller of the same tenant (patient ids are unique
+only within one EHR).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ async def _caller(state: ImagingState, request: Request) -> Any | None:
 
 async def cxr_triage(request: Request) -> Response:
     """``POST /cds-services/cxr-triage``."""
-    from serving.imaging.routes import _NotReady, audit_row, imaging_state, refuse
+    from serving.imaging.routes import _NotReady, audit_row, caller_tenant, imaging_state, refuse
 
     started = time.perf_counter()
     try:
@@ -159,7 +161,13 @@ async def cxr_triage(request: Request) -> Response:
         return await refuse(state, SERVICE_ID, started, 400, body, caller, hook.hookInstance)
     patient = hook.context.patientId
     since = now() - timedelta(days=state.config.recent_days)
-    result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
+    try:
+        result = await run_in_threadpool(
+            state.store.latest_for_patient, patient, since, tenant=caller_tenant(caller)
+        )
+    except Exception:  # the audit database, which holds the reads, is unavailable
+        logger.exception("audit store unavailable; no cxr-triage lookup")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     request_id = uuid.uuid4().hex
     from serving.i18n import negotiate
 

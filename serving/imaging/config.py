@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["DicomWebConfig", "ImagingConfig", "SiteThresholds"]
@@ -50,9 +48,6 @@ class ImagingConfig(_Strict):
 
     model: str = Field(
         default="cxr-triage", description="Model name; its version is pinned under 'models:'."
-    )
-    results_dir: Path = Field(
-        default=Path(".tonle/imaging"), description="Where results and heatmaps are stored."
     )
     sites: dict[str, SiteThresholds] = Field(
         default_factory=dict, description="Site id (TONLE_SITE) -> threshold overrides."

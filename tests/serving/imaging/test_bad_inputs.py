@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
-from tests.serving.imaging.conftest import Client, ListAudit, fake_runtime
+from tests.serving.imaging.conftest import Client, LockableAudit, fake_runtime
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 
 cases = pytest.importorskip("training.cxr_bad_inputs")
@@ -21,10 +21,10 @@ cases = pytest.importorskip("training.cxr_bad_inputs")
 
 def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Path) -> None:
     stored = make_cxr_artifact(tmp_path, size=224)  # the gate's real minimum side
-    audit = ListAudit()
+    audit = LockableAudit.at(tmp_path)
     state = ImagingState.build(
         stored,
-        ImagingConfig(results_dir=tmp_path / "imaging"),
+        ImagingConfig(),
         site="default",
         public_url="http://t",
         audit=audit,
@@ -68,6 +68,7 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
         growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
         assert growth_mb < 200, f"peak memory grew by {growth_mb:.0f} MB"
         # One audit row per request, and the worker still answers.
-        assert len(audit.rows) == len(everything) + 1
+        assert audit.count() == len(everything) + 1
     finally:
         client.close()
+        audit.close()
