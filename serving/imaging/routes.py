@@ -86,14 +86,18 @@ async def authenticate(state: ImagingState, request: Request) -> Any | None:
         return None
 
 
-def caller_tenant(caller: Any) -> str | None:
-    """The tenant of an authenticated caller (None when it has none)."""
-    value = caller.get("tenant") if isinstance(caller, dict) else getattr(caller, "tenant", None)
+def _caller_field(caller: Any, name: str) -> str | None:
+    value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
     return None if value is None else str(value)
 
 
+def caller_tenant(caller: Any) -> str | None:
+    """The tenant of an authenticated caller (None when it has none)."""
+    return _caller_field(caller, "tenant")
+
+
 @dataclass(frozen=True)
-class LinkHolder:
+class _LinkHolder:
     """Whoever opens a signed link: it was minted for a read of ``tenant``."""
 
     tenant: str
@@ -130,10 +134,6 @@ def audit_row(
         result = analysed.result
     identity = result.model if result is not None else state.analyser.identity
 
-    def field(name: str) -> str | None:
-        value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
-        return None if value is None else str(value)
-
     tenant = caller_tenant(caller)
     try:
         state.audit.record(
@@ -142,8 +142,8 @@ def audit_row(
                 hook_instance=hook_instance,
                 service_id=service_id,
                 card_ids=card_ids or [],
-                caller_iss=field("iss"),
-                caller_sub=field("sub"),
+                caller_iss=_caller_field(caller, "iss"),
+                caller_sub=_caller_field(caller, "sub"),
                 caller_tenant=tenant,
                 model_name=identity.name,
                 model_version=identity.version,
@@ -339,7 +339,7 @@ async def _stored(
     try:
         if caller is None:
             found = await run_in_threadpool(state.store.by_link, result_id)
-            caller = LinkHolder(found.tenant)
+            caller = _LinkHolder(found.tenant)
         else:
             tenant = caller_tenant(caller)
             result = await run_in_threadpool(state.store.get, result_id, tenant=tenant)
