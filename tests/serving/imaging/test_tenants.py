@@ -50,7 +50,7 @@ class _World:
 def world(make_app: AppFactory, audit: LockableAudit) -> _World:
     keys = {t: {"x-api-key": audit.create_api_key(t, "pacs")[1]} for t in (_A, _B)}
     client, state = make_app(dev=False, authenticator=ApiKeyAuthenticator(audit))
-    state.cds_auth = _TwoIssuers()
+    client.app.state.runtime.cds_auth = _TwoIssuers()
     return _World(client, state, keys)
 
 

@@ -1,7 +1,7 @@
 """Chest X-ray reads, committed with their audit row and scoped to the caller's tenant.
 
-Revision ID: 0003_imaging_results
-Revises: 0002_explanations
+Revision ID: 0004_imaging_results
+Revises: 0003_no_replace
 Create Date: 2026-12-06
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from serving.audit.migrations.append_only import drop_append_only, make_append_only
 
-revision = "0003_imaging_results"
-down_revision = "0002_explanations"
+revision = "0004_imaging_results"
+down_revision = "0003_no_replace"
 branch_labels = None
 depends_on = None
 
@@ -38,7 +38,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_imaging_results_instance", "imaging_results", ["tenant", "sop_instance_uid", "created"]
     )
-    make_append_only("imaging_results")
+    make_append_only("imaging_results", ("result_id",))
 
 
 def downgrade() -> None:
