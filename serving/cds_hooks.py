@@ -277,6 +277,8 @@ async def ncd_service(request: Request) -> Response:
             who=who,
             prior=found.prior,
             unreadable=found.problems,
+            protocol=runtime.config.protocol.load(),
+            history=found.history,
         )
         call.advice = advice
         base = runtime.settings.public_url.rstrip("/")
@@ -289,6 +291,8 @@ async def ncd_service(request: Request) -> Response:
             explain_url="",
             region=_region_name(advice, runtime),
             source_url=_model_page(base, advice.metadata, lang),
+            diabetes_warning_percent=runtime.config.diabetes_scale.warning_percent,
+            today=today,
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"
