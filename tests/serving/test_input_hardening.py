@@ -156,9 +156,9 @@ def test_future_measurement_is_no_advice_with_its_reason(
     assert rows[0].reason == "future-dated:sbp"
     monkeypatch.setattr(runtime.config, "no_advice_card", True)
     card = call(app, cds_request(pf)).json()["cards"][0]
-    assert (
-        card["summary"]
-        == "No 10-year heart attack or stroke risk estimate: Systolic blood pressure dated in the future"
+    assert card["summary"] == (
+        "No 10-year heart attack or stroke risk estimate: "
+        "Systolic blood pressure dated in the future"
     )
     assert "in the future; correct the date" in card["detail"]
 
