@@ -10,7 +10,9 @@ Metadata this module reads (written by ``training/cxr_train.py``):
 * ``metadata.extra["labels"]``: the output columns.
 * ``metadata.extra["calibration"]``: ``{"method": "platt", "params": {label:
   {"scale": a, "offset": b}}}``; probability = ``sigmoid(a * logit + b)``.
-* ``metadata.operating_points``: one threshold per label on that probability.
+* ``metadata.operating_points``: a threshold per label on that probability; a label
+  with too few known validation positives has none, and ``extra["no_operating_point"]``
+  says why.
 """
 
 from __future__ import annotations
@@ -130,15 +132,21 @@ class CxrPredictor:
         logits, cam = self.raw(batch)
         return self.calibrate(logits), cam
 
-    def thresholds(self, overrides: Mapping[str, float] | None = None) -> list[AppliedThreshold]:
+    def thresholds(
+        self, overrides: Mapping[str, float] | None = None, *, missing_ok: bool = False
+    ) -> list[AppliedThreshold]:
         """The threshold for each label: a site override if given, else the model's.
 
         Args:
             overrides: label -> threshold from site configuration.
+            missing_ok: leave out a label that has neither (a model may have no
+                operating point for a label with too few known positives; evaluation
+                still reports its AUROC) instead of raising.
 
         Raises:
             CxrPredictionError: an override names an unknown label or is outside [0, 1],
-                or a label has neither an override nor a model operating point.
+                or (unless ``missing_ok``) a label has neither an override nor a model
+                operating point.
         """
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(self.labels))
@@ -172,7 +180,7 @@ class CxrPredictor:
                         specificity=op.specificity,
                     )
                 )
-            else:
+            elif not missing_ok:
                 raise CxrPredictionError(f"{self.metadata.tag} has no operating point for {label}")
         return applied
 

@@ -3,13 +3,15 @@
 ``POST /v1/risk/cvd``, ``POST /v1/risk/diabetes`` and ``POST /v1/who-cvd`` are
 Starlette routes on the mounted app (the fast path through BentoML, see
 ``benchmarks/bench_cds.py``); their typed schemas are published at
-``GET /v1/openapi.json``. Every risk call leaves one committed audit row.
+``GET /v1/openapi.json``. Callers send an API key (``X-API-Key: <key>`` or
+``Authorization: ApiKey <key>``); every answer, the WHO chart's included, leaves after
+its committed audit row (:mod:`serving.http.pipeline`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -21,13 +23,12 @@ from starlette.routing import BaseRoute, Route
 
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.assess import Advice, NoAdvice, WhoSettings, assess
-from serving.audit.records import AuditRecord, Outcome
-from serving.body import BadRequest, parse_model, read_json
-from serving.cds_hooks import AuthDown
+from serving.assess import NoAdvice, WhoSettings, assess
+from serving.body import parse_model, read_json
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
-from serving.metrics import count_outcome
-from serving.runtime import DevCaller, Runtime
+from serving.http.audit import Exchange
+from serving.http.identify import runtime_of
+from serving.http.pipeline import Answer, Handler, endpoint, internal_error
 
 __all__ = [
     "ContributionOut",
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-API_KEY_HEADER = "x-api-key"
 # The OpenAPI examples' patient: the CVD risk and WHO chart requests show the same person.
 _EXAMPLE_PATIENT: dict[str, Any] = {
     "sex": "male",
@@ -161,106 +161,50 @@ class WhoCvdResponse(WhoCvdResult):
     )
 
 
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def _caller(runtime: Runtime, request: Request) -> Any | None:
-    if runtime.api_keys is None:
-        return DevCaller() if runtime.settings.dev else None
-    from serving.auth import AuthError, AuthUnavailable
-
-    try:
-        return runtime.api_keys.authenticate(request.headers.get(API_KEY_HEADER))
-    except AuthUnavailable as exc:
-        raise AuthDown from exc
-    except AuthError:
-        return None
-
-
-def _unauthorized() -> Response:
-    return Response(b'{"error":"unauthorized"}', status_code=401, media_type="application/json")
-
-
-async def _audit(
-    runtime: Runtime,
-    *,
-    request_id: str,
-    service_id: str,
-    caller: Any,
-    started: float,
-    outcome: Outcome,
-    reason: str | None,
-    advice: Advice | None,
-    model: Any,
-) -> bool:
-    if runtime.audit is None:
-        return False
-    row = AuditRecord(
-        request_id=request_id,
-        service_id=service_id,
-        caller_iss=getattr(caller, "iss", None),
-        caller_sub=getattr(caller, "sub", None),
-        caller_tenant=getattr(caller, "tenant", None),
-        model_name=model.name,
-        model_version=model.version,
-        model_sha256=model.sha256,
-        input_sha256=advice.input_sha256 if advice else None,
-        outcome=outcome,
-        reason=reason,
-        latency_ms=(time.perf_counter() - started) * 1000.0,
-    )
-    try:
-        await runtime.audit.record_async(row)
-    except Exception:
-        logger.exception("audit store unavailable; refusing request %s", request_id)
-        return False
-    return True
-
-
 def _values(body: RiskRequest) -> dict[str, float | str]:
     raw = body.model_dump(exclude={"measured", "patient_ref"}, exclude_none=True)
     return {k: (v if isinstance(v, str) else float(v)) for k, v in raw.items()}
 
 
-async def _risk(request: Request, outcome: str) -> Response:
-    runtime = _runtime(request)
+def _risk_handler(outcome: str) -> Handler:
     service_id = f"ncd-{outcome}-risk"
-    predictor = runtime.ncd.get(service_id)
-    if predictor is None:
-        return JSONResponse({"error": "model-unavailable", "field": None}, status_code=404)
-    try:
-        caller = _caller(runtime, request)
-    except AuthDown:
-        return JSONResponse({"error": "auth-unavailable"}, status_code=503)
-    if caller is None:
-        return _unauthorized()
-    started = time.perf_counter()
-    request_id = uuid.uuid4().hex
-    meta = predictor.metadata
-    advice: Advice | None = None
-    outcome_code: Outcome = "advice"
-    reason: str | None = None
-    try:
+
+    async def handle(request: Request, exchange: Exchange) -> Answer:
+        runtime = runtime_of(request)
+        predictor = runtime.ncd.get(service_id)
+        if predictor is None:
+            missing = JSONResponse({"error": "model-unavailable", "field": None}, status_code=404)
+            return Answer(missing, "refused", "model-unavailable")
+        meta = exchange.model = predictor.metadata
+        identity = ModelIdentity(name=meta.name, version=meta.version, sha256=meta.sha256)
         body = parse_model(RiskRequest, await read_json(request))
         values = _values(body)
         dates = dict.fromkeys(values, body.measured) if body.measured else {}
-        advice = assess(
-            predictor,
-            values,
-            dates={k: v for k, v in dates.items() if v is not None},
-            today=datetime.now(UTC).date(),
-            max_age_days=runtime.config.max_data_age_days,
-            who=WhoSettings(runtime.config.who_region, runtime.config.who_country)
-            if outcome == "cvd"
-            else None,
-        )
+        try:
+            advice = assess(
+                predictor,
+                values,
+                dates={k: v for k, v in dates.items() if v is not None},
+                today=datetime.now(UTC).date(),
+                max_age_days=runtime.config.max_data_age_days,
+                who=WhoSettings(runtime.config.who_region, runtime.config.who_country)
+                if outcome == "cvd"
+                else None,
+            )
+        except NoAdvice as exc:
+            status = 422 if exc.reason in {"out-of-range", "insufficient-data"} else 200
+            no = RiskResponse(
+                request_id=exchange.request_id, advice=False, reason=exc.code, model=identity
+            )
+            payload = no.model_dump(mode="json", exclude_none=True)
+            payload["field"] = exc.field
+            return Answer(JSONResponse(payload, status_code=status), "no-advice", exc.code)
+        exchange.input_sha256 = advice.input_sha256
         patient = (body.patient_ref or "Patient/unknown").removeprefix("Patient/")
         answer = RiskResponse(
-            request_id=request_id,
+            request_id=exchange.request_id,
             advice=True,
-            model=ModelIdentity(name=meta.name, version=meta.version, sha256=meta.sha256),
+            model=identity,
             risk=advice.risk,
             percent=advice.percent,
             band=advice.band,
@@ -273,77 +217,46 @@ async def _risk(request: Request, outcome: str) -> Response:
                 advice, resource_id=str(uuid.uuid4()), patient_id=patient[:64]
             ),
         )
-        response: Response = Response(
+        response = Response(
             answer.model_dump_json(exclude_none=True), media_type="application/json"
         )
-    except BadRequest as exc:
-        outcome_code, reason, response = "refused", exc.reason, exc.response()
-    except NoAdvice as exc:
-        outcome_code, reason = "no-advice", exc.code
-        status = 422 if exc.reason in {"out-of-range", "insufficient-data"} else 200
-        answer = RiskResponse(
-            request_id=request_id,
-            advice=False,
-            reason=exc.code,
-            model=ModelIdentity(name=meta.name, version=meta.version, sha256=meta.sha256),
-        )
-        payload = answer.model_dump(mode="json", exclude_none=True)
-        payload["field"] = exc.field
-        response = JSONResponse(payload, status_code=status)
-    except Exception:
-        logger.exception("request %s failed; no advice", request_id)
-        outcome_code, reason, advice = "error", "internal-error", None
-        response = JSONResponse({"error": "internal-error", "advice": False}, status_code=500)
-    if not await _audit(
-        runtime,
-        request_id=request_id,
-        service_id=f"rest:{service_id}",
-        caller=caller,
-        started=started,
-        outcome=outcome_code,
-        reason=reason,
-        advice=advice,
-        model=meta,
-    ):
-        count_outcome(f"rest:{service_id}", "error", "audit-unavailable")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    count_outcome(f"rest:{service_id}", outcome_code, reason)
-    response.headers["X-Request-Id"] = request_id
-    return response
+        return Answer(response, "advice")
+
+    return handle
 
 
-async def risk_cvd(request: Request) -> Response:
-    """``POST /v1/risk/cvd``: 10-year CVD risk from the site's model and the WHO chart."""
-    return await _risk(request, "cvd")
+def _error_without_input(exchange: Exchange) -> Answer:
+    exchange.input_sha256 = None
+    return internal_error(exchange)
 
 
-async def risk_diabetes(request: Request) -> Response:
-    """``POST /v1/risk/diabetes``: 10-year diabetes risk."""
-    return await _risk(request, "diabetes")
-
-
-async def who_cvd(request: Request) -> Response:
-    """``POST /v1/who-cvd``: the WHO 2019 chart risk alone (no model, no audit of advice)."""
-    runtime = _runtime(request)
+async def _who_cvd(request: Request, exchange: Exchange) -> Answer:
+    runtime = runtime_of(request)
+    body = parse_model(WhoCvdRequest, await read_json(request))
+    exchange.input_sha256 = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    region = body.region or (None if body.country else runtime.config.who_region)
+    country = body.country or (None if body.region else runtime.config.who_country)
+    inputs = WhoCvdInputs(**body.model_dump(exclude={"model", "region", "country"}))
     try:
-        if _caller(runtime, request) is None:
-            return _unauthorized()
-    except AuthDown:
-        return JSONResponse({"error": "auth-unavailable"}, status_code=503)
-    try:
-        body = parse_model(WhoCvdRequest, await read_json(request))
-        region = body.region or (None if body.country else runtime.config.who_region)
-        country = body.country or (None if body.region else runtime.config.who_country)
-        inputs = WhoCvdInputs(**body.model_dump(exclude={"model", "region", "country"}))
         result = who_cvd_risk(inputs, body.model, region=region, country=country)
-        chart = patient_cell(result, region=region, country=country)
-    except BadRequest as exc:
-        return exc.response()
     except WhoCvdInputError as exc:
         bad = {"error": "out-of-range", "field": exc.field, "message": exc.rule}
-        return JSONResponse(bad, status_code=422)
+        return Answer(JSONResponse(bad, status_code=422), "no-advice", f"out-of-range:{exc.field}")
+    chart = patient_cell(result, region=region, country=country)
     answer = WhoCvdResponse(**result.model_dump(), chart=chart)
-    return Response(answer.model_dump_json(), media_type="application/json")
+    return Answer(Response(answer.model_dump_json(), media_type="application/json"), "advice")
+
+
+# POST /v1/risk/cvd: 10-year CVD risk from the site's model and the WHO chart.
+risk_cvd = endpoint(
+    "api-key", "rest:ncd-cvd-risk", _risk_handler("cvd"), on_error=_error_without_input
+)
+# POST /v1/risk/diabetes: 10-year diabetes risk.
+risk_diabetes = endpoint(
+    "api-key", "rest:ncd-diabetes-risk", _risk_handler("diabetes"), on_error=_error_without_input
+)
+# POST /v1/who-cvd: the WHO 2019 equation at the given values and their chart cell.
+who_cvd = endpoint("api-key", "rest:who-cvd", _who_cvd)
 
 
 def openapi_document() -> dict[str, Any]:

@@ -14,50 +14,31 @@ from models.config import load_config
 from models.metadata import ModelMetadata
 from models.registry import ArtifactError, StoredModel
 from serving.config import ServingConfig
+from serving.http.caller import Caller
 from serving.settings import Settings
 
 if TYPE_CHECKING:
     from models.ncd_predictor import NcdPredictor
     from serving.audit import AuditStore
     from serving.audit.records import AuditRecord, FeedbackRecord
+    from serving.http.cds import CdsHandler
 
-__all__ = ["ApiKeyAuth", "AuditSink", "CallerLike", "CdsAuth", "DevCaller", "Runtime"]
+__all__ = ["ApiKeyAuth", "AuditSink", "CdsAuth", "Runtime"]
 
 logger = logging.getLogger(__name__)
 
 
-class CallerLike(Protocol):
-    """Who called (contract C4 ``Caller``)."""
-
-    @property
-    def iss(self) -> str: ...
-    @property
-    def sub(self) -> str | None: ...
-    @property
-    def tenant(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class DevCaller:
-    """The caller in ``--dev`` mode, when authentication is off (loopback only)."""
-
-    iss: str = "dev"
-    sub: str | None = None
-    tenant: str | None = None
-    kind: str = "dev"
-
-
 class CdsAuth(Protocol):
-    """Checks CDS Hooks JWTs (contract C4 ``CdsAuthenticator``)."""
+    """Checks CDS Hooks JWTs (:class:`serving.auth.CdsAuthenticator`)."""
 
-    async def authenticate(self, authorization: str | None, endpoint_url: str) -> Any: ...
-    def fhir_server_allowed(self, caller: Any, fhir_server: str) -> bool: ...
+    async def authenticate(self, authorization: str | None, endpoint_url: str) -> Caller: ...
+    def fhir_server_allowed(self, caller: Caller, fhir_server: str) -> bool: ...
 
 
 class ApiKeyAuth(Protocol):
-    """Checks REST API keys (contract C4 ``ApiKeyAuthenticator``)."""
+    """Checks REST API keys (:class:`serving.auth.ApiKeyAuthenticator`)."""
 
-    def authenticate(self, header_value: str | None) -> Any: ...
+    def authenticate(self, header_value: str | None) -> Caller: ...
 
 
 class AuditSink(Protocol):
@@ -72,7 +53,10 @@ class AuditSink(Protocol):
 class Runtime:
     """Loaded once per worker, in the BentoML service's ``__init__``.
 
-    ``cds_auth`` / ``api_keys`` are ``None`` only in ``--dev`` mode (no authentication).
+    ``cds_auth`` / ``api_keys`` are ``None`` only in ``--dev`` mode (no authentication,
+    loopback clients only). ``cds_services`` holds every service behind
+    ``/cds-services/{id}``: the NCD services and, when imaging is configured,
+    ``cxr-triage``.
     """
 
     settings: Settings
@@ -83,6 +67,7 @@ class Runtime:
     cds_auth: CdsAuth | None = None
     api_keys: ApiKeyAuth | None = None
     ready: bool = False
+    cds_services: dict[str, CdsHandler] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -103,6 +88,7 @@ class Runtime:
                 ``max_data_age_days`` longer than a served model's training look-back).
         """
         from models.ncd_predictor import NcdPredictor
+        from serving.cds_hooks import NcdService
         from serving.ui.links import require_key
 
         require_key(settings)  # before anything slow: the start fails at once
@@ -115,6 +101,7 @@ class Runtime:
             stored = runtime.models[service.model]
             _check_lookback(service_id, stored.metadata, config.max_data_age_days)
             runtime.ncd[service_id] = NcdPredictor(stored, threads=1)
+            runtime.cds_services[service_id] = NcdService(service_id, service, runtime)
         # Concurrent requests share one durable commit (group commit in the store).
         store = runtime.audit = _open_audit(settings)
         if settings.dev:

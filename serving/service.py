@@ -8,16 +8,14 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 import bentoml
-from bentoml._internal.server.http import traffic as bentoml_traffic
-from bentoml._internal.server.http.traffic import TimeoutMiddleware
-from starlette.responses import JSONResponse
 
 from models.logs import configure_logging
 from serving.app import create_app
 from serving.audit import AuditStore
+from serving.bento_internals import install_timeout_middleware, listening_host
+from serving.http.caller import is_loopback
 from serving.readiness import AuditProbe
 from serving.runtime import Runtime
 from serving.settings import Settings
@@ -29,43 +27,7 @@ logger = logging.getLogger(__name__)
 app = create_app()
 
 
-class _TimeoutMiddleware(TimeoutMiddleware):
-    """BentoML's request timeout, with its timer cancelled once the request is done.
-
-    BentoML 1.4's own never cancels the timer, which keeps each finished request's
-    context (tracing span, futures) alive for the full timeout: the worker's memory grows
-    by ~6 KB per call until calls/s x timeout requests are held (+40 MB at 220 calls/s
-    and 30 s), which the steady-load test reads as drift.
-    """
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
-
-        async def _send(message: Any) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-            await send(message)
-
-        task = asyncio.ensure_future(self.app(scope, receive, _send))
-        try:
-            await waiter
-        except TimeoutError:
-            if task.cancel():
-                body = {"error": f"Not able to process the request in {self.timeout} seconds"}
-                await JSONResponse(body, status_code=504)(scope, receive, send)
-            return
-        finally:
-            timer.cancel()
-        await task
-
-
-# BentoML builds its middleware stack from this module attribute when the worker starts,
-# after importing this entry module. Drop this once BentoML cancels its own timer.
-bentoml_traffic.TimeoutMiddleware = _TimeoutMiddleware  # type: ignore[misc]
+install_timeout_middleware()
 
 
 # Access logs off: the audit store is the request log, and per-request log lines cost
@@ -76,6 +38,9 @@ bentoml_traffic.TimeoutMiddleware = _TimeoutMiddleware  # type: ignore[misc]
     # so admitted requests keep their latency under overload (RELIABILITY.md).
     traffic={"timeout": 30, "max_concurrency": 64},
     logging={"access": {"enabled": False}},
+    # BentoML's request metrics label series by raw path (ids in URLs: unbounded) and
+    # its /metrics is open; Tonle serves its own (serving/metrics.py).
+    metrics={"enabled": False},
     # OpenTelemetry's ASGI middleware opens a span per receive() call, hundreds for a 15 MB
     # DICOM body, which doubled the CPU of reading it (12 -> 6.5 CPU-ms per upload
     # without); the audit row is that route's record of each request.
@@ -88,6 +53,7 @@ class Tonle:
     def __init__(self) -> None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
+        _refuse_open_bind(settings)
         logging.getLogger("uvicorn.access").disabled = True
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
@@ -127,3 +93,21 @@ class Tonle:
             loop.call_soon_threadsafe(loop.call_later, drain_s, uvicorn_exit, signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _refuse_open_bind(settings: Settings) -> None:
+    """Dev mode and the demo serve unauthenticated (or self-issued) callers: refuse to
+    start when the worker listens on anything but a loopback address.
+
+    Raises:
+        RuntimeError: dev mode or the demo on a non-loopback address.
+    """
+    if not (settings.dev or settings.demo_issuer_dir is not None):
+        return
+    host = listening_host()
+    if host is not None and not is_loopback(host):
+        raise RuntimeError(
+            f"TONLE_DEV / TONLE_DEMO_ISSUER_DIR serve unauthenticated callers and are "
+            f"allowed on a loopback address only, but this service listens on {host}: "
+            "bind to 127.0.0.1, or configure authentication instead"
+        )

@@ -91,6 +91,22 @@ class Settings(BaseSettings):
             "load balancers stop sending), before in-flight requests finish and it exits."
         ),
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token a Prometheus scraper sends to read /metrics (32+ characters; "
+            "Prometheus: `authorization: {credentials_file: ...}`). Unset: /metrics "
+            "answers 401 to everyone (dev mode: loopback clients only)."
+        ),
+    )
+    api_docs: bool = Field(
+        default=False,
+        description=(
+            "Serve interactive REST API docs at /docs (Swagger UI from the service "
+            "itself, no third-party script). The API description /v1/openapi.json is "
+            "always served."
+        ),
+    )
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
     log_level: str = Field(default="INFO")
     demo_issuer_dir: Path | None = Field(
@@ -101,7 +117,7 @@ class Settings(BaseSettings):
         ),
     )
 
-    @field_validator("link_secret", "link_secret_previous")
+    @field_validator("link_secret", "link_secret_previous", "metrics_token")
     @classmethod
     def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "BadInput",
     "bad_dicom_cases",
     "bad_image_cases",
+    "bomb_cases",
     "dicom_bytes",
     "out_of_scope_pixel_cases",
     "png_bytes",
@@ -320,6 +321,64 @@ def bad_image_cases() -> list[BadInput]:
     add("1-bit", png_bytes(grey.convert("1")), "unsupported-pixels", "out-of-distribution")
     add("tiny image", png_bytes(grey.resize((16, 16))), "too-small")
     return cases
+
+
+def bomb_cases() -> list[BadInput]:
+    """Small files whose codestream declares far more pixels than the DICOM header.
+
+    Rows x Columns say 512 x 512 (well under any pixel limit), but the JPEG 2000 SIZ
+    marker declares 20000 x 20000 and the JPEG SOF marker 30000 x 30000: a decoder that
+    trusts the codestream allocates gigabytes. The RGB PNG is valid and just under the
+    default pixel limit (6300 x 6300 grey stored as RGB, about 130 KB), so decoding it
+    must not make full-size copies in wide types.
+    """
+    chest = _chest((512, 512))
+    j2k = _patch_j2k_size(_j2k_dicom(_u16(chest)), 20_000, 20_000)
+    jpeg = _patch_jpeg_size(_jpeg_dicom((chest * 255).astype(np.uint8)), 30_000, 30_000)
+    big = Image.fromarray(np.full((6300, 6300), 90, dtype=np.uint8), "L").convert("RGB")
+    return [
+        BadInput("JPEG 2000 declaring 20000 x 20000", j2k, frozenset({"size-mismatch"})),
+        BadInput("JPEG baseline declaring 30000 x 30000", jpeg, frozenset({"size-mismatch"})),
+        BadInput(
+            "6300 x 6300 grey PNG stored as RGB",
+            png_bytes(big),
+            frozenset({"out-of-distribution"}),
+            media="image",
+        ),
+    ]
+
+
+def _j2k_dicom(pixels: NDArray[np.uint16]) -> bytes:
+    from training.cxr_synthetic_dicom import jpeg2000_lossless
+
+    return jpeg2000_lossless(dicom_bytes(pixels, bits_stored=12))
+
+
+def _jpeg_dicom(pixels: NDArray[np.uint8]) -> bytes:
+    """A baseline JPEG (Pillow) encapsulated as transfer syntax 1.2.840.10008.1.2.4.50."""
+    from pydicom.encaps import encapsulate
+
+    frame = png_bytes(Image.fromarray(pixels, "L"), "JPEG")
+
+    def apply(ds: Any) -> None:
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+
+    return dicom_bytes(pixels, transfer_syntax="1.2.840.10008.1.2.4.50", extra=apply)
+
+
+def _patch_j2k_size(data: bytes, rows: int, cols: int) -> bytes:
+    """Rewrite Xsiz / Ysiz (and the one tile's size) in the SIZ marker after SOC."""
+    at = data.index(b"\xff\x4f\xff\x51")
+    siz = struct.pack(">II", cols, rows)
+    tile = struct.pack(">II", cols, rows)
+    return data[: at + 8] + siz + data[at + 16 : at + 24] + tile + data[at + 32 :]
+
+
+def _patch_jpeg_size(data: bytes, rows: int, cols: int) -> bytes:
+    """Rewrite Y / X in the baseline SOF0 marker."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + struct.pack(">HH", rows, cols) + data[at + 9 :]
 
 
 def out_of_scope_pixel_cases(seed: int = 0, size: int = 256) -> list[BadInput]:

@@ -7,7 +7,10 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
 
 1. read the labels CSV (or generate the synthetic set first when configured) and
    preprocess every image once with ``models.cxr_preprocess``;
-2. split by patient into train / validation / test;
+2. pre-flight checks (:func:`training.cxr_gates.preflight`: version free, config and
+   data valid, enough known positives), then the patient split: the labels file's
+   ``split`` column as given, a patient-id hash with the configured fractions for rows
+   it leaves empty;
 3. train :class:`~models.cxr_net.CxrNet` with multi-label BCE and MONAI
    augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues).
    Where the data set has finding masks and ``localisation.weight > 0``, a mask loss
@@ -22,7 +25,8 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
    (the highest threshold whose validation sensitivity reaches the target with the
    configured confidence);
 5. export ONNX, check parity on real validation images, evaluate the exported
-   artifact on the test split, write the model card and save it in the registry.
+   artifact on the test split, apply the held-out gates (a failing model is not
+   saved), write the model card and save it in the registry.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.cxr_net import CXR_LABELS, Architecture, CxrNet
 from models.registry import StoredModel
+from training.cxr_gates import GatesConfig
 
 if TYPE_CHECKING:
     from training.cxr_data import CxrData
@@ -73,9 +78,10 @@ class DataConfig(_Section):
         default=None, description="Generate when labels_csv is absent."
     )
     split: tuple[float, float, float] = Field(
-        default=(0.7, 0.15, 0.15), description="Patient fractions."
+        default=(0.7, 0.15, 0.15),
+        description="Patient fractions, for rows the labels file's split column leaves empty.",
     )
-    split_seed: int = 0
+    split_seed: int = Field(default=0, description="Seed of the patient-id hash.")
 
 
 class ModelConfig(_Section):
@@ -137,6 +143,7 @@ class CxrTrainConfig(_Section):
             "out: the point estimate)."
         ),
     )
+    gates: GatesConfig = Field(default_factory=GatesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -358,7 +365,8 @@ def train_cxr(
     Returns:
         The stored artifact on rank 0, None on other ranks.
     """
-    from training.cxr_data import load_cxr_data, patient_split
+    from training.cxr_data import load_cxr_data
+    from training.cxr_gates import preflight
 
     rank, world = _rank_world()
     distributed = world > 1
@@ -371,10 +379,19 @@ def train_cxr(
     labels_csv = _ensure_data(cfg.data) if rank == 0 else cfg.data.labels_csv
     if distributed:
         dist.barrier()  # rank 0 may have generated the data
-    data = load_cxr_data(labels_csv, cfg.model.image_size, lambda d, t: report("preprocess", d, t))
-    train_idx, val_idx, test_idx = patient_split(
-        data.table["patient_id"], cfg.data.split, cfg.data.split_seed
+    split = preflight(
+        labels_csv,
+        cfg.gates,
+        name=cfg.output.name,
+        version=cfg.output.version,
+        fractions=cfg.data.split,
+        seed=cfg.data.split_seed,
+        sensitivity_labels=[*cfg.sensitivity_targets, *cfg.sensitivity_confidence],
     )
+    train_idx, val_idx, test_idx = split.train, split.validation, split.test
+    data = load_cxr_data(labels_csv, cfg.model.image_size, lambda d, t: report("preprocess", d, t))
+    if len(data.table) != len(train_idx) + len(val_idx) + len(test_idx):
+        raise ValueError(f"{labels_csv} changed while training started; run again")
     train = data.subset(train_idx)
     use_masks = cfg.localisation.weight > 0
     masks = np.zeros((len(train_idx), len(CXR_LABELS), 1, 1), dtype=bool)
@@ -413,7 +430,11 @@ def train_cxr(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.15
     )
-    positives = np.nanmean(train.labels, axis=0).clip(0.02, 0.98)
+    n_known = (~np.isnan(train.labels)).sum(axis=0)
+    n_positive = (train.labels > 0).sum(axis=0)
+    # A label unknown in every training image has no loss term: any weight will do.
+    positives = np.where(n_known > 0, n_positive / np.maximum(n_known, 1), 0.5)
+    positives = positives.astype(np.float32).clip(0.02, 0.98)
     pos_weight = torch.from_numpy((1 - positives) / positives)
 
     start_epoch = 0
@@ -469,6 +490,7 @@ def train_cxr(
         n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
         mask_kinds=mask_kinds,
         report=report,
+        split_source=split.source,
     )
 
 

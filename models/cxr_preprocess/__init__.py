@@ -75,4 +75,4 @@ def decode_image(
         # Looks like a bare DICOM data set (group 0002 or 0008 first): not read without
         # the Part 10 preamble, as pydicom is never asked to force-read a file.
         raise ImageError("unreadable", "DICOM without the 128-byte preamble and 'DICM'")
-    return decode_png(data, max_pixels=max_pixels)
+    return decode_png(data, max_pixels=max_pixels, target_size=target_size)

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ from serving.audit.records import (
 )
 from serving.audit.writer import BatchWriter
 
-__all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "DuplicateRequest"]
+__all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "CardShown", "DuplicateRequest"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ class AuditUnavailable(RuntimeError):
 
 class DuplicateRequest(ValueError):
     """An audit row with this request id already exists."""
+
+
+@dataclass(frozen=True)
+class CardShown:
+    """Which service answered a card, and to whom (from the card's audit row)."""
+
+    service_id: str
+    caller_iss: str | None
+    caller_tenant: str | None
 
 
 def _utc(value: datetime) -> datetime:
@@ -282,6 +292,17 @@ class AuditStore:
         query = select(table.c.request_id).where(table.c.card_uuid == card_uuid)
         found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
         return found
+
+    def card_shown(self, card_uuid: str) -> CardShown | None:
+        """The service and caller a card was answered to (None if no answer carried it)."""
+        cards, events = schema.audit_cards, schema.audit_events
+        query = (
+            select(events.c.service_id, events.c.caller_iss, events.c.caller_tenant)
+            .join(cards, cards.c.request_id == events.c.request_id)
+            .where(cards.c.card_uuid == card_uuid)
+        )
+        found = self._run(lambda c: c.execute(query).one_or_none(), read=True)
+        return None if found is None else CardShown(*found)
 
     # -- explanations and shared secrets ----------------------------------------------
 

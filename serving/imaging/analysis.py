@@ -23,6 +23,7 @@ import numpy as np
 
 from models.cxr_labels import CXR_LABELS
 from models.registry import StoredModel
+from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
@@ -162,19 +163,29 @@ class CxrAnalyser:
                 specificity=point.specificity,
             )
         site = self.config.sites.get(self.site)
-        if site is not None:
-            for label, threshold in site.thresholds.items():
-                if label not in self.labels:
-                    raise ValueError(
-                        f"imaging.sites.{self.site}.thresholds has label {label!r}; "
-                        f"the model's labels are {self.labels}"
-                    )
-                applied[label] = AppliedThreshold(
-                    label=label,
-                    threshold=threshold,
-                    source="site-override",
-                    chosen_on=f"site {self.site}: {site.chosen_on or 'set in serving config'}",
+        for path in site.records if site is not None else []:
+            record, digest = load_record(path)
+            meta = self.stored.metadata
+            try:
+                record.check(
+                    site=self.site, name=meta.name, version=meta.version, sha256=meta.sha256
                 )
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            if record.label not in self.labels:
+                raise ValueError(
+                    f"threshold record {path} is for label {record.label!r}; "
+                    f"the model's labels are {self.labels}"
+                )
+            earlier = applied.get(record.label)
+            if earlier is not None and earlier.source == "site-override":
+                raise ValueError(f"two threshold records for label {record.label!r}")
+            applied[record.label] = AppliedThreshold(
+                label=record.label,
+                threshold=record.threshold,
+                source="site-override",
+                chosen_on=record.source_text(digest),
+            )
         missing = [label for label in self.labels if label not in applied]
         if missing:
             raise ValueError(
@@ -206,7 +217,9 @@ class CxrAnalyser:
                     data, max_pixels=self.config.max_pixels, target_size=self.size
                 )
             else:
-                decoded = preprocess.decode_png(data, max_pixels=self.config.max_pixels)
+                decoded = preprocess.decode_png(
+                    data, max_pixels=self.config.max_pixels, target_size=self.size
+                )
         except CannotAssess:
             raise
         except Exception as exc:  # every decoder failure is a 4xx with a reason

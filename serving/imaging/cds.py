@@ -12,22 +12,20 @@ DICOM PatientID of the image, or the ``patient`` given when the image was posted
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from datetime import timedelta
-from typing import Any
 
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from serving.cds_models import Card, CdsRequest, CdsResponse, CdsService, Link, Source
+from serving.cds_models import Card, CdsResponse, CdsService, Link, Source
+from serving.http.cds import CdsCall
+from serving.http.pipeline import Answer
 from serving.imaging.results import CxrResult, now
 from serving.imaging.state import ImagingState
 from serving.ui.links import LinkSigner, signer
 
-__all__ = ["SERVICE", "SERVICE_ID", "card_for", "cxr_triage"]
+__all__ = ["SERVICE", "SERVICE_ID", "CxrTriage", "card_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +74,16 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
         )
         for f in result.findings
     )
+    local = [
+        t(
+            "card.cxr.threshold.site",
+            lang,
+            label=t(f"label.{f.label}", lang),
+            source=f.threshold_chosen_on,
+        )
+        for f in result.findings
+        if f.threshold_source == "site-override"
+    ]
     detail = "\n\n".join(
         [
             t(
@@ -86,6 +94,7 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
                 scores=scores,
                 quality=t("ui.explain.cxr.quality_ok", lang),
             ),
+            *local,
             f"**{t('advisory.cxr', lang)}**",
         ]
     )
@@ -114,80 +123,30 @@ def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str =
     )
 
 
-async def _caller(state: ImagingState, request: Request) -> Any | None:
-    """The CDS client (JWT, C4), or None when the call must be refused with 401."""
-    from serving.runtime import DevCaller
+class CxrTriage:
+    """The ``cxr-triage`` service behind ``/cds-services/{id}``
+    (:class:`serving.http.cds.CdsHandler`): the latest stored read of the patient."""
 
-    if state.cds_auth is None:
-        return DevCaller() if state.dev else None
-    from serving.auth import AuthError
+    definition = SERVICE
 
-    try:
-        return await state.cds_auth.authenticate(
-            request.headers.get("authorization"),
-            f"{state.public_url.rstrip('/')}/cds-services/{SERVICE_ID}",
-        )
-    except AuthError:
-        return None
+    def __init__(self, state: ImagingState) -> None:
+        self.state = state
 
-
-async def cxr_triage(request: Request) -> Response:
-    """``POST /cds-services/cxr-triage``."""
-    from serving.imaging.routes import _NotReady, audit_row, imaging_state, refuse
-
-    started = time.perf_counter()
-    try:
-        state = imaging_state(request)
-    except _NotReady:  # no imaging configured: the service does not exist here
-        return JSONResponse({"error": "unknown-service"}, status_code=404)
-
-    caller = await _caller(state, request)
-    if caller is None:
-        return await refuse(state, SERVICE_ID, started, 401, {"error": "unauthorized"})
-    raw = await request.body()
-    if len(raw) > 1 << 20:
-        return await refuse(state, SERVICE_ID, started, 413, {"error": "too-large"}, caller)
-    try:
-        hook = CdsRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
-        body = {"error": "invalid-request", "field": where}
-        return await refuse(state, SERVICE_ID, started, 400, body, caller)
-    if hook.hook != "patient-view":
-        body = {"error": "unsupported-hook", "field": "hook"}
-        return await refuse(state, SERVICE_ID, started, 400, body, caller, hook.hookInstance)
-    patient = hook.context.patientId
-    since = now() - timedelta(days=state.config.recent_days)
-    result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
-    request_id = uuid.uuid4().hex
-    from serving.i18n import negotiate
-
-    runtime = request.app.state.runtime
-    lang = negotiate(request.headers.get("accept-language"), getattr(runtime, "language", "en"))
-    cards = []
-    if result:
-        link_signer = await run_in_threadpool(signer, runtime)
-        cards = [card_for(result, state.public_url, link_signer, lang)]
-    try:
-        await run_in_threadpool(
-            audit_row,
-            state,
-            request_id=request_id,
-            service_id=SERVICE_ID,
-            outcome="advice" if cards else "no-advice",
-            started=started,
-            caller=caller,
-            reason=None if cards else "no-recent-read",
-            result=result,
-            patient_ref=f"Patient/{patient}",
-            hook_instance=hook.hookInstance,
-            card_ids=[c.uuid for c in cards],
-        )
-    except Exception:
-        logger.exception("audit store unavailable; withholding cxr-triage cards")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    return Response(
-        CdsResponse(cards=cards).model_dump_json(exclude_none=True),
-        media_type="application/json",
-    )
+    async def answer(self, call: CdsCall) -> Answer:
+        """One card for the latest recent read, or ``cards: []`` (``no-recent-read``)."""
+        state, exchange = self.state, call.exchange
+        exchange.model = state.analyser.identity
+        since = now() - timedelta(days=state.config.recent_days)
+        patient = call.hook.context.patientId
+        result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
+        cards = []
+        if result:
+            link_signer = await run_in_threadpool(signer, call.runtime)
+            cards = [card_for(result, state.public_url, link_signer, call.lang)]
+            exchange.input_sha256 = result.input_sha256
+            exchange.card_ids = [c.uuid for c in cards]
+        body = CdsResponse(cards=cards).model_dump_json(exclude_none=True)
+        response = Response(body, media_type="application/json")
+        if cards:
+            return Answer(response, "advice")
+        return Answer(response, "no-advice", "no-recent-read")

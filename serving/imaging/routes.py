@@ -69,15 +69,13 @@ def _not_ready() -> JSONResponse:
 
 
 async def authenticate(state: ImagingState, request: Request) -> Any | None:
-    """The REST caller (API key, C4), or None when the request must be refused with 401."""
-    from serving.runtime import DevCaller
-
-    if state.authenticator is None:
-        return DevCaller() if state.dev else None
-    from serving.auth import AuthError, api_key_from_headers
+    """The REST caller (API key; :mod:`serving.http.identify`), or None when the
+    request must be refused with 401."""
+    from serving.auth import AuthError
+    from serving.http.identify import api_key_caller
 
     try:
-        return state.authenticator.authenticate(api_key_from_headers(request.headers))
+        return api_key_caller(state.authenticator, request, dev=state.dev)
     except AuthError:
         return None
 
@@ -363,7 +361,6 @@ async def get_fhir(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """The imaging routes, for ``create_app()``."""
-    from serving.imaging.cds import cxr_triage
     from serving.imaging.studies import analyse_study, list_studies
 
     return [
@@ -373,5 +370,4 @@ def routes() -> list[BaseRoute]:
         Route("/v1/imaging/results/{result_id}/fhir", get_fhir, methods=["GET"]),
         Route("/v1/imaging/studies", list_studies, methods=["GET"]),
         Route("/v1/imaging/studies/{study_uid}/analyse", analyse_study, methods=["POST"]),
-        Route("/cds-services/cxr-triage", cxr_triage, methods=["POST"]),
     ]

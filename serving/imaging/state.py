@@ -124,8 +124,7 @@ def attach(runtime: Any) -> ImagingState | None:
 
     Reads ``runtime.config.imaging``; when it is set, its model must be pinned under
     ``models:``. Stores the state in ``runtime.extras["imaging"]`` and registers the
-    ``cxr-triage`` CDS service for discovery (``runtime.extras["cds_services"]``) and
-    feedback (``runtime.extras["feedback_ids"]``).
+    ``cxr-triage`` CDS service (``runtime.cds_services``).
 
     Returns:
         The state, or None when no imaging section is configured.
@@ -133,7 +132,7 @@ def attach(runtime: Any) -> ImagingState | None:
     Raises:
         ValueError: the imaging model is not pinned, or its thresholds do not fit.
     """
-    from serving.imaging.cds import SERVICE
+    from serving.imaging.cds import SERVICE_ID, CxrTriage
 
     config: ImagingConfig | None = getattr(runtime.config, "imaging", None)
     if config is None:
@@ -156,7 +155,6 @@ def attach(runtime: Any) -> ImagingState | None:
         dev=settings.dev,
     )
     runtime.extras["imaging"] = state
-    runtime.extras.setdefault("cds_services", []).append(SERVICE)
-    # Clinicians' feedback on cxr-triage cards goes through the shared feedback route.
-    runtime.extras.setdefault("feedback_ids", set()).add(SERVICE.id)
+    # Served (and its feedback taken) by the one /cds-services/{id} route.
+    runtime.cds_services[SERVICE_ID] = CxrTriage(state)
     return state

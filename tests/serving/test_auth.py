@@ -447,7 +447,7 @@ def test_forgery_table_is_complete(world: World) -> None:
 @pytest.mark.parametrize("case", sorted(FORGERY_CASES))
 def test_forged_token_is_refused(world: World, case: str, caplog: pytest.LogCaptureFixture) -> None:
     authorization = _forgeries(world)[case]
-    caplog.set_level("INFO", logger="serving.auth")
+    caplog.set_level("DEBUG", logger="serving.auth")
     _assert_refused(world, world.call(authorization))
     reasons = [r.getMessage() for r in caplog.records if r.name == "serving.auth"]
     assert reasons == [f"caller refused: {FORGERY_CASES[case]}"]

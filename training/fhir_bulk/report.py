@@ -6,7 +6,7 @@ from collections import Counter
 
 from pydantic import BaseModel
 
-__all__ = ["BuildReport", "FeatureIssue", "FeatureTableError", "IssueCollector"]
+__all__ = ["BuildReport", "FeatureIssue", "FeatureTableError", "IssueCollector", "ProblemLog"]
 
 
 class FeatureIssue(BaseModel):
@@ -16,6 +16,12 @@ class FeatureIssue(BaseModel):
     field: str
     rule: str
     value: str | None = None
+    row: int | None = None  # CSV input: spreadsheet row number (the header is row 1)
+
+    def where(self) -> str:
+        """``row 5, patient p4`` (CSV) or ``patient p4`` (FHIR)."""
+        row = f"row {self.row}, " if self.row is not None else ""
+        return f"{row}patient {self.patient_id}"
 
 
 class FeatureTableError(ValueError):
@@ -26,7 +32,7 @@ class FeatureTableError(ValueError):
         first = issues[0]
         more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
         super().__init__(
-            f"patient {first.patient_id}: {first.field}: {first.rule}"
+            f"{first.where()}: {first.field}: {first.rule}"
             + (f" (value {first.value})" if first.value is not None else "")
             + more
         )
@@ -65,3 +71,24 @@ class IssueCollector:
         if self.strict:
             raise FeatureTableError([issue])
         self.issues.append(issue)
+
+
+class ProblemLog:
+    """Every input problem counted per (field, rule); the first ``limit`` kept in full.
+
+    Bounded, so a million bad rows cost a counter, not a million objects.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.examples: list[FeatureIssue] = []
+
+    def add(self, issue: FeatureIssue) -> None:
+        """Count one problem (and keep it while under the limit)."""
+        self.counts[(issue.field, issue.rule)] += 1
+        if len(self.examples) < self.limit:
+            self.examples.append(issue)
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())

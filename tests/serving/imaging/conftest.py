@@ -14,6 +14,8 @@ import pytest
 from starlette.applications import Starlette
 
 from models.registry import StoredModel
+from serving import cds_hooks
+from serving.imaging.cds import SERVICE_ID, CxrTriage
 from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
@@ -68,6 +70,9 @@ class ListAudit:
             raise OSError("disk full")
         self.rows.append(row)
 
+    async def record_async(self, row: Any) -> None:
+        self.record(row)
+
 
 @pytest.fixture
 def tiny_cxr(model_store: Path, tmp_path: Path) -> StoredModel:
@@ -84,9 +89,18 @@ AppFactory = Callable[..., tuple[Client, ImagingState]]
 
 
 def fake_runtime(state: ImagingState) -> SimpleNamespace:
-    """What the imaging routes read of a running service: its imaging state and link key."""
+    """What the imaging routes and ``/cds-services/{id}`` read of a running service: its
+    imaging state, the cxr-triage service, link key, authenticators and audit store."""
     signer = LinkSigner(b"k" * 32, timedelta(days=30))
-    return SimpleNamespace(extras={"imaging": state, "link_signer": signer})
+    return SimpleNamespace(
+        extras={"imaging": state, "link_signer": signer},
+        cds_services={SERVICE_ID: CxrTriage(state)},
+        cds_auth=state.cds_auth,
+        api_keys=state.authenticator,
+        audit=state.audit,
+        settings=SimpleNamespace(dev=state.dev, public_url=state.public_url),
+        language="en",
+    )
 
 
 @pytest.fixture
@@ -107,7 +121,7 @@ def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterato
             authenticator=authenticator,
             dev=dev,
         )
-        app = Starlette(routes=routes())
+        app = Starlette(routes=[*routes(), *cds_hooks.routes()])
         app.state.runtime = fake_runtime(state)
         clients.append(Client(app))
         return clients[-1], state

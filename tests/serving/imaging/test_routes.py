@@ -10,7 +10,6 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
 
-from serving.imaging.config import SiteThresholds
 from tests.serving.imaging.conftest import AppFactory, ListAudit
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
 from training.cxr_synthetic_dicom import jpeg2000_lossless
@@ -93,21 +92,6 @@ def test_monochrome1_reads_like_monochrome2(make_app: AppFactory) -> None:
     ).json()
     for a, b in zip(mono2["findings"], mono1["findings"], strict=True):
         assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
-
-
-def test_site_override_is_applied_and_named(make_app: AppFactory) -> None:
-    client, _ = make_app(
-        sites={"test-site": SiteThresholds(thresholds={"tb": 0.01}, chosen_on="local audit")}
-    )
-    body = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
-    tb = next(f for f in body["findings"] if f["label"] == "tb")
-    assert tb["threshold"] == 0.01
-    assert tb["threshold_source"] == "site-override"
-    assert "local audit" in tb["threshold_chosen_on"]
-    assert tb["flagged"] is True
-    assert "tb" in body["flagged"]
-    nodule = next(f for f in body["findings"] if f["label"] == "nodule")
-    assert nodule["threshold_source"] == "model-version"
 
 
 @pytest.mark.parametrize(

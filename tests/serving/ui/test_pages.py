@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from models.metadata import MetricValue
 from models.who_cvd import WhoCvdInputs, who_cvd_risk
+from serving.demo_issuer import DEMO_ISSUER
 from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
 from serving.runtime import Runtime
@@ -299,9 +300,18 @@ def test_ehr_page_and_static_files(app_rt: tuple[Starlette, Runtime]) -> None:
     assert request(app, "GET", "/ui", follow_redirects=False).headers["location"] == "/ui/ehr"
 
 
-def test_smart_launch(app_rt: tuple[Starlette, Runtime]) -> None:
-    app, _ = app_rt
+def test_smart_launch(app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    app, runtime = app_rt
     assert request(app, "GET", "/ui/launch").status_code == 400
+    # Only a FHIR server some trusted issuer lists may launch (the check used to read a
+    # setting nothing set, so every iss passed).
+    untrusted = "/ui/launch?iss=https://ehr.example/fhir&launch=abc"
+    assert request(app, "GET", untrusted, follow_redirects=False).status_code == 403
+    issuers = runtime.cds_auth.issuers.issuers  # type: ignore[union-attr]
+    trusted = issuers[DEMO_ISSUER].model_copy(
+        update={"fhir_servers": ("https://ehr.example/fhir",)}
+    )
+    monkeypatch.setitem(issuers, DEMO_ISSUER, trusted)
     r = request(
         app,
         "GET",

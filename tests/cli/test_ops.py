@@ -10,10 +10,10 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from typer.testing import CliRunner
 
+from cli import app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.engine import head_revisions
 from serving.audit.fhir_export import audit_event
-from training.cli import app
 
 runner = CliRunner()
 

@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, console, out
 
 __all__ = ["imaging_app", "register"]
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 4
-
-console = Console(stderr=True)
-out = Console()
 
 imaging_app = typer.Typer(
     help="Chest X-ray serving: PACS hook, analyse a file.", no_args_is_help=True

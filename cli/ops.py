@@ -1,4 +1,4 @@
-"""Operations commands: ``tonle db``, ``tonle apikey`` and ``tonle audit``.
+"""``tonle db``, ``tonle apikey`` and ``tonle audit``: the audit database, for operators.
 
 They act on the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL``
 (default ``sqlite:///.tonle/tonle.db``). Heavy imports stay inside the commands so
@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from cli.console import EXIT_BAD_INPUT, console, fail, out
 
 if TYPE_CHECKING:
     from serving.audit import AuditStore
 
 __all__ = ["apikey_app", "audit_app", "db_app", "register"]
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 4
-
-console = Console(stderr=True)
-out = Console()
 
 db_app = typer.Typer(help="Create or upgrade the audit database schema.", no_args_is_help=True)
 apikey_app = typer.Typer(
@@ -50,11 +45,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 def _url(database_url: str | None) -> str:
     if database_url:
         return database_url
@@ -69,7 +59,7 @@ def _open(database_url: str | None) -> AuditStore:
     try:
         return AuditStore.open(_url(database_url))
     except (AuditUnavailable, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -78,7 +68,7 @@ def _when(value: str | None, option: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise _fail(
+        raise fail(
             f"{option} {value!r} is not an ISO date or date-time (e.g. 2026-01-31 or "
             "2026-01-31T08:00:00+07:00)",
             EXIT_BAD_INPUT,
@@ -117,7 +107,7 @@ def db_grant_service_role(
     try:
         grant_service_role(store.engine, role)
     except ValueError as exc:
-        raise _fail(str(exc), EXIT_BAD_INPUT) from exc
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
     finally:
         store.close()
     out.print(f"granted {role}: INSERT/SELECT on audit tables, no UPDATE/DELETE")
@@ -178,7 +168,7 @@ def apikey_revoke(
     revoked = store.revoke_api_key(key_id)
     store.close()
     if not revoked:
-        raise _fail(f"no active API key with id {key_id!r}")
+        raise fail(f"no active API key with id {key_id!r}")
     out.print(f"revoked {key_id}")
 
 

@@ -7,10 +7,10 @@ import jwt
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from serving.config import ServingConfig
 from serving.demo_issuer import ensure_demo_issuer
 from serving.prefetch import TEMPLATES
-from training.cli import app
 from training.demo import _serving_config, write_demo_request
 
 

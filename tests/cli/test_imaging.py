@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 
 runner = CliRunner()
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from cli.app import app
+from cli.console import EXIT_BAD_ARTIFACT
 from tests.ncd_fixtures import make_ncd_artifact
-from training.cli import EXIT_BAD_ARTIFACT, app
 
 
 def _text(output: str) -> str:

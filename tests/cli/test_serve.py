@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import training.demo
-from training.cli import app
+from cli import app
 
 _KEY = "serve-cli-link-key-".ljust(40, "k")
 _VARIABLES = (

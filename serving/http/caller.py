@@ -1,0 +1,51 @@
+"""Who is calling: the one caller type every route sees."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["DEV_CALLER", "Caller", "CallerKind", "is_loopback"]
+
+CallerKind = Literal["jwt", "api-key", "link", "dev"]
+
+
+class Caller(BaseModel):
+    """An authenticated caller.
+
+    Attributes:
+        iss: the JWT issuer, ``"api-key"``, ``"tonle-link"`` or ``"dev"``.
+        sub: the JWT subject or the API key id.
+        tenant: the hospital the caller belongs to, from configuration only (the
+            issuer's ``tenant`` or the API key's record), never from the request.
+        kind: how the caller proved who it is.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    iss: str
+    sub: str | None
+    tenant: str | None
+    kind: CallerKind
+
+    def owns(self, iss: str | None, tenant: str | None) -> bool:
+        """Whether something made for a caller of ``iss`` / ``tenant`` belongs to this one:
+        the same tenant, or, where no tenant is configured, the same issuer."""
+        if self.tenant is not None or tenant is not None:
+            return self.tenant == tenant
+        return self.iss == iss
+
+
+DEV_CALLER = Caller(iss="dev", sub=None, tenant=None, kind="dev")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an IP address literal) is a loopback address."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

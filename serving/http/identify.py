@@ -1,0 +1,117 @@
+"""Authentication dispatch: the one place a request becomes a :class:`Caller` or a refusal.
+
+* ``jwt``: CDS Hooks bearer tokens (:class:`serving.auth.CdsAuthenticator`), ``aud`` being
+  the public URL of the exact path called.
+* ``api-key``: ``X-API-Key`` or ``Authorization: ApiKey <key>``
+  (:class:`serving.auth.ApiKeyAuthenticator`).
+* dev mode (``TONLE_DEV``): no authenticators, every caller is the dev caller; the app
+  admits loopback clients only (:class:`serving.app.LoopbackOnly`).
+
+Every refusal is an :class:`~serving.auth.AuthError`; :func:`refusal` turns it into the
+answer: 503 when the store behind authentication is down, else the one 401 body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serving.auth import AuthError, AuthUnavailable, api_key_from_headers, unauthorized_response
+from serving.http.caller import DEV_CALLER, Caller
+from serving.metrics import count_refusal
+
+if TYPE_CHECKING:
+    from serving.runtime import ApiKeyAuth, Runtime
+
+__all__ = ["Scheme", "api_key_caller", "authenticate", "refusal", "runtime_of"]
+
+logger = logging.getLogger(__name__)
+
+Scheme = Literal["jwt", "api-key"]
+_LOG_EVERY_S = 60.0
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The :class:`~serving.runtime.Runtime` the service attached to the app."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+async def authenticate(runtime: Runtime, request: Request, scheme: Scheme) -> Caller:
+    """The caller of ``request`` under ``scheme``.
+
+    Raises:
+        AuthError: refused (answer 401).
+        AuthUnavailable: (an AuthError) the replay or key store is down (answer 503).
+    """
+    if scheme == "api-key":
+        return api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
+    if runtime.cds_auth is None:
+        return _dev_caller(dev=runtime.settings.dev)
+    endpoint = runtime.settings.public_url.rstrip("/") + request.url.path
+    caller: Caller = await runtime.cds_auth.authenticate(
+        request.headers.get("authorization"), endpoint
+    )
+    return caller
+
+
+def api_key_caller(keys: ApiKeyAuth | None, request: Request, *, dev: bool) -> Caller:
+    """The REST caller: its API key checked by ``keys`` (None only in dev mode).
+
+    Raises:
+        AuthError: refused (answer 401).
+        AuthUnavailable: (an AuthError) the key store is down (answer 503).
+    """
+    if keys is None:
+        return _dev_caller(dev=dev)
+    caller: Caller = keys.authenticate(api_key_from_headers(request.headers))
+    return caller
+
+
+def _dev_caller(*, dev: bool) -> Caller:
+    """Dev mode has no authenticators: everyone is the dev caller. The app admits only
+    loopback clients there (:class:`serving.app.LoopbackOnly`) and the service refuses
+    to start on another address."""
+    if not dev:
+        raise AuthError("no-authenticator")
+    return DEV_CALLER
+
+
+class _RateLimitedLog:
+    """At most one log line per minute about refused callers, with how many there were."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._count = 0
+
+    def note(self, route: str, reason: str) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last >= _LOG_EVERY_S:
+            logger.warning(
+                "refused %d caller(s) in the last %.0f s (latest: %s on %s)",
+                self._count,
+                now - self._last if self._last else 0.0,
+                reason,
+                route,
+            )
+            self._last, self._count = now, 0
+
+
+_refusals = _RateLimitedLog()
+
+
+def refusal(exc: AuthError, route: str) -> Response:
+    """The answer to a refused caller: 503 when authentication could not be checked
+    (its store is down), else the one 401 body. Counted, never a durable row: anyone
+    can send refused calls, and each must not cost a disk commit."""
+    reason = "auth-unavailable" if isinstance(exc, AuthUnavailable) else exc.reason
+    count_refusal(route, reason)
+    if isinstance(exc, AuthUnavailable):
+        return JSONResponse({"error": "auth-unavailable"}, status_code=503)
+    _refusals.note(route, reason)
+    return unauthorized_response()
