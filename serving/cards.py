@@ -52,6 +52,7 @@ __all__ = [
     "missing_text",
     "model_source",
     "ncd_card",
+    "override_reasons",
     "value_text",
 ]
 
@@ -139,8 +140,8 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
 
 
 @cache
-def _override_reasons(lang: str) -> tuple[OverrideReason, ...]:
-    # The same for every card in a language; cards only serialise them.
+def override_reasons(lang: str) -> tuple[OverrideReason, ...]:
+    """The reasons a clinician may give for overriding a card, in ``lang``."""
     return tuple(
         OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=t(f"override.{code}", lang))
         for code in OVERRIDE_CODES
@@ -516,7 +517,7 @@ def ncd_card(
             how,
         ),
         selectionBehavior="any",
-        overrideReasons=list(_override_reasons(lang)),
+        overrideReasons=list(override_reasons(lang)),
         links=[Link(label=t("card.link.explanation", lang), url=explain_url, type="absolute")],
     )
 
