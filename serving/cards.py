@@ -36,6 +36,7 @@ from serving.cds_models import (
 from serving.fhir_out import follow_up_task, proposal_resource, provenance, risk_assessment
 from serving.i18n import format_date, format_number, t
 from serving.protocol import INDICATOR_RANK
+from serving.synthetic import trained_on_synthetic
 
 __all__ = [
     "OVERRIDE_CODES",
@@ -45,6 +46,7 @@ __all__ = [
     "Lead",
     "MissingHow",
     "by_urgency",
+    "demo_notice",
     "feature_label",
     "lead",
     "md",
@@ -326,9 +328,14 @@ def _protocol_text(advice: Advice, lang: str) -> list[str]:
     return [f"**{head}**", "\n".join(f"- {line}" for line in lines)] if lines else [head]
 
 
+def demo_notice(meta: ModelMetadata, lang: str) -> list[str]:
+    """The bold "demo model" line a card from a synthetic-trained model starts with."""
+    return [f"**{t('advisory.demo_model', lang)}**"] if trained_on_synthetic(meta) else []
+
+
 def _detail(advice: Advice, lang: str, region: str, how: Lead) -> str:
     shown = _value_texts(advice, lang)
-    parts: list[str] = []
+    parts: list[str] = demo_notice(advice.metadata, lang)
     if advice.outcome == "cvd":
         parts.append(_chart_text(advice, lang, region))
     parts += _model_text(advice, lang, shown)
@@ -454,8 +461,11 @@ def model_source(meta: ModelMetadata, lang: str, url: str | None) -> Source:
         lang: Language of the label.
         url: Where the model card can be read.
     """
+    label = t("card.source.label", lang, model=meta.name, version=meta.version)
+    if trained_on_synthetic(meta):
+        label = t("card.source.demo", lang, source=label)
     return Source(
-        label=t("card.source.label", lang, model=meta.name, version=meta.version),
+        label=label,
         url=url,
         topic=Coding(system="urn:tonle:model", code=meta.tag, display=f"sha256 {meta.sha256[:12]}"),
     )

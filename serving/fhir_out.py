@@ -12,6 +12,7 @@ from typing import Any, Literal
 from models.metadata import ModelMetadata
 from serving.assess import Advice
 from serving.protocol import Proposal, ProtocolRow
+from serving.synthetic import DEMO_NOTE, trained_on_synthetic
 
 __all__ = [
     "ADVISORY_NOTE",
@@ -59,8 +60,14 @@ def device(meta: ModelMetadata) -> dict[str, Any]:
         "deviceName": [{"name": f"Tonle {meta.name}", "type": "model-name"}],
         "type": {"text": "Software: machine-learning risk model (advisory)"},
         "version": [{"value": meta.version}],
-        "note": [{"text": ADVISORY_NOTE}],
+        "note": _notes(meta),
     }
+
+
+def _notes(meta: ModelMetadata) -> list[dict[str, str]]:
+    """The advisory note, and the demo note first for a synthetic-trained model."""
+    demo = [{"text": DEMO_NOTE}] if trained_on_synthetic(meta) else []
+    return [*demo, {"text": ADVISORY_NOTE}]
 
 
 def _now() -> str:
@@ -114,7 +121,7 @@ def risk_assessment(
                 },
             }
         ],
-        "note": [{"text": ADVISORY_NOTE}],
+        "note": _notes(meta),
     }
     if encounter_id:
         resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}

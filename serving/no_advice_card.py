@@ -44,7 +44,7 @@ from typing import Final
 
 from models.metadata import ModelMetadata
 from serving.assess import NoAdvice, Problem
-from serving.cards import feature_label, md, model_source, value_text
+from serving.cards import demo_notice, feature_label, md, model_source, value_text
 from serving.cds_models import SUMMARY_MAX, Card
 from serving.i18n import t
 
@@ -155,6 +155,7 @@ def no_advice_card(
     lines = "\n".join(f"- {_line(p, meta, lang, max_age_days)}" for p in problems)
     detail = "\n\n".join(
         [
+            *demo_notice(meta, lang),
             t(
                 intro or "card.noadvice.ncd.intro",
                 lang,

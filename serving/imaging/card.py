@@ -134,6 +134,7 @@ def cxr_card(
     lang: str = "en",
     patient_id: str | None = None,
     age: float | None = None,
+    demo: bool = False,
 ) -> Card:
     """The card for one stored read.
 
@@ -145,8 +146,11 @@ def cxr_card(
         patient_id: The hook's patient (subject of the proposed referral); None: no
             referral is proposed.
         age: The patient's age in years, if known (the TB referral needs >= 15).
+        demo: The read's model was trained on synthetic data (:mod:`serving.synthetic`):
+            the card says so first, and in its source.
     """
     base = public_url.rstrip("/")
+    label = t("card.source.label", lang, model=result.model.name, version=result.model.version)
     day = _study_day(result)
     when = (
         format_date(day, lang) if day else format_date(result.created.astimezone(UTC).date(), lang)
@@ -159,6 +163,7 @@ def cxr_card(
         else t("card.cxr.analysed", lang, date=format_date(result.created, lang))
     )
     parts = [
+        *([f"**{t('advisory.demo_model', lang)}**"] if demo else []),
         dated,
         t(
             "card.cxr.detail",
@@ -195,11 +200,7 @@ def cxr_card(
         summary=_summary(result, tb, when, lang),
         detail="\n\n".join(parts),
         indicator="critical" if tb is not None else "warning" if flagged else "info",
-        source=Source(
-            label=t(
-                "card.source.label", lang, model=result.model.name, version=result.model.version
-            )
-        ),
+        source=Source(label=t("card.source.demo", lang, source=label) if demo else label),
         suggestions=suggestions,
         selectionBehavior="at-most-one" if suggestions else None,
         overrideReasons=list(override_reasons(lang)),

@@ -23,6 +23,7 @@ from serving.http.pipeline import Answer
 from serving.imaging.card import cxr_card, patient_age
 from serving.imaging.results import CxrResult, now
 from serving.imaging.state import ImagingState
+from serving.synthetic import trained_on_synthetic
 from serving.ui.links import LinkSigner, signer
 
 __all__ = ["SERVICE", "SERVICE_ID", "CxrTriage", "card_for"]
@@ -52,10 +53,17 @@ def card_for(
     *,
     patient_id: str | None = None,
     age: float | None = None,
+    demo: bool = False,
 ) -> Card:
     """The card for one stored read (:func:`serving.imaging.card.cxr_card`)."""
     return cxr_card(
-        result, public_url=public_url, signer=signer, lang=lang, patient_id=patient_id, age=age
+        result,
+        public_url=public_url,
+        signer=signer,
+        lang=lang,
+        patient_id=patient_id,
+        age=age,
+        demo=demo,
     )
 
 
@@ -87,6 +95,9 @@ class CxrTriage:
                     call.lang,
                     patient_id=patient,
                     age=age,
+                    # The loaded model made this read and records synthetic training data.
+                    demo=result.model.sha256 == state.analyser.identity.sha256
+                    and trained_on_synthetic(state.analyser.stored.metadata),
                 )
             ]
             exchange.input_sha256 = result.input_sha256

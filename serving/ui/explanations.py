@@ -22,6 +22,7 @@ from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd
 from serving.assess import Advice, WhoSettings, model_validated
 from serving.audit.records import ExplanationRecord
 from serving.protocol import Text
+from serving.synthetic import trained_on_synthetic
 
 __all__ = [
     "ModelView",
@@ -60,6 +61,9 @@ class ModelView(BaseModel):
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    synthetic: bool = Field(
+        default=False, description="Trained on synthetic data: a demo model, not for clinical use."
+    )
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ModelView:
@@ -72,6 +76,7 @@ class ModelView(BaseModel):
             intended_use=meta.intended_use,
             limitations=list(meta.limitations),
             metrics=headline_metrics(meta.metrics),
+            synthetic=trained_on_synthetic(meta),
         )
 
 
