@@ -48,7 +48,7 @@ def _patient_view(p: demo.DemoPatient, lang: str) -> dict[str, Any]:
     for r in resources:
         if r["resourceType"] != "Observation":
             continue
-        name = r["id"].removeprefix(f"{p.id}-")
+        name = r["id"].removeprefix(f"{p.id}-").replace("-", "_")
         label = feature_label(name, lang)
         if "valueQuantity" in r:
             q = r["valueQuantity"]

@@ -50,7 +50,7 @@ def test_latest_recent_read_becomes_one_card(make_app: AppFactory, audit: Lockab
     # (the API-key FHIR DiagnosticReport route would answer 401 there).
     assert len(card.links) == 2
     assert all("&sig=" in link.url for link in card.links)
-    assert "0.7" in (card.detail or "")
+    assert "**nodule 70 (threshold 50)** (at or above threshold)" in (card.detail or "")
     assert "unverified" in (card.detail or "")
     (row,) = [r for r in audit.rows() if r.service_id == "cxr-triage"]
     assert row.outcome == "advice"
