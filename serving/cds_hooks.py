@@ -148,6 +148,8 @@ class NcdService:
                 who=who,
                 prior=found.prior,
                 unreadable=found.problems,
+                protocol=runtime.config.protocol.load(),
+                history=found.history,
             )
         except PrefetchError as exc:
             raise BadRequest("invalid-prefetch", str(exc), f"prefetch.{exc.key}") from None
@@ -169,6 +171,8 @@ class NcdService:
             explain_url="",
             region=_region_name(advice),
             source_url=_model_page(base, advice.metadata, lang),
+            diabetes_warning_percent=runtime.config.diabetes_scale.warning_percent,
+            today=today,
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"

@@ -16,6 +16,7 @@ from models.registry import ArtifactError, StoredModel
 from serving.config import ServingConfig
 from serving.http.caller import Caller
 from serving.settings import Settings
+from serving.synthetic import check_servable
 
 if TYPE_CHECKING:
     from models.ncd_predictor import NcdPredictor
@@ -96,6 +97,11 @@ class Runtime:
         runtime = cls(settings=settings, config=config)
         for name, version in config.models.items():
             runtime.models[name] = registry.verify(name, version)
+            check_servable(
+                runtime.models[name].metadata,
+                dev=settings.dev,
+                allow_synthetic=config.allow_synthetic_models,
+            )
             logger.info("verified model %s", runtime.models[name].metadata.tag)
         for service_id, service in config.ncd_services.items():
             stored = runtime.models[service.model]
