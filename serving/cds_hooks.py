@@ -232,7 +232,11 @@ async def _cds_call(request: Request, exchange: Exchange) -> Answer:
         )
     assert exchange.caller is not None
     lang = negotiate(request.headers.get("accept-language"), runtime.language)
-    return await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    answer = await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    if answer.outcome in ("advice", "no-advice") and runtime.silent(exchange.service_id):
+        exchange.mode = "silent"  # the cards stay stored (card_ids, explanation), unsent
+        answer.response = _no_cards()
+    return answer
 
 
 def _no_advice_on_error(exchange: Exchange) -> Answer:

@@ -127,6 +127,13 @@ class ServingConfig(BaseModel):
     fetch_timeout_s: float = Field(
         default=2.0, gt=0, le=10, description="Deadline for fetching missing prefetch (s)."
     )
+    silent: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="CDS service id -> the sites (TONLE_SITE) where it runs silently, '*' "
+        "for every site: the model runs and its results, cards and audit rows (mode "
+        "'silent') are stored, and the EHR gets `cards: []`. For a site proving a model "
+        "on its own traffic before go-live.",
+    )
     imaging: ImagingConfig | None = Field(
         default=None,
         description="Chest X-ray serving (model, site thresholds, PACS); unset = no imaging.",

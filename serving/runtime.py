@@ -120,7 +120,15 @@ class Runtime:
         from serving.imaging.state import attach
 
         attach(runtime)  # chest X-ray model + cxr-triage service, when configured (IMG-C)
+        unknown = sorted(set(config.silent) - set(runtime.cds_services))
+        if unknown:
+            raise ValueError(f"silent names unknown CDS service(s) {unknown}")
         return runtime
+
+    def silent(self, service_id: str) -> bool:
+        """Whether ``service_id`` keeps its cards from the EHR at this site."""
+        sites = self.config.silent.get(service_id, ())
+        return "*" in sites or self.settings.site in sites
 
     def warm_up(self) -> None:
         """Run each model on its golden input (the reference row) and the WHO chart on a

@@ -70,7 +70,7 @@ def _serving_config(pinned: dict[str, str]) -> dict[str, object]:
     }
     if "cxr-triage" in pinned:
         # Chest X-ray serving; the demo EHR's "send the X-ray" uses DEMO_DIR/cxr-synthetic.
-        config["imaging"] = {"model": "cxr-triage", "results_dir": str(DEMO_DIR / "imaging")}
+        config["imaging"] = {"model": "cxr-triage"}
     return config
 
 

@@ -5,8 +5,10 @@ the study arrived, through ``POST /v1/imaging/cxr`` or the DICOMweb route), with
 heatmap link. Nothing is computed during the hook call, so it answers well inside
 the ~500 ms EHRs allow. ``cards: []`` when there is no recent read.
 
-Patients are matched on identifier: the hook's ``context.patientId`` must equal the
-DICOM PatientID of the image, or the ``patient`` given when the image was posted.
+Patients are matched on identifier within the caller's tenant: the hook's
+``context.patientId`` must equal the DICOM PatientID of the image, or the ``patient``
+given when the image was posted, by a caller of the same tenant (patient ids are unique
+only within one EHR).
 """
 
 from __future__ import annotations
@@ -82,7 +84,10 @@ class CxrTriage:
         exchange.model = state.analyser.identity
         since = now() - timedelta(days=state.config.recent_days)
         patient = call.hook.context.patientId
-        result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
+        # Patient ids are unique only within one EHR: look up within the caller's tenant.
+        result = await run_in_threadpool(
+            state.store.latest_for_patient, patient, since, tenant=call.caller.tenant
+        )
         cards = []
         if result:
             link_signer = await run_in_threadpool(signer, call.runtime)
@@ -100,6 +105,7 @@ class CxrTriage:
                     and trained_on_synthetic(state.analyser.stored.metadata),
                 )
             ]
+            exchange.model = result.model  # the model that made the read shown
             exchange.input_sha256 = result.input_sha256
             exchange.card_ids = [c.uuid for c in cards]
         body = CdsResponse(cards=cards).model_dump_json(exclude_none=True)
