@@ -53,3 +53,30 @@ def test_khmer_page_protocol_text(app_rt: tuple[Starlette, Runtime]) -> None:
     page = _page(app, "demo-02", lang="km")
     assert "ពិធីសារ 2026.1-draft" in page
     assert "មិនទាន់អនុម័តដោយប្រធានគ្លីនិក" in page
+
+
+def test_page_gives_the_recorded_comparison_with_the_chart(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: the demo model discriminates worse than the chart (test AUROC 0.689 vs
+    0.719) yet led the card. Saved with --accept-worse-than-who, it is not shown, and
+    the page gives the numbers and the reason recorded."""
+    app, runtime = app_rt
+    assert "records no comparison with the WHO chart" in _page(app, "demo-02")
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    comparison = {
+        "n": 1200, "auroc_model": {"value": 0.689}, "auroc_who": {"value": 0.719},
+        "at_least_as_good": False, "accepted_reason": "demo on synthetic data",
+    }  # fmt: skip
+    extra = {**predictor.metadata.extra, "who_comparison": comparison}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    card = _card_for(app, "demo-02")
+    assert "local model" not in card["summary"]
+    page = _page(app, "demo-02")
+    assert 'id="ml-risk"' not in page
+    assert (
+        "On the same 1200 test patients: AUROC of the model 0.689, of the WHO chart 0.719." in page
+    )
+    assert "not at least as good as the chart: demo on synthetic data" in page
