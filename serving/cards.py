@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Literal
 
@@ -523,7 +523,7 @@ def ncd_card(
             made_by,
             patient_id,
             encounter_id,
-            today or date.today(),
+            today or datetime.now(UTC).date(),
             how,
         ),
         selectionBehavior="any",
