@@ -9,7 +9,7 @@ PORT ?= 3000
 # Debian packages the integration tests drive (browser, PACS, fonts).
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium postgresql-client haproxy
 
-.PHONY: demo test lint typecheck pytest system-deps requirements bento clean
+.PHONY: demo test lint typecheck pytest perf system-deps requirements bento clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# Load and timing thresholds (throughput, latency percentiles, memory drift): on a quiet
+# machine, apart from the deterministic suite.
+perf: $(STAMP)
+	$(BIN)/pytest -m performance
 
 ## requirements: rewrite requirements/serving.txt (the Bento's lock) after a dependency change
 requirements: $(STAMP)

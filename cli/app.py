@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cli import bento, imaging, models, ops, serve, who
+from cli import bento, imaging, models, monitor, ops, serve, who
 
 __all__ = ["TRAINING_MODULES", "app", "main", "missing_training_modules"]
 
@@ -78,6 +78,7 @@ models.register(app)  # tonle models list / show / verify
 serve.register(app)  # tonle serve / demo-token
 imaging.register(app)  # tonle imaging orthanc-lua / analyse
 who.register(app)  # tonle who regions
+monitor.register(app)  # tonle monitor report
 bento.register(app)  # tonle bento build
 
 _missing = missing_training_modules()

@@ -357,7 +357,8 @@ def verify(name: str, version: str, expected_sha256: str | None = None) -> Store
             "will not be loaded"
         )
     identity = artifact_digest(meta, card_manifest(stored.card_dir))
-    recorded = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata.get("sha256")
+    record = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata
+    recorded = str(record.get("sha256") or "nothing")
     if identity != meta.sha256 or identity != recorded:
         raise ArtifactError(
             f"{meta.tag}: the digest of {METADATA_FILE} and the card is {identity}, the "
