@@ -66,10 +66,16 @@ _MAX_ONNX_BYTES = 2 * 1024**3
 
 
 def store_home() -> Path:
-    """The store's home: ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
+    """The store's home: the Bento this code runs from when it packs models, else
+    ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
 
+    A Bento serves only the models built into it (BentoML's layout: ``BENTO/src/models/``
+    holds this module, ``BENTO/models/`` the artifacts), whatever store the host has.
     Read on every call so that tests and the CLI can point at another store.
     """
+    bento = Path(__file__).resolve().parents[2]
+    if (bento / "bento.yaml").is_file() and (bento / "models").is_dir():
+        return bento
     home = os.environ.get("BENTOML_HOME") or os.environ.get("TONLE_MODEL_STORE")
     return Path(home or ".tonle/models").resolve()
 
@@ -343,15 +349,20 @@ def verify(name: str, version: str, expected_sha256: str | None = None) -> Store
     files = set(_regular_files(stored.path))  # refuses links anywhere in the artifact
     if stored.onnx_path not in files:
         raise ArtifactError(f"{meta.tag} has no {ONNX_FILE}")
+    if not meta.onnx_sha256:
+        raise ArtifactError(
+            f"{meta.tag} was saved before artifacts recorded their identity; delete it "
+            f"from the store ({stored.path}) and save it again"
+        )
     actual = sha256_file(stored.onnx_path)
     if actual != meta.onnx_sha256:
         raise ArtifactError(
             f"{meta.tag}: sha256 of {ONNX_FILE} is {actual}, metadata says "
-            f"{meta.onnx_sha256 or 'nothing'}; the artifact was modified or corrupted and "
-            "will not be loaded"
+            f"{meta.onnx_sha256}; the artifact was modified or corrupted and will not be loaded"
         )
     identity = artifact_digest(meta, card_manifest(stored.card_dir))
-    recorded = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata.get("sha256")
+    record = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata
+    recorded = str(record.get("sha256") or "nothing")
     if identity != meta.sha256 or identity != recorded:
         raise ArtifactError(
             f"{meta.tag}: the digest of {METADATA_FILE} and the card is {identity}, the "

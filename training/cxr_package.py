@@ -228,6 +228,7 @@ def package_model(
             code_version=_code_version(),
             library_versions=_library_versions(),
             extra={
+                "synthetic_training_data": cfg.data.synthetic is not None,
                 "arch": cfg.model.arch,
                 "mask_loss": {
                     "weight": cfg.localisation.weight,

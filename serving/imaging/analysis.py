@@ -4,7 +4,9 @@ The steps are split so that the HTTP route can run the CPU-bound parts in a work
 thread and send the model call through the adaptive batcher (:mod:`serving.imaging.batching`):
 :meth:`CxrAnalyser.prepare` (decode + quality gate + preprocessing),
 a model call on the ``[N, 1, S, S]`` batch, then :meth:`CxrAnalyser.finish`
-(thresholds, heatmap, storage). :meth:`CxrAnalyser.analyse` does all three in line.
+(thresholds, heatmap source). :meth:`CxrAnalyser.analyse` does all three in line. Nothing
+is stored here: the route commits the read with its audit row
+(:mod:`serving.imaging.results`).
 
 Decoding, the quality gate and preprocessing are the ones training uses
 (``models.cxr_preprocess``, ``models.cxr_quality``): train/serve skew is a defect.
@@ -28,10 +30,10 @@ from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
+    Analysed,
     CxrFinding,
     CxrResult,
     ModelIdentity,
-    ResultStore,
     StudyRef,
     Timings,
     now,
@@ -124,13 +126,12 @@ def _quality_module() -> Any:
 
 
 class CxrAnalyser:
-    """Analyses chest X-rays with one verified model and stores the results."""
+    """Analyses chest X-rays with one verified model."""
 
     def __init__(
         self,
         stored: StoredModel,
         runner: CxrModelRunner,
-        store: ResultStore,
         config: ImagingConfig,
         site: str = "default",
     ) -> None:
@@ -140,7 +141,6 @@ class CxrAnalyser:
             raise ValueError(f"{stored.metadata.tag} has no image input contract")
         self.stored = stored
         self.runner = runner
-        self.store = store
         self.config = config
         self.site = site
         self.size = stored.metadata.image.size
@@ -265,8 +265,8 @@ class CxrAnalyser:
         cam: np.ndarray,
         model_ms: float,
         model_batch: int = 1,
-    ) -> CxrResult:
-        """Apply thresholds, store the result and what its heatmap is drawn from.
+    ) -> Analysed:
+        """Apply thresholds; the read and what its heatmap is drawn from, not stored.
 
         Args:
             prepared: the output of :meth:`prepare`.
@@ -308,7 +308,7 @@ class CxrAnalyser:
         flagged = [f.label for f in findings if f.flagged]
         heat_label = self._heatmap_label(findings)
         result_id = uuid.uuid4().hex
-        # The PNGs are drawn on first read (serving.imaging.heatmap).
+        # The PNGs are drawn when they are asked for (serving.imaging.heatmap).
         heatmap = HeatmapSource.of(prepared.model_input[0], cam[self.labels.index(heat_label)])
         t_heat = time.perf_counter()
         timings = Timings(
@@ -332,11 +332,7 @@ class CxrAnalyser:
             input_sha256=prepared.input_sha256,
             timings=timings,
         )
-        self.store.save(result, heatmap)
-        store_ms = (time.perf_counter() - t_heat) * 1000
-        return result.model_copy(
-            update={"timings": timings.model_copy(update={"store_ms": store_ms})}
-        )
+        return Analysed(result, heatmap)
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
         """The flagged finding with the highest (calibrated) probability, else 'abnormal'.
@@ -358,7 +354,7 @@ class CxrAnalyser:
             raise CannotAssess("model-error", "the model call failed", 503) from exc
         return probs[0], cams[0], (time.perf_counter() - t0) * 1000
 
-    def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> CxrResult:
+    def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> Analysed:
         """The whole pipeline for one image, in the calling thread.
 
         Raises:

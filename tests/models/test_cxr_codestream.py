@@ -29,7 +29,9 @@ REAL = {
 def _frame(name: str) -> tuple[str, bytes, int]:
     from pydicom.encaps import generate_frames
 
-    ds = pydicom.dcmread(get_testdata_file(name))
+    path = get_testdata_file(name)
+    assert isinstance(path, str), f"pydicom test file {name} is not installed"
+    ds = pydicom.dcmread(path)
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     return str(ds.file_meta.TransferSyntaxUID), frame, int(ds.BitsAllocated) // 8
 
