@@ -103,6 +103,12 @@ def _serving(target: str, cwd: Path, home: Path, tmp: Path) -> Iterator[str]:
             proc.wait(10)
 
 
+def _files(folder: Path) -> set[Path]:
+    """Every file under ``folder`` but bytecode caches (which Python skips when it may not
+    write them)."""
+    return {p for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
 def _demo_call(url: str, tmp: Path) -> None:
     """POST the demo patient's request: advice, its audit row, its explanation page."""
     request = write_demo_request(tmp / "demo-request.json")
@@ -155,10 +161,21 @@ def test_the_unpacked_bento_serves_its_own_models_as_in_the_image(
     assert sorted(p.name for p in (bento / "models").iterdir()) == ["cvd-risk", "diabetes-risk"]
     assert not (bento / "src" / "training").exists()
     empty_home = tmp_path / "home"
+    before = _files(bento)
 
     with _serving(str(bento), tmp_path, empty_home, tmp_path) as url:
         _demo_call(url, tmp_path)
 
+    # A read-only root file system is possible: nothing written into the Bento, and in
+    # BentoML's home only what the image mounts a volume for.
+    assert _files(bento) == before
+    written = {p.relative_to(empty_home) for p in empty_home.rglob("*") if p.is_file()}
+    assert {p.parts[0] for p in written} == {"prometheus_multiproc_dir"}
+    created = {p.name for p in empty_home.iterdir()}
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert f"mkdir -p {' '.join(sorted(created - {'prometheus_multiproc_dir'}))} prometheus" in (
+        dockerfile
+    ), created
     assert not (empty_home / "models").exists() or not any((empty_home / "models").iterdir())
 
 

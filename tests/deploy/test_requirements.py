@@ -88,3 +88,12 @@ def test_bentofile_installs_the_serving_lock_and_ships_the_operations_cli() -> N
     }
     assert "cli/**/*.py" in options["include"]
     assert "training/" in options["exclude"]
+
+
+def test_bentofile_packs_the_models_the_shipped_serving_config_pins() -> None:
+    """A plain `bentoml build` must pack what configs/serving.yaml pins
+    (`tonle bento build` fills `models:` itself from the config it is given)."""
+    options = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "serving.yaml").read_text())
+
+    assert sorted(options["models"]) == sorted(f"{n}:{v}" for n, v in config["models"].items())

@@ -243,7 +243,7 @@ class _OutOfDistributionRunner:
 
 @pytest.mark.parametrize("batching", [True, False])
 def test_the_models_ood_gate_refuses_before_any_score(
-    make_app: AppFactory, audit: ListAudit, batching: bool
+    make_app: AppFactory, audit: LockableAudit, batching: bool
 ) -> None:
     client, state = make_app(adaptive_batching=batching)
     state.analyser.runner = _OutOfDistributionRunner()
@@ -255,7 +255,7 @@ def test_the_models_ood_gate_refuses_before_any_score(
     assert body["reason"] == "out-of-distribution"
     assert body["detail"] == "cannot assess: unlike the images this model was trained on"
     assert "findings" not in body
-    assert [(r.outcome, r.reason) for r in audit.rows] == [("no-advice", "out-of-distribution")]
+    assert [(r.outcome, r.reason) for r in audit.rows()] == [("no-advice", "out-of-distribution")]
 
 
 def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) -> None:
