@@ -1,7 +1,7 @@
 """The ``tonle`` Typer app and its two registration lists.
 
 * Operations (serving dependencies only; they ship in the Bento): ``serve``, ``db``,
-  ``apikey``, ``audit``, ``models``, ``imaging``, ``demo-token``.
+  ``apikey``, ``audit``, ``models``, ``imaging``, ``bento``, ``demo-token``.
 * Training (``train``, ``data``, ``evaluate``, ``score``, ``demo`` ...): added only when
   the ``training`` package and its dependencies can be imported. Elsewhere, e.g. in the
   serving image, ``tonle --help`` says what is missing and how to get it.
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cli import imaging, models, ops, serve, who
+from cli import bento, imaging, models, monitor, ops, serve, who
 
 __all__ = ["TRAINING_MODULES", "app", "main", "missing_training_modules"]
 
@@ -78,6 +78,8 @@ models.register(app)  # tonle models list / show / verify
 serve.register(app)  # tonle serve / demo-token
 imaging.register(app)  # tonle imaging orthanc-lua / analyse
 who.register(app)  # tonle who regions
+monitor.register(app)  # tonle monitor report
+bento.register(app)  # tonle bento build
 
 _missing = missing_training_modules()
 if _missing:

@@ -8,6 +8,10 @@ They act on the audit database named by ``--database-url`` or ``TONLE_DATABASE_U
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sqlite3
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +22,8 @@ from rich.table import Table
 from cli.console import EXIT_BAD_INPUT, console, fail, out
 
 if TYPE_CHECKING:
+    from sqlalchemy import URL
+
     from serving.audit import AuditStore
 
 __all__ = ["apikey_app", "audit_app", "db_app", "register"]
@@ -111,6 +117,106 @@ def db_grant_service_role(
     finally:
         store.close()
     out.print(f"granted {role}: INSERT/SELECT on audit tables, no UPDATE/DELETE")
+
+
+def _libpq(url: URL) -> tuple[str, dict[str, str]]:
+    """A libpq connection string without the password, and the environment that carries
+    it (never on a command line, where ``ps`` shows it)."""
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+    conninfo = url.set(drivername="postgresql", password=None)
+    return conninfo.render_as_string(hide_password=False), env
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    if shutil.which(command[0]) is None:
+        raise fail(f"{command[0]} not found: install the PostgreSQL client (postgresql-client)")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise fail(f"{command[0]} failed: {done.stderr.strip()}")
+
+
+@db_app.command("backup")
+def db_backup(
+    output: Annotated[Path, typer.Argument(help="Backup file to write (must not exist).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write a consistent backup of the audit database while the service runs.
+
+    SQLite: SQLite's online backup (a database file). PostgreSQL: pg_dump's custom
+    format (restore with `tonle db restore` or pg_restore).
+
+    Example: tonle db backup /backups/tonle-2026-01-31.dump
+    """
+    from sqlalchemy import make_url
+
+    url = make_url(_url(database_url))
+    if output.exists():
+        raise fail(f"{output} exists; a backup never overwrites a file", EXIT_BAD_INPUT)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or not Path(url.database).is_file():
+            raise fail(f"no SQLite database at {url.database!r}", EXIT_BAD_INPUT)
+        source = sqlite3.connect(url.database)
+        target = sqlite3.connect(output)
+        try:
+            source.backup(target)
+            (check,) = target.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            target.close()
+            source.close()
+        if check != "ok":
+            output.unlink()
+            raise fail(f"the backup failed its integrity check: {check}")
+    else:
+        conninfo, env = _libpq(url)
+        _run(["pg_dump", "--format=custom", "--no-owner", "--file", str(output), conninfo], env)
+    console.print(f"backed up the audit database to {output}")
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Annotated[Path, typer.Argument(help="A file written by `tonle db backup`.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Restore a backup into an empty database, then bring it to the shipped schema.
+
+    SQLite: the database file must not exist. PostgreSQL: the database must exist and
+    hold no tables (create it first). Stop the service before restoring over its data.
+
+    Example: tonle db restore tonle-2026-01-31.dump --database-url postgresql+psycopg://db/new
+    """
+    from sqlalchemy import create_engine, inspect, make_url
+
+    url = make_url(_url(database_url))
+    if not backup.is_file():
+        raise fail(f"no backup file {backup}", EXIT_BAD_INPUT)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or Path(url.database).exists():
+            raise fail(f"{url.database!r} exists: restore into a new file", EXIT_BAD_INPUT)
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        source = sqlite3.connect(backup)
+        target = sqlite3.connect(url.database)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+    else:
+        engine = create_engine(url.set(drivername="postgresql+psycopg"))
+        try:
+            tables = inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+        if tables:
+            raise fail(f"the target database is not empty ({len(tables)} tables)", EXIT_BAD_INPUT)
+        conninfo, env = _libpq(url)
+        _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
+              "--dbname", conninfo, str(backup)], env)  # fmt: skip
+    store = _open(database_url)  # migrates a backup taken before an upgrade
+    count = store.count()
+    store.close()
+    out.print(f"restored {count} audit row(s) from {backup}")
 
 
 @apikey_app.command("create")

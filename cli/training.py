@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import EXIT_BAD_INPUT, EXIT_USAGE, console, fail, out
+from cli.console import EXIT_USAGE, console, fail, out
 from cli.serve import serve
 
 __all__ = ["register"]
@@ -32,11 +32,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command("demo")(demo)
     data_app.command("synthetic-cxr")(data_synthetic_cxr)
-    data_app.command("import-cxr")(data_import_cxr)
     # One line per training area (each adds its commands to the groups it is given).
     ncd_cli.register(app, train_app)  # tonle train cvd-risk / diabetes-risk, tonle evaluate
     ncd_data_cli.register(app, data_app)  # tonle data synthetic-ncd / nafld, tonle score
-    cxr_cli.register(app, train_app)  # tonle train cxr; tonle evaluate handles cxr-triage
+    cxr_cli.register(app, train_app)  # tonle train cxr, data import-cxr; evaluate: cxr-triage
     calibrate_cli.register(app)  # tonle calibrate cxr
 
 
@@ -71,37 +70,6 @@ def data_synthetic_cxr(
         from training.cxr_sheet import contact_sheet as draw_sheet
 
         out.print(f"contact sheet {draw_sheet(labels, contact_sheet)}")
-
-
-def data_import_cxr(
-    kind: Annotated[str, typer.Argument(help="nih-cxr14, shenzhen, montgomery, tbx11k or folder.")],
-    source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
-    out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
-    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    val: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
-    test: Annotated[float, typer.Option(help="Share for test without an official list.")] = 0.1,
-    labels: Annotated[
-        Path | None, typer.Option(help="For 'folder': the labels CSV (default SOURCE/labels.csv).")
-    ] = None,
-) -> None:
-    """Convert a public chest X-ray data set's layout into Tonle's labels.csv.
-
-    Splits are by patient; official test lists are kept.
-
-    Example: tonle data import-cxr nih-cxr14 ~/data/ChestX-ray14 data/nih
-    """
-    from training.cxr_datasets import ADAPTERS, import_dataset
-
-    if kind not in ADAPTERS:
-        raise fail(f"unknown data set kind {kind!r}; choose from {', '.join(ADAPTERS)}", EXIT_USAGE)
-    try:
-        path = import_dataset(
-            kind, source, out_dir, seed=seed, val_fraction=val, test_fraction=test,
-            labels_csv=labels,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from exc
-    out.print(f"wrote {path}")
 
 
 def demo(

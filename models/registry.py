@@ -66,10 +66,16 @@ _MAX_ONNX_BYTES = 2 * 1024**3
 
 
 def store_home() -> Path:
-    """The store's home: ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
+    """The store's home: the Bento this code runs from when it packs models, else
+    ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
 
+    A Bento serves only the models built into it (BentoML's layout: ``BENTO/src/models/``
+    holds this module, ``BENTO/models/`` the artifacts), whatever store the host has.
     Read on every call so that tests and the CLI can point at another store.
     """
+    bento = Path(__file__).resolve().parents[2]
+    if (bento / "bento.yaml").is_file() and (bento / "models").is_dir():
+        return bento
     home = os.environ.get("BENTOML_HOME") or os.environ.get("TONLE_MODEL_STORE")
     return Path(home or ".tonle/models").resolve()
 

@@ -2,7 +2,8 @@
 
 * :class:`TimeoutMiddleware`: BentoML's request timeout with its timer cancelled once
   the request is done, patched into ``bentoml._internal.server.http.traffic``.
-* :func:`listening_host`: the address the serving worker's socket is bound to.
+* :func:`listening_host`: the address the serving worker's socket is bound to, which
+  :func:`refuse_open_bind` checks in dev mode and the demo.
 * :func:`swagger_ui_assets`: the Swagger UI files BentoML ships (served by ``/docs``).
 
 ``tests/serving/test_bento_internals.py`` fails loudly when a BentoML upgrade moves or
@@ -16,12 +17,23 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bentoml._internal.server.http import traffic as bentoml_traffic
 from starlette.responses import JSONResponse
 
-__all__ = ["TimeoutMiddleware", "install_timeout_middleware", "listening_host", "swagger_ui_assets"]
+from serving.http.caller import is_loopback
+
+if TYPE_CHECKING:
+    from serving.settings import Settings
+
+__all__ = [
+    "TimeoutMiddleware",
+    "install_timeout_middleware",
+    "listening_host",
+    "refuse_open_bind",
+    "swagger_ui_assets",
+]
 
 
 class TimeoutMiddleware(bentoml_traffic.TimeoutMiddleware):
@@ -83,6 +95,24 @@ def listening_host(argv: list[str] | None = None) -> str | None:
     except (ValueError, OSError):
         return None
     return host
+
+
+def refuse_open_bind(settings: Settings) -> None:
+    """Dev mode and the demo serve unauthenticated (or self-issued) callers: refuse to
+    start when the worker listens on anything but a loopback address.
+
+    Raises:
+        RuntimeError: dev mode or the demo on a non-loopback address.
+    """
+    if not (settings.dev or settings.demo_issuer_dir is not None):
+        return
+    host = listening_host()
+    if host is not None and not is_loopback(host):
+        raise RuntimeError(
+            f"TONLE_DEV / TONLE_DEMO_ISSUER_DIR serve unauthenticated callers and are "
+            f"allowed on a loopback address only, but this service listens on {host}: "
+            "bind to 127.0.0.1, or configure authentication instead"
+        )
 
 
 def swagger_ui_assets() -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -46,9 +47,11 @@ from serving.http.pipeline import Answer, endpoint, route_of
 from serving.i18n import negotiate
 from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
-from serving.runtime import Runtime
 from serving.ui.explanations import explanation_record
 from serving.ui.links import signer
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 __all__ = ["NcdService", "discovery_document", "response_body", "routes"]
 
@@ -148,6 +151,8 @@ class NcdService:
                 who=who,
                 prior=found.prior,
                 unreadable=found.problems,
+                protocol=runtime.config.protocol.load(),
+                history=found.history,
             )
         except PrefetchError as exc:
             raise BadRequest("invalid-prefetch", str(exc), f"prefetch.{exc.key}") from None
@@ -169,6 +174,8 @@ class NcdService:
             explain_url="",
             region=_region_name(advice),
             source_url=_model_page(base, advice.metadata, lang),
+            diabetes_warning_percent=runtime.config.diabetes_scale.warning_percent,
+            today=today,
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"
@@ -228,7 +235,11 @@ async def _cds_call(request: Request, exchange: Exchange) -> Answer:
         )
     assert exchange.caller is not None
     lang = negotiate(request.headers.get("accept-language"), runtime.language)
-    return await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    answer = await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    if answer.outcome in ("advice", "no-advice") and runtime.silent(exchange.service_id):
+        exchange.mode = "silent"  # the cards stay stored (card_ids, explanation), unsent
+        answer.response = _no_cards()
+    return answer
 
 
 def _no_advice_on_error(exchange: Exchange) -> Answer:

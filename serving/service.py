@@ -14,8 +14,7 @@ import bentoml
 from models.logs import configure_logging
 from serving.app import create_app
 from serving.audit import AuditStore
-from serving.bento_internals import install_timeout_middleware, listening_host
-from serving.http.caller import is_loopback
+from serving.bento_internals import install_timeout_middleware, refuse_open_bind
 from serving.readiness import AuditProbe
 from serving.runtime import Runtime
 from serving.settings import Settings
@@ -53,7 +52,7 @@ class Tonle:
     def __init__(self) -> None:
         settings = Settings()
         configure_logging(settings.log_level, settings.log_json)
-        _refuse_open_bind(settings)
+        refuse_open_bind(settings)
         logging.getLogger("uvicorn.access").disabled = True
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
@@ -93,21 +92,3 @@ class Tonle:
             loop.call_soon_threadsafe(loop.call_later, drain_s, uvicorn_exit, signum, frame)
 
         signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _refuse_open_bind(settings: Settings) -> None:
-    """Dev mode and the demo serve unauthenticated (or self-issued) callers: refuse to
-    start when the worker listens on anything but a loopback address.
-
-    Raises:
-        RuntimeError: dev mode or the demo on a non-loopback address.
-    """
-    if not (settings.dev or settings.demo_issuer_dir is not None):
-        return
-    host = listening_host()
-    if host is not None and not is_loopback(host):
-        raise RuntimeError(
-            f"TONLE_DEV / TONLE_DEMO_ISSUER_DIR serve unauthenticated callers and are "
-            f"allowed on a loopback address only, but this service listens on {host}: "
-            "bind to 127.0.0.1, or configure authentication instead"
-        )

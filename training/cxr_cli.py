@@ -76,6 +76,17 @@ def train_cxr_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint.")
     ] = False,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this local state dict (torchvision DenseNet121 / ResNet18 "
+            "layout, or a saved Tonle model); overrides init.weights.",
+        ),
+    ] = None,
+    weights_origin: Annotated[
+        str | None,
+        typer.Option(help="Where --init-weights came from (recorded in the model card)."),
+    ] = None,
 ) -> None:
     """Train, calibrate, export and register the chest X-ray triage model.
 
@@ -83,6 +94,8 @@ def train_cxr_command(
     trained); 5 the trained model failed a held-out gate (named; nothing saved).
 
     Example: tonle train cxr --config configs/cxr.yaml
+    Fine-tune: tonle train cxr --init-weights densenet121.pth --weights-origin "torchvision
+    ImageNet" (with model.arch densenet121; init.freeze_epochs, init.backbone_lr_scale)
     Two processes: torchrun --nproc_per_node 2 -m training.cxr_train --config configs/cxr.yaml
     """
     from training.openmp import prefer_passive_openmp
@@ -92,10 +105,10 @@ def train_cxr_command(
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
     from training.cxr_gates import GateError
-    from training.cxr_train import CxrTrainConfig
+    from training.cxr_train import CxrTrainConfig, with_init
 
     try:
-        cfg = load_config(config, CxrTrainConfig)
+        cfg = with_init(load_config(config, CxrTrainConfig), init_weights, weights_origin)
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from exc

@@ -83,7 +83,8 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 
 # NIH ChestX-ray14 label -> ours (labels not listed only make the image abnormal).
-NIH_MAP: dict[str, str] = {
+Finding = Literal["nodule", "consolidation", "effusion", "tb"]
+NIH_MAP: dict[str, Finding] = {
     "Nodule": "nodule",
     "Consolidation": "consolidation",
     "Pneumonia": "consolidation",
@@ -91,7 +92,7 @@ NIH_MAP: dict[str, str] = {
 }
 # NIH labels under which one of ours may hide: that label is unknown, never asserted
 # absent (an "Infiltration" may be consolidation, a "Mass" a large nodule).
-NIH_UNKNOWN: dict[str, str] = {"Infiltration": "consolidation", "Mass": "nodule"}
+NIH_UNKNOWN: dict[str, Finding] = {"Infiltration": "consolidation", "Mass": "nodule"}
 # BBox_List_2017.csv gives pixels of the 1024 x 1024 PNGs NIH distributes.
 NIH_BOX_SPACE = (1024, 1024)
 _NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender")
@@ -145,8 +146,8 @@ class LabelMap(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    positive: dict[str, Literal["nodule", "consolidation", "effusion", "tb"]]
-    unknown: dict[str, Literal["nodule", "consolidation", "effusion", "tb"]]
+    positive: dict[str, Finding]
+    unknown: dict[str, Finding]
 
 
 NIH_LABEL_MAP = LabelMap(positive=NIH_MAP, unknown=NIH_UNKNOWN)

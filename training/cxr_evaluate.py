@@ -401,6 +401,36 @@ def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
     )
 
 
+def _ood_text(ood: dict[str, Any] | None) -> str:
+    if not ood:
+        return "None: every image gets scores, however unlike the training images it is."
+    return (
+        f"Before any score is shown, an image whose {ood['method']} ({ood['dims']} "
+        f"dimensions, fitted on {ood['fitted_on']}, Ledoit-Wolf shrinkage "
+        f"{ood['shrinkage']:.3f}) to the training images exceeds the threshold (squared "
+        f"distance {ood['threshold']:.1f}: the {ood['threshold_on']}) is refused: "
+        '"cannot assess: unlike the images this model was trained on". The mean, '
+        "precision matrix and threshold are part of the ONNX graph (output `ood_score`, "
+        "above 1 = refuse), covered by its sha256. Held-out test images refused: "
+        f"{ood['refused_test']:.1%} of {ood['n_test']} (not used to set the threshold)."
+    )
+
+
+def _init_text(init: dict[str, Any] | None) -> str:
+    if not init:
+        return "- Initial weights: none (trained from scratch)"
+    adapted = "; ".join(f"{k}: {v}" for k, v in init.get("adapted", {}).items()) or "none"
+    return (
+        f"- Initial weights: `{init['file']}` (sha256 `{init['sha256']}`, origin: "
+        f"{init.get('origin') or 'not stated'}), {init['layout']} layout: {init['loaded']} "
+        f"of {init['total']} tensors loaded, {len(init.get('not_loaded', []))} left at "
+        f"their initial values, {len(init.get('unused', {}))} in the file not used; "
+        f"adapted: {adapted}. Fine-tuning: backbone frozen for "
+        f"{init.get('freeze_epochs', 0)} epoch(s), backbone learning rate x "
+        f"{init.get('backbone_lr_scale', 1.0):g}"
+    )
+
+
 def _plots(report: CxrReport, folder: Path) -> list[str]:
     import matplotlib
 
@@ -465,6 +495,7 @@ def write_card(
         f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
         "MONAI augmentation (affine, contrast, noise; finding masks move with the image)",
         _mask_loss_text(meta.extra.get("mask_loss", {})),
+        _init_text(meta.extra.get("init_weights")),
         f"- Patient-level split: train {split.get('train', '?')}, validation "
         f"{split.get('validation', '?')}, test {split.get('test', '?')} images; "
         f"assigned by {split.get('source', '?')}",
@@ -524,6 +555,7 @@ def write_card(
             f"every operating point sensitivity >= {gates['min_sensitivity']} and "
             f"specificity >= {gates['min_specificity']}",
         ]
+    lines += ["", "## Out-of-distribution gate", "", _ood_text(meta.extra.get("ood"))]
     lines += [
         "",
         "## Localisation of the activation maps",

@@ -16,15 +16,18 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from scipy.special import expit
 
 from models import registry
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
 from models.cxr_net import CXR_LABELS, CxrNet
+from models.cxr_ood import OodScored, embeddings, fit_gate, squared_distances
+from models.cxr_predictor import OOD_OUTPUT
 from models.metadata import ImageSpec, OperatingPoint
 from models.registry import StoredModel
 from training.cxr_data import CxrData
@@ -152,6 +155,26 @@ def choose_operating_points(
     return calibration, points, missing
 
 
+def _with_ood_gate(
+    cfg: CxrTrainConfig,
+    net: CxrNet,
+    train_images: npt.NDArray[np.float32] | None,
+    val: CxrData,
+    test: CxrData,
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The module to export (with the gate when configured) and the gate's description,
+    with the share of test images (not used to set it) that it refuses."""
+    if not cfg.ood.enabled or train_images is None:
+        return net, None
+    gate = fit_gate(embeddings(net, train_images), embeddings(net, val.images), cfg.ood.quantile)
+    mean, precision = np.asarray(gate.mean), np.asarray(gate.precision)
+    test_d2 = squared_distances(embeddings(net, test.images), mean, precision)
+    described: dict[str, Any] = gate.describe()
+    described["refused_test"] = float(np.mean(test_d2 > gate.threshold))
+    described["n_test"] = len(test_d2)
+    return OodScored(net, gate), described
+
+
 def package_model(
     cfg: CxrTrainConfig,
     net: CxrNet,
@@ -159,10 +182,12 @@ def package_model(
     test: CxrData,
     *,
     n_train: int,
+    train_images: npt.NDArray[np.float32] | None = None,
     n_masks: int,
     report: Callable[[str, int, int], None],
     mask_kinds: dict[str, int] | None = None,
     split_source: str = "",
+    init: dict[str, Any] | None = None,
 ) -> StoredModel:
     """Calibrate, choose thresholds, export, evaluate, gate and save ``net``.
 
@@ -181,7 +206,9 @@ def package_model(
     report("calibrate", 1, 1)
     with tempfile.TemporaryDirectory(prefix="cxr-export-") as tmp:
         folder = Path(tmp)
-        onnx_path = export_onnx(net, folder / registry.ONNX_FILE, size)
+        exported, ood = _with_ood_gate(cfg, net, train_images, val, test)
+        outputs = ("logits", "cam", OOD_OUTPUT) if ood else ("logits", "cam")
+        onnx_path = export_onnx(exported, folder / registry.ONNX_FILE, size, outputs)
         parity = check_parity(net, onnx_path, val.images[:16])
         cam_side = int(predict_torch(net, val.images[:1])[1].shape[-1])
         meta = cxr_metadata(
@@ -201,6 +228,7 @@ def package_model(
             code_version=_code_version(),
             library_versions=_library_versions(),
             extra={
+                "synthetic_training_data": cfg.data.synthetic is not None,
                 "arch": cfg.model.arch,
                 "mask_loss": {
                     "weight": cfg.localisation.weight,
@@ -215,6 +243,8 @@ def package_model(
                     "source": split_source,
                 },
                 "no_operating_point": missing,
+                "init_weights": init,  # None: trained from scratch
+                "ood": ood,  # None: no out-of-distribution gate in the graph
                 "gates": cfg.gates.model_dump(mode="json"),
             },
         )

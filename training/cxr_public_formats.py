@@ -60,8 +60,8 @@ def _labels(n: int, rng: np.random.Generator) -> list[list[str]]:
     abnormal = np.arange(normal, n)
     tokens = [label for label, k in counts.items() for _ in range(k)]
     rng.shuffle(tokens)  # type: ignore[arg-type]
-    for row, label in zip(abnormal, tokens, strict=False):  # one label each first
-        rows[row].append(label)
+    for first, label in zip(abnormal, tokens, strict=False):  # one label each first
+        rows[int(first)].append(label)
     for label in tokens[len(abnormal) :]:
         while True:
             row = int(rng.choice(abnormal))

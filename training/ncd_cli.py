@@ -212,20 +212,81 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     )
 
     app.command("evaluate")(evaluate)
+    app.command("recalibrate")(recalibrate)
+
+
+def recalibrate(
+    model: Annotated[str, typer.Argument(help="A stored NAME:VERSION (or NAME for the latest).")],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Local cohort: CSV (documented columns) or NDJSON folder."),
+    ],
+    version: Annotated[
+        str, typer.Option(help="Version to save the recalibrated model as (e.g. 1.0.1).")
+    ],
+    cards: Annotated[Path, typer.Option(help="Where model cards are written.")] = Path("artifacts"),
+    drop_incomplete: Annotated[
+        bool, typer.Option("--drop-incomplete", help="Leave out rows missing a required input.")
+    ] = False,
+    index_date: IndexDateOpt = None,
+    lookback_days: LookbackOpt = LOOKBACK_DAYS,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates for CIs.")] = 200,
+    complete_conditions: CompleteOpt = False,
+    skip_invalid: SkipInvalidOpt = False,
+) -> None:
+    """Refit a stored model's intercept and slope on local data; save it as a new version.
+
+    The new version names the old one as its parent. Use it when a model ranks patients
+    well but is miscalibrated locally; validate it with tonle evaluate on other local
+    patients before use (until then serving shows the WHO chart, not its number).
+
+    Example: tonle recalibrate cvd-risk:1.0.0 --data local.csv --version 1.0.1
+    """
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
+    from models import registry
+    from training.ncd_config import NcdTrainConfig
+    from training.ncd_recalibrate import RecalibrationError
+    from training.ncd_recalibrate import recalibrate as run
+    from training.ncd_table import TrainingDataError, check_table
+
+    name, _, parent_version = model.partition(":")
+    try:
+        stored = registry.verify(name, parent_version or "latest")
+        cfg = NcdTrainConfig.model_validate(stored.metadata.config)
+    except (registry.ArtifactError, ValueError) as exc:
+        raise fail(f"{model}: {exc}", EXIT_BAD_ARTIFACT) from exc
+    if any(meta.version == version for meta in registry.list_models(name)):
+        raise fail(f"{name}:{version} is already in the model store; give another --version", 2)
+    table = _load(data, index_date, lookback_days, complete_conditions, skip_invalid)
+    try:
+        cfg = cfg.model_copy(update={"drop_incomplete": drop_incomplete})
+        table = check_table(table, cfg, lambda line: console.print(line, highlight=False))
+        saved, record = run(stored, table, version, cards, bootstrap)
+    except (TrainingDataError, RecalibrationError) as exc:
+        raise fail(f"cannot recalibrate on {data}: {exc}", EXIT_BAD_INPUT) from exc
+    except registry.ArtifactError as exc:
+        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    out.print(
+        f"{saved.metadata.tag} saved (parent {stored.metadata.tag}): intercept "
+        f"{record['intercept']:.3f}, slope {record['slope']:.3f}; observed/expected "
+        f"{record['before']['observed_expected']:.2f} -> "
+        f"{record['after_in_sample']['observed_expected']:.2f} (in sample)"
+    )
 
 
 WHO_MODELS = ("who-cvd-lab", "who-cvd-nonlab")
 
 
-def _who_config(model: str) -> Any:
+def _who_config(model: str, missing_smoking_as_non_smoker: bool) -> Any:
     """A config that evaluates the WHO chart itself: its inputs, its age range (40-74)."""
     from training.ncd_config import NcdTrainConfig
 
     lab = model == "who-cvd-lab"
     features = ["sex", "age", "smoking", "sbp", *(["total_chol", "diabetes"] if lab else ["bmi"])]
+    required = [f for f in features if not (missing_smoking_as_non_smoker and f == "smoking")]
     return NcdTrainConfig(
         name=model, version="2019", outcome="cvd", description="WHO 2019 CVD risk chart",
-        intended_use="external validation", features=features, required=features,
+        intended_use="external validation", features=features, required=required,
         min_age=40, max_age=74.99, reference={}, candidates=["logistic"],
     )  # fmt: skip
 
@@ -307,7 +368,7 @@ def evaluate(
             raise fail(f"{exc} (tonle who regions lists the codes)", 2) from exc
     predictor = None
     if who_model:
-        cfg = _who_config(model)
+        cfg = _who_config(model, missing_smoking_as_non_smoker)
         title = f"External validation of the WHO 2019 chart ({model}) on {data.name}"
     else:
         from models.ncd_predictor import NcdPredictor

@@ -86,7 +86,7 @@ class MetricSet(BaseModel):
     calibration_intercept: MetricCI
     brier: MetricCI
     ece: MetricCI
-    observed_expected: MetricCI | None = None  # IPCW observed / mean predicted risk
+    observed_expected: MetricCI | None = None  # Kaplan-Meier observed / mean predicted
     net_benefit: dict[str, float]
     treat_all_net_benefit: dict[str, float]
 
@@ -160,7 +160,7 @@ def _metric_set(
         calibration_intercept=_ci(intercept),
         brier=_ci(m.brier(y, p, w, ck)),
         ece=_ci(m.ece(y, p, w, ck)),
-        observed_expected=_ci(m.observed_expected(y_all, risk, w_all, c)),
+        observed_expected=_ci(m.observed_expected(time, event, risk, horizon, c)),
         net_benefit={f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, nb, strict=True)},
         treat_all_net_benefit={
             f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, treat_all, strict=True)

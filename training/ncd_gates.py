@@ -157,7 +157,8 @@ def compare_with_who(
     a_model, a_who = m.auroc(y, p_model, w, c), m.auroc(y, p_who, w, c)
     diff = _ci(a_model - a_who)
     slope_model = _ci(m.calibration_slope_intercept(y, p_model, w, c)[0])
-    oe_model = _ci(m.observed_expected(y, p_model, w, c))
+    t_sel, e_sel = time[sel], event[sel]
+    oe_model = _ci(m.observed_expected(t_sel, e_sel, p_model, cfg.horizon_years, c))
     discrimination_ok = diff.ci_low is not None and diff.ci_low > -gates.auroc_margin
     calibration_ok = _inside(slope_model.value, gates.slope_limits) and _inside(
         oe_model.value, gates.oe_limits
@@ -179,7 +180,7 @@ def compare_with_who(
         calibration_slope_model=slope_model,
         calibration_slope_who=_ci(m.calibration_slope_intercept(y, p_who, w, c)[0]),
         observed_expected_model=oe_model,
-        observed_expected_who=_ci(m.observed_expected(y, p_who, w, c)),
+        observed_expected_who=_ci(m.observed_expected(t_sel, e_sel, p_who, cfg.horizon_years, c)),
         auroc_margin=gates.auroc_margin,
         slope_limits=gates.slope_limits,
         oe_limits=gates.oe_limits,

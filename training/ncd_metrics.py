@@ -261,15 +261,24 @@ def km_decile_calibration(
     return rows
 
 
-def observed_expected(y: npt.NDArray[np.int64], p: F64, w: F64, c: F64) -> F64:
-    """Observed/expected risk per replicate, on every row (weight 0 = status unknown).
+def observed_expected(
+    time: F64, event: npt.NDArray[np.bool_], p: F64, horizon: float, c: F64
+) -> F64:
+    """Observed/expected risk per replicate: Kaplan-Meier risk by ``horizon`` / mean ``p``.
 
-    Observed: the IPCW-weighted share of events among patients with known status at
-    the horizon; expected: the mean predicted risk of all patients.
+    ``c`` are the bootstrap weights (:func:`bootstrap_weights`), used as case weights
+    in both the Kaplan-Meier estimate and the mean.
     """
-    wc = w[:, None] * c
+    order = np.argsort(time, kind="mergesort")
+    t, e, cw = time[order], event[order], c[order]
+    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    deaths = np.add.reduceat(cw * e[:, None], starts, axis=0)
+    at_time = np.add.reduceat(cw, starts, axis=0)
+    at_risk = at_time[::-1].cumsum(axis=0)[::-1]
+    upto = t[starts] <= horizon
     with np.errstate(invalid="ignore", divide="ignore"):
-        observed = (y @ wc) / wc.sum(0)
+        factor = np.where(at_risk[upto] > 0, 1.0 - deaths[upto] / at_risk[upto], 1.0)
+        observed = 1.0 - np.prod(factor, axis=0)
         expected = (p @ c) / c.sum(0)
         return np.asarray(observed / expected)
 

@@ -73,7 +73,14 @@ def load_table(
         path, index_date=when, lookback_days=lookback_days,
         complete_conditions=complete_conditions,
     )  # fmt: skip
+    table.attrs["synthetic_training_data"] = "training.synthetic_ncd" in _generator(path)
     return table
+
+
+def _generator(path: Path) -> str:
+    """The ``generator`` a FHIR folder's ``manifest.json`` names (synthetic_ncd writes one)."""
+    manifest = path / "manifest.json"
+    return manifest.read_text(encoding="utf-8") if path.is_dir() and manifest.is_file() else ""
 
 
 def manifest_hash(table: pd.DataFrame) -> str:

@@ -355,6 +355,7 @@ def _train(
         code_version=code_version(),
         library_versions=_library_versions(),
         extra={
+            "synthetic_training_data": bool(table.attrs.get("synthetic_training_data")),
             "outcome": cfg.outcome,
             "horizon_years": h,
             "reference": {name: cfg.reference[name] for name in cfg.features},

@@ -46,9 +46,6 @@ class ImagingConfig(_Strict):
     model: str = Field(
         default="cxr-triage", description="Model name; its version is pinned under 'models:'."
     )
-    results_dir: Path = Field(
-        default=Path(".tonle/imaging"), description="Where results and heatmaps are stored."
-    )
     sites: dict[str, SiteThresholds] = Field(
         default_factory=dict, description="Site id (TONLE_SITE) -> its threshold records."
     )

@@ -73,10 +73,18 @@ class TonleProcess:
         tmp: folder for the issuer keys, the serving config and the server log.
         database_url: the audit store (kept across restarts).
         env: extra environment variables for the service.
+        host: the address to bind (clients always connect to 127.0.0.1).
     """
 
-    def __init__(self, tmp: Path, database_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.tmp = tmp
+        self.host = host
         self.database_url = database_url
         self.issuer_dir = tmp / "issuer"
         self._env = {
@@ -113,7 +121,7 @@ class TonleProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bentoml", "serve", "serving.service:Tonle",
-                 "--host", "127.0.0.1", "--port", str(port)],
+                 "--host", self.host, "--port", str(port)],
                 cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         self.wait_ready(ready_timeout_s)

@@ -124,6 +124,64 @@ def test_audit_tables_are_append_only(store: AuditStore, statement: str) -> None
     assert len(store.feedback()) == 1
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # SQLite's REPLACE deletes the clashing row without firing DELETE triggers.
+        "INSERT OR REPLACE INTO audit_events (id, request_id, service_id, card_ids, outcome, "
+        "latency_ms, created) SELECT id, request_id, 'forged', '[]', 'advice', 0, created "
+        "FROM audit_events",
+        "REPLACE INTO audit_events (id, request_id, service_id, card_ids, outcome, latency_ms, "
+        "created) SELECT id + 100, request_id, 'forged', '[]', 'advice', 0, created "
+        "FROM audit_events",
+        "INSERT OR REPLACE INTO audit_cards (card_uuid, request_id) VALUES ('card-k', 'forged')",
+        "INSERT OR REPLACE INTO feedback (id, card_uuid, service_id, outcome, "
+        "accepted_suggestions, created) SELECT id, card_uuid, 'forged', 'accepted', '[]', "
+        "created FROM feedback",
+    ],
+)
+def test_sqlite_replace_cannot_rewrite_a_row(tmp_path: Path, statement: str) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    store.record(_row("kept", card_ids=["card-k"]))
+    store.record_feedback(
+        FeedbackRecord(card_uuid="card-k", service_id="ncd-cvd-risk", outcome="overridden")
+    )
+    with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(text(statement))
+    assert [(r.request_id, r.service_id) for r in store.rows()] == [("kept", _row("k").service_id)]
+    assert store.request_for_card("card-k") == "kept"
+    assert [(f.service_id, f.outcome) for f in store.feedback()] == [("ncd-cvd-risk", "overridden")]
+    # An ordinary new row is still appended.
+    store.record(_row("next"))
+    assert store.count() == 2
+    store.close()
+
+
+def test_postgres_upsert_cannot_rewrite_a_row(pg_url: str) -> None:
+    store = AuditStore.open(pg_url)
+    store.record(_row("kept"))
+    upsert = (
+        "INSERT INTO audit_events (request_id, service_id, card_ids, outcome, latency_ms, "
+        "created) SELECT request_id, 'forged', '[]', 'advice', 0, created FROM audit_events "
+        "ON CONFLICT (request_id) DO UPDATE SET service_id = 'forged'"
+    )
+    with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
+        connection.execute(text(upsert))
+    assert [r.service_id for r in store.rows()] == [_row("k").service_id]
+    store.close()
+
+
+def test_card_shown_names_the_service_and_caller(store: AuditStore) -> None:
+    store.record(_row("req-s", card_ids=["card-s"]))
+    shown = store.card_shown("card-s")
+    assert shown is not None
+    assert (shown.service_id, shown.caller_tenant) == (
+        _row("x").service_id,
+        _row("x").caller_tenant,
+    )
+    assert store.card_shown("never-shown") is None
+
+
 def test_truncate_refused_on_postgres(pg_url: str) -> None:
     store = AuditStore.open(pg_url)
     store.record(_row("kept"))
@@ -388,19 +446,19 @@ def test_tables_added_by_parallel_migrations_are_applied(
     shutil.copytree(
         engine_module.MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__")
     )
-    for rev, table in [("0002_imaging", "imaging_results"), ("0002_other", "other_rows")]:
+    for rev, table in [("0002_first", "first_rows"), ("0002_other", "other_rows")]:
         (migrations / "versions" / f"{rev}.py").write_text(
             _EXTRA_MIGRATION.format(rev=rev, table=table)
         )
     monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", migrations)
 
     store = AuditStore.open(db_url)
-    assert {"0002_imaging", "0002_other"} <= set(current_revisions(store.engine))
+    assert {"0002_first", "0002_other"} <= set(current_revisions(store.engine))
     assert current_revisions(store.engine) == head_revisions()  # every parallel head
     with store.engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO imaging_results (id) VALUES (1)")
+        connection.exec_driver_sql("INSERT INTO first_rows (id) VALUES (1)")
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
-        connection.exec_driver_sql("DELETE FROM imaging_results")
+        connection.exec_driver_sql("DELETE FROM first_rows")
     store.close()
 
 

@@ -81,6 +81,7 @@ def _assert_every_2xx_audited_once(database_url: str, calls: list[Call]) -> int:
     return len(ok)
 
 
+@pytest.mark.performance
 def test_steady_load_at_twice_expected_concurrency(service: TonleProcess) -> None:
     """2x expected concurrency: 0 errors, worker memory drift < 10 %, every 2xx audited."""
     clients = 2 * EXPECTED_CONCURRENCY
@@ -103,6 +104,7 @@ def test_steady_load_at_twice_expected_concurrency(service: TonleProcess) -> Non
     assert _assert_every_2xx_audited_once(service.database_url, calls) == len(calls)
 
 
+@pytest.mark.performance
 def test_overload_refuses_fast_keeps_health_and_recovers(service: TonleProcess) -> None:
     """5x the concurrency limit: the excess gets 429/503 fast, admitted calls succeed,
     /livez and /readyz answer throughout, and a call succeeds again within 30 s."""

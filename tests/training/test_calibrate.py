@@ -190,6 +190,17 @@ def test_inverse_probability_weights_remove_verification_bias(tmp_path: Path) ->
     )
 
 
+def test_a_design_not_followed_is_called_biased(tmp_path: Path) -> None:
+    # Everyone >= 0.4 should have been tested (fraction 1), but only 2 of 4 were.
+    rows = "a,0.9,1,40,F\nb,0.8,,40,M\nc,0.5,0,40,M\nd,0.45,,40,F\ne,0.1,0,40,F\n"
+    study = read_study(write(tmp_path, rows, "person_id,score,reference,age,sex"))
+    calib = calibrate(study, np.array([0.5]), bands=parse_sampling_fractions("0:1,0.4:1"))
+    assert calib.estimator == "ipw-fractions"
+    assert "scores from 0.4: 1 given, 0.500 tested" in (calib.bias or "")
+    followed = calibrate(study, np.array([0.5]), bands=parse_sampling_fractions("0:1,0.4:0.5"))
+    assert followed.bias is None
+
+
 def test_band_without_any_reference_is_refused(tmp_path: Path) -> None:
     rows = "a,0.9,1,40,F\nb,0.1,,40,M\nc,0.2,,40,M\n"
     study = read_study(write(tmp_path, rows, "person_id,score,reference,age,sex"))
@@ -200,23 +211,23 @@ def test_band_without_any_reference_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("header", "rows", "where", "message"),
     [
-        (HEADER, "p1,0.5,1,40,F,1,1\np1,0.4,0,40,F,1,1\n", "line 3, field 'person_id'", "line 2"),
-        (HEADER, "p1,1.5,1,40,F,1,1\n", "line 2, field 'score'", "out of range"),
-        (HEADER, "p1,nan,1,40,F,1,1\n", "line 2, field 'score'", "out of range"),
-        (HEADER, "p1,0.5,yes,40,F,1,1\n", "line 2, field 'reference'", "1, 0 or empty"),
-        (HEADER, "p1,0.5,1,abc,F,1,1\n", "line 2, field 'age'", "not a number"),
-        (HEADER, "p1,0.5,1,40,X,1,1\n", "line 2, field 'sex'", "female"),
-        (HEADER, "p1,0.5,1,40,F,2,1\n", "line 2, field 'hiv'", "1, 0 or empty"),
-        (HEADER, "p1,0.5,1,40,F,1\n", "line 2", "6 fields"),
-        (HEADER, ",0.5,1,40,F,1,1\n", "line 2, field 'person_id'", "printable"),
-        (HEADER + ",colour", "p1,0.5,1,40,F,1,1,red\n", "line 1, field 'colour'", "unknown"),
-        ("person_id,reference,age,sex", "p1,1,40,F\n", "line 1", "exactly one of"),
-        ("person_id,score,age,sex", "p1,0.5,40,F\n", "line 1", "reference"),
+        (HEADER, "p1,0.5,1,40,F,1,1\np1,0.4,0,40,F,1,1\n", "row 3, field 'person_id'", "row 2"),
+        (HEADER, "p1,1.5,1,40,F,1,1\n", "row 2, field 'score'", "out of range"),
+        (HEADER, "p1,nan,1,40,F,1,1\n", "row 2, field 'score'", "out of range"),
+        (HEADER, "p1,0.5,yes,40,F,1,1\n", "row 2, field 'reference'", "1, 0 or empty"),
+        (HEADER, "p1,0.5,1,abc,F,1,1\n", "row 2, field 'age'", "not a number"),
+        (HEADER, "p1,0.5,1,40,X,1,1\n", "row 2, field 'sex'", "female"),
+        (HEADER, "p1,0.5,1,40,F,2,1\n", "row 2, field 'hiv'", "1, 0 or empty"),
+        (HEADER, "p1,0.5,1,40,F,1\n", "row 2", "6 fields"),
+        (HEADER, ",0.5,1,40,F,1,1\n", "row 2, field 'person_id'", "printable"),
+        (HEADER + ",colour", "p1,0.5,1,40,F,1,1,red\n", "row 1, field 'colour'", "unknown"),
+        ("person_id,reference,age,sex", "p1,1,40,F\n", "row 1", "exactly one of"),
+        ("person_id,score,age,sex", "p1,0.5,40,F\n", "row 1", "reference"),
         (HEADER, "p1,0.5,,40,F,1,1\n", "", "no person has a reference"),
         ("person_id,score,reference,age,sex,sampling_weight", "p1,0.5,1,40,F,0.5\n",
-         "line 2, field 'sampling_weight'", "out of range"),
+         "row 2, field 'sampling_weight'", "out of range"),
         ("person_id,score,reference,age,sex,sampling_weight", "p1,0.5,,40,F,2\n",
-         "line 2, field 'sampling_weight'", "leave it empty"),
+         "row 2, field 'sampling_weight'", "leave it empty"),
     ],
 )  # fmt: skip
 def test_bad_input_names_line_and_field(

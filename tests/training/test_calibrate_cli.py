@@ -33,6 +33,11 @@ def tiny_cxr(model_store: Path, tmp_path: Path) -> StoredModel:
     return make_cxr_artifact(tmp_path)
 
 
+def flat(text: str) -> str:
+    """Console output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -69,6 +74,7 @@ def test_thresholds_option(study: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert [r["threshold"] for r in read_csv(out / "thresholds.csv")] == ["0.25", "0.5"]
+    assert "By subgroup at threshold 0.5<" in (out / "report.html").read_text()
     assert read_csv(out / "thresholds.csv")[0]["cost_per_case"] == ""  # no costs given
 
 
@@ -91,7 +97,7 @@ def test_invalid_study_exits_4_naming_line_and_field(tmp_path: Path) -> None:
     bad.write_text(f"{HEADER}\n{ROWS}p13,0.5,1,-4,F,1,1\n")
     result = runner.invoke(app, ["calibrate", "cxr", str(bad), "-o", str(tmp_path / "o")])
     assert result.exit_code == 4
-    assert "line 14, field 'age'" in result.output
+    assert "row 14, field 'age'" in flat(result.output)
     assert not (tmp_path / "o").exists()
 
 
@@ -139,8 +145,20 @@ def test_budget_rule(study: Path, tmp_path: Path, tiny_cxr: StoredModel) -> None
     assert record.numbers["cost_per_1000"] <= 3000
     nothing = runner.invoke(app, [*base, "--budget", "1"])
     assert nothing.exit_code == 1
-    assert "finds any case" in nothing.output
+    assert "finds any case" in flat(nothing.output)
     assert not (out / "site-threshold.json").exists()  # the earlier run's record is gone
+
+
+def test_model_without_the_label_is_a_usage_error(
+    study: Path, tmp_path: Path, tiny_cxr: StoredModel
+) -> None:
+    result = runner.invoke(
+        app,
+        ["calibrate", "cxr", str(study), "-o", str(tmp_path), "--model", "cxr-triage:0.1.0",
+         "--label", "pneumothorax"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "output 'pneumothorax'" in flat(result.output)
 
 
 def test_unknown_model_exits_3(study: Path, tmp_path: Path, model_store: Path) -> None:
@@ -177,7 +195,7 @@ def test_image_refused_by_the_quality_gate_names_its_line(
               "--model", "cxr-triage:0.1.0"],
     )  # fmt: skip
     assert result.exit_code == 4
-    assert "line 2, field 'image'" in result.output
+    assert "row 2, field 'image'" in flat(result.output)
     no_model = runner.invoke(app, ["calibrate", "cxr", str(study), "-o", str(tmp_path / "o")])
     assert no_model.exit_code == 2
 

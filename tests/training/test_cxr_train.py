@@ -3,6 +3,7 @@ resume, a new version compared side by side, ``tonle evaluate``, and 2-process D
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from cli import app
 from models import registry
 from models.config import load_config
-from models.cxr_net import CXR_LABELS
+from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
 from training.cxr_data import load_cxr_data, patient_split
 from training.cxr_metrics import sens_spec
@@ -99,6 +100,13 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     # The checkpoint is tensors only: loadable with weights_only=True.
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
+
+    # The out-of-distribution gate is in the graph, and on the card.
+    ood = meta.extra["ood"]
+    assert ood["threshold"] > 0
+    assert 0.0 <= ood["refused_test"] <= 1.0
+    assert "## Out-of-distribution gate" in card_text
+    assert CxrPredictor(stored).has_ood_gate
 
     # The artifact serves through the ONNX predictor.
     probs, cams = CxrPredictor(stored).predict(np.full((2, 1, 64, 64), 0.5, np.float32))
@@ -180,6 +188,37 @@ def test_unknown_labels_train_to_a_gated_model(
     assert "failed the held-out gate(s)" in refused.output
     assert "gates.min_" in refused.output
     assert [m.version for m in registry.list_models("cxr-triage")] == ["0.5.0"]
+
+
+@pytest.mark.slow
+def test_fine_tune_from_init_weights_with_a_frozen_backbone(
+    tmp_path: Path, model_store: Path, tiny_set: Path
+) -> None:
+    start = CxrNet("resnet-small")
+    weights = tmp_path / "init.pt"
+    torch.save(start.state_dict(), weights)
+    config = _config(tmp_path, tiny_set, "0.6.0", 1)
+    raw = yaml.safe_load(config.read_text())
+    raw["init"] = {"freeze_epochs": 1, "backbone_lr_scale": 0.1}
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(
+        app,
+        ["train", "cxr", "--config", str(config), "--init-weights", str(weights),
+         "--weights-origin", "saved by this test"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = registry.verify("cxr-triage", "0.6.0")
+    init = stored.metadata.extra["init_weights"]
+    assert init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert init["origin"] == "saved by this test"
+    assert (init["loaded"], init["not_loaded"], init["freeze_epochs"]) == (init["total"], [], 1)
+    card = (stored.card_dir / "README.md").read_text()
+    assert f"- Initial weights: `init.pt` (sha256 `{init['sha256']}`, origin: saved by" in card
+    trained = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["model"]
+    for key, value in start.state_dict().items():
+        if key.startswith("features."):  # frozen: weights and batch-norm statistics
+            assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["classifier.weight"], start.state_dict()["classifier.weight"])
 
 
 def test_augmentation_moves_the_mask_with_the_image() -> None:

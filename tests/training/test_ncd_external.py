@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli import app
 from models.who_cvd import WhoCvdInputError, list_regions, resolve_recalibration
 from tests.training.test_ncd_train import _table
-from training.ncd_metrics import km_risk
+from training.ncd_metrics import km_risk, observed_expected
 
 
 def test_km_risk_matches_the_exponential_truth() -> None:
@@ -23,6 +23,14 @@ def test_km_risk_matches_the_exponential_truth() -> None:
     risk, low, high = km_risk(np.minimum(true, censor), true <= censor, 10.0)
     assert low < 1 - np.exp(-10 / 20) < high
     assert risk == pytest.approx(1 - np.exp(-0.5), abs=0.01)
+    # observed/expected uses the same Kaplan-Meier risk, per bootstrap replicate.
+    time, event = np.minimum(true, censor), true <= censor
+    c = np.ones((len(time), 2))
+    c[:, 1] = np.r_[np.zeros(10_000), 2 * np.ones(10_000)]  # a replicate of the second half
+    oe = observed_expected(time, event, np.full(len(time), 0.2), 10.0, c)
+    assert oe[0] == pytest.approx(risk / 0.2)
+    half = km_risk(time[10_000:], event[10_000:], 10.0)[0]
+    assert oe[1] == pytest.approx(half / 0.2)
 
 
 def test_who_regions_lists_codes_and_names_and_errors_point_to_it() -> None:
@@ -114,3 +122,48 @@ def test_a_stored_model_on_its_own_test_split_with_another_comparator(
     assert report["n_rows"] > 0.9 * in_test  # only the age range leaves rows out
     assert "country KHM" in report["who_reference"]
     assert {g["group"] for g in report["subgroups"]} >= {"sex", "age band", "site"}
+
+
+@pytest.mark.slow
+def test_recalibrate_refits_intercept_and_slope_and_keeps_the_parent(
+    tmp_path: Path, model_store: Path
+) -> None:
+    from models import registry
+    from models.config import load_config
+    from models.ncd_predictor import NcdPredictor
+    from training.ncd_config import NcdTrainConfig
+    from training.ncd_recalibrate import recalibrated
+    from training.ncd_table import feature_matrix
+    from training.ncd_train import train
+
+    cfg = load_config(Path("configs/cvd-risk.yaml"), NcdTrainConfig)
+    fast = cfg.evaluation.model_copy(update={"bootstrap_reps": 20})
+    cfg = cfg.model_copy(update={"candidates": ["logistic"], "evaluation": fast})
+    parent = train(cfg, _table(6000, 30), card_root=tmp_path, progress=lambda _: None,
+                   accept_worse_than_who="test").stored  # fmt: skip
+    local = _table(4000, 31)
+    rng = np.random.default_rng(1)
+    extra = (local["cvd_event"] == 0) & (rng.random(len(local)) < 0.08)
+    local.loc[extra, ["cvd_event", "cvd_time"]] = [1, 4.0]  # twice the local risk
+    csv = tmp_path / "local.csv"
+    local.to_csv(csv, index=False)
+    result = CliRunner().invoke(app, ["recalibrate", f"cvd-risk:{cfg.version}", "--data",
+                                      str(csv), "--version", "1.0.1", "--cards",
+                                      str(tmp_path / "cards"), "--bootstrap", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    child = registry.verify("cvd-risk", "1.0.1")
+    assert registry.verify("cvd-risk", cfg.version).metadata.sha256 == parent.metadata.sha256
+    extra_meta = child.metadata.extra
+    assert extra_meta["parent"] == {"tag": parent.metadata.tag, "sha256": parent.metadata.sha256}
+    assert extra_meta["who_comparison"] is None  # serving shows the chart until re-evaluated
+    rec = extra_meta["recalibration"]
+    assert rec["before"]["observed_expected"] > 1.3
+    assert abs(rec["after_in_sample"]["observed_expected"] - 1) < 0.1
+    x = feature_matrix(local, [f.name for f in child.metadata.features])[:500]
+    old = NcdPredictor(parent).predict_proba(x).astype(np.float64)
+    new = NcdPredictor(child).predict_proba(x).astype(np.float64)
+    np.testing.assert_allclose(new, recalibrated(old, rec["intercept"], rec["slope"]), atol=2e-6)
+    again = CliRunner().invoke(app, ["recalibrate", "cvd-risk", "--data", str(csv),
+                                     "--version", "1.0.1"])  # fmt: skip
+    assert again.exit_code == 2
+    assert "already in the model store" in again.output

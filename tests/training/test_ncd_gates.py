@@ -201,3 +201,22 @@ def test_gradient_boosting_risk_never_falls_with_age_sbp_cholesterol_smoking_dia
         assert steps.min() >= -1e-6, name  # float32 rounding only
         if name in ("age", "sbp"):
             assert steps.sum() > 0, name  # strong inputs do matter (the test can fail)
+
+
+def test_code_version_outside_a_git_checkout_names_the_installed_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    from importlib.metadata import version
+
+    from training import ncd_train
+
+    assert len(ncd_train.code_version()) == 40  # this checkout's commit, whatever the cwd
+    monkeypatch.chdir(tmp_path)
+    assert len(ncd_train.code_version()) == 40
+
+    def no_git(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 128, "", "fatal: not a git repository")
+
+    monkeypatch.setattr(ncd_train.subprocess, "run", no_git)
+    assert ncd_train.code_version() == f"tonle {version('tonle')} (installed package)"

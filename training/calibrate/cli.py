@@ -5,7 +5,7 @@ imports stay inside the commands so ``tonle --help`` stays fast.
 
 Exit codes: 0 done; 1 the study was computed but no threshold meets the rule;
 2 usage (bad option); 3 the model artifact is missing or fails verification;
-4 the study file is invalid (the message names the line and field).
+4 the study file is invalid (the message names the row and field).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ calibrate_app = typer.Typer(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``calibrate`` command group to ``app``."""
+    """Add the ``calibrate`` command group (``cxr``, ``ncd``) to ``app``."""
     app.add_typer(calibrate_app, name="calibrate")
 
 
@@ -58,7 +58,7 @@ def cxr(
         str | None,
         typer.Option(
             help="Verification sampling by score band, LOWER:FRACTION,..., e.g. "
-            "'0:0.1,0.4:1' (10 %% of scores below 0.4 tested, all above): corrects "
+            "'0:0.1,0.4:1' (10 % of scores below 0.4 tested, all above): corrects "
             "verification bias by inverse-probability weighting."
         ),
     ] = None,
@@ -73,7 +73,7 @@ def cxr(
     min_sensitivity: Annotated[
         float | None,
         typer.Option(
-            help="Choose the highest threshold whose sensitivity lower 95 %% bound >= this (0-1)."
+            help="Choose the highest threshold whose sensitivity lower 95 % bound >= this (0-1)."
         ),
     ] = None,
     budget: Annotated[
@@ -115,11 +115,18 @@ def cxr(
     except ValueError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     stored = None if model is None else _artifact(model)
+    if stored is not None:
+        labels = stored.metadata.extra.get("labels", [])
+        if stored.metadata.task != "cxr-triage" or label not in labels:
+            raise fail(
+                f"{stored.metadata.tag} is not a cxr-triage model with output {label!r}",
+                EXIT_USAGE,
+            )
     try:
         study = read_study(study_file)
         if study.image is not None:
             if stored is None:
-                raise fail("the study has an 'image' column: give --model NAME:VERSION", 2)
+                raise fail("the study has an 'image' column: give --model NAME:VERSION", EXIT_USAGE)
             study = study.with_scores(_score(study, stored, label))
         calibration = calibrate(study, grid, cost_per_test=cost_per_test, bands=bands)
     except StudyError as exc:
@@ -195,4 +202,104 @@ def _score(study: Study, stored: StoredModel, label: str) -> np.ndarray:
         task = progress.add_task("scoring images", total=study.screened)
         return score_images(
             study, stored, label, progress=lambda done: progress.update(task, completed=done)
+        )
+
+
+@calibrate_app.command("ncd")
+def ncd(
+    model: Annotated[str, typer.Argument(help="NAME:VERSION of a stored NCD risk model.")],
+    data: Annotated[
+        Path, typer.Argument(metavar="FILE", help="Local cohort: feature table CSV or NDJSON.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    index_date: Annotated[
+        str | None, typer.Option(help="Index date (YYYY-MM-DD) when FILE is FHIR Bulk NDJSON.")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates for CIs.")] = 200,
+    save_recalibrated: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VERSION",
+            help="Also refit intercept and slope on this cohort (tonle recalibrate) and save "
+            "the result as VERSION; its tables go to OUTDIR/recalibrated/.",
+        ),
+    ] = None,
+    cards: Annotated[
+        Path, typer.Option(help="Where the recalibrated model's card is written.")
+    ] = Path("artifacts"),
+) -> None:
+    """Calibration by decile of predicted risk and observed/expected on a local cohort.
+
+    Writes OUTDIR/calibration_deciles.csv, calibration.png and report.html.
+
+    Example: tonle calibrate ncd cvd-risk:1.0.0 cohort.csv -o calib-ncd
+    --save-recalibrated 1.0.1
+    """
+    import numpy as np
+
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
+    from models.ncd_predictor import NcdPredictor
+    from training.calibrate.ncd import calibrate_ncd, write_ncd_outputs
+    from training.fhir_bulk import FeatureTableError
+    from training.ncd_config import NcdTrainConfig
+    from training.ncd_table import TrainingDataError, check_table, feature_matrix, load_table
+
+    stored = _artifact(model)
+    try:
+        cfg = NcdTrainConfig.model_validate(stored.metadata.config)
+    except ValueError as exc:
+        raise fail(
+            f"{stored.metadata.tag} has no usable training config (was it built by tonle "
+            f"train?): {exc}",
+            EXIT_BAD_ARTIFACT,
+        ) from None
+    try:
+        table = load_table(data, index_date)
+        table = check_table(table, cfg, lambda line: console.print(line, highlight=False))
+        time_ = table[f"{cfg.outcome}_time"].to_numpy(dtype=np.float64)
+        event = table[f"{cfg.outcome}_event"].to_numpy(dtype=np.float64) == 1.0
+        predictor = NcdPredictor(stored, threads=0)
+        risk = predictor.predict_proba(feature_matrix(table, predictor.feature_names))
+        result = calibrate_ncd(
+            time_, event, risk.astype(np.float64), horizon=cfg.horizon_years,
+            bootstrap_reps=bootstrap, seed=cfg.seed,
+        )  # fmt: skip
+    except (TrainingDataError, FeatureTableError, FileNotFoundError, ValueError) as exc:
+        raise fail(f"cannot use {data}: {exc}", EXIT_BAD_INPUT) from None
+    paths = write_ncd_outputs(
+        result, out_dir, f"Calibration of {stored.metadata.tag} on {data.name}"
+    )
+    o = result.overall
+    out.print(
+        f"O/E {o['o_e']:.3f} (95 % CI {o['o_e_ci_low']:.3f}-{o['o_e_ci_high']:.3f}), "
+        f"slope {o['slope']:.3f}, {result.n} patients",
+        highlight=False,
+    )
+    for path in paths:
+        out.print(f"wrote {path}", highlight=False)
+    if save_recalibrated is not None:
+        from models import registry
+        from training.ncd_recalibrate import RecalibrationError, recalibrate
+
+        try:
+            saved, _ = recalibrate(stored, table, save_recalibrated, cards, bootstrap)
+        except RecalibrationError as exc:
+            raise fail(f"cannot recalibrate on {data}: {exc}", EXIT_BAD_INPUT) from None
+        except registry.ArtifactError as exc:
+            raise fail(str(exc), EXIT_BAD_ARTIFACT) from None
+        new_risk = NcdPredictor(saved, threads=0).predict_proba(
+            feature_matrix(table, predictor.feature_names)
+        )
+        after = calibrate_ncd(
+            time_, event, new_risk.astype(np.float64), horizon=cfg.horizon_years,
+            bootstrap_reps=bootstrap, seed=cfg.seed,
+        )  # fmt: skip
+        write_ncd_outputs(
+            after, out_dir / "recalibrated",
+            f"Calibration of {saved.metadata.tag} (recalibrated, in sample) on {data.name}",
+        )  # fmt: skip
+        out.print(
+            f"saved {saved.metadata.tag} (parent {stored.metadata.tag}): O/E in sample "
+            f"{after.overall['o_e']:.3f}, slope {after.overall['slope']:.3f}",
+            highlight=False,
         )

@@ -192,9 +192,9 @@ def _html(calibration: Calibration, record: SiteThresholdRecord | None, plots: l
         "thresholds.csv and thresholds_by_stratum.csv.</p>"
     )
     if calibration.strata:
-        at = chosen if chosen is not None else 0.5
-        parts.append(f"<h2>By subgroup at threshold {at:g}</h2>")
-        index = int(np.argmin(np.abs(calibration.overall.columns["threshold"] - at)))
+        grid = calibration.overall.columns["threshold"]
+        index = int(np.argmin(np.abs(grid - (chosen if chosen is not None else 0.5))))
+        parts.append(f"<h2>By subgroup at threshold {grid[index]:g}</h2>")
         head = ("stratum", "group", "with_reference", *main[1:])
         rows_html = []
         for s in calibration.strata:

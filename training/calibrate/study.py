@@ -20,8 +20,8 @@ column             needed    values
                              the study sent them for the test (>= 1); empty otherwise
 =================  ========  ===========================================================
 
-Any bad value raises :class:`StudyError` naming the file line, the person and the
-field.
+Any bad value raises :class:`StudyError` naming the row (as a spreadsheet numbers it:
+the header is row 1, so it is also the file's line) and the field.
 """
 
 from __future__ import annotations
@@ -67,12 +67,13 @@ class StudyError(ValueError):
     """A study file that cannot be used, with where the problem is.
 
     Attributes:
-        line: file line (the header is line 1), or None for a whole-file problem.
+        line: the row as a spreadsheet numbers it (header = 1; the file's line), or None
+            for a whole-file problem.
         field: the column, or None.
     """
 
     def __init__(self, message: str, line: int | None = None, field: str | None = None) -> None:
-        where = [f"line {line}"] if line is not None else []
+        where = [f"row {line}"] if line is not None else []
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
@@ -203,7 +204,7 @@ def read_study(path: Path) -> Study:
     try:
         header = next(reader, None)
         if not header:
-            raise StudyError(f"{path.name} is empty (no header line)")
+            raise StudyError(f"{path.name} is empty (no header row)")
         names = _header(header)
         rows = [(reader.line_num, row) for row in reader if row]
     except csv.Error as exc:
@@ -240,9 +241,7 @@ def _parse(path: Path, sha256: str, names: list[str], rows: list[tuple[int, list
                 "person_id",
             )
         if pid in first_line:
-            raise StudyError(
-                f"{pid!r} already appears on line {first_line[pid]}", line, "person_id"
-            )
+            raise StudyError(f"{pid!r} already appears on row {first_line[pid]}", line, "person_id")
         first_line[pid] = line
         ids.append(pid)
         if "score" in present:

@@ -18,7 +18,7 @@ from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
 from tests.peak_memory import reset_peak, resident_mb
-from tests.serving.imaging.conftest import Client, ListAudit, fake_runtime
+from tests.serving.imaging.conftest import Client, LockableAudit, fake_runtime
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 
 cases = pytest.importorskip("training.cxr_bad_inputs")
@@ -28,10 +28,10 @@ MAX_GROWTH_MB = 300  # peak resident memory one input may add to the worker
 
 def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Path) -> None:
     stored = make_cxr_artifact(tmp_path, size=224)  # the gate's real minimum side
-    audit = ListAudit()
+    audit = LockableAudit.at(tmp_path)
     state = ImagingState.build(
         stored,
-        ImagingConfig(results_dir=tmp_path / "imaging"),
+        ImagingConfig(),
         site="default",
         public_url="http://t",
         audit=audit,
@@ -73,6 +73,7 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
                 )
         assert not wrong, "\n".join(wrong)
         # One audit row per request, and the worker still answers.
-        assert len(audit.rows) == len(everything) + 1
+        assert audit.count() == len(everything) + 1
     finally:
         client.close()
+        audit.close()

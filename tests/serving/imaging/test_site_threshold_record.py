@@ -73,7 +73,7 @@ def test_record_threshold_is_applied_and_named_on_every_result(
     assert nodule["threshold_source"] == "model-version"
     fhir = json.dumps(client.get(f"/v1/imaging/results/{body['id']}/fhir").json())
     assert "site test-site threshold record" in fhir
-    result = state.store.get(body["id"])
+    result = state.store.get(body["id"], tenant=None)
     signer = LinkSigner(b"k" * 32, timedelta(days=1))
     card = card_for(result, "https://tonle.test", signer, "en")
     assert "threshold chosen locally: site test-site threshold record" in (card.detail or "")
