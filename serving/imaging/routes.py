@@ -35,12 +35,11 @@ from serving.imaging.results import CxrResult
 from serving.imaging.state import ImagingState
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "audit_row", "refuse", "routes"]
+__all__ = ["SERVICE_ID", "audit_row", "refuse", "routes", "unauthorized"]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_ID = "imaging-cxr"
-_UNAUTHORISED = {"error": "unauthorized"}
 _PATIENT = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # as CDS Hooks context.patientId
 
 
@@ -78,6 +77,15 @@ async def authenticate(state: ImagingState, request: Request) -> Any | None:
         return api_key_caller(state.authenticator, request, dev=state.dev)
     except AuthError:
         return None
+
+
+def unauthorized(request: Request) -> Response:
+    """The one 401 answer (:func:`serving.http.identify.refusal`): counted, no audit row."""
+    from serving.auth import AuthError
+    from serving.http.identify import refusal
+    from serving.http.pipeline import route_of
+
+    return refusal(AuthError("unauthorized"), route_of(request))
 
 
 def audit_row(
@@ -181,7 +189,7 @@ async def analyse_image(request: Request) -> Response:
         return _not_ready()
     caller = await authenticate(state, request)
     if caller is None:
-        return await refuse(state, SERVICE_ID, started, 401, _UNAUTHORISED)
+        return unauthorized(request)
     request_id = uuid.uuid4().hex
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")
@@ -307,7 +315,7 @@ async def _stored(
 
 async def _caller_check(state: ImagingState, request: Request) -> Response | None:
     if await authenticate(state, request) is None:
-        return JSONResponse(_UNAUTHORISED, status_code=401)
+        return unauthorized(request)
     return None
 
 

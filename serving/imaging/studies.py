@@ -149,7 +149,13 @@ async def analyse_study(request: Request) -> Response:
     and the work runs after the response: a PACS calling from its own event hook
     (Orthanc's Lua ``OnStableStudy``) must not wait on requests back to itself.
     """
-    from serving.imaging.routes import _NotReady, _read_body, authenticate, imaging_state
+    from serving.imaging.routes import (
+        _NotReady,
+        _read_body,
+        authenticate,
+        imaging_state,
+        unauthorized,
+    )
 
     started = time.perf_counter()
     try:
@@ -158,7 +164,7 @@ async def analyse_study(request: Request) -> Response:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
     if caller is None:
-        return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return unauthorized(request)
     if state.config.pacs is None:
         return JSONResponse(
             {"error": "no-pacs", "message": "imaging.pacs is not configured"}, status_code=409
@@ -231,14 +237,14 @@ def _list_sync(state: ImagingState, patient: str) -> list[dict[str, Any]]:
 async def list_studies(request: Request) -> Response:
     """``GET /v1/imaging/studies?patient=ID``: the patient's studies in the PACS (QIDO-RS),
     with the id of Tonle's read for each one it has analysed."""
-    from serving.imaging.routes import _NotReady, authenticate, imaging_state
+    from serving.imaging.routes import _NotReady, authenticate, imaging_state, unauthorized
 
     try:
         state = imaging_state(request)
     except _NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     if await authenticate(state, request) is None:
-        return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return unauthorized(request)
     if state.config.pacs is None:
         return JSONResponse({"error": "no-pacs"}, status_code=409)
     patient = request.query_params.get("patient", "")
