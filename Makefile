@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 PORT ?= 3000
 # Debian packages the integration tests drive (browser, PACS, fonts).
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium postgresql-client haproxy
 
-.PHONY: demo test lint typecheck pytest perf system-deps clean
+.PHONY: demo test lint typecheck pytest perf system-deps requirements bento clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ pytest: $(STAMP)
 # machine, apart from the deterministic suite.
 perf: $(STAMP)
 	$(BIN)/pytest -m performance
+
+## requirements: rewrite requirements/serving.txt (the Bento's lock) after a dependency change
+requirements: $(STAMP)
+	$(BIN)/python requirements/compile.py
+
+## bento: build the serving Bento with the models configs/serving.yaml pins (CONFIG=...)
+CONFIG ?= configs/serving.yaml
+bento: $(STAMP)
+	$(BIN)/tonle bento build --config $(CONFIG)
 
 ## system-deps: Debian packages the integration tests drive (installed once, as root)
 system-deps:

@@ -7,7 +7,7 @@ model (224 px) and measures, in one run:
    radiograph (target p50 <= 60 ms) and for the same image as JPEG 2000 lossless
    (target p50 <= 250 ms), with the split reported by the service (decode, quality
    gate, preprocess, model, heatmap) and "response" = client time - service time
-   (HTTP, body transfer, JSON, result storage, audit commit);
+   (HTTP, body transfer, JSON, the commit of the read with its audit row);
 2. 8 concurrent clients (closed loop, ``benchmarks/loadgen.py``) with adaptive
    batching on and off (and with N BentoML workers), for that radiograph and for a
    small DICOM (``--small``, 512 x 512), against the model-only ONNX Runtime batch
@@ -38,6 +38,7 @@ import json
 import os
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -181,18 +182,22 @@ def load_row(
     return result
 
 
+def _batches(database: Path) -> dict[str, int]:
+    """Result id -> images in its model call, for every read stored in ``database``."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT result_id, result FROM imaging_results").fetchall()
+    return {rid: json.loads(text)["timings"]["model_batch"] for rid, text in rows}
+
+
 def closed_loop(
-    server: Server, body_file: Path, results_dir: Path, connections: int, duration: float
+    server: Server, body_file: Path, database: Path, connections: int, duration: float
 ) -> dict[str, Any]:
     """:func:`load_row` on the imaging route, plus the mean number of images per model
-    call (from every result stored during the run)."""
-    before = set(results_dir.glob("results/*/result.json"))
+    call (from every read stored in the audit database during the run)."""
+    before = _batches(database)
     url = f"{server.url}/v1/imaging/cxr"
     result = load_row(url, body_file, connections, duration, server.cpu_seconds)
-    batches = [
-        json.loads(path.read_bytes())["timings"]["model_batch"]
-        for path in set(results_dir.glob("results/*/result.json")) - before
-    ]
+    batches = [n for rid, n in _batches(database).items() if rid not in before]
     result["mean_batch"] = statistics.fmean(batches) if batches else float("nan")
     return result
 
@@ -302,10 +307,9 @@ def main() -> None:
         if args.workers > 1:
             runs.append((f"batching {args.workers} workers", True, args.workers))
         for key, batching, workers in runs:
-            results_dir = tmp / f"imaging-{len(results)}"
+            database = tmp / f"audit-{len(results)}.db"
             imaging: dict[str, Any] = {
                 "model": name,
-                "results_dir": str(results_dir),
                 "adaptive_batching": batching,
                 "max_batch_size": args.connections,
             }
@@ -316,7 +320,7 @@ def main() -> None:
             env = {
                 "BENTOML_HOME": str(home),
                 "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
-                "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'audit-{len(results)}.db'}",
+                "TONLE_DATABASE_URL": f"sqlite:///{database}",
                 "TONLE_DEV": "1",
                 "TONLE_LOG_LEVEL": "WARNING",
                 "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
@@ -330,7 +334,7 @@ def main() -> None:
                 for label in inputs:
                     # The baseline right before each loaded run, under the same load.
                     baseline = model.measure(args.model_seconds)
-                    row = closed_loop(server, tmp / f"{label}.dcm", results_dir,
+                    row = closed_loop(server, tmp / f"{label}.dcm", database,
                                       args.connections, args.duration)  # fmt: skip
                     results[f"{key} {label} {args.connections} clients"] = row | {
                         "model_only": baseline

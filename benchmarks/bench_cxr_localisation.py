@@ -61,10 +61,11 @@ def print_report(report: CxrReport) -> None:
         f"{'sensitivity (95% CI)':>22s} {'specificity':>11s} {'AUROC':>6s}"
     )
     for r in report.labels:
-        low, high = r.sensitivity_ci
+        low, high = r.sensitivity_ci or (None, None)
+        threshold = "none" if r.threshold is None else f"{r.threshold:.3f}"
         print(
             f"  {r.label:14s} {_f(r.ece_uncalibrated):>7s} {_f(r.ece):>7s} "
-            f"{r.threshold:9.3f} {_f(r.sensitivity)} ({_f(low)}-{_f(high)})".ljust(60)
+            f"{threshold:>9s} {_f(r.sensitivity)} ({_f(low)}-{_f(high)})".ljust(60)
             + f" {_f(r.specificity):>11s} {_f(r.auroc.value):>6s}"
         )
 

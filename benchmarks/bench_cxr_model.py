@@ -101,10 +101,13 @@ def accuracy(tag: str, n: int, seed: int, size: int, int8: bool, repeat: int) ->
     for r in report.labels[1:]:
         value = "-" if r.auroc.value is None else f"{r.auroc.value:.3f}"
         print(f"  AUROC {r.label}: {value} (positives {r.auroc.n_positive})")
-    print(
-        f"  at threshold {abnormal.threshold:.3f}: sensitivity {abnormal.sensitivity:.3f}, "
-        f"specificity {abnormal.specificity:.3f}"
-    )
+    if abnormal.threshold is not None:
+        print(
+            f"  at threshold {abnormal.threshold:.3f}: sensitivity {abnormal.sensitivity:.3f}, "
+            f"specificity {abnormal.specificity:.3f}"
+        )
+    else:
+        print(f"  no operating point: {abnormal.no_operating_point}")
     loc = report.headline_localisation()
     print(
         f"  map peak inside finding mask: {loc.peak_in_mask:.3f} of {loc.n} positives "

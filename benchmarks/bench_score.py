@@ -77,6 +77,7 @@ def main() -> None:
             str(out),
             "--chunksize",
             str(args.chunksize),
+            "--skip-invalid",  # the list has a few impossible values, as real ones do
         ]
         if args.model.startswith("who-cvd-"):
             cmd += ["--country", args.country]

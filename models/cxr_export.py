@@ -65,13 +65,17 @@ class ParityReport(BaseModel):
         return max(self.max_abs_diff_logits, self.max_scaled_diff_cam) <= self.atol
 
 
-def export_onnx(net: CxrNet, path: Path, size: int) -> Path:
+def export_onnx(
+    net: torch.nn.Module, path: Path, size: int, outputs: tuple[str, ...] = ("logits", "cam")
+) -> Path:
     """Write ``net`` (in eval mode) to ``path`` as one self-contained ONNX file.
 
     Args:
-        net: the trained network; it is switched to eval mode.
+        net: the trained network (a :class:`CxrNet`, or a module wrapping one with more
+            outputs, e.g. :class:`models.cxr_ood.OodScored`); switched to eval mode.
         path: destination ``.onnx`` file.
         size: the square input side the model was trained at.
+        outputs: names of the module's outputs, in order.
 
     Returns:
         ``path``.
@@ -87,8 +91,8 @@ def export_onnx(net: CxrNet, path: Path, size: int) -> Path:
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["logits", "cam"],
-            dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "cam": {0: "N"}},
+            output_names=list(outputs),
+            dynamic_axes={"image": {0: "N"}} | {name: {0: "N"} for name in outputs},
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,

@@ -10,7 +10,13 @@ Metadata this module reads (written by ``training/cxr_train.py``):
 * ``metadata.extra["labels"]``: the output columns.
 * ``metadata.extra["calibration"]``: ``{"method": "platt", "params": {label:
   {"scale": a, "offset": b}}}``; probability = ``sigmoid(a * logit + b)``.
-* ``metadata.operating_points``: one threshold per label on that probability.
+* ``metadata.extra["ood"]``: present when the graph has the out-of-distribution
+  output ``ood_score`` (:mod:`models.cxr_ood`; above 1 = unlike the training images).
+  :meth:`CxrPredictor.predict` gives such an image all-NaN probabilities and maps, so
+  every caller fails closed on it; :func:`refused` says which they are.
+* ``metadata.operating_points``: a threshold per label on that probability; a label
+  with too few known validation positives has none, and ``extra["no_operating_point"]``
+  says why.
 """
 
 from __future__ import annotations
@@ -26,13 +32,24 @@ from models.onnx_runtime import open_session
 from models.registry import StoredModel
 
 __all__ = [
+    "OOD_DETAIL",
+    "OOD_OUTPUT",
+    "OOD_REASON",
     "AppliedThreshold",
     "CxrPredictionError",
     "CxrPredictor",
     "Finding",
     "cam_peak",
+    "refused",
     "upsample_cam",
 ]
+
+
+# The graph output of the out-of-distribution gate (models.cxr_ood), and what serving
+# says when it refuses an image.
+OOD_OUTPUT = "ood_score"
+OOD_REASON = "out-of-distribution"
+OOD_DETAIL = "cannot assess: unlike the images this model was trained on"
 
 
 class CxrPredictionError(ValueError):
@@ -96,9 +113,21 @@ class CxrPredictor:
             [float(calibration.get(label, {}).get("offset", 0.0)) for label in self.labels]
         )
         self._session = open_session(stored, threads=threads)
+        names = {o.name for o in self._session.get_outputs()}
+        self.has_ood_gate: bool = OOD_OUTPUT in names
+        self._outputs = ["logits", "cam", *([OOD_OUTPUT] if self.has_ood_gate else [])]
 
     def raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Uncalibrated ``(logits [N, L], cam [N, L, h, w])`` for ``batch``.
+        """Uncalibrated ``(logits [N, L], cam [N, L, h, w])`` for ``batch`` (no gate).
+
+        Raises:
+            CxrPredictionError: wrong shape or dtype, non-finite input or output.
+        """
+        logits, cam, _ = self.raw_with_ood(batch)
+        return logits, cam
+
+    def raw_with_ood(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(logits, cam, ood_score [N])``; the score is 0 without a gate in the graph.
 
         Raises:
             CxrPredictionError: wrong shape or dtype, non-finite input or output.
@@ -112,33 +141,48 @@ class CxrPredictor:
             raise CxrPredictionError(f"image batch has dtype {batch.dtype}; expected float32")
         if not np.isfinite(batch).all():
             raise CxrPredictionError("image batch contains NaN or infinite values")
-        logits, cam = self._session.run(["logits", "cam"], {"image": batch})
+        out = self._session.run(self._outputs, {"image": batch})
+        logits, cam = out[0], out[1]
         if not (np.isfinite(logits).all() and np.isfinite(cam).all()):
             raise CxrPredictionError("the model returned NaN or infinite values")
-        return np.asarray(logits), np.asarray(cam)
+        score = np.asarray(out[2]) if self.has_ood_gate else np.zeros(len(batch))
+        return np.asarray(logits), np.asarray(cam), score
 
     def calibrate(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``[N, L]`` from raw logits."""
         return _sigmoid(logits * self._scale + self._offset)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities ``[N, L]`` and raw maps ``[N, L, h, w]``.
+        """Calibrated probabilities ``[N, L]`` and raw maps ``[N, L, h, w]``; an image the
+        out-of-distribution gate refuses gets NaN in both (never a score).
 
         Args:
             batch: float32 ``[N, 1, S, S]`` from ``models.cxr_preprocess.to_model_input``.
         """
-        logits, cam = self.raw(batch)
-        return self.calibrate(logits), cam
+        logits, cam, score = self.raw_with_ood(batch)
+        probs = self.calibrate(logits)
+        out_of_scope = refused(score)
+        if out_of_scope.any():
+            probs[out_of_scope] = np.nan
+            cam = cam.astype(np.float32, copy=True)
+            cam[out_of_scope] = np.nan
+        return probs, cam
 
-    def thresholds(self, overrides: Mapping[str, float] | None = None) -> list[AppliedThreshold]:
+    def thresholds(
+        self, overrides: Mapping[str, float] | None = None, *, missing_ok: bool = False
+    ) -> list[AppliedThreshold]:
         """The threshold for each label: a site override if given, else the model's.
 
         Args:
             overrides: label -> threshold from site configuration.
+            missing_ok: leave out a label that has neither (a model may have no
+                operating point for a label with too few known positives; evaluation
+                still reports its AUROC) instead of raising.
 
         Raises:
             CxrPredictionError: an override names an unknown label or is outside [0, 1],
-                or a label has neither an override nor a model operating point.
+                or (unless ``missing_ok``) a label has neither an override nor a model
+                operating point.
         """
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(self.labels))
@@ -172,7 +216,7 @@ class CxrPredictor:
                         specificity=op.specificity,
                     )
                 )
-            else:
+            elif not missing_ok:
                 raise CxrPredictionError(f"{self.metadata.tag} has no operating point for {label}")
         return applied
 
@@ -194,6 +238,12 @@ class CxrPredictor:
             )
             for p, t in zip(probs, self.thresholds(overrides), strict=True)
         ]
+
+
+def refused(ood_score: np.ndarray) -> np.ndarray:
+    """Which images the out-of-distribution gate refuses (score above 1, or not finite)."""
+    score = np.asarray(ood_score, dtype=np.float64)
+    return np.asarray(~(score <= 1.0))
 
 
 def upsample_cam(cam: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """What a model artifact says about itself.
 
-Every artifact Tonle serves is an ONNX file plus this metadata (DESIGN.md, "A model
-artifact is self-describing"). Serving refuses an artifact whose metadata does not
-validate or whose ONNX bytes do not hash to ``sha256``.
+Every artifact Tonle serves is an ONNX file plus this metadata (a model artifact is
+self-describing). Serving refuses an artifact whose metadata does not validate, whose
+ONNX bytes do not hash to ``onnx_sha256``, or whose metadata and card do not hash to
+``sha256`` (:mod:`models.registry`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ class ModelMetadata(_Strict):
     name: str = Field(description="Lower-case model name, e.g. 'cvd-risk'.")
     version: str = Field(description="Semantic version, e.g. '1.0.0'.")
     task: Literal["ncd-risk", "cxr-triage", "test"] = Field(description="What the model is for.")
-    sha256: str = Field(default="", description="sha256 of the ONNX bytes; set on save.")
+    sha256: str = Field(
+        default="",
+        description="The artifact's identity: sha256 over this metadata and the model card "
+        "(models.registry.artifact_digest); set on save.",
+    )
+    onnx_sha256: str = Field(default="", description="sha256 of the ONNX bytes; set on save.")
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     description: str = ""
     features: list[FeatureSpec] = Field(default_factory=list)

@@ -4,8 +4,24 @@ An artifact is a BentoML model whose folder holds ``model.onnx``, ``metadata.jso
 (a :class:`~models.metadata.ModelMetadata`) and optionally its model card. The store
 lives under ``$BENTOML_HOME`` (``tonle`` sets it from ``TONLE_MODEL_STORE``).
 
-Saving computes the sha256 and checks the graph is safe to load; loading re-hashes
-the bytes and refuses any mismatch, so a tampered or truncated file never serves.
+Identity. ``metadata.onnx_sha256`` is the sha256 of ``model.onnx``;
+``metadata.sha256``, the artifact's identity that every result, card and audit row
+reports, is :func:`artifact_digest`: one sha256 over the metadata (which includes
+``onnx_sha256``: thresholds, labels, contract) and every card file. Saving computes
+both and records the identity in ``metadata.json`` and in BentoML's ``model.yaml``;
+loading (:func:`verify`) re-hashes everything and refuses any mismatch, any symbolic
+link or special file inside the artifact, and an unsafe graph.
+
+What this protects against, and what not. A change to one file (an operating
+threshold raised to 1.0 in ``metadata.json``, a swapped ``model.onnx``, an edited card,
+a card replaced by a symlink to another file), truncation and corruption are refused
+at load. An attacker who can write to the store can rewrite every file *and* the
+recorded digests consistently; nothing stored next to the artifact can detect that.
+Such a replacement does change the identity the service reports with every result, so
+it is visible to anyone comparing a result's ``sha256`` with the one published at
+release (the model card, the release notes, the serving configuration's review). To
+refuse it outright, keep the expected identity outside the store and pass it to
+:func:`verify` as ``expected_sha256``.
 """
 
 from __future__ import annotations
@@ -14,6 +30,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +45,8 @@ __all__ = [
     "ALLOWED_ONNX_DOMAINS",
     "ArtifactError",
     "StoredModel",
+    "artifact_digest",
+    "card_manifest",
     "check_onnx_graph",
     "describe",
     "get",
@@ -46,10 +66,16 @@ _MAX_ONNX_BYTES = 2 * 1024**3
 
 
 def store_home() -> Path:
-    """The store's home: ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
+    """The store's home: the Bento this code runs from when it packs models, else
+    ``$BENTOML_HOME``, else ``$TONLE_MODEL_STORE``, else ``.tonle/models``.
 
+    A Bento serves only the models built into it (BentoML's layout: ``BENTO/src/models/``
+    holds this module, ``BENTO/models/`` the artifacts), whatever store the host has.
     Read on every call so that tests and the CLI can point at another store.
     """
+    bento = Path(__file__).resolve().parents[2]
+    if (bento / "bento.yaml").is_file() and (bento / "models").is_dir():
+        return bento
     home = os.environ.get("BENTOML_HOME") or os.environ.get("TONLE_MODEL_STORE")
     return Path(home or ".tonle/models").resolve()
 
@@ -105,8 +131,8 @@ def check_onnx_graph(path: Path) -> None:
     except Exception as exc:  # onnx raises several unrelated types
         raise ArtifactError(f"{path.name} is not a valid ONNX model: {exc}") from exc
     graphs = _graphs(proto.graph)
-    for tensor in (t for g in graphs for t in g.initializer):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    for tensor in (t for g in graphs for t in _tensors(g)):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             raise ArtifactError(
                 f"{path.name} stores tensor {tensor.name!r} as external data; "
                 "artifacts must be a single self-contained file"
@@ -136,21 +162,95 @@ def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     return graphs
 
 
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in one graph: initializers (dense and sparse) and the
+    tensors in node attributes (``Constant`` values, ``ConstantOfShape`` fills, ...)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            sparse_tensors = [*attribute.sparse_tensors]
+            if attribute.HasField("sparse_tensor"):
+                sparse_tensors.append(attribute.sparse_tensor)
+            for sparse in sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+
+
+def _regular_files(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, refusing symbolic links and anything not a plain file.
+
+    Raises:
+        ArtifactError: a symbolic link (to a file or a folder) or a special file.
+    """
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise ArtifactError(
+                    f"{path.relative_to(root)} in {root} is a symbolic link; "
+                    "artifacts must hold plain files only"
+                )
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise ArtifactError(f"{path.relative_to(root)} in {root} is not a plain file")
+            if stat.S_ISREG(mode):
+                yield path
+
+
+def card_manifest(card_dir: Path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file of a model card (empty if none).
+
+    Raises:
+        ArtifactError: the card holds a symbolic link or a special file.
+    """
+    if card_dir.is_symlink():
+        raise ArtifactError(f"{card_dir} is a symbolic link; artifacts must hold plain files only")
+    if not card_dir.exists():
+        return {}
+    return {
+        path.relative_to(card_dir).as_posix(): sha256_file(path)
+        for path in _regular_files(card_dir)
+    }
+
+
+def artifact_digest(metadata: ModelMetadata, card: dict[str, str]) -> str:
+    """The artifact's identity: sha256 over its metadata (``sha256`` itself left out,
+    ``onnx_sha256`` in) and its card manifest, as canonical JSON.
+
+    Fields at their default value are left out, so a field added to
+    :class:`~models.metadata.ModelMetadata` later keeps the identity of older
+    artifacts; setting a field to its default still changes the identity.
+    """
+    content = metadata.model_dump(mode="json", exclude={"sha256"}, exclude_defaults=True)
+    canonical = json.dumps(
+        {"metadata": content, "card": card}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def save(onnx_path: Path, metadata: ModelMetadata, card_dir: Path | None = None) -> StoredModel:
     """Store an ONNX file with its metadata (and card) as ``name:version``.
 
-    The sha256 in the stored metadata is computed here, whatever the caller set.
+    ``onnx_sha256`` and ``sha256`` (:func:`artifact_digest`) in the stored metadata are
+    computed here, whatever the caller set.
 
     Raises:
-        ArtifactError: the graph fails :func:`check_onnx_graph`, or that version exists.
+        ArtifactError: the graph fails :func:`check_onnx_graph`, the card holds a
+            symbolic link, or that version exists.
     """
     check_onnx_graph(onnx_path)
+    card = card_manifest(card_dir) if card_dir is not None else {}
     if _exists(metadata.tag):
         raise ArtifactError(
             f"{metadata.tag} is already in the model store; versions are immutable, "
             "bump the version to save a new artifact"
         )
-    final = metadata.model_copy(update={"sha256": sha256_file(onnx_path)})
+    final = metadata.model_copy(update={"onnx_sha256": sha256_file(onnx_path), "sha256": ""})
+    final = final.model_copy(update={"sha256": artifact_digest(final, card)})
     with bentoml.models.create(
         metadata.tag,
         labels={"task": final.task, "framework": "onnx"},
@@ -227,11 +327,18 @@ def get(name: str, version: str) -> StoredModel:
     return StoredModel(metadata=_read_metadata(folder), path=folder)
 
 
-def verify(name: str, version: str) -> StoredModel:
-    """Locate ``name:version`` and check its bytes and graph against its metadata.
+def verify(name: str, version: str, expected_sha256: str | None = None) -> StoredModel:
+    """Locate ``name:version`` and check its files and graph against its metadata.
+
+    Args:
+        name: the model name.
+        version: its version (``latest`` in tools only).
+        expected_sha256: the artifact identity to insist on, kept outside the store;
+            None checks the artifact against the digests it records.
 
     Raises:
-        ArtifactError: missing files, invalid metadata, a sha256 mismatch or an unsafe graph.
+        ArtifactError: missing files, invalid metadata, a symbolic link or special file
+            in the artifact, a digest mismatch or an unsafe graph.
     """
     stored = get(name, version)
     meta = stored.metadata
@@ -239,13 +346,33 @@ def verify(name: str, version: str) -> StoredModel:
         raise ArtifactError(
             f"metadata names {meta.tag}, but the store holds it as {name}:{stored.path.name}"
         )
-    if not stored.onnx_path.is_file():
+    files = set(_regular_files(stored.path))  # refuses links anywhere in the artifact
+    if stored.onnx_path not in files:
         raise ArtifactError(f"{meta.tag} has no {ONNX_FILE}")
-    actual = sha256_file(stored.onnx_path)
-    if actual != meta.sha256:
+    if not meta.onnx_sha256:
         raise ArtifactError(
-            f"{meta.tag}: sha256 of {ONNX_FILE} is {actual}, metadata says {meta.sha256}; "
-            "the artifact was modified or corrupted and will not be loaded"
+            f"{meta.tag} was saved before artifacts recorded their identity; delete it "
+            f"from the store ({stored.path}) and save it again"
+        )
+    actual = sha256_file(stored.onnx_path)
+    if actual != meta.onnx_sha256:
+        raise ArtifactError(
+            f"{meta.tag}: sha256 of {ONNX_FILE} is {actual}, metadata says "
+            f"{meta.onnx_sha256}; the artifact was modified or corrupted and will not be loaded"
+        )
+    identity = artifact_digest(meta, card_manifest(stored.card_dir))
+    record = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata
+    recorded = str(record.get("sha256") or "nothing")
+    if identity != meta.sha256 or identity != recorded:
+        raise ArtifactError(
+            f"{meta.tag}: the digest of {METADATA_FILE} and the card is {identity}, the "
+            f"artifact records {meta.sha256} ({METADATA_FILE}) and {recorded} (model.yaml); "
+            "the metadata or the card was modified and will not be loaded"
+        )
+    if expected_sha256 is not None and identity != expected_sha256:
+        raise ArtifactError(
+            f"{meta.tag} has identity {identity}, but {expected_sha256} is expected; "
+            "the artifact was replaced and will not be loaded"
         )
     check_onnx_graph(stored.onnx_path)
     return stored

@@ -158,7 +158,7 @@ def recalibration(region: str | None, country: str | None) -> Recalibration:
         region_code = region if region in tables.regions else tables.region_by_name.get(region)
         if region_code is None:
             raise WhoCvdInputError(
-                "region", region, "not a GBD region code or name (see list_regions())"
+                "region", region, "not a GBD region code or name (tonle who regions lists them)"
             )
     if country is not None:
         entry = tables.countries.get(country.upper())

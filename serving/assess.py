@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from models.metadata import ModelMetadata
@@ -26,6 +26,8 @@ from models.ncd_predictor import (
 )
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
+from models.who_cvd_inputs import VALID_RANGES
+from serving.protocol import ActiveProtocol, Facts, Fired
 
 __all__ = [
     "Advice",
@@ -34,6 +36,7 @@ __all__ = [
     "WhoSettings",
     "already_has_outcome",
     "assess",
+    "model_validated",
     "who_for",
 ]
 
@@ -43,8 +46,9 @@ class Problem:
     """One reason an input stops the assessment (no PHI beyond the value and its date).
 
     Attributes:
-        reason: ``unit``, ``already-has-outcome``, ``insufficient-data``, ``stale-data``
-            or ``out-of-range`` (as in :class:`NoAdvice`).
+        reason: ``unit``, ``future-dated``, ``already-has-outcome``,
+            ``insufficient-data``, ``stale-data`` or ``out-of-range`` (as in
+            :class:`NoAdvice`).
         field: The feature concerned, e.g. ``"sbp"``.
         detail: The rule broken, in plain (English) words, for logs and tests.
         value: The value given (``out-of-range``).
@@ -119,6 +123,12 @@ class Advice:
     who_cell: ChartCell | None = None
     """The printed WHO chart cell the patient falls in (what "WHO chart" means on cards)."""
     who_note: str | None = None
+    """Why the WHO chart was not used, in plain English (logs, REST)."""
+    who_reason: str | None = None
+    """The same as a code the card translates: ``outside:<field>``, ``missing:<field>``."""
+    fired: list[Fired] = field(default_factory=list)
+    """The protocol rows that fired for this patient (:mod:`serving.protocol`)."""
+    protocol: ActiveProtocol | None = None
     extra: dict[str, str] = field(default_factory=dict)
     missing: dict[str, float | None] = field(default_factory=dict)
     """Optional inputs that were not recorded -> the value the model scored them as
@@ -137,8 +147,9 @@ def who_for(
     """The WHO chart risk (lab model when cholesterol and diabetes are known, else non-lab).
 
     Returns:
-        ``(result, None)``, or ``(None, reason)`` when the charts cannot be used (e.g.
-        age outside 40-74); the charts are never extrapolated here.
+        ``(result, None)``, or ``(None, reason)`` when the charts cannot be used, the
+        reason a code: ``outside:<field>`` (e.g. age outside 40-74; the charts are
+        never extrapolated here) or ``missing:<field>``.
     """
     try:
         sex = values.get("sex")
@@ -159,10 +170,30 @@ def who_for(
         )
         return who_cvd_risk(inputs, model, region=settings.region, country=settings.country), None
     except WhoCvdInputError as exc:
-        return None, f"{exc.field}: {exc.rule}"
+        return None, f"outside:{exc.field}"
     except ValueError as exc:  # pydantic ValidationError: a chart input is missing
         first = getattr(exc, "errors", lambda: [{"loc": ("input",)}])()[0]
-        return None, f"{'.'.join(str(p) for p in first['loc'])}: required by the WHO chart"
+        return None, f"missing:{'.'.join(str(p) for p in first['loc'])}"
+
+
+def _who_note(code: str) -> str:
+    """A WHO reason code in plain English (REST answers and logs)."""
+    kind, _, name = code.partition(":")
+    if kind == "outside" and name in VALID_RANGES:
+        low, high, inclusive = VALID_RANGES[name]
+        upper = f"{high:g}" if inclusive else f"under {high:g}"
+        return f"{name} is outside the range the WHO chart covers ({low:g} to {upper})"
+    if kind == "outside":
+        return f"{name} is outside the range the WHO chart covers"
+    return f"{name} is not recorded; the WHO chart needs it"
+
+
+def model_validated(meta: ModelMetadata) -> bool:
+    """Whether the model's recorded validation shows it at least as good as the WHO
+    chart on the same patients (``extra.who_comparison.at_least_as_good``). Only then
+    does a card show its estimate beside the chart; absent means no."""
+    comparison = meta.extra.get("who_comparison")
+    return isinstance(comparison, dict) and comparison.get("at_least_as_good") is True
 
 
 def _scored_as(meta: ModelMetadata, name: str) -> float | None:
@@ -192,6 +223,47 @@ def already_has_outcome(
     return values.get("diabetes") == 1.0 or "diabetes" in prior
 
 
+def _day(problem: str) -> date | None:
+    try:
+        return date.fromisoformat(problem.partition(":")[2])
+    except ValueError:
+        return None
+
+
+def _flag(value: float | str | None) -> bool | None:
+    return None if value is None else float(value) >= 0.5
+
+
+def _num(value: float | str | None) -> float | None:
+    return None if value is None or isinstance(value, str) else float(value)
+
+
+def _facts(
+    outcome: str,
+    values: Mapping[str, float | str],
+    dates: Mapping[str, date],
+    history: Mapping[str, bool | None],
+    cell: ChartCell | None,
+    today: date,
+) -> Facts:
+    """What the protocol rules read: every value found (not only the model's inputs)."""
+    return Facts(
+        outcome=outcome,
+        band_index=cell.band_index if cell is not None else None,
+        today=today,
+        age=_num(values.get("age")),
+        sbp=_num(values.get("sbp")),
+        dbp=_num(values.get("dbp")),
+        bp_treated=_flag(values.get("bp_treated")),
+        established_cvd=history.get("established_cvd"),
+        diabetes=_flag(values.get("diabetes")),
+        diabetes_diagnosed=history.get("diabetes_diagnosed"),
+        hba1c=_num(values.get("hba1c")),
+        fasting_glucose=_num(values.get("fasting_glucose")),
+        lab_dates=tuple((lab, dates[lab]) for lab in ("hba1c", "fasting_glucose") if lab in dates),
+    )
+
+
 def _problems(
     meta: ModelMetadata,
     values: Mapping[str, float | str],
@@ -204,7 +276,12 @@ def _problems(
     """Every input problem, in the order the reason code is chosen: unreadable units,
     the outcome already present, then missing, stale and out-of-range values (each in
     the model's feature order)."""
-    found = [Problem("unit", name, problem) for name, problem in unreadable.items()]
+    found = [
+        Problem("future-dated", name, problem, measured=_day(problem))
+        if problem.startswith("future-dated:")
+        else Problem("unit", name, problem)
+        for name, problem in unreadable.items()
+    ]
     if has_outcome:
         found.append(
             Problem(
@@ -253,6 +330,8 @@ def assess(
     top: int = 3,
     prior: Collection[str] = (),
     unreadable: Mapping[str, str] | None = None,
+    protocol: ActiveProtocol | None = None,
+    history: Mapping[str, bool | None] | None = None,
 ) -> Advice:
     """Score one patient with ``predictor`` (and the WHO chart for CVD).
 
@@ -269,12 +348,18 @@ def assess(
         prior: Outcomes the patient was already diagnosed with (see
             :func:`already_has_outcome`).
         unreadable: Features whose value could not be read -> the problem (e.g.
-            ``unit:g/L``, :attr:`serving.fhir_in.Extracted.problems`): no advice
-            (``unit``), whatever else is wrong.
+            ``unit:g/L`` or ``future-dated:2031-01-01``,
+            :attr:`serving.fhir_in.Extracted.problems`): no advice (``unit``,
+            ``future-dated``), whatever else is wrong.
+        protocol: The site's protocol table; the rows that fire are kept in
+            :attr:`Advice.fired` (None: no rule is applied).
+        history: What the Conditions on record say
+            (:attr:`serving.fhir_in.Extracted.history`), read by the protocol rules.
 
     Raises:
-        NoAdvice: ``unit``, ``already-has-outcome``, ``insufficient-data``,
-            ``stale-data``, ``out-of-range`` or ``model-output``; for the input
+        NoAdvice: ``unit``, ``future-dated``, ``already-has-outcome``,
+            ``insufficient-data``, ``stale-data``, ``out-of-range`` or
+            ``model-output``; for the input
             problems it lists them all (:attr:`NoAdvice.problems`), the first giving
             the reason code.
     """
@@ -307,13 +392,17 @@ def assess(
     band_index, band = risk_band(risk)
     who_result: WhoCvdResult | None = None
     who_cell: ChartCell | None = None
-    who_note: str | None = None
+    who_reason: str | None = None
     if who is not None:
-        who_result, who_note = who_for(values, who)
+        who_result, who_reason = who_for(values, who)
         if who_result is not None:
             who_cell = patient_cell(who_result, region=who.region, country=who.country)
+    outcome = str(meta.extra.get("outcome", ""))
+    facts = _facts(
+        outcome, values, dates, history or {}, who_cell, today or datetime.now(UTC).date()
+    )
     return Advice(
-        outcome=str(meta.extra.get("outcome", "")),
+        outcome=outcome,
         risk=risk,
         percent=math.floor(risk * 100.0 + 0.5),
         band_index=band_index,
@@ -327,6 +416,9 @@ def assess(
         input_sha256=_canonical_sha256(meta.tag, used),
         who=who_result,
         who_cell=who_cell,
-        who_note=who_note,
+        who_note=_who_note(who_reason) if who_reason else None,
+        who_reason=who_reason,
+        fired=protocol.fire(facts) if protocol is not None else [],
+        protocol=protocol,
         missing=missing,
     )

@@ -1,14 +1,28 @@
-"""CDS Hooks cards for NCD risk advice, in the caller's language (contract C6 text)."""
+"""CDS Hooks cards for NCD risk advice, in the caller's language.
+
+The guideline leads (WHO HEARTS): for cardiovascular risk the WHO chart cell the
+patient falls in sets the card's indicator, summary and actions. A trained model's
+estimate is a second, labelled local estimate, shown only when its recorded
+validation shows it at least as good as the chart on the same patients
+(:func:`serving.assess.model_validated`); when the two fall in different bands the
+card says so. Diabetes-risk cards have their own severity scale
+(:class:`serving.config.DiabetesScale`). Suggestions come from the site's protocol
+table (:mod:`serving.protocol`), each naming the rule that fired and its source.
+
+Every untrusted string placed in card markdown goes through :func:`md`.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Literal
 
 from models.metadata import ModelMetadata
-from serving.assess import Advice
+from serving.assess import Advice, model_validated
 from serving.cds_models import (
     SUMMARY_MAX,
     Action,
@@ -19,30 +33,76 @@ from serving.cds_models import (
     Source,
     Suggestion,
 )
-from serving.fhir_out import provenance, risk_assessment
+from serving.fhir_out import follow_up_task, proposal_resource, provenance, risk_assessment
 from serving.i18n import format_date, format_number, t
+from serving.protocol import INDICATOR_RANK
+from serving.synthetic import trained_on_synthetic
 
 __all__ = [
     "OVERRIDE_CODES",
     "OVERRIDE_SYSTEM",
+    "TB_REFERRAL",
     "Indicator",
+    "Lead",
     "MissingHow",
+    "by_urgency",
+    "demo_notice",
     "feature_label",
+    "lead",
+    "md",
     "missing_how",
     "missing_text",
     "model_source",
     "ncd_card",
+    "override_reasons",
     "value_text",
 ]
 
 Indicator = Literal["info", "warning", "critical"]
 OVERRIDE_SYSTEM = "https://tonle.dev/fhir/CodeSystem/override-reason"
 OVERRIDE_CODES = ("not-relevant", "already-managed", "disagree", "data-wrong", "other")
-_SUGGESTION_KEY = {
-    "cvd": "card.ncd.suggestion.followup",
-    "diabetes": "card.ncd.suggestion.screen_diabetes",
-}
+Lead = Literal["chart", "model", "none"]
+#: The code of a referral for a WHO-recommended rapid diagnostic test for TB (X-ray
+#: cards); :func:`by_urgency` puts cards proposing it first.
+TB_REFERRAL = Coding(
+    system="https://tonle.dev/fhir/CodeSystem/referral",
+    code="tb-rapid-test",
+    display="WHO-recommended rapid diagnostic test for tuberculosis",
+)
+# Characters with a meaning in GitHub-flavoured markdown inline text, and the starts of
+# the autolinks GFM makes from bare text ("https://...", "www.").
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|<>~&])")
+_AUTOLINK = re.compile(r"(?i)(://|www\.)")
 _DISPLAY_UNIT = {"mm[Hg]": "mmHg", "kg/m2": "kg/m²", "a": "years", "1": ""}
+
+
+def md(text: object) -> str:
+    """``text`` as literal characters in CDS Hooks (GitHub-flavoured) markdown.
+
+    Markdown punctuation is backslash-escaped (links, images, emphasis, tables and
+    HTML lose their meaning), as are the starts of bare-text autolinks (``://``,
+    ``www.``), and line breaks become spaces. Used for
+    every value a card's markdown takes from outside the code (the EHR's data, model
+    metadata, the site's protocol table).
+    """
+    flat = " ".join(str(text).split())
+    escaped = _MD_SPECIAL.sub(r"\\\1", flat)
+    return _AUTOLINK.sub(lambda m: "\\:\\/\\/" if m[0] == "://" else m[0][:3] + "\\.", escaped)
+
+
+def lead(advice: Advice) -> Lead:
+    """Which estimate leads the card: the WHO chart when the patient is on it; else the
+    local model when its validation shows it at least as good as the chart; else none
+    (cardiovascular risk). A diabetes risk has no WHO chart: its model leads."""
+    if advice.outcome != "cvd":
+        return "model"
+    if advice.who is not None and advice.who_cell is not None:
+        return "chart"
+    return "model" if model_validated(advice.metadata) else "none"
+
+
+def _model_shown(advice: Advice) -> bool:
+    return advice.outcome != "cvd" or model_validated(advice.metadata)
 
 
 def value_text(name: str, value: float | str, unit: str, lang: str) -> str:
@@ -82,8 +142,8 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
 
 
 @cache
-def _override_reasons(lang: str) -> tuple[OverrideReason, ...]:
-    # The same for every card in a language; cards only serialise them.
+def override_reasons(lang: str) -> tuple[OverrideReason, ...]:
+    """The reasons a clinician may give for overriding a card, in ``lang``."""
     return tuple(
         OverrideReason(system=OVERRIDE_SYSTEM, code=code, display=t(f"override.{code}", lang))
         for code in OVERRIDE_CODES
@@ -139,7 +199,8 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         date_text = format_date(when, lang) if when else ""
         rows.append(f"| {feature_label(name, lang)} | {shown[name]} | {date_text} |")
     units = {spec.name: spec.unit for spec in advice.metadata.features}
-    for name, scored_as in advice.missing.items():
+    # What the model made of a missing input matters only where its estimate is shown.
+    for name, scored_as in advice.missing.items() if _model_shown(advice) else ():
         how = missing_how(advice.metadata, name)
         text = missing_text(name, scored_as, units.get(name, "1"), lang, how)
         rows.append(f"| {feature_label(name, lang)} | **{text}** | |")
@@ -153,70 +214,243 @@ def _missing_note(advice: Advice, lang: str) -> list[str]:
     return [f"**{t('card.ncd.missing.note', lang, fields=fields)}**"]
 
 
-def _summary(advice: Advice, lang: str) -> str:
-    # With the WHO chart beside it, the summary names both numbers, so the model's
-    # risk is never read as the chart's. "WHO chart" is the patient's printed chart
-    # cell (what the explanation page outlines and a clinician reads off the paper
-    # chart), not the equation at the exact values, which only the detail shows.
+def _who_reason(advice: Advice, lang: str) -> str:
+    """Why the WHO chart could not be used, for a clinician."""
+    kind, _, name = (advice.who_reason or "missing:").partition(":")
+    key = "outside" if kind == "outside" else "missing"
+    return t(f"card.ncd.who_reason.{key}", lang, name=feature_label(name, lang) if name else "")
+
+
+def _fired(advice: Advice, row_id: str) -> bool:
+    return any(f.row.id == row_id for f in advice.fired)
+
+
+def _summary(advice: Advice, lang: str, how: Lead) -> str:
+    # The WHO chart cell (what a clinician reads off the paper chart and the explanation
+    # page outlines) leads; the local model's number follows only when it is validated.
     cell = advice.who_cell
-    if advice.outcome == "cvd" and advice.who is not None and cell is not None:
+    if advice.outcome == "cvd" and _fired(advice, "cvd-established"):
+        text = t("card.ncd.cvd.summary_established", lang)
+    elif advice.outcome == "cvd" and how == "chart" and cell is not None:
+        key = "summary_chart_model" if _model_shown(advice) else "summary_chart"
         text = t(
-            "card.ncd.cvd.summary_who",
+            f"card.ncd.cvd.{key}",
             lang,
-            percent=advice.percent,
             who_percent=cell.percent,
             who_band=cell.band,
+            percent=advice.percent,
         )
+    elif advice.outcome == "cvd" and how == "model":
+        text = t("card.ncd.cvd.summary", lang, percent=advice.percent, band=advice.band)
+    elif advice.outcome == "cvd":
+        text = t("card.ncd.cvd.summary_none", lang, reason=_who_reason(advice, lang))
     else:
-        text = t(
-            f"card.ncd.{advice.outcome}.summary", lang, percent=advice.percent, band=advice.band
-        )
+        text = t(f"card.ncd.{advice.outcome}.summary", lang, percent=advice.percent)
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 
-def _detail(advice: Advice, lang: str, region: str) -> str:
+def _chart_text(advice: Advice, lang: str, region: str) -> str:
+    cell, who = advice.who_cell, advice.who
+    if cell is None or who is None:
+        return t("card.ncd.cvd.chart_unavailable", lang, reason=_who_reason(advice, lang))
+    return t(
+        "card.ncd.cvd.chart",
+        lang,
+        region=md(region),
+        who_percent=cell.percent,
+        band=cell.band,
+        cell=t(f"card.ncd.cvd.cell.{who.model}", lang, **cell.model_dump()),
+        exact_percent=who.percent,
+    )
+
+
+def _model_text(advice: Advice, lang: str, shown: dict[str, str]) -> list[str]:
     meta = advice.metadata
-    shown = _value_texts(advice, lang)
+    name, version = md(meta.name), md(meta.version)
+    if not _model_shown(advice):
+        return [t("card.ncd.model_not_shown", lang, model=name, version=version)]
     factors = _factors(advice, lang, shown)
-    cell = advice.who_cell
-    if advice.outcome == "cvd" and advice.who is not None and cell is not None:
-        body = t(
-            "card.ncd.cvd.detail",
+    if advice.outcome == "diabetes":
+        return [
+            t(
+                "card.ncd.diabetes.detail",
+                lang,
+                percent=advice.percent,
+                model=name,
+                version=version,
+                factors=factors,
+            )
+        ]
+    parts = [
+        t(
+            "card.ncd.cvd.model",
             lang,
             percent=advice.percent,
-            model=meta.name,
-            version=meta.version,
-            region=region,
-            who_percent=cell.percent,
-            band=cell.band,
-            cell=t(f"card.ncd.cvd.cell.{advice.who.model}", lang, **cell.model_dump()),
-            exact_percent=advice.who.percent,
+            band=advice.band,
+            model=name,
+            version=version,
             factors=factors,
         )
-    elif advice.outcome == "cvd":
-        body = t(
-            "card.ncd.cvd.detail_no_who",
+    ]
+    cell = advice.who_cell
+    if cell is not None and cell.band_index != advice.band_index:
+        parts.append(
+            "**" + t("card.ncd.cvd.bands_differ", lang, band=advice.band, who_band=cell.band) + "**"
+        )
+    return parts
+
+
+def _protocol_text(advice: Advice, lang: str) -> list[str]:
+    protocol = advice.protocol
+    if protocol is None:
+        return []
+    version = md(protocol.table.version)
+    if protocol.approved and protocol.approval is not None:
+        head = t(
+            "card.protocol.approved",
             lang,
-            percent=advice.percent,
-            model=meta.name,
-            version=meta.version,
-            factors=factors,
-            reason=advice.who_note or "",
+            version=version,
+            by=md(protocol.approval.by),
+            on=format_date(protocol.approval.on, lang),
         )
     else:
-        body = t(
-            "card.ncd.diabetes.detail",
+        head = t("card.protocol.not_approved", lang, version=version)
+    lines = [
+        t(
+            "card.protocol.rule",
             lang,
-            percent=advice.percent,
-            model=meta.name,
-            version=meta.version,
-            factors=factors,
+            text=md(f.row.text.get(lang)),
+            rule=f.row.id,
+            source=md(f"{f.row.source.document}, {f.row.source.section}"),
         )
-    return "\n\n".join(
-        [body, *_missing_note(advice, lang),
-         f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}",
-         f"_{t('advisory.statement', lang)}_"]
-    )  # fmt: skip
+        for f in advice.fired
+    ]
+    return [f"**{head}**", "\n".join(f"- {line}" for line in lines)] if lines else [head]
+
+
+def demo_notice(meta: ModelMetadata, lang: str) -> list[str]:
+    """The bold "demo model" line a card from a synthetic-trained model starts with."""
+    return [f"**{t('advisory.demo_model', lang)}**"] if trained_on_synthetic(meta) else []
+
+
+def _detail(advice: Advice, lang: str, region: str, how: Lead) -> str:
+    shown = _value_texts(advice, lang)
+    parts: list[str] = demo_notice(advice.metadata, lang)
+    if advice.outcome == "cvd":
+        parts.append(_chart_text(advice, lang, region))
+    parts += _model_text(advice, lang, shown)
+    if _model_shown(advice):
+        parts += _missing_note(advice, lang)
+    parts += _protocol_text(advice, lang)
+    parts.append(f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}")
+    parts.append(f"_{t('advisory.statement', lang)}_")
+    return "\n\n".join(parts)
+
+
+def indicator_of(
+    advice: Advice,
+    how: Lead,
+    indicators: Sequence[Indicator],
+    diabetes_warning_percent: int,
+) -> Indicator:
+    """The card's indicator: the leading estimate's band on its own scale (the site's
+    table for the WHO chart bands; the diabetes scale: ``info``, ``warning`` from
+    ``diabetes_warning_percent``, never ``critical``), raised to the highest indicator
+    of any protocol row that fired."""
+    base: Indicator
+    if advice.outcome == "diabetes":
+        base = "warning" if advice.percent >= diabetes_warning_percent else "info"
+    elif how == "chart" and advice.who_cell is not None:
+        base = indicators[advice.who_cell.band_index]
+    elif how == "model":
+        base = indicators[advice.band_index]
+    else:
+        base = "info"
+    raised = [f.row.indicator for f in advice.fired if f.row.indicator is not None]
+    return max([base, *raised], key=INDICATOR_RANK.__getitem__)
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _suggestions(
+    advice: Advice,
+    lang: str,
+    assessment: dict[str, object],
+    made_by: dict[str, object],
+    patient_id: str,
+    encounter_id: str | None,
+    today: date,
+    how: Lead,
+) -> list[Suggestion]:
+    """One suggestion per fired row that proposes something, one follow-up at the
+    shortest interval any fired row sets, and recording the leading estimate (none
+    when no estimate leads)."""
+    out: list[Suggestion] = []
+    protocol = advice.protocol
+    version = protocol.table.version if protocol is not None else ""
+    for fired in advice.fired:
+        if not fired.proposals:
+            continue
+        actions = [
+            Action(
+                type="create",
+                description=p.text.get(lang),
+                resource=proposal_resource(
+                    p,
+                    fired.row,
+                    version=version,
+                    lang=lang,
+                    patient_id=patient_id,
+                    encounter_id=encounter_id,
+                ),
+            )
+            for p in fired.proposals
+        ]
+        label = t(
+            "card.protocol.suggestion", lang, text=fired.row.text.get(lang), rule=fired.row.id
+        )
+        out.append(Suggestion(label=_label(label), uuid=str(uuid.uuid4()), actions=actions))
+    timed = [f.row for f in advice.fired if f.row.follow_up_months is not None]
+    if timed:
+        months = min(row.follow_up_months or 0 for row in timed)
+        rules = [row for row in timed if row.follow_up_months == months]
+        label = t(
+            "card.protocol.follow_up", lang, months=months, rule=", ".join(r.id for r in rules)
+        )
+        task = follow_up_task(
+            months,
+            rules,
+            version=version,
+            description=label,
+            patient_id=patient_id,
+            today=today,
+        )
+        out.append(
+            Suggestion(
+                label=_label(label),
+                uuid=str(uuid.uuid4()),
+                actions=[Action(type="create", description=label, resource=task)],
+            )
+        )
+    if how == "none":
+        return out
+    out.append(
+        Suggestion(
+            label=t("card.ncd.action.record", lang),
+            uuid=str(uuid.uuid4()),
+            actions=[
+                Action(
+                    type="create",
+                    description=t("card.ncd.action.record", lang),
+                    resource=assessment,
+                ),
+                Action(type="create", description="Provenance", resource=made_by),
+            ],
+        )
+    )
+    return out
 
 
 def model_source(meta: ModelMetadata, lang: str, url: str | None) -> Source:
@@ -227,8 +461,11 @@ def model_source(meta: ModelMetadata, lang: str, url: str | None) -> Source:
         lang: Language of the label.
         url: Where the model card can be read.
     """
+    label = t("card.source.label", lang, model=meta.name, version=meta.version)
+    if trained_on_synthetic(meta):
+        label = t("card.source.demo", lang, source=label)
     return Source(
-        label=t("card.source.label", lang, model=meta.name, version=meta.version),
+        label=label,
         url=url,
         topic=Coding(system="urn:tonle:model", code=meta.tag, display=f"sha256 {meta.sha256[:12]}"),
     )
@@ -244,57 +481,71 @@ def ncd_card(
     explain_url: str,
     region: str,
     source_url: str | None = None,
+    diabetes_warning_percent: int = 20,
+    today: date | None = None,
 ) -> Card:
     """The card for one NCD assessment.
 
     Args:
-        advice: The assessment.
+        advice: The assessment (with the protocol rows that fired).
         lang: Language of the text.
-        indicators: Indicator for each risk band index 0-4 (site configuration).
+        indicators: Indicator for each WHO chart band index 0-4 (site configuration).
         patient_id: FHIR id of the patient (for the RiskAssessment subject).
         encounter_id: FHIR id of the encounter, if any.
         explain_url: Absolute URL of the explanation page for this card.
         region: Display name of the WHO region or country whose chart is used.
         source_url: Where the model card can be read.
+        diabetes_warning_percent: Diabetes risk from which the card is a warning.
+        today: The day follow-ups are counted from (default: today).
     """
     meta = advice.metadata
+    how = lead(advice)
     card_id = str(uuid.uuid4())
     assessment_id = str(uuid.uuid4())
     assessment = risk_assessment(
-        advice, resource_id=assessment_id, patient_id=patient_id, encounter_id=encounter_id
+        advice,
+        resource_id=assessment_id,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        lead=how,
     )
     made_by = provenance(advice, target_id=assessment_id, resource_id=str(uuid.uuid4()))
     return Card(
         uuid=card_id,
-        summary=_summary(advice, lang),
-        detail=_detail(advice, lang, region),
-        # The indicator follows the site model's own risk band (the band its FHIR
-        # RiskAssessment records), not either WHO number: the WHO chart is shown beside
-        # it for comparison. Where a WHO band is shown it is the chart cell's category,
-        # because HEARTS reads its treatment thresholds off the printed chart's
-        # categories (e.g. >= 20 %), not off the equation at exact values.
-        indicator=indicators[advice.band_index],
+        summary=_summary(advice, lang, how),
+        detail=_detail(advice, lang, region, how),
+        indicator=indicator_of(advice, how, indicators, diabetes_warning_percent),
         source=model_source(meta, lang, source_url),
-        suggestions=[
-            Suggestion(
-                label=t(_SUGGESTION_KEY.get(advice.outcome, "card.ncd.suggestion.followup"), lang),
-                uuid=str(uuid.uuid4()),
-                isRecommended=False,
-                actions=[
-                    Action(
-                        type="create",
-                        description=t("card.ncd.action.record", lang),
-                        resource=assessment,
-                    ),
-                    Action(
-                        type="create",
-                        description="Provenance",
-                        resource=made_by,
-                    ),
-                ],
-            )
-        ],
-        selectionBehavior="at-most-one",
-        overrideReasons=list(_override_reasons(lang)),
+        suggestions=_suggestions(
+            advice,
+            lang,
+            assessment,
+            made_by,
+            patient_id,
+            encounter_id,
+            today or datetime.now(UTC).date(),
+            how,
+        ),
+        selectionBehavior="any",
+        overrideReasons=list(override_reasons(lang)),
         links=[Link(label=t("card.link.explanation", lang), url=explain_url, type="absolute")],
     )
+
+
+def _tb_referral(card: Card) -> bool:
+    wanted = {"system": TB_REFERRAL.system, "code": TB_REFERRAL.code}
+    for suggestion in card.suggestions:
+        for action in suggestion.actions:
+            resource = action.resource or {}
+            codings = (resource.get("code") or {}).get("coding") or []
+            if resource.get("resourceType") == "ServiceRequest" and any(
+                {k: c.get(k) for k in wanted} == wanted for c in codings
+            ):
+                return True
+    return False
+
+
+def by_urgency(cards: Iterable[Card]) -> list[Card]:
+    """``cards`` most urgent first: critical, warning, info; within one indicator a card
+    proposing TB testing first; otherwise in the order given."""
+    return sorted(cards, key=lambda c: (-INDICATOR_RANK[c.indicator], not _tb_referral(c)))

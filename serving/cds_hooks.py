@@ -151,6 +151,8 @@ class NcdService:
                 who=who,
                 prior=found.prior,
                 unreadable=found.problems,
+                protocol=runtime.config.protocol.load(),
+                history=found.history,
             )
         except PrefetchError as exc:
             raise BadRequest("invalid-prefetch", str(exc), f"prefetch.{exc.key}") from None
@@ -172,6 +174,8 @@ class NcdService:
             explain_url="",
             region=_region_name(advice),
             source_url=_model_page(base, advice.metadata, lang),
+            diabetes_warning_percent=runtime.config.diabetes_scale.warning_percent,
+            today=today,
         )
         page = signer(runtime).sign(f"/ui/explain/{card.uuid}")
         card.links[0].url = f"{base}{page}&lang={lang}"
@@ -231,7 +235,11 @@ async def _cds_call(request: Request, exchange: Exchange) -> Answer:
         )
     assert exchange.caller is not None
     lang = negotiate(request.headers.get("accept-language"), runtime.language)
-    return await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    answer = await service.answer(CdsCall(cds, exchange.caller, lang, exchange, runtime, request))
+    if answer.outcome in ("advice", "no-advice") and runtime.silent(exchange.service_id):
+        exchange.mode = "silent"  # the cards stay stored (card_ids, explanation), unsent
+        answer.response = _no_cards()
+    return answer
 
 
 def _no_advice_on_error(exchange: Exchange) -> Answer:

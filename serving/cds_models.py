@@ -56,7 +56,9 @@ class PatientViewContext(_In):
     # Required by CDS Hooks 2.0; 1.0 clients sent a top-level ``user`` instead.
     userId: str | None = Field(default=None, min_length=1, max_length=256)
     patientId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
-    encounterId: str | None = Field(default=None, max_length=64)
+    encounterId: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$"
+    )  # a FHIR id: it goes into the Encounter reference we write
 
 
 class CdsRequest(_In):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -9,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.metadata import SEMVER
 from models.ncd_lookback import LOOKBACK_DAYS
 from serving.imaging.config import ImagingConfig
+from serving.protocol import ActiveProtocol, Approval, load_protocol
 
-__all__ = ["NcdServiceConfig", "ServingConfig"]
+__all__ = ["DiabetesScale", "NcdServiceConfig", "ProtocolConfig", "ServingConfig"]
+
+#: The shipped protocol table (next to this package, in the source tree and the Bento).
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[1] / "configs" / "protocol.yaml"
 
 Indicator = Literal["info", "warning", "critical"]
 
@@ -23,6 +28,44 @@ class NcdServiceConfig(BaseModel):
     model: str = Field(description="Name of a model pinned under `models`.")
     title: str = Field(description="Title shown in CDS Hooks discovery.")
     description: str = Field(default="", description="Discovery description.")
+
+
+class ProtocolConfig(BaseModel):
+    """The care protocol table the cards follow, and the site's approval of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: Path = Field(
+        default=DEFAULT_PROTOCOL,
+        description="The protocol table (YAML); default: the shipped configs/protocol.yaml.",
+    )
+    approval: Approval | None = Field(
+        default=None,
+        description="Who approved the table, when, and its sha256. Unset: not approved "
+        "(no drug suggestions; rows the site must confirm do not fire).",
+    )
+
+    def load(self) -> ActiveProtocol:
+        """The checked table (cached per path and approval).
+
+        Raises:
+            models.config.ConfigError: the table is invalid or its approval is stale.
+        """
+        return load_protocol(self.table, self.approval)
+
+
+class DiabetesScale(BaseModel):
+    """Card severity for a 10-year diabetes risk: its own scale, never ``critical``
+    (a risk of diabetes within ten years is not an emergency)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warning_percent: int = Field(
+        default=20,
+        ge=1,
+        le=100,
+        description="Risk (whole percent) from which a diabetes card is a warning; info below.",
+    )
 
 
 class ServingConfig(BaseModel):
@@ -44,6 +87,17 @@ class ServingConfig(BaseModel):
         min_length=5,
         max_length=5,
         description="Card indicator for each WHO risk band: <5, 5-<10, 10-<20, 20-<30, >=30 %.",
+    )
+    diabetes_scale: DiabetesScale = Field(
+        default_factory=DiabetesScale, description="Severity of diabetes-risk cards."
+    )
+    protocol: ProtocolConfig = Field(
+        default_factory=ProtocolConfig, description="The care protocol table and its approval."
+    )
+    allow_synthetic_models: bool = Field(
+        default=False,
+        description="Load models trained on synthetic data outside --dev (demo only: every "
+        "output then says 'demo model: synthetic training data, not for clinical use').",
     )
     max_data_age_days: int = Field(
         default=LOOKBACK_DAYS,
@@ -73,6 +127,13 @@ class ServingConfig(BaseModel):
     fetch_timeout_s: float = Field(
         default=2.0, gt=0, le=10, description="Deadline for fetching missing prefetch (s)."
     )
+    silent: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="CDS service id -> the sites (TONLE_SITE) where it runs silently, '*' "
+        "for every site: the model runs and its results, cards and audit rows (mode "
+        "'silent') are stored, and the EHR gets `cards: []`. For a site proving a model "
+        "on its own traffic before go-live.",
+    )
     imaging: ImagingConfig | None = Field(
         default=None,
         description="Chest X-ray serving (model, site thresholds, PACS); unset = no imaging.",
@@ -87,6 +148,12 @@ class ServingConfig(BaseModel):
                     f"models.{name} = {version!r}: pin an exact semantic version like '1.0.0'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _protocol_loads(self) -> ServingConfig:
+        if self.ncd_services:  # checked at start-up, not on the first patient
+            self.protocol.load()
+        return self
 
     @model_validator(mode="after")
     def _services_pinned(self) -> ServingConfig:

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models import bp_treatment, diabetes_status, ncd_features
 
 __all__ = [
     "BP_LOWERING_ATC",
+    "CLOCK_SKEW",
+    "CVD_CONDITION_CODES",
     "DIABETES_CONDITION_CODES",
+    "FHIR_ID",
     "LOINC",
     "OBSERVATION_KEYS",
     "SMOKER_CODES",
     "Extracted",
     "PrefetchError",
+    "established_cvd",
     "extract",
 ]
 
@@ -51,6 +55,29 @@ DIABETES_CONDITION_CODES = ncd_features.DIABETES_CONDITION_CODES
 # the RxNorm/RxClass tables, which we do not ship.
 BP_LOWERING_ATC = ncd_features.BP_LOWERING_ATC
 _USABLE_STATUS = frozenset({"final", "amended", "corrected"})
+#: A FHIR resource id (R4 ``id`` datatype). Ids go into references we write
+#: (``Observation/<id>``): anything else, e.g. ``../Patient/x``, is refused.
+FHIR_ID: Final = r"^[A-Za-z0-9\-.]{1,64}$"
+_Id = Annotated[str, Field(pattern=FHIR_ID)]
+#: How far in the future a measurement may be dated (the EHR's clock may run ahead);
+#: later ones are refused (``future-dated``), never read as the freshest value.
+CLOCK_SKEW: Final = timedelta(minutes=10)
+#: Established cardiovascular disease (coronary, cerebrovascular or peripheral arterial
+#: disease): SNOMED CT concepts (these, not their descendants) and ICD-10 categories.
+CVD_CONDITION_CODES: Final[frozenset[str]] = frozenset({
+    "22298006",  # Myocardial infarction
+    "399211009",  # History of myocardial infarction
+    "414545008",  # Ischemic heart disease
+    "53741008",  # Coronary arteriosclerosis
+    "194828000",  # Angina
+    "230690007",  # Cerebrovascular accident
+    "266257000",  # Transient ischemic attack
+    "62914000",  # Cerebrovascular disease
+    "840580004",  # Peripheral arterial disease
+    "399957001",  # Peripheral arterial occlusive disease
+    "400047006",  # Peripheral vascular disease
+})  # fmt: skip
+_ICD10_CVD: Final = ("I20", "I21", "I22", "I23", "I24", "I25", "I6", "G45", "I70", "I739")
 # prefetch key -> resource type of medication lists (bp_treated and diabetes read them)
 MEDICATION_KEYS = {
     "medicationStatements": "MedicationStatement",
@@ -101,7 +128,7 @@ class _MedicationPeriod(_Period):
 
 class _Observation(_F):
     resourceType: str
-    id: str | None = None
+    id: _Id | None = None
     status: str
     code: _Concept
     effectiveDateTime: str | None = None
@@ -117,7 +144,7 @@ class _Condition(_F):
     reads it."""
 
     resourceType: str
-    id: str | None = None
+    id: _Id | None = None
     code: _Concept | None = None
     clinicalStatus: _Concept | None = None
     verificationStatus: _Concept | None = None
@@ -137,7 +164,7 @@ class _MedicationUse(_F):
     :func:`models.bp_treatment.medication_use` reads it."""
 
     resourceType: str
-    id: str | None = None
+    id: _Id | None = None
     status: str
     intent: str | None = None
     medicationCodeableConcept: _Concept | None = None
@@ -151,13 +178,13 @@ class _MedicationUse(_F):
 
 class _Medication(_F):
     resourceType: str
-    id: str | None = None
+    id: _Id | None = None
     code: _Concept | None = None
 
 
 class _Patient(_F):
     resourceType: str
-    id: str | None = None
+    id: _Id | None = None
     gender: str | None = None
     birthDate: str | None = None
 
@@ -170,10 +197,15 @@ class Extracted:
     dates: dict[str, date] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # feature -> "Observation/id"
-    problems: dict[str, str] = field(default_factory=dict)  # feature -> reason code
+    # feature -> ``unit:<unit>`` or ``future-dated:<date>``
+    problems: dict[str, str] = field(default_factory=dict)
     # outcome -> the resource showing the patient already had it (diagnosed on or before
     # today, even if resolved since): not at risk of a new onset.
     prior: dict[str, str] = field(default_factory=dict)
+    # What the Conditions on record say, whatever their dates: ``established_cvd`` and
+    # ``diabetes_diagnosed`` -> True (a Condition shows it), False (the search was read
+    # in full and none does) or None (not known). The protocol rules read them.
+    history: dict[str, bool | None] = field(default_factory=dict)
 
 
 def _resources(key: str, value: dict[str, Any] | None, resource_type: str) -> list[dict[str, Any]]:
@@ -195,16 +227,30 @@ def _resources(key: str, value: dict[str, Any] | None, resource_type: str) -> li
     return found
 
 
-def _parse_date(text: str | None) -> date | None:
+def _parse_moment(key: str, text: str | None) -> datetime | None:
+    """A FHIR date or dateTime as a UTC moment (a date: its first instant); None when
+    absent or unreadable.
+
+    Raises:
+        PrefetchError: a date that cannot be placed on the UTC calendar (e.g. year 9999
+            with a negative offset).
+    """
     if not text:
         return None
     try:
         if len(text) == 10:
-            return date.fromisoformat(text)
+            return datetime.combine(date.fromisoformat(text), time(), UTC)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         return None
-    return moment.astimezone(UTC).date() if moment.tzinfo else moment.date()
+    except OverflowError as exc:
+        raise PrefetchError(key, f"date {text[:40]!r} is outside the calendar") from exc
+
+
+def _parse_date(text: str | None, key: str = "patient") -> date | None:
+    moment = _parse_moment(key, text)
+    return moment.date() if moment is not None else None
 
 
 def _has_code(concept: _Concept | None, codes: tuple[str, ...] | frozenset[str]) -> str | None:
@@ -227,8 +273,11 @@ def _observation_value(obs: _Observation, code: str, feature: str) -> _Quantity 
 
 
 def _latest_observation(
-    key: str, raw: list[dict[str, Any]], codes: tuple[str, ...]
-) -> tuple[_Observation, str, date] | None:
+    key: str, raw: list[dict[str, Any]], codes: tuple[str, ...], now: datetime
+) -> tuple[_Observation, str, date] | date | None:
+    """The latest usable Observation, its code and date; or the date of one dated
+    beyond ``now`` plus :data:`CLOCK_SKEW` (refused: a wrong date must not win as the
+    freshest value); or None."""
     best: tuple[_Observation, str, date] | None = None
     for item in raw:
         try:
@@ -238,11 +287,15 @@ def _latest_observation(
         code = _has_code(obs.code, codes)
         if code is None or obs.status not in _USABLE_STATUS:
             continue
-        when = _parse_date(
-            obs.effectiveDateTime or (obs.effectivePeriod.start if obs.effectivePeriod else None)
-        ) or _parse_date(obs.issued)
-        if when is None:
+        moment = _parse_moment(
+            key,
+            obs.effectiveDateTime or (obs.effectivePeriod.start if obs.effectivePeriod else None),
+        ) or _parse_moment(key, obs.issued)
+        if moment is None:
             continue
+        if moment > now + CLOCK_SKEW:
+            return moment.date()
+        when = moment.date()
         if best is None or when > best[2]:
             best = (obs, code, when)
     return best
@@ -261,16 +314,29 @@ def _age(birth: date, today: date) -> float:
     return float(years)
 
 
-def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracted:
+def extract(
+    prefetch: dict[str, dict[str, Any] | None], today: date, now: datetime | None = None
+) -> Extracted:
     """Map prefetch resources to feature values in model units, with dates and sources.
 
     Values that are absent or unusable are simply not in ``values``; the caller decides
     (insufficient data means no advice, never a default). A value whose unit cannot
-    be converted is recorded in ``problems`` as ``unit:<unit>``.
+    be converted is recorded in ``problems`` as ``unit:<unit>``; a measurement dated
+    in the future (beyond :data:`CLOCK_SKEW`) as ``future-dated:<date>``.
+
+    Args:
+        prefetch: The CDS Hooks prefetch, completed.
+        today: The index date.
+        now: The current moment (default: now, when ``today`` is today; else the end
+            of ``today``).
 
     Raises:
-        PrefetchError: a prefetch value is not the FHIR shape its key asks for.
+        PrefetchError: a prefetch value is not the FHIR shape its key asks for (an id
+            that is not a FHIR id, a date outside the calendar, ...).
     """
+    if now is None:
+        current = datetime.now(UTC)
+        now = current if current.date() == today else datetime.combine(today, time.max, UTC)
     out = Extracted()
     patients = _resources("patient", prefetch.get("patient"), "Patient")
     if patients:
@@ -287,8 +353,13 @@ def extract(prefetch: dict[str, dict[str, Any] | None], today: date) -> Extracte
             out.units["age"] = "a"
             out.dates["age"] = today
     for key, (feature, codes) in OBSERVATION_KEYS.items():
-        latest = _latest_observation(key, _resources(key, prefetch.get(key), "Observation"), codes)
+        latest = _latest_observation(
+            key, _resources(key, prefetch.get(key), "Observation"), codes, now
+        )
         if latest is None:
+            continue
+        if isinstance(latest, date):
+            out.problems[feature] = f"future-dated:{latest.isoformat()}"
             continue
         obs, code, when = latest
         if feature == "smoking":
@@ -368,12 +439,19 @@ def _diabetes(
     for a laboratory result (its age is checked like any measurement).
     """
     diagnoses: list[diabetes_status.Diagnosis] = []
+    cvd = False
     for raw in _resources("diabetes", prefetch.get("diabetes"), "Condition"):
         try:
             _Condition.model_validate(raw)
         except ValidationError as exc:
             raise PrefetchError("diabetes", "Condition is malformed") from exc
-        diagnoses.append(diabetes_status.diagnosis(raw))
+        dx = diabetes_status.diagnosis(raw)
+        diagnoses.append(dx)
+        cvd = cvd or (not dx.void and established_cvd(raw))
+    conditions_read = _complete(prefetch, "diabetes")
+    on_record = any(dx.diabetes and not dx.void for dx in diagnoses)
+    out.history["established_cvd"] = True if cvd else (False if conditions_read else None)
+    out.history["diabetes_diagnosed"] = True if on_record else (False if conditions_read else None)
     labs = [
         diabetes_status.LabResult(lab, value, out.dates[lab], out.sources.get(lab, ""))
         for lab in diabetes_status.LAB_CUTS
@@ -394,6 +472,23 @@ def _diabetes(
     diagnosed = diabetes_status.diagnosed_by(diagnoses, today)
     if diagnosed is not None:
         out.prior["diabetes"] = diagnosed.reference
+
+
+def established_cvd(condition: dict[str, Any]) -> bool:
+    """Whether a Condition is coded as established cardiovascular disease
+    (:data:`CVD_CONDITION_CODES`, or ICD-10 I20-I25, I60-I69, G45, I70, I73.9)."""
+    concept = condition.get("code")
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    for coding in codings if isinstance(codings, list) else []:
+        if not isinstance(coding, dict):
+            continue
+        system, code = str(coding.get("system") or ""), str(coding.get("code") or "")
+        if system == SNOMED and code in CVD_CONDITION_CODES:
+            return True
+        icd = code.upper().replace(".", "")
+        if system.startswith(diabetes_status.ICD10_SYSTEM_PREFIX) and icd.startswith(_ICD10_CVD):
+            return True
+    return False
 
 
 def _bp_treated(

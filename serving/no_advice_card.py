@@ -25,6 +25,7 @@ reason code                        card   why
                                           under 40 for the WHO-range CVD model)
 ``unit:<input>``                   yes    recorded in a unit that cannot be converted: fix the
                                           unit
+``future-dated:<input>``           yes    dated in the future (a wrong date): correct it
 ``already-has-outcome:diabetes``   no     the patient already has the outcome the model predicts
 ``model-output``                   no     internal: the model gave no valid probability
 anything else, ``internal-error``  no     not the chart's to fix
@@ -43,7 +44,7 @@ from typing import Final
 
 from models.metadata import ModelMetadata
 from serving.assess import NoAdvice, Problem
-from serving.cards import feature_label, model_source, value_text
+from serving.cards import demo_notice, feature_label, md, model_source, value_text
 from serving.cds_models import SUMMARY_MAX, Card
 from serving.i18n import t
 
@@ -55,6 +56,7 @@ ACTIONABLE: Final[dict[str, str]] = {
     "stale-data": "stale",
     "out-of-range": "range",
     "unit": "unit",
+    "future-dated": "future",
 }
 #: Inputs for which an otherwise actionable reason means "outside the population".
 NOT_ACTIONABLE_FIELDS: Final[dict[str, frozenset[str]]] = {
@@ -82,8 +84,8 @@ def _value(name: str, value: float | str | None, unit: str, lang: str) -> str:
         return ""
     try:
         return value_text(name, value, unit, lang)
-    except (TypeError, ValueError, KeyError):  # not a number: shown as given
-        return str(value)[:40]
+    except (TypeError, ValueError, KeyError):  # not a number: shown as given, inert
+        return md(str(value)[:40])
 
 
 def _line(problem: Problem, meta: ModelMetadata, lang: str, max_age_days: int) -> str:
@@ -92,8 +94,10 @@ def _line(problem: Problem, meta: ModelMetadata, lang: str, max_age_days: int) -
     key = f"card.noadvice.ncd.line.{ACTIONABLE[problem.reason]}"
     spec = next((s for s in meta.features if s.name == name), None)
     unit = spec.unit if spec is not None else "1"
-    if problem.reason == "stale-data" and problem.measured is not None:
+    if problem.reason in ("stale-data", "future-dated") and problem.measured is not None:
         return t(key, lang, name=label, date=problem.measured, days=max_age_days)
+    if problem.reason == "future-dated":
+        return t("card.noadvice.ncd.future", lang, name=label)
     if problem.reason == "out-of-range":
         low = _value(name, spec.minimum if spec else None, unit, lang)
         high = _value(name, spec.maximum if spec else None, unit, lang)
@@ -101,7 +105,7 @@ def _line(problem: Problem, meta: ModelMetadata, lang: str, max_age_days: int) -
         return t(key, lang, name=label, value=value, low=low, high=high)
     if problem.reason == "unit":
         given = problem.detail.removeprefix("unit:") or "?"
-        return t(key, lang, name=label, unit=given)
+        return t(key, lang, name=label, unit=md(given))  # the EHR's text: made inert
     return t("card.noadvice.ncd.line.missing", lang, name=label)
 
 
@@ -151,7 +155,13 @@ def no_advice_card(
     lines = "\n".join(f"- {_line(p, meta, lang, max_age_days)}" for p in problems)
     detail = "\n\n".join(
         [
-            t(intro or "card.noadvice.ncd.intro", lang, model=meta.name, version=meta.version),
+            *demo_notice(meta, lang),
+            t(
+                intro or "card.noadvice.ncd.intro",
+                lang,
+                model=md(meta.name),
+                version=md(meta.version),
+            ),
             lines,
             t("card.noadvice.ncd.action", lang),
             f"_{t('card.noadvice.ncd.not_estimate', lang, code=no_advice.code)}_",

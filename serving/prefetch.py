@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -119,16 +120,31 @@ def _query(key: str, patient_id: str) -> str:
     return TEMPLATES[key].replace("{{context.patientId}}", patient_id)
 
 
+def _plain_path(raw_path: bytes) -> bool:
+    """No segment of a percent-encoded path is a dot segment or hides a separator once
+    decoded (``%2e%2e``, ``.%2E``, ``%2F``, ``%5C``): the decoded path is then the path a
+    server resolves, so comparing it says where a request really goes."""
+    path = raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+            return False
+    return True
+
+
 def on_server(url: str, base: str) -> bool:
     """Whether ``url`` is on the FHIR server at ``base``: same scheme, host and port, at
-    or under its path, and no user info. The EHR's token is only ever sent there."""
+    or under its path, no user info, and no encoded dot segment or separator in its
+    path (``/r4/%2e%2e/admin`` decodes to a path under ``/r4``, but a server resolves
+    it to ``/admin``). The EHR's token is only ever sent there."""
     try:
         target, root = httpx.URL(url), httpx.URL(base)
     except httpx.InvalidURL:
         return False
     path = root.path.rstrip("/")
     return (
-        target.scheme == root.scheme
+        _plain_path(target.raw_path)
+        and target.scheme == root.scheme
         and target.host == root.host
         and target.port == root.port
         and not target.userinfo

@@ -16,6 +16,7 @@ from models.registry import ArtifactError, StoredModel
 from serving.config import ServingConfig
 from serving.http.caller import Caller
 from serving.settings import Settings
+from serving.synthetic import check_servable
 
 if TYPE_CHECKING:
     from models.ncd_predictor import NcdPredictor
@@ -96,6 +97,11 @@ class Runtime:
         runtime = cls(settings=settings, config=config)
         for name, version in config.models.items():
             runtime.models[name] = registry.verify(name, version)
+            check_servable(
+                runtime.models[name].metadata,
+                dev=settings.dev,
+                allow_synthetic=config.allow_synthetic_models,
+            )
             logger.info("verified model %s", runtime.models[name].metadata.tag)
         for service_id, service in config.ncd_services.items():
             stored = runtime.models[service.model]
@@ -118,7 +124,15 @@ class Runtime:
             from serving.imaging.cds import SERVICE_ID, CxrTriage
 
             runtime.cds_services[SERVICE_ID] = CxrTriage(imaging)
+        unknown = sorted(set(config.silent) - set(runtime.cds_services))
+        if unknown:
+            raise ValueError(f"silent names unknown CDS service(s) {unknown}")
         return runtime
+
+    def silent(self, service_id: str) -> bool:
+        """Whether ``service_id`` keeps its cards from the EHR at this site."""
+        sites = self.config.silent.get(service_id, ())
+        return "*" in sites or self.settings.site in sites
 
     def warm_up(self) -> None:
         """Run each model on its golden input (the reference row) and the WHO chart on a

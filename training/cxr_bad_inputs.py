@@ -24,7 +24,9 @@ __all__ = [
     "BadInput",
     "bad_dicom_cases",
     "bad_image_cases",
+    "bomb_cases",
     "dicom_bytes",
+    "mutated_corpus",
     "out_of_scope_pixel_cases",
     "png_bytes",
 ]
@@ -320,6 +322,186 @@ def bad_image_cases() -> list[BadInput]:
     add("1-bit", png_bytes(grey.convert("1")), "unsupported-pixels", "out-of-distribution")
     add("tiny image", png_bytes(grey.resize((16, 16))), "too-small")
     return cases
+
+
+def bomb_cases() -> list[BadInput]:
+    """Small files whose codestream declares far more pixels than the DICOM header.
+
+    Rows x Columns say 512 x 512 (well under any pixel limit), but the JPEG 2000 SIZ
+    marker declares 20000 x 20000 and the JPEG SOF marker 30000 x 30000: a decoder that
+    trusts the codestream allocates gigabytes. The RGB PNG is valid and just under the
+    default pixel limit (6300 x 6300 grey stored as RGB, about 130 KB), so decoding it
+    must not make full-size copies in wide types.
+    """
+    chest = _chest((512, 512))
+    j2k = _patch_j2k_size(_j2k_dicom(_u16(chest)), 20_000, 20_000)
+    jpeg = _patch_jpeg_size(_jpeg_dicom((chest * 255).astype(np.uint8)), 30_000, 30_000)
+    big = Image.fromarray(np.full((6300, 6300), 90, dtype=np.uint8), "L").convert("RGB")
+    return [
+        BadInput("JPEG 2000 declaring 20000 x 20000", j2k, frozenset({"size-mismatch"})),
+        BadInput("JPEG baseline declaring 30000 x 30000", jpeg, frozenset({"size-mismatch"})),
+        BadInput(
+            "6300 x 6300 grey PNG stored as RGB",
+            png_bytes(big),
+            frozenset({"out-of-distribution"}),
+            media="image",
+        ),
+    ]
+
+
+def _j2k_dicom(pixels: NDArray[np.uint16]) -> bytes:
+    from training.cxr_synthetic_dicom import jpeg2000_lossless
+
+    return jpeg2000_lossless(dicom_bytes(pixels, bits_stored=12))
+
+
+def _jpeg_dicom(pixels: NDArray[np.uint8]) -> bytes:
+    """A baseline JPEG (Pillow) encapsulated as transfer syntax 1.2.840.10008.1.2.4.50."""
+    from pydicom.encaps import encapsulate
+
+    frame = png_bytes(Image.fromarray(pixels, "L"), "JPEG")
+
+    def apply(ds: Any) -> None:
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+
+    return dicom_bytes(pixels, transfer_syntax="1.2.840.10008.1.2.4.50", extra=apply)
+
+
+def _patch_j2k_size(data: bytes, rows: int, cols: int) -> bytes:
+    """Rewrite Xsiz / Ysiz (and the one tile's size) in the SIZ marker after SOC."""
+    at = data.index(b"\xff\x4f\xff\x51")
+    siz = struct.pack(">II", cols, rows)
+    tile = struct.pack(">II", cols, rows)
+    return data[: at + 8] + siz + data[at + 16 : at + 24] + tile + data[at + 32 :]
+
+
+def _patch_jpeg_size(data: bytes, rows: int, cols: int) -> bytes:
+    """Rewrite Y / X in the baseline SOF0 marker."""
+    at = data.index(b"\xff\xc0")
+    return data[: at + 5] + struct.pack(">HH", rows, cols) + data[at + 9 :]
+
+
+# pydicom's bundled test files used as fuzzing seeds (shipped in the wheel: no download).
+PYDICOM_SEEDS = (
+    "JPEG2000.dcm",  # JPEG 2000, 1024 x 256, 16-bit
+    "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+    "JPEG-lossy.dcm",  # JPEG extended 12-bit
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline, colour
+    "MR_small_RLE.dcm",  # RLE lossless
+    "CT_small.dcm",  # native little endian
+)
+
+
+def fuzz_seeds() -> dict[str, tuple[bytes, str]]:
+    """Valid files of every container and codec we read: name -> (bytes, media)."""
+    from pydicom.data import get_testdata_file
+
+    chest = _chest((256, 256))
+    grey = Image.fromarray((chest * 255).astype(np.uint8), "L")
+    seeds = {
+        "native DICOM": (dicom_bytes(_u16(chest), bits_stored=12), "dicom"),
+        "JPEG 2000 DICOM": (_j2k_dicom(_u16(chest)), "dicom"),
+        "JPEG DICOM": (_jpeg_dicom((chest * 255).astype(np.uint8)), "dicom"),
+        "PNG": (png_bytes(grey), "image"),
+        "16-bit PNG": (png_bytes(Image.fromarray(_u16(chest) * 16)), "image"),
+        "JPEG": (png_bytes(grey, "JPEG"), "image"),
+    }
+    for name in PYDICOM_SEEDS:
+        path = get_testdata_file(name)
+        if path is None:
+            raise FileNotFoundError(f"pydicom test file {name} is not installed")
+        with open(path, "rb") as handle:
+            seeds[f"pydicom {name}"] = (handle.read(), "dicom")
+    return seeds
+
+
+def mutated_corpus(seed: int = 0, per_seed: int = 24) -> list[BadInput]:
+    """Mutants of :func:`fuzz_seeds`: declared sizes, truncation, bit flips, splices.
+
+    Deterministic for a given ``seed``; ``per_seed`` mutants of each seed file. The
+    expected reasons are left empty: any 2xx or 4xx answer is acceptable, a 5xx or a
+    large memory peak is not.
+    """
+    rng = np.random.default_rng(seed)
+    corpus: list[BadInput] = []
+    for name, (data, media) in fuzz_seeds().items():
+        for i in range(per_seed):
+            kind = _MUTATIONS[i % len(_MUTATIONS)]
+            mutant = kind(bytearray(data), rng)
+            corpus.append(BadInput(f"{name} / {kind.__name__[1:]} {i}", mutant, frozenset(), media))
+    return corpus
+
+
+def _size(rng: np.random.Generator) -> int:
+    return int(rng.choice([0, 1, 7, 255, 4096, 20_000, 65_535, 1 << 20, (1 << 31) - 1]))
+
+
+def _declared_size(data: bytearray, rng: np.random.Generator) -> bytes:
+    """Rewrite the first declared size found: PNG IHDR, J2K SIZ, JPEG SOF, DICOM Rows."""
+    rows, cols = _size(rng), _size(rng)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        data[16:24] = struct.pack(">II", cols, rows)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+        return bytes(data)
+    at = data.find(b"\xff\x4f\xff\x51")
+    if at >= 0:
+        data[at + 8 : at + 16] = struct.pack(">II", cols, rows)
+        return bytes(data)
+    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc3", b"\xff\xf7"):
+        at = data.find(marker)
+        if at >= 0:
+            data[at + 5 : at + 9] = struct.pack(">HH", rows & 0xFFFF, cols & 0xFFFF)
+            return bytes(data)
+    return _dicom_rows(data, rng)
+
+
+def _dicom_rows(data: bytearray, rng: np.random.Generator) -> bytes:
+    tag = b"\x28\x00\x10\x00" if rng.random() < 0.5 else b"\x28\x00\x11\x00"
+    at = data.find(tag)
+    if at >= 0:
+        value = at + 8  # after tag, VR and length (explicit) or tag and length (implicit)
+        data[value : value + 2] = struct.pack("<H", _size(rng) & 0xFFFF)
+    return bytes(data)
+
+
+def _truncated(data: bytearray, rng: np.random.Generator) -> bytes:
+    return bytes(data[: int(rng.integers(0, len(data)))])
+
+
+def _bit_flips(data: bytearray, rng: np.random.Generator) -> bytes:
+    for at in rng.integers(0, len(data), size=int(rng.integers(1, 16))):
+        data[at] ^= 1 << int(rng.integers(0, 8))
+    return bytes(data)
+
+
+def _header_bytes(data: bytearray, rng: np.random.Generator) -> bytes:
+    """Random bytes over part of the first 1 KB, where every header lives."""
+    at = int(rng.integers(0, min(len(data), 1024)))
+    size = int(rng.integers(1, 16))
+    data[at : at + size] = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+def _spliced(data: bytearray, rng: np.random.Generator) -> bytes:
+    """Cut out or repeat a slice (lengths and offsets then point elsewhere)."""
+    at = int(rng.integers(0, len(data)))
+    size = int(rng.integers(1, 4096))
+    if rng.random() < 0.5:
+        del data[at : at + size]
+    else:
+        data[at:at] = data[at : at + size] * int(rng.integers(1, 8))
+    return bytes(data)
+
+
+_MUTATIONS: tuple[Callable[[bytearray, np.random.Generator], bytes], ...] = (
+    _declared_size,
+    _truncated,
+    _bit_flips,
+    _header_bytes,
+    _spliced,
+    _dicom_rows,
+)
 
 
 def out_of_scope_pixel_cases(seed: int = 0, size: int = 256) -> list[BadInput]:

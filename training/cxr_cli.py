@@ -28,11 +28,18 @@ if TYPE_CHECKING:
     from models.registry import StoredModel
     from training.cxr_train import CxrTrainConfig
 
-__all__ = ["evaluate_cxr", "register", "train_cxr_command", "train_with_progress"]
+__all__ = [
+    "evaluate_cxr",
+    "import_cxr_command",
+    "register",
+    "train_cxr_command",
+    "train_with_progress",
+]
 
 EXIT_FAILED = 1
 EXIT_BAD_ARTIFACT = 3
 EXIT_BAD_INPUT = 4
+EXIT_GATE = 5  # trained, but failed a held-out gate: nothing saved
 
 console = Console(stderr=True)
 out = Console()
@@ -69,10 +76,26 @@ def train_cxr_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the last checkpoint.")
     ] = False,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this local state dict (torchvision DenseNet121 / ResNet18 "
+            "layout, or a saved Tonle model); overrides init.weights.",
+        ),
+    ] = None,
+    weights_origin: Annotated[
+        str | None,
+        typer.Option(help="Where --init-weights came from (recorded in the model card)."),
+    ] = None,
 ) -> None:
     """Train, calibrate, export and register the chest X-ray triage model.
 
+    Exit codes: 4 bad config or data, or a failed pre-flight check (named; nothing
+    trained); 5 the trained model failed a held-out gate (named; nothing saved).
+
     Example: tonle train cxr --config configs/cxr.yaml
+    Fine-tune: tonle train cxr --init-weights densenet121.pth --weights-origin "torchvision
+    ImageNet" (with model.arch densenet121; init.freeze_epochs, init.backbone_lr_scale)
     Two processes: torchrun --nproc_per_node 2 -m training.cxr_train --config configs/cxr.yaml
     """
     from training.openmp import prefer_passive_openmp
@@ -81,10 +104,11 @@ def train_cxr_command(
 
     from models.config import ConfigError, load_config
     from models.registry import ArtifactError
-    from training.cxr_train import CxrTrainConfig
+    from training.cxr_gates import GateError
+    from training.cxr_train import CxrTrainConfig, with_init
 
     try:
-        cfg = load_config(config, CxrTrainConfig)
+        cfg = with_init(load_config(config, CxrTrainConfig), init_weights, weights_origin)
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
@@ -96,6 +120,9 @@ def train_cxr_command(
     except ArtifactError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
+    except GateError as exc:
+        console.print(f"[bold red]refused:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_GATE) from exc
     if stored is not None:
         meta = stored.metadata
         auroc = meta.metrics.get("auroc_abnormal")
@@ -201,13 +228,87 @@ def _evaluate_cxr_only(
     evaluate_cxr(stored, data, output, bootstrap)
 
 
+def import_cxr_command(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="nih-cxr14, shenzhen, montgomery, tbx11k, chexpert, padchest, vindr-cxr or folder."
+        ),
+    ],
+    source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    val: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Share for test without an official list.")] = 0.1,
+    labels: Annotated[
+        Path | None, typer.Option(help="For 'folder': the labels CSV (default SOURCE/labels.csv).")
+    ] = None,
+    hashed_test: Annotated[
+        bool,
+        typer.Option(
+            "--hashed-test",
+            help="nih-cxr14 without test_list.txt: carve the test split by patient hash "
+            "(--test) instead of refusing.",
+        ),
+    ] = False,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="nih-cxr14: YAML {positive: {NIH label: ours}, unknown: {NIH label: ours}} "
+            "replacing the default mapping (Infiltration, Mass: unknown).",
+        ),
+    ] = None,
+) -> None:
+    """Convert a public chest X-ray data set's layout into Tonle's labels.csv.
+
+    Splits are by patient; official test lists are kept (NIH: test_list.txt is
+    required unless --hashed-test). No image found, or nothing to import: exit 4 with
+    the counts, nothing written.
+
+    Example: tonle data import-cxr nih-cxr14 ~/data/ChestX-ray14 data/nih
+    """
+    from models.config import ConfigError, load_config
+    from training.cxr_datasets import ADAPTERS, LabelMap, import_dataset
+
+    if kind not in ADAPTERS:
+        console.print(f"[bold red]error:[/] unknown data set kind {kind!r}; choose from "
+                      f"{', '.join(ADAPTERS)}", highlight=False)  # fmt: skip
+        raise typer.Exit(2)
+    try:
+        mapping = load_config(label_map, LabelMap) if label_map is not None else None
+        path = import_dataset(
+            kind, source, out_dir, seed=seed, val_fraction=val, test_fraction=test,
+            labels_csv=labels, label_map=mapping, official_test=not hashed_test,
+        )  # fmt: skip
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    out.print(f"wrote {path}")
+
+
+def _data_group(app: typer.Typer) -> typer.Typer | None:
+    return next(
+        (g.typer_instance for g in app.registered_groups if g.name == "data"),
+        None,
+    )
+
+
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
-    """Add ``tonle train cxr``; make ``tonle evaluate`` handle ``cxr-triage`` models.
+    """Add ``tonle train cxr`` and ``tonle data import-cxr``; make ``tonle evaluate``
+    handle ``cxr-triage`` models.
 
     ``tonle evaluate`` is one command for every task: when the NCD command is already
-    registered its callback is wrapped to dispatch on the model's task.
+    registered its callback is wrapped to dispatch on the model's task. An
+    ``import-cxr`` registered by the root before this one is replaced by
+    :func:`import_cxr_command`.
     """
     train_app.command("cxr")(train_cxr_command)
+    data_app = _data_group(app)
+    if data_app is not None:
+        data_app.registered_commands[:] = [
+            c for c in data_app.registered_commands if c.name != "import-cxr"
+        ]
+        data_app.command("import-cxr")(import_cxr_command)
     for info in app.registered_commands:
         if info.name == "evaluate" and info.callback is not None:
             info.callback = _dispatching(info.callback)

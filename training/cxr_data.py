@@ -31,9 +31,9 @@ from PIL import Image
 
 from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
-from training.cxr_datasets import FINDING_MASKS_CSV, finding_mask_column
+from training.cxr_datasets import FINDING_MASKS_CSV, SPLITS, assign_splits, finding_mask_column
 
-__all__ = ["CxrData", "load_cxr_data", "patient_split"]
+__all__ = ["CxrData", "PatientSplit", "load_cxr_data", "patient_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ def load_cxr_data(
     Raises:
         ValueError: missing columns, or an image that cannot be decoded (named).
     """
-    table = pd.read_csv(labels_csv, dtype={"patient_id": str, "image": str, "mask": str})
+    table = pd.read_csv(
+        labels_csv, dtype={"patient_id": str, "image": str, "mask": str, "split": str}
+    )
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{labels_csv} lacks column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")
@@ -167,27 +169,55 @@ def _join_finding_masks(table: pd.DataFrame, sidecar: Path) -> pd.DataFrame:
     return joined.reset_index(drop=True)
 
 
-def patient_split(
-    patient_ids: pd.Series, fractions: tuple[float, float, float], seed: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Row indices of (train, validation, test), never splitting a patient.
+@dataclass(frozen=True)
+class PatientSplit:
+    """Row indices of each split, and where the assignment came from (for the card)."""
 
-    Patients are shuffled with ``seed`` and cut by the cumulative ``fractions``.
+    train: npt.NDArray[np.int64]
+    validation: npt.NDArray[np.int64]
+    test: npt.NDArray[np.int64]
+    source: str
+
+
+def patient_split(
+    table: pd.DataFrame, fractions: tuple[float, float, float], seed: int
+) -> PatientSplit:
+    """Split rows into train / validation / test, never splitting a patient.
+
+    A ``split`` column (``tonle data import-cxr`` writes one, keeping official test
+    lists) is used as given; rows it leaves empty are placed by a hash of
+    ``(seed, patient_id)`` with ``fractions`` (:func:`~training.cxr_datasets.assign_splits`),
+    so a patient keeps its split when data are added.
 
     Raises:
-        ValueError: the fractions do not sum to 1 or a split would be empty.
+        ValueError: the fractions do not sum to 1, a bad or patient-mixing ``split``
+            column, or an empty split.
     """
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions {fractions} must sum to 1")
-    patients = np.array(sorted(set(patient_ids.astype(str))))
-    np.random.default_rng(seed).shuffle(patients)
-    n = len(patients)
-    cut1 = round(fractions[0] * n)
-    cut2 = cut1 + round(fractions[1] * n)
-    groups = (patients[:cut1], patients[cut1:cut2], patients[cut2:])
-    ids = patient_ids.astype(str).to_numpy()
-    out = tuple(np.flatnonzero(np.isin(ids, g)).astype(np.int64) for g in groups)
-    for name, idx, frac in zip(("train", "validation", "test"), out, fractions, strict=True):
-        if frac > 0 and idx.size == 0:
-            raise ValueError(f"the {name} split is empty with {n} patients; add data")
-    return out[0], out[1], out[2]
+    given = (
+        table["split"].fillna("").astype(str).str.strip() != ""
+        if "split" in table.columns
+        else pd.Series(False, index=table.index)
+    )
+    filled = assign_splits(table, fractions[1], fractions[2], seed)["split"].to_numpy()
+    out = [np.flatnonzero(filled == name).astype(np.int64) for name in SPLITS]
+    for name, idx in zip(("train", "validation", "test"), out, strict=True):
+        if idx.size == 0:
+            raise ValueError(
+                f"the {name} split is empty ({table['patient_id'].nunique()} patients); "
+                "add data or set its share in the split column or data.split"
+            )
+    if given.all():
+        source = "the labels file's split column"
+    elif given.any():
+        source = (
+            f"the labels file's split column ({int(given.sum())} rows), the rest by patient "
+            f"hash (seed {seed}, validation {fractions[1]:g}, test {fractions[2]:g})"
+        )
+    else:
+        source = (
+            f"patient hash (seed {seed}): fractions train {fractions[0]:g}, validation "
+            f"{fractions[1]:g}, test {fractions[2]:g}"
+        )
+    return PatientSplit(train=out[0], validation=out[1], test=out[2], source=source)

@@ -31,10 +31,13 @@ import re
 import xml.etree.ElementTree as ET  # local annotation files the user downloaded
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from models.cxr_labels import CXR_LABELS
 
@@ -43,10 +46,14 @@ __all__ = [
     "FINDING_MASKS_CSV",
     "FINDING_MASK_COLUMNS",
     "LABELS",
+    "NIH_LABEL_MAP",
     "OUTPUT_COLUMNS",
+    "SPLITS",
+    "LabelMap",
     "assign_splits",
     "finding_mask_column",
     "import_dataset",
+    "labels_table",
     "read_folder",
     "read_montgomery",
     "read_nih_cxr14",
@@ -71,17 +78,24 @@ FINDING_MASK_COLUMNS: tuple[str, ...] = tuple(finding_mask_column(f) for f in LA
 FINDING_MASKS_CSV = "finding_masks.csv"
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "image", "patient_id", "sex", "age", "site", *LABELS, "mask", "split", "source_labels",
-    *FINDING_MASK_COLUMNS,
+    *FINDING_MASK_COLUMNS, "view",
 )  # fmt: skip
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 
 # NIH ChestX-ray14 label -> ours (labels not listed only make the image abnormal).
-NIH_MAP: dict[str, str] = {
+Finding = Literal["nodule", "consolidation", "effusion", "tb"]
+NIH_MAP: dict[str, Finding] = {
     "Nodule": "nodule",
     "Consolidation": "consolidation",
     "Pneumonia": "consolidation",
     "Effusion": "effusion",
 }
+# NIH labels under which one of ours may hide: that label is unknown, never asserted
+# absent (an "Infiltration" may be consolidation, a "Mass" a large nodule).
+NIH_UNKNOWN: dict[str, Finding] = {"Infiltration": "consolidation", "Mass": "nodule"}
+# BBox_List_2017.csv gives pixels of the 1024 x 1024 PNGs NIH distributes.
+NIH_BOX_SPACE = (1024, 1024)
+_NIH_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender")
 
 
 def _row(
@@ -96,6 +110,7 @@ def _row(
         "mask": extra.pop("mask", ""),
         "split": extra.pop("split", ""),
         "source_labels": extra.pop("source_labels", ""),
+        "view": extra.pop("view", "") or "",
     }
     for column in FINDING_MASK_COLUMNS:
         row[column] = extra.pop(column, "")
@@ -109,86 +124,199 @@ def _normal() -> dict[str, float]:
 
 
 def _table(rows: list[dict[str, object]]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    return labels_table(pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS)))
+
+
+def labels_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (every :data:`OUTPUT_COLUMNS` column) in that order, labels as nullable
+    0/1 integers (NaN -> <NA>: unknown), ages numeric."""
+    table = table.loc[:, list(OUTPUT_COLUMNS)].copy()
     for label in LABELS:
         table[label] = table[label].astype("Float64").round().astype("Int64")
     table["age"] = pd.to_numeric(table["age"], errors="coerce")
     return table
 
 
-def read_nih_cxr14(root: Path, masks_dir: Path | None = None) -> pd.DataFrame:
-    """NIH ChestX-ray14: ``Data_Entry_2017*.csv``, PNGs under ``images*/``, split lists.
+class LabelMap(BaseModel):
+    """How a data set's own labels become ours (``--label-map FILE``, YAML).
 
-    Images listed in the CSV but not on disk are skipped (a partial download works).
-    TB is unknown (NIH has no TB label); ``abnormal`` is "not No Finding". With
-    ``masks_dir``, the boxes of ``BBox_List_2017.csv`` (about 1,000 images) are drawn
-    there as union masks (every box), and the boxes of a label in :data:`NIH_MAP` also
-    as that finding's own mask (``mask_nodule``, ``mask_consolidation`` from
-    Pneumonia boxes, ``mask_effusion``; NIH has no Consolidation boxes). Boxes of other
-    labels (Atelectasis, Cardiomegaly, Infiltrate, Mass, Pneumothorax) only enter the
-    union.
+    ``positive``: source label -> our label it makes positive. ``unknown``: source
+    label -> our label it makes unknown (unless a positive label says otherwise).
     """
-    csvs = sorted(root.glob("Data_Entry_2017*.csv"))
-    if not csvs:
-        raise FileNotFoundError(f"{root}: no Data_Entry_2017*.csv (NIH ChestX-ray14 layout)")
-    entries = pd.read_csv(csvs[0], dtype=str)
-    files = {p.name: p for p in root.glob("images*/**/*.png")}
-    test = _read_list(root / "test_list.txt")
-    boxes = _nih_boxes(root / "BBox_List_2017.csv")
-    needed = ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender"]
-    missing = [c for c in needed if c not in entries.columns]
-    if missing:
-        raise ValueError(f"{csvs[0]}: missing column(s) {missing}")
-    rows: list[dict[str, object]] = []
-    for rec in entries.to_dict("records"):
-        name = str(rec["Image Index"])
-        path = files.get(name)
-        if path is None:
-            continue
-        findings = set(str(rec["Finding Labels"]).split("|"))
-        labels = _normal()
-        if findings != {"No Finding"}:
-            labels["abnormal"] = 1.0
-            labels["tb"] = np.nan
-            for source, ours in NIH_MAP.items():
-                if source in findings:
-                    labels[ours] = 1.0
-        age = float(pd.to_numeric(str(rec["Patient Age"]).rstrip("Yy"), errors="coerce"))
-        mask, own = "", {}
-        if masks_dir is not None and name in boxes:
-            mask = str(_draw_mask(path, boxes[name], masks_dir / name).resolve())
-            own = _nih_finding_masks(path, boxes[name], masks_dir)
-        rows.append(
-            _row(
-                path,
-                f"nih-{rec['Patient ID']}",
-                "nih-cxr14",
-                labels,
-                sex={"M": "male", "F": "female"}.get(str(rec["Patient Gender"]).strip()),
-                age=age if 0 <= age <= 120 else None,  # the CSV has a few ages like 414
-                split="test" if name in test else "",
-                source_labels="|".join(sorted(findings)),
-                mask=mask,
-                **own,
-            )
+
+    model_config = ConfigDict(extra="forbid")
+
+    positive: dict[str, Finding]
+    unknown: dict[str, Finding]
+
+
+NIH_LABEL_MAP = LabelMap(positive=NIH_MAP, unknown=NIH_UNKNOWN)
+
+
+def _nih_entries(root: Path) -> Path:
+    found = sorted(root.glob("Data_Entry_2017*.csv")) + sorted(root.glob("Data_Entry_2017*.csv.gz"))
+    if not found:
+        raise FileNotFoundError(
+            f"{root}: no Data_Entry_2017*.csv or .csv.gz (NIH ChestX-ray14 layout)"
         )
-    if len(rows) < len(entries):
-        logger.info("NIH: %d of %d listed images found on disk", len(rows), len(entries))
-    return _table(rows)
+    return found[0]
+
+
+def read_nih_cxr14(
+    root: Path,
+    masks_dir: Path | None = None,
+    *,
+    label_map: LabelMap = NIH_LABEL_MAP,
+    official_test: bool = True,
+) -> pd.DataFrame:
+    """NIH ChestX-ray14: ``Data_Entry_2017*.csv`` (or ``.csv.gz``), PNGs under
+    ``images*/``, ``test_list.txt``.
+
+    Images listed in the CSV but not on disk are left out (a partial download works;
+    the count is logged). TB is unknown for abnormal images (NIH has no TB label);
+    ``abnormal`` is "not No Finding"; a label of :data:`NIH_UNKNOWN` (Infiltration,
+    Mass) makes ours unknown, never absent, unless ``label_map`` says otherwise. The
+    view position (PA / AP) is kept in ``view``. With ``masks_dir``, the boxes of
+    ``BBox_List_2017.csv`` (given in the 1024 x 1024 pixels of NIH's PNGs, scaled to
+    each image's real size) are drawn there as union masks, and the boxes of a label
+    that maps to one of ours also as that finding's own mask.
+
+    Args:
+        root: the data set folder as downloaded.
+        masks_dir: where to draw box masks (None: no masks).
+        label_map: NIH label -> ours (positive or unknown).
+        official_test: ``test_list.txt`` is required and is the test split; False
+            (``--hashed-test``) leaves the test split to the patient hash.
+
+    Raises:
+        FileNotFoundError: no label file, no listed image under ``images*/`` (with
+            counts), or no ``test_list.txt`` while ``official_test``.
+        ValueError: missing columns, or a test list that splits a patient.
+    """
+    entries_path = _nih_entries(root)
+    entries = pd.read_csv(entries_path, dtype=str, keep_default_na=False)
+    missing = [c for c in _NIH_COLUMNS if c not in entries.columns]
+    if missing:
+        raise ValueError(f"{entries_path}: missing column(s) {missing}")
+    base = root.resolve()
+    files = {p.name: p for p in base.glob("images*/**/*.png")}
+    names = entries["Image Index"].str.strip()
+    present = names.isin(files.keys()).to_numpy()
+    if not present.any():
+        listed = set(names)
+        elsewhere = [p for p in base.rglob("*.png") if p.name in listed]
+        where = f"; {len(elsewhere)} of them elsewhere, e.g. {elsewhere[0]}" if elsewhere else ""
+        raise FileNotFoundError(
+            f"{root}: none of the {len(entries)} images listed in {entries_path.name} is "
+            f"under images*/ ({len(files)} PNG files there{where}); NIH's layout is "
+            "images_001/images/00000001_000.png"
+        )
+    if not present.all():
+        logger.warning(
+            "NIH: %d of %d listed images are under images*/; %d not on disk are left out",
+            int(present.sum()), len(entries), int((~present).sum()),
+        )  # fmt: skip
+    rows = entries[present].reset_index(drop=True)
+    names = names[present].reset_index(drop=True)
+    patients = "nih-" + rows["Patient ID"].str.strip()
+    split = _nih_test_split(root, names, patients, official_test)
+    findings = rows["Finding Labels"].str.split("|").map(lambda f: {x.strip() for x in f})
+    normal = (findings.map(lambda f: f == {"No Finding"})).to_numpy()
+    labels: dict[str, npt.NDArray[np.float64]] = {
+        "abnormal": np.where(normal, 0.0, 1.0),
+        "tb": np.where(normal, 0.0, np.nan),
+    }
+    for ours in LABELS[2:]:
+        sources = {k for k, v in label_map.positive.items() if v == ours}
+        hiding = {k for k, v in label_map.unknown.items() if v == ours}
+        positive = findings.map(lambda f, s=sources: bool(f & s)).to_numpy()
+        unknown = findings.map(lambda f, h=hiding: bool(f & h)).to_numpy()
+        labels[ours] = np.where(positive, 1.0, np.where(unknown, np.nan, 0.0))
+    age = pd.to_numeric(rows["Patient Age"].str.strip().str.rstrip("Yy"), errors="coerce")
+    table = pd.DataFrame(
+        {
+            "image": [str(files[n]) for n in names],
+            "patient_id": patients,
+            "sex": rows["Patient Gender"].str.strip().map({"M": "male", "F": "female"}),
+            "age": age.where((age >= 0) & (age <= 120)),  # the CSV has a few ages like 414
+            "site": "nih-cxr14",
+            **labels,
+            "mask": "",
+            "split": split,
+            "source_labels": findings.map(lambda f: "|".join(sorted(f))),
+            **dict.fromkeys(FINDING_MASK_COLUMNS, ""),
+            "view": rows.get("View Position", pd.Series("", index=rows.index)).str.strip(),
+        }
+    )
+    boxes = _nih_boxes(root / "BBox_List_2017.csv")
+    if masks_dir is not None and boxes:
+        scaled = 0
+        for i in np.flatnonzero(names.isin(boxes.keys()).to_numpy()):
+            path, own_boxes = files[names[i]], boxes[names[i]]
+            table.loc[i, "mask"] = str(
+                _draw_mask(path, own_boxes, masks_dir / names[i], NIH_BOX_SPACE).resolve()
+            )
+            for column, mask in _nih_finding_masks(path, own_boxes, masks_dir, label_map).items():
+                table.loc[i, column] = mask
+            scaled += _image_size(path) != NIH_BOX_SPACE
+        if scaled:
+            logger.info("NIH: boxes scaled from 1024 x 1024 to the size of %d images", scaled)
+    return labels_table(table)
+
+
+def _nih_test_split(
+    root: Path, names: pd.Series, patients: pd.Series, official_test: bool
+) -> npt.NDArray[np.str_]:
+    """``test`` for the images of ``test_list.txt``, ``""`` for the others.
+
+    Raises:
+        FileNotFoundError: no ``test_list.txt`` while ``official_test``.
+        ValueError: the list has some but not all of a patient's images.
+    """
+    path = root / "test_list.txt"
+    if not official_test:
+        return np.full(len(names), "", dtype=object)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{root}: no test_list.txt (NIH's official, patient-wise test split); put it "
+            "there, or pass --hashed-test to carve the test split by patient hash instead"
+        )
+    in_test = names.isin(_read_list(path)).to_numpy()
+    share = pd.Series(in_test).groupby(patients.to_numpy()).agg(["sum", "count"])
+    split_patients = share[(share["sum"] > 0) & (share["sum"] < share["count"])]
+    if len(split_patients):
+        first = split_patients.index[0]
+        raise ValueError(
+            f"{path} is not patient-wise: {len(split_patients)} patient(s) have images both "
+            f"in it and not (e.g. {first}: {int(split_patients.loc[first, 'sum'])} of "
+            f"{int(split_patients.loc[first, 'count'])} images listed); use NIH's list as "
+            "published, or pass --hashed-test"
+        )
+    return np.where(in_test, "test", "")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as img:
+        return img.size
 
 
 def _nih_finding_masks(
-    image: Path, boxes: list[tuple[str, float, float, float, float]], masks_dir: Path
+    image: Path,
+    boxes: list[tuple[str, float, float, float, float]],
+    masks_dir: Path,
+    label_map: LabelMap,
 ) -> dict[str, str]:
     """``mask_<finding>`` -> path of that finding's own box mask, for mapped box labels."""
     by_finding: dict[str, list[tuple[str, float, float, float, float]]] = {}
     for box in boxes:
-        finding = NIH_MAP.get(box[0])
+        finding = label_map.positive.get(box[0])
         if finding is not None:
             by_finding.setdefault(finding, []).append(box)
     return {
         f"mask_{finding}": str(
-            _draw_mask(image, own, masks_dir / f"{image.stem}_{finding}.png").resolve()
+            _draw_mask(
+                image, own, masks_dir / f"{image.stem}_{finding}.png", NIH_BOX_SPACE
+            ).resolve()
         )
         for finding, own in sorted(by_finding.items())
     }
@@ -354,11 +482,19 @@ def _voc_boxes(path: Path) -> list[tuple[str, float, float, float, float]]:
     return boxes  # type: ignore[return-value]
 
 
-def _draw_mask(image: Path, boxes: list[tuple[str, float, float, float, float]], out: Path) -> Path:
-    with Image.open(image) as img:
-        width, height = img.size
+def _draw_mask(
+    image: Path,
+    boxes: list[tuple[str, float, float, float, float]],
+    out: Path,
+    space: tuple[int, int] | None = None,
+) -> Path:
+    """Draw ``boxes`` as a mask of ``image``'s size; ``space`` (width, height): the pixel
+    grid the boxes are given in, when not the image's own (scaled to it)."""
+    width, height = _image_size(image)
+    sx, sy = (width / space[0], height / space[1]) if space else (1.0, 1.0)
     mask = np.zeros((height, width), dtype=np.uint8)
-    for _, x0, y0, x1, y1 in boxes:
+    for _, bx0, by0, bx1, by1 in boxes:
+        x0, x1, y0, y1 = bx0 * sx, bx1 * sx, by0 * sy, by1 * sy
         top, bottom = max(0, int(y0)), min(height, int(np.ceil(y1)))
         left, right = max(0, int(x0)), min(width, int(np.ceil(x1)))
         mask[top:bottom, left:right] = 255
@@ -419,6 +555,7 @@ def read_folder(root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
                 age=rec.get("age") or header.get("age"),
                 mask=str((labels_csv.parent / mask).resolve()) if mask else "",
                 split=rec.get("split", ""),
+                view=rec.get("view") or header.get("view"),
                 **own,
             )
         )
@@ -437,32 +574,55 @@ def _dicom_header(path: Path) -> dict[str, object]:
         "patient_id": str(ds.get("PatientID") or "") or None,
         "sex": {"F": "female", "M": "male", "O": "other"}.get(str(ds.get("PatientSex") or "")),
         "age": int(age[:3]) if len(age) == 4 and age[:3].isdigit() and age[3] == "Y" else None,
+        "view": str(ds.get("ViewPosition") or "").strip().upper() or None,
     }
+
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 
 
 def assign_splits(
     table: pd.DataFrame, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> pd.DataFrame:
-    """Fill the ``split`` column by patient, keeping splits the data set already gave.
+    """Fill the ``split`` column by patient, keeping the splits the table already gives.
 
-    A patient with any image in an official split gets that split for all its images;
-    the others are placed by ``sha256(seed:patient_id)``, so assignments are stable.
+    A patient with any image in a given split (an official list, or a ``split`` column
+    written by ``tonle data import-cxr``) gets that split for all its images; the
+    others are placed by ``sha256(seed:patient_id)``, so a patient keeps its split when
+    data are added. When any patient is given the test split, only validation is
+    carved out of the rest (the official test list stays the test set).
+
+    Raises:
+        ValueError: a fraction out of range, a split name other than train / val
+            (validation) / test, or a patient given two different splits (named).
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(f"val {val_fraction} + test {test_fraction} must be in [0, 1)")
     table = table.copy()
-    given = table["split"].fillna("").astype(str).to_numpy()
+    raw = table["split"] if "split" in table.columns else pd.Series("", index=table.index)
+    text = raw.fillna("").astype(str).str.strip().str.lower()
+    bad = sorted(set(text[(text != "") & ~text.isin(list(_SPLIT_NAMES))]))
+    if bad:
+        raise ValueError(f"split value(s) {bad[:5]}; use train, val (validation) or test")
+    given = text.map(lambda v: _SPLIT_NAMES.get(v, "")).to_numpy()
     patients = table["patient_id"].astype(str).to_numpy()
     has = given != ""
-    official = pd.Series(given[has]).groupby(patients[has]).first()
+    per_patient = pd.Series(given[has]).groupby(patients[has]).unique()
+    mixed = [p for p, values in per_patient.items() if len(values) > 1]
+    if mixed:
+        raise ValueError(
+            f"{len(mixed)} patient(s) have images in two splits (e.g. {sorted(mixed)[:3]}); "
+            "a split must keep each patient's images together"
+        )
+    official = per_patient.map(lambda values: str(values[0]))
+    test_share = 0.0 if (official == "test").any() else test_fraction
 
     def place(patient: str) -> str:
         if patient in official.index:
             return str(official[patient])
         digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
-        # With an official test list, only validation is carved out of the rest.
-        test_share = 0.0 if (official == "test").any() else test_fraction
         return "test" if u < test_share else "val" if u < test_share + val_fraction else "train"
 
     table["split"] = [place(p) for p in patients]
@@ -483,6 +643,9 @@ ADAPTERS: dict[str, str] = {
     "montgomery": "Montgomery County TB set (CXR_png/MCUCXR_*.png, ClinicalReadings/)",
     "tbx11k": "TBX11K (imgs/, lists/, annotations/xml/)",
     "folder": "a folder of DICOM/PNG/JPEG with labels.csv (C7 columns)",
+    "chexpert": "CheXpert (train.csv, valid.csv; -1 = uncertain -> unknown; frontal only)",
+    "padchest": "PadChest (PADCHEST_chest_x_ray_images_labels_160K*.csv[.gz], <ImageDir>/)",
+    "vindr-cxr": "VinDr-CXR (annotations/image_labels_{train,test}.csv, train/, test/)",
 }
 
 
@@ -495,6 +658,8 @@ def import_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     labels_csv: Path | None = None,
+    label_map: LabelMap | None = None,
+    official_test: bool = True,
 ) -> Path:
     """Read a data set in its own layout and write Tonle's ``labels.csv`` for it.
 
@@ -506,12 +671,24 @@ def import_dataset(
         val_fraction: share of (non-official-test) patients for validation.
         test_fraction: share for test when the data set has no official test list.
         labels_csv: for ``folder``: the CSV (default ``source/labels.csv``).
+        label_map: the data set's labels -> ours, where the reader takes one (NIH).
+        official_test: NIH: require ``test_list.txt`` as the test split (False: the
+            test split comes from the patient hash, ``test_fraction``).
 
     Returns:
         Path of the written ``labels.csv``.
+
+    Raises:
+        FileNotFoundError: the layout's files are missing (with counts).
+        ValueError: bad content, or no image at all to import.
     """
     if kind == "nih-cxr14":
-        table = read_nih_cxr14(source, out_dir / "masks")
+        table = read_nih_cxr14(
+            source,
+            out_dir / "masks",
+            label_map=label_map or NIH_LABEL_MAP,
+            official_test=official_test,
+        )
     elif kind == "shenzhen":
         table = read_shenzhen(source)
     elif kind == "montgomery":
@@ -520,8 +697,14 @@ def import_dataset(
         table = read_tbx11k(source, out_dir / "masks")
     elif kind == "folder":
         table = read_folder(source, labels_csv)
+    elif kind in ("chexpert", "padchest", "vindr-cxr"):
+        from training.cxr_public_labels import READERS  # imports this module
+
+        table = READERS[kind](source)
     else:
         raise ValueError(f"unknown data set kind {kind!r}; choose from {sorted(ADAPTERS)}")
+    if table.empty:
+        raise ValueError(f"{source}: no image to import ({kind} layout); nothing written")
     table = assign_splits(table, val_fraction, test_fraction, seed)
     path = write_labels(table, out_dir)
     counts = table["split"].value_counts().to_dict()

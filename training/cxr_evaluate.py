@@ -79,14 +79,17 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
 
 
 class LabelReport(BaseModel):
-    """One label's discrimination, operating point and calibration."""
+    """One label's discrimination, operating point and calibration, over the cases whose
+    truth is known (``n_known``; an unknown label is never counted as absent)."""
 
     label: str
+    n_known: int
     auroc: AurocCI
-    threshold: float
-    sensitivity: float
-    sensitivity_ci: tuple[float, float]  # exact 95 % CI over this set's positives
-    specificity: float
+    threshold: float | None  # None: the model has no operating point for this label
+    no_operating_point: str | None = None  # why, when it has none
+    sensitivity: float | None
+    sensitivity_ci: tuple[float, float] | None  # exact 95 % CI over this set's positives
+    specificity: float | None
     ece: float  # of the calibrated probabilities
     ece_uncalibrated: float  # of sigmoid(logit), before the artifact's calibration
     calibration: list[tuple[float, float, int]]
@@ -103,14 +106,14 @@ class LocalisationRow(BaseModel):
 
 
 class SubgroupReport(BaseModel):
-    """``abnormal`` performance in one subgroup."""
+    """``abnormal`` performance in one subgroup (cases with a known ``abnormal``)."""
 
     group: str
     n: int
     n_positive: int
     auroc: float | None
-    sensitivity: float
-    specificity: float
+    sensitivity: float | None  # None: no operating point
+    specificity: float | None
 
 
 class CxrReport(BaseModel):
@@ -152,20 +155,37 @@ def evaluate_predictions(
     sha256: str,
     reps: int = 500,
     seed: int = 0,
+    no_operating_point: dict[str, str] | None = None,
 ) -> CxrReport:
-    """Build a :class:`CxrReport` from raw logits, calibrated probabilities and maps."""
+    """Build a :class:`CxrReport` from raw logits, calibrated probabilities and maps.
+
+    Args:
+        thresholds: label -> operating threshold; a label left out has none (AUROC and
+            calibration are still reported, sensitivity and specificity are not).
+        no_operating_point: label -> why it has no operating point (for the card).
+    """
+    why = no_operating_point or {}
     per_label: list[LabelReport] = []
     for j, label in enumerate(labels):
         y = data.labels[:, j]
-        sens, spec = sens_spec(y, probs[:, j], thresholds[label])
-        flagged = int(((probs[:, j] >= thresholds[label]) & (y > 0)).sum())
+        threshold = thresholds.get(label)
+        sens = spec = None
+        sens_ci = None
+        if threshold is not None:
+            sens, spec = sens_spec(y, probs[:, j], threshold)
+            flagged = int(((probs[:, j] >= threshold) & (y > 0)).sum())
+            sens_ci = proportion_ci(flagged, int((y > 0).sum()))
         per_label.append(
             LabelReport(
                 label=label,
+                n_known=int((~np.isnan(y)).sum()),
                 auroc=auroc_ci(y, probs[:, j], reps=reps, seed=seed),
-                threshold=thresholds[label],
+                threshold=threshold,
+                no_operating_point=None
+                if threshold is not None
+                else why.get(label, "none in the model's metadata"),
                 sensitivity=sens,
-                sensitivity_ci=proportion_ci(flagged, int(y.sum())),
+                sensitivity_ci=sens_ci,
                 specificity=spec,
                 ece=expected_calibration_error(y, probs[:, j]),
                 ece_uncalibrated=expected_calibration_error(y, expit(logits[:, j])),
@@ -180,7 +200,7 @@ def evaluate_predictions(
         n=len(data.table),
         labels=per_label,
         localisation=localisation_rows(data, cams, labels),
-        subgroups=_subgroups(data, probs[:, j_abn], thresholds["abnormal"], j_abn),
+        subgroups=_subgroups(data, probs[:, j_abn], thresholds.get("abnormal"), j_abn),
     )
 
 
@@ -248,29 +268,38 @@ def _kinds_text(kinds: dict[str, int]) -> str:
     return ", ".join(f"{kinds[k]} {k}" for k in order if kinds.get(k)) or "none"
 
 
+# Categorical columns of labels.csv reported as subgroups, when present.
+SUBGROUP_COLUMNS: tuple[str, ...] = ("sex", "site", "view")
+
+
 def _subgroups(
-    data: CxrData, p: npt.NDArray[np.float64], threshold: float, j: int
+    data: CxrData, p: npt.NDArray[np.float64], threshold: float | None, j: int
 ) -> list[SubgroupReport]:
     table = data.table
     groups: list[tuple[str, npt.NDArray[np.bool_]]] = []
-    for sex in sorted(table["sex"].astype(str).unique()):
-        groups.append((f"sex={sex}", (table["sex"].astype(str) == sex).to_numpy()))
+    for column in SUBGROUP_COLUMNS:
+        if column not in table.columns:
+            continue
+        values = table[column].fillna("").astype(str)
+        for value in sorted(set(values) - {""}):
+            groups.append((f"{column}={value}", (values == value).to_numpy()))
     age = table["age"].astype(float).to_numpy()
     for name, low, high in AGE_BANDS:
         groups.append((f"age={name}", (age >= low) & (age < high)))
-    for site in sorted(table["site"].astype(str).unique()):
-        groups.append((f"site={site}", (table["site"].astype(str) == site).to_numpy()))
     out: list[SubgroupReport] = []
     for name, sel in groups:
+        sel = sel & ~np.isnan(data.labels[:, j])
         if not sel.any():
             continue
         y = data.labels[sel, j]
-        sens, spec = sens_spec(y, p[sel], threshold)
+        sens = spec = None
+        if threshold is not None:
+            sens, spec = sens_spec(y, p[sel], threshold)
         out.append(
             SubgroupReport(
                 group=name,
                 n=int(sel.sum()),
-                n_positive=int(y.sum()),
+                n_positive=int((y > 0).sum()),
                 auroc=auroc_ci(y, p[sel], reps=0).value,
                 sensitivity=sens,
                 specificity=spec,
@@ -289,12 +318,14 @@ def evaluate_stored(
 ) -> CxrReport:
     """Score ``data`` with the ONNX artifact and evaluate it at its thresholds."""
     predictor = CxrPredictor(stored, threads=2)
+    meta = stored.metadata
     logits, cams = [], []
     for start in range(0, len(data.images), batch):
         raw, cam = predictor.raw(np.ascontiguousarray(data.images[start : start + batch]))
         logits.append(raw)
         cams.append(cam)
-    thresholds = {t.label: t.threshold for t in predictor.thresholds(overrides)}
+    applied = predictor.thresholds(overrides, missing_ok=True)
+    thresholds = {t.label: t.threshold for t in applied}
     all_logits = np.concatenate(logits).astype(np.float64)
     return evaluate_predictions(
         data,
@@ -303,9 +334,10 @@ def evaluate_stored(
         np.concatenate(cams),
         thresholds,
         predictor.labels,
-        model=stored.metadata.tag,
-        sha256=stored.metadata.sha256,
+        model=meta.tag,
+        sha256=meta.sha256,
         reps=reps,
+        no_operating_point=dict(meta.extra.get("no_operating_point", {})),
     )
 
 
@@ -320,8 +352,9 @@ def report_metrics(report: CxrReport) -> dict[str, MetricValue]:
     for r in report.labels:
         a = r.auroc
         put(f"auroc_{r.label}", a.value, ci_low=a.ci_low, ci_high=a.ci_high, n=a.n)
-        put(f"sensitivity_{r.label}", r.sensitivity, n=a.n_positive)
-        put(f"specificity_{r.label}", r.specificity, n=a.n - a.n_positive)
+        if r.threshold is not None:
+            put(f"sensitivity_{r.label}", r.sensitivity, n=a.n_positive)
+            put(f"specificity_{r.label}", r.specificity, n=a.n - a.n_positive)
         put(f"ece_{r.label}", r.ece, n=a.n)
     for row in report.localisation:
         loc = row.model
@@ -365,6 +398,36 @@ def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
         "-log of the map's softmax mass inside the mask "
         "(`training.cxr_train.mask_loss`). The maps are still those of the same forward "
         "pass (logits = mean(cam) + bias)"
+    )
+
+
+def _ood_text(ood: dict[str, Any] | None) -> str:
+    if not ood:
+        return "None: every image gets scores, however unlike the training images it is."
+    return (
+        f"Before any score is shown, an image whose {ood['method']} ({ood['dims']} "
+        f"dimensions, fitted on {ood['fitted_on']}, Ledoit-Wolf shrinkage "
+        f"{ood['shrinkage']:.3f}) to the training images exceeds the threshold (squared "
+        f"distance {ood['threshold']:.1f}: the {ood['threshold_on']}) is refused: "
+        '"cannot assess: unlike the images this model was trained on". The mean, '
+        "precision matrix and threshold are part of the ONNX graph (output `ood_score`, "
+        "above 1 = refuse), covered by its sha256. Held-out test images refused: "
+        f"{ood['refused_test']:.1%} of {ood['n_test']} (not used to set the threshold)."
+    )
+
+
+def _init_text(init: dict[str, Any] | None) -> str:
+    if not init:
+        return "- Initial weights: none (trained from scratch)"
+    adapted = "; ".join(f"{k}: {v}" for k, v in init.get("adapted", {}).items()) or "none"
+    return (
+        f"- Initial weights: `{init['file']}` (sha256 `{init['sha256']}`, origin: "
+        f"{init.get('origin') or 'not stated'}), {init['layout']} layout: {init['loaded']} "
+        f"of {init['total']} tensors loaded, {len(init.get('not_loaded', []))} left at "
+        f"their initial values, {len(init.get('unused', {}))} in the file not used; "
+        f"adapted: {adapted}. Fine-tuning: backbone frozen for "
+        f"{init.get('freeze_epochs', 0)} epoch(s), backbone learning rate x "
+        f"{init.get('backbone_lr_scale', 1.0):g}"
     )
 
 
@@ -432,8 +495,10 @@ def write_card(
         f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
         "MONAI augmentation (affine, contrast, noise; finding masks move with the image)",
         _mask_loss_text(meta.extra.get("mask_loss", {})),
+        _init_text(meta.extra.get("init_weights")),
         f"- Patient-level split: train {split.get('train', '?')}, validation "
-        f"{split.get('validation', '?')}, test {split.get('test', '?')} images",
+        f"{split.get('validation', '?')}, test {split.get('test', '?')} images; "
+        f"assigned by {split.get('source', '?')}",
         f"- Data manifest `{meta.training_manifest_sha256[:16]}`; "
         f"code `{meta.code_version[:12] or 'unknown'}`; "
         + ", ".join(f"{k} {v}" for k, v in meta.library_versions.items()),
@@ -453,14 +518,19 @@ def write_card(
         "",
         "### Per label",
         "",
-        "| label | AUROC (95 % CI) | threshold | sensitivity (95 % CI) | specificity | "
-        "ECE uncalibrated -> calibrated |",
-        "|---|---|---|---|---|---|",
+        "Each label is scored on the images whose truth the data set gives (`known`); an "
+        "unknown label is left out, never counted as absent.",
+        "",
+        "| label | known (positive) | AUROC (95 % CI) | threshold | sensitivity (95 % CI) | "
+        "specificity | ECE uncalibrated -> calibrated |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in report.labels:
-        low, high = r.sensitivity_ci
+        low, high = r.sensitivity_ci or (None, None)
+        threshold = "none" if r.threshold is None else f"{r.threshold:.3f}"
         lines.append(
-            f"| {r.label} | {_auroc_text(r.auroc)} | {r.threshold:.3f} | "
+            f"| {r.label} | {r.n_known} ({r.auroc.n_positive}) | {_auroc_text(r.auroc)} | "
+            f"{threshold} | "
             f"{_fmt(r.sensitivity)} ({_fmt(low)}-{_fmt(high)}) | {_fmt(r.specificity)} | "
             f"{_fmt(r.ece_uncalibrated)} -> {_fmt(r.ece)} |"
         )
@@ -470,6 +540,22 @@ def write_card(
             f"- {op.label}: {op.threshold:.3f} ({op.chosen_on}; validation sensitivity "
             f"{_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)})"
         )
+    for label, why in meta.extra.get("no_operating_point", {}).items():
+        lines.append(f"- {label}: **no operating point**: {why}; the model never flags it")
+    gates = meta.extra.get("gates")
+    if gates:
+        lines += [
+            "",
+            "## Gates it passed",
+            "",
+            f"- Before training: every required label ({', '.join(gates['required_labels'])}) "
+            f"with at least {gates['min_known_positives']} known positives in train, "
+            "validation and test; a label needs as many in validation for an operating point",
+            f"- On the test split: AUROC of each required label >= {gates['min_auroc']}; at "
+            f"every operating point sensitivity >= {gates['min_sensitivity']} and "
+            f"specificity >= {gates['min_specificity']}",
+        ]
+    lines += ["", "## Out-of-distribution gate", "", _ood_text(meta.extra.get("ood"))]
     lines += [
         "",
         "## Localisation of the activation maps",

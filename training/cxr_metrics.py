@@ -28,6 +28,7 @@ __all__ = [
     "choose_threshold",
     "expected_calibration_error",
     "fit_platt",
+    "known",
     "localisation",
     "prior_map",
     "proportion_ci",
@@ -36,6 +37,17 @@ __all__ = [
 ]
 
 F64 = npt.NDArray[np.float64]
+
+
+def known(y: npt.ArrayLike, p: npt.ArrayLike) -> tuple[F64, F64]:
+    """The cases whose truth is known: ``y`` NaN (the data set does not say) dropped.
+
+    Every metric here scores only these, so an unknown label is never read as absent.
+    """
+    yy = np.asarray(y, dtype=np.float64).reshape(-1)
+    pp = np.asarray(p, dtype=np.float64).reshape(-1)
+    keep = ~np.isnan(yy)
+    return yy[keep], pp[keep]
 
 
 class AurocCI(BaseModel):
@@ -52,13 +64,13 @@ def auroc_ci(y: npt.ArrayLike, p: npt.ArrayLike, reps: int = 1000, seed: int = 0
     """AUROC and a 95 % bootstrap CI (cases resampled with replacement).
 
     Args:
-        y: 0/1 truth.
+        y: 0/1 truth; NaN (unknown) cases are left out.
         p: scores (any monotone scale).
         reps: bootstrap replicates.
         seed: RNG seed for the replicates.
     """
-    yy = np.asarray(y, dtype=np.int64)
-    pp = np.asarray(p, dtype=np.float64)
+    truth, pp = known(y, p)
+    yy = truth.astype(np.int64)
     n, pos = int(yy.size), int(yy.sum())
     if pos == 0 or pos == n:
         return AurocCI(value=None, ci_low=None, ci_high=None, n=n, n_positive=pos)
@@ -78,9 +90,11 @@ def auroc_ci(y: npt.ArrayLike, p: npt.ArrayLike, reps: int = 1000, seed: int = 0
 
 
 def sens_spec(y: npt.ArrayLike, p: npt.ArrayLike, threshold: float) -> tuple[float, float]:
-    """Sensitivity and specificity of ``p >= threshold`` (NaN where undefined)."""
-    yy = np.asarray(y, dtype=bool)
-    flag = np.asarray(p, dtype=np.float64) >= threshold
+    """Sensitivity and specificity of ``p >= threshold`` over the known cases (NaN where
+    undefined)."""
+    truth, pp = known(y, p)
+    yy = truth > 0
+    flag = pp >= threshold
     sens = float(flag[yy].mean()) if yy.any() else float("nan")
     spec = float((~flag[~yy]).mean()) if (~yy).any() else float("nan")
     return sens, spec
@@ -125,15 +139,16 @@ def choose_threshold(
     new data are likely to meet it too. The threshold returned sits halfway (in logit
     space) between that score and the next lower one, so the validation sensitivity
     and specificity are unchanged but new cases near the boundary are not lost to a
-    razor-edge cut. With no positive cases the threshold is 0.5 and the rule says so.
+    razor-edge cut. Cases with unknown truth (NaN) are left out.
+
+    Raises:
+        ValueError: no known positive case (there is nothing to choose a threshold on;
+            the caller records that the label has no operating point).
     """
-    yy = np.asarray(y, dtype=bool)
-    pp = np.asarray(p, dtype=np.float64)
+    truth, pp = known(y, p)
+    yy = truth > 0
     if not yy.any():
-        sens, spec = sens_spec(yy, pp, 0.5)
-        return OperatingPointChoice(
-            threshold=0.5, sensitivity=0.0, specificity=spec, rule="no positives: default 0.5"
-        )
+        raise ValueError("no known positive case: no threshold can be chosen")
     positives = np.sort(pp[yy])[::-1]
     n = positives.size
     if confidence is None:
@@ -174,11 +189,12 @@ def fit_platt(logits: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, float]:
     Platt's (1999) smoothed targets, ``(n+ + 1) / (n+ + 2)`` for positives and
     ``1 / (n- + 2)`` for negatives: on (nearly) separable validation data a plain fit
     drives the scale to infinity and every probability to 0 or 1, which makes the
-    operating points razor-edged. Falls back to the identity with one class only.
+    operating points razor-edged. Cases with unknown truth (NaN) are left out; falls
+    back to the identity with fewer than both classes known.
     """
-    xx = np.asarray(logits, dtype=np.float64).reshape(-1)
-    yy = np.asarray(y, dtype=np.int64).reshape(-1)
-    if yy.min() == yy.max():
+    truth, xx = known(y, logits)
+    yy = truth.astype(np.int64)
+    if yy.size == 0 or yy.min() == yy.max():
         return {"scale": 1.0, "offset": 0.0}
     n_pos = int(yy.sum())
     n_neg = yy.size - n_pos
@@ -197,9 +213,9 @@ def fit_platt(logits: npt.ArrayLike, y: npt.ArrayLike) -> dict[str, float]:
 def calibration_bins(
     y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10
 ) -> list[tuple[float, float, int]]:
-    """Equal-width bins: (mean predicted, observed rate, count) for non-empty bins."""
-    yy = np.asarray(y, dtype=np.float64)
-    pp = np.asarray(p, dtype=np.float64)
+    """Equal-width bins: (mean predicted, observed rate, count) for non-empty bins, over
+    the cases with known truth."""
+    yy, pp = known(y, p)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.digitize(pp, edges[1:-1]), 0, n_bins - 1)
     out: list[tuple[float, float, int]] = []

@@ -2,8 +2,11 @@
 points, export, verify, evaluate, write the card, save.
 
 Calibration (Platt, per label, with smoothed targets) and operating points (a
-conservative bound on validation sensitivity) are fitted on the VALIDATION split; the
-reported metrics come from the exported ONNX model on the TEST split.
+conservative bound on validation sensitivity) are fitted on the VALIDATION split, on the
+images whose label is known; a label with fewer known validation positives than
+``gates.min_known_positives`` gets no operating point, and the card says why. The
+reported metrics come from the exported ONNX model on the TEST split, and the held-out
+gates (:mod:`training.cxr_gates`) decide whether the model is saved at all.
 """
 
 from __future__ import annotations
@@ -13,24 +16,29 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+import torch
 from scipy.special import expit
 
 from models import registry
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
 from models.cxr_net import CXR_LABELS, CxrNet
+from models.cxr_ood import OodScored, embeddings, fit_gate, squared_distances
+from models.cxr_predictor import OOD_OUTPUT
 from models.metadata import ImageSpec, OperatingPoint
 from models.registry import StoredModel
 from training.cxr_data import CxrData
 from training.cxr_evaluate import CxrReport, evaluate_stored, report_metrics, write_card
+from training.cxr_gates import GateError, held_out_failures
 from training.cxr_metrics import choose_threshold, fit_platt
 
 if TYPE_CHECKING:
     from training.cxr_train import CxrTrainConfig
 
-__all__ = ["image_spec", "package_model"]
+__all__ = ["choose_operating_points", "image_spec", "package_model"]
 
 LIMITATIONS = [
     "Trained and evaluated on data from the sites and devices listed in its data "
@@ -97,34 +105,39 @@ def _previous(name: str, data: CxrData, size: int, reps: int) -> CxrReport | Non
     return evaluate_stored(stored, data, reps=reps)
 
 
-def package_model(
+def choose_operating_points(
+    logits: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.float32],
     cfg: CxrTrainConfig,
-    net: CxrNet,
-    val: CxrData,
-    test: CxrData,
-    *,
-    n_train: int,
-    n_masks: int,
-    report: Callable[[str, int, int], None],
-    mask_kinds: dict[str, int] | None = None,
-) -> StoredModel:
-    """Calibrate, choose thresholds, export, evaluate and save ``net``.
+) -> tuple[dict[str, dict[str, float]], list[OperatingPoint], dict[str, str]]:
+    """Platt calibration and an operating point per label, on validation data.
+
+    Args:
+        logits: ``[N, L]`` validation logits, columns in :data:`CXR_LABELS` order.
+        labels: ``[N, L]`` truth (NaN: unknown, left out).
+        cfg: sensitivity targets and confidences, ``gates.min_known_positives``.
 
     Returns:
-        The verified artifact in the model store.
+        Calibration parameters by label, the operating points, and label -> why it has
+        none (too few known positives).
     """
-    from training.cxr_train import predict_torch
-
-    size = cfg.model.image_size
-    report("calibrate", 0, 1)
-    val_logits, _ = predict_torch(net, val.images)
     calibration: dict[str, dict[str, float]] = {}
     points: list[OperatingPoint] = []
+    missing: dict[str, str] = {}
+    floor = cfg.gates.min_known_positives
     for j, label in enumerate(CXR_LABELS):
-        y = val.labels[:, j]
-        params = fit_platt(val_logits[:, j], y)
+        y = labels[:, j]
+        params = fit_platt(logits[:, j], y)
         calibration[label] = params
-        probs = expit(params["scale"] * val_logits[:, j] + params["offset"])
+        n_known = int((~np.isnan(y)).sum())
+        n_pos = int((y > 0).sum())
+        if n_pos < floor:
+            missing[label] = (
+                f"{n_pos} known positive(s) among {n_known} validation images with a known "
+                f"{label} label; an operating point needs gates.min_known_positives = {floor}"
+            )
+            continue
+        probs = expit(params["scale"] * logits[:, j] + params["offset"])
         target = cfg.sensitivity_targets.get(label, 0.9)
         choice = choose_threshold(y, probs, target, cfg.sensitivity_confidence.get(label))
         points.append(
@@ -134,14 +147,68 @@ def package_model(
                 sensitivity=_finite(choice.sensitivity),
                 specificity=_finite(choice.specificity),
                 chosen_on=(
-                    f"validation split (n={len(y)}, positives={int(y.sum())}), {choice.rule}"
+                    f"validation split (n={n_known} with a known label, positives={n_pos}), "
+                    f"{choice.rule}"
                 ),
             )
         )
+    return calibration, points, missing
+
+
+def _with_ood_gate(
+    cfg: CxrTrainConfig,
+    net: CxrNet,
+    train_images: npt.NDArray[np.float32] | None,
+    val: CxrData,
+    test: CxrData,
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The module to export (with the gate when configured) and the gate's description,
+    with the share of test images (not used to set it) that it refuses."""
+    if not cfg.ood.enabled or train_images is None:
+        return net, None
+    gate = fit_gate(embeddings(net, train_images), embeddings(net, val.images), cfg.ood.quantile)
+    mean, precision = np.asarray(gate.mean), np.asarray(gate.precision)
+    test_d2 = squared_distances(embeddings(net, test.images), mean, precision)
+    described: dict[str, Any] = gate.describe()
+    described["refused_test"] = float(np.mean(test_d2 > gate.threshold))
+    described["n_test"] = len(test_d2)
+    return OodScored(net, gate), described
+
+
+def package_model(
+    cfg: CxrTrainConfig,
+    net: CxrNet,
+    val: CxrData,
+    test: CxrData,
+    *,
+    n_train: int,
+    train_images: npt.NDArray[np.float32] | None = None,
+    n_masks: int,
+    report: Callable[[str, int, int], None],
+    mask_kinds: dict[str, int] | None = None,
+    split_source: str = "",
+    init: dict[str, Any] | None = None,
+) -> StoredModel:
+    """Calibrate, choose thresholds, export, evaluate, gate and save ``net``.
+
+    Returns:
+        The verified artifact in the model store.
+
+    Raises:
+        GateError: the exported model fails a held-out gate; nothing is saved.
+    """
+    from training.cxr_train import predict_torch
+
+    size = cfg.model.image_size
+    report("calibrate", 0, 1)
+    val_logits, _ = predict_torch(net, val.images)
+    calibration, points, missing = choose_operating_points(val_logits, val.labels, cfg)
     report("calibrate", 1, 1)
     with tempfile.TemporaryDirectory(prefix="cxr-export-") as tmp:
         folder = Path(tmp)
-        onnx_path = export_onnx(net, folder / registry.ONNX_FILE, size)
+        exported, ood = _with_ood_gate(cfg, net, train_images, val, test)
+        outputs = ("logits", "cam", OOD_OUTPUT) if ood else ("logits", "cam")
+        onnx_path = export_onnx(exported, folder / registry.ONNX_FILE, size, outputs)
         parity = check_parity(net, onnx_path, val.images[:16])
         cam_side = int(predict_torch(net, val.images[:1])[1].shape[-1])
         meta = cxr_metadata(
@@ -161,6 +228,7 @@ def package_model(
             code_version=_code_version(),
             library_versions=_library_versions(),
             extra={
+                "synthetic_training_data": cfg.data.synthetic is not None,
                 "arch": cfg.model.arch,
                 "mask_loss": {
                     "weight": cfg.localisation.weight,
@@ -168,12 +236,27 @@ def package_model(
                     "pairs": dict(mask_kinds or {}),  # positive (image, label) by mask kind
                 },
                 "parity": parity.model_dump(),
-                "split": {"train": n_train, "validation": len(val.table), "test": len(test.table)},
+                "split": {
+                    "train": n_train,
+                    "validation": len(val.table),
+                    "test": len(test.table),
+                    "source": split_source,
+                },
+                "no_operating_point": missing,
+                "init_weights": init,  # None: trained from scratch
+                "ood": ood,  # None: no out-of-distribution gate in the graph
+                "gates": cfg.gates.model_dump(mode="json"),
             },
         )
         report("evaluate", 0, 1)
         candidate = StoredModel(metadata=meta, path=folder)
         evaluation = evaluate_stored(candidate, test, reps=cfg.output.bootstrap_reps)
+        failures = held_out_failures(evaluation, cfg.gates)
+        if failures:
+            raise GateError(
+                f"{meta.tag} failed the held-out gate(s) on {evaluation.n} test images, not "
+                "saved: " + "; ".join(failures)
+            )
         previous = _previous(cfg.output.name, test, size, cfg.output.bootstrap_reps)
         meta = meta.model_copy(update={"metrics": report_metrics(evaluation)})
         card = write_card(meta, evaluation, folder / "card", previous)

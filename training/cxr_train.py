@@ -7,8 +7,12 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
 
 1. read the labels CSV (or generate the synthetic set first when configured) and
    preprocess every image once with ``models.cxr_preprocess``;
-2. split by patient into train / validation / test;
-3. train :class:`~models.cxr_net.CxrNet` with multi-label BCE and MONAI
+2. pre-flight checks (:func:`training.cxr_gates.preflight`: version free, config and
+   data valid, enough known positives), then the patient split: the labels file's
+   ``split`` column as given, a patient-id hash with the configured fractions for rows
+   it leaves empty;
+3. train :class:`~models.cxr_net.CxrNet` (from scratch, or from a local weights file:
+   :mod:`training.cxr_init`) with multi-label BCE over the known labels and MONAI
    augmentation, checkpointing ``state_dict``s every epoch (``--resume`` continues).
    Where the data set has finding masks and ``localisation.weight > 0``, a mask loss
    (:func:`mask_loss`) also pulls each positive label's activation map into its
@@ -21,8 +25,11 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
    not give saturated, overconfident probabilities), then per-label operating points
    (the highest threshold whose validation sensitivity reaches the target with the
    configured confidence);
-5. export ONNX, check parity on real validation images, evaluate the exported
-   artifact on the test split, write the model card and save it in the registry.
+5. fit the out-of-distribution gate (:mod:`models.cxr_ood`: training embeddings,
+   threshold on validation) and export it inside the ONNX graph with the network;
+   check parity on real validation images, evaluate the exported
+   artifact on the test split, apply the held-out gates (a failing model is not
+   saved), write the model card and save it in the registry.
 """
 
 from __future__ import annotations
@@ -44,11 +51,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from models.cxr_net import CXR_LABELS, Architecture, CxrNet
 from models.registry import StoredModel
+from training.cxr_gates import GatesConfig
 
 if TYPE_CHECKING:
     from training.cxr_data import CxrData
 
-__all__ = ["CxrTrainConfig", "main", "train_cxr"]
+__all__ = ["CxrTrainConfig", "main", "train_cxr", "with_init"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +81,10 @@ class DataConfig(_Section):
         default=None, description="Generate when labels_csv is absent."
     )
     split: tuple[float, float, float] = Field(
-        default=(0.7, 0.15, 0.15), description="Patient fractions."
+        default=(0.7, 0.15, 0.15),
+        description="Patient fractions, for rows the labels file's split column leaves empty.",
     )
-    split_seed: int = 0
+    split_seed: int = Field(default=0, description="Seed of the patient-id hash.")
 
 
 class ModelConfig(_Section):
@@ -110,6 +119,38 @@ class LocalisationConfig(_Section):
     )
 
 
+class InitConfig(_Section):
+    """Pretrained weights to start from (``training.cxr_init``), and how to fine-tune."""
+
+    weights: Path | None = Field(
+        default=None, description="Local state dict file (--init-weights); None: from scratch."
+    )
+    origin: str = Field(
+        default="", description="Where the file came from, for the card (--weights-origin)."
+    )
+    freeze_epochs: int = Field(
+        default=0, ge=0, description="First epochs with the backbone frozen (head only)."
+    )
+    backbone_lr_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Backbone learning rate = train.lr x this; the head keeps train.lr.",
+    )
+
+
+class OodConfig(_Section):
+    """The out-of-distribution gate (``models.cxr_ood``), fitted and exported with the model."""
+
+    enabled: bool = Field(default=True, description="Fit and export the gate.")
+    quantile: float = Field(
+        default=0.999,
+        gt=0.5,
+        lt=1,
+        description="Threshold: this quantile of the validation images' distances.",
+    )
+
+
 class OutputConfig(_Section):
     name: str = "cxr-triage"
     version: str = "0.1.0"
@@ -137,6 +178,9 @@ class CxrTrainConfig(_Section):
             "out: the point estimate)."
         ),
     )
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    ood: OodConfig = Field(default_factory=OodConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -358,7 +402,8 @@ def train_cxr(
     Returns:
         The stored artifact on rank 0, None on other ranks.
     """
-    from training.cxr_data import load_cxr_data, patient_split
+    from training.cxr_data import load_cxr_data
+    from training.cxr_gates import preflight
 
     rank, world = _rank_world()
     distributed = world > 1
@@ -371,10 +416,19 @@ def train_cxr(
     labels_csv = _ensure_data(cfg.data) if rank == 0 else cfg.data.labels_csv
     if distributed:
         dist.barrier()  # rank 0 may have generated the data
-    data = load_cxr_data(labels_csv, cfg.model.image_size, lambda d, t: report("preprocess", d, t))
-    train_idx, val_idx, test_idx = patient_split(
-        data.table["patient_id"], cfg.data.split, cfg.data.split_seed
+    split = preflight(
+        labels_csv,
+        cfg.gates,
+        name=cfg.output.name,
+        version=cfg.output.version,
+        fractions=cfg.data.split,
+        seed=cfg.data.split_seed,
+        sensitivity_labels=[*cfg.sensitivity_targets, *cfg.sensitivity_confidence],
     )
+    train_idx, val_idx, test_idx = split.train, split.validation, split.test
+    data = load_cxr_data(labels_csv, cfg.model.image_size, lambda d, t: report("preprocess", d, t))
+    if len(data.table) != len(train_idx) + len(val_idx) + len(test_idx):
+        raise ValueError(f"{labels_csv} changed while training started; run again")
     train = data.subset(train_idx)
     use_masks = cfg.localisation.weight > 0
     masks = np.zeros((len(train_idx), len(CXR_LABELS), 1, 1), dtype=bool)
@@ -405,15 +459,30 @@ def train_cxr(
     )
 
     net = CxrNet(cfg.model.arch, num_labels=len(CXR_LABELS), dropout=cfg.model.dropout)
+    init_report = None
+    if cfg.init.weights is not None:
+        from training.cxr_init import load_init_weights
+
+        init_report = load_init_weights(net, cfg.init.weights, cfg.init.origin)
+        logger.info("init weights: %s", init_report.summary())
     model: nn.Module = nn.parallel.DistributedDataParallel(net) if distributed else net
+    backbone = list(net.features.parameters())
+    in_backbone = {id(p) for p in backbone}
+    head = [p for p in net.parameters() if id(p) not in in_backbone]
+    lrs = [cfg.train.lr * cfg.init.backbone_lr_scale, cfg.train.lr]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        [{"params": backbone, "lr": lrs[0]}, {"params": head, "lr": lrs[1]}],
+        weight_decay=cfg.train.weight_decay,
     )
     total_steps = cfg.train.epochs * max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.15
+        optimizer, max_lr=lrs, total_steps=total_steps, pct_start=0.15
     )
-    positives = np.nanmean(train.labels, axis=0).clip(0.02, 0.98)
+    n_known = (~np.isnan(train.labels)).sum(axis=0)
+    n_positive = (train.labels > 0).sum(axis=0)
+    # A label unknown in every training image has no loss term: any weight will do.
+    positives = np.where(n_known > 0, n_positive / np.maximum(n_known, 1), 0.5)
+    positives = positives.astype(np.float32).clip(0.02, 0.98)
     pos_weight = torch.from_numpy((1 - positives) / positives)
 
     start_epoch = 0
@@ -423,6 +492,9 @@ def train_cxr(
 
     for epoch in range(start_epoch, cfg.train.epochs):
         model.train()
+        frozen = epoch < cfg.init.freeze_epochs
+        if frozen:
+            net.features.eval()  # batch-norm statistics stay those of the loaded weights
         if sampler is not None:
             sampler.set_epoch(epoch)
         running, count = 0.0, 0
@@ -433,6 +505,9 @@ def train_cxr(
                 loss = loss + cfg.localisation.weight * mask_loss(cam, y, m)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
+            if frozen:  # AdamW skips a parameter without a gradient (no decay either)
+                for p in backbone:
+                    p.grad = None
             optimizer.step()
             scheduler.step()
             running += loss.detach().item() * len(x)
@@ -466,14 +541,25 @@ def train_cxr(
         data.subset(val_idx),
         data.subset(test_idx),
         n_train=len(train_idx),
+        train_images=train.images,
         n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
         mask_kinds=mask_kinds,
         report=report,
+        split_source=split.source,
+        init=init_report.model_dump() | cfg.init.model_dump(mode="json", exclude={"weights"})
+        if init_report is not None
+        else None,
     )
 
 
-def _resolved(cfg: CxrTrainConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+def with_init(cfg: CxrTrainConfig, weights: Path | None, origin: str | None) -> CxrTrainConfig:
+    """``cfg`` with the command line's ``--init-weights`` / ``--weights-origin``."""
+    update: dict[str, Any] = {}
+    if weights is not None:
+        update["weights"] = weights
+    if origin is not None:
+        update["origin"] = origin
+    return cfg.model_copy(update={"init": cfg.init.model_copy(update=update)}) if update else cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -485,9 +571,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the chest X-ray triage model.")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init-weights", type=Path, default=None)
+    parser.add_argument("--weights-origin", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    cfg = load_config(args.config, CxrTrainConfig)
+    cfg = with_init(
+        load_config(args.config, CxrTrainConfig), args.init_weights, args.weights_origin
+    )
     stored = train_cxr(cfg, resume=args.resume)
     if stored is not None:
         print(f"saved {stored.metadata.tag} sha256={stored.metadata.sha256}")

@@ -65,10 +65,12 @@ def _serving_config(pinned: dict[str, str]) -> dict[str, object]:
         "ncd_services": services,
         # The demo EHR shows why a patient got no estimate (demo-07: no blood pressure).
         "no_advice_card": True,
+        # The demo models are trained on synthetic data: allowed here, said on every output.
+        "allow_synthetic_models": True,
     }
     if "cxr-triage" in pinned:
         # Chest X-ray serving; the demo EHR's "send the X-ray" uses DEMO_DIR/cxr-synthetic.
-        config["imaging"] = {"model": "cxr-triage", "results_dir": str(DEMO_DIR / "imaging")}
+        config["imaging"] = {"model": "cxr-triage"}
     return config
 
 

@@ -142,6 +142,58 @@ def _lookback_text(days: int | None) -> str:
     )
 
 
+def _store_path() -> str:
+    from models.registry import store_home
+
+    return str(store_home())
+
+
+def _ci_text(value: dict[str, Any]) -> str:
+    if value.get("value") is None:
+        return "n/a"
+    if value.get("ci_low") is None:
+        return f"{value['value']:.3f}"
+    return f"{value['value']:.3f} ({value['ci_low']:.3f} to {value['ci_high']:.3f})"
+
+
+def _gate_lines(cfg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
+    gates = cfg.get("gates") or {}
+    lines = [
+        "## Gates",
+        "",
+        f"- Before fitting: at least {gates.get('min_events_per_predictor')} events per input "
+        f"(training split); ONNX parity on at least {cfg.get('export', {}).get('parity_min_rows')}"
+        " rows.",
+        f"- Minimum test AUROC: {gates.get('min_test_auroc')} (passed).",
+    ]
+    who = extra.get("who_comparison")
+    if not who:
+        lines += ["- No WHO chart comparison for this outcome.", ""]
+        return lines
+    verdict = "**yes**" if who["at_least_as_good"] else "**NO**"
+    lines += [
+        f"- Against the {who['chart']} on the same {who['n']} test patients "
+        f"({who['events']} events): {who['rule']}.",
+        "",
+        "| (95 % CI) | model | WHO chart |",
+        "|---|---|---|",
+        f"| AUROC | {_ci_text(who['auroc_model'])} | {_ci_text(who['auroc_who'])} |",
+        f"| calibration slope | {_ci_text(who['calibration_slope_model'])} | "
+        f"{_ci_text(who['calibration_slope_who'])} |",
+        f"| observed / expected | {_ci_text(who['observed_expected_model'])} | "
+        f"{_ci_text(who['observed_expected_who'])} |",
+        "",
+        f"AUROC difference (model - chart): {_ci_text(who['auroc_difference'])}. "
+        f"At least as good as the chart: {verdict}.",
+    ]
+    if who.get("accepted_reason"):
+        lines.append(
+            f"Saved although not at least as good, with the reason: "
+            f'"{who["accepted_reason"]}". Serving shows the chart, not this model\'s number.'
+        )
+    return [*lines, ""]
+
+
 def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
     """Write ``model-card.md`` and ``model-card.json`` into ``card_dir``."""
     card_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +301,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "[evaluation.md](evaluation.md).",
         "",
         report_markdown(report, "Evaluation details"),
+        *_gate_lines(cfg, extra),
         "## Outputs and explanations",
         "",
         "ONNX input `features` float32 [N, F] in the order above; output `probabilities` "
@@ -266,7 +319,8 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Provenance",
         "",
-        f"- Code: git `{meta.code_version or 'unknown'}`",
+        f"- Code revision: `{meta.code_version or 'unknown'}`",
+        f"- Model store: `{_store_path()}`; this card: `{extra.get('card_dir', card_dir)}`",
         "- Libraries: "
         + (", ".join(f"{k} {v}" for k, v in meta.library_versions.items()) or "not recorded"),
         "",

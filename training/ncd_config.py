@@ -14,6 +14,7 @@ __all__ = [
     "CalibrationConfig",
     "EvaluationConfig",
     "ExportConfig",
+    "GateConfig",
     "HgbConfig",
     "LogisticConfig",
     "NcdTrainConfig",
@@ -71,10 +72,30 @@ class EvaluationConfig(_Cfg):
 
 
 class ExportConfig(_Cfg):
-    """ONNX parity check before saving."""
+    """ONNX parity check before saving: on min(parity_max_rows, rows available) rows."""
 
-    parity_min_rows: int = Field(default=10_000, ge=1)
-    parity_max_rows: int = Field(default=50_000, ge=1)
+    parity_min_rows: int = Field(default=1_000, ge=1, description="floor, checked before fitting")
+    parity_max_rows: int = Field(default=10_000, ge=1)
+
+
+class GateConfig(_Cfg):
+    """What a model must show before it is saved (recorded in the card and metadata).
+
+    Before fitting: at least ``min_events_per_predictor`` events (within the horizon,
+    training split) per model input. After: test AUROC at least ``min_test_auroc``.
+    Against the WHO chart on the same test patients (CVD), *at least as good* means
+    both: discrimination, the lower 95 % bootstrap bound of AUROC(model) - AUROC(chart)
+    above ``-auroc_margin``; calibration, the model's calibration slope inside
+    ``slope_limits`` and its observed/expected ratio inside ``oe_limits`` (point
+    estimates; their CIs are recorded). Otherwise the model is saved only with
+    ``--accept-worse-than-who REASON``.
+    """
+
+    min_events_per_predictor: float = Field(default=10.0, ge=0)
+    min_test_auroc: float = Field(default=0.6, ge=0, le=1)
+    auroc_margin: float = Field(default=0.02, ge=0, le=0.5)
+    slope_limits: tuple[float, float] = (0.8, 1.25)
+    oe_limits: tuple[float, float] = (0.8, 1.25)
 
 
 class NcdTrainConfig(_Cfg):
@@ -104,3 +125,4 @@ class NcdTrainConfig(_Cfg):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    gates: GateConfig = Field(default_factory=GateConfig)

@@ -1,6 +1,6 @@
-"""``tonle data synthetic-ncd``, ``tonle data nafld`` and ``tonle score`` (NCD data in, risk out).
+"""``tonle data synthetic-ncd``, ``nafld``, ``check`` and ``tonle score``: NCD data in, risk out.
 
-Registered on the main app from :mod:`training.cli` with one call to :func:`register`.
+Registered on the main app from :mod:`cli.training` with one call to :func:`register`.
 Heavy modules are imported inside the commands so ``tonle --help`` stays fast.
 """
 
@@ -8,20 +8,102 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from models.ncd_lookback import LOOKBACK_DAYS
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from training.fhir_bulk import FeatureTableError
+
+__all__ = ["SkipInvalidOpt", "input_refused", "register"]
+
+SkipInvalidOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-invalid",
+        help="Read impossible or unreadable values as not recorded (each still reported) "
+        "instead of refusing the input.",
+    ),
+]
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Add the NCD data and scoring commands to the ``tonle`` app."""
     data_app.command("synthetic-ncd")(data_synthetic_ncd)
     data_app.command("nafld")(data_nafld)
+    data_app.command("check")(data_check)
     app.command("score")(score)
+
+
+def input_refused(source: Path, exc: FeatureTableError) -> typer.Exit:
+    """Print the problem report of a refused input; the Exit (code 4) to raise."""
+    from cli.console import EXIT_BAD_INPUT, console, fail
+    from training.ncd_input import NcdInputError
+
+    if isinstance(exc, NcdInputError):
+        for line in exc.report.lines():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        return fail(
+            f"{source}: {len(exc.report.problems):,} input problems, nothing written "
+            "(fix them, or --skip-invalid to read those values as not recorded)",
+            EXIT_BAD_INPUT,
+        )
+    return fail(f"cannot read {source}: {exc}", EXIT_BAD_INPUT)
+
+
+def data_check(
+    source: Annotated[Path, typer.Argument(help="CSV file or FHIR Bulk NDJSON folder.")],
+    chol_unit: Annotated[
+        str, typer.Option(help="Cholesterol unit for CSV rows without total_chol_unit.")
+    ] = "mmol/L",
+    index_date: Annotated[
+        str | None, typer.Option(help="FHIR input: ISO date features refer to (default today).")
+    ] = None,
+    lookback_days: Annotated[int, typer.Option(help="FHIR input: look-back in days.")] = (
+        LOOKBACK_DAYS
+    ),
+    complete_conditions: Annotated[
+        bool,
+        typer.Option(
+            "--complete-conditions",
+            help="The FHIR export holds every diagnosis (absence of diabetes means none).",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check an NCD input with the rules score, train and evaluate apply; write nothing.
+
+    Prints the rows read, the layout found (encoding, delimiter) and every problem
+    per field and rule with a count and the first rows or patients. Exit code 0 when
+    there is no problem, 4 otherwise.
+
+    Example: tonle data check patients.csv
+    """
+    from cli.console import EXIT_BAD_INPUT, fail, out
+    from training.fhir_bulk import FeatureTableError
+    from training.ncd_input import InputReport, iter_input
+
+    report = InputReport(source)
+    try:
+        when = date.fromisoformat(index_date) if index_date else date.today()
+        for _ in iter_input(
+            source, report, chol_unit=chol_unit, index_date=when, lookback_days=lookback_days,
+            complete_conditions=complete_conditions,
+        ):  # fmt: skip
+            pass
+    except ValueError as exc:  # FeatureTableError or a bad --index-date
+        if isinstance(exc, FeatureTableError):
+            raise input_refused(source, exc) from exc
+        raise fail(f"--index-date {index_date!r} is not an ISO date (YYYY-MM-DD)", 2) from exc
+    if as_json:
+        out.print_json(data=report.as_dict())
+    else:
+        for line in report.lines():
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if report.problems:
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def data_synthetic_ncd(
@@ -38,7 +120,7 @@ def data_synthetic_ncd(
     """
     import time
 
-    from training.cli import console, out
+    from cli.console import console, out
     from training.synthetic_ncd import generate
 
     start = time.perf_counter()
@@ -56,7 +138,7 @@ def data_nafld(
 
     Example: tonle data nafld data/nafld
     """
-    from training.cli import EXIT_BAD_INPUT, console, fail, out
+    from cli.console import EXIT_BAD_INPUT, console, fail, out
     from training.nafld import NafldError, convert
 
     try:
@@ -98,13 +180,17 @@ def score(
             "such rows are marked extrapolated=1.",
         ),
     ] = False,
+    skip_invalid: SkipInvalidOpt = False,
     chunksize: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 100_000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads.")] = 1,
 ) -> None:
     """Score every patient in a CSV or FHIR Bulk export: one output row per patient.
 
     Output columns: patient_id, model, model_version, model_sha256, region_code,
-    country_code, risk, percent, band, reason (why no risk, e.g. age:out-of-range).
+    country_code, risk, percent, band, extrapolated, reason (why no risk, e.g.
+    age:out-of-range). An input with problems (an SBP of 295, a unit not accepted, a
+    repeated patient: see tonle data check) is refused with exit code 4 and nothing
+    is written, unless --skip-invalid. Exit code 4 also when no row got a risk.
 
     Examples:
       tonle score who-cvd-lab patients.csv -o risk.csv --country KHM
@@ -113,9 +199,9 @@ def score(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from models.registry import ArtifactError
     from models.who_cvd import WhoCvdInputError
-    from training.cli import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, console, fail, out
     from training.fhir_bulk import FeatureTableError
     from training.ncd_score import count_rows, open_scorer, score_file
 
@@ -142,14 +228,20 @@ def score(
             task = bar.add_task("score", total=total)
             summary = score_file(
                 scorer, source, output, chunksize=chunksize, chol_unit=chol_unit,
-                index_date=when, lookback_days=lookback_days,
+                index_date=when, lookback_days=lookback_days, skip_invalid=skip_invalid,
                 progress=lambda k: bar.advance(task, k),
             )  # fmt: skip
-    except (FeatureTableError, ValueError) as exc:
-        raise fail(f"bad input: {exc}", EXIT_BAD_INPUT) from exc
+    except FeatureTableError as exc:
+        raise input_refused(source, exc) from exc
+    if summary.report.problems:
+        for line in summary.report.lines()[1:]:
+            console.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
     out.print(
         f"{summary.rows:,} rows: {summary.scored:,} scored, {summary.refused:,} without a risk "
         f"(see the reason column) -> {output}"
     )
-    for rule, count in list(summary.issue_counts().items())[:10]:
-        console.print(f"input problem: {rule} ({count:,} rows; values not used)", highlight=False)
+    for reason, count in summary.reasons.most_common(5):
+        console.print(f"no risk: {reason}: {count:,} rows", highlight=False)
+    if summary.scored == 0:
+        raise fail(f"no row of {source} could be scored (reasons per row in {output})",
+                   EXIT_BAD_INPUT)  # fmt: skip

@@ -63,6 +63,7 @@ def build_ncd_demo(console: Console, card_root: Path = Path(".tonle/cards")) -> 
                 version=DEMO_VERSION,
                 card_root=card_root,
                 lookback_days=LOOKBACK_DAYS,
+                accept_worse_than_who="demo model: synthetic training data, not for clinical use",
                 progress=lambda line: console.print(f"  {line}", highlight=False),
             )
     return dict.fromkeys(names, DEMO_VERSION)

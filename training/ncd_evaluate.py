@@ -86,6 +86,7 @@ class MetricSet(BaseModel):
     calibration_intercept: MetricCI
     brier: MetricCI
     ece: MetricCI
+    observed_expected: MetricCI | None = None  # Kaplan-Meier observed / mean predicted
     net_benefit: dict[str, float]
     treat_all_net_benefit: dict[str, float]
 
@@ -116,6 +117,9 @@ class EvaluationReport(BaseModel):
     overall: GroupMetrics
     subgroups: list[GroupMetrics]
     calibration_curve: dict[str, dict[str, list[float]]]
+    # Per decile of predicted risk: n, events, predicted, Kaplan-Meier observed (95 % CI).
+    calibration_deciles: dict[str, list[dict[str, float]]] = {}
+    model_label: str = "trained model"
 
 
 def _clean(x: float) -> float | None:
@@ -156,6 +160,7 @@ def _metric_set(
         calibration_intercept=_ci(intercept),
         brier=_ci(m.brier(y, p, w, ck)),
         ece=_ci(m.ece(y, p, w, ck)),
+        observed_expected=_ci(m.observed_expected(time, event, risk, horizon, c)),
         net_benefit={f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, nb, strict=True)},
         treat_all_net_benefit={
             f"{t:g}": _clean(v) or 0.0 for t, v in zip(THRESHOLDS, treat_all, strict=True)
@@ -208,6 +213,7 @@ def evaluate_table(
     compare_who: bool | None = None,
     who_model: Literal["lab", "nonlab"] = "lab",
     who_missing_smoking_as_non_smoker: bool = False,
+    model_label: str = "trained model",
 ) -> EvaluationReport:
     """Evaluate ``risk`` (one per row of ``table``) against the table's outcomes.
 
@@ -225,6 +231,7 @@ def evaluate_table(
             (BMI), e.g. for data without total cholesterol.
         who_missing_smoking_as_non_smoker: score the chart for rows without a smoking
             record as non-smokers (stated in the report); default: leave them out.
+        model_label: what the evaluated risks are, in the report's words.
     """
     time = table[f"{outcome}_time"].to_numpy(dtype=np.float64)
     event = table[f"{outcome}_event"].to_numpy(dtype=np.float64) == 1.0
@@ -288,9 +295,11 @@ def evaluate_table(
                 subgroups.append(group_metrics(group, level, values == level))
 
     curve: dict[str, dict[str, list[float]]] = {}
+    deciles: dict[str, list[dict[str, float]]] = {}
     y, w = m.ipcw_labels(time[compared], event[compared], horizon, censoring)
     named = {"model": risk[compared]} | ({"who": who[compared]} if compare_who else {})
     for name, p in named.items():
+        deciles[name] = m.km_decile_calibration(time[compared], event[compared], p, horizon)
         pred, obs, weight = m.calibration_bins(y, p, w)
         keep = np.isfinite(pred) & np.isfinite(obs)
         curve[name] = {
@@ -311,6 +320,8 @@ def evaluate_table(
         overall=overall,
         subgroups=subgroups,
         calibration_curve=curve,
+        calibration_deciles=deciles,
+        model_label=model_label,
     )
 
 
@@ -320,6 +331,8 @@ def evaluate_for_config(
     cfg: NcdTrainConfig,
     *,
     bootstrap_reps: int | None = None,
+    compare_who: bool | None = None,
+    model_label: str = "trained model",
 ) -> EvaluationReport:
     """:func:`evaluate_table` with a training config's outcome, horizon, seed and WHO chart.
 
@@ -328,6 +341,8 @@ def evaluate_for_config(
         risk: the model's risk per row.
         cfg: the model's training config (its ``evaluation`` section picks the chart).
         bootstrap_reps: bootstrap replicates; default: the config's.
+        compare_who: score the WHO chart too; default: only for ``cvd``.
+        model_label: what ``risk`` is, in the report's words.
     """
     ev = cfg.evaluation
     return evaluate_table(
@@ -341,4 +356,6 @@ def evaluate_for_config(
         who_country=ev.who_country,
         who_model=ev.who_model,
         who_missing_smoking_as_non_smoker=ev.who_missing_smoking_as_non_smoker,
+        compare_who=compare_who,
+        model_label=model_label,
     )

@@ -36,7 +36,10 @@ __all__ = [
     "concordance",
     "ece",
     "ipcw_labels",
+    "km_decile_calibration",
+    "km_risk",
     "net_benefit",
+    "observed_expected",
 ]
 
 G_FLOOR = 0.05
@@ -204,6 +207,80 @@ def calibration_slope_intercept(
         if np.nanmax(np.abs(step), initial=0.0) < 1e-9:
             break
     return b, intercept
+
+
+def km_risk(time: F64, event: npt.NDArray[np.bool_], horizon: float) -> tuple[float, float, float]:
+    """Kaplan-Meier risk by ``horizon`` (1 - S(horizon)) with a 95 % CI (Greenwood, log-log).
+
+    Returns NaN for the interval bounds when it cannot be estimated (no one at risk).
+    """
+    times, inverse = np.unique(time, return_inverse=True)
+    deaths = np.bincount(inverse, weights=event.astype(np.float64), minlength=len(times))
+    at_time = np.bincount(inverse, minlength=len(times)).astype(np.float64)
+    at_risk = at_time[::-1].cumsum()[::-1]
+    upto = times <= horizon
+    d, n = deaths[upto], at_risk[upto]
+    surv = float(np.prod(1.0 - d / n)) if len(n) else 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = float(np.sum(d / (n * (n - d)))) if len(n) else 0.0
+    if not 0.0 < surv < 1.0 or not np.isfinite(var):
+        return 1.0 - surv, float("nan"), float("nan")
+    half = 1.96 * np.sqrt(var) / abs(np.log(surv))
+    low_s, high_s = surv ** np.exp(half), surv ** np.exp(-half)
+    return 1.0 - surv, float(1.0 - high_s), float(1.0 - low_s)
+
+
+def km_decile_calibration(
+    time: F64, event: npt.NDArray[np.bool_], p: F64, horizon: float, n_bins: int = 10
+) -> list[dict[str, float]]:
+    """Calibration by decile of predicted risk, observed risk by Kaplan-Meier.
+
+    Deciles over every patient (censored ones included); per decile the number of
+    patients and events by the horizon, the mean predicted risk, and the Kaplan-Meier
+    observed risk with its 95 % CI.
+    """
+    edges = np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1])
+    bins = np.searchsorted(edges, p, side="right")
+    rows = []
+    for k in range(n_bins):
+        sel = bins == k
+        if not sel.any():
+            continue
+        observed, low, high = km_risk(time[sel], event[sel], horizon)
+        rows.append(
+            {
+                "decile": float(k + 1),
+                "n": float(sel.sum()),
+                "events": float((event[sel] & (time[sel] <= horizon)).sum()),
+                "predicted": float(p[sel].mean()),
+                "observed": observed,
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return rows
+
+
+def observed_expected(
+    time: F64, event: npt.NDArray[np.bool_], p: F64, horizon: float, c: F64
+) -> F64:
+    """Observed/expected risk per replicate: Kaplan-Meier risk by ``horizon`` / mean ``p``.
+
+    ``c`` are the bootstrap weights (:func:`bootstrap_weights`), used as case weights
+    in both the Kaplan-Meier estimate and the mean.
+    """
+    order = np.argsort(time, kind="mergesort")
+    t, e, cw = time[order], event[order], c[order]
+    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    deaths = np.add.reduceat(cw * e[:, None], starts, axis=0)
+    at_time = np.add.reduceat(cw, starts, axis=0)
+    at_risk = at_time[::-1].cumsum(axis=0)[::-1]
+    upto = t[starts] <= horizon
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(at_risk[upto] > 0, 1.0 - deaths[upto] / at_risk[upto], 1.0)
+        observed = 1.0 - np.prod(factor, axis=0)
+        expected = (p @ c) / c.sum(0)
+        return np.asarray(observed / expected)
 
 
 def net_benefit(y: npt.NDArray[np.int64], p: F64, w: F64, thresholds: F64) -> tuple[F64, F64]:

@@ -1,8 +1,9 @@
 """An NCD :class:`~training.ncd_evaluate.EvaluationReport` as Markdown, PNG figures and JSON.
 
-:func:`write_report` writes ``evaluation.json``, ``evaluation.md``, ``calibration.png``
-and ``decision_curve.png``; :func:`report_markdown` and :data:`METRIC_ROWS` are shared
-with the model card (:mod:`training.ncd_card`).
+:func:`write_report` writes ``evaluation.json``, ``evaluation.md``, ``evaluation.html``
+(self-contained, plots embedded, for a clinical committee), ``calibration.png`` and
+``decision_curve.png``; :func:`report_markdown` and :data:`METRIC_ROWS` are shared with
+the model card (:mod:`training.ncd_card`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def format_ci(value: float | None, low: float | None, high: float | None, digits
     return text
 
 
-def _fmt(metric: MetricCI, digits: int = 3) -> str:
+def _fmt(metric: MetricCI | None, digits: int = 3) -> str:
+    if metric is None:
+        return "n/a"
     return format_ci(metric.value, metric.ci_low, metric.ci_high, digits)
 
 
@@ -52,6 +55,7 @@ METRIC_ROWS = (
     ("Calibration intercept", "calibration_intercept"),
     ("Brier (IPCW)", "brier"),
     ("ECE", "ece"),
+    ("Observed / expected", "observed_expected"),
 )
 
 
@@ -69,7 +73,7 @@ def report_markdown(report: EvaluationReport, title: str) -> str:
         lines.append(f"Not in the comparison set (the WHO chart gives no risk): {reasons}.")
     lines += [
         "",
-        "| metric | model | " + ("WHO chart |" if who else ""),
+        f"| metric | {report.model_label} | " + ("WHO chart |" if who else ""),
         "|---|---|" + ("---|" if who else ""),
     ]
     for label, key in METRIC_ROWS:
@@ -114,8 +118,26 @@ def report_markdown(report: EvaluationReport, title: str) -> str:
             f" {_fmt(g.model.ece, 4)} |"
         )
         lines.append(row)
+    for name, rows in report.calibration_deciles.items():
+        label = report.model_label if name == "model" else "WHO 2019 chart"
+        lines += [
+            "",
+            f"### Calibration by decile: {label}",
+            "",
+            "| decile | n | events | mean predicted | observed (Kaplan-Meier, 95 % CI) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['decile']:.0f} | {r['n']:.0f} | {r['events']:.0f} | {r['predicted']:.3f} | "
+            f"{format_ci(r['observed'], _finite(r['ci_low']), _finite(r['ci_high']))} |"
+            for r in rows
+        ]
     lines += ["", f"AUROC: {report.auroc_definition}", "", f"C-index: {report.c_index_definition}"]
     return "\n".join(lines) + "\n"
+
+
+def _finite(value: float) -> float | None:
+    return value if value == value else None  # NaN -> None
 
 
 def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Path]:
@@ -128,23 +150,32 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "evaluation.json", out_dir / "evaluation.md"]
     paths[0].write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    paths[1].write_text(report_markdown(report, title), encoding="utf-8")
+    markdown = report_markdown(report, title)
+    paths[1].write_text(markdown, encoding="utf-8")
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    top = 0.0
-    for name, curve in report.calibration_curve.items():
-        label = "trained model" if name == "model" else "WHO 2019 chart"
-        ax.plot(curve["predicted"], curve["observed"], marker="o", label=label)
-        top = max(top, *curve["predicted"], *curve["observed"], 0.05)
+    top = 0.05
+    for name, rows in report.calibration_deciles.items():
+        label = report.model_label if name == "model" else "WHO 2019 chart"
+        pred = [r["predicted"] for r in rows]
+        obs = [r["observed"] for r in rows]
+        err = [
+            [max(o - r["ci_low"], 0.0) if r["ci_low"] == r["ci_low"] else 0.0 for o, r in
+             zip(obs, rows, strict=True)],
+            [max(r["ci_high"] - o, 0.0) if r["ci_high"] == r["ci_high"] else 0.0 for o, r in
+             zip(obs, rows, strict=True)],
+        ]  # fmt: skip
+        ax.errorbar(pred, obs, yerr=err, marker="o", capsize=3, label=label)
+        top = max(top, *pred, *obs)
     ax.plot([0, top], [0, top], color="grey", linestyle="--", label="perfect calibration")
     ax.set_xlabel(f"predicted {report.horizon_years:g}-year risk (decile means)")
-    ax.set_ylabel("observed risk (IPCW)")
+    ax.set_ylabel("observed risk (Kaplan-Meier, 95 % CI)")
     paths.append(_save(fig, f"Calibration, {report.outcome}", out_dir / "calibration.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     overall = report.overall
     curves: list[tuple[dict[str, float], dict[str, Any]]] = [
-        (overall.model.net_benefit, {"marker": "o", "label": "trained model"})
+        (overall.model.net_benefit, {"marker": "o", "label": report.model_label})
     ]
     if overall.who is not None:
         curves.append((overall.who.net_benefit, {"marker": "s", "label": "WHO 2019 chart"}))
@@ -158,7 +189,65 @@ def write_report(report: EvaluationReport, out_dir: Path, title: str) -> list[Pa
     ax.set_xlabel("threshold risk")
     ax.set_ylabel("net benefit")
     paths.append(_save(fig, f"Decision curve, {report.outcome}", out_dir / "decision_curve.png"))
+    paths.append(_write_html(markdown, title, out_dir))
     return paths
+
+
+def _write_html(markdown: str, title: str, out_dir: Path) -> Path:
+    """``evaluation.html``: the Markdown tables as HTML, with both plots embedded."""
+    import base64
+    import html
+
+    body: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, *rows = [r for r in table if not set("".join(r)) <= set("-")]
+            body.append(
+                "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                    for r in rows
+                )
+                + "</table>"
+            )  # fmt: skip
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        flush()
+        if line.startswith("### "):
+            body.append(f"<h3>{html.escape(line[4:])}</h3>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    for name, alt in (("calibration.png", "Calibration by decile"),
+                      ("decision_curve.png", "Decision curve")):  # fmt: skip
+        data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
+        body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+                    f"<figcaption>{alt}</figcaption></figure>")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+        "line-height:1.4}table{border-collapse:collapse;margin:1rem 0;display:block;"
+        "overflow-x:auto}td,th{border:1px solid #ccc;padding:.3rem .5rem;text-align:left}"
+        "img{max-width:100%}"
+    )
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        "<p>Advisory evaluation for a clinical committee; 95 % confidence intervals in "
+        "brackets.</p>" + "".join(body) + "</body></html>"
+    )
+    path = out_dir / "evaluation.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def _save(fig: Figure, title: str, path: Path) -> Path:

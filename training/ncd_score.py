@@ -13,7 +13,7 @@ empty. Memory stays bounded by the chunk size for CSV input.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -30,7 +30,7 @@ from models.who_cvd import (
     resolve_recalibration,
     who_cvd_score_batch,
 )
-from training.fhir_bulk import FeatureIssue
+from training.ncd_input import InputReport, NcdInputError, iter_input, rejected_fields
 
 __all__ = ["OUTPUT_COLUMNS", "ScoreSummary", "Scorer", "count_rows", "open_scorer", "score_file"]
 
@@ -48,14 +48,11 @@ _BAND_LABELS = np.array([label for _, label in BANDS], dtype=object)
 class ScoreSummary:
     """What a scoring run did."""
 
+    report: InputReport
     rows: int = 0
     scored: int = 0
     refused: int = 0
-    issues: list[FeatureIssue] = field(default_factory=list)  # input problems (bounded)
-
-    def issue_counts(self) -> dict[str, int]:
-        """Input problems per ``field: rule``, most frequent first."""
-        return dict(Counter(f"{i.field}: {i.rule}" for i in self.issues).most_common())
+    reasons: Counter[str] = field(default_factory=Counter)  # why rows got no risk
 
 
 def _bands(
@@ -194,30 +191,22 @@ def count_rows(path: Path) -> int:
     return max(lines - (1 if last == b"\n" else 0), 0)
 
 
-def _chunks(
-    source: Path,
-    chunksize: int,
-    chol_unit: str,
-    index_date: date | None,
-    lookback_days: int,
-    issues: list[FeatureIssue],
-) -> Iterator[pd.DataFrame]:
-    if source.is_dir():
-        from training.fhir_bulk import BuildReport, build_feature_table
-
-        report = BuildReport()
-        table = build_feature_table(
-            source, index_date=index_date or date.today(), lookback_days=lookback_days,
-            report=report,
-        )  # fmt: skip
-        # Outcome problems (prior disease) do not matter for scoring.
-        issues.extend(i for i in report.issues if not i.field.endswith("_event"))
-        for start in range(0, len(table), chunksize):
-            yield table.iloc[start : start + chunksize]
+def _mark_rejected(
+    scored: pd.DataFrame, chunk: pd.DataFrame, rejected: dict[int | str, set[str]]
+) -> None:
+    """``<field>:missing`` -> ``<field>:rejected`` where the value was there but refused."""
+    if not rejected:
         return
-    from training.csv_adapter import read_csv_chunks
-
-    yield from read_csv_chunks(source, chunksize=chunksize, chol_unit=chol_unit, issues=issues)
+    keys = chunk.index + 2 if not isinstance(next(iter(rejected)), str) else chunk["patient_id"]
+    reasons = scored["reason"].to_numpy(dtype=object)
+    for i, key in enumerate(keys):
+        fields = rejected.get(key)
+        reason = reasons[i]
+        if fields and isinstance(reason, str) and reason.endswith(":missing"):
+            name = reason.removesuffix(":missing")
+            if name in fields:
+                reasons[i] = f"{name}:rejected"
+    scored["reason"] = reasons
 
 
 def score_file(
@@ -229,6 +218,7 @@ def score_file(
     chol_unit: str = "mmol/L",
     index_date: date | None = None,
     lookback_days: int = LOOKBACK_DAYS,
+    skip_invalid: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> ScoreSummary:
     """Score every row of ``source`` (CSV or FHIR Bulk folder) into the ``output`` CSV.
@@ -236,29 +226,49 @@ def score_file(
     Args:
         scorer: From :func:`open_scorer`.
         source: The documented CSV, or a FHIR Bulk NDJSON folder.
-        output: CSV to write (written to ``<output>.part`` then renamed).
+        output: CSV to write (written to ``<output>.part``, renamed when complete).
         chunksize: Rows per chunk (bounds memory for CSV input).
         chol_unit: Cholesterol unit for CSV rows without a ``total_chol_unit``.
         index_date: For FHIR input, the date features refer to (default: today).
         lookback_days: For FHIR input, how old a measurement may be.
+        skip_invalid: Read invalid values as not recorded (reason ``<field>:rejected``)
+            instead of refusing the input.
         progress: Called with the number of rows done after each chunk.
+
+    Raises:
+        training.ncd_input.NcdInputError: input problems and not ``skip_invalid``;
+            nothing is written (the whole input is still read, to report every problem).
+        training.fhir_bulk.FeatureTableError: the input cannot be read at all.
     """
-    summary = ScoreSummary()
+    summary = ScoreSummary(InputReport(source))
+    problems = summary.report.problems
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".part")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        header = True
-        chunks = _chunks(source, chunksize, chol_unit, index_date, lookback_days, summary.issues)
-        for chunk in chunks:
-            scored = scorer(chunk)
-            scored.to_csv(fh, header=header, index=False, float_format="%.6g")
-            header = False
-            summary.rows += len(scored)
-            summary.scored += int(scored["risk"].notna().sum())
-            if progress is not None:
-                progress(len(scored))
-        if header:
-            pd.DataFrame(columns=OUTPUT_COLUMNS).to_csv(fh, index=False)
-    tmp.replace(output)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            header = True
+            chunks = iter_input(
+                source, summary.report, chunksize=chunksize, chol_unit=chol_unit,
+                index_date=index_date or date.today(), lookback_days=lookback_days,
+            )  # fmt: skip
+            for chunk in chunks:
+                if problems and not skip_invalid:
+                    continue  # refused: read on only to report every problem
+                scored = scorer(chunk)
+                _mark_rejected(scored, chunk, rejected_fields(problems.examples))
+                scored.to_csv(fh, header=header, index=False, float_format="%.6g")
+                header = False
+                summary.rows += len(scored)
+                summary.scored += int(scored["risk"].notna().sum())
+                summary.reasons.update(scored["reason"].dropna())
+                if progress is not None:
+                    progress(len(scored))
+            if header:
+                pd.DataFrame(columns=OUTPUT_COLUMNS).to_csv(fh, index=False)
+        if problems and not skip_invalid:
+            raise NcdInputError(summary.report)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
     summary.refused = summary.rows - summary.scored
     return summary

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,32 +55,32 @@ def load_table(
     fhir_index_date: str | None = None,
     lookback_days: int = LOOKBACK_DAYS,
     complete_conditions: bool = False,
-) -> Any:
-    """Read a C2 feature table: a CSV file, or build one from a FHIR Bulk NDJSON folder.
+) -> pd.DataFrame:
+    """Read a C2 feature table from a CSV file or a FHIR Bulk NDJSON folder.
 
-    ``complete_conditions`` tells the FHIR builder that the export holds every
-    diagnosis (see :func:`training.fhir_bulk.build_feature_table`).
+    The one input path (:func:`training.ncd_input.read_input`); any problem refuses.
+
+    Raises:
+        training.ncd_input.NcdInputError: problems found (see its report).
+        training.fhir_bulk.FeatureTableError: the input cannot be read at all.
     """
-    if path.is_dir():
-        from datetime import date
+    from datetime import date
 
-        from training.fhir_bulk import build_feature_table
+    from training.ncd_input import read_input
 
-        if fhir_index_date is None:
-            raise TrainingDataError("index_date", "give --index-date for FHIR Bulk NDJSON input")
-        return build_feature_table(
-            path,
-            index_date=date.fromisoformat(fhir_index_date),
-            lookback_days=lookback_days,
-            complete_conditions=complete_conditions,
-        )
-    if not path.is_file():
-        raise TrainingDataError("data", f"{path} is not a file or folder")
-    table = pd.read_csv(path, dtype={"patient_id": str, "site": str, "sex": str})
-    for column in table.columns:
-        if column == "index_date" or column.endswith("_date"):
-            table[column] = pd.to_datetime(table[column], errors="raise")
+    when = date.fromisoformat(fhir_index_date) if fhir_index_date else None
+    table, _ = read_input(
+        path, index_date=when, lookback_days=lookback_days,
+        complete_conditions=complete_conditions,
+    )  # fmt: skip
+    table.attrs["synthetic_training_data"] = "training.synthetic_ncd" in _generator(path)
     return table
+
+
+def _generator(path: Path) -> str:
+    """The ``generator`` a FHIR folder's ``manifest.json`` names (synthetic_ncd writes one)."""
+    manifest = path / "manifest.json"
+    return manifest.read_text(encoding="utf-8") if path.is_dir() and manifest.is_file() else ""
 
 
 def manifest_hash(table: pd.DataFrame) -> str:
@@ -185,7 +184,8 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
             pid = str(out.loc[missing, "patient_id"].iloc[0])
             raise TrainingDataError(
                 name,
-                "required feature is missing (set drop_incomplete to leave such rows out)",
+                "required feature is missing (leave such rows out: drop_incomplete in the config, "
+                "or tonle evaluate --drop-incomplete)",
                 pid,
                 int(missing.sum()),
             )

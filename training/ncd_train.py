@@ -20,8 +20,15 @@ Steps, each printed as it runs:
    cross-fitting, and keep the one with the lower IPCW Brier score on validation.
 5. Evaluate on the test split next to the WHO 2019 chart, write the model card,
    with what a missing optional input is scored as (:mod:`training.ncd_missing`).
-6. Export with skl2onnx, check parity on at least 10,000 real rows (plus rows with
-   each optional input missing), save through the registry with full metadata.
+6. Export with skl2onnx, check parity on min(``export.parity_max_rows``, rows
+   available) real rows (plus rows with each optional input missing), save through
+   the registry with full metadata.
+
+Gates (:mod:`training.ncd_gates`): before any fitting, the version must be free,
+every input must have values, there must be enough events per input and enough
+rows for the parity check; after fitting, a minimum test AUROC, and for CVD a model
+not at least as good as the WHO chart on the same test patients is saved only with
+``accept_worse_than_who`` (a reason, recorded in ``extra["who_comparison"]``).
 """
 
 from __future__ import annotations
@@ -104,14 +111,36 @@ def _fit(kind: str, model: Any, x: npt.NDArray[np.float32], y: Any, w: Any) -> A
     return model.fit(x, y, model__sample_weight=w)
 
 
-def _git_commit() -> str:
+def _interval(value: Any) -> str:
+    if value.value is None:
+        return "n/a"
+    if value.ci_low is None:
+        return f"{value.value:.3f}"
+    return f"{value.value:.3f} ({value.ci_low:.3f} to {value.ci_high:.3f})"
+
+
+def code_version() -> str:
+    """The code revision: the git commit of this source tree, else the installed package.
+
+    ``git rev-parse`` runs in the folder of this file (not the working directory), so
+    a model trained from any folder records the commit of the code that trained it;
+    outside a git checkout it is ``tonle <version> (installed package)``.
+    """
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            check=False, cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip() if done.returncode == 0 else ""
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"tonle {version('tonle')} (installed package)"
+    except PackageNotFoundError:
+        return "unknown (not a git checkout, no installed tonle package)"
 
 
 def _library_versions() -> dict[str, str]:
@@ -153,6 +182,7 @@ def train(
     progress: Progress = print,
     estimator_path: Path | None = None,
     lookback_days: int | None = None,
+    accept_worse_than_who: str | None = None,
 ) -> TrainResult:
     """Run the whole pipeline on ``table`` and save the artifact; see the module docstring.
 
@@ -160,17 +190,23 @@ def train(
     (joblib), for benchmarks and audits; serving never reads it. ``lookback_days`` is
     the look-back the table was built with (FHIR input), recorded in the metadata so
     serving can check its ``max_data_age_days`` against it; None when unknown (a
-    ready-made feature table).
+    ready-made feature table). ``accept_worse_than_who`` is the reason to save a CVD
+    model that is not at least as good as the WHO chart.
 
     Raises:
-        TrainingDataError: the table fails :func:`check_table`, or a split is empty.
+        TrainingDataError: the table fails :func:`check_table`, a split is empty, or a
+            check before fitting fails (:func:`training.ncd_gates.preflight`).
+        training.ncd_gates.GateError: the fitted model fails a gate; nothing saved.
         training.ncd_export.ExportError: the ONNX export is not faithful.
     """
     from threadpoolctl import threadpool_limits
 
     cfg = cfg.model_copy(update={"version": version}) if version else cfg
     with threadpool_limits(cfg.threads):
-        return _train(cfg, table, card_root, progress, estimator_path, lookback_days)
+        return _train(
+            cfg, table, card_root.resolve(), progress, estimator_path, lookback_days,
+            accept_worse_than_who,
+        )  # fmt: skip
 
 
 def _train(
@@ -180,8 +216,9 @@ def _train(
     progress: Progress,
     estimator_path: Path | None,
     lookback_days: int | None,
+    accept_worse_than_who: str | None,
 ) -> TrainResult:
-    from training import ncd_metrics
+    from training import ncd_gates, ncd_metrics
     from training.ncd_card import write_model_card
     from training.ncd_evaluate import evaluate_for_config
     from training.ncd_export import export_checked, save_proto
@@ -208,6 +245,8 @@ def _train(
         f"[3/6] IPCW labels at {h:g} years: {int(known.sum())} of {int(tr.sum())} training "
         f"patients with known status, {int(y_tr.sum())} events"
     )
+    for line in ncd_gates.preflight(cfg, x[tr], int(y_tr.sum()), len(x)):
+        progress(f"[3/6] pre-flight: {line}")
     y_va, w_va = ncd_metrics.ipcw_labels(t[va], e[va], h)
     ones = np.ones((int(va.sum()), 1))
     fitted: dict[str, Any] = {}
@@ -233,6 +272,25 @@ def _train(
     test_table = data[te].reset_index(drop=True)
     p_te = np.asarray(model.predict_proba(x[te]), dtype=np.float64)[:, 1]
     report = evaluate_for_config(test_table, p_te, cfg)
+    ncd_gates.check_test_auroc(cfg, report.model_all_rows.auroc.value)
+    comparison = ncd_gates.compare_with_who(test_table, p_te, cfg)
+    if comparison is not None:
+        progress(
+            f"[5/6] against the {comparison.chart}: AUROC difference "
+            f"{_interval(comparison.auroc_difference)}, slope "
+            f"{_interval(comparison.calibration_slope_model)}, observed/expected "
+            f"{_interval(comparison.observed_expected_model)}: "
+            + ("at least as good" if comparison.at_least_as_good else "NOT at least as good")
+        )
+        if not comparison.at_least_as_good:
+            if not accept_worse_than_who:
+                raise ncd_gates.GateError(
+                    f"{cfg.name}:{cfg.version} is not at least as good as the "
+                    f"{comparison.chart} on the same {comparison.n} test patients "
+                    f"({comparison.rule}); not saved. Save it anyway only with "
+                    '--accept-worse-than-who "REASON"'
+                )
+            comparison.accepted_reason = accept_worse_than_who
     card_dir = card_root / cfg.name / cfg.version
     write_report(report, card_dir, f"Test-split evaluation of {cfg.name}:{cfg.version}")
     summary = {
@@ -261,10 +319,11 @@ def _train(
         "calibration_intercept",
         "brier",
         "ece",
+        "observed_expected",
     ):
         for prefix, metric_set in sets:
             value = getattr(metric_set, key)
-            if value.value is not None:
+            if value is not None and value.value is not None:
                 metrics[f"{prefix}{key}"] = MetricValue(
                     value=value.value, ci_low=value.ci_low, ci_high=value.ci_high, n=metric_set.n
                 )
@@ -272,7 +331,7 @@ def _train(
     # What "not recorded" becomes inside this model (shown on every card), measured.
     missing = missing_inputs(model, x[tr][known], specs)
     rng = np.random.default_rng(cfg.seed)
-    parity_rows = min(len(x), cfg.export.parity_max_rows)
+    parity_rows = min(len(x), cfg.export.parity_max_rows)  # at least the floor: preflight
     x_parity = with_missing_rows(x[rng.choice(len(x), parity_rows, replace=False)], specs)
     metadata = ModelMetadata(
         name=cfg.name,
@@ -293,9 +352,10 @@ def _train(
         intended_use=cfg.intended_use,
         limitations=cfg.limitations,
         config=cfg.model_dump(mode="json"),
-        code_version=_git_commit(),
+        code_version=code_version(),
         library_versions=_library_versions(),
         extra={
+            "synthetic_training_data": bool(table.attrs.get("synthetic_training_data")),
             "outcome": cfg.outcome,
             "horizon_years": h,
             "reference": {name: cfg.reference[name] for name in cfg.features},
@@ -306,6 +366,8 @@ def _train(
             "split_counts": counts,
             "censoring": "IPCW, Kaplan-Meier of censoring on the training split",
             "missing_inputs": missing,
+            "who_comparison": None if comparison is None else comparison.model_dump(mode="json"),
+            "card_dir": str(card_dir),
         },
     )
     progress(

@@ -8,12 +8,17 @@ attributes the quality gate needs. ``to_model_input`` turns that into the networ
 1. DICOM is parsed with pydicom's strict reading (``reading_validation_mode = RAISE``
    for this call only) and never with ``force=True``. Rows x Columns x frames is
    checked against ``max_pixels`` and against the pixel data's length *before* any
-   pixel is decoded, so a huge header on a tiny payload costs nothing.
-2. When the caller gives ``target_size`` (serving and training both pass the model
-   input size) the image is decoded at a reduced resolution: JPEG 2000 at a
-   wavelet resolution level (Pillow's ``reduce``: about 20x less work than a full
-   decode), uncompressed pixels by an integer block average. The reduced image is
-   never smaller than ``target_size`` on its short side.
+   pixel is decoded, so a huge header on a tiny payload costs nothing. A compressed
+   frame must declare that same size in its own headers (JPEG SOF, JPEG-LS SOF55,
+   JPEG 2000 SIZ; RLE segments may not expand past it), else it is refused as
+   ``size-mismatch`` before a decoder allocates (:mod:`~models.cxr_preprocess.codestream`).
+   PNG / JPEG files are checked on the size Pillow reads from IHDR / SOF.
+2. When the caller gives ``target_size`` (serving passes the model input size) the
+   image is decoded at a reduced resolution: JPEG 2000 at a wavelet resolution level
+   (Pillow's ``reduce``: about 20x less work than a full decode), uncompressed pixels
+   and PNG / JPEG by an integer block average (PNG / JPEG band by band, never a
+   full-size copy in a wider type). The reduced image is never smaller than
+   ``target_size`` on its short side.
 3. Modality rescale (slope/intercept), then the VOI LUT sequence or the first
    window (DICOM PS3.3 C.11.2.1.2, LINEAR or SIGMOID), else the 0.5-99.5th
    percentiles of the image. MONOCHROME1 is inverted.
@@ -29,7 +34,8 @@ Failures raise :class:`ImageError` with a machine-readable ``reason`` (see
 Modules: :mod:`~models.cxr_preprocess.image` (the decoded-image type and errors),
 :mod:`~models.cxr_preprocess.dicom` (DICOM header, rescale, window) with
 :mod:`~models.cxr_preprocess.dicom_pixels` (locating and reduced decoding of the pixel
-data), :mod:`~models.cxr_preprocess.raster` (PNG / JPEG) and
+data) and :mod:`~models.cxr_preprocess.codestream` (declared sizes of compressed
+frames), :mod:`~models.cxr_preprocess.raster` (PNG / JPEG) and
 :mod:`~models.cxr_preprocess.transform` (area resize, windows, model input).
 """
 
@@ -75,4 +81,4 @@ def decode_image(
         # Looks like a bare DICOM data set (group 0002 or 0008 first): not read without
         # the Part 10 preamble, as pydicom is never asked to force-read a file.
         raise ImageError("unreadable", "DICOM without the 128-byte preamble and 'DICM'")
-    return decode_png(data, max_pixels=max_pixels)
+    return decode_png(data, max_pixels=max_pixels, target_size=target_size)

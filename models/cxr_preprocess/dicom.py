@@ -11,11 +11,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models.cxr_preprocess.codestream import (
+    DEFLATED_SYNTAX,
+    JPEG_2000_SYNTAXES,
+    check_frame,
+    file_meta_syntax,
+)
 from models.cxr_preprocess.dicom_pixels import (
-    J2K_SYNTAXES,
     PIXEL_DATA,
     check_pixels_decodable,
     decode_j2k_reduced,
+    first_frame,
     native_pixels,
     pixel_element,
     reduce_level,
@@ -133,7 +139,8 @@ def decode_dicom(
         The decoded image and header attributes.
 
     Raises:
-        ImageError: reason ``unreadable``, ``no-image``, ``too-large``, ``no-decoder``,
+        ImageError: reason ``unreadable``, ``no-image``, ``too-large``, ``size-mismatch``
+            (the codestream declares another size than Rows x Columns), ``no-decoder``,
             ``multi-frame``, ``colour`` or ``unsupported-pixels``.
     """
     import pydicom
@@ -141,6 +148,9 @@ def decode_dicom(
 
     with _strict_reading():
         try:
+            if file_meta_syntax(data)[0] == DEFLATED_SYNTAX:
+                # pydicom would inflate all of it in one call, however large.
+                raise ImageError("no-decoder", "deflated data sets are not read")
             fp = io.BytesIO(data)
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             element = pixel_element(data, fp.tell(), ds)
@@ -174,10 +184,13 @@ def decode_dicom(
             if stored is None:  # compressed or big endian: let pydicom read the pixel data
                 full = pydicom.dcmread(io.BytesIO(data))
                 check_pixels_decodable(full, rows, cols, frames)
-                if level and syntax in J2K_SYNTAXES:
-                    stored = decode_j2k_reduced(full, level)
+                if full.file_meta.TransferSyntaxUID.is_compressed:
+                    frame = first_frame(full)
+                    bytes_per_sample = int(full.BitsAllocated) // 8
+                    check_frame(syntax, frame, rows, cols, bytes_per_sample)
+                    if level and syntax in JPEG_2000_SYNTAXES:
+                        stored = decode_j2k_reduced(frame, level)
                 if stored is None:
-                    level = 0
                     stored = full.pixel_array
             if stored.ndim != 2 or stored.shape[0] < 1:
                 raise ImageError("unreadable", f"decoded pixels have shape {stored.shape}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -13,10 +14,10 @@ from models.cxr_preprocess.image import Array, ImageError
 from models.cxr_preprocess.transform import block_mean
 
 __all__ = [
-    "J2K_SYNTAXES",
     "PIXEL_DATA",
     "check_pixels_decodable",
     "decode_j2k_reduced",
+    "first_frame",
     "native_pixels",
     "pixel_element",
     "reduce_level",
@@ -25,13 +26,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-J2K_SYNTAXES = {
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
-}
 PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, PIXEL_DATA}
 
@@ -50,22 +44,39 @@ def reduce_level(rows: int, cols: int, target: int | None) -> int:
     return level
 
 
-def decode_j2k_reduced(ds: Any, level: int) -> NDArray[Any] | None:
-    """Decode a single-frame JPEG 2000 codestream at 1/2**level; None if Pillow cannot."""
-    from PIL import Image
+def first_frame(ds: Any) -> bytes:
+    """The first frame of encapsulated pixel data, its fragments joined."""
     from pydicom.encaps import generate_frames
 
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def decode_j2k_reduced(frame: bytes, level: int) -> NDArray[Any] | None:
+    """Decode a single-frame JPEG 2000 codestream at 1/2**level; None if Pillow cannot.
+
+    Call it only after :func:`~models.cxr_preprocess.codestream.check_frame` has
+    matched the codestream's size with the header. Pillow's decompression-bomb guard is
+    a refusal here, never a reason to fall back to a full decode.
+
+    Raises:
+        ImageError: ``too-large`` when Pillow's guard fires.
+    """
+    from PIL import Image
+
     # SIZ marker right after SOC: Ssiz of the first component is at byte 42.
     if len(frame) < 43 or frame[:4] != b"\xff\x4f\xff\x51" or frame[42] & 0x80:
         return None  # a JP2 wrapper or signed samples: let pydicom decode it fully
     precision = (frame[42] & 0x7F) + 1
     try:
-        with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as im:
-            im.reduce = level  # type: ignore[assignment,method-assign]
-            im.load()
-            arr = np.asarray(im)
-    except Exception:  # fall back to pydicom's full decode
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as im:
+                im.reduce = level  # type: ignore[assignment,method-assign]
+                im.load()
+                arr = np.asarray(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too-large", "the JPEG 2000 frame is a decompression bomb") from exc
+    except Exception:  # the size is checked: a full decode by pydicom is bounded
         logger.debug("reduced JPEG 2000 decode failed; decoding at full size", exc_info=True)
         return None
     if arr.dtype == np.uint16 and 8 < precision < 16:

@@ -15,6 +15,7 @@ DECODE_REASONS: dict[str, str] = {
     "unreadable": "not a readable DICOM / PNG / JPEG file (truncated, malformed, bad lengths)",
     "no-image": "a DICOM object without image pixel data (e.g. DICOMDIR, structured report)",
     "too-large": "Rows x Columns x frames (or PNG width x height) over the pixel limit",
+    "size-mismatch": "the compressed pixels declare a size other than the DICOM Rows x Columns",
     "no-decoder": "compressed with a transfer syntax no installed decoder can read",
     "multi-frame": "more than one frame",
     "colour": "colour pixels (RGB, YBR, palette or a colour PNG/JPEG)",

@@ -104,10 +104,14 @@ def _band(n_in: int, n_out: int) -> tuple[NDArray[np.intp], Array]:
 
 
 def percentile_window(values: NDArray[Any]) -> Array:
+    """Map the 0.5-99.5th percentiles to [0, 1] (clipped), in one float32 copy."""
     lo, hi = np.percentile(values, [0.5, 99.5])
     if not hi > lo:
         return np.zeros(values.shape, dtype=np.float32)
-    return np.asarray(np.clip((values - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
+    out = np.array(values, dtype=np.float32)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def to_model_input(img: DecodedImage, size: int = 224) -> Array:

@@ -163,7 +163,10 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
 # What the service's own PostgreSQL role may do: append to the audit tables, read keys,
 # and keep the replay store. Migrations and `tonle apikey` run as the owner role.
 _SERVICE_GRANTS = (
-    ("SELECT, INSERT", ("audit_events", "audit_cards", "feedback", "service_secrets")),
+    (
+        "SELECT, INSERT",
+        ("audit_events", "audit_cards", "feedback", "imaging_results", "service_secrets"),
+    ),
     ("SELECT, INSERT, DELETE", ("jwt_replay", "explanations")),
     ("SELECT", ("api_keys", "alembic_version")),
 )

@@ -12,11 +12,15 @@ __all__ = [
     "AuditRecord",
     "ExplanationRecord",
     "FeedbackRecord",
+    "ImagingResultRecord",
+    "Mode",
     "Outcome",
     "OverrideReason",
 ]
 
-Outcome = Literal["advice", "no-advice", "refused", "error"]
+# "read": a stored result was shown again (imaging results, their heatmaps and FHIR).
+Outcome = Literal["advice", "no-advice", "refused", "error", "read"]
+Mode = Literal["live", "silent"]
 
 
 def _now() -> datetime:
@@ -37,6 +41,25 @@ class ExplanationRecord(BaseModel):
     created: datetime = Field(default_factory=_now)
     expires: datetime
     content: str = Field(description="JSON text of the explanation.")
+
+
+class ImagingResultRecord(BaseModel):
+    """A chest X-ray read as stored, committed in the transaction of its audit row.
+
+    ``result`` and ``heatmap`` are encoded by :mod:`serving.imaging.results` in the
+    layout numbered ``format``; ``tenant`` is the creating caller's ("" for none).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    result_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    tenant: str = Field(max_length=128)
+    patient_ref: str | None = Field(default=None, max_length=256)
+    sop_instance_uid: str | None = Field(default=None, max_length=64)
+    created: datetime
+    format: int = Field(ge=1)
+    result: str = Field(description="JSON text of the read.")
+    heatmap: bytes = Field(description="What the heatmap PNGs are drawn from.")
 
 
 class AuditRecord(BaseModel):
@@ -68,10 +91,20 @@ class AuditRecord(BaseModel):
     patient_ref: str | None = Field(default=None, max_length=256)
     latency_ms: float = Field(ge=0)
     created: datetime = Field(default_factory=_now)
+    mode: Mode = Field(
+        default="live",
+        description="'silent': the service ran and stored its cards (card_ids) but the EHR "
+        "got cards: [] (serving config `silent`).",
+    )
     explanation: ExplanationRecord | None = Field(
         default=None,
         exclude=True,
         description="Committed with this row, in the same transaction; not an audit column.",
+    )
+    imaging_result: ImagingResultRecord | None = Field(
+        default=None,
+        exclude=True,
+        description="A new chest X-ray read committed with this row; not an audit column.",
     )
 
 

@@ -13,7 +13,9 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -26,6 +28,7 @@ __all__ = [
     "audit_events",
     "explanations",
     "feedback",
+    "imaging_results",
     "jwt_replay",
     "metadata",
     "service_secrets",
@@ -53,6 +56,7 @@ audit_events = Table(
     Column("patient_ref", String(256)),
     Column("latency_ms", Float, nullable=False),
     Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("mode", String(8), nullable=False, server_default="live"),
 )
 
 # Card uuid -> request id, so feedback (which names only the card) finds its request.
@@ -126,5 +130,21 @@ service_secrets = Table(
     Column("created", DateTime(timezone=True), nullable=False),
 )
 
+# Chest X-ray reads (serving.imaging.results), each inserted in the transaction of the
+# audit row that first answered with it; ``format`` versions ``result`` and ``heatmap``.
+imaging_results = Table(
+    "imaging_results",
+    metadata,
+    Column("result_id", String(32), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("patient_ref", String(256)),
+    Column("sop_instance_uid", String(64)),
+    Column("request_id", String(64), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("format", SmallInteger, nullable=False),
+    Column("result", Text, nullable=False),
+    Column("heatmap", LargeBinary, nullable=False),
+)
+
 # Tables the service may only INSERT into (UPDATE/DELETE refused by triggers).
-APPEND_ONLY_TABLES = ("audit_events", "audit_cards", "feedback")
+APPEND_ONLY_TABLES = ("audit_events", "audit_cards", "feedback", "imaging_results")

@@ -98,7 +98,8 @@ class AuditStore:
         self.engine = engine
         self.replay_engine = replay_engine or engine
         self._writer = BatchWriter(
-            engine, [schema.audit_events, schema.audit_cards, schema.explanations]
+            engine,
+            [schema.audit_events, schema.audit_cards, schema.explanations, schema.imaging_results],
         )
         self._committer = GroupCommitter(self._write_rows)
         # Token ids from concurrent calls share one (non-durable) commit as well.
@@ -209,6 +210,7 @@ class AuditStore:
         events: list[dict[str, Any]] = []
         cards: list[dict[str, str]] = []
         explanations: list[dict[str, Any]] = []
+        imaging: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
             values["created"] = _utc(row.created)
@@ -216,11 +218,18 @@ class AuditStore:
             cards.extend({"card_uuid": c, "request_id": row.request_id} for c in row.card_ids)
             if row.explanation is not None:
                 explanations.append(row.explanation.model_dump())
+            if row.imaging_result is not None:
+                imaging.append(row.imaging_result.model_dump() | {"request_id": row.request_id})
 
-        # One transaction: the explanations cost no second commit (fsync).
+        # One transaction: explanations and imaging results cost no second commit (fsync).
         _write(
             self._writer,
-            {"audit_events": events, "audit_cards": cards, "explanations": explanations},
+            {
+                "audit_events": events,
+                "audit_cards": cards,
+                "explanations": explanations,
+                "imaging_results": imaging,
+            },
         )
 
     def rows(

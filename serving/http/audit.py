@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from serving.audit.records import AuditRecord, ExplanationRecord, Outcome
+from serving.audit.records import AuditRecord, ExplanationRecord, Mode, Outcome
 from serving.http.caller import Caller
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ class Exchange:
         request_id: minted here, returned as ``X-Request-Id``.
         caller: set once authenticated.
         model: the model that answered or would have answered.
+        mode: ``silent`` when the cards were kept from the EHR (serving config ``silent``).
     """
 
     service_id: str
@@ -51,6 +52,7 @@ class Exchange:
     model: ModelRef | None = None
     input_sha256: str | None = None
     explanation: ExplanationRecord | None = None
+    mode: Mode = "live"
 
     def row(self, outcome: Outcome, reason: str | None) -> AuditRecord:
         """The audit row of this call ending in ``outcome`` (with ``reason``)."""
@@ -71,6 +73,7 @@ class Exchange:
             reason=reason[:512] if reason else None,
             patient_ref=self.patient_ref,
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            mode=self.mode,
             explanation=self.explanation if outcome == "advice" else None,
         )
 

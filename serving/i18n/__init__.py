@@ -10,8 +10,8 @@ breaks a page in another language; a key missing from English is a programming
 error and raises ``KeyError``.
 
 Example:
-    >>> t("card.ncd.cvd.summary", "en", percent=12, band="10-<20%")
-    '10-year heart attack or stroke risk 12% (band 10-<20%)'
+    >>> t("card.ncd.diabetes.summary", "en", percent=12)
+    '10-year diabetes risk 12%'
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ The steps are split so that the HTTP route can run the CPU-bound parts in a work
 thread and send the model call through the adaptive batcher (:mod:`serving.imaging.batching`):
 :meth:`CxrAnalyser.prepare` (decode + quality gate + preprocessing),
 a model call on the ``[N, 1, S, S]`` batch, then :meth:`CxrAnalyser.finish`
-(thresholds, heatmap, storage). :meth:`CxrAnalyser.analyse` does all three in line.
+(thresholds, heatmap source). :meth:`CxrAnalyser.analyse` does all three in line. Nothing
+is stored here: the route commits the read with its audit row
+(:mod:`serving.imaging.results`).
 
 Decoding, the quality gate and preprocessing are the ones training uses
 (``models.cxr_preprocess``, ``models.cxr_quality``): train/serve skew is a defect.
@@ -22,14 +24,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.cxr_labels import CXR_LABELS
+from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
+from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
+    Analysed,
     CxrFinding,
     CxrResult,
     ModelIdentity,
-    ResultStore,
     StudyRef,
     Timings,
     now,
@@ -122,13 +126,12 @@ def _quality_module() -> Any:
 
 
 class CxrAnalyser:
-    """Analyses chest X-rays with one verified model and stores the results."""
+    """Analyses chest X-rays with one verified model."""
 
     def __init__(
         self,
         stored: StoredModel,
         runner: CxrModelRunner,
-        store: ResultStore,
         config: ImagingConfig,
         site: str = "default",
     ) -> None:
@@ -138,7 +141,6 @@ class CxrAnalyser:
             raise ValueError(f"{stored.metadata.tag} has no image input contract")
         self.stored = stored
         self.runner = runner
-        self.store = store
         self.config = config
         self.site = site
         self.size = stored.metadata.image.size
@@ -162,19 +164,29 @@ class CxrAnalyser:
                 specificity=point.specificity,
             )
         site = self.config.sites.get(self.site)
-        if site is not None:
-            for label, threshold in site.thresholds.items():
-                if label not in self.labels:
-                    raise ValueError(
-                        f"imaging.sites.{self.site}.thresholds has label {label!r}; "
-                        f"the model's labels are {self.labels}"
-                    )
-                applied[label] = AppliedThreshold(
-                    label=label,
-                    threshold=threshold,
-                    source="site-override",
-                    chosen_on=f"site {self.site}: {site.chosen_on or 'set in serving config'}",
+        for path in site.records if site is not None else []:
+            record, digest = load_record(path)
+            meta = self.stored.metadata
+            try:
+                record.check(
+                    site=self.site, name=meta.name, version=meta.version, sha256=meta.sha256
                 )
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            if record.label not in self.labels:
+                raise ValueError(
+                    f"threshold record {path} is for label {record.label!r}; "
+                    f"the model's labels are {self.labels}"
+                )
+            earlier = applied.get(record.label)
+            if earlier is not None and earlier.source == "site-override":
+                raise ValueError(f"two threshold records for label {record.label!r}")
+            applied[record.label] = AppliedThreshold(
+                label=record.label,
+                threshold=record.threshold,
+                source="site-override",
+                chosen_on=record.source_text(digest),
+            )
         missing = [label for label in self.labels if label not in applied]
         if missing:
             raise ValueError(
@@ -206,7 +218,9 @@ class CxrAnalyser:
                     data, max_pixels=self.config.max_pixels, target_size=self.size
                 )
             else:
-                decoded = preprocess.decode_png(data, max_pixels=self.config.max_pixels)
+                decoded = preprocess.decode_png(
+                    data, max_pixels=self.config.max_pixels, target_size=self.size
+                )
         except CannotAssess:
             raise
         except Exception as exc:  # every decoder failure is a 4xx with a reason
@@ -251,8 +265,8 @@ class CxrAnalyser:
         cam: np.ndarray,
         model_ms: float,
         model_batch: int = 1,
-    ) -> CxrResult:
-        """Apply thresholds, store the result and what its heatmap is drawn from.
+    ) -> Analysed:
+        """Apply thresholds; the read and what its heatmap is drawn from, not stored.
 
         Args:
             prepared: the output of :meth:`prepare`.
@@ -262,10 +276,14 @@ class CxrAnalyser:
             model_batch: images in that model call (adaptive batching).
 
         Raises:
-            CannotAssess: the model returned non-finite or out-of-range values.
+            CannotAssess: the model's out-of-distribution gate refused the image
+                (all-NaN outputs, ``out-of-distribution``), or it returned non-finite or
+                out-of-range values.
         """
         if probs.shape != (len(self.labels),) or cam.ndim != 3 or cam.shape[0] != len(self.labels):
             raise CannotAssess("model-error", "the model returned outputs of the wrong shape", 503)
+        if np.isnan(probs).all() and np.isnan(cam).all():  # the model's own OOD gate
+            raise CannotAssess(OOD_REASON, OOD_DETAIL)
         if not (np.isfinite(probs).all() and np.isfinite(cam).all()):
             raise CannotAssess("model-error", "the model returned non-finite values", 503)
         if ((probs < 0) | (probs > 1)).any():
@@ -290,7 +308,7 @@ class CxrAnalyser:
         flagged = [f.label for f in findings if f.flagged]
         heat_label = self._heatmap_label(findings)
         result_id = uuid.uuid4().hex
-        # The PNGs are drawn on first read (serving.imaging.heatmap).
+        # The PNGs are drawn when they are asked for (serving.imaging.heatmap).
         heatmap = HeatmapSource.of(prepared.model_input[0], cam[self.labels.index(heat_label)])
         t_heat = time.perf_counter()
         timings = Timings(
@@ -314,11 +332,7 @@ class CxrAnalyser:
             input_sha256=prepared.input_sha256,
             timings=timings,
         )
-        self.store.save(result, heatmap)
-        store_ms = (time.perf_counter() - t_heat) * 1000
-        return result.model_copy(
-            update={"timings": timings.model_copy(update={"store_ms": store_ms})}
-        )
+        return Analysed(result, heatmap)
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
         """The flagged finding with the highest (calibrated) probability, else 'abnormal'.
@@ -340,7 +354,7 @@ class CxrAnalyser:
             raise CannotAssess("model-error", "the model call failed", 503) from exc
         return probs[0], cams[0], (time.perf_counter() - t0) * 1000
 
-    def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> CxrResult:
+    def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> Analysed:
         """The whole pipeline for one image, in the calling thread.
 
         Raises:

@@ -5,24 +5,27 @@ the study arrived, through ``POST /v1/imaging/cxr`` or the DICOMweb route), with
 heatmap link. Nothing is computed during the hook call, so it answers well inside
 the ~500 ms EHRs allow. ``cards: []`` when there is no recent read.
 
-Patients are matched on identifier: the hook's ``context.patientId`` must equal the
-DICOM PatientID of the image, or the ``patient`` given when the image was posted.
+Patients are matched on identifier within the caller's tenant: the hook's
+``context.patientId`` must equal the DICOM PatientID of the image, or the ``patient``
+given when the image was posted, by a caller of the same tenant (patient ids are unique
+only within one EHR).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from serving.cds_models import Card, CdsResponse, CdsService, Link, Source
+from serving.cds_models import Card, CdsResponse, CdsService
 from serving.http.cds import CdsCall
 from serving.http.pipeline import Answer
+from serving.imaging.card import cxr_card, patient_age
 from serving.imaging.results import CxrResult, now
 from serving.imaging.state import ImagingState
+from serving.synthetic import trained_on_synthetic
 from serving.ui.links import LinkSigner, signer
 
 __all__ = ["SERVICE", "SERVICE_ID", "CxrTriage", "card_for"]
@@ -39,76 +42,30 @@ SERVICE = CdsService(
         "(abnormality, TB-consistent findings, nodule, consolidation, effusion) with "
         "its heatmap. AI generated, unverified."
     ),
-    prefetch={},
+    # The patient's birth date: WHO recommends CAD for TB screening from age 15.
+    prefetch={"patient": "Patient/{{context.patientId}}"},
 )
 
 
-def card_for(result: CxrResult, public_url: str, signer: LinkSigner, lang: str = "en") -> Card:
-    """The card for one stored read, in ``lang`` (C6 catalogues, English fallback).
-
-    The heatmap and explanation links open in a browser without credentials, so they
-    are signed capability links (:mod:`serving.ui.links`). The FHIR DiagnosticReport
-    (``/v1/imaging/results/{id}/fhir``) needs an API key, so it is not a card link:
-    a clinician's browser would get 401.
-    """
-    from serving.i18n import t
-
-    base = public_url.rstrip("/")
-    flagged = [f for f in result.findings if f.flagged]
-    if flagged:
-        names = ", ".join(t(f"label.{f.label}", lang) for f in flagged)
-        summary = t("card.cxr.summary.abnormal", lang, findings=names)
-        if len(summary) > 139:
-            summary = t("card.cxr.summary.abnormal", lang, findings=t("label.abnormal", lang))
-        indicator = "warning"
-    else:
-        summary = t("card.cxr.summary.normal", lang)
-        indicator = "info"
-    scores = "; ".join(
-        t(
-            "card.cxr.score",
-            lang,
-            label=t(f"label.{f.label}", lang),
-            score=round(f.probability, 2),
-            threshold=round(f.threshold, 2),
-        )
-        for f in result.findings
-    )
-    detail = "\n\n".join(
-        [
-            t(
-                "card.cxr.detail",
-                lang,
-                model=result.model.name,
-                version=result.model.version,
-                scores=scores,
-                quality=t("ui.explain.cxr.quality_ok", lang),
-            ),
-            f"**{t('advisory.cxr', lang)}**",
-        ]
-    )
-    return Card(
-        uuid=str(uuid.uuid4()),
-        summary=summary[:139],
-        detail=detail,
-        indicator=indicator,  # type: ignore[arg-type]
-        source=Source(
-            label=t(
-                "card.source.label", lang, model=result.model.name, version=result.model.version
-            )
-        ),
-        links=[
-            Link(
-                label=t("ui.explain.cxr.image", lang),
-                url=f"{base}{signer.sign(result.heatmap_url)}",
-                type="absolute",
-            ),
-            Link(
-                label=t("card.link.explanation", lang),
-                url=f"{base}{signer.sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}",
-                type="absolute",
-            ),
-        ],
+def card_for(
+    result: CxrResult,
+    public_url: str,
+    signer: LinkSigner,
+    lang: str = "en",
+    *,
+    patient_id: str | None = None,
+    age: float | None = None,
+    demo: bool = False,
+) -> Card:
+    """The card for one stored read (:func:`serving.imaging.card.cxr_card`)."""
+    return cxr_card(
+        result,
+        public_url=public_url,
+        signer=signer,
+        lang=lang,
+        patient_id=patient_id,
+        age=age,
+        demo=demo,
     )
 
 
@@ -127,11 +84,28 @@ class CxrTriage:
         exchange.model = state.analyser.identity
         since = now() - timedelta(days=state.config.recent_days)
         patient = call.hook.context.patientId
-        result = await run_in_threadpool(state.store.latest_for_patient, patient, since)
+        # Patient ids are unique only within one EHR: look up within the caller's tenant.
+        result = await run_in_threadpool(
+            state.store.latest_for_patient, patient, since, tenant=call.caller.tenant
+        )
         cards = []
         if result:
             link_signer = await run_in_threadpool(signer, call.runtime)
-            cards = [card_for(result, state.public_url, link_signer, call.lang)]
+            age = patient_age(call.hook.prefetch.get("patient"), datetime.now(UTC).date())
+            cards = [
+                card_for(
+                    result,
+                    state.public_url,
+                    link_signer,
+                    call.lang,
+                    patient_id=patient,
+                    age=age,
+                    # The loaded model made this read and records synthetic training data.
+                    demo=result.model.sha256 == state.analyser.identity.sha256
+                    and trained_on_synthetic(state.analyser.stored.metadata),
+                )
+            ]
+            exchange.model = result.model  # the model that made the read shown
             exchange.input_sha256 = result.input_sha256
             exchange.card_ids = [c.uuid for c in cards]
         body = CdsResponse(cards=cards).model_dump_json(exclude_none=True)

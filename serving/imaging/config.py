@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["DicomWebConfig", "ImagingConfig", "SiteThresholds"]
 
@@ -14,23 +14,18 @@ class _Strict(BaseModel):
 
 
 class SiteThresholds(_Strict):
-    """A site's own operating points, overriding the model version's defaults."""
+    """A site's own operating points: the records of its local calibration studies.
 
-    thresholds: dict[str, float] = Field(
-        default_factory=dict,
-        description="Label -> probability threshold in [0, 1] chosen locally (WHO asks sites to).",
-    )
-    chosen_on: str = Field(
-        default="", description="How the site chose them, e.g. 'local audit 2026, sens >= 0.9'."
-    )
+    Each record (``tonle calibrate cxr ... --min-sensitivity`` or ``--budget`` writes
+    one, :mod:`models.site_threshold`) holds one label's threshold, the study and rule
+    it was chosen by, who chose it and when. The service refuses to start when a record
+    was made for another site, model version or artifact sha256.
+    """
 
-    @field_validator("thresholds")
-    @classmethod
-    def _in_range(cls, value: dict[str, float]) -> dict[str, float]:
-        for label, threshold in value.items():
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"threshold for {label!r} is {threshold}; allowed: 0 to 1")
-        return value
+    records: list[Path] = Field(
+        min_length=1,
+        description="Site threshold record files (JSON; relative to the working directory).",
+    )
 
 
 class DicomWebConfig(_Strict):
@@ -51,11 +46,8 @@ class ImagingConfig(_Strict):
     model: str = Field(
         default="cxr-triage", description="Model name; its version is pinned under 'models:'."
     )
-    results_dir: Path = Field(
-        default=Path(".tonle/imaging"), description="Where results and heatmaps are stored."
-    )
     sites: dict[str, SiteThresholds] = Field(
-        default_factory=dict, description="Site id (TONLE_SITE) -> threshold overrides."
+        default_factory=dict, description="Site id (TONLE_SITE) -> its threshold records."
     )
     pacs: DicomWebConfig | None = Field(default=None, description="DICOMweb PACS, if any.")
     max_body_bytes: int = Field(

@@ -9,10 +9,12 @@ Everything is validated with ``fhir.resources.R4B`` before it leaves.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 
+from serving.fhir_in import FHIR_ID
 from serving.imaging.results import ADVISORY, CxrResult
 
 __all__ = ["LABEL_SYSTEM", "result_bundle"]
@@ -31,10 +33,15 @@ _LABEL_TEXT = {
 
 
 def _subject(result: CxrResult) -> dict[str, Any] | None:
+    """``Patient/<id>`` only for a valid FHIR id; any other patient identifier (a DICOM
+    PatientID such as ``../Patient/x`` or ``12/345``) is a logical reference by
+    identifier, never pasted into a reference path."""
     if not result.patient_ref:
         return None
-    ref = result.patient_ref
-    return {"reference": ref if ref.startswith("Patient/") else f"Patient/{ref}"}
+    ref = result.patient_ref.removeprefix("Patient/")
+    if re.fullmatch(FHIR_ID, ref):
+        return {"reference": f"Patient/{ref}"}
+    return {"identifier": {"value": result.patient_ref}}
 
 
 def result_bundle(result: CxrResult, base_url: str = "") -> Bundle:

@@ -1,49 +1,61 @@
 """What one chest X-ray analysis returns, and where the results are kept.
 
-Results are files under ``imaging.results_dir`` (one folder per result id, written
-atomically), plus a per-patient index keyed by a hash of the patient identifier so
-that no identifier appears in a file name. The result JSON itself holds the patient
-reference because the CDS Hooks service must answer by patient.
+Results live in the audit database (SQLite or PostgreSQL, table ``imaging_results``):
+a new read is inserted in the transaction of the audit row of the request that made
+it (:meth:`ResultStore.record` builds the row for
+:attr:`serving.audit.records.AuditRecord.imaging_result`), so a read exists exactly
+when its audit row does, on every worker and replica that shares the database.
 
-Durability: the audit row (committed with fsync before any answer) is the record of
-what was advised. Result files are written atomically (temp file + rename) but not
-fsynced: three fsyncs cost ~20 ms per request here, a third of the latency budget.
-After a power loss a result may be missing or unreadable; it then reads as "no
-result" (no card, 404), never as a wrong one.
+Every read carries the tenant of the caller that made it, and every lookup by a caller
+names that tenant: patient ids and DICOM instances are unique only within one EHR or
+PACS, and another tenant's read must look the same as no read (404, no card). Links
+opened from cards (the heatmap and the explanation page) are signed for one result id
+(:mod:`serving.ui.links`), minted only after such a scoped lookup; they are looked up
+by id alone (:meth:`ResultStore.by_link`).
+
+Stored layout ``FORMAT`` 1: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
+:meth:`serving.imaging.heatmap.HeatmapSource.encode`. The PNGs are drawn on each GET.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import tempfile
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, Select, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from serving.audit import schema
+from serving.audit.engine import READ_ONLY
+from serving.audit.records import ImagingResultRecord
+from serving.audit.store import AuditUnavailable
 from serving.imaging.heatmap import HeatmapSource
 
 __all__ = [
     "ADVISORY",
+    "FORMAT",
+    "Analysed",
     "CxrFinding",
     "CxrResult",
     "ModelIdentity",
     "ResultStore",
+    "StoredResult",
     "StudyRef",
     "Timings",
+    "tenant_key",
 ]
+
+logger = logging.getLogger(__name__)
 
 ADVISORY = (
     "AI generated, unverified: advisory chest X-ray triage to support, not replace, a "
     "clinician's reading."
 )
-_RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
-_SOURCE = "heatmap-source.npz"  # what heatmap.png and image.png are drawn from
+FORMAT = 1  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
 
 
 class _Frozen(BaseModel):
@@ -96,7 +108,10 @@ class Timings(_Frozen):
     model_ms: float = 0.0
     heatmap_ms: float = 0.0
     total_ms: float = 0.0
-    store_ms: float = Field(default=0.0, description="Writing the result files (after total).")
+    store_ms: float = Field(
+        default=0.0,
+        description="Committing the read with its audit row (after total; 0 when read back).",
+    )
     model_batch: int = Field(
         default=1, ge=1, description="Images in the model call this read shared (batching)."
     )
@@ -134,144 +149,176 @@ class CxrResult(_Frozen):
         raise KeyError(label)
 
 
-def patient_key(identifier: str) -> str:
-    """A file-name-safe hash of an identifier (never the identifier itself)."""
-    return hashlib.sha256(identifier.encode("utf-8")).hexdigest()
+@dataclass(frozen=True)
+class Analysed:
+    """A new read and what its heatmap is drawn from, not yet stored."""
+
+    result: CxrResult
+    heatmap: HeatmapSource
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A stored read and the tenant of the caller that made it ("" for none)."""
+
+    tenant: str
+    result: CxrResult
+
+
+def tenant_key(tenant: str | None) -> str:
+    """The tenant a read is stored under: callers without a tenant share ``""``."""
+    return tenant or ""
 
 
 class ResultStore:
-    """Results and heatmaps as files; writes are atomic (temp file + rename)."""
+    """The chest X-ray reads in the audit database.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "results").mkdir(parents=True, exist_ok=True)
-        (root / "patients").mkdir(parents=True, exist_ok=True)
-        (root / "instances").mkdir(parents=True, exist_ok=True)
+    Writes go with an audit row (:meth:`record`); reads are scoped to a tenant except
+    :meth:`by_link`. Database failures raise
+    :class:`~serving.audit.store.AuditUnavailable` (answer 503).
 
-    def _folder(self, result_id: str) -> Path:
-        if not _RESULT_ID.match(result_id):
+    Args:
+        engine: the audit store's engine.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    def record(analysed: Analysed, tenant: str | None) -> ImagingResultRecord:
+        """The row that stores ``analysed`` for ``tenant``, to commit with its audit row."""
+        result = analysed.result
+        return ImagingResultRecord(
+            result_id=result.id,
+            tenant=tenant_key(tenant),
+            patient_ref=result.patient_ref,
+            sop_instance_uid=result.study.sop_instance_uid,
+            created=result.created,
+            format=FORMAT,
+            result=result.model_dump_json(),
+            heatmap=analysed.heatmap.encode(),
+        )
+
+    def get(self, result_id: str, *, tenant: str | None) -> CxrResult:
+        """The read ``result_id`` if ``tenant`` made it.
+
+        Raises:
+            KeyError: no such read for this tenant.
+        """
+        table = schema.imaging_results
+        found = self._one(
+            _reads().where(table.c.result_id == result_id, table.c.tenant == tenant_key(tenant))
+        )
+        if found is None:
             raise KeyError(result_id)
-        return self.root / "results" / result_id
+        return found.result
 
-    def save(
-        self, result: CxrResult, heatmap: bytes | HeatmapSource, image_png: bytes | None = None
-    ) -> None:
-        """Store a result, its heatmap (and plain image), and index it.
-
-        ``heatmap`` is the overlay PNG, or the :class:`HeatmapSource` both PNGs are
-        drawn from on first read (the analysis stores that: it saves ~5 ms a request).
-        """
-        folder = self._folder(result.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(heatmap, HeatmapSource):
-            _atomic_write(folder / _SOURCE, heatmap.encode())
-        else:
-            _atomic_write(folder / "heatmap.png", heatmap)
-        if image_png is not None:
-            _atomic_write(folder / "image.png", image_png)
-        _atomic_write(folder / "result.json", result.model_dump_json().encode("utf-8"))
-        if result.study.sop_instance_uid:
-            key = patient_key(result.study.sop_instance_uid)
-            _atomic_write(self.root / "instances" / key, result.id.encode("ascii"))
-        if result.patient_ref:
-            index = self.root / "patients" / patient_key(result.patient_ref)
-            index.mkdir(exist_ok=True)
-            stamp = result.created.strftime("%Y%m%dT%H%M%S%fZ")
-            _atomic_write(index / f"{stamp}-{result.id}", b"")
-
-    def get(self, result_id: str) -> CxrResult:
-        """The stored result.
+    def by_link(self, result_id: str) -> StoredResult:
+        """The read ``result_id`` for a signed link, which names it alone.
 
         Raises:
-            KeyError: no result with that id.
+            KeyError: no such read.
         """
-        path = self._folder(result_id) / "result.json"
-        try:
-            return CxrResult.model_validate_json(path.read_bytes())
-        except (FileNotFoundError, ValueError) as exc:  # missing, or torn by a power loss
-            raise KeyError(result_id) from exc
+        found = self._one(_reads().where(schema.imaging_results.c.result_id == result_id))
+        if found is None:
+            raise KeyError(result_id)
+        return found
 
-    def delete(self, result_id: str) -> None:
-        """Remove a result (its files; index entries then read as missing)."""
-        folder = self._folder(result_id)
-        for name in ("result.json", "heatmap.png", "image.png", _SOURCE):
-            (folder / name).unlink(missing_ok=True)
+    def for_instance(self, sop_instance_uid: str, *, tenant: str | None) -> CxrResult | None:
+        """The latest read of a DICOM instance by ``tenant``, if it was analysed."""
+        table = schema.imaging_results
+        query = _reads().where(
+            table.c.tenant == tenant_key(tenant), table.c.sop_instance_uid == sop_instance_uid
+        )
+        found = self._one(query.order_by(table.c.created.desc()).limit(1))
+        return None if found is None else found.result
 
-    def image(self, result_id: str) -> bytes:
-        """The plain analysed image (model input size) of a stored result.
+    def for_patient(
+        self, patient_ref: str, *, tenant: str | None, since: datetime | None = None
+    ) -> list[CxrResult]:
+        """``tenant``'s reads for a patient, newest first (made at or after ``since``)."""
+        table = schema.imaging_results
+        query = _reads().where(
+            table.c.tenant == tenant_key(tenant), table.c.patient_ref == patient_ref
+        )
+        if since is not None:
+            query = query.where(table.c.created >= since.astimezone(UTC))
+        return [found.result for found in self._all(query.order_by(table.c.created.desc()))]
 
-        Raises:
-            KeyError: no result, or it was stored without its image.
-        """
-        return self._png(result_id, "image.png", HeatmapSource.image_png)
-
-    def for_instance(self, sop_instance_uid: str) -> CxrResult | None:
-        """The latest stored result for a DICOM instance, if it was analysed."""
-        try:
-            result_id = (self.root / "instances" / patient_key(sop_instance_uid)).read_text("ascii")
-            return self.get(result_id.strip())
-        except (FileNotFoundError, KeyError, ValueError):
-            return None
+    def latest_for_patient(
+        self, patient_ref: str, since: datetime, *, tenant: str | None
+    ) -> CxrResult | None:
+        """``tenant``'s newest read for a patient made at or after ``since``, if any."""
+        table = schema.imaging_results
+        query = _reads().where(
+            table.c.tenant == tenant_key(tenant),
+            table.c.patient_ref == patient_ref,
+            table.c.created >= since.astimezone(UTC),
+        )
+        found = self._one(query.order_by(table.c.created.desc()).limit(1))
+        return None if found is None else found.result
 
     def heatmap(self, result_id: str) -> bytes:
-        """The overlay PNG of a stored result.
+        """The overlay PNG of a read already found by a scoped or linked lookup.
 
         Raises:
-            KeyError: no result with that id.
+            KeyError: no such read.
         """
-        return self._png(result_id, "heatmap.png", HeatmapSource.overlay_png)
+        return self._png(result_id, HeatmapSource.overlay_png)
 
-    def _png(self, result_id: str, name: str, draw: Callable[[HeatmapSource], bytes]) -> bytes:
-        """A stored PNG, drawn from the stored :class:`HeatmapSource` (and kept) if needed."""
-        folder = self._folder(result_id)
+    def image(self, result_id: str) -> bytes:
+        """The plain analysed image (model input size) of a read, as PNG.
+
+        Raises:
+            KeyError: no such read.
+        """
+        return self._png(result_id, HeatmapSource.image_png)
+
+    def _png(self, result_id: str, draw: Callable[[HeatmapSource], bytes]) -> bytes:
+        table = schema.imaging_results
+        query = select(table.c.format, table.c.heatmap).where(table.c.result_id == result_id)
+        found = self._run(lambda c: c.execute(query).one_or_none())
+        if found is None:
+            raise KeyError(result_id)
+        _check_format(found.format)
+        return draw(HeatmapSource.decode(found.heatmap))
+
+    def _one(self, query: Select[Any]) -> StoredResult | None:
+        found = self._all(query)
+        return found[0] if found else None
+
+    def _all(self, query: Select[Any]) -> list[StoredResult]:
+        rows = self._run(lambda c: c.execute(query).all())
+        return [_decoded(row) for row in rows]
+
+    def _run(self, work: Callable[[Any], Any]) -> Any:
         try:
-            return (folder / name).read_bytes()
-        except FileNotFoundError:
-            pass
-        try:
-            png = draw(HeatmapSource.decode((folder / _SOURCE).read_bytes()))
-        except (FileNotFoundError, ValueError) as exc:  # missing, or torn by a power loss
-            raise KeyError(result_id) from exc
-        _atomic_write(folder / name, png)
-        return png
-
-    def for_patient(self, patient_ref: str) -> list[CxrResult]:
-        """Every stored result for a patient, newest first."""
-        index = self.root / "patients" / patient_key(patient_ref)
-        if not index.is_dir():
-            return []
-        results: list[CxrResult] = []
-        for entry in sorted(os.listdir(index), reverse=True):
-            try:
-                results.append(self.get(entry.rsplit("-", 1)[-1]))
-            except KeyError:
-                continue
-        return results
-
-    def latest_for_patient(self, patient_ref: str, since: datetime) -> CxrResult | None:
-        """The newest result for a patient created at or after ``since``, if any."""
-        for result in self.for_patient(patient_ref):
-            if result.created >= since:
-                return result
-        return None
+            with self.engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+        except SQLAlchemyError as exc:
+            logger.error("imaging results database error: %s", type(exc).__name__)
+            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _reads() -> Select[Any]:
+    table = schema.imaging_results
+    return select(table.c.tenant, table.c.format, table.c.result)
+
+
+def _check_format(found: int) -> None:
+    if found != FORMAT:  # written by a newer version (a rolling upgrade): not ours to guess
+        raise AuditUnavailable(
+            f"imaging result stored in format {found}; this version reads {FORMAT}"
+        )
+
+
+def _decoded(row: Any) -> StoredResult:
+    _check_format(row.format)
+    return StoredResult(row.tenant, CxrResult.model_validate_json(row.result))
 
 
 def now() -> datetime:
     """The current UTC time (one place, so tests can reason about it)."""
     return datetime.now(UTC)
-
-
-def dumps(result: CxrResult) -> str:
-    """JSON text of a result."""
-    return json.dumps(result.model_dump(mode="json"))

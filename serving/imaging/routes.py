@@ -12,17 +12,21 @@ Answers:
 * 401 without valid credentials; 503 when the audit row could not be committed
   (no advice leaves without its audit row).
 
-Every answer, advice or not, writes one audit row first.
+Every answer, advice or not, writes one audit row first; a new read is stored in the
+same transaction as its audit row (:mod:`serving.imaging.results`), so a failed commit
+leaves nothing behind. ``GET /v1/imaging/results/{id}`` (and ``/fhir``) find only reads
+made by the caller's tenant (404 otherwise, as for an unknown id); every read that
+returns a stored result commits an audit row with outcome ``read`` first.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -31,11 +35,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from serving.imaging.analysis import CannotAssess
-from serving.imaging.results import CxrResult
+from serving.imaging.results import Analysed, CxrResult, StoredResult
 from serving.imaging.state import ImagingState
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "audit_row", "refuse", "routes", "unauthorized"]
+__all__ = ["SERVICE_ID", "audit_row", "caller_tenant", "refuse", "routes", "unauthorized"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,25 @@ def unauthorized(request: Request) -> Response:
     return refusal(AuthError("unauthorized"), route_of(request))
 
 
+def _caller_field(caller: Any, name: str) -> str | None:
+    value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
+    return None if value is None else str(value)
+
+
+def caller_tenant(caller: Any) -> str | None:
+    """The tenant of an authenticated caller (None when it has none)."""
+    return _caller_field(caller, "tenant")
+
+
+@dataclass(frozen=True)
+class _LinkHolder:
+    """Whoever opens a signed link: it was minted for a read of ``tenant``."""
+
+    tenant: str
+    iss: str = "signed-link"
+    sub: str | None = None
+
+
 def audit_row(
     state: ImagingState,
     *,
@@ -98,26 +121,26 @@ def audit_row(
     caller: Any,
     reason: str | None = None,
     result: CxrResult | None = None,
+    analysed: Analysed | None = None,
     input_sha256: str | None = None,
     patient_ref: str | None = None,
     hook_instance: str | None = None,
     card_ids: list[str] | None = None,
 ) -> None:
     """Commit one audit row (C4) for a request and count its outcome (``/metrics``);
-    raises if the store cannot commit it."""
+    raises if the store cannot commit it.
+
+    ``analysed``: a new read, stored for the caller's tenant in the same transaction
+    (it then also stands for ``result``). ``result``: a stored read the answer shows.
+    """
+    from serving.audit.records import AuditRecord
     from serving.metrics import count_outcome
 
-    if state.audit is None:
-        count_outcome(service_id, outcome, reason)
-        return
-    from serving.audit.records import AuditRecord
+    if analysed is not None:
+        result = analysed.result
+    identity = result.model if result is not None else state.analyser.identity
 
-    identity = state.analyser.identity
-
-    def field(name: str) -> str | None:
-        value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
-        return None if value is None else str(value)
-
+    tenant = caller_tenant(caller)
     try:
         state.audit.record(
             AuditRecord(
@@ -125,9 +148,9 @@ def audit_row(
                 hook_instance=hook_instance,
                 service_id=service_id,
                 card_ids=card_ids or [],
-                caller_iss=field("iss"),
-                caller_sub=field("sub"),
-                caller_tenant=field("tenant"),
+                caller_iss=_caller_field(caller, "iss"),
+                caller_sub=_caller_field(caller, "sub"),
+                caller_tenant=tenant,
                 model_name=identity.name,
                 model_version=identity.version,
                 model_sha256=identity.sha256,
@@ -136,6 +159,7 @@ def audit_row(
                 reason=reason,
                 patient_ref=(result.patient_ref if result else patient_ref),
                 latency_ms=(time.perf_counter() - started) * 1000,
+                imaging_result=(None if analysed is None else state.store.record(analysed, tenant)),
             )
         )
     except Exception:
@@ -203,13 +227,14 @@ async def analyse_image(request: Request) -> Response:
         if declared is not None and int(declared) > state.config.max_body_bytes:
             raise CannotAssess("too-large", "the image is larger than allowed", status=413)
         body = await _read_body(request, state.config.max_body_bytes)
-        result = await analyse_bytes(state, body, content_type, patient)
+        analysed = await analyse_bytes(state, body, content_type, patient)
     except CannotAssess as refusal:
         return await _refused(state, refusal, request_id, started, caller, patient)
     except Exception:  # a defect: still no advice, an audit row and a reason
         logger.exception("imaging request %s failed", request_id)
         failure = CannotAssess("internal-error", "the analysis failed", 500)
         return await _refused(state, failure, request_id, started, caller, patient)
+    committing = time.perf_counter()
     try:
         await run_in_threadpool(
             audit_row,
@@ -219,14 +244,15 @@ async def analyse_image(request: Request) -> Response:
             outcome="advice",
             started=started,
             caller=caller,
-            result=result,
+            analysed=analysed,
         )
     except Exception:
-        logger.exception("audit store unavailable; withholding result %s", result.id)
-        # Not audited, so never shown later either (cxr-triage, UI, FHIR).
-        await run_in_threadpool(state.store.delete, result.id)
+        # The read was in the same transaction: nothing is stored, nothing shown later.
+        logger.exception("audit store unavailable; withholding result %s", analysed.result.id)
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    result = analysed.result
     body_json = result.model_dump(mode="json")
+    body_json["timings"]["store_ms"] = (time.perf_counter() - committing) * 1000
     body_json["request_id"] = request_id
     body_json["heatmap_url"] = _heatmap_link(request, state, result)
     return JSONResponse(body_json, headers={"x-request-id": request_id})
@@ -240,8 +266,10 @@ def _heatmap_link(request: Request, state: ImagingState, result: CxrResult) -> s
 
 async def analyse_bytes(
     state: ImagingState, body: bytes, content_type: str, patient: str | None
-) -> CxrResult:
+) -> Analysed:
     """Analyse one image, sending the model call through the batcher when there is one.
+
+    Nothing is stored: commit the read with its audit row (``audit_row(analysed=...)``).
 
     Raises:
         CannotAssess: the image cannot be assessed.
@@ -291,32 +319,58 @@ async def _refused(
     )  # fmt: skip
 
 
-async def _stored(
-    request: Request, check: Callable[[ImagingState, Request], Awaitable[Response | None]]
-) -> tuple[ImagingState, CxrResult] | Response:
-    """The requested result, looked up only after ``check`` let the request through.
+Check = Callable[[ImagingState, Request], Awaitable[Response | Any]]
 
-    Refusing first (401 / 403 / 410) means a caller without access learns nothing
-    about which result ids exist.
+
+async def _stored(
+    request: Request, check: Check, service_id: str
+) -> tuple[ImagingState, StoredResult] | Response:
+    """The requested read, after ``check`` let the request through, with its audit row.
+
+    ``check`` answers a refusal, or the caller (whose tenant scopes the lookup) or
+    None for a signed link (which names one read). Refusing first (401 / 403 / 410)
+    means a caller without access learns nothing about which result ids exist; another
+    tenant's read is answered 404 like an unknown id. The ``read`` audit row is
+    committed before the read is returned (503 when it cannot be).
     """
+    started = time.perf_counter()
     try:
         state = imaging_state(request)
     except _NotReady:
         return _not_ready()
-    refused = await check(state, request)
-    if refused is not None:
-        return refused
+    caller = await check(state, request)
+    if isinstance(caller, Response):
+        return caller
+    result_id = str(request.path_params["result_id"])
     try:
-        found = await run_in_threadpool(state.store.get, str(request.path_params["result_id"]))
+        if caller is None:
+            found = await run_in_threadpool(state.store.by_link, result_id)
+            caller = _LinkHolder(found.tenant)
+        else:
+            tenant = caller_tenant(caller)
+            result = await run_in_threadpool(state.store.get, result_id, tenant=tenant)
+            found = StoredResult(tenant or "", result)
+        await run_in_threadpool(
+            audit_row,
+            state,
+            request_id=uuid.uuid4().hex,
+            service_id=service_id,
+            outcome="read",
+            started=started,
+            caller=caller,
+            result=found.result,
+        )
     except KeyError:
         return JSONResponse({"error": "not-found"}, status_code=404)
+    except Exception:  # the audit store (or the result store in it) is unavailable
+        logger.exception("audit store unavailable; withholding a stored read")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     return state, found
 
 
-async def _caller_check(state: ImagingState, request: Request) -> Response | None:
-    if await authenticate(state, request) is None:
-        return unauthorized(request)
-    return None
+async def _caller_check(state: ImagingState, request: Request) -> Response | Any:
+    caller = await authenticate(state, request)
+    return unauthorized(request) if caller is None else caller
 
 
 async def _link_check(state: ImagingState, request: Request) -> Response | None:
@@ -326,12 +380,12 @@ async def _link_check(state: ImagingState, request: Request) -> Response | None:
 
 async def get_result(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}``: a stored result, with a fresh signed heatmap link."""
-    found = await _stored(request, _caller_check)
+    found = await _stored(request, _caller_check, "imaging-result")
     if isinstance(found, Response):
         return found
-    state, result = found
-    body = result.model_dump(mode="json")
-    body["heatmap_url"] = _heatmap_link(request, state, result)
+    state, stored = found
+    body = stored.result.model_dump(mode="json")
+    body["heatmap_url"] = _heatmap_link(request, state, stored.result)
     return JSONResponse(body)
 
 
@@ -339,18 +393,22 @@ async def get_heatmap(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/heatmap.png``: the overlay image.
 
     Opened from EHR cards in a browser (no credentials): the link must be signed
-    (:mod:`serving.ui.links`); 403 / 410 otherwise, before any lookup.
+    (:mod:`serving.ui.links`); 403 / 410 otherwise, before any lookup. Drawn from the
+    stored map on each request; the browser keeps it (the read never changes).
     """
-    found = await _stored(request, _link_check)
+    found = await _stored(request, _link_check, "imaging-heatmap")
     if isinstance(found, Response):
         return found
-    state, result = found
-    png = state.store.heatmap(result.id)
-    etag = hashlib.sha256(png).hexdigest()[:32]
+    state, stored = found
+    try:
+        png = await run_in_threadpool(state.store.heatmap, stored.result.id)
+    except Exception:
+        logger.exception("stored heatmap of a read could not be drawn")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     return Response(
         png,
         media_type="image/png",
-        headers={"cache-control": "private, max-age=3600", "etag": f'"{etag}"'},
+        headers={"cache-control": "private, max-age=3600", "etag": f'"{stored.result.id}"'},
     )
 
 
@@ -358,10 +416,11 @@ async def get_fhir(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
     from serving.imaging.fhir import result_bundle
 
-    found = await _stored(request, _caller_check)
+    found = await _stored(request, _caller_check, "imaging-result-fhir")
     if isinstance(found, Response):
         return found
-    state, result = found
+    state, stored = found
+    result = stored.result
     signed = links.signer(request.app.state.runtime).sign(result.heatmap_url)
     bundle = result_bundle(result.model_copy(update={"heatmap_url": signed}), state.public_url)
     return Response(bundle.model_dump_json(), media_type="application/fhir+json")

@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,10 +31,10 @@ class ImagingState:
 
     Attributes:
         analyser: runs the pipeline with the pinned CXR model.
-        store: stored results and heatmaps.
+        store: stored reads and heatmaps (in the audit database).
         config: the ``imaging:`` section of the serving config.
         public_url: base URL used to make links absolute.
-        audit: the audit store (``record(AuditRecord)``), or None in unit tests only.
+        audit: the audit store; reads are committed with their audit rows.
         authenticator: REST API-key authenticator (C4); None only in dev mode.
         cds_auth: CDS Hooks JWT authenticator (C4); None only in dev mode.
         infer: optional adaptive-batching model call; None runs the model in line.
@@ -69,15 +68,21 @@ class ImagingState:
     ) -> ImagingState:
         """Load the runner for ``stored`` and warm it up on a blank image.
 
+        ``audit`` is the :class:`~serving.audit.store.AuditStore` (its database also
+        holds the reads).
+
         Raises:
-            ValueError: thresholds or the model contract do not fit.
+            ValueError: no audit store, or thresholds or the model contract do not fit.
             CannotAssess: the warm-up produced invalid outputs.
         """
         from serving.imaging.runner import load_runner
 
-        store = ResultStore(Path(config.results_dir))
+        engine = getattr(audit, "engine", None)
+        if engine is None:
+            raise ValueError("chest X-ray reads are kept in the audit database: pass its store")
+        store = ResultStore(engine)
         runner = runner or load_runner(stored, config.model_threads)
-        analyser = CxrAnalyser(stored, runner, store, config, site)
+        analyser = CxrAnalyser(stored, runner, config, site)
         state = cls(
             analyser=analyser,
             store=store,
@@ -109,7 +114,9 @@ class ImagingState:
         labels = len(self.analyser.labels)
         if probs.shape != (1, labels) or cams.shape[:2] != (1, labels):
             raise CannotAssess("model-error", "warm-up outputs have the wrong shape", 500)
-        if not (np.isfinite(probs).all() and np.isfinite(cams).all()):
+        # A model with an out-of-distribution gate refuses a grey image (all NaN): fine.
+        refused = np.isnan(probs).all() and np.isnan(cams).all()
+        if not refused and not (np.isfinite(probs).all() and np.isfinite(cams).all()):
             raise CannotAssess("model-error", "warm-up outputs are not finite", 500)
         self.warmed = True
         logger.info(

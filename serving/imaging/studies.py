@@ -6,10 +6,12 @@ analyses it, and STOW-RS writes back a Comprehensive SR and a secondary-capture
 heatmap per assessable image (when ``imaging.pacs.write_back``). Images the model
 cannot assess are listed with their reason code; nothing is written back for them.
 
-Idempotent per instance: an instance already analysed is answered from the store
+Idempotent per instance and tenant: an instance the caller's tenant already had
+analysed is answered from the store (with an audit row of its own, outcome ``read``)
 and not written back again. This matters because the PACS calls this route when a
 study becomes stable (:func:`orthanc_on_stable_study_lua`), and our own write-back
-makes the study change again.
+makes the study change again. A new read is stored in the transaction of its audit
+row, before anything about it leaves the service.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from serving.imaging.dicom_out import (
     to_bytes,
 )
 from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid, tag_value
+from serving.imaging.results import Analysed
 from serving.imaging.state import ImagingState
 from serving.ui import links
 
@@ -52,17 +55,23 @@ MAX_INSTANCES = 8
 _IMAGE_MODALITIES = {"CR", "DX"}
 
 
+# audit(entry, analysed): commit the entry's audit row, with its new read if any.
+StudyAudit = Callable[[dict[str, Any], Analysed | None], None]
+
+
 def analyse_study_sync(
     state: ImagingState,
     client: DicomWebClient,
     study: str,
     series: str | None,
-    audit: Callable[[dict[str, Any]], None],
+    audit: StudyAudit,
+    tenant: str | None,
 ) -> dict[str, Any]:
-    """Retrieve, analyse and write back one study (blocking; run it in a thread).
+    """Retrieve, analyse and write back one study for ``tenant`` (blocking; run it in a thread).
 
-    ``audit`` is called with each new entry before anything about it leaves the
-    service (the write-back to the PACS included); if it raises, nothing more is done.
+    ``audit`` is called with each entry (and a new read, which it stores) before
+    anything about it leaves the service, the write-back to the PACS included; if it
+    raises, nothing more is done.
 
     Raises:
         DicomWebError: the PACS could not be searched, read or written.
@@ -75,25 +84,26 @@ def analyse_study_sync(
     analysed: list[dict[str, Any]] = []
     for instance in instances:
         entry: dict[str, Any] = {"series_uid": instance.series, "sop_instance_uid": instance.sop}
-        previous = state.store.for_instance(instance.sop)
-        if previous is not None:  # audited and written back when it was analysed
+        previous = state.store.for_instance(instance.sop, tenant=tenant)
+        if previous is not None:  # stored with its audit row and written back then
             entry.update(assessable=True, result=previous.model_dump(mode="json"), repeat=True)
+            audit(entry, None)
             analysed.append(entry)
             continue
         data = client.retrieve_instance(instance)
         try:
-            result = state.analyser.analyse(data, "application/dicom")
+            read = state.analyser.analyse(data, "application/dicom")
         except CannotAssess as refusal:
             entry.update(assessable=False, reason=refusal.reason)
-            audit(entry)
+            audit(entry, None)
             analysed.append(entry)
             continue
-        entry.update(assessable=True, result=result.model_dump(mode="json"))
-        audit(entry)
+        entry.update(assessable=True, result=read.result.model_dump(mode="json"))
+        audit(entry, read)
         if state.config.pacs is not None and state.config.pacs.write_back:
             source = read_header(data)
-            sr = structured_report(source, result)
-            sc = heatmap_secondary_capture(source, result, state.store.heatmap(result.id))
+            sr = structured_report(source, read.result)
+            sc = heatmap_secondary_capture(source, read.result, read.heatmap.overlay_png())
             client.store(study, [to_bytes(sr), to_bytes(sc)])
             entry["written_back"] = {
                 "sr_sop_instance_uid": str(sr.SOPInstanceUID),
@@ -107,28 +117,30 @@ def _run_study(
     state: ImagingState, caller: Any, study: str, series: str | None, started: float
 ) -> tuple[int, dict[str, Any]]:
     """The whole study analysis with auditing; returns (HTTP status, JSON body)."""
-    from serving.imaging.routes import audit_row
+    from serving.imaging.routes import audit_row, caller_tenant
 
     assert state.config.pacs is not None
     request_id = uuid.uuid4().hex
 
-    def audit(entry: dict[str, Any]) -> None:
+    def audit(entry: dict[str, Any], read: Analysed | None) -> None:
         result = entry.get("result")
+        outcome = "read" if entry.get("repeat") else "advice" if result else "no-advice"
         audit_row(
             state,
             request_id=uuid.uuid4().hex,
             service_id="imaging-study",
-            outcome="advice" if result else "no-advice",
+            outcome=outcome,
             started=started,
             caller=caller,
             reason=entry.get("reason"),
+            analysed=read,
             input_sha256=result["input_sha256"] if result else None,
             patient_ref=result["patient_ref"] if result else None,
         )
 
     client = DicomWebClient(state.config.pacs)
     try:
-        answer = analyse_study_sync(state, client, study, series, audit)
+        answer = analyse_study_sync(state, client, study, series, audit, caller_tenant(caller))
     except DicomWebError as exc:
         return 502, {"error": exc.reason, "request_id": request_id}
     except Exception:
@@ -206,14 +218,20 @@ async def analyse_study(request: Request) -> Response:
 _PATIENT_ID = re.compile(r"^[A-Za-z0-9\-._^]{1,64}$")
 
 
-def _list_sync(state: ImagingState, patient: str) -> list[dict[str, Any]]:
+def _list_sync(
+    state: ImagingState, caller: Any, patient: str, started: float
+) -> list[dict[str, Any]]:
+    """The patient's PACS studies with the caller's tenant's reads, after the audit row."""
+    from serving.imaging.routes import audit_row, caller_tenant
+
     assert state.config.pacs is not None
     client = DicomWebClient(state.config.pacs)
     try:
         found = client.search_studies(PatientID=patient, includefield="00080061")
     finally:
         client.close()
-    analysed = {r.study.study_uid: r for r in state.store.for_patient(patient)}
+    reads = state.store.for_patient(patient, tenant=caller_tenant(caller))
+    analysed = {r.study.study_uid: r for r in reversed(reads)}  # the newest read wins
     studies: list[dict[str, Any]] = []
     for item in found:
         uid = tag_value(item, "0020000D")
@@ -231,19 +249,30 @@ def _list_sync(state: ImagingState, patient: str) -> list[dict[str, Any]]:
                 "flagged": read.flagged if read else None,
             }
         )
+    audit_row(
+        state,
+        request_id=uuid.uuid4().hex,
+        service_id="imaging-studies",
+        outcome="read",
+        started=started,
+        caller=caller,
+        patient_ref=patient,
+    )
     return sorted(studies, key=lambda s: s["study_date"] or "", reverse=True)
 
 
 async def list_studies(request: Request) -> Response:
     """``GET /v1/imaging/studies?patient=ID``: the patient's studies in the PACS (QIDO-RS),
-    with the id of Tonle's read for each one it has analysed."""
+    with the id of the read the caller's tenant had made of each one it analysed."""
     from serving.imaging.routes import _NotReady, authenticate, imaging_state, unauthorized
 
+    started = time.perf_counter()
     try:
         state = imaging_state(request)
     except _NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
-    if await authenticate(state, request) is None:
+    caller = await authenticate(state, request)
+    if caller is None:
         return unauthorized(request)
     if state.config.pacs is None:
         return JSONResponse({"error": "no-pacs"}, status_code=409)
@@ -251,9 +280,12 @@ async def list_studies(request: Request) -> Response:
     if not _PATIENT_ID.match(patient):
         return JSONResponse({"error": "invalid-request", "field": "patient"}, status_code=400)
     try:
-        studies = await run_in_threadpool(_list_sync, state, patient)
+        studies = await run_in_threadpool(_list_sync, state, caller, patient, started)
     except DicomWebError as exc:
         return JSONResponse({"error": exc.reason}, status_code=502)
+    except Exception:
+        logger.exception("audit store unavailable; withholding a study list")
+        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
     return JSONResponse({"studies": studies})
 
 

@@ -106,7 +106,7 @@ def fhir_resources(p: DemoPatient, today: date | None = None) -> list[dict[str, 
         when = (today - timedelta(days=days)).isoformat()
         obs: dict[str, Any] = {
             "resourceType": "Observation",
-            "id": f"{p.id}-{name}",
+            "id": f"{p.id}-{name.replace('_', '-')}",  # a FHIR id has no "_"
             "status": "final",
             "subject": subject,
             "effectiveDateTime": when,

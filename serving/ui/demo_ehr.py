@@ -48,7 +48,7 @@ def _patient_view(p: demo.DemoPatient, lang: str) -> dict[str, Any]:
     for r in resources:
         if r["resourceType"] != "Observation":
             continue
-        name = r["id"].removeprefix(f"{p.id}-")
+        name = r["id"].removeprefix(f"{p.id}-").replace("-", "_")
         label = feature_label(name, lang)
         if "valueQuantity" in r:
             q = r["valueQuantity"]
@@ -202,15 +202,25 @@ async def demo_xray(request: Request) -> Response:
         request_id=uuid.uuid4().hex,
         service_id="cxr-triage",
         started=time.perf_counter(),
-        caller=SimpleNamespace(iss=UI_CALLER, sub="demo-pacs", tenant=None),
+        # The demo EHR's own tenant, so that its cxr-triage calls find the read.
+        caller=SimpleNamespace(iss=UI_CALLER, sub="demo-pacs", tenant=_demo_tenant(runtime)),
     )
     try:
-        result = await analyse_bytes(state, image.read_bytes(), "application/dicom", p.id)
+        read = await analyse_bytes(state, image.read_bytes(), "application/dicom", p.id)
     except CannotAssess as refusal:
         await run_in_threadpool(
             record, outcome="no-advice", reason=refusal.reason, patient_ref=f"Patient/{p.id}"
         )
         return json_error(refusal.reason, 422)
-    await run_in_threadpool(record, outcome="advice", result=result)
-    page = signed_link(runtime, f"/ui/explain/cxr/{result.id}")
-    return JSONResponse({"result": result.id, "explanation": page})
+    await run_in_threadpool(record, outcome="advice", analysed=read)
+    page = signed_link(runtime, f"/ui/explain/cxr/{read.result.id}")
+    return JSONResponse({"result": read.result.id, "explanation": page})
+
+
+def _demo_tenant(runtime: Runtime) -> str | None:
+    """The tenant the demo issuer's tokens carry (None in dev mode, without JWTs)."""
+    from serving.demo_issuer import DEMO_ISSUER
+
+    allowed = getattr(runtime.cds_auth, "issuers", None)
+    issuer = allowed.issuers.get(DEMO_ISSUER) if allowed is not None else None
+    return None if issuer is None else issuer.tenant

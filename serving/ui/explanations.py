@@ -19,12 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.metadata import MetricValue, ModelMetadata
 from models.ncd_predictor import Contribution
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.assess import Advice, WhoSettings
+from serving.assess import Advice, WhoSettings, model_validated
 from serving.audit.records import ExplanationRecord
+from serving.protocol import Text
+from serving.synthetic import trained_on_synthetic
 
 __all__ = [
+    "ComparisonView",
     "ModelView",
     "NcdExplanation",
+    "ProtocolView",
+    "RuleView",
     "WhatIf",
     "explanation_record",
     "headline_metrics",
@@ -57,6 +62,9 @@ class ModelView(BaseModel):
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    synthetic: bool = Field(
+        default=False, description="Trained on synthetic data: a demo model, not for clinical use."
+    )
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ModelView:
@@ -69,6 +77,7 @@ class ModelView(BaseModel):
             intended_use=meta.intended_use,
             limitations=list(meta.limitations),
             metrics=headline_metrics(meta.metrics),
+            synthetic=trained_on_synthetic(meta),
         )
 
 
@@ -82,6 +91,89 @@ class WhatIf(BaseModel):
     percent: int
     band: str
     band_index: int
+
+
+class ComparisonView(BaseModel):
+    """The model and the WHO chart on the same test patients, as training recorded it
+    (``metadata.extra["who_comparison"]``): why the model is, or is not, shown."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int | None = None
+    auroc_model: float | None = None
+    auroc_who: float | None = None
+    at_least_as_good: bool = False
+    accepted_reason: str | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: ModelMetadata) -> ComparisonView | None:
+        """The recorded comparison, or None when the artifact records none."""
+        raw = meta.extra.get("who_comparison")
+        if not isinstance(raw, dict):
+            return None
+
+        def value(key: str) -> float | None:
+            metric = raw.get(key)
+            number = metric.get("value") if isinstance(metric, dict) else None
+            return float(number) if isinstance(number, int | float) else None
+
+        n = raw.get("n")
+        reason = raw.get("accepted_reason")
+        return cls(
+            n=n if isinstance(n, int) else None,
+            auroc_model=value("auroc_model"),
+            auroc_who=value("auroc_who"),
+            at_least_as_good=raw.get("at_least_as_good") is True,
+            accepted_reason=reason if isinstance(reason, str) else None,
+        )
+
+
+class RuleView(BaseModel):
+    """A protocol row that fired for the card, with its source."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    text: Text
+    document: str
+    section: str
+    proposals: list[Text] = Field(default_factory=list, description="What it proposed.")
+
+
+class ProtocolView(BaseModel):
+    """The protocol table the card followed, its approval and the rows that fired."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    sha256: str
+    approved_by: str | None = None
+    approved_on: date | None = None
+    rules: list[RuleView] = Field(default_factory=list)
+
+    @classmethod
+    def from_advice(cls, advice: Advice) -> ProtocolView | None:
+        """The protocol part of ``advice`` (None when no protocol was applied)."""
+        protocol = advice.protocol
+        if protocol is None:
+            return None
+        approval = protocol.approval if protocol.approved else None
+        return cls(
+            version=protocol.table.version,
+            sha256=protocol.sha256,
+            approved_by=approval.by if approval else None,
+            approved_on=approval.on if approval else None,
+            rules=[
+                RuleView(
+                    id=f.row.id,
+                    text=f.row.text,
+                    document=f.row.source.document,
+                    section=f.row.source.section,
+                    proposals=[p.text for p in f.proposals],
+                )
+                for f in advice.fired
+            ],
+        )
 
 
 class NcdExplanation(BaseModel):
@@ -105,6 +197,14 @@ class NcdExplanation(BaseModel):
     model: ModelView
     who: WhoCvdResult | None = None
     who_note: str | None = None
+    who_reason: str | None = None
+    model_shown: bool = Field(
+        default=True,
+        description="The model's estimate is on the card: its recorded validation shows it "
+        "at least as good as the WHO chart on the same patients (or there is no chart).",
+    )
+    protocol: ProtocolView | None = None
+    comparison: ComparisonView | None = None
     who_region: str | None = None
     who_country: str | None = None
     missing: dict[str, float | None] = Field(
@@ -147,6 +247,10 @@ class NcdExplanation(BaseModel):
             model=ModelView.from_metadata(advice.metadata),
             who=advice.who,
             who_note=advice.who_note,
+            who_reason=advice.who_reason,
+            model_shown=advice.outcome != "cvd" or model_validated(advice.metadata),
+            protocol=ProtocolView.from_advice(advice),
+            comparison=ComparisonView.from_metadata(advice.metadata),
             who_region=settings.region,
             who_country=settings.country,
         )

@@ -56,7 +56,7 @@ async def feedback(request: Request) -> Response:
         try:
             if store is None:
                 raise KeyError(card)
-            await run_in_threadpool(store.get, card)
+            await run_in_threadpool(store.by_link, card)  # the signed page link names it
         except KeyError:
             return json_error("unknown-card", 404)
         service_id = "cxr-triage"

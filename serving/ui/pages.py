@@ -168,7 +168,7 @@ async def explain_cxr(request: Request) -> Response:
     try:
         if store is None:
             raise KeyError(result_id)
-        result = await run_in_threadpool(store.get, result_id)
+        result = (await run_in_threadpool(store.by_link, result_id)).result
     except KeyError:
         return message_page(request, "ui.explain.not_found", 404)
     return render_page(
@@ -176,19 +176,10 @@ async def explain_cxr(request: Request) -> Response:
         "explain_cxr.html",
         result=result,
         heatmap=signed_link(runtime, f"/ui/explain/cxr/{result.id}/heatmap.png"),
-        # The plain image under the overlay, when the result store kept one.
-        base_image=signed_link(runtime, f"/ui/explain/cxr/{result.id}/image.png")
-        if await run_in_threadpool(_has_image, store, result.id)
-        else None,
+        # The plain image under the overlay (every stored read keeps it).
+        base_image=signed_link(runtime, f"/ui/explain/cxr/{result.id}/image.png"),
         link=request.query_params,
     )
-
-
-def _has_image(store: Any, result_id: str) -> bool:
-    try:
-        return bool(store.image(result_id))
-    except (AttributeError, KeyError):
-        return False
 
 
 async def cxr_png(request: Request) -> Response:

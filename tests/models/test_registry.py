@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from models import registry
-from models.metadata import ModelMetadata
+from models.metadata import ModelMetadata, OperatingPoint
 from models.onnx_runtime import open_session
 from tests.onnx_fixtures import write_linear_onnx
 
@@ -26,7 +27,10 @@ def test_save_then_verify_and_run(tmp_path: Path) -> None:
 
     stored = registry.save(onnx_path, _meta(), card_dir=card)
 
-    assert stored.metadata.sha256 == registry.sha256_file(onnx_path)
+    assert stored.metadata.onnx_sha256 == registry.sha256_file(onnx_path)
+    card_files = registry.card_manifest(card)
+    assert stored.metadata.sha256 == registry.artifact_digest(stored.metadata, card_files)
+    assert stored.metadata.sha256 != stored.metadata.onnx_sha256
     assert (stored.card_dir / "README.md").read_text() == "# card"
     again = registry.verify("toy-linear", "1.0.0")
     session = open_session(again, threads=1)
@@ -162,3 +166,101 @@ def test_unknown_name_is_an_artifact_error() -> None:
         registry.get("never-stored", "latest")
     with pytest.raises(registry.ArtifactError, match=r"never-stored:1\.0\.0 not found"):
         registry.verify("never-stored", "1.0.0")
+
+
+def _with_threshold(version: str = "1.0.0") -> ModelMetadata:
+    point = OperatingPoint(label="tb", threshold=0.4, chosen_on="validation, sens >= 0.9")
+    return _meta(version).model_copy(update={"operating_points": [point]})
+
+
+@pytest.mark.usefixtures("model_store")
+def test_tampered_metadata_is_refused(tmp_path: Path) -> None:
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _with_threshold())
+    original = (stored.path / "metadata.json").read_text()
+    tampered = json.loads(original)
+    tampered["operating_points"][0]["threshold"] = 1.0  # nothing would ever be flagged
+    (stored.path / "metadata.json").write_text(json.dumps(tampered))
+    with pytest.raises(registry.ArtifactError, match="the metadata or the card was modified"):
+        registry.verify("toy-linear", "1.0.0")
+    # Recomputing the digest in metadata.json alone is caught by model.yaml's record.
+    forged = ModelMetadata.model_validate(tampered)
+    tampered["sha256"] = registry.artifact_digest(forged, {})
+    (stored.path / "metadata.json").write_text(json.dumps(tampered))
+    with pytest.raises(registry.ArtifactError, match=r"\(model\.yaml\)"):
+        registry.verify("toy-linear", "1.0.0")
+    (stored.path / "metadata.json").write_text(original)
+    assert registry.verify("toy-linear", "1.0.0").metadata.sha256 == stored.metadata.sha256
+
+
+@pytest.mark.usefixtures("model_store")
+def test_an_identity_kept_outside_the_store_is_enforced(tmp_path: Path) -> None:
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta())
+    assert registry.verify("toy-linear", "1.0.0", expected_sha256=stored.metadata.sha256)
+    with pytest.raises(registry.ArtifactError, match="was replaced"):
+        registry.verify("toy-linear", "1.0.0", expected_sha256="0" * 64)
+
+
+@pytest.mark.usefixtures("model_store")
+def test_card_edits_and_symlinks_are_refused(tmp_path: Path) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "model-card.md").write_text("# card")
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta(), card_dir=card)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the model page")
+    shown = stored.card_dir / "model-card.md"
+    shown.unlink()
+    shown.symlink_to(secret)
+    with pytest.raises(registry.ArtifactError, match=r"model-card\.md .* is a symbolic link"):
+        registry.verify("toy-linear", "1.0.0")
+    shown.unlink()
+    shown.write_text("# a different card")
+    with pytest.raises(registry.ArtifactError, match="the metadata or the card was modified"):
+        registry.verify("toy-linear", "1.0.0")
+    # A card folder holding a link is refused at save, before anything is stored.
+    (card / "extra.md").symlink_to(secret)
+    with pytest.raises(registry.ArtifactError, match="symbolic link"):
+        registry.save(write_linear_onnx(tmp_path / "n.onnx"), _meta("2.0.0"), card_dir=card)
+    assert [m.version for m in registry.list_models("toy-linear")] == ["1.0.0"]
+
+
+def _constant_graph(path: Path, attribute: str) -> Path:
+    """``y = x * c`` where ``c`` comes from a Constant node whose tensor is external."""
+    value = numpy_helper.from_array(np.array([2.0], dtype=np.float32), name="c_value")
+    value.ClearField("raw_data")
+    value.data_location = TensorProto.EXTERNAL
+    entry = value.external_data.add()
+    entry.key, entry.value = "location", "weights.bin"  # next to the model: the checker allows it
+    if attribute == "value":
+        constant = helper.make_node("Constant", [], ["c"], value=value)
+    else:  # a sparse constant: its values tensor is the external one
+        indices = numpy_helper.from_array(np.array([0], dtype=np.int64), name="c_indices")
+        sparse = helper.make_sparse_tensor(value, indices, [1])
+        constant = helper.make_node("Constant", [], ["c"], sparse_value=sparse)
+    graph = helper.make_graph(
+        [constant, helper.make_node("Mul", ["x", "c"], ["y"])],
+        "constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("attribute", ["value", "sparse_value"])
+def test_external_data_in_constant_attributes_is_refused(tmp_path: Path, attribute: str) -> None:
+    path = _constant_graph(tmp_path / "constant.onnx", attribute)
+    with pytest.raises(registry.ArtifactError, match=r"stores tensor 'c_value' as external"):
+        registry.check_onnx_graph(path)
+
+
+@pytest.mark.usefixtures("model_store")
+def test_an_artifact_saved_without_an_identity_says_so(tmp_path: Path) -> None:
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta())
+    old = json.loads((stored.path / "metadata.json").read_text())
+    old["sha256"] = old.pop("onnx_sha256")  # the layout before artifact identities
+    (stored.path / "metadata.json").write_text(json.dumps(old))
+    with pytest.raises(registry.ArtifactError, match="saved before artifacts recorded"):
+        registry.verify("toy-linear", "1.0.0")

@@ -446,19 +446,19 @@ def test_tables_added_by_parallel_migrations_are_applied(
     shutil.copytree(
         engine_module.MIGRATIONS_DIR, migrations, ignore=shutil.ignore_patterns("__pycache__")
     )
-    for rev, table in [("0002_imaging", "imaging_results"), ("0002_other", "other_rows")]:
+    for rev, table in [("0002_first", "first_rows"), ("0002_other", "other_rows")]:
         (migrations / "versions" / f"{rev}.py").write_text(
             _EXTRA_MIGRATION.format(rev=rev, table=table)
         )
     monkeypatch.setattr(engine_module, "MIGRATIONS_DIR", migrations)
 
     store = AuditStore.open(db_url)
-    assert {"0002_imaging", "0002_other"} <= set(current_revisions(store.engine))
+    assert {"0002_first", "0002_other"} <= set(current_revisions(store.engine))
     assert current_revisions(store.engine) == head_revisions()  # every parallel head
     with store.engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO imaging_results (id) VALUES (1)")
+        connection.exec_driver_sql("INSERT INTO first_rows (id) VALUES (1)")
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
-        connection.exec_driver_sql("DELETE FROM imaging_results")
+        connection.exec_driver_sql("DELETE FROM first_rows")
     store.close()
 
 

@@ -64,6 +64,15 @@ def call(
     return asyncio.run(go())
 
 
+def recorded(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources of the card's "record this risk assessment" suggestion."""
+    for suggestion in card["suggestions"]:
+        resources = [a["resource"] for a in suggestion["actions"]]
+        if resources and resources[0]["resourceType"] == "RiskAssessment":
+            return resources
+    raise AssertionError("no RiskAssessment suggestion")
+
+
 def audit_row(runtime: Runtime, response: httpx.Response) -> Any:
     rows = runtime.audit.rows(request_id=response.headers["x-request-id"])  # type: ignore[union-attr]
     assert len(rows) == 1
@@ -91,22 +100,28 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     assert len(cards) == 1
     card = cards[0]
     assert len(card["summary"]) < 140
-    # The summary names the model's risk and the WHO chart's, never one as the other;
-    # "WHO chart" is the printed chart cell the detail names, with its risk category.
+    # The WHO chart leads: the summary is the printed chart cell the detail names, with
+    # its band. The fixture model records no comparison with the chart, so its own
+    # estimate is not on the card, and the card says why.
     who = re.search(
-        r"WHO 2019 chart, [^:]+: \*\*(\d+)%\*\*, category \*\*([^*]+)\*\* \(the patient's cell: "
+        r"WHO 2019 chart, [^:]+: \*\*(\d+)%\*\*, band \*\*([^*]+)\*\* \(the patient's cell: "
         r"age 60-64, systolic BP 160-179 mmHg, total cholesterol 6-6.9 mmol/L\)",
         card["detail"],
     )
     assert who is not None
-    assert card["summary"].endswith(f"(model); WHO chart {who.group(1)}% ({who.group(2)})")
+    assert card["summary"] == (
+        f"10-year heart attack or stroke risk, WHO chart: {who.group(1)}% ({who.group(2)})"
+    )
+    assert "model" not in card["summary"]
+    assert "Local estimate" not in card["detail"]
+    assert "is not shown: its recorded validation does not show it" in card["detail"]
     # The equation at the exact values is in the detail, named as such, not in the summary.
     assert re.search(r"WHO 2019 equation at this patient's exact values: \d+%", card["detail"])
     assert "equation" not in card["summary"]
-    bands = ["<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"]
-    prediction = card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
-    band = bands.index(prediction["qualitativeRisk"]["text"])
-    assert card["indicator"] == runtime.config.indicators[band]
+    # Untreated, SBP 165: the WHO 2021 rule "start at once" fires and raises the
+    # indicator above the chart band's.
+    assert card["indicator"] == "critical"
+    assert "rule `bp-start-now`" in card["detail"]
     assert "cvd-risk" in card["source"]["label"]
     assert "1.0.0" in card["source"]["label"]
     # The source link opens the model card page, without credentials.
@@ -121,9 +136,9 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     assert "not a diagnosis" in detail
     assert card["links"][0]["url"].startswith("http://testserver/ui/explain/")
     assert {r["code"] for r in card["overrideReasons"]} >= {"disagree", "data-wrong"}
-    actions = card["suggestions"][0]["actions"]
-    assert actions[0]["type"] == "create"
-    assert actions[0]["resource"]["resourceType"] == "RiskAssessment"
+    assessment = recorded(card)[0]
+    assert assessment["prediction"][0]["qualitativeRisk"]["text"] == who.group(2)
+    assert assessment["prediction"][0]["probabilityDecimal"] == int(who.group(1)) / 100
     row = audit_row(runtime, response)
     assert row.outcome == "advice"
     assert row.card_ids == [card["uuid"]]
@@ -135,38 +150,57 @@ def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
 
 
 def test_indicator_follows_site_band_mapping(app: Starlette, runtime: Runtime) -> None:
+    # SBP under 140 and no other rule: the indicator is the site's for the chart band.
     low = call(app, "POST", CVD, cds_request(prefetch(age=45, sbp=110, smoker=False, chol=160)))
-    high = call(app, "POST", CVD, cds_request(prefetch(age=72, sbp=200, smoker=True, chol=320)))
+    high = call(app, "POST", CVD, cds_request(prefetch(age=72, sbp=130, smoker=True, chol=320)))
     low_card, high_card = low.json()["cards"][0], high.json()["cards"][0]
-    low_ra = low_card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
-    high_ra = high_card["suggestions"][0]["actions"][0]["resource"]["prediction"][0]
+    low_ra = recorded(low_card)[0]["prediction"][0]
+    high_ra = recorded(high_card)[0]["prediction"][0]
     assert low_ra["probabilityDecimal"] < high_ra["probabilityDecimal"]
     bands = ["<5%", "5-<10%", "10-<20%", "20-<30%", ">=30%"]
+    indicators = []
     for card, pred in ((low_card, low_ra), (high_card, high_ra)):
         band = bands.index(pred["qualitativeRisk"]["text"])
         assert card["indicator"] == runtime.config.indicators[band]
+        indicators.append(card["indicator"])
+    assert indicators == ["info", "critical"]
 
 
 def test_panel_sbp_and_units_are_read(app: Starlette) -> None:
     response = call(app, "POST", CVD, cds_request(prefetch(sbp=150, sbp_as_panel=True)))
     card = response.json()["cards"][0]
     assert "150 mmHg" in card["detail"]
-    basis = card["suggestions"][0]["actions"][0]["resource"]["basis"]
+    basis = recorded(card)[0]["basis"]
     assert {"reference": "Observation/bp1"} in basis
 
 
-def test_khmer_card_text(app: Starlette) -> None:
+def test_khmer_card_text(app: Starlette, runtime: Runtime) -> None:
     response = call(app, "POST", CVD, cds_request(), headers={"accept-language": "km-KH"})
     summary = response.json()["cards"][0]["summary"]
     assert "ហានិភ័យ" in summary
     assert len(summary) < 140
-    # Factor points use Khmer's decimal comma, as its other numbers ("7,1 mmol/L").
-    detail = response.json()["cards"][0]["detail"]
-    km_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", detail)
-    assert km_points, detail
+    # Factor points (of a model shown beside the chart) use Khmer's decimal comma, as
+    # its other numbers ("7,1 mmol/L").
+    predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
+    predictor.metadata = predictor.metadata.model_copy(
+        update={"extra": {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}}
+    )
+    values: dict[str, float | str] = {
+        "sex": "male", "age": 62.0, "smoking": 1.0, "sbp": 165.0, "total_chol": 6.2,
+        "bmi": 27.5, "diabetes": 0.0,
+    }  # fmt: skip
+    advice = assess(predictor, values)
+    details = {
+        lang: ncd_card(
+            advice, lang=lang, indicators=runtime.config.indicators, patient_id="p1",
+            encounter_id=None, explain_url="https://example.org/x", region="",
+        ).detail or ""
+        for lang in ("en", "km")
+    }  # fmt: skip
+    km_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", details["km"])
+    assert km_points, details["km"]
     assert all("," in p for p in km_points), km_points
-    english = call(app, "POST", CVD, cds_request()).json()["cards"][0]["detail"]
-    en_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", english)
+    en_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", details["en"])
     assert [p.replace(".", ",") for p in en_points] == km_points
 
 
@@ -554,7 +588,7 @@ def test_feedback_is_stored_and_linked(app: Starlette, runtime: Runtime) -> None
 
 def test_fhir_output_validates_with_r4b(app: Starlette) -> None:
     card = call(app, "POST", CVD, cds_request()).json()["cards"][0]
-    ra_json, prov_json = (a["resource"] for a in card["suggestions"][0]["actions"])
+    ra_json, prov_json = recorded(card)
     assessment = RiskAssessment.model_validate(ra_json)
     assert assessment.performer is not None
     assert assessment.performer.reference == "#tonle-cvd-risk-1.0.0"
@@ -746,16 +780,24 @@ def test_cds_hooks_1_0_request_is_tolerated(app: Starlette) -> None:
 def test_inputs_not_recorded_are_on_the_card(app: Starlette, runtime: Runtime) -> None:
     """A missing optional input is listed with what the model scored it as: from the
     artifact's measured ``missing_inputs`` when it names a value, else "filled in"."""
-    full = call(app, "POST", CVD, cds_request(prefetch())).json()["cards"][0]
-    assert "Not recorded" not in full["detail"]
+    # The fixture model is not shown beside the chart: what it made of a missing input
+    # is not on the card either (the non-lab chart is used without cholesterol).
     no_chol = call(app, "POST", CVD, cds_request(prefetch(chol=None))).json()["cards"][0]
-    assert "Not recorded, filled in by the model: Total cholesterol." in no_chol["detail"]
-    assert "| Total cholesterol | **not recorded: the model filled it in** | |" in no_chol["detail"]
+    assert "Not recorded" not in no_chol["detail"]
+    assert "the model filled it in" not in no_chol["detail"]
+    assert "BMI 25-29 kg/m²" in no_chol["detail"]
 
     predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
     measured = {"diabetes": {"missing_in_training": 0.0, "scored_as": 0.0}}
+    validated = {"at_least_as_good": True}
     predictor.metadata = predictor.metadata.model_copy(
-        update={"extra": {**predictor.metadata.extra, "missing_inputs": measured}}
+        update={
+            "extra": {
+                **predictor.metadata.extra,
+                "missing_inputs": measured,
+                "who_comparison": validated,
+            }
+        }
     )
     values: dict[str, float | str] = {
         "sex": "male", "age": 60.0, "smoking": 1.0, "sbp": 150.0, "total_chol": 5.5, "bmi": 27.0,
@@ -802,7 +844,13 @@ def test_missing_input_says_what_the_model_scored_it_as(
     stands in for it, what the model did instead (never just "filled it in")."""
     predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
     predictor.metadata = predictor.metadata.model_copy(
-        update={"extra": {**predictor.metadata.extra, "missing_inputs": {"total_chol": measured}}}
+        update={
+            "extra": {
+                **predictor.metadata.extra,
+                "missing_inputs": {"total_chol": measured},
+                "who_comparison": {"at_least_as_good": True},
+            }
+        }
     )
     values: dict[str, float | str] = {
         "sex": "male", "age": 52.0, "smoking": 1.0, "sbp": 146.0, "bmi": 29.3, "diabetes": 0.0,

@@ -74,19 +74,20 @@ def test_card_summaries_fit_cds_hooks_limit() -> None:
     for lang in available_languages():
         assert len(t("card.ncd.cvd.summary", lang, percent=100, band=">=30%")) < 140
         longest = t(
-            "card.ncd.cvd.summary_who", lang, percent=100, who_percent=100, who_band="20-<30%"
+            "card.ncd.cvd.summary_chart_model",
+            lang,
+            percent=100,
+            who_percent=100,
+            who_band="20-<30%",
         )
         assert len(longest) < 140
 
 
 def test_t_fills_params_and_formats_numbers_per_language() -> None:
-    assert t("card.ncd.cvd.summary", "en", percent=12, band="10-<20%") == (
-        "10-year heart attack or stroke risk 12% (band 10-<20%)"
-    )
-    # demo-02: "WHO chart" is the printed cell's number and risk category.
-    assert t("card.ncd.cvd.summary_who", "en", percent=16, who_percent=23, who_band="20-<30%") == (
-        "10-year heart attack or stroke risk 16% (model); WHO chart 23% (20-<30%)"
-    )
+    # demo-02: "WHO chart" is the printed cell's number and band, and it leads.
+    assert t(
+        "card.ncd.cvd.summary_chart_model", "en", percent=16, who_percent=23, who_band="20-<30%"
+    ) == ("10-year heart attack or stroke risk, WHO chart: 23% (20-<30%); local model 16%")
     km = t("card.ncd.cvd.summary", "km", percent=12, band="10-<20%")
     assert "12%" in km
     assert "ហានិភ័យ" in km

@@ -182,6 +182,14 @@ def test_next_page_on_another_server_is_not_followed(
         ("https://fhir.example/r5/Condition", False),
         ("https://fhir.example/r4x/Condition", False),
         ("https://fhir.example/r4/../admin", False),
+        # Decoded, these look under /r4; a server resolves them elsewhere (the EHR's
+        # token went to /admin/secret).
+        ("https://fhir.example/r4/%2e%2e/%2e%2e/admin/secret", False),
+        ("https://fhir.example/r4/.%2E/admin", False),
+        ("https://fhir.example/r4/%2E/Condition", False),
+        ("https://fhir.example/r4/Condition%2F..%2F..%2Fadmin", False),
+        ("https://fhir.example/r4/Condition%5C..%5Cadmin", False),
+        ("https://fhir.example/r4/Condition?page=%2e%2e", True),  # the query is data
         ("https://user@fhir.example/r4/Condition", False),
         ("https://fhir.example\\@evil.example/r4/Condition", False),
         ("/r4/Condition?page=2", False),

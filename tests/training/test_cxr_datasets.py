@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.cxr_datasets import (
     FINDING_MASK_COLUMNS,
     FINDING_MASKS_CSV,
     LABELS,
+    NIH_LABEL_MAP,
     OUTPUT_COLUMNS,
+    LabelMap,
     assign_splits,
     import_dataset,
     read_folder,
@@ -24,6 +27,7 @@ from training.cxr_datasets import (
     read_shenzhen,
     read_tbx11k,
 )
+from training.cxr_public_formats import write_nih
 from training.cxr_synthetic import generate
 
 
@@ -32,43 +36,49 @@ def _png(path: Path, size: tuple[int, int] = (32, 32)) -> None:
     Image.fromarray(np.zeros(size[::-1], np.uint8)).save(path)
 
 
-def _nih(root: Path) -> None:
+def _nih(root: Path, side: int = 256) -> None:
+    """NIH's published layout; images resized to ``side`` (NIH ships 1024 x 1024)."""
     root.mkdir(parents=True, exist_ok=True)
     rows = [
-        ("00000001_000.png", "Cardiomegaly|Effusion", 0, 1, "058Y", "M"),
-        ("00000001_001.png", "No Finding", 1, 1, 58, "M"),
-        ("00000002_000.png", "Nodule|Pneumonia", 0, 2, 414, "F"),
-        ("00000003_000.png", "No Finding", 0, 3, 30, "F"),
-        ("00000004_000.png", "Mass", 0, 4, 44, "M"),  # listed but not downloaded
+        ("00000001_000.png", "Cardiomegaly|Effusion", 0, 1, "058Y", "M", "PA"),
+        ("00000001_001.png", "No Finding", 1, 1, "058Y", "M", "PA"),
+        ("00000002_000.png", "Nodule|Pneumonia", 0, 2, "414Y", "F", "AP"),
+        ("00000003_000.png", "No Finding", 0, 3, "030Y", "F", "PA"),
+        ("00000003_001.png", "Infiltration|Mass", 1, 3, "030Y", "F", "AP"),
+        ("00000004_000.png", "Mass", 0, 4, "044Y", "M", "PA"),  # listed but not downloaded
     ]
     lines = [
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
         "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
     ]
-    lines += [f"{n},{f},{u},{p},{a},{g},PA,2500,2048,0.168,0.168," for n, f, u, p, a, g in rows]
+    lines += [f"{n},{f},{u},{p},{a},{g},{v},2500,2048,0.168,0.168," for n, f, u, p, a, g, v in rows]
     (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _png(root / "images_001" / "images" / "00000001_000.png")
-    _png(root / "images_001" / "images" / "00000001_001.png")
-    _png(root / "images_002" / "images" / "00000002_000.png")
-    _png(root / "images_002" / "images" / "00000003_000.png")
+    for name in ("00000001_000.png", "00000001_001.png"):
+        _png(root / "images_001" / "images" / name, (side, side))
+    for name in ("00000002_000.png", "00000003_000.png", "00000003_001.png"):
+        _png(root / "images_002" / "images" / name, (side, side))
     (root / "test_list.txt").write_text("00000002_000.png\n", encoding="utf-8")
+    # Boxes in the 1024 x 1024 pixels of NIH's PNGs, rows ending ",,," as published.
     (root / "BBox_List_2017.csv").write_text(
         "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-        "00000002_000.png,Nodule,4.5,6.0,8.0,4.0,,,\n"
-        "00000002_000.png,Pneumonia,20,20,5,5\n",
+        "00000002_000.png,Nodule,128.0,256.0,64.0,128.0,,,\n"
+        "00000002_000.png,Pneumonia,512,512,100,100,,,\n",
         encoding="utf-8",
     )
     (root / "train_val_list.txt").write_text(
-        "00000001_000.png\n00000001_001.png\n00000003_000.png\n", encoding="utf-8"
+        "00000001_000.png\n00000001_001.png\n00000003_000.png\n00000003_001.png\n",
+        encoding="utf-8",
     )
+
+
+def _by_name(table: pd.DataFrame) -> pd.DataFrame:
+    return table.set_index(pd.Series([Path(p).name for p in table["image"]]))
 
 
 def test_nih_labels_patients_and_official_test_list(tmp_path: Path) -> None:
     _nih(tmp_path)
-    table = read_nih_cxr14(tmp_path).set_index(
-        pd.Series([Path(p).name for p in read_nih_cxr14(tmp_path)["image"]])
-    )
-    assert len(table) == 4  # the image not on disk is skipped
+    table = _by_name(read_nih_cxr14(tmp_path))
+    assert len(table) == 5  # the image not on disk is left out
     first = table.loc["00000001_000.png"]
     assert (first["abnormal"], first["effusion"], first["nodule"]) == (1, 1, 0)
     assert pd.isna(first["tb"])  # NIH has no TB label: unknown, not 0
@@ -77,33 +87,137 @@ def test_nih_labels_patients_and_official_test_list(tmp_path: Path) -> None:
     second = table.loc["00000002_000.png"]
     assert (second["nodule"], second["consolidation"]) == (1, 1)
     assert pd.isna(second["age"])  # 414 is a known error in the CSV
+    assert list(table["view"]) == ["PA", "PA", "AP", "PA", "AP"]  # kept for subgroups
     normal = table.loc["00000001_001.png"]
     assert [normal[k] for k in LABELS] == [0, 0, 0, 0, 0]
-    masked = read_nih_cxr14(tmp_path, tmp_path / "masks")
-    drawn = masked.loc[masked["mask"] != "", "mask"]
-    assert len(drawn) == 1
-    mask = np.asarray(Image.open(drawn.iloc[0]))
-    assert int((mask > 0).sum()) == 9 * 4 + 5 * 5  # x 4.5-12.5 -> columns 4..12
-    assert mask[7, 5] == 255
-    assert mask[22, 22] == 255
-    assert mask[0, 0] == 0
-    # Each mapped box is also its finding's own mask; the union keeps every box.
-    boxed = masked.loc[masked["mask"] != ""].iloc[0]
-    nodule = np.asarray(Image.open(boxed["mask_nodule"])) > 0
-    pneumonia = np.asarray(Image.open(boxed["mask_consolidation"])) > 0
-    assert int(nodule.sum()) == 9 * 4
-    assert nodule[7, 5]
-    assert not nodule[22, 22]
-    assert int(pneumonia.sum()) == 5 * 5
-    assert pneumonia[22, 22]
-    assert not pneumonia[7, 5]
-    assert boxed["mask_effusion"] == ""
-    assert boxed["mask_tb"] == ""
+    # Infiltration may be consolidation, a Mass a large nodule: unknown, never absent.
+    hidden = table.loc["00000003_001.png"]
+    assert pd.isna(hidden["consolidation"])
+    assert pd.isna(hidden["nodule"])
+    assert hidden["effusion"] == 0
+    assert hidden["source_labels"] == "Infiltration|Mass"
+    # ... unless a label map says otherwise.
+    custom = LabelMap(positive=NIH_LABEL_MAP.positive | {"Infiltration": "consolidation"},
+                      unknown={})  # fmt: skip
+    remapped = _by_name(read_nih_cxr14(tmp_path, label_map=custom)).loc["00000003_001.png"]
+    assert (remapped["consolidation"], remapped["nodule"]) == (1, 0)
     split = assign_splits(read_nih_cxr14(tmp_path), seed=0)
     by_name = dict(zip([Path(p).name for p in split["image"]], split["split"], strict=True))
     assert by_name["00000002_000.png"] == "test"
     assert by_name["00000001_000.png"] == by_name["00000001_001.png"]  # same patient
     assert "test" not in {by_name["00000001_000.png"], by_name["00000003_000.png"]}
+
+
+@pytest.mark.parametrize("side", [256, 1024])
+def test_nih_boxes_are_scaled_to_the_real_image_size(tmp_path: Path, side: int) -> None:
+    _nih(tmp_path, side)
+    masked = read_nih_cxr14(tmp_path, tmp_path / "masks")
+    drawn = masked.loc[masked["mask"] != ""]
+    assert len(drawn) == 1
+    boxed = drawn.iloc[0]
+    mask = np.asarray(Image.open(boxed["mask"])) > 0
+    assert mask.shape == (side, side)
+    k = side / 1024  # the boxes are given in 1024 x 1024 pixels
+    nodule = np.asarray(Image.open(boxed["mask_nodule"])) > 0
+    pneumonia = np.asarray(Image.open(boxed["mask_consolidation"])) > 0
+    rows, cols = np.nonzero(nodule)
+    assert (rows.min(), cols.min()) == (round(256 * k), round(128 * k))
+    assert (rows.max() + 1, cols.max() + 1) == (round(384 * k), round(192 * k))
+    assert int(nodule.sum()) == round(64 * k) * round(128 * k)
+    assert pneumonia[round(550 * k), round(550 * k)]
+    assert not pneumonia[round(300 * k), round(150 * k)]
+    assert np.array_equal(mask, nodule | pneumonia)  # the union keeps every box
+    assert boxed["mask_effusion"] == ""
+    assert boxed["mask_tb"] == ""
+
+
+def test_nih_accepts_a_gzipped_label_file(tmp_path: Path) -> None:
+    _nih(tmp_path)
+    plain = tmp_path / "Data_Entry_2017.csv"
+    with gzip.open(tmp_path / "Data_Entry_2017_v2020.csv.gz", "wb") as f:
+        f.write(plain.read_bytes())
+    expected = read_nih_cxr14(tmp_path)
+    plain.unlink()
+    pd.testing.assert_frame_equal(read_nih_cxr14(tmp_path), expected)
+
+
+def test_nih_without_images_fails_with_counts(tmp_path: Path) -> None:
+    _nih(tmp_path)
+    for png in list(tmp_path.glob("images_*/images/*.png")):
+        png.rename(tmp_path / png.name)  # flattened into the wrong folder
+    with pytest.raises(FileNotFoundError) as caught:
+        read_nih_cxr14(tmp_path)
+    message = str(caught.value)
+    assert "none of the 6 images listed in Data_Entry_2017.csv is under images*/" in message
+    assert "(0 PNG files there; 5 of them elsewhere, e.g." in message
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "import-cxr", "nih-cxr14", str(tmp_path), str(out)])
+    assert result.exit_code == 4
+    assert "none of the 6 images" in result.output
+    assert not (out / "labels.csv").exists()
+
+
+def test_nih_test_list_is_required_and_must_be_patient_wise(tmp_path: Path) -> None:
+    _nih(tmp_path)
+    (tmp_path / "test_list.txt").write_text("00000001_000.png\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"not patient-wise: 1 patient\(s\) .*nih-1: 1 of 2"):
+        read_nih_cxr14(tmp_path)
+    (tmp_path / "test_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no test_list.txt .* --hashed-test"):
+        read_nih_cxr14(tmp_path)
+    out = tmp_path / "out"
+    refused = CliRunner().invoke(app, ["data", "import-cxr", "nih-cxr14", str(tmp_path), str(out)])
+    assert refused.exit_code == 4
+    hashed = CliRunner().invoke(
+        app,
+        ["data", "import-cxr", "nih-cxr14", str(tmp_path), str(out), "--hashed-test",
+         "--test", "0.5"],
+    )  # fmt: skip
+    assert hashed.exit_code == 0, hashed.output
+    written = pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False)
+    assert set(written["split"]) <= {"train", "val", "test"}
+    assert written.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_nih_label_map_option(tmp_path: Path) -> None:
+    _nih(tmp_path)
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("positive: {Mass: nodule}\nunknown: {}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["data", "import-cxr", "nih-cxr14", str(tmp_path), str(out)]
+    result = CliRunner().invoke(app, [*args, "--label-map", str(mapping)])
+    assert result.exit_code == 0, result.output
+    written = _by_name(pd.read_csv(out / "labels.csv", dtype=str, keep_default_na=False))
+    assert written.loc["00000003_001.png", "nodule"] == "1"
+    assert written.loc["00000003_001.png", "consolidation"] == "0"  # as the map says
+    assert written.loc["00000002_000.png", "nodule"] == "0"  # Nodule is no longer mapped
+    mapping.write_text("positive: {Mass: lesion}\nunknown: {}\n", encoding="utf-8")
+    bad = CliRunner().invoke(app, [*args, "--label-map", str(mapping)])
+    assert bad.exit_code == 4
+    assert "positive.Mass" in bad.output
+
+
+def test_nih_generated_file_in_the_published_layout(tmp_path: Path) -> None:
+    counts = write_nih(tmp_path / "nih", 3000, n_images=3000, image_side=64, n_boxes=20)
+    path = import_dataset("nih-cxr14", tmp_path / "nih", tmp_path / "out")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert len(table) == 3000
+    source = table["source_labels"].str.split("|")
+    for label, n in counts.items():  # per-label counts equal the file's
+        assert int(source.map(lambda f, lab=label: lab in f).sum()) == n
+    assert int((table["nodule"] == "1").sum()) == counts["Nodule"]
+    assert int((table["effusion"] == "1").sum()) == counts["Effusion"]
+    assert int((table["abnormal"] == "0").sum()) == counts["No Finding"]
+    with_pneumonia = source.map(lambda f: "Consolidation" in f or "Pneumonia" in f)
+    assert int((table["consolidation"] == "1").sum()) == int(with_pneumonia.sum())
+    infiltration_only = source.map(lambda f: "Infiltration" in f) & ~with_pneumonia
+    assert (table.loc[infiltration_only, "consolidation"] == "").all()
+    assert table.groupby("patient_id")["split"].nunique().max() == 1  # no patient in two
+    listed = set((tmp_path / "nih" / "test_list.txt").read_text().split())
+    names = table["image"].map(lambda p: Path(p).name)
+    assert set(names[table["split"] == "test"]) == listed
+    assert (table["mask"] != "").sum() >= 15  # boxed images, masks drawn
+    assert set(table["view"]) == {"PA", "AP"}
 
 
 def _tb_set(root: Path, prefix: str, readings: dict[str, str]) -> None:

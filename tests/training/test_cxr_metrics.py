@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.cxr_data import patient_split
+from training.cxr_data import PatientSplit, patient_split
 from training.cxr_metrics import (
     auroc_ci,
+    calibration_bins,
     centre_map,
     choose_threshold,
     expected_calibration_error,
@@ -130,15 +131,86 @@ def test_localisation_baselines() -> None:
 
 
 def test_patient_split_never_shares_a_patient() -> None:
-    ids = pd.Series([f"p{i // 2}" for i in range(100)])  # two images per patient
-    train, val, test = patient_split(ids, (0.6, 0.2, 0.2), seed=3)
-    assert len(train) + len(val) + len(test) == 100
-    sets = [set(ids.iloc[idx]) for idx in (train, val, test)]
+    table = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(1000)]})  # 2 per patient
+    split = patient_split(table, (0.6, 0.2, 0.2), seed=3)
+    parts = (split.train, split.validation, split.test)
+    assert sum(len(idx) for idx in parts) == 1000
+    sets = [set(table["patient_id"].iloc[idx]) for idx in parts]
     assert not (sets[0] & sets[1])
     assert not (sets[0] & sets[2])
     assert not (sets[1] & sets[2])
-    assert len(sets[1]) == 10
-    again = patient_split(ids, (0.6, 0.2, 0.2), seed=3)
-    assert all((a == b).all() for a, b in zip(again, (train, val, test), strict=True))
+    assert 70 <= len(sets[1]) <= 130  # 20 % of 500 patients, by hash
+    assert "patient hash" in split.source
+    again = patient_split(table, (0.6, 0.2, 0.2), seed=3)
+    assert all((a == b).all() for a, b in zip((again.train, again.validation), parts, strict=False))
     with pytest.raises(ValueError, match="sum to 1"):
-        patient_split(ids, (0.6, 0.2, 0.1), seed=3)
+        patient_split(table, (0.6, 0.2, 0.1), seed=3)
+
+
+def test_patient_split_is_stable_when_data_are_added() -> None:
+    first = pd.DataFrame({"patient_id": [f"p{i}" for i in range(300)]})
+    more = pd.DataFrame({"patient_id": [f"new{i}" for i in range(200)]})
+    before = patient_split(first, (0.6, 0.2, 0.2), seed=0)
+    after = patient_split(pd.concat([more, first], ignore_index=True), (0.6, 0.2, 0.2), seed=0)
+
+    def where(split: PatientSplit, ids: pd.Series) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, idx in (("t", split.train), ("v", split.validation), ("x", split.test)):
+            out |= dict.fromkeys(ids.iloc[idx], name)
+        return out
+
+    old = where(before, first["patient_id"])
+    new = where(after, pd.concat([more, first], ignore_index=True)["patient_id"])
+    assert all(new[p] == s for p, s in old.items())  # nobody moved
+
+
+def test_patient_split_uses_the_split_column_as_given() -> None:
+    # As import-cxr writes it: an official test list, the rest train/val.
+    table = pd.DataFrame(
+        {
+            "patient_id": ["a", "a", "b", "c", "d", "e"],
+            "split": ["test", "test", "train", "val", "train", "validation"],
+        }
+    )
+    split = patient_split(table, (0.1, 0.1, 0.8), seed=0)  # fractions unused
+    assert split.test.tolist() == [0, 1]
+    assert split.train.tolist() == [2, 4]
+    assert split.validation.tolist() == [3, 5]
+    assert split.source == "the labels file's split column"
+    mixed = table.assign(split=["test", "train", "train", "val", "train", "val"])
+    with pytest.raises(ValueError, match=r"1 patient\(s\) have images in two splits"):
+        patient_split(mixed, (0.6, 0.2, 0.2), seed=0)
+    with pytest.raises(ValueError, match="'holdout'"):
+        patient_split(table.assign(split="holdout"), (0.6, 0.2, 0.2), seed=0)
+    # Rows left empty are placed by hash; with a given test split none go to test.
+    partial = pd.DataFrame(
+        {
+            "patient_id": [f"p{i}" for i in range(200)],
+            "split": ["test"] * 20 + [""] * 180,
+        }
+    )
+    split = patient_split(partial, (0.6, 0.2, 0.2), seed=0)
+    assert split.test.tolist() == list(range(20))
+    assert len(split.validation) > 10
+    assert "20 rows" in split.source
+
+
+def test_unknown_labels_are_left_out_of_every_metric() -> None:
+    y = np.array([1, 0, np.nan, 1, 0, np.nan, 1, 0])
+    p = np.array([0.9, 0.1, 0.99, 0.8, 0.2, 0.01, 0.7, 0.3])
+    keep = ~np.isnan(y)
+    assert sens_spec(y, p, 0.5) == sens_spec(y[keep], p[keep], 0.5) == (1.0, 1.0)
+    assert auroc_ci(y, p, reps=0).value == 1.0
+    assert auroc_ci(y, p, reps=0).n == 6
+    assert calibration_bins(y, p) == calibration_bins(y[keep], p[keep])
+    logits = np.log(p / (1 - p))
+    assert fit_platt(logits, y) == fit_platt(logits[keep], y[keep])  # used to raise on NaN
+    assert fit_platt(logits, np.full(8, np.nan)) == {"scale": 1.0, "offset": 0.0}
+    choice = choose_threshold(y, p, 1.0)
+    assert choice == choose_threshold(y[keep], p[keep], 1.0)
+    assert 0.3 < choice.threshold < 0.7  # the unknown 0.01 is not a "lower score"
+
+
+def test_no_known_positive_gives_no_threshold() -> None:
+    with pytest.raises(ValueError, match="no known positive"):
+        choose_threshold(np.array([0, 0, np.nan]), np.array([0.1, 0.2, 0.9]), 0.9)

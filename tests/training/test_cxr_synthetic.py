@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.cxr_datasets import FINDING_MASKS_CSV, finding_mask_column
 from training.cxr_synthetic import (
     FINDINGS,

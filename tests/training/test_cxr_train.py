@@ -3,6 +3,7 @@ resume, a new version compared side by side, ``tonle evaluate``, and 2-process D
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,18 +11,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
+from cli import app
 from models import registry
-from models.cxr_net import CXR_LABELS
+from models.config import load_config
+from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
-from training.cli import app
+from training.cxr_data import load_cxr_data, patient_split
+from training.cxr_metrics import sens_spec
 from training.cxr_synthetic import generate
 from training.cxr_train import (
     AugmentConfig,
+    CxrTrainConfig,
     _Augmented,
     label_loss,
     mask_loss,
@@ -36,9 +42,15 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("cxr") / "data", 40, seed=11, size=64)
 
 
-def _config(tmp_path: Path, labels: Path, version: str, epochs: int) -> Path:
+LENIENT = {"min_known_positives": 1, "min_auroc": 0, "min_sensitivity": 0, "min_specificity": 0}
+
+
+def _config(
+    tmp_path: Path, labels: Path, version: str, epochs: int, gates: dict[str, object] | None = None
+) -> Path:
     cfg = {
         "data": {"labels_csv": str(labels), "split": [0.5, 0.25, 0.25]},
+        "gates": gates or LENIENT,
         "model": {"arch": "resnet-small", "image_size": 64},
         "train": {"epochs": epochs, "batch_size": 8, "threads": 1, "seed": 1},
         "localisation": {"weight": 0.5},
@@ -66,7 +78,9 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert meta.image is not None
     assert meta.image.size == 64
     assert meta.inputs == {"image": ["N", 1, 64, 64]}
-    assert [op.label for op in meta.operating_points] == list(CXR_LABELS)
+    pointed = [op.label for op in meta.operating_points]
+    assert "abnormal" in pointed
+    assert sorted([*pointed, *meta.extra["no_operating_point"]]) == sorted(CXR_LABELS)
     assert all("validation split" in op.chosen_on for op in meta.operating_points)
     assert set(meta.extra["calibration"]["params"]) == set(CXR_LABELS)
     assert meta.extra["parity"]["max_abs_diff_logits"] <= 1e-4
@@ -86,6 +100,13 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     # The checkpoint is tensors only: loadable with weights_only=True.
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
+
+    # The out-of-distribution gate is in the graph, and on the card.
+    ood = meta.extra["ood"]
+    assert ood["threshold"] > 0
+    assert 0.0 <= ood["refused_test"] <= 1.0
+    assert "## Out-of-distribution gate" in card_text
+    assert CxrPredictor(stored).has_ood_gate
 
     # The artifact serves through the ONNX predictor.
     probs, cams = CxrPredictor(stored).predict(np.full((2, 1, 64, 64), 0.5, np.float32))
@@ -112,6 +133,92 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert "cxr-triage:0.1.0" in report  # previous version side by side
     assert "sex=" in report
     assert "age=" in report
+
+
+@pytest.mark.slow
+def test_unknown_labels_train_to_a_gated_model(
+    tmp_path: Path, model_store: Path, tiny_set: Path
+) -> None:
+    # As every NIH import: TB unknown for every image. This crashed at calibration with
+    # "cannot convert float NaN to integer".
+    table = pd.read_csv(tiny_set, dtype=str, keep_default_na=False)
+    table["tb"] = ""
+    nih_like = tiny_set.parent / "labels-no-tb.csv"
+    table.to_csv(nih_like, index=False)
+    runner = CliRunner()
+    gates = LENIENT | {"min_known_positives": 2}
+    config = _config(tmp_path, nih_like, "0.5.0", 1, gates)
+    result = runner.invoke(app, ["train", "cxr", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    stored = registry.verify("cxr-triage", "0.5.0")
+    meta = stored.metadata
+    assert "tb" not in {op.label for op in meta.operating_points}
+    assert meta.extra["no_operating_point"]["tb"].startswith("0 known positive(s) among 0")
+    assert meta.extra["split"]["source"].startswith("patient hash (seed 0)")
+    card = (stored.card_dir / "README.md").read_text()
+    assert "- tb: **no operating point**: 0 known positive(s)" in card
+    assert "## Gates it passed" in card
+
+    # The stored operating points reproduce, through the exported model, the validation
+    # sensitivity and specificity they claim.
+    cfg = load_config(config, CxrTrainConfig)
+    data = load_cxr_data(nih_like, 64)
+    split = patient_split(data.table, cfg.data.split, cfg.data.split_seed)
+    val = data.subset(split.validation)
+    predictor = CxrPredictor(stored)
+    probs, _ = predictor.predict(val.images)
+    assert meta.operating_points
+    for op in meta.operating_points:
+        j = CXR_LABELS.index(op.label)
+        sens, spec = sens_spec(val.labels[:, j], probs[:, j], op.threshold)
+        assert sens == pytest.approx(op.sensitivity, abs=1e-9), op.label
+        assert spec == pytest.approx(op.specificity, abs=1e-9), op.label
+
+    # Pre-flight: the version is taken -> refused before any training (exit 4).
+    again = runner.invoke(app, ["train", "cxr", "--config", str(config)])
+    assert again.exit_code == 4
+    assert "cxr-triage:0.5.0 is already in the model store" in again.output
+    # A model that cannot reach the held-out gate is not saved (exit 5, gate named).
+    strict = {"min_known_positives": 2, "min_auroc": 1.0, "min_sensitivity": 1.0,
+              "min_specificity": 1.0}  # fmt: skip
+    refused = runner.invoke(
+        app, ["train", "cxr", "--config", str(_config(tmp_path, nih_like, "0.5.1", 1, strict))]
+    )
+    assert refused.exit_code == 5, refused.output
+    assert "failed the held-out gate(s)" in refused.output
+    assert "gates.min_" in refused.output
+    assert [m.version for m in registry.list_models("cxr-triage")] == ["0.5.0"]
+
+
+@pytest.mark.slow
+def test_fine_tune_from_init_weights_with_a_frozen_backbone(
+    tmp_path: Path, model_store: Path, tiny_set: Path
+) -> None:
+    start = CxrNet("resnet-small")
+    weights = tmp_path / "init.pt"
+    torch.save(start.state_dict(), weights)
+    config = _config(tmp_path, tiny_set, "0.6.0", 1)
+    raw = yaml.safe_load(config.read_text())
+    raw["init"] = {"freeze_epochs": 1, "backbone_lr_scale": 0.1}
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(
+        app,
+        ["train", "cxr", "--config", str(config), "--init-weights", str(weights),
+         "--weights-origin", "saved by this test"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = registry.verify("cxr-triage", "0.6.0")
+    init = stored.metadata.extra["init_weights"]
+    assert init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert init["origin"] == "saved by this test"
+    assert (init["loaded"], init["not_loaded"], init["freeze_epochs"]) == (init["total"], [], 1)
+    card = (stored.card_dir / "README.md").read_text()
+    assert f"- Initial weights: `init.pt` (sha256 `{init['sha256']}`, origin: saved by" in card
+    trained = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["model"]
+    for key, value in start.state_dict().items():
+        if key.startswith("features."):  # frozen: weights and batch-norm statistics
+            assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["classifier.weight"], start.state_dict()["classifier.weight"])
 
 
 def test_augmentation_moves_the_mask_with_the_image() -> None:

@@ -61,3 +61,15 @@ def test_nafld_outcomes_match_source_events(nafld_table: tuple) -> None:
     assert not prior & at_risk_ids
     assert table["bp_treated"].isna().all()  # no medication data: unknown, not untreated
     assert set(table["diabetes"].dropna().unique()) == {0.0, 1.0}
+
+
+def test_committed_nafld_report_is_generated_from_its_summary() -> None:
+    """datasets/nafld/report/README.md is what `python -m training.nafld_report` wrote
+    from summary.json (not edited by hand), and it records the targets' timings."""
+    from training.nafld_report import _markdown
+
+    folder = Path(__file__).resolve().parents[2] / "datasets" / "nafld" / "report"
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert (folder / "README.md").read_text(encoding="utf-8") == _markdown(summary)
+    assert summary["who_comparison"]["n"] == summary["test_split"]["n_compared"]
+    assert set(summary["seconds"]) == {"convert", "read", "train", "evaluate_who_chart"}

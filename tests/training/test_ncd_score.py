@@ -11,9 +11,9 @@ import typer
 from typer.testing import CliRunner
 
 from models.who_cvd import WhoCvdInputs, who_cvd_risk
-from training.csv_adapter import CsvInputError, read_csv_table
-from training.fhir_bulk import FeatureIssue
+from training.csv_adapter import CsvInputError
 from training.ncd_data_cli import register
+from training.ncd_input import NcdInputError, read_input
 from training.ncd_score import count_rows, open_scorer, score_file
 
 CSV = """patient_id,sex,age,smoking,sbp,total_chol,total_chol_unit,diabetes,bmi,hba1c,hba1c_unit
@@ -35,8 +35,8 @@ def patients_csv(tmp_path: Path) -> Path:
 
 
 def test_csv_adapter_converts_units_and_reports_bad_values(patients_csv: Path) -> None:
-    issues: list[FeatureIssue] = []
-    df = read_csv_table(patients_csv, issues=issues).set_index("patient_id")
+    table, report = read_input(patients_csv, skip_invalid=True)
+    df = table.set_index("patient_id")
     assert df.loc["p2", "sex"] == "female"
     assert df.loc["p2", "total_chol"] == pytest.approx(4.0)
     assert df.loc["p2", "hba1c"] == pytest.approx(53 / 10.929 + 2.15)
@@ -45,31 +45,33 @@ def test_csv_adapter_converts_units_and_reports_bad_values(patients_csv: Path) -
     assert np.isnan(df.loc["p4", "smoking"])
     assert np.isnan(df.loc["p5", "total_chol"])
     assert np.isnan(df.loc["p7", "sbp"])
-    found = {(i.patient_id, i.field) for i in issues}
-    assert found == {("p4", "smoking"), ("p5", "total_chol_unit"), ("p7", "sbp")}
-    with pytest.raises(CsvInputError) as err:
-        read_csv_table(patients_csv, strict=True)
-    assert "patient p4" in str(err.value)
+    found = {(i.row, i.patient_id, i.field) for i in report.problems.examples}
+    assert found == {(5, "p4", "smoking"), (6, "p5", "total_chol_unit"), (8, "p7", "sbp")}
+    with pytest.raises(NcdInputError) as err:
+        read_input(patients_csv)
+    assert "row 5, patient p4: smoking" in str(err.value)
+    assert len(err.value.report.problems) == 3
 
 
 def test_csv_without_required_column_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("patient_id,age\np1,50\n", encoding="utf-8")
     with pytest.raises(CsvInputError) as err:
-        read_csv_table(path)
+        read_input(path)
     assert err.value.issues[0].field == "sex"
+    assert "columns found: patient_id, age" in str(err.value)
 
 
 def test_who_scoring_matches_scalar_and_gives_reasons(patients_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "risk.csv"
     scorer = open_scorer("who-cvd-lab", country="KHM")
-    summary = score_file(scorer, patients_csv, out, chunksize=3)
+    summary = score_file(scorer, patients_csv, out, chunksize=3, skip_invalid=True)
     res = pd.read_csv(out, dtype={"reason": str}).set_index("patient_id")
     assert list(res.index) == [f"p{i}" for i in range(1, 8)]  # input order, one row each
     assert summary.rows == 7
     assert summary.scored == 2
-    counts = summary.issue_counts()
-    assert counts["smoking: must be 1/0, yes/no or true/false"] == 1
+    counts = summary.report.problems.counts
+    assert counts["smoking", "must be 1/0, yes/no or true/false"] == 1
     assert sum(counts.values()) == 3  # p4 smoking, p5 unit, p7 impossible SBP
     want = who_cvd_risk(
         WhoCvdInputs(sex="male", age=62, smoking=True, sbp=150, total_chol=5.5, diabetes=False),
@@ -82,14 +84,19 @@ def test_who_scoring_matches_scalar_and_gives_reasons(patients_csv: Path, tmp_pa
     assert res.loc["p1", "model"] == "who-cvd-lab"
     assert res.loc["p1", "country_code"] == "KHM"
     assert res.loc["p3", "reason"] == "age:out-of-range"
-    assert res.loc["p4", "reason"] == "smoking:missing"
-    assert res.loc["p5", "reason"] == "total_chol:missing"
+    # A value that was there but refused is "rejected", not "missing".
+    assert res.loc["p4", "reason"] == "smoking:rejected"
+    assert res.loc["p5", "reason"] == "total_chol:rejected"
     assert res.loc["p6", "reason"] == "sbp:missing"
+    assert res.loc["p7", "reason"] == "sbp:rejected"
     assert res.loc["p1":"p2", "reason"].isna().all()
     assert res.loc["p3":"p7", "risk"].isna().all()
     # Extrapolation scores the 39-year-old and says so.
     score_file(
-        open_scorer("who-cvd-lab", country="KHM", allow_extrapolation=True), patients_csv, out
+        open_scorer("who-cvd-lab", country="KHM", allow_extrapolation=True),
+        patients_csv,
+        out,
+        skip_invalid=True,
     )
     res = pd.read_csv(out).set_index("patient_id")
     assert res.loc["p3", "extrapolated"] == 1
@@ -129,7 +136,8 @@ def test_trained_model_scoring(patients_csv: Path, tmp_path: Path, model_store: 
 
     stored = make_ncd_artifact(tmp_path)
     out = tmp_path / "risk.csv"
-    score_file(open_scorer(f"{stored.metadata.name}:{stored.metadata.version}"), patients_csv, out)
+    tag = f"{stored.metadata.name}:{stored.metadata.version}"
+    score_file(open_scorer(tag), patients_csv, out, skip_invalid=True)
     res = pd.read_csv(out, dtype={"reason": str}).set_index("patient_id")
     assert res.loc["p1", "model_sha256"] == stored.metadata.sha256
     predictor = NcdPredictor(stored)

@@ -73,7 +73,8 @@ def test_configs_load() -> None:
     for cfg in (cvd, dm):
         assert set(cfg.reference) == set(cfg.features)
         assert set(cfg.required) <= set(cfg.features)
-        assert cfg.export.parity_min_rows >= 10_000
+        assert cfg.export.parity_max_rows >= 10_000  # parity on min(this, rows available)
+        assert cfg.export.parity_min_rows <= cfg.export.parity_max_rows
 
 
 def test_leakage_is_refused(cvd_config: NcdTrainConfig) -> None:
@@ -199,7 +200,7 @@ def test_train_end_to_end_from_fhir(
     model_store: Path, tmp_path: Path, artifacts_dir: Path, cvd_config: NcdTrainConfig
 ) -> None:
     """Synthetic FHIR NDJSON -> feature table -> train -> ONNX -> registry -> evaluate."""
-    from training.cli import app
+    from cli import app
 
     runner = CliRunner()
     cfg = cvd_config.model_copy(
@@ -226,6 +227,8 @@ def test_train_end_to_end_from_fhir(
             str(cards),
             "--version",
             "0.1.0",
+            "--accept-worse-than-who",
+            "synthetic test cohort",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -239,6 +242,11 @@ def test_train_end_to_end_from_fhir(
     assert meta.training_manifest_sha256
     assert meta.library_versions["skl2onnx"]
     assert meta.config["seed"] == cfg.seed
+    # The WHO comparison serving reads: typed, with the acceptance when it was needed.
+    who = meta.extra["who_comparison"]
+    assert who["n"] > 0
+    assert who["at_least_as_good"] == (who["discrimination_ok"] and who["calibration_ok"])
+    assert who["accepted_reason"] == (None if who["at_least_as_good"] else "synthetic test cohort")
     assert {"test_auroc", "who_test_auroc", "test_uno_c", "test_calibration_slope"} <= set(
         meta.metrics
     )
@@ -338,8 +346,8 @@ def test_evaluate_against_the_non_lab_chart_with_a_stated_assumption() -> None:
 def test_evaluate_refuses_an_artifact_without_training_config(
     model_store: Path, tmp_path: Path
 ) -> None:
+    from cli import app
     from tests.ncd_fixtures import make_ncd_artifact
-    from training.cli import app
 
     make_ncd_artifact(tmp_path)
     csv = tmp_path / "t.csv"

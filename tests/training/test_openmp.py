@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from cli import app
 from training.openmp import prefer_passive_openmp
 
 

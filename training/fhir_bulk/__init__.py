@@ -46,13 +46,19 @@ Modules: :mod:`~training.fhir_bulk.ndjson` reads the files,
 from __future__ import annotations
 
 from training.fhir_bulk.ndjson import iter_ndjson
-from training.fhir_bulk.report import BuildReport, FeatureIssue, FeatureTableError
+from training.fhir_bulk.report import (
+    BuildReport,
+    FeatureIssue,
+    FeatureTableError,
+    ProblemLog,
+)
 from training.fhir_bulk.table import build_feature_table, check_leakage
 
 __all__ = [
     "BuildReport",
     "FeatureIssue",
     "FeatureTableError",
+    "ProblemLog",
     "build_feature_table",
     "check_leakage",
     "iter_ndjson",

@@ -156,6 +156,13 @@
     return el;
   }
 
+  const RANK = { critical: 0, warning: 1, info: 2 };
+  function tbReferral(card) {
+    return (card.suggestions || []).some((s) => (s.actions || []).some((a) =>
+      a.resource && a.resource.resourceType === "ServiceRequest" &&
+      ((a.resource.code || {}).coding || []).some((c) => c.code === "tb-rapid-test")));
+  }
+
   async function fire(patientId) {
     const container = $("cards");
     container.textContent = "";
@@ -164,6 +171,7 @@
     try {
       const list = await discovery();
       let count = 0;
+      const shown = [];
       for (const service of list) {
         const pf = await fetch("/ui/api/demo/prefetch", {
           method: "POST", headers: { "Content-Type": "application/json" },
@@ -176,8 +184,11 @@
           prefetch,
         };
         const r = await call("POST", `/cds-services/${service.id}`, request);
-        for (const card of (r.body && r.body.cards) || []) { container.appendChild(renderCard(service, card)); count += 1; }
+        for (const card of (r.body && r.body.cards) || []) shown.push([service, card]);
       }
+      // Most urgent first (critical, warning, info); a TB referral first within one.
+      shown.sort((a, b) => (RANK[a[1].indicator] - RANK[b[1].indicator]) || (tbReferral(b[1]) - tbReferral(a[1])));
+      for (const [service, card] of shown) { container.appendChild(renderCard(service, card)); count += 1; }
       $("cds-status").textContent = count ? "" : S["ui.ehr.no_cards"];
     } catch (e) {
       $("cds-status").textContent = fmt("ui.ehr.error", { error: e.message });

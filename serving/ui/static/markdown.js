@@ -5,7 +5,8 @@
 "use strict";
 (function (global) {
   function inline(parent, text) {
-    const pattern = /(\*\*[^*]+\*\*|\*[^*\s][^*]*\*|_[^_\s][^_]*_|`[^`]+`|\[[^\]]+\]\([^)\s]+\))/;
+    // A backslash before ASCII punctuation is that character, literally (GFM escapes).
+    const pattern = /(\\[!-\/:-@\[-`{-~]|\*\*[^*]+\*\*|\*[^*\s][^*]*\*|_[^_\s][^_]*_|`[^`]+`|\[[^\]]+\]\([^)\s]+\))/;
     let rest = text;
     while (rest.length) {
       const m = pattern.exec(rest);
@@ -13,7 +14,8 @@
       if (m.index > 0) parent.appendChild(document.createTextNode(rest.slice(0, m.index)));
       const tok = m[0];
       let node;
-      if (tok.startsWith("**")) { node = document.createElement("strong"); inline(node, tok.slice(2, -2)); }
+      if (tok.startsWith("\\")) { node = document.createTextNode(tok.slice(1)); }
+      else if (tok.startsWith("**")) { node = document.createElement("strong"); inline(node, tok.slice(2, -2)); }
       else if (tok.startsWith("`")) { node = document.createElement("code"); node.textContent = tok.slice(1, -1); }
       else if (tok.startsWith("[")) {
         const label = tok.slice(1, tok.indexOf("]("));

@@ -1,8 +1,9 @@
-"""Fixtures for the imaging serving tests: a tiny model, the app, a fake audit store."""
+"""Fixtures for the imaging serving tests: a tiny model, the app, a real SQLite audit store."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 from starlette.applications import Starlette
 
 from models.registry import StoredModel
 from serving import cds_hooks
+from serving.audit import AuditStore
 from serving.imaging.cds import SERVICE_ID, CxrTriage
 from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
@@ -58,20 +61,46 @@ class Client:
         return self.request("POST", url, **kwargs)
 
 
-class ListAudit:
-    """Collects audit rows; ``fail`` makes ``record`` raise like a full disk."""
+class LockableAudit(AuditStore):
+    """The real audit store on a SQLite file; ``fail = True`` holds its write lock from
+    another connection, as a stuck writer would, so commits fail (quickly: a 50 ms busy
+    timeout instead of the service's 10 s) while reads still work."""
 
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
+    path: Path
+    _lock: sqlite3.Connection | None = None
+
+    @classmethod
+    def at(cls, folder: Path) -> LockableAudit:
+        """A fresh, migrated store in ``folder``."""
+        path = folder / "audit.db"
+        store = cls.open(f"sqlite:///{path}")
+        assert isinstance(store, LockableAudit)
+        store.path = path
+        event.listen(store.engine, "connect", _short_busy_timeout)
+        store.engine.dispose()  # connections made before the listener go
+        return store
+
+    @property
+    def fail(self) -> bool:
+        return self._lock is not None
+
+    @fail.setter
+    def fail(self, value: bool) -> None:
+        if value and self._lock is None:
+            self._lock = sqlite3.connect(self.path, isolation_level=None)
+            self._lock.execute("BEGIN EXCLUSIVE")
+        elif not value and self._lock is not None:
+            self._lock.execute("ROLLBACK")
+            self._lock.close()
+            self._lock = None
+
+    def close(self) -> None:
         self.fail = False
+        super().close()
 
-    def record(self, row: Any) -> None:
-        if self.fail:
-            raise OSError("disk full")
-        self.rows.append(row)
 
-    async def record_async(self, row: Any) -> None:
-        self.record(row)
+def _short_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA busy_timeout = 50")
 
 
 @pytest.fixture
@@ -81,8 +110,10 @@ def tiny_cxr(model_store: Path, tmp_path: Path) -> StoredModel:
 
 
 @pytest.fixture
-def audit() -> ListAudit:
-    return ListAudit()
+def audit(tmp_path: Path) -> Iterator[LockableAudit]:
+    store = LockableAudit.at(tmp_path)
+    yield store
+    store.close()
 
 
 AppFactory = Callable[..., tuple[Client, ImagingState]]
@@ -100,18 +131,19 @@ def fake_runtime(state: ImagingState) -> SimpleNamespace:
         audit=state.audit,
         settings=SimpleNamespace(dev=state.dev, public_url=state.public_url),
         language="en",
+        silent=lambda service_id: False,
     )
 
 
 @pytest.fixture
-def make_app(tiny_cxr: StoredModel, tmp_path: Path, audit: ListAudit) -> Iterator[AppFactory]:
+def make_app(tiny_cxr: StoredModel, audit: LockableAudit) -> Iterator[AppFactory]:
     """Build the imaging routes around the tiny model: ``make_app(**config)``."""
     clients: list[Client] = []
 
     def build(
         dev: bool = True, authenticator: Any = None, **config: Any
     ) -> tuple[Client, ImagingState]:
-        imaging = ImagingConfig(results_dir=tmp_path / "imaging", **config)
+        imaging = ImagingConfig(**config)
         state = ImagingState.build(
             tiny_cxr,
             imaging,

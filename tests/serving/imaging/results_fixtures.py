@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import numpy as np
+from sqlalchemy import select
 
-from serving.imaging.heatmap import overlay_png
-from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, StudyRef
+from serving.audit import AuditStore, schema
+from serving.imaging.heatmap import HeatmapSource
+from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity, StudyRef
+from serving.imaging.routes import audit_row
+from serving.imaging.state import ImagingState
 
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
 
@@ -33,6 +39,7 @@ def make_result(
     threshold: float = 0.5,
     created: datetime | None = None,
     study_uid: str = "1.2.3.4",
+    sop_instance_uid: str = "1.2.3.4.1.1",
 ) -> CxrResult:
     """A result with the given probabilities, all thresholds at ``threshold``."""
     result_id = uuid.uuid4().hex
@@ -47,14 +54,41 @@ def make_result(
         heatmap_url=f"/v1/imaging/results/{result_id}/heatmap.png",
         site="default",
         patient_ref=patient,
-        study=StudyRef(study_uid=study_uid, series_uid="1.2.3.4.1", sop_instance_uid="1.2.3.4.1.1"),
+        study=StudyRef(
+            study_uid=study_uid, series_uid="1.2.3.4.1", sop_instance_uid=sop_instance_uid
+        ),
         input_sha256="cd" * 32,
     )
 
 
-def heatmap_png() -> bytes:
-    """An overlay of a gradient image with a map hottest in the top-left corner."""
+def heatmap_source() -> HeatmapSource:
+    """A gradient image with a map hottest in the top-left corner."""
     image = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     cam = np.zeros((8, 8), np.float32)
     cam[0, 0] = 5.0
-    return overlay_png(image, cam)
+    return HeatmapSource.of(image, cam)
+
+
+def heatmap_png() -> bytes:
+    """The overlay drawn from :func:`heatmap_source`."""
+    return heatmap_source().overlay_png()
+
+
+def store_read(state: ImagingState, result: CxrResult, tenant: str | None = None) -> None:
+    """Store ``result`` for ``tenant`` as the routes do: with its audit row."""
+    audit_row(
+        state,
+        request_id=uuid.uuid4().hex,
+        service_id="imaging-cxr",
+        outcome="advice",
+        started=time.perf_counter(),
+        caller=SimpleNamespace(iss="api-key", sub="test", tenant=tenant),
+        analysed=Analysed(result, heatmap_source()),
+    )
+
+
+def stored_ids(audit: AuditStore) -> list[str]:
+    """The ids of every read in the database, whoever made it."""
+    with audit.engine.connect() as connection:
+        table = schema.imaging_results
+        return list(connection.execute(select(table.c.result_id)).scalars())

@@ -38,13 +38,15 @@ def test_real_service_analyses_a_dicom_with_an_api_key(
     url = f"http://127.0.0.1:{port}"
     config = {
         "models": {"cxr-triage": tiny_cxr.metadata.version},
-        "imaging": {"model": "cxr-triage", "results_dir": str(tmp_path / "imaging")},
+        "imaging": {"model": "cxr-triage"},
     }
     (tmp_path / "serving.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     database_url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = AuditStore.open(database_url)
     _, secret = store.create_api_key("hospital-a", "imaging e2e")
-    issuers = ensure_demo_issuer(tmp_path / "issuer", fhir_servers=[])
+    # The EHR's issuer belongs to the hospital whose PACS key posted the image: reads
+    # are matched to patients within one tenant.
+    issuers = ensure_demo_issuer(tmp_path / "issuer", fhir_servers=[], tenant="hospital-a")
     env = {
         **os.environ,
         "BENTOML_HOME": str(model_store),

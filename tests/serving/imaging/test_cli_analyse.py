@@ -8,11 +8,11 @@ from pathlib import Path
 from starlette.applications import Starlette
 from typer.testing import CliRunner
 
+from cli import app as cli
 from serving.imaging.routes import routes
 from tests.serving.imaging.conftest import AppFactory, fake_runtime
 from tests.serving.imaging.cxr_fixtures import dicom_bytes
 from tests.serving.imaging.test_on_arrival import _Served
-from training.cli import app as cli
 
 
 def test_analyse_prints_the_read_and_exits_4_when_not_assessable(

@@ -6,12 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from serving.auth import ApiKeyAuthenticator
 from serving.imaging.config import DicomWebConfig
 from serving.imaging.dicom_out import COMPREHENSIVE_SR, SECONDARY_CAPTURE
 from serving.imaging.dicomweb import DicomWebClient, DicomWebError, parse_multipart
-from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.conftest import AppFactory, LockableAudit
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, read
 from tests.serving.imaging.orthanc import running_orthanc
+from tests.serving.imaging.results_fixtures import stored_ids
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_multipart_parser_splits_parts() -> None:
 
 
 def test_study_analysed_and_written_back(
-    make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: ListAudit
+    make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: LockableAudit
 ) -> None:
     study = "1.2.826.0.1.2"
     frontal = dicom_bytes(study_uid=study, patient_id="WB-1", series_uid="1.2.826.0.1.2.1")
@@ -104,17 +106,25 @@ def test_study_analysed_and_written_back(
     assert sc.SOPClassUID == SECONDARY_CAPTURE
     assert "UNVERIFIED" in sc.ImageComments
     assert sc.pixel_array.shape == (64, 64, 3)
-    assert sorted(r.outcome for r in audit.rows) == ["advice", "no-advice"]
+    assert sorted((r.service_id, r.outcome) for r in audit.rows()) == [
+        ("imaging-heatmap", "read"),
+        ("imaging-study", "advice"),
+        ("imaging-study", "no-advice"),  # the lateral view
+    ]
     # QIDO-RS listing for the patient shows the study and Tonle's read of it.
     listed = client.get("/v1/imaging/studies?patient=WB-1").json()["studies"]
     assert [(s["study_uid"], s["chest_xray"]) for s in listed] == [(study, True)]
     assert listed[0]["result_id"] == analysed["result"]["id"]
     assert set(listed[0]["modalities"]) >= {"CR", "SR"}
     assert client.get("/v1/imaging/studies?patient=../x").status_code == 400
-    # Analysing again is idempotent: nothing new is written to the PACS.
+    assert audit.rows()[-1].outcome == "read"  # the listing showed a stored read
+    # Analysing again is idempotent: nothing new is written to the PACS, and the stored
+    # read shown again has an audit row of its own.
+    before = audit.count()
     again = client.post(f"/v1/imaging/studies/{study}/analyse").json()
     assert all(e.get("repeat") or not e["assessable"] for e in again["instances"])
     assert len(pacs.search_instances(study)) == len(found)
+    assert sorted(r.outcome for r in audit.rows()[before:]) == ["no-advice", "read"]
     # Nothing to analyse, no PACS configured: clear 4xx answers.
     assert client.post("/v1/imaging/studies/1.2.3.999/analyse").status_code == 404
     client2, _ = make_app()
@@ -128,3 +138,57 @@ def test_study_route_rejects_bad_uids(make_app: AppFactory, pacs_url: str) -> No
     assert response.status_code == 400
     huge = client.post("/v1/imaging/studies/1.2.3/analyse", content=b"{" + b" " * 10_000 + b"}")
     assert huge.status_code == 413
+
+
+def test_study_read_is_stored_only_with_its_audit_row(
+    make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: LockableAudit
+) -> None:
+    """The audit database refuses the commit: 503, no read stored, nothing written back."""
+    study = "1.2.826.0.1.3"
+    pacs.store(study, [dicom_bytes(study_uid=study, patient_id="WB-2")])
+    client, _ = make_app(pacs=DicomWebConfig(base_url=pacs_url))
+    audit.fail = True
+    response = client.post(f"/v1/imaging/studies/{study}/analyse")
+    assert response.status_code == 503
+    assert "instances" not in response.json()
+    audit.fail = False
+    assert stored_ids(audit) == []
+    assert audit.count() == 0
+    assert [i.modality for i in pacs.search_instances(study)] == ["CR"]
+    # So the next call analyses afresh (no "repeat" of a read nobody audited).
+    again = client.post(f"/v1/imaging/studies/{study}/analyse").json()
+    assert [e.get("repeat") for e in again["instances"]] == [None]
+    assert [r.outcome for r in audit.rows()] == ["advice"]
+
+
+def test_study_repeats_only_for_the_tenant_that_analysed_it(
+    make_app: AppFactory, pacs: DicomWebClient, pacs_url: str, audit: LockableAudit
+) -> None:
+    study = "1.2.826.0.1.4"
+    pacs.store(study, [dicom_bytes(study_uid=study, patient_id="WB-3")])
+    keys = {t: {"x-api-key": audit.create_api_key(t, "pacs")[1]} for t in ("site-a", "site-b")}
+    client, _ = make_app(
+        dev=False,
+        authenticator=ApiKeyAuthenticator(audit),
+        pacs=DicomWebConfig(base_url=pacs_url, write_back=False),
+    )
+    url = f"/v1/imaging/studies/{study}/analyse"
+    first = client.post(url, headers=keys["site-a"]).json()["instances"][0]
+    other = client.post(url, headers=keys["site-b"]).json()["instances"][0]
+    repeat = client.post(url, headers=keys["site-a"]).json()["instances"][0]
+    # B gets a read of its own, never A's; A gets its stored read back.
+    assert other.get("repeat") is None
+    assert other["result"]["id"] != first["result"]["id"]
+    assert repeat["repeat"] is True
+    assert repeat["result"]["id"] == first["result"]["id"]
+    assert [(r.caller_tenant, r.outcome) for r in audit.rows()] == [
+        ("site-a", "advice"),
+        ("site-b", "advice"),
+        ("site-a", "read"),
+    ]
+    listed = {
+        t: client.get("/v1/imaging/studies?patient=WB-3", headers=keys[t]).json()["studies"]
+        for t in keys
+    }
+    assert listed["site-a"][0]["result_id"] == first["result"]["id"]
+    assert listed["site-b"][0]["result_id"] == other["result"]["id"]

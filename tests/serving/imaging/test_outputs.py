@@ -1,10 +1,8 @@
-"""What is built from a result: heatmap overlay, stored files, FHIR, DICOM SR and SC."""
+"""What is built from a result: heatmap overlay, FHIR, DICOM SR and SC."""
 
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -21,8 +19,7 @@ from serving.imaging.dicom_out import (
     to_bytes,
 )
 from serving.imaging.fhir import LABEL_SYSTEM, result_bundle
-from serving.imaging.heatmap import HeatmapSource, grey_png, overlay_png, upsample_cam
-from serving.imaging.results import ResultStore
+from serving.imaging.heatmap import overlay_png, upsample_cam
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, read
 from tests.serving.imaging.results_fixtures import heatmap_png, make_result
 
@@ -52,57 +49,6 @@ def test_flat_map_gives_a_plain_grey_overlay() -> None:
     image = np.full((32, 32), 0.5, np.float32)
     rgb = np.asarray(Image.open(io.BytesIO(overlay_png(image, np.ones((4, 4), np.float32)))))
     assert (rgb[..., 0] == rgb[..., 2]).all()
-
-
-def test_stored_heatmap_source_is_drawn_on_first_read_and_kept(tmp_path: Path) -> None:
-    store = ResultStore(tmp_path)
-    rng = np.random.default_rng(0)
-    image = rng.random((48, 48), dtype=np.float32)
-    cam = rng.random((6, 6), dtype=np.float32)
-    result = make_result()
-    store.save(result, HeatmapSource.of(image, cam))
-    folder = tmp_path / "results" / result.id
-    assert not (folder / "heatmap.png").exists()  # nothing encoded per request
-    overlay = store.heatmap(result.id)
-    plain = store.image(result.id)
-    assert (folder / "heatmap.png").read_bytes() == overlay  # drawn once, then read
-    assert plain == grey_png(image)  # the 8-bit grey is exactly the image's
-    drawn = np.asarray(Image.open(io.BytesIO(overlay)), dtype=np.int16)
-    direct = np.asarray(Image.open(io.BytesIO(overlay_png(image, cam))), dtype=np.int16)
-    assert np.abs(drawn - direct).max() <= 1  # blended over 8-bit grey instead of float
-    torn = make_result()
-    store.save(torn, HeatmapSource.of(image, cam))
-    (tmp_path / "results" / torn.id / "heatmap-source.npz").write_bytes(b"PK\x03\x04 torn")
-    store.delete(result.id)
-    for gone in (result.id, torn.id):
-        with pytest.raises(KeyError):
-            store.heatmap(gone)
-
-
-def test_store_round_trip_and_patient_index(tmp_path: Path) -> None:
-    store = ResultStore(tmp_path)
-    old = make_result(created=datetime.now(UTC) - timedelta(days=200))
-    new = make_result()
-    other = make_result(patient="PAT-002")
-    for result in (old, new, other):
-        store.save(result, heatmap_png())
-    assert store.get(new.id) == new
-    assert store.heatmap(new.id).startswith(b"\x89PNG")
-    assert [r.id for r in store.for_patient("PAT-001")] == [new.id, old.id]
-    since = datetime.now(UTC) - timedelta(days=90)
-    latest = store.latest_for_patient("PAT-001", since)
-    assert latest is not None
-    assert latest.id == new.id
-    assert store.latest_for_patient("PAT-003", since) is None
-    # No identifier in any file name.
-    assert not any("PAT-" in str(p) for p in tmp_path.rglob("*"))
-    with pytest.raises(KeyError):
-        store.get("../../etc/passwd")
-    # A file torn by a power loss reads as missing, never as a result.
-    (tmp_path / "results" / old.id / "result.json").write_bytes(b'{"id": "tr')
-    with pytest.raises(KeyError):
-        store.get(old.id)
-    assert [r.id for r in store.for_patient("PAT-001")] == [new.id]
 
 
 def test_fhir_bundle_validates_and_links_everything() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from serving.auth import AuthError
 from serving.ui.links import REFUSED_BODY, LinkSigner
-from tests.serving.imaging.conftest import AppFactory
-from tests.serving.imaging.results_fixtures import heatmap_png, make_result
+from tests.serving.imaging.conftest import AppFactory, LockableAudit
+from tests.serving.imaging.results_fixtures import heatmap_png, make_result, store_read
 
 _KEY = {"x-api-key": "good-key"}
 _MISSING = "0" * 32
@@ -34,7 +34,7 @@ def test_result_routes_refuse_unauthenticated_callers_before_any_lookup(
 ) -> None:
     client, state = make_app(dev=False, authenticator=_OneKey())
     result = make_result(patient="P1")
-    state.store.save(result, heatmap_png())
+    store_read(state, result, tenant="t1")
     existing = client.get(f"/v1/imaging/results/{result.id}{suffix}")
     missing = client.get(f"/v1/imaging/results/{_MISSING}{suffix}")
     wrong_key = client.get(f"/v1/imaging/results/{result.id}{suffix}", headers={"x-api-key": "x"})
@@ -48,7 +48,7 @@ def test_result_routes_refuse_unauthenticated_callers_before_any_lookup(
 def test_result_carries_a_fresh_signed_heatmap_link(make_app: AppFactory) -> None:
     client, state = make_app(dev=False, authenticator=_OneKey())
     result = make_result(patient="P1")
-    state.store.save(result, heatmap_png())
+    store_read(state, result, tenant="t1")
     body = client.get(f"/v1/imaging/results/{result.id}", headers=_KEY).json()
     link = body["heatmap_url"].removeprefix("https://tonle.test")
     assert link.startswith(f"{result.heatmap_url}?exp=")
@@ -62,7 +62,7 @@ def test_heatmap_needs_a_valid_signed_link(make_app: AppFactory) -> None:
     signer: LinkSigner = client.app.state.runtime.extras["link_signer"]
     result, other = make_result(patient="P1"), make_result(patient="P2")
     for stored in (result, other):
-        state.store.save(stored, heatmap_png())
+        store_read(state, stored)
     good = signer.sign(result.heatmap_url)
     assert client.get(good).status_code == 200
     path, _, query = good.partition("?")
@@ -97,3 +97,24 @@ def test_heatmap_needs_a_valid_signed_link(make_app: AppFactory) -> None:
 def test_signer_refuses_short_keys() -> None:
     with pytest.raises(ValueError, match="at least 32"):
         LinkSigner(b"short", timedelta(days=1))
+
+
+@pytest.mark.parametrize("suffix", ["", "/fhir", "/heatmap.png"])
+def test_stored_reads_are_audited_and_withheld_without_their_row(
+    make_app: AppFactory, audit: LockableAudit, suffix: str
+) -> None:
+    client, state = make_app(dev=False, authenticator=_OneKey())
+    signer: LinkSigner = client.app.state.runtime.extras["link_signer"]
+    result = make_result(patient="P1")
+    store_read(state, result, tenant="t1")
+    path = f"/v1/imaging/results/{result.id}{suffix}"
+    url = signer.sign(path) if suffix == "/heatmap.png" else path
+    before = audit.count()
+    assert client.get(url, headers=_KEY).status_code == 200
+    (row,) = audit.rows()[before:]
+    assert (row.outcome, row.caller_tenant) == ("read", "t1")
+    assert (row.patient_ref, row.input_sha256) == ("P1", result.input_sha256)
+    audit.fail = True
+    withheld = client.get(url, headers=_KEY)
+    assert withheld.status_code == 503
+    assert withheld.json() == {"error": "audit-unavailable"}

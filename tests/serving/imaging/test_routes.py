@@ -10,16 +10,16 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from PIL import Image
 
-from serving.imaging.config import SiteThresholds
-from tests.serving.imaging.conftest import AppFactory, ListAudit
+from tests.serving.imaging.conftest import AppFactory, LockableAudit
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
+from tests.serving.imaging.results_fixtures import stored_ids
 from training.cxr_synthetic_dicom import jpeg2000_lossless
 
 DICOM = {"content-type": "application/dicom"}
 
 
 def test_dicom_in_scores_thresholds_identity_heatmap(
-    make_app: AppFactory, audit: ListAudit
+    make_app: AppFactory, audit: LockableAudit
 ) -> None:
     client, state = make_app()
     data = dicom_bytes(patient_id="pat-001a", study_uid="1.2.826.0.1.7", series_uid="1.2.826.0.1.8")
@@ -59,13 +59,15 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     plain = Image.open(io.BytesIO(state.store.image(body["id"])))
     assert plain.mode == "L"
     assert plain.size == (64, 64)
-    # One audit row, committed before the answer, naming the model and the input hash.
-    assert len(audit.rows) == 1
-    row = audit.rows[0]
+    # One audit row, committed before the answer, naming the model and the input hash;
+    # opening the heatmap is a read of the stored result, audited too.
+    row, heatmap_read = audit.rows()
     assert row.outcome == "advice"
     assert row.request_id == body["request_id"]
     assert row.model_sha256 == state.analyser.stored.metadata.sha256
     assert row.input_sha256 == body["input_sha256"]
+    assert (heatmap_read.outcome, heatmap_read.service_id) == ("read", "imaging-heatmap")
+    assert heatmap_read.input_sha256 == body["input_sha256"]
 
 
 def test_heatmap_is_hot_where_the_image_is_bright(make_app: AppFactory) -> None:
@@ -95,21 +97,6 @@ def test_monochrome1_reads_like_monochrome2(make_app: AppFactory) -> None:
         assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
 
 
-def test_site_override_is_applied_and_named(make_app: AppFactory) -> None:
-    client, _ = make_app(
-        sites={"test-site": SiteThresholds(thresholds={"tb": 0.01}, chosen_on="local audit")}
-    )
-    body = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
-    tb = next(f for f in body["findings"] if f["label"] == "tb")
-    assert tb["threshold"] == 0.01
-    assert tb["threshold_source"] == "site-override"
-    assert "local audit" in tb["threshold_chosen_on"]
-    assert tb["flagged"] is True
-    assert "tb" in body["flagged"]
-    nodule = next(f for f in body["findings"] if f["label"] == "nodule")
-    assert nodule["threshold_source"] == "model-version"
-
-
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
@@ -119,15 +106,15 @@ def test_site_override_is_applied_and_named(make_app: AppFactory) -> None:
     ],
 )
 def test_out_of_scope_images_are_refused_with_a_reason(
-    make_app: AppFactory, audit: ListAudit, kwargs: dict[str, str], reason: str
+    make_app: AppFactory, audit: LockableAudit, kwargs: dict[str, str], reason: str
 ) -> None:
     client, _ = make_app()
     response = client.post("/v1/imaging/cxr", content=dicom_bytes(**kwargs), headers=DICOM)
     assert response.status_code == 422
     assert response.json()["assessable"] is False
     assert response.json()["reason"] == reason
-    assert [r.outcome for r in audit.rows] == ["no-advice"]
-    assert audit.rows[0].reason == reason
+    assert [r.outcome for r in audit.rows()] == ["no-advice"]
+    assert audit.rows()[0].reason == reason
 
 
 @pytest.mark.parametrize(
@@ -164,17 +151,22 @@ def test_oversize_body_is_413(make_app: AppFactory) -> None:
     assert response.json()["reason"] == "too-large"
 
 
-def test_no_advice_without_a_committed_audit_row(make_app: AppFactory, audit: ListAudit) -> None:
+def test_no_advice_without_a_committed_audit_row(
+    make_app: AppFactory, audit: LockableAudit
+) -> None:
     client, state = make_app()
     audit.fail = True
     response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
     assert response.status_code == 503
     assert "findings" not in response.json()
     # The unaudited read is not kept: no card or page can show it later.
-    assert state.store.for_patient("PAT-001") == []
+    audit.fail = False
+    assert state.store.for_patient("PAT-001", tenant=None) == []
+    assert stored_ids(audit) == []
+    assert audit.count() == 0
 
 
-def test_patient_parameter_is_validated(make_app: AppFactory, audit: ListAudit) -> None:
+def test_patient_parameter_is_validated(make_app: AppFactory, audit: LockableAudit) -> None:
     client, _ = make_app()
     for bad in ("../x", "a" * 65, "Patient/1", ""):
         response = client.post(
@@ -182,15 +174,17 @@ def test_patient_parameter_is_validated(make_app: AppFactory, audit: ListAudit) 
         )
         assert response.status_code == 400
         assert response.json()["reason"] == "invalid-patient"
-    assert {r.outcome for r in audit.rows} == {"no-advice"}
+    assert {r.outcome for r in audit.rows()} == {"no-advice"}
 
 
-def test_callers_without_credentials_are_refused(make_app: AppFactory, audit: ListAudit) -> None:
+def test_callers_without_credentials_are_refused(
+    make_app: AppFactory, audit: LockableAudit
+) -> None:
     client, _ = make_app(dev=False)
     response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
     assert (response.status_code, response.content) == (401, b'{"error":"unauthorized"}')
     # Counted, not given a durable audit row (anyone can send them), like every route.
-    assert audit.rows == []
+    assert audit.rows() == []
 
 
 def test_result_and_fhir_routes(make_app: AppFactory) -> None:
@@ -223,7 +217,7 @@ class _BrokenRunner:
 @pytest.mark.parametrize("mode", ["raise", "nan"])
 @pytest.mark.parametrize("batching", [True, False])
 def test_model_failure_is_no_advice_with_a_reason(
-    make_app: AppFactory, audit: ListAudit, mode: str, batching: bool
+    make_app: AppFactory, audit: LockableAudit, mode: str, batching: bool
 ) -> None:
     client, state = make_app(adaptive_batching=batching)
     state.analyser.runner = _BrokenRunner(mode)
@@ -233,7 +227,32 @@ def test_model_failure_is_no_advice_with_a_reason(
     assert response.status_code == 503
     assert response.json()["reason"] == "model-error"
     assert "findings" not in response.json()
-    assert [(r.outcome, r.reason) for r in audit.rows] == [("error", "model-error")]
+    assert [(r.outcome, r.reason) for r in audit.rows()] == [("error", "model-error")]
+
+
+class _OutOfDistributionRunner:
+    """A CxrPredictor whose out-of-distribution gate refuses every image (all NaN)."""
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        return np.full((n, 5), np.nan), np.full((n, 5, 8, 8), np.nan, np.float32)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_models_ood_gate_refuses_before_any_score(
+    make_app: AppFactory, audit: LockableAudit, batching: bool
+) -> None:
+    client, state = make_app(adaptive_batching=batching)
+    state.analyser.runner = _OutOfDistributionRunner()
+    if state.infer is not None:
+        state.infer.runner = state.analyser.runner  # type: ignore[attr-defined]
+    response = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["reason"] == "out-of-distribution"
+    assert body["detail"] == "cannot assess: unlike the images this model was trained on"
+    assert "findings" not in body
+    assert [(r.outcome, r.reason) for r in audit.rows()] == [("no-advice", "out-of-distribution")]
 
 
 def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) -> None:
@@ -246,7 +265,7 @@ def test_jpeg2000_dicom_reads_like_the_uncompressed_one(make_app: AppFactory) ->
         assert a["probability"] == pytest.approx(b["probability"], abs=0.02)
 
 
-def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: ListAudit) -> None:
+def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: LockableAudit) -> None:
     from prometheus_client import REGISTRY
 
     def count(outcome: str, reason: str) -> float:

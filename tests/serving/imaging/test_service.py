@@ -20,7 +20,7 @@ from tests.serving.imaging.cxr_fixtures import dicom_bytes
 def runtime(tiny_cxr: StoredModel, tmp_path: Path) -> Runtime:
     config = {
         "models": {"cxr-triage": tiny_cxr.metadata.version},
-        "imaging": {"model": "cxr-triage", "results_dir": str(tmp_path / "imaging")},
+        "imaging": {"model": "cxr-triage"},
     }
     (tmp_path / "serving.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     settings = Settings(

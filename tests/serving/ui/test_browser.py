@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,10 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
-from serving.imaging.heatmap import overlay_png
-from serving.imaging.results import CxrFinding, CxrResult, ModelIdentity, ResultStore
+from serving.imaging.heatmap import HeatmapSource
+from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity
+from serving.imaging.routes import audit_row
+from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.ui import links
 from tests.serving.ui.ui_fixtures import demo_app
@@ -214,7 +217,8 @@ def test_demo_xray_reaches_the_ehr(
     expect(page.locator("article.card")).to_have_count(before + 1)
     assert "cxr-triage" in page.inner_text("#cards")  # the card's source label
     page.screenshot(path=str(artifacts_dir / "ui-ehr-xray-km-1366.png"), full_page=True)
-    stored = runtime.extras["imaging"].store.for_patient("demo-05")
+    # Stored for the demo EHR's tenant, whose cxr-triage call found it.
+    stored = runtime.extras["imaging"].store.for_patient("demo-05", tenant="demo")
     assert len(stored) == 1
     link = page.locator("article.card a.card-link[href*='/ui/explain/cxr/']")
     href = link.get_attribute("href")
@@ -227,7 +231,7 @@ def test_demo_xray_reaches_the_ehr(
     assert not [e for e in errors if "favicon" not in e], errors
 
 
-def _cxr_result(store: ResultStore, with_image: bool) -> CxrResult:
+def _cxr_result(state: ImagingState) -> CxrResult:
     labels = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
     probs = [0.91, 0.78, 0.12, 0.06, 0.33]
     result_id = uuid.uuid4().hex
@@ -260,8 +264,15 @@ def _cxr_result(store: ResultStore, with_image: bool) -> CxrResult:
     image = 0.6 - 0.4 * np.abs(xx - 0.5) + 0.1 * yy
     cam = np.zeros((8, 8), np.float32)
     cam[2, 5] = 5.0
-    plain = overlay_png(image, np.zeros_like(cam))  # no colour where the map is flat
-    store.save(result, overlay_png(image, cam), plain if with_image else None)
+    audit_row(
+        state,
+        request_id=uuid.uuid4().hex,
+        service_id="imaging-cxr",
+        outcome="advice",
+        started=time.perf_counter(),
+        caller=SimpleNamespace(iss="api-key", sub="browser-test", tenant="demo"),
+        analysed=Analysed(result, HeatmapSource.of(image, cam)),
+    )
     return result
 
 
@@ -270,8 +281,7 @@ def test_cxr_explanation(
     server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, lang: str
 ) -> None:
     url, runtime = server
-    # English: the store kept the plain image; Khmer: it did not (greyscale fallback).
-    result = _cxr_result(runtime.extras["imaging"].store, with_image=lang == "en")
+    result = _cxr_result(runtime.extras["imaging"])
     errors: list[str] = []
     page = _page(browser, DESKTOP, errors)
     page.goto(f"{url}{links.signer(runtime).sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}")
@@ -281,7 +291,7 @@ def test_cxr_explanation(
     page.wait_for_load_state("load")
     assert page.evaluate("document.getElementById('cxr-heatmap').naturalWidth") == 256
     base = page.evaluate("document.getElementById('cxr-base').getAttribute('src')")
-    assert base.split("?")[0].endswith("/image.png" if lang == "en" else "/heatmap.png")
+    assert base.split("?")[0].endswith("/image.png")
     assert page.evaluate("document.getElementById('cxr-base').naturalWidth") == 256
     rows = page.locator("#cxr-scores tbody tr.flagged").count()
     assert rows == 2  # abnormal and tb crossed 0.5

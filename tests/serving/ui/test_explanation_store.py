@@ -46,7 +46,7 @@ def _card(app: Starlette) -> dict[str, Any]:
 
 
 def _ml_risk(html: str) -> str:
-    found = re.search(r'id="ml-risk">([^<]+)<', html)
+    found = re.search(r'id="who-risk">([^<]+)<', html)  # the leading estimate
     assert found is not None, html[:500]
     return found.group(1)
 

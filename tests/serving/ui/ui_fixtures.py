@@ -85,7 +85,7 @@ def demo_app(
 
         generate(tmp / "cxr-synthetic", 2, seed=3, size=256)
         serving["models"]["cxr-triage"] = "0.0.1"
-        serving["imaging"] = {"results_dir": str(tmp / "imaging"), "adaptive_batching": False}
+        serving["imaging"] = {"adaptive_batching": False}
     config = tmp / "ui-serving.yaml"
     config.write_text(yaml.safe_dump(serving), encoding="utf-8")
     with runtime_for(

@@ -1,0 +1,304 @@
+"""``tonle db``, ``tonle apikey`` and ``tonle audit``: the audit database, for operators.
+
+They act on the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL``
+(default ``sqlite:///.tonle/tonle.db``). Heavy imports stay inside the commands so
+``tonle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cli.console import EXIT_BAD_INPUT, console, fail, out
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
+    from serving.audit import AuditStore
+
+__all__ = ["apikey_app", "audit_app", "db_app", "register"]
+
+db_app = typer.Typer(help="Create or upgrade the audit database schema.", no_args_is_help=True)
+apikey_app = typer.Typer(
+    help="API keys for the REST endpoints (hashed at rest).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="Read the audit trail.", no_args_is_help=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL (default: TONLE_DATABASE_URL, else sqlite:///.tonle/tonle.db).",
+        show_default=False,
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``db``, ``apikey`` and ``audit`` command groups to ``app``."""
+    app.add_typer(db_app, name="db")
+    app.add_typer(apikey_app, name="apikey")
+    app.add_typer(audit_app, name="audit")
+
+
+def _url(database_url: str | None) -> str:
+    if database_url:
+        return database_url
+    from serving.settings import Settings
+
+    return Settings().database_url.get_secret_value()
+
+
+def _open(database_url: str | None) -> AuditStore:
+    from serving.audit import AuditStore, AuditUnavailable
+
+    try:
+        return AuditStore.open(_url(database_url))
+    except (AuditUnavailable, ValueError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(
+            f"{option} {value!r} is not an ISO date or date-time (e.g. 2026-01-31 or "
+            "2026-01-31T08:00:00+07:00)",
+            EXIT_BAD_INPUT,
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Apply the shipped migrations (the service also does this at start).
+
+    Example: tonle db upgrade --database-url postgresql+psycopg://tonle@db/tonle
+    """
+    from serving.audit.engine import current_revisions
+
+    store = _open(database_url)
+    out.print(f"audit database at revision {', '.join(current_revisions(store.engine))}")
+    store.close()
+
+
+@db_app.command("grant-service-role")
+def db_grant_service_role(
+    role: Annotated[str, typer.Argument(help="Existing PostgreSQL role the service logs in as.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Grant a PostgreSQL role only what the service needs (audit tables: INSERT/SELECT).
+
+    Run as the owner role after `tonle db upgrade`; then serve with a
+    TONLE_DATABASE_URL that logs in as ROLE.
+
+    Example: tonle db grant-service-role tonle_service
+    """
+    from serving.audit.engine import grant_service_role
+
+    store = _open(database_url)
+    try:
+        grant_service_role(store.engine, role)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+    finally:
+        store.close()
+    out.print(f"granted {role}: INSERT/SELECT on audit tables, no UPDATE/DELETE")
+
+
+def _libpq(url: URL) -> tuple[str, dict[str, str]]:
+    """A libpq connection string without the password, and the environment that carries
+    it (never on a command line, where ``ps`` shows it)."""
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+    conninfo = url.set(drivername="postgresql", password=None)
+    return conninfo.render_as_string(hide_password=False), env
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    if shutil.which(command[0]) is None:
+        raise fail(f"{command[0]} not found: install the PostgreSQL client (postgresql-client)")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise fail(f"{command[0]} failed: {done.stderr.strip()}")
+
+
+@db_app.command("backup")
+def db_backup(
+    output: Annotated[Path, typer.Argument(help="Backup file to write (must not exist).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write a consistent backup of the audit database while the service runs.
+
+    SQLite: SQLite's online backup (a database file). PostgreSQL: pg_dump's custom
+    format (restore with `tonle db restore` or pg_restore).
+
+    Example: tonle db backup /backups/tonle-2026-01-31.dump
+    """
+    from sqlalchemy import make_url
+
+    url = make_url(_url(database_url))
+    if output.exists():
+        raise fail(f"{output} exists; a backup never overwrites a file", EXIT_BAD_INPUT)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or not Path(url.database).is_file():
+            raise fail(f"no SQLite database at {url.database!r}", EXIT_BAD_INPUT)
+        source = sqlite3.connect(url.database)
+        target = sqlite3.connect(output)
+        try:
+            source.backup(target)
+            (check,) = target.execute("PRAGMA integrity_check").fetchone()
+        finally:
+            target.close()
+            source.close()
+        if check != "ok":
+            output.unlink()
+            raise fail(f"the backup failed its integrity check: {check}")
+    else:
+        conninfo, env = _libpq(url)
+        _run(["pg_dump", "--format=custom", "--no-owner", "--file", str(output), conninfo], env)
+    console.print(f"backed up the audit database to {output}")
+
+
+@db_app.command("restore")
+def db_restore(
+    backup: Annotated[Path, typer.Argument(help="A file written by `tonle db backup`.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Restore a backup into an empty database, then bring it to the shipped schema.
+
+    SQLite: the database file must not exist. PostgreSQL: the database must exist and
+    hold no tables (create it first). Stop the service before restoring over its data.
+
+    Example: tonle db restore tonle-2026-01-31.dump --database-url postgresql+psycopg://db/new
+    """
+    from sqlalchemy import create_engine, inspect, make_url
+
+    url = make_url(_url(database_url))
+    if not backup.is_file():
+        raise fail(f"no backup file {backup}", EXIT_BAD_INPUT)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or Path(url.database).exists():
+            raise fail(f"{url.database!r} exists: restore into a new file", EXIT_BAD_INPUT)
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        source = sqlite3.connect(backup)
+        target = sqlite3.connect(url.database)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+    else:
+        engine = create_engine(url.set(drivername="postgresql+psycopg"))
+        try:
+            tables = inspect(engine).get_table_names()
+        finally:
+            engine.dispose()
+        if tables:
+            raise fail(f"the target database is not empty ({len(tables)} tables)", EXIT_BAD_INPUT)
+        conninfo, env = _libpq(url)
+        _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
+              "--dbname", conninfo, str(backup)], env)  # fmt: skip
+    store = _open(database_url)  # migrates a backup taken before an upgrade
+    count = store.count()
+    store.close()
+    out.print(f"restored {count} audit row(s) from {backup}")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option(help="Tenant (hospital or site) the key acts for.")],
+    name: Annotated[str, typer.Option(help="What uses the key, e.g. 'lab system'.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API key; the key is printed once and only its hash is stored.
+
+    Example: tonle apikey create --tenant kampong-cham --name "lab system"
+    """
+    store = _open(database_url)
+    info, key = store.create_api_key(tenant, name)
+    store.close()
+    console.print(
+        f"created key {info.key_id} for tenant {tenant!r}; store it now, it is not shown again"
+    )
+    out.print(key, highlight=False)
+
+
+@apikey_app.command("list")
+def apikey_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List API keys (ids, tenants, names, dates; never secrets).
+
+    Example: tonle apikey list --tenant kampong-cham
+    """
+    store = _open(database_url)
+    keys = store.list_api_keys(tenant)
+    store.close()
+    if as_json:
+        out.print_json(json.dumps([json.loads(k.model_dump_json()) for k in keys]))
+        return
+    table = Table("key id", "tenant", "name", "created", "revoked")
+    for key in keys:
+        revoked = f"{key.revoked:%Y-%m-%d %H:%M}" if key.revoked else ""
+        table.add_row(key.key_id, key.tenant, key.name, f"{key.created:%Y-%m-%d %H:%M}", revoked)
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `tonle apikey list`.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke an API key at once; exit 1 if no active key has that id.
+
+    Example: tonle apikey revoke 3f2a9c0d1e4b5a6c
+    """
+    store = _open(database_url)
+    revoked = store.revoke_api_key(key_id)
+    store.close()
+    if not revoked:
+        raise fail(f"no active API key with id {key_id!r}")
+    out.print(f"revoked {key_id}")
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="NDJSON file to write.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only rows created at or after this ISO date-time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only rows created before this ISO date-time.")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Export audit rows as FHIR AuditEvent NDJSON (IHE Basic Audit Log Patterns).
+
+    Example: tonle audit export --since 2026-01-01 -o audit-2026.ndjson
+    """
+    from serving.audit.fhir_export import write_ndjson
+
+    start, end = _when(since, "--since"), _when(until, "--until")
+    store = _open(database_url)
+    try:
+        count = write_ndjson(store.iter_rows(since=start, until=end), output)
+    finally:
+        store.close()
+    console.print(f"wrote {count} AuditEvent(s) to {output}")

@@ -1,0 +1,248 @@
+"""The weekly monitoring report a programme manager reads, from the audit store.
+
+Everything is counted from what the service already keeps: audit rows (volume, outcome,
+mode, reason codes, the tenant that called), clinicians' feedback (accepted /
+overridden and the coded override reason), the NCD explanations still retained (the
+risk band each card showed) and, when given, the chest X-ray result files (the share
+of reads flagged per finding). Nothing here runs on the request path.
+
+"By site": an audit row names the calling tenant (one EHR / site), so per-site figures
+are per tenant.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from serving.audit.records import AuditRecord, FeedbackRecord
+
+__all__ = ["MonitorReport", "ServiceSummary", "build_report", "render_html"]
+
+
+@dataclass
+class ServiceSummary:
+    """One CDS service or route over the period.
+
+    Attributes:
+        calls: audit rows.
+        outcomes: rows per outcome (advice, no-advice, refused, error).
+        silent: rows answered in silent mode.
+        cards_shown: cards sent to an EHR (live mode).
+        accepted: feedback entries "accepted" on those cards.
+        overridden: feedback entries "overridden".
+        override_reasons: override reason (display or code) -> count.
+        reasons: no-advice / refused / error reason code -> count.
+        bands: risk band shown -> count (NCD cards whose explanation is retained).
+        tenants: tenant -> outcome -> count.
+    """
+
+    service: str
+    calls: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    silent: int = 0
+    cards_shown: int = 0
+    accepted: int = 0
+    overridden: int = 0
+    override_reasons: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    bands: Counter[str] = field(default_factory=Counter)
+    tenants: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+    def rate(self, count: int) -> float | None:
+        """``count`` as a share of the cards shown (None when none were shown)."""
+        return count / self.cards_shown if self.cards_shown else None
+
+
+@dataclass
+class MonitorReport:
+    """What :func:`render_html` shows."""
+
+    since: datetime
+    until: datetime | None
+    services: dict[str, ServiceSummary]
+    volume_by_day: dict[date, int]
+    findings: dict[str, tuple[int, int]]  # label -> (reads, flagged)
+
+
+def build_report(
+    rows: Iterable[AuditRecord],
+    feedback: Iterable[FeedbackRecord],
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    band_of: Callable[[str], str | None] | None = None,
+    findings: Iterable[tuple[str, bool]] = (),
+) -> MonitorReport:
+    """Count the period's audit rows and feedback.
+
+    Args:
+        rows: audit rows of the period.
+        feedback: feedback entries of the period.
+        since: start of the period.
+        until: end of the period (None: now).
+        band_of: card uuid -> the risk band its explanation shows (None if purged).
+        findings: ``(label, flagged)`` for every chest X-ray finding of the period.
+    """
+    services: dict[str, ServiceSummary] = {}
+    volume: Counter[date] = Counter()
+    card_service: dict[str, str] = {}
+    for row in rows:
+        s = services.setdefault(row.service_id, ServiceSummary(row.service_id))
+        s.calls += 1
+        s.outcomes[row.outcome] += 1
+        s.tenants[row.caller_tenant or "-"][row.outcome] += 1
+        volume[row.created.date()] += 1
+        if row.reason and row.outcome != "advice":
+            s.reasons[f"{row.outcome}: {row.reason.split(':', 1)[0]}"] += 1
+        if row.mode == "silent":
+            s.silent += 1
+        elif row.outcome == "advice":
+            s.cards_shown += len(row.card_ids)
+            card_service.update(dict.fromkeys(row.card_ids, row.service_id))
+        if band_of is not None and row.outcome == "advice":
+            for card in row.card_ids:
+                band = band_of(card)
+                if band is not None:
+                    s.bands[band] += 1
+    for fb in feedback:
+        s = services.setdefault(fb.service_id, ServiceSummary(fb.service_id))
+        if fb.outcome == "accepted":
+            s.accepted += 1
+        else:
+            s.overridden += 1
+            reason = fb.override_reason
+            label = (reason.display or reason.code or "coded") if reason else "no reason given"
+            s.override_reasons[label] += 1
+    read: Counter[str] = Counter()
+    flagged: Counter[str] = Counter()
+    for label, is_flagged in findings:
+        read[label] += 1
+        flagged[label] += int(is_flagged)
+    return MonitorReport(
+        since=since,
+        until=until,
+        services=dict(sorted(services.items())),
+        volume_by_day=dict(sorted(volume.items())),
+        findings={label: (read[label], flagged[label]) for label in sorted(read)},
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + f"</tr>{cells}</table>"
+    )
+
+
+def _bars(volume: dict[date, int]) -> str:
+    """An inline SVG bar chart of calls per day (no plotting library on the server)."""
+    if not volume:
+        return "<p>No calls in this period.</p>"
+    top = max(volume.values())
+    width, height = 24, 120
+    bars = []
+    for i, (day, count) in enumerate(volume.items()):
+        h = round(height * count / top)
+        bars.append(
+            f"<rect x='{i * width + 2}' y='{height - h}' width='{width - 4}' height='{h}' "
+            f"fill='#4a7ab5'><title>{day.isoformat()}: {count}</title></rect>"
+        )
+    return (
+        f"<svg role='img' aria-label='calls per day' width='{len(volume) * width}' "
+        f"height='{height}'>{''.join(bars)}</svg>"
+    )
+
+
+def render_html(report: MonitorReport) -> str:
+    """The report as one self-contained HTML page."""
+    until = report.until.isoformat() if report.until else "now"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle monitoring "
+        "report</title><style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+        "table{border-collapse:collapse;font-size:13px;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
+        "<h1>Tonle monitoring report</h1>",
+        f"<p>Period: {html.escape(report.since.isoformat())} to {html.escape(until)}.</p>",
+        "<h2>Volume</h2>",
+        _bars(report.volume_by_day),
+    ]
+    summary = []
+    for s in report.services.values():
+        summary.append(
+            [
+                s.service, str(s.calls), str(s.outcomes["advice"]), str(s.outcomes["no-advice"]),
+                str(s.outcomes["refused"]), str(s.outcomes["error"]), str(s.silent),
+                str(s.cards_shown), _pct(s.rate(s.accepted)), _pct(s.rate(s.overridden)),
+            ]
+        )  # fmt: skip
+    parts.append(
+        _table(
+            [
+                "service",
+                "calls",
+                "advice",
+                "no advice",
+                "refused",
+                "error",
+                "silent",
+                "cards shown",
+                "accepted",
+                "overridden",
+            ],
+            summary,
+        )
+    )
+    parts.append(
+        "<p>Accepted / overridden: feedback entries as a share of the cards sent to an "
+        "EHR (silent-mode cards are stored but never shown).</p>"
+    )
+    for title, attr in (
+        ("Reasons for no advice, refusals and errors", "reasons"),
+        ("Override reasons", "override_reasons"),
+        ("Risk band shown (NCD cards)", "bands"),
+    ):
+        rows = [
+            [s.service, key, str(count)]
+            for s in report.services.values()
+            for key, count in getattr(s, attr).most_common()
+        ]
+        if rows:
+            parts += [f"<h2>{title}</h2>", _table(["service", "", "count"], rows)]
+    if report.findings:
+        parts.append("<h2>Chest X-ray: share of reads flagged, per finding</h2>")
+        parts.append(
+            _table(
+                ["finding", "reads", "flagged", "share flagged"],
+                [
+                    [label, str(n), str(k), _pct(k / n if n else None)]
+                    for label, (n, k) in report.findings.items()
+                ],
+            )
+        )
+    tenants = [
+        [tenant, s.service, str(sum(c.values())), str(c["advice"]), str(c["no-advice"]),
+         str(c["refused"]), str(c["error"])]
+        for s in report.services.values()
+        for tenant, c in sorted(s.tenants.items())
+    ]  # fmt: skip
+    if tenants:
+        parts += [
+            "<h2>By site (calling tenant)</h2>",
+            _table(
+                ["tenant", "service", "calls", "advice", "no advice", "refused", "error"], tenants
+            ),
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts)

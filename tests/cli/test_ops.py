@@ -1,0 +1,143 @@
+"""``tonle db``, ``tonle apikey`` and ``tonle audit export`` (FHIR AuditEvent NDJSON)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+from typer.testing import CliRunner
+
+from cli import app
+from serving.audit import AuditRecord, AuditStore
+from serving.audit.engine import head_revisions
+from serving.audit.fhir_export import audit_event
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ops.db'}"
+
+
+def _row(request_id: str, created: datetime, **changes: object) -> AuditRecord:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "hook_instance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "service_id": "ncd-cvd-risk",
+        "card_ids": [f"{request_id}-c1", f"{request_id}-c2"],
+        "caller_iss": "https://ehr.example.org",
+        "caller_sub": "client-1",
+        "caller_tenant": "site-a",
+        "model_name": "cvd-risk",
+        "model_version": "1.2.0",
+        "model_sha256": "a" * 64,
+        "input_sha256": "b" * 64,
+        "outcome": "advice",
+        "patient_ref": "Patient/123",
+        "latency_ms": 3.25,
+        "created": created,
+    }
+    values.update(changes)
+    return AuditRecord.model_validate(values)
+
+
+def test_db_upgrade_reports_head(db_url: str) -> None:
+    result = runner.invoke(app, ["db", "upgrade", "--database-url", db_url])
+    assert result.exit_code == 0, result.output
+    assert head_revisions()
+    assert all(revision in result.stdout for revision in head_revisions())
+
+
+def test_apikey_create_list_revoke(db_url: str) -> None:
+    created = runner.invoke(
+        app, ["apikey", "create", "--tenant", "site-a", "--name", "lab", "--database-url", db_url]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("tonle_")
+    store = AuditStore.open(db_url)
+    info = store.check_api_key(key)
+    store.close()
+    assert info is not None
+    assert info.tenant == "site-a"
+
+    listed = runner.invoke(app, ["apikey", "list", "--json", "--database-url", db_url])
+    assert listed.exit_code == 0, listed.output
+    entries = json.loads(listed.stdout)
+    assert [e["key_id"] for e in entries] == [info.key_id]
+    assert key.rsplit("_", 1)[1] not in listed.stdout
+
+    revoke = ["apikey", "revoke", info.key_id, "--database-url", db_url]
+    assert runner.invoke(app, revoke).exit_code == 0
+    assert runner.invoke(app, revoke).exit_code == 1
+
+
+def test_audit_export_writes_valid_fhir_audit_events(db_url: str, tmp_path: Path) -> None:
+    store = AuditStore.open(db_url)
+    store.record(_row("r-old", datetime(2025, 12, 31, 23, 0, tzinfo=UTC)))
+    store.record(_row("r-advice", datetime(2026, 1, 2, 8, 0, tzinfo=UTC)))
+    store.record(
+        _row(
+            "r-refused",
+            datetime(2026, 1, 2, 9, 0, tzinfo=UTC),
+            outcome="refused",
+            reason="unauthorized",
+            card_ids=[],
+            caller_iss=None,
+            caller_sub=None,
+            caller_tenant=None,
+            model_name=None,
+            model_version=None,
+            model_sha256=None,
+            input_sha256=None,
+            patient_ref=None,
+        )
+    )
+    store.record(
+        _row("r-error", datetime(2026, 1, 3, tzinfo=UTC), outcome="error", reason="model-nan")
+    )
+    store.close()
+    output = tmp_path / "audit.ndjson"
+
+    result = runner.invoke(
+        app,
+        ["audit", "export", "--since", "2026-01-01", "-o", str(output), "--database-url", db_url],
+    )
+
+    assert result.exit_code == 0, result.output
+    lines = output.read_text().splitlines()
+    events = [AuditEvent.model_validate(json.loads(line)) for line in lines]
+    assert [e.id for e in events] == ["r-advice", "r-refused", "r-error"]
+    assert [e.outcome for e in events] == ["0", "4", "8"]
+    assert events[2].outcomeDesc == "error: model-nan"
+    advice = events[0]
+    assert advice.action == "E"
+    assert advice.recorded == datetime(2026, 1, 2, 8, 0, tzinfo=UTC)
+    requestor = [a for a in advice.agent if a.requestor]
+    assert [(a.who.identifier.system, a.who.identifier.value) for a in requestor] == [
+        ("https://ehr.example.org", "client-1")
+    ]
+    what = [e.what for e in advice.entity]
+    assert what[0].reference == "Patient/123"
+    assert what[1].identifier.value == "a" * 64
+    details = {d.type: d.valueString for d in advice.entity[2].detail}
+    assert details["cardIds"] == "r-advice-c1,r-advice-c2"
+    assert details["inputSha256"] == "b" * 64
+    assert details["tenant"] == "site-a"
+    assert [e.what.identifier.value for e in events[1].entity] == ["r-refused"]
+
+
+def test_audit_event_id_is_a_valid_fhir_id_for_any_request_id() -> None:
+    event = audit_event(_row("req id/with:odd chars", datetime(2026, 1, 1, tzinfo=UTC)))
+    assert AuditEvent.model_validate(event).id == event["id"]
+    assert len(event["id"]) == 64
+
+
+def test_audit_export_rejects_bad_dates(db_url: str, tmp_path: Path) -> None:
+    args = ["audit", "export", "--since", "last tuesday", "-o", str(tmp_path / "x")]
+    result = runner.invoke(app, [*args, "--database-url", db_url])
+    assert result.exit_code == 4

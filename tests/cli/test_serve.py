@@ -1,0 +1,79 @@
+"""``tonle serve`` refuses at once (exit 2) what every BentoML worker would refuse at
+start: no link key outside ``--dev`` and the demo, or a bad one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import training.demo
+from cli import app
+
+_KEY = "serve-cli-link-key-".ljust(40, "k")
+_VARIABLES = (
+    "TONLE_DEV",
+    "TONLE_DEMO_ISSUER_DIR",
+    "TONLE_ALLOWED_ISSUERS",
+    "TONLE_LINK_SECRET",
+    "TONLE_LINK_SECRET_FILE",
+    "TONLE_LINK_SECRET_PREVIOUS",
+    "TONLE_LINK_SECRET_PREVIOUS_FILE",
+)
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """The environments ``bentoml serve`` would have been started with (not started)."""
+    for name in _VARIABLES:
+        monkeypatch.setenv(name, "")  # so that what the CLI sets is undone afterwards
+        monkeypatch.delenv(name)
+    calls: list[dict[str, str]] = []
+
+    def execvpe(_file: str, _args: list[str], env: dict[str, str]) -> Any:
+        calls.append(env)
+
+    monkeypatch.setattr(os, "execvpe", execvpe)
+    return calls
+
+
+def test_no_link_key_is_refused_before_bentoml_starts(started: list[dict[str, str]]) -> None:
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "TONLE_LINK_SECRET_FILE" in " ".join(result.output.split())
+    assert started == []
+
+
+def test_a_short_key_is_refused_without_showing_it(
+    started: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TONLE_LINK_SECRET", "short-secret-value")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "has 18 characters" in result.output
+    assert "short-secret-value" not in result.output
+    assert started == []
+
+
+def test_with_a_key_or_in_dev_mode_bentoml_starts(
+    started: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert CliRunner().invoke(app, ["serve", "--dev"]).exit_code == 0
+    monkeypatch.setenv("TONLE_LINK_SECRET", _KEY)
+    assert CliRunner().invoke(app, ["serve"]).exit_code == 0
+    assert [env.get("TONLE_DEV") for env in started] == ["1", None]
+    assert started[1]["TONLE_LINK_SECRET"] == _KEY
+
+
+def test_the_demo_needs_no_key(
+    started: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(training.demo, "build_demo", lambda _console: tmp_path / "demo.yaml")
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    (env,) = started
+    assert "TONLE_LINK_SECRET" not in env
+    assert env["TONLE_DEMO_ISSUER_DIR"]  # the demo: its generated key stays in the database

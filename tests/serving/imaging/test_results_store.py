@@ -1,0 +1,128 @@
+"""Chest X-ray reads in the audit database (SQLite and PostgreSQL): stored with their
+audit row, scoped to a tenant, heatmaps drawn from the stored map, format versioned."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from serving.audit import AuditRecord, AuditStore, AuditUnavailable, schema
+from serving.imaging.heatmap import HeatmapSource, grey_png, overlay_png
+from serving.imaging.results import Analysed, ResultStore
+from tests.serving.db_fixtures import postgres_database
+from tests.serving.imaging.results_fixtures import heatmap_source, make_result
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore]:
+    if request.param == "sqlite":
+        store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+        yield store
+        store.close()
+        return
+    with postgres_database() as url:
+        store = AuditStore.open(url)
+        yield store
+        store.close()
+
+
+def _commit(audit: AuditStore, read: Analysed, tenant: str | None) -> None:
+    audit.record(
+        AuditRecord(
+            request_id=uuid.uuid4().hex,
+            service_id="imaging-cxr",
+            outcome="advice",
+            latency_ms=1.0,
+            caller_tenant=tenant,
+            imaging_result=ResultStore.record(read, tenant),
+        )
+    )
+
+
+def test_reads_are_found_only_within_their_tenant(audit: AuditStore) -> None:
+    store = ResultStore(audit.engine)
+    old = make_result(created=datetime.now(UTC) - timedelta(days=200), sop_instance_uid="1.9.1")
+    new = make_result(sop_instance_uid="1.9.2")
+    theirs = make_result(sop_instance_uid="1.9.2")  # same patient id, same instance, B
+    for result, tenant in ((old, "a"), (new, "a"), (theirs, "b")):
+        _commit(audit, Analysed(result, heatmap_source()), tenant)
+    assert store.get(new.id, tenant="a") == new
+    with pytest.raises(KeyError):
+        store.get(new.id, tenant="b")
+    with pytest.raises(KeyError):
+        store.get(new.id, tenant=None)
+    assert [r.id for r in store.for_patient("PAT-001", tenant="a")] == [new.id, old.id]
+    assert [r.id for r in store.for_patient("PAT-001", tenant="b")] == [theirs.id]
+    assert store.for_patient("PAT-001", tenant=None) == []
+    since = datetime.now(UTC) - timedelta(days=90)
+    assert [r.id for r in store.for_patient("PAT-001", tenant="a", since=since)] == [new.id]
+    latest = store.latest_for_patient("PAT-001", since, tenant="a")
+    assert latest is not None
+    assert latest.id == new.id
+    assert store.latest_for_patient("PAT-002", since, tenant="a") is None
+    found = store.for_instance("1.9.2", tenant="b")
+    assert found is not None
+    assert found.id == theirs.id
+    assert store.for_instance("1.9.1", tenant="b") is None
+    # A signed link names one read; it finds it and says whose it is.
+    linked = store.by_link(theirs.id)
+    assert (linked.tenant, linked.result) == ("b", theirs)
+    with pytest.raises(KeyError):
+        store.by_link("0" * 32)
+
+
+def test_heatmaps_are_drawn_from_the_stored_map(audit: AuditStore) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 48), dtype=np.float32)
+    cam = rng.normal(0.0, 3.0, (6, 6)).astype(np.float32)  # raw maps: any range
+    result = make_result()
+    _commit(audit, Analysed(result, HeatmapSource.of(image, cam)), "a")
+    store = ResultStore(audit.engine)
+    assert store.image(result.id) == grey_png(image)  # the 8-bit grey is exactly the image's
+    drawn = np.asarray(Image.open(io.BytesIO(store.heatmap(result.id))), dtype=np.int16)
+    direct = np.asarray(Image.open(io.BytesIO(overlay_png(image, cam))), dtype=np.int16)
+    # Blended over 8-bit grey, the map kept as float16: at most a few levels apart.
+    assert np.abs(drawn - direct).max() <= 3
+    with pytest.raises(KeyError):
+        store.heatmap("0" * 32)
+
+
+def test_stored_reads_are_append_only(audit: AuditStore) -> None:
+    result = make_result()
+    _commit(audit, Analysed(result, heatmap_source()), "a")
+    table = schema.imaging_results
+    with pytest.raises(SQLAlchemyError), audit.engine.begin() as connection:
+        connection.execute(update(table).values(tenant="b"))
+    assert ResultStore(audit.engine).get(result.id, tenant="a") == result
+
+
+def test_a_format_this_version_cannot_read_is_unavailable_not_guessed(
+    audit: AuditStore,
+) -> None:
+    row = ResultStore.record(Analysed(make_result(), heatmap_source()), "a")
+    values = row.model_dump() | {"format": 2, "request_id": "r" * 32}
+    with audit.engine.begin() as connection:
+        connection.execute(insert(schema.imaging_results).values(**values))
+    with pytest.raises(AuditUnavailable, match="format 2"):
+        ResultStore(audit.engine).get(row.result_id, tenant="a")
+
+
+def test_heatmap_source_round_trips_and_rejects_torn_bytes() -> None:
+    source = heatmap_source()
+    data = source.encode()
+    assert len(data) == 8 + 64 * 64 + 2 * 8 * 8  # header, 8-bit image, float16 map
+    again = HeatmapSource.decode(data)
+    assert np.array_equal(again.image, source.image)
+    assert np.allclose(again.cam, source.cam, atol=1e-3)
+    for torn in (b"", data[:7], data[:-1], data + b"\0"):
+        with pytest.raises(ValueError, match="heatmap source"):
+            HeatmapSource.decode(torn)

@@ -1,0 +1,124 @@
+"""``tonle monitor report``: counts from the audit store, checked on hand-built rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cli import app
+from serving.audit import AuditRecord, AuditStore
+from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
+from serving.monitor.report import build_report, render_html
+
+runner = CliRunner()
+DAY = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+def row(request_id: str, created: datetime, **changes: object) -> AuditRecord:
+    values: dict[str, object] = {
+        "request_id": request_id,
+        "service_id": "ncd-cvd-risk",
+        "card_ids": [f"{request_id}-card"],
+        "caller_tenant": "site-a",
+        "outcome": "advice",
+        "latency_ms": 3.0,
+        "created": created,
+    }
+    values.update(changes)
+    return AuditRecord.model_validate(values)
+
+
+def rows() -> list[AuditRecord]:
+    return [
+        row("a1", DAY),
+        row("a2", DAY + timedelta(hours=1)),
+        row("a3", DAY + timedelta(days=1), caller_tenant="site-b"),
+        row("a4", DAY + timedelta(days=1), mode="silent"),
+        row("n1", DAY, outcome="no-advice", reason="stale-data:sbp", card_ids=[]),
+        row("n2", DAY, outcome="no-advice", reason="insufficient-data:sbp", card_ids=[]),
+        row("r1", DAY, outcome="refused", reason="invalid-request", card_ids=[]),
+        row("x1", DAY, service_id="cxr-triage", card_ids=["x1-card"]),
+    ]
+
+
+def feedback() -> list[FeedbackRecord]:
+    override = OverrideReason(system="http://example.org", code="not-relevant", display=None)
+    return [
+        FeedbackRecord(card_uuid="a1-card", service_id="ncd-cvd-risk", outcome="accepted"),
+        FeedbackRecord(
+            card_uuid="a2-card",
+            service_id="ncd-cvd-risk",
+            outcome="overridden",
+            override_reason=override,
+        ),
+    ]
+
+
+def test_counts_rates_reasons_bands_and_findings() -> None:
+    bands = {"a1-card": "10-<20%", "a2-card": "10-<20%", "a3-card": "<5%"}
+    report = build_report(
+        rows(),
+        feedback(),
+        since=DAY,
+        band_of=bands.get,
+        findings=[("tb", True), ("tb", False), ("tb", False), ("nodule", False)],
+    )
+    cvd = report.services["ncd-cvd-risk"]
+    assert cvd.calls == 7
+    assert (cvd.outcomes["advice"], cvd.outcomes["no-advice"], cvd.outcomes["refused"]) == (4, 2, 1)
+    assert cvd.silent == 1
+    assert cvd.cards_shown == 3  # the silent answer's card was never shown
+    assert (cvd.accepted, cvd.overridden) == (1, 1)
+    assert cvd.rate(cvd.accepted) == 1 / 3
+    assert cvd.override_reasons == {"not-relevant": 1}
+    assert cvd.reasons == {"no-advice: stale-data": 1, "no-advice: insufficient-data": 1,
+                           "refused: invalid-request": 1}  # fmt: skip
+    assert cvd.bands == {"10-<20%": 2, "<5%": 1}
+    assert cvd.tenants["site-b"]["advice"] == 1
+    assert report.services["cxr-triage"].calls == 1
+    assert report.volume_by_day == {DAY.date(): 6, (DAY + timedelta(days=1)).date(): 2}
+    assert report.findings == {"nodule": (1, 0), "tb": (3, 1)}
+    page = render_html(report)
+    assert "33.3 %" in page  # tb flagged 1 of 3, and accepted 1 of 3 cards shown
+    assert "By site (calling tenant)" in page
+
+
+def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = AuditStore.open(url)
+    explanation = ExplanationRecord(
+        card_uuid="a1-card",
+        service_id="ncd-cvd-risk",
+        expires=DAY + timedelta(days=365),
+        content=json.dumps({"band": "20-<30%"}),
+    )
+    for r in rows():
+        if r.request_id == "a1":
+            r = r.model_copy(update={"explanation": explanation})
+        store.record(r)
+    store.record(row("old", DAY - timedelta(days=30)))
+    store.record(row("evil", DAY, caller_tenant="<script>x</script>", card_ids=[]))
+    for fb in feedback():
+        store.record_feedback(fb)
+    store.close()
+    out = tmp_path / "report" / "week.html"
+    result = runner.invoke(
+        app,
+        ["monitor", "report", "--since", "2026-11-30", "-o", str(out), "--database-url", url],
+    )
+    assert result.exit_code == 0, result.output
+    assert "9 calls" in result.output  # 8 rows + the hostile one; the old row is outside
+    page = out.read_text()
+    assert "20-&lt;30%" in page
+    assert "<script>x" not in page
+    assert "&lt;script&gt;" in page
+    bad = runner.invoke(app, ["monitor", "report", "--since", "last week", "-o", str(out)])
+    assert bad.exit_code == 4
+    backwards = runner.invoke(
+        app,
+        ["monitor", "report", "--since", "2026-12-01", "--until", "2026-11-01", "-o", str(out)],
+    )
+    assert backwards.exit_code == 2
