@@ -269,6 +269,9 @@ def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: LockableA
     from prometheus_client import REGISTRY
 
     def count(outcome: str, reason: str) -> float:
+        if outcome == "refused":  # refused callers: counted by route, no audit row
+            labels = {"route": "/v1/imaging/cxr", "reason": reason}
+            return REGISTRY.get_sample_value("tonle_refused_callers_total", labels) or 0.0
         labels = {"service": "imaging-cxr", "outcome": outcome, "reason": reason}
         return REGISTRY.get_sample_value("tonle_outcomes_total", labels) or 0.0
 
