@@ -139,7 +139,7 @@ def write_nih(
             pixels.save(placeholder)
         if distinct:
             coarse = rng.integers(60, 200, (8, 8)).astype(np.uint8)
-            Image.fromarray(coarse).resize((image_side, image_side), Image.BILINEAR).save(
+            Image.fromarray(coarse).resize((image_side, image_side), Image.Resampling.BILINEAR).save(
                 folder / name
             )
         else:
