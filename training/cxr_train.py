@@ -339,20 +339,6 @@ def _ensure_data(cfg: DataConfig) -> Path:
     return cfg.labels_csv
 
 
-def predict_torch(
-    net: nn.Module, images: npt.NDArray[np.float32], batch: int = 64
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Eval-mode logits and maps for ``images`` (no gradients)."""
-    net.eval()
-    logits, cams = [], []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            out_logits, out_cam = net(torch.from_numpy(images[start : start + batch]))
-            logits.append(out_logits.numpy())
-            cams.append(out_cam.numpy())
-    return np.concatenate(logits), np.concatenate(cams)
-
-
 def _checkpoint_path(cfg: CxrTrainConfig) -> Path:
     return cfg.output.checkpoint_dir / "last.pt"
 
