@@ -194,7 +194,8 @@ async def demo_xray(request: Request) -> Response:
     if state is None or image is None:
         return json_error("no-demo-xray", 404)
     from serving.imaging.analysis import CannotAssess
-    from serving.imaging.routes import analyse_bytes, audit_row
+    from serving.imaging.exchange import audit_row
+    from serving.imaging.routes import analyse_bytes
 
     record = partial(
         audit_row,
