@@ -10,7 +10,7 @@ classifier written as a 1x1 convolution. One forward pass returns
 Because the classifier is linear and the pooling is a global mean,
 ``logits == cam.mean((2, 3)) + bias`` exactly, so the map always explains the score
 it comes with. The map is low resolution (no in-graph upsampling: it cost ~15 % in
-PERFORMANCE.md); callers upsample it for display.
+docs/performance.md); callers upsample it for display.
 
 Architectures (``arch``). Measured here at 224 px, 2 threads, on a quiet machine
 (14:12 UTC, load 0.2; one training step = forward + backward + AdamW, batch 16):

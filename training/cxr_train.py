@@ -68,7 +68,7 @@ class _Section(BaseModel):
 
 
 class SyntheticData(_Section):
-    """Generate IMG-A's synthetic set when the labels CSV does not exist yet."""
+    """Generate the synthetic set (:mod:`training.cxr_synthetic`) when the labels CSV is missing."""
 
     n: int = Field(default=600, ge=20, description="Number of images.")
     seed: int = Field(default=7, description="Generator seed.")

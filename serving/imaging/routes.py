@@ -1,7 +1,7 @@
 """HTTP routes for chest X-ray analysis (contract C5: ``routes() -> list[BaseRoute]``).
 
 ``POST /v1/imaging/cxr`` takes the raw image as the body (``application/dicom`` or
-``image/png``; raw rather than multipart, which costs 20-30 ms per PERFORMANCE.md).
+``image/png``; raw rather than multipart, which costs 20-30 ms per docs/performance.md).
 Answers:
 
 * 200 with a :class:`~serving.imaging.results.CxrResult` (``assessable: true``).
