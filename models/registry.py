@@ -349,12 +349,16 @@ def verify(name: str, version: str, expected_sha256: str | None = None) -> Store
     files = set(_regular_files(stored.path))  # refuses links anywhere in the artifact
     if stored.onnx_path not in files:
         raise ArtifactError(f"{meta.tag} has no {ONNX_FILE}")
+    if not meta.onnx_sha256:
+        raise ArtifactError(
+            f"{meta.tag} was saved before artifacts recorded their identity; delete it "
+            f"from the store ({stored.path}) and save it again"
+        )
     actual = sha256_file(stored.onnx_path)
     if actual != meta.onnx_sha256:
         raise ArtifactError(
             f"{meta.tag}: sha256 of {ONNX_FILE} is {actual}, metadata says "
-            f"{meta.onnx_sha256 or 'nothing'}; the artifact was modified or corrupted and "
-            "will not be loaded"
+            f"{meta.onnx_sha256}; the artifact was modified or corrupted and will not be loaded"
         )
     identity = artifact_digest(meta, card_manifest(stored.card_dir))
     record = bentoml.models.get(meta.tag, _model_store=_store()).info.metadata

@@ -8,9 +8,11 @@ so ``/`` is Tonle's front page and ``/metrics`` Tonle's authenticated exposition
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -22,11 +24,11 @@ from serving.auth import AuthError
 from serving.http.caller import is_loopback
 from serving.http.identify import refusal, runtime_of
 from serving.imaging import routes as imaging_routes
-from serving.metrics import RouteMetrics, metrics_endpoint
+from serving.metrics import RouteMetrics, exposition
 from serving.settings import Settings
 from serving.ui import routes as ui_routes
 
-__all__ = ["LoopbackOnly", "create_app"]
+__all__ = ["LoopbackOnly", "create_app", "scrape_allowed"]
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -45,6 +47,27 @@ async def list_models(request: Request) -> JSONResponse:
             ]
         }
     )
+
+
+def scrape_allowed(request: Request) -> bool:
+    """Whether ``request`` carries the configured metrics token (dev mode: any caller,
+    the app admitting loopback clients only there)."""
+    settings = runtime_of(request).settings
+    if settings.dev:
+        return True
+    token = settings.metrics_token
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not sent:
+        return False
+    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text, for the configured scraper only."""
+    if not scrape_allowed(request):
+        return refusal(AuthError("metrics-token"), "/metrics")
+    body, content_type = await run_in_threadpool(exposition)
+    return Response(body, media_type=content_type)
 
 
 async def not_found(request: Request) -> Response:
@@ -83,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         *ui_routes.front_routes(settings),
         Route("/docs.json", not_found, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *imaging_routes.routes(),
         *cds_hooks.routes(),
         *rest.routes(),

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from models.metadata import ModelMetadata
@@ -398,7 +398,9 @@ def assess(
         if who_result is not None:
             who_cell = patient_cell(who_result, region=who.region, country=who.country)
     outcome = str(meta.extra.get("outcome", ""))
-    facts = _facts(outcome, values, dates, history or {}, who_cell, today or date.today())
+    facts = _facts(
+        outcome, values, dates, history or {}, who_cell, today or datetime.now(UTC).date()
+    )
     return Advice(
         outcome=outcome,
         risk=risk,

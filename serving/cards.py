@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Literal
 
@@ -207,10 +207,16 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+# Either glycaemia test tells the same thing (WHO diagnostic criteria): with one on
+# record, the other's absence is not worth a warning (it stays in the data table).
+_EITHER_TEST = {"fasting_glucose": "hba1c", "hba1c": "fasting_glucose"}
+
+
 def _missing_note(advice: Advice, lang: str) -> list[str]:
-    if not advice.missing:
+    noted = [name for name in advice.missing if _EITHER_TEST.get(name, "") not in advice.features]
+    if not noted:
         return []
-    fields = ", ".join(feature_label(name, lang) for name in advice.missing)
+    fields = ", ".join(feature_label(name, lang) for name in noted)
     return [f"**{t('card.ncd.missing.note', lang, fields=fields)}**"]
 
 
@@ -523,7 +529,7 @@ def ncd_card(
             made_by,
             patient_id,
             encounter_id,
-            today or date.today(),
+            today or datetime.now(UTC).date(),
             how,
         ),
         selectionBehavior="any",

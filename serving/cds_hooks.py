@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -46,9 +47,11 @@ from serving.http.pipeline import Answer, endpoint, route_of
 from serving.i18n import negotiate
 from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
-from serving.runtime import Runtime
 from serving.ui.explanations import explanation_record
 from serving.ui.links import signer
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 __all__ = ["NcdService", "discovery_document", "response_body", "routes"]
 
@@ -243,6 +246,7 @@ def _no_advice_on_error(exchange: Exchange) -> Answer:
     """A defect answers no cards (an EHR shows nothing), audited as an error."""
     exchange.card_ids = []
     exchange.explanation = None
+    exchange.input_sha256 = None
     return Answer(_no_cards(), "error", "internal-error")
 
 

@@ -449,9 +449,9 @@ def _diabetes(
         diagnoses.append(dx)
         cvd = cvd or (not dx.void and established_cvd(raw))
     conditions_read = _complete(prefetch, "diabetes")
-    diagnosed = any(dx.diabetes and not dx.void for dx in diagnoses)
+    on_record = any(dx.diabetes and not dx.void for dx in diagnoses)
     out.history["established_cvd"] = True if cvd else (False if conditions_read else None)
-    out.history["diabetes_diagnosed"] = True if diagnosed else (False if conditions_read else None)
+    out.history["diabetes_diagnosed"] = True if on_record else (False if conditions_read else None)
     labs = [
         diabetes_status.LabResult(lab, value, out.dates[lab], out.sources.get(lab, ""))
         for lab in diabetes_status.LAB_CUTS

@@ -6,29 +6,20 @@ series without bound). Here every label is bounded: the route *template*
 (``/v1/imaging/results/{result_id}``, ``unmatched`` for unknown paths), the method, the
 status code, and codes (service id, outcome, reason family), never PHI.
 
-``/metrics`` needs ``Authorization: Bearer <TONLE_METRICS_TOKEN>``; without a configured
-token it answers 401 to everyone (dev mode: loopback clients only). Health probes
-(``/healthz``, ``/livez``, ``/readyz``) stay open.
+``/metrics`` (:func:`serving.app.metrics`) needs ``Authorization: Bearer
+<TONLE_METRICS_TOKEN>``; without a configured token it answers 401 to everyone (dev
+mode: loopback clients only). Health probes (``/healthz``, ``/livez``, ``/readyz``)
+stay open.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from functools import cache
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
-__all__ = [
-    "RouteMetrics",
-    "count_outcome",
-    "count_refusal",
-    "metrics_endpoint",
-    "scrape_allowed",
-]
+__all__ = ["RouteMetrics", "count_outcome", "count_refusal", "exposition"]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
@@ -121,7 +112,8 @@ class RouteMetrics:
             seconds.labels(method=method, route=route).observe(time.perf_counter() - started)
 
 
-def _exposition() -> tuple[bytes, str]:
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text of every worker (multiprocess mode) and its content type."""
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         REGISTRY,
@@ -135,30 +127,3 @@ def _exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-def scrape_allowed(request: Request) -> bool:
-    """Whether ``request`` carries the configured metrics token (dev mode: from loopback)."""
-    from serving.http.caller import is_loopback
-
-    settings = request.app.state.runtime.settings
-    if settings.dev:
-        return is_loopback(request.client.host if request.client else None)
-    token = settings.metrics_token
-    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-    if token is None or scheme.lower() != "bearer" or not sent:
-        return False
-    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics``: Prometheus text, for the configured scraper only."""
-    from starlette.concurrency import run_in_threadpool
-
-    from serving.auth import AuthError
-    from serving.http.identify import refusal
-
-    if not scrape_allowed(request):
-        return refusal(AuthError("metrics-token"), "/metrics")
-    body, content_type = await run_in_threadpool(_exposition)
-    return Response(body, media_type=content_type)

@@ -119,7 +119,11 @@ class Runtime:
             runtime.cds_auth, runtime.api_keys = _open_auth(settings, store)
         from serving.imaging.state import attach
 
-        attach(runtime)  # chest X-ray model + cxr-triage service, when configured (IMG-C)
+        imaging = attach(runtime)  # the chest X-ray model, when configured
+        if imaging is not None:
+            from serving.imaging.cds import SERVICE_ID, CxrTriage
+
+            runtime.cds_services[SERVICE_ID] = CxrTriage(imaging)
         unknown = sorted(set(config.silent) - set(runtime.cds_services))
         if unknown:
             raise ValueError(f"silent names unknown CDS service(s) {unknown}")

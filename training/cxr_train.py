@@ -144,7 +144,7 @@ class OodConfig(_Section):
 
     enabled: bool = Field(default=True, description="Fit and export the gate.")
     quantile: float = Field(
-        default=0.995,
+        default=0.999,
         gt=0.5,
         lt=1,
         description="Threshold: this quantile of the validation images' distances.",

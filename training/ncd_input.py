@@ -16,7 +16,9 @@ written. ``--skip-invalid`` (the same in every command) reads such values as not
 recorded instead and still prints the report; ``tonle score`` then gives the row
 the reason ``<field>:rejected`` where the value was needed. Patients left out by
 design (FHIR: a myocardial infarction or stroke before the index date, so not at
-risk of a first one) are counted as exclusions, not problems.
+risk of a first one, and an unusable FHIR observation dated outside the window any
+feature is read from, which the table would not use anyway) are counted as exclusions,
+not problems.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class InputReport:
         if len(self.problems.counts) > rules:
             out.append(f"  ... and {len(self.problems.counts) - rules} more rules")
         for reason, count in self.excluded.most_common():
-            out.append(f"excluded (not a problem): {reason}: {count:,} patients")
+            out.append(f"excluded (not a problem): {reason}: {count:,}")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,6 +115,22 @@ def _issue(field_name: str, rule: str) -> FeatureIssue:
     return FeatureIssue(patient_id="-", field=field_name, rule=rule)
 
 
+def _in_window(issue: FeatureIssue, index_date: date, lookback_days: int) -> bool:
+    """Whether the observation at fault could have been read for the feature table."""
+    from datetime import timedelta
+
+    from models.diabetes_status import LAB_LOOKBACK_DAYS
+
+    days = lookback_days
+    if issue.field in ("hba1c", "fasting_glucose"):  # also read for diabetes status
+        days = max(days, LAB_LOOKBACK_DAYS)
+    try:
+        when = date.fromisoformat(str(issue.date)[:10])
+    except ValueError:
+        return True
+    return index_date - timedelta(days=days) <= when <= index_date
+
+
 def _fhir_chunks(
     source: Path,
     report: InputReport,
@@ -134,6 +152,8 @@ def _fhir_chunks(
     for issue in built.issues:
         if issue.field in _EXCLUSION_FIELDS:
             report.excluded[f"{issue.field}: {issue.rule}"] += 1
+        elif issue.date is not None and not _in_window(issue, index_date, lookback_days):
+            report.excluded[f"{issue.field}: {issue.rule}, outside the look-back (not used)"] += 1
         else:
             report.problems.add(issue)
     for start in range(0, len(table), chunksize):

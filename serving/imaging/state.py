@@ -130,8 +130,8 @@ def attach(runtime: Any) -> ImagingState | None:
     """Build the imaging state for a loaded :class:`~serving.runtime.Runtime`.
 
     Reads ``runtime.config.imaging``; when it is set, its model must be pinned under
-    ``models:``. Stores the state in ``runtime.extras["imaging"]`` and registers the
-    ``cxr-triage`` CDS service (``runtime.cds_services``).
+    ``models:``. Stores the state in ``runtime.extras["imaging"]``; the runtime serves
+    it as the ``cxr-triage`` CDS service.
 
     Returns:
         The state, or None when no imaging section is configured.
@@ -139,8 +139,6 @@ def attach(runtime: Any) -> ImagingState | None:
     Raises:
         ValueError: the imaging model is not pinned, or its thresholds do not fit.
     """
-    from serving.imaging.cds import SERVICE_ID, CxrTriage
-
     config: ImagingConfig | None = getattr(runtime.config, "imaging", None)
     if config is None:
         return None
@@ -162,6 +160,4 @@ def attach(runtime: Any) -> ImagingState | None:
         dev=settings.dev,
     )
     runtime.extras["imaging"] = state
-    # Served (and its feedback taken) by the one /cds-services/{id} route.
-    runtime.cds_services[SERVICE_ID] = CxrTriage(state)
     return state

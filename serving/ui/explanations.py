@@ -25,6 +25,7 @@ from serving.protocol import Text
 from serving.synthetic import trained_on_synthetic
 
 __all__ = [
+    "ComparisonView",
     "ModelView",
     "NcdExplanation",
     "ProtocolView",
@@ -90,6 +91,41 @@ class WhatIf(BaseModel):
     percent: int
     band: str
     band_index: int
+
+
+class ComparisonView(BaseModel):
+    """The model and the WHO chart on the same test patients, as training recorded it
+    (``metadata.extra["who_comparison"]``): why the model is, or is not, shown."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int | None = None
+    auroc_model: float | None = None
+    auroc_who: float | None = None
+    at_least_as_good: bool = False
+    accepted_reason: str | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: ModelMetadata) -> ComparisonView | None:
+        """The recorded comparison, or None when the artifact records none."""
+        raw = meta.extra.get("who_comparison")
+        if not isinstance(raw, dict):
+            return None
+
+        def value(key: str) -> float | None:
+            metric = raw.get(key)
+            number = metric.get("value") if isinstance(metric, dict) else None
+            return float(number) if isinstance(number, int | float) else None
+
+        n = raw.get("n")
+        reason = raw.get("accepted_reason")
+        return cls(
+            n=n if isinstance(n, int) else None,
+            auroc_model=value("auroc_model"),
+            auroc_who=value("auroc_who"),
+            at_least_as_good=raw.get("at_least_as_good") is True,
+            accepted_reason=reason if isinstance(reason, str) else None,
+        )
 
 
 class RuleView(BaseModel):
@@ -168,6 +204,7 @@ class NcdExplanation(BaseModel):
         "at least as good as the WHO chart on the same patients (or there is no chart).",
     )
     protocol: ProtocolView | None = None
+    comparison: ComparisonView | None = None
     who_region: str | None = None
     who_country: str | None = None
     missing: dict[str, float | None] = Field(
@@ -213,6 +250,7 @@ class NcdExplanation(BaseModel):
             who_reason=advice.who_reason,
             model_shown=advice.outcome != "cvd" or model_validated(advice.metadata),
             protocol=ProtocolView.from_advice(advice),
+            comparison=ComparisonView.from_metadata(advice.metadata),
             who_region=settings.region,
             who_country=settings.country,
         )

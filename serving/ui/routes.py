@@ -99,7 +99,7 @@ async def front_page(request: Request) -> Response:
 async def api_docs(request: Request) -> Response:
     """``GET /docs`` (only with ``TONLE_API_DOCS``): Swagger UI over ``/v1/openapi.json``,
     from files this service serves itself."""
-    return HTMLResponse(_DOCS_PAGE, headers=_HOME_HEADERS)
+    return HTMLResponse(_DOCS_PAGE, headers=_DOCS_HEADERS)
 
 
 def front_routes(settings: Settings) -> list[BaseRoute]:
@@ -119,6 +119,14 @@ _HOME_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
+}
+# Swagger UI sets inline styles and data: images; scripts stay this service's own.
+_DOCS_HEADERS = {
+    **_HOME_HEADERS,
+    "Content-Security-Policy": (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'"
+    ),
 }
 _DOCS_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Tonle REST API</title>

@@ -25,7 +25,9 @@ def test_gate_threshold_is_the_held_out_quantile() -> None:
     gate = fit_gate(train, held_out, quantile=0.99)
     d2 = squared_distances(held_out, np.asarray(gate.mean), np.asarray(gate.precision))
     assert np.mean(d2 > gate.threshold) <= 0.01
-    assert gate.threshold == pytest.approx(20.1, rel=0.15)  # chi-square(8) 99th percentile
+    # At least the empirical quantile, and near chi-square(8)'s 99th percentile (20.1).
+    assert gate.threshold >= np.quantile(d2, 0.99)
+    assert 18 < gate.threshold < 30
     fresh = rng.normal(0, 1, (2000, 8))
     fresh_d2 = squared_distances(fresh, np.asarray(gate.mean), np.asarray(gate.precision))
     assert np.mean(fresh_d2 > gate.threshold) < 0.02  # images not used to set it

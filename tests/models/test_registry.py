@@ -254,3 +254,13 @@ def test_external_data_in_constant_attributes_is_refused(tmp_path: Path, attribu
     path = _constant_graph(tmp_path / "constant.onnx", attribute)
     with pytest.raises(registry.ArtifactError, match=r"stores tensor 'c_value' as external"):
         registry.check_onnx_graph(path)
+
+
+@pytest.mark.usefixtures("model_store")
+def test_an_artifact_saved_without_an_identity_says_so(tmp_path: Path) -> None:
+    stored = registry.save(write_linear_onnx(tmp_path / "m.onnx"), _meta())
+    old = json.loads((stored.path / "metadata.json").read_text())
+    old["sha256"] = old.pop("onnx_sha256")  # the layout before artifact identities
+    (stored.path / "metadata.json").write_text(json.dumps(old))
+    with pytest.raises(registry.ArtifactError, match="saved before artifacts recorded"):
+        registry.verify("toy-linear", "1.0.0")

@@ -664,8 +664,11 @@ def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
     # "who" is the equation at the exact values, "who_chart" the printed cell (62, 165, 6.2).
     cell = result["who_chart"]
     assert (cell["age"], cell["sbp"], cell["col"]) == ("60-64", "160-179", "6-6.9")
-    site = {"region": runtime.config.who_region, "country": runtime.config.who_country}
-    assert cell["band"] == patient_cell(equation, **site).band  # type: ignore[arg-type]
+    printed = patient_cell(
+        equation, region=runtime.config.who_region, country=runtime.config.who_country
+    )
+    assert printed is not None
+    assert cell["band"] == printed.band
     assert result["model"]["sha256"] == runtime.ncd["ncd-cvd-risk"].metadata.sha256
     RiskAssessment.model_validate(result["risk_assessment"])
     assert audit_row(runtime, response).service_id == "rest:ncd-cvd-risk"

@@ -125,3 +125,74 @@ def test_training_records_synthetic_ncd_data(tmp_path: Path) -> None:
     csv = tmp_path / "table.csv"
     table.to_csv(csv, index=False)
     assert load_table(csv).attrs["synthetic_training_data"] is False
+
+
+@pytest.mark.parametrize(("dev", "allowed"), [(False, False), (True, False), (False, True)])
+def test_runtime_refuses_to_load_a_synthetic_model_in_production(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev: bool, allowed: bool
+) -> None:
+    """``tonle serve`` without --dev would serve the synthetic-trained demo models."""
+    import dataclasses
+
+    from models import registry
+    from serving.settings import Settings
+    from tests.serving.cds_fixtures import model_store_at, write_config
+
+    verify = registry.verify
+
+    def synthetic(name: str, version: str) -> registry.StoredModel:
+        stored = verify(name, version)
+        extra = {**stored.metadata.extra, SYNTHETIC_KEY: True}
+        return dataclasses.replace(
+            stored, metadata=stored.metadata.model_copy(update={"extra": extra})
+        )
+
+    monkeypatch.setattr(registry, "verify", synthetic)
+    settings = Settings(
+        serving_config=write_config(tmp_path, allow_synthetic_models=allowed),
+        database_url=f"sqlite:///{tmp_path / 'audit.db'}",
+        dev=dev,
+        public_url="http://127.0.0.1:3000",
+        link_secret="synthetic-model-test-link-key-".ljust(40, "k"),
+    )
+    with model_store_at(shared_store()):
+        if dev or allowed:
+            try:
+                loaded = Runtime.load(settings)
+            except ArtifactError as exc:  # pragma: no cover - the failure being tested
+                pytest.fail(f"refused: {exc}")
+            except Exception:  # past the model check (e.g. production auth not configured)
+                return
+            if loaded.audit is not None:
+                loaded.audit.close()
+        else:
+            with pytest.raises(ArtifactError, match="trained on synthetic data"):
+                Runtime.load(settings)
+
+
+def test_rest_answer_says_demo(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import httpx
+
+    from serving.app import create_app
+
+    app = create_app(runtime.settings)
+    app.state.runtime = runtime
+    body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165, "total_chol": 6.2,
+            "diabetes": False, "bmi": 27.5}  # fmt: skip
+
+    async def post(payload: dict[str, object]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.post("/v1/risk/cvd", json=payload)
+
+    real = asyncio.run(post(body)).json()
+    assert not real["advisory"].startswith(DEMO_NOTE)
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    monkeypatch.setattr(predictor, "metadata", _flagged(predictor, True).metadata)
+    demo = asyncio.run(post(body)).json()
+    assert demo["advisory"].startswith(DEMO_NOTE)
+    assert demo["risk_assessment"]["note"][0]["text"] == DEMO_NOTE
+    refused = asyncio.run(post({**body, "sbp": 400})).json()
+    assert refused["advisory"].startswith(DEMO_NOTE)

@@ -190,6 +190,17 @@ def test_inverse_probability_weights_remove_verification_bias(tmp_path: Path) ->
     )
 
 
+def test_a_design_not_followed_is_called_biased(tmp_path: Path) -> None:
+    # Everyone >= 0.4 should have been tested (fraction 1), but only 2 of 4 were.
+    rows = "a,0.9,1,40,F\nb,0.8,,40,M\nc,0.5,0,40,M\nd,0.45,,40,F\ne,0.1,0,40,F\n"
+    study = read_study(write(tmp_path, rows, "person_id,score,reference,age,sex"))
+    calib = calibrate(study, np.array([0.5]), bands=parse_sampling_fractions("0:1,0.4:1"))
+    assert calib.estimator == "ipw-fractions"
+    assert "scores from 0.4: 1 given, 0.500 tested" in (calib.bias or "")
+    followed = calibrate(study, np.array([0.5]), bands=parse_sampling_fractions("0:1,0.4:0.5"))
+    assert followed.bias is None
+
+
 def test_band_without_any_reference_is_refused(tmp_path: Path) -> None:
     rows = "a,0.9,1,40,F\nb,0.1,,40,M\nc,0.2,,40,M\n"
     study = read_study(write(tmp_path, rows, "person_id,score,reference,age,sex"))

@@ -87,6 +87,16 @@ def test_calibrate_ncd_end_to_end(model_store: Path, tmp_path: Path) -> None:
         update={
             "export": cfg.export.model_copy(update={"parity_min_rows": 3000}),
             "evaluation": cfg.evaluation.model_copy(update={"bootstrap_reps": 10}),
+            # A small synthetic cohort: the model only has to exist, not to be good.
+            "gates": cfg.gates.model_copy(
+                update={
+                    "min_events_per_predictor": 0,
+                    "min_test_auroc": 0,
+                    "auroc_margin": 0.5,
+                    "slope_limits": (0, 100),
+                    "oe_limits": (0, 100),
+                }
+            ),
         }
     )
     cfg_path = tmp_path / "cvd.yaml"
@@ -102,7 +112,8 @@ def test_calibrate_ncd_end_to_end(model_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(
         app, ["calibrate", "ncd", "cvd-risk:0.1.0", str(cohort), "-o", str(out),
-              "--bootstrap", "50"],
+              "--bootstrap", "50", "--save-recalibrated", "0.1.1",
+              "--cards", str(tmp_path / "cards")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "O/E" in result.output
@@ -113,3 +124,10 @@ def test_calibrate_ncd_end_to_end(model_store: Path, tmp_path: Path) -> None:
     assert sum(int(r["n"]) for r in rows) > 2000
     assert (out / "calibration.png").is_file()
     assert "Observed/expected" in (out / "report.html").read_text()
+    # The recalibrated version (tonle recalibrate's refit) is calibrated in sample.
+    from models import registry
+
+    assert registry.verify("cvd-risk", "0.1.1").metadata.extra["parent"]["tag"] == "cvd-risk:0.1.0"
+    with (out / "recalibrated" / "calibration_deciles.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 10
+    assert "saved cvd-risk:0.1.1" in result.output

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -136,3 +138,33 @@ def test_score_refuses_duplicates_and_fails_when_nothing_is_scored(tmp_path: Pat
     assert result.exit_code == 4
     assert "no row" in result.output
     assert "age:out-of-range: 1 rows" in result.output
+
+
+def test_fhir_problems_are_reported_like_csv_ones_and_only_where_they_count(
+    tmp_path: Path,
+) -> None:
+    """An impossible SBP inside the look-back refuses the export, naming patient and
+    day; one measured years later (never read for this index date) is only counted."""
+    from tests.training.test_fhir_bulk import _obs, _patient, _write
+
+    folder = _write(tmp_path / "fhir", [
+        _patient("a"), _patient("b"),
+        _obs("a", "2015-10-01", "8480-6", 295, "mm[Hg]"),
+        _obs("b", "2015-10-01", "8480-6", 140, "mm[Hg]"),
+        _obs("b", "2019-03-01", "8480-6", 12, "mm[Hg]"),
+    ])  # fmt: skip
+    with pytest.raises(NcdInputError) as err:
+        read_input(folder, index_date=date(2016, 1, 1))
+    report = err.value.report
+    assert len(report.problems) == 1
+    assert "patient a on 2015-10-01: sbp: impossible value" in str(err.value)
+    assert report.excluded == {
+        "sbp: impossible value: must be 60-280 mm[Hg], outside the look-back (not used)": 1
+    }
+    result = CliRunner().invoke(app, ["data", "check", str(folder), "--index-date", "2016-01-01"])
+    assert result.exit_code == 4
+    assert "patient a on 2015-10-01 value '295 mm[Hg]'" in result.output
+    table, _ = read_input(folder, index_date=date(2016, 1, 1), skip_invalid=True)
+    sbp = table.set_index("patient_id")["sbp"]
+    assert sbp["b"] == 140.0
+    assert np.isnan(sbp["a"])

@@ -216,12 +216,24 @@ def ncd(
         str | None, typer.Option(help="Index date (YYYY-MM-DD) when FILE is FHIR Bulk NDJSON.")
     ] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap replicates for CIs.")] = 200,
+    save_recalibrated: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VERSION",
+            help="Also refit intercept and slope on this cohort (tonle recalibrate) and save "
+            "the result as VERSION; its tables go to OUTDIR/recalibrated/.",
+        ),
+    ] = None,
+    cards: Annotated[
+        Path, typer.Option(help="Where the recalibrated model's card is written.")
+    ] = Path("artifacts"),
 ) -> None:
     """Calibration by decile of predicted risk and observed/expected on a local cohort.
 
     Writes OUTDIR/calibration_deciles.csv, calibration.png and report.html.
 
     Example: tonle calibrate ncd cvd-risk:1.0.0 cohort.csv -o calib-ncd
+    --save-recalibrated 1.0.1
     """
     import numpy as np
 
@@ -265,3 +277,29 @@ def ncd(
     )
     for path in paths:
         out.print(f"wrote {path}", highlight=False)
+    if save_recalibrated is not None:
+        from models import registry
+        from training.ncd_recalibrate import RecalibrationError, recalibrate
+
+        try:
+            saved, _ = recalibrate(stored, table, save_recalibrated, cards, bootstrap)
+        except RecalibrationError as exc:
+            raise fail(f"cannot recalibrate on {data}: {exc}", EXIT_BAD_INPUT) from None
+        except registry.ArtifactError as exc:
+            raise fail(str(exc), EXIT_BAD_ARTIFACT) from None
+        new_risk = NcdPredictor(saved, threads=0).predict_proba(
+            feature_matrix(table, predictor.feature_names)
+        )
+        after = calibrate_ncd(
+            time_, event, new_risk.astype(np.float64), horizon=cfg.horizon_years,
+            bootstrap_reps=bootstrap, seed=cfg.seed,
+        )  # fmt: skip
+        write_ncd_outputs(
+            after, out_dir / "recalibrated",
+            f"Calibration of {saved.metadata.tag} (recalibrated, in sample) on {data.name}",
+        )  # fmt: skip
+        out.print(
+            f"saved {saved.metadata.tag} (parent {stored.metadata.tag}): O/E in sample "
+            f"{after.overall['o_e']:.3f}, slope {after.overall['slope']:.3f}",
+            highlight=False,
+        )

@@ -12,7 +12,8 @@ counts ``1 / P(verified)`` times) when the study says how it sampled:
 * a ``sampling_weight`` column: each verified person's own ``1 / P(verified)``.
 
 Without either, a study with unverified people is computed over the verified ones
-and its report says plainly that the estimates are biased.
+and its report says plainly that the estimates are biased; it says so too when the
+share tested in a band is far from the fraction given (the design was not followed).
 """
 
 from __future__ import annotations
@@ -163,17 +164,31 @@ def _weights(
     return weights, "ipw-fractions", seen
 
 
-def _bias(study: Study, estimator: Estimator) -> str | None:
+def _bias(
+    study: Study, estimator: Estimator, bands: list[tuple[SamplingBand, int, int]]
+) -> str | None:
     missing = int((~study.verified).sum())
-    if estimator != "verified-only":
-        return None
-    return (
-        f"{missing} of {study.screened} people screened have no reference result and the "
-        "study gives no sampling fractions or weights: sensitivity, specificity, PPV and "
-        "NPV are counted over the people tested only and are BIASED (verification bias; "
-        "usually sensitivity too high and specificity too low). Give --sampling-fraction "
-        "or a sampling_weight column to correct them."
-    )
+    if estimator == "verified-only":
+        return (
+            f"{missing} of {study.screened} people screened have no reference result and the "
+            "study gives no sampling fractions or weights: sensitivity, specificity, PPV and "
+            "NPV are counted over the people tested only and are BIASED (verification bias; "
+            "usually sensitivity too high and specificity too low). Give --sampling-fraction "
+            "or a sampling_weight column to correct them."
+        )
+    off = [
+        f"scores from {band.low:g}: {band.fraction:g} given, {tested / people:.3f} tested"
+        for band, people, tested in bands
+        if people and abs(tested / people - band.fraction) > 0.1 * band.fraction + 0.02
+    ]
+    if off:
+        return (
+            "The study did not follow the sampling fractions given ("
+            + "; ".join(off)
+            + "): the weights use the fractions given, so the corrected estimates may be "
+            "BIASED. Check the design, or give each person's sampling_weight."
+        )
+    return None
 
 
 def _costs(study: Study, cost_per_test: float | None) -> np.ndarray | None:
@@ -251,7 +266,7 @@ def calibrate(
         overall=table(None),
         strata=strata,
         estimator=estimator,
-        bias=_bias(study, estimator),
+        bias=_bias(study, estimator, seen),
         bands=seen,
         has_costs=costs is not None,
     )

@@ -3,11 +3,13 @@
 The model's 10-year risk is computed for every patient of a local cohort, the patients
 are split into ten equal-size groups by predicted risk, and in each group the observed
 risk at the horizon is compared with the mean predicted risk. Follow-up is censored,
-so the observed risk is the inverse-probability-of-censoring weighted (IPCW) share of
-events by the horizon (:func:`training.ncd_metrics.ipcw_labels`): a patient censored
-before the horizon counts through the others. O/E = observed / expected; 95 % CIs are
-percentile bootstrap intervals over patients. Calibration slope and intercept come from
-:func:`training.ncd_metrics.calibration_slope_intercept`.
+so the observed risk is the Kaplan-Meier risk by the horizon, and O/E is
+:func:`training.ncd_metrics.observed_expected` (the one used by ``tonle recalibrate``),
+in each decile and overall; 95 % CIs are percentile bootstrap intervals over patients.
+Calibration slope and intercept come from
+:func:`training.ncd_metrics.calibration_slope_intercept`. ``tonle calibrate ncd
+--save-recalibrated VERSION`` then refits intercept and slope with
+:func:`training.ncd_recalibrate.recalibrate` and reports the new version the same way.
 """
 
 from __future__ import annotations
@@ -80,45 +82,44 @@ def calibrate_ncd(
     n = len(risk)
     if n < 10 or len(time) != n or len(event) != n:
         raise ValueError(f"need >= 10 patients with time, event and risk; got {n}")
-    y, w = m.ipcw_labels(time, event, horizon)
     c = m.bootstrap_weights(n, bootstrap_reps, seed)  # column 0: the data as they are
     edges = np.quantile(risk, np.linspace(0, 1, 11)[1:-1])
     decile = np.searchsorted(edges, risk, side="right")
-    onehot = np.zeros((n, 10))
-    onehot[np.arange(n), decile] = 1.0
-    wc = w[:, None] * c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        observed = (onehot.T @ (wc * y[:, None])) / (onehot.T @ wc)  # [10, reps]
-        expected = (onehot.T @ (c * risk[:, None])) / (onehot.T @ c)
-        all_obs = (wc * y[:, None]).sum(0) / wc.sum(0)
-        all_exp = (c * risk[:, None]).sum(0) / c.sum(0)
-    ratio = observed / expected
     rows = []
     for d in range(10):
-        members = risk[decile == d]
+        sel = decile == d
+        members = risk[sel]
+        if not len(members):
+            continue
+        ratio = m.observed_expected(time[sel], event[sel], members, horizon, c[sel])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            expected = (members @ c[sel]) / c[sel].sum(0)
+        observed = ratio * expected
         rows.append(
             {
                 "decile": float(d + 1),
                 "n": float(len(members)),
-                "risk_min": float(members.min()) if len(members) else float("nan"),
-                "risk_max": float(members.max()) if len(members) else float("nan"),
-                "expected": float(expected[d, 0]),
-                "observed": float(observed[d, 0]),
-                "observed_ci_low": _ci(observed[d, 1:])[0],
-                "observed_ci_high": _ci(observed[d, 1:])[1],
-                "o_e": float(ratio[d, 0]),
-                "o_e_ci_low": _ci(ratio[d, 1:])[0],
-                "o_e_ci_high": _ci(ratio[d, 1:])[1],
+                "risk_min": float(members.min()),
+                "risk_max": float(members.max()),
+                "expected": float(expected[0]),
+                "observed": float(observed[0]),
+                "observed_ci_low": _ci(observed[1:])[0],
+                "observed_ci_high": _ci(observed[1:])[1],
+                "o_e": float(ratio[0]),
+                "o_e_ci_low": _ci(ratio[1:])[0],
+                "o_e_ci_high": _ci(ratio[1:])[1],
             }
         )
+    total = m.observed_expected(time, event, risk, horizon, c)
+    expected_all = (risk @ c) / c.sum(0)
+    y, w = m.ipcw_labels(time, event, horizon)
     slope, intercept = m.calibration_slope_intercept(y, risk, w, c)
-    total_ratio = all_obs / all_exp
     overall = {
-        "expected": float(all_exp[0]),
-        "observed": float(all_obs[0]),
-        "o_e": float(total_ratio[0]),
-        "o_e_ci_low": _ci(total_ratio[1:])[0],
-        "o_e_ci_high": _ci(total_ratio[1:])[1],
+        "expected": float(expected_all[0]),
+        "observed": float(total[0] * expected_all[0]),
+        "o_e": float(total[0]),
+        "o_e_ci_low": _ci(total[1:])[0],
+        "o_e_ci_high": _ci(total[1:])[1],
         "slope": float(slope[0]),
         "slope_ci_low": _ci(slope[1:])[0],
         "slope_ci_high": _ci(slope[1:])[1],

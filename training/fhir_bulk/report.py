@@ -17,11 +17,13 @@ class FeatureIssue(BaseModel):
     rule: str
     value: str | None = None
     row: int | None = None  # CSV input: spreadsheet row number (the header is row 1)
+    date: str | None = None  # FHIR input: the day of the observation at fault
 
     def where(self) -> str:
-        """``row 5, patient p4`` (CSV) or ``patient p4`` (FHIR)."""
+        """``row 5, patient p4`` (CSV) or ``patient p4`` (FHIR, with the day when known)."""
         row = f"row {self.row}, " if self.row is not None else ""
-        return f"{row}patient {self.patient_id}"
+        day = f" on {self.date}" if self.date is not None else ""
+        return f"{row}patient {self.patient_id}{day}"
 
 
 class FeatureTableError(ValueError):
@@ -60,13 +62,16 @@ class IssueCollector:
         self.strict = strict
         self.issues: list[FeatureIssue] = []
 
-    def add(self, patient_id: str, field: str, rule: str, value: object = None) -> None:
+    def add(
+        self, patient_id: str, field: str, rule: str, value: object = None, date: str | None = None
+    ) -> None:
         """Record one problem (or raise it as :class:`FeatureTableError` when strict)."""
         issue = FeatureIssue(
             patient_id=patient_id,
             field=field,
             rule=rule,
             value=None if value is None else str(value),
+            date=date,
         )
         if self.strict:
             raise FeatureTableError([issue])

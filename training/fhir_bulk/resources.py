@@ -57,19 +57,20 @@ def _obs_date(res: dict[str, Any]) -> str | None:
 
 
 def _quantity(
-    feature: str, vq: dict[str, Any] | None, pid: str, issues: IssueCollector
+    feature: str, vq: dict[str, Any] | None, pid: str, issues: IssueCollector, when: str
 ) -> float | None:
     if not vq or "value" not in vq:
-        issues.add(pid, feature, "observation without valueQuantity.value")
+        issues.add(pid, feature, "observation without valueQuantity.value", date=when)
         return None
     unit = str(vq.get("code") or vq.get("unit") or "")
     try:
         value = convert(feature, float(vq["value"]), unit)
     except UnitError as exc:
-        issues.add(pid, feature, f"unit not accepted (allowed: {', '.join(exc.allowed)})", unit)
+        rule = f"unit not accepted (allowed: {', '.join(exc.allowed)})"
+        issues.add(pid, feature, rule, unit, date=when)
         return None
     except (TypeError, ValueError):
-        issues.add(pid, feature, "value is not a number", vq.get("value"))
+        issues.add(pid, feature, "value is not a number", vq.get("value"), date=when)
         return None
     spec = FEATURE_BY_NAME[feature]
     assert spec.minimum is not None
@@ -80,6 +81,7 @@ def _quantity(
             feature,
             f"impossible value: must be {spec.minimum:g}-{spec.maximum:g} {spec.unit}",
             f"{vq['value']} {unit}",
+            date=when,
         )
         return None
     return value
@@ -108,7 +110,7 @@ def observation_rows(
     for code in codes:
         feature = LOINC_TO_FEATURE.get(code)
         if feature is not None:
-            value = _quantity(feature, res.get("valueQuantity"), pid, issues)
+            value = _quantity(feature, res.get("valueQuantity"), pid, issues, when)
             if value is not None:
                 rows.append((pid, feature, when, value))
     if BP_PANEL_LOINC in codes or not codes & _FEATURE_LOINC:
@@ -116,7 +118,7 @@ def observation_rows(
             for system, code in codes_of(comp.get("code")):
                 feature = LOINC_TO_FEATURE.get(code)
                 if system == LOINC and feature in ("sbp", "dbp"):
-                    value = _quantity(feature, comp.get("valueQuantity"), pid, issues)
+                    value = _quantity(feature, comp.get("valueQuantity"), pid, issues, when)
                     if value is not None:
                         rows.append((pid, feature, when, value))
     return pid, when

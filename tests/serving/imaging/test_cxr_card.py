@@ -16,7 +16,7 @@ from serving.imaging.card import cxr_card, patient_age, score_text
 from serving.imaging.results import StudyRef
 from serving.ui.links import LinkSigner
 from tests.serving.imaging.conftest import AppFactory
-from tests.serving.imaging.results_fixtures import heatmap_png, make_result
+from tests.serving.imaging.results_fixtures import make_result, store_read
 
 _SIGNER = LinkSigner(b"k" * 32, timedelta(days=1))
 # abnormal, tb, nodule, consolidation, effusion
@@ -135,7 +135,7 @@ def _hook(patient: str, birth: str | None) -> dict[str, Any]:
 
 def test_route_reads_the_age_from_prefetch(make_app: AppFactory) -> None:
     client, state = make_app()
-    state.store.save(make_result(patient="P20", probs=TB_READ), heatmap_png())
+    store_read(state, make_result(patient="P20", probs=TB_READ))
     born = (datetime.now(UTC) - timedelta(days=365 * 40)).date().isoformat()
     adult = client.post("/cds-services/cxr-triage", json=_hook("P20", born)).json()["cards"][0]
     assert adult["indicator"] == "critical"

@@ -26,7 +26,7 @@ from serving.imaging.config import ImagingConfig
 from serving.imaging.routes import routes
 from serving.imaging.state import ImagingState
 from tests.peak_memory import reset_peak, resident_mb
-from tests.serving.imaging.conftest import Client, ListAudit, fake_runtime
+from tests.serving.imaging.conftest import Client, LockableAudit, fake_runtime
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 from tests.serving.service_process import TonleProcess
 
@@ -39,10 +39,10 @@ def test_mutated_uploads_never_give_a_5xx_or_a_memory_bomb(
     model_store: Path, tmp_path: Path
 ) -> None:
     stored = make_cxr_artifact(tmp_path, size=224)
-    audit = ListAudit()
+    audit = LockableAudit.at(tmp_path)
     state = ImagingState.build(
         stored,
-        ImagingConfig(results_dir=tmp_path / "imaging"),
+        ImagingConfig(),
         site="default",
         public_url="http://t",
         audit=audit,
@@ -74,7 +74,7 @@ def test_mutated_uploads_never_give_a_5xx_or_a_memory_bomb(
         print(f"\n{len(corpus)} mutants, statuses {sorted(statuses.items())}, "
               f"worst growth {worst[0]:.0f} MB ({worst[1]})")  # fmt: skip
         assert not wrong, "\n".join(wrong)
-        assert len(audit.rows) == len(corpus)  # every answer audited
+        assert len(audit.rows()) == len(corpus)  # every answer audited
         valid = cases.fuzz_seeds()["native DICOM"][0]
         after = client.post(
             "/v1/imaging/cxr", content=valid, headers={"content-type": "application/dicom"}
@@ -82,6 +82,7 @@ def test_mutated_uploads_never_give_a_5xx_or_a_memory_bomb(
         assert after.status_code == 200, after.text  # the worker still answers
     finally:
         client.close()
+        audit.close()
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_real_service_worker_memory_per_mutated_upload(model_store: Path, tmp_pa
     stored = make_cxr_artifact(tmp_path, size=224)
     config = {
         "models": {"cxr-triage": stored.metadata.version},
-        "imaging": {"model": "cxr-triage", "results_dir": str(tmp_path / "imaging")},
+        "imaging": {"model": "cxr-triage"},
     }
     (tmp_path / "imaging.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     database_url = f"sqlite:///{tmp_path / 'audit.db'}"
