@@ -30,7 +30,7 @@ from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
-from serving.imaging.heatmap import DISPLAY_MAX, HeatmapSource, display_png
+from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
     Analysed,
     CxrFinding,
@@ -53,6 +53,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_TYPES = frozenset({"application/dicom"})
+# The display copy is decoded with its short side at least this (then at most
+# DISPLAY_MAX on its long side): on a 3000 x 2500 JPEG 2000 image 512 decodes a quarter
+# of full size, one resolution level more than the model needs; 768 would cost ~4x more.
+DISPLAY_DECODE = 512
 PNG_TYPES = frozenset({"image/png"})
 # Reason codes that mean "we could not read it" rather than "not what the model is for".
 _UNSUPPORTED = {"no-decoder": 415, "too-large": 413}
@@ -294,14 +298,17 @@ class CxrAnalyser:
         )
 
     def _display_copy(self, preprocess: Any, data: bytes, media: str, decoded: Any) -> bytes:
-        """The display copy of the original (long side <= DISPLAY_MAX).
+        """The display copy of the original (long side <= heatmap.DISPLAY_MAX).
 
         The model's decode may block-average to just above the model size; for a
-        readable copy the image is decoded again at display size (the model input is
-        left exactly as training made it). A failure keeps the model's decode.
+        readable copy the image is decoded again with its short side >= DISPLAY_DECODE
+        (the model input is left exactly as training made it). A failure keeps the
+        model's decode. On a 3000 x 2500 16-bit radiograph this adds ~10 CPU-ms
+        (uncompressed) or ~60 (JPEG 2000, one resolution level more) plus ~14 for the
+        PNG: ``display_ms`` in the timings.
         """
         pixels = decoded.pixels
-        target = DISPLAY_MAX * 3 // 4
+        target = DISPLAY_DECODE
         if min(pixels.shape) < target and min(decoded.rows, decoded.columns) > min(pixels.shape):
             decode = preprocess.decode_dicom if media in DICOM_TYPES else preprocess.decode_png
             try:

@@ -277,7 +277,7 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
-        return self._png(result_id, HeatmapSource.overlay_png)
+        return self.source(result_id).overlay_png()
 
     def image(self, result_id: str) -> bytes:
         """The display copy of a read's original (8-bit grey PNG, long side <= 1024).
@@ -287,7 +287,7 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
-        return self._png(result_id, HeatmapSource.display_png)
+        return self.source(result_id).display_png()
 
     def source(self, result_id: str) -> HeatmapSource:
         """What a read's images and per-label maps are drawn from.
@@ -295,16 +295,13 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
-        return self._png(result_id, lambda source: source)
-
-    def _png(self, result_id: str, draw: Callable[[HeatmapSource], Any]) -> Any:
         table = schema.imaging_results
         query = select(table.c.format, table.c.heatmap).where(table.c.result_id == result_id)
         found = self._run(lambda c: c.execute(query).one_or_none())
         if found is None:
             raise KeyError(result_id)
         _check_format(found.format)
-        return draw(HeatmapSource.decode(found.heatmap, found.format))
+        return HeatmapSource.decode(found.heatmap, found.format)
 
     def _one(self, query: Select[Any]) -> StoredResult | None:
         found = self._all(query)

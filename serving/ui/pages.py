@@ -14,6 +14,7 @@ database, where the CDS call stored it with its audit row, so any worker shows i
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,7 @@ from serving.runtime import Runtime
 from serving.ui.explanations import NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
+    json_error,
     language,
     link_refused,
     message_page,
@@ -48,6 +50,8 @@ __all__ = [
     "side_marker",
     "stored_explanation",
 ]
+
+logger = logging.getLogger(__name__)
 
 # --- NCD explanation -------------------------------------------------------------------
 
@@ -223,7 +227,11 @@ async def explain_cxr(request: Request) -> Response:
         return found
     state, stored = found
     result: CxrResult = stored.result
-    source = await run_in_threadpool(state.store.source, result.id)
+    try:
+        source = await run_in_threadpool(state.store.source, result.id)
+    except Exception:  # a stored read whose maps cannot be read: nothing half-shown
+        logger.exception("stored maps of a read could not be read")
+        return json_error("audit-unavailable", 503)
     lang = language(request)
     left, marker_source = side_marker(result.study)
     maps = source.maps()
@@ -267,6 +275,9 @@ async def cxr_png(request: Request) -> Response:
         png = await run_in_threadpool(getattr(state.store, which), stored.result.id)
     except KeyError:
         return Response(status_code=404)
+    except Exception:
+        logger.exception("stored image of a read could not be drawn")
+        return json_error("audit-unavailable", 503)
     # The read never changes; the link expires, so the browser keeps it privately.
     headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{stored.result.id}-{which}"'}
     return Response(png, media_type="image/png", headers=headers)

@@ -31,16 +31,23 @@ def _with(data: bytes, **tags: object) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_large_dicom_keeps_a_1024_display_copy_and_the_model_input_unchanged(
-    make_app: AppFactory,
+@pytest.mark.parametrize(
+    ("rows", "columns", "size"),
+    [
+        (2400, 2000, (666, 800)),  # 1/3 of full size: short side >= 512
+        (2400, 1200, (512, 1024)),  # 1/2 would be 1200 long: cut to 1024, aspect kept
+    ],
+)
+def test_a_large_dicom_keeps_a_display_copy_and_the_model_input_unchanged(
+    make_app: AppFactory, rows: int, columns: int, size: tuple[int, int]
 ) -> None:
     _, state = make_app()
     analyser = state.analyser
-    data = dicom_bytes(radiograph(2400, 2000))
+    data = dicom_bytes(radiograph(rows, columns))
     prepared = analyser.prepare(data, "application/dicom")
     with Image.open(io.BytesIO(prepared.display)) as shown:
         assert shown.mode == "L"
-        assert shown.size == (853, 1024)  # long side 1024, aspect kept (2000 x 2400)
+        assert shown.size == size
         grey = np.asarray(shown)
     assert int(grey.max()) - int(grey.min()) > 128  # a readable image, not a flat one
     # The model sees exactly what the model-size decode gives (no train/serve skew).
