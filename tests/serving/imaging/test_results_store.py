@@ -124,7 +124,8 @@ def test_heatmap_source_round_trips_and_rejects_torn_bytes() -> None:
     again = HeatmapSource.decode(data)
     assert np.array_equal(again.image, source.image)
     assert np.allclose(again.cam, source.cam, atol=1e-3)
-    assert again.cams is None and again.display == b""
+    assert again.cams is None
+    assert again.display == b""
     for torn in (b"", data[:7], data[:-1], data + b"\0"):
         with pytest.raises(ValueError, match="heatmap source"):
             HeatmapSource.decode(torn)
@@ -141,13 +142,15 @@ def test_format_2_keeps_every_label_map_and_the_display_copy() -> None:
     )
     again = HeatmapSource.decode(source.encode(), 2)
     assert again.labels == ("abnormal", "tb", "nodule")
-    assert again.cams is not None and again.cams.shape == (3, 8, 8)
+    assert again.cams is not None
+    assert again.cams.shape == (3, 8, 8)
     for index in range(3):  # each map scaled 0-1 on its own, kept as float16
         raw = cams[index]
         assert np.allclose(again.cams[index], (raw - raw.min()) / np.ptp(raw), atol=1e-3)
     assert again.display_png() == display
     with Image.open(io.BytesIO(display)) as shown:
-        assert shown.size == (398, 512) and shown.mode == "L"  # long side 512, aspect kept
+        assert shown.size == (398, 512)  # long side 512, aspect kept
+        assert shown.mode == "L"
     assert set(again.maps()) == {"abnormal", "tb", "nodule"}
     assert len(again.maps()["tb"]) == 64
     with pytest.raises(ValueError, match="maps of shape"):
