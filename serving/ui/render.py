@@ -120,6 +120,9 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
     def num(value: float, decimals: int = 0) -> str:
         return i18n.format_number(value, lang, decimals)
 
+    def nums(text: str) -> str:
+        return i18n.format_numbers_in(text, lang)
+
     def when(value: date | datetime | None) -> str:
         return i18n.format_date(value, lang) if value is not None else ""
 
@@ -133,6 +136,7 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
         .render(
             t=tr,
             num=num,
+            nums=nums,
             when=when,
             metric_name=metric_name,
             lang=lang,
