@@ -26,7 +26,11 @@
         const alt = tok.slice(2, tok.indexOf("]("));
         const src = tok.slice(tok.indexOf("](") + 2, -1);
         if (options && options.imageBase && FIGURE.test(src)) {
-          node = document.createElement("img"); node.src = options.imageBase + src; node.alt = alt; node.loading = "lazy";
+          const img = document.createElement("img"); img.alt = alt; img.loading = "lazy";
+          // A figure the server refuses (missing, a link) is named, not shown broken.
+          img.addEventListener("error", () => { const span = document.createElement("span"); span.className = "small"; span.textContent = `[${alt}]`; img.replaceWith(span); });
+          img.src = options.imageBase + src;
+          node = img;
         } else { node = document.createElement("span"); node.textContent = alt; }
       } else if (tok.startsWith("[")) {
         const label = tok.slice(1, tok.indexOf("]("));
@@ -39,6 +43,15 @@
       parent.appendChild(node);
       rest = rest.slice(m.index + tok.length);
     }
+  }
+
+  // A wide table scrolls inside its own box (reachable by keyboard), never the page.
+  function scroller(table) {
+    const wrap = document.createElement("div"); wrap.className = "table-scroll"; wrap.tabIndex = 0;
+    wrap.setAttribute("role", "region");
+    wrap.setAttribute("aria-label", (table.tHead && table.tHead.textContent.trim().slice(0, 60)) || "table");
+    wrap.appendChild(table);
+    return wrap;
   }
 
   function cells(line) {
@@ -80,11 +93,11 @@
           const summary = document.createElement("summary");
           summary.textContent = title ? title.textContent : options.collapseTables;
           if (title) title.remove();
-          const wrap = document.createElement("div"); wrap.className = "table-scroll"; wrap.appendChild(table);
+          const wrap = scroller(table);
           details.append(summary, wrap);
           root.appendChild(details);
         } else {
-          const wrap = document.createElement("div"); wrap.className = "table-scroll"; wrap.appendChild(table);
+          const wrap = scroller(table);
           root.appendChild(wrap);
         }
       } else if (lines.every((l) => /^\s*([-*]|\d+\.)\s+/.test(l))) {
