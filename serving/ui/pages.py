@@ -229,6 +229,35 @@ def _loaded(runtime: Runtime, name: str, version: str) -> Any | None:
     )
 
 
+# The section headings training writes into a model card (training/ncd_card.py), by
+# catalogue key: shown in the page's language; the text under them stays as written.
+CARD_HEADINGS = (
+    "intended_use",
+    "outcome",
+    "population",
+    "features",
+    "training",
+    "performance",
+    "evaluation",
+    "decision_curve",
+    "subgroups",
+    "gates",
+    "outputs",
+    "export",
+    "limitations",
+    "provenance",
+    "tripod",
+)
+
+
+def card_headings(lang: str, name: str) -> dict[str, str]:
+    """English model-card heading -> the same heading in ``lang``."""
+    key = "ui.model_card.heading."
+    out = {i18n.t(key + k, "en"): i18n.t(key + k, lang) for k in CARD_HEADINGS}
+    out[i18n.t(key + "model_card", "en", name=name)] = i18n.t(key + "model_card", lang, name=name)
+    return out
+
+
 async def model_card(request: Request) -> Response:
     """``GET /ui/models/{name}/{version}``: the card of a model this service loaded."""
     runtime = runtime_of(request)
@@ -244,6 +273,7 @@ async def model_card(request: Request) -> Response:
         "model_card.html",
         meta_=stored.metadata,
         card_json=script_json(text),
+        headings_json=script_json(card_headings(language(request), f"{name} {version}")),
         figures=f"/ui/models/{quote(name, safe='')}/{quote(version, safe='')}/figures/",
         metrics=headline_metrics(stored.metadata.metrics, limit=50),
     )

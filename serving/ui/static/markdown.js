@@ -59,7 +59,7 @@
   }
 
   // options: imageBase (URL prefix of the figures), headingLevel (the level of "#",
-  // default 4), collapseTables (a summary text: each table is folded away behind it, or
+  // default 4), headings (known heading text -> the text to show), collapseTables (a summary text: each table is folded away behind it, or
   // behind the bold line just before it).
   function render(markdown, options) {
     options = options || {};
@@ -112,7 +112,10 @@
       } else if (/^#{1,6}\s/.test(lines[0]) && lines.length === 1) {
         const level = Math.min(6, base + lines[0].match(/^#+/)[0].length - 1);
         const h = document.createElement(`h${level}`);
-        inline(h, lines[0].replace(/^#+\s*/, ""), options);
+        const text = lines[0].replace(/^#+\s*/, "").trim();
+        // A known section heading in the page's language (options.headings: text -> text).
+        const known = options.headings && Object.prototype.hasOwnProperty.call(options.headings, text);
+        if (known) h.textContent = options.headings[text]; else inline(h, text, options);
         root.appendChild(h);
       } else {
         const p = document.createElement("p");

@@ -259,6 +259,15 @@ def test_model_card_figures_and_codes(
     assert page.request.get(base + "decision_curve.png").status == 404  # a symlink
     assert page.request.get(base + "..%2Foutside.png").status == 404
     assert page.request.get(base + "model-card.md").status == 404
+    # In Khmer the card's section headings are Khmer; what the engineer wrote stays.
+    page.goto(f"{url}/ui/models/cvd-risk/1.0.0?lang=km")
+    page.wait_for_selector("#card-text .md")
+    text = page.inner_text("#card-text")
+    assert "ទិន្នន័យបញ្ចូល" in text
+    assert "កាតព័ត៌មានម៉ូដែល៖ cvd-risk 1.0.0" in text
+    assert "Input features" not in text
+    assert "Model card" not in text
+    assert "A05GBDR_014_SEA" in text
     page.close()
 
 
