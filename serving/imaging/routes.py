@@ -39,12 +39,11 @@ from serving.imaging.results import Analysed, CxrResult, StoredResult
 from serving.imaging.state import ImagingState
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "audit_row", "caller_tenant", "refuse", "routes"]
+__all__ = ["SERVICE_ID", "audit_row", "caller_tenant", "refuse", "routes", "unauthorized"]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_ID = "imaging-cxr"
-_UNAUTHORISED = {"error": "unauthorized"}
 _PATIENT = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # as CDS Hooks context.patientId
 
 
@@ -82,6 +81,15 @@ async def authenticate(state: ImagingState, request: Request) -> Any | None:
         return api_key_caller(state.authenticator, request, dev=state.dev)
     except AuthError:
         return None
+
+
+def unauthorized(request: Request) -> Response:
+    """The one 401 answer (:func:`serving.http.identify.refusal`): counted, no audit row."""
+    from serving.auth import AuthError
+    from serving.http.identify import refusal
+    from serving.http.pipeline import route_of
+
+    return refusal(AuthError("unauthorized"), route_of(request))
 
 
 def _caller_field(caller: Any, name: str) -> str | None:
@@ -205,7 +213,7 @@ async def analyse_image(request: Request) -> Response:
         return _not_ready()
     caller = await authenticate(state, request)
     if caller is None:
-        return await refuse(state, SERVICE_ID, started, 401, _UNAUTHORISED)
+        return unauthorized(request)
     request_id = uuid.uuid4().hex
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")
@@ -362,7 +370,7 @@ async def _stored(
 
 async def _caller_check(state: ImagingState, request: Request) -> Response | Any:
     caller = await authenticate(state, request)
-    return JSONResponse(_UNAUTHORISED, status_code=401) if caller is None else caller
+    return unauthorized(request) if caller is None else caller
 
 
 async def _link_check(state: ImagingState, request: Request) -> Response | None:

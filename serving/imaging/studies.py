@@ -161,7 +161,13 @@ async def analyse_study(request: Request) -> Response:
     and the work runs after the response: a PACS calling from its own event hook
     (Orthanc's Lua ``OnStableStudy``) must not wait on requests back to itself.
     """
-    from serving.imaging.routes import _NotReady, _read_body, authenticate, imaging_state
+    from serving.imaging.routes import (
+        _NotReady,
+        _read_body,
+        authenticate,
+        imaging_state,
+        unauthorized,
+    )
 
     started = time.perf_counter()
     try:
@@ -170,7 +176,7 @@ async def analyse_study(request: Request) -> Response:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
     if caller is None:
-        return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return unauthorized(request)
     if state.config.pacs is None:
         return JSONResponse(
             {"error": "no-pacs", "message": "imaging.pacs is not configured"}, status_code=409
@@ -258,7 +264,7 @@ def _list_sync(
 async def list_studies(request: Request) -> Response:
     """``GET /v1/imaging/studies?patient=ID``: the patient's studies in the PACS (QIDO-RS),
     with the id of the read the caller's tenant had made of each one it analysed."""
-    from serving.imaging.routes import _NotReady, authenticate, imaging_state
+    from serving.imaging.routes import _NotReady, authenticate, imaging_state, unauthorized
 
     started = time.perf_counter()
     try:
@@ -267,7 +273,7 @@ async def list_studies(request: Request) -> Response:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
     if caller is None:
-        return JSONResponse({"error": "unauthorized"}, status_code=401)
+        return unauthorized(request)
     if state.config.pacs is None:
         return JSONResponse({"error": "no-pacs"}, status_code=409)
     patient = request.query_params.get("patient", "")
