@@ -284,5 +284,8 @@ def test_khmer_numbers_use_one_decimal_separator(server: tuple[str, Runtime], br
     grid = page.inner_text(".grids")
     assert not re.search(r"\d\.\d", grid), grid  # and the chart's ranges too ("4-4,9")
     assert "SBP" not in grid
+    # The WHO region is named in Khmer (Cambodia's region).
+    assert "អាស៊ីអាគ្នេយ៍" in text
+    assert "Southeast Asia" not in text
     assert "TC" not in grid
     page.close()
