@@ -15,8 +15,11 @@ database, where the CDS call stored it with its audit row, so any worker shows i
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -47,6 +50,7 @@ __all__ = [
     "explain_cxr",
     "explain_ncd",
     "model_card",
+    "model_card_figure",
     "side_marker",
     "stored_explanation",
 ]
@@ -286,11 +290,13 @@ async def cxr_png(request: Request) -> Response:
 # --- model card --------------------------------------------------------------------------
 
 
-async def model_card(request: Request) -> Response:
-    """``GET /ui/models/{name}/{version}``: the card of a model this service loaded."""
-    runtime = runtime_of(request)
-    name, version = request.path_params["name"], request.path_params["version"]
-    stored = next(
+# A model card's figures: plain PNG file names in the card's own directory, nothing else.
+FIGURE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.png$")
+
+
+def _loaded(runtime: Runtime, name: str, version: str) -> Any | None:
+    """The stored model this service loaded under ``name`` ``version``, if any."""
+    return next(
         (
             s
             for s in runtime.models.values()
@@ -298,6 +304,42 @@ async def model_card(request: Request) -> Response:
         ),
         None,
     )
+
+
+# The section headings training writes into a model card (training/ncd_card.py), by
+# catalogue key: shown in the page's language; the text under them stays as written.
+CARD_HEADINGS = (
+    "intended_use",
+    "outcome",
+    "population",
+    "features",
+    "training",
+    "performance",
+    "evaluation",
+    "decision_curve",
+    "subgroups",
+    "gates",
+    "outputs",
+    "export",
+    "limitations",
+    "provenance",
+    "tripod",
+)
+
+
+def card_headings(lang: str, name: str) -> dict[str, str]:
+    """English model-card heading -> the same heading in ``lang``."""
+    key = "ui.model_card.heading."
+    out = {i18n.t(key + k, "en"): i18n.t(key + k, lang) for k in CARD_HEADINGS}
+    out[i18n.t(key + "model_card", "en", name=name)] = i18n.t(key + "model_card", lang, name=name)
+    return out
+
+
+async def model_card(request: Request) -> Response:
+    """``GET /ui/models/{name}/{version}``: the card of a model this service loaded."""
+    runtime = runtime_of(request)
+    name, version = request.path_params["name"], request.path_params["version"]
+    stored = _loaded(runtime, name, version)
     if stored is None:
         return message_page(request, "ui.explain.not_found", 404)
     cards = [stored.card_dir / n for n in ("model-card.md", "README.md")]
@@ -308,5 +350,28 @@ async def model_card(request: Request) -> Response:
         "model_card.html",
         meta_=stored.metadata,
         card_json=script_json(text),
+        headings_json=script_json(card_headings(language(request), f"{name} {version}")),
+        figures=f"/ui/models/{quote(name, safe='')}/{quote(version, safe='')}/figures/",
         metrics=headline_metrics(stored.metadata.metrics, limit=50),
     )
+
+
+def _figure(card_dir: Path, file: str) -> bytes | None:
+    """A figure's bytes: a regular PNG file directly in ``card_dir`` (no link, no path)."""
+    if not FIGURE.match(file):
+        return None
+    path = card_dir / file
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != card_dir.resolve():
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
+
+
+async def model_card_figure(request: Request) -> Response:
+    """``GET /ui/models/{name}/{version}/figures/{file}``: a PNG figure of a model card."""
+    p = request.path_params
+    stored = _loaded(runtime_of(request), p["name"], p["version"])
+    png = await run_in_threadpool(_figure, stored.card_dir, p["file"]) if stored else None
+    if png is None:
+        return Response(status_code=404)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -10,75 +10,18 @@ the test then reads the feedback back from the audit store. Screenshots go to
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from serving.runtime import Runtime
-from tests.serving.ui.ui_fixtures import demo_app
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DESKTOP = {"width": 1366, "height": 768}
 TABLET = {"width": 768, "height": 1024}
-
-if not CHROMIUM.exists():  # pragma: no cover - `make test` installs it (SYSTEM_PACKAGES)
-    pytest.fail("Debian chromium is required: apt-get install chromium", pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def server(
-    ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Runtime]]:
-    tmp = tmp_path_factory.mktemp("ui-browser")
-    url = f"http://127.0.0.1:{_free_port()}"
-    with demo_app(ui_store_home, tmp, public_url=url, cxr=True) as (app, runtime):
-        config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
-        config.log_level = "warning"
-        srv = uvicorn.Server(config)
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started
-        try:
-            yield url, runtime
-        finally:
-            srv.should_exit = True
-            thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
-
 
 # Form controls and buttons without an accessible name (label, aria-label or text).
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
