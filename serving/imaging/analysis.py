@@ -55,10 +55,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_TYPES = frozenset({"application/dicom"})
-# The display copy is decoded with its short side at least this (then at most
-# DISPLAY_MAX on its long side): on a 3000 x 2500 JPEG 2000 image 512 decodes a quarter
-# of full size, one resolution level more than the model needs; 768 would cost ~4x more.
-DISPLAY_DECODE = 512
 PNG_TYPES = frozenset({"image/png"})
 # Reason codes that mean "we could not read it" rather than "not what the model is for".
 _UNSUPPORTED = {"no-decoder": 415, "too-large": 413}
@@ -303,15 +299,16 @@ class CxrAnalyser:
         """The display copy of the original (long side <= heatmap.DISPLAY_MAX).
 
         The model's decode may block-average to just above the model size; for a
-        readable copy the image is decoded again with its short side >= DISPLAY_DECODE
-        (the model input is left exactly as training made it). A failure keeps the
-        model's decode. On a 3000 x 2500 16-bit radiograph this adds ~10 CPU-ms
-        (uncompressed) or ~60 (JPEG 2000, one resolution level more) plus ~14 for the
-        PNG: ``display_ms`` in the timings.
+        readable copy the image is decoded again with its short side >=
+        ``config.display_short_side`` (0: never; the model input is left exactly as
+        training made it). A failure keeps the model's decode. On a 3000 x 2500 16-bit
+        radiograph this adds ~10 CPU-ms (uncompressed) or ~60 (JPEG 2000, one resolution
+        level more) plus ~14 for the PNG: ``display_ms`` in the timings.
         """
         pixels = decoded.pixels
-        target = DISPLAY_DECODE
-        if min(pixels.shape) < target and min(decoded.rows, decoded.columns) > min(pixels.shape):
+        target = self.config.display_short_side
+        smaller = min(pixels.shape) < min(decoded.rows, decoded.columns)
+        if target and min(pixels.shape) < target and smaller:
             decode = preprocess.decode_dicom if media in DICOM_TYPES else preprocess.decode_png
             try:
                 pixels = decode(data, max_pixels=self.config.max_pixels, target_size=target).pixels

@@ -181,9 +181,9 @@ async def _linked_read(request: Request, service_id: str) -> tuple[Any, StoredRe
     Answers a refusal (403 / 410), 404 for an unknown read, or 503 when imaging is off or
     the audit row cannot be committed: nothing is shown that was not audited.
     """
-    from serving.imaging.routes import _link_check, _stored
+    from serving.imaging.routes import link_check, stored_read
 
-    return await _stored(request, _link_check, service_id)
+    return await stored_read(request, link_check, service_id)
 
 
 def side_marker(study: StudyRef) -> tuple[str, str]:

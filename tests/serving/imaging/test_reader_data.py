@@ -117,3 +117,16 @@ def test_unreadable_headers_give_no_facts(data: bytes) -> None:
 )
 def test_side_marker(orientation: tuple[str, str] | None, marker: tuple[str, str]) -> None:
     assert side_marker(StudyRef(orientation=orientation)) == marker
+
+
+def test_display_copy_without_a_second_decode_when_configured(make_app: AppFactory) -> None:
+    """``display_short_side: 0`` keeps the model's own decode as the display copy (the
+    second decode costs about as much CPU as the rest of a new read)."""
+    _, state = make_app(display_short_side=0)
+    analyser = state.analyser
+    data = dicom_bytes(radiograph(2400, 2000))
+    prepared = analyser.prepare(data, "application/dicom")
+    decoded = decode_dicom(data, max_pixels=analyser.config.max_pixels, target_size=analyser.size)
+    with Image.open(io.BytesIO(prepared.display)) as shown:
+        assert shown.size == decoded.pixels.shape[::-1]
+        assert min(shown.size) < 512
