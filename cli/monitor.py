@@ -1,7 +1,8 @@
 """``tonle monitor report``: the weekly monitoring report, from the audit store.
 
-Reads the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL`` (and,
-with ``--imaging-results``, the chest X-ray result files) and writes one HTML page:
+Reads the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL`` (audit
+rows, feedback, retained explanations and the stored chest X-ray reads) and writes one
+HTML page:
 volume, outcomes, silent-mode answers, no-advice and refusal reasons, accepted /
 overridden rates and override reasons, risk bands shown, share of reads flagged per
 finding, by site (calling tenant). See :mod:`serving.monitor.report`.
@@ -10,8 +11,6 @@ finding, by site (calling tenant). See :mod:`serving.monitor.report`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -30,33 +29,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")
 
 
-def _findings(root: Path, since: datetime, until: datetime | None) -> Iterator[tuple[str, bool]]:
-    from serving.imaging.results import CxrResult
-
-    for path in sorted((root / "results").glob("*/result.json")):
-        try:
-            result = CxrResult.model_validate_json(path.read_bytes())
-        except (OSError, ValueError):
-            continue  # torn by a power loss or removed meanwhile: not a read
-        if result.created >= since and (until is None or result.created < until):
-            yield from ((f.label, f.flagged) for f in result.findings)
-
-
 @monitor_app.command("report")
 def report(
     since: Annotated[str, typer.Option(help="Start: ISO date or date-time (UTC if no zone).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
     until: Annotated[str | None, typer.Option(help="End (exclusive); default: now.")] = None,
-    imaging_results: Annotated[
-        Path | None,
-        typer.Option(help="The imaging results_dir, for the share flagged per finding."),
-    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Write the monitoring report for a period.
 
     Example: tonle monitor report --since 2026-11-30 -o report.html
     """
+    from serving.monitor.reads import findings, iter_reads
     from serving.monitor.report import build_report, render_html
 
     start = _when(since, "--since")
@@ -64,8 +48,6 @@ def report(
     assert start is not None
     if end is not None and end <= start:
         raise fail("--until must be after --since", EXIT_USAGE)
-    if imaging_results is not None and not (imaging_results / "results").is_dir():
-        raise fail(f"{imaging_results} has no results/ folder (imaging results_dir)", EXIT_USAGE)
     store = _open(database_url)
     try:
 
@@ -83,7 +65,7 @@ def report(
             since=start,
             until=end,
             band_of=band_of,
-            findings=_findings(imaging_results, start, end) if imaging_results else (),
+            findings=findings(iter_reads(store.engine, start, end)),
         )
     finally:
         store.close()

@@ -3,7 +3,7 @@
 Everything is counted from what the service already keeps: audit rows (volume, outcome,
 mode, reason codes, the tenant that called), clinicians' feedback (accepted /
 overridden and the coded override reason), the NCD explanations still retained (the
-risk band each card showed) and, when given, the chest X-ray result files (the share
+risk band each card showed) and the stored chest X-ray reads (the share
 of reads flagged per finding). Nothing here runs on the request path.
 
 "By site": an audit row names the calling tenant (one EHR / site), so per-site figures
