@@ -45,6 +45,7 @@ from serving import assess as assess_module  # noqa: E402
 from serving import cds_hooks  # noqa: E402
 from serving.app import create_app  # noqa: E402
 from serving.audit import AuditStore  # noqa: E402
+from serving.http import pipeline  # noqa: E402
 from serving.runtime import Runtime  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, runtime_for  # noqa: E402
 
@@ -108,6 +109,7 @@ ROWS = (
     ("explanation page record", False),
     ("response serialisation", False),
     ("audit commit (wait)", False),
+    ("monitoring metrics", False),
     ("committer write incl. fsync", True),
     ("other (routing, handler)", False),
     ("total", False),
@@ -138,9 +140,10 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
         ("ncd_card", "card building"),
         ("explanation_record", "explanation page record"),
         ("response_body", "response serialisation"),
-        ("_commit", "audit commit (wait)"),
     ):
         patch(cds_hooks, attr, name)
+    patch(pipeline, "commit", "audit commit (wait)")
+    patch(pipeline, "observe_answer", "monitoring metrics")
     patch(assess_module, "who_for", "WHO chart")
     for predictor in runtime.ncd.values():
         patch(predictor, "explain", "ONNX risk + explanation")

@@ -45,6 +45,7 @@ from serving.http.cds import CdsCall
 from serving.http.identify import authenticate, refusal, runtime_of
 from serving.http.pipeline import Answer, endpoint, route_of
 from serving.i18n import negotiate
+from serving.metrics import count_feedback
 from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.ui.explanations import explanation_record
@@ -323,6 +324,7 @@ async def feedback(request: Request) -> Response:
                 caller_tenant=caller.tenant,
             )
             await run_in_threadpool(audit.record_feedback, record)
+            count_feedback(record)
     except Exception:
         logger.exception("feedback store unavailable")
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)

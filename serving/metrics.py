@@ -14,12 +14,25 @@ stay open.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RouteMetrics", "count_outcome", "count_refusal", "exposition"]
+if TYPE_CHECKING:
+    from serving.audit.records import AuditRecord, FeedbackRecord
+
+__all__ = [
+    "CATEGORIES",
+    "RouteMetrics",
+    "category",
+    "count_feedback",
+    "count_outcome",
+    "count_refusal",
+    "exposition",
+    "observe_answer",
+]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
@@ -64,6 +77,110 @@ def _requests() -> tuple[Any, Any]:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     )
     return total, seconds
+
+
+# Why a call gave no advice, as a closed set of monitoring categories (label values).
+CATEGORIES = (
+    "none",
+    "quality-gate",
+    "out-of-distribution",
+    "insufficient-data",
+    "stale-data",
+    "out-of-range",
+    "invalid-request",
+    "unavailable",
+    "other",
+)
+_SAME = frozenset({"out-of-distribution", "insufficient-data", "stale-data", "out-of-range"})
+_INVALID = frozenset({"invalid-request", "bad-request", "invalid-patient", "too-large"})
+_UNAVAILABLE = frozenset({"model-error", "overloaded", "audit-unavailable", "model-unavailable"})
+
+
+@cache
+def _quality_reasons() -> frozenset[str]:
+    from models.cxr_quality import QUALITY_REASONS
+
+    return frozenset(QUALITY_REASONS) - {"out-of-distribution"}
+
+
+@cache
+def category(reason: str | None) -> str:
+    """The monitoring category (one of :data:`CATEGORIES`) of a reason code."""
+    if not reason:
+        return "none"
+    family = _family(reason)
+    if family in _SAME:
+        return family
+    if family in _quality_reasons():
+        return "quality-gate"
+    if family in _INVALID:
+        return "invalid-request"
+    if family in _UNAVAILABLE:
+        return "unavailable"
+    return "other"
+
+
+@cache
+def _monitoring() -> tuple[Any, Any, Any, Any]:
+    from prometheus_client import Counter
+
+    answers = Counter(
+        "tonle_answers",
+        "Audited answers by service, site (calling tenant), mode (live/silent), outcome "
+        "and reason category.",
+        ["service", "site", "mode", "outcome", "category"],
+    )
+    findings = Counter(
+        "tonle_cxr_findings",
+        "Chest X-ray findings read, by service, site, finding and whether it was flagged.",
+        ["service", "site", "finding", "flagged"],
+    )
+    bands = Counter(
+        "tonle_ncd_bands",
+        "NCD risk cards by service, site and the risk band they showed.",
+        ["service", "site", "band"],
+    )
+    feedback = Counter(
+        "tonle_feedback",
+        "Clinician feedback by service, site, outcome (accepted/overridden) and coded "
+        "override reason ('none' when not given, 'other' when not a Tonle code).",
+        ["service", "site", "outcome", "reason"],
+    )
+    return answers, findings, bands, feedback
+
+
+def _site(tenant: str | None) -> str:
+    return (tenant or "-")[:64]
+
+
+def observe_answer(row: AuditRecord) -> None:
+    """Count one committed answer for monitoring: its category, and the findings
+    flagged (a new chest X-ray read) or the risk band shown (an NCD card)."""
+    answers, findings, bands, _ = _monitoring()
+    service, site = row.service_id[:64], _site(row.caller_tenant)
+    answers.labels(service, site, row.mode, row.outcome, category(row.reason)).inc()
+    if row.imaging_result is not None:
+        for finding in json.loads(row.imaging_result.result).get("findings", ()):
+            flagged = "true" if finding.get("flagged") else "false"
+            findings.labels(service, site, str(finding.get("label"))[:32], flagged).inc()
+    if row.explanation is not None and row.outcome == "advice":
+        band = json.loads(row.explanation.content).get("band")
+        if band is not None:
+            bands.labels(service, site, str(band)[:16]).inc()
+
+
+def count_feedback(fb: FeedbackRecord) -> None:
+    """Count one stored feedback entry; the override reason is a Tonle code or 'other'."""
+    from serving.cards import OVERRIDE_CODES, OVERRIDE_SYSTEM
+
+    reason = fb.override_reason
+    if fb.outcome == "accepted" or reason is None or reason.code is None:
+        code = "none"
+    elif reason.system in (OVERRIDE_SYSTEM, None) and reason.code in OVERRIDE_CODES:
+        code = reason.code
+    else:
+        code = "other"
+    _monitoring()[3].labels(fb.service_id[:64], _site(fb.caller_tenant), fb.outcome, code).inc()
 
 
 def _family(reason: str | None) -> str:
