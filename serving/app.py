@@ -66,7 +66,7 @@ async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text, for the configured scraper only."""
     if not scrape_allowed(request):
         return refusal(AuthError("metrics-token"), "/metrics")
-    body, content_type = await run_in_threadpool(exposition)
+    body, content_type = await run_in_threadpool(exposition, runtime_of(request))
     return Response(body, media_type=content_type)
 
 

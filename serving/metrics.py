@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from models.metadata import ModelMetadata
     from serving.audit.records import AuditRecord, FeedbackRecord
+    from serving.monitor.drift import FeatureBins
 
 __all__ = [
     "CATEGORIES",
@@ -32,6 +35,7 @@ __all__ = [
     "count_refusal",
     "exposition",
     "observe_answer",
+    "observe_features",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
@@ -183,6 +187,54 @@ def count_feedback(fb: FeedbackRecord) -> None:
     _monitoring()[3].labels(fb.service_id[:64], _site(fb.caller_tenant), fb.outcome, code).inc()
 
 
+@cache
+def _feature_bins() -> Any:
+    from prometheus_client import Counter
+
+    return Counter(
+        "tonle_ncd_feature_bins",
+        "NCD inputs answered with advice, by service, feature and the index of the "
+        "training-distribution bin the value fell in (for drift: tonle_ncd_feature_psi).",
+        ["service", "feature", "bin"],
+    )
+
+
+_Binned = tuple[tuple[str, "FeatureBins", dict[str, float]], ...]
+_BINS: dict[int, tuple[ModelMetadata, _Binned]] = {}  # id -> (kept alive, its bins)
+
+
+def _bins_of(metadata: ModelMetadata) -> _Binned:
+    kept = _BINS.get(id(metadata))
+    found = kept[1] if kept is not None and kept[0] is metadata else None
+    if found is None:
+        from serving.monitor.drift import distribution_of
+
+        encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
+        found = tuple(
+            (name, bins, encodings.get(name, {}))
+            for name, bins in distribution_of(metadata.extra).items()
+        )
+        _BINS[id(metadata)] = (metadata, found)
+    return found
+
+
+def observe_features(
+    service: str, metadata: ModelMetadata, features: Mapping[str, float | str]
+) -> None:
+    """Count the training-distribution bin of each input of one answer (no values kept)."""
+    from serving.monitor.drift import bin_of
+
+    counter = _feature_bins()
+    for name, bins, codes in _bins_of(metadata):
+        raw = features.get(name)
+        if raw is None:
+            continue
+        value = codes.get(raw) if isinstance(raw, str) else float(raw)
+        if value is None or value != value:  # unknown code or NaN: not a value to bin
+            continue
+        counter.labels(service[:64], name, str(bin_of(value, bins))).inc()
+
+
 def _family(reason: str | None) -> str:
     return (reason or "").split(":", 1)[0][:40]
 
@@ -229,8 +281,15 @@ class RouteMetrics:
             seconds.labels(method=method, route=route).observe(time.perf_counter() - started)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The Prometheus text of every worker (multiprocess mode) and its content type."""
+_MONITORS: dict[int, Any] = {}  # id(config) -> this worker's rolling windows
+
+
+def exposition(runtime: Any = None) -> tuple[bytes, str]:
+    """The Prometheus text of every worker (multiprocess mode) and its content type.
+
+    With ``runtime``, also the scrape-time drift and alert gauges of
+    :mod:`serving.monitor.alerts`, computed from the counters just collected.
+    """
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         REGISTRY,
@@ -239,8 +298,21 @@ def exposition() -> tuple[bytes, str]:
         multiprocess,
     )
 
+    registry: Any = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    text = generate_latest(registry)
+    if runtime is None:
+        return text, CONTENT_TYPE_LATEST
+    from serving.monitor.alerts import Monitor, derived_text, expected_of
+
+    config = runtime.config.monitoring
+    monitor = _MONITORS.setdefault(id(config), Monitor(config))
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return text + derived_text(monitor, samples, expected_of(runtime.ncd)).encode(), (
+        CONTENT_TYPE_LATEST
+    )
