@@ -33,7 +33,9 @@ __all__ = [
     "count_feedback",
     "count_outcome",
     "count_refusal",
+    "current_samples",
     "exposition",
+    "monitor_of",
     "observe_answer",
     "observe_features",
 ]
@@ -281,7 +283,36 @@ class RouteMetrics:
             seconds.labels(method=method, route=route).observe(time.perf_counter() - started)
 
 
-_MONITORS: dict[int, Any] = {}  # id(config) -> this worker's rolling windows
+_MONITORS: dict[int, Any] = {}  # id(monitoring config) -> this worker's rolling windows
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _registry() -> Any:
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+def samples_of(registry: Any) -> Samples:
+    """Every sample of ``registry`` (all workers' in multiprocess mode), by name."""
+    found: Samples = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def monitor_of(runtime: Any) -> Any:
+    """This worker's :class:`serving.monitor.alerts.Monitor` for ``runtime``'s config."""
+    from serving.monitor.alerts import Monitor
+
+    config = runtime.config.monitoring
+    return _MONITORS.setdefault(id(config), Monitor(config))
 
 
 def exposition(runtime: Any = None) -> tuple[bytes, str]:
@@ -290,29 +321,18 @@ def exposition(runtime: Any = None) -> tuple[bytes, str]:
     With ``runtime``, also the scrape-time drift and alert gauges of
     :mod:`serving.monitor.alerts`, computed from the counters just collected.
     """
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        REGISTRY,
-        CollectorRegistry,
-        generate_latest,
-        multiprocess,
-    )
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    registry: Any = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry = _registry()
     text = generate_latest(registry)
     if runtime is None:
         return text, CONTENT_TYPE_LATEST
-    from serving.monitor.alerts import Monitor, derived_text, expected_of
+    from serving.monitor.alerts import derived_text, expected_of
 
-    config = runtime.config.monitoring
-    monitor = _MONITORS.setdefault(id(config), Monitor(config))
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return text + derived_text(monitor, samples, expected_of(runtime.ncd)).encode(), (
-        CONTENT_TYPE_LATEST
-    )
+    derived = derived_text(monitor_of(runtime), samples_of(registry), expected_of(runtime.ncd))
+    return text + derived.encode(), CONTENT_TYPE_LATEST
+
+
+def current_samples() -> Samples:
+    """The samples of every worker right now (for the operators' monitoring page)."""
+    return samples_of(_registry())
