@@ -167,3 +167,59 @@ def test_older_patients_than_in_training_raise_the_drift_alert(runtime: Runtime)
     assert psi_age == pytest.approx(psi([0.5, 0.5, 0.0], [0, 0, 3]))
     assert gauge(text, 'tonle_alert_active{rule="cvd-age-drift"}') == 1.0
     assert gauge(text, 'tonle_alert_count{rule="cvd-age-drift"}') >= 3.0
+
+
+def test_monitor_page_shows_sites_flagged_drift_and_alerts(runtime: Runtime) -> None:
+    assert get(runtime, "POST", CVD, cds_request(prefetch(age=62))).status_code == 200
+    page = get(runtime, "GET", "/ui/monitor")  # dev mode: the operator's view
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert "Monitoring" in html
+    assert "ncd-cvd-risk" in html
+    assert "<svg" in html
+    assert "<script" not in html
+    assert "cvd-age-drift" in html
+    assert "Firing" in html
+    assert "Input drift" in html
+    assert ">age<" in html
+    km = get(runtime, "GET", "/ui/monitor?lang=km").text
+    assert "ការតាមដាន" in km
+
+
+def test_monitor_page_needs_the_metrics_token_outside_dev_mode(runtime: Runtime) -> None:
+    from pydantic import SecretStr
+
+    dev = runtime.settings
+    runtime.settings = dev.model_copy(update={"dev": False, "metrics_token": SecretStr("m" * 40)})
+    try:
+        assert get(runtime, "GET", "/ui/monitor").status_code == 401
+        app = create_app(dev)
+        app.state.runtime = runtime
+
+        async def go(token: str) -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                return await c.get("/ui/monitor", headers={"Authorization": f"Bearer {token}"})
+
+        assert asyncio.run(go("x" * 40)).status_code == 401
+        assert asyncio.run(go("m" * 40)).status_code == 200
+    finally:
+        runtime.settings = dev
+
+
+def test_a_tenant_sees_only_its_own_site() -> None:
+    from serving.monitor.page import build_view
+
+    rows = samples(flagged=3, clear=7, refused=1, advice=9)
+    other = {"service": "imaging-cxr", "site": "s2", "mode": "live", "outcome": "advice",
+             "category": "none"}  # fmt: skip
+    rows["tonle_answers_total"].append((other, 5.0))
+    monitor = Monitor(MonitorConfig())
+    mine = build_view(rows, monitor=monitor, expected={}, site="s1")
+    assert [(v.site, v.calls) for v in mine.sites] == [("s1", 10.0)]
+    assert mine.sites[0].flagged_percent() == [("tb", 30.0)]
+    assert not mine.operator
+    assert mine.alerts == []
+    assert mine.latency == []
+    everyone = build_view(rows, monitor=monitor, expected={}, site=None)
+    assert [v.site for v in everyone.sites] == ["s1", "s2"]
