@@ -10,13 +10,14 @@ finding, by site (calling tenant). See :mod:`serving.monitor.report`.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.console import EXIT_USAGE, fail, out
+from cli.console import EXIT_BAD_INPUT, EXIT_USAGE, fail, out
 from cli.ops import DatabaseUrl, _open, _when
 
 __all__ = ["monitor_app", "register"]
@@ -73,3 +74,100 @@ def report(
     output.write_text(render_html(built), encoding="utf-8")
     calls = sum(s.calls for s in built.services.values())
     out.print(f"wrote {output} ({calls} calls)", highlight=False)
+
+
+@monitor_app.command("outcomes")
+def outcomes(
+    file: Annotated[Path, typer.Argument(help="CSV (patient_id,date,result,...) or .ndjson.")],
+    tenant: Annotated[str, typer.Option(help="The site (tenant) whose reads to join.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+    finding: Annotated[str, typer.Option(help="The finding the results confirm.")] = "tb",
+    window_days: Annotated[
+        int, typer.Option(min=1, max=365, help="Reads up to this many days before the test.")
+    ] = 90,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Join later outcomes (bacteriology) to stored chest X-ray reads of one tenant;
+    write realised sensitivity, specificity and calibration over time and by subgroup.
+
+    Writes OUTDIR/performance.csv, OUTDIR/calibration.csv and OUTDIR/outcomes.html.
+    Example: tonle monitor outcomes xpert.csv --tenant site-a -o outcomes/
+    """
+    from serving.imaging.results import ResultStore
+    from serving.monitor.outcomes import OutcomeError, calibration, join, performance, read_outcomes
+
+    try:
+        found = read_outcomes(file)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
+    except OutcomeError as exc:
+        raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
+    store = _open(database_url)
+    try:
+        results = ResultStore(store.engine)
+        reads = {p: results.for_patient(p, tenant=tenant) for p in {o.patient for o in found}}
+    finally:
+        store.close()
+    joined, unmatched = join(found, reads, finding=finding, window_days=window_days)
+    rows = [p.row() for p in performance(joined)]
+    calib = calibration(joined)
+    output.mkdir(parents=True, exist_ok=True)
+    _write_csv(output / "performance.csv", rows)
+    _write_csv(output / "calibration.csv", calib)
+    (output / "outcomes.html").write_text(
+        _outcomes_html(finding, tenant, len(found), unmatched, rows, calib), encoding="utf-8"
+    )
+    out.print(
+        f"wrote {output}: {len(joined)} of {len(found)} outcomes joined to a read "
+        f"({unmatched} without a read of {finding} in the {window_days} days before)",
+        highlight=False,
+    )
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        if not rows:
+            return
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+
+
+def _outcomes_html(
+    finding: str,
+    tenant: str,
+    total: int,
+    unmatched: int,
+    rows: list[dict[str, object]],
+    calib: list[dict[str, object]],
+) -> str:
+    from html import escape
+
+    from serving.monitor.report import _table
+
+    def cell(value: object) -> str:
+        return (
+            f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
+        )
+
+    perf_head = ["group", "period", "n", "tp", "fp", "tn", "fn", "sensitivity",
+                 "sensitivity_low", "sensitivity_high", "specificity", "specificity_low",
+                 "specificity_high"]  # fmt: skip
+    calib_head = ["bin_low", "bin_high", "n", "mean_predicted", "observed"]
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle outcomes"
+            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+            "padding:2px 6px}</style></head><body>",
+            f"<h1>Realised accuracy: {escape(finding)}, site {escape(tenant or '-')}</h1>",
+            f"<p>{total} outcomes, {total - unmatched} joined to a read; {unmatched} had no "
+            "read in the window (not counted). Flagged = the threshold each read applied. "
+            "Wilson 95 % intervals.</p>",
+            "<h2>Sensitivity and specificity, by group and month</h2>",
+            _table(perf_head, [[cell(r[h]) for h in perf_head] for r in rows]),
+            "<h2>Calibration (probability deciles)</h2>",
+            _table(calib_head, [[cell(r[h]) for h in calib_head] for r in calib]),
+            "</body></html>",
+        ]
+    )
