@@ -171,3 +171,86 @@ def _outcomes_html(
             "</body></html>",
         ]
     )
+
+
+def register_data(data_app: typer.Typer) -> None:
+    """Add ``from-feedback`` to the ``tonle data`` group."""
+    data_app.command("from-feedback")(from_feedback)
+
+
+def from_feedback(
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    since: Annotated[str | None, typer.Option(help="Only feedback from this date.")] = None,
+    outcomes_file: Annotated[
+        Path | None,
+        typer.Option("--outcomes", help="Also reads confirmed by these outcomes (CSV/NDJSON)."),
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="With --outcomes: the site whose reads to join.")
+    ] = None,
+    finding: Annotated[str, typer.Option(help="With --outcomes: the finding.")] = "tb",
+    window_days: Annotated[int, typer.Option(min=1, max=365)] = 90,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Export accepted and overridden cards, and outcome-confirmed reads, as labelled
+    rows with provenance (model, card or result id, time, tenant) for the next
+    training round. No patient ids or comments.
+
+    Example: tonle data from-feedback -o labels.csv --outcomes xpert.csv --tenant site-a
+    """
+    from serving.imaging.results import ResultStore
+    from serving.monitor.feedback_export import COLUMNS, feedback_rows, outcome_rows
+    from serving.monitor.outcomes import OutcomeError, join, read_outcomes
+    from serving.monitor.reads import read_of_request
+
+    start = _when(since, "--since")
+    if outcomes_file is not None and tenant is None:
+        raise fail("--outcomes needs --tenant (outcomes join within one site)", EXIT_USAGE)
+    found = []
+    if outcomes_file is not None:
+        try:
+            found = read_outcomes(outcomes_file)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise fail(
+                f"cannot read {outcomes_file}: {type(exc).__name__}", EXIT_BAD_INPUT
+            ) from None
+        except OutcomeError as exc:
+            raise fail(f"{outcomes_file}: {exc}", EXIT_BAD_INPUT) from None
+    store = _open(database_url)
+    try:
+        entries = store.feedback(since=start)
+        cards = {fb.card_uuid for fb in entries}
+        rows_by_card = {
+            card: row
+            for row in store.iter_rows(since=None)
+            for card in row.card_ids
+            if card in cards
+        }
+
+        def explanation_of(card: str) -> str | None:
+            found_ex = store.explanation(card)
+            return None if found_ex is None else found_ex.content
+
+        out_rows = list(
+            feedback_rows(
+                entries,
+                rows_by_card.get,
+                explanation_of,
+                lambda request_id: read_of_request(store.engine, request_id),
+            )
+        )
+        if found:
+            assert tenant is not None
+            results = ResultStore(store.engine)
+            reads = {p: results.for_patient(p, tenant=tenant) for p in {o.patient for o in found}}
+            joined, _ = join(found, reads, finding=finding, window_days=window_days)
+            out_rows += outcome_rows(joined, finding, tenant)
+    finally:
+        store.close()
+    features = sorted({k for r in out_rows for k in r if k.startswith("feature_")})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *features], restval="")
+        writer.writeheader()
+        writer.writerows(out_rows)
+    out.print(f"wrote {output} ({len(out_rows)} labelled rows)", highlight=False)

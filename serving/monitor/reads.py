@@ -16,7 +16,7 @@ from serving.audit import schema
 from serving.audit.engine import READ_ONLY
 from serving.imaging.results import FORMAT, CxrResult, StoredResult
 
-__all__ = ["findings", "iter_reads"]
+__all__ = ["findings", "iter_reads", "read_of_request"]
 
 _BATCH = 500
 
@@ -49,3 +49,16 @@ def findings(reads: Iterator[StoredResult]) -> Iterator[tuple[str, bool]]:
     """``(label, flagged)`` for every finding of every read."""
     for stored in reads:
         yield from ((f.label, f.flagged) for f in stored.result.findings)
+
+
+def read_of_request(engine: Engine, request_id: str) -> CxrResult | None:
+    """The read a request made (stored with its audit row), if it made one."""
+    table = schema.imaging_results
+    query = select(table.c.format, table.c.result).where(table.c.request_id == request_id)
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        with connection.begin():
+            found = connection.execute(query).first()
+    if found is None or found.format != FORMAT:
+        return None
+    return CxrResult.model_validate_json(found.result)
