@@ -25,9 +25,25 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.monitor.drift import FeatureBins, Window, distribution_of, psi
 
-__all__ = ["AlertRule", "AlertState", "Monitor", "MonitorConfig", "derived_text", "expected_of"]
+__all__ = [
+    "GAUGES",
+    "AlertRule",
+    "AlertState",
+    "Monitor",
+    "MonitorConfig",
+    "derived_text",
+    "expected_of",
+]
 
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
+
+# The gauges added at scrape time and their labels (for dashboards and their tests).
+GAUGES: dict[str, tuple[str, ...]] = {
+    "tonle_ncd_feature_psi": ("service", "feature"),
+    "tonle_alert_active": ("rule",),
+    "tonle_alert_value": ("rule",),
+    "tonle_alert_count": ("rule",),
+}
 
 
 class AlertRule(BaseModel):
