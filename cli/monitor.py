@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import EXIT_BAD_INPUT, EXIT_USAGE, fail, out
+from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_USAGE, fail, out
 from cli.ops import DatabaseUrl, _open, _when
 
 __all__ = ["monitor_app", "register"]
@@ -35,6 +35,9 @@ def report(
     since: Annotated[str, typer.Option(help="Start: ISO date or date-time (UTC if no zone).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
     until: Annotated[str | None, typer.Option(help="End (exclusive); default: now.")] = None,
+    pdf: Annotated[
+        Path | None, typer.Option(help="Also write the report as PDF (needs matplotlib).")
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Write the monitoring report for a period.
@@ -42,7 +45,7 @@ def report(
     Example: tonle monitor report --since 2026-11-30 -o report.html
     """
     from serving.monitor.reads import findings, iter_reads
-    from serving.monitor.report import build_report, render_html
+    from serving.monitor.report import build_report, render_html, render_pdf
 
     start = _when(since, "--since")
     end = _when(until, "--until")
@@ -72,6 +75,11 @@ def report(
         store.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render_html(built), encoding="utf-8")
+    if pdf is not None:
+        try:
+            render_pdf(built, pdf)
+        except ImportError:
+            raise fail("--pdf needs matplotlib (pip install 'tonle[train]')", EXIT_FAILED) from None
     calls = sum(s.calls for s in built.services.values())
     out.print(f"wrote {output} ({calls} calls)", highlight=False)
 

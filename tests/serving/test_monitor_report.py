@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -116,11 +117,13 @@ def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
         store.record_feedback(fb)
     store.close()
     out = tmp_path / "report" / "week.html"
-    result = runner.invoke(
-        app,
-        ["monitor", "report", "--since", "2026-11-30", "-o", str(out), "--database-url", url],
-    )
+    pdf = tmp_path / "report" / "week.pdf"
+    args = ["monitor", "report", "--since", "2026-11-30", "-o", str(out), "--pdf", str(pdf)]
+    result = runner.invoke(app, [*args, "--database-url", url])
     assert result.exit_code == 0, result.output
+    assert pdf.read_bytes().startswith(b"%PDF")
+    pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
+    assert len(pages) == 2  # the summary, and the share flagged per finding
     assert "11 calls" in result.output  # 8 rows, the hostile one, 2 reads; old rows outside
     page = out.read_text()
     assert "20-&lt;30%" in page
