@@ -127,6 +127,18 @@ def category(reason: str | None) -> str:
 
 
 @cache
+def _scores() -> Any:
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "tonle_cxr_score",
+        "Chest X-ray model probabilities by service and finding (score distribution drift).",
+        ["service", "finding"],
+        buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    )
+
+
+@cache
 def _monitoring() -> tuple[Any, Any, Any, Any]:
     from prometheus_client import Counter
 
@@ -166,9 +178,12 @@ def observe_answer(row: AuditRecord) -> None:
     service, site = row.service_id[:64], _site(row.caller_tenant)
     answers.labels(service, site, row.mode, row.outcome, category(row.reason)).inc()
     if row.imaging_result is not None:
+        scores = _scores()
         for finding in json.loads(row.imaging_result.result).get("findings", ()):
+            label = str(finding.get("label"))[:32]
             flagged = "true" if finding.get("flagged") else "false"
-            findings.labels(service, site, str(finding.get("label"))[:32], flagged).inc()
+            findings.labels(service, site, label, flagged).inc()
+            scores.labels(service, label).observe(float(finding.get("probability", 0.0)))
     if row.explanation is not None and row.outcome == "advice":
         band = json.loads(row.explanation.content).get("band")
         if band is not None:

@@ -62,7 +62,15 @@ def test_a_read_counts_its_findings_by_site() -> None:
         for flag in ("true", "false")
     }
     answers = value("tonle_answers", **labels, mode="live", outcome="advice", category="none")
+    score = {"service": "imaging-cxr", "finding": "tb"}
+    below = REGISTRY.get_sample_value("tonle_cxr_score_bucket", {**score, "le": "0.8"}) or 0.0
+    at_most = REGISTRY.get_sample_value("tonle_cxr_score_bucket", {**score, "le": "0.9"}) or 0.0
     observe_answer(row)
+    # tb scored 0.81: above the 0.8 bucket, inside the 0.9 one.
+    assert REGISTRY.get_sample_value("tonle_cxr_score_bucket", {**score, "le": "0.8"}) == below
+    assert (
+        REGISTRY.get_sample_value("tonle_cxr_score_bucket", {**score, "le": "0.9"}) == at_most + 1
+    )
     after = {key: value("tonle_cxr_findings", **labels, finding=key[0], flagged=key[1])
              for key in before}  # fmt: skip
     assert {k: after[k] - before[k] for k in before} == {
