@@ -144,6 +144,7 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
         patch(cds_hooks, attr, name)
     patch(pipeline, "commit", "audit commit (wait)")
     patch(pipeline, "observe_answer", "monitoring metrics")
+    patch(cds_hooks, "observe_features", "monitoring metrics")
     patch(assess_module, "who_for", "WHO chart")
     for predictor in runtime.ncd.values():
         patch(predictor, "explain", "ONNX risk + explanation")
@@ -209,6 +210,7 @@ def profile(calls: int = 500, *, auth: bool = True, cprofile: bool = False) -> s
             settings["allowed_issuers"] = ensure_demo_issuer(issuer_dir, fhir_servers=[])
         body = json.dumps(cds_request()).encode()
         with runtime_for(home, tmp, **settings) as runtime:
+            _with_training_distribution(runtime)
             app = create_app(runtime.settings)
             app.state.runtime = runtime
             warm_tokens = _tokens(issuer_dir, WARM_CALLS)
@@ -234,6 +236,20 @@ def profile(calls: int = 500, *, auth: bool = True, cprofile: bool = False) -> s
                     profiler.disable()
             runtime.audit.close()  # type: ignore[union-attr]
     return _table(stages.calls, auth) + (_top(profiler) if profiler is not None else "")
+
+
+def _with_training_distribution(runtime: Runtime) -> None:
+    """Give the fixture models ten drift bins per feature (as trained artifacts record),
+    so the monitoring stage counts what it counts in production."""
+    for predictor in runtime.ncd.values():
+        meta = predictor.metadata
+        bins = {
+            spec.name: {"edges": [float(i) for i in range(1, 10)],
+                        "proportions": [0.1] * 10, "n": 1000}
+            for spec in meta.features
+        }  # fmt: skip
+        extra = {**meta.extra, "training_distribution": bins}
+        predictor.metadata = meta.model_copy(update={"extra": extra})
 
 
 def _table(calls: list[dict[str, float]], auth: bool) -> str:
