@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,7 +110,9 @@ class Monitor:
         self.config = config
         self._windows: dict[str, Window] = defaultdict(lambda: Window(config.window_s))
 
-    def window(self, name: str, totals: dict[Hashable, float], now: float) -> dict[Hashable, float]:
+    def window(
+        self, name: str, totals: dict[tuple[str, ...], float], now: float
+    ) -> dict[tuple[str, ...], float]:
         """The window's counts of counter ``name``."""
         return self._windows[name].delta(now, totals)
 
@@ -144,8 +146,8 @@ class Monitor:
         return drift, states
 
 
-def _totals(samples: Samples, name: str, keys: tuple[str, ...]) -> dict[Hashable, float]:
-    out: dict[Hashable, float] = defaultdict(float)
+def _totals(samples: Samples, name: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = defaultdict(float)
     for labels, value in samples.get(name, ()):
         out[tuple(labels.get(k, "") for k in keys)] += value
     return dict(out)
@@ -153,8 +155,8 @@ def _totals(samples: Samples, name: str, keys: tuple[str, ...]) -> dict[Hashable
 
 def _value(
     rule: AlertRule,
-    findings: Mapping[Hashable, float],
-    answers: Mapping[Hashable, float],
+    findings: Mapping[tuple[str, ...], float],
+    answers: Mapping[tuple[str, ...], float],
     drift: Mapping[tuple[str, str], tuple[float | None, float]],
 ) -> tuple[float | None, float]:
     def ours(service: str, site: str) -> bool:
@@ -162,14 +164,14 @@ def _value(
 
     if rule.metric == "flagged-fraction":
         reads = flagged = 0.0
-        for (service, site, finding, is_flagged), n in findings.items():  # type: ignore[misc]
+        for (service, site, finding, is_flagged), n in findings.items():
             if ours(service, site) and finding == rule.finding:
                 reads += n
                 flagged += n if is_flagged == "true" else 0.0
         return (flagged / reads if reads else None), reads
     if rule.metric == "refusal-rate":
         total = refused = 0.0
-        for (service, site, outcome), n in answers.items():  # type: ignore[misc]
+        for (service, site, outcome), n in answers.items():
             if ours(service, site):
                 total += n
                 refused += n if outcome in ("no-advice", "refused") else 0.0

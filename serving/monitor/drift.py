@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -84,9 +84,11 @@ class Window:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._snapshots: deque[tuple[float, dict[Hashable, float]]] = deque()
+        self._snapshots: deque[tuple[float, dict[tuple[str, ...], float]]] = deque()
 
-    def delta(self, now: float, totals: dict[Hashable, float]) -> dict[Hashable, float]:
+    def delta(
+        self, now: float, totals: dict[tuple[str, ...], float]
+    ) -> dict[tuple[str, ...], float]:
         """``totals`` minus the window's baseline."""
         snaps = self._snapshots
         if snaps and any(totals.get(k, 0.0) < v for k, v in snaps[-1][1].items()):

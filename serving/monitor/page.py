@@ -12,7 +12,7 @@ alerts and latency are service-wide and shown to operators (``site`` None) only.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from html import escape
@@ -33,20 +33,24 @@ __all__ = ["MonitorView", "SiteView", "bar_chart", "build_view", "monitor_page"]
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 
 
+def _counts() -> defaultdict[str, float]:
+    return defaultdict(float)
+
+
 @dataclass
 class SiteView:
     """One (service, site) over the service's lifetime (counters since start)."""
 
     service: str
     site: str
-    outcomes: Counter[str] = field(default_factory=Counter)
-    categories: Counter[str] = field(default_factory=Counter)
+    outcomes: defaultdict[str, float] = field(default_factory=_counts)
+    categories: defaultdict[str, float] = field(default_factory=_counts)
     silent: float = 0.0
-    reads: Counter[str] = field(default_factory=Counter)  # finding -> reads
-    flagged: Counter[str] = field(default_factory=Counter)  # finding -> flagged
-    bands: Counter[str] = field(default_factory=Counter)
-    feedback: Counter[str] = field(default_factory=Counter)  # accepted / overridden
-    override_reasons: Counter[str] = field(default_factory=Counter)
+    reads: defaultdict[str, float] = field(default_factory=_counts)  # finding -> reads
+    flagged: defaultdict[str, float] = field(default_factory=_counts)  # finding -> flagged
+    bands: defaultdict[str, float] = field(default_factory=_counts)
+    feedback: defaultdict[str, float] = field(default_factory=_counts)  # accepted / overridden
+    override_reasons: defaultdict[str, float] = field(default_factory=_counts)
 
     @property
     def calls(self) -> float:
