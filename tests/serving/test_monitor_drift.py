@@ -68,11 +68,11 @@ def test_a_malformed_training_distribution_is_refused(bad: dict[str, Any]) -> No
 
 def test_window_counts_the_last_period_and_survives_a_restart() -> None:
     window = Window(10.0)
-    assert window.delta(0.0, {"a": 5.0}) == {"a": 5.0}  # since start
-    assert window.delta(5.0, {"a": 8.0}) == {"a": 8.0}
-    assert window.delta(11.0, {"a": 12.0}) == {"a": 7.0}  # since t=0
-    assert window.delta(16.0, {"a": 20.0}) == {"a": 12.0}  # since t=5
-    assert window.delta(17.0, {"a": 1.0}) == {"a": 1.0}  # counters reset
+    assert window.delta(0.0, {("a",): 5.0}) == {("a",): 5.0}  # since start
+    assert window.delta(5.0, {("a",): 8.0}) == {("a",): 8.0}
+    assert window.delta(11.0, {("a",): 12.0}) == {("a",): 7.0}  # since t=0
+    assert window.delta(16.0, {("a",): 20.0}) == {("a",): 12.0}  # since t=5
+    assert window.delta(17.0, {("a",): 1.0}) == {("a",): 1.0}  # counters reset
 
 
 def samples(flagged: int, clear: int, refused: int, advice: int) -> dict[str, Any]:
