@@ -101,9 +101,11 @@ def read_outcomes(path: Path) -> list[Outcome]:
     Raises:
         OutcomeError: a row without a patient, an unreadable date or result.
     """
-    rows = list(_ndjson(path) if path.suffix == ".ndjson" else _csv(path))
-    if len(rows) > MAX_ROWS:
-        raise OutcomeError(f"more than {MAX_ROWS} outcomes")
+    rows: list[Outcome] = []
+    for outcome in _ndjson(path) if path.suffix == ".ndjson" else _csv(path):
+        if len(rows) == MAX_ROWS:
+            raise OutcomeError(f"more than {MAX_ROWS} outcomes")
+        rows.append(outcome)
     return rows
 
 
