@@ -1,11 +1,17 @@
-"""``tonle monitor report``: the weekly monitoring report, from the audit store.
+"""Watching models after go-live, from the audit store.
 
-Reads the audit database named by ``--database-url`` or ``TONLE_DATABASE_URL`` (audit
-rows, feedback, retained explanations and the stored chest X-ray reads) and writes one
-HTML page:
-volume, outcomes, silent-mode answers, no-advice and refusal reasons, accepted /
-overridden rates and override reasons, risk bands shown, share of reads flagged per
-finding, by site (calling tenant). See :mod:`serving.monitor.report`.
+Every command reads the audit database named by ``--database-url`` or
+``TONLE_DATABASE_URL`` (audit rows, feedback, retained explanations, stored chest
+X-ray reads):
+
+- ``tonle monitor report``: the weekly report (HTML, optionally PDF): volume, outcomes,
+  silent-mode answers, no-advice and refusal reasons, accepted / overridden rates and
+  override reasons, risk bands shown, share of reads flagged per finding, by site
+  (calling tenant). See :mod:`serving.monitor.report`.
+- ``tonle monitor outcomes``: later bacteriology joined to one tenant's reads;
+  realised sensitivity, specificity and calibration (:mod:`serving.monitor.outcomes`).
+- ``tonle data from-feedback``: labelled rows for the next training round
+  (:mod:`serving.monitor.feedback_export`).
 """
 
 from __future__ import annotations

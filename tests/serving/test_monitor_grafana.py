@@ -18,7 +18,9 @@ def exported() -> dict[str, set[str]]:
     process in prometheus_client's default registry.
     """
     source = (ROOT / "serving" / "metrics.py").read_text()
-    found = re.findall(r'(Counter|Histogram)\(\s*"(\w+)",\s*(?:"[^"]*"\s*)+,\s*\[([^\]]*)\]', source)
+    found = re.findall(
+        r'(Counter|Histogram)\(\s*"(\w+)",\s*(?:"[^"]*"\s*)+,\s*\[([^\]]*)\]', source
+    )
     series: dict[str, set[str]] = {}
     for kind, name, label_list in found:
         labels = set(re.findall(r'"(\w+)"', label_list))
