@@ -207,10 +207,16 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+# Either glycaemia test tells the same thing (WHO diagnostic criteria): with one on
+# record, the other's absence is not worth a warning (it stays in the data table).
+_EITHER_TEST = {"fasting_glucose": "hba1c", "hba1c": "fasting_glucose"}
+
+
 def _missing_note(advice: Advice, lang: str) -> list[str]:
-    if not advice.missing:
+    noted = [name for name in advice.missing if _EITHER_TEST.get(name, "") not in advice.features]
+    if not noted:
         return []
-    fields = ", ".join(feature_label(name, lang) for name in advice.missing)
+    fields = ", ".join(feature_label(name, lang) for name in noted)
     return [f"**{t('card.ncd.missing.note', lang, fields=fields)}**"]
 
 

@@ -248,6 +248,7 @@ def _no_advice_on_error(exchange: Exchange) -> Answer:
     """A defect answers no cards (an EHR shows nothing), audited as an error."""
     exchange.card_ids = []
     exchange.explanation = None
+    exchange.input_sha256 = None
     return Answer(_no_cards(), "error", "internal-error")
 
 

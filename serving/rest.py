@@ -29,6 +29,7 @@ from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.http.audit import Exchange
 from serving.http.identify import runtime_of
 from serving.http.pipeline import Answer, Handler, endpoint, internal_error
+from serving.synthetic import advisory_for
 
 __all__ = [
     "ContributionOut",
@@ -194,7 +195,11 @@ def _risk_handler(outcome: str) -> Handler:
         except NoAdvice as exc:
             status = 422 if exc.reason in {"out-of-range", "insufficient-data"} else 200
             no = RiskResponse(
-                request_id=exchange.request_id, advice=False, reason=exc.code, model=identity
+                request_id=exchange.request_id,
+                advice=False,
+                reason=exc.code,
+                model=identity,
+                advisory=advisory_for(meta, ADVISORY_NOTE),
             )
             payload = no.model_dump(mode="json", exclude_none=True)
             payload["field"] = exc.field
@@ -204,6 +209,7 @@ def _risk_handler(outcome: str) -> Handler:
         answer = RiskResponse(
             request_id=exchange.request_id,
             advice=True,
+            advisory=advisory_for(meta, ADVISORY_NOTE),
             model=identity,
             risk=advice.risk,
             percent=advice.percent,

@@ -17,7 +17,13 @@ from typing import Final
 from models.metadata import ModelMetadata
 from models.registry import ArtifactError
 
-__all__ = ["DEMO_NOTE", "SYNTHETIC_KEY", "check_servable", "trained_on_synthetic"]
+__all__ = [
+    "DEMO_NOTE",
+    "SYNTHETIC_KEY",
+    "advisory_for",
+    "check_servable",
+    "trained_on_synthetic",
+]
 
 #: The metadata ``extra`` key training sets.
 SYNTHETIC_KEY: Final = "synthetic_training_data"
@@ -29,6 +35,12 @@ DEMO_NOTE: Final = "Demo model: synthetic training data, not for clinical use."
 def trained_on_synthetic(meta: ModelMetadata) -> bool:
     """Whether the artifact records that it was trained on synthetic data."""
     return meta.extra.get(SYNTHETIC_KEY) is True
+
+
+def advisory_for(meta: ModelMetadata, advisory: str) -> str:
+    """``advisory`` (a machine-read output's advisory line), after the demo note for a
+    synthetic-trained model."""
+    return f"{DEMO_NOTE} {advisory}" if trained_on_synthetic(meta) else advisory
 
 
 def check_servable(meta: ModelMetadata, *, dev: bool, allow_synthetic: bool) -> None:

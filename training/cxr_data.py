@@ -31,7 +31,13 @@ from PIL import Image
 
 from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
-from training.cxr_datasets import FINDING_MASKS_CSV, SPLITS, assign_splits, finding_mask_column
+from training.cxr_datasets import (
+    FINDING_MASK_COLUMNS,
+    FINDING_MASKS_CSV,
+    SPLITS,
+    assign_splits,
+    finding_mask_column,
+)
 
 __all__ = ["CxrData", "PatientSplit", "load_cxr_data", "patient_split"]
 
@@ -123,9 +129,9 @@ def load_cxr_data(
     Raises:
         ValueError: missing columns, or an image that cannot be decoded (named).
     """
-    table = pd.read_csv(
-        labels_csv, dtype={"patient_id": str, "image": str, "mask": str, "split": str}
-    )
+    text = ["patient_id", "image", "mask", "split", "view", *FINDING_MASK_COLUMNS]
+    # Text columns stay text when every cell is empty (an import without masks).
+    table = pd.read_csv(labels_csv, dtype=dict.fromkeys(text, str))
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{labels_csv} lacks column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")

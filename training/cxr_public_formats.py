@@ -80,6 +80,7 @@ def write_nih(
     image_side: int = 1024,
     n_boxes: int = 50,
     gz: bool = False,
+    distinct: bool = False,
     seed: int = 0,
 ) -> dict[str, int]:
     """Write an NIH ChestX-ray14 folder in the published layout.
@@ -92,6 +93,8 @@ def write_nih(
             resized copies, which the box scaling must handle).
         n_boxes: rows of ``BBox_List_2017.csv`` (on images that have a placeholder).
         gz: write ``Data_Entry_2017.csv.gz`` instead.
+        distinct: one smooth random image per row instead of hard links to one
+            placeholder (for a short training run; costs a file each).
         seed: RNG seed.
 
     Returns:
@@ -134,7 +137,13 @@ def write_nih(
             folder.mkdir(parents=True, exist_ok=True)
             placeholder = folder.parent / "placeholder.png"
             pixels.save(placeholder)
-        os.link(placeholder, folder / name)
+        if distinct:
+            coarse = rng.integers(60, 200, (8, 8)).astype(np.uint8)
+            Image.fromarray(coarse).resize(
+                (image_side, image_side), Image.Resampling.BILINEAR
+            ).save(folder / name)
+        else:
+            os.link(placeholder, folder / name)
     box_lines = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]
     for name in rng.choice(with_image, min(n_boxes, len(with_image)), replace=False):
         x, y = rng.uniform(100, 700, 2)

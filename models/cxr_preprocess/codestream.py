@@ -32,6 +32,7 @@ __all__ = [
     "RLE_SYNTAX",
     "check_frame",
     "file_meta_syntax",
+    "j2k_codestream",
     "j2k_size",
     "jpeg_size",
     "rle_segment_lengths",
@@ -142,7 +143,7 @@ def j2k_size(frame: bytes) -> tuple[int, int, int]:
     Raises:
         ImageError: ``unreadable`` for a missing or malformed SIZ marker.
     """
-    codestream = _jp2_codestream(frame) if frame[4:8] == b"jP  " else frame
+    codestream = j2k_codestream(frame)
     if len(codestream) < 40 or codestream[:4] != b"\xff\x4f\xff\x51":
         raise _unreadable("the JPEG 2000 frame does not start with SOC and SIZ markers")
     (length,) = struct.unpack_from(">H", codestream, 4)
@@ -159,8 +160,14 @@ def j2k_size(frame: bytes) -> tuple[int, int, int]:
     return ysiz - yosiz, xsiz - xosiz, components
 
 
-def _jp2_codestream(data: bytes) -> bytes:
-    """The contents of the first ``jp2c`` box of a JP2 file."""
+def j2k_codestream(data: bytes) -> bytes:
+    """The JPEG 2000 codestream: ``data`` itself, or its ``jp2c`` box for a JP2 file.
+
+    Raises:
+        ImageError: ``unreadable`` for a JP2 file without a codestream box.
+    """
+    if data[4:8] != b"jP  ":
+        return data
     pos = 0
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)

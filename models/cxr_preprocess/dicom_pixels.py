@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from models.cxr_preprocess.codestream import j2k_codestream
 from models.cxr_preprocess.image import Array, ImageError
 from models.cxr_preprocess.transform import block_mean
 
@@ -63,9 +64,10 @@ def decode_j2k_reduced(frame: bytes, level: int) -> NDArray[Any] | None:
     """
     from PIL import Image
 
+    frame = j2k_codestream(frame)  # Pillow reads a bare codestream at any level
     # SIZ marker right after SOC: Ssiz of the first component is at byte 42.
     if len(frame) < 43 or frame[:4] != b"\xff\x4f\xff\x51" or frame[42] & 0x80:
-        return None  # a JP2 wrapper or signed samples: let pydicom decode it fully
+        return None  # signed samples: let pydicom decode it fully
     precision = (frame[42] & 0x7F) + 1
     try:
         with warnings.catch_warnings():

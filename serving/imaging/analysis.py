@@ -30,6 +30,7 @@ from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
+    ADVISORY,
     Analysed,
     CxrFinding,
     CxrResult,
@@ -38,6 +39,7 @@ from serving.imaging.results import (
     Timings,
     now,
 )
+from serving.synthetic import advisory_for
 
 __all__ = [
     "AppliedThreshold",
@@ -321,6 +323,8 @@ class CxrAnalyser:
         result = CxrResult(
             id=result_id,
             created=now(),
+            # With the demo note first for a synthetic-trained model (SR, SC, REST, FHIR).
+            advisory=advisory_for(self.stored.metadata, ADVISORY),
             model=self.identity,
             findings=findings,
             flagged=flagged,

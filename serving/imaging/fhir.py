@@ -15,7 +15,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 
 from serving.fhir_in import FHIR_ID
-from serving.imaging.results import ADVISORY, CxrResult
+from serving.imaging.results import CxrResult
 
 __all__ = ["LABEL_SYSTEM", "result_bundle"]
 
@@ -62,7 +62,7 @@ def result_bundle(result: CxrResult, base_url: str = "") -> Bundle:
         "deviceName": [{"name": result.model.name, "type": "model-name"}],
         "version": [{"value": result.model.version}],
         "manufacturer": "Tonle",
-        "note": [{"text": ADVISORY}],
+        "note": [{"text": result.advisory}],
     }
     subject = _subject(result)
     observations: list[dict[str, Any]] = []
@@ -108,7 +108,7 @@ def result_bundle(result: CxrResult, base_url: str = "") -> Bundle:
                 }
             ],
             "device": {"reference": f"Device/{device_id}"},
-            "note": [{"text": ADVISORY}],
+            "note": [{"text": result.advisory}],
         }
         if subject:
             obs["subject"] = subject
@@ -138,7 +138,7 @@ def result_bundle(result: CxrResult, base_url: str = "") -> Bundle:
         "issued": result.created.isoformat(),
         "performer": [{"reference": f"Device/{device_id}", "display": "Tonle AI (unverified)"}],
         "result": [{"reference": f"Observation/{obs['id']}"} for obs in observations],
-        "conclusion": f"{ADVISORY} Flagged: {flagged}.",
+        "conclusion": f"{result.advisory} Flagged: {flagged}.",
         "presentedForm": [
             {
                 "contentType": "image/png",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -78,11 +79,11 @@ def test_rle_segment_that_expands_past_rows_x_columns_is_refused() -> None:
     segment = b"\x81\x00" * 4000
     header = struct.pack("<16I", 1, 64, *([0] * 14))
 
-    def apply(ds: object) -> None:
+    def apply(ds: Any) -> None:
         from pydicom.encaps import encapsulate
 
-        ds.PixelData = encapsulate([header + segment])  # type: ignore[attr-defined]
-        ds["PixelData"].VR = "OB"  # type: ignore[index]
+        ds.PixelData = encapsulate([header + segment])
+        ds["PixelData"].VR = "OB"
 
     data = dicom_bytes(pixels, transfer_syntax="1.2.840.10008.1.2.5", extra=apply)
     assert _reason(data) == "size-mismatch"
@@ -115,3 +116,23 @@ def test_rgb_png_is_reduced_in_bands_like_the_full_mean() -> None:
     assert decoded.pixels.dtype == np.float32
     np.testing.assert_allclose(decoded.pixels, expected, atol=1e-6)
     assert decoded.reduction == pytest.approx(300 / expected.shape[0])
+
+
+def test_jp2_wrapped_frames_are_decoded_at_a_reduced_level() -> None:
+    n = 3072  # a JP2 file (header boxes around the codestream), as some modalities send
+    pixels = (np.add.outer(np.arange(n), np.arange(n)) % 4096).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG2000", irreversible=False)
+    assert buf.getvalue()[4:8] == b"jP  "
+
+    def apply(ds: Any) -> None:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+
+    data = dicom_bytes(pixels, transfer_syntax="1.2.840.10008.1.2.4.90", extra=apply)
+    decoded, growth = peak_growth_mb(lambda: decode_dicom(data, target_size=224))
+    assert decoded.pixels.shape == (384, 384)
+    # A full decode holds 3072 x 3072 samples as int32 and uint16 (over 50 MB).
+    assert growth < 20, f"{growth:.0f} MB"

@@ -396,3 +396,20 @@ def test_cards_by_urgency() -> None:
     assert order == [
         "critical-True", "critical-False", "warning-True", "warning-False", "info-False"
     ]  # fmt: skip
+
+
+def test_no_fasting_glucose_warning_when_an_hba1c_is_recorded(runtime: Runtime) -> None:
+    """QA: the fasting-glucose warning sat on every diabetes card, even with an HbA1c."""
+    import dataclasses
+
+    advice = _advice(runtime.ncd["ncd-diabetes-risk"], _patient(sbp=125.0))
+    with_a1c = dataclasses.replace(
+        advice,
+        features={**advice.features, "hba1c": 5.6},
+        missing={"fasting_glucose": None, "hdl": None},
+    )
+    detail = _card(with_a1c).detail or ""
+    assert "Not recorded, filled in by the model: HDL cholesterol." in detail
+    without = dataclasses.replace(advice, missing={"fasting_glucose": None, "hba1c": None})
+    detail = _card(without).detail or ""
+    assert "Not recorded, filled in by the model: Fasting glucose, HbA1c." in detail

@@ -168,3 +168,31 @@ def test_runtime_refuses_to_load_a_synthetic_model_in_production(
         else:
             with pytest.raises(ArtifactError, match="trained on synthetic data"):
                 Runtime.load(settings)
+
+
+def test_rest_answer_says_demo(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import httpx
+
+    from serving.app import create_app
+
+    app = create_app(runtime.settings)
+    app.state.runtime = runtime
+    body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165, "total_chol": 6.2,
+            "diabetes": False, "bmi": 27.5}  # fmt: skip
+
+    async def post(payload: dict[str, object]) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.post("/v1/risk/cvd", json=payload)
+
+    real = asyncio.run(post(body)).json()
+    assert not real["advisory"].startswith(DEMO_NOTE)
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    monkeypatch.setattr(predictor, "metadata", _flagged(predictor, True).metadata)
+    demo = asyncio.run(post(body)).json()
+    assert demo["advisory"].startswith(DEMO_NOTE)
+    assert demo["risk_assessment"]["note"][0]["text"] == DEMO_NOTE
+    refused = asyncio.run(post({**body, "sbp": 400})).json()
+    assert refused["advisory"].startswith(DEMO_NOTE)

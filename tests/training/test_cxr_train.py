@@ -23,7 +23,9 @@ from models.config import load_config
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
 from training.cxr_data import load_cxr_data, patient_split
+from training.cxr_import import import_dataset
 from training.cxr_metrics import sens_spec
+from training.cxr_public_formats import write_nih
 from training.cxr_synthetic import generate
 from training.cxr_train import (
     AugmentConfig,
@@ -219,6 +221,25 @@ def test_fine_tune_from_init_weights_with_a_frozen_backbone(
         if key.startswith("features."):  # frozen: weights and batch-norm statistics
             assert torch.equal(trained[key], value), key
     assert not torch.equal(trained["classifier.weight"], start.state_dict()["classifier.weight"])
+
+
+@pytest.mark.slow
+def test_an_nih_import_trains_to_a_saved_model(tmp_path: Path, model_store: Path) -> None:
+    # The published NIH layout, imported, then trained with the import's own splits.
+    write_nih(tmp_path / "nih", 160, image_side=64, n_boxes=10, distinct=True, seed=3)
+    labels = import_dataset("nih-cxr14", tmp_path / "nih", tmp_path / "data", val_fraction=0.3)
+    imported = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    config = _config(tmp_path, labels, "0.7.0", 1)
+    result = CliRunner().invoke(app, ["train", "cxr", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    meta = registry.verify("cxr-triage", "0.7.0").metadata
+    split = meta.extra["split"]
+    assert split["source"] == "the labels file's split column"
+    counts = imported["split"].value_counts()
+    assert (split["train"], split["validation"], split["test"]) == (
+        counts["train"], counts["val"], counts["test"],
+    )  # fmt: skip
+    assert "tb" in meta.extra["no_operating_point"]  # NIH has no TB label
 
 
 def test_augmentation_moves_the_mask_with_the_image() -> None:
