@@ -157,7 +157,7 @@ def _outcomes_html(
 ) -> str:
     from html import escape
 
-    from serving.monitor.report import _table
+    from serving.monitor.report import html_table
 
     def cell(value: object) -> str:
         return (
@@ -179,9 +179,9 @@ def _outcomes_html(
             "read in the window (not counted). Flagged = the threshold each read applied. "
             "Wilson 95 % intervals.</p>",
             "<h2>Sensitivity and specificity, by group and month</h2>",
-            _table(perf_head, [[cell(r[h]) for h in perf_head] for r in rows]),
+            html_table(perf_head, [[cell(r[h]) for h in perf_head] for r in rows]),
             "<h2>Calibration (probability deciles)</h2>",
-            _table(calib_head, [[cell(r[h]) for h in calib_head] for r in calib]),
+            html_table(calib_head, [[cell(r[h]) for h in calib_head] for r in calib]),
             "</body></html>",
         ]
     )

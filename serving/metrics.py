@@ -14,6 +14,7 @@ stay open.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import time
@@ -38,6 +39,7 @@ __all__ = [
     "monitor_of",
     "observe_answer",
     "observe_features",
+    "scrape_allowed",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
@@ -250,6 +252,19 @@ def observe_features(
         if value is None or value != value:  # unknown code or NaN: not a value to bin
             continue
         counter.labels(service[:64], name, str(bin_of(value, bins))).inc()
+
+
+def scrape_allowed(settings: Any, headers: Mapping[str, str]) -> bool:
+    """Whether a request with ``headers`` carries the configured metrics token
+    (``Authorization: Bearer``); in dev mode any caller (the app then admits loopback
+    clients only). For ``/metrics`` and the operators' ``/ui/monitor``."""
+    if settings.dev:
+        return True
+    token = settings.metrics_token
+    scheme, _, sent = headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not sent:
+        return False
+    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
 
 
 def _family(reason: str | None) -> str:

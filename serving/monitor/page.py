@@ -180,13 +180,12 @@ def bar_chart(
 async def monitor_page(request: Request) -> Response:
     """``GET /ui/monitor``: the metrics token (operators: every site, drift, alerts,
     latency) or an API key (that key's tenant's rows only); 401 otherwise."""
-    from serving.app import scrape_allowed  # the app imports the UI routes
-    from serving.metrics import current_samples, monitor_of
+    from serving.metrics import current_samples, monitor_of, scrape_allowed
     from serving.monitor.alerts import expected_of
 
     runtime = runtime_of(request)
     site: str | None = None
-    if not scrape_allowed(request):
+    if not scrape_allowed(runtime.settings, request.headers):
         try:
             caller = api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
         except AuthError as exc:

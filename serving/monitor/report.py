@@ -21,7 +21,14 @@ from pathlib import Path
 
 from serving.audit.records import AuditRecord, FeedbackRecord
 
-__all__ = ["MonitorReport", "ServiceSummary", "build_report", "render_html", "render_pdf"]
+__all__ = [
+    "MonitorReport",
+    "ServiceSummary",
+    "build_report",
+    "html_table",
+    "render_html",
+    "render_pdf",
+]
 
 
 @dataclass
@@ -136,7 +143,8 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def html_table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of ``rows`` under ``head``, every cell escaped."""
     cells = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
@@ -189,7 +197,7 @@ def render_html(report: MonitorReport) -> str:
             ]
         )  # fmt: skip
     parts.append(
-        _table(
+        html_table(
             [
                 "service",
                 "calls",
@@ -220,11 +228,11 @@ def render_html(report: MonitorReport) -> str:
             for key, count in getattr(s, attr).most_common()
         ]
         if rows:
-            parts += [f"<h2>{title}</h2>", _table(["service", "", "count"], rows)]
+            parts += [f"<h2>{title}</h2>", html_table(["service", "", "count"], rows)]
     if report.findings:
         parts.append("<h2>Chest X-ray: share of reads flagged, per finding</h2>")
         parts.append(
-            _table(
+            html_table(
                 ["finding", "reads", "flagged", "share flagged"],
                 [
                     [label, str(n), str(k), _pct(k / n if n else None)]
@@ -241,7 +249,7 @@ def render_html(report: MonitorReport) -> str:
     if tenants:
         parts += [
             "<h2>By site (calling tenant)</h2>",
-            _table(
+            html_table(
                 ["tenant", "service", "calls", "advice", "no advice", "refused", "error"], tenants
             ),
         ]
