@@ -45,6 +45,7 @@ from serving import assess as assess_module  # noqa: E402
 from serving import cds_hooks  # noqa: E402
 from serving.app import create_app  # noqa: E402
 from serving.audit import AuditStore  # noqa: E402
+from serving.http import pipeline  # noqa: E402
 from serving.runtime import Runtime  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, runtime_for  # noqa: E402
 
@@ -108,6 +109,7 @@ ROWS = (
     ("explanation page record", False),
     ("response serialisation", False),
     ("audit commit (wait)", False),
+    ("monitoring metrics", False),
     ("committer write incl. fsync", True),
     ("other (routing, handler)", False),
     ("total", False),
@@ -138,9 +140,11 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
         ("ncd_card", "card building"),
         ("explanation_record", "explanation page record"),
         ("response_body", "response serialisation"),
-        ("_commit", "audit commit (wait)"),
     ):
         patch(cds_hooks, attr, name)
+    patch(pipeline, "commit", "audit commit (wait)")
+    patch(pipeline, "observe_answer", "monitoring metrics")
+    patch(cds_hooks, "observe_features", "monitoring metrics")
     patch(assess_module, "who_for", "WHO chart")
     for predictor in runtime.ncd.values():
         patch(predictor, "explain", "ONNX risk + explanation")
@@ -206,6 +210,7 @@ def profile(calls: int = 500, *, auth: bool = True, cprofile: bool = False) -> s
             settings["allowed_issuers"] = ensure_demo_issuer(issuer_dir, fhir_servers=[])
         body = json.dumps(cds_request()).encode()
         with runtime_for(home, tmp, **settings) as runtime:
+            _with_training_distribution(runtime)
             app = create_app(runtime.settings)
             app.state.runtime = runtime
             warm_tokens = _tokens(issuer_dir, WARM_CALLS)
@@ -231,6 +236,20 @@ def profile(calls: int = 500, *, auth: bool = True, cprofile: bool = False) -> s
                     profiler.disable()
             runtime.audit.close()  # type: ignore[union-attr]
     return _table(stages.calls, auth) + (_top(profiler) if profiler is not None else "")
+
+
+def _with_training_distribution(runtime: Runtime) -> None:
+    """Give the fixture models ten drift bins per feature (as trained artifacts record),
+    so the monitoring stage counts what it counts in production."""
+    for predictor in runtime.ncd.values():
+        meta = predictor.metadata
+        bins = {
+            spec.name: {"edges": [float(i) for i in range(1, 10)],
+                        "proportions": [0.1] * 10, "n": 1000}
+            for spec in meta.features
+        }  # fmt: skip
+        extra = {**meta.extra, "training_distribution": bins}
+        predictor.metadata = meta.model_copy(update={"extra": extra})
 
 
 def _table(calls: list[dict[str, float]], auth: bool) -> str:

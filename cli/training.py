@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from cli import monitor
 from cli.console import EXIT_USAGE, console, fail, out
 from cli.serve import serve
 
@@ -32,6 +33,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command("demo")(demo)
     data_app.command("synthetic-cxr")(data_synthetic_cxr)
+    monitor.register_data(data_app)  # tonle data from-feedback
     # One line per training area (each adds its commands to the groups it is given).
     ncd_cli.register(app, train_app)  # tonle train cvd-risk / diabetes-risk, tonle evaluate
     ncd_data_cli.register(app, data_app)  # tonle data synthetic-ncd / nafld, tonle score

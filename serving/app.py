@@ -8,7 +8,6 @@ so ``/`` is Tonle's front page and ``/metrics`` Tonle's authenticated exposition
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,11 +23,11 @@ from serving.auth import AuthError
 from serving.http.caller import is_loopback
 from serving.http.identify import refusal, runtime_of
 from serving.imaging import routes as imaging_routes
-from serving.metrics import RouteMetrics, exposition
+from serving.metrics import RouteMetrics, exposition, scrape_allowed
 from serving.settings import Settings
 from serving.ui import routes as ui_routes
 
-__all__ = ["LoopbackOnly", "create_app", "scrape_allowed"]
+__all__ = ["LoopbackOnly", "create_app"]
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -49,24 +48,11 @@ async def list_models(request: Request) -> JSONResponse:
     )
 
 
-def scrape_allowed(request: Request) -> bool:
-    """Whether ``request`` carries the configured metrics token (dev mode: any caller,
-    the app admitting loopback clients only there)."""
-    settings = runtime_of(request).settings
-    if settings.dev:
-        return True
-    token = settings.metrics_token
-    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-    if token is None or scheme.lower() != "bearer" or not sent:
-        return False
-    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
-
-
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text, for the configured scraper only."""
-    if not scrape_allowed(request):
+    if not scrape_allowed(runtime_of(request).settings, request.headers):
         return refusal(AuthError("metrics-token"), "/metrics")
-    body, content_type = await run_in_threadpool(exposition)
+    body, content_type = await run_in_threadpool(exposition, runtime_of(request))
     return Response(body, media_type=content_type)
 
 

@@ -45,6 +45,7 @@ from serving.http.cds import CdsCall
 from serving.http.identify import authenticate, refusal, runtime_of
 from serving.http.pipeline import Answer, endpoint, route_of
 from serving.i18n import negotiate
+from serving.metrics import count_feedback, observe_features
 from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.ui.explanations import explanation_record
@@ -164,6 +165,7 @@ class NcdService:
             return Answer(response, "no-advice", exc.code)
         exchange.model = advice.metadata
         exchange.input_sha256 = advice.input_sha256
+        observe_features(self.service_id, advice.metadata, advice.features)
         base = runtime.settings.public_url.rstrip("/")
         card = ncd_card(
             advice,
@@ -324,6 +326,7 @@ async def feedback(request: Request) -> Response:
                 caller_tenant=caller.tenant,
             )
             await run_in_threadpool(audit.record_feedback, record)
+            count_feedback(record)
     except Exception:
         logger.exception("feedback store unavailable")
         return JSONResponse({"error": "audit-unavailable"}, status_code=503)

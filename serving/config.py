@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.metadata import SEMVER
 from models.ncd_lookback import LOOKBACK_DAYS
 from serving.imaging.config import ImagingConfig
+from serving.monitor.alerts import MonitorConfig
 from serving.protocol import ActiveProtocol, Approval, load_protocol
 
 __all__ = ["DiabetesScale", "NcdServiceConfig", "ProtocolConfig", "ServingConfig"]
@@ -137,6 +138,10 @@ class ServingConfig(BaseModel):
     imaging: ImagingConfig | None = Field(
         default=None,
         description="Chest X-ray serving (model, site thresholds, PACS); unset = no imaging.",
+    )
+    monitoring: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Drift window and alert rules, evaluated when /metrics is scraped.",
     )
 
     @field_validator("models")

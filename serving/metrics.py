@@ -14,12 +14,33 @@ stay open.
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
 import time
+from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RouteMetrics", "count_outcome", "count_refusal", "exposition"]
+if TYPE_CHECKING:
+    from models.metadata import ModelMetadata
+    from serving.audit.records import AuditRecord, FeedbackRecord
+    from serving.monitor.drift import FeatureBins
+
+__all__ = [
+    "CATEGORIES",
+    "RouteMetrics",
+    "category",
+    "count_feedback",
+    "count_outcome",
+    "count_refusal",
+    "current_samples",
+    "exposition",
+    "monitor_of",
+    "observe_answer",
+    "observe_features",
+    "scrape_allowed",
+]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
@@ -64,6 +85,186 @@ def _requests() -> tuple[Any, Any]:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     )
     return total, seconds
+
+
+# Why a call gave no advice, as a closed set of monitoring categories (label values).
+CATEGORIES = (
+    "none",
+    "quality-gate",
+    "out-of-distribution",
+    "insufficient-data",
+    "stale-data",
+    "out-of-range",
+    "invalid-request",
+    "unavailable",
+    "other",
+)
+_SAME = frozenset({"out-of-distribution", "insufficient-data", "stale-data", "out-of-range"})
+_INVALID = frozenset({"invalid-request", "bad-request", "invalid-patient", "too-large"})
+_UNAVAILABLE = frozenset({"model-error", "overloaded", "audit-unavailable", "model-unavailable"})
+
+
+@cache
+def _quality_reasons() -> frozenset[str]:
+    from models.cxr_quality import QUALITY_REASONS
+
+    return frozenset(QUALITY_REASONS) - {"out-of-distribution"}
+
+
+@cache
+def category(reason: str | None) -> str:
+    """The monitoring category (one of :data:`CATEGORIES`) of a reason code."""
+    if not reason:
+        return "none"
+    family = _family(reason)
+    if family in _SAME:
+        return family
+    if family in _quality_reasons():
+        return "quality-gate"
+    if family in _INVALID:
+        return "invalid-request"
+    if family in _UNAVAILABLE:
+        return "unavailable"
+    return "other"
+
+
+@cache
+def _scores() -> Any:
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "tonle_cxr_score",
+        "Chest X-ray model probabilities by service and finding (score distribution drift).",
+        ["service", "finding"],
+        buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    )
+
+
+@cache
+def _monitoring() -> tuple[Any, Any, Any, Any]:
+    from prometheus_client import Counter
+
+    answers = Counter(
+        "tonle_answers",
+        "Audited answers by service, site (calling tenant), mode (live/silent), outcome "
+        "and reason category.",
+        ["service", "site", "mode", "outcome", "category"],
+    )
+    findings = Counter(
+        "tonle_cxr_findings",
+        "Chest X-ray findings read, by service, site, finding and whether it was flagged.",
+        ["service", "site", "finding", "flagged"],
+    )
+    bands = Counter(
+        "tonle_ncd_bands",
+        "NCD risk cards by service, site and the risk band they showed.",
+        ["service", "site", "band"],
+    )
+    feedback = Counter(
+        "tonle_feedback",
+        "Clinician feedback by service, site, outcome (accepted/overridden) and coded "
+        "override reason ('none' when not given, 'other' when not a Tonle code).",
+        ["service", "site", "outcome", "reason"],
+    )
+    return answers, findings, bands, feedback
+
+
+def _site(tenant: str | None) -> str:
+    return (tenant or "-")[:64]
+
+
+def observe_answer(row: AuditRecord) -> None:
+    """Count one committed answer for monitoring: its category, and the findings
+    flagged (a new chest X-ray read) or the risk band shown (an NCD card)."""
+    answers, findings, bands, _ = _monitoring()
+    service, site = row.service_id[:64], _site(row.caller_tenant)
+    answers.labels(service, site, row.mode, row.outcome, category(row.reason)).inc()
+    if row.imaging_result is not None:
+        scores = _scores()
+        for finding in json.loads(row.imaging_result.result).get("findings", ()):
+            label = str(finding.get("label"))[:32]
+            flagged = "true" if finding.get("flagged") else "false"
+            findings.labels(service, site, label, flagged).inc()
+            scores.labels(service, label).observe(float(finding.get("probability", 0.0)))
+    if row.explanation is not None and row.outcome == "advice":
+        band = json.loads(row.explanation.content).get("band")
+        if band is not None:
+            bands.labels(service, site, str(band)[:16]).inc()
+
+
+def count_feedback(fb: FeedbackRecord) -> None:
+    """Count one stored feedback entry; the override reason is a Tonle code or 'other'."""
+    from serving.cards import OVERRIDE_CODES, OVERRIDE_SYSTEM
+
+    reason = fb.override_reason
+    if fb.outcome == "accepted" or reason is None or reason.code is None:
+        code = "none"
+    elif reason.system in (OVERRIDE_SYSTEM, None) and reason.code in OVERRIDE_CODES:
+        code = reason.code
+    else:
+        code = "other"
+    _monitoring()[3].labels(fb.service_id[:64], _site(fb.caller_tenant), fb.outcome, code).inc()
+
+
+@cache
+def _feature_bins() -> Any:
+    from prometheus_client import Counter
+
+    return Counter(
+        "tonle_ncd_feature_bins",
+        "NCD inputs answered with advice, by service, feature and the index of the "
+        "training-distribution bin the value fell in (for drift: tonle_ncd_feature_psi).",
+        ["service", "feature", "bin"],
+    )
+
+
+_Binned = tuple[tuple[str, "FeatureBins", dict[str, float]], ...]
+_BINS: dict[int, tuple[ModelMetadata, _Binned]] = {}  # id -> (kept alive, its bins)
+
+
+def _bins_of(metadata: ModelMetadata) -> _Binned:
+    kept = _BINS.get(id(metadata))
+    found = kept[1] if kept is not None and kept[0] is metadata else None
+    if found is None:
+        from serving.monitor.drift import distribution_of
+
+        encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
+        found = tuple(
+            (name, bins, encodings.get(name, {}))
+            for name, bins in distribution_of(metadata.extra).items()
+        )
+        _BINS[id(metadata)] = (metadata, found)
+    return found
+
+
+def observe_features(
+    service: str, metadata: ModelMetadata, features: Mapping[str, float | str]
+) -> None:
+    """Count the training-distribution bin of each input of one answer (no values kept)."""
+    from serving.monitor.drift import bin_of
+
+    counter = _feature_bins()
+    for name, bins, codes in _bins_of(metadata):
+        raw = features.get(name)
+        if raw is None:
+            continue
+        value = codes.get(raw) if isinstance(raw, str) else float(raw)
+        if value is None or value != value:  # unknown code or NaN: not a value to bin
+            continue
+        counter.labels(service[:64], name, str(bin_of(value, bins))).inc()
+
+
+def scrape_allowed(settings: Any, headers: Mapping[str, str]) -> bool:
+    """Whether a request with ``headers`` carries the configured metrics token
+    (``Authorization: Bearer``); in dev mode any caller (the app then admits loopback
+    clients only). For ``/metrics`` and the operators' ``/ui/monitor``."""
+    if settings.dev:
+        return True
+    token = settings.metrics_token
+    scheme, _, sent = headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not sent:
+        return False
+    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
 
 
 def _family(reason: str | None) -> str:
@@ -112,18 +313,56 @@ class RouteMetrics:
             seconds.labels(method=method, route=route).observe(time.perf_counter() - started)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The Prometheus text of every worker (multiprocess mode) and its content type."""
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        REGISTRY,
-        CollectorRegistry,
-        generate_latest,
-        multiprocess,
-    )
+_MONITORS: dict[int, Any] = {}  # id(monitoring config) -> this worker's rolling windows
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _registry() -> Any:
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def samples_of(registry: Any) -> Samples:
+    """Every sample of ``registry`` (all workers' in multiprocess mode), by name."""
+    found: Samples = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def monitor_of(runtime: Any) -> Any:
+    """This worker's :class:`serving.monitor.alerts.Monitor` for ``runtime``'s config."""
+    from serving.monitor.alerts import Monitor
+
+    config = runtime.config.monitoring
+    return _MONITORS.setdefault(id(config), Monitor(config))
+
+
+def exposition(runtime: Any = None) -> tuple[bytes, str]:
+    """The Prometheus text of every worker (multiprocess mode) and its content type.
+
+    With ``runtime``, also the scrape-time drift and alert gauges of
+    :mod:`serving.monitor.alerts`, computed from the counters just collected.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    registry = _registry()
+    text = generate_latest(registry)
+    if runtime is None:
+        return text, CONTENT_TYPE_LATEST
+    from serving.monitor.alerts import derived_text, expected_of
+
+    derived = derived_text(monitor_of(runtime), samples_of(registry), expected_of(runtime.ncd))
+    return text + derived.encode(), CONTENT_TYPE_LATEST
+
+
+def current_samples() -> Samples:
+    """The samples of every worker right now (for the operators' monitoring page)."""
+    return samples_of(_registry())

@@ -221,7 +221,7 @@ def _train(
     from training import ncd_gates, ncd_metrics
     from training.ncd_card import write_model_card
     from training.ncd_evaluate import evaluate_for_config
-    from training.ncd_export import export_checked, save_proto
+    from training.ncd_export import export_checked, save_proto, training_distribution
     from training.ncd_report import write_report
 
     started = time.perf_counter()
@@ -366,6 +366,7 @@ def _train(
             "split_counts": counts,
             "censoring": "IPCW, Kaplan-Meier of censoring on the training split",
             "missing_inputs": missing,
+            "training_distribution": training_distribution(x[tr], [s.name for s in specs]),
             "who_comparison": None if comparison is None else comparison.model_dump(mode="json"),
             "card_dir": str(card_dir),
         },

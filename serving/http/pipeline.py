@@ -21,7 +21,7 @@ from serving.auth import AuthError
 from serving.body import BadRequest
 from serving.http.audit import Exchange, commit
 from serving.http.identify import Scheme, authenticate, refusal, runtime_of
-from serving.metrics import count_outcome
+from serving.metrics import count_outcome, observe_answer
 
 __all__ = ["Answer", "Handler", "audit_unavailable", "endpoint", "internal_error", "route_of"]
 
@@ -89,10 +89,12 @@ def endpoint(
         except Exception:
             logger.exception("request %s failed; no advice", exchange.request_id)
             answer = on_error(exchange)
-        if not await commit(runtime, exchange.row(answer.outcome, answer.reason)):
+        row = exchange.row(answer.outcome, answer.reason)
+        if not await commit(runtime, row):
             count_outcome(exchange.service_id, "error", "audit-unavailable")
             return audit_unavailable()
         count_outcome(exchange.service_id, answer.outcome, answer.reason)
+        observe_answer(row)
         answer.response.headers["X-Request-Id"] = exchange.request_id
         return answer.response
 

@@ -123,7 +123,7 @@ def audit_row(
     (it then also stands for ``result``). ``result``: a stored read the answer shows.
     """
     from serving.audit.records import AuditRecord
-    from serving.metrics import count_outcome
+    from serving.metrics import count_outcome, observe_answer
 
     if analysed is not None:
         result = analysed.result
@@ -131,30 +131,30 @@ def audit_row(
 
     tenant = caller_tenant(caller)
     try:
-        state.audit.record(
-            AuditRecord(
-                request_id=request_id,
-                hook_instance=hook_instance,
-                service_id=service_id,
-                card_ids=card_ids or [],
-                caller_iss=_caller_field(caller, "iss"),
-                caller_sub=_caller_field(caller, "sub"),
-                caller_tenant=tenant,
-                model_name=identity.name,
-                model_version=identity.version,
-                model_sha256=identity.sha256,
-                input_sha256=result.input_sha256 if result else input_sha256,
-                outcome=outcome,  # type: ignore[arg-type]
-                reason=reason,
-                patient_ref=(result.patient_ref if result else patient_ref),
-                latency_ms=(time.perf_counter() - started) * 1000,
-                imaging_result=(None if analysed is None else state.store.record(analysed, tenant)),
-            )
+        row = AuditRecord(
+            request_id=request_id,
+            hook_instance=hook_instance,
+            service_id=service_id,
+            card_ids=card_ids or [],
+            caller_iss=_caller_field(caller, "iss"),
+            caller_sub=_caller_field(caller, "sub"),
+            caller_tenant=tenant,
+            model_name=identity.name,
+            model_version=identity.version,
+            model_sha256=identity.sha256,
+            input_sha256=result.input_sha256 if result else input_sha256,
+            outcome=outcome,  # type: ignore[arg-type]
+            reason=reason,
+            patient_ref=(result.patient_ref if result else patient_ref),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            imaging_result=(None if analysed is None else state.store.record(analysed, tenant)),
         )
+        state.audit.record(row)
     except Exception:
         count_outcome(service_id, "error", "audit-unavailable")
         raise
     count_outcome(service_id, outcome, reason)
+    observe_answer(row)
 
 
 async def refuse(

@@ -3,7 +3,7 @@
 Everything is counted from what the service already keeps: audit rows (volume, outcome,
 mode, reason codes, the tenant that called), clinicians' feedback (accepted /
 overridden and the coded override reason), the NCD explanations still retained (the
-risk band each card showed) and, when given, the chest X-ray result files (the share
+risk band each card showed) and the stored chest X-ray reads (the share
 of reads flagged per finding). Nothing here runs on the request path.
 
 "By site": an audit row names the calling tenant (one EHR / site), so per-site figures
@@ -17,10 +17,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 from serving.audit.records import AuditRecord, FeedbackRecord
 
-__all__ = ["MonitorReport", "ServiceSummary", "build_report", "render_html"]
+__all__ = [
+    "MonitorReport",
+    "ServiceSummary",
+    "build_report",
+    "html_table",
+    "render_html",
+    "render_pdf",
+]
 
 
 @dataclass
@@ -135,7 +143,8 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def html_table(head: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of ``rows`` under ``head``, every cell escaped."""
     cells = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
@@ -188,7 +197,7 @@ def render_html(report: MonitorReport) -> str:
             ]
         )  # fmt: skip
     parts.append(
-        _table(
+        html_table(
             [
                 "service",
                 "calls",
@@ -219,11 +228,11 @@ def render_html(report: MonitorReport) -> str:
             for key, count in getattr(s, attr).most_common()
         ]
         if rows:
-            parts += [f"<h2>{title}</h2>", _table(["service", "", "count"], rows)]
+            parts += [f"<h2>{title}</h2>", html_table(["service", "", "count"], rows)]
     if report.findings:
         parts.append("<h2>Chest X-ray: share of reads flagged, per finding</h2>")
         parts.append(
-            _table(
+            html_table(
                 ["finding", "reads", "flagged", "share flagged"],
                 [
                     [label, str(n), str(k), _pct(k / n if n else None)]
@@ -240,9 +249,62 @@ def render_html(report: MonitorReport) -> str:
     if tenants:
         parts += [
             "<h2>By site (calling tenant)</h2>",
-            _table(
+            html_table(
                 ["tenant", "service", "calls", "advice", "no advice", "refused", "error"], tenants
             ),
         ]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def render_pdf(report: MonitorReport, path: Path) -> None:
+    """The report as a PDF (matplotlib: the ``train`` extra), for printing or mailing.
+
+    Page 1: the period, the per-service table and calls per day; page 2 (when there
+    were reads): the share flagged per finding.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    until = report.until.isoformat() if report.until else "now"
+    head = ["service", "calls", "advice", "no advice", "refused", "error", "silent",
+            "accepted", "overridden"]  # fmt: skip
+    cells = [
+        [s.service, str(s.calls), str(s.outcomes["advice"]), str(s.outcomes["no-advice"]),
+         str(s.outcomes["refused"]), str(s.outcomes["error"]), str(s.silent),
+         _pct(s.rate(s.accepted)), _pct(s.rate(s.overridden))]
+        for s in report.services.values()
+    ]  # fmt: skip
+    with PdfPages(path) as pdf:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.27, 11.69))
+        fig.suptitle(f"Tonle monitoring report\n{report.since.isoformat()} to {until}")
+        top.axis("off")
+        if cells:
+            table = top.table(cellText=cells, colLabels=head, loc="upper center")
+            table.auto_set_font_size(False)
+            table.set_fontsize(7)
+        else:
+            top.text(0.5, 0.5, "No calls in this period.", ha="center")
+        days = list(report.volume_by_day)
+        bottom.bar([d.isoformat() for d in days], [report.volume_by_day[d] for d in days])
+        bottom.set_title("Calls per day")
+        bottom.tick_params(axis="x", labelrotation=90, labelsize=7)
+        fig.tight_layout()
+        pdf.savefig(fig)
+        plt.close(fig)
+        if report.findings:
+            fig, ax = plt.subplots(figsize=(8.27, 5))
+            labels = list(report.findings)
+            shares = [100 * k / n if n else 0.0 for n, k in report.findings.values()]
+            ax.barh(labels, shares)
+            ax.set_xlabel("% of reads flagged")
+            ax.set_title("Chest X-ray: share of reads flagged, per finding")
+            fig.tight_layout()
+            pdf.savefig(fig)
+            plt.close(fig)

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from serving import i18n
 from serving.audit.records import FeedbackRecord, OverrideReason
 from serving.cards import OVERRIDE_SYSTEM
+from serving.metrics import count_feedback
 from serving.ui import links
 from serving.ui.pages import cxr_store, stored_explanation
 from serving.ui.render import CARD_ID, UI_CALLER, json_error, runtime_of
@@ -90,4 +91,5 @@ async def feedback(request: Request) -> Response:
     except Exception:
         logger.exception("feedback from the explanation page could not be stored")
         return json_error("audit-unavailable", 503)
+    count_feedback(record)
     return JSONResponse({"stored": True})

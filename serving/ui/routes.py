@@ -8,6 +8,8 @@ Pages (language from ``?lang=``, else ``Accept-Language``, else the site default
   :mod:`serving.ui.demo_ehr`.
 * ``POST /ui/api/feedback`` from an explanation page: :mod:`serving.ui.feedback`.
 * ``GET /ui/launch?iss=...&launch=...`` - minimal SMART app launch (see :func:`launch`).
+* ``GET /ui/monitor`` - monitoring for operators (metrics token) or one tenant (API
+  key): :mod:`serving.monitor.page`.
 * ``GET /`` - the front page (:func:`front_page`); ``GET /docs`` - interactive API docs,
   only with ``TONLE_API_DOCS`` (:func:`front_routes`).
 
@@ -28,6 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving.monitor.page import monitor_page
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui.demo_ehr import demo_prefetch, demo_token, demo_xray, ehr
@@ -165,6 +168,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/explain/{card_id}", explain_ncd, methods=["GET"]),
         Route("/ui/models/{name}/{version}", model_card, methods=["GET"]),
         Route("/ui/models/{name}/{version}/figures/{file}", model_card_figure, methods=["GET"]),
+        Route("/ui/monitor", monitor_page, methods=["GET"]),
         Route("/ui/api/feedback", feedback, methods=["POST"]),
         Route("/ui/api/demo/prefetch", demo_prefetch, methods=["POST"]),
         Route("/ui/api/demo/token", demo_token, methods=["POST"]),

@@ -18,7 +18,9 @@ def exported() -> dict[str, set[str]]:
     process in prometheus_client's default registry.
     """
     source = (ROOT / "serving" / "metrics.py").read_text()
-    found = re.findall(r'(Counter|Histogram)\(\s*"(\w+)",\s*"[^"]*",\s*\[([^\]]*)\]', source)
+    found = re.findall(
+        r'(Counter|Histogram)\(\s*"(\w+)",\s*(?:"[^"]*"\s*)+,\s*\[([^\]]*)\]', source
+    )
     series: dict[str, set[str]] = {}
     for kind, name, label_list in found:
         labels = set(re.findall(r'"(\w+)"', label_list))
@@ -27,6 +29,9 @@ def exported() -> dict[str, set[str]]:
         else:
             series[f"{name}_bucket"] = labels | {"le"}
             series[f"{name}_sum"] = series[f"{name}_count"] = labels
+    from serving.monitor.alerts import GAUGES
+
+    series.update({name: set(labels) for name, labels in GAUGES.items()})
     return series
 
 
@@ -59,3 +64,21 @@ def test_the_metrics_are_found_with_their_labels() -> None:
     assert series["tonle_refused_callers_total"] == {"route", "reason"}
     assert series["tonle_http_requests_total"] == {"method", "route", "status"}
     assert series["tonle_http_request_duration_seconds_bucket"] == {"method", "route", "le"}
+    assert series["tonle_cxr_findings_total"] == {"service", "site", "finding", "flagged"}
+    assert series["tonle_ncd_feature_psi"] == {"service", "feature"}
+
+
+def test_the_scrape_time_gauges_are_written_with_their_declared_labels() -> None:
+    from serving.monitor.alerts import GAUGES, AlertRule, Monitor, MonitorConfig, derived_text
+    from serving.monitor.drift import FeatureBins
+
+    rule = AlertRule(name="r", metric="psi", service="s", high=0.1, min_count=1)
+    bins = {"s": {"age": FeatureBins(edges=[1.0], proportions=[0.5, 0.5], n=10)}}
+    samples = {
+        "tonle_ncd_feature_bins_total": [({"service": "s", "feature": "age", "bin": "1"}, 4.0)]
+    }
+    text = derived_text(Monitor(MonitorConfig(alerts=[rule])), samples, bins)
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, labels = re.match(r"(\w+)\{([^}]*)\}", line).groups()  # type: ignore[union-attr]
+            assert set(re.findall(r"(\w+)=", labels)) == set(GAUGES[name]), line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from typer.testing import CliRunner
 from cli import app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
+from serving.imaging.results import Analysed, ResultStore
 from serving.monitor.report import build_report, render_html
+from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 
 runner = CliRunner()
 DAY = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -101,20 +104,38 @@ def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
         store.record(r)
     store.record(row("old", DAY - timedelta(days=30)))
     store.record(row("evil", DAY, caller_tenant="<script>x</script>", card_ids=[]))
+    reads = [
+        (make_result(probs=(0.9, 0.8, 0.1, 0.1, 0.1), created=DAY), "site-a"),
+        (make_result(probs=(0.9, 0.2, 0.1, 0.1, 0.1), created=DAY), "site-b"),
+        (make_result(probs=(0.9, 0.9, 0.1, 0.1, 0.1), created=DAY - timedelta(days=30)), "site-a"),
+    ]
+    for i, (result, tenant) in enumerate(reads):
+        imaging = ResultStore.record(Analysed(result, heatmap_source()), tenant)
+        store.record(row(f"cxr{i}", result.created, service_id="imaging-cxr", card_ids=[],
+                         imaging_result=imaging))  # fmt: skip
     for fb in feedback():
         store.record_feedback(fb)
     store.close()
     out = tmp_path / "report" / "week.html"
-    result = runner.invoke(
-        app,
-        ["monitor", "report", "--since", "2026-11-30", "-o", str(out), "--database-url", url],
-    )
+    pdf = tmp_path / "report" / "week.pdf"
+    args = ["monitor", "report", "--since", "2026-11-30", "-o", str(out), "--pdf", str(pdf)]
+    result = runner.invoke(app, [*args, "--database-url", url])
     assert result.exit_code == 0, result.output
-    assert "9 calls" in result.output  # 8 rows + the hostile one; the old row is outside
+    assert pdf.read_bytes().startswith(b"%PDF")
+    pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
+    assert len(pages) == 2  # the summary, and the share flagged per finding
+    assert "11 calls" in result.output  # 8 rows, the hostile one, 2 reads; old rows outside
     page = out.read_text()
     assert "20-&lt;30%" in page
     assert "<script>x" not in page
     assert "&lt;script&gt;" in page
+    # Reads come from the database: tb flagged in 1 of the 2 reads of the period (the
+    # older read, flagged, is outside it); abnormal in both.
+    assert "<td>tb</td><td>2</td><td>1</td><td>50.0 %</td>" in page
+    assert "<td>abnormal</td><td>2</td><td>2</td><td>100.0 %</td>" in page
+    gone = runner.invoke(app, ["monitor", "report", "--since", "2026-11-30", "-o", str(out),
+                               "--imaging-results", str(tmp_path)])  # fmt: skip
+    assert gone.exit_code == 2  # the results-folder option no longer exists
     bad = runner.invoke(app, ["monitor", "report", "--since", "last week", "-o", str(out)])
     assert bad.exit_code == 4
     backwards = runner.invoke(

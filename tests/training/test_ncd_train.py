@@ -239,6 +239,10 @@ def test_train_end_to_end_from_fhir(
     assert meta.extra["outcome"] == "cvd"
     assert meta.extra["parity"]["max_abs_diff"] <= 1e-5
     assert meta.extra["parity"]["band_mismatches"] == 0
+    # The training distribution serving measures drift against: every feature binned.
+    from serving.monitor.drift import distribution_of
+
+    assert set(distribution_of(meta.extra)) == {f.name for f in meta.features}
     assert meta.training_manifest_sha256
     assert meta.library_versions["skl2onnx"]
     assert meta.config["seed"] == cfg.seed

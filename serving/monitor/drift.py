@@ -1,0 +1,102 @@
+"""Input drift of NCD features: population stability index against training.
+
+At training time the artifact records, per feature, the decile cut points of the
+training split and the share of training rows in each bin
+(``metadata.extra["training_distribution"]``, written by
+:func:`training.ncd_export.training_distribution`). On the request path a served
+answer only counts which bin each feature fell in (a counter per service, feature and
+bin index: bounded labels, no values); the PSI is computed when ``/metrics`` is scraped,
+from the counts of a rolling window (:class:`Window`).
+
+PSI = sum over bins of (observed - expected) * ln(observed / expected); by convention
+below 0.1 is stable, 0.1-0.25 a moderate shift, above 0.25 a major one.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["DISTRIBUTION_KEY", "FeatureBins", "Window", "bin_of", "distribution_of", "psi"]
+
+DISTRIBUTION_KEY = "training_distribution"
+_FLOOR = 1e-4  # a bin empty on one side would make the log infinite
+
+
+class FeatureBins(BaseModel):
+    """One feature's training distribution: ascending cut points and bin shares."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    edges: list[float] = Field(
+        description="Inner cut points, ascending; bin i: edges[i-1] <= x < edges[i]."
+    )
+    proportions: list[float] = Field(description="Share of training rows per bin (sums to 1).")
+    n: int = Field(ge=1, description="Training rows with a value.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureBins:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError("proportions must have one more entry than edges")
+        if any(not math.isfinite(e) for e in self.edges) or self.edges != sorted(set(self.edges)):
+            raise ValueError("edges must be finite and strictly ascending")
+        if any(p < 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-6:
+            raise ValueError("proportions must be non-negative and sum to 1")
+        return self
+
+
+def distribution_of(extra: Mapping[str, Any]) -> dict[str, FeatureBins]:
+    """The training distribution an artifact's ``extra`` records ({} when none)."""
+    recorded = extra.get(DISTRIBUTION_KEY) or {}
+    return {name: FeatureBins.model_validate(bins) for name, bins in recorded.items()}
+
+
+def bin_of(value: float, bins: FeatureBins) -> int:
+    """The index of the bin ``value`` falls in (the training rule: x >= edge goes up)."""
+    return bisect_right(bins.edges, value)
+
+
+def psi(expected: Sequence[float], observed: Sequence[float]) -> float | None:
+    """PSI of ``observed`` bin counts against ``expected`` shares (None: no counts)."""
+    total = sum(observed)
+    if total <= 0:
+        return None
+    value = 0.0
+    for e, count in zip(expected, observed, strict=True):
+        e = max(e, _FLOOR)
+        o = max(count / total, _FLOOR)
+        value += (o - e) * math.log(o / e)
+    return value
+
+
+class Window:
+    """Counts over roughly the last ``seconds``, from cumulative counters.
+
+    Each call gives the current totals; the answer is the difference from the newest
+    earlier totals at least ``seconds`` old, or the totals themselves (counted since
+    start) until such a snapshot exists or after a counter went back (a restart).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._snapshots: deque[tuple[float, dict[tuple[str, ...], float]]] = deque()
+
+    def delta(
+        self, now: float, totals: dict[tuple[str, ...], float]
+    ) -> dict[tuple[str, ...], float]:
+        """``totals`` minus the window's baseline."""
+        snaps = self._snapshots
+        if snaps and any(totals.get(k, 0.0) < v for k, v in snaps[-1][1].items()):
+            snaps.clear()  # counters were reset
+        snaps.append((now, dict(totals)))
+        while len(snaps) >= 2 and now - snaps[1][0] >= self.seconds:
+            snaps.popleft()
+        base_time, base = snaps[0]
+        if now - base_time < self.seconds:
+            return dict(totals)
+        return {k: v - base.get(k, 0.0) for k, v in totals.items()}

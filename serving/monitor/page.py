@@ -1,0 +1,202 @@
+"""What the operators' monitoring page (``/ui/monitor``) shows, from the live counters.
+
+Built from the same counters ``/metrics`` exports (every worker's, see
+:mod:`serving.metrics`), by site (calling tenant): volume and outcomes, reason
+categories, share flagged per chest X-ray finding, NCD risk bands shown, accepted /
+overridden feedback and coded override reasons, feature drift (PSI) and alert rules,
+and mean latency per route. Charts are inline SVG drawn here: no script at all.
+
+``site`` limits everything per site to one tenant (an API key's caller); drift,
+alerts and latency are service-wide and shown to operators (``site`` None) only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from html import escape
+
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.auth import AuthError
+from serving.http.identify import api_key_caller, refusal
+from serving.monitor.alerts import AlertState, Monitor
+from serving.monitor.drift import FeatureBins
+from serving.ui.render import render_page, runtime_of
+
+__all__ = ["MonitorView", "SiteView", "bar_chart", "build_view", "monitor_page"]
+
+Samples = Mapping[str, list[tuple[dict[str, str], float]]]
+
+
+def _counts() -> defaultdict[str, float]:
+    return defaultdict(float)
+
+
+@dataclass
+class SiteView:
+    """One (service, site) over the service's lifetime (counters since start)."""
+
+    service: str
+    site: str
+    outcomes: defaultdict[str, float] = field(default_factory=_counts)
+    categories: defaultdict[str, float] = field(default_factory=_counts)
+    silent: float = 0.0
+    reads: defaultdict[str, float] = field(default_factory=_counts)  # finding -> reads
+    flagged: defaultdict[str, float] = field(default_factory=_counts)  # finding -> flagged
+    bands: defaultdict[str, float] = field(default_factory=_counts)
+    feedback: defaultdict[str, float] = field(default_factory=_counts)  # accepted / overridden
+    override_reasons: defaultdict[str, float] = field(default_factory=_counts)
+
+    @property
+    def calls(self) -> float:
+        """Audited answers."""
+        return sum(self.outcomes.values())
+
+    def share(self, part: float, whole: float) -> float | None:
+        """``part / whole`` (None when ``whole`` is 0)."""
+        return part / whole if whole else None
+
+    def flagged_percent(self) -> list[tuple[str, float]]:
+        """Per finding, the percentage of reads flagged."""
+        return [(f, 100 * self.flagged[f] / n) for f, n in sorted(self.reads.items()) if n]
+
+
+@dataclass
+class MonitorView:
+    """Everything the page shows."""
+
+    sites: list[SiteView]
+    drift: list[tuple[str, str, float, float]]  # service, feature, psi, count
+    alerts: list[AlertState]
+    latency: list[tuple[str, float, float]]  # route, requests, mean seconds
+    operator: bool
+
+    def drift_by_service(self) -> dict[str, list[tuple[str, float]]]:
+        """Service -> (feature, PSI) rows."""
+        out: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for service, feature, value, _ in self.drift:
+            out[service].append((feature, value))
+        return dict(out)
+
+    def latency_ms(self) -> list[tuple[str, float]]:
+        """(route, mean milliseconds) rows."""
+        return [(route, 1000 * mean) for route, _, mean in self.latency]
+
+
+def build_view(
+    samples: Samples,
+    *,
+    monitor: Monitor,
+    expected: Mapping[str, Mapping[str, FeatureBins]],
+    site: str | None,
+) -> MonitorView:
+    """The page's figures; ``site``: only that tenant's rows (None: operator, all)."""
+    views: dict[tuple[str, str], SiteView] = {}
+
+    def view(labels: Mapping[str, str]) -> SiteView | None:
+        key = (labels.get("service", ""), labels.get("site", "-"))
+        if site is not None and key[1] != site:
+            return None
+        return views.setdefault(key, SiteView(*key))
+
+    for labels, value in samples.get("tonle_answers_total", ()):
+        if (v := view(labels)) is not None:
+            v.outcomes[labels["outcome"]] += value
+            if labels["category"] != "none":
+                v.categories[labels["category"]] += value
+            if labels["mode"] == "silent":
+                v.silent += value
+    for labels, value in samples.get("tonle_cxr_findings_total", ()):
+        if (v := view(labels)) is not None:
+            v.reads[labels["finding"]] += value
+            if labels["flagged"] == "true":
+                v.flagged[labels["finding"]] += value
+    for labels, value in samples.get("tonle_ncd_bands_total", ()):
+        if (v := view(labels)) is not None:
+            v.bands[labels["band"]] += value
+    for labels, value in samples.get("tonle_feedback_total", ()):
+        if (v := view(labels)) is not None:
+            v.feedback[labels["outcome"]] += value
+            if labels["outcome"] == "overridden":
+                v.override_reasons[labels["reason"]] += value
+    operator = site is None
+    drift: list[tuple[str, str, float, float]] = []
+    alerts: list[AlertState] = []
+    latency: list[tuple[str, float, float]] = []
+    if operator:
+        psi, alerts = monitor.evaluate(samples, expected)
+        drift = [(s, f, v, n) for (s, f), (v, n) in sorted(psi.items()) if v is not None]
+        latency = _latency(samples)
+    return MonitorView(sorted(views.values(), key=lambda v: (v.service, v.site)), drift,
+                       alerts, latency, operator)  # fmt: skip
+
+
+def _latency(samples: Samples) -> list[tuple[str, float, float]]:
+    count: dict[str, float] = defaultdict(float)
+    total: dict[str, float] = defaultdict(float)
+    for labels, value in samples.get("tonle_http_request_duration_seconds_count", ()):
+        count[labels["route"]] += value
+    for labels, value in samples.get("tonle_http_request_duration_seconds_sum", ()):
+        total[labels["route"]] += value
+    return [(route, n, total[route] / n) for route, n in sorted(count.items()) if n]
+
+
+def bar_chart(
+    rows: Iterable[tuple[str, float]], *, limit: float | None = None, unit: str = ""
+) -> Markup:
+    """A horizontal bar chart as inline SVG; ``limit`` draws a red rule at that value."""
+    items = list(rows)
+    if not items:
+        return Markup("")
+    top = max([v for _, v in items] + [limit or 0.0]) or 1.0
+    width, bar, label_w = 420, 18, 160
+    scale = (width - label_w - 60) / top
+    parts = []
+    for i, (label, value) in enumerate(items):
+        y = i * (bar + 4)
+        parts.append(
+            f"<text x='0' y='{y + 13}' font-size='12'>{escape(label)}</text>"
+            f"<rect x='{label_w}' y='{y}' width='{max(value * scale, 1):.1f}' height='{bar}' "
+            f"fill='#4a7ab5'><title>{escape(label)}: {value:.3g}{escape(unit)}</title></rect>"
+            f"<text x='{label_w + value * scale + 4:.1f}' y='{y + 13}' font-size='12'>"
+            f"{value:.3g}{escape(unit)}</text>"
+        )
+    height = len(items) * (bar + 4)
+    if limit is not None:
+        x = label_w + limit * scale
+        parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='{height}' stroke='#b00' />")
+    svg = (
+        f"<svg xmlns='http://www.w3.org/2000/svg' role='img' width='{width}' "
+        f"height='{height}' viewBox='0 0 {width} {height}'>{''.join(parts)}</svg>"
+    )
+    return Markup(svg)  # noqa: S704 - every label is escaped above
+
+
+async def monitor_page(request: Request) -> Response:
+    """``GET /ui/monitor``: the metrics token (operators: every site, drift, alerts,
+    latency) or an API key (that key's tenant's rows only); 401 otherwise."""
+    from serving.metrics import current_samples, monitor_of, scrape_allowed
+    from serving.monitor.alerts import expected_of
+
+    runtime = runtime_of(request)
+    site: str | None = None
+    if not scrape_allowed(runtime.settings, request.headers):
+        try:
+            caller = api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
+        except AuthError as exc:
+            return refusal(exc, "/ui/monitor")
+        site = (caller.tenant or "-")[:64]
+    samples = await run_in_threadpool(current_samples)
+    view = build_view(
+        samples, monitor=monitor_of(runtime), expected=expected_of(runtime.ncd), site=site
+    )
+    return render_page(request, "monitor.html", view=view, chart=bar_chart, pct=_pct)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"

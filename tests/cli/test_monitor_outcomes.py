@@ -1,0 +1,162 @@
+"""``tonle monitor outcomes``: later bacteriology joined to stored reads, per tenant."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from serving.audit import AuditRecord, AuditStore
+from serving.imaging.results import Analysed, ResultStore
+from serving.monitor.outcomes import OutcomeError, read_outcomes
+from tests.serving.imaging.results_fixtures import heatmap_source, make_result
+
+runner = CliRunner()
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+READS = [  # patient, tb probability (threshold 0.5), read time, tenant
+    ("P1", 0.81, "2026-11-01", "site-a"),
+    ("P2", 0.20, "2026-11-02", "site-a"),
+    ("P3", 0.70, "2026-11-03", "site-a"),
+    ("P4", 0.10, "2026-11-03", "site-a"),
+    ("P5", 0.90, "2026-06-01", "site-a"),  # more than 90 days before the test
+    ("P6", 0.90, "2026-11-01", "site-b"),  # another tenant's read
+    ("P7", 0.90, "2026-12-01", "site-a"),  # after the test
+]
+OUTCOMES = [  # patient, test date, result, sex
+    ("P1", "2026-11-20", "positive", "male"),
+    ("P2", "2026-11-20", "positive", "female"),
+    ("P3", "2026-11-20", "negative", "male"),
+    ("P4", "2026-11-20", "negative", "female"),
+    ("P5", "2026-11-20", "positive", "male"),
+    ("P6", "2026-11-20", "positive", "male"),
+    ("P7", "2026-11-20", "positive", "male"),
+]
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = AuditStore.open(url)
+    for i, (patient, tb, day, tenant) in enumerate(READS):
+        result = make_result(patient=patient, probs=(0.9, tb, 0.1, 0.1, 0.1), created=when(day))
+        store.record(
+            AuditRecord(
+                request_id=f"r{i}",
+                service_id="imaging-cxr",
+                caller_tenant=tenant,
+                outcome="advice",
+                latency_ms=1.0,
+                created=result.created,
+                imaging_result=ResultStore.record(Analysed(result, heatmap_source()), tenant),
+            )
+        )
+    store.close()
+    return url
+
+
+def rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open() as handle:
+        return {(r["group"], r["period"]): r for r in csv.DictReader(handle)}
+
+
+def test_outcomes_join_reads_of_the_tenant_in_the_window(tmp_path: Path, database: str) -> None:
+    file = tmp_path / "xpert.csv"
+    lines = ["patient_id,date,result,sex"] + [",".join(o) for o in OUTCOMES]
+    file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["monitor", "outcomes", str(file), "--tenant", "site-a", "-o", str(out),
+            "--database-url", database]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 of 7 outcomes joined" in " ".join(result.output.split())
+    table = rows(out / "performance.csv")
+    overall = table[("all", "all")]
+    assert [overall[k] for k in ("tp", "fp", "tn", "fn")] == ["1", "1", "1", "1"]
+    assert float(overall["sensitivity"]) == 0.5
+    assert float(overall["specificity"]) == 0.5
+    # Wilson 95 % for 1 of 2: 0.0945 to 0.9055.
+    assert float(overall["sensitivity_low"]) == pytest.approx(0.0945, abs=1e-4)
+    assert float(overall["sensitivity_high"]) == pytest.approx(0.9055, abs=1e-4)
+    male = table[("sex=male", "2026-11")]
+    assert [male[k] for k in ("tp", "fp", "tn", "fn")] == ["1", "1", "0", "0"]
+    assert ("model=1.0.0", "all") in table
+    with (out / "calibration.csv").open() as handle:
+        calib = {r["bin_low"]: r for r in csv.DictReader(handle)}
+    assert calib["0.8"]["n"] == "1"
+    assert float(calib["0.8"]["observed"]) == 1.0
+    assert float(calib["0.7"]["observed"]) == 0.0
+    html = (out / "outcomes.html").read_text()
+    assert "P1" not in html  # patient ids only join
+    assert "P1" not in (out / "performance.csv").read_text()
+
+
+def test_fhir_bulk_observations_and_conditions(tmp_path: Path, database: str) -> None:
+    def observation(patient: str, code: str, status: str = "final") -> dict[str, object]:
+        return {"resourceType": "Observation", "status": status,
+                "subject": {"reference": f"Patient/{patient}"},
+                "effectiveDateTime": "2026-11-20T10:00:00Z",
+                "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct",
+                                                     "code": code}]}}  # fmt: skip
+
+    resources = [
+        observation("P1", "10828004"),  # positive
+        observation("P3", "260385009"),  # negative
+        observation("P4", "10828004", status="preliminary"),  # not final: ignored
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": "Patient/P2"},
+            "onsetDateTime": "2026-11-20",
+        },
+        {"resourceType": "Patient", "id": "P1"},
+    ]
+    file = tmp_path / "Observation.ndjson"
+    file.write_text("\n".join(json.dumps(r) for r in resources) + "\n")
+    found = read_outcomes(file)
+    assert [(o.patient, o.positive) for o in found] == [("P1", True), ("P3", False),
+                                                        ("P2", True)]  # fmt: skip
+    out = tmp_path / "fhir"
+    result = runner.invoke(app, ["monitor", "outcomes", str(file), "--tenant", "site-a",
+                                 "-o", str(out), "--database-url", database])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    overall = rows(out / "performance.csv")[("all", "all")]
+    assert [overall[k] for k in ("tp", "fp", "tn", "fn")] == ["1", "1", "0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("patient_id,date\nP1,2026-11-20\n", "missing column"),
+        ("patient_id,date,result\nP1,20/11/2026,positive\n", "line 2"),
+        ("patient_id,date,result\nP1,2026-11-20,maybe\n", "neither positive"),
+        ("patient_id,date,result\n,2026-11-20,positive\n", "no patient_id"),
+    ],
+)
+def test_malformed_outcomes_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "bad.csv"
+    file.write_text(text)
+    with pytest.raises(OutcomeError, match=message):
+        read_outcomes(file)
+    result = runner.invoke(app, ["monitor", "outcomes", str(file), "--tenant", "a", "-o",
+                                 str(tmp_path / "o"), "--database-url", "sqlite://"])  # fmt: skip
+    assert result.exit_code == 4
+
+
+def test_hostile_files_are_refused_not_crashed_on(tmp_path: Path) -> None:
+    binary = tmp_path / "nul.csv"
+    binary.write_bytes(b"patient_id,date,result\nP1\x00,2026-11-20,positive\n\xff\xfe")
+    ndjson = tmp_path / "x.ndjson"
+    ndjson.write_text('{"resourceType": "Observation"\n')
+    for file in (binary, ndjson, tmp_path / "absent.csv"):
+        args = ["monitor", "outcomes", str(file), "--tenant", "a", "-o", str(tmp_path / "o")]
+        result = runner.invoke(app, [*args, "--database-url", "sqlite://"])
+        assert result.exit_code == 4, (file, result.output)
