@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cxr_http import build_model, small_radiograph  # noqa: E402
 from benchmarks.server import Server  # noqa: E402
+from serving.config import ServingConfig  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 
@@ -110,8 +112,10 @@ def main() -> None:
         config = write_config(
             tmp,
             models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", cxr: version},
-            imaging={"model": cxr, "results_dir": str(tmp / "imaging")},
+            imaging={"model": cxr},
         )
+        # A key the service no longer knows would leave the worker restarting, never ready.
+        ServingConfig.model_validate(yaml.safe_load(config.read_text(encoding="utf-8")))
         (tmp / "cds.json").write_text(json.dumps(cds_request()))
         (tmp / "cxr.dcm").write_bytes(dicom_bytes(small_radiograph(512)))
         env = {

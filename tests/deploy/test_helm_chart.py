@@ -32,7 +32,6 @@ CASES = {
         "secrets": {"create": False, "existingSecret": "tonle-managed"},
         "orthanc": {"enabled": True},
         "autoscaling": {"enabled": False},
-        "imagingResults": {"existingClaim": "tonle-imaging"},
     },
 }
 
@@ -106,6 +105,16 @@ def test_pods_run_non_root_read_only_without_capabilities() -> None:
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         assert {"/tmp", "/home/bentoml/prometheus_multiproc_dir"} <= mounts
+
+
+def test_tonle_pods_share_no_volume_so_replicas_share_only_postgresql() -> None:
+    for case in CASES.values():
+        deployment = next(
+            o for o in by_kind(render(case), "Deployment") if o["metadata"]["name"] == "tonle"
+        )
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert {v["name"] for v in volumes} == {"tmp", "prometheus", "issuers"}
+        assert all("emptyDir" in v or "configMap" in v for v in volumes)
 
 
 def test_migration_job_runs_before_the_rollout_with_its_secret_first() -> None:

@@ -3,8 +3,10 @@
 What several replicas must keep true, on 127.0.0.1 only: a replica killed with SIGKILL
 under load leaves no acknowledged answer without its audit row and the others carry the
 load on; a JWT used on one replica is refused by another (one replay store); explanation
-links minted by one replica open on the others (one link key, one database); a rolling
-restart, each replica draining on SIGTERM, fails no call.
+links minted by one replica open on the others (one link key, one database); a chest
+X-ray result posted through one replica is read through another, by its tenant only (the
+results are in the database); a rolling restart, each replica draining on SIGTERM, fails
+no call.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.audit import AuditStore
 from serving.demo_issuer import ensure_demo_issuer, sign_token
-from tests.serving.cds_fixtures import cds_request
+from tests.serving.cds_fixtures import build_store, cds_request, model_store_at, write_config
 from tests.serving.db_fixtures import postgres_database
+from tests.serving.imaging.cxr_fixtures import dicom_bytes, make_cxr_artifact
 from tests.serving.service_process import (
     CVD,
     ROOT,
@@ -116,7 +120,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     lb_port = free_port()
     public = f"http://127.0.0.1:{lb_port}"
     issuers = ensure_demo_issuer(tmp / "issuer", fhir_servers=[])
+    home = build_store(tmp / "store")
+    with model_store_at(home):
+        cxr = make_cxr_artifact(tmp / "store")
+    config = write_config(
+        tmp,
+        models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version},
+        imaging={"model": "cxr-triage"},
+    )
     shared = {
+        "BENTOML_HOME": str(home),
+        "TONLE_SERVING_CONFIG": str(config),
         "TONLE_PUBLIC_URL": public,
         "TONLE_ALLOWED_ISSUERS": str(issuers),
         "TONLE_LINK_SECRET": secrets.token_hex(32),
@@ -198,6 +212,40 @@ def test_links_minted_by_one_replica_open_on_the_others(deployment: Deployment) 
     ]
 
     assert opened == [200, 200]
+
+
+def test_an_imaging_result_posted_through_one_replica_is_read_through_another(
+    deployment: Deployment,
+) -> None:
+    first, second, third = deployment.replicas
+    audit = AuditStore.open(deployment.database_url)
+    try:
+        keys = {t: {"X-API-Key": audit.create_api_key(t, "pacs")[1]} for t in ("site-a", "site-b")}
+    finally:
+        audit.close()
+    posted = httpx.post(
+        first.url + "/v1/imaging/cxr",
+        content=dicom_bytes(patient_id="REPLICA-1"),
+        headers={**keys["site-a"], "Content-Type": "application/dicom"},
+        timeout=30,
+    )
+    assert posted.status_code == 200, posted.text
+    result_id = posted.json()["id"]
+    url = f"{second.url}/v1/imaging/results/{result_id}"
+
+    read = httpx.get(url, headers=keys["site-a"], timeout=30)
+    fhir = httpx.get(url + "/fhir", headers=keys["site-a"], timeout=30)
+    theirs = [httpx.get(u, headers=keys["site-b"], timeout=30) for u in (url, url + "/fhir")]
+    heatmap = httpx.get(read.json()["heatmap_url"].replace(deployment.url, third.url), timeout=30)
+
+    assert read.status_code == 200, read.text
+    assert read.json()["id"] == result_id
+    assert read.json()["findings"] == posted.json()["findings"]
+    assert fhir.status_code == 200, fhir.text
+    assert result_id in fhir.text
+    assert [r.status_code for r in theirs] == [404, 404]
+    assert heatmap.status_code == 200, heatmap.text
+    assert heatmap.content.startswith(b"\x89PNG")
 
 
 def test_sigkill_of_one_replica_under_load(deployment: Deployment) -> None:
