@@ -25,6 +25,8 @@ from serving.protocol import Text
 from serving.synthetic import trained_on_synthetic
 
 __all__ = [
+    "FACTOR_FULL_SCALE",
+    "RAISES_RISK",
     "ComparisonView",
     "ModelView",
     "NcdExplanation",
@@ -33,8 +35,35 @@ __all__ = [
     "WhatIf",
     "explanation_record",
     "headline_metrics",
+    "unlike_clinical",
     "what_ifs",
 ]
+
+
+FACTOR_FULL_SCALE = 0.10
+"""A factor bar's full width: 10 percentage points of risk, the same on every page
+(a bar is never scaled to the largest factor of one patient)."""
+
+RAISES_RISK: dict[str, frozenset[str]] = {
+    "cvd": frozenset({"age", "sbp", "total_chol", "smoking", "diabetes", "bmi"}),
+    "diabetes": frozenset({"age", "bmi"}),
+}
+"""Inputs whose higher value (or presence) raises the outcome's risk in clinical
+knowledge; a model factor going the other way is flagged, never hidden."""
+
+
+def unlike_clinical(outcome: str, factor: Contribution, reference: dict[str, float]) -> bool:
+    """Whether ``factor`` moves the risk against its known clinical direction.
+
+    A value above the reference that lowers the risk (or below it that raises it),
+    for an input in :data:`RAISES_RISK`; False when the reference is unknown.
+    """
+    ref = reference.get(factor.feature)
+    if factor.feature not in RAISES_RISK.get(outcome, frozenset()) or ref is None:
+        return False
+    if factor.value == ref or abs(factor.delta_risk) < 0.0005:
+        return False
+    return (factor.delta_risk > 0) != (factor.value > ref)
 
 
 def headline_metrics(metrics: dict[str, Any], limit: int = 6) -> dict[str, Any]:
@@ -212,6 +241,10 @@ class NcdExplanation(BaseModel):
         description="Optional inputs not recorded -> the value the model scored them as "
         "(None: no single value).",
     )
+    reference: dict[str, float] = Field(
+        default_factory=dict,
+        description="The reference value each factor is compared with (metadata.extra).",
+    )
 
     @classmethod
     def from_advice(
@@ -241,6 +274,7 @@ class NcdExplanation(BaseModel):
             band_index=advice.band_index,
             features=dict(advice.features),
             missing=dict(advice.missing),
+            reference=_reference(advice.metadata),
             units=dict(advice.units),
             dates=dict(advice.dates),
             contributions=list(advice.contributions),
@@ -255,11 +289,22 @@ class NcdExplanation(BaseModel):
             who_country=settings.country,
         )
 
+    def unlike_clinical(self, factor: Contribution) -> bool:
+        """Whether a factor goes against its known clinical direction (see module)."""
+        return unlike_clinical(self.outcome, factor, self.reference)
+
     def what_ifs(self) -> list[WhatIf]:
         """The WHO chart "what if" risks (none without a WHO chart result)."""
         if self.who is None:
             return []
         return what_ifs(self.who, WhoSettings(self.who_region, self.who_country))
+
+
+def _reference(meta: ModelMetadata) -> dict[str, float]:
+    raw = meta.extra.get("reference")
+    if not isinstance(raw, dict):
+        return {}
+    return {k: float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
 
 def explanation_record(

@@ -452,3 +452,27 @@ def test_card_and_explanation_page_show_the_same_numbers(
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
     assert "6.95 mmol/L" in page
     assert "7.0 mmol/L" not in page
+
+
+def test_factor_bars_share_one_absolute_scale_and_name_their_source(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar's width is its points on a fixed 10-point scale (it was scaled to the
+    largest factor, so a 2-point effect filled the bar); the factors say they are the
+    local model's and the what-ifs that they are the WHO chart equation's."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    bars = re.findall(r'width="(\d+)" class="(?:up|down)"/></svg>\s*<span class="bar-value">'
+                      r"(?:raises|lowers) risk by ([\d.]+) points", page)  # fmt: skip
+    assert bars, page
+    for width, points in bars:
+        assert int(width) == max(1, min(100, round(float(points) * 10))), (width, points)
+    assert "Source: the local model cvd-risk" in html_lib.unescape(page)
+    assert 'id="whatif-source"' in page
+    assert "WHO 2019 chart equation" in page
