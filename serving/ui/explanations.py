@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.metadata import MetricValue, ModelMetadata
 from models.ncd_predictor import Contribution
+from models.ncd_support import Outside
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.assess import Advice, WhoSettings, model_validated
+from serving.assess import Advice, WhoSettings, model_shown
 from serving.audit.records import ExplanationRecord
 from serving.protocol import Text
 from serving.synthetic import trained_on_synthetic
@@ -241,6 +242,13 @@ class NcdExplanation(BaseModel):
         description="Optional inputs not recorded -> the value the model scored them as "
         "(None: no single value).",
     )
+    outside_support: list[Outside] = Field(
+        default_factory=list,
+        description="Measured values outside the model's training range (model not shown).",
+    )
+    support_known: bool = Field(
+        default=True, description="The artifact records its training range (older ones do not)."
+    )
     reference: dict[str, float] = Field(
         default_factory=dict,
         description="The reference value each factor is compared with (metadata.extra).",
@@ -282,7 +290,9 @@ class NcdExplanation(BaseModel):
             who=advice.who,
             who_note=advice.who_note,
             who_reason=advice.who_reason,
-            model_shown=advice.outcome != "cvd" or model_validated(advice.metadata),
+            model_shown=model_shown(advice),
+            outside_support=list(advice.outside_support),
+            support_known=advice.support_known,
             protocol=ProtocolView.from_advice(advice),
             comparison=ComparisonView.from_metadata(advice.metadata),
             who_region=settings.region,

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
-from serving.cards import feature_label, missing_how, missing_text, value_text
+from serving.cards import feature_label, missing_how, missing_text, support_text, value_text
 from serving.runtime import Runtime
 from serving.ui import links
 from serving.ui.explanations import FACTOR_FULL_SCALE, NcdExplanation, headline_metrics
@@ -139,6 +139,7 @@ async def explain_ncd(request: Request) -> Response:
         ex=ex,
         what_ifs=await run_in_threadpool(ex.what_ifs),
         factors=factors,
+        support_reasons=support_text(ex.outside_support, ex.features, units or ex.units, lang),
         factor_scale=round(FACTOR_FULL_SCALE * 100),
         not_recorded=[feature_label(name, lang) for name in ex.missing],
         data_rows=data_rows,
