@@ -476,3 +476,33 @@ def test_factor_bars_share_one_absolute_scale_and_name_their_source(
     assert "Source: the local model cvd-risk" in html_lib.unescape(page)
     assert 'id="whatif-source"' in page
     assert "WHO 2019 chart equation" in page
+
+
+def test_page_says_when_the_patient_is_outside_the_models_training_range(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo-01's SBP 165 above a recorded training range: no model estimate, the
+    reason named; an artifact without a range says that the range is unknown."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    base = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    base.pop("input_support", None)
+    support = {"features": {"sbp": {"low": 95.0, "high": 160.0, "missing_rate": 0.0}}}
+    outside = {**base, "input_support": support}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": outside})
+    )
+    card = _card_for(app, "demo-01")
+    assert "The local model cannot assess" in card["detail"]
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    text = html_lib.unescape(page)
+    assert 'id="support-outside"' in page
+    assert 'id="ml-risk"' not in page
+    assert "165 mmHg above the training range" in text
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": base})
+    )
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    assert 'id="ml-risk"' in page
+    assert 'id="support-unknown"' in page
