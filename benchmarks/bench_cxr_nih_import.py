@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.cxr_datasets import import_dataset
+from training.cxr_import import import_dataset
 from training.cxr_public_formats import NIH_ROWS, write_nih
 
 

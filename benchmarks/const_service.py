@@ -1,6 +1,6 @@
 """The floor: a minimal BentoML service answering a constant, configured like Tonle.
 
-Two paths are measured (PERFORMANCE.md: they differ): ``POST /const`` is a
+Two paths are measured (docs/performance.md: they differ): ``POST /const`` is a
 ``@bentoml.api`` method, ``POST /asgi/const`` a route on a mounted Starlette app
 (the path Tonle's CDS Hooks and REST routes take).
 """

@@ -1,6 +1,6 @@
-"""Benchmark: a steady-load soak of the NCD CDS Hooks call for minutes (RELIABILITY.md).
+"""Benchmark: a steady-load soak of the NCD CDS Hooks call for minutes (docs/reliability.md).
 
-RELIABILITY.md asks for steady load "for minutes" with 0 errors, p99 within the target,
+docs/reliability.md asks for steady load "for minutes" with 0 errors, p99 within the target,
 memory drift < 10 % and audit rows == 2xx responses; the test suite's steady-load
 scenario runs only seconds. This script builds the fixture models in a temporary store,
 starts ``bentoml serve`` for Tonle (SQLite audit store unless ``--database-url``; dev
@@ -13,7 +13,7 @@ in flight, it samples:
 - p50 / p99 latency (from each call's scheduled send time) and errors of the window;
 - audit rows committed vs 2xx answered so far (they must be equal at every sample),
   and duplicate request ids;
-- the join on request id (RELIABILITY.md promise 1): the generator records the
+- the join on request id (docs/reliability.md promise 1): the generator records the
   ``X-Request-Id`` of every 2xx answer (``loadgen.py --record-ids``), and each of the
   window's ids must have exactly one audit row; ids with none (``miss``, a 2xx answer
   without an id counts here too) or with more than one, or answered twice (``2x``), are
@@ -25,7 +25,7 @@ in flight, it samples:
 
 At the end it prints the join over the whole run, the drift (service RSS, first vs last
 minute, as the mean of the samples in each; p99 of all calls in the first vs the last
-minute) and PASS/FAIL against RELIABILITY.md's steady-load criteria; the exit status is
+minute) and PASS/FAIL against docs/reliability.md's steady-load criteria; the exit status is
 0 only on PASS.
 
 Usage:
@@ -61,7 +61,7 @@ from benchmarks.server import Server  # noqa: E402
 from serving.audit import schema  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
 
-# RELIABILITY.md, steady load: memory drift under 10 %; the issue's latency target is a
+# docs/reliability.md, steady load: memory drift under 10 %; the issue's latency target is a
 # p99 of 50 ms at 100 calls/s.
 MAX_RSS_DRIFT = 0.10
 MiB = 1 << 20

@@ -4,7 +4,7 @@ The graph has one input ``image`` float32 ``[N, 1, S, S]`` and two outputs, ``lo
 ``[N, L]`` and ``cam`` ``[N, L, h, w]`` (contract C7). The legacy TorchScript-based
 exporter (``dynamo=False``) is used on purpose: the new exporter needs ``onnxscript``
 and writes weights to a separate ``.onnx.data`` file, while serving accepts only
-self-contained files (PERFORMANCE.md). Every export is compared with the PyTorch
+self-contained files (docs/performance.md). Every export is compared with the PyTorch
 module on real preprocessed images, for the logits AND the map.
 """
 
@@ -221,7 +221,7 @@ def quantize_int8(onnx_path: Path, out_path: Path, images: np.ndarray) -> Path:
     """Static QDQ int8 copy of an exported CXR graph, calibrated on real images.
 
     Dynamic int8 made convolutional nets 10-50x slower here and random-noise
-    calibration is meaningless (PERFORMANCE.md), so this is static, per-channel, QDQ,
+    calibration is meaningless (docs/performance.md), so this is static, per-channel, QDQ,
     calibrated on ``images`` (float32 ``[N, 1, S, S]`` real preprocessed inputs).
     Keep the result only if its measured AUROC drop is < 0.005 and it is faster.
     """

@@ -10,54 +10,19 @@ classifier written as a 1x1 convolution. One forward pass returns
 Because the classifier is linear and the pooling is a global mean,
 ``logits == cam.mean((2, 3)) + bias`` exactly, so the map always explains the score
 it comes with. The map is low resolution (no in-graph upsampling: it cost ~15 % in
-PERFORMANCE.md); callers upsample it for display.
+docs/performance.md); callers upsample it for display.
 
-Architectures (``arch``). Measured here at 224 px, 2 threads, on a quiet machine
-(14:12 UTC, load 0.2; one training step = forward + backward + AdamW, batch 16):
+Architectures (``arch``); their measured cost and accuracy, and why the default is
+``resnet-small-fine``, are in docs/performance.md ("Chest X-ray network choices"):
 
-===============  ======  ===============  ==================  ====================
-arch             params  GFLOP fwd+bwd    train step, b16     6 epochs x 600 imgs
-===============  ======  ===============  ==================  ====================
-densenet121      6.95 M  ~16 (3x fwd)     18.6 s (1.16 s/img)  ~70 min
-resnet18         11.2 M  10.3             5.5 s (0.34 s/img)   ~20 min
-resnet-small     0.70 M  1.1              0.46 s (0.03 s/img)  ~2 min
-===============  ======  ===============  ==================  ====================
-
-Model call, batch 1, 2 threads, ``benchmarks/bench_cxr_model.py --arch-sweep``
-(15:26 UTC, load ~2, median of 10): eager PyTorch vs ONNX Runtime, and ORT batch-8
-throughput:
-
-* densenet121: 75.9 ms vs 51.4 ms (1.5x), 23 img/s
-* resnet18: 33.7 ms vs 19.4 ms (1.7x), 62 img/s
-* resnet-small: 8.1 ms vs 2.5 ms (3.3x), 505 img/s
-
-The resnet-small training step above was timed on its first layout (no max-pool,
-all stages at 2x the resolution, more FLOPs than now). Only the ``resnet-small``
-family trains within the demo's 10-minute budget on 2 CPU cores, and it serves 20x
-faster than DenseNet121; ``configs/cxr.yaml`` uses ``resnet-small-fine`` (below), the
-others stay selectable for sites with more compute. On 300 fresh synthetic
-radiographs ``resnet-small-fine`` with mask supervision reached AUROC 0.996 for
-"abnormal" and put the ``abnormal`` map's peak inside the finding mask for 0.948 of
-positive images (``resnet-small`` without it: 0.998 and 0.348).
-
-* ``"densenet121"``: MONAI DenseNet121, the issue's default (stride 32 -> 7x7 map).
+* ``"densenet121"``: MONAI DenseNet121 (stride 32 -> 7x7 map).
 * ``"resnet18"``: MONAI ResNet18 (basic blocks 2-2-2-2, widths 64-512), 7x7 map.
 * ``"resnet-small"``: ResNet18 layout with widths 16-32-64-128 and the last stage
-  at stride 1 (output stride 16), so the map is 14x14 at 224 px: a finer map for
-  small findings such as nodules.
+  at stride 1 (output stride 16), so the map is 14x14 at 224 px.
 * ``"resnet-small-fine"``: ``resnet-small`` plus a stride-8 lateral branch
   (``relu(upsample2x(layer4) + conv1x1(layer2))``, one feature-pyramid step): a 28x28
-  map at 224 px for +0.6 % parameters and a 1x1 convolution at 28x28. Model call
-  (``bench_cxr_model.speed``, 17:40 UTC, load 1.2, two runs): ONNX Runtime batch 1,
-  2 threads 1.31-1.33 ms vs 1.12-1.26 ms for ``resnet-small``; batch-8 throughput
-  1030 vs 1097-1129 img/s. Training: +10 % CPU time per run (250 vs 226 user-s).
-
-Why the finer map: a bilinearly upsampled map peaks at one of its grid points, so a
-14x14 map can only put its peak on 196 fixed points of the image. On the synthetic set
-(900 images, seed 7, 256 px) a nodule mask (radius 3-8 px) contains one of those
-points in 21 % of single-nodule images, and any positive image's mask in 88 %: a hard
-ceiling on "map peak inside the finding mask". With 28x28 the ceilings are 70 % and
-95 % (measured with ``models.cxr_predictor.upsample_cam``, 16:46 UTC).
+  map at 224 px for +0.6 % parameters. A bilinearly upsampled map peaks at one of its
+  grid points, so a coarse map cannot point at a small finding such as a nodule.
 """
 
 from __future__ import annotations

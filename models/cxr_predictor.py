@@ -2,7 +2,7 @@
 
 ONNX Runtime only (no PyTorch), so serving can use it. Sessions default to one
 intra-op thread: on 2 cores two callers on one-thread sessions beat one two-thread
-session and adaptive batching (PERFORMANCE.md).
+session and adaptive batching (docs/performance.md).
 
 Metadata this module reads (written by ``training/cxr_train.py``):
 

@@ -35,7 +35,7 @@ so:
    for :data:`models.bp_treatment.RECENT_DAYS` after it was written, status where
    known to describe D is active).
 
-3. **A laboratory result** (STANDARDS.md): the latest HbA1c >= 6.5 % or the latest
+3. **A laboratory result** (docs/standards.md): the latest HbA1c >= 6.5 % or the latest
    fasting plasma glucose >= 7.0 mmol/L (126 mg/dL, :data:`LAB_CUTS`), dated on or
    before D and no more than :data:`LAB_LOOKBACK_DAYS` before it. Both paths see the
    same latest value: training takes the latest within its look-back (730 days by
@@ -99,7 +99,7 @@ ICD10_SYSTEM_PREFIX: Final = "http://hl7.org/fhir/sid/icd-10"
 #: are kinds of ``active`` in the FHIR R4 condition-clinical hierarchy).
 ACTIVE_CLINICAL_STATUS: Final = frozenset({"active", "recurrence", "relapse"})
 _VOID_VERIFICATION: Final = frozenset({"refuted", "entered-in-error"})
-#: Diagnostic cut-offs (STANDARDS.md, WHO): HbA1c 6.5 % (NGSP; 48 mmol/mol IFCC converts
+#: Diagnostic cut-offs (docs/standards.md, WHO): HbA1c 6.5 % (NGSP; 48 mmol/mol IFCC converts
 #: to 6.54 %), fasting glucose 7.0 mmol/L = 126 mg/dL. 126 mg/dL converts to 6.994
 #: mmol/L (:func:`models.ncd_features.convert`), so that is the cut: a result at the
 #: published cut-off counts in either unit.

@@ -3,7 +3,7 @@
 One place for what an NCD feature *is* (contract C2), used by training (FHIR Bulk
 and CSV adapters, synthetic data) and by serving (FHIR Observations in CDS Hooks
 prefetch), so both convert units the same way. Codes and conversions follow
-STANDARDS.md (LOINC for quantities, UCUM units, SNOMED CT for smoking status).
+docs/standards.md (LOINC for quantities, UCUM units, SNOMED CT for smoking status).
 
 Valid ranges are *plausibility* limits for a measured value: outside them a value is
 an error (wrong unit, typo), reported and never used. They are wider than any

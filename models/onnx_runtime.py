@@ -15,7 +15,7 @@ def open_session(stored: StoredModel, threads: int | None = None) -> ort.Inferen
     """An inference session for a verified artifact.
 
     Spinning is off: several sessions used in turn in one process nearly doubled
-    latency with it on (PERFORMANCE.md). Threads default to the cores we have.
+    latency with it on (docs/performance.md). Threads default to the cores we have.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)

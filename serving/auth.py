@@ -1,7 +1,7 @@
 """Who is calling: CDS Hooks JWTs (EHRs) and API keys (REST clients).
 
 CDS Hooks tokens are checked per the CDS Hooks security rules (see
-``docs/STANDARDS.md``): ES384/RS384 only; keys only from the allowed-issuers file or an
+``docs/standards.md``): ES384/RS384 only; keys only from the allowed-issuers file or an
 allowlisted ``jku``; keys embedded in the token refused; ``aud`` equal to the exact
 endpoint URL; ``exp``/``iat`` within 60 s of skew and a lifetime of at most 5 minutes;
 every ``jti`` accepted once (a durable replay store that survives restarts).

@@ -30,11 +30,11 @@ install_timeout_middleware()
 
 
 # Access logs off: the audit store is the request log, and per-request log lines cost
-# ~25 % of throughput here (PERFORMANCE.md); errors are still logged.
+# ~25 % of throughput here (docs/performance.md); errors are still logged.
 @bentoml.service(
     name="tonle",
     # Beyond 64 requests in flight the excess gets 429 at once (health probes bypass it),
-    # so admitted requests keep their latency under overload (RELIABILITY.md).
+    # so admitted requests keep their latency under overload (docs/reliability.md).
     traffic={"timeout": 30, "max_concurrency": 64},
     logging={"access": {"enabled": False}},
     # BentoML's request metrics label series by raw path (ids in URLs: unbounded) and

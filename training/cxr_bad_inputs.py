@@ -1,7 +1,7 @@
 """Malformed and out-of-scope chest X-ray inputs, built in memory, with expected reasons.
 
 Used by the decoder and quality-gate tests and by ``benchmarks/bench_cxr_quality.py``
-(RELIABILITY.md, "Bad input": every listed malformed DICOM or image must give a
+(docs/reliability.md, "Bad input": every listed malformed DICOM or image must give a
 reason code quickly). Each case is a :class:`BadInput`: a name, the bytes, and the
 set of reason codes that are acceptable answers (``None`` in the set means the input
 is valid and must be accepted).
@@ -146,7 +146,7 @@ def _bomb_png(width: int, height: int) -> bytes:
 
 
 def bad_dicom_cases() -> list[BadInput]:
-    """Every malformed DICOM listed in RELIABILITY.md, plus header-level refusals."""
+    """Every malformed DICOM listed in docs/reliability.md, plus header-level refusals."""
     chest = _u16(_chest())
     good = dicom_bytes(chest)
     pixel_at = good.find(b"\xe0\x7f\x10\x00")
@@ -290,7 +290,7 @@ def _big_private(ds: Any) -> None:
 
 
 def bad_image_cases() -> list[BadInput]:
-    """Malformed or unsuitable PNG/JPEG inputs (RELIABILITY.md image list)."""
+    """Malformed or unsuitable PNG/JPEG inputs (docs/reliability.md image list)."""
     chest = (_chest() * 255).astype(np.uint8)
     grey = Image.fromarray(chest, "L")
     good = png_bytes(grey)

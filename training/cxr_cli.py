@@ -268,7 +268,8 @@ def import_cxr_command(
     Example: tonle data import-cxr nih-cxr14 ~/data/ChestX-ray14 data/nih
     """
     from models.config import ConfigError, load_config
-    from training.cxr_datasets import ADAPTERS, LabelMap, import_dataset
+    from training.cxr_datasets import LabelMap
+    from training.cxr_import import ADAPTERS, import_dataset
 
     if kind not in ADAPTERS:
         console.print(f"[bold red]error:[/] unknown data set kind {kind!r}; choose from "

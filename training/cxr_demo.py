@@ -1,4 +1,4 @@
-"""Demo chest X-ray model (``cxr-triage``) from IMG-A's synthetic radiographs.
+"""Demo chest X-ray model (``cxr-triage``) from the synthetic radiographs of training.cxr_synthetic.
 
 Called by :func:`training.demo.build_demo`. It runs the real pipeline (synthetic
 DICOM -> ``models.cxr_preprocess`` -> train -> calibrate -> operating points ->

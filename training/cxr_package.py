@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from scipy.special import expit
+from torch import nn
 
 from models import registry
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
@@ -38,7 +39,7 @@ from training.cxr_metrics import choose_threshold, fit_platt
 if TYPE_CHECKING:
     from training.cxr_train import CxrTrainConfig
 
-__all__ = ["choose_operating_points", "image_spec", "package_model"]
+__all__ = ["choose_operating_points", "image_spec", "package_model", "predict_torch"]
 
 LIMITATIONS = [
     "Trained and evaluated on data from the sites and devices listed in its data "
@@ -175,6 +176,20 @@ def _with_ood_gate(
     return OodScored(net, gate), described
 
 
+def predict_torch(
+    net: nn.Module, images: npt.NDArray[np.float32], batch: int = 64
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Eval-mode logits and maps for ``images`` (no gradients)."""
+    net.eval()
+    logits, cams = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            out_logits, out_cam = net(torch.from_numpy(images[start : start + batch]))
+            logits.append(out_logits.numpy())
+            cams.append(out_cam.numpy())
+    return np.concatenate(logits), np.concatenate(cams)
+
+
 def package_model(
     cfg: CxrTrainConfig,
     net: CxrNet,
@@ -197,8 +212,6 @@ def package_model(
     Raises:
         GateError: the exported model fails a held-out gate; nothing is saved.
     """
-    from training.cxr_train import predict_torch
-
     size = cfg.model.image_size
     report("calibrate", 0, 1)
     val_logits, _ = predict_torch(net, val.images)

@@ -139,9 +139,9 @@ def write_nih(
             pixels.save(placeholder)
         if distinct:
             coarse = rng.integers(60, 200, (8, 8)).astype(np.uint8)
-            Image.fromarray(coarse).resize((image_side, image_side), Image.Resampling.BILINEAR).save(
-                folder / name
-            )
+            Image.fromarray(coarse).resize(
+                (image_side, image_side), Image.Resampling.BILINEAR
+            ).save(folder / name)
         else:
             os.link(placeholder, folder / name)
     box_lines = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]

@@ -68,7 +68,7 @@ class _Section(BaseModel):
 
 
 class SyntheticData(_Section):
-    """Generate IMG-A's synthetic set when the labels CSV does not exist yet."""
+    """Generate the synthetic set (:mod:`training.cxr_synthetic`) when the labels CSV is missing."""
 
     n: int = Field(default=600, ge=20, description="Number of images.")
     seed: int = Field(default=7, description="Generator seed.")
@@ -337,20 +337,6 @@ def _ensure_data(cfg: DataConfig) -> Path:
     if not cfg.labels_csv.exists():
         raise FileNotFoundError(f"the synthetic generator did not write {cfg.labels_csv}")
     return cfg.labels_csv
-
-
-def predict_torch(
-    net: nn.Module, images: npt.NDArray[np.float32], batch: int = 64
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Eval-mode logits and maps for ``images`` (no gradients)."""
-    net.eval()
-    logits, cams = [], []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            out_logits, out_cam = net(torch.from_numpy(images[start : start + batch]))
-            logits.append(out_logits.numpy())
-            cams.append(out_cam.numpy())
-    return np.concatenate(logits), np.concatenate(cams)
 
 
 def _checkpoint_path(cfg: CxrTrainConfig) -> Path:

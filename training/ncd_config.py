@@ -55,7 +55,7 @@ class LogisticConfig(_Cfg):
 
 
 class CalibrationConfig(_Cfg):
-    """Post-hoc calibration; only sigmoid exports exactly (PERFORMANCE.md)."""
+    """Post-hoc calibration; only sigmoid exports exactly (docs/performance.md)."""
 
     method: Literal["sigmoid"] = "sigmoid"
     folds: int = Field(default=3, ge=2)

@@ -95,7 +95,7 @@ def _candidate(kind: str, cfg: NcdTrainConfig) -> Any:
         )
         return CalibratedClassifierCV(base, method="sigmoid", cv=folds, ensemble=False)
     # The scaler stays OUTSIDE the calibrator: skl2onnx exports a calibrated
-    # scaler+logistic Pipeline wrongly (PERFORMANCE.md).
+    # scaler+logistic Pipeline wrongly (docs/performance.md).
     logistic = LogisticRegression(C=cfg.logistic.C, max_iter=cfg.logistic.max_iter)
     return Pipeline(
         [

@@ -1,7 +1,7 @@
 """HTTP routes for chest X-ray analysis (contract C5: ``routes() -> list[BaseRoute]``).
 
 ``POST /v1/imaging/cxr`` takes the raw image as the body (``application/dicom`` or
-``image/png``; raw rather than multipart, which costs 20-30 ms per PERFORMANCE.md).
+``image/png``; raw rather than multipart, which costs 20-30 ms per docs/performance.md).
 Answers:
 
 * 200 with a :class:`~serving.imaging.results.CxrResult` (``assessable: true``).
@@ -26,7 +26,6 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -35,11 +34,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from serving.imaging.analysis import CannotAssess
+from serving.imaging.exchange import (
+    LinkHolder,
+    NotReady,
+    audit_row,
+    authenticate,
+    caller_tenant,
+    imaging_state,
+    not_ready,
+    read_body,
+    refuse,
+    unauthorized,
+)
 from serving.imaging.results import Analysed, CxrResult, StoredResult
 from serving.imaging.state import ImagingState
+from serving.imaging.studies import analyse_study, list_studies
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "audit_row", "caller_tenant", "refuse", "routes", "unauthorized"]
+__all__ = ["SERVICE_ID", "routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,170 +59,13 @@ SERVICE_ID = "imaging-cxr"
 _PATIENT = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # as CDS Hooks context.patientId
 
 
-class _NotReady(Exception):
-    pass
-
-
-def imaging_state(request: Request) -> ImagingState:
-    """The imaging state of the running app.
-
-    Raises:
-        _NotReady: no CXR model is configured or it is not loaded.
-    """
-    runtime = getattr(request.app.state, "runtime", None)
-    state = getattr(runtime, "extras", {}).get("imaging")
-    if not isinstance(state, ImagingState) or not state.warmed:
-        raise _NotReady
-    return state
-
-
-def _not_ready() -> JSONResponse:
-    return JSONResponse(
-        {"error": "imaging-unavailable", "message": "no chest X-ray model is loaded"},
-        status_code=503,
-    )
-
-
-async def authenticate(state: ImagingState, request: Request) -> Any | None:
-    """The REST caller (API key; :mod:`serving.http.identify`), or None when the
-    request must be refused with 401."""
-    from serving.auth import AuthError
-    from serving.http.identify import api_key_caller
-
-    try:
-        return api_key_caller(state.authenticator, request, dev=state.dev)
-    except AuthError:
-        return None
-
-
-def unauthorized(request: Request) -> Response:
-    """The one 401 answer (:func:`serving.http.identify.refusal`): counted, no audit row."""
-    from serving.auth import AuthError
-    from serving.http.identify import refusal
-    from serving.http.pipeline import route_of
-
-    return refusal(AuthError("unauthorized"), route_of(request))
-
-
-def _caller_field(caller: Any, name: str) -> str | None:
-    value = caller.get(name) if isinstance(caller, dict) else getattr(caller, name, None)
-    return None if value is None else str(value)
-
-
-def caller_tenant(caller: Any) -> str | None:
-    """The tenant of an authenticated caller (None when it has none)."""
-    return _caller_field(caller, "tenant")
-
-
-@dataclass(frozen=True)
-class _LinkHolder:
-    """Whoever opens a signed link: it was minted for a read of ``tenant``."""
-
-    tenant: str
-    iss: str = "signed-link"
-    sub: str | None = None
-
-
-def audit_row(
-    state: ImagingState,
-    *,
-    request_id: str,
-    service_id: str,
-    outcome: str,
-    started: float,
-    caller: Any,
-    reason: str | None = None,
-    result: CxrResult | None = None,
-    analysed: Analysed | None = None,
-    input_sha256: str | None = None,
-    patient_ref: str | None = None,
-    hook_instance: str | None = None,
-    card_ids: list[str] | None = None,
-) -> None:
-    """Commit one audit row (C4) for a request and count its outcome (``/metrics``);
-    raises if the store cannot commit it.
-
-    ``analysed``: a new read, stored for the caller's tenant in the same transaction
-    (it then also stands for ``result``). ``result``: a stored read the answer shows.
-    """
-    from serving.audit.records import AuditRecord
-    from serving.metrics import count_outcome
-
-    if analysed is not None:
-        result = analysed.result
-    identity = result.model if result is not None else state.analyser.identity
-
-    tenant = caller_tenant(caller)
-    try:
-        state.audit.record(
-            AuditRecord(
-                request_id=request_id,
-                hook_instance=hook_instance,
-                service_id=service_id,
-                card_ids=card_ids or [],
-                caller_iss=_caller_field(caller, "iss"),
-                caller_sub=_caller_field(caller, "sub"),
-                caller_tenant=tenant,
-                model_name=identity.name,
-                model_version=identity.version,
-                model_sha256=identity.sha256,
-                input_sha256=result.input_sha256 if result else input_sha256,
-                outcome=outcome,  # type: ignore[arg-type]
-                reason=reason,
-                patient_ref=(result.patient_ref if result else patient_ref),
-                latency_ms=(time.perf_counter() - started) * 1000,
-                imaging_result=(None if analysed is None else state.store.record(analysed, tenant)),
-            )
-        )
-    except Exception:
-        count_outcome(service_id, "error", "audit-unavailable")
-        raise
-    count_outcome(service_id, outcome, reason)
-
-
-async def refuse(
-    state: ImagingState,
-    service_id: str,
-    started: float,
-    status: int,
-    body: dict[str, Any],
-    caller: Any = None,
-    hook_instance: str | None = None,
-    *,
-    outcome: str = "refused",
-    reason: str | None = None,
-    patient_ref: str | None = None,
-    request_id: str | None = None,
-) -> Response:
-    """A 4xx/5xx answer without advice, after its audit row (outcome ``refused`` and
-    reason ``body["error"]`` unless given); 503 when that row cannot be committed."""
-    request_id = request_id or uuid.uuid4().hex
-    try:
-        await run_in_threadpool(
-            audit_row,
-            state,
-            request_id=request_id,
-            service_id=service_id,
-            outcome=outcome,
-            started=started,
-            caller=caller,
-            reason=reason or body["error"],
-            patient_ref=patient_ref,
-            hook_instance=hook_instance,
-        )
-    except Exception:
-        logger.exception("audit store unavailable for a refused %s call", service_id)
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
-
-
 async def analyse_image(request: Request) -> Response:
     """``POST /v1/imaging/cxr``: analyse one raw DICOM or PNG body."""
     started = time.perf_counter()
     try:
         state = imaging_state(request)
-    except _NotReady:
-        return _not_ready()
+    except NotReady:
+        return not_ready()
     caller = await authenticate(state, request)
     if caller is None:
         return unauthorized(request)
@@ -226,7 +81,7 @@ async def analyse_image(request: Request) -> Response:
             raise CannotAssess("bad-request", "Content-Length is not a number", 400)
         if declared is not None and int(declared) > state.config.max_body_bytes:
             raise CannotAssess("too-large", "the image is larger than allowed", status=413)
-        body = await _read_body(request, state.config.max_body_bytes)
+        body = await read_body(request, state.config.max_body_bytes)
         analysed = await analyse_bytes(state, body, content_type, patient)
     except CannotAssess as refusal:
         return await _refused(state, refusal, request_id, started, caller, patient)
@@ -286,17 +141,6 @@ async def analyse_bytes(
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise CannotAssess("too-large", "the image is larger than allowed", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _refused(
     state: ImagingState,
     refusal: CannotAssess,
@@ -336,8 +180,8 @@ async def _stored(
     started = time.perf_counter()
     try:
         state = imaging_state(request)
-    except _NotReady:
-        return _not_ready()
+    except NotReady:
+        return not_ready()
     caller = await check(state, request)
     if isinstance(caller, Response):
         return caller
@@ -345,7 +189,7 @@ async def _stored(
     try:
         if caller is None:
             found = await run_in_threadpool(state.store.by_link, result_id)
-            caller = _LinkHolder(found.tenant)
+            caller = LinkHolder(found.tenant)
         else:
             tenant = caller_tenant(caller)
             result = await run_in_threadpool(state.store.get, result_id, tenant=tenant)
@@ -428,8 +272,6 @@ async def get_fhir(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     """The imaging routes, for ``create_app()``."""
-    from serving.imaging.studies import analyse_study, list_studies
-
     return [
         Route("/v1/imaging/cxr", analyse_image, methods=["POST"]),
         Route("/v1/imaging/results/{result_id}", get_result, methods=["GET"]),

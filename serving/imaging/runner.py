@@ -18,7 +18,7 @@ def load_runner(stored: StoredModel, threads: int | None = None) -> CxrModelRunn
         stored: a verified ``cxr-triage`` artifact.
         threads: ONNX Runtime intra-op threads; default all cores. With adaptive
             batching only the batcher's model thread calls the session (two Python
-            threads on one multi-thread session lose ~16 %, PERFORMANCE.md); without
+            threads on one multi-thread session lose ~16 %, docs/performance.md); without
             it, concurrent requests call it from their worker threads.
     """
     predictor: CxrModelRunner = CxrPredictor(stored, threads=threads or (os.cpu_count() or 1))

@@ -103,7 +103,7 @@ class ImagingState:
         return state
 
     def warm_up(self) -> None:
-        """One model call on a mid-grey image; readiness waits for it (RELIABILITY.md 5).
+        """One model call on a mid-grey image; readiness waits for it (docs/reliability.md).
 
         Raises:
             CannotAssess: the model's outputs have the wrong shape or are not finite.

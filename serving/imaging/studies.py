@@ -37,6 +37,15 @@ from serving.imaging.dicom_out import (
     to_bytes,
 )
 from serving.imaging.dicomweb import DicomWebClient, DicomWebError, check_uid, tag_value
+from serving.imaging.exchange import (
+    NotReady,
+    audit_row,
+    authenticate,
+    caller_tenant,
+    imaging_state,
+    read_body,
+    unauthorized,
+)
 from serving.imaging.results import Analysed
 from serving.imaging.state import ImagingState
 from serving.ui import links
@@ -117,8 +126,6 @@ def _run_study(
     state: ImagingState, caller: Any, study: str, series: str | None, started: float
 ) -> tuple[int, dict[str, Any]]:
     """The whole study analysis with auditing; returns (HTTP status, JSON body)."""
-    from serving.imaging.routes import audit_row, caller_tenant
-
     assert state.config.pacs is not None
     request_id = uuid.uuid4().hex
 
@@ -161,18 +168,10 @@ async def analyse_study(request: Request) -> Response:
     and the work runs after the response: a PACS calling from its own event hook
     (Orthanc's Lua ``OnStableStudy``) must not wait on requests back to itself.
     """
-    from serving.imaging.routes import (
-        _NotReady,
-        _read_body,
-        authenticate,
-        imaging_state,
-        unauthorized,
-    )
-
     started = time.perf_counter()
     try:
         state = imaging_state(request)
-    except _NotReady:
+    except NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
     if caller is None:
@@ -183,7 +182,7 @@ async def analyse_study(request: Request) -> Response:
         )
     series: str | None = None
     try:
-        raw = await _read_body(request, 4096)
+        raw = await read_body(request, 4096)
         study = check_uid(str(request.path_params["study_uid"]), "study")
         if raw.strip():
             body = json.loads(raw)
@@ -222,8 +221,6 @@ def _list_sync(
     state: ImagingState, caller: Any, patient: str, started: float
 ) -> list[dict[str, Any]]:
     """The patient's PACS studies with the caller's tenant's reads, after the audit row."""
-    from serving.imaging.routes import audit_row, caller_tenant
-
     assert state.config.pacs is not None
     client = DicomWebClient(state.config.pacs)
     try:
@@ -264,12 +261,10 @@ def _list_sync(
 async def list_studies(request: Request) -> Response:
     """``GET /v1/imaging/studies?patient=ID``: the patient's studies in the PACS (QIDO-RS),
     with the id of the read the caller's tenant had made of each one it analysed."""
-    from serving.imaging.routes import _NotReady, authenticate, imaging_state, unauthorized
-
     started = time.perf_counter()
     try:
         state = imaging_state(request)
-    except _NotReady:
+    except NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
     if caller is None:

@@ -152,9 +152,10 @@ def _demo_xray(runtime: Runtime, patient_id: str) -> Path | None:
     """A synthetic radiograph for a demo patient, from ``tonle demo``'s generated set.
 
     ``tonle demo`` keeps its files under one folder: the demo issuer in
-    ``<demo>/demo-issuer`` and IMG-A's synthetic radiographs (``labels.csv`` + DICOM)
-    in ``<demo>/cxr-synthetic``. The image is picked deterministically per patient,
-    preferring one with a finding so the demo shows a flagged read.
+    ``<demo>/demo-issuer`` and the synthetic radiographs of :mod:`training.cxr_synthetic`
+    (``labels.csv`` + DICOM) in ``<demo>/cxr-synthetic``. The image is picked
+    deterministically per patient, preferring one with a finding so the demo shows a
+    flagged read.
     """
     directory = runtime.settings.demo_issuer_dir
     if directory is None:
@@ -176,7 +177,7 @@ def _demo_xray(runtime: Runtime, patient_id: str) -> Path | None:
 async def demo_xray(request: Request) -> Response:
     """``POST /ui/api/demo/xray``: ``{"patientId"}`` - the demo PACS sends the patient's X-ray.
 
-    Runs the synthetic radiograph through the imaging pipeline (IMG-C's
+    Runs the synthetic radiograph through the imaging pipeline (the
     :func:`serving.imaging.routes.analyse_bytes`, as ``POST /v1/imaging/cxr`` does) for
     that patient and commits its audit row; the ``cxr-triage`` CDS service then answers
     the next ``patient-view``. Demo only (404 otherwise).
@@ -194,7 +195,8 @@ async def demo_xray(request: Request) -> Response:
     if state is None or image is None:
         return json_error("no-demo-xray", 404)
     from serving.imaging.analysis import CannotAssess
-    from serving.imaging.routes import analyse_bytes, audit_row
+    from serving.imaging.exchange import audit_row
+    from serving.imaging.routes import analyse_bytes
 
     record = partial(
         audit_row,

@@ -158,7 +158,7 @@ async def explain_ncd(request: Request) -> Response:
 
 
 def cxr_store(runtime: Runtime) -> Any | None:
-    """IMG-C's result store (``runtime.extras["imaging"].store``), if imaging is on."""
+    """The imaging result store (``runtime.extras["imaging"].store``), if imaging is on."""
     return getattr(runtime.extras.get("imaging"), "store", None)
 
 

@@ -1,4 +1,4 @@
-"""Quality gate and bad-input robustness (RELIABILITY.md "Bad input")."""
+"""Quality gate and bad-input robustness (docs/reliability.md "Bad input")."""
 
 from __future__ import annotations
 

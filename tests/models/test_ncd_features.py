@@ -36,7 +36,7 @@ def test_convert(quantity: str, value: float, unit: str, expected: float) -> Non
 
 def test_hba1c_round_trip_matches_standards_formula() -> None:
     percent = np.array([5.0, 6.5, 9.0])
-    ifcc = (percent - 2.15) * 10.929  # STANDARDS.md
+    ifcc = (percent - 2.15) * 10.929  # docs/standards.md
     assert convert_array("hba1c", ifcc, "mmol/mol") == pytest.approx(percent)
 
 

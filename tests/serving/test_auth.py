@@ -1,6 +1,6 @@
 """CDS Hooks JWT and API-key authentication through a tiny ASGI app.
 
-Covers the whole forged-token list of RELIABILITY.md: every case must be answered
+Covers the whole forged-token list of docs/reliability.md: every case must be answered
 401 with one identical body, never reach the handler (no model call) and never make
 an outbound request.
 """

@@ -1,4 +1,4 @@
-"""Load and faults against a real ``bentoml serve`` (RELIABILITY.md, "Load and faults").
+"""Load and faults against a real ``bentoml serve`` (docs/reliability.md, "Load and faults").
 
 Steady load, overload, schema fuzzing, SIGKILL and SIGTERM share one service on SQLite
 (SIGKILL restarts it; SIGTERM ends it, so it runs last); a full disk and an unreachable

@@ -20,13 +20,13 @@ from training.cxr_datasets import (
     OUTPUT_COLUMNS,
     LabelMap,
     assign_splits,
-    import_dataset,
     read_folder,
     read_montgomery,
     read_nih_cxr14,
     read_shenzhen,
     read_tbx11k,
 )
+from training.cxr_import import import_dataset
 from training.cxr_public_formats import write_nih
 from training.cxr_synthetic import generate
 

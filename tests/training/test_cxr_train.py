@@ -23,7 +23,7 @@ from models.config import load_config
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
 from training.cxr_data import load_cxr_data, patient_split
-from training.cxr_datasets import import_dataset
+from training.cxr_import import import_dataset
 from training.cxr_metrics import sens_spec
 from training.cxr_public_formats import write_nih
 from training.cxr_synthetic import generate

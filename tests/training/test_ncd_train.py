@@ -159,7 +159,7 @@ def test_feature_matrix_encodes_sex() -> None:
 
 
 def test_unfaithful_export_is_not_saved(model_store: Path) -> None:
-    """A calibrator around scaler+logistic exports wrongly (PERFORMANCE.md): refused."""
+    """A calibrator around scaler+logistic exports wrongly (docs/performance.md): refused."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

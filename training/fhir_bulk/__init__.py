@@ -7,7 +7,7 @@ resource per line, files named ``<Type>.ndjson`` or ``<Type>.*.ndjson``, as a Bu
 
 * Features: for each measured quantity, the most recent Observation dated on or
   before the index date and no more than ``lookback_days`` before it; its date goes in
-  ``<name>_date``. Units are converted per STANDARDS.md (:mod:`models.ncd_features`);
+  ``<name>_date``. Units are converted per docs/standards.md (:mod:`models.ncd_features`);
   nothing found means NaN, never a default.
 * ``diabetes``: diabetes at the index date, by :mod:`models.diabetes_status`, the
   rule serving applies today: a diabetes Condition (SNOMED CT / ICD-10 E10-E14) that

@@ -101,7 +101,7 @@ def _synthetic(rows: int, cols: int) -> np.ndarray:
 
 
 def radiograph(rows: int = 256, cols: int = 240, bright_box: bool = True) -> np.ndarray:
-    """A 12-bit synthetic frontal chest radiograph (IMG-A's generator, no findings).
+    """A 12-bit synthetic frontal chest radiograph (training.cxr_synthetic, no findings).
 
     With ``bright_box`` a dense square sits in the upper right lung field.
     """

@@ -1,4 +1,4 @@
-"""RELIABILITY.md "Bad input" over HTTP: every malformed or out-of-scope image gets a 4xx
+"""docs/reliability.md "Bad input" over HTTP: every malformed or out-of-scope image gets a 4xx
 with an acceptable reason code, no single input raises the worker's peak memory by
 300 MB or more, and the service keeps answering.
 

@@ -25,9 +25,9 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
+from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity
-from serving.imaging.routes import audit_row
 from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.ui import links
