@@ -149,9 +149,13 @@ def feature_label(name: str, lang: str) -> str:
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
 
 
+CARD_FACTORS = 3
+"""The largest factors a card names (the explanation page shows them all)."""
+
+
 def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     parts: list[str] = []
-    for item in advice.contributions:
+    for item in advice.contributions[:CARD_FACTORS]:
         sign = "+" if item.delta_risk >= 0 else "−"
         text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
         # Points in the language's digits and decimal mark, as every other number.
