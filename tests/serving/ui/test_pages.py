@@ -507,3 +507,25 @@ def test_page_says_when_the_patient_is_outside_the_models_training_range(
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
     assert 'id="ml-risk"' in page
     assert 'id="support-unknown"' in page
+
+
+def test_a_factor_against_clinical_knowledge_is_flagged_not_hidden(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model saying a BMI of 29.3 lowers CVD risk is shown, with a visible flag."""
+    from models.ncd_predictor import Contribution
+
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    bmi = Contribution(feature="bmi", value=29.3, unit="kg/m2", delta_risk=-0.041, text="")
+    sbp = Contribution(feature="sbp", value=165.0, unit="mm[Hg]", delta_risk=0.05, text="")
+    monkeypatch.setattr(predictor, "explain", lambda row, top=3: (0.2, [bmi, sbp]))
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    flagged = re.findall(r'<li class="unlike-clinical">\s*<span class="bar-label">([^<]*)', page)
+    assert [label.strip() for label in flagged] == ["Body mass index"], flagged
+    assert "Direction unlike clinical knowledge: interpret with care." in page
