@@ -24,6 +24,7 @@ from models.ncd_predictor import (
     encode_value,
     risk_band,
 )
+from models.ncd_support import InputSupport, Outside
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from models.who_cvd_inputs import VALID_RANGES
@@ -36,6 +37,7 @@ __all__ = [
     "WhoSettings",
     "already_has_outcome",
     "assess",
+    "model_shown",
     "model_validated",
     "who_for",
 ]
@@ -134,6 +136,10 @@ class Advice:
     """Optional inputs that were not recorded -> the value the model scored them as
     (``extra["missing_inputs"]``, measured at training), None where no single value
     says it. The card and the explanation page list them."""
+    outside_support: list[Outside] = field(default_factory=list)
+    """Measured values outside the model's training range: its estimate is not shown."""
+    support_known: bool = True
+    """Whether the artifact records its training range (older artifacts do not)."""
 
 
 def _canonical_sha256(tag: str, row: Mapping[str, float | str]) -> str:
@@ -186,6 +192,14 @@ def _who_note(code: str) -> str:
     if kind == "outside":
         return f"{name} is outside the range the WHO chart covers"
     return f"{name} is not recorded; the WHO chart needs it"
+
+
+def model_shown(advice: Advice) -> bool:
+    """Whether a card shows the model's estimate: not for a patient outside its training
+    range; for CVD only when :func:`model_validated` (a diabetes model has no chart)."""
+    if advice.outside_support:
+        return False
+    return advice.outcome != "cvd" or model_validated(advice.metadata)
 
 
 def model_validated(meta: ModelMetadata) -> bool:
@@ -390,6 +404,22 @@ def assess(
     if not (math.isfinite(risk) and 0.0 <= risk <= 1.0):
         raise NoAdvice("model-output", None, "the model returned no valid probability")
     band_index, band = risk_band(risk)
+    outcome = str(meta.extra.get("outcome", ""))
+    support = InputSupport.of_metadata(meta)
+    encoded = {spec.name: float(row[0, j]) for j, spec in enumerate(meta.features)}
+    outside = support.outside(encoded) if support is not None else []
+    if outside and who is None:  # no WHO chart to lead: nothing to show
+        raise NoAdvice.of(
+            [
+                Problem(
+                    "out-of-range",
+                    o.feature,
+                    f"{o.side} the model's training range ({o.low:g} to {o.high:g})",
+                    o.value,
+                )
+                for o in outside
+            ]
+        )
     who_result: WhoCvdResult | None = None
     who_cell: ChartCell | None = None
     who_reason: str | None = None
@@ -397,7 +427,6 @@ def assess(
         who_result, who_reason = who_for(values, who)
         if who_result is not None:
             who_cell = patient_cell(who_result, region=who.region, country=who.country)
-    outcome = str(meta.extra.get("outcome", ""))
     facts = _facts(
         outcome, values, dates, history or {}, who_cell, today or datetime.now(UTC).date()
     )
@@ -421,4 +450,6 @@ def assess(
         fired=protocol.fire(facts) if protocol is not None else [],
         protocol=protocol,
         missing=missing,
+        outside_support=outside,
+        support_known=support is not None,
     )

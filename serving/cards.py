@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import cache
 from typing import Literal
 
 from models.metadata import ModelMetadata
-from serving.assess import Advice, model_validated
+from models.ncd_support import Outside
+from serving.assess import Advice, model_shown
 from serving.cds_models import (
     SUMMARY_MAX,
     Action,
@@ -55,6 +56,7 @@ __all__ = [
     "model_source",
     "ncd_card",
     "override_reasons",
+    "support_text",
     "value_text",
 ]
 
@@ -98,11 +100,28 @@ def lead(advice: Advice) -> Lead:
         return "model"
     if advice.who is not None and advice.who_cell is not None:
         return "chart"
-    return "model" if model_validated(advice.metadata) else "none"
+    return "model" if model_shown(advice) else "none"
 
 
-def _model_shown(advice: Advice) -> bool:
-    return advice.outcome != "cvd" or model_validated(advice.metadata)
+def support_text(
+    outside: Sequence[Outside],
+    features: Mapping[str, float | str],
+    units: Mapping[str, str],
+    lang: str,
+) -> str:
+    """The values outside the model's training range, e.g. "systolic BP 260 mmHg above
+    the training range" (cards and the explanation page use the same words)."""
+    return "; ".join(
+        t(
+            f"ui.explain.support.{o.side}",
+            lang,
+            name=feature_label(o.feature, lang),
+            value=value_text(
+                o.feature, features.get(o.feature, o.value), units.get(o.feature, "1"), lang
+            ),
+        )
+        for o in outside
+    )
 
 
 def value_text(name: str, value: float | str, unit: str, lang: str) -> str:
@@ -130,9 +149,13 @@ def feature_label(name: str, lang: str) -> str:
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
 
 
+CARD_FACTORS = 3
+"""The largest factors a card names (the explanation page shows them all)."""
+
+
 def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
     parts: list[str] = []
-    for item in advice.contributions:
+    for item in advice.contributions[:CARD_FACTORS]:
         sign = "+" if item.delta_risk >= 0 else "−"
         text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
         # Points in the language's digits and decimal mark, as every other number.
@@ -200,7 +223,7 @@ def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         rows.append(f"| {feature_label(name, lang)} | {shown[name]} | {date_text} |")
     units = {spec.name: spec.unit for spec in advice.metadata.features}
     # What the model made of a missing input matters only where its estimate is shown.
-    for name, scored_as in advice.missing.items() if _model_shown(advice) else ():
+    for name, scored_as in advice.missing.items() if model_shown(advice) else ():
         how = missing_how(advice.metadata, name)
         text = missing_text(name, scored_as, units.get(name, "1"), lang, how)
         rows.append(f"| {feature_label(name, lang)} | **{text}** | |")
@@ -238,7 +261,7 @@ def _summary(advice: Advice, lang: str, how: Lead) -> str:
     if advice.outcome == "cvd" and _fired(advice, "cvd-established"):
         text = t("card.ncd.cvd.summary_established", lang)
     elif advice.outcome == "cvd" and how == "chart" and cell is not None:
-        key = "summary_chart_model" if _model_shown(advice) else "summary_chart"
+        key = "summary_chart_model" if model_shown(advice) else "summary_chart"
         text = t(
             f"card.ncd.cvd.{key}",
             lang,
@@ -273,7 +296,11 @@ def _chart_text(advice: Advice, lang: str, region: str) -> str:
 def _model_text(advice: Advice, lang: str, shown: dict[str, str]) -> list[str]:
     meta = advice.metadata
     name, version = md(meta.name), md(meta.version)
-    if not _model_shown(advice):
+    if advice.outside_support:
+        units = {spec.name: spec.unit for spec in meta.features}
+        why = support_text(advice.outside_support, advice.features, units, lang)
+        return [t("card.ncd.model_outside_support", lang, reasons=why)]
+    if not model_shown(advice):
         return [t("card.ncd.model_not_shown", lang, model=name, version=version)]
     factors = _factors(advice, lang, shown)
     if advice.outcome == "diabetes":
@@ -345,7 +372,7 @@ def _detail(advice: Advice, lang: str, region: str, how: Lead) -> str:
     if advice.outcome == "cvd":
         parts.append(_chart_text(advice, lang, region))
     parts += _model_text(advice, lang, shown)
-    if _model_shown(advice):
+    if model_shown(advice):
         parts += _missing_note(advice, lang)
     parts += _protocol_text(advice, lang)
     parts.append(f"**{t('card.ncd.data_used', lang)}**\n\n{_data_used(advice, lang, shown)}")

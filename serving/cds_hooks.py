@@ -154,6 +154,7 @@ class NcdService:
                 unreadable=found.problems,
                 protocol=runtime.config.protocol.load(),
                 history=found.history,
+                top=len(predictor.metadata.features),  # every factor on the page; card: top 3
             )
         except PrefetchError as exc:
             raise BadRequest("invalid-prefetch", str(exc), f"prefetch.{exc.key}") from None

@@ -45,6 +45,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from models.metadata import FeatureSpec, MetricValue, ModelMetadata, OutputSpec
+from models.ncd_support import SUPPORT_KEY, InputSupport
 from training.ncd_config import NcdTrainConfig
 from training.ncd_missing import missing_inputs, with_missing_rows
 from training.ncd_table import (
@@ -367,6 +368,7 @@ def _train(
             "censoring": "IPCW, Kaplan-Meier of censoring on the training split",
             "missing_inputs": missing,
             "training_distribution": training_distribution(x[tr], [s.name for s in specs]),
+            SUPPORT_KEY: InputSupport.of_rows(x[tr], specs).model_dump(mode="json"),
             "who_comparison": None if comparison is None else comparison.model_dump(mode="json"),
             "card_dir": str(card_dir),
         },

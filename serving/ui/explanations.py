@@ -18,13 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.metadata import MetricValue, ModelMetadata
 from models.ncd_predictor import Contribution
+from models.ncd_support import Outside
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.assess import Advice, WhoSettings, model_validated
+from serving.assess import Advice, WhoSettings, model_shown
 from serving.audit.records import ExplanationRecord
 from serving.protocol import Text
 from serving.synthetic import trained_on_synthetic
 
 __all__ = [
+    "FACTOR_FULL_SCALE",
+    "RAISES_RISK",
     "ComparisonView",
     "ModelView",
     "NcdExplanation",
@@ -33,8 +36,35 @@ __all__ = [
     "WhatIf",
     "explanation_record",
     "headline_metrics",
+    "unlike_clinical",
     "what_ifs",
 ]
+
+
+FACTOR_FULL_SCALE = 0.10
+"""A factor bar's full width: 10 percentage points of risk, the same on every page
+(a bar is never scaled to the largest factor of one patient)."""
+
+RAISES_RISK: dict[str, frozenset[str]] = {
+    "cvd": frozenset({"age", "sbp", "total_chol", "smoking", "diabetes", "bmi"}),
+    "diabetes": frozenset({"age", "bmi"}),
+}
+"""Inputs whose higher value (or presence) raises the outcome's risk in clinical
+knowledge; a model factor going the other way is flagged, never hidden."""
+
+
+def unlike_clinical(outcome: str, factor: Contribution, reference: dict[str, float]) -> bool:
+    """Whether ``factor`` moves the risk against its known clinical direction.
+
+    A value above the reference that lowers the risk (or below it that raises it),
+    for an input in :data:`RAISES_RISK`; False when the reference is unknown.
+    """
+    ref = reference.get(factor.feature)
+    if factor.feature not in RAISES_RISK.get(outcome, frozenset()) or ref is None:
+        return False
+    if factor.value == ref or abs(factor.delta_risk) < 0.0005:
+        return False
+    return (factor.delta_risk > 0) != (factor.value > ref)
 
 
 def headline_metrics(metrics: dict[str, Any], limit: int = 6) -> dict[str, Any]:
@@ -212,6 +242,17 @@ class NcdExplanation(BaseModel):
         description="Optional inputs not recorded -> the value the model scored them as "
         "(None: no single value).",
     )
+    outside_support: list[Outside] = Field(
+        default_factory=list,
+        description="Measured values outside the model's training range (model not shown).",
+    )
+    support_known: bool = Field(
+        default=True, description="The artifact records its training range (older ones do not)."
+    )
+    reference: dict[str, float] = Field(
+        default_factory=dict,
+        description="The reference value each factor is compared with (metadata.extra).",
+    )
 
     @classmethod
     def from_advice(
@@ -241,6 +282,7 @@ class NcdExplanation(BaseModel):
             band_index=advice.band_index,
             features=dict(advice.features),
             missing=dict(advice.missing),
+            reference=_reference(advice.metadata),
             units=dict(advice.units),
             dates=dict(advice.dates),
             contributions=list(advice.contributions),
@@ -248,18 +290,31 @@ class NcdExplanation(BaseModel):
             who=advice.who,
             who_note=advice.who_note,
             who_reason=advice.who_reason,
-            model_shown=advice.outcome != "cvd" or model_validated(advice.metadata),
+            model_shown=model_shown(advice),
+            outside_support=list(advice.outside_support),
+            support_known=advice.support_known,
             protocol=ProtocolView.from_advice(advice),
             comparison=ComparisonView.from_metadata(advice.metadata),
             who_region=settings.region,
             who_country=settings.country,
         )
 
+    def unlike_clinical(self, factor: Contribution) -> bool:
+        """Whether a factor goes against its known clinical direction (see module)."""
+        return unlike_clinical(self.outcome, factor, self.reference)
+
     def what_ifs(self) -> list[WhatIf]:
         """The WHO chart "what if" risks (none without a WHO chart result)."""
         if self.who is None:
             return []
         return what_ifs(self.who, WhoSettings(self.who_region, self.who_country))
+
+
+def _reference(meta: ModelMetadata) -> dict[str, float]:
+    raw = meta.extra.get("reference")
+    if not isinstance(raw, dict):
+        return {}
+    return {k: float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
 
 def explanation_record(

@@ -27,11 +27,11 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
-from serving.cards import feature_label, missing_how, missing_text, value_text
+from serving.cards import feature_label, missing_how, missing_text, support_text, value_text
 from serving.imaging.card import score_text
 from serving.imaging.results import CxrResult, StoredResult, StudyRef
 from serving.runtime import Runtime
-from serving.ui.explanations import NcdExplanation, headline_metrics
+from serving.ui.explanations import FACTOR_FULL_SCALE, NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
     json_error,
@@ -105,7 +105,6 @@ async def explain_ncd(request: Request) -> Response:
     units = {spec.name: spec.unit for spec in meta.features} if meta is not None else {}
     if meta is not None and (meta.name, meta.version) != (ex.model.name, ex.model.version):
         meta = None  # another version scored this card: say nothing of its missing inputs
-    top = max((abs(c.delta_risk) for c in ex.contributions), default=0.0) or 1.0
     factors = [
         {
             "label": feature_label(c.feature, lang),
@@ -115,7 +114,10 @@ async def explain_ncd(request: Request) -> Response:
             "date": ex.dates.get(c.feature),
             "points": abs(c.delta_risk) * 100.0,
             "raises": c.delta_risk >= 0,
-            "width": max(2, round(100 * abs(c.delta_risk) / top)),
+            # One absolute scale on every page: FACTOR_FULL_SCALE fills the bar.
+            "width": max(1, min(100, round(100 * abs(c.delta_risk) / FACTOR_FULL_SCALE))),
+            "beyond_scale": abs(c.delta_risk) > FACTOR_FULL_SCALE,
+            "unlike_clinical": ex.unlike_clinical(c),
         }
         for c in ex.contributions
     ]
@@ -155,6 +157,9 @@ async def explain_ncd(request: Request) -> Response:
         ex=ex,
         what_ifs=await run_in_threadpool(ex.what_ifs),
         factors=factors,
+        support_reasons=support_text(ex.outside_support, ex.features, units or ex.units, lang),
+        factor_scale=round(FACTOR_FULL_SCALE * 100),
+        not_recorded=[feature_label(name, lang) for name in ex.missing],
         data_rows=data_rows,
         missing_note=missing_note,
         chart=chart,

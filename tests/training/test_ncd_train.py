@@ -16,6 +16,7 @@ from models import registry
 from models.config import load_config
 from models.ncd_lookback import LOOKBACK_DAYS
 from models.ncd_predictor import NcdPredictor
+from models.ncd_support import InputSupport
 from training.ncd_config import NcdTrainConfig
 from training.ncd_export import ExportError, save_verified
 from training.ncd_table import TrainingDataError, check_table, feature_matrix, patient_split
@@ -282,6 +283,13 @@ def test_train_end_to_end_from_fhir(
         "scored_as": 0.0,
     }
     assert "| 0.0 % | **0 (no)**: unknown is treated as this |" in card
+    # The training range of every input, kept for serving (outside it: no model estimate).
+    support = InputSupport.of_metadata(meta)
+    assert support is not None
+    sbp = support.features["sbp"]
+    assert 60 <= sbp.low < sbp.high <= 260
+    assert support.features["sex"].low == 0.0
+    assert support.features["sex"].high == 1.0
     # ONNX parity also on 500 rows per optional input (5 of them) with that input missing.
     assert "and 2500 with an optional input missing" in " ".join(result.output.split())
     (artifacts_dir / "ncd-model-card-example.md").write_text(card, encoding="utf-8")

@@ -452,3 +452,80 @@ def test_card_and_explanation_page_show_the_same_numbers(
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
     assert "6.95 mmol/L" in page
     assert "7.0 mmol/L" not in page
+
+
+def test_factor_bars_share_one_absolute_scale_and_name_their_source(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar's width is its points on a fixed 10-point scale (it was scaled to the
+    largest factor, so a 2-point effect filled the bar); the factors say they are the
+    local model's and the what-ifs that they are the WHO chart equation's."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    bars = re.findall(r'width="(\d+)" class="(?:up|down)"/></svg>\s*<span class="bar-value">'
+                      r"(?:raises|lowers) risk by ([\d.]+) points", page)  # fmt: skip
+    assert len(bars) > 3, bars  # every measured factor, not only the card's top 3
+    assert len(card["detail"].split(" pp)")) - 1 <= 3  # the card names the largest 3
+    for width, points in bars:
+        assert int(width) == max(1, min(100, round(float(points) * 10))), (width, points)
+    assert "Source: the local model cvd-risk" in html_lib.unescape(page)
+    assert 'id="whatif-source"' in page
+    assert "WHO 2019 chart equation" in page
+
+
+def test_page_says_when_the_patient_is_outside_the_models_training_range(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """demo-01's SBP 165 above a recorded training range: no model estimate, the
+    reason named; an artifact without a range says that the range is unknown."""
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    base = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    base.pop("input_support", None)
+    support = {"features": {"sbp": {"low": 95.0, "high": 160.0, "missing_rate": 0.0}}}
+    outside = {**base, "input_support": support}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": outside})
+    )
+    card = _card_for(app, "demo-01")
+    assert "The local model cannot assess" in card["detail"]
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    text = html_lib.unescape(page)
+    assert 'id="support-outside"' in page
+    assert 'id="ml-risk"' not in page
+    assert "165 mmHg above the training range" in text
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": base})
+    )
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    assert 'id="ml-risk"' in page
+    assert 'id="support-unknown"' in page
+
+
+def test_a_factor_against_clinical_knowledge_is_flagged_not_hidden(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model saying a BMI of 29.3 lowers CVD risk is shown, with a visible flag."""
+    from models.ncd_predictor import Contribution
+
+    app, runtime = app_rt
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
+    monkeypatch.setattr(
+        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    )
+    bmi = Contribution(feature="bmi", value=29.3, unit="kg/m2", delta_risk=-0.041, text="")
+    sbp = Contribution(feature="sbp", value=165.0, unit="mm[Hg]", delta_risk=0.05, text="")
+    monkeypatch.setattr(predictor, "explain", lambda row, top=3: (0.2, [bmi, sbp]))
+    card = _card_for(app, "demo-01")
+    page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
+    flagged = re.findall(r'<li class="unlike-clinical">\s*<span class="bar-label">([^<]*)', page)
+    assert [label.strip() for label in flagged] == ["Body mass index"], flagged
+    assert "Direction unlike clinical knowledge: interpret with care." in page
