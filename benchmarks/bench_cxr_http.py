@@ -63,7 +63,15 @@ from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
-STAGES = ["decode_ms", "quality_ms", "preprocess_ms", "model_ms", "heatmap_ms", "store_ms"]
+STAGES = [
+    "decode_ms",
+    "quality_ms",
+    "preprocess_ms",
+    "display_ms",
+    "model_ms",
+    "heatmap_ms",
+    "store_ms",
+]
 
 
 def build_model(home: Path, arch: str, tmp: Path) -> tuple[str, str]:

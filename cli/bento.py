@@ -28,7 +28,7 @@ bento_app = typer.Typer(
 )
 
 # What a Bento's source needs from the project (bentofile.yaml's include picks within).
-_STAGED = ("cli", "models", "serving", "requirements", "deploy/bento")
+_STAGED = ("cli", "configs", "models", "serving", "requirements", "deploy/bento")
 
 
 def register(app: typer.Typer) -> None:
@@ -72,7 +72,6 @@ def build(project: Path, config: Path, tags: list[str], version: str | None) -> 
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         for name in _STAGED:
             shutil.copytree(project / name, stage / name, ignore=ignore)
-        (stage / "configs").mkdir()
         shutil.copyfile(config, stage / "configs" / "serving.yaml")
         options = yaml.safe_load((project / "bentofile.yaml").read_text(encoding="utf-8"))
         options["models"] = tags

@@ -8,7 +8,6 @@ resident size, so the peak read afterwards belongs to what ran in between.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +26,6 @@ def _status(pid: int | str, field: str) -> float:
 
 def reset_peak(pid: int | str = "self") -> float:
     """Reset the peak of ``pid`` to its current resident size; that size in MB."""
-    gc.collect()
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     return _status(pid, "VmRSS")
 

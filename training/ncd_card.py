@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from models.metadata import FeatureSpec, ModelMetadata
-from training.ncd_evaluate import EvaluationReport
+from training.ncd_evaluate import EvaluationReport, MetricCI
 from training.ncd_report import METRIC_ROWS, format_ci, report_markdown
 
-__all__ = ["TRIPOD_AI_ITEMS", "write_model_card"]
+__all__ = ["POOR_AUROC", "TRIPOD_AI_ITEMS", "subgroup_warnings", "write_model_card"]
 
 
 #: TRIPOD+AI (Collins et al., BMJ 2024) items this card and its evaluation report cover,
@@ -156,6 +156,38 @@ def _ci_text(value: dict[str, Any]) -> str:
     return f"{value['value']:.3f} ({value['ci_low']:.3f} to {value['ci_high']:.3f})"
 
 
+# A subgroup whose discrimination is this poor, or not shown to beat chance, is flagged.
+POOR_AUROC = 0.6
+
+
+def _poor(auroc: MetricCI) -> bool:
+    """AUROC below ``POOR_AUROC``, or a 95 % CI that includes 0.5 (no better than chance)."""
+    if auroc.value is None:
+        return False
+    return auroc.value < POOR_AUROC or (auroc.ci_low is not None and auroc.ci_low <= 0.5)
+
+
+def subgroup_warnings(report: EvaluationReport) -> list[str]:
+    """Markdown lines flagging each subgroup where the model or the chart discriminates poorly."""
+    flagged = [
+        f"- **{g.group}: {g.level}** ({who_name}, n = {metrics.n}): AUROC "
+        f"{_ci_text(metrics.auroc.model_dump())}"
+        for g in report.subgroups
+        for who_name, metrics in (("model", g.model), ("WHO chart", g.who))
+        if metrics is not None and _poor(metrics.auroc)
+    ]
+    if not flagged:
+        return []
+    return [
+        f"**Caution: poor discrimination in {len(flagged)} subgroup result(s)** (AUROC below "
+        f"{POOR_AUROC:g} or its 95 % CI includes 0.5). Do not rely on the risk ranking "
+        "for these patients:",
+        "",
+        *flagged,
+        "",
+    ]
+
+
 def _gate_lines(cfg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
     gates = cfg.get("gates") or {}
     lines = [
@@ -293,6 +325,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "|---|---|" + ("---|---|" if has_who else ""),
         *[_metric_line(label, meta, key, has_who) for label, key in METRIC_ROWS],
         "",
+        *subgroup_warnings(report),
         "![calibration](calibration.png)",
         "",
         "![decision curve](decision_curve.png)",

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import string
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -33,6 +34,7 @@ __all__ = [
     "catalogue",
     "format_date",
     "format_number",
+    "format_numbers_in",
     "format_percent",
     "language_meta",
     "negotiate",
@@ -174,6 +176,20 @@ def format_number(value: float, lang: str, decimals: int = 0) -> str:
     text = f"{rounded:,.{decimals}f}"
     text = text.replace(",", "\x00").replace(".", meta.decimal).replace("\x00", meta.group)
     return _digits(text, meta)
+
+
+_NUMBER = re.compile(r"\d+(?:\.(\d+))?")
+
+
+def format_numbers_in(text: str, lang: str) -> str:
+    """Every plain number in ``text`` (e.g. a chart range "6-6.9") as the language writes it.
+
+    Keeps each number's own decimals, so "6-6.9" becomes "6-6,9" where the decimal
+    separator is a comma: the ranges on a screen then match the values beside them.
+    """
+    return _NUMBER.sub(
+        lambda m: format_number(float(m.group(0)), lang, len(m.group(1) or "")), text
+    )
 
 
 def format_percent(fraction: float, lang: str, decimals: int = 0) -> str:

@@ -15,7 +15,9 @@ Decoding, the quality gate and preprocessing are the ones training uses
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
-from serving.imaging.heatmap import HeatmapSource
+from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
     ADVISORY,
     Analysed,
@@ -102,6 +104,7 @@ class Prepared:
     study: StudyRef
     timings: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
+    display: bytes = b""  # the display copy of the original (heatmap.display_png)
 
 
 def model_labels(stored: StoredModel) -> list[str]:
@@ -125,6 +128,31 @@ def _quality_module() -> Any:
     import models.cxr_quality as quality
 
     return quality
+
+
+def _dicom_display_facts(data: bytes) -> dict[str, Any]:
+    """StudyTime, ImageLaterality and PatientOrientation of a DICOM file, where given."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data),
+            stop_before_pixels=True,
+            specific_tags=["StudyTime", "ImageLaterality", "PatientOrientation"],
+        )
+        time_ = str(ds.get("StudyTime") or "").strip()
+        laterality = str(ds.get("ImageLaterality") or "").strip().upper()
+        orientation = [str(v).strip().upper() for v in (ds.get("PatientOrientation") or [])]
+    except Exception:  # the header decoded once already; a bad optional tag is no fact
+        return {}
+    facts: dict[str, Any] = {}
+    if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", time_):
+        facts["study_time"] = time_
+    if laterality in ("R", "L", "B", "U"):
+        facts["laterality"] = laterality
+    if len(orientation) == 2 and all(re.fullmatch(r"[APRLHFO]{1,3}", v) for v in orientation):
+        facts["orientation"] = (orientation[0], orientation[1])
+    return facts
 
 
 class CxrAnalyser:
@@ -238,9 +266,12 @@ class CxrAnalyser:
         model_input = np.ascontiguousarray(
             preprocess.to_model_input(decoded, size=self.size), dtype=np.float32
         )
-        t_pre = time.perf_counter()
         if model_input.shape != (1, self.size, self.size) or not np.isfinite(model_input).all():
             raise CannotAssess("unreadable", "preprocessing produced an invalid image")
+        t_pre = time.perf_counter()
+        display = self._display_copy(preprocess, data, media, decoded)
+        header = _dicom_display_facts(data) if media in DICOM_TYPES else {}
+        t_display = time.perf_counter()
         return Prepared(
             model_input=model_input,
             input_sha256=hashlib.sha256(model_input.tobytes()).hexdigest(),
@@ -251,14 +282,39 @@ class CxrAnalyser:
                 sop_instance_uid=decoded.sop_instance_uid,
                 accession=decoded.accession,
                 study_date=decoded.study_date,
+                view=decoded.view,
+                **header,
             ),
             timings={
                 "decode_ms": (t_decode - started) * 1000,
                 "quality_ms": (t_quality - t_decode) * 1000,
                 "preprocess_ms": (t_pre - t_quality) * 1000,
+                "display_ms": (t_display - t_pre) * 1000,
             },
             started=started,
+            display=display,
         )
+
+    def _display_copy(self, preprocess: Any, data: bytes, media: str, decoded: Any) -> bytes:
+        """The display copy of the original (long side <= heatmap.DISPLAY_MAX).
+
+        The model's decode may block-average to just above the model size; for a
+        readable copy the image is decoded again with its short side >=
+        ``config.display_short_side`` (0: never; the model input is left exactly as
+        training made it). A failure keeps the model's decode. On a 3000 x 2500 16-bit
+        radiograph this adds ~10 CPU-ms (uncompressed) or ~60 (JPEG 2000, one resolution
+        level more) plus ~14 for the PNG: ``display_ms`` in the timings.
+        """
+        pixels = decoded.pixels
+        target = self.config.display_short_side
+        smaller = min(pixels.shape) < min(decoded.rows, decoded.columns)
+        if target and min(pixels.shape) < target and smaller:
+            decode = preprocess.decode_dicom if media in DICOM_TYPES else preprocess.decode_png
+            try:
+                pixels = decode(data, max_pixels=self.config.max_pixels, target_size=target).pixels
+            except Exception:  # it decoded once: keep that
+                logger.warning("display copy decode failed; keeping the model's decode")
+        return display_png(np.asarray(pixels, dtype=np.float32))
 
     def finish(
         self,
@@ -311,7 +367,13 @@ class CxrAnalyser:
         heat_label = self._heatmap_label(findings)
         result_id = uuid.uuid4().hex
         # The PNGs are drawn when they are asked for (serving.imaging.heatmap).
-        heatmap = HeatmapSource.of(prepared.model_input[0], cam[self.labels.index(heat_label)])
+        heatmap = HeatmapSource.of(
+            prepared.model_input[0],
+            cam[self.labels.index(heat_label)],
+            labels=tuple(self.labels),
+            cams=cam,
+            display=prepared.display,
+        )
         t_heat = time.perf_counter()
         timings = Timings(
             **prepared.timings,

@@ -56,6 +56,14 @@ class ImagingConfig(_Strict):
     max_pixels: int = Field(
         default=40_000_000, gt=0, description="Largest Rows x Columns x frames decoded."
     )
+    display_short_side: int = Field(
+        default=512,
+        ge=0,
+        description="Short side (pixels) of the display copy kept for the X-ray reader; the "
+        "image is decoded a second time at this size when the model's decode is smaller. "
+        "0: keep the model's decode as the display copy (no second decode, ~2x less server "
+        "CPU per new read; the reader then shows a near-model-size image).",
+    )
     model_threads: int | None = Field(
         default=None,
         ge=1,

@@ -2,9 +2,12 @@
 
 A stored result keeps a :class:`HeatmapSource` (the analysed image as 8-bit grey plus
 the shown map scaled to 0-1 as float16, ~50 kB at 224 px, encoded in microseconds) and
-the PNGs are drawn from it on each GET: encoding the overlay and the plain image costs
-~4-5 ms of CPU (zlib), the largest stage after decoding, and most results are never
-opened.
+the overlay PNG is drawn from it on each GET: encoding it costs ~4-5 ms of CPU (zlib),
+the largest stage after decoding, and most results are never opened.
+
+Since stored format 2 it also keeps, for the X-ray reader, every label's map (0-1,
+float16 at map resolution) and a display copy of the original: an 8-bit grey PNG, long
+side at most :data:`DISPLAY_MAX` pixels, encoded once when the read is made.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["HeatmapSource", "grey_png", "overlay_png", "upsample_cam"]
+__all__ = ["DISPLAY_MAX", "HeatmapSource", "display_png", "grey_png", "overlay_png", "upsample_cam"]
+
+DISPLAY_MAX = 1024  # long side of the stored display copy, pixels
 
 
 def _colour_lut() -> np.ndarray:
@@ -87,60 +92,135 @@ def grey_png(image: np.ndarray) -> bytes:
     return _png(_grey_u8(image))
 
 
+def display_png(pixels: np.ndarray, longest: int = DISPLAY_MAX) -> bytes:
+    """The display copy of a decoded radiograph: 8-bit grey PNG, long side <= ``longest``.
+
+    Args:
+        pixels: 2-D float array in [0, 1], white = dense (a decoder's output).
+        longest: the largest side kept; larger images are area-averaged down.
+    """
+    grey = Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    scale = longest / max(grey.size)
+    if scale < 1.0:
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        grey = grey.resize(size, Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _scaled(cam: np.ndarray) -> np.ndarray:
+    cam = np.asarray(cam, dtype=np.float32)
+    low = float(cam.min())
+    span = float(cam.max()) - low
+    scaled = (cam - low) / span if span > 1e-12 else np.zeros_like(cam)
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
 _HEADER = struct.Struct("<HHHH")  # image rows, columns; map rows, columns
+
+
+_HEADER_2 = struct.Struct("<HI")  # label count, display PNG bytes (after the format-1 part)
 
 
 @dataclass(frozen=True)
 class HeatmapSource:
-    """What the overlay and the plain image are drawn from.
+    """What the overlay, the plain image and the X-ray reader are drawn from.
 
     Attributes:
         image: the analysed image, 2-D uint8 (min-max scaled, white = dense).
         cam: the activation map shown, 2-D float32 at the model's map size, scaled to
             0-1 (the overlay min-max scales it again after the bilinear resize, which
             commutes with that scaling, so the drawing is unchanged).
+        labels: the model's labels, in the order of ``cams`` (empty for format 1).
+        cams: one map per label, ``[L, h, w]`` float32, each scaled to 0-1 (None for
+            format 1, which kept only the shown map).
+        display: the display copy of the original (:func:`display_png`), b"" if none.
     """
 
     image: np.ndarray
     cam: np.ndarray
+    labels: tuple[str, ...] = ()
+    cams: np.ndarray | None = None
+    display: bytes = b""
 
     @classmethod
-    def of(cls, image: np.ndarray, cam: np.ndarray) -> HeatmapSource:
-        """From the model input ``[S, S]`` (any range) and one raw map ``[h, w]``."""
-        cam = np.asarray(cam, dtype=np.float32)
-        low = float(cam.min())
-        span = float(cam.max()) - low
-        scaled = (cam - low) / span if span > 1e-12 else np.zeros_like(cam)
-        return cls(_grey_u8(image), np.ascontiguousarray(scaled, dtype=np.float32))
+    def of(
+        cls,
+        image: np.ndarray,
+        cam: np.ndarray,
+        *,
+        labels: tuple[str, ...] = (),
+        cams: np.ndarray | None = None,
+        display: bytes = b"",
+    ) -> HeatmapSource:
+        """From the model input ``[S, S]`` (any range) and one raw map ``[h, w]``.
+
+        Args:
+            image: the model input.
+            cam: the raw map shown on the overlay.
+            labels: the model's labels, when ``cams`` is given.
+            cams: every label's raw map ``[L, h, w]`` (maps of ``cam``'s size).
+            display: the display copy (:func:`display_png`).
+
+        Raises:
+            ValueError: ``cams`` does not match ``labels`` or ``cam``'s size.
+        """
+        scaled = _scaled(cam)
+        maps = None
+        if cams is not None:
+            raw = np.asarray(cams, dtype=np.float32)
+            if raw.ndim != 3 or raw.shape[0] != len(labels) or raw.shape[1:] != scaled.shape:
+                raise ValueError(f"maps of shape {raw.shape} for {len(labels)} labels")
+            maps = np.stack([_scaled(m) for m in raw]) if len(raw) else None
+        return cls(
+            _grey_u8(image), scaled, tuple(labels) if maps is not None else (), maps, display
+        )
 
     def encode(self) -> bytes:
-        """Compact bytes: four little-endian uint16 sizes, the image, the map as float16."""
+        """Stored format 2: the format-1 bytes, then the labels, maps and display copy.
+
+        Format 1 is four little-endian uint16 sizes, the image, the shown map as float16.
+        Format 2 appends a uint16 label count and a uint32 display PNG length, the labels
+        as newline-joined UTF-8 (uint16 length first), every map as float16, then the PNG.
+        """
         rows, columns = self.image.shape
         map_rows, map_columns = self.cam.shape
         header = _HEADER.pack(rows, columns, map_rows, map_columns)
         cam = self.cam.astype("<f2").tobytes()
-        return header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
+        first = header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
+        names = "\n".join(self.labels).encode("utf-8")
+        maps = b"" if self.cams is None else self.cams.astype("<f2").tobytes()
+        second = _HEADER_2.pack(len(self.labels), len(self.display))
+        return first + second + struct.pack("<H", len(names)) + names + maps + self.display
 
     @classmethod
-    def decode(cls, data: bytes) -> HeatmapSource:
-        """The inverse of :meth:`encode`.
+    def decode(cls, data: bytes, stored_format: int = 2) -> HeatmapSource:
+        """The inverse of :meth:`encode`, for stored format 1 or 2.
 
         Raises:
-            ValueError: the bytes are not an encoded source.
+            ValueError: the bytes are not an encoded source of that format.
         """
+        if stored_format not in (1, 2):
+            raise ValueError(f"no heatmap source format {stored_format}")
         if len(data) < _HEADER.size:
             raise ValueError(f"a heatmap source needs {_HEADER.size}+ bytes, got {len(data)}")
         rows, columns, map_rows, map_columns = _HEADER.unpack_from(data)
         pixels = rows * columns
-        expected = _HEADER.size + pixels + 2 * map_rows * map_columns
-        if len(data) != expected or not pixels or not map_rows * map_columns:
+        cells = map_rows * map_columns
+        first = _HEADER.size + pixels + 2 * cells
+        fits = len(data) == first if stored_format == 1 else len(data) >= first
+        if not fits or not pixels or not cells:
             raise ValueError(
                 f"heatmap source of {len(data)} bytes; its header ({rows}x{columns} image, "
-                f"{map_rows}x{map_columns} map) needs {expected}"
+                f"{map_rows}x{map_columns} map) needs {first}"
             )
         image = np.frombuffer(data, np.uint8, pixels, _HEADER.size).reshape(rows, columns)
-        cam = np.frombuffer(data, "<f2", offset=_HEADER.size + pixels)
-        return cls(image, cam.reshape(map_rows, map_columns).astype(np.float32))
+        cam = np.frombuffer(data, "<f2", cells, _HEADER.size + pixels)
+        cam = cam.reshape(map_rows, map_columns).astype(np.float32)
+        if stored_format == 1:
+            return cls(image, cam)
+        return cls(image, cam, *_decode_extension(data, first, (map_rows, map_columns)))
 
     def overlay_png(self) -> bytes:
         """The overlay PNG (see :func:`overlay_png`)."""
@@ -149,3 +229,43 @@ class HeatmapSource:
     def image_png(self) -> bytes:
         """The plain analysed image as an 8-bit PNG."""
         return _png(self.image)
+
+    def display_png(self) -> bytes:
+        """The display copy of the original, or the analysed image where none was kept."""
+        return self.display or self.image_png()
+
+    def maps(self) -> dict[str, list[float]]:
+        """Every kept label's map, 0-1 rounded to 3 places, rows joined (empty if none)."""
+        if self.cams is None:
+            return {}
+        return {
+            label: [round(float(v), 3) for v in cam.ravel()]
+            for label, cam in zip(self.labels, self.cams, strict=True)
+        }
+
+
+def _decode_extension(
+    data: bytes, offset: int, shape: tuple[int, int]
+) -> tuple[tuple[str, ...], np.ndarray | None, bytes]:
+    """The format-2 part after ``offset``: labels, maps and display copy."""
+    cells = shape[0] * shape[1]
+    fixed = _HEADER_2.size + 2
+    if len(data) < offset + fixed:
+        raise ValueError("heatmap source format 2 is missing its label and display sizes")
+    count, display_len = _HEADER_2.unpack_from(data, offset)
+    (names_len,) = struct.unpack_from("<H", data, offset + _HEADER_2.size)
+    at = offset + fixed
+    expected = at + names_len + 2 * count * cells + display_len
+    if len(data) != expected:
+        raise ValueError(f"heatmap source of {len(data)} bytes; format 2 needs {expected}")
+    names = data[at : at + names_len].decode("utf-8")
+    labels = tuple(names.split("\n")) if count else ()
+    if len(labels) != count:
+        raise ValueError(f"{len(labels)} label names for {count} maps")
+    at += names_len
+    cams = None
+    if count:
+        raw = np.frombuffer(data, "<f2", count * cells, at).astype(np.float32)
+        cams = raw.reshape(count, *shape)
+    at += 2 * count * cells
+    return labels, cams, data[at:]

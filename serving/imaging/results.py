@@ -13,8 +13,10 @@ opened from cards (the heatmap and the explanation page) are signed for one resu
 (:mod:`serving.ui.links`), minted only after such a scoped lookup; they are looked up
 by id alone (:meth:`ResultStore.by_link`).
 
-Stored layout ``FORMAT`` 1: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
-:meth:`serving.imaging.heatmap.HeatmapSource.encode`. The PNGs are drawn on each GET.
+Stored layout ``FORMAT`` 2: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
+:meth:`serving.imaging.heatmap.HeatmapSource.encode` (format 1 plus every label's map and
+a display copy of the original). Format 1 rows (one map, no display copy) are still read;
+a newer format is refused (503). The overlay PNG is drawn on each GET.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from serving.imaging.heatmap import HeatmapSource
 __all__ = [
     "ADVISORY",
     "FORMAT",
+    "READABLE",
     "Analysed",
     "CxrFinding",
     "CxrResult",
@@ -55,7 +58,8 @@ ADVISORY = (
     "AI generated, unverified: advisory chest X-ray triage to support, not replace, a "
     "clinician's reading."
 )
-FORMAT = 1  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
+FORMAT = 2  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
+READABLE = frozenset({1, 2})  # the formats this version reads
 
 
 class _Frozen(BaseModel):
@@ -97,6 +101,12 @@ class StudyRef(_Frozen):
     sop_instance_uid: str | None = None
     accession: str | None = None
     study_date: str | None = Field(default=None, description="DICOM StudyDate, YYYYMMDD.")
+    study_time: str | None = Field(default=None, description="DICOM StudyTime, HHMMSS.")
+    view: str | None = Field(default=None, description="DICOM ViewPosition: PA, AP, ...")
+    laterality: str | None = Field(default=None, description="DICOM ImageLaterality.")
+    orientation: tuple[str, str] | None = Field(
+        default=None, description="DICOM PatientOrientation (row, column directions)."
+    )
 
 
 class Timings(_Frozen):
@@ -107,6 +117,9 @@ class Timings(_Frozen):
     preprocess_ms: float = 0.0
     model_ms: float = 0.0
     heatmap_ms: float = 0.0
+    display_ms: float = Field(
+        default=0.0, description="Decoding and encoding the display copy of the original."
+    )
     total_ms: float = 0.0
     store_ms: float = Field(
         default=0.0,
@@ -264,24 +277,31 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
-        return self._png(result_id, HeatmapSource.overlay_png)
+        return self.source(result_id).overlay_png()
 
     def image(self, result_id: str) -> bytes:
-        """The plain analysed image (model input size) of a read, as PNG.
+        """The display copy of a read's original (8-bit grey PNG, long side <= 1024).
+
+        Reads stored in format 1 kept none: their analysed image (model input size).
 
         Raises:
             KeyError: no such read.
         """
-        return self._png(result_id, HeatmapSource.image_png)
+        return self.source(result_id).display_png()
 
-    def _png(self, result_id: str, draw: Callable[[HeatmapSource], bytes]) -> bytes:
+    def source(self, result_id: str) -> HeatmapSource:
+        """What a read's images and per-label maps are drawn from.
+
+        Raises:
+            KeyError: no such read.
+        """
         table = schema.imaging_results
         query = select(table.c.format, table.c.heatmap).where(table.c.result_id == result_id)
         found = self._run(lambda c: c.execute(query).one_or_none())
         if found is None:
             raise KeyError(result_id)
         _check_format(found.format)
-        return draw(HeatmapSource.decode(found.heatmap))
+        return HeatmapSource.decode(found.heatmap, found.format)
 
     def _one(self, query: Select[Any]) -> StoredResult | None:
         found = self._all(query)
@@ -308,9 +328,9 @@ def _reads() -> Select[Any]:
 
 
 def _check_format(found: int) -> None:
-    if found != FORMAT:  # written by a newer version (a rolling upgrade): not ours to guess
+    if found not in READABLE:  # written by a newer version (a rolling upgrade): not ours
         raise AuditUnavailable(
-            f"imaging result stored in format {found}; this version reads {FORMAT}"
+            f"imaging result stored in format {found}; this version reads {sorted(READABLE)}"
         )
 
 

@@ -51,7 +51,7 @@ from serving.imaging.state import ImagingState
 from serving.imaging.studies import analyse_study, list_studies
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "routes"]
+__all__ = ["SERVICE_ID", "link_check", "routes", "stored_read"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ async def _refused(
 Check = Callable[[ImagingState, Request], Awaitable[Response | Any]]
 
 
-async def _stored(
+async def stored_read(
     request: Request, check: Check, service_id: str
 ) -> tuple[ImagingState, StoredResult] | Response:
     """The requested read, after ``check`` let the request through, with its audit row.
@@ -217,14 +217,15 @@ async def _caller_check(state: ImagingState, request: Request) -> Response | Any
     return unauthorized(request) if caller is None else caller
 
 
-async def _link_check(state: ImagingState, request: Request) -> Response | None:
+async def link_check(state: ImagingState, request: Request) -> Response | None:
+    """None when the request carries a valid signed link, else its refusal."""
     verdict = await run_in_threadpool(links.verdict, request)
     return None if verdict == "ok" else links.refusal(verdict)
 
 
 async def get_result(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}``: a stored result, with a fresh signed heatmap link."""
-    found = await _stored(request, _caller_check, "imaging-result")
+    found = await stored_read(request, _caller_check, "imaging-result")
     if isinstance(found, Response):
         return found
     state, stored = found
@@ -240,7 +241,7 @@ async def get_heatmap(request: Request) -> Response:
     (:mod:`serving.ui.links`); 403 / 410 otherwise, before any lookup. Drawn from the
     stored map on each request; the browser keeps it (the read never changes).
     """
-    found = await _stored(request, _link_check, "imaging-heatmap")
+    found = await stored_read(request, link_check, "imaging-heatmap")
     if isinstance(found, Response):
         return found
     state, stored = found
@@ -260,7 +261,7 @@ async def get_fhir(request: Request) -> Response:
     """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
     from serving.imaging.fhir import result_bundle
 
-    found = await _stored(request, _caller_check, "imaging-result-fhir")
+    found = await stored_read(request, _caller_check, "imaging-result-fhir")
     if isinstance(found, Response):
         return found
     state, stored = found

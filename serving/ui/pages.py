@@ -1,8 +1,9 @@
 """The explanation pages and model cards (contract C5).
 
 * ``GET /ui/explain/{card uuid}`` - why an NCD card says what it says.
-* ``GET /ui/explain/cxr/{result id}`` - a chest X-ray result with its heatmap.
-* ``GET /ui/explain/cxr/{result id}/heatmap.png`` and ``.../image.png`` - its images.
+* ``GET /ui/explain/cxr/{result id}`` - the X-ray reader for a stored chest X-ray read.
+* ``GET /ui/explain/cxr/{result id}/heatmap.png`` and ``.../image.png`` - its overlay
+  and the display copy of the original (each opening audited as a read).
 * ``GET /ui/models/{name}/{version}`` - the model card of a loaded model.
 
 The explanation pages and their images are opened from cards in a browser without
@@ -13,8 +14,12 @@ database, where the CDS call stored it with its audit row, so any worker shows i
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,11 +28,13 @@ from starlette.responses import Response
 from models.who_chart import ChartGrid, grid
 from serving import i18n
 from serving.cards import feature_label, missing_how, missing_text, value_text
+from serving.imaging.card import score_text
+from serving.imaging.results import CxrResult, StoredResult, StudyRef
 from serving.runtime import Runtime
-from serving.ui import links
 from serving.ui.explanations import NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
+    json_error,
     language,
     link_refused,
     message_page,
@@ -37,7 +44,18 @@ from serving.ui.render import (
     signed_link,
 )
 
-__all__ = ["cxr_png", "cxr_store", "explain_cxr", "explain_ncd", "model_card", "stored_explanation"]
+__all__ = [
+    "cxr_png",
+    "cxr_store",
+    "explain_cxr",
+    "explain_ncd",
+    "model_card",
+    "model_card_figure",
+    "side_marker",
+    "stored_explanation",
+]
+
+logger = logging.getLogger(__name__)
 
 # --- NCD explanation -------------------------------------------------------------------
 
@@ -157,56 +175,128 @@ def cxr_store(runtime: Runtime) -> Any | None:
     return getattr(runtime.imaging, "store", None)
 
 
+async def _linked_read(request: Request, service_id: str) -> tuple[Any, StoredResult] | Response:
+    """The read a signed link names, after its ``read`` audit row (imaging's route rule).
+
+    Answers a refusal (403 / 410), 404 for an unknown read, or 503 when imaging is off or
+    the audit row cannot be committed: nothing is shown that was not audited.
+    """
+    from serving.imaging.routes import link_check, stored_read
+
+    return await stored_read(request, link_check, service_id)
+
+
+def side_marker(study: StudyRef) -> tuple[str, str]:
+    """The letter for the viewer's left of a frontal image, and where it comes from.
+
+    DICOM PatientOrientation's first value is the patient direction along a row (left
+    to right on screen): ``L`` means the patient's right is on the viewer's left (the
+    standard display of a PA or AP chest), ``R`` a flipped image. Without it the
+    standard convention is assumed, and the page says so.
+    """
+    along_row = (study.orientation or ("", ""))[0][:1]
+    if along_row == "L":
+        return "R", "dicom"
+    if along_row == "R":
+        return "L", "dicom"
+    return "R", "convention"
+
+
+def _study_when(study: StudyRef) -> str:
+    """DICOM StudyDate (and StudyTime) as ``YYYY-MM-DD HH:MM``; "" when not given."""
+    day = study.study_date or ""
+    if len(day) != 8 or not day.isdigit():
+        return ""
+    text = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+    clock = (study.study_time or "").split(".", 1)[0]
+    if len(clock) >= 4 and clock[:4].isdigit():
+        text += f" {clock[:2]}:{clock[2:4]}"
+    return text
+
+
 async def explain_cxr(request: Request) -> Response:
-    """``GET /ui/explain/cxr/{result_id}``: a chest X-ray result with its heatmap."""
+    """``GET /ui/explain/cxr/{result_id}``: the X-ray reader for a stored result.
+
+    The page carries every label's map (0-1 at map resolution) as JSON data; the image
+    and overlay come from the signed, audited ``image.png`` and ``heatmap.png``.
+    """
     runtime = runtime_of(request)
     refused = await link_refused(request)
     if refused is not None:
         return refused
-    store = cxr_store(runtime)
-    result_id = request.path_params["result_id"]
+    found = await _linked_read(request, "ui-explain-cxr")
+    if isinstance(found, Response):
+        if found.status_code == 404:
+            return message_page(request, "ui.explain.not_found", 404)
+        return found
+    state, stored = found
+    result: CxrResult = stored.result
     try:
-        if store is None:
-            raise KeyError(result_id)
-        result = (await run_in_threadpool(store.by_link, result_id)).result
-    except KeyError:
-        return message_page(request, "ui.explain.not_found", 404)
+        source = await run_in_threadpool(state.store.source, result.id)
+    except Exception:  # a stored read whose maps cannot be read: nothing half-shown
+        logger.exception("stored maps of a read could not be read")
+        return json_error("audit-unavailable", 503)
+    lang = language(request)
+    left, marker_source = side_marker(result.study)
+    maps = source.maps()
+    reader = {
+        "shown": result.heatmap_label,
+        "rows": int(source.cam.shape[0]),
+        "columns": int(source.cam.shape[1]),
+        # Reads stored before per-label maps were kept: the shown map alone.
+        "maps": maps or {result.heatmap_label: [round(float(v), 3) for v in source.cam.ravel()]},
+        "names": {
+            label: i18n.t(f"label.{label}", lang) for label in maps or [result.heatmap_label]
+        },
+    }
     return render_page(
         request,
         "explain_cxr.html",
+        lang=lang,
         result=result,
+        score=score_text,
+        study_when=_study_when(result.study),
+        marker_left=left,
+        marker_source=marker_source,
+        reader_json=script_json(reader),
         heatmap=signed_link(runtime, f"/ui/explain/cxr/{result.id}/heatmap.png"),
-        # The plain image under the overlay (every stored read keeps it).
         base_image=signed_link(runtime, f"/ui/explain/cxr/{result.id}/image.png"),
         link=request.query_params,
     )
 
 
 async def cxr_png(request: Request) -> Response:
-    """The overlay (``heatmap.png``) or plain (``image.png``) PNG of a stored result."""
-    verdict = await run_in_threadpool(links.verdict, request)
-    if verdict != "ok":
-        return links.refusal(verdict)
-    store = cxr_store(runtime_of(request))
+    """The overlay (``heatmap.png``) or display copy (``image.png``) of a stored result.
+
+    Signed-link only, and audited as a read of the result like the page itself.
+    """
     which = "heatmap" if request.url.path.endswith("/heatmap.png") else "image"
-    read = getattr(store, which, None)
+    found = await _linked_read(request, f"ui-cxr-{which}")
+    if isinstance(found, Response):
+        return found
+    state, stored = found
     try:
-        if read is None:
-            raise KeyError(which)
-        png = await run_in_threadpool(read, request.path_params["result_id"])
+        png = await run_in_threadpool(getattr(state.store, which), stored.result.id)
     except KeyError:
         return Response(status_code=404)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    except Exception:
+        logger.exception("stored image of a read could not be drawn")
+        return json_error("audit-unavailable", 503)
+    # The read never changes; the link expires, so the browser keeps it privately.
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{stored.result.id}-{which}"'}
+    return Response(png, media_type="image/png", headers=headers)
 
 
 # --- model card --------------------------------------------------------------------------
 
 
-async def model_card(request: Request) -> Response:
-    """``GET /ui/models/{name}/{version}``: the card of a model this service loaded."""
-    runtime = runtime_of(request)
-    name, version = request.path_params["name"], request.path_params["version"]
-    stored = next(
+# A model card's figures: plain PNG file names in the card's own directory, nothing else.
+FIGURE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.png$")
+
+
+def _loaded(runtime: Runtime, name: str, version: str) -> Any | None:
+    """The stored model this service loaded under ``name`` ``version``, if any."""
+    return next(
         (
             s
             for s in runtime.models.values()
@@ -214,6 +304,42 @@ async def model_card(request: Request) -> Response:
         ),
         None,
     )
+
+
+# The section headings training writes into a model card (training/ncd_card.py), by
+# catalogue key: shown in the page's language; the text under them stays as written.
+CARD_HEADINGS = (
+    "intended_use",
+    "outcome",
+    "population",
+    "features",
+    "training",
+    "performance",
+    "evaluation",
+    "decision_curve",
+    "subgroups",
+    "gates",
+    "outputs",
+    "export",
+    "limitations",
+    "provenance",
+    "tripod",
+)
+
+
+def card_headings(lang: str, name: str) -> dict[str, str]:
+    """English model-card heading -> the same heading in ``lang``."""
+    key = "ui.model_card.heading."
+    out = {i18n.t(key + k, "en"): i18n.t(key + k, lang) for k in CARD_HEADINGS}
+    out[i18n.t(key + "model_card", "en", name=name)] = i18n.t(key + "model_card", lang, name=name)
+    return out
+
+
+async def model_card(request: Request) -> Response:
+    """``GET /ui/models/{name}/{version}``: the card of a model this service loaded."""
+    runtime = runtime_of(request)
+    name, version = request.path_params["name"], request.path_params["version"]
+    stored = _loaded(runtime, name, version)
     if stored is None:
         return message_page(request, "ui.explain.not_found", 404)
     cards = [stored.card_dir / n for n in ("model-card.md", "README.md")]
@@ -224,5 +350,28 @@ async def model_card(request: Request) -> Response:
         "model_card.html",
         meta_=stored.metadata,
         card_json=script_json(text),
+        headings_json=script_json(card_headings(language(request), f"{name} {version}")),
+        figures=f"/ui/models/{quote(name, safe='')}/{quote(version, safe='')}/figures/",
         metrics=headline_metrics(stored.metadata.metrics, limit=50),
     )
+
+
+def _figure(card_dir: Path, file: str) -> bytes | None:
+    """A figure's bytes: a regular PNG file directly in ``card_dir`` (no link, no path)."""
+    if not FIGURE.match(file):
+        return None
+    path = card_dir / file
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != card_dir.resolve():
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(b"\x89PNG\r\n\x1a\n") else None
+
+
+async def model_card_figure(request: Request) -> Response:
+    """``GET /ui/models/{name}/{version}/figures/{file}``: a PNG figure of a model card."""
+    p = request.path_params
+    stored = _loaded(runtime_of(request), p["name"], p["version"])
+    png = await run_in_threadpool(_figure, stored.card_dir, p["file"]) if stored else None
+    if png is None:
+        return Response(status_code=404)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -120,6 +120,14 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
     def num(value: float, decimals: int = 0) -> str:
         return i18n.format_number(value, lang, decimals)
 
+    def nums(text: str) -> str:
+        return i18n.format_numbers_in(text, lang)
+
+    def region(code: str | None, name: str) -> str:
+        """A WHO region's name in the page's language (as recorded where not translated)."""
+        key = f"region.{code}"
+        return i18n.t(key, lang) if code and key in i18n.catalogue(lang) else name
+
     def when(value: date | datetime | None) -> str:
         return i18n.format_date(value, lang) if value is not None else ""
 
@@ -133,6 +141,8 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
         .render(
             t=tr,
             num=num,
+            nums=nums,
+            region=region,
             when=when,
             metric_name=metric_name,
             lang=lang,

@@ -32,7 +32,7 @@ from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui.demo_ehr import demo_prefetch, demo_token, demo_xray, ehr
 from serving.ui.feedback import feedback
-from serving.ui.pages import cxr_png, explain_cxr, explain_ncd, model_card
+from serving.ui.pages import cxr_png, explain_cxr, explain_ncd, model_card, model_card_figure
 from serving.ui.render import CARD_ID, demo_enabled, language, message_page, runtime_of
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/explain/cxr/{result_id}/image.png", cxr_png, methods=["GET"]),
         Route("/ui/explain/{card_id}", explain_ncd, methods=["GET"]),
         Route("/ui/models/{name}/{version}", model_card, methods=["GET"]),
+        Route("/ui/models/{name}/{version}/figures/{file}", model_card_figure, methods=["GET"]),
         Route("/ui/api/feedback", feedback, methods=["POST"]),
         Route("/ui/api/demo/prefetch", demo_prefetch, methods=["POST"]),
         Route("/ui/api/demo/token", demo_token, methods=["POST"]),

@@ -90,6 +90,15 @@
     return r.status === 200;
   }
 
+  // The page's footer carries the advisory statement once; a card repeating it word for
+  // word (as cards for other EHRs must) is shown without that line here.
+  const advisory = (document.getElementById("advisory") || {}).textContent || "";
+  function withoutAdvisory(detail) {
+    const line = advisory.trim();
+    if (!line) return detail;
+    return detail.split(/\n\s*\n/).filter((block) => block.trim().replace(/^_(.*)_$/s, "$1").trim() !== line).join("\n\n");
+  }
+
   function renderCard(service, card) {
     const el = document.createElement("article");
     el.className = `card card-${card.indicator}`;
@@ -102,7 +111,7 @@
     const h = document.createElement("h3"); h.className = "summary"; h.textContent = card.summary;
     head.append(badge, h);
     el.appendChild(head);
-    if (card.detail) el.appendChild(window.TonleMarkdown.render(card.detail));
+    if (card.detail) el.appendChild(window.TonleMarkdown.render(withoutAdvisory(card.detail), { collapseTables: S["ui.card.data_used"] }));
     const src = document.createElement("p"); src.className = "small source";
     src.textContent = `${S["ui.card.source"]}: `;
     if (card.source && card.source.url && /^https?:/.test(card.source.url)) {
@@ -131,16 +140,24 @@
     const selId = `reason-${card.uuid}`;
     const label = document.createElement("label"); label.htmlFor = selId; label.textContent = S["ui.card.override_reason"];
     const select = document.createElement("select"); select.id = selId; select.required = true;
+    // No reason is chosen for the clinician: the first entry asks for one.
+    const none = document.createElement("option"); none.value = ""; none.textContent = S["ui.card.choose_reason"]; none.selected = true; none.disabled = true;
+    select.appendChild(none);
     for (const reason of card.overrideReasons || []) {
       const o = document.createElement("option"); o.value = reason.code; o.textContent = reason.display; o.dataset.system = reason.system; select.appendChild(o);
     }
-    const comment = document.createElement("input"); comment.type = "text"; comment.maxLength = 2000;
-    comment.setAttribute("aria-label", S["ui.feedback.reason"]);
+    const comment = document.createElement("input"); comment.type = "text"; comment.maxLength = 2000; comment.id = `comment-${card.uuid}`;
+    const commentLabel = document.createElement("label"); commentLabel.htmlFor = comment.id; commentLabel.textContent = S["ui.card.override_comment"];
     const send = document.createElement("button"); send.type = "submit"; send.textContent = S["ui.card.send_override"];
-    form.append(label, select, comment, send);
-    overrideBtn.addEventListener("click", () => {
-      form.hidden = !form.hidden; overrideBtn.setAttribute("aria-expanded", String(!form.hidden));
-      if (!form.hidden) select.focus();
+    form.append(label, select, commentLabel, comment, send);
+    function showForm(show) {
+      form.hidden = !show; overrideBtn.setAttribute("aria-expanded", String(show));
+      if (show) select.focus();
+    }
+    overrideBtn.addEventListener("click", () => showForm(form.hidden));
+    // Escape closes the form and gives focus back to the button that opened it.
+    form.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { ev.preventDefault(); showForm(false); overrideBtn.focus(); }
     });
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -190,6 +207,8 @@
       shown.sort((a, b) => (RANK[a[1].indicator] - RANK[b[1].indicator]) || (tbReferral(b[1]) - tbReferral(a[1])));
       for (const [service, card] of shown) { container.appendChild(renderCard(service, card)); count += 1; }
       $("cds-status").textContent = count ? "" : S["ui.ehr.no_cards"];
+      // On a phone or tablet the cards sit below the chart: bring them into view.
+      if (window.matchMedia("(max-width: 1024px)").matches) $("cards-title").scrollIntoView({ block: "start" });
     } catch (e) {
       $("cds-status").textContent = fmt("ui.ehr.error", { error: e.message });
     }

@@ -1,19 +1,7 @@
-// Explanation pages: heatmap toggle / opacity, and agree / disagree feedback.
+// Explanation pages: agree / disagree feedback (the X-ray reader is reader.js).
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
-  const heat = $("cxr-heatmap");
-  const toggle = $("heatmap-toggle");
-  const range = $("heatmap-opacity");
-  function apply() {
-    if (!heat) return;
-    const value = Number(range.value) / 100;
-    heat.style.opacity = toggle.checked ? String(value) : "0";
-    $("heatmap-opacity-value").textContent = `${range.value}%`;
-    range.disabled = !toggle.checked;
-  }
-  if (heat && toggle && range) { toggle.addEventListener("change", apply); range.addEventListener("input", apply); apply(); }
-
   const form = $("feedback");
   if (!form) return;
   form.addEventListener("submit", async (ev) => {

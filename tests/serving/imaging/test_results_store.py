@@ -16,7 +16,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from serving.audit import AuditRecord, AuditStore, AuditUnavailable, schema
-from serving.imaging.heatmap import HeatmapSource, grey_png, overlay_png
+from serving.imaging.heatmap import HeatmapSource, display_png, grey_png, overlay_png
 from serving.imaging.results import Analysed, ResultStore
 from tests.serving.db_fixtures import postgres_database
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
@@ -109,20 +109,66 @@ def test_a_format_this_version_cannot_read_is_unavailable_not_guessed(
     audit: AuditStore,
 ) -> None:
     row = ResultStore.record(Analysed(make_result(), heatmap_source()), "a")
-    values = row.model_dump() | {"format": 2, "request_id": "r" * 32}
+    values = row.model_dump() | {"format": 3, "request_id": "r" * 32}
     with audit.engine.begin() as connection:
         connection.execute(insert(schema.imaging_results).values(**values))
-    with pytest.raises(AuditUnavailable, match="format 2"):
+    with pytest.raises(AuditUnavailable, match="format 3"):
         ResultStore(audit.engine).get(row.result_id, tenant="a")
 
 
 def test_heatmap_source_round_trips_and_rejects_torn_bytes() -> None:
     source = heatmap_source()
     data = source.encode()
-    assert len(data) == 8 + 64 * 64 + 2 * 8 * 8  # header, 8-bit image, float16 map
+    # format 1 part (header, 8-bit image, float16 map), then no labels, no display copy
+    assert len(data) == 8 + 64 * 64 + 2 * 8 * 8 + 6 + 2
     again = HeatmapSource.decode(data)
     assert np.array_equal(again.image, source.image)
     assert np.allclose(again.cam, source.cam, atol=1e-3)
+    assert again.cams is None
+    assert again.display == b""
     for torn in (b"", data[:7], data[:-1], data + b"\0"):
         with pytest.raises(ValueError, match="heatmap source"):
             HeatmapSource.decode(torn)
+
+
+def test_format_2_keeps_every_label_map_and_the_display_copy() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((64, 64), dtype=np.float32)
+    cams = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    original = rng.random((900, 700), dtype=np.float32)
+    display = display_png(original, longest=512)
+    source = HeatmapSource.of(
+        image, cams[1], labels=("abnormal", "tb", "nodule"), cams=cams, display=display
+    )
+    again = HeatmapSource.decode(source.encode(), 2)
+    assert again.labels == ("abnormal", "tb", "nodule")
+    assert again.cams is not None
+    assert again.cams.shape == (3, 8, 8)
+    for index in range(3):  # each map scaled 0-1 on its own, kept as float16
+        raw = cams[index]
+        assert np.allclose(again.cams[index], (raw - raw.min()) / np.ptp(raw), atol=1e-3)
+    assert again.display_png() == display
+    with Image.open(io.BytesIO(display)) as shown:
+        assert shown.size == (398, 512)  # long side 512, aspect kept
+        assert shown.mode == "L"
+    assert set(again.maps()) == {"abnormal", "tb", "nodule"}
+    assert len(again.maps()["tb"]) == 64
+    with pytest.raises(ValueError, match="maps of shape"):
+        HeatmapSource.of(image, cams[0], labels=("abnormal",), cams=cams)
+
+
+def test_format_1_rows_are_still_read(audit: AuditStore) -> None:
+    """A read stored by the previous version: one map, the image at model size."""
+    result = make_result()
+    source = heatmap_source()
+    old = source.encode()[: 8 + 64 * 64 + 2 * 8 * 8]  # exactly the format-1 bytes
+    row = ResultStore.record(Analysed(result, source), "a").model_dump()
+    values = row | {"format": 1, "heatmap": old, "request_id": "r" * 32}
+    with audit.engine.begin() as connection:
+        connection.execute(insert(schema.imaging_results).values(**values))
+    store = ResultStore(audit.engine)
+    assert store.get(result.id, tenant="a") == result
+    assert store.image(result.id) == source.image_png()  # no display copy: model input
+    assert store.source(result.id).maps() == {}
+    with pytest.raises(ValueError, match="heatmap source"):
+        HeatmapSource.decode(source.encode(), 1)  # format-2 bytes are not format 1

@@ -56,9 +56,12 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     assert png.status_code == 200
     assert png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+    # The plain image is the display copy of the original (240 x 256), not the model input.
     plain = Image.open(io.BytesIO(state.store.image(body["id"])))
     assert plain.mode == "L"
-    assert plain.size == (64, 64)
+    assert plain.size == (240, 256)
+    maps = state.store.source(body["id"]).maps()
+    assert list(maps) == state.analyser.labels  # one map per label, for the reader
     # One audit row, committed before the answer, naming the model and the input hash;
     # opening the heatmap is a read of the stored result, audited too.
     row, heatmap_read = audit.rows()

@@ -10,84 +10,18 @@ the test then reads the feedback back from the audit store. Screenshots go to
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
-import uvicorn
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from serving.imaging.exchange import audit_row
-from serving.imaging.heatmap import HeatmapSource
-from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity
-from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
-from serving.ui import links
-from tests.serving.ui.ui_fixtures import demo_app
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DESKTOP = {"width": 1366, "height": 768}
 TABLET = {"width": 768, "height": 1024}
-
-if not CHROMIUM.exists():  # pragma: no cover - `make test` installs it (SYSTEM_PACKAGES)
-    pytest.fail("Debian chromium is required: apt-get install chromium", pytrace=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def server(
-    ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Runtime]]:
-    tmp = tmp_path_factory.mktemp("ui-browser")
-    url = f"http://127.0.0.1:{_free_port()}"
-    with demo_app(ui_store_home, tmp, public_url=url, cxr=True) as (app, runtime):
-        config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
-        config.log_level = "warning"
-        srv = uvicorn.Server(config)
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started
-        try:
-            yield url, runtime
-        finally:
-            srv.should_exit = True
-            thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
-
 
 # Form controls and buttons without an accessible name (label, aria-label or text).
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
@@ -227,95 +161,5 @@ def test_demo_xray_reaches_the_ehr(
     page.goto(href)
     assert page.get_attribute("html", "lang") == "km"
     expect(page.locator("#cxr-scores tbody tr")).to_have_count(len(stored[0].findings))
-    page.close()
-    assert not [e for e in errors if "favicon" not in e], errors
-
-
-def _cxr_result(state: ImagingState) -> CxrResult:
-    labels = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
-    probs = [0.91, 0.78, 0.12, 0.06, 0.33]
-    result_id = uuid.uuid4().hex
-    findings = [
-        CxrFinding(
-            label=label,
-            probability=p,
-            threshold=0.5,
-            threshold_source="model-version",
-            threshold_chosen_on="validation, sensitivity >= 0.90",
-            flagged=p >= 0.5,
-            sensitivity=0.9,
-            specificity=0.74,
-        )
-        for label, p in zip(labels, probs, strict=True)
-    ]
-    result = CxrResult(
-        id=result_id,
-        created=datetime.now(UTC),
-        model=ModelIdentity(name="cxr-triage", version="1.0.0", sha256="ab" * 32),
-        findings=findings,
-        flagged=[f.label for f in findings if f.flagged],
-        heatmap_label="tb",
-        heatmap_url=f"/v1/imaging/results/{result_id}/heatmap.png",
-        site="default",
-        patient_ref="demo-05",
-        input_sha256="cd" * 32,
-    )
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32) / 255.0
-    image = 0.6 - 0.4 * np.abs(xx - 0.5) + 0.1 * yy
-    cam = np.zeros((8, 8), np.float32)
-    cam[2, 5] = 5.0
-    audit_row(
-        state,
-        request_id=uuid.uuid4().hex,
-        service_id="imaging-cxr",
-        outcome="advice",
-        started=time.perf_counter(),
-        caller=SimpleNamespace(iss="api-key", sub="browser-test", tenant="demo"),
-        analysed=Analysed(result, HeatmapSource.of(image, cam)),
-    )
-    return result
-
-
-@pytest.mark.parametrize("lang", ["en", "km"])
-def test_cxr_explanation(
-    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, lang: str
-) -> None:
-    url, runtime = server
-    result = _cxr_result(runtime.imaging)
-    errors: list[str] = []
-    page = _page(browser, DESKTOP, errors)
-    page.goto(f"{url}{links.signer(runtime).sign(f'/ui/explain/cxr/{result.id}')}&lang={lang}")
-    assert page.get_attribute("html", "lang") == lang
-    # (wait_for_function would eval a string, which the pages' CSP rightly forbids)
-    expect(page.locator("#cxr-heatmap")).to_be_visible()
-    page.wait_for_load_state("load")
-    assert page.evaluate("document.getElementById('cxr-heatmap').naturalWidth") == 256
-    base = page.evaluate("document.getElementById('cxr-base').getAttribute('src')")
-    assert base.split("?")[0].endswith("/image.png")
-    assert page.evaluate("document.getElementById('cxr-base').naturalWidth") == 256
-    rows = page.locator("#cxr-scores tbody tr.flagged").count()
-    assert rows == 2  # abnormal and tb crossed 0.5
-    page.fill("#heatmap-opacity", "40")
-    page.dispatch_event("#heatmap-opacity", "input")
-    assert page.evaluate("getComputedStyle(document.getElementById('cxr-heatmap')).opacity") == (
-        "0.4"
-    )
-    page.uncheck("#heatmap-toggle")
-    assert page.evaluate("getComputedStyle(document.getElementById('cxr-heatmap')).opacity") == (
-        "0"
-    )
-    assert page.is_disabled("#heatmap-opacity")
-    page.check("#heatmap-toggle")
-    page.screenshot(path=str(artifacts_dir / f"ui-explain-cxr-{lang}-1366.png"), full_page=True)
-    page.check("input[name=agree][value=no]")
-    page.click("#feedback button[type=submit]")  # no reason: refused in the page
-    assert page.inner_text("#fb-status") != ""
-    assert runtime.audit is not None
-    assert runtime.audit.feedback(card_uuid=result.id) == []  # type: ignore[attr-defined]
-    page.fill("#fb-reason", "heatmap points outside the lung")
-    page.click("#feedback button[type=submit]")
-    expect(page.locator("#feedback button[type=submit]")).to_be_disabled()
-    stored = runtime.audit.feedback(card_uuid=result.id)  # type: ignore[attr-defined]
-    assert [(f.service_id, f.outcome) for f in stored] == [("cxr-triage", "overridden")]
     page.close()
     assert not [e for e in errors if "favicon" not in e], errors

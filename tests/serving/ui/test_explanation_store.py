@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.applications import Starlette
 
 from serving.audit import AuditRecord, AuditStore
@@ -163,4 +163,4 @@ def test_configured_link_secret_is_used(ui_store_home: Path, tmp_path: Path) -> 
     configured = links.LinkSigner(b"s" * 40, timedelta(days=30))
     assert signer.sign("/x", now=0) == configured.sign("/x", now=0)
     with pytest.raises(ValidationError, match="32 or more"):
-        Settings(link_secret="too-short")
+        Settings(link_secret=SecretStr("too-short"))

@@ -1,0 +1,132 @@
+"""What the X-ray reader is drawn from: the display copy, the DICOM display facts and
+the side marker, on synthetic radiographs, pydicom's own test files and hostile input."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
+from serving.imaging.analysis import _dicom_display_facts
+from serving.imaging.results import StudyRef
+from serving.ui.pages import side_marker
+from tests.serving.imaging.conftest import AppFactory
+from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph
+
+
+def _with(data: bytes, **tags: object) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # hostile values are the point: write them anyway
+        warnings.simplefilter("ignore")
+        for name, value in tags.items():
+            setattr(ds, name, value)
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "size"),
+    [
+        (2400, 2000, (666, 800)),  # 1/3 of full size: short side >= 512
+        (2400, 1200, (512, 1024)),  # 1/2 would be 1200 long: cut to 1024, aspect kept
+    ],
+)
+def test_a_large_dicom_keeps_a_display_copy_and_the_model_input_unchanged(
+    make_app: AppFactory, rows: int, columns: int, size: tuple[int, int]
+) -> None:
+    _, state = make_app()
+    analyser = state.analyser
+    data = dicom_bytes(radiograph(rows, columns))
+    prepared = analyser.prepare(data, "application/dicom")
+    with Image.open(io.BytesIO(prepared.display)) as shown:
+        assert shown.mode == "L"
+        assert shown.size == size
+        grey = np.asarray(shown)
+    assert int(grey.max()) - int(grey.min()) > 128  # a readable image, not a flat one
+    # The model sees exactly what the model-size decode gives (no train/serve skew).
+    decoded = decode_dicom(data, max_pixels=analyser.config.max_pixels, target_size=analyser.size)
+    assert np.array_equal(prepared.model_input, to_model_input(decoded, size=analyser.size))
+    assert prepared.timings["display_ms"] > 0
+
+
+def test_a_small_png_is_kept_at_its_own_size(make_app: AppFactory) -> None:
+    _, state = make_app()
+    pixels = (radiograph(300, 280) // 16).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    prepared = state.analyser.prepare(buffer.getvalue(), "image/png")
+    with Image.open(io.BytesIO(prepared.display)) as shown:
+        assert shown.size == (280, 300)
+    decoded = decode_png(buffer.getvalue(), target_size=state.analyser.size)
+    assert np.array_equal(prepared.model_input, to_model_input(decoded, size=state.analyser.size))
+
+
+def test_dicom_display_facts_are_read_when_well_formed() -> None:
+    data = _with(
+        dicom_bytes(), StudyTime="093012.5", ImageLaterality="U", PatientOrientation=["L", "F"]
+    )
+    assert _dicom_display_facts(data) == {
+        "study_time": "093012.5",
+        "laterality": "U",
+        "orientation": ("L", "F"),
+    }
+
+
+def test_dicom_display_facts_from_pydicom_test_files() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    with open(path, "rb") as handle:
+        assert _dicom_display_facts(handle.read()) == {"study_time": "072730"}
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"StudyTime": "<script>", "ImageLaterality": "left", "PatientOrientation": ["X", "Y"]},
+        {"StudyTime": "1" * 40, "ImageLaterality": "", "PatientOrientation": ["L"]},
+        {"StudyTime": "", "ImageLaterality": "RR", "PatientOrientation": ["L", "F", "A"]},
+    ],
+)
+def test_malformed_display_facts_are_dropped_not_shown(tags: dict[str, object]) -> None:
+    data = _with(dicom_bytes(), **tags)
+    assert _dicom_display_facts(data) == {}
+
+
+@pytest.mark.parametrize("data", [b"", b"\0" * 200, b"DICM" * 100, dicom_bytes()[:300]])
+def test_unreadable_headers_give_no_facts(data: bytes) -> None:
+    facts = _dicom_display_facts(data)
+    assert set(facts) <= {"study_time"}  # a torn file may still carry its StudyTime
+
+
+@pytest.mark.parametrize(
+    ("orientation", "marker"),
+    [
+        (("L", "F"), ("R", "dicom")),  # the standard display: patient's right on the left
+        (("LF", "F"), ("R", "dicom")),
+        (("R", "F"), ("L", "dicom")),  # flipped: say so
+        (None, ("R", "convention")),
+        (("A", "F"), ("R", "convention")),  # not a frontal row direction
+    ],
+)
+def test_side_marker(orientation: tuple[str, str] | None, marker: tuple[str, str]) -> None:
+    assert side_marker(StudyRef(orientation=orientation)) == marker
+
+
+def test_display_copy_without_a_second_decode_when_configured(make_app: AppFactory) -> None:
+    """``display_short_side: 0`` keeps the model's own decode as the display copy (the
+    second decode costs about as much CPU as the rest of a new read)."""
+    _, state = make_app(display_short_side=0)
+    analyser = state.analyser
+    data = dicom_bytes(radiograph(2400, 2000))
+    prepared = analyser.prepare(data, "application/dicom")
+    decoded = decode_dicom(data, max_pixels=analyser.config.max_pixels, target_size=analyser.size)
+    with Image.open(io.BytesIO(prepared.display)) as shown:
+        assert shown.size == decoded.pixels.shape[::-1]
+        assert min(shown.size) < 512
