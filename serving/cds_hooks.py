@@ -137,7 +137,7 @@ class NcdService:
                     auth is not None and auth.fhir_server_allowed(caller, server)
                 ),
                 timeout_s=runtime.config.fetch_timeout_s,
-                transport=runtime.extras.get("fhir_transport"),
+                transport=runtime.fhir_transport,
             )
             today = datetime.now(UTC).date()
             found = extract(prefetch, today)

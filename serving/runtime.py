@@ -19,10 +19,14 @@ from serving.settings import Settings
 from serving.synthetic import check_servable
 
 if TYPE_CHECKING:
+    import httpx
+
     from models.ncd_predictor import NcdPredictor
     from serving.audit import AuditStore
     from serving.audit.records import AuditRecord, FeedbackRecord
     from serving.http.cds import CdsHandler
+    from serving.imaging.state import ImagingState
+    from serving.ui.links import LinkSigner
 
 __all__ = ["ApiKeyAuth", "AuditSink", "CdsAuth", "Runtime"]
 
@@ -57,7 +61,9 @@ class Runtime:
     ``cds_auth`` / ``api_keys`` are ``None`` only in ``--dev`` mode (no authentication,
     loopback clients only). ``cds_services`` holds every service behind
     ``/cds-services/{id}``: the NCD services and, when imaging is configured,
-    ``cxr-triage``.
+    ``cxr-triage``. ``imaging`` is the chest X-ray state when imaging is configured;
+    ``link_signer`` is made on first use (:func:`serving.ui.links.signer`);
+    ``fhir_transport`` replaces the network for FHIR prefetch (tests only).
     """
 
     settings: Settings
@@ -69,7 +75,9 @@ class Runtime:
     api_keys: ApiKeyAuth | None = None
     ready: bool = False
     cds_services: dict[str, CdsHandler] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    imaging: ImagingState | None = None
+    link_signer: LinkSigner | None = None
+    fhir_transport: httpx.AsyncBaseTransport | None = None
 
     @property
     def language(self) -> str:

@@ -2,111 +2,52 @@
 
 Every write commits before the method returns (durably: see :mod:`serving.audit.engine`).
 Any database failure surfaces as :class:`AuditUnavailable`, which the web layer answers
-with 503: the service never sends advice whose audit row was not committed.
+with 503: the service never sends advice whose audit row was not committed. The store
+is one object over one database, in parts by concern: audit rows here, feedback and
+explanations in :mod:`serving.audit.feedback`, API keys, token ids and service secrets
+in :mod:`serving.audit.keys`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import logging
-import secrets
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, Select, delete, func, insert, select, update
+from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from serving.audit import engine as _engine
 from serving.audit import schema
 from serving.audit.committer import GroupCommitter
-from serving.audit.records import (
-    ApiKeyInfo,
-    AuditRecord,
-    ExplanationRecord,
-    FeedbackRecord,
-    OverrideReason,
-)
+from serving.audit.feedback import CardShown, FeedbackTables
+from serving.audit.keys import API_KEY_PREFIX, KeyTables
+from serving.audit.records import AuditRecord
+from serving.audit.tables import AuditUnavailable, utc, write
 from serving.audit.writer import BatchWriter
 
 __all__ = ["API_KEY_PREFIX", "AuditStore", "AuditUnavailable", "CardShown", "DuplicateRequest"]
-
-logger = logging.getLogger(__name__)
-
-API_KEY_PREFIX = "tonle"
-_PRUNE_EVERY_S = 60.0
-T = TypeVar("T")
-
-
-class AuditUnavailable(RuntimeError):
-    """The audit database could not be reached or refused the write (answer 503)."""
 
 
 class DuplicateRequest(ValueError):
     """An audit row with this request id already exists."""
 
 
-@dataclass(frozen=True)
-class CardShown:
-    """Which service answered a card, and to whom (from the card's audit row)."""
-
-    service_id: str
-    caller_iss: str | None
-    caller_tenant: str | None
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware UTC datetime from what the database returns (SQLite drops the zone)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
-
-
-def _secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def _jti_row(issuer: str, jti: str, expires: datetime) -> dict[str, Any]:
-    return {"issuer": issuer, "jti": jti, "expires": _utc(expires)}
-
-
-def _write(writer: BatchWriter, rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Commit ``rows``; a database failure other than a taken key is AuditUnavailable."""
-    try:
-        writer.write(rows)
-    except IntegrityError:
-        raise
-    except SQLAlchemyError as exc:
-        logger.error("audit database error: %s", type(exc).__name__)
-        raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
-
-
-class AuditStore:
+class AuditStore(FeedbackTables, KeyTables):
     """Append-only audit trail plus the small mutable tables auth needs.
 
-    Open it with :meth:`open`; it is thread-safe (one pooled engine).
+    Open it with :meth:`open`; it is thread-safe (one pooled engine). Feedback and
+    explanations come from :class:`~serving.audit.feedback.FeedbackTables`, API keys,
+    token ids and service secrets from :class:`~serving.audit.keys.KeyTables`.
     """
 
     def __init__(self, engine: Engine, replay_engine: Engine | None = None) -> None:
-        self.engine = engine
-        self.replay_engine = replay_engine or engine
+        super().__init__(engine, replay_engine)
         self._writer = BatchWriter(
             engine,
             [schema.audit_events, schema.audit_cards, schema.explanations, schema.imaging_results],
         )
         self._committer = GroupCommitter(self._write_rows)
-        # Token ids from concurrent calls share one (non-durable) commit as well.
-        self._replay_writer = BatchWriter(self.replay_engine, [schema.jwt_replay])
-        self._replay_committer = GroupCommitter(self._write_jtis, name="jti-commit")
-        self._last_prune = 0.0
-        self._prune_lock = threading.Lock()
 
     @classmethod
     def open(cls, database_url: str, *, migrate: bool = True, **engine_kwargs: Any) -> AuditStore:
@@ -151,32 +92,11 @@ class AuditStore:
     def close(self) -> None:
         """Commit queued rows, then release pooled connections."""
         self._committer.close()
-        self._replay_committer.close()
+        super().close()
         self._writer.close()
-        self._replay_writer.close()
         self.engine.dispose()
         if self.replay_engine is not self.engine:
             self.replay_engine.dispose()
-
-    @property
-    def dialect(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        return self.engine.dialect.name
-
-    def _run(
-        self, work: Callable[[Any], T], *, read: bool = False, engine: Engine | None = None
-    ) -> T:
-        try:
-            with (engine or self.engine).connect() as connection:
-                if read:
-                    connection.execution_options(**{_engine.READ_ONLY: True})
-                with connection.begin():
-                    return work(connection)
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            logger.error("audit database error: %s", type(exc).__name__)
-            raise AuditUnavailable(f"audit database unavailable: {type(exc).__name__}") from exc
 
     # -- audit rows -------------------------------------------------------------------
 
@@ -213,7 +133,7 @@ class AuditStore:
         imaging: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
-            values["created"] = _utc(row.created)
+            values["created"] = utc(row.created)
             events.append(values)
             cards.extend({"card_uuid": c, "request_id": row.request_id} for c in row.card_ids)
             if row.explanation is not None:
@@ -222,7 +142,7 @@ class AuditStore:
                 imaging.append(row.imaging_result.model_dump() | {"request_id": row.request_id})
 
         # One transaction: explanations and imaging results cost no second commit (fsync).
-        _write(
+        write(
             self._writer,
             {
                 "audit_events": events,
@@ -277,9 +197,9 @@ class AuditStore:
         table = schema.audit_events
         query = select(table).order_by(table.c.id)
         if since is not None:
-            query = query.where(table.c.created >= _utc(since))
+            query = query.where(table.c.created >= utc(since))
         if until is not None:
-            query = query.where(table.c.created < _utc(until))
+            query = query.where(table.c.created < utc(until))
         if request_id is not None:
             query = query.where(table.c.request_id == request_id)
         return query
@@ -287,7 +207,7 @@ class AuditStore:
     @staticmethod
     def _audit_record(found: Any) -> AuditRecord:
         values = {k: v for k, v in found.items() if k != "id"}
-        values["created"] = _utc(values["created"])
+        values["created"] = utc(values["created"])
         return AuditRecord.model_validate(values)
 
     def count(self) -> int:
@@ -301,262 +221,3 @@ class AuditStore:
         query = select(table.c.request_id).where(table.c.card_uuid == card_uuid)
         found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
         return found
-
-    def card_shown(self, card_uuid: str) -> CardShown | None:
-        """The service and caller a card was answered to (None if no answer carried it)."""
-        cards, events = schema.audit_cards, schema.audit_events
-        query = (
-            select(events.c.service_id, events.c.caller_iss, events.c.caller_tenant)
-            .join(cards, cards.c.request_id == events.c.request_id)
-            .where(cards.c.card_uuid == card_uuid)
-        )
-        found = self._run(lambda c: c.execute(query).one_or_none(), read=True)
-        return None if found is None else CardShown(*found)
-
-    # -- explanations and shared secrets ----------------------------------------------
-
-    def explanation(self, card_uuid: str) -> ExplanationRecord | None:
-        """The stored explanation of card ``card_uuid``, expired or not (None if unknown).
-
-        Written with the card's audit row (:attr:`AuditRecord.explanation`); rows past
-        ``expires`` are purged at most once a minute, from here and from the JWT checks.
-        """
-        self._maybe_prune()
-        table = schema.explanations
-        query = select(table).where(table.c.card_uuid == card_uuid)
-        found = self._run(lambda c: c.execute(query).mappings().one_or_none(), read=True)
-        if found is None:
-            return None
-        values = dict(found)
-        values["created"], values["expires"] = _utc(found["created"]), _utc(found["expires"])
-        return ExplanationRecord.model_validate(values)
-
-    def prune_explanations(self, now: datetime | None = None) -> int:
-        """Delete explanations that expired before ``now``; returns how many."""
-        table = schema.explanations
-        query = delete(table).where(table.c.expires < _utc(now or datetime.now(UTC)))
-        # Not durable on its own: a purge lost in a power cut is simply done again.
-        return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
-
-    def service_secret(self, name: str) -> str:
-        """The shared secret ``name``, created (256 random bits) by the first caller.
-
-        Every worker and replica on this database gets the same value: concurrent
-        creators race on the primary key and all read back the winner's. It is stored
-        in the clear, so anyone who can read the database knows it: only for dev mode
-        and the demo (the link key, :mod:`serving.ui.links`); a deployment configures
-        its keys outside the database.
-        """
-        table = schema.service_secrets
-        query = select(table.c.value).where(table.c.name == name)
-        found: str | None = self._run(lambda c: c.execute(query).scalar_one_or_none(), read=True)
-        if found is not None:
-            return found
-        values = {"name": name, "value": secrets.token_hex(32), "created": datetime.now(UTC)}
-        with contextlib.suppress(IntegrityError):  # another process created it first
-            self._run(lambda c: c.execute(insert(table), values))
-        value: str = self._run(lambda c: c.execute(query).scalar_one(), read=True)
-        return value
-
-    # -- feedback ---------------------------------------------------------------------
-
-    def record_feedback(self, fb: FeedbackRecord) -> None:
-        """Append one feedback entry and commit before returning.
-
-        When ``fb.request_id`` is None it is filled from the card index.
-
-        Raises:
-            AuditUnavailable: the entry could not be committed.
-        """
-        reason = fb.override_reason or OverrideReason()
-        values = {
-            "card_uuid": fb.card_uuid,
-            "request_id": fb.request_id,
-            "service_id": fb.service_id,
-            "outcome": fb.outcome,
-            "accepted_suggestions": list(fb.accepted_suggestions),
-            "override_system": reason.system,
-            "override_code": reason.code,
-            "override_display": reason.display,
-            "comment": fb.comment,
-            "outcome_timestamp": _utc_or_none(fb.outcome_timestamp),
-            "caller_iss": fb.caller_iss,
-            "caller_sub": fb.caller_sub,
-            "caller_tenant": fb.caller_tenant,
-            "created": _utc(fb.created),
-        }
-
-        def work(connection: Any) -> None:
-            if values["request_id"] is None:
-                cards = schema.audit_cards
-                values["request_id"] = connection.execute(
-                    select(cards.c.request_id).where(cards.c.card_uuid == fb.card_uuid)
-                ).scalar_one_or_none()
-            connection.execute(insert(schema.feedback), values)
-
-        self._run(work)
-
-    def feedback(
-        self, *, since: datetime | None = None, card_uuid: str | None = None
-    ) -> list[FeedbackRecord]:
-        """Feedback entries in the order they were written, optionally filtered."""
-        table = schema.feedback
-        query = select(table).order_by(table.c.id)
-        if since is not None:
-            query = query.where(table.c.created >= _utc(since))
-        if card_uuid is not None:
-            query = query.where(table.c.card_uuid == card_uuid)
-        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
-        out = []
-        for found in result:
-            has_reason = any(found[k] is not None for k in ("override_system", "override_code"))
-            out.append(
-                FeedbackRecord(
-                    card_uuid=found["card_uuid"],
-                    request_id=found["request_id"],
-                    service_id=found["service_id"],
-                    outcome=found["outcome"],
-                    accepted_suggestions=list(found["accepted_suggestions"]),
-                    override_reason=OverrideReason(
-                        system=found["override_system"],
-                        code=found["override_code"],
-                        display=found["override_display"],
-                    )
-                    if has_reason
-                    else None,
-                    comment=found["comment"],
-                    outcome_timestamp=_utc_or_none(found["outcome_timestamp"]),
-                    caller_iss=found["caller_iss"],
-                    caller_sub=found["caller_sub"],
-                    caller_tenant=found["caller_tenant"],
-                    created=_utc(found["created"]),
-                )
-            )
-        return out
-
-    # -- API keys ---------------------------------------------------------------------
-
-    def create_api_key(self, tenant: str, name: str) -> tuple[ApiKeyInfo, str]:
-        """Mint a key for ``tenant``; only its sha256 is stored.
-
-        Returns:
-            The key's listing and the full key (``tonle_<id>_<secret>``), shown once.
-        """
-        key_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
-        created = datetime.now(UTC)
-        values = {
-            "key_id": key_id,
-            "tenant": tenant,
-            "name": name,
-            "secret_sha256": _secret_hash(secret),
-            "created": created,
-            "revoked": None,
-        }
-        self._run(lambda c: c.execute(insert(schema.api_keys), values))
-        info = ApiKeyInfo(key_id=key_id, tenant=tenant, name=name, created=created)
-        return info, f"{API_KEY_PREFIX}_{key_id}_{secret}"
-
-    def list_api_keys(self, tenant: str | None = None) -> list[ApiKeyInfo]:
-        """Every key (revoked ones included), never with secrets or hashes."""
-        table = schema.api_keys
-        query = select(table).order_by(table.c.created)
-        if tenant is not None:
-            query = query.where(table.c.tenant == tenant)
-        result = self._run(lambda c: c.execute(query).mappings().all(), read=True)
-        return [
-            ApiKeyInfo(
-                key_id=r["key_id"],
-                tenant=r["tenant"],
-                name=r["name"],
-                created=_utc(r["created"]),
-                revoked=_utc_or_none(r["revoked"]),
-            )
-            for r in result
-        ]
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        """Revoke a key at once. Returns False if no active key has that id."""
-        table = schema.api_keys
-        query = (
-            update(table)
-            .where(table.c.key_id == key_id, table.c.revoked.is_(None))
-            .values(revoked=datetime.now(UTC))
-        )
-        return bool(self._run(lambda c: c.execute(query).rowcount) == 1)
-
-    def check_api_key(self, key: str) -> ApiKeyInfo | None:
-        """The active key matching ``key`` (constant-time secret comparison), else None."""
-        prefix, _, rest = key.partition("_")
-        key_id, _, secret = rest.partition("_")
-        if prefix != API_KEY_PREFIX or not key_id or not secret or len(key_id) > 32:
-            return None
-        table = schema.api_keys
-        query = select(table).where(table.c.key_id == key_id)
-        found = self._run(lambda c: c.execute(query).mappings().one_or_none(), read=True)
-        expected = found["secret_sha256"] if found is not None else "0" * 64
-        matches = hmac.compare_digest(expected, _secret_hash(secret))
-        if found is None or not matches or found["revoked"] is not None:
-            return None
-        return ApiKeyInfo(
-            key_id=found["key_id"],
-            tenant=found["tenant"],
-            name=found["name"],
-            created=_utc(found["created"]),
-        )
-
-    # -- JWT replay store -------------------------------------------------------------
-
-    def remember_jti(self, issuer: str, jti: str, expires: datetime) -> bool:
-        """Atomically record a token id; False if ``(issuer, jti)`` was seen before.
-
-        Entries are kept until ``expires`` (the token's ``exp`` plus clock skew) and
-        then pruned, at most once a minute.
-
-        The insert is atomic (primary key) and survives a process crash at once, but
-        is not flushed to disk on its own: it reaches disk with the next durable commit
-        on the same WAL, which every call answering with advice, "no advice" or stored
-        feedback makes (its audit row) before its response; one fsync per call is saved.
-        A power loss can therefore only forget token ids of calls that were not answered
-        or were answered with nothing but an error or the discovery document (see the
-        reasoning in :meth:`open`). Ids from concurrent calls are
-        inserted in one transaction (a batch holding a repeated id is retried row by
-        row, so exactly one of the copies is accepted).
-
-        Raises:
-            AuditUnavailable: the store cannot be reached (the caller must refuse).
-        """
-        try:
-            self._replay_committer.commit(_jti_row(issuer, jti, expires))
-        except IntegrityError:
-            return False
-        return True
-
-    async def remember_jti_async(self, issuer: str, jti: str, expires: datetime) -> bool:
-        """:meth:`remember_jti` for async handlers, without holding a worker thread."""
-        try:
-            await self._replay_committer.commit_async(_jti_row(issuer, jti, expires))
-        except IntegrityError:
-            return False
-        return True
-
-    def _write_jtis(self, rows: list[dict[str, Any]]) -> None:
-        self._maybe_prune()
-        _write(self._replay_writer, {"jwt_replay": rows})
-
-    def prune_replay(self, now: datetime | None = None) -> int:
-        """Delete replay entries that expired before ``now``; returns how many."""
-        table = schema.jwt_replay
-        query = delete(table).where(table.c.expires < _utc(now or datetime.now(UTC)))
-        return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
-
-    def _maybe_prune(self) -> None:
-        now = time.monotonic()
-        if now - self._last_prune < _PRUNE_EVERY_S or not self._prune_lock.acquire(blocking=False):
-            return
-        try:
-            self._last_prune = now
-            self.prune_replay(datetime.now(UTC) - timedelta(seconds=1))
-            self.prune_explanations()
-        finally:
-            self._prune_lock.release()

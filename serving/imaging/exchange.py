@@ -46,7 +46,7 @@ def imaging_state(request: Request) -> ImagingState:
         NotReady: no CXR model is configured or it is not loaded.
     """
     runtime = getattr(request.app.state, "runtime", None)
-    state = getattr(runtime, "extras", {}).get("imaging")
+    state = getattr(runtime, "imaging", None)
     if not isinstance(state, ImagingState) or not state.warmed:
         raise NotReady
     return state

@@ -130,7 +130,7 @@ def attach(runtime: Any) -> ImagingState | None:
     """Build the imaging state for a loaded :class:`~serving.runtime.Runtime`.
 
     Reads ``runtime.config.imaging``; when it is set, its model must be pinned under
-    ``models:``. Stores the state in ``runtime.extras["imaging"]``; the runtime serves
+    ``models:``. Stores the state in ``runtime.imaging``; the runtime serves
     it as the ``cxr-triage`` CDS service.
 
     Returns:
@@ -159,5 +159,5 @@ def attach(runtime: Any) -> ImagingState | None:
         cds_auth=runtime.cds_auth,
         dev=settings.dev,
     )
-    runtime.extras["imaging"] = state
+    runtime.imaging = state
     return state

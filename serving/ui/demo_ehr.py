@@ -185,7 +185,7 @@ async def demo_xray(request: Request) -> Response:
     runtime = runtime_of(request)
     if not demo_enabled(runtime):
         return Response(status_code=404)
-    state = runtime.extras.get("imaging")
+    state = runtime.imaging
     try:
         patient_id = str(json.loads(await request.body())["patientId"])
         p = demo.patient(patient_id)

@@ -123,14 +123,14 @@ def require_key(settings: Settings) -> None:
 
 
 def signer(runtime: Any) -> LinkSigner:
-    """The running service's signer (made once per worker, kept in ``runtime.extras``).
+    """The running service's signer (made once per worker, kept in ``runtime.link_signer``).
 
     Raises:
         ValueError: no configured key outside dev mode and the demo (see :func:`require_key`).
         AuditUnavailable: dev mode or the demo without a key, and the database cannot be
             read.
     """
-    made: LinkSigner | None = runtime.extras.get("link_signer")
+    made: LinkSigner | None = runtime.link_signer
     if made is not None:
         return made
     settings = runtime.settings
@@ -151,7 +151,7 @@ def signer(runtime: Any) -> LinkSigner:
         timedelta(days=settings.explanation_retention_days),
         previous=() if previous is None else (previous.get_secret_value().encode(),),
     )
-    runtime.extras["link_signer"] = made
+    runtime.link_signer = made
     return made
 
 

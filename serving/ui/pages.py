@@ -176,8 +176,8 @@ async def explain_ncd(request: Request) -> Response:
 
 
 def cxr_store(runtime: Runtime) -> Any | None:
-    """The imaging result store (``runtime.extras["imaging"].store``), if imaging is on."""
-    return getattr(runtime.extras.get("imaging"), "store", None)
+    """The imaging result store (``runtime.imaging.store``), if imaging is on."""
+    return getattr(runtime.imaging, "store", None)
 
 
 async def _linked_read(request: Request, service_id: str) -> tuple[Any, StoredResult] | Response:

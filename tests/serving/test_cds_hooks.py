@@ -480,7 +480,7 @@ def test_missing_prefetch_is_fetched_from_allowlisted_server(
         assert request.url.path.endswith("/Observation")
         return httpx.Response(200, json=full["sbp"])
 
-    monkeypatch.setitem(runtime.extras, "fhir_transport", httpx.MockTransport(handler))
+    monkeypatch.setattr(runtime, "fhir_transport", httpx.MockTransport(handler))
     monkeypatch.setattr(runtime, "cds_auth", _FakeAuth())
     auth = {
         "access_token": "secret-token",

@@ -124,7 +124,8 @@ def fake_runtime(state: ImagingState) -> SimpleNamespace:
     imaging state, the cxr-triage service, link key, authenticators and audit store."""
     signer = LinkSigner(b"k" * 32, timedelta(days=30))
     return SimpleNamespace(
-        extras={"imaging": state, "link_signer": signer},
+        imaging=state,
+        link_signer=signer,
         cds_services={SERVICE_ID: CxrTriage(state)},
         cds_auth=state.cds_auth,
         api_keys=state.authenticator,

@@ -59,7 +59,7 @@ def test_result_carries_a_fresh_signed_heatmap_link(make_app: AppFactory) -> Non
 
 def test_heatmap_needs_a_valid_signed_link(make_app: AppFactory) -> None:
     client, state = make_app()
-    signer: LinkSigner = client.app.state.runtime.extras["link_signer"]
+    signer: LinkSigner = client.app.state.runtime.link_signer
     result, other = make_result(patient="P1"), make_result(patient="P2")
     for stored in (result, other):
         store_read(state, stored)
@@ -104,7 +104,7 @@ def test_stored_reads_are_audited_and_withheld_without_their_row(
     make_app: AppFactory, audit: LockableAudit, suffix: str
 ) -> None:
     client, state = make_app(dev=False, authenticator=_OneKey())
-    signer: LinkSigner = client.app.state.runtime.extras["link_signer"]
+    signer: LinkSigner = client.app.state.runtime.link_signer
     result = make_result(patient="P1")
     store_read(state, result, tenant="t1")
     path = f"/v1/imaging/results/{result.id}{suffix}"

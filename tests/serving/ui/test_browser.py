@@ -152,7 +152,7 @@ def test_demo_xray_reaches_the_ehr(
     assert "cxr-triage" in page.inner_text("#cards")  # the card's source label
     page.screenshot(path=str(artifacts_dir / "ui-ehr-xray-km-1366.png"), full_page=True)
     # Stored for the demo EHR's tenant, whose cxr-triage call found it.
-    stored = runtime.extras["imaging"].store.for_patient("demo-05", tenant="demo")
+    stored = runtime.imaging.store.for_patient("demo-05", tenant="demo")
     assert len(stored) == 1
     link = page.locator("article.card a.card-link[href*='/ui/explain/cxr/']")
     href = link.get_attribute("href")

@@ -121,7 +121,7 @@ def test_the_service_refuses_to_start_without_a_key(tmp_path: Path) -> None:
     assert "TONLE_LINK_SECRET_FILE" in str(refused.value)
     assert not (tmp_path / "audit.db").exists()  # nothing generated behind its back
     # Nor does a runtime built some other way sign with a database key.
-    runtime = SimpleNamespace(settings=settings, extras={}, audit=None)
+    runtime = SimpleNamespace(settings=settings, link_signer=None, audit=None)
     with pytest.raises(ValueError, match="TONLE_LINK_SECRET is not set"):
         links.signer(runtime)
 

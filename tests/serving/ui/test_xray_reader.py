@@ -180,7 +180,7 @@ def test_reader_reads_as_a_film(
     server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, width: int
 ) -> None:
     url, runtime = server
-    state = runtime.extras["imaging"]
+    state = runtime.imaging
     study = StudyRef(study_date="20260314", study_time="093012.5", view="PA")
     result = _store_read(state, study)
     page = _open(browser, url, runtime, result, width, "en")
@@ -247,7 +247,7 @@ def test_reader_in_khmer_with_dicom_orientation_and_audited_reads(
     server: tuple[str, Runtime], browser: Any, artifacts_dir: Path
 ) -> None:
     url, runtime = server
-    state = runtime.extras["imaging"]
+    state = runtime.imaging
     study = StudyRef(study_date="20260314", view="AP", laterality="U", orientation=("R", "F"))
     result = _store_read(state, study)
     page = _open(browser, url, runtime, result, 1024, "km")
@@ -279,7 +279,7 @@ def test_reader_routes_refuse_unsigned_and_unknown(
     server: tuple[str, Runtime], browser: Any
 ) -> None:
     url, runtime = server
-    result = _store_read(runtime.extras["imaging"], StudyRef())
+    result = _store_read(runtime.imaging, StudyRef())
     page = browser.new_page()
     for path in ("", "/image.png", "/heatmap.png"):
         unsigned = page.request.get(f"{url}/ui/explain/cxr/{result.id}{path}")
