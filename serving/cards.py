@@ -35,7 +35,7 @@ from serving.cds_models import (
     Suggestion,
 )
 from serving.fhir_out import follow_up_task, proposal_resource, provenance, risk_assessment
-from serving.i18n import format_date, format_number, t
+from serving.i18n import catalogue, format_date, format_number, format_numbers_in, t
 from serving.protocol import INDICATOR_RANK
 from serving.synthetic import trained_on_synthetic
 
@@ -144,6 +144,12 @@ def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
     }
 
 
+def region_name(code: str | None, name: str, lang: str) -> str:
+    """A WHO region's name in ``lang``; ``name`` (as recorded) where the code has none."""
+    key = f"region.{code}"
+    return t(key, lang) if code and key in catalogue("en") else name
+
+
 def feature_label(name: str, lang: str) -> str:
     """The feature's name in ``lang``; the field name itself where none is translated."""
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
@@ -160,7 +166,8 @@ def _factors(advice: Advice, lang: str, shown: dict[str, str]) -> str:
         text = shown.get(item.feature) or value_text(item.feature, item.value, item.unit, lang)
         # Points in the language's digits and decimal mark, as every other number.
         points = format_number(abs(item.delta_risk) * 100.0, lang, 1)
-        parts.append(f"{feature_label(item.feature, lang)} {text} ({sign}{points} pp)")
+        change = t("card.ncd.factor_points", lang, sign=sign, points=points)
+        parts.append(f"{feature_label(item.feature, lang)} {text} ({change})")
     return "; ".join(parts) or "—"
 
 
@@ -285,10 +292,17 @@ def _chart_text(advice: Advice, lang: str, region: str) -> str:
     return t(
         "card.ncd.cvd.chart",
         lang,
-        region=md(region),
+        region=md(region_name(who.region_code, region, lang) if not who.country_code else region),
         who_percent=cell.percent,
-        band=cell.band,
-        cell=t(f"card.ncd.cvd.cell.{who.model}", lang, **cell.model_dump()),
+        band=format_numbers_in(cell.band, lang),
+        # The chart's ranges ("6-6.9") in the same digits and decimal mark as the values.
+        cell=t(
+            f"card.ncd.cvd.cell.{who.model}",
+            lang,
+            age=format_numbers_in(cell.age, lang),
+            sbp=format_numbers_in(cell.sbp, lang),
+            col=format_numbers_in(cell.col, lang),
+        ),
         exact_percent=who.percent,
     )
 
@@ -449,9 +463,8 @@ def _suggestions(
     if timed:
         months = min(row.follow_up_months or 0 for row in timed)
         rules = [row for row in timed if row.follow_up_months == months]
-        label = t(
-            "card.protocol.follow_up", lang, months=months, rule=", ".join(r.id for r in rules)
-        )
+        key = "card.protocol.follow_up_one" if months == 1 else "card.protocol.follow_up"
+        label = t(key, lang, months=months, rule=", ".join(r.id for r in rules))
         task = follow_up_task(
             months,
             rules,

@@ -277,7 +277,7 @@ def test_approved_table_proposes_drugs_and_band_actions(runtime: Runtime) -> Non
     assert any("(rule bp-start-now)" in label for label in labels)
     # One follow-up, at the shortest interval any fired rule sets (BP: 1 month).
     assert len(_resources(card, "Task")) == 1
-    assert any(label.startswith("Follow-up visit within 1 months") for label in labels)
+    assert any(label.startswith("Follow-up visit within 1 month (") for label in labels)
 
 
 def test_approval_of_another_table_refuses_to_load(tmp_path: Path) -> None:

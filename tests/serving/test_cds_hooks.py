@@ -178,6 +178,10 @@ def test_khmer_card_text(app: Starlette, runtime: Runtime) -> None:
     response = call(app, "POST", CVD, cds_request(), headers={"accept-language": "km-KH"})
     summary = response.json()["cards"][0]["summary"]
     assert "ហានិភ័យ" in summary
+    # The chart's ranges (cholesterol "6-6.9") with its decimal comma as the values.
+    detail = response.json()["cards"][0]["detail"]
+    assert "6-6,9 mmol/L" in detail
+    assert "6-6.9" not in detail
     assert len(summary) < 140
     # Factor points (of a model shown beside the chart) use Khmer's decimal comma, as
     # its other numbers ("7,1 mmol/L").
@@ -197,7 +201,9 @@ def test_khmer_card_text(app: Starlette, runtime: Runtime) -> None:
         ).detail or ""
         for lang in ("en", "km")
     }  # fmt: skip
-    km_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", details["km"])
+    # Percentage points are written out in Khmer, not as the English "pp".
+    assert " pp)" not in details["km"]
+    km_points = re.findall(r"\([+−](\d+[.,]\d) ពិន្ទុភាគរយ\)", details["km"])
     assert km_points, details["km"]
     assert all("," in p for p in km_points), km_points
     en_points = re.findall(r"\([+−](\d+[.,]\d) pp\)", details["en"])
