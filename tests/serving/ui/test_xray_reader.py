@@ -257,6 +257,9 @@ def test_reader_in_khmer_with_dicom_orientation_and_audited_reads(
     assert page.inner_text("#study-when") == "2026-03-14"
     assert page.inner_text("#study-laterality") == "U"
     assert page.locator("#map-label option").all_inner_texts()[1] == "ជំងឺរបេង"
+    # Sensitivity and specificity are words in the page's language, not "Se"/"Sp".
+    assert "ភាពរសើប 0,90" in page.content()
+    assert "(Se " not in page.content()
     assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
     page.screenshot(path="/tmp/xray-reader-km-1024.png", full_page=True)
     page.screenshot(path=str(artifacts_dir / "xray-reader-km-1024.png"), full_page=True)
