@@ -164,7 +164,8 @@ def no_advice_card(
             ),
             lines,
             t("card.noadvice.ncd.action", lang),
-            f"_{t('card.noadvice.ncd.not_estimate', lang, code=no_advice.code)}_",
+            # The reason code stays in the audit row: a clinician reads the sentences above.
+            f"_{t('card.noadvice.ncd.not_estimate', lang)}_",
         ]
     )
     return Card(

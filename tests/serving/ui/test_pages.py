@@ -244,6 +244,9 @@ def test_demo_says_why_a_patient_got_no_estimate(app_rt: tuple[Starlette, Runtim
     assert card["suggestions"] == []
     km = _card_for(app, "demo-07", lang="km")
     assert "សម្ពាធឈាមស៊ីស្តូលិក មិនបានកត់ត្រា" in km["summary"]
+    # Clinicians read the reason in words; the raw code stays in the audit row.
+    for shown in (card, km):
+        assert "insufficient-data" not in shown["summary"] + shown["detail"]
     # Below the model's age range: nothing to record, so no card (not alert noise).
     assert _card_for(app, "demo-06") == {}
 
@@ -529,3 +532,22 @@ def test_a_factor_against_clinical_knowledge_is_flagged_not_hidden(
     flagged = re.findall(r'<li class="unlike-clinical">\s*<span class="bar-label">([^<]*)', page)
     assert [label.strip() for label in flagged] == ["Body mass index"], flagged
     assert "Direction unlike clinical knowledge: interpret with care." in page
+
+
+def test_explanation_shows_reason_code_only_behind_a_toggle(
+    app_rt: tuple[Starlette, Runtime],
+) -> None:
+    def no_chart_inputs(prefetch: dict[str, Any]) -> None:  # neither WHO chart is usable
+        prefetch["totalChol"]["entry"] = []
+        prefetch["bmi"]["entry"] = []
+
+    card = _card_for(app_rt[0], "demo-02", lang="km", edit=no_chart_inputs)
+    assert "links" in card, card
+    path = card["links"][0]["url"].removeprefix("http://testserver")
+    html = request(app_rt[0], "GET", path).text
+    who = html[html.index('id="who-risk"') :]
+    sentence, toggle = who.split("</p>", 1)
+    assert "សន្ទស្សន៍ម៉ាសរាងកាយ" in sentence  # the reason in words, in the page's language
+    assert "bmi" not in sentence
+    assert '<details class="small" id="who-reason-code">' in toggle
+    assert "<code>outside:bmi</code>" in toggle
