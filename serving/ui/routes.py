@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from serving import i18n
 from serving.monitor.page import monitor_page
 from serving.runtime import Runtime
 from serving.settings import Settings
@@ -86,10 +87,20 @@ def _trusted_fhir_server(runtime: Runtime, iss: str) -> bool:
 
 async def front_page(request: Request) -> Response:
     """``GET /``: what this service is, whether it is ready, and where its API is
-    described. No third-party script, no framework version."""
+    described, in the request's language (``?lang=``, else ``Accept-Language``). No
+    third-party script, no framework version."""
     runtime = runtime_of(request)
     models = [stored.metadata for stored in runtime.models.values()]
+    lang = language(request)
+
+    def tr(key: str, **params: object) -> str:
+        return i18n.t(key, lang, **params)
+
     html = _home_template().render(
+        t=tr,
+        lang=lang,
+        meta=i18n.language_meta(lang),
+        languages=[(code, i18n.language_meta(code).name) for code in i18n.available_languages()],
         ready=runtime.ready,
         models=models,
         services=list(runtime.cds_services),

@@ -40,7 +40,7 @@ def test_front_page_says_what_tonle_is(runtime: Runtime) -> None:
 
 def test_demo_front_page_links_the_demo_ehr(runtime: Runtime, tmp_path: Path) -> None:
     page = call(_app(runtime, demo_issuer_dir=tmp_path), "GET", "/")
-    assert '<a href="/ui/ehr">' in page.text
+    assert '<a href="/ui/ehr?lang=en">' in page.text  # the EHR opens in the page's language
 
 
 def test_api_docs_only_when_enabled(runtime: Runtime) -> None:
@@ -52,3 +52,16 @@ def test_api_docs_only_when_enabled(runtime: Runtime) -> None:
     assert "http" not in docs.text.replace("http-equiv", "")  # nothing from elsewhere
     assert call(app, "GET", "/docs/assets/swagger-ui-bundle.js").status_code == 200
     assert '<a href="/docs">' in call(app, "GET", "/").text
+
+
+@pytest.mark.parametrize(("query", "header"), [("?lang=km", None), ("", "km-KH,km;q=0.9,en;q=0.5")])
+def test_front_page_in_khmer(runtime: Runtime, query: str, header: str | None) -> None:
+    headers = {"accept-language": header} if header else {}
+    page = call(_app(runtime, demo_issuer_dir=None), "GET", f"/{query}", headers=headers)
+    assert page.status_code == 200
+    assert '<html lang="km">' in page.text
+    assert "ជំនួយក្នុងការសម្រេចចិត្តគ្លីនិក" in page.text
+    assert "clinical decision support" not in page.text
+    assert "/v1/openapi.json" in page.text
+    english = call(_app(runtime, demo_issuer_dir=None), "GET", "/?lang=en", headers=headers)
+    assert '<html lang="en">' in english.text
