@@ -225,6 +225,7 @@ def test_explanation_in_khmer_and_unknown_card(app_rt: tuple[Starlette, Runtime]
     html = request(app, "GET", path, headers={"Accept-Language": "km-KH,km;q=0.9"}).text
     assert '<html lang="km">' in html
     assert "ការពន្យល់" in html
+    assert " pp" not in html  # percentage points in words
     assert "ប្រសិនបើសម្ពាធឈាមស៊ីស្តូលិក 130 mmHg៖ សមីការ WHO ឆ្នាំ 2019 " in html
     assert '<html lang="en">' in request(app, "GET", f"{path}&lang=en").text
     missing = request(app, "GET", links.signer(runtime).sign("/ui/explain/not-a-card-id-at-all"))
