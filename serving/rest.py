@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
-from serving.assess import NoAdvice, WhoSettings, assess
+from serving.assess import Advice, NoAdvice, WhoSettings, assess, model_shown
 from serving.body import parse_model, read_json
 from serving.fhir_out import ADVISORY_NOTE, risk_assessment
 from serving.http.audit import Exchange
@@ -112,6 +112,17 @@ class RiskResponse(BaseModel):
     reason: str | None = Field(default=None, description="e.g. 'out-of-range:sbp'.")
     advisory: str = ADVISORY_NOTE
     model: ModelIdentity
+    model_shown: bool = Field(
+        default=True,
+        description="False: the model's own estimate is withheld (see `model_withheld`) and "
+        "only the WHO chart answers, as on the cards.",
+    )
+    model_withheld: str | None = Field(
+        default=None,
+        description="Why the model's estimate is withheld: 'not-validated-against-who-chart' "
+        "(its recorded validation does not show it at least as good as the chart on the same "
+        "patients) or 'outside-training-range:<field>'.",
+    )
     risk: float | None = Field(default=None, description="10-year risk, fraction 0-1.")
     percent: int | None = None
     band: str | None = Field(default=None, description="WHO band of the risk, e.g. '10-<20%'.")
@@ -206,15 +217,20 @@ def _risk_handler(outcome: str) -> Handler:
             return Answer(JSONResponse(payload, status_code=status), "no-advice", exc.code)
         exchange.input_sha256 = advice.input_sha256
         patient = (body.patient_ref or "Patient/unknown").removeprefix("Patient/")
+        shown = model_shown(advice)
         answer = RiskResponse(
             request_id=exchange.request_id,
             advice=True,
             advisory=advisory_for(meta, ADVISORY_NOTE),
             model=identity,
-            risk=advice.risk,
-            percent=advice.percent,
-            band=advice.band,
-            contributions=[ContributionOut(**c.model_dump()) for c in advice.contributions],
+            model_shown=shown,
+            model_withheld=None if shown else _withheld(advice),
+            risk=advice.risk if shown else None,
+            percent=advice.percent if shown else None,
+            band=advice.band if shown else None,
+            contributions=[ContributionOut(**c.model_dump()) for c in advice.contributions]
+            if shown
+            else [],
             who=advice.who,
             who_chart=advice.who_cell,
             who_note=advice.who_note,
@@ -229,6 +245,13 @@ def _risk_handler(outcome: str) -> Handler:
         return Answer(response, "advice")
 
     return handle
+
+
+def _withheld(advice: Advice) -> str:
+    """Why the model's estimate is not shown (:func:`serving.assess.model_shown`)."""
+    if advice.outside_support:
+        return f"outside-training-range:{advice.outside_support[0].feature}"
+    return "not-validated-against-who-chart"
 
 
 def _error_without_input(exchange: Exchange) -> Answer:

@@ -29,7 +29,6 @@ __all__ = [
     "not_ready",
     "read_body",
     "refuse",
-    "unauthorized",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,25 +59,18 @@ def not_ready() -> JSONResponse:
     )
 
 
-async def authenticate(state: ImagingState, request: Request) -> Any | None:
-    """The REST caller (API key; :mod:`serving.http.identify`), or None when the
-    request must be refused with 401."""
+async def authenticate(state: ImagingState, request: Request) -> Any | Response:
+    """The REST caller (API key; :mod:`serving.http.identify`), or the refusal to send:
+    the one 401 body, or 503 when the key store cannot be reached (decided in one place,
+    :func:`serving.http.identify.refusal`; counted, no audit row)."""
     from serving.auth import AuthError
-    from serving.http.identify import api_key_caller
+    from serving.http.identify import api_key_caller, refusal
+    from serving.http.pipeline import route_of
 
     try:
         return api_key_caller(state.authenticator, request, dev=state.dev)
-    except AuthError:
-        return None
-
-
-def unauthorized(request: Request) -> Response:
-    """The one 401 answer (:func:`serving.http.identify.refusal`): counted, no audit row."""
-    from serving.auth import AuthError
-    from serving.http.identify import refusal
-    from serving.http.pipeline import route_of
-
-    return refusal(AuthError("unauthorized"), route_of(request))
+    except AuthError as exc:
+        return refusal(exc, route_of(request))
 
 
 def _caller_field(caller: Any, name: str) -> str | None:

@@ -44,7 +44,6 @@ from serving.imaging.exchange import (
     not_ready,
     read_body,
     refuse,
-    unauthorized,
 )
 from serving.imaging.results import Analysed, CxrResult, StoredResult
 from serving.imaging.state import ImagingState
@@ -67,8 +66,8 @@ async def analyse_image(request: Request) -> Response:
     except NotReady:
         return not_ready()
     caller = await authenticate(state, request)
-    if caller is None:
-        return unauthorized(request)
+    if isinstance(caller, Response):
+        return caller
     request_id = uuid.uuid4().hex
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")
@@ -213,8 +212,7 @@ async def stored_read(
 
 
 async def _caller_check(state: ImagingState, request: Request) -> Response | Any:
-    caller = await authenticate(state, request)
-    return unauthorized(request) if caller is None else caller
+    return await authenticate(state, request)
 
 
 async def link_check(state: ImagingState, request: Request) -> Response | None:

@@ -44,7 +44,6 @@ from serving.imaging.exchange import (
     caller_tenant,
     imaging_state,
     read_body,
-    unauthorized,
 )
 from serving.imaging.results import Analysed
 from serving.imaging.state import ImagingState
@@ -174,8 +173,8 @@ async def analyse_study(request: Request) -> Response:
     except NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
-    if caller is None:
-        return unauthorized(request)
+    if isinstance(caller, Response):
+        return caller
     if state.config.pacs is None:
         return JSONResponse(
             {"error": "no-pacs", "message": "imaging.pacs is not configured"}, status_code=409
@@ -267,8 +266,8 @@ async def list_studies(request: Request) -> Response:
     except NotReady:
         return JSONResponse({"error": "imaging-unavailable"}, status_code=503)
     caller = await authenticate(state, request)
-    if caller is None:
-        return unauthorized(request)
+    if isinstance(caller, Response):
+        return caller
     if state.config.pacs is None:
         return JSONResponse({"error": "no-pacs"}, status_code=409)
     patient = request.query_params.get("patient", "")

@@ -1,8 +1,9 @@
 """A real ``bentoml serve`` in production mode, as the security review attacked it.
 
 Two hospitals, each with its own JWT issuer (``hospital-a``, ``hospital-b``) and API key,
-a third issuer with no tenant configured, a configured link key and metrics token, and
-a SQLite audit store the tests read directly. One service per test session: add tests
+a third issuer with no tenant configured, a configured link key and metrics token, the
+NCD fixture models and a tiny chest X-ray model (``cxr-triage`` on), and a SQLite audit
+store the tests read directly. One service per test session: add tests
 for new findings against :func:`secure` (see :class:`SecureService` for the clients).
 """
 
@@ -21,6 +22,8 @@ import yaml
 
 from serving.audit import AuditStore
 from serving.demo_issuer import ensure_demo_issuer, sign_token
+from tests.serving.cds_fixtures import build_store, model_store_at, write_config
+from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 from tests.serving.service_process import TonleProcess
 
 __all__ = ["ISSUERS", "SecureService", "secure"]
@@ -118,6 +121,21 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureService]:
         store.close()
     issuers, dirs = _write_issuers(tmp)
     token = secrets.token_hex(32)
-    env = {"TONLE_ALLOWED_ISSUERS": str(issuers), "TONLE_METRICS_TOKEN": token}
+    home = build_store(tmp / "store")
+    with model_store_at(home):
+        cxr = make_cxr_artifact(tmp / "store")
+    # Its own folder: TonleProcess writes a plain serving.yaml into ``tmp``.
+    (tmp / "imaging").mkdir()
+    config = write_config(
+        tmp / "imaging",
+        models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version},
+        imaging={"model": "cxr-triage"},
+    )
+    env = {
+        "TONLE_ALLOWED_ISSUERS": str(issuers),
+        "TONLE_METRICS_TOKEN": token,
+        "BENTOML_HOME": str(home),
+        "TONLE_SERVING_CONFIG": str(config),
+    }
     with TonleProcess(tmp, url, env=env) as process:
         yield SecureService(process, database, keys, token, dirs)

@@ -650,13 +650,29 @@ def test_no_response_without_audit_row(
     assert runtime.audit.count() == before + 1  # type: ignore[union-attr]
 
 
-def test_rest_cvd_and_who(app: Starlette, runtime: Runtime) -> None:
+def test_rest_cvd_and_who(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = {"sex": "male", "age": 62, "smoking": True, "sbp": 165, "total_chol": 6.2,
             "diabetes": False, "bmi": 27.5}  # fmt: skip
+    # The fixture model records no comparison with the WHO chart: as on the cards, its own
+    # estimate is withheld and the chart answers.
+    withheld = call(app, "POST", "/v1/risk/cvd", body).json()
+    assert withheld["advice"] is True
+    assert (withheld["model_shown"], withheld["model_withheld"]) == (
+        False,
+        "not-validated-against-who-chart",
+    )
+    assert "risk" not in withheld
+    assert withheld["contributions"] == []
+    assert withheld["who_chart"]["band"]
+    meta = runtime.ncd["ncd-cvd-risk"].metadata
+    monkeypatch.setitem(meta.extra, "who_comparison", {"at_least_as_good": True})
     response = call(app, "POST", "/v1/risk/cvd", body)
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["advice"] is True
+    assert result["model_shown"] is True
     assert 0 < result["risk"] < 1
     # "who" is the WHO 2019 lab equation at exactly these values, for the site's region.
     equation = who_cvd_risk(

@@ -190,6 +190,34 @@ def test_callers_without_credentials_are_refused(
     assert audit.rows() == []
 
 
+class _KeyStoreDown:
+    def authenticate(self, header_value: str | None) -> None:
+        from serving.auth import AuthUnavailable
+
+        raise AuthUnavailable("key store down")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/imaging/cxr"),
+        ("GET", "/v1/imaging/results/0123456789abcdef0123456789abcdef"),
+        ("GET", "/v1/imaging/studies?patient=P1"),
+    ],
+)
+def test_key_store_down_is_503_not_401(
+    make_app: AppFactory, audit: LockableAudit, method: str, path: str
+) -> None:
+    """One place decides 401 vs 503 for every route: a key store that cannot be reached
+    is not the caller's fault (the imaging routes answered 401 here before)."""
+    client, _ = make_app(dev=False, authenticator=_KeyStoreDown())
+    response = client.request(
+        method, path, content=dicom_bytes() if method == "POST" else None, headers=DICOM
+    )
+    assert (response.status_code, response.json()) == (503, {"error": "auth-unavailable"})
+    assert audit.rows() == []
+
+
 def test_result_and_fhir_routes(make_app: AppFactory) -> None:
     client, _ = make_app()
     body = client.post(
