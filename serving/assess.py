@@ -175,8 +175,8 @@ def who_for(
             }
         )
         return who_cvd_risk(inputs, model, region=settings.region, country=settings.country), None
-    except WhoCvdInputError as exc:
-        return None, f"outside:{exc.field}"
+    except WhoCvdInputError as exc:  # a value the chart cannot take, or one it needs
+        return None, f"{'missing' if exc.value is None else 'outside'}:{exc.field}"
     except ValueError as exc:  # pydantic ValidationError: a chart input is missing
         first = getattr(exc, "errors", lambda: [{"loc": ("input",)}])()[0]
         return None, f"missing:{'.'.join(str(p) for p in first['loc'])}"

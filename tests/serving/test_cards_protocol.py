@@ -196,6 +196,10 @@ def test_who_reason_codes_from_the_chart(runtime: Runtime) -> None:
     assert reason == "outside:age"
     result, reason = who_for({k: v for k, v in _patient().items() if k != "sbp"}, WhoSettings())
     assert (result, reason) == (None, "missing:sbp")
+    # Neither chart's inputs complete (no cholesterol, no BMI): the non-lab chart's BMI is
+    # missing, not "outside the range" (the card said so before).
+    no_lab_no_bmi = {k: v for k, v in _patient().items() if k not in ("total_chol", "bmi")}
+    assert who_for(no_lab_no_bmi, WhoSettings()) == (None, "missing:bmi")
 
 
 @pytest.mark.parametrize("warning", [10, 20, 35])
