@@ -308,7 +308,7 @@ def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: LockableA
 
     before = (
         count("advice", ""),
-        count("refused", "unauthorized"),
+        count("refused", "no-authenticator"),
         count("error", "audit-unavailable"),
     )
     client, _ = make_app()
@@ -320,7 +320,7 @@ def test_outcomes_are_counted_for_metrics(make_app: AppFactory, audit: LockableA
     assert refused.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).status_code == 401
     after = (
         count("advice", ""),
-        count("refused", "unauthorized"),
+        count("refused", "no-authenticator"),
         count("error", "audit-unavailable"),
     )
     assert [b - a for a, b in zip(before, after, strict=True)] == [1.0, 1.0, 1.0]
