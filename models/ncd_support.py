@@ -1,8 +1,9 @@
 """Where an NCD model has seen patients: the training range of each input.
 
-Training records, per input, the range the training rows covered (the 0.5th to 99.5th
-percentile of a measurement; the smallest to largest value of a code or flag such as
-sex or smoking) and how often it was missing, in ``metadata.extra["input_support"]``.
+Training records, per input, the range the training rows covered (the 0.1st to 99.9th
+percentile of a measurement: about 1 in 500 patients like the training ones falls
+outside, and one stray training value cannot widen it; the smallest to largest value of
+a code or flag such as sex or smoking) and how often it was missing, in ``metadata.extra["input_support"]``.
 Serving asks :meth:`InputSupport.outside` before it shows the model's estimate: a
 patient with a measured value outside that range is unlike the patients the model
 learned from, and its estimate there is an extrapolation no validation covers.
@@ -25,7 +26,7 @@ __all__ = ["QUANTILES", "SUPPORT_KEY", "FeatureSupport", "InputSupport", "Outsid
 SUPPORT_KEY: Final = "input_support"
 """The key of :class:`InputSupport` in ``ModelMetadata.extra``."""
 
-QUANTILES: Final = (0.005, 0.995)
+QUANTILES: Final = (0.001, 0.999)
 """The percentiles that bound a measurement's training range."""
 
 

@@ -54,8 +54,8 @@ def test_support_of_rows_uses_percentiles_and_category_extremes() -> None:
     support = InputSupport.of_rows(x, FIXTURE_FEATURES)
     sbp = support.features["sbp"]
     column = x[:, 3]
-    assert sbp.low == pytest.approx(float(np.quantile(column, 0.005)))
-    assert sbp.high == pytest.approx(float(np.quantile(column, 0.995)))
+    assert sbp.low == pytest.approx(float(np.quantile(column, 0.001)))
+    assert sbp.high == pytest.approx(float(np.quantile(column, 0.999)))
     assert (support.features["smoking"].low, support.features["smoking"].high) == (0.0, 1.0)
     assert 0.0 < support.features["bmi"].missing_rate < 0.2
     assert support.features["age"].missing_rate == 0.0

@@ -551,4 +551,4 @@ def test_explanation_shows_reason_code_only_behind_a_toggle(
     assert "សន្ទស្សន៍ម៉ាសរាងកាយ" in sentence  # the reason in words, in the page's language
     assert "bmi" not in sentence
     assert '<details class="small" id="who-reason-code">' in toggle
-    assert "<code>outside:bmi</code>" in toggle
+    assert "<code>missing:bmi</code>" in toggle
