@@ -3,10 +3,11 @@
 Training records, per input, the range the training rows covered (the 0.1st to 99.9th
 percentile of a measurement: about 1 in 500 patients like the training ones falls
 outside, and one stray training value cannot widen it; the smallest to largest value of
-a code or flag such as sex or smoking) and how often it was missing, in ``metadata.extra["input_support"]``.
-Serving asks :meth:`InputSupport.outside` before it shows the model's estimate: a
-patient with a measured value outside that range is unlike the patients the model
-learned from, and its estimate there is an extrapolation no validation covers.
+a code or flag such as sex or smoking) and how often it was missing, in
+``metadata.extra["input_support"]``. Serving asks :meth:`InputSupport.outside` before
+it shows the model's estimate: a patient with a measured value outside that range is
+unlike the patients the model learned from, and its estimate there is an extrapolation
+no validation covers.
 """
 
 from __future__ import annotations
