@@ -31,6 +31,7 @@ from serving.cards import feature_label, missing_how, missing_text, support_text
 from serving.imaging.card import score_text
 from serving.imaging.results import CxrResult, StoredResult, StudyRef
 from serving.runtime import Runtime
+from serving.synthetic import DEMO_NOTE, trained_on_synthetic
 from serving.ui.explanations import FACTOR_FULL_SCALE, NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
@@ -259,6 +260,8 @@ async def explain_cxr(request: Request) -> Response:
         "explain_cxr.html",
         lang=lang,
         result=result,
+        # The read says so itself when a synthetic-trained model made it.
+        demo=result.advisory.startswith(DEMO_NOTE),
         score=score_text,
         study_when=_study_when(result.study),
         marker_left=left,
@@ -354,6 +357,7 @@ async def model_card(request: Request) -> Response:
         request,
         "model_card.html",
         meta_=stored.metadata,
+        demo=trained_on_synthetic(stored.metadata),
         card_json=script_json(text),
         headings_json=script_json(card_headings(language(request), f"{name} {version}")),
         figures=f"/ui/models/{quote(name, safe='')}/{quote(version, safe='')}/figures/",

@@ -196,3 +196,34 @@ def test_rest_answer_says_demo(runtime: Runtime, monkeypatch: pytest.MonkeyPatch
     assert demo["risk_assessment"]["note"][0]["text"] == DEMO_NOTE
     refused = asyncio.run(post({**body, "sbp": 400})).json()
     assert refused["advisory"].startswith(DEMO_NOTE)
+
+
+def test_model_card_page_says_demo(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model card page of a synthetic-trained model carries the demo banner too
+    (cards, REST, FHIR and the explanation pages already did)."""
+    import asyncio
+    import dataclasses
+
+    import httpx
+
+    from serving.app import create_app
+
+    app = create_app(runtime.settings)
+    app.state.runtime = runtime
+
+    async def page() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return (await c.get("/ui/models/cvd-risk/1.0.0")).text
+
+    key = next(k for k, s in runtime.models.items() if s.metadata.name == "cvd-risk")
+    stored = runtime.models[key]
+    assert 'id="demo-model"' not in asyncio.run(page())
+    flagged = {**stored.metadata.extra, SYNTHETIC_KEY: True}
+    demo = dataclasses.replace(
+        stored, metadata=stored.metadata.model_copy(update={"extra": flagged})
+    )
+    monkeypatch.setitem(runtime.models, key, demo)
+    shown = asyncio.run(page())
+    assert 'id="demo-model"' in shown
+    assert EN in shown

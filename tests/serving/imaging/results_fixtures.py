@@ -11,9 +11,9 @@ import numpy as np
 from sqlalchemy import select
 
 from serving.audit import AuditStore, schema
+from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity, StudyRef
-from serving.imaging.routes import audit_row
 from serving.imaging.state import ImagingState
 
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]

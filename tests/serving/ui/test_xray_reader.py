@@ -24,17 +24,19 @@ import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
+from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
+    ADVISORY,
     Analysed,
     CxrFinding,
     CxrResult,
     ModelIdentity,
     StudyRef,
 )
-from serving.imaging.routes import audit_row
 from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
+from serving.synthetic import DEMO_NOTE
 from serving.ui import links
 from tests.serving.ui.ui_fixtures import demo_app
 
@@ -104,7 +106,7 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _store_read(state: ImagingState, study: StudyRef) -> CxrResult:
+def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = None) -> CxrResult:
     """A read stored as the imaging route stores one: display copy, a map per label."""
     result_id = uuid.uuid4().hex
     findings = [
@@ -132,6 +134,7 @@ def _store_read(state: ImagingState, study: StudyRef) -> CxrResult:
         patient_ref="demo-05",
         study=study,
         input_sha256="cd" * 32,
+        **({"advisory": advisory} if advisory else {}),
     )
     # An original of 600 x 500 (rows x columns): grey levels across the whole range,
     # so every window/level preset changes what is drawn.
@@ -294,3 +297,19 @@ def test_reader_routes_refuse_unsigned_and_unknown(
     assert image.status == 200
     assert image.headers["content-type"] == "image/png"
     page.close()
+
+
+def test_a_demo_models_read_says_so_on_its_page(server: tuple[str, Runtime], browser: Any) -> None:
+    url, runtime = server
+    assert runtime.imaging is not None
+    real = _store_read(runtime.imaging, StudyRef())
+    demo = _store_read(runtime.imaging, StudyRef(), advisory=f"{DEMO_NOTE} {ADVISORY}")
+    page = browser.new_page()
+    shown = {}
+    for read in (real, demo):
+        signed = links.signer(runtime).sign(f"/ui/explain/cxr/{read.id}")
+        answer = page.request.get(f"{url}{signed}")
+        assert answer.status == 200
+        shown[read.id] = 'id="demo-model"' in answer.text()
+    page.close()
+    assert shown == {real.id: False, demo.id: True}
