@@ -130,6 +130,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureService]:
         tmp / "imaging",
         models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version},
         imaging={"model": "cxr-triage"},
+        no_advice_card=True,  # the site option that shows why no estimate was given
     )
     env = {
         "TONLE_ALLOWED_ISSUERS": str(issuers),
