@@ -19,16 +19,16 @@ from datetime import UTC, datetime, timedelta
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from serving.cds_models import Card, CdsResponse, CdsService
+from serving.cds_models import CdsResponse, CdsService
 from serving.http.cds import CdsCall
 from serving.http.pipeline import Answer
 from serving.imaging.card import cxr_card, patient_age
-from serving.imaging.results import CxrResult, now
+from serving.imaging.results import now
 from serving.imaging.state import ImagingState
 from serving.synthetic import trained_on_synthetic
-from serving.ui.links import LinkSigner, signer
+from serving.ui.links import signer
 
-__all__ = ["SERVICE", "SERVICE_ID", "CxrTriage", "card_for"]
+__all__ = ["SERVICE", "SERVICE_ID", "CxrTriage"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +45,6 @@ SERVICE = CdsService(
     # The patient's birth date: WHO recommends CAD for TB screening from age 15.
     prefetch={"patient": "Patient/{{context.patientId}}"},
 )
-
-
-def card_for(
-    result: CxrResult,
-    public_url: str,
-    signer: LinkSigner,
-    lang: str = "en",
-    *,
-    patient_id: str | None = None,
-    age: float | None = None,
-    demo: bool = False,
-) -> Card:
-    """The card for one stored read (:func:`serving.imaging.card.cxr_card`)."""
-    return cxr_card(
-        result,
-        public_url=public_url,
-        signer=signer,
-        lang=lang,
-        patient_id=patient_id,
-        age=age,
-        demo=demo,
-    )
 
 
 class CxrTriage:
@@ -93,11 +71,11 @@ class CxrTriage:
             link_signer = await run_in_threadpool(signer, call.runtime)
             age = patient_age(call.hook.prefetch.get("patient"), datetime.now(UTC).date())
             cards = [
-                card_for(
+                cxr_card(
                     result,
-                    state.public_url,
-                    link_signer,
-                    call.lang,
+                    public_url=state.public_url,
+                    signer=link_signer,
+                    lang=call.lang,
                     patient_id=patient,
                     age=age,
                     # The loaded model made this read and records synthetic training data.

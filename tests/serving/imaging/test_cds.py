@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from serving.cds_models import CdsResponse
-from serving.imaging.cds import SERVICE, card_for
+from serving.imaging.card import cxr_card
+from serving.imaging.cds import SERVICE
 from serving.ui.links import LinkSigner
 from tests.serving.imaging.conftest import AppFactory, LockableAudit
 from tests.serving.imaging.results_fixtures import make_result, store_read
@@ -116,7 +117,9 @@ def test_refusal_without_its_audit_row_is_503(make_app: AppFactory, audit: Locka
 
 
 def test_card_without_flags_is_info() -> None:
-    card = card_for(make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), "https://x", _SIGNER)
+    card = cxr_card(
+        make_result(probs=(0.1, 0.1, 0.1, 0.1, 0.1)), public_url="https://x", signer=_SIGNER
+    )
     assert card.indicator == "info"
     assert "no abnormality" in card.summary
     assert SERVICE.hook == "patient-view"

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from models.registry import StoredModel
 from models.site_threshold import RecordModel, RecordRule, RecordStudy, SiteThresholdRecord
-from serving.imaging.cds import card_for
+from serving.imaging.card import cxr_card
 from serving.imaging.config import ImagingConfig, SiteThresholds
 from serving.ui.links import LinkSigner
 from tests.serving.imaging.conftest import AppFactory
@@ -75,9 +75,9 @@ def test_record_threshold_is_applied_and_named_on_every_result(
     assert "site test-site threshold record" in fhir
     result = state.store.get(body["id"], tenant=None)
     signer = LinkSigner(b"k" * 32, timedelta(days=1))
-    card = card_for(result, "https://tonle.test", signer, "en")
+    card = cxr_card(result, public_url="https://tonle.test", signer=signer, lang="en")
     assert "threshold chosen locally: site test-site threshold record" in (card.detail or "")
-    khmer = card_for(result, "https://tonle.test", signer, "km")
+    khmer = cxr_card(result, public_url="https://tonle.test", signer=signer, lang="km")
     assert "site test-site threshold record" in (khmer.detail or "")
 
 
