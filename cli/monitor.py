@@ -24,7 +24,7 @@ from typing import Annotated
 import typer
 
 from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_USAGE, fail, out
-from cli.ops import DatabaseUrl, _open, _when
+from cli.ops import DatabaseUrl, open_store, parse_when
 
 __all__ = ["monitor_app", "register"]
 
@@ -53,12 +53,12 @@ def report(
     from serving.monitor.reads import findings, iter_reads
     from serving.monitor.report import build_report, render_html, render_pdf
 
-    start = _when(since, "--since")
-    end = _when(until, "--until")
+    start = parse_when(since, "--since")
+    end = parse_when(until, "--until")
     assert start is not None
     if end is not None and end <= start:
         raise fail("--until must be after --since", EXIT_USAGE)
-    store = _open(database_url)
+    store = open_store(database_url)
     try:
 
         def band_of(card: str) -> str | None:
@@ -116,7 +116,7 @@ def outcomes(
         raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
     except OutcomeError as exc:
         raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
-    store = _open(database_url)
+    store = open_store(database_url)
     try:
         results = ResultStore(store.engine)
         reads = {p: results.for_patient(p, tenant=tenant) for p in {o.patient for o in found}}
@@ -217,7 +217,7 @@ def from_feedback(
     from serving.monitor.outcomes import OutcomeError, join, read_outcomes
     from serving.monitor.reads import read_of_request
 
-    start = _when(since, "--since")
+    start = parse_when(since, "--since")
     if outcomes_file is not None and tenant is None:
         raise fail("--outcomes needs --tenant (outcomes join within one site)", EXIT_USAGE)
     found = []
@@ -230,7 +230,7 @@ def from_feedback(
             ) from None
         except OutcomeError as exc:
             raise fail(f"{outcomes_file}: {exc}", EXIT_BAD_INPUT) from None
-    store = _open(database_url)
+    store = open_store(database_url)
     try:
         entries = store.feedback(since=start)
         cards = {fb.card_uuid for fb in entries}

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from serving.audit import AuditStore
 
-__all__ = ["apikey_app", "audit_app", "db_app", "register"]
+__all__ = ["apikey_app", "audit_app", "db_app", "open_store", "parse_when", "register"]
 
 db_app = typer.Typer(help="Create or upgrade the audit database schema.", no_args_is_help=True)
 apikey_app = typer.Typer(
@@ -59,7 +59,8 @@ def _url(database_url: str | None) -> str:
     return Settings().database_url.get_secret_value()
 
 
-def _open(database_url: str | None) -> AuditStore:
+def open_store(database_url: str | None) -> AuditStore:
+    """The audit store at ``database_url`` (default: the settings'), or a clean exit."""
     from serving.audit import AuditStore, AuditUnavailable
 
     try:
@@ -68,7 +69,8 @@ def _open(database_url: str | None) -> AuditStore:
         raise fail(str(exc)) from exc
 
 
-def _when(value: str | None, option: str) -> datetime | None:
+def parse_when(value: str | None, option: str) -> datetime | None:
+    """An ISO date or date-time option as an aware datetime (UTC when none is given)."""
     if value is None:
         return None
     try:
@@ -90,7 +92,7 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """
     from serving.audit.engine import current_revisions
 
-    store = _open(database_url)
+    store = open_store(database_url)
     out.print(f"audit database at revision {', '.join(current_revisions(store.engine))}")
     store.close()
 
@@ -109,7 +111,7 @@ def db_grant_service_role(
     """
     from serving.audit.engine import grant_service_role
 
-    store = _open(database_url)
+    store = open_store(database_url)
     try:
         grant_service_role(store.engine, role)
     except ValueError as exc:
@@ -213,7 +215,7 @@ def db_restore(
         conninfo, env = _libpq(url)
         _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
               "--dbname", conninfo, str(backup)], env)  # fmt: skip
-    store = _open(database_url)  # migrates a backup taken before an upgrade
+    store = open_store(database_url)  # migrates a backup taken before an upgrade
     count = store.count()
     store.close()
     out.print(f"restored {count} audit row(s) from {backup}")
@@ -229,7 +231,7 @@ def apikey_create(
 
     Example: tonle apikey create --tenant kampong-cham --name "lab system"
     """
-    store = _open(database_url)
+    store = open_store(database_url)
     info, key = store.create_api_key(tenant, name)
     store.close()
     console.print(
@@ -248,7 +250,7 @@ def apikey_list(
 
     Example: tonle apikey list --tenant kampong-cham
     """
-    store = _open(database_url)
+    store = open_store(database_url)
     keys = store.list_api_keys(tenant)
     store.close()
     if as_json:
@@ -270,7 +272,7 @@ def apikey_revoke(
 
     Example: tonle apikey revoke 3f2a9c0d1e4b5a6c
     """
-    store = _open(database_url)
+    store = open_store(database_url)
     revoked = store.revoke_api_key(key_id)
     store.close()
     if not revoked:
@@ -295,8 +297,8 @@ def audit_export(
     """
     from serving.audit.fhir_export import write_ndjson
 
-    start, end = _when(since, "--since"), _when(until, "--until")
-    store = _open(database_url)
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    store = open_store(database_url)
     try:
         count = write_ndjson(store.iter_rows(since=start, until=end), output)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 import uvicorn
 
 from serving.runtime import Runtime
+from tests.serving.service_process import free_port
 from tests.serving.ui.ui_fixtures import build_cvd_store, demo_app
 
 
@@ -33,20 +33,13 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def server(
     ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Runtime]]:
     """The demo app (with chest X-ray serving) under a real uvicorn server, one per module."""
     tmp = tmp_path_factory.mktemp("ui-browser")
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with demo_app(ui_store_home, tmp, public_url=url, cxr=True) as (app, runtime):
         config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
         config.log_level = "warning"

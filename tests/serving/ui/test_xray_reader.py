@@ -9,11 +9,8 @@ Screenshots go to ``test-artifacts/xray-reader-*.png``.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource, display_png
@@ -38,18 +34,12 @@ from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE
 from serving.ui import links
-from tests.serving.ui.ui_fixtures import demo_app
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 LABELS = ("abnormal", "tb", "nodule", "consolidation", "effusion")
 PROBABILITIES = (0.996, 0.87, 0.004, 0.31, 0.12)
 WIDTHS = (390, 1024, 1440)
-
-if not CHROMIUM.exists():  # pragma: no cover - `make test` installs it (SYSTEM_PACKAGES)
-    pytest.fail("Debian chromium is required: apt-get install chromium", pytrace=False)
 
 # A checksum of the drawn canvas (the page's CSP forbids eval; playwright's evaluate
 # runs through the devtools protocol).
@@ -66,44 +56,6 @@ UNLABELLED = """() => [...document.querySelectorAll('input:not([hidden]), select
   .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
                 && !(el.textContent || '').trim())
   .map(el => el.outerHTML.slice(0, 80))"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def server(
-    ui_store_home: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Runtime]]:
-    tmp = tmp_path_factory.mktemp("xray-reader")
-    url = f"http://127.0.0.1:{_free_port()}"
-    with demo_app(ui_store_home, tmp, public_url=url, cxr=True) as (app, runtime):
-        config = uvicorn.Config(app, host="127.0.0.1", port=int(url.rsplit(":", 1)[1]))
-        config.log_level = "warning"
-        srv = uvicorn.Server(config)
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.started
-        try:
-            yield url, runtime
-        finally:
-            srv.should_exit = True
-            thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = None) -> CxrResult:
