@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from models.cxr_net import CXR_LABELS
-from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
+from models.cxr_preprocess import decode_image, to_model_input
 from training.cxr_datasets import (
     FINDING_MASK_COLUMNS,
     FINDING_MASKS_CSV,
@@ -109,8 +109,9 @@ class CxrData:
 
 
 def _decode(path: Path, size: int) -> npt.NDArray[np.float32]:
-    data = path.read_bytes()
-    decoded = decode_png(data) if path.suffix.lower() == ".png" else decode_dicom(data)
+    """The model input of one image, decoded exactly as serving decodes it (same
+    reduction to ``size`` before the intensity window), so training sees what serving sees."""
+    decoded = decode_image(path.read_bytes(), target_size=size)
     return np.asarray(to_model_input(decoded, size=size), dtype=np.float32)
 
 

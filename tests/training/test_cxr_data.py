@@ -110,3 +110,20 @@ def test_sidecar_is_part_of_the_manifest(data: CxrData, tmp_path: Path) -> None:
     again = load_cxr_data(labels, 32)
     assert again.manifest_sha256 != data.manifest_sha256
     assert not any(c.startswith("mask_") for c in again.table.columns)
+
+
+def test_training_decodes_each_image_as_serving_does(tmp_path: Path) -> None:
+    # Serving decodes with target_size=model size: stored pixels are block-averaged
+    # before the intensity window. Training must see the same input (no train/serve skew).
+    from models.cxr_preprocess import decode_image, to_model_input
+
+    labels = generate(tmp_path / "d", 3, seed=5, size=(200, 180))
+    data = load_cxr_data(labels, 32)
+    for row, name in enumerate(data.table["image"]):
+        raw = (labels.parent / name).read_bytes()
+        served = to_model_input(decode_image(raw, target_size=32), size=32)
+        full = to_model_input(decode_image(raw), size=32)
+        assert np.array_equal(
+            data.images[row], np.asarray(served, dtype=np.float32).reshape(1, 32, 32)
+        )
+        assert not np.array_equal(served, full), "the image must be large enough to be reduced"
