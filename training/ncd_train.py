@@ -222,7 +222,8 @@ def _train(
     from training import ncd_gates, ncd_metrics
     from training.ncd_card import write_model_card
     from training.ncd_evaluate import evaluate_for_config
-    from training.ncd_export import export_checked, save_proto, training_distribution
+    from training.distribution import training_distribution
+    from training.ncd_export import export_checked, save_proto
     from training.ncd_report import write_report
 
     started = time.perf_counter()
