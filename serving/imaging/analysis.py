@@ -32,7 +32,6 @@ from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
 from serving.imaging.heatmap import HeatmapSource, display_png
-from serving.monitor.drift import FeatureBins, distribution_of
 from serving.imaging.results import (
     ADVISORY,
     Analysed,
@@ -43,6 +42,7 @@ from serving.imaging.results import (
     Timings,
     now,
 )
+from serving.monitor.drift import FeatureBins, distribution_of
 from serving.synthetic import advisory_for
 
 __all__ = [
