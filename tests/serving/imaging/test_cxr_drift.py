@@ -12,11 +12,13 @@ import re
 import time
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from scipy.special import expit
+from starlette.routing import Route
 
 from models.cxr_drift import image_statistics, score_values
 from models.cxr_preprocess import decode_dicom, to_model_input
@@ -30,7 +32,7 @@ from serving.monitor.alerts import (
     imaging_reference,
 )
 from serving.monitor.drift import DISTRIBUTION_KEY, distribution_of
-from serving.monitor.page import build_view
+from serving.monitor.page import build_view, monitor_page
 from tests.serving.imaging.conftest import AppFactory, Client, fake_runtime
 from tests.serving.imaging.cxr_fixtures import LABELS, dicom_bytes, make_cxr_artifact, radiograph
 from training.distribution import rows_to_matrix, training_distribution
@@ -155,6 +157,14 @@ def test_darker_reads_drift_and_fire_the_alert(app: tuple[Client, Scrape]) -> No
     )
     assert view.drift == []
     assert dict(view.cxr_drift_by_service()[SERVICE])["image:mean"] > 0.25
+    client.app.router.routes.append(Route("/ui/monitor", monitor_page))
+    runtime = client.app.state.runtime
+    runtime.config, runtime.ncd = SimpleNamespace(monitoring=MonitorConfig()), {}
+    page = client.get("/ui/monitor")  # dev mode: the operator's view
+    assert page.status_code == 200, page.text
+    assert "Chest X-ray drift" in page.text
+    assert ">image:mean<" in page.text
+    assert ">score:tb<" in page.text
 
 
 @pytest.mark.parametrize("recorded", [None])
