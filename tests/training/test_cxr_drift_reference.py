@@ -15,6 +15,7 @@ from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import DecodedImage, decode_dicom, decode_png, to_model_input
 from serving.monitor.drift import DISTRIBUTION_KEY, bin_of, distribution_of, psi
 from training.cxr_data import CxrData, load_cxr_data
+from training.cxr_evaluate import drift_text
 from training.cxr_package import drift_reference
 from training.cxr_synthetic import generate
 
@@ -58,6 +59,12 @@ def test_the_reference_has_valid_bins_for_every_statistic_and_score(data: CxrDat
     probs = expit(0.5 * val_logits[:, CXR_LABELS.index("tb")] - 1.0)
     counts = np.bincount([bin_of(float(p), tb) for p in probs], minlength=len(tb.proportions))
     assert counts / 40 == pytest.approx(tb.proportions)
+    # The model card says what was recorded, and over how many images.
+    card = drift_text(recorded)
+    assert f"{len(present)} image statistics over 24 training images" in card
+    assert "5 labels over 40 validation images" in card
+    assert "`image:mean`" in card
+    assert drift_text(None).startswith("None recorded")
 
 
 def test_without_image_statistics_only_the_scores_are_recorded() -> None:

@@ -105,6 +105,7 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert reference["image:mean"].n == meta.extra["split"]["train"]
     assert reference["score:tb"].n == meta.extra["split"]["validation"]
     assert {"image:std", "image:p95", "source:aspect"} <= set(reference)
+    assert "## Drift reference" in card_text
 
     # The checkpoint is tensors only: loadable with weights_only=True.
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
