@@ -6,8 +6,9 @@ X-ray reads):
 
 - ``tonle monitor report``: the weekly report (HTML, optionally PDF): volume, outcomes,
   silent-mode answers, no-advice and refusal reasons, accepted / overridden rates and
-  override reasons, risk bands shown, share of reads flagged per finding, by site
-  (calling tenant). See :mod:`serving.monitor.report`.
+  override reasons, risk bands shown, share of reads flagged per finding, chest X-ray
+  score drift (PSI against the reference of the model in the local model store), by
+  site (calling tenant). See :mod:`serving.monitor.report`.
 - ``tonle monitor outcomes``: later bacteriology joined to one tenant's reads;
   realised sensitivity, specificity and calibration (:mod:`serving.monitor.outcomes`).
 - ``tonle data from-feedback``: labelled rows for the next training round
@@ -50,7 +51,9 @@ def report(
 
     Example: tonle monitor report --since 2026-11-30 -o report.html
     """
-    from serving.monitor.reads import findings, iter_reads
+    from dataclasses import replace
+
+    from serving.monitor.reads import ScoreDrift, findings, iter_reads
     from serving.monitor.report import build_report, render_html, render_pdf
 
     start = parse_when(since, "--since")
@@ -69,13 +72,17 @@ def report(
             return str(band) if band is not None else None
 
         feedback = [fb for fb in store.feedback(since=start) if end is None or fb.created < end]
+        drift = ScoreDrift()
         built = build_report(
             store.iter_rows(since=start, until=end),
             feedback,
             since=start,
             until=end,
             band_of=band_of,
-            findings=findings(iter_reads(store.engine, start, end)),
+            findings=findings(drift.watch(iter_reads(store.engine, start, end))),
+        )
+        built = replace(
+            built, score_drift=drift.rows(), score_drift_missing=sorted(drift.unreferenced)
         )
     finally:
         store.close()

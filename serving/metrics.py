@@ -39,6 +39,7 @@ __all__ = [
     "monitor_of",
     "observe_answer",
     "observe_features",
+    "observe_read",
     "scrape_allowed",
 ]
 
@@ -254,6 +255,33 @@ def observe_features(
         counter.labels(service[:64], name, str(bin_of(value, bins))).inc()
 
 
+@cache
+def _cxr_feature_bins() -> Any:
+    from prometheus_client import Counter
+
+    return Counter(
+        "tonle_cxr_feature_bins",
+        "Chest X-ray reads by service, monitored value (image:*, source:*, score:<label>) "
+        "and the index of the training-distribution bin it fell in (for drift: "
+        "tonle_cxr_feature_psi).",
+        ["service", "feature", "bin"],
+    )
+
+
+def observe_read(
+    service: str, reference: Mapping[str, FeatureBins], values: Mapping[str, float]
+) -> None:
+    """Count the reference bin of each monitored value of one committed chest X-ray
+    read (:mod:`models.cxr_drift`; no values kept). Names without a reference are skipped."""
+    from serving.monitor.drift import bin_of
+
+    counter = _cxr_feature_bins()
+    for name, value in values.items():
+        bins = reference.get(name)
+        if bins is not None and value == value:  # NaN: not a value to bin
+            counter.labels(service[:64], name[:64], str(bin_of(value, bins))).inc()
+
+
 def scrape_allowed(settings: Any, headers: Mapping[str, str]) -> bool:
     """Whether a request with ``headers`` carries the configured metrics token
     (``Authorization: Bearer``); in dev mode any caller (the app then admits loopback
@@ -357,9 +385,14 @@ def exposition(runtime: Any = None) -> tuple[bytes, str]:
     text = generate_latest(registry)
     if runtime is None:
         return text, CONTENT_TYPE_LATEST
-    from serving.monitor.alerts import derived_text, expected_of
+    from serving.monitor.alerts import derived_text, expected_of, imaging_reference
 
-    derived = derived_text(monitor_of(runtime), samples_of(registry), expected_of(runtime.ncd))
+    derived = derived_text(
+        monitor_of(runtime),
+        samples_of(registry),
+        expected_of(runtime.ncd),
+        imaging_reference(runtime),
+    )
     return text + derived.encode(), CONTENT_TYPE_LATEST
 
 

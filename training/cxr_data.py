@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image
 
+from models.cxr_drift import image_statistics
 from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import decode_image, to_model_input
 from training.cxr_datasets import (
@@ -61,6 +62,8 @@ class CxrData:
     images: npt.NDArray[np.float32]  # [N, 1, S, S]
     labels: npt.NDArray[np.float32]  # [N, L] in CXR_LABELS order
     manifest_sha256: str  # hash of labels.csv and every image file
+    # Per image, models.cxr_drift.image_statistics (the drift reference); [] if not taken.
+    statistics: list[dict[str, float]] = field(default_factory=list)
 
     def subset(self, index: npt.NDArray[np.int64]) -> CxrData:
         """The rows ``index`` (same root and manifest)."""
@@ -70,6 +73,7 @@ class CxrData:
             images=self.images[index],
             labels=self.labels[index],
             manifest_sha256=self.manifest_sha256,
+            statistics=[self.statistics[i] for i in index] if self.statistics else [],
         )
 
     def mask(self, row: int) -> npt.NDArray[np.bool_]:
@@ -108,11 +112,12 @@ class CxrData:
         return None
 
 
-def _decode(path: Path, size: int) -> npt.NDArray[np.float32]:
+def _decode(path: Path, size: int) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
     """The model input of one image, decoded exactly as serving decodes it (same
-    reduction to ``size`` before the intensity window), so training sees what serving sees."""
+    reduction to ``size`` before the intensity window), and its drift statistics."""
     decoded = decode_image(path.read_bytes(), target_size=size)
-    return np.asarray(to_model_input(decoded, size=size), dtype=np.float32)
+    image = np.asarray(to_model_input(decoded, size=size), dtype=np.float32)
+    return image, image_statistics(image, decoded)
 
 
 def load_cxr_data(
@@ -148,10 +153,12 @@ def load_cxr_data(
         if label != _ABNORMAL and column in table.columns:
             table[column] = table[column].fillna("").astype(str)
     images = np.empty((len(table), 1, size, size), dtype=np.float32)
+    statistics: list[dict[str, float]] = []
     for i, name in enumerate(table["image"]):
         path = root / name
         try:
-            images[i] = _decode(path, size)
+            images[i], stats = _decode(path, size)
+            statistics.append(stats)
         except Exception as exc:  # any decoder failure names the file
             raise ValueError(f"cannot preprocess {path}: {exc}") from exc
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -159,7 +166,12 @@ def load_cxr_data(
             progress(i + 1, len(table))
     labels = table[list(CXR_LABELS)].to_numpy(dtype=np.float32)
     return CxrData(
-        root=root, table=table, images=images, labels=labels, manifest_sha256=digest.hexdigest()
+        root=root,
+        table=table,
+        images=images,
+        labels=labels,
+        manifest_sha256=digest.hexdigest(),
+        statistics=statistics,
     )
 
 

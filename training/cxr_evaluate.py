@@ -49,6 +49,7 @@ __all__ = [
     "LabelReport",
     "LocalisationRow",
     "SubgroupReport",
+    "drift_text",
     "evaluate_predictions",
     "evaluate_stored",
     "localisation_rows",
@@ -416,6 +417,34 @@ def _ood_text(ood: dict[str, Any] | None) -> str:
     )
 
 
+def drift_text(recorded: dict[str, dict[str, Any]] | None) -> str:
+    """The card's account of the drift reference (``extra["training_distribution"]``)."""
+    if not recorded:
+        return "None recorded: serving shows no drift for this version."
+    images = sorted(name for name in recorded if not name.startswith("score:"))
+    scores = sorted(name for name in recorded if name.startswith("score:"))
+    parts = ["Recorded for monitoring after go-live (metadata `extra.training_distribution`)."]
+    if images:
+        n = max(recorded[name]["n"] for name in images)
+        parts.append(
+            f"Decile bins of {len(images)} image statistics over {n} training images: "
+            + ", ".join(f"`{name}`" for name in images)
+            + "."
+        )
+    if scores:
+        n = max(recorded[name]["n"] for name in scores)
+        parts.append(
+            f"Decile bins of the calibrated scores of {len(scores)} labels over {n} "
+            "validation images (the network is more confident on its training images)."
+        )
+    parts.append(
+        "Serving counts the bin of each read's values and reports the population "
+        "stability index against these (`tonle_cxr_feature_psi`, `/ui/monitor`); above "
+        "0.25 is a major shift."
+    )
+    return " ".join(parts)
+
+
 def _init_text(init: dict[str, Any] | None) -> str:
     if not init:
         return "- Initial weights: none (trained from scratch)"
@@ -556,6 +585,7 @@ def write_card(
             f"specificity >= {gates['min_specificity']}",
         ]
     lines += ["", "## Out-of-distribution gate", "", _ood_text(meta.extra.get("ood"))]
+    lines += ["", "## Drift reference", "", drift_text(meta.extra.get("training_distribution"))]
     lines += [
         "",
         "## Localisation of the activation maps",

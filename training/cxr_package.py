@@ -25,6 +25,7 @@ from scipy.special import expit
 from torch import nn
 
 from models import registry
+from models.cxr_drift import IMAGE_STATISTICS, score_name
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_ood import OodScored, embeddings, fit_gate, squared_distances
@@ -35,11 +36,18 @@ from training.cxr_data import CxrData
 from training.cxr_evaluate import CxrReport, evaluate_stored, report_metrics, write_card
 from training.cxr_gates import GateError, held_out_failures
 from training.cxr_metrics import choose_threshold, fit_platt
+from training.distribution import rows_to_matrix, training_distribution
 
 if TYPE_CHECKING:
     from training.cxr_train import CxrTrainConfig
 
-__all__ = ["choose_operating_points", "image_spec", "package_model", "predict_torch"]
+__all__ = [
+    "choose_operating_points",
+    "drift_reference",
+    "image_spec",
+    "package_model",
+    "predict_torch",
+]
 
 LIMITATIONS = [
     "Trained and evaluated on data from the sites and devices listed in its data "
@@ -156,6 +164,30 @@ def choose_operating_points(
     return calibration, points, missing
 
 
+def drift_reference(
+    train_statistics: list[dict[str, float]],
+    val_logits: npt.NDArray[np.float32],
+    calibration: dict[str, dict[str, float]],
+) -> dict[str, dict[str, Any]]:
+    """The drift reference (``extra["training_distribution"]``) of a CXR model.
+
+    The image statistics (:func:`models.cxr_drift.image_statistics`) over the training
+    split; the calibrated scores (``score:<label>``) over the validation split: on the
+    images the network learnt from its scores are more confident than on any new image,
+    so a training-split reference would show drift on the first day.
+    """
+    names = list(IMAGE_STATISTICS)
+    recorded = training_distribution(rows_to_matrix(train_statistics, names), names)
+    scores = np.column_stack(
+        [
+            expit(calibration[label]["scale"] * val_logits[:, j] + calibration[label]["offset"])
+            for j, label in enumerate(CXR_LABELS)
+        ]
+    )
+    recorded.update(training_distribution(scores, [score_name(label) for label in CXR_LABELS]))
+    return recorded
+
+
 def _with_ood_gate(
     cfg: CxrTrainConfig,
     net: CxrNet,
@@ -198,6 +230,7 @@ def package_model(
     *,
     n_train: int,
     train_images: npt.NDArray[np.float32] | None = None,
+    train_statistics: list[dict[str, float]] | None = None,
     n_masks: int,
     report: Callable[[str, int, int], None],
     mask_kinds: dict[str, int] | None = None,
@@ -205,6 +238,9 @@ def package_model(
     init: dict[str, Any] | None = None,
 ) -> StoredModel:
     """Calibrate, choose thresholds, export, evaluate, gate and save ``net``.
+
+    ``train_statistics``: the training split's image statistics (``CxrData.statistics``),
+    for the drift reference (:func:`drift_reference`).
 
     Returns:
         The verified artifact in the model store.
@@ -259,6 +295,9 @@ def package_model(
                 "init_weights": init,  # None: trained from scratch
                 "ood": ood,  # None: no out-of-distribution gate in the graph
                 "gates": cfg.gates.model_dump(mode="json"),
+                "training_distribution": drift_reference(
+                    train_statistics or [], val_logits, calibration
+                ),
             },
         )
         report("evaluate", 0, 1)

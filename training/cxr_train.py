@@ -528,6 +528,7 @@ def train_cxr(
         data.subset(test_idx),
         n_train=len(train_idx),
         train_images=train.images,
+        train_statistics=train.statistics,
         n_masks=int(masks.any(axis=(1, 2, 3)).sum()),
         mask_kinds=mask_kinds,
         report=report,

@@ -29,6 +29,7 @@ from models import registry
 from models.metadata import ModelMetadata
 from models.ncd_predictor import INPUT_NAME, OUTPUT_NAME
 from models.who_cvd import percents_and_bands
+from training.distribution import training_distribution
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -83,32 +84,6 @@ def _int_missing_tracks() -> Iterator[None]:
         yield
     finally:
         tree_ensemble.add_node = original
-
-
-def training_distribution(
-    x: np.ndarray, names: list[str], bins: int = 10
-) -> dict[str, dict[str, Any]]:
-    """Per feature, the decile cut points of ``x`` and the share of rows in each bin.
-
-    Serving compares live inputs with this (population stability index,
-    :mod:`serving.monitor.drift`); stored as ``extra["training_distribution"]``. A
-    feature with few distinct values (e.g. sex) gets fewer bins; missing values (NaN)
-    are left out. Bin ``i`` holds ``edges[i-1] <= x < edges[i]``.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for j, name in enumerate(names):
-        values = x[:, j][np.isfinite(x[:, j])].astype(np.float64)
-        if len(values) == 0:
-            continue
-        cuts = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
-        edges = [float(c) for c in np.unique(cuts) if c > values.min()]
-        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-        out[name] = {
-            "edges": edges,
-            "proportions": [float(c) for c in counts / len(values)],
-            "n": len(values),
-        }
-    return out
 
 
 def to_onnx_model(estimator: Any, n_features: int) -> onnx.ModelProto:

@@ -220,9 +220,10 @@ def _train(
     accept_worse_than_who: str | None,
 ) -> TrainResult:
     from training import ncd_gates, ncd_metrics
+    from training.distribution import training_distribution
     from training.ncd_card import write_model_card
     from training.ncd_evaluate import evaluate_for_config
-    from training.ncd_export import export_checked, save_proto, training_distribution
+    from training.ncd_export import export_checked, save_proto
     from training.ncd_report import write_report
 
     started = time.perf_counter()

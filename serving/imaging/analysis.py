@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.cxr_drift import image_statistics, score_values
 from models.cxr_labels import CXR_LABELS
 from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
@@ -41,6 +42,7 @@ from serving.imaging.results import (
     Timings,
     now,
 )
+from serving.monitor.drift import FeatureBins, distribution_of
 from serving.synthetic import advisory_for
 
 __all__ = [
@@ -105,6 +107,7 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
     display: bytes = b""  # the display copy of the original (heatmap.display_png)
+    monitored: dict[str, float] = field(default_factory=dict)  # models.cxr_drift statistics
 
 
 def model_labels(stored: StoredModel) -> list[str]:
@@ -181,6 +184,8 @@ class CxrAnalyser:
             sha256=stored.metadata.sha256,
         )
         self.thresholds = self._thresholds()
+        # The drift reference the artifact records ({}: nothing is computed or counted).
+        self.reference: dict[str, FeatureBins] = distribution_of(stored.metadata.extra)
 
     def _thresholds(self) -> dict[str, AppliedThreshold]:
         applied: dict[str, AppliedThreshold] = {}
@@ -268,6 +273,7 @@ class CxrAnalyser:
         )
         if model_input.shape != (1, self.size, self.size) or not np.isfinite(model_input).all():
             raise CannotAssess("unreadable", "preprocessing produced an invalid image")
+        monitored = image_statistics(model_input, decoded) if self.reference else {}
         t_pre = time.perf_counter()
         display = self._display_copy(preprocess, data, media, decoded)
         header = _dicom_display_facts(data) if media in DICOM_TYPES else {}
@@ -293,6 +299,7 @@ class CxrAnalyser:
             },
             started=started,
             display=display,
+            monitored=monitored,
         )
 
     def _display_copy(self, preprocess: Any, data: bytes, media: str, decoded: Any) -> bytes:
@@ -398,7 +405,8 @@ class CxrAnalyser:
             input_sha256=prepared.input_sha256,
             timings=timings,
         )
-        return Analysed(result, heatmap)
+        scores = score_values(self.labels, probs.tolist()) if self.reference else {}
+        return Analysed(result, heatmap, {**prepared.monitored, **scores})
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
         """The flagged finding with the highest (calibrated) probability, else 'abnormal'.

@@ -115,7 +115,7 @@ def audit_row(
     (it then also stands for ``result``). ``result``: a stored read the answer shows.
     """
     from serving.audit.records import AuditRecord
-    from serving.metrics import count_outcome, observe_answer
+    from serving.metrics import count_outcome, observe_answer, observe_read
 
     if analysed is not None:
         result = analysed.result
@@ -147,6 +147,8 @@ def audit_row(
         raise
     count_outcome(service_id, outcome, reason)
     observe_answer(row)
+    if analysed is not None and analysed.monitored:
+        observe_read(service_id, state.analyser.reference, analysed.monitored)
 
 
 async def refuse(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -164,10 +164,16 @@ class CxrResult(_Frozen):
 
 @dataclass(frozen=True)
 class Analysed:
-    """A new read and what its heatmap is drawn from, not yet stored."""
+    """A new read and what its heatmap is drawn from, not yet stored.
+
+    ``monitored``: the read's image statistics and scores for drift monitoring
+    (:mod:`models.cxr_drift`; empty when the model records no reference). Counted, by
+    bin, when the read is committed; never stored.
+    """
 
     result: CxrResult
     heatmap: HeatmapSource
+    monitored: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

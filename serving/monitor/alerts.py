@@ -6,6 +6,9 @@ of the last ``window_s`` seconds (:class:`~serving.monitor.drift.Window`) and ad
 
 - ``tonle_ncd_feature_psi{service,feature}``: PSI of each NCD input against the
   training distribution recorded in the artifact;
+- ``tonle_cxr_feature_psi{service,feature}``: PSI of each chest X-ray image statistic
+  and calibrated score (:mod:`models.cxr_drift`) of the reads a service made, against
+  the reference the chest X-ray artifact records (none: no such gauge);
 - ``tonle_alert_active{rule}`` (0 or 1) and ``tonle_alert_value{rule}`` for each rule
   of the serving config's ``monitoring.alerts``; ``tonle_alert_count{rule}``: the
   answers the value is over (a rule fires only from ``min_count`` answers on).
@@ -33,6 +36,7 @@ __all__ = [
     "MonitorConfig",
     "derived_text",
     "expected_of",
+    "imaging_reference",
 ]
 
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
@@ -40,6 +44,7 @@ Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 # The gauges added at scrape time and their labels (for dashboards and their tests).
 GAUGES: dict[str, tuple[str, ...]] = {
     "tonle_ncd_feature_psi": ("service", "feature"),
+    "tonle_cxr_feature_psi": ("service", "feature"),
     "tonle_alert_active": ("rule",),
     "tonle_alert_value": ("rule",),
     "tonle_alert_count": ("rule",),
@@ -51,7 +56,8 @@ class AlertRule(BaseModel):
 
     ``flagged-fraction``: share of chest X-ray reads with ``finding`` flagged;
     ``refusal-rate``: share of answers that were no-advice or refused; ``psi``: the
-    largest feature PSI of an NCD service (or of ``feature``).
+    largest feature PSI of an NCD service or of a chest X-ray service's reads (or of
+    ``feature``, e.g. ``age`` or ``image:mean`` / ``score:tb``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -121,11 +127,22 @@ class Monitor:
         samples: Samples,
         expected: Mapping[str, Mapping[str, FeatureBins]],
         now: float | None = None,
+        imaging: Mapping[str, FeatureBins] | None = None,
     ) -> tuple[dict[tuple[str, str], tuple[float | None, float]], list[AlertState]]:
-        """PSI per (service, feature) with its count, and every rule's state."""
+        """PSI per (service, feature) with its count, and every rule's state.
+
+        ``expected``: NCD service -> its model's training distribution; ``imaging``: the
+        chest X-ray model's reference, for every service that counted reads with it.
+        """
         now = time.monotonic() if now is None else now
-        bins = self.window("bins", _totals(samples, "tonle_ncd_feature_bins_total",
-                                           ("service", "feature", "bin")), now)  # fmt: skip
+        keys = ("service", "feature", "bin")
+        bins = self.window("bins", _totals(samples, "tonle_ncd_feature_bins_total", keys), now)
+        reads = self.window("cxr-bins", _totals(samples, "tonle_cxr_feature_bins_total", keys),
+                            now)  # fmt: skip
+        if imaging:
+            read_services = sorted({service for service, _, _ in reads} - set(expected))
+            expected = {**expected, **dict.fromkeys(read_services, imaging)}
+            bins = {**bins, **reads}  # services of either kind, never both
         findings = self.window("findings", _totals(samples, "tonle_cxr_findings_total",
                                ("service", "site", "finding", "flagged")), now)  # fmt: skip
         answers = self.window("answers", _totals(samples, "tonle_answers_total",
@@ -198,18 +215,25 @@ def _gauge(name: str, help_text: str, rows: Iterable[tuple[dict[str, str], float
 
 
 def derived_text(
-    monitor: Monitor, samples: Samples, expected: Mapping[str, Mapping[str, FeatureBins]]
+    monitor: Monitor,
+    samples: Samples,
+    expected: Mapping[str, Mapping[str, FeatureBins]],
+    imaging: Mapping[str, FeatureBins] | None = None,
 ) -> str:
-    """The drift and alert gauges, in Prometheus text format."""
-    drift, states = monitor.evaluate(samples, expected)
+    """The drift and alert gauges, in Prometheus text format (``imaging``: the chest
+    X-ray model's reference, see :meth:`Monitor.evaluate`)."""
+    drift, states = monitor.evaluate(samples, expected, imaging=imaging)
+    known = sorted((key, v) for key, (v, _) in drift.items() if v is not None)
     lines = _gauge(
         "tonle_ncd_feature_psi",
         "Population stability index of an NCD input over the window, against training.",
-        (
-            ({"service": s, "feature": f}, v)
-            for (s, f), (v, _) in sorted(drift.items())
-            if v is not None
-        ),
+        (({"service": s, "feature": f}, v) for (s, f), v in known if s in expected),
+    )
+    lines += _gauge(
+        "tonle_cxr_feature_psi",
+        "Population stability index of a chest X-ray image statistic or calibrated score "
+        "over the window, against the reference in the artifact.",
+        (({"service": s, "feature": f}, v) for (s, f), v in known if s not in expected),
     )
     lines += _gauge(
         "tonle_alert_active",
@@ -232,3 +256,9 @@ def derived_text(
 def expected_of(ncd: Mapping[str, Any]) -> dict[str, dict[str, FeatureBins]]:
     """Service id -> the training distribution of the model that answers it."""
     return {service: distribution_of(p.metadata.extra) for service, p in ncd.items()}
+
+
+def imaging_reference(runtime: Any) -> dict[str, FeatureBins]:
+    """The drift reference of the chest X-ray model ``runtime`` serves ({}: none)."""
+    imaging = getattr(runtime, "imaging", None)
+    return dict(imaging.analyser.reference) if imaging is not None else {}

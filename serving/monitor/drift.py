@@ -1,9 +1,10 @@
-"""Input drift of NCD features: population stability index against training.
+"""Input drift: population stability index against the distribution in the artifact.
 
-At training time the artifact records, per feature, the decile cut points of the
-training split and the share of training rows in each bin
+At training time the artifact records, per feature (an NCD input; a chest X-ray image
+statistic or calibrated score, :mod:`models.cxr_drift`), the decile cut points of the
+reference rows and the share of those rows in each bin
 (``metadata.extra["training_distribution"]``, written by
-:func:`training.ncd_export.training_distribution`). On the request path a served
+:func:`training.distribution.training_distribution`). On the request path a served
 answer only counts which bin each feature fell in (a counter per service, feature and
 bin index: bounded labels, no values); the PSI is computed when ``/metrics`` is scraped,
 from the counts of a rolling window (:class:`Window`).

@@ -4,7 +4,8 @@ Built from the same counters ``/metrics`` exports (every worker's, see
 :mod:`serving.metrics`), by site (calling tenant): volume and outcomes, reason
 categories, share flagged per chest X-ray finding, NCD risk bands shown, accepted /
 overridden feedback and coded override reasons, feature drift (PSI) and alert rules,
-and mean latency per route. Charts are inline SVG drawn here: no script at all.
+chest X-ray drift (PSI of image statistics and scores, its own section) and mean
+latency per route. Charts are inline SVG drawn here: no script at all.
 
 ``site`` limits everything per site to one tenant (an API key's caller); drift,
 alerts and latency are service-wide and shown to operators (``site`` None) only.
@@ -75,11 +76,19 @@ class MonitorView:
     alerts: list[AlertState]
     latency: list[tuple[str, float, float]]  # route, requests, mean seconds
     operator: bool
+    cxr_drift: list[tuple[str, str, float, float]] = field(default_factory=list)  # as drift
 
     def drift_by_service(self) -> dict[str, list[tuple[str, float]]]:
         """Service -> (feature, PSI) rows."""
         out: dict[str, list[tuple[str, float]]] = defaultdict(list)
         for service, feature, value, _ in self.drift:
+            out[service].append((feature, value))
+        return dict(out)
+
+    def cxr_drift_by_service(self) -> dict[str, list[tuple[str, float]]]:
+        """Chest X-ray service -> (image statistic or score, PSI) rows."""
+        out: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for service, feature, value, _ in self.cxr_drift:
             out[service].append((feature, value))
         return dict(out)
 
@@ -94,8 +103,10 @@ def build_view(
     monitor: Monitor,
     expected: Mapping[str, Mapping[str, FeatureBins]],
     site: str | None,
+    imaging: Mapping[str, FeatureBins] | None = None,
 ) -> MonitorView:
-    """The page's figures; ``site``: only that tenant's rows (None: operator, all)."""
+    """The page's figures; ``site``: only that tenant's rows (None: operator, all);
+    ``imaging``: the chest X-ray model's drift reference."""
     views: dict[tuple[str, str], SiteView] = {}
 
     def view(labels: Mapping[str, str]) -> SiteView | None:
@@ -128,12 +139,15 @@ def build_view(
     drift: list[tuple[str, str, float, float]] = []
     alerts: list[AlertState] = []
     latency: list[tuple[str, float, float]] = []
+    cxr_drift: list[tuple[str, str, float, float]] = []
     if operator:
-        psi, alerts = monitor.evaluate(samples, expected)
-        drift = [(s, f, v, n) for (s, f), (v, n) in sorted(psi.items()) if v is not None]
+        psi, alerts = monitor.evaluate(samples, expected, imaging=imaging)
+        rows = [(s, f, v, n) for (s, f), (v, n) in sorted(psi.items()) if v is not None]
+        drift = [row for row in rows if row[0] in expected]
+        cxr_drift = [row for row in rows if row[0] not in expected]
         latency = _latency(samples)
     return MonitorView(sorted(views.values(), key=lambda v: (v.service, v.site)), drift,
-                       alerts, latency, operator)  # fmt: skip
+                       alerts, latency, operator, cxr_drift)  # fmt: skip
 
 
 def _latency(samples: Samples) -> list[tuple[str, float, float]]:
@@ -181,7 +195,7 @@ async def monitor_page(request: Request) -> Response:
     """``GET /ui/monitor``: the metrics token (operators: every site, drift, alerts,
     latency) or an API key (that key's tenant's rows only); 401 otherwise."""
     from serving.metrics import current_samples, monitor_of, scrape_allowed
-    from serving.monitor.alerts import expected_of
+    from serving.monitor.alerts import expected_of, imaging_reference
 
     runtime = runtime_of(request)
     site: str | None = None
@@ -193,7 +207,11 @@ async def monitor_page(request: Request) -> Response:
         site = (caller.tenant or "-")[:64]
     samples = await run_in_threadpool(current_samples)
     view = build_view(
-        samples, monitor=monitor_of(runtime), expected=expected_of(runtime.ncd), site=site
+        samples,
+        monitor=monitor_of(runtime),
+        expected=expected_of(runtime.ncd),
+        site=site,
+        imaging=imaging_reference(runtime),
     )
     return render_page(request, "monitor.html", view=view, chart=bar_chart, pct=_pct)
 

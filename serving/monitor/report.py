@@ -74,6 +74,10 @@ class MonitorReport:
     services: dict[str, ServiceSummary]
     volume_by_day: dict[date, int]
     findings: dict[str, tuple[int, int]]  # label -> (reads, flagged)
+    # Chest X-ray score drift: (model version, label, reads, PSI); model versions whose
+    # reference was not found (serving.monitor.reads.ScoreDrift).
+    score_drift: list[tuple[str, str, int, float]] = field(default_factory=list)
+    score_drift_missing: list[str] = field(default_factory=list)
 
 
 def build_report(
@@ -240,6 +244,7 @@ def render_html(report: MonitorReport) -> str:
                 ],
             )
         )
+    parts += _score_drift_html(report)
     tenants = [
         [tenant, s.service, str(sum(c.values())), str(c["advice"]), str(c["no-advice"]),
          str(c["refused"]), str(c["error"])]
@@ -255,6 +260,39 @@ def render_html(report: MonitorReport) -> str:
         ]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _score_drift_html(report: MonitorReport) -> list[str]:
+    """The chest X-ray score drift section (nothing when there were no such reads)."""
+    if not report.score_drift and not report.score_drift_missing:
+        return []
+    parts = ["<h2>Chest X-ray score drift (PSI against the model's reference)</h2>"]
+    if report.score_drift:
+        parts.append(
+            html_table(
+                ["model", "finding", "reads", "PSI", "shift"],
+                [
+                    [tag, label, str(n), f"{value:.3f}", _shift(value)]
+                    for tag, label, n, value in report.score_drift
+                ],
+            )
+        )
+    parts.append(
+        "<p>Calibrated scores of the period's reads against those the model gave its "
+        "validation images; below 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major. "
+        "Image statistics are watched live (/metrics, /ui/monitor).</p>"
+    )
+    if report.score_drift_missing:
+        names = ", ".join(report.score_drift_missing)
+        parts.append(
+            f"<p>No reference for {html.escape(names)}: not in this machine's model "
+            "store, or the artifact records none.</p>"
+        )
+    return parts
+
+
+def _shift(value: float) -> str:
+    return "major" if value > 0.25 else "moderate" if value >= 0.1 else "stable"
 
 
 def render_pdf(report: MonitorReport, path: Path) -> None:

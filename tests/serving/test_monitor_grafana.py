@@ -66,6 +66,8 @@ def test_the_metrics_are_found_with_their_labels() -> None:
     assert series["tonle_http_request_duration_seconds_bucket"] == {"method", "route", "le"}
     assert series["tonle_cxr_findings_total"] == {"service", "site", "finding", "flagged"}
     assert series["tonle_ncd_feature_psi"] == {"service", "feature"}
+    assert series["tonle_cxr_feature_psi"] == {"service", "feature"}
+    assert series["tonle_cxr_feature_bins_total"] == {"service", "feature", "bin"}
 
 
 def test_the_scrape_time_gauges_are_written_with_their_declared_labels() -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from cli import app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
-from serving.imaging.results import Analysed, ResultStore
+from serving.imaging.results import Analysed, ModelIdentity, ResultStore
+from serving.monitor.reads import ScoreDrift, stored_reference
 from serving.monitor.report import build_report, render_html
+from tests.serving.imaging.cxr_fixtures import LABELS, make_cxr_artifact
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
+from training.distribution import training_distribution
 
 runner = CliRunner()
 DAY = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -89,7 +94,7 @@ def test_counts_rates_reasons_bands_and_findings() -> None:
     assert "By site (calling tenant)" in page
 
 
-def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
+def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = AuditStore.open(url)
     explanation = ExplanationRecord(
@@ -133,6 +138,8 @@ def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
     # older read, flagged, is outside it); abnormal in both.
     assert "<td>tb</td><td>2</td><td>1</td><td>50.0 %</td>" in page
     assert "<td>abnormal</td><td>2</td><td>2</td><td>100.0 %</td>" in page
+    # The reads' model is not in this (empty) model store: no score drift, said so.
+    assert "No reference for cxr-triage:1.0.0" in page
     gone = runner.invoke(app, ["monitor", "report", "--since", "2026-11-30", "-o", str(out),
                                "--imaging-results", str(tmp_path)])  # fmt: skip
     assert gone.exit_code == 2  # the results-folder option no longer exists
@@ -143,3 +150,38 @@ def test_report_command_reads_the_audit_store(tmp_path: Path) -> None:
         ["monitor", "report", "--since", "2026-12-01", "--until", "2026-11-01", "-o", str(out)],
     )
     assert backwards.exit_code == 2
+
+
+def test_score_drift_of_the_period_against_the_stored_reference(
+    tmp_path: Path, model_store: Path
+) -> None:
+    # Reference: every label's score spread evenly over 0-1 (ten equal bins).
+    spread = np.tile(np.linspace(0.0, 1.0, 201)[:, None], (1, len(LABELS)))
+    reference = training_distribution(spread, [f"score:{label}" for label in LABELS])
+    stored = make_cxr_artifact(
+        tmp_path, version="1.0.0", extra={"training_distribution": reference}
+    )
+    identity = ModelIdentity(name="cxr-triage", version="1.0.0", sha256=stored.metadata.sha256)
+    assert stored_reference("cxr-triage", "1.0.0", "ab" * 32) is None  # another artifact
+    assert stored_reference("cxr-triage", "1.0.0", identity.sha256) is not None
+
+    drift = ScoreDrift()
+    for i in range(40):
+        spread_p = (i + 0.5) / 40  # abnormal: as spread as the reference
+        read = make_result(probs=(spread_p, 0.95, 0.5, 0.5, 0.5), created=DAY)
+        drift.count(read.model_copy(update={"model": identity}))
+    drift.count(make_result(created=DAY))  # cxr-triage:1.0.0 of another store: no reference
+    rows = {label: (n, value) for _, label, n, value in drift.rows()}
+    assert rows["abnormal"][0] == 40
+    assert rows["abnormal"][1] < 0.1
+    assert rows["tb"][1] > 0.25  # every read in the top bin
+    assert drift.unreferenced == {"cxr-triage:1.0.0"}
+
+    report = build_report([], [], since=DAY)
+    report = dataclasses.replace(
+        report, score_drift=drift.rows(), score_drift_missing=sorted(drift.unreferenced)
+    )
+    page = render_html(report)
+    assert "Chest X-ray score drift" in page
+    assert f"<td>cxr-triage:1.0.0</td><td>tb</td><td>40</td><td>{rows['tb'][1]:.3f}</td>" in page
+    assert "<td>major</td>" in page

@@ -22,6 +22,7 @@ from models import registry
 from models.config import load_config
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
+from serving.monitor.drift import distribution_of
 from training.cxr_data import load_cxr_data, patient_split
 from training.cxr_import import import_dataset
 from training.cxr_metrics import sens_spec
@@ -98,6 +99,13 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert "| findings | every positive (image, finding) pair (" in card_text
     assert (stored.card_dir / "calibration.png").is_file()
     assert json.loads((stored.card_dir / "metrics.json").read_text())["report"]["n"] > 0
+
+    # The drift reference: image statistics of the training split, validation scores.
+    reference = distribution_of(meta.extra)
+    assert reference["image:mean"].n == meta.extra["split"]["train"]
+    assert reference["score:tb"].n == meta.extra["split"]["validation"]
+    assert {"image:std", "image:p95", "source:aspect"} <= set(reference)
+    assert "## Drift reference" in card_text
 
     # The checkpoint is tensors only: loadable with weights_only=True.
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)

@@ -12,6 +12,7 @@ import functools
 import io
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -63,9 +64,14 @@ def write_cxr_onnx(path: Path, size: int = 64, map_side: int = 8) -> Path:
 
 
 def make_cxr_artifact(
-    tmp_path: Path, size: int = 64, version: str = "0.1.0", threshold: float = 0.5
+    tmp_path: Path,
+    size: int = 64,
+    version: str = "0.1.0",
+    threshold: float = 0.5,
+    extra: dict[str, Any] | None = None,
 ) -> StoredModel:
-    """Save the tiny model in the (test's private) registry with operating points."""
+    """Save the tiny model in the (test's private) registry with operating points;
+    ``extra`` is added to its metadata's ``extra`` (e.g. a drift reference)."""
     onnx_path = write_cxr_onnx(tmp_path / f"tiny-cxr-{version}.onnx", size)
     metadata = ModelMetadata(
         name="cxr-triage",
@@ -78,7 +84,7 @@ def make_cxr_artifact(
             OutputSpec(name="logits", meaning="per-label logits", labels=LABELS),
             OutputSpec(name="cam", meaning="class activation maps", labels=LABELS),
         ],
-        extra={"labels": LABELS},
+        extra={"labels": LABELS, **(extra or {})},
         operating_points=[
             OperatingPoint(
                 label=label,
