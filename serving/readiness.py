@@ -125,19 +125,19 @@ class Readiness:
             )
         else:
             key = "generated and kept in the database (dev mode or the demo only)"
+        models = "verified and answered their golden input" if runtime.ready else "warming up"
+        if self.probe is None:
+            audit = "not probed here"
+        elif database:
+            audit = "the audit database takes writes"
+        else:
+            audit = "the audit database refuses writes: no call can be answered"
+        stopping = "stopping (SIGTERM): in-flight calls finish" if self.draining else "no"
         return [
-            Check("models", runtime.ready, True,
-                  f"verified and answered their golden input: {tags}" if runtime.ready
-                  else f"warming up: {tags}"),  # fmt: skip
-            Check("database", database, True,
-                  "not probed here" if self.probe is None
-                  else "the audit database takes writes" if database
-                  else "the audit database refuses writes: no call can be answered"),  # fmt: skip
-            Check("draining", not self.draining, True,
-                  "stopping (SIGTERM): in-flight calls finish" if self.draining
-                  else "not stopping"),  # fmt: skip
-            Check("link-key", True, False,
-                  f"{key} (checked at start: the service does not start without one)"),
+            Check("models", runtime.ready, True, f"{models}: {tags}"),
+            Check("database", database, True, audit),
+            Check("draining", not self.draining, True, stopping),
+            Check("link-key", True, False, f"{key} (the service does not start without one)"),
         ]
 
 

@@ -235,16 +235,19 @@ def test_readiness_detail_lists_checks_and_alerts_without_gating_on_them(
     body = detail.json()
     checks = {c["name"]: c for c in body["checks"]}
     assert list(checks) == ["models", "database", "draining", "link-key"]
-    assert checks["models"]["ok"] and checks["models"]["gates_readiness"]
+    assert checks["models"]["ok"]
+    assert checks["models"]["gates_readiness"]
     assert not checks["link-key"]["gates_readiness"]
     (alert,) = body["alerts"]
     assert alert["rule"] == "cvd-age-drift"
     assert alert["state"] == "firing"
-    assert alert["high"] == 0.25 and alert["low"] is None
+    assert alert["high"] == 0.25
+    assert alert["low"] is None
     assert alert["value"] > 0.25
     assert alert["since"] is not None
     # A firing alert leaves the service ready: alerts are not readiness conditions.
-    assert body["ready"] is True and body["alerts_gate_readiness"] is False
+    assert body["ready"] is True
+    assert body["alerts_gate_readiness"] is False
     assert body["scope"]["worker_pid"] > 0
     assert "Patient" not in detail.text
 
@@ -273,6 +276,10 @@ def test_an_alert_keeps_its_since_until_its_state_changes() -> None:
     (ok_again,) = monitor.evaluate(answers(1, 10), {}, now=1.0)[1]
     (firing,) = monitor.evaluate(answers(20, 10), {}, now=2.0)[1]
     (still,) = monitor.evaluate(answers(30, 10), {}, now=3.0)[1]
-    assert not ok.active and ok_again.since == ok.since
-    assert firing.active and firing.since is not None and ok.since is not None
-    assert firing.since >= ok.since and still.since == firing.since
+    assert not ok.active
+    assert ok_again.since == ok.since
+    assert firing.active
+    assert firing.since is not None
+    assert ok.since is not None
+    assert firing.since >= ok.since
+    assert still.since == firing.since
