@@ -283,3 +283,16 @@ def test_an_alert_keeps_its_since_until_its_state_changes() -> None:
     assert ok.since is not None
     assert firing.since >= ok.since
     assert still.since == firing.since
+
+
+def test_monitor_page_shows_subgroups_of_the_last_days(runtime: Runtime) -> None:
+    assert get(runtime, "POST", CVD, cds_request(prefetch(age=62))).status_code == 200
+    html = get(runtime, "GET", "/ui/monitor?days=7").text
+    assert "Subgroups, last 7 days" in html
+    assert "fewer than 5 answers" in html
+    assert "Age: 55-69" in html
+    assert "<script" not in html
+    km = get(runtime, "GET", "/ui/monitor?days=7&lang=km").text
+    assert "ក្រុមរង" in km
+    for bad in ("0", "366", "x", "-1", "7.5"):
+        assert get(runtime, "GET", f"/ui/monitor?days={bad}").status_code == 400
