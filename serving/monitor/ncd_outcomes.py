@@ -324,7 +324,7 @@ def _over(risk: float, horizon_years: float) -> float:
     """The 10-year ``risk`` over ``horizon_years``, assuming a constant hazard."""
     if horizon_years == MODEL_HORIZON_YEARS:
         return risk
-    return 1.0 - (1.0 - risk) ** (horizon_years / MODEL_HORIZON_YEARS)
+    return 1.0 - math.pow(1.0 - risk, horizon_years / MODEL_HORIZON_YEARS)
 
 
 def km_risk(
