@@ -16,6 +16,8 @@ alerts and latency are service-wide and shown to operators (``site`` None) only.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,10 +34,18 @@ from serving.auth import AuthError
 from serving.http.identify import api_key_caller, refusal
 from serving.monitor.alerts import AlertState, Monitor
 from serving.monitor.drift import FeatureBins
-from serving.monitor.subgroups import MIN_CELL, ServiceSubgroups, count_subgroups, shown
+from serving.monitor.subgroups import (
+    MAX_ANSWERS,
+    MIN_CELL,
+    ServiceSubgroups,
+    count_subgroups,
+    shown,
+)
 from serving.ui.render import render_page, runtime_of
 
 __all__ = ["MonitorView", "SiteView", "bar_chart", "build_view", "monitor_page"]
+
+logger = logging.getLogger(__name__)
 
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 
@@ -202,21 +213,24 @@ async def monitor_page(request: Request) -> Response:
         site = (caller.tenant or "-")[:64]
         tenant = caller.tenant or ""
     raw_days = request.query_params.get("days", "30")
-    if not raw_days.isdigit() or not 1 <= int(raw_days) <= 365:
+    if not re.fullmatch(r"[0-9]{1,3}", raw_days) or not 1 <= int(raw_days) <= 365:
         return JSONResponse({"error": "bad-request", "detail": "days: 1 to 365"}, 400)
     days = int(raw_days)
     samples = await run_in_threadpool(current_samples)
     view = build_view(
         samples, monitor=monitor_of(runtime), expected=expected_of(runtime.ncd), site=site
     )
-    subgroups: list[ServiceSubgroups] = []
+    subgroups: list[ServiceSubgroups] | None = None  # None: the database did not answer
     capped = False
     engine = getattr(runtime.audit, "engine", None)
     if engine is not None:
         since = datetime.now(UTC) - timedelta(days=days)
-        subgroups, capped = await run_in_threadpool(
-            count_subgroups, engine, since=since, tenant=tenant
-        )
+        try:
+            subgroups, capped = await run_in_threadpool(
+                count_subgroups, engine, since=since, tenant=tenant
+            )
+        except SQLAlchemyError as exc:  # the counters above still help
+            logger.warning("monitor: subgroups unavailable (%s)", type(exc).__name__)
     return render_page(
         request,
         "monitor.html",
@@ -227,4 +241,5 @@ async def monitor_page(request: Request) -> Response:
         capped=capped,
         days=days,
         min_cell=MIN_CELL,
+        max_answers=MAX_ANSWERS,
     )

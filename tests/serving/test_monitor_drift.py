@@ -296,3 +296,20 @@ def test_monitor_page_shows_subgroups_of_the_last_days(runtime: Runtime) -> None
     assert "ក្រុមរង" in km
     for bad in ("0", "366", "x", "-1", "7.5"):
         assert get(runtime, "GET", f"/ui/monitor?days={bad}").status_code == 400
+
+
+def test_monitor_page_without_the_database_still_shows_the_counters(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    import serving.monitor.page
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("database is down"))
+
+    monkeypatch.setattr(serving.monitor.page, "count_subgroups", down)
+    page = get(runtime, "GET", "/ui/monitor")
+    assert page.status_code == 200
+    assert "The audit database did not answer" in page.text
+    assert "ncd-cvd-risk" in page.text  # the counters' rows
