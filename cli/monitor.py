@@ -10,7 +10,9 @@ X-ray reads):
   score drift (PSI against the reference of the model in the local model store), by
   site (calling tenant). See :mod:`serving.monitor.report`.
 - ``tonle monitor outcomes``: later bacteriology joined to one tenant's reads;
-  realised sensitivity, specificity and calibration (:mod:`serving.monitor.outcomes`).
+  realised sensitivity, specificity and calibration (:mod:`serving.monitor.outcomes`);
+  with ``--service``, incident CVD events or diabetes diagnoses joined to one tenant's
+  NCD cards: observed against expected risk per band (:mod:`serving.monitor.ncd_outcomes`).
 - ``tonle data from-feedback``: labelled rows for the next training round
   (:mod:`serving.monitor.feedback_export`).
 """
@@ -106,6 +108,24 @@ def outcomes(
     window_days: Annotated[
         int, typer.Option(min=1, max=365, help="Reads up to this many days before the test.")
     ] = 90,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="An NCD service: join events (CSV patient_id,date,outcome) to its cards."
+        ),
+    ] = None,
+    followed_until: Annotated[
+        str | None,
+        typer.Option(help="With --service: the date up to which the file is complete."),
+    ] = None,
+    codes: Annotated[
+        str | None,
+        typer.Option(help="With --service: event codes, comma-separated ('I21*': a prefix)."),
+    ] = None,
+    horizon_years: Annotated[
+        float,
+        typer.Option(min=0.5, max=10.0, help="With --service: years (below 10: constant hazard)."),
+    ] = 10.0,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Join later outcomes (bacteriology) to stored chest X-ray reads of one tenant;
@@ -113,7 +133,20 @@ def outcomes(
 
     Writes OUTDIR/performance.csv, OUTDIR/calibration.csv and OUTDIR/outcomes.html.
     Example: tonle monitor outcomes xpert.csv --tenant site-a -o outcomes/
+
+    With --service (an NCD service), FILE lists incident events instead, joined to the
+    cards that service showed the tenant: observed against expected risk per risk band
+    (Kaplan-Meier, censored follow-up never counted as negative), written to
+    OUTDIR/ncd_calibration.csv and OUTDIR/ncd_outcomes.html.
+    Example: tonle monitor outcomes events.csv --tenant site-a --service ncd-cvd-risk
+    --followed-until 2026-11-30 -o outcomes/
     """
+    if service is not None:
+        _ncd_outcomes(file, tenant, output, service, followed_until, codes, horizon_years,
+                      database_url)  # fmt: skip
+        return
+    if followed_until is not None or codes is not None:
+        raise fail("--followed-until and --codes go with --service", EXIT_USAGE)
     from serving.imaging.results import ResultStore
     from serving.monitor.outcomes import OutcomeError, calibration, join, performance, read_outcomes
 
@@ -143,6 +176,96 @@ def outcomes(
         f"({unmatched} without a read of {finding} in the {window_days} days before)",
         highlight=False,
     )
+
+
+def _ncd_outcomes(
+    file: Path,
+    tenant: str,
+    output: Path,
+    service: str,
+    followed_until: str | None,
+    codes: str | None,
+    horizon_years: float,
+    database_url: str | None,
+) -> None:
+    from serving.monitor.ncd_outcomes import (
+        DEFAULT_CODES,
+        band_calibration,
+        cards_shown,
+        follow,
+        read_records,
+    )
+    from serving.monitor.outcomes import OutcomeError
+
+    until = parse_when(followed_until, "--followed-until")
+    if until is None:
+        raise fail("--service needs --followed-until (the date the file is complete to)",
+                   EXIT_USAGE)  # fmt: skip
+    try:
+        records = read_records(file)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
+    except OutcomeError as exc:
+        raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
+    store = open_store(database_url)
+    try:
+        cards, expired = cards_shown(store.engine, tenant=tenant, service=service)
+    finally:
+        store.close()
+    wanted = [c.strip()[:64] for c in codes.split(",") if c.strip()] if codes else []
+    outcomes = sorted({c.outcome for c in cards})
+    if not wanted:
+        if len(outcomes) > 1 or (outcomes and outcomes[0] not in DEFAULT_CODES):
+            raise fail(f"{service} cards predict {outcomes}: give --codes", EXIT_USAGE)
+        wanted = list(DEFAULT_CODES[outcomes[0] if outcomes else "cvd"])
+    followed, counts = follow(cards, records, codes=wanted, followed_until=until.date(),
+                              horizon_years=horizon_years)  # fmt: skip
+    rows = band_calibration(followed, horizon_years)
+    output.mkdir(parents=True, exist_ok=True)
+    _write_csv(output / "ncd_calibration.csv", rows)
+    summary = (
+        f"{len(cards)} cards with a stored risk ({expired} more whose explanation was purged: "
+        f"not counted), {counts['repeat']} later cards of the same patients not counted "
+        f"again, {len(followed)} patients; {counts['other_codes']} outcome rows with other "
+        f"codes ignored. Events: {', '.join(wanted)}. Horizon {horizon_years:g} years"
+        + ("" if horizon_years == 10.0 else " (10-year risks scaled: constant hazard)")
+        + f"; the file is taken as complete to {until.date().isoformat()}."
+    )
+    (output / "ncd_outcomes.html").write_text(
+        _ncd_html(service, tenant, summary, rows), encoding="utf-8"
+    )
+    out.print(f"wrote {output}: {summary}", highlight=False)
+
+
+def _ncd_html(service: str, tenant: str, summary: str, rows: list[dict[str, object]]) -> str:
+    from html import escape
+
+    from serving.monitor.report import html_table
+
+    head = ["group", "band", "patients", "events", "complete", "censored", "prior",
+            "mean_predicted", "observed", "observed_low", "observed_high", "o_e"]  # fmt: skip
+    return "\n".join(
+        [
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle NCD "
+            "outcomes</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+            "padding:2px 6px}</style></head><body>",
+            f"<h1>Observed against expected risk: {escape(service)}, site "
+            f"{escape(tenant or '-')}</h1>",
+            f"<p>{escape(summary)}</p>",
+            "<p>One row per patient's first card. Observed: Kaplan-Meier risk by the "
+            "horizon with its 95 % interval; patients followed for less than the horizon "
+            "without an event are censored (not negatives); '-': nobody in the band was "
+            "followed to the horizon. Prior: the event was recorded on or before the card "
+            "(excluded). O/E: observed / mean predicted.</p>",
+            html_table(head, [[_cell(r[h]) for h in head] for r in rows]),
+            "</body></html>",
+        ]
+    )
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:

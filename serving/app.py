@@ -24,6 +24,7 @@ from serving.http.caller import is_loopback
 from serving.http.identify import refusal, runtime_of
 from serving.imaging import routes as imaging_routes
 from serving.metrics import RouteMetrics, exposition, scrape_allowed
+from serving.readiness import readiness_detail
 from serving.settings import Settings
 from serving.ui import routes as ui_routes
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *ui_routes.front_routes(settings),
         Route("/docs.json", not_found, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/readyz/detail", readiness_detail, methods=["GET"]),
         *imaging_routes.routes(),
         *cds_hooks.routes(),
         *rest.routes(),

@@ -3,6 +3,13 @@
 The service answers no call without a committed audit row, so while the database is
 down or full, ``/readyz`` turns 503 (load balancers send traffic elsewhere) and turns
 200 again once writes work: no restart needed.
+
+``/readyz`` itself is BentoML's route (it calls the service's ``__is_ready__``, which
+asks :meth:`Readiness.ready`) and answers a bare status code. ``GET /readyz/detail``
+(:func:`readiness_detail`, for operators holding the metrics token) says why: each
+check, whether it gates readiness, and every monitoring alert rule with its state.
+Alerts never gate readiness: a drifting input or a high flagged share is a reason to
+look, not to take a replica out of the load balancer.
 """
 
 from __future__ import annotations
@@ -10,12 +17,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["AuditProbe", "ReplayStore"]
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+if TYPE_CHECKING:
+    from serving.monitor.alerts import AlertState
+    from serving.runtime import Runtime
+
+__all__ = ["AuditProbe", "Check", "Readiness", "ReplayStore", "readiness_detail"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +84,126 @@ class AuditProbe:
             logger.warning("readiness: audit database unavailable (%s)", type(exc).__name__)
             return False
         return True
+
+
+@dataclass(frozen=True)
+class Check:
+    """One readiness check: ``gates`` says whether a failure makes ``/readyz`` 503."""
+
+    name: str
+    ok: bool
+    gates: bool
+    detail: str
+
+
+class Readiness:
+    """What ``/readyz`` answers and why: models warmed up, audit writes, not draining.
+
+    One per worker (the service makes it at start-up and puts it at
+    ``app.state.readiness``); ``draining`` turns true on SIGTERM.
+    """
+
+    def __init__(self, runtime: Runtime, probe: AuditProbe | None) -> None:
+        self.runtime = runtime
+        self.probe = probe
+        self.draining = False
+
+    async def ready(self) -> bool:
+        """The ``/readyz`` answer (200 when True)."""
+        if not self.runtime.ready or self.draining:
+            return False
+        return self.probe is None or await self.probe.ok()
+
+    async def checks(self) -> list[Check]:
+        """Every check, those that gate readiness first."""
+        runtime, settings = self.runtime, self.runtime.settings
+        tags = ", ".join(sorted(m.metadata.tag for m in runtime.models.values())) or "none"
+        database = True if self.probe is None else await self.probe.ok()
+        if settings.link_secret is not None:
+            key = "configured" + (
+                "; the previous key is accepted too" if settings.link_secret_previous else ""
+            )
+        else:
+            key = "generated and kept in the database (dev mode or the demo only)"
+        models = "verified and answered their golden input" if runtime.ready else "warming up"
+        if self.probe is None:
+            audit = "not probed here"
+        elif database:
+            audit = "the audit database takes writes"
+        else:
+            audit = "the audit database refuses writes: no call can be answered"
+        stopping = "stopping (SIGTERM): in-flight calls finish" if self.draining else "no"
+        return [
+            Check("models", runtime.ready, True, f"{models}: {tags}"),
+            Check("database", database, True, audit),
+            Check("draining", not self.draining, True, stopping),
+            Check("link-key", True, False, f"{key} (the service does not start without one)"),
+        ]
+
+
+def readiness_of(request: Request) -> Readiness:
+    """The service's :class:`Readiness` (the app's; one unprobed for bare test apps)."""
+    found = getattr(request.app.state, "readiness", None)
+    if isinstance(found, Readiness):
+        return found
+    runtime: Runtime = request.app.state.runtime
+    return Readiness(runtime, None)
+
+
+def _alert(state: AlertState) -> dict[str, Any]:
+    rule = state.rule
+    return {
+        "rule": rule.name,
+        "state": "firing" if state.active else "ok",
+        "metric": rule.metric,
+        "service": rule.service,
+        "site": rule.site,
+        "finding": rule.finding,
+        "feature": rule.feature,
+        "value": state.value,
+        "count": state.count,
+        "min_count": rule.min_count,
+        "low": rule.low,
+        "high": rule.high,
+        "since": None if state.since is None else state.since.isoformat(),
+    }
+
+
+async def readiness_detail(request: Request) -> Response:
+    """``GET /readyz/detail``: checks and alerts as JSON, for the metrics token only.
+
+    Always 200 for an operator (the status code of readiness is ``/readyz``'s); 401
+    otherwise. Names no patient, but alert values are per-site rates, hence the token.
+    """
+    from serving.auth import AuthError
+    from serving.http.identify import refusal
+    from serving.metrics import current_samples, monitor_of, scrape_allowed
+    from serving.monitor.alerts import expected_of
+
+    readiness = readiness_of(request)
+    runtime = readiness.runtime
+    if not scrape_allowed(runtime.settings, request.headers):
+        return refusal(AuthError("metrics-token"), "/readyz/detail")
+    checks = await readiness.checks()
+    monitor = monitor_of(runtime)
+    samples = await run_in_threadpool(current_samples)
+    _, states = monitor.evaluate(samples, expected_of(runtime.ncd))
+    return JSONResponse(
+        {
+            "ready": all(c.ok for c in checks if c.gates),
+            "checks": [
+                {"name": c.name, "ok": c.ok, "gates_readiness": c.gates, "detail": c.detail}
+                for c in checks
+            ],
+            "alerts": [_alert(s) for s in states],
+            "alerts_gate_readiness": False,
+            "scope": {
+                "worker_pid": os.getpid(),
+                "window_s": monitor.config.window_s,
+                "note": "Checks are this worker's. Alerts are computed by this worker "
+                "from every worker's counters over its own rolling window; 'since' is "
+                "when this worker first saw the rule in its present state.",
+            },
+        },
+        headers={"Cache-Control": "no-store"},
+    )

@@ -15,7 +15,7 @@ from models.logs import configure_logging
 from serving.app import create_app
 from serving.audit import AuditStore
 from serving.bento_internals import install_timeout_middleware, refuse_open_bind
-from serving.readiness import AuditProbe
+from serving.readiness import AuditProbe, Readiness
 from serving.runtime import Runtime
 from serving.settings import Settings
 
@@ -57,8 +57,9 @@ class Tonle:
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
         assert isinstance(self.runtime.audit, AuditStore)
-        self.audit_probe = AuditProbe(self.runtime.audit)
-        self.draining = False
+        self.readiness = app.state.readiness = Readiness(
+            self.runtime, AuditProbe(self.runtime.audit)
+        )
         self._drain_on_sigterm(settings.shutdown_drain_s)
         # Golden-input warm-up: /readyz stays 503 until every model answered correctly.
         self.runtime.warm_up()
@@ -67,7 +68,7 @@ class Tonle:
         logger.info("Tonle ready with %d model(s)", len(self.runtime.models))
 
     async def __is_ready__(self) -> bool:
-        return self.runtime.ready and not self.draining and await self.audit_probe.ok()
+        return await self.readiness.ready()
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def close(self) -> None:
@@ -85,9 +86,9 @@ class Tonle:
         loop = asyncio.get_running_loop()
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
-            if self.draining:
+            if self.readiness.draining:
                 return
-            self.draining = True
+            self.readiness.draining = True
             logger.warning("SIGTERM: not ready; draining for %.1f s, then stopping", drain_s)
             loop.call_soon_threadsafe(loop.call_later, drain_s, uvicorn_exit, signum, frame)
 

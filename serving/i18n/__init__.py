@@ -61,6 +61,11 @@ class LanguageMeta(BaseModel):
     date_format: str = Field(description="Uses {day}, {month}, {month_name}, {year}.")
     datetime_format: str = Field(description="Uses the date fields plus {date}, {hour}, {minute}.")
     font_family: str = Field(default="", description="CSS font stack pages use for this language.")
+    needs_review: list[str] = Field(
+        default_factory=list,
+        description="Keys translated without a native speaker's review yet (shown as "
+        "written; a reviewer checks them and removes them from this list).",
+    )
 
 
 @cache

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -101,12 +102,14 @@ class MonitorConfig(BaseModel):
 
 @dataclass(frozen=True)
 class AlertState:
-    """One rule's value over the window and whether it fires."""
+    """One rule's value over the window, whether it fires, and since when (this
+    worker's clock: when it first saw the rule in its present state)."""
 
     rule: AlertRule
     value: float | None
     count: float
     active: bool
+    since: datetime | None = None
 
 
 class Monitor:
@@ -115,6 +118,7 @@ class Monitor:
     def __init__(self, config: MonitorConfig) -> None:
         self.config = config
         self._windows: dict[str, Window] = defaultdict(lambda: Window(config.window_s))
+        self._changed: dict[str, tuple[bool, datetime]] = {}  # rule -> (active, since)
 
     def window(
         self, name: str, totals: dict[tuple[str, ...], float], now: float
@@ -159,7 +163,10 @@ class Monitor:
             low = rule.low if rule.low is not None else float("-inf")
             high = rule.high if rule.high is not None else float("inf")
             active = value is not None and count >= rule.min_count and not low <= value <= high
-            states.append(AlertState(rule, value, count, active))
+            changed = self._changed.get(rule.name)
+            if changed is None or changed[0] != active:
+                changed = self._changed[rule.name] = (active, datetime.now(UTC))
+            states.append(AlertState(rule, value, count, active, changed[1]))
         return drift, states
 
 

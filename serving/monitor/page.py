@@ -7,29 +7,46 @@ overridden feedback and coded override reasons, feature drift (PSI) and alert ru
 chest X-ray drift (PSI of image statistics and scores, its own section) and mean
 latency per route. Charts are inline SVG drawn here: no script at all.
 
+Below them, subgroups over the last ``days`` (``?days=``, 1-365, default 30) from the
+audit database: volume, flagged share and accept / override rates by age band, sex
+and (for operators) site, small cells suppressed (:mod:`serving.monitor.subgroups`).
+
 ``site`` limits everything per site to one tenant (an API key's caller); drift,
 alerts and latency are service-wide and shown to operators (``site`` None) only.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from html import escape
 
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from serving.auth import AuthError
 from serving.http.identify import api_key_caller, refusal
 from serving.monitor.alerts import AlertState, Monitor
 from serving.monitor.drift import FeatureBins
+from serving.monitor.subgroups import (
+    MAX_ANSWERS,
+    MIN_CELL,
+    ServiceSubgroups,
+    count_subgroups,
+    shown,
+)
 from serving.ui.render import render_page, runtime_of
 
 __all__ = ["MonitorView", "SiteView", "bar_chart", "build_view", "monitor_page"]
+
+logger = logging.getLogger(__name__)
 
 Samples = Mapping[str, list[tuple[dict[str, str], float]]]
 
@@ -184,8 +201,10 @@ def bar_chart(
     if limit is not None:
         x = label_w + limit * scale
         parts.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='{height}' stroke='#b00' />")
+    spoken = "; ".join(f"{label}: {value:.3g}{unit}" for label, value in items)
     svg = (
-        f"<svg xmlns='http://www.w3.org/2000/svg' role='img' width='{width}' "
+        f"<svg xmlns='http://www.w3.org/2000/svg' role='img' class='chart' width='{width}' "
+        f"aria-label='{escape(spoken)}' "
         f"height='{height}' viewBox='0 0 {width} {height}'>{''.join(parts)}</svg>"
     )
     return Markup(svg)  # noqa: S704 - every label is escaped above
@@ -199,12 +218,18 @@ async def monitor_page(request: Request) -> Response:
 
     runtime = runtime_of(request)
     site: str | None = None
+    tenant: str | None = None
     if not scrape_allowed(runtime.settings, request.headers):
         try:
             caller = api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
         except AuthError as exc:
             return refusal(exc, "/ui/monitor")
         site = (caller.tenant or "-")[:64]
+        tenant = caller.tenant or ""
+    raw_days = request.query_params.get("days", "30")
+    if not re.fullmatch(r"[0-9]{1,3}", raw_days) or not 1 <= int(raw_days) <= 365:
+        return JSONResponse({"error": "bad-request", "detail": "days: 1 to 365"}, 400)
+    days = int(raw_days)
     samples = await run_in_threadpool(current_samples)
     view = build_view(
         samples,
@@ -213,8 +238,26 @@ async def monitor_page(request: Request) -> Response:
         site=site,
         imaging=imaging_reference(runtime),
     )
-    return render_page(request, "monitor.html", view=view, chart=bar_chart, pct=_pct)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
+    subgroups: list[ServiceSubgroups] | None = None  # None: the database did not answer
+    capped = False
+    engine = getattr(runtime.audit, "engine", None)
+    if engine is not None:
+        since = datetime.now(UTC) - timedelta(days=days)
+        try:
+            subgroups, capped = await run_in_threadpool(
+                count_subgroups, engine, since=since, tenant=tenant
+            )
+        except SQLAlchemyError as exc:  # the counters above still help
+            logger.warning("monitor: subgroups unavailable (%s)", type(exc).__name__)
+    return render_page(
+        request,
+        "monitor.html",
+        view=view,
+        chart=bar_chart,
+        subgroups=subgroups,
+        shown=shown,
+        capped=capped,
+        days=days,
+        min_cell=MIN_CELL,
+        max_answers=MAX_ANSWERS,
+    )

@@ -160,3 +160,82 @@ def test_hostile_files_are_refused_not_crashed_on(tmp_path: Path) -> None:
         args = ["monitor", "outcomes", str(file), "--tenant", "a", "-o", str(tmp_path / "o")]
         result = runner.invoke(app, [*args, "--database-url", "sqlite://"])
         assert result.exit_code == 4, (file, result.output)
+
+
+NCD_CARDS = [  # patient, shown, tenant, risk (cards with a stored explanation)
+    ("P1", "2010-01-01", "site-a", 0.1),
+    ("P2", "2010-01-01", "site-a", 0.1),
+    ("P3", "2010-01-01", "site-a", 0.1),
+    ("P4", "2010-01-01", "site-a", 0.1),
+    ("P5", "2010-01-01", "site-a", 0.1),
+    ("P4", "2010-01-01", "site-b", 0.25),  # another tenant's card: not joined
+]
+
+
+@pytest.fixture
+def ncd_database(tmp_path: Path) -> str:
+    from datetime import timedelta
+
+    from serving.audit.records import ExplanationRecord
+
+    url = f"sqlite:///{tmp_path / 'ncd.db'}"
+    store = AuditStore.open(url)
+    expires = datetime.now(UTC) + timedelta(days=30)
+    for i, (patient, day, tenant, risk) in enumerate(NCD_CARDS):
+        band, index = ("10-<20%", 1) if risk < 0.2 else ("20-<30%", 2)
+        content = {"outcome": "cvd", "risk": risk, "band": band, "band_index": index}
+        store.record(
+            AuditRecord(
+                request_id=f"n{i}", service_id="ncd-cvd-risk", card_ids=[f"card-{i}"],
+                caller_tenant=tenant, outcome="advice", latency_ms=1.0, created=when(day),
+                patient_ref=f"Patient/{patient}", model_version="1.0.0",
+                explanation=ExplanationRecord(card_uuid=f"card-{i}", service_id="ncd-cvd-risk",
+                                              expires=expires, content=json.dumps(content)),
+            )
+        )  # fmt: skip
+    # A site-a card whose explanation was purged: no stored risk, counted apart.
+    store.record(AuditRecord(request_id="gone", service_id="ncd-cvd-risk", card_ids=["old"],
+                             caller_tenant="site-a", outcome="advice", latency_ms=1.0,
+                             created=when("2010-02-01"), patient_ref="Patient/P9"))  # fmt: skip
+    store.close()
+    return url
+
+
+def test_ncd_events_join_the_tenants_cards_per_band(tmp_path: Path, ncd_database: str) -> None:
+    file = tmp_path / "events.csv"
+    file.write_text(
+        "patient_id,date,outcome\nP1,2012-01-01,I21.4\nP2,2013-01-01,censored\n"
+        "P3,2015-01-01,stroke\nP5,2022-01-01,I63\nP4,2011-01-01,E11\n"
+    )
+    out = tmp_path / "ncd"
+    args = ["monitor", "outcomes", str(file), "--tenant", "site-a", "--service",
+            "ncd-cvd-risk", "--followed-until", "2026-01-01", "-o", str(out),
+            "--database-url", ncd_database]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "5 cards with a stored risk (1 more whose explanation was purged" in said
+    assert "1 outcome rows with other codes ignored" in said
+    with (out / "ncd_calibration.csv").open() as handle:
+        table = {(r["group"], r["band"]): r for r in csv.DictReader(handle)}
+    assert ("all", "20-<30%") not in table  # site-b's card
+    band = table[("all", "10-<20%")]
+    # The hand-worked band of tests/serving/test_monitor_ncd_outcomes.py: KM 0.4667.
+    assert [band[k] for k in ("patients", "events", "complete", "censored")] == ["5", "2", "2", "1"]
+    assert float(band["observed"]) == pytest.approx(1 - 0.8 * 2 / 3)
+    assert float(band["o_e"]) == pytest.approx((1 - 0.8 * 2 / 3) / 0.1)
+    html = (out / "ncd_outcomes.html").read_text()
+    assert "Kaplan-Meier" in html
+    assert "P1" not in html
+    assert "P1" not in (out / "ncd_calibration.csv").read_text()
+
+
+def test_ncd_outcomes_need_the_date_the_file_is_complete_to(
+    tmp_path: Path, ncd_database: str
+) -> None:
+    file = tmp_path / "events.csv"
+    file.write_text("patient_id,date,outcome\nP1,2012-01-01,I21\n")
+    args = ["monitor", "outcomes", str(file), "--tenant", "site-a", "-o", str(tmp_path / "o"),
+            "--database-url", ncd_database]  # fmt: skip
+    assert runner.invoke(app, [*args, "--service", "ncd-cvd-risk"]).exit_code == 2
+    assert runner.invoke(app, [*args, "--followed-until", "2026-01-01"]).exit_code == 2

@@ -223,3 +223,93 @@ def test_a_tenant_sees_only_its_own_site() -> None:
     assert mine.latency == []
     everyone = build_view(rows, monitor=monitor, expected={}, site=None)
     assert [v.site for v in everyone.sites] == ["s1", "s2"]
+
+
+def test_readiness_detail_lists_checks_and_alerts_without_gating_on_them(
+    runtime: Runtime,
+) -> None:
+    for _ in range(3):  # the age-drift rule fires (see above)
+        assert get(runtime, "POST", CVD, cds_request(prefetch(age=62))).status_code == 200
+    detail = get(runtime, "GET", "/readyz/detail")  # dev mode: the operator
+    assert detail.status_code == 200, detail.text
+    body = detail.json()
+    checks = {c["name"]: c for c in body["checks"]}
+    assert list(checks) == ["models", "database", "draining", "link-key"]
+    assert checks["models"]["ok"]
+    assert checks["models"]["gates_readiness"]
+    assert not checks["link-key"]["gates_readiness"]
+    (alert,) = body["alerts"]
+    assert alert["rule"] == "cvd-age-drift"
+    assert alert["state"] == "firing"
+    assert alert["high"] == 0.25
+    assert alert["low"] is None
+    assert alert["value"] > 0.25
+    assert alert["since"] is not None
+    # A firing alert leaves the service ready: alerts are not readiness conditions.
+    assert body["ready"] is True
+    assert body["alerts_gate_readiness"] is False
+    assert body["scope"]["worker_pid"] > 0
+    assert "Patient" not in detail.text
+
+
+def test_readiness_detail_needs_the_metrics_token_outside_dev_mode(runtime: Runtime) -> None:
+    from pydantic import SecretStr
+
+    dev = runtime.settings
+    runtime.settings = dev.model_copy(update={"dev": False, "metrics_token": SecretStr("m" * 40)})
+    try:
+        assert get(runtime, "GET", "/readyz/detail").status_code == 401
+    finally:
+        runtime.settings = dev
+
+
+def test_an_alert_keeps_its_since_until_its_state_changes() -> None:
+    rule = AlertRule(name="refusals", metric="refusal-rate", service="s", high=0.5, min_count=1)
+    monitor = Monitor(MonitorConfig(alerts=[rule]))
+
+    def answers(refused: float, advice: float) -> dict[str, list[tuple[dict[str, str], float]]]:
+        labels = {"service": "s", "site": "-"}
+        return {"tonle_answers_total": [({**labels, "outcome": "refused"}, refused),
+                                        ({**labels, "outcome": "advice"}, advice)]}  # fmt: skip
+
+    (ok,) = monitor.evaluate(answers(1, 9), {}, now=0.0)[1]
+    (ok_again,) = monitor.evaluate(answers(1, 10), {}, now=1.0)[1]
+    (firing,) = monitor.evaluate(answers(20, 10), {}, now=2.0)[1]
+    (still,) = monitor.evaluate(answers(30, 10), {}, now=3.0)[1]
+    assert not ok.active
+    assert ok_again.since == ok.since
+    assert firing.active
+    assert firing.since is not None
+    assert ok.since is not None
+    assert firing.since >= ok.since
+    assert still.since == firing.since
+
+
+def test_monitor_page_shows_subgroups_of_the_last_days(runtime: Runtime) -> None:
+    assert get(runtime, "POST", CVD, cds_request(prefetch(age=62))).status_code == 200
+    html = get(runtime, "GET", "/ui/monitor?days=7").text
+    assert "Subgroups, last 7 days" in html
+    assert "fewer than 5 answers" in html
+    assert "Age: 55-69" in html
+    assert "<script" not in html
+    km = get(runtime, "GET", "/ui/monitor?days=7&lang=km").text
+    assert "ក្រុមរង" in km
+    for bad in ("0", "366", "x", "-1", "7.5"):
+        assert get(runtime, "GET", f"/ui/monitor?days={bad}").status_code == 400
+
+
+def test_monitor_page_without_the_database_still_shows_the_counters(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    import serving.monitor.page
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("database is down"))
+
+    monkeypatch.setattr(serving.monitor.page, "count_subgroups", down)
+    page = get(runtime, "GET", "/ui/monitor")
+    assert page.status_code == 200
+    assert "The audit database did not answer" in page.text
+    assert "ncd-cvd-risk" in page.text  # the counters' rows

@@ -69,6 +69,13 @@ def test_health_and_metrics(served: Served) -> None:
     scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}
     metrics = httpx.get(served.url + "/metrics", headers=scraper).text
     assert 'tonle_outcomes_total{outcome="advice",reason="",service="ncd-cvd-risk"}' in metrics
+    # The readiness detail is Tonle's route under BentoML's /readyz, for the scraper only.
+    assert httpx.get(served.url + "/readyz/detail").status_code == 401
+    detail = httpx.get(served.url + "/readyz/detail", headers=scraper).json()
+    assert detail["ready"] is True
+    assert {c["name"]: c["ok"] for c in detail["checks"]} == {
+        "models": True, "database": True, "draining": True, "link-key": True}  # fmt: skip
+    assert detail["alerts_gate_readiness"] is False
 
 
 def test_signed_cds_call_gives_card_and_audit_row(served: Served) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
+from pydantic import SecretStr
 
 from serving.runtime import Runtime
 
@@ -144,6 +145,13 @@ def _pages(url: str, runtime: Runtime, page: Any, lang: str) -> Iterator[str]:
     yield "message"
     page.goto(f"{url}/?lang={lang}")
     yield "home"
+    # The operators' monitoring page (the metrics token), with the cards made above.
+    token = "layout-metrics-token".ljust(40, "m")
+    runtime.settings = runtime.settings.model_copy(update={"metrics_token": SecretStr(token)})
+    page.set_extra_http_headers({"Authorization": f"Bearer {token}"})
+    page.goto(f"{url}/ui/monitor?lang={lang}")
+    page.wait_for_selector("table.data")
+    yield "monitor"
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -173,7 +181,7 @@ def test_every_page_fits_and_passes_axe(
             problems += [f"{name}: Khmer in italics: {e}" for e in page.evaluate(KHMER_ITALIC)]
         page.screenshot(path=str(artifacts_dir / f"ui-{name}-{lang}-{width}.png"), full_page=True)
     context.close()
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_tapping_a_patient_on_a_phone_brings_the_cards_into_view(

@@ -552,3 +552,24 @@ def test_explanation_shows_reason_code_only_behind_a_toggle(
     assert "bmi" not in sentence
     assert '<details class="small" id="who-reason-code">' in toggle
     assert "<code>missing:bmi</code>" in toggle
+
+
+def test_monitor_subgroups_are_the_callers_tenants_only(app_rt: tuple[Starlette, Runtime]) -> None:
+    from serving.audit import AuditStore
+
+    app, runtime = app_rt
+    _card_for(app, "demo-02")  # one answer for the demo EHR's tenant
+    store = runtime.audit
+    assert isinstance(store, AuditStore)
+    tenant = store.rows()[-1].caller_tenant
+    assert tenant
+    _, mine = store.create_api_key(tenant, "monitor")
+    _, other = store.create_api_key("another-site", "monitor")
+    assert request(app, "GET", "/ui/monitor").status_code == 401
+    page = request(app, "GET", "/ui/monitor", headers={"X-API-Key": mine}).text
+    subgroups = page.partition("Subgroups, last 30 days")[2]
+    assert "ncd-cvd-risk" in subgroups
+    assert "Age: " in subgroups
+    assert "Site: " not in subgroups  # a tenant sees no site breakdown
+    elsewhere = request(app, "GET", "/ui/monitor", headers={"X-API-Key": other}).text
+    assert "ncd-cvd-risk" not in elsewhere.partition("Subgroups, last 30 days")[2]
