@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel
 
 from models import registry
+from models.details import FeatureBins
+from models.details import NcdParityReport as ParityReport
 from models.metadata import ModelMetadata
 from models.ncd_predictor import INPUT_NAME, OUTPUT_NAME
 from models.who_cvd import percents_and_bands
@@ -51,20 +52,6 @@ class ExportError(Exception):
     """The ONNX model does not reproduce the scikit-learn model."""
 
 
-class ParityReport(BaseModel):
-    """ONNX vs scikit-learn on the same rows."""
-
-    n_rows: int
-    max_abs_diff: float
-    band_mismatches: int
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether the export is faithful enough to serve."""
-        return self.max_abs_diff <= self.tolerance and self.band_mismatches == 0
-
-
 @contextlib.contextmanager
 def _int_missing_tracks() -> Iterator[None]:
     from skl2onnx.common import tree_ensemble
@@ -87,15 +74,15 @@ def _int_missing_tracks() -> Iterator[None]:
 
 def training_distribution(
     x: np.ndarray, names: list[str], bins: int = 10
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, FeatureBins]:
     """Per feature, the decile cut points of ``x`` and the share of rows in each bin.
 
     Serving compares live inputs with this (population stability index,
-    :mod:`serving.monitor.drift`); stored as ``extra["training_distribution"]``. A
+    :mod:`serving.monitor.drift`); stored as ``NcdDetails.training_distribution``. A
     feature with few distinct values (e.g. sex) gets fewer bins; missing values (NaN)
     are left out. Bin ``i`` holds ``edges[i-1] <= x < edges[i]``.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, FeatureBins] = {}
     for j, name in enumerate(names):
         values = x[:, j][np.isfinite(x[:, j])].astype(np.float64)
         if len(values) == 0:
@@ -103,11 +90,9 @@ def training_distribution(
         cuts = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
         edges = [float(c) for c in np.unique(cuts) if c > values.min()]
         counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-        out[name] = {
-            "edges": edges,
-            "proportions": [float(c) for c in counts / len(values)],
-            "n": len(values),
-        }
+        out[name] = FeatureBins(
+            edges=edges, proportions=[float(c) for c in counts / len(values)], n=len(values)
+        )
     return out
 
 
@@ -172,7 +157,7 @@ def check_parity(
 def export_checked(
     estimator: Any, x_parity: np.ndarray, metadata: ModelMetadata, min_rows: int = 10_000
 ) -> tuple[onnx.ModelProto, ModelMetadata, ParityReport]:
-    """Export and check parity on ``x_parity``; the metadata gains ``extra["parity"]``.
+    """Export and check parity on ``x_parity``; the metadata gains ``NcdDetails.parity``.
 
     Raises:
         ExportError: fewer than ``min_rows`` rows, or parity fails.
@@ -189,7 +174,7 @@ def export_checked(
         )
     final = metadata.model_copy(
         update={
-            "extra": {**metadata.extra, "parity": report.model_dump()},
+            "extra": metadata.ncd.model_copy(update={"parity": report}),
             "inputs": {INPUT_NAME: ["N", len(metadata.features)]},
         }
     )

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.cxr_labels import CXR_LABELS
 from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
 from models.site_threshold import load_record
@@ -109,13 +108,7 @@ class Prepared:
 
 def model_labels(stored: StoredModel) -> list[str]:
     """The label order of the ``logits`` output, from the artifact's metadata."""
-    labels = stored.metadata.extra.get("labels")
-    if isinstance(labels, list) and labels:
-        return [str(label) for label in labels]
-    for output in stored.metadata.outputs:
-        if output.name == "logits" and output.labels:
-            return list(output.labels)
-    return list(CXR_LABELS)
+    return list(stored.metadata.cxr.labels)
 
 
 def _preprocess_module() -> Any:

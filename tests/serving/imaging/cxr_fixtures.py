@@ -21,6 +21,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models import registry
+from models.details import CxrDetails
 from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
 from models.registry import StoredModel
 
@@ -78,7 +79,7 @@ def make_cxr_artifact(
             OutputSpec(name="logits", meaning="per-label logits", labels=LABELS),
             OutputSpec(name="cam", meaning="class activation maps", labels=LABELS),
         ],
-        extra={"labels": LABELS},
+        extra=CxrDetails(labels=LABELS),
         operating_points=[
             OperatingPoint(
                 label=label,
