@@ -364,7 +364,7 @@ def _train(
             labels=cfg.labels,
             encodings={"sex": dict(SEX_CODES)},
             estimator=chosen,
-            validation=dict(validation),
+            validation={kind: {**scores} for kind, scores in validation.items()},
             split_counts=counts,
             censoring="IPCW, Kaplan-Meier of censoring on the training split",
             missing_inputs=missing,
