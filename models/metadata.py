@@ -3,7 +3,9 @@
 Every artifact Tonle serves is an ONNX file plus this metadata (a model artifact is
 self-describing). Serving refuses an artifact whose metadata does not validate, whose
 ONNX bytes do not hash to ``onnx_sha256``, or whose metadata and card do not hash to
-``sha256`` (:mod:`models.registry`).
+``sha256`` (:mod:`models.registry`). What only one task records (an NCD model's
+outcome and WHO comparison, an X-ray model's labels and calibration) is typed in
+:mod:`models.details` and held in ``extra``; read it as ``meta.ncd`` or ``meta.cxr``.
 """
 
 from __future__ import annotations
@@ -158,13 +160,14 @@ class ModelMetadata(_Strict):
         try:
             details = expected.model_validate(raw if raw is not None else {})
         except ValidationError as exc:
+            errors = exc.errors(include_url=False)
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                for e in exc.errors(include_url=False)
+                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in errors
             )
+            unknown = any(e["type"] == "extra_forbidden" for e in errors)
             raise ValueError(
-                f"'extra' is not valid {expected.__name__} for a {task!r} artifact ({problems}); "
-                "a key this version does not know is refused rather than dropped"
+                f"'extra' is not valid {expected.__name__} for a {task!r} artifact ({problems})"
+                + ("; a key this version does not know is refused, not dropped" if unknown else "")
             ) from None
         return {**data, "extra": details}
 

@@ -88,7 +88,7 @@ def _raw(name: str) -> dict[str, object]:
 def test_a_key_this_version_does_not_know_is_refused() -> None:
     raw = _raw("ncd-trained")
     raw["extra"] = {**raw["extra"], "calibrated_by": "someone"}  # type: ignore[dict-item]
-    with pytest.raises(ValidationError, match=r"calibrated_by.*refused rather than dropped"):
+    with pytest.raises(ValidationError, match=r"calibrated_by.*refused, not dropped"):
         ModelMetadata.model_validate(raw)
 
 
@@ -101,8 +101,14 @@ def test_details_of_another_task_are_refused() -> None:
         ModelMetadata(name="x-ray", version="1.0.0", task="cxr-triage", extra=ncd.ncd)
     with pytest.raises(ValidationError, match="'test' artifact carries no details"):
         ModelMetadata(name="toy", version="1.0.0", task="test", extra=ncd.ncd)
-    with pytest.raises(ValidationError, match="outcome"):  # an NCD model needs its outcome
-        ModelMetadata(name="risk", version="1.0.0", task="ncd-risk")
+    with pytest.raises(ValidationError, match="outcome: Field required") as info:
+        ModelMetadata(name="risk", version="1.0.0", task="ncd-risk")  # needs its outcome
+    assert "not dropped" not in str(info.value)
+    with pytest.raises(ValidationError, match="synthetic_training_data"):  # a flag, not text
+        ModelMetadata(
+            name="risk", version="1.0.0", task="ncd-risk",
+            extra={"outcome": "cvd", "synthetic_training_data": "yes"},
+        )  # fmt: skip
 
 
 def test_a_test_model_has_no_details_and_an_empty_object_on_disk() -> None:
