@@ -38,7 +38,6 @@ def main() -> None:
     from models.cxr_preprocess import decode_dicom, to_model_input
     from models.cxr_quality import assess
     from serving.metrics import observe_read
-    from serving.monitor.drift import distribution_of
     from tests.serving.imaging.cxr_fixtures import LABELS, dicom_bytes
     from training.cxr_synthetic import render_case
     from training.distribution import rows_to_matrix, training_distribution
@@ -55,9 +54,7 @@ def main() -> None:
         jitter = {k: v * rng.uniform(0.9, 1.1) for k, v in base.items()}
         rows.append(jitter | score_values(LABELS, rng.uniform(0, 1, len(LABELS)).tolist()))
     names = [*IMAGE_STATISTICS, *(f"score:{label}" for label in LABELS)]
-    reference = distribution_of(
-        {"training_distribution": training_distribution(rows_to_matrix(rows, names), names)}
-    )
+    reference = training_distribution(rows_to_matrix(rows, names), names)
     probs = rng.uniform(0, 1, len(LABELS))
 
     def drift() -> None:

@@ -82,6 +82,7 @@ def build_model(home: Path, arch: str, tmp: Path) -> tuple[str, str]:
     from models import registry
     from models.cxr_export import export_onnx
     from models.cxr_net import CxrNet
+    from models.details import CxrDetails
     from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
 
     torch.manual_seed(0)
@@ -101,7 +102,7 @@ def build_model(home: Path, arch: str, tmp: Path) -> tuple[str, str]:
             OperatingPoint(label=label, threshold=0.5, chosen_on="benchmark placeholder")
             for label in LABELS
         ],
-        extra={"labels": LABELS, "arch": arch},
+        extra=CxrDetails(labels=LABELS, arch=arch),
     )
     registry.save(path, meta)
     return "cxr-triage", "0.0.1-bench"

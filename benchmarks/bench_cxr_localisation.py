@@ -87,9 +87,9 @@ def main() -> None:
         labels = generate(Path(tmp) / "fresh", args.n, args.seed, size=args.data_size)
         data = load_cxr_data(labels, stored.metadata.image.size)
         report = evaluate_stored(stored, data, reps=args.reps)
-    calibration = stored.metadata.extra.get("calibration", {}).get("method", "?")
+    calibration = stored.metadata.cxr.calibration.method
     print(
-        f"model {stored.metadata.tag} ({stored.metadata.extra.get('arch', '?')}, calibration "
+        f"model {stored.metadata.tag} ({stored.metadata.cxr.arch or '?'}, calibration "
         f"{calibration}) on {args.n} fresh synthetic images (seed {args.seed}, "
         f"{args.data_size} px)"
     )

@@ -177,7 +177,7 @@ def main() -> None:
         from models import registry  # the model with --skip-accuracy)
 
         name, _, version = args.model.partition(":")
-        archs = (str(registry.get(name, version or "latest").metadata.extra.get("arch")),)
+        archs = (str(registry.get(name, version or "latest").metadata.cxr.arch),)
     print(f"model call, {size} px, {args.threads} threads, median of {args.repeat}:")
     for arch in archs:
         r = speed(arch, size, args.repeat, args.threads, images)

@@ -111,7 +111,7 @@ def main() -> None:
         stored = train_cxr(load_config(root / "cfg.yaml", CxrTrainConfig))
         assert stored is not None
         print(f"trained {stored.metadata.tag} in {time.perf_counter() - start:.0f} s; gate:")
-        print(" ", {k: v for k, v in stored.metadata.extra["ood"].items()})
+        print(" ", stored.metadata.cxr.ood)
         predictor = CxrPredictor(stored, threads=2)
 
         data = load_cxr_data(labels, args.size)

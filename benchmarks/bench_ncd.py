@@ -121,7 +121,7 @@ def main() -> None:
         print(f"calibration slope {slope[0]:.3f} (target 0.9-1.1), intercept {intercept[0]:.3f}")
 
         print(
-            f"\n== scoring speed ({predictor.metadata.extra['estimator']} model, "
+            f"\n== scoring speed ({predictor.metadata.ncd.estimator} model, "
             f"{x.shape[1]} features, ONNX Runtime {args.threads} threads)"
         )
         batch = 10_000

@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from models.details import FeatureBins  # noqa: E402
 from serving import assess as assess_module  # noqa: E402
 from serving import cds_hooks  # noqa: E402
 from serving.app import create_app  # noqa: E402
@@ -244,11 +245,12 @@ def _with_training_distribution(runtime: Runtime) -> None:
     for predictor in runtime.ncd.values():
         meta = predictor.metadata
         bins = {
-            spec.name: {"edges": [float(i) for i in range(1, 10)],
-                        "proportions": [0.1] * 10, "n": 1000}
+            spec.name: FeatureBins(
+                edges=[float(i) for i in range(1, 10)], proportions=[0.1] * 10, n=1000
+            )
             for spec in meta.features
-        }  # fmt: skip
-        extra = {**meta.extra, "training_distribution": bins}
+        }
+        extra = meta.ncd.model_copy(update={"training_distribution": bins})
         predictor.metadata = meta.model_copy(update={"extra": extra})
 
 

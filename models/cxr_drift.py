@@ -4,7 +4,7 @@ One function for training and serving (train/serve skew would be drift by itself
 :func:`image_statistics` reads the preprocessed model input (``[1, S, S]`` in [0, 1])
 and the header facts of the decoded original. Training records their distribution over
 the training split, and the calibrated scores' over the validation split, in
-``extra["training_distribution"]`` (:mod:`training.distribution`); serving counts the
+``CxrDetails.training_distribution`` (:mod:`training.distribution`); serving counts the
 bin of each read's values and computes the population stability index when
 ``/metrics`` is scraped (:mod:`serving.monitor.alerts`).
 

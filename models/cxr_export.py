@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from pydantic import BaseModel
 
 from models.cxr_net import CXR_LABELS, CxrNet
+from models.details import CxrCalibration, CxrDetails, PlattParams
+from models.details import CxrParityReport as ParityReport
 from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
 
 __all__ = [
@@ -39,30 +40,6 @@ PARITY_ATOL = 1e-4
 
 class ExportError(RuntimeError):
     """The exported graph does not reproduce the PyTorch model."""
-
-
-class ParityReport(BaseModel):
-    """Largest differences between PyTorch and ONNX Runtime outputs.
-
-    Logits are compared absolutely. The map is compared on the scale it is shown at:
-    each map's difference divided by that map's range (the heatmap is drawn min-max
-    scaled), or absolutely where the range is below 1. A raw map's scale grows with
-    training (the demo model's maps span -31 to 127), and float32 alone cannot hold
-    it to 1e-4 absolute: PyTorch in float32 differed from the same network in float64
-    by 1.0e-4 on such maps, ONNX Runtime by 4.9e-5, each other by 1.3e-4, that is
-    3.7e-6 of the map's range.
-    """
-
-    n_images: int
-    max_abs_diff_logits: float
-    max_abs_diff_cam: float
-    max_scaled_diff_cam: float
-    atol: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether the logits and the scaled map are within ``atol``."""
-        return max(self.max_abs_diff_logits, self.max_scaled_diff_cam) <= self.atol
 
 
 def export_onnx(
@@ -157,6 +134,7 @@ def cxr_metadata(
     operating_points: list[OperatingPoint],
     calibration: dict[str, dict[str, float]],
     labels: tuple[str, ...] = CXR_LABELS,
+    details: CxrDetails | None = None,
     **fields: Any,
 ) -> ModelMetadata:
     """Metadata for a ``cxr-triage`` artifact following contract C7.
@@ -169,21 +147,24 @@ def cxr_metadata(
         operating_points: one per label, on calibrated probabilities.
         calibration: label -> ``{"scale": a, "offset": b}``; p = sigmoid(a * logit + b).
         labels: output columns.
+        details: what else training records (split, parity, gates, ...); the
+            labels, map shape, calibration and opset set here replace its own.
         **fields: any other :class:`~models.metadata.ModelMetadata` field
-            (metrics, config, limitations, ...); ``extra`` is merged.
+            (metrics, config, limitations, ...).
 
     Returns:
         The metadata (``sha256`` is filled in by the registry on save).
     """
-    extra = dict(fields.pop("extra", {}))
-    extra.update(
-        {
-            "labels": list(labels),
-            "cam_shape": list(cam_shape),
-            "calibration": {"method": "platt", "params": calibration},
-            "onnx_opset": OPSET,
-        }
-    )
+    own = {
+        "labels": list(labels),
+        "cam_shape": (int(cam_shape[0]), int(cam_shape[1])),
+        "calibration": CxrCalibration(
+            method="platt",
+            params={label: PlattParams.model_validate(p) for label, p in calibration.items()},
+        ),
+        "onnx_opset": OPSET,
+    }
+    extra = CxrDetails.model_validate(own) if details is None else details.model_copy(update=own)
     fields.setdefault(
         "intended_use",
         "Advisory triage of adult (15+) frontal (PA/AP) chest radiographs, CR or DX: "

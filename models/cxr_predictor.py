@@ -7,15 +7,15 @@ session and adaptive batching (docs/performance.md).
 Metadata this module reads (written by ``training/cxr_train.py``):
 
 * ``metadata.image`` (:class:`~models.metadata.ImageSpec`): the input side ``S``.
-* ``metadata.extra["labels"]``: the output columns.
-* ``metadata.extra["calibration"]``: ``{"method": "platt", "params": {label:
-  {"scale": a, "offset": b}}}``; probability = ``sigmoid(a * logit + b)``.
-* ``metadata.extra["ood"]``: present when the graph has the out-of-distribution
+* ``metadata.cxr.labels``: the output columns.
+* ``metadata.cxr.calibration``: Platt parameters per label, ``{"scale": a, "offset":
+  b}``; probability = ``sigmoid(a * logit + b)``.
+* ``metadata.cxr.ood``: present when the graph has the out-of-distribution
   output ``ood_score`` (:mod:`models.cxr_ood`; above 1 = unlike the training images).
   :meth:`CxrPredictor.predict` gives such an image all-NaN probabilities and maps, so
   every caller fails closed on it; :func:`refused` says which they are.
 * ``metadata.operating_points``: a threshold per label on that probability; a label
-  with too few known validation positives has none, and ``extra["no_operating_point"]``
+  with too few known validation positives has none, and ``cxr.no_operating_point``
   says why.
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from models.details import PlattParams
 from models.metadata import ModelMetadata
 from models.onnx_runtime import open_session
 from models.registry import StoredModel
@@ -101,17 +102,12 @@ class CxrPredictor:
                 "CxrPredictor needs task 'cxr-triage' with metadata.image set"
             )
         self.metadata: ModelMetadata = meta
-        self.labels: list[str] = list(meta.extra.get("labels", []))
-        if not self.labels:
-            raise CxrPredictionError(f"{meta.tag} has no extra['labels']")
+        self.labels: list[str] = list(meta.cxr.labels)  # at least one (CxrDetails)
         self.size: int = meta.image.size
-        calibration = meta.extra.get("calibration", {}).get("params", {})
-        self._scale = np.array(
-            [float(calibration.get(label, {}).get("scale", 1.0)) for label in self.labels]
-        )
-        self._offset = np.array(
-            [float(calibration.get(label, {}).get("offset", 0.0)) for label in self.labels]
-        )
+        params = meta.cxr.calibration.params
+        identity = PlattParams(scale=1.0, offset=0.0)
+        self._scale = np.array([params.get(label, identity).scale for label in self.labels])
+        self._offset = np.array([params.get(label, identity).offset for label in self.labels])
         self._session = open_session(stored, threads=threads)
         names = {o.name for o in self._session.get_outputs()}
         self.has_ood_gate: bool = OOD_OUTPUT in names

@@ -3,7 +3,9 @@
 Every artifact Tonle serves is an ONNX file plus this metadata (a model artifact is
 self-describing). Serving refuses an artifact whose metadata does not validate, whose
 ONNX bytes do not hash to ``onnx_sha256``, or whose metadata and card do not hash to
-``sha256`` (:mod:`models.registry`).
+``sha256`` (:mod:`models.registry`). What only one task records (an NCD model's
+outcome and WHO comparison, an X-ray model's labels and calibration) is typed in
+:mod:`models.details` and held in ``extra``; read it as ``meta.ncd`` or ``meta.cxr``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,19 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from models.details import CxrDetails, Details, NcdDetails
 
 __all__ = [
     "SEMVER",
@@ -118,7 +132,59 @@ class ModelMetadata(_Strict):
     code_version: str = Field(default="", description="git commit the artifact was built from.")
     library_versions: dict[str, str] = Field(default_factory=dict)
     changelog: str = ""
-    extra: dict[str, Any] = Field(default_factory=dict, description="Model-specific metadata.")
+    extra: Details | None = Field(
+        default=None,
+        description="What this task records (models.details): NcdDetails for 'ncd-risk', "
+        "CxrDetails for 'cxr-triage', none for 'test'; in JSON an object ({} for none).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _details_for_task(cls, data: Any) -> Any:
+        """Validate ``extra`` as the details class of ``task`` (not whichever fits)."""
+        if not isinstance(data, dict) or "task" not in data:
+            return data
+        task, raw = data["task"], data.get("extra")
+        expected = _DETAILS.get(task)
+        if expected is None:  # "test" (or an unknown task, refused by its own field)
+            if raw and task == "test":
+                raise ValueError("a 'test' artifact carries no details: 'extra' must be empty")
+            return {**data, "extra": None}
+        if isinstance(raw, NcdDetails | CxrDetails):
+            if not isinstance(raw, expected):
+                raise ValueError(
+                    f"a {task!r} artifact cannot carry {type(raw).__name__}; it needs "
+                    f"{expected.__name__}"
+                )
+            return data
+        try:
+            details = expected.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in errors
+            )
+            unknown = any(e["type"] == "extra_forbidden" for e in errors)
+            raise ValueError(
+                f"'extra' is not valid {expected.__name__} for a {task!r} artifact ({problems})"
+                + ("; a key this version does not know is refused, not dropped" if unknown else "")
+            ) from None
+        return {**data, "extra": details}
+
+    @model_serializer(mode="wrap")
+    def _serialise(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        # The details as they were set, whatever the options (exclude_defaults would
+        # otherwise drop nested fields an artifact wrote): an artifact serialises as it
+        # was written and its identity (models.registry.artifact_digest) still verifies.
+        if "extra" in out:
+            details = self.extra
+            out["extra"] = (
+                {} if details is None else details.model_dump(mode=info.mode, exclude_unset=True)
+            )
+        return out
 
     @field_validator("name")
     @classmethod
@@ -141,3 +207,36 @@ class ModelMetadata(_Strict):
     def tag(self) -> str:
         """The store tag, ``name:version``."""
         return f"{self.name}:{self.version}"
+
+    @property
+    def ncd(self) -> NcdDetails:
+        """The details of an ``ncd-risk`` artifact.
+
+        Raises:
+            ValueError: the artifact is of another task.
+        """
+        if not isinstance(self.extra, NcdDetails):
+            raise ValueError(f"{self.tag} is a {self.task!r} model, not 'ncd-risk'")
+        return self.extra
+
+    @property
+    def cxr(self) -> CxrDetails:
+        """The details of a ``cxr-triage`` artifact.
+
+        Raises:
+            ValueError: the artifact is of another task.
+        """
+        if not isinstance(self.extra, CxrDetails):
+            raise ValueError(f"{self.tag} is a {self.task!r} model, not 'cxr-triage'")
+        return self.extra
+
+    @property
+    def synthetic_training_data(self) -> bool:
+        """Whether training recorded generated (demo) data; False for a ``test`` model."""
+        return self.extra is not None and self.extra.synthetic_training_data
+
+
+_DETAILS: dict[str, type[NcdDetails] | type[CxrDetails]] = {
+    "ncd-risk": NcdDetails,
+    "cxr-triage": CxrDetails,
+}

@@ -3,8 +3,8 @@
 The ONNX contract (contract C3): input ``features`` float32 ``[N, F]`` with columns in
 the order of ``metadata.features``; output ``probabilities`` float32 ``[N, 2]`` whose
 column 1 is the probability of the event within 10 years. ``metadata.task`` is
-``"ncd-risk"``, ``metadata.extra["outcome"]`` is ``"cvd"`` or ``"diabetes"`` and
-``metadata.extra["reference"]`` maps each feature to the reference value that
+``"ncd-risk"``, ``metadata.ncd.outcome`` is ``"cvd"`` or ``"diabetes"`` and
+``metadata.ncd.reference`` maps each feature to the reference value that
 explanations compare against.
 
 Explanations are computed with the served ONNX model itself, in one batched call:
@@ -80,7 +80,7 @@ def encode_value(metadata: ModelMetadata, spec: FeatureSpec, raw: Any) -> float:
         NcdInputError: the value is not a number (or code) the feature accepts, or is
             outside its valid range.
     """
-    encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
+    encodings = metadata.ncd.encodings
     if spec.name in encodings:
         codes = encodings[spec.name]
         if str(raw) not in codes:
@@ -105,7 +105,7 @@ def encode_value(metadata: ModelMetadata, spec: FeatureSpec, raw: Any) -> float:
 def encode_rows(metadata: ModelMetadata, rows: list[Mapping[str, Any]]) -> np.ndarray:
     """Turn feature dictionaries into the model's float32 ``[N, F]`` input.
 
-    Categorical values are mapped with ``metadata.extra["encodings"]`` (e.g.
+    Categorical values are mapped with ``metadata.ncd.encodings`` (e.g.
     ``{"sex": {"female": 0, "male": 1}}``); booleans become 0/1. A missing optional
     feature becomes NaN (the model handles it); a missing required feature or a value
     outside the feature's valid range raises :class:`NcdInputError`, never a default.
@@ -140,14 +140,12 @@ class NcdPredictor:
         meta = stored.metadata
         if meta.task != "ncd-risk":
             raise ArtifactError(f"{meta.tag} has task {meta.task!r}, expected 'ncd-risk'")
-        if meta.extra.get("outcome") not in {"cvd", "diabetes"}:
-            raise ArtifactError(f"{meta.tag}: extra.outcome must be 'cvd' or 'diabetes'")
         if not meta.features:
             raise ArtifactError(f"{meta.tag} lists no features")
         self.metadata: ModelMetadata = meta
         self.feature_names: list[str] = [f.name for f in meta.features]
-        reference = meta.extra.get("reference")
-        if not isinstance(reference, dict) or set(reference) != set(self.feature_names):
+        reference = meta.ncd.reference
+        if set(reference) != set(self.feature_names):
             raise ArtifactError(f"{meta.tag}: extra.reference must give a value for each feature")
         self.reference = np.array(
             [float(reference[name]) for name in self.feature_names], dtype=np.float32
@@ -233,9 +231,9 @@ class NcdPredictor:
 
     def _describe(self, j: int, value: float, delta: float, first: bool) -> str:
         spec = self.metadata.features[j]
-        labels: dict[str, str] = self.metadata.extra.get("labels", {})
-        label = labels.get(spec.name, spec.description)
-        encodings: dict[str, dict[str, float]] = self.metadata.extra.get("encodings", {})
+        details = self.metadata.ncd
+        label = details.labels.get(spec.name, spec.description)
+        encodings = details.encodings
         if spec.name in encodings:
             names = {v: k for k, v in encodings[spec.name].items()}
             what = f"{label} {names.get(value, f'{value:g}')}"

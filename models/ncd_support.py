@@ -4,7 +4,7 @@ Training records, per input, the range the training rows covered (the 0.1st to 9
 percentile of a measurement: about 1 in 500 patients like the training ones falls
 outside, and one stray training value cannot widen it; the smallest to largest value of
 a code or flag such as sex or smoking) and how often it was missing, in
-``metadata.extra["input_support"]``. Serving asks :meth:`InputSupport.outside` before
+``metadata.ncd.input_support``. Serving asks :meth:`InputSupport.outside` before
 it shows the model's estimate: a patient with a measured value outside that range is
 unlike the patients the model learned from, and its estimate there is an extrapolation
 no validation covers.
@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from models.metadata import FeatureSpec, ModelMetadata
+if TYPE_CHECKING:
+    from models.metadata import FeatureSpec
 
-__all__ = ["QUANTILES", "SUPPORT_KEY", "FeatureSupport", "InputSupport", "Outside"]
-
-SUPPORT_KEY: Final = "input_support"
-"""The key of :class:`InputSupport` in ``ModelMetadata.extra``."""
+__all__ = ["QUANTILES", "FeatureSupport", "InputSupport", "Outside"]
 
 QUANTILES: Final = (0.001, 0.999)
 """The percentiles that bound a measurement's training range."""
@@ -54,7 +52,7 @@ class Outside(BaseModel):
 
 
 class InputSupport(BaseModel):
-    """The training range of every input of one model (``extra["input_support"]``)."""
+    """The training range of every input of one model (``NcdDetails.input_support``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,18 +79,7 @@ class InputSupport(BaseModel):
             out[spec.name] = FeatureSupport(
                 low=low, high=high, missing_rate=1.0 - known.size / column.size
             )
-        return cls(features=out)
-
-    @classmethod
-    def of_metadata(cls, meta: ModelMetadata) -> InputSupport | None:
-        """The recorded support, or None for an artifact without (or with a bad) record."""
-        raw = meta.extra.get(SUPPORT_KEY)
-        if raw is None:
-            return None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError:
-            return None
+        return cls(quantiles=QUANTILES, features=out)
 
     def outside(self, encoded: Mapping[str, float]) -> list[Outside]:
         """The measured values (model encoding) outside their training range."""

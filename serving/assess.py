@@ -24,7 +24,7 @@ from models.ncd_predictor import (
     encode_value,
     risk_band,
 )
-from models.ncd_support import InputSupport, Outside
+from models.ncd_support import Outside
 from models.who_chart import ChartCell, patient_cell
 from models.who_cvd import WhoCvdInputError, WhoCvdInputs, WhoCvdResult, who_cvd_risk
 from models.who_cvd_inputs import VALID_RANGES
@@ -134,7 +134,7 @@ class Advice:
     extra: dict[str, str] = field(default_factory=dict)
     missing: dict[str, float | None] = field(default_factory=dict)
     """Optional inputs that were not recorded -> the value the model scored them as
-    (``extra["missing_inputs"]``, measured at training), None where no single value
+    (``ncd.missing_inputs``, measured at training), None where no single value
     says it. The card and the explanation page list them."""
     outside_support: list[Outside] = field(default_factory=list)
     """Measured values outside the model's training range: its estimate is not shown."""
@@ -204,18 +204,16 @@ def model_shown(advice: Advice) -> bool:
 
 def model_validated(meta: ModelMetadata) -> bool:
     """Whether the model's recorded validation shows it at least as good as the WHO
-    chart on the same patients (``extra.who_comparison.at_least_as_good``). Only then
+    chart on the same patients (``ncd.who_comparison.at_least_as_good``). Only then
     does a card show its estimate beside the chart; absent means no."""
-    comparison = meta.extra.get("who_comparison")
-    return isinstance(comparison, dict) and comparison.get("at_least_as_good") is True
+    comparison = meta.ncd.who_comparison
+    return comparison is not None and comparison.at_least_as_good
 
 
 def _scored_as(meta: ModelMetadata, name: str) -> float | None:
     """What the model scores a missing ``name`` as (training.ncd_missing), if one value."""
-    table = meta.extra.get("missing_inputs")
-    info = table.get(name) if isinstance(table, dict) else None
-    value = info.get("scored_as") if isinstance(info, dict) else None
-    return float(value) if isinstance(value, int | float) else None
+    info = meta.ncd.missing_inputs.get(name)
+    return None if info is None else info.scored_as
 
 
 def already_has_outcome(
@@ -228,7 +226,7 @@ def already_has_outcome(
     or a diabetes diagnosis on record by today whatever its status (``prior``).
 
     Args:
-        outcome: The model's ``extra.outcome``.
+        outcome: The model's ``ncd.outcome``.
         values: Feature values (serving: :func:`serving.fhir_in.extract`).
         prior: Outcomes already diagnosed (:attr:`serving.fhir_in.Extracted.prior`).
     """
@@ -385,7 +383,7 @@ def assess(
         else None
     )
     # A new-onset risk is meaningless for someone who already has the outcome.
-    has_outcome = already_has_outcome(meta.extra.get("outcome"), values, prior)
+    has_outcome = already_has_outcome(meta.ncd.outcome, values, prior)
     problems = _problems(meta, values, dates, unreadable or {}, has_outcome, oldest, max_age_days)
     if problems:
         raise NoAdvice.of(problems)
@@ -404,8 +402,8 @@ def assess(
     if not (math.isfinite(risk) and 0.0 <= risk <= 1.0):
         raise NoAdvice("model-output", None, "the model returned no valid probability")
     band_index, band = risk_band(risk)
-    outcome = str(meta.extra.get("outcome", ""))
-    support = InputSupport.of_metadata(meta)
+    outcome = meta.ncd.outcome
+    support = meta.ncd.input_support
     encoded = {spec.name: float(row[0, j]) for j, spec in enumerate(meta.features)}
     outside = support.outside(encoded) if support is not None else []
     if outside and who is None:  # no WHO chart to lead: nothing to show

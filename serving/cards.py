@@ -197,13 +197,12 @@ def missing_how(meta: ModelMetadata, name: str) -> MissingHow:
     missing ``name`` becomes: one value, the trees' commonest branch (never missing in
     training, no single value reproduces it), a learned route for unknown, or not
     measured (older artifacts)."""
-    table = meta.extra.get("missing_inputs")
-    info = table.get(name) if isinstance(table, dict) else None
-    if not isinstance(info, dict):
+    info = meta.ncd.missing_inputs.get(name)
+    if info is None:
         return "unmeasured"
-    if isinstance(info.get("scored_as"), int | float):
+    if info.scored_as is not None:
         return "value"
-    return "route" if info.get("missing_in_training") else "branch"
+    return "route" if info.missing_in_training else "branch"
 
 
 def missing_text(

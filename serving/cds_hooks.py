@@ -121,7 +121,7 @@ class NcdService:
         runtime, exchange, cds, lang = call.runtime, call.exchange, call.hook, call.lang
         predictor = runtime.ncd[self.service_id]
         exchange.model = predictor.metadata
-        outcome = predictor.metadata.extra.get("outcome")
+        outcome = predictor.metadata.ncd.outcome
         who = (
             WhoSettings(runtime.config.who_region, runtime.config.who_country)
             if outcome == "cvd"

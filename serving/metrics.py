@@ -227,12 +227,10 @@ def _bins_of(metadata: ModelMetadata) -> _Binned:
     kept = _BINS.get(id(metadata))
     found = kept[1] if kept is not None and kept[0] is metadata else None
     if found is None:
-        from serving.monitor.drift import distribution_of
-
-        encodings: dict[str, dict[str, float]] = metadata.extra.get("encodings", {})
+        details = metadata.ncd
         found = tuple(
-            (name, bins, encodings.get(name, {}))
-            for name, bins in distribution_of(metadata.extra).items()
+            (name, bins, dict(details.encodings.get(name, {})))
+            for name, bins in details.training_distribution.items()
         )
         _BINS[id(metadata)] = (metadata, found)
     return found

@@ -150,7 +150,7 @@ def no_advice_card(
     if not actionable(no_advice):
         raise ValueError(f"no card for no-advice {no_advice.code!r}: not actionable")
     problems = no_advice.problems
-    outcome = str(meta.extra.get("outcome", ""))
+    outcome = meta.ncd.outcome
     intro = f"card.noadvice.ncd.{outcome}.intro" if outcome in _OUTCOMES else None
     lines = "\n".join(f"- {_line(p, meta, lang, max_age_days)}" for p in problems)
     detail = "\n\n".join(

@@ -153,9 +153,9 @@ class Runtime:
         from models.who_cvd import WhoCvdInputs, who_cvd_risk
 
         for service_id, predictor in self.ncd.items():
-            reference: dict[str, Any] = dict(predictor.metadata.extra["reference"])
-            encodings: dict[str, dict[str, float]] = predictor.metadata.extra.get("encodings", {})
-            for name, codes in encodings.items():
+            details = predictor.metadata.ncd
+            reference: dict[str, Any] = dict(details.reference)
+            for name, codes in details.encodings.items():
                 by_code = {v: k for k, v in codes.items()}
                 reference[name] = by_code.get(reference[name], reference[name])
             row = encode_rows(predictor.metadata, [reference])

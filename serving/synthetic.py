@@ -1,7 +1,7 @@
 """Models trained on synthetic data: said on every output, refused in production.
 
 Training records in each artifact whether its training data was synthetic
-(``metadata.extra["synthetic_training_data"]``: the demo's generated cohorts and
+(``synthetic_training_data`` in its details, models.details: the demo's generated cohorts and
 radiographs). Such a model has never seen a real patient or a real radiograph: every
 card, FHIR resource and page that shows its output says "demo model: synthetic
 training data, not for clinical use", and the service refuses to load it unless it
@@ -19,14 +19,11 @@ from models.registry import ArtifactError
 
 __all__ = [
     "DEMO_NOTE",
-    "SYNTHETIC_KEY",
     "advisory_for",
     "check_servable",
     "trained_on_synthetic",
 ]
 
-#: The metadata ``extra`` key training sets.
-SYNTHETIC_KEY: Final = "synthetic_training_data"
 #: The English note on machine-read outputs (FHIR notes); cards and pages use the
 #: ``advisory.demo_model`` message in the reader's language.
 DEMO_NOTE: Final = "Demo model: synthetic training data, not for clinical use."
@@ -34,7 +31,7 @@ DEMO_NOTE: Final = "Demo model: synthetic training data, not for clinical use."
 
 def trained_on_synthetic(meta: ModelMetadata) -> bool:
     """Whether the artifact records that it was trained on synthetic data."""
-    return meta.extra.get(SYNTHETIC_KEY) is True
+    return meta.synthetic_training_data
 
 
 def advisory_for(meta: ModelMetadata, advisory: str) -> str:

@@ -9,14 +9,61 @@ store. Use it together with the ``model_store`` fixture.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from models.details import MetricCI, NcdDetails, WhoComparison
 from models.metadata import FeatureSpec, ModelMetadata
 from models.registry import StoredModel
 
-__all__ = ["FIXTURE_FEATURES", "fixture_rows", "make_ncd_artifact"]
+__all__ = [
+    "FIXTURE_FEATURES",
+    "fixture_rows",
+    "make_ncd_artifact",
+    "synthetic",
+    "who_comparison",
+    "with_details",
+]
+
+
+def who_comparison(good: bool = True, **changes: Any) -> WhoComparison:
+    """A recorded comparison with the WHO chart: at least as good, or not (``good``)."""
+    metric = MetricCI(value=0.7)
+    fields: dict[str, Any] = {
+        "rule": "test rule",
+        "chart": "WHO 2019 lab chart, region SEAR",
+        "n": 1000,
+        "events": 100,
+        "auroc_model": metric,
+        "auroc_who": metric,
+        "auroc_difference": MetricCI(value=0.0),
+        "calibration_slope_model": MetricCI(value=1.0),
+        "calibration_slope_who": MetricCI(value=1.0),
+        "observed_expected_model": MetricCI(value=1.0),
+        "observed_expected_who": MetricCI(value=1.0),
+        "auroc_margin": 0.02,
+        "slope_limits": (0.8, 1.2),
+        "oe_limits": (0.8, 1.2),
+        "discrimination_ok": good,
+        "calibration_ok": good,
+        "at_least_as_good": good,
+    }
+    return WhoComparison.model_validate({**fields, **changes})
+
+
+def synthetic(meta: ModelMetadata, value: bool = True) -> ModelMetadata:
+    """``meta`` (NCD or X-ray) as if training had recorded synthetic data, or not."""
+    assert meta.extra is not None, f"{meta.tag} has no details to flag"
+    flagged = meta.extra.model_copy(update={"synthetic_training_data": value})
+    return meta.model_copy(update={"extra": flagged})
+
+
+def with_details(meta: ModelMetadata, **changes: Any) -> ModelMetadata:
+    """``meta`` with some of its NCD details replaced, validated as loading would."""
+    details = NcdDetails.model_validate({**meta.ncd.model_dump(exclude_unset=True), **changes})
+    return meta.model_copy(update={"extra": details})
+
 
 FIXTURE_FEATURES = [
     FeatureSpec(
@@ -140,13 +187,13 @@ def make_ncd_artifact(
         description=f"Test fixture: 10-year {outcome} risk (synthetic, not for clinical use)",
         features=FIXTURE_FEATURES,
         intended_use="Automated tests only.",
-        extra={
-            "outcome": outcome,
-            "horizon_years": 10,
-            "reference": _REFERENCE,
-            "labels": {"sbp": "systolic BP", "age": "age", "bmi": "BMI"},
-            "encodings": {"sex": {"female": 0, "male": 1}},
-        },
+        extra=NcdDetails(
+            outcome=outcome,
+            horizon_years=10,
+            reference=_REFERENCE,
+            labels={"sbp": "systolic BP", "age": "age", "bmi": "BMI"},
+            encodings={"sex": {"female": 0, "male": 1}},
+        ),
     )
     stored, _ = save_verified(model, x_parity, metadata, card)
     return stored

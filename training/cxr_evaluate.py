@@ -17,6 +17,7 @@ PNG + JSON.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 from scipy.special import expit
 
 from models.cxr_predictor import CxrPredictor
+from models.details import CxrParityReport, CxrSplit, FeatureBins, MaskLoss, OodSummary
 from models.metadata import MetricValue, ModelMetadata
 from models.registry import StoredModel
 from training.cxr_data import CxrData
@@ -338,7 +340,7 @@ def evaluate_stored(
         model=meta.tag,
         sha256=meta.sha256,
         reps=reps,
-        no_operating_point=dict(meta.extra.get("no_operating_point", {})),
+        no_operating_point=dict(meta.cxr.no_operating_point),
     )
 
 
@@ -375,17 +377,36 @@ def _auroc_text(a: AurocCI | None) -> str:
     return f"{a.value:.3f} ({_fmt(a.ci_low)}-{_fmt(a.ci_high)})"
 
 
-def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
-    weight = float(mask_loss.get("weight", 0.0))
-    if weight <= 0:
+def _split_text(split: CxrSplit | None) -> str:
+    if split is None:
+        return "- Patient-level split: not recorded"
+    return (
+        f"- Patient-level split: train {split.train}, validation {split.validation}, test "
+        f"{split.test} images; assigned by {split.source or '?'}"
+    )
+
+
+def _parity_text(parity: CxrParityReport | None) -> str:
+    if parity is None:
+        return "- Parity vs PyTorch: not recorded"
+    return (
+        f"- Parity vs PyTorch on {parity.n_images} real validation images: "
+        f"max |diff| logits {parity.max_abs_diff_logits:.1e}, "
+        f"heatmap {parity.max_scaled_diff_cam:.1e} of its range "
+        f"({parity.max_abs_diff_cam:.1e} absolute); allowed 1e-4"
+    )
+
+
+def _mask_loss_text(mask_loss: MaskLoss | None) -> str:
+    if mask_loss is None or mask_loss.weight <= 0:
         return "- Localisation supervision: none (maps learnt from image labels only)"
-    pairs = mask_loss.get("pairs")
-    if isinstance(pairs, dict):  # per-label masks (0.3.0-demo on)
+    weight = mask_loss.weight
+    if "pairs" in mask_loss.model_fields_set:  # per-label masks (0.3.0-demo on)
         whose = (
             "for each positive label with a mask of its own (`abnormal`: the union of "
             "findings; a finding: its own mask, else the union when it is the image's only "
             "finding; positive (image, label) pairs by mask: "
-            + ", ".join(f"{k} {v}" for k, v in pairs.items())
+            + ", ".join(f"{k} {v}" for k, v in mask_loss.pairs.items())
             + ")"
         )
     else:  # models trained before per-finding masks
@@ -395,44 +416,48 @@ def _mask_loss_text(mask_loss: dict[str, Any]) -> str:
         )
     return (
         f"- Localisation supervision: mask loss (weight {weight:g}) on "
-        f"{int(mask_loss.get('images', 0))} training images with a finding mask: {whose}, "
+        f"{mask_loss.images} training images with a finding mask: {whose}, "
         "-log of the map's softmax mass inside the mask "
         "(`training.cxr_train.mask_loss`). The maps are still those of the same forward "
         "pass (logits = mean(cam) + bias)"
     )
 
 
-def _ood_text(ood: dict[str, Any] | None) -> str:
-    if not ood:
+def _share(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1%}"
+
+
+def _ood_text(ood: OodSummary | None) -> str:
+    if ood is None:
         return "None: every image gets scores, however unlike the training images it is."
     return (
-        f"Before any score is shown, an image whose {ood['method']} ({ood['dims']} "
-        f"dimensions, fitted on {ood['fitted_on']}, Ledoit-Wolf shrinkage "
-        f"{ood['shrinkage']:.3f}) to the training images exceeds the threshold (squared "
-        f"distance {ood['threshold']:.1f}: the {ood['threshold_on']}) is refused: "
+        f"Before any score is shown, an image whose {ood.method} ({ood.dims} "
+        f"dimensions, fitted on {ood.fitted_on}, Ledoit-Wolf shrinkage "
+        f"{ood.shrinkage:.3f}) to the training images exceeds the threshold (squared "
+        f"distance {ood.threshold:.1f}: the {ood.threshold_on}) is refused: "
         '"cannot assess: unlike the images this model was trained on". The mean, '
         "precision matrix and threshold are part of the ONNX graph (output `ood_score`, "
         "above 1 = refuse), covered by its sha256. Held-out test images refused: "
-        f"{ood['refused_test']:.1%} of {ood['n_test']} (not used to set the threshold)."
+        f"{_share(ood.refused_test)} of {ood.n_test or '?'} (not used to set the threshold)."
     )
 
 
-def drift_text(recorded: dict[str, dict[str, Any]] | None) -> str:
-    """The card's account of the drift reference (``extra["training_distribution"]``)."""
+def drift_text(recorded: Mapping[str, FeatureBins]) -> str:
+    """The card's account of the drift reference (``CxrDetails.training_distribution``)."""
     if not recorded:
         return "None recorded: serving shows no drift for this version."
     images = sorted(name for name in recorded if not name.startswith("score:"))
     scores = sorted(name for name in recorded if name.startswith("score:"))
     parts = ["Recorded for monitoring after go-live (metadata `extra.training_distribution`)."]
     if images:
-        n = max(recorded[name]["n"] for name in images)
+        n = max(recorded[name].n for name in images)
         parts.append(
             f"Decile bins of {len(images)} image statistics over {n} training images: "
             + ", ".join(f"`{name}`" for name in images)
             + "."
         )
     if scores:
-        n = max(recorded[name]["n"] for name in scores)
+        n = max(recorded[name].n for name in scores)
         parts.append(
             f"Decile bins of the calibrated scores of {len(scores)} labels over {n} "
             "validation images (the network is more confident on its training images)."
@@ -495,8 +520,8 @@ def write_card(
     if previous is not None:
         payload["previous"] = previous.model_dump(mode="json")
     (folder / "metrics.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    split = meta.extra.get("split", {})
-    parity = meta.extra.get("parity", {})
+    cxr = meta.cxr
+    split, parity = cxr.split, cxr.parity
     spec = meta.image
     lines = [
         f"# Model card: {meta.tag}",
@@ -512,8 +537,8 @@ def write_card(
         "",
         f"- Input `image` float32 [N, 1, {spec.size if spec else '?'}, "
         f"{spec.size if spec else '?'}]: {spec.normalisation if spec else '?'}",
-        f"- Outputs: `logits` [N, 5] for {', '.join(meta.extra.get('labels', []))}; `cam` "
-        f"[N, 5, {'x'.join(str(v) for v in meta.extra.get('cam_shape', []))}] class "
+        f"- Outputs: `logits` [N, 5] for {', '.join(cxr.labels)}; `cam` "
+        f"[N, 5, {'x'.join(str(v) for v in cxr.cam_shape or ())}] class "
         "activation maps from the same forward pass (logits = mean(cam) + bias)",
         "- Probabilities: Platt scaling per label, `sigmoid(logit / T + b)`, fitted on the "
         "validation split with Platt's smoothed targets (metadata `extra.calibration`: "
@@ -521,25 +546,19 @@ def write_card(
         "",
         "## Training",
         "",
-        f"- Network: MONAI `{meta.extra.get('arch', '?')}`, 1 channel, multi-label BCE, "
+        f"- Network: MONAI `{cxr.arch or '?'}`, 1 channel, multi-label BCE, "
         "MONAI augmentation (affine, contrast, noise; finding masks move with the image)",
-        _mask_loss_text(meta.extra.get("mask_loss", {})),
-        _init_text(meta.extra.get("init_weights")),
-        f"- Patient-level split: train {split.get('train', '?')}, validation "
-        f"{split.get('validation', '?')}, test {split.get('test', '?')} images; "
-        f"assigned by {split.get('source', '?')}",
+        _mask_loss_text(cxr.mask_loss),
+        _init_text(cxr.init_weights),
+        _split_text(split),
         f"- Data manifest `{meta.training_manifest_sha256[:16]}`; "
         f"code `{meta.code_version[:12] or 'unknown'}`; "
         + ", ".join(f"{k} {v}" for k, v in meta.library_versions.items()),
         "",
         "## Export",
         "",
-        f"- ONNX opset {meta.extra.get('onnx_opset', '?')}, one self-contained file "
-        "(sha256 in metadata.json)",
-        f"- Parity vs PyTorch on {parity.get('n_images', '?')} real validation images: "
-        f"max |diff| logits {parity.get('max_abs_diff_logits', float('nan')):.1e}, "
-        f"heatmap {parity.get('max_scaled_diff_cam', float('nan')):.1e} of its range "
-        f"({parity.get('max_abs_diff_cam', float('nan')):.1e} absolute); allowed 1e-4",
+        f"- ONNX opset {cxr.onnx_opset or '?'}, one self-contained file (sha256 in metadata.json)",
+        _parity_text(parity),
         "",
         f"## Performance on {report.n} held-out images",
         "",
@@ -569,9 +588,9 @@ def write_card(
             f"- {op.label}: {op.threshold:.3f} ({op.chosen_on}; validation sensitivity "
             f"{_fmt(op.sensitivity)}, specificity {_fmt(op.specificity)})"
         )
-    for label, why in meta.extra.get("no_operating_point", {}).items():
+    for label, why in cxr.no_operating_point.items():
         lines.append(f"- {label}: **no operating point**: {why}; the model never flags it")
-    gates = meta.extra.get("gates")
+    gates = cxr.gates
     if gates:
         lines += [
             "",
@@ -584,8 +603,8 @@ def write_card(
             f"every operating point sensitivity >= {gates['min_sensitivity']} and "
             f"specificity >= {gates['min_specificity']}",
         ]
-    lines += ["", "## Out-of-distribution gate", "", _ood_text(meta.extra.get("ood"))]
-    lines += ["", "## Drift reference", "", drift_text(meta.extra.get("training_distribution"))]
+    lines += ["", "## Out-of-distribution gate", "", _ood_text(cxr.ood)]
+    lines += ["", "## Drift reference", "", drift_text(cxr.training_distribution)]
     lines += [
         "",
         "## Localisation of the activation maps",

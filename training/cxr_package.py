@@ -30,6 +30,7 @@ from models.cxr_export import check_parity, cxr_metadata, export_onnx
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_ood import OodScored, embeddings, fit_gate, squared_distances
 from models.cxr_predictor import OOD_OUTPUT
+from models.details import CxrDetails, CxrSplit, FeatureBins, MaskLoss, OodSummary
 from models.metadata import ImageSpec, OperatingPoint
 from models.registry import StoredModel
 from training.cxr_data import CxrData
@@ -168,8 +169,8 @@ def drift_reference(
     train_statistics: list[dict[str, float]],
     val_logits: npt.NDArray[np.float32],
     calibration: dict[str, dict[str, float]],
-) -> dict[str, dict[str, Any]]:
-    """The drift reference (``extra["training_distribution"]``) of a CXR model.
+) -> dict[str, FeatureBins]:
+    """The drift reference (``CxrDetails.training_distribution``) of a CXR model.
 
     The image statistics (:func:`models.cxr_drift.image_statistics`) over the training
     split; the calibrated scores (``score:<label>``) over the validation split: on the
@@ -194,7 +195,7 @@ def _with_ood_gate(
     train_images: npt.NDArray[np.float32] | None,
     val: CxrData,
     test: CxrData,
-) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+) -> tuple[torch.nn.Module, OodSummary | None]:
     """The module to export (with the gate when configured) and the gate's description,
     with the share of test images (not used to set it) that it refuses."""
     if not cfg.ood.enabled or train_images is None:
@@ -202,9 +203,13 @@ def _with_ood_gate(
     gate = fit_gate(embeddings(net, train_images), embeddings(net, val.images), cfg.ood.quantile)
     mean, precision = np.asarray(gate.mean), np.asarray(gate.precision)
     test_d2 = squared_distances(embeddings(net, test.images), mean, precision)
-    described: dict[str, Any] = gate.describe()
-    described["refused_test"] = float(np.mean(test_d2 > gate.threshold))
-    described["n_test"] = len(test_d2)
+    described = OodSummary.model_validate(
+        {
+            **gate.describe(),
+            "refused_test": float(np.mean(test_d2 > gate.threshold)),
+            "n_test": len(test_d2),
+        }
+    )
     return OodScored(net, gate), described
 
 
@@ -276,29 +281,28 @@ def package_model(
             config=cfg.model_dump(mode="json"),
             code_version=_code_version(),
             library_versions=_library_versions(),
-            extra={
-                "synthetic_training_data": cfg.data.synthetic is not None,
-                "arch": cfg.model.arch,
-                "mask_loss": {
-                    "weight": cfg.localisation.weight,
-                    "images": n_masks,
-                    "pairs": dict(mask_kinds or {}),  # positive (image, label) by mask kind
-                },
-                "parity": parity.model_dump(),
-                "split": {
-                    "train": n_train,
-                    "validation": len(val.table),
-                    "test": len(test.table),
-                    "source": split_source,
-                },
-                "no_operating_point": missing,
-                "init_weights": init,  # None: trained from scratch
-                "ood": ood,  # None: no out-of-distribution gate in the graph
-                "gates": cfg.gates.model_dump(mode="json"),
-                "training_distribution": drift_reference(
+            details=CxrDetails(
+                labels=list(CXR_LABELS),
+                synthetic_training_data=cfg.data.synthetic is not None,
+                arch=cfg.model.arch,
+                mask_loss=MaskLoss(
+                    weight=cfg.localisation.weight, images=n_masks, pairs=dict(mask_kinds or {})
+                ),
+                parity=parity,
+                split=CxrSplit(
+                    train=n_train,
+                    validation=len(val.table),
+                    test=len(test.table),
+                    source=split_source,
+                ),
+                no_operating_point=missing,
+                init_weights=init,  # None: trained from scratch
+                ood=ood,  # None: no out-of-distribution gate in the graph
+                gates=cfg.gates.model_dump(mode="json"),
+                training_distribution=drift_reference(
                     train_statistics or [], val_logits, calibration
                 ),
-            },
+            ),
         )
         report("evaluate", 0, 1)
         candidate = StoredModel(metadata=meta, path=folder)

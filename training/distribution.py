@@ -1,34 +1,36 @@
 """The training distribution an artifact records for drift monitoring.
 
-Both trainers store ``extra["training_distribution"]``: per monitored value (an NCD
-input feature; a chest X-ray image statistic ``image:*`` / ``source:*`` or calibrated
-score ``score:<label>``), the decile cut points over the reference rows and the share of
-rows in each bin. Serving counts which bin each answer's value falls in and computes the
-population stability index against these shares (:mod:`serving.monitor.drift`).
+Both trainers store ``training_distribution`` in the artifact's typed details: per
+monitored value (an NCD input feature; a chest X-ray image statistic ``image:*`` /
+``source:*`` or calibrated score ``score:<label>``), the decile cut points over the
+reference rows and the share of rows in each bin. Serving counts which bin each
+answer's value falls in and computes the population stability index against these
+shares (:mod:`serving.monitor.drift`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
+
+from models.details import FeatureBins
 
 __all__ = ["rows_to_matrix", "training_distribution"]
 
 
 def training_distribution(
     x: np.ndarray, names: list[str], bins: int = 10
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, FeatureBins]:
     """Per column of ``x``, the decile cut points and the share of rows in each bin.
 
     Serving compares live values with this (population stability index,
-    :mod:`serving.monitor.drift`); stored as ``extra["training_distribution"]``. A
+    :mod:`serving.monitor.drift`); stored as the details' ``training_distribution``. A
     column with few distinct values (e.g. sex) gets fewer bins; missing values (NaN)
     are left out, and a column without any value is not recorded. Bin ``i`` holds
     ``edges[i-1] <= x < edges[i]``.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, FeatureBins] = {}
     for j, name in enumerate(names):
         values = x[:, j][np.isfinite(x[:, j])].astype(np.float64)
         if len(values) == 0:
@@ -36,11 +38,9 @@ def training_distribution(
         cuts = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
         edges = [float(c) for c in np.unique(cuts) if c > values.min()]
         counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-        out[name] = {
-            "edges": edges,
-            "proportions": [float(c) for c in counts / len(values)],
-            "n": len(values),
-        }
+        out[name] = FeatureBins(
+            edges=edges, proportions=[float(c) for c in counts / len(values)], n=len(values)
+        )
     return out
 
 

@@ -96,9 +96,13 @@ def run(out_dir: Path) -> dict[str, Any]:
             ],
             "excluded": dict(report.excluded),
         },
-        "split_counts": meta.extra["split_counts"],
-        "estimator": meta.extra["estimator"],
-        "who_comparison": meta.extra["who_comparison"],
+        "split_counts": meta.ncd.split_counts,
+        "estimator": meta.ncd.estimator,
+        "who_comparison": (
+            None
+            if meta.ncd.who_comparison is None
+            else meta.ncd.who_comparison.model_dump(mode="json")
+        ),
         "test_split": {
             "n_rows": card["n_rows"],
             "model_all_rows": card["model_all_rows"],

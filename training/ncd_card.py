@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.details import MetricCI, MissingInput, NcdParityReport, WhoComparison
 from models.metadata import FeatureSpec, ModelMetadata
-from training.ncd_evaluate import EvaluationReport, MetricCI
+from training.ncd_evaluate import EvaluationReport
 from training.ncd_report import METRIC_ROWS, format_ci, report_markdown
 
 __all__ = ["POOR_AUROC", "TRIPOD_AI_ITEMS", "subgroup_warnings", "write_model_card"]
@@ -53,52 +54,44 @@ def _fmt(meta: ModelMetadata, key: str) -> str:
     return format_ci(value.value, value.ci_low, value.ci_high)
 
 
-#: Names in words for the metrics the training stores (``extra["validation"]``).
+#: Names in words for the metrics the training stores (``NcdDetails.validation``).
 _VALIDATION_NAMES = {"brier": "IPCW Brier score", "auroc": "AUROC"}
 _SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
-def _split_text(split: Any) -> str:
+def _split_text(split: dict[str, int]) -> str:
     """``{'train': 11148, 'val': 2415, 'test': 2437}`` as a sentence."""
-    if not isinstance(split, dict) or not split:
+    if not split:
         return "not recorded"
-    parts = [f"{int(n):,} {_SPLIT_NAMES.get(str(k), str(k))}" for k, n in split.items()]
+    parts = [f"{n:,} {_SPLIT_NAMES.get(k, k)}" for k, n in split.items()]
     return ", ".join(parts) + " patients"
 
 
-def _validation_text(validation: Any) -> str:
+def _validation_text(validation: dict[str, dict[str, float | None]]) -> str:
     """Each candidate's validation-split scores, named in words."""
-    if not isinstance(validation, dict) or not validation:
-        return "not recorded"
     parts = []
     for kind, scores in validation.items():
-        if not isinstance(scores, dict):
-            continue
         named = [
-            f"{name} {float(scores[key]):.4f}"
+            f"{name} {value:.4f}"
             for key, name in _VALIDATION_NAMES.items()
-            if isinstance(scores.get(key), int | float)
+            if (value := scores.get(key)) is not None
         ]
         seconds = scores.get("fit_seconds")
-        if isinstance(seconds, int | float):
-            named.append(f"fitted in {float(seconds):.1f} s")
+        if seconds is not None:
+            named.append(f"fitted in {seconds:.1f} s")
         parts.append(f"{kind}: " + ", ".join(named))
     return "; ".join(parts) or "not recorded"
 
 
-def _parity_text(parity: Any) -> str:
+def _parity_text(parity: NcdParityReport | None) -> str:
     """The ONNX parity check in words."""
-    if not isinstance(parity, dict) or "max_abs_diff" not in parity:
+    if parity is None:
         return "not recorded"
-    text = (
-        f"largest absolute difference in probability {float(parity['max_abs_diff']):.1e} "
-        f"on {int(parity.get('n_rows', 0)):,} rows"
+    return (
+        f"largest absolute difference in probability {parity.max_abs_diff:.1e} "
+        f"on {parity.n_rows:,} rows (tolerance {parity.tolerance:.0e}); risk-band "
+        f"mismatches: {parity.band_mismatches}"
     )
-    if "tolerance" in parity:
-        text += f" (tolerance {float(parity['tolerance']):.0e})"
-    if "band_mismatches" in parity:
-        text += f"; risk-band mismatches: {int(parity['band_mismatches'])}"
-    return text
 
 
 def _metric_line(name: str, meta: ModelMetadata, key: str, who: bool) -> str:
@@ -108,20 +101,20 @@ def _metric_line(name: str, meta: ModelMetadata, key: str, who: bool) -> str:
     return line
 
 
-def _missing_text(spec: FeatureSpec, missing: dict[str, Any]) -> tuple[str, str]:
+def _missing_text(spec: FeatureSpec, missing: dict[str, MissingInput]) -> tuple[str, str]:
     """(share missing in training, what a missing value is scored as) for one feature."""
     if spec.required:
         return "", "refused: no advice"
     info = missing.get(spec.name)
-    if not isinstance(info, dict):
+    if info is None:
         return "not recorded", "not recorded for this artifact"
-    share = f"{100.0 * float(info.get('missing_in_training') or 0.0):.1f} %"
-    value = info.get("scored_as")
+    share = f"{100.0 * info.missing_in_training:.1f} %"
+    value = info.scored_as
     if value is not None:
         if spec.unit == "1" and spec.minimum == 0.0 and spec.maximum == 1.0:
             return share, f"**{value:g} ({'yes' if value else 'no'})**: unknown is treated as this"
         return share, f"**{value:g} {spec.unit}**: unknown is treated as this"
-    if info.get("missing_in_training"):
+    if info.missing_in_training:
         return share, "unknown (its own route, learned from the patients it was missing for)"
     return share, (
         "the commonest branch at each split (never missing in training): close to a "
@@ -148,12 +141,12 @@ def _store_path() -> str:
     return str(store_home())
 
 
-def _ci_text(value: dict[str, Any]) -> str:
-    if value.get("value") is None:
+def _ci_text(value: MetricCI) -> str:
+    if value.value is None:
         return "n/a"
-    if value.get("ci_low") is None:
-        return f"{value['value']:.3f}"
-    return f"{value['value']:.3f} ({value['ci_low']:.3f} to {value['ci_high']:.3f})"
+    if value.ci_low is None or value.ci_high is None:
+        return f"{value.value:.3f}"
+    return f"{value.value:.3f} ({value.ci_low:.3f} to {value.ci_high:.3f})"
 
 
 # A subgroup whose discrimination is this poor, or not shown to beat chance, is flagged.
@@ -170,8 +163,7 @@ def _poor(auroc: MetricCI) -> bool:
 def subgroup_warnings(report: EvaluationReport) -> list[str]:
     """Markdown lines flagging each subgroup where the model or the chart discriminates poorly."""
     flagged = [
-        f"- **{g.group}: {g.level}** ({who_name}, n = {metrics.n}): AUROC "
-        f"{_ci_text(metrics.auroc.model_dump())}"
+        f"- **{g.group}: {g.level}** ({who_name}, n = {metrics.n}): AUROC {_ci_text(metrics.auroc)}"
         for g in report.subgroups
         for who_name, metrics in (("model", g.model), ("WHO chart", g.who))
         if metrics is not None and _poor(metrics.auroc)
@@ -188,7 +180,7 @@ def subgroup_warnings(report: EvaluationReport) -> list[str]:
     ]
 
 
-def _gate_lines(cfg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
+def _gate_lines(cfg: dict[str, Any], who: WhoComparison | None) -> list[str]:
     gates = cfg.get("gates") or {}
     lines = [
         "## Gates",
@@ -198,30 +190,29 @@ def _gate_lines(cfg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
         " rows.",
         f"- Minimum test AUROC: {gates.get('min_test_auroc')} (passed).",
     ]
-    who = extra.get("who_comparison")
-    if not who:
+    if who is None:
         lines += ["- No WHO chart comparison for this outcome.", ""]
         return lines
-    verdict = "**yes**" if who["at_least_as_good"] else "**NO**"
+    verdict = "**yes**" if who.at_least_as_good else "**NO**"
     lines += [
-        f"- Against the {who['chart']} on the same {who['n']} test patients "
-        f"({who['events']} events): {who['rule']}.",
+        f"- Against the {who.chart} on the same {who.n} test patients "
+        f"({who.events} events): {who.rule}.",
         "",
         "| (95 % CI) | model | WHO chart |",
         "|---|---|---|",
-        f"| AUROC | {_ci_text(who['auroc_model'])} | {_ci_text(who['auroc_who'])} |",
-        f"| calibration slope | {_ci_text(who['calibration_slope_model'])} | "
-        f"{_ci_text(who['calibration_slope_who'])} |",
-        f"| observed / expected | {_ci_text(who['observed_expected_model'])} | "
-        f"{_ci_text(who['observed_expected_who'])} |",
+        f"| AUROC | {_ci_text(who.auroc_model)} | {_ci_text(who.auroc_who)} |",
+        f"| calibration slope | {_ci_text(who.calibration_slope_model)} | "
+        f"{_ci_text(who.calibration_slope_who)} |",
+        f"| observed / expected | {_ci_text(who.observed_expected_model)} | "
+        f"{_ci_text(who.observed_expected_who)} |",
         "",
-        f"AUROC difference (model - chart): {_ci_text(who['auroc_difference'])}. "
+        f"AUROC difference (model - chart): {_ci_text(who.auroc_difference)}. "
         f"At least as good as the chart: {verdict}.",
     ]
-    if who.get("accepted_reason"):
+    if who.accepted_reason:
         lines.append(
             f"Saved although not at least as good, with the reason: "
-            f'"{who["accepted_reason"]}". Serving shows the chart, not this model\'s number.'
+            f'"{who.accepted_reason}". Serving shows the chart, not this model\'s number.'
         )
     return [*lines, ""]
 
@@ -229,10 +220,10 @@ def _gate_lines(cfg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
 def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Path) -> list[Path]:
     """Write ``model-card.md`` and ``model-card.json`` into ``card_dir``."""
     card_dir.mkdir(parents=True, exist_ok=True)
-    extra: dict[str, Any] = meta.extra
-    horizon = extra.get("horizon_years", 10)
+    details = meta.ncd
+    horizon = details.horizon_years
     cfg = meta.config
-    split = extra.get("split_counts", {})
+    split = details.split_counts
     has_who = report.overall.who is not None
     lines = [
         f"# Model card: {meta.name} {meta.version}",
@@ -247,7 +238,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Outcome and horizon",
         "",
-        f"Outcome: `{extra.get('outcome')}` within {horizon} years of the index date "
+        f"Outcome: `{details.outcome}` within {horizon} years of the index date "
         "(from the feature table's `<outcome>_event` / `<outcome>_time` columns).",
         "",
         "## Population and data",
@@ -268,15 +259,15 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "| a missing value is scored as | explanation reference |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    reference = extra.get("reference", {})
-    missing = extra.get("missing_inputs", {})
+    reference = details.reference
+    missing = details.missing_inputs
     for f in meta.features:
         valid = (
             f"{f.minimum:g}-{f.maximum:g}"
             if f.minimum is not None and f.maximum is not None
             else ""
         )
-        share, scored_as = _missing_text(f, missing if isinstance(missing, dict) else {})
+        share, scored_as = _missing_text(f, missing)
         lines.append(
             f"| `{f.name}` | {f.description} | {f.unit} | {valid} | {f.loinc or ''} | "
             f"{'yes' if f.required else 'no (missing allowed)'} | {share} | {scored_as} | "
@@ -298,9 +289,9 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "## Training",
         "",
         f"- Candidates: {', '.join(str(c) for c in cfg.get('candidates') or [])}; "
-        f"chosen: **{extra.get('estimator')}** "
+        f"chosen: **{details.estimator}** "
         "(lowest IPCW Brier score on the validation split).",
-        f"- Validation split: {_validation_text(extra.get('validation'))}",
+        f"- Validation split: {_validation_text(details.validation)}",
         "- Calibration: sigmoid (Platt), cross-fitted (CalibratedClassifierCV, "
         f"{cfg.get('calibration', {}).get('folds')} folds, one refitted model).",
         "- Censoring: the outcome at the horizon is unknown for patients censored earlier "
@@ -334,7 +325,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "[evaluation.md](evaluation.md).",
         "",
         report_markdown(report, "Evaluation details"),
-        *_gate_lines(cfg, extra),
+        *_gate_lines(cfg, details.who_comparison),
         "## Outputs and explanations",
         "",
         "ONNX input `features` float32 [N, F] in the order above; output `probabilities` "
@@ -344,7 +335,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "",
         "## Export",
         "",
-        f"ONNX parity vs scikit-learn: {_parity_text(extra.get('parity'))}.",
+        f"ONNX parity vs scikit-learn: {_parity_text(details.parity)}.",
         "",
         "## Limitations",
         "",
@@ -353,7 +344,7 @@ def write_model_card(meta: ModelMetadata, report: EvaluationReport, card_dir: Pa
         "## Provenance",
         "",
         f"- Code revision: `{meta.code_version or 'unknown'}`",
-        f"- Model store: `{_store_path()}`; this card: `{extra.get('card_dir', card_dir)}`",
+        f"- Model store: `{_store_path()}`; this card: `{details.card_dir or card_dir}`",
         "- Libraries: "
         + (", ".join(f"{k} {v}" for k, v in meta.library_versions.items()) or "not recorded"),
         "",

@@ -266,11 +266,12 @@ def recalibrate(
         raise fail(f"cannot recalibrate on {data}: {exc}", EXIT_BAD_INPUT) from exc
     except registry.ArtifactError as exc:
         raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+    before, after = record.before.observed_expected, record.after_in_sample.observed_expected
     out.print(
         f"{saved.metadata.tag} saved (parent {stored.metadata.tag}): intercept "
-        f"{record['intercept']:.3f}, slope {record['slope']:.3f}; observed/expected "
-        f"{record['before']['observed_expected']:.2f} -> "
-        f"{record['after_in_sample']['observed_expected']:.2f} (in sample)"
+        f"{record.intercept:.3f}, slope {record.slope:.3f}; observed/expected "
+        f"{'n/a' if before is None else f'{before:.2f}'} -> "
+        f"{'n/a' if after is None else f'{after:.2f}'} (in sample)"
     )
 
 

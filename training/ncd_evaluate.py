@@ -21,6 +21,7 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel
 
+from models.details import MetricCI
 from training import ncd_metrics as m
 
 if TYPE_CHECKING:
@@ -63,14 +64,6 @@ WHO_REFERENCE = (
     "WHO 2019 CVD risk chart, {kind} model (Kaptoge et al., Lancet Glob Health 2019), "
     "recalibrated to {where}"
 )
-
-
-class MetricCI(BaseModel):
-    """A point estimate with its percentile bootstrap 95 % CI."""
-
-    value: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
 
 
 class MetricSet(BaseModel):

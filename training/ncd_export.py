@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel
 
 from models import registry
+from models.details import NcdParityReport as ParityReport
 from models.metadata import ModelMetadata
 from models.ncd_predictor import INPUT_NAME, OUTPUT_NAME
 from models.who_cvd import percents_and_bands
@@ -50,20 +50,6 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 class ExportError(Exception):
     """The ONNX model does not reproduce the scikit-learn model."""
-
-
-class ParityReport(BaseModel):
-    """ONNX vs scikit-learn on the same rows."""
-
-    n_rows: int
-    max_abs_diff: float
-    band_mismatches: int
-    tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether the export is faithful enough to serve."""
-        return self.max_abs_diff <= self.tolerance and self.band_mismatches == 0
 
 
 @contextlib.contextmanager
@@ -147,7 +133,7 @@ def check_parity(
 def export_checked(
     estimator: Any, x_parity: np.ndarray, metadata: ModelMetadata, min_rows: int = 10_000
 ) -> tuple[onnx.ModelProto, ModelMetadata, ParityReport]:
-    """Export and check parity on ``x_parity``; the metadata gains ``extra["parity"]``.
+    """Export and check parity on ``x_parity``; the metadata gains ``NcdDetails.parity``.
 
     Raises:
         ExportError: fewer than ``min_rows`` rows, or parity fails.
@@ -164,7 +150,7 @@ def export_checked(
         )
     final = metadata.model_copy(
         update={
-            "extra": {**metadata.extra, "parity": report.model_dump()},
+            "extra": metadata.ncd.model_copy(update={"parity": report}),
             "inputs": {INPUT_NAME: ["N", len(metadata.features)]},
         }
     )

@@ -9,7 +9,7 @@ WHO 2019 chart on the same test patients (:func:`compare_with_who`, rule in
 :class:`training.ncd_config.GateConfig`): a model that is not at least as good is
 saved only with an explicit reason, and its metadata says so.
 
-Serving reads ``metadata.extra["who_comparison"]`` (a :class:`WhoComparison`): a
+Serving reads ``metadata.ncd.who_comparison`` (a :class:`WhoComparison`): a
 model's own number may be shown next to the chart only where ``at_least_as_good``
 is true.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pydantic import BaseModel
 
+from models.details import MetricCI, WhoComparison
 from training import ncd_metrics as m
 from training.ncd_config import NcdTrainConfig
-from training.ncd_evaluate import MetricCI, who_risk_for_table
+from training.ncd_evaluate import who_risk_for_table
 from training.ncd_table import TrainingDataError
 
 __all__ = ["GateError", "WhoComparison", "check_test_auroc", "compare_with_who", "preflight"]
@@ -31,29 +31,6 @@ __all__ = ["GateError", "WhoComparison", "check_test_auroc", "compare_with_who",
 
 class GateError(Exception):
     """The model did not pass a gate after fitting; nothing was saved."""
-
-
-class WhoComparison(BaseModel):
-    """The model and the WHO chart on the same test patients, with paired bootstrap CIs."""
-
-    rule: str
-    chart: str
-    n: int
-    events: int
-    auroc_model: MetricCI
-    auroc_who: MetricCI
-    auroc_difference: MetricCI
-    calibration_slope_model: MetricCI
-    calibration_slope_who: MetricCI
-    observed_expected_model: MetricCI
-    observed_expected_who: MetricCI
-    auroc_margin: float
-    slope_limits: tuple[float, float]
-    oe_limits: tuple[float, float]
-    discrimination_ok: bool
-    calibration_ok: bool
-    at_least_as_good: bool
-    accepted_reason: str | None = None
 
 
 def preflight(

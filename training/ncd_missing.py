@@ -14,7 +14,7 @@ depends on the model and on the training data:
 :func:`missing_inputs` finds out which by scoring training rows with the feature set to
 NaN and to each candidate value (0 and 1 for a 0/1 feature, else the training median):
 the candidate that gives the same probability on every row is what "missing" means to
-the model. The result goes in the artifact's metadata (``extra["missing_inputs"]``), so
+the model. The result goes in the artifact's metadata (``NcdDetails.missing_inputs``), so
 the model card and every served card can say it plainly.
 """
 
@@ -25,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from models.details import MissingInput
 from models.metadata import FeatureSpec
 
 __all__ = ["MAX_ROWS", "missing_inputs", "with_missing_rows"]
@@ -40,7 +41,7 @@ def _probabilities(model: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.flo
 
 def missing_inputs(
     model: Any, x: npt.NDArray[np.float32], features: list[FeatureSpec]
-) -> dict[str, dict[str, float | None]]:
+) -> dict[str, MissingInput]:
     """For each optional feature: how often it was missing in ``x`` and what the model
     scores a missing value as.
 
@@ -50,12 +51,12 @@ def missing_inputs(
         features: The input contract (required features are never missing at serving).
 
     Returns:
-        ``{name: {"missing_in_training": fraction, "scored_as": value or None}}``;
-        ``scored_as`` is None when no single value gives the model's answer for a
-        missing input (a learned route, or trees splitting a continuous feature).
+        Per optional input, its :class:`~models.details.MissingInput`; ``scored_as``
+        is None when no single value gives the model's answer for a missing input (a
+        learned route, or trees splitting a continuous feature).
     """
     rows = x[: min(len(x), MAX_ROWS)]
-    out: dict[str, dict[str, float | None]] = {}
+    out: dict[str, MissingInput] = {}
     for j, spec in enumerate(features):
         if spec.required:
             continue
@@ -77,10 +78,9 @@ def missing_inputs(
             if np.max(np.abs(_probabilities(model, probe) - p_missing)) <= _SAME:
                 scored_as = value
                 break
-        out[spec.name] = {
-            "missing_in_training": float(np.isnan(column).mean()),
-            "scored_as": scored_as,
-        }
+        out[spec.name] = MissingInput(
+            missing_in_training=float(np.isnan(column).mean()), scored_as=scored_as
+        )
     return out
 
 

@@ -5,9 +5,9 @@ population: ``logit p' = a + b * logit p``, fitted by weighted maximum likelihoo
 the local cohort's outcome at the horizon (inverse-probability-of-censoring weights,
 as in training). The ONNX graph is kept and two steps are appended to it (clip,
 logit, affine, sigmoid), checked against the same formula in float64 on every local
-row, and saved as a new version whose metadata names its parent (``extra["parent"]``
-with the parent's sha256) and the fitted ``extra["recalibration"]``. The WHO chart
-comparison of the parent no longer applies: ``extra["who_comparison"]`` is None until
+row, and saved as a new version whose metadata names its parent (``NcdDetails.parent``
+with the parent's sha256) and the fitted ``NcdDetails.recalibration``. The WHO chart
+comparison of the parent no longer applies: ``NcdDetails.who_comparison`` is None until
 ``tonle evaluate`` on held-out local patients shows otherwise, so serving shows the
 chart, not this model's number.
 """
@@ -23,6 +23,7 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
+from models.details import CalibrationCheck, ParentRef, Recalibration
 from models.ncd_predictor import OUTPUT_NAME
 from training import ncd_metrics as m
 
@@ -105,11 +106,11 @@ def recalibrate(
     version: str,
     card_root: Path,
     bootstrap_reps: int = 200,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Any, Recalibration]:
     """Recalibrate ``stored`` on ``table`` (already checked) and save it as ``version``.
 
     Returns:
-        The new stored model and the ``extra["recalibration"]`` record.
+        The new stored model and the ``NcdDetails.recalibration`` record.
 
     Raises:
         RecalibrationError: too few events, or the new graph is not faithful.
@@ -142,22 +143,22 @@ def recalibrate(
     if not diff <= _PARITY_TOLERANCE:
         raise RecalibrationError(f"recalibrated graph differs from the formula by {diff:.3g}")
     ones = np.ones((len(y), 1))
-    record = {
-        "intercept": a,
-        "slope": b,
-        "rows": len(table),
-        "events": events,
-        "data_manifest_sha256": manifest_hash(table),
-        "before": {
-            "observed_expected": float(m.observed_expected(time, event, p_old, h, ones)[0]),
-            "calibration_slope": float(m.calibration_slope_intercept(y, p_old, w, ones)[0][0]),
-        },
-        "after_in_sample": {
-            "observed_expected": float(m.observed_expected(time, event, p_new, h, ones)[0]),
-            "calibration_slope": float(m.calibration_slope_intercept(y, p_new, w, ones)[0][0]),
-        },
-        "max_abs_diff_vs_formula": diff,
-    }
+    record = Recalibration(
+        intercept=a,
+        slope=b,
+        rows=len(table),
+        events=events,
+        data_manifest_sha256=manifest_hash(table),
+        before=CalibrationCheck(
+            observed_expected=float(m.observed_expected(time, event, p_old, h, ones)[0]),
+            calibration_slope=float(m.calibration_slope_intercept(y, p_old, w, ones)[0][0]),
+        ),
+        after_in_sample=CalibrationCheck(
+            observed_expected=float(m.observed_expected(time, event, p_new, h, ones)[0]),
+            calibration_slope=float(m.calibration_slope_intercept(y, p_new, w, ones)[0][0]),
+        ),
+        max_abs_diff_vs_formula=diff,
+    )
     card_dir = card_root.resolve() / meta.name / version
     final = meta.model_copy(
         update={
@@ -165,13 +166,14 @@ def recalibrate(
             "sha256": "",
             "metrics": {},  # the parent's test metrics do not describe this model
             "description": meta.description + f" Recalibrated locally from {meta.tag}.",
-            "extra": {
-                **meta.extra,
-                "parent": {"tag": meta.tag, "sha256": meta.sha256},
-                "recalibration": record,
-                "who_comparison": None,
-                "card_dir": str(card_dir),
-            },
+            "extra": meta.ncd.model_copy(
+                update={
+                    "parent": ParentRef(tag=meta.tag, sha256=meta.sha256),
+                    "recalibration": record,
+                    "who_comparison": None,
+                    "card_dir": str(card_dir),
+                }
+            ),
         }
     )
     report = evaluate_for_config(table, p_new, cfg, bootstrap_reps=bootstrap_reps)

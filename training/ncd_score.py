@@ -128,7 +128,7 @@ def _trained_scorer(tag: str, threads: int) -> Scorer:
         raise registry.ArtifactError(f"model {tag}: {exc}") from exc
     predictor = NcdPredictor(stored, threads=threads)
     meta = predictor.metadata
-    encodings: dict[str, dict[str, float]] = meta.extra.get("encodings", {})
+    encodings = meta.ncd.encodings
 
     def score(t: pd.DataFrame) -> _Scored:
         n = len(t)

@@ -28,7 +28,7 @@ Gates (:mod:`training.ncd_gates`): before any fitting, the version must be free,
 every input must have values, there must be enough events per input and enough
 rows for the parity check; after fitting, a minimum test AUROC, and for CVD a model
 not at least as good as the WHO chart on the same test patients is saved only with
-``accept_worse_than_who`` (a reason, recorded in ``extra["who_comparison"]``).
+``accept_worse_than_who`` (a reason, recorded in ``NcdDetails.who_comparison``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ import numpy.typing as npt
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from models.details import NcdDetails
 from models.metadata import FeatureSpec, MetricValue, ModelMetadata, OutputSpec
-from models.ncd_support import SUPPORT_KEY, InputSupport
+from models.ncd_support import InputSupport
 from training.ncd_config import NcdTrainConfig
 from training.ncd_missing import missing_inputs, with_missing_rows
 from training.ncd_table import (
@@ -292,7 +293,7 @@ def _train(
                     f"({comparison.rule}); not saved. Save it anyway only with "
                     '--accept-worse-than-who "REASON"'
                 )
-            comparison.accepted_reason = accept_worse_than_who
+            comparison = comparison.model_copy(update={"accepted_reason": accept_worse_than_who})
     card_dir = card_root / cfg.name / cfg.version
     write_report(report, card_dir, f"Test-split evaluation of {cfg.name}:{cfg.version}")
     summary = {
@@ -356,23 +357,23 @@ def _train(
         config=cfg.model_dump(mode="json"),
         code_version=code_version(),
         library_versions=_library_versions(),
-        extra={
-            "synthetic_training_data": bool(table.attrs.get("synthetic_training_data")),
-            "outcome": cfg.outcome,
-            "horizon_years": h,
-            "reference": {name: cfg.reference[name] for name in cfg.features},
-            "labels": cfg.labels,
-            "encodings": {"sex": SEX_CODES},
-            "estimator": chosen,
-            "validation": validation,
-            "split_counts": counts,
-            "censoring": "IPCW, Kaplan-Meier of censoring on the training split",
-            "missing_inputs": missing,
-            "training_distribution": training_distribution(x[tr], [s.name for s in specs]),
-            SUPPORT_KEY: InputSupport.of_rows(x[tr], specs).model_dump(mode="json"),
-            "who_comparison": None if comparison is None else comparison.model_dump(mode="json"),
-            "card_dir": str(card_dir),
-        },
+        extra=NcdDetails(
+            synthetic_training_data=bool(table.attrs.get("synthetic_training_data")),
+            outcome=cfg.outcome,
+            horizon_years=h,
+            reference={name: cfg.reference[name] for name in cfg.features},
+            labels=cfg.labels,
+            encodings={"sex": dict(SEX_CODES)},
+            estimator=chosen,
+            validation={kind: {**scores} for kind, scores in validation.items()},
+            split_counts=counts,
+            censoring="IPCW, Kaplan-Meier of censoring on the training split",
+            missing_inputs=missing,
+            training_distribution=training_distribution(x[tr], [s.name for s in specs]),
+            input_support=InputSupport.of_rows(x[tr], specs),
+            who_comparison=comparison,
+            card_dir=str(card_dir),
+        ),
     )
     progress(
         f"[6/6] exporting to ONNX; parity on {parity_rows} real rows "

@@ -26,7 +26,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.cxr_drift import image_statistics, score_values
-from models.cxr_labels import CXR_LABELS
 from models.cxr_predictor import OOD_DETAIL, OOD_REASON
 from models.registry import StoredModel
 from models.site_threshold import load_record
@@ -42,7 +41,7 @@ from serving.imaging.results import (
     Timings,
     now,
 )
-from serving.monitor.drift import FeatureBins, distribution_of
+from serving.monitor.drift import FeatureBins
 from serving.synthetic import advisory_for
 
 __all__ = [
@@ -112,13 +111,7 @@ class Prepared:
 
 def model_labels(stored: StoredModel) -> list[str]:
     """The label order of the ``logits`` output, from the artifact's metadata."""
-    labels = stored.metadata.extra.get("labels")
-    if isinstance(labels, list) and labels:
-        return [str(label) for label in labels]
-    for output in stored.metadata.outputs:
-        if output.name == "logits" and output.labels:
-            return list(output.labels)
-    return list(CXR_LABELS)
+    return list(stored.metadata.cxr.labels)
 
 
 def _preprocess_module() -> Any:
@@ -185,7 +178,7 @@ class CxrAnalyser:
         )
         self.thresholds = self._thresholds()
         # The drift reference the artifact records ({}: nothing is computed or counted).
-        self.reference: dict[str, FeatureBins] = distribution_of(stored.metadata.extra)
+        self.reference: dict[str, FeatureBins] = dict(stored.metadata.cxr.training_distribution)
 
     def _thresholds(self) -> dict[str, AppliedThreshold]:
         applied: dict[str, AppliedThreshold] = {}

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.monitor.drift import FeatureBins, Window, distribution_of, psi
+from serving.monitor.drift import FeatureBins, Window, psi
 
 __all__ = [
     "GAUGES",
@@ -262,7 +262,7 @@ def derived_text(
 
 def expected_of(ncd: Mapping[str, Any]) -> dict[str, dict[str, FeatureBins]]:
     """Service id -> the training distribution of the model that answers it."""
-    return {service: distribution_of(p.metadata.extra) for service, p in ncd.items()}
+    return {service: dict(p.metadata.ncd.training_distribution) for service, p in ncd.items()}
 
 
 def imaging_reference(runtime: Any) -> dict[str, FeatureBins]:

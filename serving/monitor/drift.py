@@ -3,7 +3,8 @@
 At training time the artifact records, per feature (an NCD input; a chest X-ray image
 statistic or calibrated score, :mod:`models.cxr_drift`), the decile cut points of the
 reference rows and the share of those rows in each bin
-(``metadata.extra["training_distribution"]``, written by
+(``metadata.ncd.training_distribution`` / ``metadata.cxr.training_distribution``,
+:class:`models.details.FeatureBins`, written by
 :func:`training.distribution.training_distribution`). On the request path a served
 answer only counts which bin each feature fell in (a counter per service, feature and
 bin index: bounded labels, no values); the PSI is computed when ``/metrics`` is scraped,
@@ -18,43 +19,13 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from models.details import FeatureBins
 
-__all__ = ["DISTRIBUTION_KEY", "FeatureBins", "Window", "bin_of", "distribution_of", "psi"]
+__all__ = ["FeatureBins", "Window", "bin_of", "psi"]
 
-DISTRIBUTION_KEY = "training_distribution"
 _FLOOR = 1e-4  # a bin empty on one side would make the log infinite
-
-
-class FeatureBins(BaseModel):
-    """One feature's training distribution: ascending cut points and bin shares."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    edges: list[float] = Field(
-        description="Inner cut points, ascending; bin i: edges[i-1] <= x < edges[i]."
-    )
-    proportions: list[float] = Field(description="Share of training rows per bin (sums to 1).")
-    n: int = Field(ge=1, description="Training rows with a value.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FeatureBins:
-        if len(self.proportions) != len(self.edges) + 1:
-            raise ValueError("proportions must have one more entry than edges")
-        if any(not math.isfinite(e) for e in self.edges) or self.edges != sorted(set(self.edges)):
-            raise ValueError("edges must be finite and strictly ascending")
-        if any(p < 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-6:
-            raise ValueError("proportions must be non-negative and sum to 1")
-        return self
-
-
-def distribution_of(extra: Mapping[str, Any]) -> dict[str, FeatureBins]:
-    """The training distribution an artifact's ``extra`` records ({} when none)."""
-    recorded = extra.get(DISTRIBUTION_KEY) or {}
-    return {name: FeatureBins.model_validate(bins) for name, bins in recorded.items()}
 
 
 def bin_of(value: float, bins: FeatureBins) -> int:

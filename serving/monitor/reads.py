@@ -16,7 +16,7 @@ from models.cxr_drift import score_name
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
 from serving.imaging.results import FORMAT, CxrResult, StoredResult
-from serving.monitor.drift import FeatureBins, bin_of, distribution_of, psi
+from serving.monitor.drift import FeatureBins, bin_of, psi
 
 __all__ = ["ScoreDrift", "findings", "iter_reads", "read_of_request", "stored_reference"]
 
@@ -80,7 +80,8 @@ def stored_reference(name: str, version: str, sha256: str) -> dict[str, FeatureB
         return None
     if len(found) != 1 or found[0].sha256 != sha256:
         return None
-    return distribution_of(found[0].extra)
+    details = found[0].extra
+    return dict(details.training_distribution) if details is not None else {}
 
 
 class ScoreDrift:

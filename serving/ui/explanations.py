@@ -125,7 +125,7 @@ class WhatIf(BaseModel):
 
 class ComparisonView(BaseModel):
     """The model and the WHO chart on the same test patients, as training recorded it
-    (``metadata.extra["who_comparison"]``): why the model is, or is not, shown."""
+    (``metadata.ncd.who_comparison``): why the model is, or is not, shown."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -138,23 +138,15 @@ class ComparisonView(BaseModel):
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ComparisonView | None:
         """The recorded comparison, or None when the artifact records none."""
-        raw = meta.extra.get("who_comparison")
-        if not isinstance(raw, dict):
+        recorded = meta.ncd.who_comparison
+        if recorded is None:
             return None
-
-        def value(key: str) -> float | None:
-            metric = raw.get(key)
-            number = metric.get("value") if isinstance(metric, dict) else None
-            return float(number) if isinstance(number, int | float) else None
-
-        n = raw.get("n")
-        reason = raw.get("accepted_reason")
         return cls(
-            n=n if isinstance(n, int) else None,
-            auroc_model=value("auroc_model"),
-            auroc_who=value("auroc_who"),
-            at_least_as_good=raw.get("at_least_as_good") is True,
-            accepted_reason=reason if isinstance(reason, str) else None,
+            n=recorded.n,
+            auroc_model=recorded.auroc_model.value,
+            auroc_who=recorded.auroc_who.value,
+            at_least_as_good=recorded.at_least_as_good,
+            accepted_reason=recorded.accepted_reason,
         )
 
 
@@ -251,7 +243,7 @@ class NcdExplanation(BaseModel):
     )
     reference: dict[str, float] = Field(
         default_factory=dict,
-        description="The reference value each factor is compared with (metadata.extra).",
+        description="The reference value each factor is compared with (metadata.ncd).",
     )
 
     @classmethod
@@ -311,10 +303,7 @@ class NcdExplanation(BaseModel):
 
 
 def _reference(meta: ModelMetadata) -> dict[str, float]:
-    raw = meta.extra.get("reference")
-    if not isinstance(raw, dict):
-        return {}
-    return {k: float(v) for k, v in raw.items() if isinstance(v, int | float)}
+    return {k: float(v) for k, v in meta.ncd.reference.items()}
 
 
 def explanation_record(

@@ -10,6 +10,7 @@ import torch
 
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictionError, CxrPredictor, cam_peak, upsample_cam
+from models.details import CxrCalibration, PlattParams
 from models.registry import StoredModel
 from tests.cxr_fixtures import make_cxr_artifact, tiny_images
 
@@ -34,9 +35,9 @@ def test_predict_matches_pytorch(stored: StoredModel) -> None:
 
 def test_calibration_and_thresholds(stored: StoredModel) -> None:
     meta = stored.metadata
-    extra = dict(meta.extra)
-    extra["calibration"] = {"method": "platt", "params": {"abnormal": {"scale": 2.0, "offset": -1}}}
-    changed = StoredModel(metadata=meta.model_copy(update={"extra": extra}), path=stored.path)
+    calibration = CxrCalibration(params={"abnormal": PlattParams(scale=2.0, offset=-1.0)})
+    details = meta.cxr.model_copy(update={"calibration": calibration})
+    changed = StoredModel(metadata=meta.model_copy(update={"extra": details}), path=stored.path)
     predictor = CxrPredictor(changed)
     logits = np.array([[0.5, 0.5, 0.5, 0.5, 0.5]])
     probs = predictor.calibrate(logits)

@@ -27,10 +27,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registry.Stored
 def test_artifact_follows_contract(stored: registry.StoredModel) -> None:
     meta = stored.metadata
     assert meta.task == "ncd-risk"
-    assert meta.extra["outcome"] == "cvd"
+    assert meta.ncd.outcome == "cvd"
     assert meta.inputs == {"features": ["N", 7]}
-    assert meta.extra["parity"]["n_rows"] == 10_000
-    assert meta.extra["parity"]["max_abs_diff"] <= 1e-5
+    assert meta.ncd.parity is not None
+    assert meta.ncd.parity.n_rows == 10_000
+    assert meta.ncd.parity.max_abs_diff <= 1e-5
     assert (stored.card_dir / "model-card.md").is_file()
 
 
@@ -130,11 +131,11 @@ def test_predictor_refuses_wrong_task(stored: registry.StoredModel, tmp_path: Pa
     bad.mkdir()
     (bad / "model.onnx").write_bytes(stored.onnx_path.read_bytes())
     meta = json.loads((stored.path / "metadata.json").read_text())
-    meta["task"] = "test"
-    fake = registry.StoredModel(metadata=stored.metadata.model_validate(meta), path=bad)
+    fake = registry.StoredModel(
+        metadata=stored.metadata.model_validate({**meta, "task": "test", "extra": {}}), path=bad
+    )
     with pytest.raises(ArtifactError, match="ncd-risk"):
         NcdPredictor(fake)
-    meta["task"] = "ncd-risk"
     meta["extra"]["reference"] = {"sbp": 120}
     fake = registry.StoredModel(metadata=stored.metadata.model_validate(meta), path=bad)
     with pytest.raises(ArtifactError, match="reference"):

@@ -14,6 +14,7 @@ from models.ncd_predictor import NcdPredictor
 from serving.assess import NoAdvice, WhoSettings, assess
 from serving.cards import ncd_card
 from serving.runtime import Runtime
+from tests.ncd_fixtures import who_comparison, with_details
 from tests.serving.cds_fixtures import runtime_for, shared_store
 
 VALUES: dict[str, float | str] = {
@@ -55,8 +56,8 @@ def _older_ages(predictor: NcdPredictor, validated: bool) -> NcdPredictor:
         FeatureSpec(**{**f.model_dump(), "maximum": 90.0}) if f.name == "age" else f
         for f in copied.metadata.features
     ]
-    extra = {**copied.metadata.extra, "who_comparison": {"at_least_as_good": validated}}
-    copied.metadata = copied.metadata.model_copy(update={"features": features, "extra": extra})
+    changed = with_details(copied.metadata, who_comparison=who_comparison(validated))
+    copied.metadata = changed.model_copy(update={"features": features})
     return copied
 
 

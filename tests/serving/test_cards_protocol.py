@@ -26,6 +26,7 @@ from serving.cds_models import Action, Card, Source, Suggestion
 from serving.config import ProtocolConfig
 from serving.protocol import ActiveProtocol, Approval, load_protocol
 from serving.runtime import Runtime
+from tests.ncd_fixtures import who_comparison, with_details
 from tests.serving.cds_fixtures import runtime_for, shared_store
 
 TABLE = Path("configs/protocol.yaml")
@@ -51,10 +52,8 @@ def _unapproved() -> ActiveProtocol:
 def _validated(predictor: NcdPredictor, good: bool | None) -> NcdPredictor:
     """``predictor`` whose metadata records (or not) a comparison with the WHO chart."""
     copied = copy.copy(predictor)
-    extra = dict(copied.metadata.extra)
-    if good is not None:
-        extra["who_comparison"] = {"at_least_as_good": good}
-    copied.metadata = copied.metadata.model_copy(update={"extra": extra})
+    comparison = None if good is None else who_comparison(good)
+    copied.metadata = with_details(copied.metadata, who_comparison=comparison)
     return copied
 
 
@@ -76,7 +75,7 @@ def _advice(
 ) -> Advice:
     from serving.assess import WhoSettings
 
-    outcome = predictor.metadata.extra["outcome"]
+    outcome = predictor.metadata.ncd.outcome
     return assess(
         predictor,
         values,

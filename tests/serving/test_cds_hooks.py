@@ -24,6 +24,7 @@ from serving.assess import assess
 from serving.cards import ncd_card
 from serving.http.caller import Caller
 from serving.runtime import Runtime
+from tests.ncd_fixtures import who_comparison, with_details
 from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
 
 CVD = "/cds-services/ncd-cvd-risk"
@@ -186,9 +187,7 @@ def test_khmer_card_text(app: Starlette, runtime: Runtime) -> None:
     # Factor points (of a model shown beside the chart) use Khmer's decimal comma, as
     # its other numbers ("7,1 mmol/L").
     predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
-    predictor.metadata = predictor.metadata.model_copy(
-        update={"extra": {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}}
-    )
+    predictor.metadata = with_details(predictor.metadata, who_comparison=who_comparison())
     values: dict[str, float | str] = {
         "sex": "male", "age": 62.0, "smoking": 1.0, "sbp": 165.0, "total_chol": 6.2,
         "bmi": 27.5, "diabetes": 0.0,
@@ -666,8 +665,9 @@ def test_rest_cvd_and_who(
     assert "risk" not in withheld
     assert withheld["contributions"] == []
     assert withheld["who_chart"]["band"]
-    meta = runtime.ncd["ncd-cvd-risk"].metadata
-    monkeypatch.setitem(meta.extra, "who_comparison", {"at_least_as_good": True})
+    predictor = runtime.ncd["ncd-cvd-risk"]
+    validated = with_details(predictor.metadata, who_comparison=who_comparison())
+    monkeypatch.setattr(predictor, "metadata", validated)
     response = call(app, "POST", "/v1/risk/cvd", body)
     assert response.status_code == 200, response.text
     result = response.json()
@@ -811,15 +811,8 @@ def test_inputs_not_recorded_are_on_the_card(app: Starlette, runtime: Runtime) -
 
     predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
     measured = {"diabetes": {"missing_in_training": 0.0, "scored_as": 0.0}}
-    validated = {"at_least_as_good": True}
-    predictor.metadata = predictor.metadata.model_copy(
-        update={
-            "extra": {
-                **predictor.metadata.extra,
-                "missing_inputs": measured,
-                "who_comparison": validated,
-            }
-        }
+    predictor.metadata = with_details(
+        predictor.metadata, missing_inputs=measured, who_comparison=who_comparison()
     )
     values: dict[str, float | str] = {
         "sex": "male", "age": 60.0, "smoking": 1.0, "sbp": 150.0, "total_chol": 5.5, "bmi": 27.0,
@@ -865,14 +858,10 @@ def test_missing_input_says_what_the_model_scored_it_as(
     """A card names the value a missing input was scored as, and where no single value
     stands in for it, what the model did instead (never just "filled it in")."""
     predictor = copy.copy(runtime.ncd["ncd-cvd-risk"])
-    predictor.metadata = predictor.metadata.model_copy(
-        update={
-            "extra": {
-                **predictor.metadata.extra,
-                "missing_inputs": {"total_chol": measured},
-                "who_comparison": {"at_least_as_good": True},
-            }
-        }
+    predictor.metadata = with_details(
+        predictor.metadata,
+        missing_inputs={"total_chol": measured},
+        who_comparison=who_comparison(),
     )
     values: dict[str, float | str] = {
         "sex": "male", "age": 52.0, "smoking": 1.0, "sbp": 146.0, "bmi": 29.3, "diabetes": 0.0,

@@ -92,12 +92,13 @@ def test_unit_in_the_no_advice_card_is_inert(
 
 
 def test_out_of_range_text_value_is_inert() -> None:
+    from models.details import NcdDetails
     from models.metadata import ModelMetadata
     from tests.ncd_fixtures import FIXTURE_FEATURES
 
     meta = ModelMetadata(
         name="cvd-risk", version="1.0.0", task="ncd-risk", features=FIXTURE_FEATURES,
-        extra={"outcome": "cvd"},
+        extra=NcdDetails(outcome="cvd"),
     )  # fmt: skip
     problem = Problem("out-of-range", "sbp", "not a number", value="[x](https://e.org)")
     card = no_advice_card(NoAdvice.of([problem]), meta, lang="en", max_age_days=365)

@@ -14,12 +14,12 @@ import pytest
 
 from models.metadata import ModelMetadata
 from models.ncd_predictor import NcdPredictor
-from models.ncd_support import SUPPORT_KEY, InputSupport
+from models.ncd_support import InputSupport
 from serving.assess import NoAdvice, WhoSettings, assess, model_shown
 from serving.cards import ncd_card
 from serving.runtime import Runtime
 from serving.ui.explanations import NcdExplanation
-from tests.ncd_fixtures import FIXTURE_FEATURES, fixture_rows
+from tests.ncd_fixtures import FIXTURE_FEATURES, fixture_rows, who_comparison, with_details
 from tests.serving.cds_fixtures import runtime_for, shared_store
 
 VALUES: dict[str, float | str] = {
@@ -42,10 +42,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield rt
 
 
-def _with(predictor: NcdPredictor, **extra: object) -> NcdPredictor:
+def _with(predictor: NcdPredictor, **changes: object) -> NcdPredictor:
     copied = copy.copy(predictor)
-    merged = {**copied.metadata.extra, "who_comparison": {"at_least_as_good": True}, **extra}
-    copied.metadata = copied.metadata.model_copy(update={"extra": merged})
+    copied.metadata = with_details(copied.metadata, who_comparison=who_comparison(), **changes)
     return copied
 
 
@@ -61,13 +60,13 @@ def test_support_of_rows_uses_percentiles_and_category_extremes() -> None:
     assert support.features["age"].missing_rate == 0.0
     meta = ModelMetadata(
         name="cvd-risk", version="1.0.0", task="ncd-risk", features=FIXTURE_FEATURES,
-        extra={SUPPORT_KEY: support.model_dump(mode="json")},
+        extra={"outcome": "cvd", "input_support": support.model_dump(mode="json")},
     )  # fmt: skip
-    assert InputSupport.of_metadata(meta) == support
+    assert meta.ncd.input_support == support
 
 
 def test_inside_the_training_range_the_validated_model_is_shown(runtime: Runtime) -> None:
-    predictor = _with(runtime.ncd["ncd-cvd-risk"], **{SUPPORT_KEY: SUPPORT})
+    predictor = _with(runtime.ncd["ncd-cvd-risk"], input_support=SUPPORT)
     advice = assess(predictor, VALUES, who=WhoSettings())
     assert advice.outside_support == []
     assert advice.support_known
@@ -77,7 +76,7 @@ def test_inside_the_training_range_the_validated_model_is_shown(runtime: Runtime
 def test_outside_the_training_range_no_model_estimate_and_the_reason(runtime: Runtime) -> None:
     """SBP 240 is a valid input (the model accepts 60-260) but above every training
     patient: the card leads with the WHO chart and says why the model is silent."""
-    predictor = _with(runtime.ncd["ncd-cvd-risk"], **{SUPPORT_KEY: SUPPORT})
+    predictor = _with(runtime.ncd["ncd-cvd-risk"], input_support=SUPPORT)
     advice = assess(predictor, {**VALUES, "sbp": 240.0}, who=WhoSettings())
     assert [(o.feature, o.side, o.value) for o in advice.outside_support] == [
         ("sbp", "above", 240.0)
@@ -97,7 +96,7 @@ def test_outside_the_training_range_no_model_estimate_and_the_reason(runtime: Ru
 
 
 def test_outside_without_a_chart_gives_no_advice(runtime: Runtime) -> None:
-    predictor = _with(runtime.ncd["ncd-cvd-risk"], **{SUPPORT_KEY: SUPPORT})
+    predictor = _with(runtime.ncd["ncd-cvd-risk"], input_support=SUPPORT)
     with pytest.raises(NoAdvice) as caught:
         assess(predictor, {**VALUES, "age": 40.0}, who=None)
     assert caught.value.code == "out-of-range:age"
@@ -107,8 +106,7 @@ def test_outside_without_a_chart_gives_no_advice(runtime: Runtime) -> None:
 def test_artifact_without_a_record_keeps_working_and_says_support_is_unknown(
     runtime: Runtime,
 ) -> None:
-    predictor = _with(runtime.ncd["ncd-cvd-risk"])
-    predictor.metadata.extra.pop(SUPPORT_KEY, None)
+    predictor = _with(runtime.ncd["ncd-cvd-risk"], input_support=None)
     advice = assess(predictor, {**VALUES, "sbp": 240.0}, who=WhoSettings())
     assert advice.outside_support == []
     assert not advice.support_known

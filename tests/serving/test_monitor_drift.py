@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from serving.app import create_app
 from serving.monitor.alerts import AlertRule, Monitor, MonitorConfig
-from serving.monitor.drift import FeatureBins, Window, bin_of, distribution_of, psi
+from serving.monitor.drift import FeatureBins, Window, bin_of, psi
 from serving.runtime import Runtime
+from tests.ncd_fixtures import with_details
 from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
 from training.ncd_export import training_distribution
 
@@ -38,7 +39,7 @@ def test_training_distribution_has_deciles_and_serving_bins_agree() -> None:
     sbp = rng.normal(130, 15, 5000)
     sbp[:500] = np.nan  # missing values are left out
     recorded = training_distribution(np.column_stack([age, sex, sbp]), ["age", "sex", "sbp"])
-    bins = distribution_of({"training_distribution": recorded})
+    bins = recorded
     assert len(bins["age"].proportions) == 10
     assert bins["age"].proportions == pytest.approx([0.1] * 10, abs=0.002)
     assert len(bins["sex"].proportions) == 2  # two values: two bins, not ten
@@ -129,8 +130,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         predictor = rt.ncd["ncd-cvd-risk"]
         # The training population: ages 40-60 (bins [40, 50), [50, 60), [60, ...)).
         distribution = {"age": {"edges": [50.0, 60.0], "proportions": [0.5, 0.5, 0.0], "n": 1000}}
-        extra = {**predictor.metadata.extra, "training_distribution": distribution}
-        predictor.metadata = predictor.metadata.model_copy(update={"extra": extra})
+        predictor.metadata = with_details(predictor.metadata, training_distribution=distribution)
         rule = AlertRule(name="cvd-age-drift", metric="psi", service="ncd-cvd-risk",
                          feature="age", high=0.25, min_count=3)  # fmt: skip
         rt.config = rt.config.model_copy(update={"monitoring": MonitorConfig(alerts=[rule])})

@@ -158,9 +158,7 @@ def test_score_drift_of_the_period_against_the_stored_reference(
     # Reference: every label's score spread evenly over 0-1 (ten equal bins).
     spread = np.tile(np.linspace(0.0, 1.0, 201)[:, None], (1, len(LABELS)))
     reference = training_distribution(spread, [f"score:{label}" for label in LABELS])
-    stored = make_cxr_artifact(
-        tmp_path, version="1.0.0", extra={"training_distribution": reference}
-    )
+    stored = make_cxr_artifact(tmp_path, version="1.0.0", reference=reference)
     identity = ModelIdentity(name="cxr-triage", version="1.0.0", sha256=stored.metadata.sha256)
     assert stored_reference("cxr-triage", "1.0.0", "ab" * 32) is None  # another artifact
     assert stored_reference("cxr-triage", "1.0.0", identity.sha256) is not None

@@ -18,9 +18,10 @@ from serving.fhir_out import device, risk_assessment
 from serving.imaging.card import cxr_card
 from serving.no_advice_card import no_advice_card
 from serving.runtime import Runtime
-from serving.synthetic import DEMO_NOTE, SYNTHETIC_KEY, check_servable, trained_on_synthetic
+from serving.synthetic import DEMO_NOTE, check_servable, trained_on_synthetic
 from serving.ui.explanations import ModelView
 from serving.ui.links import LinkSigner
+from tests.ncd_fixtures import synthetic as flag_synthetic
 from tests.serving.cds_fixtures import runtime_for, shared_store
 from tests.serving.imaging.results_fixtures import make_result
 
@@ -34,10 +35,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield rt
 
 
-def _flagged(predictor: NcdPredictor, value: object) -> NcdPredictor:
+def _flagged(predictor: NcdPredictor, value: bool) -> NcdPredictor:
     copied = copy.copy(predictor)
-    extra = {**copied.metadata.extra, SYNTHETIC_KEY: value}
-    copied.metadata = copied.metadata.model_copy(update={"extra": extra})
+    copied.metadata = flag_synthetic(copied.metadata, value)
     return copied
 
 
@@ -48,12 +48,10 @@ def _flagged(predictor: NcdPredictor, value: object) -> NcdPredictor:
         (True, True, False, False),
         (True, False, True, False),
         (False, False, False, False),
-        (None, False, False, False),  # not recorded (older artifacts)
-        ("yes", False, False, False),  # only True means synthetic
     ],
 )
 def test_production_refuses_synthetic_models(
-    runtime: Runtime, value: object, dev: bool, allowed: bool, refused: bool
+    runtime: Runtime, value: bool, dev: bool, allowed: bool, refused: bool
 ) -> None:
     meta = _flagged(runtime.ncd["ncd-cvd-risk"], value).metadata
     if refused:
@@ -142,10 +140,7 @@ def test_runtime_refuses_to_load_a_synthetic_model_in_production(
 
     def synthetic(name: str, version: str) -> registry.StoredModel:
         stored = verify(name, version)
-        extra = {**stored.metadata.extra, SYNTHETIC_KEY: True}
-        return dataclasses.replace(
-            stored, metadata=stored.metadata.model_copy(update={"extra": extra})
-        )
+        return dataclasses.replace(stored, metadata=flag_synthetic(stored.metadata))
 
     monkeypatch.setattr(registry, "verify", synthetic)
     settings = Settings(
@@ -219,10 +214,7 @@ def test_model_card_page_says_demo(runtime: Runtime, monkeypatch: pytest.MonkeyP
     key = next(k for k, s in runtime.models.items() if s.metadata.name == "cvd-risk")
     stored = runtime.models[key]
     assert 'id="demo-model"' not in asyncio.run(page())
-    flagged = {**stored.metadata.extra, SYNTHETIC_KEY: True}
-    demo = dataclasses.replace(
-        stored, metadata=stored.metadata.model_copy(update={"extra": flagged})
-    )
+    demo = dataclasses.replace(stored, metadata=flag_synthetic(stored.metadata))
     monkeypatch.setitem(runtime.models, key, demo)
     shown = asyncio.run(page())
     assert 'id="demo-model"' in shown

@@ -127,7 +127,9 @@ def test_calibrate_ncd_end_to_end(model_store: Path, tmp_path: Path) -> None:
     # The recalibrated version (tonle recalibrate's refit) is calibrated in sample.
     from models import registry
 
-    assert registry.verify("cvd-risk", "0.1.1").metadata.extra["parent"]["tag"] == "cvd-risk:0.1.0"
+    parent = registry.verify("cvd-risk", "0.1.1").metadata.ncd.parent
+    assert parent is not None
+    assert parent.tag == "cvd-risk:0.1.0"
     with (out / "recalibrated" / "calibration_deciles.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 10
     assert "saved cvd-risk:0.1.1" in result.output

@@ -1,4 +1,4 @@
-"""The chest X-ray drift reference training records (``extra["training_distribution"]``):
+"""The chest X-ray drift reference training records (``CxrDetails.training_distribution``):
 image statistics over the training split, calibrated scores over validation, in the
 format serving reads (:class:`serving.monitor.drift.FeatureBins`)."""
 
@@ -13,7 +13,8 @@ from scipy.special import expit
 from models.cxr_drift import IMAGE_STATISTICS, image_statistics, score_name
 from models.cxr_net import CXR_LABELS
 from models.cxr_preprocess import DecodedImage, decode_dicom, decode_png, to_model_input
-from serving.monitor.drift import DISTRIBUTION_KEY, bin_of, distribution_of, psi
+from models.details import FeatureBins
+from serving.monitor.drift import bin_of, psi
 from training.cxr_data import CxrData, load_cxr_data
 from training.cxr_evaluate import drift_text
 from training.cxr_package import drift_reference
@@ -41,7 +42,7 @@ def test_the_reference_has_valid_bins_for_every_statistic_and_score(data: CxrDat
     val_logits = rng.normal(0, 2, (40, len(CXR_LABELS))).astype(np.float32)
     calibration = {label: {"scale": 0.5, "offset": -1.0} for label in CXR_LABELS}
     recorded = drift_reference(data.statistics, val_logits, calibration)
-    bins = distribution_of({DISTRIBUTION_KEY: recorded})  # validates edges and shares
+    bins = recorded  # FeatureBins validate edges and shares
     present = {name for name in IMAGE_STATISTICS if name in data.statistics[0]}
     assert {"image:mean", "image:std", "image:dark", "source:aspect"} <= present
     assert set(bins) == present | {score_name(label) for label in CXR_LABELS}
@@ -72,7 +73,7 @@ def test_without_image_statistics_only_the_scores_are_recorded() -> None:
     calibration = {label: {"scale": 1.0, "offset": 0.0} for label in CXR_LABELS}
     recorded = drift_reference([], logits, calibration)
     assert set(recorded) == {score_name(label) for label in CXR_LABELS}
-    assert recorded[score_name("tb")] == {"edges": [], "proportions": [1.0], "n": 5}
+    assert recorded[score_name("tb")] == FeatureBins(edges=[], proportions=[1.0], n=5)
 
 
 def test_serving_takes_the_same_statistics_from_the_same_file(data: CxrData) -> None:

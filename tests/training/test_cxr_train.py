@@ -22,7 +22,6 @@ from models import registry
 from models.config import load_config
 from models.cxr_net import CXR_LABELS, CxrNet
 from models.cxr_predictor import CxrPredictor
-from serving.monitor.drift import distribution_of
 from training.cxr_data import load_cxr_data, patient_split
 from training.cxr_import import import_dataset
 from training.cxr_metrics import sens_spec
@@ -83,16 +82,19 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert meta.inputs == {"image": ["N", 1, 64, 64]}
     pointed = [op.label for op in meta.operating_points]
     assert "abnormal" in pointed
-    assert sorted([*pointed, *meta.extra["no_operating_point"]]) == sorted(CXR_LABELS)
+    cxr = meta.cxr
+    assert sorted([*pointed, *cxr.no_operating_point]) == sorted(CXR_LABELS)
     assert all("validation split" in op.chosen_on for op in meta.operating_points)
-    assert set(meta.extra["calibration"]["params"]) == set(CXR_LABELS)
-    assert meta.extra["parity"]["max_abs_diff_logits"] <= 1e-4
-    assert meta.extra["parity"]["max_scaled_diff_cam"] <= 1e-4
+    assert set(cxr.calibration.params) == set(CXR_LABELS)
+    assert cxr.parity is not None
+    assert cxr.parity.max_abs_diff_logits <= 1e-4
+    assert cxr.parity.max_scaled_diff_cam <= 1e-4
     assert meta.training_manifest_sha256
-    assert meta.extra["mask_loss"]["weight"] == 0.5
-    assert meta.extra["mask_loss"]["images"] > 0
-    assert meta.extra["mask_loss"]["pairs"]["own"] > 0  # the synthetic set's own masks
-    assert meta.extra["mask_loss"]["pairs"]["sole finding"] == 0
+    assert cxr.mask_loss is not None
+    assert cxr.mask_loss.weight == 0.5
+    assert cxr.mask_loss.images > 0
+    assert cxr.mask_loss.pairs["own"] > 0  # the synthetic set's own masks
+    assert cxr.mask_loss.pairs["sole finding"] == 0
     card_text = (stored.card_dir / "README.md").read_text()
     assert "mask loss (weight 0.5)" in card_text
     assert "that finding's OWN mask" in card_text  # the definition is on the card
@@ -101,9 +103,10 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert json.loads((stored.card_dir / "metrics.json").read_text())["report"]["n"] > 0
 
     # The drift reference: image statistics of the training split, validation scores.
-    reference = distribution_of(meta.extra)
-    assert reference["image:mean"].n == meta.extra["split"]["train"]
-    assert reference["score:tb"].n == meta.extra["split"]["validation"]
+    reference = meta.cxr.training_distribution
+    assert meta.cxr.split is not None
+    assert reference["image:mean"].n == meta.cxr.split.train
+    assert reference["score:tb"].n == meta.cxr.split.validation
     assert {"image:std", "image:p95", "source:aspect"} <= set(reference)
     assert "## Drift reference" in card_text
 
@@ -112,9 +115,11 @@ def test_train_resume_evaluate(tmp_path: Path, model_store: Path, tiny_set: Path
     assert state["epoch"] == 1
 
     # The out-of-distribution gate is in the graph, and on the card.
-    ood = meta.extra["ood"]
-    assert ood["threshold"] > 0
-    assert 0.0 <= ood["refused_test"] <= 1.0
+    ood = cxr.ood
+    assert ood is not None
+    assert ood.threshold > 0
+    assert ood.refused_test is not None
+    assert 0.0 <= ood.refused_test <= 1.0
     assert "## Out-of-distribution gate" in card_text
     assert CxrPredictor(stored).has_ood_gate
 
@@ -163,8 +168,9 @@ def test_unknown_labels_train_to_a_gated_model(
     stored = registry.verify("cxr-triage", "0.5.0")
     meta = stored.metadata
     assert "tb" not in {op.label for op in meta.operating_points}
-    assert meta.extra["no_operating_point"]["tb"].startswith("0 known positive(s) among 0")
-    assert meta.extra["split"]["source"].startswith("patient hash (seed 0)")
+    assert meta.cxr.no_operating_point["tb"].startswith("0 known positive(s) among 0")
+    assert meta.cxr.split is not None
+    assert meta.cxr.split.source.startswith("patient hash (seed 0)")
     card = (stored.card_dir / "README.md").read_text()
     assert "- tb: **no operating point**: 0 known positive(s)" in card
     assert "## Gates it passed" in card
@@ -218,7 +224,8 @@ def test_fine_tune_from_init_weights_with_a_frozen_backbone(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     stored = registry.verify("cxr-triage", "0.6.0")
-    init = stored.metadata.extra["init_weights"]
+    init = stored.metadata.cxr.init_weights
+    assert init is not None
     assert init["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert init["origin"] == "saved by this test"
     assert (init["loaded"], init["not_loaded"], init["freeze_epochs"]) == (init["total"], [], 1)
@@ -241,13 +248,14 @@ def test_an_nih_import_trains_to_a_saved_model(tmp_path: Path, model_store: Path
     result = CliRunner().invoke(app, ["train", "cxr", "--config", str(config)])
     assert result.exit_code == 0, result.output
     meta = registry.verify("cxr-triage", "0.7.0").metadata
-    split = meta.extra["split"]
-    assert split["source"] == "the labels file's split column"
+    split = meta.cxr.split
+    assert split is not None
+    assert split.source == "the labels file's split column"
     counts = imported["split"].value_counts()
-    assert (split["train"], split["validation"], split["test"]) == (
+    assert (split.train, split.validation, split.test) == (
         counts["train"], counts["val"], counts["test"],
     )  # fmt: skip
-    assert "tb" in meta.extra["no_operating_point"]  # NIH has no TB label
+    assert "tb" in meta.cxr.no_operating_point  # NIH has no TB label
 
 
 def test_augmentation_moves_the_mask_with_the_image() -> None:

@@ -130,6 +130,7 @@ def test_recalibrate_refits_intercept_and_slope_and_keeps_the_parent(
 ) -> None:
     from models import registry
     from models.config import load_config
+    from models.details import ParentRef
     from models.ncd_predictor import NcdPredictor
     from training.ncd_config import NcdTrainConfig
     from training.ncd_recalibrate import recalibrated
@@ -153,16 +154,17 @@ def test_recalibrate_refits_intercept_and_slope_and_keeps_the_parent(
     assert result.exit_code == 0, result.output
     child = registry.verify("cvd-risk", "1.0.1")
     assert registry.verify("cvd-risk", cfg.version).metadata.sha256 == parent.metadata.sha256
-    extra_meta = child.metadata.extra
-    assert extra_meta["parent"] == {"tag": parent.metadata.tag, "sha256": parent.metadata.sha256}
-    assert extra_meta["who_comparison"] is None  # serving shows the chart until re-evaluated
-    rec = extra_meta["recalibration"]
-    assert rec["before"]["observed_expected"] > 1.3
-    assert abs(rec["after_in_sample"]["observed_expected"] - 1) < 0.1
+    details = child.metadata.ncd
+    assert details.parent == ParentRef(tag=parent.metadata.tag, sha256=parent.metadata.sha256)
+    assert details.who_comparison is None  # serving shows the chart until re-evaluated
+    rec = details.recalibration
+    assert rec is not None
+    assert (rec.before.observed_expected or 0) > 1.3
+    assert abs((rec.after_in_sample.observed_expected or 0) - 1) < 0.1
     x = feature_matrix(local, [f.name for f in child.metadata.features])[:500]
     old = NcdPredictor(parent).predict_proba(x).astype(np.float64)
     new = NcdPredictor(child).predict_proba(x).astype(np.float64)
-    np.testing.assert_allclose(new, recalibrated(old, rec["intercept"], rec["slope"]), atol=2e-6)
+    np.testing.assert_allclose(new, recalibrated(old, rec.intercept, rec.slope), atol=2e-6)
     again = CliRunner().invoke(app, ["recalibrate", "cvd-risk", "--data", str(csv),
                                      "--version", "1.0.1"])  # fmt: skip
     assert again.exit_code == 2

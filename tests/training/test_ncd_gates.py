@@ -132,11 +132,15 @@ def test_a_model_worse_than_the_chart_is_saved_only_with_a_reason(
     saved = runner.invoke(app, [*args, "--accept-worse-than-who", reason])
     assert saved.exit_code == 0, saved.output
     meta = registry.verify("cvd-risk", cfg.version).metadata
-    who = meta.extra["who_comparison"]
-    assert who["at_least_as_good"] is False
-    assert who["accepted_reason"] == reason
-    assert who["auroc_model"]["value"] < who["auroc_who"]["value"]
-    assert who["auroc_difference"]["ci_low"] < -cfg.gates.auroc_margin
+    who = meta.ncd.who_comparison
+    assert who is not None
+    assert who.at_least_as_good is False
+    assert who.accepted_reason == reason
+    assert who.auroc_model.value is not None
+    assert who.auroc_who.value is not None
+    assert who.auroc_model.value < who.auroc_who.value
+    assert who.auroc_difference.ci_low is not None
+    assert who.auroc_difference.ci_low < -cfg.gates.auroc_margin
     card = (registry.verify("cvd-risk", cfg.version).card_dir / "model-card.md").read_text()
     assert "At least as good as the chart: **NO**" in card
     assert reason in card

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from models.details import MissingInput
 from models.metadata import FeatureSpec
 from training.ncd_export import check_parity, to_onnx_model
 from training.ncd_missing import missing_inputs, with_missing_rows
@@ -52,10 +53,10 @@ def test_gradient_boosting_scores_a_never_missing_flag_as_the_commoner_answer(
     model, x = hgb
     found = missing_inputs(model, x, FEATURES)
     assert set(found) == {"bp_treated", "total_chol"}  # required features never missing
-    assert found["bp_treated"] == {"missing_in_training": 0.0, "scored_as": 0.0}
+    assert found["bp_treated"] == MissingInput(missing_in_training=0.0, scored_as=0.0)
     # Missing in training: a route of its own, not any one value.
-    assert found["total_chol"]["missing_in_training"] == pytest.approx(0.1, abs=0.02)
-    assert found["total_chol"]["scored_as"] is None
+    assert found["total_chol"].missing_in_training == pytest.approx(0.1, abs=0.02)
+    assert found["total_chol"].scored_as is None
 
 
 def test_logistic_baseline_scores_missing_as_the_training_median() -> None:
@@ -64,9 +65,9 @@ def test_logistic_baseline_scores_missing_as_the_training_median() -> None:
         [("impute", SimpleImputer(strategy="median")), ("model", LogisticRegression())]
     ).fit(x, y)
     found = missing_inputs(model, x, FEATURES)
-    assert found["bp_treated"]["scored_as"] == 0.0
+    assert found["bp_treated"].scored_as == 0.0
     median = float(np.nanmedian(x[:, 2]))
-    assert found["total_chol"]["scored_as"] == pytest.approx(median)
+    assert found["total_chol"].scored_as == pytest.approx(median)
 
 
 def test_onnx_treats_missing_inputs_as_the_fitted_model_does(

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from models import registry
 from models.config import load_config
+from models.details import MissingInput
 from models.ncd_lookback import LOOKBACK_DAYS
 from models.ncd_predictor import NcdPredictor
-from models.ncd_support import InputSupport
 from training.ncd_config import NcdTrainConfig
 from training.ncd_export import ExportError, save_verified
 from training.ncd_table import TrainingDataError, check_table, feature_matrix, patient_split
@@ -172,6 +172,7 @@ def test_unfaithful_export_is_not_saved(model_store: Path) -> None:
     bad = CalibratedClassifierCV(
         make_pipeline(StandardScaler(), LogisticRegression()), method="sigmoid", cv=3
     ).fit(x, y)
+    from models.details import NcdDetails
     from models.metadata import ModelMetadata
 
     meta = ModelMetadata(
@@ -179,7 +180,7 @@ def test_unfaithful_export_is_not_saved(model_store: Path) -> None:
         version="1.0.0",
         task="ncd-risk",
         features=FIXTURE_FEATURES,
-        extra={"outcome": "cvd", "reference": {}},
+        extra=NcdDetails(outcome="cvd"),
     )
     with pytest.raises(ExportError, match="not faithful"):
         save_verified(bad, x, meta, min_rows=1000)
@@ -237,21 +238,21 @@ def test_train_end_to_end_from_fhir(
     stored = registry.verify("cvd-risk", "0.1.0")
     meta = stored.metadata
     assert meta.task == "ncd-risk"
-    assert meta.extra["outcome"] == "cvd"
-    assert meta.extra["parity"]["max_abs_diff"] <= 1e-5
-    assert meta.extra["parity"]["band_mismatches"] == 0
+    assert meta.ncd.outcome == "cvd"
+    assert meta.ncd.parity is not None
+    assert meta.ncd.parity.max_abs_diff <= 1e-5
+    assert meta.ncd.parity.band_mismatches == 0
     # The training distribution serving measures drift against: every feature binned.
-    from serving.monitor.drift import distribution_of
-
-    assert set(distribution_of(meta.extra)) == {f.name for f in meta.features}
+    assert set(meta.ncd.training_distribution) == {f.name for f in meta.features}
     assert meta.training_manifest_sha256
     assert meta.library_versions["skl2onnx"]
     assert meta.config["seed"] == cfg.seed
     # The WHO comparison serving reads: typed, with the acceptance when it was needed.
-    who = meta.extra["who_comparison"]
-    assert who["n"] > 0
-    assert who["at_least_as_good"] == (who["discrimination_ok"] and who["calibration_ok"])
-    assert who["accepted_reason"] == (None if who["at_least_as_good"] else "synthetic test cohort")
+    who = meta.ncd.who_comparison
+    assert who is not None
+    assert who.n > 0
+    assert who.at_least_as_good == (who.discrimination_ok and who.calibration_ok)
+    assert who.accepted_reason == (None if who.at_least_as_good else "synthetic test cohort")
     assert {"test_auroc", "who_test_auroc", "test_uno_c", "test_calibration_slope"} <= set(
         meta.metrics
     )
@@ -263,7 +264,7 @@ def test_train_end_to_end_from_fhir(
     assert "WHO 2019 chart" in card
     # Read by clinicians: no Python dicts or raw metric names, and intervals that stay
     # readable when a bound is negative ("-0.380-0.255" was ambiguous).
-    split = meta.extra["split_counts"]
+    split = meta.ncd.split_counts
     assert f"{split['train']:,} training, {split['val']:,} validation" in card
     assert not re.search(r"[{\[]'", card)  # no Python dict or list
     assert "{" not in card
@@ -278,13 +279,12 @@ def test_train_end_to_end_from_fhir(
     assert {sep for _, sep, _ in intervals} == {" to "}, intervals
     # bp_treated is never missing in the synthetic export, so an unknown one is scored
     # as untreated: measured into the metadata, stated on the card.
-    assert meta.extra["missing_inputs"]["bp_treated"] == {
-        "missing_in_training": 0.0,
-        "scored_as": 0.0,
-    }
+    assert meta.ncd.missing_inputs["bp_treated"] == MissingInput(
+        missing_in_training=0.0, scored_as=0.0
+    )
     assert "| 0.0 % | **0 (no)**: unknown is treated as this |" in card
     # The training range of every input, kept for serving (outside it: no model estimate).
-    support = InputSupport.of_metadata(meta)
+    support = meta.ncd.input_support
     assert support is not None
     sbp = support.features["sbp"]
     assert 60 <= sbp.low < sbp.high <= 260

@@ -116,8 +116,8 @@ def cxr(
         raise fail(str(exc), EXIT_USAGE) from None
     stored = None if model is None else _artifact(model)
     if stored is not None:
-        labels = stored.metadata.extra.get("labels", [])
-        if stored.metadata.task != "cxr-triage" or label not in labels:
+        meta = stored.metadata
+        if meta.task != "cxr-triage" or label not in meta.cxr.labels:
             raise fail(
                 f"{stored.metadata.tag} is not a cxr-triage model with output {label!r}",
                 EXIT_USAGE,

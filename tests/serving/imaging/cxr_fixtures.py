@@ -12,7 +12,6 @@ import functools
 import io
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -22,6 +21,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models import registry
+from models.details import CxrDetails, FeatureBins
 from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
 from models.registry import StoredModel
 
@@ -68,10 +68,10 @@ def make_cxr_artifact(
     size: int = 64,
     version: str = "0.1.0",
     threshold: float = 0.5,
-    extra: dict[str, Any] | None = None,
+    reference: dict[str, FeatureBins] | None = None,
 ) -> StoredModel:
-    """Save the tiny model in the (test's private) registry with operating points;
-    ``extra`` is added to its metadata's ``extra`` (e.g. a drift reference)."""
+    """Save the tiny model in the (test's private) registry with operating points and,
+    when given, a drift ``reference`` (``CxrDetails.training_distribution``)."""
     onnx_path = write_cxr_onnx(tmp_path / f"tiny-cxr-{version}.onnx", size)
     metadata = ModelMetadata(
         name="cxr-triage",
@@ -84,7 +84,7 @@ def make_cxr_artifact(
             OutputSpec(name="logits", meaning="per-label logits", labels=LABELS),
             OutputSpec(name="cam", meaning="class activation maps", labels=LABELS),
         ],
-        extra={"labels": LABELS, **(extra or {})},
+        extra=CxrDetails(labels=LABELS, training_distribution=reference or {}),
         operating_points=[
             OperatingPoint(
                 label=label,

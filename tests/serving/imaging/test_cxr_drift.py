@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from models.cxr_drift import image_statistics, score_values
 from models.cxr_preprocess import decode_dicom, to_model_input
+from models.details import FeatureBins
 from models.registry import StoredModel
 from serving.metrics import current_samples
 from serving.monitor.alerts import (
@@ -31,7 +32,6 @@ from serving.monitor.alerts import (
     derived_text,
     imaging_reference,
 )
-from serving.monitor.drift import DISTRIBUTION_KEY, distribution_of
 from serving.monitor.page import build_view, monitor_page
 from tests.serving.imaging.conftest import AppFactory, Client, fake_runtime
 from tests.serving.imaging.cxr_fixtures import LABELS, dicom_bytes, make_cxr_artifact, radiograph
@@ -57,7 +57,7 @@ def images(n: int, gamma: tuple[float, float], offset: float = 0.0) -> list[byte
 
 
 @cache
-def reference() -> dict[str, dict[str, Any]]:
+def reference() -> dict[str, FeatureBins]:
     """The drift reference of 60 like-training images, as training records it."""
     rows = []
     for data in images(60, LIKE_TRAINING):
@@ -70,17 +70,16 @@ def reference() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def recorded() -> dict[str, dict[str, Any]] | None:
+def recorded() -> dict[str, FeatureBins] | None:
     """The artifact's drift reference (parametrize with None for an artifact without)."""
     return reference()
 
 
 @pytest.fixture
 def tiny_cxr(
-    model_store: Path, tmp_path: Path, recorded: dict[str, dict[str, Any]] | None
+    model_store: Path, tmp_path: Path, recorded: dict[str, FeatureBins] | None
 ) -> StoredModel:
-    extra = {DISTRIBUTION_KEY: recorded} if recorded is not None else {}
-    return make_cxr_artifact(tmp_path, extra=extra)
+    return make_cxr_artifact(tmp_path, reference=recorded)
 
 
 RULE = AlertRule(name="cxr-drift", metric="psi", service=SERVICE, high=0.25, min_count=20)
@@ -174,7 +173,7 @@ def test_an_artifact_without_a_reference_reads_as_before(app: tuple[Client, Scra
     post_all(client, images(2, DARKER))
     state = client.app.state.runtime.imaging
     assert state.analyser.reference == {}
-    assert distribution_of(state.analyser.stored.metadata.extra) == {}
+    assert state.analyser.stored.metadata.cxr.training_distribution == {}
     assert _bins_counted() == before  # nothing counted
     assert scrape.psi() == {}
     gauges = scrape.gauges()

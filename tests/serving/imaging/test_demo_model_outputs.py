@@ -10,7 +10,8 @@ from pydicom.uid import generate_uid
 from serving.imaging.dicom_out import heatmap_secondary_capture, structured_report
 from serving.imaging.fhir import result_bundle
 from serving.imaging.results import ADVISORY
-from serving.synthetic import DEMO_NOTE, SYNTHETIC_KEY
+from serving.synthetic import DEMO_NOTE
+from tests.ncd_fixtures import synthetic
 from tests.serving.imaging.conftest import AppFactory
 from tests.serving.imaging.cxr_fixtures import dicom_bytes
 from tests.serving.imaging.results_fixtures import heatmap_png, make_result
@@ -23,10 +24,7 @@ def test_synthetic_model_reads_say_demo(make_app: AppFactory) -> None:
     real = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
     assert real["advisory"] == ADVISORY
     stored = state.analyser.stored
-    extra = {**stored.metadata.extra, SYNTHETIC_KEY: True}
-    state.analyser.stored = dataclasses.replace(
-        stored, metadata=stored.metadata.model_copy(update={"extra": extra})
-    )
+    state.analyser.stored = dataclasses.replace(stored, metadata=synthetic(stored.metadata))
     demo = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM).json()
     assert demo["advisory"] == f"{DEMO_NOTE} {ADVISORY}"
 

@@ -11,6 +11,7 @@ import pytest
 from starlette.applications import Starlette
 
 from serving.runtime import Runtime
+from tests.ncd_fixtures import who_comparison, with_details
 from tests.serving.ui.test_pages import _card_for
 from tests.serving.ui.ui_fixtures import demo_app, request
 
@@ -64,13 +65,12 @@ def test_page_gives_the_recorded_comparison_with_the_chart(
     app, runtime = app_rt
     assert "records no comparison with the WHO chart" in _page(app, "demo-02")
     predictor = runtime.ncd["ncd-cvd-risk"]
-    comparison = {
-        "n": 1200, "auroc_model": {"value": 0.689}, "auroc_who": {"value": 0.719},
-        "at_least_as_good": False, "accepted_reason": "demo on synthetic data",
-    }  # fmt: skip
-    extra = {**predictor.metadata.extra, "who_comparison": comparison}
+    comparison = who_comparison(
+        False, n=1200, auroc_model={"value": 0.689}, auroc_who={"value": 0.719},
+        accepted_reason="demo on synthetic data",
+    )  # fmt: skip
     monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+        predictor, "metadata", with_details(predictor.metadata, who_comparison=comparison)
     )
     card = _card_for(app, "demo-02")
     assert "local model" not in card["summary"]

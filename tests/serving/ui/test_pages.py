@@ -20,6 +20,7 @@ from serving.fhir_in import extract
 from serving.prefetch import TEMPLATES
 from serving.runtime import Runtime
 from serving.ui import demo, links
+from tests.ncd_fixtures import who_comparison, with_details
 from tests.serving.ui.ui_fixtures import demo_app, request
 
 UI = Path(__file__).resolve().parents[3] / "serving" / "ui"
@@ -392,14 +393,12 @@ def test_missing_input_without_one_value_says_what_the_model_did(
     app, runtime = app_rt
     predictor = runtime.ncd["ncd-cvd-risk"]
     measured = {"total_chol": {"missing_in_training": 0.0, "scored_as": None}}
-    extra = {
-        **predictor.metadata.extra,
-        "missing_inputs": measured,
-        "who_comparison": {"at_least_as_good": True},  # the model's estimate is shown
-    }
-    monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+    changed = with_details(
+        predictor.metadata,
+        missing_inputs=measured,
+        who_comparison=who_comparison(),  # the model's estimate is shown
     )
+    monkeypatch.setattr(predictor, "metadata", changed)
     card = _card_for(app, "demo-04")
     said = "not recorded: no single value stands in for it; the model took its commonest branch"
     assert said in card["detail"]
@@ -466,9 +465,8 @@ def test_factor_bars_share_one_absolute_scale_and_name_their_source(
     local model's and the what-ifs that they are the WHO chart equation's."""
     app, runtime = app_rt
     predictor = runtime.ncd["ncd-cvd-risk"]
-    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
     monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+        predictor, "metadata", with_details(predictor.metadata, who_comparison=who_comparison())
     )
     card = _card_for(app, "demo-01")
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
@@ -490,13 +488,9 @@ def test_page_says_when_the_patient_is_outside_the_models_training_range(
     reason named; an artifact without a range says that the range is unknown."""
     app, runtime = app_rt
     predictor = runtime.ncd["ncd-cvd-risk"]
-    base = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
-    base.pop("input_support", None)
+    base = with_details(predictor.metadata, who_comparison=who_comparison(), input_support=None)
     support = {"features": {"sbp": {"low": 95.0, "high": 160.0, "missing_rate": 0.0}}}
-    outside = {**base, "input_support": support}
-    monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": outside})
-    )
+    monkeypatch.setattr(predictor, "metadata", with_details(base, input_support=support))
     card = _card_for(app, "demo-01")
     assert "The local model cannot assess" in card["detail"]
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
@@ -504,9 +498,7 @@ def test_page_says_when_the_patient_is_outside_the_models_training_range(
     assert 'id="support-outside"' in page
     assert 'id="ml-risk"' not in page
     assert "165 mmHg above the training range" in text
-    monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": base})
-    )
+    monkeypatch.setattr(predictor, "metadata", base)
     card = _card_for(app, "demo-01")
     page = request(app, "GET", card["links"][0]["url"].removeprefix("http://testserver")).text
     assert 'id="ml-risk"' in page
@@ -521,9 +513,8 @@ def test_a_factor_against_clinical_knowledge_is_flagged_not_hidden(
 
     app, runtime = app_rt
     predictor = runtime.ncd["ncd-cvd-risk"]
-    extra = {**predictor.metadata.extra, "who_comparison": {"at_least_as_good": True}}
     monkeypatch.setattr(
-        predictor, "metadata", predictor.metadata.model_copy(update={"extra": extra})
+        predictor, "metadata", with_details(predictor.metadata, who_comparison=who_comparison())
     )
     bmi = Contribution(feature="bmi", value=29.3, unit="kg/m2", delta_risk=-0.041, text="")
     sbp = Contribution(feature="sbp", value=165.0, unit="mm[Hg]", delta_risk=0.05, text="")
