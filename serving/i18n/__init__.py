@@ -61,6 +61,11 @@ class LanguageMeta(BaseModel):
     date_format: str = Field(description="Uses {day}, {month}, {month_name}, {year}.")
     datetime_format: str = Field(description="Uses the date fields plus {date}, {hour}, {minute}.")
     font_family: str = Field(default="", description="CSS font stack pages use for this language.")
+    needs_review: list[str] = Field(
+        default_factory=list,
+        description="Keys whose text a native speaker has not yet checked (shown as written; "
+        "a translator removes a key from this list once it is confirmed).",
+    )
 
 
 @cache
