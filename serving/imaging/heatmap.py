@@ -234,7 +234,7 @@ class HeatmapSource:
         return first + second + struct.pack("<H", len(names)) + names + maps + display
 
     @classmethod
-    def decode(cls, data: bytes, stored_format: int = 2) -> HeatmapSource:
+    def decode(cls, data: bytes, stored_format: int = 3) -> HeatmapSource:
         """The inverse of :meth:`encode`, for stored format 1, 2 or 3.
 
         Raises:
