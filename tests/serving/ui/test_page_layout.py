@@ -287,5 +287,8 @@ def test_khmer_numbers_use_one_decimal_separator(server: tuple[str, Runtime], br
     # The WHO region is named in Khmer (Cambodia's region).
     assert "អាស៊ីអាគ្នេយ៍" in text
     assert "Southeast Asia" not in text
+    # Cambodia's national recalibration by the country's Khmer name, not "KHM".
+    assert page.inner_text("#who-country") == "កម្ពុជា"
+    assert "KHM" not in text
     assert "TC" not in grid
     page.close()
