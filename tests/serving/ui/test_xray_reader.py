@@ -35,6 +35,7 @@ from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE
 from serving.ui import links
+from tests.serving.ui.ui_fixtures import axe_violations
 
 pytestmark = pytest.mark.slow
 
@@ -134,10 +135,17 @@ def _store_read(
 
 
 def _open(
-    browser: Any, url: str, runtime: Runtime, result: CxrResult, width: int, lang: str
+    browser: Any,
+    url: str,
+    runtime: Runtime,
+    result: CxrResult,
+    width: int,
+    lang: str,
+    bypass_csp: bool = False,
 ) -> Any:
     errors: list[str] = []
-    page = browser.new_page(viewport={"width": width, "height": 900})
+    viewport = {"width": width, "height": 900}
+    page = browser.new_context(viewport=viewport, bypass_csp=bypass_csp).new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.set_default_timeout(20_000)
@@ -218,7 +226,7 @@ def test_reader_reads_as_a_film(
     assert page.evaluate(UNLABELLED) == []
     assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
     page.screenshot(path=str(artifacts_dir / f"xray-reader-en-{width}.png"), full_page=True)
-    page.close()
+    page.context.close()
     assert page.errors == []
 
 
@@ -252,7 +260,7 @@ def test_reader_in_khmer_with_dicom_orientation_and_audited_reads(
     expect(page.locator("#feedback button[type=submit]")).to_be_disabled()
     feedback = runtime.audit.feedback(card_uuid=result.id)  # type: ignore[union-attr]
     assert [(f.service_id, f.outcome) for f in feedback] == [("cxr-triage", "overridden")]
-    page.close()
+    page.context.close()
     assert page.errors == []
     # The page and the image it loaded are reads of the stored result, each audited.
     rows = [r for r in runtime.audit.rows() if r.input_sha256 == result.input_sha256]  # type: ignore[union-attr]
@@ -308,7 +316,9 @@ def test_window_level_works_on_more_than_8_bits(
     values[100:, 150:] = 32100
     assert round(32000 * 255 / 65520) == round(32100 * 255 / 65520)  # one 8-bit level
     result = _store_read(runtime.imaging, StudyRef(study_date="20260314"), values=values)
-    page = _open(browser, url, runtime, result, width, lang)
+    # CSP bypassed only to inject axe-core (the reader itself runs under the page's CSP
+    # in the other tests).
+    page = _open(browser, url, runtime, result, width, lang, bypass_csp=True)
     assert (_data(page, "image-width"), _data(page, "image-height")) == ("300", "400")
     page.uncheck("#heatmap-toggle")
     left, right = (0.25, 0.75), (0.75, 0.75)
@@ -328,8 +338,9 @@ def test_window_level_works_on_more_than_8_bits(
     bone = page.evaluate(SAMPLE, left), page.evaluate(SAMPLE, right)
     assert lung != bone
     assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
+    assert axe_violations(page) == []
     page.screenshot(path=str(artifacts_dir / f"xray-reader-values-{lang}-{width}.png"))
-    page.close()
+    page.context.close()
     assert page.errors == []
     rows = [r for r in runtime.audit.rows() if r.input_sha256 == result.input_sha256]  # type: ignore[union-attr]
     assert "ui-cxr-pixels" in {r.service_id for r in rows if r.outcome == "read"}
