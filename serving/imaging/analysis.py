@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.cxr_labels import CXR_LABELS
-from models.cxr_preprocess.display import DisplayValues
 from models.cxr_predictor import OOD_DETAIL, OOD_REASON
+from models.cxr_preprocess.display import DisplayValues
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig

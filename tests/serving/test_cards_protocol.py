@@ -424,7 +424,8 @@ def test_a_national_chart_is_named_by_its_country_not_its_code(
     runtime: Runtime, lang: str, name: str
 ) -> None:
     advice = _advice(runtime.ncd["ncd-cvd-risk"], _patient())
-    assert advice.who is not None and advice.who.country_code == "KHM"
+    assert advice.who is not None
+    assert advice.who.country_code == "KHM"
     card = _card(advice, lang=lang)
     assert card.detail is not None
     assert f"{name}:" in card.detail or f"{name}៖" in card.detail or f", {name}" in card.detail

@@ -29,7 +29,6 @@ _KHMER = range(0x1780, 0x1800)
 _LANGUAGE_NEUTRAL = {"ui.app.name", "card.source.label", "card.ncd.factor", "feature.hba1c"}
 
 
-
 def test_languages_are_the_files() -> None:
     files = sorted(
         p.name.removesuffix(".json")

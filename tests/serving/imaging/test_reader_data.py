@@ -49,7 +49,8 @@ def test_the_display_copy_keeps_the_originals_values_and_the_model_input_unchang
     data = dicom_bytes(original)
     prepared = analyser.prepare(data, "application/dicom")
     shown = prepared.display
-    assert shown is not None and shown.values.dtype == np.uint16
+    assert shown is not None
+    assert shown.values.dtype == np.uint16
     assert shown.values.shape == size
     # Exact block sums of the stored values (no resampler, no 8-bit rounding).
     k = rows // size[0]
@@ -89,7 +90,8 @@ def test_a_16_bit_png_keeps_16_bits_and_an_8_bit_png_its_own_scale(make_app: App
         Image.fromarray(pixels).save(buffer, format="PNG")
         prepared = state.analyser.prepare(buffer.getvalue(), "image/png")
         shown = prepared.display
-        assert shown is not None and shown.values.shape == (600, 560)
+        assert shown is not None
+        assert shown.values.shape == (600, 560)
         assert np.array_equal(shown.values, pixels.astype(np.int64) - int(pixels.min()))
         decoded = decode_png(buffer.getvalue(), target_size=state.analyser.size)
         assert np.array_equal(

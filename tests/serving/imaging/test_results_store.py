@@ -186,8 +186,8 @@ def test_format_3_keeps_the_originals_values() -> None:
     low = 30000 - 10000
     expected = np.clip((pixels.values.astype(float) - low) * 255 / 20000 + 0.5, 0, 255)
     assert np.abs(grey - expected.astype(int)).max() <= 1
-    for torn in (data[:-1], data + b"\0", data[:-(2 * 300 * 250 + 1)]):
-        with pytest.raises(ValueError, match="heatmap source|display copy"):
+    for torn in (data[:-1], data + b"\0", data[: -(2 * 300 * 250 + 1)]):
+        with pytest.raises(ValueError, match=r"heatmap source|display copy"):
             HeatmapSource.decode(torn, 3)
     bad = bytearray(data)
     at = len(data) - 2 * 300 * 250 - 4  # the window's width: 0 is refused

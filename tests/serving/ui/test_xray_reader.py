@@ -2,8 +2,9 @@
 
 A real uvicorn server runs the Tonle app with the tiny CXR model; reads are stored
 with their audit rows as the imaging route stores them (the original's own values as
-uint16, one map per label; or, as reads stored before format 3, an 8-bit PNG copy). The browser opens the signed page at phone, tablet and
-desktop widths and drives window/level, zoom, the heatmap and the finding selector.
+uint16, one map per label; or, as reads stored before format 3, an 8-bit PNG copy).
+The browser opens the signed page at phone, tablet and desktop widths and drives
+window/level, zoom, the heatmap and the finding selector.
 Screenshots go to ``test-artifacts/xray-reader-*.png``.
 """
 

@@ -130,5 +130,3 @@ def axe_violations(page: Any) -> list[str]:
         ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"
     )
     return list(result)
-
-
