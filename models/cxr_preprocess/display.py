@@ -57,9 +57,8 @@ def display_factor(rows: int, columns: int, short_side: int) -> int:
 def block_sum(a: NDArray[Any], k: int, bits: int | None = None) -> NDArray[Any]:
     """Exact integer sums of ``k x k`` blocks (the edge remainder is dropped).
 
-    Unsigned values whose sums fit 16 bits (``bits`` stored bits, else the largest
-    value) are summed in uint16 (half the memory traffic of a wider type); others in
-    int64 / uint64.
+    Sums are made in the narrowest type that holds them (``bits`` stored bits, else the
+    largest value, bound them): uint16, (u)int32, else (u)int64.
     """
     if a.dtype.kind not in "ui":
         raise ValueError(f"block_sum needs integers, got {a.dtype}")
@@ -67,9 +66,16 @@ def block_sum(a: NDArray[Any], k: int, bits: int | None = None) -> NDArray[Any]:
     view = a[: r * k, : c * k]
     if k == 1:
         return view
-    top = (1 << bits) - 1 if bits else int(view.max()) if view.size else 0
-    acc: Any = np.int64 if a.dtype.kind == "i" else np.uint64
-    if a.dtype.kind == "u" and top * k * k <= 0xFFFF:
+    if bits:
+        top = (1 << bits) - 1
+    else:
+        top = max(abs(int(view.min())), int(view.max())) if view.size else 0
+    # The narrowest exact accumulator: less memory traffic, fewer CPU-ms.
+    signed = a.dtype.kind == "i"
+    acc: Any = np.int64 if signed else np.uint64
+    if top * k * k < 1 << 31:
+        acc = np.int32 if signed else np.uint32
+    if not signed and top * k * k <= 0xFFFF:
         acc = np.uint16
     rows = view[0::k].astype(acc)
     for i in range(1, k):
