@@ -247,8 +247,8 @@ def decode_dicom(
                 shown = stored
                 if j2k_frame is not None and min(stored.shape) < display_size:
                     level_d = reduce_level(rows, cols, display_size)
-                    shown = decode_j2k_reduced(j2k_frame, level_d) if level_d < level else None
-                    shown = stored if shown is None else shown
+                    finer = decode_j2k_reduced(j2k_frame, level_d) if level_d < level else None
+                    shown = stored if finer is None else finer
                 display = _display(shown, ds, display_size, photometric, slope, intercept)
             spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
             descriptions = tuple(

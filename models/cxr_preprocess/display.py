@@ -51,7 +51,8 @@ def display_factor(rows: int, columns: int, short_side: int) -> int:
     """The block size ``k`` keeping the short side >= ``short_side`` where the long side
     stays <= :data:`DISPLAY_LONGEST` (the long side wins when both cannot hold)."""
     k = max(1, min(rows, columns) // max(1, short_side))
-    return max(k, -(-max(rows, columns) // DISPLAY_LONGEST))
+    k = max(k, -(-max(rows, columns) // DISPLAY_LONGEST))
+    return max(1, min(k, rows, columns))  # a sliver keeps one row or column
 
 
 def block_sum(a: NDArray[Any], k: int, bits: int | None = None) -> NDArray[Any]:

@@ -131,7 +131,8 @@ def windowed_u8(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """``values`` through a linear window (centre, width) to 8-bit grey."""
     low = center - width / 2
     out = (np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(255 / width)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    grey: np.ndarray = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return grey
 
 
 def _scaled(cam: np.ndarray) -> np.ndarray:

@@ -49,6 +49,15 @@ def test_display_factor(rows: int, columns: int, k: int) -> None:
     assert max(rows, columns) // k <= 1024
 
 
+def test_a_sliver_keeps_one_row() -> None:
+    """A hostile 6000 x 3 image: the copy is never empty (the quality gate refuses it
+    later, with a reason, not a crash in the decoder)."""
+    k = display_factor(6000, 3, 512)
+    assert k == 3
+    shown = display_values(np.ones((6000, 3), np.uint16), k)
+    assert shown.values.shape == (2000, 1)
+
+
 def test_a_wide_range_is_scaled_into_16_bits_with_its_window() -> None:
     stored = np.array([[0, 100_000], [200_000, 300_000]], dtype=np.int32)
     shown = display_values(stored, 1, window=(150_000.0, 100_000.0))
