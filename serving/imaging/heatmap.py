@@ -301,7 +301,7 @@ class HeatmapSource:
 
 
 def _pack_pixels(pixels: DisplayValues | None) -> bytes:
-    if pixels is None:
+    if pixels is None or max(pixels.values.shape) > 0xFFFF:  # none, or no header fits it
         return b""
     rows, columns = pixels.values.shape
     header = _PIXELS.pack(rows, columns, pixels.center, pixels.width)
