@@ -47,6 +47,8 @@ __all__ = [
     "Lead",
     "MissingHow",
     "by_urgency",
+    "chart_place",
+    "country_name",
     "demo_notice",
     "feature_label",
     "lead",
@@ -148,6 +150,24 @@ def region_name(code: str | None, name: str, lang: str) -> str:
     """A WHO region's name in ``lang``; ``name`` (as recorded) where the code has none."""
     key = f"region.{code}"
     return t(key, lang) if code and key in catalogue("en") else name
+
+
+def country_name(code: str, lang: str) -> str:
+    """A country's name in ``lang`` (ISO alpha-3 ``code``): the catalogue's
+    ``country.<code>``, else the WHO chart table's English name, else the code."""
+    key = f"country.{code}"
+    if key in catalogue(lang):
+        return t(key, lang)
+    from models.who_cvd_equations import list_countries
+
+    names = {iso: name for iso, name, _ in list_countries()}
+    return names.get(code, code)
+
+
+def chart_place(region_code: str | None, region: str, country: str | None, lang: str) -> str:
+    """Where the chart used is recalibrated to, in ``lang``: the country's name when a
+    national recalibration was used (never its bare code), else the WHO region's."""
+    return country_name(country, lang) if country else region_name(region_code, region, lang)
 
 
 def feature_label(name: str, lang: str) -> str:
@@ -291,7 +311,7 @@ def _chart_text(advice: Advice, lang: str, region: str) -> str:
     return t(
         "card.ncd.cvd.chart",
         lang,
-        region=md(region_name(who.region_code, region, lang) if not who.country_code else region),
+        region=md(chart_place(who.region_code, region, who.country_code, lang)),
         who_percent=cell.percent,
         band=format_numbers_in(cell.band, lang),
         # The chart's ranges ("6-6.9") in the same digits and decimal mark as the values.
@@ -538,7 +558,8 @@ def ncd_card(
         patient_id: FHIR id of the patient (for the RiskAssessment subject).
         encounter_id: FHIR id of the encounter, if any.
         explain_url: Absolute URL of the explanation page for this card.
-        region: Display name of the WHO region or country whose chart is used.
+        region: The WHO region's name as recorded (a national recalibration is named
+            by its country, in ``lang``: :func:`chart_place`).
         source_url: Where the model card can be read.
         diabetes_warning_percent: Diabetes risk from which the card is a warning.
         today: The day follow-ups are counted from (default: today).

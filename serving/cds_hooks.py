@@ -262,9 +262,8 @@ def response_body(cards: list[Card]) -> bytes:
 
 
 def _region_name(advice: Advice) -> str:
-    if advice.who is None:
-        return ""
-    return advice.who.country_code or advice.who.region_name
+    """The region as recorded (the card names the country itself, in its language)."""
+    return "" if advice.who is None else advice.who.region_name
 
 
 def _timestamp(text: str) -> datetime | None:

@@ -27,6 +27,7 @@ from models.cxr_preprocess.dicom_pixels import (
     reduce_level,
     reduce_stored,
 )
+from models.cxr_preprocess.display import DisplayValues, display_factor, display_values
 from models.cxr_preprocess.image import DEFAULT_MAX_PIXELS, Array, DecodedImage, ImageError
 from models.cxr_preprocess.transform import percentile_window
 
@@ -124,8 +125,40 @@ def _window(values: Array, ds: Any) -> Array:
     return percentile_window(values)
 
 
+def _linear_window(ds: Any) -> tuple[float, float] | None:
+    """The header's first window (centre, width) unless a VOI LUT sequence overrides it."""
+    if ds.get("VOILUTSequence"):
+        return None
+    center, width = _number(ds.get("WindowCenter")), _number(ds.get("WindowWidth"))
+    return (center, width) if center is not None and width is not None and width >= 1 else None
+
+
+def _display(
+    stored: NDArray[Any],
+    ds: Any,
+    size: int,
+    photometric: str,
+    slope: float | None,
+    intercept: float | None,
+) -> DisplayValues:
+    k = display_factor(stored.shape[0], stored.shape[1], size)
+    bits = int(_number(ds.get("BitsStored")) or 0) or None
+    return display_values(
+        stored,
+        k,
+        slope=1.0 if slope is None or intercept is None else slope,
+        intercept=0.0 if slope is None or intercept is None else intercept,
+        window=_linear_window(ds),
+        invert=photometric == "MONOCHROME1",
+        bits=bits if bits and bits <= 8 * stored.dtype.itemsize else None,
+    )
+
+
 def decode_dicom(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+    display_size: int = 0,
 ) -> DecodedImage:
     """Decode a single-frame greyscale DICOM radiograph.
 
@@ -134,6 +167,10 @@ def decode_dicom(
         max_pixels: refuse Rows x Columns x frames above this, before decoding.
         target_size: the model input size; when given the image may be decoded at a
             reduced resolution whose short side is still >= ``target_size``.
+        display_size: when > 0, also keep the reader's copy of the stored values
+            (:mod:`~models.cxr_preprocess.display`), short side >= this where the long
+            side allows, from the pixels already decoded (a reduced JPEG 2000 decode
+            smaller than that is decoded once more at the level it needs).
 
     Returns:
         The decoded image and header attributes.
@@ -180,6 +217,7 @@ def decode_dicom(
                 raise ImageError("colour", f"{photometric or 'unknown'} with {samples} samples")
             syntax = str(ds.file_meta.TransferSyntaxUID)
             level = reduce_level(rows, cols, target_size)
+            j2k_frame: bytes | None = None
             stored = native_pixels(data, element, ds, rows, cols)
             if stored is None:  # compressed or big endian: let pydicom read the pixel data
                 full = pydicom.dcmread(io.BytesIO(data))
@@ -190,6 +228,7 @@ def decode_dicom(
                     check_frame(syntax, frame, rows, cols, bytes_per_sample)
                     if level and syntax in JPEG_2000_SYNTAXES:
                         stored = decode_j2k_reduced(frame, level)
+                        j2k_frame = frame
                 if stored is None:
                     stored = full.pixel_array
             if stored.ndim != 2 or stored.shape[0] < 1:
@@ -203,6 +242,14 @@ def decode_dicom(
             pixels = _window(values, ds)
             if photometric == "MONOCHROME1":
                 pixels = 1.0 - pixels
+            display = None
+            if display_size > 0:
+                shown = stored
+                if j2k_frame is not None and min(stored.shape) < display_size:
+                    level_d = reduce_level(rows, cols, display_size)
+                    finer = decode_j2k_reduced(j2k_frame, level_d) if level_d < level else None
+                    shown = stored if finer is None else finer
+                display = _display(shown, ds, display_size, photometric, slope, intercept)
             spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
             descriptions = tuple(
                 t
@@ -240,6 +287,7 @@ def decode_dicom(
                 patient_id=_stored_text(ds, "PatientID"),
                 accession=_stored_text(ds, "AccessionNumber"),
                 study_date=_stored_text(ds, "StudyDate"),
+                display=display,
             )
         except ImageError:
             raise

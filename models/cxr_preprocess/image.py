@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models.cxr_preprocess.display import DisplayValues
+
 __all__ = ["DECODE_REASONS", "DEFAULT_MAX_PIXELS", "Array", "DecodedImage", "ImageError"]
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; 80 MB of 16-bit pixels
@@ -65,4 +67,5 @@ class DecodedImage:
     patient_id: str | None = None  # as stored (not upper-cased)
     accession: str | None = None  # as stored
     study_date: str | None = None  # DICOM StudyDate, YYYYMMDD
+    display: DisplayValues | None = None  # the reader's copy, when it was asked for
     extra: dict[str, Any] = field(default_factory=dict)

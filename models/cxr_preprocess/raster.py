@@ -16,6 +16,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from models.cxr_preprocess.display import (
+    DisplayValues,
+    block_sum,
+    display_factor,
+    from_sums,
+)
 from models.cxr_preprocess.image import DEFAULT_MAX_PIXELS, Array, DecodedImage, ImageError
 from models.cxr_preprocess.transform import block_mean, percentile_window
 
@@ -28,7 +34,10 @@ _WIDE_GREY = {"I;16", "I;16B", "I;16L", "I"}
 
 
 def decode_png(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    target_size: int | None = None,
+    display_size: int = 0,
 ) -> DecodedImage:
     """Decode a PNG or JPEG radiograph (as the public data sets ship them).
 
@@ -41,6 +50,8 @@ def decode_png(
         max_pixels: refuse width x height above this, before decoding.
         target_size: the model input size; when given the pixels are block-averaged
             so that the short side stays >= ``target_size`` (as for DICOM).
+        display_size: when > 0, also keep the reader's copy of the grey values
+            (:mod:`~models.cxr_preprocess.display`) from the image Pillow decoded.
 
     Raises:
         ImageError: reason ``unreadable``, ``too-large``, ``colour`` or
@@ -66,6 +77,7 @@ def decode_png(
                 im.load()
                 k = max(1, min(width, height) // target_size) if target_size else 1
                 pixels = _Bands(k).convert(im)
+                display = _display(im, display_size) if display_size > 0 else None
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -82,7 +94,32 @@ def decode_png(
         rows=height,
         columns=width,
         reduction=height / pixels.shape[0],
+        display=display,
     )
+
+
+def _display(im: Any, size: int) -> DisplayValues:
+    """The reader's copy of a loaded, checked image, band by band (no full-size copy):
+    8-bit grey keeps its own 0-255 window; wide grey gets the percentile window."""
+    width, height = im.size
+    k = display_factor(height, width, size)
+    used = height // k * k
+    step = max(1, _BAND_ROWS // k) * k
+    sums: NDArray[Any] | None = None
+    eight_bit = im.mode not in _WIDE_GREY
+    bits = 8 if eight_bit else 16
+    for top in range(0, used, step):
+        band = im.crop((0, top, width, min(top + step, used)))
+        if band.mode not in _WIDE_GREY | {"L"}:
+            band = band.convert("L")  # checked grey already: channels agree
+        part = block_sum(np.asarray(band), k, None if band.mode == "I" else bits)
+        if sums is None:
+            sums = np.empty((used // k, part.shape[1]), dtype=part.dtype)
+        sums[top // k : top // k + part.shape[0]] = part
+    if sums is None:
+        raise ImageError("unreadable", "no rows to display")
+    # 8-bit grey is taken as displayed (value / 255, as the decoder does).
+    return from_sums(sums, k * k, window=(127.5, 256.0) if eight_bit else None)
 
 
 class _Bands:

@@ -27,10 +27,11 @@ import numpy as np
 
 from models.cxr_drift import image_statistics, score_values
 from models.cxr_predictor import OOD_DETAIL, OOD_REASON
+from models.cxr_preprocess.display import DisplayValues
 from models.registry import StoredModel
 from models.site_threshold import load_record
 from serving.imaging.config import ImagingConfig
-from serving.imaging.heatmap import HeatmapSource, display_png
+from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import (
     ADVISORY,
     Analysed,
@@ -105,7 +106,7 @@ class Prepared:
     study: StudyRef
     timings: dict[str, float] = field(default_factory=dict)
     started: float = 0.0
-    display: bytes = b""  # the display copy of the original (heatmap.display_png)
+    display: DisplayValues | None = None  # the reader's copy of the original's values
     monitored: dict[str, float] = field(default_factory=dict)  # models.cxr_drift statistics
 
 
@@ -240,15 +241,15 @@ class CxrAnalyser:
                 status=415,
             )
         preprocess = _preprocess_module()
+        decode = preprocess.decode_dicom if media in DICOM_TYPES else preprocess.decode_png
         try:
-            if media in DICOM_TYPES:
-                decoded = preprocess.decode_dicom(
-                    data, max_pixels=self.config.max_pixels, target_size=self.size
-                )
-            else:
-                decoded = preprocess.decode_png(
-                    data, max_pixels=self.config.max_pixels, target_size=self.size
-                )
+            # The reader's copy comes out of this one decode (display_size).
+            decoded = decode(
+                data,
+                max_pixels=self.config.max_pixels,
+                target_size=self.size,
+                display_size=self.config.display_short_side,
+            )
         except CannotAssess:
             raise
         except Exception as exc:  # every decoder failure is a 4xx with a reason
@@ -268,7 +269,6 @@ class CxrAnalyser:
             raise CannotAssess("unreadable", "preprocessing produced an invalid image")
         monitored = image_statistics(model_input, decoded) if self.reference else {}
         t_pre = time.perf_counter()
-        display = self._display_copy(preprocess, data, media, decoded)
         header = _dicom_display_facts(data) if media in DICOM_TYPES else {}
         t_display = time.perf_counter()
         return Prepared(
@@ -291,30 +291,9 @@ class CxrAnalyser:
                 "display_ms": (t_display - t_pre) * 1000,
             },
             started=started,
-            display=display,
+            display=decoded.display,
             monitored=monitored,
         )
-
-    def _display_copy(self, preprocess: Any, data: bytes, media: str, decoded: Any) -> bytes:
-        """The display copy of the original (long side <= heatmap.DISPLAY_MAX).
-
-        The model's decode may block-average to just above the model size; for a
-        readable copy the image is decoded again with its short side >=
-        ``config.display_short_side`` (0: never; the model input is left exactly as
-        training made it). A failure keeps the model's decode. On a 3000 x 2500 16-bit
-        radiograph this adds ~10 CPU-ms (uncompressed) or ~60 (JPEG 2000, one resolution
-        level more) plus ~14 for the PNG: ``display_ms`` in the timings.
-        """
-        pixels = decoded.pixels
-        target = self.config.display_short_side
-        smaller = min(pixels.shape) < min(decoded.rows, decoded.columns)
-        if target and min(pixels.shape) < target and smaller:
-            decode = preprocess.decode_dicom if media in DICOM_TYPES else preprocess.decode_png
-            try:
-                pixels = decode(data, max_pixels=self.config.max_pixels, target_size=target).pixels
-            except Exception:  # it decoded once: keep that
-                logger.warning("display copy decode failed; keeping the model's decode")
-        return display_png(np.asarray(pixels, dtype=np.float32))
 
     def finish(
         self,
@@ -372,7 +351,7 @@ class CxrAnalyser:
             cam[self.labels.index(heat_label)],
             labels=tuple(self.labels),
             cams=cam,
-            display=prepared.display,
+            pixels=prepared.display,
         )
         t_heat = time.perf_counter()
         timings = Timings(

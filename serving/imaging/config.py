@@ -59,10 +59,11 @@ class ImagingConfig(_Strict):
     display_short_side: int = Field(
         default=512,
         ge=0,
-        description="Short side (pixels) of the display copy kept for the X-ray reader; the "
-        "image is decoded a second time at this size when the model's decode is smaller. "
-        "0: keep the model's decode as the display copy (no second decode, ~2x less server "
-        "CPU per new read; the reader then shows a near-model-size image).",
+        description="Short side (pixels) of the display copy kept for the X-ray reader: the "
+        "original's own values (uint16) block-summed from the pixels the model's decode "
+        "already holds, long side <= 1024 (a JPEG 2000 frame reduced below this is decoded "
+        "once more at the level needed). 0: keep none; the reader shows the 8-bit "
+        "analysed image (model input size).",
     )
     model_threads: int | None = Field(
         default=None,

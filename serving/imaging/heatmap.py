@@ -6,12 +6,18 @@ the overlay PNG is drawn from it on each GET: encoding it costs ~4-5 ms of CPU (
 the largest stage after decoding, and most results are never opened.
 
 Since stored format 2 it also keeps, for the X-ray reader, every label's map (0-1,
-float16 at map resolution) and a display copy of the original: an 8-bit grey PNG, long
-side at most :data:`DISPLAY_MAX` pixels, encoded once when the read is made.
+float16 at map resolution) and a display copy of the original. Format 2 kept that copy
+as an 8-bit grey PNG encoded when the read was made, so the reader's window/level only
+stretched 256 grey levels. Format 3 keeps the original's own values
+(:class:`~models.cxr_preprocess.display.DisplayValues`: uint16 block sums and the
+default window), copied as they are, with nothing encoded per read: the reader's JS
+windows them itself (:meth:`HeatmapSource.pixels_gzip`, compressed when asked for) and
+``image.png`` draws them at the default window when it is asked for.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 from dataclasses import dataclass
@@ -19,9 +25,21 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["DISPLAY_MAX", "HeatmapSource", "display_png", "grey_png", "overlay_png", "upsample_cam"]
+from models.cxr_preprocess.display import DisplayValues
+
+__all__ = [
+    "DISPLAY_MAX",
+    "FORMATS",
+    "HeatmapSource",
+    "display_png",
+    "grey_png",
+    "overlay_png",
+    "upsample_cam",
+    "windowed_u8",
+]
 
 DISPLAY_MAX = 1024  # long side of the stored display copy, pixels
+FORMATS = (1, 2, 3)  # the stored layouts :meth:`HeatmapSource.decode` reads
 
 
 def _colour_lut() -> np.ndarray:
@@ -109,6 +127,14 @@ def display_png(pixels: np.ndarray, longest: int = DISPLAY_MAX) -> bytes:
     return buffer.getvalue()
 
 
+def windowed_u8(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """``values`` through a linear window (centre, width) to 8-bit grey."""
+    low = center - width / 2
+    out = (np.asarray(values, dtype=np.float32) - np.float32(low)) * np.float32(255 / width)
+    grey: np.ndarray = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return grey
+
+
 def _scaled(cam: np.ndarray) -> np.ndarray:
     cam = np.asarray(cam, dtype=np.float32)
     low = float(cam.min())
@@ -121,6 +147,7 @@ _HEADER = struct.Struct("<HHHH")  # image rows, columns; map rows, columns
 
 
 _HEADER_2 = struct.Struct("<HI")  # label count, display PNG bytes (after the format-1 part)
+_PIXELS = struct.Struct("<HHff")  # format 3's display copy: rows, columns, centre, width
 
 
 @dataclass(frozen=True)
@@ -135,7 +162,8 @@ class HeatmapSource:
         labels: the model's labels, in the order of ``cams`` (empty for format 1).
         cams: one map per label, ``[L, h, w]`` float32, each scaled to 0-1 (None for
             format 1, which kept only the shown map).
-        display: the display copy of the original (:func:`display_png`), b"" if none.
+        display: format 2's display copy of the original (:func:`display_png`), b"".
+        pixels: format 3's display copy: the original's own values, None if none.
     """
 
     image: np.ndarray
@@ -143,6 +171,7 @@ class HeatmapSource:
     labels: tuple[str, ...] = ()
     cams: np.ndarray | None = None
     display: bytes = b""
+    pixels: DisplayValues | None = None
 
     @classmethod
     def of(
@@ -153,6 +182,7 @@ class HeatmapSource:
         labels: tuple[str, ...] = (),
         cams: np.ndarray | None = None,
         display: bytes = b"",
+        pixels: DisplayValues | None = None,
     ) -> HeatmapSource:
         """From the model input ``[S, S]`` (any range) and one raw map ``[h, w]``.
 
@@ -161,7 +191,8 @@ class HeatmapSource:
             cam: the raw map shown on the overlay.
             labels: the model's labels, when ``cams`` is given.
             cams: every label's raw map ``[L, h, w]`` (maps of ``cam``'s size).
-            display: the display copy (:func:`display_png`).
+            display: a format-2 display copy (:func:`display_png`; tests of old rows).
+            pixels: the original's values for the reader (stored format 3).
 
         Raises:
             ValueError: ``cams`` does not match ``labels`` or ``cam``'s size.
@@ -173,16 +204,24 @@ class HeatmapSource:
             if raw.ndim != 3 or raw.shape[0] != len(labels) or raw.shape[1:] != scaled.shape:
                 raise ValueError(f"maps of shape {raw.shape} for {len(labels)} labels")
             maps = np.stack([_scaled(m) for m in raw]) if len(raw) else None
-        return cls(
-            _grey_u8(image), scaled, tuple(labels) if maps is not None else (), maps, display
-        )
+        names = tuple(labels) if maps is not None else ()
+        return cls(_grey_u8(image), scaled, names, maps, display, pixels)
+
+    @property
+    def stored_format(self) -> int:
+        """The format :meth:`encode` writes: 3, or 2 for a source holding a format-2 PNG."""
+        return 2 if self.display and self.pixels is None else 3
 
     def encode(self) -> bytes:
-        """Stored format 2: the format-1 bytes, then the labels, maps and display copy.
+        """Stored format 3 (or 2, see :attr:`stored_format`): the format-1 bytes, then
+        the labels, maps and display copy.
 
         Format 1 is four little-endian uint16 sizes, the image, the shown map as float16.
-        Format 2 appends a uint16 label count and a uint32 display PNG length, the labels
-        as newline-joined UTF-8 (uint16 length first), every map as float16, then the PNG.
+        Format 2 appends a uint16 label count and a uint32 display length, the labels
+        as newline-joined UTF-8 (uint16 length first), every map as float16, then the
+        display PNG. Format 3 is the same with the display copy as uint16 rows and
+        columns, float32 window centre and width, then the values as uint16, row by row
+        (all little-endian); a read without one has a display length of 0.
         """
         rows, columns = self.image.shape
         map_rows, map_columns = self.cam.shape
@@ -191,17 +230,18 @@ class HeatmapSource:
         first = header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
         names = "\n".join(self.labels).encode("utf-8")
         maps = b"" if self.cams is None else self.cams.astype("<f2").tobytes()
-        second = _HEADER_2.pack(len(self.labels), len(self.display))
-        return first + second + struct.pack("<H", len(names)) + names + maps + self.display
+        display = self.display if self.stored_format == 2 else _pack_pixels(self.pixels)
+        second = _HEADER_2.pack(len(self.labels), len(display))
+        return first + second + struct.pack("<H", len(names)) + names + maps + display
 
     @classmethod
-    def decode(cls, data: bytes, stored_format: int = 2) -> HeatmapSource:
-        """The inverse of :meth:`encode`, for stored format 1 or 2.
+    def decode(cls, data: bytes, stored_format: int = 3) -> HeatmapSource:
+        """The inverse of :meth:`encode`, for stored format 1, 2 or 3.
 
         Raises:
             ValueError: the bytes are not an encoded source of that format.
         """
-        if stored_format not in (1, 2):
+        if stored_format not in FORMATS:
             raise ValueError(f"no heatmap source format {stored_format}")
         if len(data) < _HEADER.size:
             raise ValueError(f"a heatmap source needs {_HEADER.size}+ bytes, got {len(data)}")
@@ -220,7 +260,10 @@ class HeatmapSource:
         cam = cam.reshape(map_rows, map_columns).astype(np.float32)
         if stored_format == 1:
             return cls(image, cam)
-        return cls(image, cam, *_decode_extension(data, first, (map_rows, map_columns)))
+        labels, cams, display = _decode_extension(data, first, (map_rows, map_columns))
+        if stored_format == 2:
+            return cls(image, cam, labels, cams, display)
+        return cls(image, cam, labels, cams, pixels=_unpack_pixels(display))
 
     def overlay_png(self) -> bytes:
         """The overlay PNG (see :func:`overlay_png`)."""
@@ -231,8 +274,21 @@ class HeatmapSource:
         return _png(self.image)
 
     def display_png(self) -> bytes:
-        """The display copy of the original, or the analysed image where none was kept."""
+        """The display copy of the original as an 8-bit PNG (format 3: drawn now at its
+        default window), or the analysed image where none was kept."""
+        if self.pixels is not None:
+            shown = self.pixels
+            return _png(windowed_u8(shown.values, shown.center, shown.width))
         return self.display or self.image_png()
+
+    def pixels_gzip(self) -> bytes | None:
+        """Format 3's display values as gzip of little-endian uint16 rows (None: none).
+
+        Compressed here, when a reader asks for them, not when the read is made."""
+        if self.pixels is None:
+            return None
+        raw = np.ascontiguousarray(self.pixels.values, dtype="<u2").tobytes()
+        return gzip.compress(raw, compresslevel=1, mtime=0)
 
     def maps(self) -> dict[str, list[float]]:
         """Every kept label's map, 0-1 rounded to 3 places, rows joined (empty if none)."""
@@ -242,6 +298,33 @@ class HeatmapSource:
             label: [round(float(v), 3) for v in cam.ravel()]
             for label, cam in zip(self.labels, self.cams, strict=True)
         }
+
+
+def _pack_pixels(pixels: DisplayValues | None) -> bytes:
+    if pixels is None or max(pixels.values.shape) > 0xFFFF:  # none, or no header fits it
+        return b""
+    rows, columns = pixels.values.shape
+    header = _PIXELS.pack(rows, columns, pixels.center, pixels.width)
+    return header + np.ascontiguousarray(pixels.values, dtype="<u2").tobytes()
+
+
+def _unpack_pixels(data: bytes) -> DisplayValues | None:
+    """Format 3's display copy (b"": none).
+
+    Raises:
+        ValueError: the sizes do not match the bytes, or the window is not finite.
+    """
+    if not data:
+        return None
+    if len(data) < _PIXELS.size:
+        raise ValueError("heatmap source format 3 has a torn display header")
+    rows, columns, center, width = _PIXELS.unpack_from(data)
+    if len(data) != _PIXELS.size + 2 * rows * columns or not rows or not columns:
+        raise ValueError(f"display copy of {len(data)} bytes for {rows} x {columns} values")
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        raise ValueError("display copy with an invalid window")
+    values = np.frombuffer(data, "<u2", rows * columns, _PIXELS.size).reshape(rows, columns)
+    return DisplayValues(values.astype(np.uint16), float(center), float(width))
 
 
 def _decode_extension(

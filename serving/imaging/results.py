@@ -13,10 +13,11 @@ opened from cards (the heatmap and the explanation page) are signed for one resu
 (:mod:`serving.ui.links`), minted only after such a scoped lookup; they are looked up
 by id alone (:meth:`ResultStore.by_link`).
 
-Stored layout ``FORMAT`` 2: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
+Stored layout ``FORMAT`` 3: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
 :meth:`serving.imaging.heatmap.HeatmapSource.encode` (format 1 plus every label's map and
-a display copy of the original). Format 1 rows (one map, no display copy) are still read;
-a newer format is refused (503). The overlay PNG is drawn on each GET.
+the original's own values for the reader, uint16). Format 2 rows (the display copy as an
+8-bit PNG) and format 1 rows (one map, no display copy) are still read and shown as
+they were stored; a newer format is refused (503). The overlay PNG is drawn on each GET.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ ADVISORY = (
     "AI generated, unverified: advisory chest X-ray triage to support, not replace, a "
     "clinician's reading."
 )
-FORMAT = 2  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
-READABLE = frozenset({1, 2})  # the formats this version reads
+FORMAT = 3  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
+READABLE = frozenset({1, 2, 3})  # the formats this version reads
 
 
 class _Frozen(BaseModel):
@@ -118,7 +119,9 @@ class Timings(_Frozen):
     model_ms: float = 0.0
     heatmap_ms: float = 0.0
     display_ms: float = Field(
-        default=0.0, description="Decoding and encoding the display copy of the original."
+        default=0.0,
+        description="Reading the DICOM display facts (study time, laterality, orientation); "
+        "the reader's copy of the image is made in the decode (decode_ms).",
     )
     total_ms: float = 0.0
     store_ms: float = Field(
@@ -213,7 +216,7 @@ class ResultStore:
             patient_ref=result.patient_ref,
             sop_instance_uid=result.study.sop_instance_uid,
             created=result.created,
-            format=FORMAT,
+            format=analysed.heatmap.stored_format,  # FORMAT; 2 for a format-2 source
             result=result.model_dump_json(),
             heatmap=analysed.heatmap.encode(),
         )
@@ -286,7 +289,8 @@ class ResultStore:
         return self.source(result_id).overlay_png()
 
     def image(self, result_id: str) -> bytes:
-        """The display copy of a read's original (8-bit grey PNG, long side <= 1024).
+        """The display copy of a read's original (8-bit grey PNG, long side <= 1024; a
+        format-3 read's values drawn at their default window).
 
         Reads stored in format 1 kept none: their analysed image (model input size).
 
@@ -294,6 +298,17 @@ class ResultStore:
             KeyError: no such read.
         """
         return self.source(result_id).display_png()
+
+    def pixels(self, result_id: str) -> bytes:
+        """A format-3 read's display values for the reader (gzip of uint16 rows).
+
+        Raises:
+            KeyError: no such read, or one stored before format 3 (no values kept).
+        """
+        data = self.source(result_id).pixels_gzip()
+        if data is None:
+            raise KeyError(result_id)
+        return data
 
     def source(self, result_id: str) -> HeatmapSource:
         """What a read's images and per-label maps are drawn from.

@@ -4,6 +4,8 @@
 * ``GET /ui/explain/cxr/{result id}`` - the X-ray reader for a stored chest X-ray read.
 * ``GET /ui/explain/cxr/{result id}/heatmap.png`` and ``.../image.png`` - its overlay
   and the display copy of the original (each opening audited as a read).
+* ``GET /ui/explain/cxr/{result id}/pixels`` - the original's own values (uint16, gzip)
+  that the reader windows, for reads stored since format 3 (audited as a read).
 * ``GET /ui/models/{name}/{version}`` - the model card of a loaded model.
 
 The explanation pages and their images are opened from cards in a browser without
@@ -27,7 +29,14 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
-from serving.cards import feature_label, missing_how, missing_text, support_text, value_text
+from serving.cards import (
+    country_name,
+    feature_label,
+    missing_how,
+    missing_text,
+    support_text,
+    value_text,
+)
 from serving.imaging.card import score_text
 from serving.imaging.results import CxrResult, StoredResult, StudyRef
 from serving.runtime import Runtime
@@ -165,6 +174,10 @@ async def explain_ncd(request: Request) -> Response:
         missing_note=missing_note,
         chart=chart,
         who_cell=who_cell,
+        # A national recalibration by the country's name in the page's language.
+        who_country=(
+            country_name(ex.who.country_code, lang) if ex.who and ex.who.country_code else ""
+        ),
         link=request.query_params,
         metrics=ex.model.metrics,
         title_key={"cvd": "ui.explain.ncd.title", "diabetes": "ui.explain.diabetes.title"}.get(
@@ -224,7 +237,8 @@ async def explain_cxr(request: Request) -> Response:
     """``GET /ui/explain/cxr/{result_id}``: the X-ray reader for a stored result.
 
     The page carries every label's map (0-1 at map resolution) as JSON data; the image
-    and overlay come from the signed, audited ``image.png`` and ``heatmap.png``.
+    comes from the signed, audited ``pixels`` (the original's values, windowed by the
+    page) or, for reads stored before format 3, ``image.png`` (8-bit).
     """
     runtime = runtime_of(request)
     refused = await link_refused(request)
@@ -245,7 +259,8 @@ async def explain_cxr(request: Request) -> Response:
     lang = language(request)
     left, marker_source = side_marker(result.study)
     maps = source.maps()
-    reader = {
+    pixels = source.pixels
+    reader: dict[str, Any] = {
         "shown": result.heatmap_label,
         "rows": int(source.cam.shape[0]),
         "columns": int(source.cam.shape[1]),
@@ -255,6 +270,14 @@ async def explain_cxr(request: Request) -> Response:
             label: i18n.t(f"label.{label}", lang) for label in maps or [result.heatmap_label]
         },
     }
+    if pixels is not None:
+        reader["pixels"] = {
+            "url": signed_link(runtime, f"/ui/explain/cxr/{result.id}/pixels"),
+            "rows": int(pixels.values.shape[0]),
+            "columns": int(pixels.values.shape[1]),
+            "center": round(pixels.center, 2),
+            "width": round(pixels.width, 2),
+        }
     return render_page(
         request,
         "explain_cxr.html",
@@ -269,6 +292,7 @@ async def explain_cxr(request: Request) -> Response:
         reader_json=script_json(reader),
         heatmap=signed_link(runtime, f"/ui/explain/cxr/{result.id}/heatmap.png"),
         base_image=signed_link(runtime, f"/ui/explain/cxr/{result.id}/image.png"),
+        has_values=pixels is not None,
         link=request.query_params,
     )
 
@@ -293,6 +317,32 @@ async def cxr_png(request: Request) -> Response:
     # The read never changes; the link expires, so the browser keeps it privately.
     headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{stored.result.id}-{which}"'}
     return Response(png, media_type="image/png", headers=headers)
+
+
+async def cxr_pixels(request: Request) -> Response:
+    """``GET .../pixels``: a format-3 read's display values, little-endian uint16 rows,
+    gzip-encoded (the page's JSON gives rows, columns and the default window).
+
+    Signed-link only and audited as a read, like ``image.png``; 404 for a read stored
+    before format 3 (its page loads ``image.png``).
+    """
+    found = await _linked_read(request, "ui-cxr-pixels")
+    if isinstance(found, Response):
+        return found
+    state, stored = found
+    try:
+        body = await run_in_threadpool(state.store.pixels, stored.result.id)
+    except KeyError:
+        return Response(status_code=404)
+    except Exception:
+        logger.exception("stored display values of a read could not be read")
+        return json_error("audit-unavailable", 503)
+    headers = {
+        "Cache-Control": "private, max-age=3600",
+        "ETag": f'"{stored.result.id}-pixels"',
+        "Content-Encoding": "gzip",
+    }
+    return Response(body, media_type="application/octet-stream", headers=headers)
 
 
 # --- model card --------------------------------------------------------------------------

@@ -36,7 +36,14 @@ from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.ui.demo_ehr import demo_prefetch, demo_token, demo_xray, ehr
 from serving.ui.feedback import feedback
-from serving.ui.pages import cxr_png, explain_cxr, explain_ncd, model_card, model_card_figure
+from serving.ui.pages import (
+    cxr_pixels,
+    cxr_png,
+    explain_cxr,
+    explain_ncd,
+    model_card,
+    model_card_figure,
+)
 from serving.ui.render import CARD_ID, demo_enabled, language, message_page, runtime_of
 
 if TYPE_CHECKING:
@@ -176,6 +183,7 @@ def routes() -> list[BaseRoute]:
         Route("/ui/explain/cxr/{result_id}", explain_cxr, methods=["GET"]),
         Route("/ui/explain/cxr/{result_id}/heatmap.png", cxr_png, methods=["GET"]),
         Route("/ui/explain/cxr/{result_id}/image.png", cxr_png, methods=["GET"]),
+        Route("/ui/explain/cxr/{result_id}/pixels", cxr_pixels, methods=["GET"]),
         Route("/ui/explain/{card_id}", explain_ncd, methods=["GET"]),
         Route("/ui/models/{name}/{version}", model_card, methods=["GET"]),
         Route("/ui/models/{name}/{version}/figures/{file}", model_card_figure, methods=["GET"]),

@@ -181,6 +181,13 @@ def test_jpeg2000_is_decoded_at_a_reduced_resolution_level(tmp_path: Any) -> Non
     assert diff.max() < 0.2
     full = decode_dicom(j2k)
     assert full.pixels.shape == (1024, 1024)
+    # The reader's copy: the frame once more at the level its size needs (level 1),
+    # the model's pixels unchanged.
+    shown = decode_dicom(j2k, target_size=224, display_size=512)
+    assert np.array_equal(shown.pixels, reduced.pixels)
+    assert shown.display is not None
+    assert shown.display.values.shape == (512, 512)
+    assert reduced.display is None
 
 
 def test_large_radiograph_decodes_to_model_input_quickly(tmp_path: Any) -> None:

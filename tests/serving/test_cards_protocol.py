@@ -416,3 +416,16 @@ def test_no_fasting_glucose_warning_when_an_hba1c_is_recorded(runtime: Runtime) 
     without = dataclasses.replace(advice, missing={"fasting_glucose": None, "hba1c": None})
     detail = _card(without).detail or ""
     assert "Not recorded, filled in by the model: Fasting glucose, HbA1c." in detail
+
+
+@pytest.mark.parametrize(("lang", "name"), [("en", "Cambodia"), ("km", "កម្ពុជា")])
+def test_a_national_chart_is_named_by_its_country_not_its_code(
+    runtime: Runtime, lang: str, name: str
+) -> None:
+    advice = _advice(runtime.ncd["ncd-cvd-risk"], _patient())
+    assert advice.who is not None
+    assert advice.who.country_code == "KHM"
+    card = _card(advice, lang=lang)
+    assert card.detail is not None
+    assert f"{name}:" in card.detail or f"{name}៖" in card.detail or f", {name}" in card.detail
+    assert "KHM" not in card.detail

@@ -1,5 +1,8 @@
 // The X-ray reader: the stored display copy drawn on a canvas with window/level,
 // zoom and pan (mouse, keyboard, touch), and one label's activation map over it.
+// Reads stored since format 3 carry the original's own values (uint16, fetched from
+// data.pixels.url): window/level maps those, not 256 grey levels. Older reads load
+// their 8-bit display copy (the hidden <img>).
 // No third-party code; the page's CSP allows only scripts from /ui/static.
 "use strict";
 (function () {
@@ -8,20 +11,26 @@
   const canvas = $("reader-canvas");
   const source = $("reader-image");
   const dataNode = $("reader-data");
-  if (!view || !canvas || !source || !dataNode) return;
+  if (!view || !canvas || !dataNode) return;
   const data = JSON.parse(dataNode.textContent);
+  const stored = data.pixels || null; // the original's values, when the read kept them
+  if (!stored && !source) return;
   const ctx = canvas.getContext("2d");
 
-  // Window/level presets on the display copy's 0-255 grey scale (radiographs have no
-  // Hounsfield units): lung spreads the dark range, soft tissue and bone the bright one.
+  // Window/level presets as parts of the image's default window (its DICOM window, else
+  // the 0.5-99.5th percentiles; the whole 0-255 scale of an 8-bit copy): radiographs
+  // have no Hounsfield units. Lung spreads the dark range, soft tissue and bone the
+  // bright one. [level, width] as fractions of the default window.
   const PRESETS = {
-    default: { level: 128, width: 255 },
-    lung: { level: 85, width: 150 },
-    soft: { level: 165, width: 140 },
-    bone: { level: 200, width: 100 },
+    default: [0.5, 1],
+    lung: [85 / 255, 150 / 255],
+    soft: [165 / 255, 140 / 255],
+    bone: [200 / 255, 100 / 255],
   };
   const ZOOM_MIN = 1, ZOOM_MAX = 16, ZOOM_STEP = 1.25;
   const state = { level: 128, width: 255, zoom: 1, panX: 0, panY: 0, label: data.shown };
+  // The grey values' range and default window (set when the image is loaded).
+  const scale = { top: 255, center: 127.5, width: 255, minWidth: 8, maxWidth: 255 };
 
   const presetSel = $("wl-preset"), levelIn = $("wl-level"), widthIn = $("wl-width");
   const opacityIn = $("heatmap-opacity"), toggle = $("heatmap-toggle");
@@ -30,7 +39,7 @@
   // The grey image, windowed, at the display copy's full resolution.
   const windowed = document.createElement("canvas");
   const wctx = windowed.getContext("2d");
-  let grey = null; // Uint8ClampedArray of the source's grey values
+  let grey = null; // the grey values, row by row (Uint16Array or Uint8ClampedArray)
   // The map, coloured, at a fixed grid (bilinear upsampling of the stored map).
   const heat = document.createElement("canvas");
   const GRID = 256;
@@ -80,10 +89,10 @@
 
   function paintWindow() {
     if (!grey) return;
-    const low = state.level - state.width / 2, scale = 255 / state.width;
+    const low = state.level - state.width / 2, gain = 255 / state.width;
     const img = wctx.createImageData(windowed.width, windowed.height);
-    const map = new Uint8ClampedArray(256);
-    for (let v = 0; v < 256; v++) map[v] = (v - low) * scale;
+    const map = new Uint8ClampedArray(scale.top + 1); // one grey per value
+    for (let v = 0; v <= scale.top; v++) map[v] = (v - low) * gain;
     for (let i = 0, j = 0; i < grey.length; i++, j += 4) {
       const g = map[grey[i]];
       img.data[j] = g; img.data[j + 1] = g; img.data[j + 2] = g; img.data[j + 3] = 255;
@@ -114,8 +123,8 @@
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     // Fit the image into the canvas, then zoom about the centre and pan.
     const fit = Math.min(canvas.width / windowed.width, canvas.height / windowed.height);
-    const scale = fit * state.zoom;
-    const w = windowed.width * scale, h = windowed.height * scale;
+    const zoomed = fit * state.zoom;
+    const w = windowed.width * zoomed, h = windowed.height * zoomed;
     const x = (canvas.width - w) / 2 + state.panX, y = (canvas.height - h) / 2 + state.panY;
     ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
@@ -126,7 +135,7 @@
       ctx.globalAlpha = 1;
     }
     canvas.dataset.zoom = String(state.zoom);
-    canvas.dataset.scale = String(scale);
+    canvas.dataset.scale = String(zoomed);
     canvas.dataset.level = String(state.level);
     canvas.dataset.width = String(state.width);
     canvas.dataset.opacity = String(toggle.checked ? Number(opacityIn.value) / 100 : 0);
@@ -139,10 +148,12 @@
   }
 
   function setWindow(level, width, preset) {
-    state.level = Math.max(0, Math.min(255, Math.round(level)));
-    state.width = Math.max(8, Math.min(255, Math.round(width)));
+    state.level = Math.max(0, Math.min(scale.top, Math.round(level)));
+    state.width = Math.max(scale.minWidth, Math.min(scale.maxWidth, Math.round(width)));
     levelIn.value = String(state.level);
     widthIn.value = String(state.width);
+    $("wl-level-value").textContent = String(state.level);
+    $("wl-width-value").textContent = String(state.width);
     presetSel.value = preset || "custom";
     paintWindow();
     draw();
@@ -172,9 +183,13 @@
     option.selected = key === data.shown;
     mapSel.appendChild(option);
   }
+  function applyPreset(name) {
+    const [level, width] = PRESETS[name];
+    const low = scale.center - scale.width / 2;
+    setWindow(low + level * scale.width, width * scale.width, name);
+  }
   presetSel.addEventListener("change", () => {
-    const p = PRESETS[presetSel.value];
-    if (p) setWindow(p.level, p.width, presetSel.value);
+    if (PRESETS[presetSel.value]) applyPreset(presetSel.value);
   });
   levelIn.addEventListener("input", () => setWindow(Number(levelIn.value), state.width));
   widthIn.addEventListener("input", () => setWindow(state.level, Number(widthIn.value)));
@@ -218,8 +233,9 @@
     }
     const dx = ev.clientX - last[0], dy = ev.clientY - last[1];
     pointers.set(ev.pointerId, [ev.clientX, ev.clientY]);
-    if (dragWindow.checked || ev.shiftKey) {
-      setWindow(state.level - dy, state.width + dx);
+    if (dragWindow.checked || ev.shiftKey) { // one CSS pixel: 1/255 of the value range
+      const unit = Math.max(1, scale.top / 255);
+      setWindow(state.level - dy * unit, state.width + dx * unit);
     } else {
       state.panX += dx * ratio;
       state.panY += dy * ratio;
@@ -250,22 +266,56 @@
   window.addEventListener("resize", () => { if (grey) { fitSize(); clampPan(); draw(); } });
 
   function start() {
+    canvas.dataset.imageWidth = String(windowed.width);
+    canvas.dataset.imageHeight = String(windowed.height);
+    canvas.dataset.values = String(scale.top + 1);
+    levelIn.max = String(scale.top);
+    widthIn.min = String(scale.minWidth);
+    widthIn.max = String(scale.maxWidth);
+    fitSize();
+    paintHeat();
+    applyPreset("default");
+    view.classList.add("ready");
+  }
+  const failed = () => { $("reader-status").textContent = view.dataset.failed || "!"; };
+
+  function startWithValues(buffer) { // little-endian uint16 rows (the server's gzip undone)
+    const count = stored.rows * stored.columns;
+    if (buffer.byteLength !== 2 * count) { failed(); return; }
+    const bytes = new DataView(buffer);
+    grey = new Uint16Array(count);
+    let top = 1;
+    for (let i = 0; i < count; i++) {
+      const v = bytes.getUint16(2 * i, true);
+      grey[i] = v;
+      if (v > top) top = v;
+    }
+    windowed.width = stored.columns;
+    windowed.height = stored.rows;
+    Object.assign(scale, {
+      top, center: stored.center, width: stored.width, minWidth: 2,
+      maxWidth: Math.max(top + 1, Math.ceil(stored.width)),
+    });
+    start();
+  }
+
+  function startWithImage() { // a read stored before format 3: its 8-bit copy
     windowed.width = source.naturalWidth;
     windowed.height = source.naturalHeight;
     wctx.drawImage(source, 0, 0);
     const rgba = wctx.getImageData(0, 0, windowed.width, windowed.height).data;
     grey = new Uint8ClampedArray(windowed.width * windowed.height);
     for (let i = 0; i < grey.length; i++) grey[i] = rgba[4 * i];
-    canvas.dataset.imageWidth = String(windowed.width);
-    canvas.dataset.imageHeight = String(windowed.height);
-    fitSize();
-    paintHeat();
-    setWindow(PRESETS.default.level, PRESETS.default.width, "default");
-    view.classList.add("ready");
+    start();
   }
-  if (source.complete && source.naturalWidth) start();
+
+  if (stored) {
+    fetch(stored.url, { credentials: "same-origin" })
+      .then((answer) => { if (!answer.ok) throw new Error(String(answer.status)); return answer.arrayBuffer(); })
+      .then(startWithValues, failed);
+  } else if (source.complete && source.naturalWidth) startWithImage();
   else {
-    source.addEventListener("load", start);
-    source.addEventListener("error", () => { $("reader-status").textContent = view.dataset.failed || "!"; });
+    source.addEventListener("load", startWithImage);
+    source.addEventListener("error", failed);
   }
 })();

@@ -34,38 +34,70 @@ def _with(data: bytes, **tags: object) -> bytes:
 @pytest.mark.parametrize(
     ("rows", "columns", "size"),
     [
-        (2400, 2000, (666, 800)),  # 1/3 of full size: short side >= 512
-        (2400, 1200, (512, 1024)),  # 1/2 would be 1200 long: cut to 1024, aspect kept
+        (2400, 2000, (800, 666)),  # 3 x 3 blocks: short side >= 512
+        (3000, 2500, (750, 625)),
+        (2400, 1200, (800, 400)),  # long side <= 1024 wins over the short side
+        (512, 512, (512, 512)),  # kept at its own size
     ],
 )
-def test_a_large_dicom_keeps_a_display_copy_and_the_model_input_unchanged(
+def test_the_display_copy_keeps_the_originals_values_and_the_model_input_unchanged(
     make_app: AppFactory, rows: int, columns: int, size: tuple[int, int]
 ) -> None:
     _, state = make_app()
     analyser = state.analyser
-    data = dicom_bytes(radiograph(rows, columns))
+    original = radiograph(rows, columns)
+    data = dicom_bytes(original)
     prepared = analyser.prepare(data, "application/dicom")
-    with Image.open(io.BytesIO(prepared.display)) as shown:
-        assert shown.mode == "L"
-        assert shown.size == size
-        grey = np.asarray(shown)
-    assert int(grey.max()) - int(grey.min()) > 128  # a readable image, not a flat one
+    shown = prepared.display
+    assert shown is not None
+    assert shown.values.dtype == np.uint16
+    assert shown.values.shape == size
+    # Exact block sums of the stored values (no resampler, no 8-bit rounding).
+    k = rows // size[0]
+    sums = original[: size[0] * k, : size[1] * k].astype(np.int64)
+    sums = sums.reshape(size[0], k, size[1], k).sum(axis=(1, 3))
+    assert np.array_equal(shown.values, sums - sums.min())
+    assert len(np.unique(shown.values)) > 256  # more grey levels than an 8-bit copy
     # The model sees exactly what the model-size decode gives (no train/serve skew).
     decoded = decode_dicom(data, max_pixels=analyser.config.max_pixels, target_size=analyser.size)
     assert np.array_equal(prepared.model_input, to_model_input(decoded, size=analyser.size))
-    assert prepared.timings["display_ms"] > 0
 
 
-def test_a_small_png_is_kept_at_its_own_size(make_app: AppFactory) -> None:
+def test_the_display_window_is_the_dicom_window_in_display_units(make_app: AppFactory) -> None:
     _, state = make_app()
-    pixels = (radiograph(300, 280) // 16).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    prepared = state.analyser.prepare(buffer.getvalue(), "image/png")
-    with Image.open(io.BytesIO(prepared.display)) as shown:
-        assert shown.size == (280, 300)
-    decoded = decode_png(buffer.getvalue(), target_size=state.analyser.size)
-    assert np.array_equal(prepared.model_input, to_model_input(decoded, size=state.analyser.size))
+    original = radiograph(1024, 1024)
+    plain = decode_dicom(dicom_bytes(original), display_size=512).display
+    assert plain is not None
+    data = _with(dicom_bytes(original), WindowCenter=1500, WindowWidth=1000)
+    windowed = state.analyser.prepare(data, "application/dicom").display
+    assert windowed is not None
+    low = int(original[:1024, :1024].reshape(512, 2, 512, 2).sum(axis=(1, 3)).min())
+    assert windowed.center == pytest.approx(1500 * 4 - low)  # 2 x 2 sums, shifted to 0
+    assert windowed.width == pytest.approx(1000 * 4)
+    # MONOCHROME1 is flipped to white = dense, window included.
+    flipped = decode_dicom(
+        _with(dicom_bytes(original), PhotometricInterpretation="MONOCHROME1"), display_size=512
+    ).display
+    assert flipped is not None
+    assert np.array_equal(flipped.values, plain.values.max() - plain.values)
+
+
+def test_a_16_bit_png_keeps_16_bits_and_an_8_bit_png_its_own_scale(make_app: AppFactory) -> None:
+    _, state = make_app()
+    wide = radiograph(600, 560) * 16
+    for pixels in (wide, (wide // 257).astype(np.uint8)):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        prepared = state.analyser.prepare(buffer.getvalue(), "image/png")
+        shown = prepared.display
+        assert shown is not None
+        assert shown.values.shape == (600, 560)
+        assert np.array_equal(shown.values, pixels.astype(np.int64) - int(pixels.min()))
+        decoded = decode_png(buffer.getvalue(), target_size=state.analyser.size)
+        assert np.array_equal(
+            prepared.model_input, to_model_input(decoded, size=state.analyser.size)
+        )
+    assert (shown.center, shown.width) == (127.5 - int(pixels.min()), 256.0)  # value / 255
 
 
 def test_dicom_display_facts_are_read_when_well_formed() -> None:
@@ -119,14 +151,8 @@ def test_side_marker(orientation: tuple[str, str] | None, marker: tuple[str, str
     assert side_marker(StudyRef(orientation=orientation)) == marker
 
 
-def test_display_copy_without_a_second_decode_when_configured(make_app: AppFactory) -> None:
-    """``display_short_side: 0`` keeps the model's own decode as the display copy (the
-    second decode costs about as much CPU as the rest of a new read)."""
+def test_no_display_copy_when_configured(make_app: AppFactory) -> None:
+    """``display_short_side: 0`` keeps none: the reader shows the analysed image."""
     _, state = make_app(display_short_side=0)
-    analyser = state.analyser
-    data = dicom_bytes(radiograph(2400, 2000))
-    prepared = analyser.prepare(data, "application/dicom")
-    decoded = decode_dicom(data, max_pixels=analyser.config.max_pixels, target_size=analyser.size)
-    with Image.open(io.BytesIO(prepared.display)) as shown:
-        assert shown.size == decoded.pixels.shape[::-1]
-        assert min(shown.size) < 512
+    prepared = state.analyser.prepare(dicom_bytes(radiograph(2400, 2000)), "application/dicom")
+    assert prepared.display is None

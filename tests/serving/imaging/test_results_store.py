@@ -3,6 +3,7 @@ audit row, scoped to a tenant, heatmaps drawn from the stored map, format versio
 
 from __future__ import annotations
 
+import gzip
 import io
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from PIL import Image
 from sqlalchemy import insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.cxr_preprocess.display import DisplayValues
 from serving.audit import AuditRecord, AuditStore, AuditUnavailable, schema
 from serving.imaging.heatmap import HeatmapSource, display_png, grey_png, overlay_png
 from serving.imaging.results import Analysed, ResultStore
@@ -109,10 +111,10 @@ def test_a_format_this_version_cannot_read_is_unavailable_not_guessed(
     audit: AuditStore,
 ) -> None:
     row = ResultStore.record(Analysed(make_result(), heatmap_source()), "a")
-    values = row.model_dump() | {"format": 3, "request_id": "r" * 32}
+    values = row.model_dump() | {"format": 4, "request_id": "r" * 32}
     with audit.engine.begin() as connection:
         connection.execute(insert(schema.imaging_results).values(**values))
-    with pytest.raises(AuditUnavailable, match="format 3"):
+    with pytest.raises(AuditUnavailable, match="format 4"):
         ResultStore(audit.engine).get(row.result_id, tenant="a")
 
 
@@ -155,6 +157,67 @@ def test_format_2_keeps_every_label_map_and_the_display_copy() -> None:
     assert len(again.maps()["tb"]) == 64
     with pytest.raises(ValueError, match="maps of shape"):
         HeatmapSource.of(image, cams[0], labels=("abnormal",), cams=cams)
+
+
+def _values_source() -> tuple[HeatmapSource, DisplayValues]:
+    rng = np.random.default_rng(5)
+    # 12-bit values as block sums: more grey levels than 8 bits can hold.
+    values = rng.integers(0, 4096 * 16, size=(300, 250)).astype(np.uint16)
+    pixels = DisplayValues(values, center=30000.0, width=20000.0)
+    cams = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    image = rng.random((64, 64), dtype=np.float32)
+    source = HeatmapSource.of(image, cams[0], labels=("abnormal", "tb"), cams=cams, pixels=pixels)
+    return source, pixels
+
+
+def test_format_3_keeps_the_originals_values() -> None:
+    source, pixels = _values_source()
+    assert source.stored_format == 3
+    data = source.encode()
+    again = HeatmapSource.decode(data, 3)
+    assert again.pixels is not None
+    assert np.array_equal(again.pixels.values, pixels.values)
+    assert (again.pixels.center, again.pixels.width) == (30000.0, 20000.0)
+    assert gzip.decompress(again.pixels_gzip() or b"") == pixels.values.astype("<u2").tobytes()
+    # image.png: the values at their default window, 8-bit, drawn when asked for
+    with Image.open(io.BytesIO(again.display_png())) as shown:
+        assert shown.size == (250, 300)
+        grey = np.asarray(shown).astype(int)
+    low = 30000 - 10000
+    expected = np.clip((pixels.values.astype(float) - low) * 255 / 20000 + 0.5, 0, 255)
+    assert np.abs(grey - expected.astype(int)).max() <= 1
+    for torn in (data[:-1], data + b"\0", data[: -(2 * 300 * 250 + 1)]):
+        with pytest.raises(ValueError, match=r"heatmap source|display copy"):
+            HeatmapSource.decode(torn, 3)
+    bad = bytearray(data)
+    at = len(data) - 2 * 300 * 250 - 4  # the window's width: 0 is refused
+    bad[at : at + 4] = b"\0\0\0\0"
+    with pytest.raises(ValueError, match="invalid window"):
+        HeatmapSource.decode(bytes(bad), 3)
+
+
+def test_format_3_and_2_rows_in_the_store(audit: AuditStore) -> None:
+    source, pixels = _values_source()
+    new = Analysed(make_result(), source)
+    _commit(audit, new, "a")
+    store = ResultStore(audit.engine)
+    assert store.get(new.result.id, tenant="a") == new.result
+    assert gzip.decompress(store.pixels(new.result.id)) == pixels.values.astype("<u2").tobytes()
+    # A format-2 row (the display copy as an 8-bit PNG) is shown as it was stored.
+    png = display_png(np.full((40, 30), 0.5, np.float32))
+    old_source = HeatmapSource.of(np.zeros((64, 64), np.float32), np.ones((8, 8)), display=png)
+    old = Analysed(make_result(), old_source)
+    _commit(audit, old, "a")
+    with audit.engine.connect() as connection:
+        stored = connection.execute(
+            schema.imaging_results.select().where(
+                schema.imaging_results.c.result_id == old.result.id
+            )
+        ).one()
+    assert stored.format == 2
+    assert store.image(old.result.id) == png
+    with pytest.raises(KeyError):
+        store.pixels(old.result.id)  # no values kept: its page loads image.png
 
 
 def test_format_1_rows_are_still_read(audit: AuditStore) -> None:

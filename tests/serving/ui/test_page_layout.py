@@ -12,7 +12,6 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,12 @@ from playwright.sync_api import expect
 from pydantic import SecretStr
 
 from serving.runtime import Runtime
+from tests.serving.ui.ui_fixtures import axe_violations
 
 pytestmark = pytest.mark.slow
 
 WIDTHS = (390, 1024, 1440)
 LANGS = ("en", "km")
-AXE_JS = (resources.files("axe_playwright_python") / "axe.min.js").read_text(encoding="utf-8")
 ADVISORY = {
     "en": "Advisory only: decision support",
     "km": "សម្រាប់ជាយោបល់ប៉ុណ្ណោះ",
@@ -95,18 +94,6 @@ def card_figures(server: tuple[str, Runtime]) -> Iterator[Path]:
         md.write_text(before, encoding="utf-8")
 
 
-def _axe(page: Any) -> list[str]:
-    """axe-core's violations of moderate impact or above, as 'rule: target' lines."""
-    if not page.evaluate("typeof window.axe !== 'undefined'"):
-        page.add_script_tag(content=AXE_JS)
-    result = page.evaluate(
-        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations"
-        ".filter(v => ['moderate', 'serious', 'critical'].includes(v.impact))"
-        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"
-    )
-    return list(result)
-
-
 # Each radio / checkbox with its label text: beside it (to the left, vertically centred).
 RADIO_OFFSETS = """() => [...document.querySelectorAll(
     'label input[type=radio], label input[type=checkbox]')]
@@ -173,7 +160,7 @@ def test_every_page_fits_and_passes_axe(
         overflow = page.evaluate("document.scrollingElement.scrollWidth - innerWidth")
         if overflow > 0:
             problems.append(f"{name}: scrolls sideways by {overflow}px")
-        problems += [f"{name}: axe {v}" for v in _axe(page)]
+        problems += [f"{name}: axe {v}" for v in axe_violations(page)]
         for r in page.evaluate(RADIO_OFFSETS):
             if r["dy"] > r["h"] / 2 or r["gap"] < 0:
                 problems.append(f"{name}: a radio is not beside its label {r}")
@@ -295,5 +282,8 @@ def test_khmer_numbers_use_one_decimal_separator(server: tuple[str, Runtime], br
     # The WHO region is named in Khmer (Cambodia's region).
     assert "អាស៊ីអាគ្នេយ៍" in text
     assert "Southeast Asia" not in text
+    # Cambodia's national recalibration by the country's Khmer name, not "KHM".
+    assert page.inner_text("#who-country") == "កម្ពុជា"
+    assert "KHM" not in text
     assert "TC" not in grid
     page.close()

@@ -1,9 +1,10 @@
 """The X-ray reader on the chest X-ray explanation page, in headless Chromium.
 
 A real uvicorn server runs the Tonle app with the tiny CXR model; reads are stored
-with their audit rows as the imaging route stores them (a display copy of the
-original, one map per label). The browser opens the signed page at phone, tablet and
-desktop widths and drives window/level, zoom, the heatmap and the finding selector.
+with their audit rows as the imaging route stores them (the original's own values as
+uint16, one map per label; or, as reads stored before format 3, an 8-bit PNG copy).
+The browser opens the signed page at phone, tablet and desktop widths and drives
+window/level, zoom, the heatmap and the finding selector.
 Screenshots go to ``test-artifacts/xray-reader-*.png``.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
+from models.cxr_preprocess.display import DisplayValues
 from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
@@ -34,6 +36,7 @@ from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE
 from serving.ui import links
+from tests.serving.ui.ui_fixtures import axe_violations
 
 pytestmark = pytest.mark.slow
 
@@ -52,14 +55,32 @@ OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElemen
 WIDE = """() => [...document.querySelectorAll('body *')]
   .filter(el => el.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
   .map(el => el.tagName + '#' + el.id + '.' + el.className).slice(0, 8)"""
+# The red value of the canvas at a point of the image (fractions of its width, height),
+# at zoom 1 without pan.
+SAMPLE = """(p) => { const c = document.getElementById('reader-canvas');
+  const s = Number(c.dataset.scale), iw = Number(c.dataset.imageWidth);
+  const ih = Number(c.dataset.imageHeight);
+  const x = (c.width - iw * s) / 2 + p[0] * iw * s, y = (c.height - ih * s) / 2 + p[1] * ih * s;
+  return c.getContext('2d').getImageData(Math.round(x), Math.round(y), 1, 1).data[0]; }"""
 UNLABELLED = """() => [...document.querySelectorAll('input:not([hidden]), select, button')]
   .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
                 && !(el.textContent || '').trim())
   .map(el => el.outerHTML.slice(0, 80))"""
 
 
-def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = None) -> CxrResult:
-    """A read stored as the imaging route stores one: display copy, a map per label."""
+def _store_read(
+    state: ImagingState,
+    study: StudyRef,
+    advisory: str | None = None,
+    *,
+    values: np.ndarray | None = None,
+    eight_bit: bool = False,
+) -> CxrResult:
+    """A read stored as the imaging route stores one: display values, a map per label.
+
+    ``values`` (uint16) replace the default original; ``eight_bit`` stores the display
+    copy as an 8-bit PNG, as format 2 did.
+    """
     result_id = uuid.uuid4().hex
     findings = [
         CxrFinding(
@@ -96,9 +117,12 @@ def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = Non
     for index in range(len(LABELS)):  # each label's map peaks somewhere else
         cams[index, 1 + index, 6 - index] = 5.0
     image = np.asarray(original[::8, ::8][:64, :62], dtype=np.float32)
-    source = HeatmapSource.of(
-        image, cams[1], labels=LABELS, cams=cams, display=display_png(original)
-    )
+    if eight_bit:
+        kept: dict[str, Any] = {"display": display_png(original)}
+    else:
+        shown = (original * 65520).astype(np.uint16) if values is None else values
+        kept = {"pixels": DisplayValues(shown, center=32760.0, width=65520.0)}
+    source = HeatmapSource.of(image, cams[1], labels=LABELS, cams=cams, **kept)
     audit_row(
         state,
         request_id=uuid.uuid4().hex,
@@ -112,10 +136,17 @@ def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = Non
 
 
 def _open(
-    browser: Any, url: str, runtime: Runtime, result: CxrResult, width: int, lang: str
+    browser: Any,
+    url: str,
+    runtime: Runtime,
+    result: CxrResult,
+    width: int,
+    lang: str,
+    bypass_csp: bool = False,
 ) -> Any:
     errors: list[str] = []
-    page = browser.new_page(viewport={"width": width, "height": 900})
+    viewport = {"width": width, "height": 900}
+    page = browser.new_context(viewport=viewport, bypass_csp=bypass_csp).new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.set_default_timeout(20_000)
@@ -158,10 +189,12 @@ def test_reader_reads_as_a_film(
     # Window/level: a preset and the sliders change the drawn pixels.
     before = page.evaluate(CANVAS_SUM)
     page.select_option("#wl-preset", "lung")
-    assert (_data(page, "level"), _data(page, "width")) == ("85", "150")
+    # Presets are parts of the default window, in the stored values' own units.
+    assert (_data(page, "level"), _data(page, "width")) == ("21840", "38541")
+    assert int(_data(page, "values")) > 256  # more grey values than an 8-bit copy
     lung = page.evaluate(CANVAS_SUM)
     assert lung != before
-    page.fill("#wl-level", "200")
+    page.fill("#wl-level", "50000")
     page.dispatch_event("#wl-level", "input")
     assert page.input_value("#wl-preset") == "custom"
     assert page.evaluate(CANVAS_SUM) != lung
@@ -194,7 +227,7 @@ def test_reader_reads_as_a_film(
     assert page.evaluate(UNLABELLED) == []
     assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
     page.screenshot(path=str(artifacts_dir / f"xray-reader-en-{width}.png"), full_page=True)
-    page.close()
+    page.context.close()
     assert page.errors == []
 
 
@@ -204,13 +237,16 @@ def test_reader_in_khmer_with_dicom_orientation_and_audited_reads(
     url, runtime = server
     state = runtime.imaging
     study = StudyRef(study_date="20260314", view="AP", laterality="U", orientation=("R", "F"))
-    result = _store_read(state, study)
+    result = _store_read(state, study, eight_bit=True)  # a read stored before format 3
     page = _open(browser, url, runtime, result, 1024, "km")
     assert page.get_attribute("html", "lang") == "km"
     assert page.inner_text("#marker-left") == "L"  # a flipped image, as DICOM says
     assert "DICOM" in page.inner_text("#marker-note")
     assert page.inner_text("#study-when") == "2026-03-14"
     assert page.inner_text("#study-laterality") == "U"
+    # Its 8-bit copy: presets on the 0-255 scale, as it was stored.
+    page.select_option("#wl-preset", "lung")
+    assert (_data(page, "level"), _data(page, "width")) == ("85", "150")
     assert page.locator("#map-label option").all_inner_texts()[1] == "ជំងឺរបេង"
     # Sensitivity and specificity are words in the page's language, not "Se"/"Sp".
     assert "ភាពរសើប 0,90" in page.content()
@@ -225,7 +261,7 @@ def test_reader_in_khmer_with_dicom_orientation_and_audited_reads(
     expect(page.locator("#feedback button[type=submit]")).to_be_disabled()
     feedback = runtime.audit.feedback(card_uuid=result.id)  # type: ignore[union-attr]
     assert [(f.service_id, f.outcome) for f in feedback] == [("cxr-triage", "overridden")]
-    page.close()
+    page.context.close()
     assert page.errors == []
     # The page and the image it loaded are reads of the stored result, each audited.
     rows = [r for r in runtime.audit.rows() if r.input_sha256 == result.input_sha256]  # type: ignore[union-attr]
@@ -265,3 +301,47 @@ def test_a_demo_models_read_says_so_on_its_page(server: tuple[str, Runtime], bro
         shown[read.id] = 'id="demo-model"' in answer.text()
     page.close()
     assert shown == {real.id: False, demo.id: True}
+
+
+@pytest.mark.parametrize(("width", "lang"), [(390, "km"), (1024, "en")])
+def test_window_level_works_on_more_than_8_bits(
+    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path, width: int, lang: str
+) -> None:
+    """Two grey values 100 apart in 16 bits (one 8-bit level of the full window) are
+    the same grey at the default window and black and white under a narrow window:
+    an 8-bit copy would have merged them for good."""
+    url, runtime = server
+    values = np.empty((400, 300), np.uint16)
+    values[:100] = np.linspace(0, 65520, 300).astype(np.uint16)  # the full range
+    values[100:, :150] = 32000
+    values[100:, 150:] = 32100
+    assert round(32000 * 255 / 65520) == round(32100 * 255 / 65520)  # one 8-bit level
+    result = _store_read(runtime.imaging, StudyRef(study_date="20260314"), values=values)
+    # CSP bypassed only to inject axe-core (the reader itself runs under the page's CSP
+    # in the other tests).
+    page = _open(browser, url, runtime, result, width, lang, bypass_csp=True)
+    assert (_data(page, "image-width"), _data(page, "image-height")) == ("300", "400")
+    page.uncheck("#heatmap-toggle")
+    left, right = (0.25, 0.75), (0.75, 0.75)
+    assert abs(page.evaluate(SAMPLE, left) - page.evaluate(SAMPLE, right)) <= 1
+    page.fill("#wl-width", "50")
+    page.dispatch_event("#wl-width", "input")
+    page.fill("#wl-level", "32050")
+    page.dispatch_event("#wl-level", "input")
+    assert (_data(page, "level"), _data(page, "width")) == ("32050", "50")
+    assert page.inner_text("#wl-level-value") == "32050"
+    assert page.evaluate(SAMPLE, left) == 0
+    assert page.evaluate(SAMPLE, right) == 255
+    # Presets differ on these values too: lung shows both mid-grey, bone both black.
+    page.select_option("#wl-preset", "lung")
+    lung = page.evaluate(SAMPLE, left), page.evaluate(SAMPLE, right)
+    page.select_option("#wl-preset", "bone")
+    bone = page.evaluate(SAMPLE, left), page.evaluate(SAMPLE, right)
+    assert lung != bone
+    assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
+    assert axe_violations(page) == []
+    page.screenshot(path=str(artifacts_dir / f"xray-reader-values-{lang}-{width}.png"))
+    page.context.close()
+    assert page.errors == []
+    rows = [r for r in runtime.audit.rows() if r.input_sha256 == result.input_sha256]  # type: ignore[union-attr]
+    assert "ui-cxr-pixels" in {r.service_id for r in rows if r.outcome == "read"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from serving.demo_issuer import ensure_demo_issuer
 from serving.runtime import Runtime
 from tests.serving.cds_fixtures import model_store_at, runtime_for
 
-__all__ = ["build_cvd_store", "cvd_app", "demo_app", "request"]
+__all__ = ["axe_violations", "build_cvd_store", "cvd_app", "demo_app", "request"]
 
 
 def build_cvd_store(tmp: Path) -> Path:
@@ -113,3 +114,19 @@ def request(app: Starlette, method: str, url: str, json: Any = None, **kw: Any) 
             return await c.request(method, url, json=json, **kw)
 
     return asyncio.run(go())
+
+
+def axe_violations(page: Any) -> list[str]:
+    """axe-core's violations of moderate impact or above, as 'rule: target' lines.
+
+    The page's context must bypass its CSP (``bypass_csp=True``) to inject axe.
+    """
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        axe = resources.files("axe_playwright_python") / "axe.min.js"
+        page.add_script_tag(content=axe.read_text(encoding="utf-8"))
+    result = page.evaluate(
+        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations"
+        ".filter(v => ['moderate', 'serious', 'critical'].includes(v.impact))"
+        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))"
+    )
+    return list(result)

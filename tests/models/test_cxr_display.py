@@ -1,0 +1,89 @@
+"""The reader's copy of a radiograph (models.cxr_preprocess.display): exact block sums,
+the block size and the default window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.cxr_preprocess.display import (
+    block_sum,
+    display_factor,
+    display_values,
+)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high", "bits"),
+    [
+        (np.uint16, 0, 4096, 12),  # 12-bit CR: uint16 sums up to 4 x 4
+        (np.uint16, 0, 65536, 16),  # full 16 bits: uint32 sums
+        (np.uint16, 0, 65536, None),  # bits unknown: bound by the largest value
+        (np.int16, -32768, 32768, None),  # signed, the extreme negative included
+        (np.uint8, 0, 256, 8),
+        (np.int32, -(2**31), 2**31 - 1, None),  # int64 sums
+    ],
+)
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_block_sums_are_exact(dtype: type, low: int, high: int, bits: int | None, k: int) -> None:
+    values = np.random.default_rng(k).integers(low, high, size=(103, 97)).astype(dtype)
+    values.flat[0] = low  # the extremes, where a narrow accumulator would wrap
+    values.flat[-1] = high - 1
+    rows, columns = 103 // k, 97 // k
+    expected = values[: rows * k, : columns * k].astype(np.int64)
+    expected = expected.reshape(rows, k, columns, k).sum(axis=(1, 3))
+    assert np.array_equal(block_sum(values, k, bits).astype(np.int64), expected)
+
+
+def test_block_sum_refuses_floats() -> None:
+    with pytest.raises(ValueError, match="integers"):
+        block_sum(np.zeros((4, 4), np.float32), 2)
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "k"),
+    [(512, 512, 1), (3000, 2500, 4), (2400, 1200, 3), (300, 200, 1), (6000, 100, 6)],
+)
+def test_display_factor(rows: int, columns: int, k: int) -> None:
+    assert display_factor(rows, columns, 512) == k
+    assert max(rows, columns) // k <= 1024
+
+
+def test_a_sliver_keeps_one_row() -> None:
+    """A hostile 6000 x 3 image: the copy is never empty (the quality gate refuses it
+    later, with a reason, not a crash in the decoder)."""
+    k = display_factor(6000, 3, 512)
+    assert k == 3
+    shown = display_values(np.ones((6000, 3), np.uint16), k)
+    assert shown.values.shape == (2000, 1)
+
+
+def test_a_wide_range_is_scaled_into_16_bits_with_its_window() -> None:
+    stored = np.array([[0, 100_000], [200_000, 300_000]], dtype=np.int32)
+    shown = display_values(stored, 1, window=(150_000.0, 100_000.0))
+    gain = 0xFFFF / 300_000
+    assert shown.values.tolist() == [[0, round(100_000 * gain)], [round(200_000 * gain), 65535]]
+    assert shown.center == pytest.approx(150_000 * gain)
+    assert shown.width == pytest.approx(100_000 * gain)
+
+
+def test_rescale_and_inversion_move_the_window_with_the_values() -> None:
+    stored = np.arange(16, dtype=np.uint16).reshape(4, 4) * 100  # 0..1500
+    # Rescaled values are 2 * stored - 1000; the window is given in those.
+    shown = display_values(
+        stored, 2, slope=2.0, intercept=-1000.0, window=(500.0, 400.0), invert=True
+    )
+    sums = stored.astype(np.int64).reshape(2, 2, 2, 2).sum(axis=(1, 3))
+    assert np.array_equal(shown.values, sums.max() - sums)
+    center_in_sums = (500.0 + 1000.0) / 2.0 * 4  # stored 750, summed over 4 pixels
+    assert shown.center == pytest.approx(sums.max() - center_in_sums)
+    assert shown.width == pytest.approx(400.0 / 2.0 * 4)
+
+
+def test_without_a_window_the_percentiles_are_used() -> None:
+    stored = np.arange(1000, dtype=np.uint16).reshape(25, 40)
+    shown = display_values(stored, 1)
+    assert shown.center == pytest.approx(499.5, abs=1)
+    assert shown.width == pytest.approx(990, abs=2)
+    flat = display_values(np.full((4, 4), 7, np.uint16), 1)
+    assert flat.width >= 1
