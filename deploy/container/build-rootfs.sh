@@ -12,12 +12,9 @@
 # bentoml (uid 1034), pip removed afterwards.
 #
 # Writes OUT/rootfs/ (the tree), OUT/tonle-rootfs.tar.gz (the same as one layer) and
-# OUT/image.env (the image's environment, user and entrypoint). Load and run it with
-# podman or docker, e.g.:
-#
-#   podman import --change "$(sed -n 's/^CHANGE //p' OUT/image.env | ...)" ...
-#
-# (docs/operations.md, "A container without Docker", has the full commands.)
+# OUT/image.changes (the image's user, environment and entrypoint as Dockerfile lines).
+# deploy/container/smoke.sh imports it into podman and runs it; docs/operations.md
+# ("An image without Docker") has the commands.
 # Needs root, mmdebstrap and network access to the Debian mirror and the package
 # index; ARCH (default: the host's) is a Debian architecture, amd64 or arm64.
 # Takes a few minutes: not part of CI.
@@ -41,8 +38,20 @@ command -v mmdebstrap >/dev/null || { echo "build-rootfs.sh: apt-get install mmd
 [ ! -e "$ROOTFS" ] || { echo "build-rootfs.sh: $ROOTFS exists; remove it first" >&2; exit 2; }
 mkdir -p "$OUT"
 
-# In the chroot: a clean environment (none of the host's pip settings).
+# In the chroot: a clean environment (none of the host's pip settings), but the host's
+# proxy, and for pip its index (PIP_INDEX_URL: a hospital's mirror) and the CA bundle
+# of a TLS-inspecting proxy (PIP_CERT), which stays out of the image.
 IN_ROOT="env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
+for var in HTTPS_PROXY https_proxy HTTP_PROXY http_proxy NO_PROXY no_proxy PIP_INDEX_URL; do
+    eval "value=\${$var:-}"
+    [ -z "$value" ] || IN_ROOT="$IN_ROOT $var=$value"
+done
+PIP_CA=/tmp/pip-ca.pem
+COPY_CA="true"
+if [ -n "${PIP_CERT:-}" ]; then
+    COPY_CA="cp '$(realpath "$PIP_CERT")' \"\$1$PIP_CA\""
+    IN_ROOT="$IN_ROOT PIP_CERT=$PIP_CA"
+fi
 
 mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" \
     --include=python3,python3-venv,ca-certificates \
@@ -55,6 +64,7 @@ mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" \
     --customize-hook="chroot \"\$1\" useradd -m -r -u 1034 -g 1034 bentoml" \
     --customize-hook="mkdir -p \"\$1$BENTO_PATH\" && tar -xf '$BENTO' -C \"\$1$BENTO_PATH\"" \
     --customize-hook="chroot \"\$1\" $IN_ROOT python3 -m venv /app/.venv" \
+    --customize-hook="$COPY_CA" \
     --customize-hook="chroot \"\$1\" $IN_ROOT /app/.venv/bin/pip install --no-cache-dir \
         --disable-pip-version-check --require-hashes --only-binary=:all: \
         -r $BENTO_PATH/env/python/requirements.txt" \
@@ -74,18 +84,25 @@ mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" \
     "deb $MIRROR bookworm-updates main" \
     "deb $SECURITY bookworm-security main"
 
-# The image's configuration, as the Dockerfile sets it.
-cat > "$OUT/image.env" <<ENV
-LANG=C.UTF-8
-LC_ALL=C.UTF-8
-PYTHONIOENCODING=UTF-8
-PYTHONUNBUFFERED=1
-BENTO_PATH=$BENTO_PATH
-BENTOML_HOME=/home/bentoml/
-BENTOML_CONTAINERIZED=true
-VIRTUAL_ENV=/app/.venv
-PATH=/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-ENV
+# The image's configuration as the Dockerfile sets it, one instruction a line, for
+# `podman import --change` / `docker import --change` (which take no HEALTHCHECK: give
+# `--health-cmd` to `podman run`, or the orchestrator's probe on /livez).
+cat > "$OUT/image.changes" <<CHANGES
+ENV LANG=C.UTF-8
+ENV LC_ALL=C.UTF-8
+ENV PYTHONIOENCODING=UTF-8
+ENV PYTHONUNBUFFERED=1
+ENV BENTO_PATH=$BENTO_PATH
+ENV BENTOML_HOME=/home/bentoml/
+ENV BENTOML_CONTAINERIZED=true
+ENV VIRTUAL_ENV=/app/.venv
+ENV PATH=/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+WORKDIR $BENTO_PATH
+USER bentoml
+EXPOSE 3000
+VOLUME /tmp
+ENTRYPOINT ["$BENTO_PATH/env/docker/entrypoint.sh"]
+CHANGES
 
 tar --numeric-owner --xattrs -C "$ROOTFS" -czf "$OUT/tonle-rootfs.tar.gz" .
 echo "root file system: $(du -sm "$ROOTFS" | cut -f1) MB ($ROOTFS)"
