@@ -45,7 +45,7 @@ chown 1034:1034 "$OUT/smoke/data"
 chmod -R a+rX "$OUT/smoke/issuer"
 
 $PODMAN run -d --name "$NAME" --read-only --cap-drop=ALL --security-opt=no-new-privileges \
-    --tmpfs /tmp --tmpfs /home/bentoml/prometheus_multiproc_dir:uid=1034,gid=1034,mode=0700 \
+    --tmpfs /tmp --tmpfs /home/bentoml/prometheus_multiproc_dir:U \
     --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
     -v "$OUT/smoke/issuer:/etc/tonle/issuer:ro" -v "$OUT/smoke/data:/data" \
     -e TONLE_DATABASE_URL=sqlite:////data/audit.db \
