@@ -61,7 +61,7 @@ mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
     --customize-hook="chroot \"\$1\" groupadd -g 1034 bentoml" \
-    --customize-hook="chroot \"\$1\" useradd -m -r -u 1034 -g 1034 bentoml" \
+    --customize-hook="chroot \"\$1\" useradd -m -u 1034 -g 1034 -s /usr/sbin/nologin bentoml" \
     --customize-hook="mkdir -p \"\$1$BENTO_PATH\" && tar -xf '$BENTO' -C \"\$1$BENTO_PATH\"" \
     --customize-hook="chroot \"\$1\" $IN_ROOT python3 -m venv /app/.venv" \
     --customize-hook="$COPY_CA" \
@@ -78,7 +78,8 @@ mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" \
         chmod 755 /usr/local/bin/tonle
         cd /home/bentoml && mkdir -p bentos envs models tmp prometheus_multiproc_dir
         chown bentoml:bentoml prometheus_multiproc_dir
-        rm -rf /root/.cache /tmp/* /var/lib/apt/lists/* /var/cache/apt/* /var/log/*'" \
+        rm -rf /root/.cache /tmp/* /var/lib/apt/lists/* /var/cache/apt/* /var/log/*
+        : > /etc/resolv.conf && echo tonle > /etc/hostname'" \
     bookworm "$ROOTFS" \
     "deb $MIRROR bookworm main" \
     "deb $MIRROR bookworm-updates main" \

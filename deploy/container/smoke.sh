@@ -6,10 +6,12 @@
 # Imports OUT/tonle-rootfs.tar.gz into podman as localhost/tonle:rootfs (with the
 # image's user, environment and entrypoint from OUT/image.changes), runs it with a
 # read-only root file system as the service user (uid 1034), all capabilities dropped,
-# /tmp and BentoML's Prometheus folder as tmpfs, the audit database in SQLite on a
-# volume, and the demo issuer's public keys mounted read-only; then, from the host,
-# posts the demo patient's CDS Hooks request with curl and fetches the explanation
-# page of the card. Prints the card's summary; exits non-zero if anything fails.
+# /tmp and BentoML's Prometheus folder as tmpfs, the image's health check, the demo
+# issuer's public keys mounted read-only, and the audit database in SQLite on a volume
+# (or, with TONLE_DATABASE_URL set, that database, e.g. PostgreSQL on this host: the
+# container then shares the host's network). Then, from the host, posts the demo
+# patient's CDS Hooks request with curl, fetches the card's explanation page and reads
+# the call's audit row. Prints what it found; exits non-zero if anything fails.
 # PODMAN_RUNTIME=runc where crun refuses the host's cgroups ("hybrid mode").
 # Not part of CI (needs root, podman, minutes).
 set -eu
@@ -44,15 +46,25 @@ PY
 chown 1034:1034 "$OUT/smoke/data"
 chmod -R a+rX "$OUT/smoke/issuer"
 
+if [ -n "${TONLE_DATABASE_URL:-}" ]; then
+    DATABASE=$TONLE_DATABASE_URL
+    INSIDE_PORT=$PORT
+    set -- --network host -e BENTOML_HOST=127.0.0.1 -e BENTOML_PORT="$PORT"
+else
+    DATABASE=sqlite:////data/audit.db
+    INSIDE_PORT=3000
+    set -- -p "127.0.0.1:$PORT:3000"
+fi
+LINK_KEY=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
 $PODMAN run -d --name "$NAME" --read-only --cap-drop=ALL --security-opt=no-new-privileges \
     --tmpfs /tmp --tmpfs /home/bentoml/prometheus_multiproc_dir:U \
     --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+    --health-cmd "[\"/app/.venv/bin/python\", \"-c\", \"import urllib.request as u; u.urlopen('http://127.0.0.1:$INSIDE_PORT/livez', timeout=4)\"]" \
     -v "$OUT/smoke/issuer:/etc/tonle/issuer:ro" -v "$OUT/smoke/data:/data" \
-    -e TONLE_DATABASE_URL=sqlite:////data/audit.db \
+    -e TONLE_DATABASE_URL="$DATABASE" \
     -e TONLE_ALLOWED_ISSUERS=/etc/tonle/issuer/allowed-issuers.yaml \
-    -e TONLE_LINK_SECRET="$(openssl rand -hex 32 2>/dev/null || "$PY" -c 'import secrets; print(secrets.token_hex(32))')" \
-    -e TONLE_PUBLIC_URL="$URL" \
-    -p "127.0.0.1:$PORT:3000" "$IMAGE" > /dev/null
+    -e TONLE_LINK_SECRET="$LINK_KEY" -e TONLE_PUBLIC_URL="$URL" \
+    "$@" "$IMAGE" > /dev/null
 trap '$PODMAN logs "$NAME" > "$OUT/smoke/container.log" 2>&1; $PODMAN rm -f "$NAME" > /dev/null' EXIT
 
 i=0
@@ -70,13 +82,25 @@ echo "ready after ~${i}s: $($PODMAN inspect -f 'user={{.Config.User}} read-only=
 TOKEN=$("$PY" -c 'import sys; from pathlib import Path; from serving.demo_issuer import sign_token
 print(sign_token(sys.argv[1], directory=Path(sys.argv[2])))' "$URL$SERVICE" "$OUT/smoke/keys")
 curl -fsS -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
-    --data "@$OUT/smoke/demo-request.json" "$URL$SERVICE" > "$OUT/smoke/response.json"
-"$PY" - "$OUT/smoke/response.json" <<'PY'
+    -D "$OUT/smoke/headers.txt" --data "@$OUT/smoke/demo-request.json" "$URL$SERVICE" \
+    > "$OUT/smoke/response.json"
+REQUEST_ID=$(sed -n 's/^x-request-id: *//Ip' "$OUT/smoke/headers.txt" | tr -d '\r')
+"$PY" - "$OUT/smoke/response.json" "$REQUEST_ID" "$DATABASE" "$OUT/smoke/data" <<'PY'
 import json, sys, urllib.request
-card = json.load(open(sys.argv[1]))["cards"][0]
+from serving.audit import AuditStore
+response, request_id, database, data = sys.argv[1:]
+card = json.load(open(response))["cards"][0]
 print("card:", card["summary"])
 with urllib.request.urlopen(card["links"][0]["url"], timeout=30) as page:
     print("explanation page:", page.status, len(page.read()), "bytes")
+store = AuditStore.open(database.replace("sqlite:////data", f"sqlite:///{data}"), migrate=False)
+try:
+    rows = [(r.outcome, r.model_name, r.card_ids) for r in store.rows(request_id=request_id)]
+finally:
+    store.close()
+print("audit row:", rows)
+assert rows == [("advice", "cvd-risk", [card["uuid"]])], rows
 PY
+$PODMAN healthcheck run "$NAME" && echo "health check: healthy"
 echo "processes in the container (uid, command):"
 $PODMAN top "$NAME" user comm | sed 's/^/  /'
