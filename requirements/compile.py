@@ -98,26 +98,37 @@ def read_lock(path: Path) -> dict[NormalizedName, tuple[str, list[str]]]:
     """``name -> (version, sha256 hashes)`` from a hashed lock such as ``serving.txt``.
 
     Raises:
-        ValueError: a line is neither a ``name==version`` pin nor a hash of one.
+        ValueError: an entry is neither a ``name==version`` pin nor one followed by
+            ``--hash=sha256:`` options, or a name is pinned twice.
     """
+    entries: list[tuple[int, str]] = []
+    logical, start = "", 0
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        start = start or number
+        logical += raw.split("#", 1)[0].rstrip()
+        if logical.endswith("\\"):  # continued on the next line
+            logical = logical[:-1] + " "
+            continue
+        entries.append((start, logical))
+        logical, start = "", 0
     lock: dict[NormalizedName, tuple[str, list[str]]] = {}
-    current: NormalizedName | None = None
-    text = path.read_text().replace("\\\n", " ")
-    for number, line in enumerate(text.splitlines(), 1):
-        words = line.split("#", 1)[0].split()
+    for number, entry in entries:
+        words = entry.split()
         if not words:
             continue
         pin = _PIN.match(words[0])
         if pin is None:
             raise ValueError(f"{path.name}:{number}: {words[0]!r} is not a name==version pin")
-        current = canonicalize_name(pin[1])
+        name = canonicalize_name(pin[1])
+        if name in lock:
+            raise ValueError(f"{path.name}:{number}: {name} is pinned twice")
         hashes = []
         for word in words[1:]:
             digest = _HASH.match(word)
             if digest is None:
                 raise ValueError(f"{path.name}:{number}: {word!r} is not --hash=sha256:<hex>")
             hashes.append(digest[1])
-        lock[current] = (pin[2], hashes)
+        lock[name] = (pin[2], hashes)
     return lock
 
 

@@ -125,14 +125,20 @@ def test_a_pin_without_a_file_for_the_image_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "line",
-    ["a>=1.0", "a==1.0 --hash=md5:00", f"a==1.0 --hash=sha256:{_H[1][:-1]}", "-r other.txt"],
+    "entry",
+    [
+        "a>=1.0",
+        "a==1.0 \\\n    --hash=md5:00",
+        f"a==1.0 \\\n    --hash=sha256:{_H[1][:-1]}",
+        "-r other.txt",
+        f"B==2.0 \\\n    --hash=sha256:{_H[2]}",  # pinned twice
+    ],
 )
-def test_the_lock_reader_refuses_what_is_not_a_hashed_pin(tmp_path: Path, line: str) -> None:
+def test_the_lock_reader_refuses_what_is_not_a_hashed_pin(tmp_path: Path, entry: str) -> None:
     lock = tmp_path / "serving.txt"
-    lock.write_text(line + "\n")
+    lock.write_text(f"# header\nb==2.0 \\\n    --hash=sha256:{_H[2]}\n{entry}\n")
 
-    with pytest.raises(ValueError, match=r"serving.txt:1"):
+    with pytest.raises(ValueError, match=r"serving\.txt:4: "):
         _compile_module().read_lock(lock)
 
 
