@@ -106,5 +106,6 @@ ENTRYPOINT ["$BENTO_PATH/env/docker/entrypoint.sh"]
 CHANGES
 
 tar --numeric-owner --xattrs -C "$ROOTFS" -czf "$OUT/tonle-rootfs.tar.gz" .
-echo "root file system: $(du -sm "$ROOTFS" | cut -f1) MB ($ROOTFS)"
-echo "one-layer tarball: $(du -m "$OUT/tonle-rootfs.tar.gz" | cut -f1) MB compressed ($OUT/tonle-rootfs.tar.gz)"
+mb() { du -sb "$1" | awk '{printf "%.0f", $1 / 1e6}'; }  # apparent size, MB = 10^6 bytes
+echo "root file system: $(mb "$ROOTFS") MB, $(mb "$ROOTFS/app/.venv") MB of it the virtualenv ($ROOTFS)"
+echo "one-layer tarball: $(mb "$OUT/tonle-rootfs.tar.gz") MB compressed ($OUT/tonle-rootfs.tar.gz)"
