@@ -16,7 +16,8 @@
 # deploy/container/smoke.sh imports it into podman and runs it; docs/operations.md
 # ("An image without Docker") has the commands.
 # Needs root, mmdebstrap and network access to the Debian mirror and the package
-# index; ARCH (default: the host's) is a Debian architecture, amd64 or arm64.
+# index; ARCH (default: the host's) is a Debian architecture, amd64 or arm64 (another
+# than the host's needs qemu-user-static for the chroot; only amd64 was tried).
 # Takes a few minutes: not part of CI.
 set -eu
 

@@ -13,6 +13,8 @@
 # patient's CDS Hooks request with curl, fetches the card's explanation page and reads
 # the call's audit row. Prints what it found; exits non-zero if anything fails.
 # PODMAN_RUNTIME=runc where crun refuses the host's cgroups ("hybrid mode").
+# The ulimits are set no higher than a host without CAP_SYS_RESOURCE allows (podman's
+# defaults would raise them).
 # Not part of CI (needs root, podman, minutes).
 set -eu
 
