@@ -39,7 +39,7 @@ pytest: $(STAMP)
 perf: $(STAMP)
 	$(BIN)/pytest -m performance
 
-## requirements: rewrite requirements/serving.txt (the Bento's lock) after a dependency change
+## requirements: rewrite requirements/serving.txt (the Bento's hashed lock) after a dependency change
 requirements: $(STAMP)
 	$(BIN)/python requirements/compile.py
 

@@ -30,10 +30,10 @@ def installed_bytes(name: str) -> int:
 
 def main() -> None:
     """Print the largest packages and the total."""
-    names = [
+    names = [  # the pins; the indented lines under each are its hashes
         line.split("==")[0]
         for line in (ROOT / "requirements" / "serving.txt").read_text().splitlines()
-        if line and not line.startswith("#")
+        if "==" in line and not line.startswith(("#", " "))
     ]
     sizes = sorted(((installed_bytes(n), n) for n in names), reverse=True)
     packages = sum(size for size, _ in sizes)

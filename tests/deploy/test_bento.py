@@ -8,6 +8,7 @@ Also reviews the Dockerfile BentoML generates from it (no container daemon here)
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
@@ -101,6 +103,16 @@ def _serving(target: str, cwd: Path, home: Path, tmp: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(10)
+
+
+def _compile_module() -> ModuleType:
+    """``requirements/compile.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("compile", ROOT / "requirements/compile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _files(folder: Path) -> set[Path]:
@@ -221,6 +233,10 @@ def test_the_generated_dockerfile(built: tuple[Path, str], tmp_path: Path) -> No
     assert "chown -R root:root" in dockerfile  # code not writable by the service user
     assert "torch" not in requirements
     assert "pandas" not in requirements
-    pinned = {x for x in requirements.splitlines() if x and not x.startswith("#")}
-    lock = (ROOT / "requirements" / "serving.txt").read_text().splitlines()
-    assert pinned == {x for x in lock if x and not x.startswith("#")}
+    # The lock with its hashes, and BentoML's own unhashed `bentoml==X` appended: pip
+    # merges it with the hashed pin (--require-hashes passes), uv checks the hashes given.
+    lock = _compile_module().read_lock(ROOT / "requirements" / "serving.txt")
+    shipped, appended = requirements.rstrip("\n").rsplit("\n", 1)
+    assert appended == f"bentoml=={lock['bentoml'][0]}"
+    (tmp_path / "shipped.txt").write_text(shipped + "\n")
+    assert _compile_module().read_lock(tmp_path / "shipped.txt") == lock
