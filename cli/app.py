@@ -12,11 +12,14 @@ Nothing heavy is imported to build the app: each command imports what it needs.
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated
+import logging
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli import bento, imaging, models, monitor, ops, serve, who
+from cli.console import EXIT_FAILED, fail
 
 __all__ = ["TRAINING_MODULES", "app", "main", "missing_training_modules"]
 
@@ -32,7 +35,23 @@ TRAINING_MODULES = (
     "matplotlib",
 )
 
+
+class _Tonle(TyperGroup):
+    """The root group: a file or connection error that no command reported itself
+    ends the run with one line naming the path and the reason, not a traceback
+    (``--verbose`` logs the traceback too)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            logging.getLogger("cli").debug("stopped by an OSError", exc_info=True)
+            where = f"cannot use {exc.filename}: " if exc.filename is not None else ""
+            raise fail(f"{where}{exc.strerror or type(exc).__name__}", EXIT_FAILED) from None
+
+
 app = typer.Typer(
+    cls=_Tonle,
     name="tonle",
     help=(
         "Tonle: train, evaluate, export and serve advisory AI models for clinical "
@@ -54,6 +73,8 @@ def _root(
     from models.logs import configure_logging
 
     configure_logging("DEBUG" if verbose else "INFO", log_json)
+    # Alembic's set-up lines on every database command are noise; -v shows them.
+    logging.getLogger("alembic").setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def missing_training_modules() -> list[str]:

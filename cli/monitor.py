@@ -123,6 +123,8 @@ def outcomes(
         raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
     except OutcomeError as exc:
         raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
+    if not found:
+        raise fail(f"{file} holds no outcomes (a header and no rows?)", EXIT_BAD_INPUT)
     store = open_store(database_url)
     try:
         results = ResultStore(store.engine)
@@ -201,7 +203,10 @@ def register_data(data_app: typer.Typer) -> None:
 
 def from_feedback(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
-    since: Annotated[str | None, typer.Option(help="Only feedback from this date.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only feedback from this ISO date or date-time (UTC if no zone)."),
+    ] = None,
     outcomes_file: Annotated[
         Path | None,
         typer.Option("--outcomes", help="Also reads confirmed by these outcomes (CSV/NDJSON)."),
@@ -210,7 +215,12 @@ def from_feedback(
         str | None, typer.Option(help="With --outcomes: the site whose reads to join.")
     ] = None,
     finding: Annotated[str, typer.Option(help="With --outcomes: the finding.")] = "tb",
-    window_days: Annotated[int, typer.Option(min=1, max=365)] = 90,
+    window_days: Annotated[
+        int,
+        typer.Option(
+            min=1, max=365, help="With --outcomes: reads up to this many days before the test."
+        ),
+    ] = 90,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Export accepted and overridden cards, and outcome-confirmed reads, as labelled

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -51,20 +52,33 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _url(database_url: str | None) -> str:
-    if database_url:
-        return database_url
-    from serving.settings import Settings
+def _url(database_url: str | None) -> URL:
+    """``--database-url``, else ``TONLE_DATABASE_URL``, parsed; exit 4 when it is no URL."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return Settings().database_url.get_secret_value()
+    option = "--database-url" if database_url else "TONLE_DATABASE_URL"
+    if not database_url:
+        from serving.settings import Settings
+
+        database_url = Settings().database_url.get_secret_value()
+    try:
+        return make_url(database_url)
+    except (ArgumentError, ValueError):  # a message could repeat the URL and its password
+        raise fail(
+            f"{option} is not a SQLAlchemy URL (e.g. sqlite:///.tonle/tonle.db or "
+            "postgresql+psycopg://tonle@db/tonle)",
+            EXIT_BAD_INPUT,
+        ) from None
 
 
 def open_store(database_url: str | None) -> AuditStore:
     """The audit store at ``database_url`` (default: the settings'), or a clean exit."""
     from serving.audit import AuditStore, AuditUnavailable
 
+    url = _url(database_url)
     try:
-        return AuditStore.open(_url(database_url))
+        return AuditStore.open(url.render_as_string(hide_password=False))
     except (AuditUnavailable, ValueError) as exc:
         raise fail(str(exc)) from exc
 
@@ -151,9 +165,7 @@ def db_backup(
 
     Example: tonle db backup /backups/tonle-2026-01-31.dump
     """
-    from sqlalchemy import make_url
-
-    url = make_url(_url(database_url))
+    url = _url(database_url)
     if output.exists():
         raise fail(f"{output} exists; a backup never overwrites a file", EXIT_BAD_INPUT)
     if url.get_backend_name() == "sqlite":
@@ -176,6 +188,18 @@ def db_backup(
     console.print(f"backed up the audit database to {output}")
 
 
+def _check_sqlite_backup(backup: Path) -> None:
+    """Exit 4 unless ``backup`` is a SQLite file holding a Tonle audit database."""
+    try:
+        with closing(sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError:
+        raise fail(f"{backup} is not a SQLite backup (`tonle db backup` writes one)",
+                   EXIT_BAD_INPUT) from None  # fmt: skip
+    if "alembic_version" not in tables:
+        raise fail(f"{backup} holds no Tonle audit database", EXIT_BAD_INPUT)
+
+
 @db_app.command("restore")
 def db_restore(
     backup: Annotated[Path, typer.Argument(help="A file written by `tonle db backup`.")],
@@ -188,14 +212,15 @@ def db_restore(
 
     Example: tonle db restore tonle-2026-01-31.dump --database-url postgresql+psycopg://db/new
     """
-    from sqlalchemy import create_engine, inspect, make_url
+    from sqlalchemy import create_engine, inspect
 
-    url = make_url(_url(database_url))
+    url = _url(database_url)
     if not backup.is_file():
         raise fail(f"no backup file {backup}", EXIT_BAD_INPUT)
     if url.get_backend_name() == "sqlite":
         if not url.database or Path(url.database).exists():
             raise fail(f"{url.database!r} exists: restore into a new file", EXIT_BAD_INPUT)
+        _check_sqlite_backup(backup)
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(backup)
         target = sqlite3.connect(url.database)

@@ -219,7 +219,8 @@ def score(
     except WhoCvdInputError as exc:
         raise fail(f"{exc} (e.g. --country KHM or --region A05GBDR_014_SEA)", 2) from exc
     except ArtifactError as exc:
-        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+        hint = "" if ":" in model else " (the WHO charts are who-cvd-lab and who-cvd-nonlab)"
+        raise fail(f"{exc}{hint}", EXIT_BAD_ARTIFACT) from exc
     total = None if source.is_dir() else count_rows(source)
     columns = (TextColumn("scoring"), BarColumn(), TextColumn("{task.completed:,} rows"),
                TimeRemainingColumn())  # fmt: skip
