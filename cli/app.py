@@ -1,8 +1,10 @@
 """The ``tonle`` Typer app and its two registration lists.
 
 * Operations (serving dependencies only; they ship in the Bento): ``serve``, ``db``,
-  ``apikey``, ``audit``, ``models``, ``imaging``, ``bento``, ``demo-token``.
-* Training (``train``, ``data``, ``evaluate``, ``score``, ``demo`` ...): added only when
+  ``apikey``, ``audit``, ``models``, ``imaging``, ``who``, ``monitor``, ``bento``,
+  ``demo-token``.
+* Training (``train``, ``data``, ``evaluate``, ``recalibrate``, ``calibrate``, ``score``,
+  ``demo``): added only when
   the ``training`` package and its dependencies can be imported. Elsewhere, e.g. in the
   serving image, ``tonle --help`` says what is missing and how to get it.
 
@@ -67,8 +69,16 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Log debug messages on stderr."),
+    ] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option(
+            "--log-json", help="Log one JSON object per line on stderr (for log shippers)."
+        ),
+    ] = False,
 ) -> None:
     from models.logs import configure_logging
 
@@ -105,7 +115,8 @@ bento.register(app)  # tonle bento build
 _missing = missing_training_modules()
 if _missing:
     app.info.epilog = (
-        "Training commands (train, data, evaluate, score, demo) are not installed here "
+        "Training commands (train, data, evaluate, recalibrate, calibrate, score, demo) "
+        "are not installed here "
         f"(cannot import: {', '.join(_missing)}). They need a source checkout with the "
         "training extra: pip install -e '.\\[train]'"  # \\[: not rich markup
     )
@@ -116,5 +127,5 @@ else:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (``python -m cli`` too: its usage lines say ``tonle``)."""
+    app(prog_name="tonle")

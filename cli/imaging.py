@@ -74,7 +74,7 @@ def analyse(
     file: Annotated[Path, typer.Argument(help="DICOM (.dcm) or PNG file.", exists=True)],
     url: Annotated[str, typer.Option(help="Tonle base URL.")] = "http://127.0.0.1:3000",
     patient: Annotated[str | None, typer.Option(help="Patient id to file the read under.")] = None,
-    api_key_env: Annotated[str, typer.Option(help="Variable holding the API key.")] = (
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = (
         "TONLE_API_KEY"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON answer.")] = False,

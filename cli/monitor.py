@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
 def report(
     since: Annotated[str, typer.Option(help="Start: ISO date or date-time (UTC if no zone).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
-    until: Annotated[str | None, typer.Option(help="End (exclusive); default: now.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End (exclusive): ISO date or date-time; default: now.")
+    ] = None,
     pdf: Annotated[
         Path | None, typer.Option(help="Also write the report as PDF (needs matplotlib).")
     ] = None,

@@ -309,10 +309,14 @@ def apikey_revoke(
 def audit_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="NDJSON file to write.")],
     since: Annotated[
-        str | None, typer.Option(help="Only rows created at or after this ISO date-time.")
+        str | None,
+        typer.Option(
+            help="Only rows created at or after this ISO date or date-time (UTC if no zone)."
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Only rows created before this ISO date-time.")
+        str | None,
+        typer.Option(help="Only rows created before this ISO date or date-time (UTC if no zone)."),
     ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:

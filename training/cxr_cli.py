@@ -238,8 +238,13 @@ def import_cxr_command(
     source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
     out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    val: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
-    test: Annotated[float, typer.Option(help="Share for test without an official list.")] = 0.1,
+    val: Annotated[float, typer.Option(help="Share of patients for validation (0-1).")] = 0.1,
+    test: Annotated[
+        float,
+        typer.Option(
+            help="Share of patients for test (0-1) where the set has no official test list."
+        ),
+    ] = 0.1,
     labels: Annotated[
         Path | None, typer.Option(help="For 'folder': the labels CSV (default SOURCE/labels.csv).")
     ] = None,

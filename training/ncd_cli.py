@@ -22,7 +22,7 @@ DataOpt = Annotated[
     Path | None,
     typer.Option(
         "--data",
-        help="Feature table CSV (contract C2) or a folder of FHIR Bulk NDJSON.",
+        help="Flat CSV (columns in training/csv_adapter.py) or a folder of FHIR Bulk NDJSON.",
     ),
 ]
 IndexDateOpt = Annotated[

@@ -181,7 +181,9 @@ def score(
         ),
     ] = False,
     skip_invalid: SkipInvalidOpt = False,
-    chunksize: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 100_000,
+    chunksize: Annotated[
+        int, typer.Option(min=1, help="CSV rows read and scored at a time (bounds memory).")
+    ] = 100_000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads.")] = 1,
 ) -> None:
     """Score every patient in a CSV or FHIR Bulk export: one output row per patient.
