@@ -257,8 +257,12 @@ def apikey_create(
     Example: tonle apikey create --tenant kampong-cham --name "lab system"
     """
     store = open_store(database_url)
-    info, key = store.create_api_key(tenant, name)
-    store.close()
+    try:
+        info, key = store.create_api_key(tenant, name)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    finally:
+        store.close()
     console.print(
         f"created key {info.key_id} for tenant {tenant!r}; store it now, it is not shown again"
     )

@@ -202,3 +202,20 @@ def test_calibrate_cxr_reads_bom_and_crlf_and_names_a_bad_output(
     done = runner.invoke(app, [*args, "-o", str(tmp_path / "calib")])
     assert done.exit_code == 0, done.output
     assert (tmp_path / "calib" / "thresholds.csv").read_text(encoding="utf-8").count("\n") == 3
+
+
+@pytest.mark.parametrize(
+    ("tenant", "name"), [("", "lab"), (" ", "lab"), ("site-a ", "lab"), ("site-a", ""),
+                         ("x" * 129, "lab"), ("site\na", "lab")]
+)  # fmt: skip
+def test_an_api_key_needs_a_tenant_and_a_name(db_url: str, tenant: str, name: str) -> None:
+    """An empty tenant is no tenant: tenant-less callers' stored reads are filed under ""."""
+    args = ["apikey", "create", "--tenant", tenant, "--name", name, "--database-url", db_url]
+    assert "1-128 printable characters" in _error(runner.invoke(app, args), EXIT_BAD_INPUT)
+    store = AuditStore.open(db_url)
+    try:
+        with pytest.raises(ValueError, match="printable"):
+            store.create_api_key(tenant, name)
+        assert store.list_api_keys() == []
+    finally:
+        store.close()
