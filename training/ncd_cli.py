@@ -378,7 +378,8 @@ def evaluate(
             stored = registry.verify(name, version or "latest")
             predictor = NcdPredictor(stored, threads=0)
         except registry.ArtifactError as exc:
-            raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+            hint = "" if version else " (the WHO charts are who-cvd-lab and who-cvd-nonlab)"
+            raise fail(f"{exc}{hint}", EXIT_BAD_ARTIFACT) from exc
         try:
             cfg = NcdTrainConfig.model_validate(stored.metadata.config)
         except ValueError as exc:

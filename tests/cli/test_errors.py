@@ -219,3 +219,17 @@ def test_an_api_key_needs_a_tenant_and_a_name(db_url: str, tenant: str, name: st
         assert store.list_api_keys() == []
     finally:
         store.close()
+
+
+def test_evaluate_names_the_who_charts_and_an_empty_cohort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("training")
+    monkeypatch.setenv("TONLE_MODEL_STORE", str(tmp_path / "store"))
+    header = _outcomes(tmp_path / "c.csv", "patient_id,age,sex,smoking,sbp,total_chol,diabetes\n")
+    args = ["evaluate", "--data", str(header), "--country", "KHM", "-o", str(tmp_path / "ev")]
+    line = _error(runner.invoke(app, [*args, "who-cvd-lba"]), EXIT_BAD_ARTIFACT)
+    assert "who-cvd-lab and who-cvd-nonlab" in line
+    line = _error(runner.invoke(app, [*args, "who-cvd-lab"]), EXIT_BAD_INPUT)
+    assert "no rows left" in line
+    assert "train" not in line  # evaluating, not training
