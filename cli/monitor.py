@@ -20,12 +20,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_USAGE, fail, out
 from cli.ops import DatabaseUrl, open_store, parse_when
+
+if TYPE_CHECKING:
+    from serving.monitor.outcomes import Outcome
 
 __all__ = ["monitor_app", "register"]
 
@@ -117,14 +120,9 @@ def outcomes(
     Example: tonle monitor outcomes xpert.csv --tenant site-a -o outcomes/
     """
     from serving.imaging.results import ResultStore
-    from serving.monitor.outcomes import OutcomeError, calibration, join, performance, read_outcomes
+    from serving.monitor.outcomes import calibration, join, performance
 
-    try:
-        found = read_outcomes(file)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
-    except OutcomeError as exc:
-        raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
+    found = _read_outcomes(file)
     if not found:
         raise fail(f"{file} holds no outcomes (a header and no rows?)", EXIT_BAD_INPUT)
     store = open_store(database_url)
@@ -147,6 +145,23 @@ def outcomes(
         f"({unmatched} without a read of {finding} in the {window_days} days before)",
         highlight=False,
     )
+
+
+def _read_outcomes(path: Path) -> list[Outcome]:
+    """The outcomes in ``path``, or exit 4 with one line saying why not."""
+    from serving.monitor.outcomes import OutcomeError, read_outcomes
+
+    try:
+        return read_outcomes(path)
+    except UnicodeDecodeError:
+        raise fail(f"{path} is not UTF-8 text (save it as 'CSV UTF-8')", EXIT_BAD_INPUT) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise fail(f"cannot read {path}: {reason}", EXIT_BAD_INPUT) from None
+    except csv.Error as exc:
+        raise fail(f"{path} is not a readable CSV: {exc}", EXIT_BAD_INPUT) from None
+    except OutcomeError as exc:
+        raise fail(f"{path}: {exc}", EXIT_BAD_INPUT) from None
 
 
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
@@ -233,7 +248,7 @@ def from_feedback(
     """
     from serving.imaging.results import ResultStore
     from serving.monitor.feedback_export import COLUMNS, feedback_rows, outcome_rows
-    from serving.monitor.outcomes import OutcomeError, join, read_outcomes
+    from serving.monitor.outcomes import join
     from serving.monitor.reads import read_of_request
 
     start = parse_when(since, "--since")
@@ -241,14 +256,7 @@ def from_feedback(
         raise fail("--outcomes needs --tenant (outcomes join within one site)", EXIT_USAGE)
     found = []
     if outcomes_file is not None:
-        try:
-            found = read_outcomes(outcomes_file)
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise fail(
-                f"cannot read {outcomes_file}: {type(exc).__name__}", EXIT_BAD_INPUT
-            ) from None
-        except OutcomeError as exc:
-            raise fail(f"{outcomes_file}: {exc}", EXIT_BAD_INPUT) from None
+        found = _read_outcomes(outcomes_file)
     store = open_store(database_url)
     try:
         entries = store.feedback(since=start)

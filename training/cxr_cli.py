@@ -39,7 +39,6 @@ __all__ = [
 EXIT_FAILED = 1
 EXIT_BAD_ARTIFACT = 3
 EXIT_BAD_INPUT = 4
-EXIT_GATE = 5  # trained, but failed a held-out gate: nothing saved
 
 console = Console(stderr=True)
 out = Console()
@@ -122,7 +121,7 @@ def train_cxr_command(
         raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
     except GateError as exc:
         console.print(f"[bold red]refused:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_GATE) from exc
+        raise typer.Exit(EXIT_FAILED) from exc  # trained, failed a held-out gate: not saved
     if stored is not None:
         meta = stored.metadata
         auroc = meta.metrics.get("auroc_abnormal")
@@ -287,7 +286,8 @@ def import_cxr_command(
             labels_csv=labels, label_map=mapping, official_test=not hashed_test,
         )  # fmt: skip
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        said = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        console.print(f"[bold red]error:[/] {said}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     out.print(f"wrote {path}")
 

@@ -233,3 +233,26 @@ def test_evaluate_names_the_who_charts_and_an_empty_cohort(
     line = _error(runner.invoke(app, [*args, "who-cvd-lab"]), EXIT_BAD_INPUT)
     assert "no rows left" in line
     assert "train" not in line  # evaluating, not training
+
+
+def test_outcomes_saved_as_windows_1252_are_named_as_not_utf8(db_url: str, tmp_path: Path) -> None:
+    csv = _outcomes(
+        tmp_path / "x.csv",
+        "patient_id,date,result,site\nP1,2026-11-20,positive,Tbong Khmum é\n",
+        "cp1252",
+    )
+    args = ["monitor", "outcomes", str(csv), "--tenant", "site-a", "-o", str(tmp_path / "o")]
+    line = _error(runner.invoke(app, [*args, "--database-url", db_url]), EXIT_BAD_INPUT)
+    assert "is not UTF-8 text" in line
+    args = ["data", "from-feedback", "-o", str(tmp_path / "fb.csv"), "--outcomes", str(csv)]
+    line = _error(
+        runner.invoke(app, [*args, "--tenant", "site-a", "--database-url", db_url]), EXIT_BAD_INPUT
+    )
+    assert "is not UTF-8 text" in line
+
+
+def test_import_cxr_names_the_missing_labels_file(tmp_path: Path) -> None:
+    pytest.importorskip("training")
+    args = ["data", "import-cxr", "folder", str(tmp_path / "none"), str(tmp_path / "out")]
+    line = _error(runner.invoke(app, args), EXIT_BAD_INPUT)
+    assert line == f"error: {tmp_path / 'none' / 'labels.csv'}: No such file or directory"
