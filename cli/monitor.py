@@ -104,7 +104,13 @@ def report(
 
 @monitor_app.command("outcomes")
 def outcomes(
-    file: Annotated[Path, typer.Argument(help="CSV (patient_id,date,result,...) or .ndjson.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (patient_id or person_id, date, result; optional sex, age, hiv, "
+            "symptoms) or .ndjson."
+        ),
+    ],
     tenant: Annotated[str, typer.Option(help="The site (tenant) whose reads to join.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
     finding: Annotated[str, typer.Option(help="The finding the results confirm.")] = "tb",
