@@ -58,7 +58,7 @@ app = typer.Typer(
     help=(
         "Tonle: train, evaluate, export and serve advisory AI models for clinical "
         "decision support (NCD risk, chest X-ray triage).\n\n"
-        "Stages: train -> evaluate -> export -> models -> serve. "
+        "Stages: data -> train (checks, fits, exports ONNX) -> evaluate -> models -> serve. "
         "Try: tonle demo"
     ),
     no_args_is_help=True,
