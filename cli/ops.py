@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.console import EXIT_BAD_INPUT, console, fail, out
+from cli.console import EXIT_BAD_INPUT, EXIT_USAGE, console, fail, out
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -80,7 +80,11 @@ def open_store(database_url: str | None) -> AuditStore:
     try:
         return AuditStore.open(url.render_as_string(hide_password=False))
     except (AuditUnavailable, ValueError) as exc:
-        raise fail(str(exc)) from exc
+        # The driver's first line says why (no such database, refused, not a file);
+        # drivers never put the password in it. The service logs only the class.
+        driver = getattr(exc.__cause__, "orig", None)
+        why = [" ".join(str(driver).split())[:300]] if driver is not None else []
+        raise fail("; ".join([str(exc), *why])) from exc
 
 
 def parse_when(value: str | None, option: str) -> datetime | None:
@@ -168,6 +172,8 @@ def db_backup(
     url = _url(database_url)
     if output.exists():
         raise fail(f"{output} exists; a backup never overwrites a file", EXIT_BAD_INPUT)
+    if not output.parent.is_dir():
+        raise fail(f"{output.parent} is not a folder: create it first", EXIT_BAD_INPUT)
     if url.get_backend_name() == "sqlite":
         if not url.database or not Path(url.database).is_file():
             raise fail(f"no SQLite database at {url.database!r}", EXIT_BAD_INPUT)
@@ -331,6 +337,8 @@ def audit_export(
     from serving.audit.fhir_export import write_ndjson
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise fail("--until must be after --since", EXIT_USAGE)
     store = open_store(database_url)
     try:
         count = write_ndjson(store.iter_rows(since=start, until=end), output)

@@ -256,3 +256,26 @@ def test_import_cxr_names_the_missing_labels_file(tmp_path: Path) -> None:
     args = ["data", "import-cxr", "folder", str(tmp_path / "none"), str(tmp_path / "out")]
     line = _error(runner.invoke(app, args), EXIT_BAD_INPUT)
     assert line == f"error: {tmp_path / 'none' / 'labels.csv'}: No such file or directory"
+
+
+def test_an_unreachable_database_says_why_without_the_password(tmp_path: Path) -> None:
+    from tests.serving.service_process import free_port
+
+    url = f"postgresql+psycopg://tonle:s3cret-pw@127.0.0.1:{free_port()}/tonle"
+    line = _error(runner.invoke(app, ["db", "upgrade", "--database-url", url]), EXIT_FAILED)
+    assert "audit database unavailable" in line
+    assert "Connection refused" in line
+    assert "s3cret-pw" not in line
+
+
+def test_audit_export_refuses_an_empty_period(db_url: str, tmp_path: Path) -> None:
+    args = ["audit", "export", "-o", str(tmp_path / "a.ndjson"), "--database-url", db_url]
+    line = _error(runner.invoke(app, [*args, "--since", "2026-12-01", "--until", "2026-11-01"]), 2)
+    assert "--until must be after --since" in line
+    assert not (tmp_path / "a.ndjson").exists()
+
+
+def test_backup_into_a_missing_folder_is_refused(db_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-folder" / "audit.dump"
+    args = ["db", "backup", str(target), "--database-url", db_url]
+    assert "is not a folder" in _error(runner.invoke(app, args), EXIT_BAD_INPUT)
