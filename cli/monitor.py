@@ -119,8 +119,9 @@ def outcomes(
     ] = 90,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Join later outcomes (bacteriology) to stored chest X-ray reads of one tenant;
-    write realised sensitivity, specificity and calibration over time and by subgroup.
+    """Realised accuracy: later bacteriology joined to one tenant's chest X-ray reads.
+
+    Writes realised sensitivity, specificity and calibration over time and by subgroup.
 
     Writes OUTDIR/performance.csv, OUTDIR/calibration.csv and OUTDIR/outcomes.html.
     Example: tonle monitor outcomes xpert.csv --tenant site-a -o outcomes/
@@ -246,9 +247,10 @@ def from_feedback(
     ] = 90,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Export accepted and overridden cards, and outcome-confirmed reads, as labelled
-    rows with provenance (model, card or result id, time, tenant) for the next
-    training round. No patient ids or comments.
+    """Labelled rows for the next training round, from clinicians' feedback and outcomes.
+
+    Accepted and overridden cards, and reads confirmed by outcomes, with provenance
+    (model, card or result id, time, tenant). No patient ids or comments.
 
     Example: tonle data from-feedback -o labels.csv --outcomes xpert.csv --tenant site-a
     """
