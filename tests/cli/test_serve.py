@@ -110,3 +110,17 @@ def test_a_bad_serving_config_is_refused_before_bentoml_starts(
     monkeypatch.setenv("TONLE_SERVING_CONFIG", str(config))
     assert CliRunner().invoke(app, ["serve"]).exit_code == 4
     assert started == []
+
+
+def test_an_unknown_log_level_is_refused_before_bentoml_starts(
+    started: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker would fail configuring logging with it, and be restarted, in a loop."""
+    monkeypatch.setenv("TONLE_LINK_SECRET", _KEY)
+    monkeypatch.setenv("TONLE_LOG_LEVEL", "verbose")
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 2, result.output
+    assert "TONLE_LOG_LEVEL must be one of DEBUG, INFO" in result.output
+    monkeypatch.setenv("TONLE_LOG_LEVEL", "warning")
+    assert CliRunner().invoke(app, ["serve"]).exit_code == 0
+    assert started[-1]["TONLE_LOG_LEVEL"] == "warning"
