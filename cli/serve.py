@@ -34,9 +34,11 @@ def _is_loopback(host: str) -> bool:
 def _check_settings(dev: bool, config: Path | None) -> None:
     """Refuse here what every BentoML worker would refuse at start, in a loop: invalid
     ``TONLE_*`` settings, or no link key outside ``--dev`` and the demo (exit 2); a
-    serving config that is missing, not YAML or has unknown keys or bad values (exit 4)."""
-    from models.config import ConfigError, load_config
+    serving config or allowed-issuers file (``TONLE_ALLOWED_ISSUERS``) that is missing,
+    not YAML or has unknown keys or bad values (exit 4)."""
+    from models.config import load_config
     from serving.config import ServingConfig
+    from serving.issuers import load_allowed_issuers
     from serving.settings import Settings
     from serving.ui.links import require_key
 
@@ -48,7 +50,9 @@ def _check_settings(dev: bool, config: Path | None) -> None:
         raise fail(str(exc), EXIT_USAGE) from None
     try:
         load_config(config or settings.serving_config, ServingConfig)
-    except ConfigError as exc:
+        if settings.allowed_issuers is not None:
+            load_allowed_issuers(settings.allowed_issuers)
+    except ValueError as exc:  # models.config.ConfigError, serving.issuers.JwksError
         raise fail(str(exc), EXIT_BAD_INPUT) from None
 
 

@@ -74,7 +74,11 @@ def test_the_demo_needs_no_key(
 ) -> None:
     config = tmp_path / "demo.yaml"
     config.write_text("models: {}\n", encoding="utf-8")
+    issuers = tmp_path / "demo-issuer" / "allowed-issuers.yaml"  # what build_demo writes
+    issuers.parent.mkdir()
+    issuers.write_text("issuers: {}\n", encoding="utf-8")
     monkeypatch.setattr(training.demo, "build_demo", lambda _console: config)
+    monkeypatch.setattr(training.demo, "DEMO_ISSUERS_FILE", issuers)
     result = CliRunner().invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
     (env,) = started
@@ -124,3 +128,16 @@ def test_an_unknown_log_level_is_refused_before_bentoml_starts(
     monkeypatch.setenv("TONLE_LOG_LEVEL", "warning")
     assert CliRunner().invoke(app, ["serve"]).exit_code == 0
     assert started[-1]["TONLE_LOG_LEVEL"] == "warning"
+
+
+def test_a_missing_issuers_file_is_refused_before_bentoml_starts(
+    started: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TONLE_LINK_SECRET", _KEY)
+    monkeypatch.setenv("TONLE_ALLOWED_ISSUERS", str(tmp_path / "issuers.yaml"))
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 4, result.output
+    assert "issuers.yaml does not exist" in result.output
+    (tmp_path / "issuers.yaml").write_text("issuers: {}\n", encoding="utf-8")
+    assert CliRunner().invoke(app, ["serve"]).exit_code == 0
+    assert len(started) == 1
