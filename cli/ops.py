@@ -80,8 +80,8 @@ def open_store(database_url: str | None) -> AuditStore:
     try:
         return AuditStore.open(url.render_as_string(hide_password=False))
     except (AuditUnavailable, ValueError) as exc:
-        # The driver's first line says why (no such database, refused, not a file);
-        # drivers never put the password in it. The service logs only the class.
+        # The driver's message says why (no such database, refused, not a file), on
+        # one line; drivers never put the password in it. The service logs the class.
         driver = getattr(exc.__cause__, "orig", None)
         why = [" ".join(str(driver).split())[:300]] if driver is not None else []
         raise fail("; ".join([str(exc), *why])) from exc
