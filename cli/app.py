@@ -1,8 +1,10 @@
 """The ``tonle`` Typer app and its two registration lists.
 
 * Operations (serving dependencies only; they ship in the Bento): ``serve``, ``db``,
-  ``apikey``, ``audit``, ``models``, ``imaging``, ``bento``, ``demo-token``.
-* Training (``train``, ``data``, ``evaluate``, ``score``, ``demo`` ...): added only when
+  ``apikey``, ``audit``, ``models``, ``imaging``, ``who``, ``monitor``, ``bento``,
+  ``demo-token``.
+* Training (``train``, ``data``, ``evaluate``, ``recalibrate``, ``calibrate``, ``score``,
+  ``demo``): added only when
   the ``training`` package and its dependencies can be imported. Elsewhere, e.g. in the
   serving image, ``tonle --help`` says what is missing and how to get it.
 
@@ -12,11 +14,14 @@ Nothing heavy is imported to build the app: each command imports what it needs.
 from __future__ import annotations
 
 import importlib.util
-from typing import Annotated
+import logging
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli import bento, imaging, models, monitor, ops, serve, who
+from cli.console import EXIT_FAILED, fail
 
 __all__ = ["TRAINING_MODULES", "app", "main", "missing_training_modules"]
 
@@ -32,12 +37,28 @@ TRAINING_MODULES = (
     "matplotlib",
 )
 
+
+class _Tonle(TyperGroup):
+    """The root group: a file or connection error that no command reported itself
+    ends the run with one line naming the path and the reason, not a traceback
+    (``--verbose`` logs the traceback too)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            logging.getLogger("cli").debug("stopped by an OSError", exc_info=True)
+            where = f"cannot use {exc.filename}: " if exc.filename is not None else ""
+            raise fail(f"{where}{exc.strerror or type(exc).__name__}", EXIT_FAILED) from None
+
+
 app = typer.Typer(
+    cls=_Tonle,
     name="tonle",
     help=(
         "Tonle: train, evaluate, export and serve advisory AI models for clinical "
         "decision support (NCD risk, chest X-ray triage).\n\n"
-        "Stages: train -> evaluate -> export -> models -> serve. "
+        "Stages: data -> train (checks, fits, exports ONNX) -> evaluate -> models -> serve. "
         "Try: tonle demo"
     ),
     no_args_is_help=True,
@@ -48,12 +69,22 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Log debug messages on stderr."),
+    ] = False,
+    log_json: Annotated[
+        bool,
+        typer.Option(
+            "--log-json", help="Log one JSON object per line on stderr (for log shippers)."
+        ),
+    ] = False,
 ) -> None:
     from models.logs import configure_logging
 
     configure_logging("DEBUG" if verbose else "INFO", log_json)
+    # Alembic's set-up lines on every database command are noise; -v shows them.
+    logging.getLogger("alembic").setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def missing_training_modules() -> list[str]:
@@ -84,7 +115,8 @@ bento.register(app)  # tonle bento build
 _missing = missing_training_modules()
 if _missing:
     app.info.epilog = (
-        "Training commands (train, data, evaluate, score, demo) are not installed here "
+        "Training commands (train, data, evaluate, recalibrate, calibrate, score, demo) "
+        "are not installed here "
         f"(cannot import: {', '.join(_missing)}). They need a source checkout with the "
         "training extra: pip install -e '.\\[train]'"  # \\[: not rich markup
     )
@@ -95,5 +127,5 @@ else:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (``python -m cli`` too: its usage lines say ``tonle``)."""
+    app(prog_name="tonle")

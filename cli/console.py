@@ -30,8 +30,10 @@ EXIT_USAGE = 2
 EXIT_BAD_ARTIFACT = 3
 EXIT_BAD_INPUT = 4
 
-console = Console(stderr=True)
-out = Console()
+# Never hard-wrapped at the terminal's (or, in a pipe, 80 columns') width: a message or
+# a result line stays one line, so paths and keys in it can be pasted and grepped.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

@@ -57,9 +57,7 @@ def orthanc_lua(
     """
     from serving.imaging.studies import orthanc_on_stable_study_lua
 
-    if not url.startswith(("http://", "https://")):
-        console.print(f"[bold red]error:[/] URL {url!r} must start with http:// or https://")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    _check_url(url)
     script = orthanc_on_stable_study_lua(url, api_key_env)
     if output is None:
         out.print(script, markup=False, highlight=False)
@@ -74,7 +72,7 @@ def analyse(
     file: Annotated[Path, typer.Argument(help="DICOM (.dcm) or PNG file.", exists=True)],
     url: Annotated[str, typer.Option(help="Tonle base URL.")] = "http://127.0.0.1:3000",
     patient: Annotated[str | None, typer.Option(help="Patient id to file the read under.")] = None,
-    api_key_env: Annotated[str, typer.Option(help="Variable holding the API key.")] = (
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = (
         "TONLE_API_KEY"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON answer.")] = False,
@@ -86,6 +84,7 @@ def analyse(
     """
     import httpx
 
+    _check_url(url)
     data = file.read_bytes()
     media = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "application/dicom"
     headers = {"content-type": media}
@@ -148,6 +147,12 @@ def analyse(
                 markup=False,
             )
         out.print(f"heatmap: {body['heatmap_url']}", soft_wrap=True, markup=False)
+
+
+def _check_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        console.print(f"[bold red]error:[/] URL {url!r} must start with http:// or https://")
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.console import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_USAGE, fail, out
 from cli.ops import DatabaseUrl, open_store, parse_when
+
+if TYPE_CHECKING:
+    from serving.monitor.outcomes import Outcome
 
 __all__ = ["monitor_app", "register"]
 
@@ -43,7 +46,9 @@ def register(app: typer.Typer) -> None:
 def report(
     since: Annotated[str, typer.Option(help="Start: ISO date or date-time (UTC if no zone).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
-    until: Annotated[str | None, typer.Option(help="End (exclusive); default: now.")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End (exclusive): ISO date or date-time; default: now.")
+    ] = None,
     pdf: Annotated[
         Path | None, typer.Option(help="Also write the report as PDF (needs matplotlib).")
     ] = None,
@@ -101,7 +106,13 @@ def report(
 
 @monitor_app.command("outcomes")
 def outcomes(
-    file: Annotated[Path, typer.Argument(help="CSV (patient_id,date,result,...) or .ndjson.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV (patient_id or person_id, date, result; optional sex, age, hiv, "
+            "symptoms) or .ndjson."
+        ),
+    ],
     tenant: Annotated[str, typer.Option(help="The site (tenant) whose reads to join.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
     finding: Annotated[str, typer.Option(help="The finding the results confirm.")] = "tb",
@@ -128,8 +139,9 @@ def outcomes(
     ] = 10.0,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Join later outcomes (bacteriology) to stored chest X-ray reads of one tenant;
-    write realised sensitivity, specificity and calibration over time and by subgroup.
+    """Realised accuracy: later bacteriology joined to one tenant's chest X-ray reads.
+
+    Writes realised sensitivity, specificity and calibration over time and by subgroup.
 
     Writes OUTDIR/performance.csv, OUTDIR/calibration.csv and OUTDIR/outcomes.html.
     Example: tonle monitor outcomes xpert.csv --tenant site-a -o outcomes/
@@ -148,14 +160,11 @@ def outcomes(
     if followed_until is not None or codes is not None:
         raise fail("--followed-until and --codes go with --service", EXIT_USAGE)
     from serving.imaging.results import ResultStore
-    from serving.monitor.outcomes import OutcomeError, calibration, join, performance, read_outcomes
+    from serving.monitor.outcomes import calibration, join, performance
 
-    try:
-        found = read_outcomes(file)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
-    except OutcomeError as exc:
-        raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
+    found = _read_outcomes(file)
+    if not found:
+        raise fail(f"{file} holds no outcomes (a header and no rows?)", EXIT_BAD_INPUT)
     store = open_store(database_url)
     try:
         results = ResultStore(store.engine)
@@ -203,7 +212,9 @@ def _ncd_outcomes(
                    EXIT_USAGE)  # fmt: skip
     try:
         records = read_records(file)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise fail(f"{file} is not UTF-8 text (save it as 'CSV UTF-8')", EXIT_BAD_INPUT) from None
+    except (OSError, csv.Error) as exc:
         raise fail(f"cannot read {file}: {type(exc).__name__}", EXIT_BAD_INPUT) from None
     except OutcomeError as exc:
         raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
@@ -268,6 +279,23 @@ def _cell(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
+def _read_outcomes(path: Path) -> list[Outcome]:
+    """The outcomes in ``path``, or exit 4 with one line saying why not."""
+    from serving.monitor.outcomes import OutcomeError, read_outcomes
+
+    try:
+        return read_outcomes(path)
+    except UnicodeDecodeError:
+        raise fail(f"{path} is not UTF-8 text (save it as 'CSV UTF-8')", EXIT_BAD_INPUT) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise fail(f"cannot read {path}: {reason}", EXIT_BAD_INPUT) from None
+    except csv.Error as exc:
+        raise fail(f"{path} is not a readable CSV: {exc}", EXIT_BAD_INPUT) from None
+    except OutcomeError as exc:
+        raise fail(f"{path}: {exc}", EXIT_BAD_INPUT) from None
+
+
 def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         if not rows:
@@ -324,7 +352,10 @@ def register_data(data_app: typer.Typer) -> None:
 
 def from_feedback(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
-    since: Annotated[str | None, typer.Option(help="Only feedback from this date.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only feedback from this ISO date or date-time (UTC if no zone)."),
+    ] = None,
     outcomes_file: Annotated[
         Path | None,
         typer.Option("--outcomes", help="Also reads confirmed by these outcomes (CSV/NDJSON)."),
@@ -333,18 +364,24 @@ def from_feedback(
         str | None, typer.Option(help="With --outcomes: the site whose reads to join.")
     ] = None,
     finding: Annotated[str, typer.Option(help="With --outcomes: the finding.")] = "tb",
-    window_days: Annotated[int, typer.Option(min=1, max=365)] = 90,
+    window_days: Annotated[
+        int,
+        typer.Option(
+            min=1, max=365, help="With --outcomes: reads up to this many days before the test."
+        ),
+    ] = 90,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Export accepted and overridden cards, and outcome-confirmed reads, as labelled
-    rows with provenance (model, card or result id, time, tenant) for the next
-    training round. No patient ids or comments.
+    """Labelled rows for the next training round, from clinicians' feedback and outcomes.
+
+    Accepted and overridden cards, and reads confirmed by outcomes, with provenance
+    (model, card or result id, time, tenant). No patient ids or comments.
 
     Example: tonle data from-feedback -o labels.csv --outcomes xpert.csv --tenant site-a
     """
     from serving.imaging.results import ResultStore
     from serving.monitor.feedback_export import COLUMNS, feedback_rows, outcome_rows
-    from serving.monitor.outcomes import OutcomeError, join, read_outcomes
+    from serving.monitor.outcomes import join
     from serving.monitor.reads import read_of_request
 
     start = parse_when(since, "--since")
@@ -352,14 +389,7 @@ def from_feedback(
         raise fail("--outcomes needs --tenant (outcomes join within one site)", EXIT_USAGE)
     found = []
     if outcomes_file is not None:
-        try:
-            found = read_outcomes(outcomes_file)
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise fail(
-                f"cannot read {outcomes_file}: {type(exc).__name__}", EXIT_BAD_INPUT
-            ) from None
-        except OutcomeError as exc:
-            raise fail(f"{outcomes_file}: {exc}", EXIT_BAD_INPUT) from None
+        found = _read_outcomes(outcomes_file)
     store = open_store(database_url)
     try:
         entries = store.feedback(since=start)

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cli.console import EXIT_BAD_INPUT, console, fail, out
+from cli.console import EXIT_BAD_INPUT, EXIT_USAGE, console, fail, out
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -51,22 +52,39 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _url(database_url: str | None) -> str:
-    if database_url:
-        return database_url
-    from serving.settings import Settings
+def _url(database_url: str | None) -> URL:
+    """``--database-url``, else ``TONLE_DATABASE_URL``, parsed; exit 4 when it is no URL."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return Settings().database_url.get_secret_value()
+    option = "--database-url" if database_url else "TONLE_DATABASE_URL"
+    if not database_url:
+        from serving.settings import Settings
+
+        database_url = Settings().database_url.get_secret_value()
+    try:
+        return make_url(database_url)
+    except (ArgumentError, ValueError):  # a message could repeat the URL and its password
+        raise fail(
+            f"{option} is not a SQLAlchemy URL (e.g. sqlite:///.tonle/tonle.db or "
+            "postgresql+psycopg://tonle@db/tonle)",
+            EXIT_BAD_INPUT,
+        ) from None
 
 
 def open_store(database_url: str | None) -> AuditStore:
     """The audit store at ``database_url`` (default: the settings'), or a clean exit."""
     from serving.audit import AuditStore, AuditUnavailable
 
+    url = _url(database_url)
     try:
-        return AuditStore.open(_url(database_url))
+        return AuditStore.open(url.render_as_string(hide_password=False))
     except (AuditUnavailable, ValueError) as exc:
-        raise fail(str(exc)) from exc
+        # The driver's message says why (no such database, refused, not a file), on
+        # one line; drivers never put the password in it. The service logs the class.
+        driver = getattr(exc.__cause__, "orig", None)
+        why = [" ".join(str(driver).split())[:300]] if driver is not None else []
+        raise fail("; ".join([str(exc), *why])) from exc
 
 
 def parse_when(value: str | None, option: str) -> datetime | None:
@@ -151,11 +169,11 @@ def db_backup(
 
     Example: tonle db backup /backups/tonle-2026-01-31.dump
     """
-    from sqlalchemy import make_url
-
-    url = make_url(_url(database_url))
+    url = _url(database_url)
     if output.exists():
         raise fail(f"{output} exists; a backup never overwrites a file", EXIT_BAD_INPUT)
+    if not output.parent.is_dir():
+        raise fail(f"{output.parent} is not a folder: create it first", EXIT_BAD_INPUT)
     if url.get_backend_name() == "sqlite":
         if not url.database or not Path(url.database).is_file():
             raise fail(f"no SQLite database at {url.database!r}", EXIT_BAD_INPUT)
@@ -176,6 +194,18 @@ def db_backup(
     console.print(f"backed up the audit database to {output}")
 
 
+def _check_sqlite_backup(backup: Path) -> None:
+    """Exit 4 unless ``backup`` is a SQLite file holding a Tonle audit database."""
+    try:
+        with closing(sqlite3.connect(f"{backup.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError:
+        raise fail(f"{backup} is not a SQLite backup (`tonle db backup` writes one)",
+                   EXIT_BAD_INPUT) from None  # fmt: skip
+    if "alembic_version" not in tables:
+        raise fail(f"{backup} holds no Tonle audit database", EXIT_BAD_INPUT)
+
+
 @db_app.command("restore")
 def db_restore(
     backup: Annotated[Path, typer.Argument(help="A file written by `tonle db backup`.")],
@@ -188,14 +218,15 @@ def db_restore(
 
     Example: tonle db restore tonle-2026-01-31.dump --database-url postgresql+psycopg://db/new
     """
-    from sqlalchemy import create_engine, inspect, make_url
+    from sqlalchemy import create_engine, inspect
 
-    url = make_url(_url(database_url))
+    url = _url(database_url)
     if not backup.is_file():
         raise fail(f"no backup file {backup}", EXIT_BAD_INPUT)
     if url.get_backend_name() == "sqlite":
         if not url.database or Path(url.database).exists():
             raise fail(f"{url.database!r} exists: restore into a new file", EXIT_BAD_INPUT)
+        _check_sqlite_backup(backup)
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(backup)
         target = sqlite3.connect(url.database)
@@ -232,8 +263,12 @@ def apikey_create(
     Example: tonle apikey create --tenant kampong-cham --name "lab system"
     """
     store = open_store(database_url)
-    info, key = store.create_api_key(tenant, name)
-    store.close()
+    try:
+        info, key = store.create_api_key(tenant, name)
+    except ValueError as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
+    finally:
+        store.close()
     console.print(
         f"created key {info.key_id} for tenant {tenant!r}; store it now, it is not shown again"
     )
@@ -284,10 +319,14 @@ def apikey_revoke(
 def audit_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="NDJSON file to write.")],
     since: Annotated[
-        str | None, typer.Option(help="Only rows created at or after this ISO date-time.")
+        str | None,
+        typer.Option(
+            help="Only rows created at or after this ISO date or date-time (UTC if no zone)."
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Only rows created before this ISO date-time.")
+        str | None,
+        typer.Option(help="Only rows created before this ISO date or date-time (UTC if no zone)."),
     ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -298,6 +337,8 @@ def audit_export(
     from serving.audit.fhir_export import write_ndjson
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    if start is not None and end is not None and end <= start:
+        raise fail("--until must be after --since", EXIT_USAGE)
     store = open_store(database_url)
     try:
         count = write_ndjson(store.iter_rows(since=start, until=end), output)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import EXIT_BAD_ARTIFACT, EXIT_USAGE, console, fail, out
+from cli.console import EXIT_BAD_ARTIFACT, EXIT_BAD_INPUT, EXIT_USAGE, console, fail, out
 
 __all__ = ["demo_token", "register", "serve"]
 
@@ -31,9 +31,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_settings(dev: bool) -> None:
-    """Refuse here (exit 2) what every BentoML worker would refuse at start, in a loop:
-    invalid ``TONLE_*`` settings, or no link key outside ``--dev`` and the demo."""
+def _check_settings(dev: bool, config: Path | None) -> None:
+    """Refuse here what every BentoML worker would refuse at start, in a loop: invalid
+    ``TONLE_*`` settings, or no link key outside ``--dev`` and the demo (exit 2); a
+    serving config or allowed-issuers file (``TONLE_ALLOWED_ISSUERS``) that is missing,
+    not YAML or has unknown keys or bad values (exit 4)."""
+    from models.config import load_config
+    from serving.config import ServingConfig
+    from serving.issuers import load_allowed_issuers
     from serving.settings import Settings
     from serving.ui.links import require_key
 
@@ -43,6 +48,12 @@ def _check_settings(dev: bool) -> None:
             require_key(settings)
     except ValueError as exc:  # pydantic's ValidationError included
         raise fail(str(exc), EXIT_USAGE) from None
+    try:
+        load_config(config or settings.serving_config, ServingConfig)
+        if settings.allowed_issuers is not None:
+            load_allowed_issuers(settings.allowed_issuers)
+    except ValueError as exc:  # models.config.ConfigError, serving.issuers.JwksError
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
 
 
 def serve(
@@ -65,7 +76,7 @@ def serve(
             f"--dev disables authentication and is refused on non-loopback host {host!r}",
             EXIT_USAGE,
         )
-    _check_settings(dev)
+    _check_settings(dev, config)
     env = dict(os.environ)
     if config is not None:
         env["TONLE_SERVING_CONFIG"] = str(config.resolve())

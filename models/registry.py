@@ -287,7 +287,7 @@ def list_models(name: str | None = None) -> list[ModelMetadata]:
     found: list[ModelMetadata] = []
     try:
         bento_models = bentoml.models.list(name, _model_store=_store())
-    except bentoml.exceptions.NotFound:
+    except (bentoml.exceptions.NotFound, ValueError):  # ValueError: cannot be a model name
         return []
     for bento_model in bento_models:
         folder = Path(bento_model.path)
@@ -313,18 +313,23 @@ def get(name: str, version: str) -> StoredModel:
     if version == "latest":
         versions = [m.version for m in list_models(name)]
         if not versions:
-            raise ArtifactError(f"no versions of model {name!r} in the store")
+            raise ArtifactError(f"no versions of model {name!r} in the store; {_names()}")
         version = max(versions, key=_version_key)
     try:
         bento_model = bentoml.models.get(f"{name}:{version}", _model_store=_store())
+    except ValueError as exc:  # not a BentoML tag; its message says why
+        raise ArtifactError(f"{name}:{version} is not a model tag: {exc}") from None
     except (bentoml.exceptions.NotFound, bentoml.exceptions.BentoMLException) as exc:
         available = ", ".join(m.tag for m in list_models(name))
         if not available:  # a misspelt name: say which names there are
-            names = ", ".join(sorted({m.name for m in list_models()})) or "none"
-            available = f"no model named {name!r}; models in the store: {names}"
+            available = f"no model named {name!r}; {_names()}"
         raise ArtifactError(f"model {name}:{version} not found; available: {available}") from exc
     folder = Path(bento_model.path)
     return StoredModel(metadata=_read_metadata(folder), path=folder)
+
+
+def _names() -> str:
+    return "models in the store: " + (", ".join(sorted({m.name for m in list_models()})) or "none")
 
 
 def verify(name: str, version: str, expected_sha256: str | None = None) -> StoredModel:

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["Settings"]
 
 _MIN_LINK_SECRET = 32
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MAKE_ONE = "e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`"
 
 
@@ -108,7 +109,9 @@ class Settings(BaseSettings):
         ),
     )
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)."
+    )
     demo_issuer_dir: Path | None = Field(
         default=None,
         description=(
@@ -123,6 +126,14 @@ class Settings(BaseSettings):
         if value is not None:
             _check_length(value.get_secret_value(), f"TONLE_{str(info.field_name).upper()}")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"TONLE_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        return level
 
     @model_validator(mode="after")
     def _read_link_secret_files(self) -> Settings:

@@ -39,7 +39,6 @@ __all__ = [
 EXIT_FAILED = 1
 EXIT_BAD_ARTIFACT = 3
 EXIT_BAD_INPUT = 4
-EXIT_GATE = 5  # trained, but failed a held-out gate: nothing saved
 
 console = Console(stderr=True)
 out = Console()
@@ -122,7 +121,7 @@ def train_cxr_command(
         raise typer.Exit(EXIT_BAD_ARTIFACT) from exc
     except GateError as exc:
         console.print(f"[bold red]refused:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_GATE) from exc
+        raise typer.Exit(EXIT_FAILED) from exc  # trained, failed a held-out gate: not saved
     if stored is not None:
         meta = stored.metadata
         auroc = meta.metrics.get("auroc_abnormal")
@@ -238,8 +237,13 @@ def import_cxr_command(
     source: Annotated[Path, typer.Argument(help="The data set folder, as downloaded.")],
     out_dir: Annotated[Path, typer.Argument(help="Where labels.csv (and masks) go.")],
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    val: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.1,
-    test: Annotated[float, typer.Option(help="Share for test without an official list.")] = 0.1,
+    val: Annotated[float, typer.Option(help="Share of patients for validation (0-1).")] = 0.1,
+    test: Annotated[
+        float,
+        typer.Option(
+            help="Share of patients for test (0-1) where the set has no official test list."
+        ),
+    ] = 0.1,
     labels: Annotated[
         Path | None, typer.Option(help="For 'folder': the labels CSV (default SOURCE/labels.csv).")
     ] = None,
@@ -282,7 +286,8 @@ def import_cxr_command(
             labels_csv=labels, label_map=mapping, official_test=not hashed_test,
         )  # fmt: skip
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        said = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        console.print(f"[bold red]error:[/] {said}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     out.print(f"wrote {path}")
 

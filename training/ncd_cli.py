@@ -22,7 +22,7 @@ DataOpt = Annotated[
     Path | None,
     typer.Option(
         "--data",
-        help="Feature table CSV (contract C2) or a folder of FHIR Bulk NDJSON.",
+        help="Flat CSV (columns in training/csv_adapter.py) or a folder of FHIR Bulk NDJSON.",
     ),
 ]
 IndexDateOpt = Annotated[
@@ -379,7 +379,8 @@ def evaluate(
             stored = registry.verify(name, version or "latest")
             predictor = NcdPredictor(stored, threads=0)
         except registry.ArtifactError as exc:
-            raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+            hint = "" if version else " (the WHO charts are who-cvd-lab and who-cvd-nonlab)"
+            raise fail(f"{exc}{hint}", EXIT_BAD_ARTIFACT) from exc
         try:
             cfg = NcdTrainConfig.model_validate(stored.metadata.config)
         except ValueError as exc:

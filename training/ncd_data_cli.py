@@ -181,7 +181,9 @@ def score(
         ),
     ] = False,
     skip_invalid: SkipInvalidOpt = False,
-    chunksize: Annotated[int, typer.Option(min=1, help="Rows per chunk.")] = 100_000,
+    chunksize: Annotated[
+        int, typer.Option(min=1, help="CSV rows read and scored at a time (bounds memory).")
+    ] = 100_000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads.")] = 1,
 ) -> None:
     """Score every patient in a CSV or FHIR Bulk export: one output row per patient.
@@ -219,7 +221,8 @@ def score(
     except WhoCvdInputError as exc:
         raise fail(f"{exc} (e.g. --country KHM or --region A05GBDR_014_SEA)", 2) from exc
     except ArtifactError as exc:
-        raise fail(str(exc), EXIT_BAD_ARTIFACT) from exc
+        hint = "" if ":" in model else " (the WHO charts are who-cvd-lab and who-cvd-nonlab)"
+        raise fail(f"{exc}{hint}", EXIT_BAD_ARTIFACT) from exc
     total = None if source.is_dir() else count_rows(source)
     columns = (TextColumn("scoring"), BarColumn(), TextColumn("{task.completed:,} rows"),
                TimeRemainingColumn())  # fmt: skip

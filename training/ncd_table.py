@@ -192,7 +192,9 @@ def check_table(table: pd.DataFrame, cfg: NcdTrainConfig, progress: Progress) ->
         progress(f"left out {int(missing.sum())} rows missing required feature {name}")
         out = out[~missing]
     if len(out) == 0:
-        raise TrainingDataError("patient_id", "no rows left to train on")
+        raise TrainingDataError(
+            "patient_id", "no rows left (the input has none, or all were left out)"
+        )
     return out.reset_index(drop=True)
 
 

@@ -27,6 +27,18 @@ def _secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def _label(value: str, what: str) -> str:
+    """A key's tenant or name: 1-128 printable characters, no surrounding spaces.
+
+    An empty tenant would be no tenant: tenant-less callers' stored reads share ``""``.
+    """
+    if not value or value != value.strip() or len(value) > 128 or not value.isprintable():
+        raise ValueError(
+            f"the key's {what} must be 1-128 printable characters without surrounding spaces"
+        )
+    return value
+
+
 def _jti_row(issuer: str, jti: str, expires: datetime) -> dict[str, Any]:
     return {"issuer": issuer, "jti": jti, "expires": utc(expires)}
 
@@ -70,7 +82,11 @@ class KeyTables(Tables):
 
         Returns:
             The key's listing and the full key (``tonle_<id>_<secret>``), shown once.
+
+        Raises:
+            ValueError: an empty, over-long or unprintable tenant or name.
         """
+        tenant, name = _label(tenant, "tenant"), _label(name, "name")
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         created = datetime.now(UTC)

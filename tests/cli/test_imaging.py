@@ -39,6 +39,15 @@ def test_analyse_reports_an_unreachable_service(tmp_path: Path) -> None:
     assert result.exit_code == 1
 
 
+def test_analyse_refuses_a_url_without_its_scheme(tmp_path: Path) -> None:
+    """127.0.0.1:3000 (no http://) is a bad option (exit 4), not an unreachable service."""
+    image = tmp_path / "x.dcm"
+    image.write_bytes(b"\0" * 200)
+    result = runner.invoke(app, ["imaging", "analyse", str(image), "--url", "127.0.0.1:3000"])
+    assert result.exit_code == 4
+    assert "must start with http:// or https://" in result.output
+
+
 def _answer(monkeypatch: pytest.MonkeyPatch, response: httpx.Response) -> None:
     def post(*args: Any, **kwargs: Any) -> httpx.Response:
         return response

@@ -52,7 +52,11 @@ def cxr(
     ] = None,
     cost_per_test: Annotated[
         float | None,
-        typer.Option(min=0, help="Cost of one confirmatory test (a test_cost column wins)."),
+        typer.Option(
+            min=0,
+            help="Cost of one confirmatory test, in any currency (a test_cost column wins); "
+            "unset: cost columns empty.",
+        ),
     ] = None,
     sampling_fraction: Annotated[
         str | None,
@@ -69,7 +73,10 @@ def cxr(
             "named in the site threshold record."
         ),
     ] = None,
-    label: Annotated[str, typer.Option(help="The model output that is the score.")] = "tb",
+    label: Annotated[
+        str,
+        typer.Option(help="The finding whose score is used (a model output, e.g. tb or abnormal)."),
+    ] = "tb",
     min_sensitivity: Annotated[
         float | None,
         typer.Option(
@@ -79,7 +86,8 @@ def cxr(
     budget: Annotated[
         float | None,
         typer.Option(
-            help="Choose the highest yield whose testing cost per 1,000 screened <= this."
+            help="Choose the highest yield whose testing cost per 1,000 screened <= this "
+            "(currency of --cost-per-test)."
         ),
     ] = None,
     site: Annotated[str | None, typer.Option(help="Site id the threshold is for.")] = None,
