@@ -8,7 +8,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from serving.audit.records import AuditRecord, ExplanationRecord, Mode, Outcome
+from serving.audit.records import (
+    AuditRecord,
+    ExplanationRecord,
+    ImagingResultRecord,
+    Mode,
+    Outcome,
+)
 from serving.http.caller import Caller
 
 if TYPE_CHECKING:
@@ -40,6 +46,9 @@ class Exchange:
         caller: set once authenticated.
         model: the model that answered or would have answered.
         mode: ``silent`` when the cards were kept from the EHR (serving config ``silent``).
+        explanation: an NCD card's explanation, stored with an ``advice`` row only.
+        imaging_result: a new chest X-ray read, stored with an ``advice`` row only: in
+            its transaction, so a read exists exactly when its audit row does.
     """
 
     service_id: str
@@ -52,6 +61,7 @@ class Exchange:
     model: ModelRef | None = None
     input_sha256: str | None = None
     explanation: ExplanationRecord | None = None
+    imaging_result: ImagingResultRecord | None = None
     mode: Mode = "live"
 
     def row(self, outcome: Outcome, reason: str | None) -> AuditRecord:
@@ -75,6 +85,7 @@ class Exchange:
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             mode=self.mode,
             explanation=self.explanation if outcome == "advice" else None,
+            imaging_result=self.imaging_result if outcome == "advice" else None,
         )
 
 

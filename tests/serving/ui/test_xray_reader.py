@@ -9,22 +9,18 @@ Screenshots go to ``test-artifacts/xray-reader-*.png``.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
     ADVISORY,
-    Analysed,
     CxrFinding,
     CxrResult,
     ModelIdentity,
@@ -34,6 +30,7 @@ from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE
 from serving.ui import links
+from tests.serving.imaging.results_fixtures import store_read
 
 pytestmark = pytest.mark.slow
 
@@ -99,15 +96,7 @@ def _store_read(state: ImagingState, study: StudyRef, advisory: str | None = Non
     source = HeatmapSource.of(
         image, cams[1], labels=LABELS, cams=cams, display=display_png(original)
     )
-    audit_row(
-        state,
-        request_id=uuid.uuid4().hex,
-        service_id="imaging-cxr",
-        outcome="advice",
-        started=time.perf_counter(),
-        caller=SimpleNamespace(iss="api-key", sub="reader-test", tenant="demo"),
-        analysed=Analysed(result, source),
-    )
+    store_read(state, result, tenant="demo", source=source)
     return result
 
 
