@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from serving.audit.records import Outcome
 from serving.http.audit import Exchange
 from serving.http.caller import link_caller
 from serving.http.pipeline import Answer, endpoint
@@ -151,7 +152,7 @@ def _cannot_assess(exchange: Exchange, refusal: CannotAssess) -> Answer:
         "request_id": exchange.request_id,
         "advisory": "No AI read: the image cannot be assessed by this model.",
     }
-    outcome = "error" if refusal.status >= 500 else "no-advice"
+    outcome: Outcome = "error" if refusal.status >= 500 else "no-advice"
     return Answer(JSONResponse(body, status_code=refusal.status), outcome, refusal.reason)
 
 

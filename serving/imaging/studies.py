@@ -153,7 +153,7 @@ def _run_study(
             new_read(exchange, read)
         elif result is not None:
             shown_read(exchange, CxrResult.model_validate(result))
-        outcome = "read" if entry.get("repeat") else "advice" if result else "no-advice"
+        outcome: Outcome = "read" if entry.get("repeat") else "advice" if result else "no-advice"
         record_now(runtime, exchange, outcome, entry.get("reason"))
 
     client = DicomWebClient(state.config.pacs)

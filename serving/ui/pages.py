@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
+from serving.audit.feedback import CardShown
 from serving.cards import feature_label, missing_how, missing_text, support_text, value_text
 from serving.http.audit import Exchange
 from serving.http.caller import link_caller
@@ -81,7 +82,8 @@ def _opened(runtime: Runtime, card_id: str, exchange: Exchange) -> NcdExplanatio
     ex = stored_explanation(runtime, card_id)
     if ex is None:
         return None
-    shown = runtime.audit.card_shown(card_id) if runtime.audit is not None else None
+    lookup = getattr(runtime.audit, "card_shown", None)
+    shown: CardShown | None = lookup(card_id) if lookup is not None else None
     exchange.caller = link_caller(shown.caller_tenant if shown else None)
     exchange.patient_ref = shown.patient_ref if shown else None
     exchange.model = ex.model
