@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serving.audit.tables import AuditUnavailable
 from serving.auth import AuthError, AuthUnavailable, api_key_from_headers, unauthorized_response
 from serving.http.caller import DEV_CALLER, Caller, link_caller
 from serving.metrics import count_refusal
@@ -93,7 +94,7 @@ async def _link_holder(request: Request) -> Caller:
     until what the link names is found); checked before anything is looked up."""
     try:
         verdict = await run_in_threadpool(links.verdict, request)
-    except Exception as exc:  # dev mode / demo: the generated key's database is down
+    except AuditUnavailable as exc:  # dev mode / demo: the generated key's database
         raise AuthUnavailable("link-key-unavailable") from exc
     if verdict != "ok":
         raise LinkRefused(verdict)

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -58,6 +58,9 @@ from serving.imaging.exchange import (
 from serving.imaging.results import Analysed, CxrResult
 from serving.imaging.state import ImagingState
 from serving.ui import links
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 __all__ = [
     "INSTANCE_SERVICE_ID",
@@ -134,7 +137,7 @@ def analyse_study_sync(
 
 
 def _run_study(
-    runtime: Any, caller: Caller, study: str, series: str | None
+    runtime: Runtime, caller: Caller, study: str, series: str | None
 ) -> tuple[int, dict[str, Any]]:
     """The whole study analysis, each image audited (blocking); returns (HTTP status,
     JSON body).
@@ -143,7 +146,8 @@ def _run_study(
         DicomWebError: the PACS could not be searched, read or written.
         Exception: an image's audit row could not be committed (nothing more is done).
     """
-    state: ImagingState = runtime.imaging
+    state = runtime.imaging
+    assert state is not None
     assert state.config.pacs is not None
 
     def audit(entry: dict[str, Any], read: Analysed | None) -> None:
