@@ -6,8 +6,10 @@ implements :class:`~serving.http.cds.CdsHandler` and answers behind the one rout
 caller is authenticated first (one 401 body; an unknown id is answered 404 only after
 that), the hook request is parsed strictly (:mod:`serving.body`), and every answer leaves
 after its committed audit row: ``advice``, ``no-advice`` (with a reason code),
-``refused`` or ``error``. Feedback is accepted only for a card this caller's tenant was
-shown by that service.
+``refused`` or ``error``. Discovery (``GET /cds-services``) is an endpoint of the same
+pipeline: its audit row (service ``cds-discovery``, outcome ``discovery``) is committed
+before the document leaves. Feedback is accepted only for a card this caller's tenant
+was shown by that service.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = ["NcdService", "discovery_document", "response_body", "routes"]
 logger = logging.getLogger(__name__)
 
 UNKNOWN_SERVICE = "unknown-service"
+DISCOVERY = "cds-discovery"  # the service id of discovery's audit rows
 _USAGE = (
     "Needs Patient, latest observations (BP, cholesterol, HbA1c, BMI, smoking), Conditions "
     "and active medications."
@@ -70,17 +73,13 @@ def discovery_document(runtime: Runtime) -> Discovery:
     return Discovery(services=[s.definition for s in runtime.cds_services.values()])
 
 
-async def discovery(request: Request) -> Response:
-    """``GET /cds-services``."""
-    runtime = runtime_of(request)
-    try:
-        await authenticate(runtime, request, "jwt")
-    except AuthError as exc:
-        return refusal(exc, route_of(request))
-    return Response(
-        discovery_document(runtime).model_dump_json(exclude_none=True),
-        media_type="application/json",
-    )
+async def _discovery(request: Request, exchange: Exchange) -> Answer:
+    """``GET /cds-services``: audited (outcome ``discovery``) like every answer."""
+    document = discovery_document(runtime_of(request)).model_dump_json(exclude_none=True)
+    return Answer(Response(document, media_type="application/json"), "discovery")
+
+
+discovery = endpoint("jwt", DISCOVERY, _discovery)
 
 
 def _no_cards() -> Response:

@@ -17,11 +17,12 @@ __all__ = ["CardShown", "FeedbackTables"]
 
 @dataclass(frozen=True)
 class CardShown:
-    """Which service answered a card, and to whom (from the card's audit row)."""
+    """Which service answered a card, to whom and about whom (the card's audit row)."""
 
     service_id: str
     caller_iss: str | None
     caller_tenant: str | None
+    patient_ref: str | None = None
 
 
 class FeedbackTables(Tables):
@@ -31,7 +32,12 @@ class FeedbackTables(Tables):
         """The service and caller a card was answered to (None if no answer carried it)."""
         cards, events = schema.audit_cards, schema.audit_events
         query = (
-            select(events.c.service_id, events.c.caller_iss, events.c.caller_tenant)
+            select(
+                events.c.service_id,
+                events.c.caller_iss,
+                events.c.caller_tenant,
+                events.c.patient_ref,
+            )
             .join(cards, cards.c.request_id == events.c.request_id)
             .where(cards.c.card_uuid == card_uuid)
         )

@@ -21,7 +21,14 @@ __all__ = ["audit_event", "write_ndjson"]
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 _OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
-_OUTCOME = {"advice": "0", "no-advice": "0", "refused": "4", "error": "8"}
+_OUTCOME = {
+    "advice": "0",
+    "no-advice": "0",
+    "read": "0",
+    "discovery": "0",
+    "refused": "4",
+    "error": "8",
+}
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 

@@ -18,8 +18,9 @@ __all__ = [
     "OverrideReason",
 ]
 
-# "read": a stored result was shown again (imaging results, their heatmaps and FHIR).
-Outcome = Literal["advice", "no-advice", "refused", "error", "read"]
+# "read": something stored was shown again (an imaging result, its images or FHIR, an
+# explanation page, a study list); "discovery": the CDS Hooks discovery document.
+Outcome = Literal["advice", "no-advice", "refused", "error", "read", "discovery"]
 Mode = Literal["live", "silent"]
 
 

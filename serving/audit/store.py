@@ -80,12 +80,12 @@ class AuditStore(FeedbackTables, KeyTables):
         # checkpointed were synced then; PostgreSQL flushes up to its commit record),
         # and the authenticator awaits the jti commit before the route writes its audit
         # row. So a call answered with advice, "no advice" or stored feedback has its
-        # jti on disk first. Answers without a durable commit after authentication
-        # (discovery; 4xx for a bad feedback or cxr-triage body; 503 when the audit
-        # commit failed) may lose their jti in a power cut, not in a process crash;
-        # a copy of that token (5 min + 60 s lifetime at most) could then be used once
-        # more, but that first answer gave nothing beyond the discovery document, so
-        # a token still gets advice, data or a write at most once. A new JWT route
+        # jti on disk first; so does discovery, audited like every pipeline answer.
+        # Answers without a durable commit after authentication (4xx for a bad
+        # feedback body; 503 when the audit commit failed) may lose their jti in a
+        # power cut, not in a process crash; a copy of that token (5 min + 60 s
+        # lifetime at most) could then be used once more, but that first answer gave
+        # nothing, so a token still gets advice, data or a write at most once. A new JWT route
         # that returns data or stores anything must commit durably before answering.
         return cls(engine, _engine.make_engine(database_url, durable=False, **engine_kwargs))
 

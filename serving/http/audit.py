@@ -5,10 +5,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from serving.audit.records import AuditRecord, ExplanationRecord, Mode, Outcome
+from serving.audit.records import (
+    AuditRecord,
+    ExplanationRecord,
+    ImagingResultRecord,
+    Mode,
+    Outcome,
+)
 from serving.http.caller import Caller
 
 if TYPE_CHECKING:
@@ -40,6 +47,11 @@ class Exchange:
         caller: set once authenticated.
         model: the model that answered or would have answered.
         mode: ``silent`` when the cards were kept from the EHR (serving config ``silent``).
+        explanation: an NCD card's explanation, stored with an ``advice`` row only.
+        imaging_result: a new chest X-ray read, stored with an ``advice`` row only: in
+            its transaction, so a read exists exactly when its audit row does.
+        after_advice: run once an ``advice`` row is committed (e.g. counting a new
+            read's drift bins), never for a row that was not.
     """
 
     service_id: str
@@ -52,7 +64,9 @@ class Exchange:
     model: ModelRef | None = None
     input_sha256: str | None = None
     explanation: ExplanationRecord | None = None
+    imaging_result: ImagingResultRecord | None = None
     mode: Mode = "live"
+    after_advice: list[Callable[[], None]] = field(default_factory=list)
 
     def row(self, outcome: Outcome, reason: str | None) -> AuditRecord:
         """The audit row of this call ending in ``outcome`` (with ``reason``)."""
@@ -75,6 +89,7 @@ class Exchange:
             latency_ms=(time.perf_counter() - self.started) * 1000.0,
             mode=self.mode,
             explanation=self.explanation if outcome == "advice" else None,
+            imaging_result=self.imaging_result if outcome == "advice" else None,
         )
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["DEV_CALLER", "Caller", "CallerKind", "is_loopback"]
+__all__ = ["DEV_CALLER", "Caller", "CallerKind", "is_loopback", "link_caller"]
 
 CallerKind = Literal["jwt", "api-key", "link", "dev"]
 
@@ -39,6 +39,12 @@ class Caller(BaseModel):
 
 
 DEV_CALLER = Caller(iss="dev", sub=None, tenant=None, kind="dev")
+
+
+def link_caller(tenant: str | None = None) -> Caller:
+    """Whoever opens a signed link (a browser without credentials). The link names one
+    thing; its tenant is that thing's, known once it is found (None before)."""
+    return Caller(iss="tonle-link", sub=None, tenant=tenant, kind="link")
 
 
 def is_loopback(host: str | None) -> bool:

@@ -4,11 +4,14 @@
   the public URL of the exact path called.
 * ``api-key``: ``X-API-Key`` or ``Authorization: ApiKey <key>``
   (:class:`serving.auth.ApiKeyAuthenticator`).
-* dev mode (``TONLE_DEV``): no authenticators, every caller is the dev caller; the app
-  admits loopback clients only (:class:`serving.app.LoopbackOnly`).
+* ``link``: a signed capability link (:mod:`serving.ui.links`, ``?exp=&sig=`` over the
+  exact path), opened by a browser without credentials, in dev mode too.
+* dev mode (``TONLE_DEV``): no authenticators, every ``jwt`` and ``api-key`` caller is
+  the dev caller; the app admits loopback clients only (:class:`serving.app.LoopbackOnly`).
 
 Every refusal is an :class:`~serving.auth.AuthError`; :func:`refusal` turns it into the
-answer: 503 when the store behind authentication is down, else the one 401 body.
+answer: 503 when the store behind authentication is down, 403 / 410 (one body) for a
+link that is tampered with or expired, else the one 401 body.
 """
 
 from __future__ import annotations
@@ -17,22 +20,33 @@ import logging
 import time
 from typing import TYPE_CHECKING, Literal
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serving.audit.tables import AuditUnavailable
 from serving.auth import AuthError, AuthUnavailable, api_key_from_headers, unauthorized_response
-from serving.http.caller import DEV_CALLER, Caller
+from serving.http.caller import DEV_CALLER, Caller, link_caller
 from serving.metrics import count_refusal
+from serving.ui import links
 
 if TYPE_CHECKING:
     from serving.runtime import ApiKeyAuth, Runtime
 
-__all__ = ["Scheme", "api_key_caller", "authenticate", "refusal", "runtime_of"]
+__all__ = ["LinkRefused", "Scheme", "api_key_caller", "authenticate", "refusal", "runtime_of"]
 
 logger = logging.getLogger(__name__)
 
-Scheme = Literal["jwt", "api-key"]
+Scheme = Literal["jwt", "api-key", "link"]
 _LOG_EVERY_S = 60.0
+
+
+class LinkRefused(AuthError):
+    """A signed link that is tampered with, for another path, or expired."""
+
+    def __init__(self, verdict: links.Verdict) -> None:
+        super().__init__(f"link-{verdict}")
+        self.verdict = verdict
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -47,7 +61,10 @@ async def authenticate(runtime: Runtime, request: Request, scheme: Scheme) -> Ca
     Raises:
         AuthError: refused (answer 401).
         AuthUnavailable: (an AuthError) the replay or key store is down (answer 503).
+        LinkRefused: (an AuthError) ``link``: not a valid signed link (answer 403 / 410).
     """
+    if scheme == "link":
+        return await _link_holder(request)
     if scheme == "api-key":
         return api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
     if runtime.cds_auth is None:
@@ -70,6 +87,18 @@ def api_key_caller(keys: ApiKeyAuth | None, request: Request, *, dev: bool) -> C
         return _dev_caller(dev=dev)
     caller: Caller = keys.authenticate(api_key_from_headers(request.headers))
     return caller
+
+
+async def _link_holder(request: Request) -> Caller:
+    """The holder of a valid signed link to the request's own path (its tenant unknown
+    until what the link names is found); checked before anything is looked up."""
+    try:
+        verdict = await run_in_threadpool(links.verdict, request)
+    except AuditUnavailable as exc:  # dev mode / demo: the generated key's database
+        raise AuthUnavailable("link-key-unavailable") from exc
+    if verdict != "ok":
+        raise LinkRefused(verdict)
+    return link_caller()
 
 
 def _dev_caller(*, dev: bool) -> Caller:
@@ -107,11 +136,14 @@ _refusals = _RateLimitedLog()
 
 def refusal(exc: AuthError, route: str) -> Response:
     """The answer to a refused caller: 503 when authentication could not be checked
-    (its store is down), else the one 401 body. Counted, never a durable row: anyone
-    can send refused calls, and each must not cost a disk commit."""
+    (its store is down), 403 / 410 for a bad signed link, else the one 401 body.
+    Counted, never a durable row: anyone can send refused calls, and each must not
+    cost a disk commit."""
     reason = "auth-unavailable" if isinstance(exc, AuthUnavailable) else exc.reason
     count_refusal(route, reason)
     if isinstance(exc, AuthUnavailable):
         return JSONResponse({"error": "auth-unavailable"}, status_code=503)
     _refusals.note(route, reason)
+    if isinstance(exc, LinkRefused):
+        return links.refusal(exc.verdict)
     return unauthorized_response()

@@ -3,7 +3,10 @@
 The model itself (decode, quality gate, network) lives in ``models/``; this package
 wires it to callers:
 
-* :mod:`serving.imaging.routes` - the HTTP routes (contract C5 ``routes()``);
+* :mod:`serving.imaging.routes` - the HTTP routes (contract C5 ``routes()``), each an
+  endpoint of the one request pipeline (:mod:`serving.http`);
+* :mod:`serving.imaging.exchange` - what those routes share: the imaging state, a
+  bounded body, and a read's facts on the call's audit exchange;
 * :mod:`serving.imaging.state` - what the routes hold, built by ``attach(runtime)``;
 * :mod:`serving.imaging.analysis` - one image through decode, quality gate,
   preprocessing, model, thresholds and heatmap;

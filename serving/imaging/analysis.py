@@ -378,7 +378,7 @@ class CxrAnalyser:
             timings=timings,
         )
         scores = score_values(self.labels, probs.tolist()) if self.reference else {}
-        return Analysed(result, heatmap, {**prepared.monitored, **scores})
+        return Analysed(result, heatmap, {**prepared.monitored, **scores}, self.reference)
 
     def _heatmap_label(self, findings: list[CxrFinding]) -> str:
         """The flagged finding with the highest (calibrated) probability, else 'abnormal'.

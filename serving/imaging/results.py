@@ -23,7 +23,7 @@ they were stored; a newer format is refused (503). The overlay PNG is drawn on e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from serving.audit.engine import READ_ONLY
 from serving.audit.records import ImagingResultRecord
 from serving.audit.store import AuditUnavailable
 from serving.imaging.heatmap import HeatmapSource
+from serving.monitor.drift import FeatureBins
 
 __all__ = [
     "ADVISORY",
@@ -170,13 +171,15 @@ class Analysed:
     """A new read and what its heatmap is drawn from, not yet stored.
 
     ``monitored``: the read's image statistics and scores for drift monitoring
-    (:mod:`models.cxr_drift`; empty when the model records no reference). Counted, by
+    (:mod:`models.cxr_drift`; empty when the model records no reference), and
+    ``reference``: the model's drift reference they are binned against. Counted, by
     bin, when the read is committed; never stored.
     """
 
     result: CxrResult
     heatmap: HeatmapSource
     monitored: dict[str, float] = field(default_factory=dict)
+    reference: Mapping[str, FeatureBins] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

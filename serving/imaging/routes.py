@@ -12,11 +12,13 @@ Answers:
 * 401 without valid credentials; 503 when the audit row could not be committed
   (no advice leaves without its audit row).
 
-Every answer, advice or not, writes one audit row first; a new read is stored in the
-same transaction as its audit row (:mod:`serving.imaging.results`), so a failed commit
+Every route is a :func:`serving.http.pipeline.endpoint`: the caller is authenticated
+first (API key; a signed link for the heatmap), and every answer, advice or not, leaves
+after its committed audit row; a new read is stored in the same transaction as that
+row (:attr:`serving.http.audit.Exchange.imaging_result`), so a failed commit (503)
 leaves nothing behind. ``GET /v1/imaging/results/{id}`` (and ``/fhir``) find only reads
-made by the caller's tenant (404 otherwise, as for an unknown id); every read that
-returns a stored result commits an audit row with outcome ``read`` first.
+made by the caller's tenant (404 otherwise, the same answer as for an unknown id, and
+audited as refused); every answer that shows a stored read is audited as ``read``.
 """
 
 from __future__ import annotations
@@ -24,57 +26,63 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from serving.audit.records import Outcome
+from serving.http.audit import Exchange
+from serving.http.caller import link_caller
+from serving.http.pipeline import Answer, endpoint
 from serving.imaging.analysis import CannotAssess
 from serving.imaging.exchange import (
-    LinkHolder,
     NotReady,
-    audit_row,
-    authenticate,
-    caller_tenant,
     imaging_state,
+    new_read,
     not_ready,
     read_body,
-    refuse,
+    shown_read,
 )
-from serving.imaging.results import Analysed, CxrResult, StoredResult
+from serving.imaging.results import Analysed, CxrResult
 from serving.imaging.state import ImagingState
 from serving.imaging.studies import analyse_study, list_studies
 from serving.ui import links
 
-__all__ = ["SERVICE_ID", "link_check", "routes", "stored_read"]
+__all__ = [
+    "SERVICE_ID",
+    "analyse_bytes",
+    "analyse_image",
+    "found_read",
+    "get_fhir",
+    "get_heatmap",
+    "get_result",
+    "routes",
+    "store_unavailable",
+]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_ID = "imaging-cxr"
 _PATIENT = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # as CDS Hooks context.patientId
+NOT_FOUND = "not-found"
 
 
-async def analyse_image(request: Request) -> Response:
+async def _analyse_image(request: Request, exchange: Exchange) -> Answer:
     """``POST /v1/imaging/cxr``: analyse one raw DICOM or PNG body."""
-    started = time.perf_counter()
     try:
         state = imaging_state(request)
     except NotReady:
         return not_ready()
-    caller = await authenticate(state, request)
-    if isinstance(caller, Response):
-        return caller
-    request_id = uuid.uuid4().hex
+    exchange.model = state.analyser.identity
     patient = request.query_params.get("patient")
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
     if patient is not None and not _PATIENT.match(patient):
         bad = CannotAssess("invalid-patient", "patient must be 1-64 of A-Z a-z 0-9 - .", 400)
-        return await _refused(state, bad, request_id, started, caller, None)
+        return _cannot_assess(exchange, bad)
+    exchange.patient_ref = patient
     try:
         if declared is not None and not declared.isdigit():
             raise CannotAssess("bad-request", "Content-Length is not a number", 400)
@@ -83,33 +91,27 @@ async def analyse_image(request: Request) -> Response:
         body = await read_body(request, state.config.max_body_bytes)
         analysed = await analyse_bytes(state, body, content_type, patient)
     except CannotAssess as refusal:
-        return await _refused(state, refusal, request_id, started, caller, patient)
-    except Exception:  # a defect: still no advice, an audit row and a reason
-        logger.exception("imaging request %s failed", request_id)
-        failure = CannotAssess("internal-error", "the analysis failed", 500)
-        return await _refused(state, failure, request_id, started, caller, patient)
-    committing = time.perf_counter()
-    try:
-        await run_in_threadpool(
-            audit_row,
-            state,
-            request_id=request_id,
-            service_id=SERVICE_ID,
-            outcome="advice",
-            started=started,
-            caller=caller,
-            analysed=analysed,
-        )
-    except Exception:
-        # The read was in the same transaction: nothing is stored, nothing shown later.
-        logger.exception("audit store unavailable; withholding result %s", analysed.result.id)
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
+        return _cannot_assess(exchange, refusal)
+    new_read(exchange, analysed)  # stored with the row, or (503) not at all
     result = analysed.result
-    body_json = result.model_dump(mode="json")
-    body_json["timings"]["store_ms"] = (time.perf_counter() - committing) * 1000
-    body_json["request_id"] = request_id
-    body_json["heatmap_url"] = _heatmap_link(request, state, result)
-    return JSONResponse(body_json, headers={"x-request-id": request_id})
+    heatmap_url = _heatmap_link(request, state, result)
+
+    def committed(store_ms: float) -> Response:
+        answer = result.model_dump(mode="json")
+        answer["timings"]["store_ms"] = store_ms
+        answer["request_id"] = exchange.request_id
+        answer["heatmap_url"] = heatmap_url
+        return JSONResponse(answer)
+
+    return Answer(committed, "advice")
+
+
+def _analysis_failed(exchange: Exchange) -> Answer:
+    """A defect: still no advice, an audited error and a reason."""
+    return _cannot_assess(exchange, CannotAssess("internal-error", "the analysis failed", 500))
+
+
+analyse_image = endpoint("api-key", SERVICE_ID, _analyse_image, on_error=_analysis_failed)
 
 
 def _heatmap_link(request: Request, state: ImagingState, result: CxrResult) -> str:
@@ -123,7 +125,8 @@ async def analyse_bytes(
 ) -> Analysed:
     """Analyse one image, sending the model call through the batcher when there is one.
 
-    Nothing is stored: commit the read with its audit row (``audit_row(analysed=...)``).
+    Nothing is stored: put the read on the call's exchange (:func:`new_read`), which
+    commits it with its audit row.
 
     Raises:
         CannotAssess: the image cannot be assessed.
@@ -140,133 +143,101 @@ async def analyse_bytes(
     )
 
 
-async def _refused(
-    state: ImagingState,
-    refusal: CannotAssess,
-    request_id: str,
-    started: float,
-    caller: Any,
-    patient: str | None,
-) -> Response:
+def _cannot_assess(exchange: Exchange, refusal: CannotAssess) -> Answer:
+    """No AI read (4xx, or 5xx for a failure of ours), with its reason code."""
     body = {
         "assessable": False,
         "reason": refusal.reason,
         "detail": refusal.detail,
-        "request_id": request_id,
+        "request_id": exchange.request_id,
         "advisory": "No AI read: the image cannot be assessed by this model.",
     }
-    outcome = "error" if refusal.status >= 500 else "no-advice"
-    return await refuse(
-        state, SERVICE_ID, started, refusal.status, body, caller,
-        outcome=outcome, reason=refusal.reason, patient_ref=patient, request_id=request_id,
-    )  # fmt: skip
+    outcome: Outcome = "error" if refusal.status >= 500 else "no-advice"
+    return Answer(JSONResponse(body, status_code=refusal.status), outcome, refusal.reason)
 
 
-Check = Callable[[ImagingState, Request], Awaitable[Response | Any]]
+async def found_read(
+    request: Request, exchange: Exchange, *, by_link: bool = False
+) -> tuple[ImagingState, CxrResult] | Answer:
+    """The stored read the path's ``result_id`` names, with its facts on ``exchange``
+    (answer it as ``read``), or the answer without it.
 
-
-async def stored_read(
-    request: Request, check: Check, service_id: str
-) -> tuple[ImagingState, StoredResult] | Response:
-    """The requested read, after ``check`` let the request through, with its audit row.
-
-    ``check`` answers a refusal, or the caller (whose tenant scopes the lookup) or
-    None for a signed link (which names one read). Refusing first (401 / 403 / 410)
-    means a caller without access learns nothing about which result ids exist; another
-    tenant's read is answered 404 like an unknown id. The ``read`` audit row is
-    committed before the read is returned (503 when it cannot be).
+    An authenticated caller finds only its tenant's reads: another tenant's read is
+    ``not-found`` (404) like an unknown id. A signed link (``by_link``, checked by the
+    pipeline before this lookup) names one read, whoever made it; the link's holder is
+    audited under that read's tenant.
     """
-    started = time.perf_counter()
     try:
         state = imaging_state(request)
     except NotReady:
         return not_ready()
-    caller = await check(state, request)
-    if isinstance(caller, Response):
-        return caller
+    exchange.model = state.analyser.identity
     result_id = str(request.path_params["result_id"])
     try:
-        if caller is None:
+        if by_link:
             found = await run_in_threadpool(state.store.by_link, result_id)
-            caller = LinkHolder(found.tenant)
+            exchange.caller = link_caller(found.tenant or None)
+            result = found.result
         else:
-            tenant = caller_tenant(caller)
+            tenant = exchange.caller.tenant if exchange.caller else None
             result = await run_in_threadpool(state.store.get, result_id, tenant=tenant)
-            found = StoredResult(tenant or "", result)
-        await run_in_threadpool(
-            audit_row,
-            state,
-            request_id=uuid.uuid4().hex,
-            service_id=service_id,
-            outcome="read",
-            started=started,
-            caller=caller,
-            result=found.result,
-        )
     except KeyError:
-        return JSONResponse({"error": "not-found"}, status_code=404)
-    except Exception:  # the audit store (or the result store in it) is unavailable
-        logger.exception("audit store unavailable; withholding a stored read")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    return state, found
+        missing = JSONResponse({"error": NOT_FOUND}, status_code=404)
+        return Answer(missing, "refused", NOT_FOUND)
+    shown_read(exchange, result)
+    return state, result
 
 
-async def _caller_check(state: ImagingState, request: Request) -> Response | Any:
-    return await authenticate(state, request)
+def store_unavailable(exchange: Exchange) -> Answer:
+    """503: a stored read (or its images) could not be read; nothing is shown."""
+    unavailable = JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    return Answer(unavailable, "error", "store-unavailable")
 
 
-async def link_check(state: ImagingState, request: Request) -> Response | None:
-    """None when the request carries a valid signed link, else its refusal."""
-    verdict = await run_in_threadpool(links.verdict, request)
-    return None if verdict == "ok" else links.refusal(verdict)
-
-
-async def get_result(request: Request) -> Response:
+async def _get_result(request: Request, exchange: Exchange) -> Answer:
     """``GET /v1/imaging/results/{id}``: a stored result, with a fresh signed heatmap link."""
-    found = await stored_read(request, _caller_check, "imaging-result")
-    if isinstance(found, Response):
+    found = await found_read(request, exchange)
+    if isinstance(found, Answer):
         return found
-    state, stored = found
-    body = stored.result.model_dump(mode="json")
-    body["heatmap_url"] = _heatmap_link(request, state, stored.result)
-    return JSONResponse(body)
+    state, result = found
+    body = result.model_dump(mode="json")
+    body["heatmap_url"] = _heatmap_link(request, state, result)
+    return Answer(JSONResponse(body), "read")
 
 
-async def get_heatmap(request: Request) -> Response:
+async def _get_heatmap(request: Request, exchange: Exchange) -> Answer:
     """``GET /v1/imaging/results/{id}/heatmap.png``: the overlay image.
 
     Opened from EHR cards in a browser (no credentials): the link must be signed
     (:mod:`serving.ui.links`); 403 / 410 otherwise, before any lookup. Drawn from the
     stored map on each request; the browser keeps it (the read never changes).
     """
-    found = await stored_read(request, link_check, "imaging-heatmap")
-    if isinstance(found, Response):
+    found = await found_read(request, exchange, by_link=True)
+    if isinstance(found, Answer):
         return found
-    state, stored = found
-    try:
-        png = await run_in_threadpool(state.store.heatmap, stored.result.id)
-    except Exception:
-        logger.exception("stored heatmap of a read could not be drawn")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    return Response(
-        png,
-        media_type="image/png",
-        headers={"cache-control": "private, max-age=3600", "etag": f'"{stored.result.id}"'},
-    )
+    state, result = found
+    png = await run_in_threadpool(state.store.heatmap, result.id)
+    headers = {"cache-control": "private, max-age=3600", "etag": f'"{result.id}"'}
+    return Answer(Response(png, media_type="image/png", headers=headers), "read")
 
 
-async def get_fhir(request: Request) -> Response:
+async def _get_fhir(request: Request, exchange: Exchange) -> Answer:
     """``GET /v1/imaging/results/{id}/fhir``: DiagnosticReport + Observations bundle."""
     from serving.imaging.fhir import result_bundle
 
-    found = await stored_read(request, _caller_check, "imaging-result-fhir")
-    if isinstance(found, Response):
+    found = await found_read(request, exchange)
+    if isinstance(found, Answer):
         return found
-    state, stored = found
-    result = stored.result
+    state, result = found
     signed = links.signer(request.app.state.runtime).sign(result.heatmap_url)
     bundle = result_bundle(result.model_copy(update={"heatmap_url": signed}), state.public_url)
-    return Response(bundle.model_dump_json(), media_type="application/fhir+json")
+    fhir = Response(bundle.model_dump_json(), media_type="application/fhir+json")
+    return Answer(fhir, "read")
+
+
+get_result = endpoint("api-key", "imaging-result", _get_result, on_error=store_unavailable)
+get_heatmap = endpoint("link", "imaging-heatmap", _get_heatmap, on_error=store_unavailable)
+get_fhir = endpoint("api-key", "imaging-result-fhir", _get_fhir, on_error=store_unavailable)
 
 
 def routes() -> list[BaseRoute]:

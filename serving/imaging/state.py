@@ -35,10 +35,9 @@ class ImagingState:
         config: the ``imaging:`` section of the serving config.
         public_url: base URL used to make links absolute.
         audit: the audit store; reads are committed with their audit rows.
-        authenticator: REST API-key authenticator (C4); None only in dev mode.
-        cds_auth: CDS Hooks JWT authenticator (C4); None only in dev mode.
         infer: optional adaptive-batching model call; None runs the model in line.
-        dev: no caller authentication (loopback development only).
+
+    Callers are authenticated by the request pipeline (:mod:`serving.http`), not here.
     """
 
     analyser: CxrAnalyser
@@ -46,10 +45,7 @@ class ImagingState:
     config: ImagingConfig
     public_url: str = "http://127.0.0.1:3000"
     audit: Any = None
-    authenticator: Any = None
-    cds_auth: Any = None
     infer: BatchInfer | None = None
-    dev: bool = False
     warmed: bool = field(default=False)
 
     @classmethod
@@ -62,9 +58,6 @@ class ImagingState:
         public_url: str,
         runner: CxrModelRunner | None = None,
         audit: Any = None,
-        authenticator: Any = None,
-        cds_auth: Any = None,
-        dev: bool = False,
     ) -> ImagingState:
         """Load the runner for ``stored`` and warm it up on a blank image.
 
@@ -89,9 +82,6 @@ class ImagingState:
             config=config,
             public_url=public_url,
             audit=audit,
-            authenticator=authenticator,
-            cds_auth=cds_auth,
-            dev=dev,
         )
         state.warm_up()
         if config.adaptive_batching:
@@ -155,9 +145,6 @@ def attach(runtime: Any) -> ImagingState | None:
         site=settings.site,
         public_url=settings.public_url,
         audit=runtime.audit,
-        authenticator=runtime.api_keys,
-        cds_auth=runtime.cds_auth,
-        dev=settings.dev,
     )
     runtime.imaging = state
     return state

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
-import time
-import uuid
 from datetime import date
-from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +20,9 @@ from starlette.responses import JSONResponse, Response
 
 from serving import i18n
 from serving.cards import feature_label
+from serving.http.audit import Exchange
+from serving.http.caller import Caller
+from serving.http.pipeline import record
 from serving.runtime import Runtime
 from serving.ui import demo
 from serving.ui.render import (
@@ -195,26 +194,22 @@ async def demo_xray(request: Request) -> Response:
     if state is None or image is None:
         return json_error("no-demo-xray", 404)
     from serving.imaging.analysis import CannotAssess
-    from serving.imaging.exchange import audit_row
+    from serving.imaging.exchange import new_read
     from serving.imaging.routes import analyse_bytes
 
-    record = partial(
-        audit_row,
-        state,
-        request_id=uuid.uuid4().hex,
-        service_id="cxr-triage",
-        started=time.perf_counter(),
-        # The demo EHR's own tenant, so that its cxr-triage calls find the read.
-        caller=SimpleNamespace(iss=UI_CALLER, sub="demo-pacs", tenant=_demo_tenant(runtime)),
-    )
+    # The demo EHR's own tenant, so that its cxr-triage calls find the read.
+    caller = Caller(iss=UI_CALLER, sub="demo-pacs", tenant=_demo_tenant(runtime), kind="dev")
+    exchange = Exchange("cxr-triage", caller=caller, model=state.analyser.identity)
     try:
         read = await analyse_bytes(state, image.read_bytes(), "application/dicom", p.id)
     except CannotAssess as refusal:
-        await run_in_threadpool(
-            record, outcome="no-advice", reason=refusal.reason, patient_ref=f"Patient/{p.id}"
-        )
+        exchange.patient_ref = f"Patient/{p.id}"
+        if not await record(runtime, exchange, "no-advice", refusal.reason):
+            return json_error("audit-unavailable", 503)
         return json_error(refusal.reason, 422)
-    await run_in_threadpool(record, outcome="advice", analysed=read)
+    new_read(exchange, read)  # stored with its audit row, or not at all
+    if not await record(runtime, exchange, "advice"):
+        return json_error("audit-unavailable", 503)
     page = signed_link(runtime, f"/ui/explain/cxr/{read.result.id}")
     return JSONResponse({"result": read.result.id, "explanation": page})
 

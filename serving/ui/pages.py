@@ -10,8 +10,11 @@
 
 The explanation pages and their images are opened from cards in a browser without
 credentials: their links are signed (:mod:`serving.ui.links`, ``?exp=&sig=``; 403 /
-410 otherwise, before any lookup). An NCD explanation is read from the service
-database, where the CDS call stored it with its audit row, so any worker shows it.
+410 otherwise, before any lookup). They are :func:`serving.http.pipeline.endpoint` s
+with the ``link`` scheme: each opening that shows something is audited as ``read``
+(404 as refused) under the tenant the card or read was made for, committed before the
+page leaves. An NCD explanation is read from the service database, where the CDS call
+stored it with its audit row, so any worker shows it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from starlette.responses import Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
+from serving.audit.feedback import CardShown
 from serving.cards import (
     country_name,
     feature_label,
@@ -37,17 +41,19 @@ from serving.cards import (
     support_text,
     value_text,
 )
+from serving.http.audit import Exchange
+from serving.http.caller import link_caller
+from serving.http.pipeline import Answer, endpoint
 from serving.imaging.card import score_text
-from serving.imaging.results import CxrResult, StoredResult, StudyRef
+from serving.imaging.results import CxrResult, StudyRef
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE, trained_on_synthetic
 from serving.ui.explanations import FACTOR_FULL_SCALE, NcdExplanation, headline_metrics
 from serving.ui.render import (
     CARD_ID,
-    json_error,
     language,
-    link_refused,
     message_page,
+    refused_page,
     render_page,
     runtime_of,
     script_json,
@@ -79,6 +85,20 @@ def stored_explanation(runtime: Runtime, card_id: str) -> NcdExplanation | None:
     return NcdExplanation.model_validate_json(found.content)
 
 
+def _opened(runtime: Runtime, card_id: str, exchange: Exchange) -> NcdExplanation | None:
+    """The stored explanation of a card, with the facts of its opening on ``exchange``:
+    the card's tenant and patient (from the card's own audit row) and its model."""
+    ex = stored_explanation(runtime, card_id)
+    if ex is None:
+        return None
+    lookup = getattr(runtime.audit, "card_shown", None)
+    shown: CardShown | None = lookup(card_id) if lookup is not None else None
+    exchange.caller = link_caller(shown.caller_tenant if shown else None)
+    exchange.patient_ref = shown.patient_ref if shown else None
+    exchange.model = ex.model
+    return ex
+
+
 def _who_grid(ex: NcdExplanation, runtime: Runtime) -> ChartGrid | None:
     who = ex.who
     if who is None:
@@ -101,15 +121,12 @@ def _who_grid(ex: NcdExplanation, runtime: Runtime) -> ChartGrid | None:
     )
 
 
-async def explain_ncd(request: Request) -> Response:
+async def _explain_ncd(request: Request, exchange: Exchange) -> Answer:
     """``GET /ui/explain/{card_id}``: the NCD explanation page."""
     runtime = runtime_of(request)
-    refused = await link_refused(request)
-    if refused is not None:
-        return refused
-    ex = await run_in_threadpool(stored_explanation, runtime, request.path_params["card_id"])
+    ex = await run_in_threadpool(_opened, runtime, request.path_params["card_id"], exchange)
     if ex is None:
-        return message_page(request, "ui.explain.not_found", 404)
+        return _not_found(request)
     lang = language(request)
     meta = runtime.ncd[ex.service_id].metadata if ex.service_id in runtime.ncd else None
     units = {spec.name: spec.unit for spec in meta.features} if meta is not None else {}
@@ -160,7 +177,7 @@ async def explain_ncd(request: Request) -> Response:
     # The headline's "WHO chart" number is the outlined cell's, as on the card; the
     # equation at the patient's exact values is shown beside it, named as such.
     who_cell = chart.patient() if chart is not None else None
-    return render_page(
+    page = render_page(
         request,
         "explain_ncd.html",
         lang=lang,
@@ -184,6 +201,15 @@ async def explain_ncd(request: Request) -> Response:
             ex.outcome, "ui.explain.title"
         ),
     )
+    return Answer(page, "read")
+
+
+def _not_found(request: Request) -> Answer:
+    """404 for a link to nothing (purged, past retention): audited as refused."""
+    return Answer(message_page(request, "ui.explain.not_found", 404), "refused", "not-found")
+
+
+explain_ncd = endpoint("link", "ui-explain-ncd", _explain_ncd, refusal_page=refused_page)
 
 
 # --- chest X-ray explanation -----------------------------------------------------------
@@ -194,15 +220,19 @@ def cxr_store(runtime: Runtime) -> Any | None:
     return getattr(runtime.imaging, "store", None)
 
 
-async def _linked_read(request: Request, service_id: str) -> tuple[Any, StoredResult] | Response:
-    """The read a signed link names, after its ``read`` audit row (imaging's route rule).
+async def _linked_read(request: Request, exchange: Exchange) -> tuple[Any, CxrResult] | Answer:
+    """The read a signed link names, its facts on ``exchange`` (imaging's route rule),
+    or the answer without it: 404 for an unknown read, 503 when imaging is off."""
+    from serving.imaging.routes import found_read
 
-    Answers a refusal (403 / 410), 404 for an unknown read, or 503 when imaging is off or
-    the audit row cannot be committed: nothing is shown that was not audited.
-    """
-    from serving.imaging.routes import link_check, stored_read
+    return await found_read(request, exchange, by_link=True)
 
-    return await stored_read(request, link_check, service_id)
+
+def _unavailable(exchange: Exchange) -> Answer:
+    """503: a stored read's maps or images could not be read; nothing half-shown."""
+    from serving.imaging.routes import store_unavailable
+
+    return store_unavailable(exchange)
 
 
 def side_marker(study: StudyRef) -> tuple[str, str]:
@@ -233,7 +263,7 @@ def _study_when(study: StudyRef) -> str:
     return text
 
 
-async def explain_cxr(request: Request) -> Response:
+async def _explain_cxr(request: Request, exchange: Exchange) -> Answer:
     """``GET /ui/explain/cxr/{result_id}``: the X-ray reader for a stored result.
 
     The page carries every label's map (0-1 at map resolution) as JSON data; the image
@@ -241,21 +271,12 @@ async def explain_cxr(request: Request) -> Response:
     page) or, for reads stored before format 3, ``image.png`` (8-bit).
     """
     runtime = runtime_of(request)
-    refused = await link_refused(request)
-    if refused is not None:
-        return refused
-    found = await _linked_read(request, "ui-explain-cxr")
-    if isinstance(found, Response):
-        if found.status_code == 404:
-            return message_page(request, "ui.explain.not_found", 404)
-        return found
-    state, stored = found
-    result: CxrResult = stored.result
-    try:
-        source = await run_in_threadpool(state.store.source, result.id)
-    except Exception:  # a stored read whose maps cannot be read: nothing half-shown
-        logger.exception("stored maps of a read could not be read")
-        return json_error("audit-unavailable", 503)
+    found = await _linked_read(request, exchange)
+    if isinstance(found, Answer):
+        return _not_found(request) if found.reason == "not-found" else found
+    state, result = found
+    # A stored read whose maps cannot be read raises: 503 (on_error), nothing half-shown.
+    source = await run_in_threadpool(state.store.source, result.id)
     lang = language(request)
     left, marker_source = side_marker(result.study)
     maps = source.maps()
@@ -278,7 +299,7 @@ async def explain_cxr(request: Request) -> Response:
             "center": round(pixels.center, 2),
             "width": round(pixels.width, 2),
         }
-    return render_page(
+    page = render_page(
         request,
         "explain_cxr.html",
         lang=lang,
@@ -295,54 +316,63 @@ async def explain_cxr(request: Request) -> Response:
         has_values=pixels is not None,
         link=request.query_params,
     )
+    return Answer(page, "read")
 
 
-async def cxr_png(request: Request) -> Response:
+explain_cxr = endpoint(
+    "link", "ui-explain-cxr", _explain_cxr, on_error=_unavailable, refusal_page=refused_page
+)
+
+
+def _which(request: Request) -> str:
+    return "heatmap" if request.url.path.endswith("/heatmap.png") else "image"
+
+
+async def _cxr_png(request: Request, exchange: Exchange) -> Answer:
     """The overlay (``heatmap.png``) or display copy (``image.png``) of a stored result.
 
     Signed-link only, and audited as a read of the result like the page itself.
     """
-    which = "heatmap" if request.url.path.endswith("/heatmap.png") else "image"
-    found = await _linked_read(request, f"ui-cxr-{which}")
-    if isinstance(found, Response):
+    which = _which(request)
+    found = await _linked_read(request, exchange)
+    if isinstance(found, Answer):
         return found
-    state, stored = found
-    try:
-        png = await run_in_threadpool(getattr(state.store, which), stored.result.id)
-    except KeyError:
-        return Response(status_code=404)
-    except Exception:
-        logger.exception("stored image of a read could not be drawn")
-        return json_error("audit-unavailable", 503)
+    state, result = found
+    png = await run_in_threadpool(getattr(state.store, which), result.id)
     # The read never changes; the link expires, so the browser keeps it privately.
-    headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{stored.result.id}-{which}"'}
-    return Response(png, media_type="image/png", headers=headers)
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{result.id}-{which}"'}
+    return Answer(Response(png, media_type="image/png", headers=headers), "read")
 
 
-async def cxr_pixels(request: Request) -> Response:
+cxr_png = endpoint(
+    "link", lambda request: f"ui-cxr-{_which(request)}", _cxr_png, on_error=_unavailable
+)
+
+
+async def _cxr_pixels(request: Request, exchange: Exchange) -> Answer:
     """``GET .../pixels``: a format-3 read's display values, little-endian uint16 rows,
     gzip-encoded (the page's JSON gives rows, columns and the default window).
 
     Signed-link only and audited as a read, like ``image.png``; 404 for a read stored
     before format 3 (its page loads ``image.png``).
     """
-    found = await _linked_read(request, "ui-cxr-pixels")
-    if isinstance(found, Response):
+    found = await _linked_read(request, exchange)
+    if isinstance(found, Answer):
         return found
-    state, stored = found
+    state, result = found
     try:
-        body = await run_in_threadpool(state.store.pixels, stored.result.id)
+        body = await run_in_threadpool(state.store.pixels, result.id)
     except KeyError:
-        return Response(status_code=404)
-    except Exception:
-        logger.exception("stored display values of a read could not be read")
-        return json_error("audit-unavailable", 503)
+        return Answer(Response(status_code=404), "refused", "no-display-values")
     headers = {
         "Cache-Control": "private, max-age=3600",
-        "ETag": f'"{stored.result.id}-pixels"',
+        "ETag": f'"{result.id}-pixels"',
         "Content-Encoding": "gzip",
     }
-    return Response(body, media_type="application/octet-stream", headers=headers)
+    return Answer(Response(body, media_type="application/octet-stream", headers=headers), "read")
+
+
+cxr_pixels = endpoint("link", "ui-cxr-pixels", _cxr_pixels, on_error=_unavailable)
 
 
 # --- model card --------------------------------------------------------------------------

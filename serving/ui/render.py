@@ -14,9 +14,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from serving import i18n
 from serving.runtime import Runtime
@@ -29,8 +28,8 @@ __all__ = [
     "demo_enabled",
     "json_error",
     "language",
-    "link_refused",
     "message_page",
+    "refused_page",
     "render_page",
     "runtime_of",
     "script_json",
@@ -161,15 +160,14 @@ def message_page(request: Request, key: str, status: int) -> HTMLResponse:
     return render_page(request, "message.html", status=status, message_key=key)
 
 
-async def link_refused(request: Request) -> HTMLResponse | None:
-    """The refusal of a page link that is not validly signed (403 / 410, one body)."""
-    verdict = await run_in_threadpool(links.verdict, request)
-    if verdict == "ok":
-        return None
+def refused_page(request: Request, refused: Response) -> Response:
+    """A page link's refusal as a page: 403 (tampered) / 410 (expired) with one body
+    (:func:`serving.http.identify.refusal` decides which); other refusals as they are."""
+    if refused.status_code not in (403, 410):
+        return refused
     # One body for every refusal: the request's own query is not echoed.
-    status = 410 if verdict == "expired" else 403
     return render_page(
-        request, "message.html", status=status, message_key="ui.link.refused", query={}
+        request, "message.html", status=refused.status_code, message_key="ui.link.refused", query={}
     )
 
 

@@ -3,14 +3,18 @@
 Two hospitals, each with its own JWT issuer (``hospital-a``, ``hospital-b``) and API key,
 a third issuer with no tenant configured, a configured link key and metrics token, the
 NCD fixture models and a tiny chest X-ray model (``cxr-triage`` on), and a SQLite audit
-store the tests read directly. One service per test session: add tests
-for new findings against :func:`secure` (see :class:`SecureService` for the clients).
+store the tests read directly. Hospital A's issuer lists one FHIR server Tonle may call
+back, ``https://127.0.0.1:<port>/r4``: a :class:`FhirListener` that records every
+connection made to it. One service per test session: add tests for new findings
+against :func:`secure` (see :class:`SecureService` for the clients).
 """
 
 from __future__ import annotations
 
 import secrets
+import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ from tests.serving.cds_fixtures import build_store, model_store_at, write_config
 from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
 from tests.serving.service_process import TonleProcess
 
-__all__ = ["ISSUERS", "SecureService", "secure"]
+__all__ = ["ISSUERS", "FhirListener", "SecureService", "secure"]
 
 # issuer name -> the tenant configured for it (None: none configured).
 ISSUERS: dict[str, str | None] = {
@@ -35,6 +39,39 @@ ISSUERS: dict[str, str | None] = {
     "https://ehr-untenanted.example": None,
 }
 HOSPITAL_A, HOSPITAL_B, UNTENANTED = ISSUERS
+
+
+class FhirListener:
+    """A TCP listener on 127.0.0.1 standing for hospital A's FHIR server: it counts the
+    connections made to it and closes each one at once. The service trusts public CAs
+    only, so no TLS session (and no bearer token) can reach it; what it shows is whether
+    the service connected at all."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.base = f"https://127.0.0.1:{self._socket.getsockname()[1]}/r4"
+        self._lock = threading.Lock()
+        self._connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def connections(self) -> int:
+        """How many connections were made so far."""
+        with self._lock:
+            return self._connections
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._connections += 1
+            client.close()
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 @dataclass
@@ -46,6 +83,7 @@ class SecureService:
         database: the audit store's SQLite file.
         api_keys: tenant -> its API key.
         metrics_token: the scraper's bearer token.
+        fhir: hospital A's FHIR server (its issuer's only ``fhir_servers`` entry).
     """
 
     process: TonleProcess
@@ -53,6 +91,7 @@ class SecureService:
     api_keys: dict[str, str]
     metrics_token: str
     issuer_dirs: dict[str, Path]
+    fhir: FhirListener
 
     @property
     def url(self) -> str:
@@ -92,7 +131,7 @@ class SecureService:
         return found[0]
 
 
-def _write_issuers(tmp: Path) -> tuple[Path, dict[str, Path]]:
+def _write_issuers(tmp: Path, fhir: FhirListener) -> tuple[Path, dict[str, Path]]:
     dirs: dict[str, Path] = {}
     config: dict[str, Any] = {}
     for i, (issuer, tenant) in enumerate(ISSUERS.items()):
@@ -102,6 +141,8 @@ def _write_issuers(tmp: Path) -> tuple[Path, dict[str, Path]]:
         entry: dict[str, Any] = {"jwks_file": f"{directory.name}/jwks.json"}
         if tenant is not None:
             entry["tenant"] = tenant
+        if issuer == HOSPITAL_A:
+            entry["fhir_servers"] = [fhir.base]
         config[issuer] = entry
     path = tmp / "allowed-issuers.yaml"
     path.write_text(yaml.safe_dump({"issuers": config}), encoding="utf-8")
@@ -119,7 +160,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureService]:
         keys = {t: store.create_api_key(t, f"{t} EHR")[1] for t in ("hospital-a", "hospital-b")}
     finally:
         store.close()
-    issuers, dirs = _write_issuers(tmp)
+    fhir = FhirListener()
+    issuers, dirs = _write_issuers(tmp, fhir)
     token = secrets.token_hex(32)
     home = build_store(tmp / "store")
     with model_store_at(home):
@@ -139,4 +181,5 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureService]:
         "TONLE_SERVING_CONFIG": str(config),
     }
     with TonleProcess(tmp, url, env=env) as process:
-        yield SecureService(process, database, keys, token, dirs)
+        yield SecureService(process, database, keys, token, dirs, fhir)
+    fhir.close()

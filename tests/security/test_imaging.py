@@ -85,3 +85,35 @@ def test_decompression_bombs_are_refused_with_a_reason(secure: SecureService, ca
     )
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["reason"] in case.expected  # type: ignore[attr-defined]
+
+
+def test_every_answer_is_audited_under_the_callers_hospital(
+    secure: SecureService, read_of_a: dict[str, object]
+) -> None:
+    """One pipeline for every route: the results, a miss, the heatmap and the X-ray
+    page opened by signed link, and discovery each leave after their row, which names
+    the hospital (a link's holder: the hospital the read was made for)."""
+    path = f"/v1/imaging/results/{read_of_a['id']}"
+    heatmap = str(read_of_a["heatmap_url"]).removeprefix(secure.url)
+    own = secure.request("GET", path, headers=secure.key("hospital-a"))
+    miss = secure.request("GET", path, headers=secure.key("hospital-b"))
+    opened = secure.request("GET", heatmap)
+    discovery = secure.request("GET", "/cds-services", headers=secure.token("/cds-services"))
+    rows = {
+        name: secure.row(response)
+        for name, response in {
+            "own": own,
+            "miss": miss,
+            "heatmap": opened,
+            "discovery": discovery,
+        }.items()
+    }
+    seen = {n: (r["service_id"], r["outcome"], r["caller_tenant"]) for n, r in rows.items()}
+    assert seen == {
+        "own": ("imaging-result", "read", "hospital-a"),
+        "miss": ("imaging-result", "refused", "hospital-b"),
+        "heatmap": ("imaging-heatmap", "read", "hospital-a"),
+        "discovery": ("cds-discovery", "discovery", "hospital-a"),
+    }
+    assert rows["heatmap"]["caller_iss"] == "tonle-link"
+    assert rows["miss"]["input_sha256"] is None  # nothing of A's read in B's row

@@ -94,6 +94,15 @@ def test_discovery_lists_services_with_loinc_prefetch(app: Starlette) -> None:
     assert cvd["prefetch"]["diabetes"].startswith("Condition?patient={{context.patientId}}")
 
 
+def test_discovery_is_audited(app: Starlette, runtime: Runtime) -> None:
+    """``GET /cds-services`` goes through the one pipeline: its row is committed first."""
+    response = call(app, "GET", "/cds-services")
+    assert response.status_code == 200
+    row = audit_row(runtime, response)
+    assert (row.service_id, row.outcome, row.reason) == ("cds-discovery", "discovery", None)
+    assert (row.caller_iss, row.card_ids, row.patient_ref) == ("dev", [], None)
+
+
 def test_cvd_card_with_full_prefetch(app: Starlette, runtime: Runtime) -> None:
     response = call(app, "POST", CVD, cds_request())
     assert response.status_code == 200, response.text

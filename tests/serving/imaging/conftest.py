@@ -119,18 +119,21 @@ def audit(tmp_path: Path) -> Iterator[LockableAudit]:
 AppFactory = Callable[..., tuple[Client, ImagingState]]
 
 
-def fake_runtime(state: ImagingState) -> SimpleNamespace:
+def fake_runtime(
+    state: ImagingState, *, dev: bool = True, api_keys: Any = None, cds_auth: Any = None
+) -> SimpleNamespace:
     """What the imaging routes and ``/cds-services/{id}`` read of a running service: its
-    imaging state, the cxr-triage service, link key, authenticators and audit store."""
+    imaging state, the cxr-triage service, link key, authenticators (none: dev mode)
+    and audit store."""
     signer = LinkSigner(b"k" * 32, timedelta(days=30))
     return SimpleNamespace(
         imaging=state,
         link_signer=signer,
         cds_services={SERVICE_ID: CxrTriage(state)},
-        cds_auth=state.cds_auth,
-        api_keys=state.authenticator,
+        cds_auth=cds_auth,
+        api_keys=api_keys,
         audit=state.audit,
-        settings=SimpleNamespace(dev=state.dev, public_url=state.public_url),
+        settings=SimpleNamespace(dev=dev, public_url=state.public_url),
         language="en",
         silent=lambda service_id: False,
     )
@@ -151,11 +154,9 @@ def make_app(tiny_cxr: StoredModel, audit: LockableAudit) -> Iterator[AppFactory
             site="test-site",
             public_url="https://tonle.test",
             audit=audit,
-            authenticator=authenticator,
-            dev=dev,
         )
         app = Starlette(routes=[*routes(), *cds_hooks.routes()])
-        app.state.runtime = fake_runtime(state)
+        app.state.runtime = fake_runtime(state, dev=dev, api_keys=authenticator)
         clients.append(Client(app))
         return clients[-1], state
 

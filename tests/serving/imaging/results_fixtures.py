@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import numpy as np
 from sqlalchemy import select
 
 from serving.audit import AuditStore, schema
-from serving.imaging.exchange import audit_row
+from serving.http.audit import Exchange
+from serving.http.caller import Caller
+from serving.imaging.exchange import new_read
 from serving.imaging.heatmap import HeatmapSource
 from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity, StudyRef
 from serving.imaging.state import ImagingState
@@ -74,17 +74,18 @@ def heatmap_png() -> bytes:
     return heatmap_source().overlay_png()
 
 
-def store_read(state: ImagingState, result: CxrResult, tenant: str | None = None) -> None:
-    """Store ``result`` for ``tenant`` as the routes do: with its audit row."""
-    audit_row(
-        state,
-        request_id=uuid.uuid4().hex,
-        service_id="imaging-cxr",
-        outcome="advice",
-        started=time.perf_counter(),
-        caller=SimpleNamespace(iss="api-key", sub="test", tenant=tenant),
-        analysed=Analysed(result, heatmap_source()),
-    )
+def store_read(
+    state: ImagingState,
+    result: CxrResult,
+    tenant: str | None = None,
+    source: HeatmapSource | None = None,
+) -> None:
+    """Store ``result`` (its maps from ``source``) for ``tenant`` as the routes do: on
+    the call's exchange, committed with its audit row."""
+    caller = Caller(iss="api-key", sub="test", tenant=tenant, kind="api-key")
+    exchange = Exchange("imaging-cxr", caller=caller)
+    new_read(exchange, Analysed(result, source or heatmap_source()))
+    state.audit.record(exchange.row("advice", None))
 
 
 def stored_ids(audit: AuditStore) -> list[str]:

@@ -35,7 +35,6 @@ def test_every_bad_input_is_a_fast_reasoned_4xx(model_store: Path, tmp_path: Pat
         site="default",
         public_url="http://t",
         audit=audit,
-        dev=True,
     )
     app = Starlette(routes=routes())
     app.state.runtime = fake_runtime(state)

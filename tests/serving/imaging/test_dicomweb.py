@@ -106,25 +106,37 @@ def test_study_analysed_and_written_back(
     assert sc.SOPClassUID == SECONDARY_CAPTURE
     assert "UNVERIFIED" in sc.ImageComments
     assert sc.pixel_array.shape == (64, 64, 3)
+    # The call's own row, and one per image (committed before its write-back).
     assert sorted((r.service_id, r.outcome) for r in audit.rows()) == [
         ("imaging-heatmap", "read"),
         ("imaging-study", "advice"),
-        ("imaging-study", "no-advice"),  # the lateral view
+        ("imaging-study-instance", "advice"),
+        ("imaging-study-instance", "no-advice"),  # the lateral view
     ]
+    study_row = next(r for r in audit.rows() if r.service_id == "imaging-study")
+    assert study_row.request_id == response.json()["request_id"]
+    assert study_row.request_id == response.headers["x-request-id"]
     # QIDO-RS listing for the patient shows the study and Tonle's read of it.
     listed = client.get("/v1/imaging/studies?patient=WB-1").json()["studies"]
     assert [(s["study_uid"], s["chest_xray"]) for s in listed] == [(study, True)]
     assert listed[0]["result_id"] == analysed["result"]["id"]
     assert set(listed[0]["modalities"]) >= {"CR", "SR"}
     assert client.get("/v1/imaging/studies?patient=../x").status_code == 400
-    assert audit.rows()[-1].outcome == "read"  # the listing showed a stored read
+    listing, bad = audit.rows()[-2:]
+    assert (listing.service_id, listing.outcome) == ("imaging-studies", "read")
+    assert listing.patient_ref == "WB-1"
+    assert (bad.outcome, bad.reason) == ("refused", "invalid-request")
     # Analysing again is idempotent: nothing new is written to the PACS, and the stored
     # read shown again has an audit row of its own.
     before = audit.count()
     again = client.post(f"/v1/imaging/studies/{study}/analyse").json()
     assert all(e.get("repeat") or not e["assessable"] for e in again["instances"])
     assert len(pacs.search_instances(study)) == len(found)
-    assert sorted(r.outcome for r in audit.rows()[before:]) == ["no-advice", "read"]
+    assert sorted((r.service_id, r.outcome) for r in audit.rows()[before:]) == [
+        ("imaging-study", "read"),
+        ("imaging-study-instance", "no-advice"),
+        ("imaging-study-instance", "read"),
+    ]
     # Nothing to analyse, no PACS configured: clear 4xx answers.
     assert client.post("/v1/imaging/studies/1.2.3.999/analyse").status_code == 404
     client2, _ = make_app()
@@ -158,7 +170,10 @@ def test_study_read_is_stored_only_with_its_audit_row(
     # So the next call analyses afresh (no "repeat" of a read nobody audited).
     again = client.post(f"/v1/imaging/studies/{study}/analyse").json()
     assert [e.get("repeat") for e in again["instances"]] == [None]
-    assert [r.outcome for r in audit.rows()] == ["advice"]
+    assert [(r.service_id, r.outcome) for r in audit.rows()] == [
+        ("imaging-study-instance", "advice"),
+        ("imaging-study", "advice"),
+    ]
 
 
 def test_study_repeats_only_for_the_tenant_that_analysed_it(
@@ -181,7 +196,8 @@ def test_study_repeats_only_for_the_tenant_that_analysed_it(
     assert other["result"]["id"] != first["result"]["id"]
     assert repeat["repeat"] is True
     assert repeat["result"]["id"] == first["result"]["id"]
-    assert [(r.caller_tenant, r.outcome) for r in audit.rows()] == [
+    instances = [r for r in audit.rows() if r.service_id == "imaging-study-instance"]
+    assert [(r.caller_tenant, r.outcome) for r in instances] == [
         ("site-a", "advice"),
         ("site-b", "advice"),
         ("site-a", "read"),

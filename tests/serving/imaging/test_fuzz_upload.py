@@ -46,7 +46,6 @@ def test_mutated_uploads_never_give_a_5xx_or_a_memory_bomb(
         site="default",
         public_url="http://t",
         audit=audit,
-        dev=True,
     )
     app = Starlette(routes=routes())
     app.state.runtime = fake_runtime(state)

@@ -85,8 +85,12 @@ def test_stable_study_is_analysed_once_on_arrival(
             assert COMPREHENSIVE_SR.encode() in sr[:1024]
             pacs.close()
     # Analysed once; the study's later stable events (our write-back) only show it again.
-    outcomes = [r.outcome for r in audit.rows()]
+    rows = audit.rows()
+    outcomes = [r.outcome for r in rows if r.service_id == "imaging-study-instance"]
     assert outcomes[0] == "advice"
     assert set(outcomes[1:]) <= {"read"}
+    # Each call from the PACS was answered 202 at once, after a row of its own.
+    calls = [(r.outcome, r.reason) for r in rows if r.service_id == "imaging-study"]
+    assert set(calls) == {("no-advice", "accepted")}
     latest = state.store.for_patient("ARRIVAL-1", tenant=None)
     assert len(latest) == 1

@@ -110,10 +110,15 @@ def test_stored_reads_are_audited_and_withheld_without_their_row(
     path = f"/v1/imaging/results/{result.id}{suffix}"
     url = signer.sign(path) if suffix == "/heatmap.png" else path
     before = audit.count()
-    assert client.get(url, headers=_KEY).status_code == 200
+    answer = client.get(url, headers=_KEY)
+    assert answer.status_code == 200
     (row,) = audit.rows()[before:]
+    assert row.request_id == answer.headers["x-request-id"]  # the pipeline's own row
     assert (row.outcome, row.caller_tenant) == ("read", "t1")
     assert (row.patient_ref, row.input_sha256) == ("P1", result.input_sha256)
+    # A signed link's holder has no key: audited as such, under the read's tenant.
+    holder = ("tonle-link", None) if suffix == "/heatmap.png" else ("api-key", "k1")
+    assert (row.caller_iss, row.caller_sub) == holder
     audit.fail = True
     withheld = client.get(url, headers=_KEY)
     assert withheld.status_code == 503

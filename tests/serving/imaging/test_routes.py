@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 from datetime import date
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,6 +53,7 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     timings = body["timings"]
     assert timings["total_ms"] >= timings["model_ms"] > 0
     assert timings["model_batch"] == 1  # one client: a model call of its own
+    assert timings["store_ms"] > 0  # the commit of the read with its row, timed after it
     # The overlay is served and is an RGB PNG of the model input size.
     png = client.get(body["heatmap_url"].removeprefix("https://tonle.test"))
     assert png.status_code == 200
@@ -216,6 +219,34 @@ def test_key_store_down_is_503_not_401(
     )
     assert (response.status_code, response.json()) == (503, {"error": "auth-unavailable"})
     assert audit.rows() == []
+
+
+def test_imaging_not_loaded_is_503_for_callers_only(
+    make_app: AppFactory, audit: LockableAudit
+) -> None:
+    """Authentication comes first on every route: a caller without credentials learns
+    nothing (401, no row); an authenticated one gets 503, audited as an error."""
+    client, state = make_app(dev=False, authenticator=_OneKey())
+    state.warmed = False
+    refused = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM)
+    assert refused.status_code == 401
+    assert audit.rows() == []
+    answer = client.post("/v1/imaging/cxr", content=dicom_bytes(), headers=DICOM | _KEY)
+    assert (answer.status_code, answer.json()["error"]) == (503, "imaging-unavailable")
+    (row,) = audit.rows()
+    assert (row.outcome, row.reason, row.caller_tenant) == ("error", "imaging-unavailable", "t1")
+
+
+class _OneKey:
+    def authenticate(self, key: str | None) -> Any:
+        from serving.auth import AuthError
+
+        if key != "good-key":
+            raise AuthError("unknown key")
+        return SimpleNamespace(iss="api-key", sub="k1", tenant="t1")
+
+
+_KEY = {"x-api-key": "good-key"}
 
 
 def test_result_and_fhir_routes(make_app: AppFactory) -> None:

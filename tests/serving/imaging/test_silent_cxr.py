@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -18,8 +19,8 @@ def test_silent_cxr_triage_stores_its_card_and_sends_none(
 ) -> None:
     live = conftest.fake_runtime
 
-    def silent_runtime(state: ImagingState) -> SimpleNamespace:
-        runtime = live(state)
+    def silent_runtime(state: ImagingState, **auth: Any) -> SimpleNamespace:
+        runtime = live(state, **auth)
         runtime.silent = lambda service_id: service_id == "cxr-triage"
         return runtime
 

@@ -79,10 +79,17 @@ def test_another_tenants_result_is_not_found(
     # B learns nothing: the same answer as for an id that does not exist.
     assert (theirs.status_code, theirs.content) == (unknown.status_code, unknown.content)
     assert theirs.status_code == 404
-    # The read stored A's tenant; A's read of it is audited, B's miss shows no data.
+    # The read stored A's tenant; A's read of it is audited. B's miss is audited too,
+    # as refused, and its row is that of any unknown id: nothing of A's read in it.
     rows = audit.rows()
-    assert [(r.outcome, r.caller_tenant) for r in rows] == [("advice", _A), ("read", _A)]
+    assert [(r.outcome, r.caller_tenant, r.reason) for r in rows] == [
+        ("advice", _A, None),
+        ("read", _A, None),
+        ("refused", _B, "not-found"),
+        ("refused", _B, "not-found"),
+    ]
     assert rows[1].input_sha256 == read["input_sha256"]
+    assert [(r.input_sha256, r.patient_ref) for r in rows[2:]] == [(None, None)] * 2
 
 
 def _hook(patient: str) -> dict[str, Any]:

@@ -10,11 +10,9 @@ Screenshots go to ``test-artifacts/xray-reader-*.png``.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,11 +20,9 @@ import pytest
 from playwright.sync_api import expect
 
 from models.cxr_preprocess.display import DisplayValues
-from serving.imaging.exchange import audit_row
 from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
     ADVISORY,
-    Analysed,
     CxrFinding,
     CxrResult,
     ModelIdentity,
@@ -36,6 +32,7 @@ from serving.imaging.state import ImagingState
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE
 from serving.ui import links
+from tests.serving.imaging.results_fixtures import store_read
 from tests.serving.ui.ui_fixtures import axe_violations
 
 pytestmark = pytest.mark.slow
@@ -123,15 +120,7 @@ def _store_read(
         shown = (original * 65520).astype(np.uint16) if values is None else values
         kept = {"pixels": DisplayValues(shown, center=32760.0, width=65520.0)}
     source = HeatmapSource.of(image, cams[1], labels=LABELS, cams=cams, **kept)
-    audit_row(
-        state,
-        request_id=uuid.uuid4().hex,
-        service_id="imaging-cxr",
-        outcome="advice",
-        started=time.perf_counter(),
-        caller=SimpleNamespace(iss="api-key", sub="reader-test", tenant="demo"),
-        analysed=Analysed(result, source),
-    )
+    store_read(state, result, tenant="demo", source=source)
     return result
 
 
