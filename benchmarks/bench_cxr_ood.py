@@ -124,7 +124,9 @@ def out_of_scope(x: np.ndarray, size: int, seed: int = 0) -> dict[str, np.ndarra
     s = size
 
     def resized(crops: list[np.ndarray]) -> np.ndarray:
-        return np.stack([np.asarray(area_resize(c.astype(np.float32), (s, s)))[None] for c in crops])
+        return np.stack(
+            [np.asarray(area_resize(c.astype(np.float32), (s, s)))[None] for c in crops]
+        )
 
     yy, xx = np.mgrid[0:s, 0:s]
     film = []  # a photographed / scanned film: soft, grainy, darker frame, light fall-off
@@ -132,7 +134,8 @@ def out_of_scope(x: np.ndarray, size: int, seed: int = 0) -> dict[str, np.ndarra
         soft = np.asarray(area_resize(area_resize(img, (s // 4, s // 4)), (s, s)))
         vignette = 1.0 - 0.5 * (((yy - s / 2) ** 2 + (xx - s / 2) ** 2) / (s / 2) ** 2)
         page = 0.15 + 0.7 * soft * vignette + rng.normal(0, 0.06, (s, s))
-        page[: s // 10], page[-s // 10 :], page[:, : s // 10], page[:, -s // 10 :] = 0.9, 0.9, 0.9, 0.9
+        edge = s // 10  # the film's frame
+        page[:edge], page[-edge:], page[:, :edge], page[:, -edge:] = 0.9, 0.9, 0.9, 0.9
         film.append(np.clip(page, 0, 1)[None])
     marked = x.copy()  # burned-in text block and a metal marker (artefacts)
     marked[:, :, s // 20 : s // 5, s // 20 : s // 2] = 1.0
@@ -226,7 +229,8 @@ def _report_real(predictor: CxrPredictor, real: list[RealImage]) -> list[tuple[f
     ):
         if names:
             rate = float(refused(np.array([by_name[n] for n in names])).mean())
-            print(f"{label + ', model gate on pixels alone':48s} n={len(names):4d}  refused {rate:6.1%}")
+            name = f"{label}, model gate on pixels alone"
+            print(f"{name:48s} n={len(names):4d}  refused {rate:6.1%}")
             rows.append((rate, len(names)))
     return rows
 

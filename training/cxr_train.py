@@ -149,6 +149,13 @@ class OodConfig(_Section):
         lt=1,
         description="Threshold: this quantile of the validation images' distances.",
     )
+    folds: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="The training images' cross-fitted distances (this many folds) set "
+        "the threshold too; 0 or 1: the validation images alone.",
+    )
 
 
 class OutputConfig(_Section):

@@ -69,12 +69,17 @@ def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored
     labels = generate(root / "data", 200, seed=7, size=128)
     cfg = {
         "data": {"labels_csv": str(labels), "split": [0.6, 0.2, 0.2]},
-        "gates": {"min_known_positives": 1, "min_auroc": 0, "min_sensitivity": 0,
-                  "min_specificity": 0},  # fmt: skip
+        "gates": dict.fromkeys(
+            ("min_known_positives", "min_auroc", "min_sensitivity", "min_specificity"), 0
+        )
+        | {"min_known_positives": 1},
         "model": {"arch": "resnet-small", "image_size": SIZE},
         "train": {"epochs": 3, "batch_size": 16, "threads": 2, "seed": 1},
-        "output": {"version": "0.0.1-synthetic", "checkpoint_dir": str(root / "ckpt"),
-                   "bootstrap_reps": 0},  # fmt: skip
+        "output": {
+            "version": "0.0.1-synthetic",
+            "checkpoint_dir": str(root / "ckpt"),
+            "bootstrap_reps": 0,
+        },
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
@@ -110,19 +115,15 @@ def test_a_real_chest_radiograph_is_refused_by_the_models_gate(
 
 def test_real_images_are_refused_on_their_pixels_alone(synthetic_model: StoredModel) -> None:
     names = [*CHEST, *OTHER]
-    batch = np.stack(
-        [to_model_input(decode_dicom(real_file(n).read_bytes(), target_size=SIZE), SIZE)
-         for n in names]  # fmt: skip
-    ).astype(np.float32)
+    decoded = [decode_dicom(real_file(n).read_bytes(), target_size=SIZE) for n in names]
+    batch = np.stack([to_model_input(d, SIZE) for d in decoded]).astype(np.float32)
     _, _, score = CxrPredictor(synthetic_model).raw_with_ood(batch)
     assert dict(zip(names, refused(score).tolist(), strict=True)) == dict.fromkeys(names, True), (
         dict(zip(names, score.round(2).tolist(), strict=True))
     )
 
 
-def test_held_out_synthetic_images_are_read(
-    synthetic_model: StoredModel, tmp_path: Path
-) -> None:
+def test_held_out_synthetic_images_are_read(synthetic_model: StoredModel, tmp_path: Path) -> None:
     fresh = load_cxr_data(generate(tmp_path / "fresh", 100, seed=12345, size=128), SIZE)
     _, _, score = CxrPredictor(synthetic_model).raw_with_ood(fresh.images)
     assert refused(score).mean() <= 0.02, np.sort(score)[-5:]
