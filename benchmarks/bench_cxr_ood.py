@@ -182,7 +182,8 @@ def train(root: Path, n: int, epochs: int, size: int) -> tuple[StoredModel, Path
                       "bootstrap_reps": 0}  # fmt: skip
     (root / "cfg.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     start = time.perf_counter()
-    stored = train_cxr(load_config(root / "cfg.yaml", CxrTrainConfig))
+    # resume: a finished checkpoint in --store is packaged again, not retrained.
+    stored = train_cxr(load_config(root / "cfg.yaml", CxrTrainConfig), resume=True)
     assert stored is not None
     print(f"trained {stored.metadata.tag} in {time.perf_counter() - start:.0f} s")
     return stored, labels
