@@ -183,10 +183,10 @@ def train(root: Path, n: int, epochs: int, size: int) -> tuple[StoredModel, Path
     (root / "cfg.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     start = time.perf_counter()
     # resume: a finished checkpoint in --store is packaged again, not retrained.
-    stored = train_cxr(load_config(root / "cfg.yaml", CxrTrainConfig), resume=True)
-    assert stored is not None
-    print(f"trained {stored.metadata.tag} in {time.perf_counter() - start:.0f} s")
-    return stored, labels
+    trained = train_cxr(load_config(root / "cfg.yaml", CxrTrainConfig), resume=True)
+    assert trained is not None
+    print(f"trained {trained.metadata.tag} in {time.perf_counter() - start:.0f} s")
+    return trained, labels
 
 
 def _scores(predictor: CxrPredictor, images: np.ndarray) -> np.ndarray:
@@ -212,9 +212,11 @@ def _report_real(predictor: CxrPredictor, real: list[RealImage]) -> list[tuple[f
     """Print each real image's verdicts; ``(refused share, n)`` of the pixels-alone rows."""
     print("real images: serving's answer (quality gate, then the model's gate) / model gate on")
     print("the pixels alone (score > 1 = refused)")
-    scored = [r for r in real if r.pixels is not None]
-    scores = _scores(predictor, np.stack([r.pixels for r in scored])) if scored else []
-    by_name = {r.name: float(s) for r, s in zip(scored, scores, strict=True)}
+    scored = [(r.name, r.pixels) for r in real if r.pixels is not None]
+    by_name: dict[str, float] = {}
+    if scored:
+        scores = _scores(predictor, np.stack([pixels for _, pixels in scored]))
+        by_name = {name: float(s) for (name, _), s in zip(scored, scores, strict=True)}
     for r in real:
         score = by_name.get(r.name)
         if r.quality != "passes":
