@@ -28,7 +28,7 @@ untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on we
 Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
     .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
-    .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.3.0-demo
+    .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.4.0-demo
 """
 
 from __future__ import annotations

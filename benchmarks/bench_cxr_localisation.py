@@ -18,7 +18,7 @@ synthetic set generated with a seed training never used, and prints:
    (target for "abnormal": >= 0.90).
 
 Usage:
-    .venv/bin/python benchmarks/bench_cxr_localisation.py --model cxr-triage:0.3.0-demo
+    .venv/bin/python benchmarks/bench_cxr_localisation.py --model cxr-triage:0.4.0-demo
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def print_report(report: CxrReport) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cxr-triage:0.3.0-demo", help="NAME:VERSION")
+    parser.add_argument("--model", default="cxr-triage:0.4.0-demo", help="NAME:VERSION")
     parser.add_argument("--n", type=int, default=300, help="fresh images")
     parser.add_argument("--seed", type=int, default=20261125, help="fresh set seed")
     parser.add_argument("--data-size", type=int, default=256, help="image side, pixels")

@@ -10,7 +10,7 @@ Prints, in one run:
 3. model-only ONNX Runtime batch throughput (images/s).
 
 Usage:
-    .venv/bin/python benchmarks/bench_cxr_model.py --model cxr-triage:0.3.0-demo
+    .venv/bin/python benchmarks/bench_cxr_model.py --model cxr-triage:0.4.0-demo
     .venv/bin/python benchmarks/bench_cxr_model.py --arch-sweep   # speed of each arch
 """
 
@@ -155,7 +155,7 @@ def _int8(stored: object, data: object, fp32_auroc: float | None, tmp: Path, see
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cxr-triage:0.3.0-demo", help="NAME:VERSION")
+    parser.add_argument("--model", default="cxr-triage:0.4.0-demo", help="NAME:VERSION")
     parser.add_argument("--n", type=int, default=300, help="held-out images")
     parser.add_argument("--seed", type=int, default=20261125, help="held-out set seed")
     parser.add_argument("--data-size", type=int, default=256, help="held-out image side")

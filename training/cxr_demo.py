@@ -16,7 +16,7 @@ __all__ = ["DEMO_VERSION", "build_cxr_demo"]
 
 # 0.2.0: mask-supervised 28x28 maps, smoothed Platt, bounded OPs.
 # 0.3.0: each finding's map supervised with its own mask (per-finding synthetic masks).
-DEMO_VERSION = "0.3.0-demo"
+DEMO_VERSION = "0.4.0-demo"
 DEMO_NAME = "cxr-triage"
 
 

@@ -200,7 +200,9 @@ def _with_ood_gate(
     with the share of test images (not used to set it) that it refuses."""
     if not cfg.ood.enabled or train_images is None:
         return net, None
-    gate = fit_gate(embeddings(net, train_images), embeddings(net, val.images), cfg.ood.quantile)
+    gate = fit_gate(
+        embeddings(net, train_images), embeddings(net, val.images), cfg.ood.quantile, cfg.ood.folds
+    )
     mean, precision = np.asarray(gate.mean), np.asarray(gate.precision)
     test_d2 = squared_distances(embeddings(net, test.images), mean, precision)
     described = OodSummary.model_validate(

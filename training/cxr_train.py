@@ -26,7 +26,8 @@ torchrun set it in the environment (``OMP_WAIT_POLICY=PASSIVE torchrun ...``). S
    (the highest threshold whose validation sensitivity reaches the target with the
    configured confidence);
 5. fit the out-of-distribution gate (:mod:`models.cxr_ood`: training embeddings,
-   threshold on validation) and export it inside the ONNX graph with the network;
+   threshold on validation and cross-fitted training distances) and export it inside
+   the ONNX graph with the network;
    check parity on real validation images, evaluate the exported
    artifact on the test split, apply the held-out gates (a failing model is not
    saved), write the model card and save it in the registry.
@@ -148,6 +149,13 @@ class OodConfig(_Section):
         gt=0.5,
         lt=1,
         description="Threshold: this quantile of the validation images' distances.",
+    )
+    folds: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="The training images' cross-fitted distances (this many folds) set "
+        "the threshold too; 0 or 1: the validation images alone.",
     )
 
 

@@ -11,7 +11,13 @@ import torch
 
 from models.cxr_export import check_parity, cxr_metadata, export_onnx
 from models.cxr_net import CXR_LABELS, CxrNet
-from models.cxr_ood import OodScored, embeddings, fit_gate, squared_distances
+from models.cxr_ood import (
+    OodScored,
+    cross_fitted_distances,
+    embeddings,
+    fit_gate,
+    squared_distances,
+)
 from models.cxr_predictor import OOD_OUTPUT, CxrPredictor, refused
 from models.metadata import ImageSpec, OperatingPoint
 from models.registry import save
@@ -36,6 +42,35 @@ def test_gate_threshold_is_the_held_out_quantile() -> None:
     assert np.mean(far > gate.threshold) > 0.99
     with pytest.raises(ValueError, match=">= 2 training"):
         fit_gate(train[:1], held_out)
+
+
+def test_training_images_cross_fitted_set_the_threshold_too() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(3)
+    train, held_out = rng.standard_t(5, (120, 16)), rng.standard_t(5, (30, 16))
+    oof = cross_fitted_distances(train, 5)
+    # Each is the distance to a gate fitted on the OTHER four folds.
+    fold = LedoitWolf().fit(train[np.arange(120) % 5 != 2])
+    d2 = squared_distances(train[2::5], np.asarray(fold.location_), np.asarray(fold.precision_))
+    np.testing.assert_allclose(oof[2::5], d2)
+    whole = LedoitWolf().fit(train)
+    in_sample = squared_distances(train, np.asarray(whole.location_), np.asarray(whole.precision_))
+    assert np.median(oof) > np.median(in_sample)  # out of sample: farther
+
+    gate = fit_gate(train, held_out, quantile=0.999)
+    assert (gate.folds, gate.n_fit, gate.n_threshold) == (5, 120, 30)
+    assert "120 training images, each to a gate fitted without it" in str(
+        gate.describe()["threshold_on"]
+    )
+    pooled = np.concatenate(
+        [squared_distances(held_out, np.asarray(gate.mean), np.asarray(gate.precision)), oof]
+    )
+    assert gate.threshold >= pooled.max()  # 0.999 of 150: the largest, at least
+    alone = fit_gate(train, held_out, quantile=0.999, folds=0)
+    assert alone.folds == 0
+    assert "cross-fitting" not in str(alone.describe()["threshold_on"])
+    assert fit_gate(train[:9], held_out).folds == 0  # too few for 5 folds of >= 2
 
 
 def test_refused_fails_closed() -> None:
