@@ -31,7 +31,6 @@ is gone has no stored risk and is counted as ``expired``, not guessed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
@@ -45,7 +44,7 @@ from sqlalchemy import Engine, select
 
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
-from serving.monitor.outcomes import MAX_ROWS, Z95, OutcomeError
+from serving.monitor.outcomes import Z95, OutcomeError, csv_rows, iso_date, read_file
 
 __all__ = [
     "CENSOR_CODES",
@@ -145,57 +144,21 @@ def matches(code: str, wanted: Iterable[str]) -> bool:
     return False
 
 
-def _date(value: str, where: str) -> date:
-    try:
-        return date.fromisoformat(value.strip()[:10])
-    except ValueError:
-        raise OutcomeError(f"{where}: date {value[:40]!r} is not an ISO date") from None
-
-
 def read_records(path: Path) -> list[Record]:
     """The rows of a CSV or FHIR Bulk NDJSON (``.ndjson``) outcome file.
 
     Raises:
         OutcomeError: a missing column, a row without a patient, code or ISO date.
     """
-    rows: list[Record] = []
-    for record in _ndjson(path) if path.suffix == ".ndjson" else _csv(path):
-        if len(rows) == MAX_ROWS:
-            raise OutcomeError(f"more than {MAX_ROWS} outcomes")
-        rows.append(record)
-    return rows
+    return read_file(path, _csv, _from_fhir)
 
 
 def _csv(path: Path) -> Iterator[Record]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        id_column = "patient_id" if "patient_id" in columns else "person_id"
-        missing = {id_column, "date", "outcome"} - columns
-        if missing:
-            raise OutcomeError(f"missing column(s): {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"line {line}"
-            patient = (row[id_column] or "").strip().removeprefix("Patient/")
-            code = (row["outcome"] or "").strip()
-            if not patient or not code:
-                raise OutcomeError(f"{where}: no {id_column if not patient else 'outcome'}")
-            yield Record(patient, _date(row["date"] or "", where), code[:64])
-
-
-def _ndjson(path: Path) -> Iterator[Record]:
-    with path.open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"line {line}"
-            try:
-                resource = json.loads(text)
-            except json.JSONDecodeError:
-                raise OutcomeError(f"{where}: not JSON") from None
-            if not isinstance(resource, dict):
-                raise OutcomeError(f"{where}: not a FHIR resource")
-            yield from _from_fhir(resource, where)
+    for where, patient, row in csv_rows(path, "outcome"):
+        code = (row["outcome"] or "").strip()
+        if not code:
+            raise OutcomeError(f"{where}: no outcome")
+        yield Record(patient, iso_date(row["date"] or "", where), code[:64])
 
 
 def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
@@ -203,7 +166,7 @@ def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
     if kind == "Patient" and isinstance(resource.get("id"), str):
         died = resource.get("deceasedDateTime")
         if isinstance(died, str):
-            yield Record(str(resource["id"]), _date(died, where), "death-other")
+            yield Record(str(resource["id"]), iso_date(died, where), "death-other")
         return
     subject = resource.get("subject")
     reference = subject.get("reference") if isinstance(subject, dict) else None
@@ -214,7 +177,7 @@ def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
     codings = concept.get("coding") if isinstance(concept, dict) else None
     for coding in codings if isinstance(codings, list) else []:
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-            yield Record(reference.removeprefix("Patient/"), _date(str(when or ""), where),
+            yield Record(reference.removeprefix("Patient/"), iso_date(str(when or ""), where),
                          str(coding["code"])[:64])  # fmt: skip
 
 
