@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, exists, select
 
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
@@ -58,6 +58,7 @@ __all__ = [
     "follow",
     "km_risk",
     "matches",
+    "ncd_services",
     "read_records",
 ]
 
@@ -179,6 +180,25 @@ def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
             yield Record(reference.removeprefix("Patient/"), iso_date(str(when or ""), where),
                          str(coding["code"])[:64])  # fmt: skip
+
+
+def ncd_services(engine: Engine, *, tenant: str) -> list[str]:
+    """The services that gave ``tenant``'s patients advice cards without a chest X-ray
+    read: those whose cards carry an NCD risk (stored or since purged)."""
+    events, cards, reads = schema.audit_events, schema.audit_cards, schema.imaging_results
+    query = (
+        select(events.c.service_id)
+        .distinct()
+        .select_from(cards.join(events, cards.c.request_id == events.c.request_id))
+        .where(events.c.caller_tenant == tenant, events.c.outcome == "advice")
+        .where(events.c.patient_ref.is_not(None))
+        .where(~exists().where(reads.c.request_id == events.c.request_id))
+        .order_by(events.c.service_id)
+    )
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        with connection.begin():
+            return [str(service) for service in connection.execute(query).scalars()]
 
 
 def cards_shown(
