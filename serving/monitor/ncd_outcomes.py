@@ -42,9 +42,10 @@ from typing import Literal
 
 from sqlalchemy import Engine, exists, select
 
+from models.intervals import Z95
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
-from serving.monitor.outcomes import Z95, OutcomeError, csv_rows, iso_date, read_file
+from serving.monitor.outcomes import OutcomeError, csv_rows, iso_date, read_file
 
 __all__ = [
     "CENSOR_CODES",

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from models.intervals import wilson
 from serving.imaging.results import CxrResult
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "read_outcomes",
 ]
 
-Z95 = 1.959963984540054
 _POSITIVE = {"1", "positive", "pos", "detected", "true", "yes", "10828004", "POS"}
 _NEGATIVE = {"0", "negative", "neg", "not detected", "false", "no", "260385009", "NEG"}
 _SUBGROUPS = ("sex", "age_group", "hiv", "symptoms")
@@ -273,10 +273,8 @@ class Performance:
 def _wilson(k: int, n: int) -> tuple[float | None, float | None, float | None]:
     if n == 0:
         return None, None, None
-    p, z2n = k / n, Z95 * Z95 / n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    low, high = wilson(k / n, n)
+    return k / n, float(low), float(high)
 
 
 def performance(joined: Iterable[Joined]) -> list[Performance]:
