@@ -42,7 +42,7 @@ from typing import Literal
 
 from sqlalchemy import Engine, exists, select
 
-from models.intervals import Z95
+from models import intervals
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
 from serving.monitor.outcomes import OutcomeError, csv_rows, iso_date, read_file
@@ -317,30 +317,14 @@ def km_risk(
     """Kaplan-Meier risk by ``horizon`` from ``(years, event)`` pairs, with a Greenwood
     95 % interval on the log(-log) scale; (None, None, None) when nobody was followed
     to the horizon (and the curve did not reach 0): the risk is then unknown."""
-    rows = sorted(times)
-    at_risk = len(rows)
-    survival, variance = 1.0, 0.0
-    i = 0
-    while i < len(rows) and at_risk > 0:
-        t = rows[i][0]
-        same = [e for time, e in rows[i:] if time == t]
-        deaths = sum(same)
-        if deaths and t <= horizon:
-            survival *= 1.0 - deaths / at_risk
-            if at_risk > deaths:
-                variance += deaths / (at_risk * (at_risk - deaths))
-        at_risk -= len(same)
-        i += len(same)
-    reached = any(time >= horizon for time, _ in rows)
-    if not rows or (not reached and survival > 0.0):
+    rows = list(times)
+    if not rows:
         return None, None, None
-    risk = 1.0 - survival
-    if not 0.0 < survival < 1.0:
-        return risk, None, None
-    spread = Z95 * math.sqrt(variance) / abs(math.log(survival))
-    upper_s = survival ** math.exp(-spread)
-    lower_s = survival ** math.exp(spread)
-    return risk, 1.0 - upper_s, 1.0 - lower_s
+    years = [t for t, _ in rows]
+    risk, low, high = intervals.km_risk(years, [e for _, e in rows], horizon)
+    if risk < 1.0 and max(years) < horizon:
+        return None, None, None
+    return risk, None if math.isnan(low) else low, None if math.isnan(high) else high
 
 
 def band_calibration(
