@@ -202,6 +202,7 @@ def _ncd_outcomes(
         band_calibration,
         cards_shown,
         follow,
+        ncd_services,
         read_records,
     )
     from serving.monitor.outcomes import OutcomeError
@@ -220,6 +221,10 @@ def _ncd_outcomes(
         raise fail(f"{file}: {exc}", EXIT_BAD_INPUT) from None
     store = open_store(database_url)
     try:
+        known = ncd_services(store.engine, tenant=tenant)
+        if service not in known:
+            raise fail(f"--service {service!r} gave site {tenant!r} no NCD cards; NCD services "
+                       f"with cards there: {', '.join(known) or 'none'}", EXIT_USAGE)  # fmt: skip
         cards, expired = cards_shown(store.engine, tenant=tenant, service=service)
     finally:
         store.close()

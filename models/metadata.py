@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from models.details import CxrDetails, Details, NcdDetails
+
+_D = TypeVar("_D", NcdDetails, CxrDetails)
 
 __all__ = [
     "SEMVER",
@@ -215,9 +217,7 @@ class ModelMetadata(_Strict):
         Raises:
             ValueError: the artifact is of another task.
         """
-        if not isinstance(self.extra, NcdDetails):
-            raise ValueError(f"{self.tag} is a {self.task!r} model, not 'ncd-risk'")
-        return self.extra
+        return self._details(NcdDetails, "ncd-risk")
 
     @property
     def cxr(self) -> CxrDetails:
@@ -226,8 +226,11 @@ class ModelMetadata(_Strict):
         Raises:
             ValueError: the artifact is of another task.
         """
-        if not isinstance(self.extra, CxrDetails):
-            raise ValueError(f"{self.tag} is a {self.task!r} model, not 'cxr-triage'")
+        return self._details(CxrDetails, "cxr-triage")
+
+    def _details(self, kind: type[_D], task: str) -> _D:
+        if not isinstance(self.extra, kind):
+            raise ValueError(f"{self.tag} is a {self.task!r} model, not {task!r}")
         return self.extra
 
     @property

@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from models import intervals
+
 __all__ = [
     "G_FLOOR",
     "auroc",
@@ -214,20 +216,7 @@ def km_risk(time: F64, event: npt.NDArray[np.bool_], horizon: float) -> tuple[fl
 
     Returns NaN for the interval bounds when it cannot be estimated (no one at risk).
     """
-    times, inverse = np.unique(time, return_inverse=True)
-    deaths = np.bincount(inverse, weights=event.astype(np.float64), minlength=len(times))
-    at_time = np.bincount(inverse, minlength=len(times)).astype(np.float64)
-    at_risk = at_time[::-1].cumsum()[::-1]
-    upto = times <= horizon
-    d, n = deaths[upto], at_risk[upto]
-    surv = float(np.prod(1.0 - d / n)) if len(n) else 1.0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = float(np.sum(d / (n * (n - d)))) if len(n) else 0.0
-    if not 0.0 < surv < 1.0 or not np.isfinite(var):
-        return 1.0 - surv, float("nan"), float("nan")
-    half = 1.96 * np.sqrt(var) / abs(np.log(surv))
-    low_s, high_s = surv ** np.exp(half), surv ** np.exp(-half)
-    return 1.0 - surv, float(1.0 - high_s), float(1.0 - low_s)
+    return intervals.km_risk(time, event, horizon, z=1.96)
 
 
 def km_decile_calibration(

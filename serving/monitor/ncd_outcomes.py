@@ -31,7 +31,6 @@ is gone has no stored risk and is counted as ``expired``, not guessed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
@@ -41,11 +40,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, exists, select
 
+from models import intervals
 from serving.audit import schema
 from serving.audit.engine import READ_ONLY
-from serving.monitor.outcomes import MAX_ROWS, Z95, OutcomeError
+from serving.monitor.outcomes import OutcomeError, csv_rows, iso_date, read_file
 
 __all__ = [
     "CENSOR_CODES",
@@ -59,6 +59,7 @@ __all__ = [
     "follow",
     "km_risk",
     "matches",
+    "ncd_services",
     "read_records",
 ]
 
@@ -145,57 +146,21 @@ def matches(code: str, wanted: Iterable[str]) -> bool:
     return False
 
 
-def _date(value: str, where: str) -> date:
-    try:
-        return date.fromisoformat(value.strip()[:10])
-    except ValueError:
-        raise OutcomeError(f"{where}: date {value[:40]!r} is not an ISO date") from None
-
-
 def read_records(path: Path) -> list[Record]:
     """The rows of a CSV or FHIR Bulk NDJSON (``.ndjson``) outcome file.
 
     Raises:
         OutcomeError: a missing column, a row without a patient, code or ISO date.
     """
-    rows: list[Record] = []
-    for record in _ndjson(path) if path.suffix == ".ndjson" else _csv(path):
-        if len(rows) == MAX_ROWS:
-            raise OutcomeError(f"more than {MAX_ROWS} outcomes")
-        rows.append(record)
-    return rows
+    return read_file(path, _csv, _from_fhir)
 
 
 def _csv(path: Path) -> Iterator[Record]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        id_column = "patient_id" if "patient_id" in columns else "person_id"
-        missing = {id_column, "date", "outcome"} - columns
-        if missing:
-            raise OutcomeError(f"missing column(s): {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"line {line}"
-            patient = (row[id_column] or "").strip().removeprefix("Patient/")
-            code = (row["outcome"] or "").strip()
-            if not patient or not code:
-                raise OutcomeError(f"{where}: no {id_column if not patient else 'outcome'}")
-            yield Record(patient, _date(row["date"] or "", where), code[:64])
-
-
-def _ndjson(path: Path) -> Iterator[Record]:
-    with path.open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            where = f"line {line}"
-            try:
-                resource = json.loads(text)
-            except json.JSONDecodeError:
-                raise OutcomeError(f"{where}: not JSON") from None
-            if not isinstance(resource, dict):
-                raise OutcomeError(f"{where}: not a FHIR resource")
-            yield from _from_fhir(resource, where)
+    for where, patient, row in csv_rows(path, "outcome"):
+        code = (row["outcome"] or "").strip()
+        if not code:
+            raise OutcomeError(f"{where}: no outcome")
+        yield Record(patient, iso_date(row["date"] or "", where), code[:64])
 
 
 def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
@@ -203,7 +168,7 @@ def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
     if kind == "Patient" and isinstance(resource.get("id"), str):
         died = resource.get("deceasedDateTime")
         if isinstance(died, str):
-            yield Record(str(resource["id"]), _date(died, where), "death-other")
+            yield Record(str(resource["id"]), iso_date(died, where), "death-other")
         return
     subject = resource.get("subject")
     reference = subject.get("reference") if isinstance(subject, dict) else None
@@ -214,8 +179,27 @@ def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Record]:
     codings = concept.get("coding") if isinstance(concept, dict) else None
     for coding in codings if isinstance(codings, list) else []:
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-            yield Record(reference.removeprefix("Patient/"), _date(str(when or ""), where),
+            yield Record(reference.removeprefix("Patient/"), iso_date(str(when or ""), where),
                          str(coding["code"])[:64])  # fmt: skip
+
+
+def ncd_services(engine: Engine, *, tenant: str) -> list[str]:
+    """The services that gave ``tenant``'s patients advice cards without a chest X-ray
+    read: those whose cards carry an NCD risk (stored or since purged)."""
+    events, cards, reads = schema.audit_events, schema.audit_cards, schema.imaging_results
+    query = (
+        select(events.c.service_id)
+        .distinct()
+        .select_from(cards.join(events, cards.c.request_id == events.c.request_id))
+        .where(events.c.caller_tenant == tenant, events.c.outcome == "advice")
+        .where(events.c.patient_ref.is_not(None))
+        .where(~exists().where(reads.c.request_id == events.c.request_id))
+        .order_by(events.c.service_id)
+    )
+    with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})
+        with connection.begin():
+            return [str(service) for service in connection.execute(query).scalars()]
 
 
 def cards_shown(
@@ -333,30 +317,14 @@ def km_risk(
     """Kaplan-Meier risk by ``horizon`` from ``(years, event)`` pairs, with a Greenwood
     95 % interval on the log(-log) scale; (None, None, None) when nobody was followed
     to the horizon (and the curve did not reach 0): the risk is then unknown."""
-    rows = sorted(times)
-    at_risk = len(rows)
-    survival, variance = 1.0, 0.0
-    i = 0
-    while i < len(rows) and at_risk > 0:
-        t = rows[i][0]
-        same = [e for time, e in rows[i:] if time == t]
-        deaths = sum(same)
-        if deaths and t <= horizon:
-            survival *= 1.0 - deaths / at_risk
-            if at_risk > deaths:
-                variance += deaths / (at_risk * (at_risk - deaths))
-        at_risk -= len(same)
-        i += len(same)
-    reached = any(time >= horizon for time, _ in rows)
-    if not rows or (not reached and survival > 0.0):
+    rows = list(times)
+    if not rows:
         return None, None, None
-    risk = 1.0 - survival
-    if not 0.0 < survival < 1.0:
-        return risk, None, None
-    spread = Z95 * math.sqrt(variance) / abs(math.log(survival))
-    upper_s = survival ** math.exp(-spread)
-    lower_s = survival ** math.exp(spread)
-    return risk, 1.0 - upper_s, 1.0 - lower_s
+    years = [t for t, _ in rows]
+    risk, low, high = intervals.km_risk(years, [e for _, e in rows], horizon)
+    if risk < 1.0 and max(years) < horizon:
+        return None, None, None
+    return risk, None if math.isnan(low) else low, None if math.isnan(high) else high
 
 
 def band_calibration(

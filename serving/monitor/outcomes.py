@@ -18,11 +18,13 @@ import csv
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
+from models.intervals import wilson
 from serving.imaging.results import CxrResult
 
 __all__ = [
@@ -31,16 +33,19 @@ __all__ = [
     "OutcomeError",
     "Performance",
     "calibration",
+    "csv_rows",
+    "iso_date",
     "join",
     "performance",
+    "read_file",
     "read_outcomes",
 ]
 
-Z95 = 1.959963984540054
 _POSITIVE = {"1", "positive", "pos", "detected", "true", "yes", "10828004", "POS"}
 _NEGATIVE = {"0", "negative", "neg", "not detected", "false", "no", "260385009", "NEG"}
 _SUBGROUPS = ("sex", "age_group", "hiv", "symptoms")
 MAX_ROWS = 5_000_000
+T = TypeVar("T")
 
 
 class OutcomeError(ValueError):
@@ -80,7 +85,12 @@ def _result(value: str, where: str) -> bool:
     raise OutcomeError(f"{where}: result {text[:40]!r} is neither positive nor negative")
 
 
-def _date(value: str, where: str) -> date:
+def iso_date(value: str, where: str) -> date:
+    """The ISO date ``value`` starts with.
+
+    Raises:
+        OutcomeError: naming ``where`` (the line) when it is not one.
+    """
     try:
         return date.fromisoformat(value.strip()[:10])
     except ValueError:
@@ -95,42 +105,28 @@ def _age_group(value: str) -> str:
     return "unknown" if not math.isfinite(age) else ("55+" if age >= 55 else "<55")
 
 
-def read_outcomes(path: Path) -> list[Outcome]:
-    """Outcomes from a CSV or a FHIR Bulk NDJSON file (``.ndjson``).
+def read_file(
+    path: Path,
+    from_csv: Callable[[Path], Iterable[T]],
+    from_fhir: Callable[[dict[str, object], str], Iterable[T]],
+) -> list[T]:
+    """The rows of a CSV, or of a FHIR Bulk NDJSON file (``.ndjson``), as ``from_csv``
+    and ``from_fhir`` (given each resource and its line) read them.
 
     Raises:
-        OutcomeError: a row without a patient, an unreadable date or result.
+        OutcomeError: a line that is not a JSON object; more than :data:`MAX_ROWS` rows;
+            what the readers raise.
     """
-    rows: list[Outcome] = []
-    for outcome in _ndjson(path) if path.suffix == ".ndjson" else _csv(path):
+    found = _ndjson(path, from_fhir) if path.suffix == ".ndjson" else from_csv(path)
+    rows: list[T] = []
+    for row in found:
         if len(rows) == MAX_ROWS:
             raise OutcomeError(f"more than {MAX_ROWS} outcomes")
-        rows.append(outcome)
+        rows.append(row)
     return rows
 
 
-def _csv(path: Path) -> Iterator[Outcome]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        id_column = "patient_id" if "patient_id" in columns else "person_id"
-        missing = {id_column, "date", "result"} - columns
-        if missing:
-            raise OutcomeError(f"missing column(s): {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"line {line}"
-            patient = _patient(row[id_column] or "")
-            if not patient:
-                raise OutcomeError(f"{where}: no {id_column}")
-            groups = {k: (row.get(k) or "").strip()[:32] or "unknown" for k in _SUBGROUPS
-                      if k in columns and k != "age_group"}  # fmt: skip
-            if "age" in columns:
-                groups["age_group"] = _age_group(row["age"] or "")
-            yield Outcome(patient, _date(row["date"] or "", where),
-                          _result(row["result"] or "", where), groups)  # fmt: skip
-
-
-def _ndjson(path: Path) -> Iterator[Outcome]:
+def _ndjson(path: Path, from_fhir: Callable[[dict[str, object], str], Iterable[T]]) -> Iterator[T]:
     with path.open(encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
@@ -142,23 +138,63 @@ def _ndjson(path: Path) -> Iterator[Outcome]:
                 raise OutcomeError(f"{where}: not JSON") from None
             if not isinstance(resource, dict):
                 raise OutcomeError(f"{where}: not a FHIR resource")
-            found = _from_fhir(resource, where)
-            if found is not None:
-                yield found
+            yield from from_fhir(resource, where)
 
 
-def _from_fhir(resource: dict[str, object], where: str) -> Outcome | None:
+def csv_rows(path: Path, column: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """``(line, patient, row)`` for each row of a CSV with a ``patient_id`` (or
+    ``person_id``), ``date`` and ``column`` column.
+
+    Raises:
+        OutcomeError: a missing column or a row without a patient.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        id_column = "patient_id" if "patient_id" in columns else "person_id"
+        missing = {id_column, "date", column} - columns
+        if missing:
+            raise OutcomeError(f"missing column(s): {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            where = f"line {line}"
+            patient = _patient(row[id_column] or "")
+            if not patient:
+                raise OutcomeError(f"{where}: no {id_column}")
+            yield where, patient, row
+
+
+def read_outcomes(path: Path) -> list[Outcome]:
+    """Outcomes from a CSV or a FHIR Bulk NDJSON file (``.ndjson``).
+
+    Raises:
+        OutcomeError: a row without a patient, an unreadable date or result.
+    """
+    return read_file(path, _csv, _from_fhir)
+
+
+def _csv(path: Path) -> Iterator[Outcome]:
+    for where, patient, row in csv_rows(path, "result"):
+        groups = {k: (row.get(k) or "").strip()[:32] or "unknown" for k in _SUBGROUPS
+                  if k in row and k != "age_group"}  # fmt: skip
+        if "age" in row:
+            groups["age_group"] = _age_group(row["age"] or "")
+        yield Outcome(patient, iso_date(row["date"] or "", where),
+                      _result(row["result"] or "", where), groups)  # fmt: skip
+
+
+def _from_fhir(resource: dict[str, object], where: str) -> Iterator[Outcome]:
     kind = resource.get("resourceType")
     subject = resource.get("subject")
     reference = subject.get("reference") if isinstance(subject, dict) else None
     if kind not in ("Observation", "Condition") or not isinstance(reference, str):
-        return None
+        return
     patient = _patient(reference)
     if kind == "Condition":  # a diagnosis: a positive outcome
         when = resource.get("onsetDateTime") or resource.get("recordedDate")
-        return Outcome(patient, _date(str(when or ""), where), True)
+        yield Outcome(patient, iso_date(str(when or ""), where), True)
+        return
     if resource.get("status") not in ("final", "amended", "corrected"):
-        return None
+        return
     codes: list[str] = []
     for key in ("valueCodeableConcept", "interpretation"):
         concepts = resource.get(key)
@@ -172,8 +208,8 @@ def _from_fhir(resource: dict[str, object], where: str) -> Outcome | None:
     for code in codes:
         if code in _POSITIVE or code in _NEGATIVE or code.lower() in _POSITIVE | _NEGATIVE:
             when = resource.get("effectiveDateTime") or resource.get("issued")
-            return Outcome(patient, _date(str(when or ""), where), _result(code, where))
-    return None
+            yield Outcome(patient, iso_date(str(when or ""), where), _result(code, where))
+            return
 
 
 def join(
@@ -237,10 +273,8 @@ class Performance:
 def _wilson(k: int, n: int) -> tuple[float | None, float | None, float | None]:
     if n == 0:
         return None, None, None
-    p, z2n = k / n, Z95 * Z95 / n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    low, high = wilson(k / n, n)
+    return k / n, float(low), float(high)
 
 
 def performance(joined: Iterable[Joined]) -> list[Performance]:

@@ -13,6 +13,7 @@ are per tenant.
 from __future__ import annotations
 
 import html
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -262,32 +263,37 @@ def render_html(report: MonitorReport) -> str:
     return "\n".join(parts)
 
 
+_DRIFT_TITLE = "Chest X-ray score drift (PSI against the model's reference)"
+_DRIFT_HEAD = ["model", "finding", "reads", "PSI", "shift"]
+_DRIFT_NOTE = (
+    "Calibrated scores of the period's reads against those the model gave its validation "
+    "images; below 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major. Image statistics "
+    "are watched live (/metrics, /ui/monitor)."
+)
+
+
+def _score_drift_cells(report: MonitorReport) -> list[list[str]]:
+    return [[tag, label, str(n), f"{value:.3f}", _shift(value)]
+            for tag, label, n, value in report.score_drift]  # fmt: skip
+
+
+def _no_reference(report: MonitorReport) -> str:
+    return (
+        f"No reference for {', '.join(report.score_drift_missing)}: not in this machine's "
+        "model store, or the artifact records none."
+    )
+
+
 def _score_drift_html(report: MonitorReport) -> list[str]:
     """The chest X-ray score drift section (nothing when there were no such reads)."""
     if not report.score_drift and not report.score_drift_missing:
         return []
-    parts = ["<h2>Chest X-ray score drift (PSI against the model's reference)</h2>"]
+    parts = [f"<h2>{html.escape(_DRIFT_TITLE, quote=False)}</h2>"]
     if report.score_drift:
-        parts.append(
-            html_table(
-                ["model", "finding", "reads", "PSI", "shift"],
-                [
-                    [tag, label, str(n), f"{value:.3f}", _shift(value)]
-                    for tag, label, n, value in report.score_drift
-                ],
-            )
-        )
-    parts.append(
-        "<p>Calibrated scores of the period's reads against those the model gave its "
-        "validation images; below 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major. "
-        "Image statistics are watched live (/metrics, /ui/monitor).</p>"
-    )
+        parts.append(html_table(_DRIFT_HEAD, _score_drift_cells(report)))
+    parts.append(f"<p>{_DRIFT_NOTE}</p>")
     if report.score_drift_missing:
-        names = ", ".join(report.score_drift_missing)
-        parts.append(
-            f"<p>No reference for {html.escape(names)}: not in this machine's model "
-            "store, or the artifact records none.</p>"
-        )
+        parts.append(f"<p>{html.escape(_no_reference(report), quote=False)}</p>")
     return parts
 
 
@@ -298,8 +304,8 @@ def _shift(value: float) -> str:
 def render_pdf(report: MonitorReport, path: Path) -> None:
     """The report as a PDF (matplotlib: the ``train`` extra), for printing or mailing.
 
-    Page 1: the period, the per-service table and calls per day; page 2 (when there
-    were reads): the share flagged per finding.
+    Page 1: the period, the per-service table and calls per day; then, when there were
+    chest X-ray reads, the share flagged per finding and the score drift (as the HTML).
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -344,5 +350,19 @@ def render_pdf(report: MonitorReport, path: Path) -> None:
             ax.set_xlabel("% of reads flagged")
             ax.set_title("Chest X-ray: share of reads flagged, per finding")
             fig.tight_layout()
+            pdf.savefig(fig)
+            plt.close(fig)
+        if report.score_drift or report.score_drift_missing:
+            fig, ax = plt.subplots(figsize=(8.27, 11.69))
+            ax.axis("off")
+            ax.set_title(_DRIFT_TITLE)
+            if report.score_drift:
+                table = ax.table(
+                    cellText=_score_drift_cells(report), colLabels=_DRIFT_HEAD, loc="upper center"
+                )
+                table.auto_set_font_size(False)
+                table.set_fontsize(8)
+            notes = [_DRIFT_NOTE] + ([_no_reference(report)] if report.score_drift_missing else [])
+            fig.text(0.08, 0.05, "\n\n".join(textwrap.fill(n, 95) for n in notes), fontsize=8)
             pdf.savefig(fig)
             plt.close(fig)

@@ -239,3 +239,30 @@ def test_ncd_outcomes_need_the_date_the_file_is_complete_to(
             "--database-url", ncd_database]  # fmt: skip
     assert runner.invoke(app, [*args, "--service", "ncd-cvd-risk"]).exit_code == 2
     assert runner.invoke(app, [*args, "--followed-until", "2026-01-01"]).exit_code == 2
+
+
+@pytest.mark.parametrize("service", ["imaging-cxr", "ncd-cvd-riks"])
+def test_ncd_outcomes_refuse_a_service_without_ncd_cards(
+    tmp_path: Path, ncd_database: str, service: str
+) -> None:
+    """A chest X-ray service's cards, or a misspelt id, are not reported as purged."""
+    store = AuditStore.open(ncd_database)
+    result = make_result(patient="P1", created=when("2010-01-01"))
+    store.record(AuditRecord(request_id="x1", service_id="imaging-cxr", card_ids=["x-card"],
+                             caller_tenant="site-a", outcome="advice", latency_ms=1.0,
+                             created=result.created, patient_ref="Patient/P1",
+                             imaging_result=ResultStore.record(
+                                 Analysed(result, heatmap_source()), "site-a")))  # fmt: skip
+    store.close()
+    file = tmp_path / "events.csv"
+    file.write_text("patient_id,date,outcome\nP1,2012-01-01,I21\n")
+    args = ["monitor", "outcomes", str(file), "--tenant", "site-a", "--service", service,
+            "--followed-until", "2026-01-01", "-o", str(tmp_path / "o"),
+            "--database-url", ncd_database]  # fmt: skip
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"--service '{service}' gave site 'site-a' no NCD cards" in said
+    assert "NCD services with cards there: ncd-cvd-risk" in said
+    assert "purged" not in said
+    assert not (tmp_path / "o").exists()

@@ -8,7 +8,6 @@ Also reviews the Dockerfile BentoML generates from it (no container daemon here)
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -18,13 +17,13 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 
 from serving.audit import AuditStore
 from serving.demo_issuer import ensure_demo_issuer, sign_token
+from tests.deploy.compile_script import compile_module
 from tests.serving.cds_fixtures import build_store, write_config
 from tests.serving.service_process import CVD, free_port
 from training.demo import write_demo_request
@@ -103,16 +102,6 @@ def _serving(target: str, cwd: Path, home: Path, tmp: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(10)
-
-
-def _compile_module() -> ModuleType:
-    """``requirements/compile.py`` (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("compile", ROOT / "requirements/compile.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _files(folder: Path) -> set[Path]:
@@ -235,8 +224,8 @@ def test_the_generated_dockerfile(built: tuple[Path, str], tmp_path: Path) -> No
     assert "pandas" not in requirements
     # The lock with its hashes, and BentoML's own unhashed `bentoml==X` appended: pip
     # merges it with the hashed pin (--require-hashes passes), uv checks the hashes given.
-    lock = _compile_module().read_lock(ROOT / "requirements" / "serving.txt")
+    lock = compile_module().read_lock(ROOT / "requirements" / "serving.txt")
     shipped, appended = requirements.rstrip("\n").rsplit("\n", 1)
     assert appended == f"bentoml=={lock['bentoml'][0]}"
     (tmp_path / "shipped.txt").write_text(shipped + "\n")
-    assert _compile_module().read_lock(tmp_path / "shipped.txt") == lock
+    assert compile_module().read_lock(tmp_path / "shipped.txt") == lock

@@ -4,15 +4,15 @@ which files they cover, not fetched."""
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.deploy.compile_script import compile_module
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "requirements" / "serving.txt"
@@ -20,17 +20,8 @@ SERVING = ROOT / "requirements" / "serving.txt"
 TRAINING_ONLY = {"torch", "torchvision", "monai", "pandas", "matplotlib", "scikit-learn"}
 
 
-def _compile_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compile", ROOT / "requirements/compile.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _pins(path: Path) -> dict[str, str]:
-    compile_ = _compile_module()
+    compile_ = compile_module()
     if path == SERVING:
         return {str(k): v for k, (v, _) in compile_.read_lock(path).items()}
     return {str(k): v for k, v in compile_.read_constraints(path).items()}
@@ -41,7 +32,7 @@ def _no_index(name: str, version: str) -> list[str]:
 
 
 def test_serving_lock_is_what_compile_writes_today() -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
 
     text = compile_.render(
         ROOT / "pyproject.toml",
@@ -53,7 +44,7 @@ def test_serving_lock_is_what_compile_writes_today() -> None:
 
 
 def test_every_serving_pin_carries_sha256_hashes() -> None:
-    lock = _compile_module().read_lock(SERVING)
+    lock = compile_module().read_lock(SERVING)
 
     assert len(lock) > 20
     assert all(hashes for _, hashes in lock.values())
@@ -67,7 +58,7 @@ _H = {n: f"{n:x}" * 64 for n in range(1, 13)}
 
 
 def test_the_hashes_cover_the_images_platforms_and_nothing_else() -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
     files = [
         ("demo-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", _H[1]),
         ("demo-1.0-cp311-cp311-manylinux_2_28_aarch64.whl", _H[2]),
@@ -88,7 +79,7 @@ def test_the_hashes_cover_the_images_platforms_and_nothing_else() -> None:
 
 
 def test_an_sdist_is_hashed_only_where_a_platform_has_no_wheel() -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
     x86_only = [
         ("demo-1.0-cp311-cp311-manylinux2014_x86_64.whl", _H[1]),
         ("demo-1.0.tar.gz", _H[2]),
@@ -101,7 +92,7 @@ def test_an_sdist_is_hashed_only_where_a_platform_has_no_wheel() -> None:
 
 
 def test_a_changed_pin_asks_the_index_and_the_others_keep_their_hashes(tmp_path: Path) -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
     lock = tmp_path / "serving.txt"
     lock.write_text(f"a==1.0 \\\n    --hash=sha256:{_H[1]}\nb==2.0 \\\n    --hash=sha256:{_H[2]}\n")
     asked: list[tuple[str, str]] = []
@@ -118,7 +109,7 @@ def test_a_changed_pin_asks_the_index_and_the_others_keep_their_hashes(tmp_path:
 
 
 def test_a_pin_without_a_file_for_the_image_is_refused() -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
 
     with pytest.raises(ValueError, match=r"no file for CPython 3\.11 on Linux"):
         compile_.render(ROOT / "pyproject.toml", ROOT / "constraints.txt", lambda n, v: [])
@@ -139,7 +130,7 @@ def test_the_lock_reader_refuses_what_is_not_a_hashed_pin(tmp_path: Path, entry:
     lock.write_text(f"# header\nb==2.0 \\\n    --hash=sha256:{_H[2]}\n{entry}\n")
 
     with pytest.raises(ValueError, match=r"serving\.txt:4: "):
-        _compile_module().read_lock(lock)
+        compile_module().read_lock(lock)
 
 
 def test_serving_lock_holds_no_training_package() -> None:
@@ -171,7 +162,7 @@ def test_core_dependencies_are_all_in_the_lock() -> None:
 
 
 def test_compile_refuses_a_package_without_a_pin(tmp_path: Path) -> None:
-    compile_ = _compile_module()
+    compile_ = compile_module()
     constraints = tmp_path / "constraints.txt"
     lines = (ROOT / "constraints.txt").read_text().splitlines()
     constraints.write_text("\n".join(x for x in lines if not x.lower().startswith("pyjwt==")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,8 +183,12 @@ def test_monitor_page_shows_sites_flagged_drift_and_alerts(runtime: Runtime) -> 
     assert "Firing" in html
     assert "Input drift" in html
     assert ">age<" in html
+    alerts = html[html.index("Alert rules") : html.index("Mean latency")]
+    assert "Since (UTC)" in alerts  # when the rule last changed state, as /readyz/detail
+    assert re.search(r"<td>\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d</td>", alerts)
     km = get(runtime, "GET", "/ui/monitor?lang=km").text
     assert "ការតាមដាន" in km
+    assert "ចាប់តាំងពី (UTC)" in km
 
 
 def test_monitor_page_needs_the_metrics_token_outside_dev_mode(runtime: Runtime) -> None:

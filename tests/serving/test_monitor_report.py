@@ -7,8 +7,10 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
@@ -16,7 +18,7 @@ from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
 from serving.imaging.results import Analysed, ModelIdentity, ResultStore
 from serving.monitor.reads import ScoreDrift, stored_reference
-from serving.monitor.report import build_report, render_html
+from serving.monitor.report import build_report, render_html, render_pdf
 from tests.serving.imaging.cxr_fixtures import LABELS, make_cxr_artifact
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 from training.distribution import training_distribution
@@ -128,7 +130,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
     assert result.exit_code == 0, result.output
     assert pdf.read_bytes().startswith(b"%PDF")
     pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
-    assert len(pages) == 2  # the summary, and the share flagged per finding
+    assert len(pages) == 3  # the summary, the share flagged per finding, the score drift
     assert "11 calls" in result.output  # 8 rows, the hostile one, 2 reads; old rows outside
     page = out.read_text()
     assert "20-&lt;30%" in page
@@ -153,7 +155,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
 
 
 def test_score_drift_of_the_period_against_the_stored_reference(
-    tmp_path: Path, model_store: Path
+    tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Reference: every label's score spread evenly over 0-1 (ten equal bins).
     spread = np.tile(np.linspace(0.0, 1.0, 201)[:, None], (1, len(LABELS)))
@@ -183,3 +185,23 @@ def test_score_drift_of_the_period_against_the_stored_reference(
     assert "Chest X-ray score drift" in page
     assert f"<td>cxr-triage:1.0.0</td><td>tb</td><td>40</td><td>{rows['tb'][1]:.3f}</td>" in page
     assert "<td>major</td>" in page
+    # The PDF has the same page, from the same rows.
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.text import Text
+
+    texts: list[str] = []
+    save = PdfPages.savefig
+
+    def keep(pages: PdfPages, figure: Any = None, **kw: Any) -> None:
+        texts.extend(t.get_text() for t in figure.findobj(Text))
+        cells = [c for ax in figure.axes for t in ax.tables for c in t.get_celld().values()]
+        texts.extend(c.get_text().get_text() for c in cells)
+        save(pages, figure, **kw)
+
+    monkeypatch.setattr(PdfPages, "savefig", keep)
+    render_pdf(report, tmp_path / "report.pdf")
+    assert len(re.findall(rb"/Type\s*/Page(?!s)", (tmp_path / "report.pdf").read_bytes())) == 2
+    assert "Chest X-ray score drift (PSI against the model's reference)" in texts
+    assert f"{rows['tb'][1]:.3f}" in texts
+    assert "major" in texts
+    assert any("No reference for cxr-triage:1.0.0" in t for t in texts)

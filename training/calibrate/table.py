@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.intervals import wilson
+
 __all__ = [
     "CI_COLUMNS",
     "COLUMNS",
@@ -44,25 +46,6 @@ CI_COLUMNS = tuple(
 )
 EXTRA_COLUMNS = ("screened", "with_reference", "referred", "cases_found", "cost_per_1000")
 COLUMNS = INTERFACE_COLUMNS + CI_COLUMNS + EXTRA_COLUMNS
-
-Z95 = 1.959963984540054
-
-
-def wilson(p: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for proportions ``p`` out of (effective) sizes ``n``.
-
-    Returns:
-        ``(low, high)``; NaN where ``n`` is 0.
-    """
-    p = np.asarray(p, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z2n = z * z / n
-        centre = (p + z2n / 2) / (1 + z2n)
-        half = z * np.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
-        low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-        high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
-    return low, high
 
 
 @dataclass(frozen=True)
