@@ -250,7 +250,7 @@ def profile(
                         profiler.disable()
                 out.append(_table(label, len(body), stages.calls))
                 if profiler is not None:
-                    out.append(_top(profiler))
+                    out.append(_top(profiler, 70, os.environ.get("SORT", "tottime")))
         finally:
             runtime.audit.close()
     return "\n\n".join(out)
@@ -281,9 +281,9 @@ def _table(label: str, size: int, calls: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _top(profiler: cProfile.Profile, n: int = 30) -> str:
+def _top(profiler: cProfile.Profile, n: int = 30, sort: str = "tottime") -> str:
     stream = io.StringIO()
-    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(n)
+    pstats.Stats(profiler, stream=stream).sort_stats(sort).print_stats(n)
     text = "\n".join(line for line in stream.getvalue().splitlines()[6:] if line.strip())
     return f"cProfile, top {n} functions by own time (worker calls run in line):\n{text}"
 

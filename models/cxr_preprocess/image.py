@@ -65,4 +65,7 @@ class DecodedImage:
     patient_id: str | None = None  # as stored (not upper-cased)
     accession: str | None = None  # as stored
     study_date: str | None = None  # DICOM StudyDate, YYYYMMDD
+    study_time: str | None = None  # DICOM StudyTime, HHMMSS[.FFFFFF], when well formed
+    laterality: str | None = None  # DICOM ImageLaterality: R, L, B or U, when well formed
+    orientation: tuple[str, str] | None = None  # DICOM PatientOrientation (row, column)
     extra: dict[str, Any] = field(default_factory=dict)
