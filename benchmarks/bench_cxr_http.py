@@ -171,12 +171,17 @@ def small_radiograph(side: int) -> np.ndarray:
 
 
 def load_row(
-    url: str, body_file: Path, connections: int, duration: float, server_cpu: Callable[[], float]
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration: float,
+    server_cpu: Callable[[], float],
+    content_type: str = "application/dicom",
 ) -> dict[str, Any]:
     """Closed-loop load on ``url``; adds server and client CPU ms per request."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
-               "content-type:application/dicom"]  # fmt: skip
+               f"content-type:{content_type}"]  # fmt: skip
     server_before = server_cpu()
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -264,17 +269,26 @@ class ModelOnly:
         return {"img_per_s": done / wall, "cpu_ms_per_img": cpu / done * 1000}
 
 
-def decode_cpu_ms(data: bytes, seconds: float) -> float:
-    """CPU-ms of one ``decode_dicom`` of ``data`` as the service calls it (224 px target),
-    in this process: the pixel decode the CPU target leaves out."""
-    from models.cxr_preprocess import decode_dicom
-
-    decode_dicom(data, target_size=224)
+def cpu_ms(work: Callable[[], Any], seconds: float) -> float:
+    """CPU-ms of one ``work()`` in this process (at least 5 calls, after one warm-up)."""
+    work()
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds or done < 5:
-        decode_dicom(data, target_size=224)
+        work()
         done += 1
     return (time.process_time() - cpu) / done * 1000
+
+
+def decode_and_display_cpu_ms(data: bytes, seconds: float) -> tuple[float, float]:
+    """CPU-ms of ``decode_dicom`` of ``data`` as the service calls it (224 px target), the
+    pixel decode the CPU target leaves out, and of the display copy PNG drawn from that
+    decode (what ``display_short_side: 0`` costs a read)."""
+    from models.cxr_preprocess import decode_dicom
+    from serving.imaging.heatmap import display_png
+
+    decode = cpu_ms(lambda: decode_dicom(data, target_size=224), seconds)
+    pixels = decode_dicom(data, target_size=224).pixels
+    return decode, cpu_ms(lambda: display_png(pixels), seconds)
 
 
 def warm(url: str, body: bytes, n: int = 10) -> None:
@@ -296,6 +310,11 @@ def cpu_target(
     closed-loop clients, with right before it the model alone (ONNX Runtime, batch 1,
     the service's threads) and ``decode_dicom`` alone, all in CPU time:
     outside = server CPU-ms per request - model - decode - floor server CPU-ms.
+
+    Two references beside it: ``display`` (the display copy PNG of the model's decode,
+    in this process; the service draws it for every read) and ``refused`` (the same upload
+    answered 415 at once by the same service: its HTTP stack, reading the body, one audit
+    row). ``analysis`` = server - model - decode - refused: what the analysis path adds.
     """
     name, version, home = model
     threads = args.model_threads or os.cpu_count() or 1
@@ -325,15 +344,21 @@ def cpu_target(
                 # Each baseline right before the row, under the same load (a 15 MB body's
                 # floor moved 13-28 CPU-ms with the machine's load).
                 floor = asgi_floor(tmp / f"{label}.dcm", args.connections, args.floor_seconds)
+                body_file = tmp / f"{label}.dcm"
+                refused = load_row(url, body_file, args.connections, args.floor_seconds,
+                                   server.cpu_seconds, "image/x-none")  # fmt: skip
                 model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
-                decode_ms = decode_cpu_ms(data, args.model_seconds)
+                decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
                 row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
                                server.cpu_seconds)  # fmt: skip
                 floor_ms = floor["server_cpu_ms_per_req"]
+                refused_ms = refused["server_cpu_ms_per_req"]
                 server_ms = row["server_cpu_ms_per_req"]
                 runs[label].append({
                     "server": server_ms, "model": model_ms, "decode": decode_ms,
                     "floor": floor_ms, "outside": server_ms - model_ms - decode_ms - floor_ms,
+                    "display": display_ms, "refused": refused_ms,
+                    "analysis": server_ms - model_ms - decode_ms - refused_ms,
                     "req_per_s": row["throughput_rps"], "errors": row["errors"],
                 })  # fmt: skip
     return runs
@@ -347,7 +372,7 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
           f"floor (no batching, {args.connections} clients, display_short_side {display}, "
           f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
           )  # fmt: skip
-    keys = ["server", "model", "decode", "floor", "outside"]
+    keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
     print(f"{'input':<12}{'run':>5}" + "".join(f"{k:>9}" for k in keys) + f"{'req/s':>8}  CPU-ms")
     for label, rows in runs.items():
         for i, row in enumerate(rows):
@@ -358,8 +383,10 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
         print(f"{label:<12}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))
     for label, rows in runs.items():
         outside = statistics.median(r["outside"] for r in rows)
+        display = statistics.median(r["display"] for r in rows)
         print(f"{label}: server CPU per request outside model, decode and floor: "
-              f"{outside:.1f} CPU-ms (median of {len(rows)}; target <= 3)")  # fmt: skip
+              f"{outside:.1f} CPU-ms (median of {len(rows)}; target <= 3), of which the "
+              f"display copy ~{display:.1f}")  # fmt: skip
 
 
 def load_average() -> str:
