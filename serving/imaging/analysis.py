@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -156,10 +154,6 @@ class CxrAnalyser:
             sha256=stored.metadata.sha256,
         )
         self.thresholds = self._thresholds()
-        # Decoding and checking are CPU-bound and partly hold the GIL: more of them at once
-        # than there are cores only adds thread switching (8 clients without batching,
-        # 512 px: ~1 CPU-ms per request more than one at a time, docs/performance.md).
-        self._cpu = threading.BoundedSemaphore(os.cpu_count() or 1)
 
     def _thresholds(self) -> dict[str, AppliedThreshold]:
         applied: dict[str, AppliedThreshold] = {}
@@ -205,21 +199,12 @@ class CxrAnalyser:
         return applied
 
     def prepare(self, data: bytes, content_type: str, patient_ref: str | None = None) -> Prepared:
-        """Decode, check and preprocess one image (at most one per core at a time).
+        """Decode, check and preprocess one image.
 
         Raises:
             CannotAssess: unsupported type, unreadable bytes or a failed quality gate.
         """
         started = time.perf_counter()
-        with self._cpu:
-            return self._prepare(data, content_type, patient_ref, started)
-
-    def _prepare(
-        self, data: bytes, content_type: str, patient_ref: str | None, started: float
-    ) -> Prepared:
-        """:meth:`prepare` once a core is free; ``started`` (the request's arrival here,
-        waiting included) goes into ``total_ms``."""
-        begun = time.perf_counter()
         media = content_type.split(";", 1)[0].strip().lower()
         if len(data) > self.config.max_body_bytes:
             raise CannotAssess("too-large", "the image is larger than allowed", status=413)
@@ -275,7 +260,7 @@ class CxrAnalyser:
                 orientation=decoded.orientation,
             ),
             timings={
-                "decode_ms": (t_decode - begun) * 1000,
+                "decode_ms": (t_decode - started) * 1000,
                 "quality_ms": (t_quality - t_decode) * 1000,
                 "preprocess_ms": (t_pre - t_quality) * 1000,
                 "display_ms": (t_display - t_pre) * 1000,
@@ -410,14 +395,11 @@ class CxrAnalyser:
         return probs[0], cams[0], (time.perf_counter() - t0) * 1000
 
     def analyse(self, data: bytes, content_type: str, patient_ref: str | None = None) -> Analysed:
-        """The whole pipeline for one image, in the calling thread (at most one per core
-        at a time, the model call included: without batching it runs here).
+        """The whole pipeline for one image, in the calling thread.
 
         Raises:
             CannotAssess: see :meth:`prepare` and :meth:`finish`.
         """
-        started = time.perf_counter()
-        with self._cpu:
-            prepared = self._prepare(data, content_type, patient_ref, started)
-            probs, cam, model_ms = self.predict_one(prepared)
-            return self.finish(prepared, probs, cam, model_ms)
+        prepared = self.prepare(data, content_type, patient_ref)
+        probs, cam, model_ms = self.predict_one(prepared)
+        return self.finish(prepared, probs, cam, model_ms)
