@@ -22,6 +22,11 @@ model (224 px) and measures, in one run:
    (``benchmarks/asgi_floor.py``): the CPU-ms per request no application code can
    remove, and so the ceiling of that ratio for this model, measured in the same run.
 
+4. with ``--cpu-target`` only this, ``--repeat`` times: the server CPU per request
+   outside the model call, the decode and the floor (no batching), the number the
+   imaging CPU target is stated in (docs/performance.md), with the display copy and
+   the same upload refused at once (415) beside it.
+
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
 
@@ -29,6 +34,7 @@ Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
     .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
     .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.3.0-demo
+    .venv/bin/python benchmarks/bench_cxr_http.py --cpu-target --display-short-side 0
 """
 
 from __future__ import annotations
