@@ -22,6 +22,11 @@ model (224 px) and measures, in one run:
    (``benchmarks/asgi_floor.py``): the CPU-ms per request no application code can
    remove, and so the ceiling of that ratio for this model, measured in the same run.
 
+4. with ``--cpu-target`` only this, ``--repeat`` times: the server CPU per request
+   outside the model call, the decode and the floor (no batching), the number the
+   imaging CPU target is stated in (docs/performance.md), with the display copy and
+   the same upload refused at once (415) beside it.
+
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
 
@@ -29,6 +34,7 @@ Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
     .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
     .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.4.0-demo
+    .venv/bin/python benchmarks/bench_cxr_http.py --cpu-target --display-short-side 0
 """
 
 from __future__ import annotations
@@ -172,12 +178,17 @@ def small_radiograph(side: int) -> np.ndarray:
 
 
 def load_row(
-    url: str, body_file: Path, connections: int, duration: float, server_cpu: Callable[[], float]
+    url: str,
+    body_file: Path,
+    connections: int,
+    duration: float,
+    server_cpu: Callable[[], float],
+    content_type: str = "application/dicom",
 ) -> dict[str, Any]:
     """Closed-loop load on ``url``; adds server and client CPU ms per request."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
-               "content-type:application/dicom"]  # fmt: skip
+               f"content-type:{content_type}"]  # fmt: skip
     server_before = server_cpu()
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -238,14 +249,15 @@ def asgi_floor(body_file: Path, connections: int, duration: float) -> dict[str, 
 
 
 class ModelOnly:
-    """The bare ONNX Runtime session (all cores, as the serving predictor opens it) on
-    batches of ``batch``: images/s and CPU-ms per image over ``seconds``."""
+    """The bare ONNX Runtime session (all cores, as the serving predictor opens it,
+    unless ``threads``) on batches of ``batch``: images/s and CPU-ms per image over
+    ``seconds``."""
 
-    def __init__(self, onnx_path: Path, batch: int) -> None:
+    def __init__(self, onnx_path: Path, batch: int, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
@@ -262,6 +274,125 @@ class ModelOnly:
             done += len(self.images)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         return {"img_per_s": done / wall, "cpu_ms_per_img": cpu / done * 1000}
+
+
+def cpu_ms(work: Callable[[], Any], seconds: float) -> float:
+    """CPU-ms of one ``work()`` in this process (at least 5 calls, after one warm-up)."""
+    work()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds or done < 5:
+        work()
+        done += 1
+    return (time.process_time() - cpu) / done * 1000
+
+
+def decode_and_display_cpu_ms(data: bytes, seconds: float) -> tuple[float, float]:
+    """CPU-ms of ``decode_dicom`` of ``data`` as the service calls it (224 px target)
+    without the reader's copy (the pixel decode the CPU target leaves out), and what
+    making that copy in the same decode adds (what ``display_short_side: 0`` saves)."""
+    from models.cxr_preprocess import decode_dicom
+
+    decode = cpu_ms(lambda: decode_dicom(data, target_size=224), seconds)
+    both = cpu_ms(lambda: decode_dicom(data, target_size=224, display_size=512), seconds)
+    return decode, max(0.0, both - decode)
+
+
+def warm(url: str, body: bytes, n: int = 10) -> None:
+    """``n`` sequential uploads, so that a measured row starts on a warm server."""
+    with httpx.Client(timeout=60) as client:
+        for _ in range(n):
+            response = client.post(url, content=body, headers={"content-type": "application/dicom"})
+            if response.status_code != 200:
+                raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+
+
+def cpu_target(
+    args: argparse.Namespace, inputs: dict[str, bytes], model: tuple[str, str, Path], tmp: Path
+) -> dict[str, Any]:
+    """Server CPU per request outside the model call, the decode and the floor.
+
+    For each input, ``--repeat`` times: the bare-uvicorn floor, then the service without
+    batching (display copy per ``--display-short-side``) under ``--connections``
+    closed-loop clients, with right before it the model alone (ONNX Runtime, batch 1,
+    the service's threads) and ``decode_dicom`` alone, all in CPU time:
+    outside = server CPU-ms per request - model - decode - floor server CPU-ms.
+
+    Two references beside it: ``display`` (the display copy PNG of the model's decode,
+    in this process; the service draws it for every read) and ``refused`` (the same upload
+    answered 415 at once by the same service: its HTTP stack, reading the body, one audit
+    row). ``analysis`` = server - model - decode - refused: what the analysis path adds.
+    """
+    name, version, home = model
+    threads = args.model_threads or os.cpu_count() or 1
+    alone = ModelOnly(home / "models" / name / version / "model.onnx", 1, threads)
+    imaging: dict[str, Any] = {"model": name, "adaptive_batching": False}
+    if args.model_threads:
+        imaging["model_threads"] = args.model_threads
+    if args.display_short_side is not None:
+        imaging["display_short_side"] = args.display_short_side
+    (tmp / "serving.yaml").write_text(
+        yaml.safe_dump({"models": {name: version}, "imaging": imaging}), encoding="utf-8"
+    )
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in inputs}
+    for repeat in range(args.repeat):
+        env = {
+            "BENTOML_HOME": str(home),
+            "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
+            "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'target-{repeat}.db'}",
+            "TONLE_DEV": "1",
+            "TONLE_LOG_LEVEL": "WARNING",
+            "BENTOML_CONFIG_OPTIONS": "services.tonle.workers=1",
+        }
+        with Server("serving.service:Tonle", env, ROOT) as server:
+            url = f"{server.url}/v1/imaging/cxr"
+            for label, data in inputs.items():
+                warm(url, data)
+                # Each baseline right before the row, under the same load (a 15 MB body's
+                # floor moved 13-28 CPU-ms with the machine's load).
+                floor = asgi_floor(tmp / f"{label}.dcm", args.connections, args.floor_seconds)
+                body_file = tmp / f"{label}.dcm"
+                refused = load_row(url, body_file, args.connections, args.floor_seconds,
+                                   server.cpu_seconds, "image/x-none")  # fmt: skip
+                model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
+                decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
+                row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
+                               server.cpu_seconds)  # fmt: skip
+                floor_ms = floor["server_cpu_ms_per_req"]
+                refused_ms = refused["server_cpu_ms_per_req"]
+                server_ms = row["server_cpu_ms_per_req"]
+                runs[label].append({
+                    "server": server_ms, "model": model_ms, "decode": decode_ms,
+                    "floor": floor_ms, "outside": server_ms - model_ms - decode_ms - floor_ms,
+                    "display": display_ms, "refused": refused_ms,
+                    "analysis": server_ms - model_ms - decode_ms - refused_ms,
+                    "req_per_s": row["throughput_rps"], "errors": row["errors"],
+                })  # fmt: skip
+    return runs
+
+
+def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
+                  load: tuple[str, str]) -> None:  # fmt: skip
+    """The CPU target table: each repeat and the medians."""
+    display = "service default" if args.display_short_side is None else args.display_short_side
+    print(f"\nServer CPU per request outside the model call, the decode and the bare-HTTP "
+          f"floor (no batching, {args.connections} clients, display_short_side {display}, "
+          f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
+          )  # fmt: skip
+    keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
+    print(f"{'input':<12}{'run':>5}" + "".join(f"{k:>9}" for k in keys) + f"{'req/s':>8}  CPU-ms")
+    for label, rows in runs.items():
+        for i, row in enumerate(rows):
+            print(f"{label:<12}{i + 1:>5}" + "".join(f"{row[k]:>9.2f}" for k in keys)
+                  + f"{row['req_per_s']:>8.1f}"
+                  + (f"  ({row['errors']:.0f} errors)" if row["errors"] else ""))  # fmt: skip
+        medians = {k: statistics.median(r[k] for r in rows) for k in keys}
+        print(f"{label:<12}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))
+    for label, rows in runs.items():
+        outside = statistics.median(r["outside"] for r in rows)
+        display = statistics.median(r["display"] for r in rows)
+        print(f"{label}: server CPU per request outside model, decode and floor: "
+              f"{outside:.1f} CPU-ms (median of {len(rows)}; target <= 3), of which the "
+              f"display copy ~{display:.1f}")  # fmt: skip
 
 
 def load_average() -> str:
@@ -281,6 +412,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="also run with N workers")
     parser.add_argument("--model-seconds", type=float, default=4.0, help="per baseline")
     parser.add_argument("--floor-seconds", type=float, default=6.0, help="per ASGI floor")
+    parser.add_argument("--cpu-target", action="store_true",
+                        help="only the CPU target rows (no batching), --repeat times")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3, help="--cpu-target repeats")
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="imaging.model_threads (default: all cores)")  # fmt: skip
+    parser.add_argument("--display-short-side", type=int, default=None,
+                        help="imaging.display_short_side (default: the service's)")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -300,6 +438,12 @@ def main() -> None:
             small_radiograph(args.small))}  # fmt: skip
         for label, data in inputs.items():
             (tmp / f"{label}.dcm").write_bytes(data)
+        if args.cpu_target:
+            before = load_average()
+            runs = cpu_target(args, inputs, (name, version, home), tmp)
+            report_target(runs, args, (before, load_average()))
+            print("\nJSON:", json.dumps(runs))
+            return
         model = ModelOnly(onnx_path, args.connections)
         results: dict[str, Any] = {
             "model": f"{name}:{version}",
@@ -324,6 +468,8 @@ def main() -> None:
             }
             if workers > 1:
                 imaging["model_threads"] = 1  # one core per worker, no oversubscription
+            if args.display_short_side is not None:
+                imaging["display_short_side"] = args.display_short_side
             config = {"models": {name: version}, "imaging": imaging}
             (tmp / "serving.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
             env = {

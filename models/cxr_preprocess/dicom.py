@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from models.cxr_preprocess.display import DisplayValues, display_factor, display
 from models.cxr_preprocess.image import DEFAULT_MAX_PIXELS, Array, DecodedImage, ImageError
 from models.cxr_preprocess.transform import percentile_window
 
-__all__ = ["decode_dicom"]
+__all__ = ["decode_dicom", "display_facts"]
 
 _CHEST_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2"}
 _NOT_IMAGES = {"1.2.840.10008.1.3.10"}  # Media Storage Directory (DICOMDIR)
@@ -92,6 +93,40 @@ def _age_years(text: str | None) -> float | None:
         return None
     scale = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}.get(text[3])
     return None if scale is None else int(text[:3]) * scale
+
+
+_STUDY_TIME = re.compile(r"\d{2,6}(\.\d{1,6})?")
+_ORIENTATION = re.compile(r"[APRLHFO]{1,3}")
+
+
+def _optional(ds: Any, keyword: str) -> Any:
+    """An optional attribute, or None when it is missing or its value does not parse
+    (strict reading raises on it: a bad optional tag is no fact, not an unreadable file)."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def display_facts(ds: Any) -> dict[str, Any]:
+    """StudyTime, ImageLaterality and PatientOrientation of a parsed header, each only
+    where it is well formed (the X-ray reader shows them): ``study_time``,
+    ``laterality``, ``orientation``."""
+    time_ = str(_optional(ds, "StudyTime") or "").strip()
+    laterality = str(_optional(ds, "ImageLaterality") or "").strip().upper()
+    raw = _optional(ds, "PatientOrientation") or []
+    try:
+        orientation = [str(v).strip().upper() for v in raw]
+    except TypeError:
+        orientation = []
+    facts: dict[str, Any] = {}
+    if _STUDY_TIME.fullmatch(time_):
+        facts["study_time"] = time_
+    if laterality in ("R", "L", "B", "U"):
+        facts["laterality"] = laterality
+    if len(orientation) == 2 and all(_ORIENTATION.fullmatch(v) for v in orientation):
+        facts["orientation"] = (orientation[0], orientation[1])
+    return facts
 
 
 def _window(values: Array, ds: Any) -> Array:
@@ -288,6 +323,7 @@ def decode_dicom(
                 accession=_stored_text(ds, "AccessionNumber"),
                 study_date=_stored_text(ds, "StudyDate"),
                 display=display,
+                **display_facts(ds),
             )
         except ImageError:
             raise

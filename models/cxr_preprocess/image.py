@@ -68,4 +68,7 @@ class DecodedImage:
     accession: str | None = None  # as stored
     study_date: str | None = None  # DICOM StudyDate, YYYYMMDD
     display: DisplayValues | None = None  # the reader's copy, when it was asked for
+    study_time: str | None = None  # DICOM StudyTime, HHMMSS[.FFFFFF], when well formed
+    laterality: str | None = None  # DICOM ImageLaterality: R, L, B or U, when well formed
+    orientation: tuple[str, str] | None = None  # DICOM PatientOrientation (row, column)
     extra: dict[str, Any] = field(default_factory=dict)

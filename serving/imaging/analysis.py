@@ -15,9 +15,7 @@ Decoding, the quality gate and preprocessing are the ones training uses
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -125,31 +123,6 @@ def _quality_module() -> Any:
     import models.cxr_quality as quality
 
     return quality
-
-
-def _dicom_display_facts(data: bytes) -> dict[str, Any]:
-    """StudyTime, ImageLaterality and PatientOrientation of a DICOM file, where given."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data),
-            stop_before_pixels=True,
-            specific_tags=["StudyTime", "ImageLaterality", "PatientOrientation"],
-        )
-        time_ = str(ds.get("StudyTime") or "").strip()
-        laterality = str(ds.get("ImageLaterality") or "").strip().upper()
-        orientation = [str(v).strip().upper() for v in (ds.get("PatientOrientation") or [])]
-    except Exception:  # the header decoded once already; a bad optional tag is no fact
-        return {}
-    facts: dict[str, Any] = {}
-    if re.fullmatch(r"\d{2,6}(\.\d{1,6})?", time_):
-        facts["study_time"] = time_
-    if laterality in ("R", "L", "B", "U"):
-        facts["laterality"] = laterality
-    if len(orientation) == 2 and all(re.fullmatch(r"[APRLHFO]{1,3}", v) for v in orientation):
-        facts["orientation"] = (orientation[0], orientation[1])
-    return facts
 
 
 class CxrAnalyser:
@@ -269,8 +242,6 @@ class CxrAnalyser:
             raise CannotAssess("unreadable", "preprocessing produced an invalid image")
         monitored = image_statistics(model_input, decoded) if self.reference else {}
         t_pre = time.perf_counter()
-        header = _dicom_display_facts(data) if media in DICOM_TYPES else {}
-        t_display = time.perf_counter()
         return Prepared(
             model_input=model_input,
             input_sha256=hashlib.sha256(model_input.tobytes()).hexdigest(),
@@ -282,13 +253,14 @@ class CxrAnalyser:
                 accession=decoded.accession,
                 study_date=decoded.study_date,
                 view=decoded.view,
-                **header,
+                study_time=decoded.study_time,
+                laterality=decoded.laterality,
+                orientation=decoded.orientation,
             ),
             timings={
                 "decode_ms": (t_decode - started) * 1000,
                 "quality_ms": (t_quality - t_decode) * 1000,
                 "preprocess_ms": (t_pre - t_quality) * 1000,
-                "display_ms": (t_display - t_pre) * 1000,
             },
             started=started,
             display=decoded.display,

@@ -121,8 +121,8 @@ class Timings(_Frozen):
     heatmap_ms: float = 0.0
     display_ms: float = Field(
         default=0.0,
-        description="Reading the DICOM display facts (study time, laterality, orientation); "
-        "the reader's copy of the image is made in the decode (decode_ms).",
+        description="Kept for reads stored before the reader's copy and the DICOM display "
+        "facts came out of the decode (both are in decode_ms now): 0 for new reads.",
     )
     total_ms: float = 0.0
     store_ms: float = Field(

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from models.cxr_preprocess import decode_dicom, decode_png, to_model_input
-from serving.imaging.analysis import _dicom_display_facts
+from models.cxr_preprocess import ImageError, decode_dicom, decode_png, to_model_input
+from models.cxr_preprocess.dicom import display_facts
 from serving.imaging.results import StudyRef
 from serving.ui.pages import side_marker
 from tests.serving.imaging.conftest import AppFactory
@@ -100,22 +100,36 @@ def test_a_16_bit_png_keeps_16_bits_and_an_8_bit_png_its_own_scale(make_app: App
     assert (shown.center, shown.width) == (127.5 - int(pixels.min()), 256.0)  # value / 255
 
 
+def _facts(data: bytes) -> dict[str, object]:
+    """The display facts the one decode of the upload read (no second header parse)."""
+    decoded = decode_dicom(data, target_size=64)
+    found = {
+        "study_time": decoded.study_time,
+        "laterality": decoded.laterality,
+        "orientation": decoded.orientation,
+    }
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def test_dicom_display_facts_are_read_when_well_formed() -> None:
     data = _with(
         dicom_bytes(), StudyTime="093012.5", ImageLaterality="U", PatientOrientation=["L", "F"]
     )
-    assert _dicom_display_facts(data) == {
-        "study_time": "093012.5",
-        "laterality": "U",
-        "orientation": ("L", "F"),
-    }
+    assert _facts(data) == {"study_time": "093012.5", "laterality": "U", "orientation": ("L", "F")}
+
+
+def test_the_read_carries_the_display_facts_of_its_one_decode(make_app: AppFactory) -> None:
+    _, state = make_app()
+    data = _with(dicom_bytes(), StudyTime="0930", ImageLaterality="L", PatientOrientation="P\\F")
+    study = state.analyser.prepare(data, "application/dicom").study
+    assert (study.study_time, study.laterality, study.orientation) == ("0930", "L", ("P", "F"))
 
 
 def test_dicom_display_facts_from_pydicom_test_files() -> None:
     path = get_testdata_file("CT_small.dcm")
     assert path is not None
     with open(path, "rb") as handle:
-        assert _dicom_display_facts(handle.read()) == {"study_time": "072730"}
+        assert _facts(handle.read()) == {"study_time": "072730"}
 
 
 @pytest.mark.parametrize(
@@ -128,13 +142,18 @@ def test_dicom_display_facts_from_pydicom_test_files() -> None:
 )
 def test_malformed_display_facts_are_dropped_not_shown(tags: dict[str, object]) -> None:
     data = _with(dicom_bytes(), **tags)
-    assert _dicom_display_facts(data) == {}
+    assert _facts(data) == {}  # and the image itself is still read
 
 
 @pytest.mark.parametrize("data", [b"", b"\0" * 200, b"DICM" * 100, dicom_bytes()[:300]])
 def test_unreadable_headers_give_no_facts(data: bytes) -> None:
-    facts = _dicom_display_facts(data)
-    assert set(facts) <= {"study_time"}  # a torn file may still carry its StudyTime
+    with pytest.raises(ImageError):
+        decode_dicom(data)
+    try:  # what a lenient parse of the torn header keeps is still checked
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return
+    assert set(display_facts(ds)) <= {"study_time"}  # a torn file may carry its StudyTime
 
 
 @pytest.mark.parametrize(
