@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from serving.audit import engine as _engine
 from serving.audit import schema
 from serving.audit.committer import GroupCommitter
-from serving.audit.feedback import CardShown, FeedbackTables
+from serving.audit.feedback import CardShown, FeedbackTables, feedback_values
 from serving.audit.keys import API_KEY_PREFIX, KeyTables
 from serving.audit.records import AuditRecord
 from serving.audit.tables import AuditUnavailable, utc, write
@@ -45,7 +45,13 @@ class AuditStore(FeedbackTables, KeyTables):
         super().__init__(engine, replay_engine)
         self._writer = BatchWriter(
             engine,
-            [schema.audit_events, schema.audit_cards, schema.explanations, schema.imaging_results],
+            [
+                schema.audit_events,
+                schema.audit_cards,
+                schema.explanations,
+                schema.imaging_results,
+                schema.feedback,
+            ],
         )
         self._committer = GroupCommitter(self._write_rows)
 
@@ -131,6 +137,7 @@ class AuditStore(FeedbackTables, KeyTables):
         cards: list[dict[str, str]] = []
         explanations: list[dict[str, Any]] = []
         imaging: list[dict[str, Any]] = []
+        feedback: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
             values["created"] = utc(row.created)
@@ -140,8 +147,10 @@ class AuditStore(FeedbackTables, KeyTables):
                 explanations.append(row.explanation.model_dump())
             if row.imaging_result is not None:
                 imaging.append(row.imaging_result.model_dump() | {"request_id": row.request_id})
+            feedback.extend(feedback_values(fb) for fb in row.feedback)
 
-        # One transaction: explanations and imaging results cost no second commit (fsync).
+        # One transaction: explanations, imaging results and feedback cost no second
+        # commit (fsync), and none of them is stored without its audit row.
         write(
             self._writer,
             {
@@ -149,6 +158,7 @@ class AuditStore(FeedbackTables, KeyTables):
                 "audit_cards": cards,
                 "explanations": explanations,
                 "imaging_results": imaging,
+                "feedback": feedback,
             },
         )
 
