@@ -8,8 +8,9 @@ that), the hook request is parsed strictly (:mod:`serving.body`), and every answ
 after its committed audit row: ``advice``, ``no-advice`` (with a reason code),
 ``refused`` or ``error``. Discovery (``GET /cds-services``) is an endpoint of the same
 pipeline: its audit row (service ``cds-discovery``, outcome ``discovery``) is committed
-before the document leaves. Feedback is accepted only for a card this caller's tenant
-was shown by that service.
+before the document leaves. Feedback (``POST /cds-services/{id}/feedback``) is an
+endpoint of the same pipeline, accepted only for a card this caller's tenant was shown
+by that service and stored in the transaction of its call's row (outcome ``feedback``).
 """
 
 from __future__ import annotations
