@@ -87,8 +87,8 @@ class AuditStore(FeedbackTables, KeyTables):
         # and the authenticator awaits the jti commit before the route writes its audit
         # row. So a call answered with advice, "no advice" or stored feedback has its
         # jti on disk first; so does discovery, audited like every pipeline answer.
-        # Answers without a durable commit after authentication (4xx for a bad
-        # feedback body; 503 when the audit commit failed) may lose their jti in a
+        # Answers without a durable commit after authentication (503 when the audit
+        # commit failed) may lose their jti in a
         # power cut, not in a process crash; a copy of that token (5 min + 60 s
         # lifetime at most) could then be used once more, but that first answer gave
         # nothing, so a token still gets advice, data or a write at most once. A new JWT route
