@@ -286,14 +286,16 @@ def _override(reason: dict[str, object] | None) -> AuditOverride | None:
 
 async def _feedback(request: Request, exchange: Exchange) -> Answer:
     """``POST /cds-services/{id}/feedback``: each entry stored, linked to its card, in
-    the transaction of the call's audit row (outcome ``feedback``).
+    the transaction of the call's audit row (outcome ``feedback``, service
+    ``feedback:<id>``).
 
     Every card named must be one this service showed to the caller's tenant (else 404
     ``unknown-card``, the same answer for a card of another hospital and for one that
     never existed, audited as refused, and nothing of the request is stored).
     """
     runtime = runtime_of(request)
-    if exchange.service_id == UNKNOWN_SERVICE:
+    service_id = _service_id(request)
+    if service_id == UNKNOWN_SERVICE:
         unknown = JSONResponse({"error": UNKNOWN_SERVICE, "field": "id"}, status_code=404)
         return Answer(unknown, "refused", UNKNOWN_SERVICE)
     parsed = parse_model(FeedbackRequest, await read_json(request))
@@ -301,16 +303,16 @@ async def _feedback(request: Request, exchange: Exchange) -> Answer:
     assert caller is not None  # authenticated by the pipeline
     patients: set[str | None] = set()
     for i, item in enumerate(parsed.feedback):
-        shown = await run_in_threadpool(_shown_to, runtime, item.card, exchange.service_id, caller)
+        shown = await run_in_threadpool(_shown_to, runtime, item.card, service_id, caller)
         if shown is None:
-            unknown = {"error": "unknown-card", "field": f"feedback.{i}.card"}
-            return Answer(JSONResponse(unknown, status_code=404), "refused", "unknown-card")
+            body = {"error": "unknown-card", "field": f"feedback.{i}.card"}
+            return Answer(JSONResponse(body, status_code=404), "refused", "unknown-card")
         override = item.overrideReason
         exchange.feedback.append(
             FeedbackRecord(
                 card_uuid=item.card,
                 request_id=shown.request_id,
-                service_id=exchange.service_id,
+                service_id=service_id,
                 outcome=item.outcome,
                 accepted_suggestions=[s.id for s in item.acceptedSuggestions],
                 override_reason=_override(override.reason if override else None),
@@ -343,7 +345,13 @@ def _feedback_unavailable(exchange: Exchange) -> Answer:
     return Answer(unavailable, "error", "store-unavailable")
 
 
-feedback = endpoint("jwt", _service_id, _feedback, on_error=_feedback_unavailable)
+def _feedback_service_id(request: Request) -> str:
+    """The audited service id of a feedback call: ``feedback:<service>``, kept apart
+    from the service's own answers (its answer counts and refusal rate)."""
+    return f"feedback:{_service_id(request)}"
+
+
+feedback = endpoint("jwt", _feedback_service_id, _feedback, on_error=_feedback_unavailable)
 
 
 def routes() -> list[BaseRoute]:

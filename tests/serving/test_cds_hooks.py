@@ -617,7 +617,7 @@ def test_feedback_is_committed_with_its_audit_row(app: Starlette, runtime: Runti
     assert stored.status_code == 200
     assert stored.json() == {}
     row = audit_row(runtime, stored)
-    assert (row.service_id, row.outcome, row.reason) == ("ncd-cvd-risk", "feedback", None)
+    assert (row.service_id, row.outcome, row.reason) == ("feedback:ncd-cvd-risk", "feedback", None)
     assert (row.caller_iss, row.card_ids) == ("dev", [])
     assert row.patient_ref == audit_row(runtime, answered).patient_ref
     found = runtime.audit.feedback(card_uuid=card_id)  # type: ignore[union-attr]
@@ -632,7 +632,7 @@ def test_feedback_is_committed_with_its_audit_row(app: Starlette, runtime: Runti
     )
     nope = call(app, "POST", "/cds-services/nope/feedback", _accepted(card_id))
     assert nope.status_code == 404
-    assert audit_row(runtime, nope).service_id == "unknown-service"
+    assert audit_row(runtime, nope).service_id == "feedback:unknown-service"
 
 
 def test_feedback_is_not_stored_when_its_audit_row_cannot_be(
