@@ -96,7 +96,8 @@ def endpoint(
     """A Starlette endpoint running ``handler`` inside the pipeline.
 
     Args:
-        scheme: how callers authenticate (``jwt``, ``api-key`` or a signed ``link``).
+        scheme: how callers authenticate (``jwt``, ``api-key``, a signed ``link``, or
+            ``page-link``: the signed link of the page a JSON call comes from).
         service_id: the audit rows' service id, or how to tell it from the request.
         handler: parses, answers and fills in the exchange; runs after authentication.
         on_error: the answer when ``handler`` raises something other than BadRequest.
