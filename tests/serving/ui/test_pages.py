@@ -601,6 +601,10 @@ def test_page_feedback_is_committed_with_its_audit_row(
         answered.caller_tenant,
         answered.patient_ref,
     )
+    # The page's link is the capability for that page's card only, before any look-up.
+    for other in ({**body, "card": "0" * 32}, {**body, "kind": "cxr"}, {**body, "exp": "1"}):
+        assert request(app, "POST", "/ui/api/feedback", json=other).status_code == 403
+    assert len(runtime.audit.feedback(card_uuid="0" * 32)) == 0  # type: ignore[attr-defined]
     # Strict parsing: an unknown field or a non-boolean verdict is refused, and audited.
     for bad in ({**body, "extra": 1}, {**body, "agree": "yes"}):
         refused = request(app, "POST", "/ui/api/feedback", json=bad)
