@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 1 << 20
 MAX_DEPTH = 32
 
 M = TypeVar("M", bound=BaseModel)
+_UNREAD = object()
 
 
 class BadRequest(Exception):
@@ -103,9 +104,15 @@ def loads_strict(data: bytes) -> Any:
 async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
     """Read and strictly parse a JSON body of at most ``max_bytes``.
 
+    The parsed body is kept on the request: a second read (the handler, after an
+    authenticator that needed the body) returns the same value.
+
     Raises:
         BadRequest: 413 when too large, 415 when not JSON, else 400.
     """
+    kept = getattr(request.state, "json_body", _UNREAD)
+    if kept is not _UNREAD:
+        return kept
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() not in {
         "application/json",
@@ -124,7 +131,8 @@ async def read_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
         if size > max_bytes:
             raise BadRequest("too-large", f"body larger than {max_bytes} bytes", status=413)
         chunks.append(chunk)
-    return loads_strict(b"".join(chunks))
+    request.state.json_body = parsed = loads_strict(b"".join(chunks))
+    return parsed
 
 
 def parse_model(model: type[M], data: Any) -> M:

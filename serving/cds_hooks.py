@@ -8,8 +8,9 @@ that), the hook request is parsed strictly (:mod:`serving.body`), and every answ
 after its committed audit row: ``advice``, ``no-advice`` (with a reason code),
 ``refused`` or ``error``. Discovery (``GET /cds-services``) is an endpoint of the same
 pipeline: its audit row (service ``cds-discovery``, outcome ``discovery``) is committed
-before the document leaves. Feedback is accepted only for a card this caller's tenant
-was shown by that service.
+before the document leaves. Feedback (``POST /cds-services/{id}/feedback``) is an
+endpoint of the same pipeline, accepted only for a card this caller's tenant was shown
+by that service and stored in the transaction of its call's row (outcome ``feedback``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from starlette.routing import BaseRoute, Route
 
 from models.metadata import ModelMetadata
 from serving.assess import Advice, NoAdvice, WhoSettings, assess
+from serving.audit.feedback import CardShown
 from serving.audit.records import FeedbackRecord
 from serving.audit.records import OverrideReason as AuditOverride
-from serving.auth import AuthError
 from serving.body import BadRequest, parse_model, read_json
 from serving.cards import ncd_card
 from serving.cds_models import (
@@ -44,10 +45,10 @@ from serving.fhir_in import PrefetchError, extract
 from serving.http.audit import Exchange
 from serving.http.caller import Caller
 from serving.http.cds import CdsCall
-from serving.http.identify import authenticate, refusal, runtime_of
-from serving.http.pipeline import Answer, endpoint, route_of
+from serving.http.identify import runtime_of
+from serving.http.pipeline import Answer, endpoint
 from serving.i18n import negotiate
-from serving.metrics import count_feedback, observe_features
+from serving.metrics import observe_features
 from serving.no_advice_card import actionable, no_advice_card
 from serving.prefetch import TEMPLATES, PrefetchUnavailable, complete_prefetch, keys_for
 from serving.ui.explanations import explanation_record
@@ -283,37 +284,34 @@ def _override(reason: dict[str, object] | None) -> AuditOverride | None:
     )
 
 
-async def feedback(request: Request) -> Response:
-    """``POST /cds-services/{id}/feedback``: each entry stored, linked to its card.
+async def _feedback(request: Request, exchange: Exchange) -> Answer:
+    """``POST /cds-services/{id}/feedback``: each entry stored, linked to its card, in
+    the transaction of the call's audit row (outcome ``feedback``, service
+    ``feedback:<id>``).
 
     Every card named must be one this service showed to the caller's tenant (else 404
     ``unknown-card``, the same answer for a card of another hospital and for one that
-    never existed, and nothing of the request is stored).
+    never existed, audited as refused, and nothing of the request is stored).
     """
     runtime = runtime_of(request)
-    try:
-        caller = await authenticate(runtime, request, "jwt")
-    except AuthError as exc:
-        return refusal(exc, route_of(request))
-    service_id = str(request.path_params["service_id"])
-    if service_id not in runtime.cds_services:
-        return JSONResponse({"error": UNKNOWN_SERVICE, "field": "id"}, status_code=404)
-    try:
-        parsed = parse_model(FeedbackRequest, await read_json(request))
-    except BadRequest as exc:
-        return exc.response()
-    audit = runtime.audit
-    if audit is None:
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    try:
-        for i, item in enumerate(parsed.feedback):
-            if not await run_in_threadpool(_shown_to, audit, item.card, service_id, caller):
-                unknown = {"error": "unknown-card", "field": f"feedback.{i}.card"}
-                return JSONResponse(unknown, status_code=404)
-        for item in parsed.feedback:
-            override = item.overrideReason
-            record = FeedbackRecord(
+    service_id = _service_id(request)
+    if service_id == UNKNOWN_SERVICE:
+        unknown = JSONResponse({"error": UNKNOWN_SERVICE, "field": "id"}, status_code=404)
+        return Answer(unknown, "refused", UNKNOWN_SERVICE)
+    parsed = parse_model(FeedbackRequest, await read_json(request))
+    caller = exchange.caller
+    assert caller is not None  # authenticated by the pipeline
+    patients: set[str | None] = set()
+    for i, item in enumerate(parsed.feedback):
+        shown = await run_in_threadpool(_shown_to, runtime, item.card, service_id, caller)
+        if shown is None:
+            body = {"error": "unknown-card", "field": f"feedback.{i}.card"}
+            return Answer(JSONResponse(body, status_code=404), "refused", "unknown-card")
+        override = item.overrideReason
+        exchange.feedback.append(
+            FeedbackRecord(
                 card_uuid=item.card,
+                request_id=shown.request_id,
                 service_id=service_id,
                 outcome=item.outcome,
                 accepted_suggestions=[s.id for s in item.acceptedSuggestions],
@@ -324,22 +322,36 @@ async def feedback(request: Request) -> Response:
                 caller_sub=caller.sub,
                 caller_tenant=caller.tenant,
             )
-            await run_in_threadpool(audit.record_feedback, record)
-            count_feedback(record)
-    except Exception:
-        logger.exception("feedback store unavailable")
-        return JSONResponse({"error": "audit-unavailable"}, status_code=503)
-    return Response(b"{}", media_type="application/json")
+        )
+        patients.add(shown.patient_ref)
+    if len(patients) == 1:  # the audit row names the patient when the cards name one
+        exchange.patient_ref = patients.pop()
+    return Answer(Response(b"{}", media_type="application/json"), "feedback")
 
 
-def _shown_to(audit: object, card: str, service_id: str, caller: Caller) -> bool:
-    """Whether ``card`` was answered by ``service_id`` to ``caller``'s tenant."""
-    shown = audit.card_shown(card)  # type: ignore[attr-defined]
-    return (
-        shown is not None
-        and shown.service_id == service_id
-        and caller.owns(shown.caller_iss, shown.caller_tenant)
-    )
+def _shown_to(runtime: Runtime, card: str, service_id: str, caller: Caller) -> CardShown | None:
+    """The answer that carried ``card``, if ``service_id`` gave it to ``caller``'s tenant."""
+    lookup = getattr(runtime.audit, "card_shown", None)
+    shown: CardShown | None = lookup(card) if lookup is not None else None
+    if shown is None or shown.service_id != service_id:
+        return None
+    return shown if caller.owns(shown.caller_iss, shown.caller_tenant) else None
+
+
+def _feedback_unavailable(exchange: Exchange) -> Answer:
+    """503: the cards named could not be looked up; nothing is stored."""
+    exchange.feedback.clear()
+    unavailable = JSONResponse({"error": "audit-unavailable"}, status_code=503)
+    return Answer(unavailable, "error", "store-unavailable")
+
+
+def _feedback_service_id(request: Request) -> str:
+    """The audited service id of a feedback call: ``feedback:<service>``, kept apart
+    from the service's own answers (its answer counts and refusal rate)."""
+    return f"feedback:{_service_id(request)}"
+
+
+feedback = endpoint("jwt", _feedback_service_id, _feedback, on_error=_feedback_unavailable)
 
 
 def routes() -> list[BaseRoute]:

@@ -12,7 +12,7 @@ from serving.audit import schema
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
 from serving.audit.tables import Tables, utc, utc_or_none
 
-__all__ = ["CardShown", "FeedbackTables"]
+__all__ = ["CardShown", "FeedbackTables", "feedback_values"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,28 @@ class CardShown:
     caller_iss: str | None
     caller_tenant: str | None
     patient_ref: str | None = None
+    request_id: str | None = None
+
+
+def feedback_values(fb: FeedbackRecord) -> dict[str, Any]:
+    """The ``feedback`` table row of ``fb`` (its ``request_id`` as given)."""
+    reason = fb.override_reason or OverrideReason()
+    return {
+        "card_uuid": fb.card_uuid,
+        "request_id": fb.request_id,
+        "service_id": fb.service_id,
+        "outcome": fb.outcome,
+        "accepted_suggestions": list(fb.accepted_suggestions),
+        "override_system": reason.system,
+        "override_code": reason.code,
+        "override_display": reason.display,
+        "comment": fb.comment,
+        "outcome_timestamp": utc_or_none(fb.outcome_timestamp),
+        "caller_iss": fb.caller_iss,
+        "caller_sub": fb.caller_sub,
+        "caller_tenant": fb.caller_tenant,
+        "created": utc(fb.created),
+    }
 
 
 class FeedbackTables(Tables):
@@ -37,6 +59,7 @@ class FeedbackTables(Tables):
                 events.c.caller_iss,
                 events.c.caller_tenant,
                 events.c.patient_ref,
+                events.c.request_id,
             )
             .join(cards, cards.c.request_id == events.c.request_id)
             .where(cards.c.card_uuid == card_uuid)
@@ -68,30 +91,15 @@ class FeedbackTables(Tables):
         return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
 
     def record_feedback(self, fb: FeedbackRecord) -> None:
-        """Append one feedback entry and commit before returning.
+        """Append one feedback entry and commit before returning, without an audit row
+        (the routes store feedback with their call's row: :attr:`AuditRecord.feedback`).
 
         When ``fb.request_id`` is None it is filled from the card index.
 
         Raises:
             AuditUnavailable: the entry could not be committed.
         """
-        reason = fb.override_reason or OverrideReason()
-        values = {
-            "card_uuid": fb.card_uuid,
-            "request_id": fb.request_id,
-            "service_id": fb.service_id,
-            "outcome": fb.outcome,
-            "accepted_suggestions": list(fb.accepted_suggestions),
-            "override_system": reason.system,
-            "override_code": reason.code,
-            "override_display": reason.display,
-            "comment": fb.comment,
-            "outcome_timestamp": utc_or_none(fb.outcome_timestamp),
-            "caller_iss": fb.caller_iss,
-            "caller_sub": fb.caller_sub,
-            "caller_tenant": fb.caller_tenant,
-            "created": utc(fb.created),
-        }
+        values = feedback_values(fb)
 
         def work(connection: Any) -> None:
             if values["request_id"] is None:

@@ -26,6 +26,7 @@ _OUTCOME = {
     "no-advice": "0",
     "read": "0",
     "discovery": "0",
+    "feedback": "0",
     "refused": "4",
     "error": "8",
 }

@@ -19,8 +19,9 @@ __all__ = [
 ]
 
 # "read": something stored was shown again (an imaging result, its images or FHIR, an
-# explanation page, a study list); "discovery": the CDS Hooks discovery document.
-Outcome = Literal["advice", "no-advice", "refused", "error", "read", "discovery"]
+# explanation page, a study list); "discovery": the CDS Hooks discovery document;
+# "feedback": clinician feedback on cards, stored with the row (AuditRecord.feedback).
+Outcome = Literal["advice", "no-advice", "refused", "error", "read", "discovery", "feedback"]
 Mode = Literal["live", "silent"]
 
 
@@ -61,6 +62,37 @@ class ImagingResultRecord(BaseModel):
     format: int = Field(ge=1)
     result: str = Field(description="JSON text of the read.")
     heatmap: bytes = Field(description="What the heatmap PNGs are drawn from.")
+
+
+class OverrideReason(BaseModel):
+    """The coded reason a clinician gave for overriding a card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = Field(default=None, max_length=512)
+    code: str | None = Field(default=None, max_length=128)
+    display: str | None = Field(default=None, max_length=512)
+
+
+class FeedbackRecord(BaseModel):
+    """One CDS Hooks feedback entry, linked to the card and the request that made it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    card_uuid: str = Field(min_length=1, max_length=64)
+    request_id: str | None = Field(
+        default=None, max_length=64, description="Request whose response carried the card."
+    )
+    service_id: str = Field(min_length=1, max_length=128)
+    outcome: Literal["accepted", "overridden"]
+    accepted_suggestions: list[str] = Field(default_factory=list)
+    override_reason: OverrideReason | None = None
+    comment: str | None = Field(default=None, max_length=4000)
+    outcome_timestamp: datetime | None = None
+    caller_iss: str | None = Field(default=None, max_length=512)
+    caller_sub: str | None = Field(default=None, max_length=512)
+    caller_tenant: str | None = Field(default=None, max_length=128)
+    created: datetime = Field(default_factory=_now)
 
 
 class AuditRecord(BaseModel):
@@ -107,37 +139,12 @@ class AuditRecord(BaseModel):
         exclude=True,
         description="A new chest X-ray read committed with this row; not an audit column.",
     )
-
-
-class OverrideReason(BaseModel):
-    """The coded reason a clinician gave for overriding a card."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    system: str | None = Field(default=None, max_length=512)
-    code: str | None = Field(default=None, max_length=128)
-    display: str | None = Field(default=None, max_length=512)
-
-
-class FeedbackRecord(BaseModel):
-    """One CDS Hooks feedback entry, linked to the card and the request that made it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    card_uuid: str = Field(min_length=1, max_length=64)
-    request_id: str | None = Field(
-        default=None, max_length=64, description="Request whose response carried the card."
+    feedback: list[FeedbackRecord] = Field(
+        default_factory=list,
+        exclude=True,
+        description="Clinician feedback committed with this row (outcome 'feedback'), in "
+        "its transaction; not an audit column.",
     )
-    service_id: str = Field(min_length=1, max_length=128)
-    outcome: Literal["accepted", "overridden"]
-    accepted_suggestions: list[str] = Field(default_factory=list)
-    override_reason: OverrideReason | None = None
-    comment: str | None = Field(default=None, max_length=4000)
-    outcome_timestamp: datetime | None = None
-    caller_iss: str | None = Field(default=None, max_length=512)
-    caller_sub: str | None = Field(default=None, max_length=512)
-    caller_tenant: str | None = Field(default=None, max_length=128)
-    created: datetime = Field(default_factory=_now)
 
 
 class ApiKeyInfo(BaseModel):

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from serving.audit import engine as _engine
 from serving.audit import schema
 from serving.audit.committer import GroupCommitter
-from serving.audit.feedback import CardShown, FeedbackTables
+from serving.audit.feedback import CardShown, FeedbackTables, feedback_values
 from serving.audit.keys import API_KEY_PREFIX, KeyTables
 from serving.audit.records import AuditRecord
 from serving.audit.tables import AuditUnavailable, utc, write
@@ -45,7 +45,13 @@ class AuditStore(FeedbackTables, KeyTables):
         super().__init__(engine, replay_engine)
         self._writer = BatchWriter(
             engine,
-            [schema.audit_events, schema.audit_cards, schema.explanations, schema.imaging_results],
+            [
+                schema.audit_events,
+                schema.audit_cards,
+                schema.explanations,
+                schema.imaging_results,
+                schema.feedback,
+            ],
         )
         self._committer = GroupCommitter(self._write_rows)
 
@@ -81,8 +87,8 @@ class AuditStore(FeedbackTables, KeyTables):
         # and the authenticator awaits the jti commit before the route writes its audit
         # row. So a call answered with advice, "no advice" or stored feedback has its
         # jti on disk first; so does discovery, audited like every pipeline answer.
-        # Answers without a durable commit after authentication (4xx for a bad
-        # feedback body; 503 when the audit commit failed) may lose their jti in a
+        # Answers without a durable commit after authentication (503 when the audit
+        # commit failed) may lose their jti in a
         # power cut, not in a process crash; a copy of that token (5 min + 60 s
         # lifetime at most) could then be used once more, but that first answer gave
         # nothing, so a token still gets advice, data or a write at most once. A new JWT route
@@ -131,6 +137,7 @@ class AuditStore(FeedbackTables, KeyTables):
         cards: list[dict[str, str]] = []
         explanations: list[dict[str, Any]] = []
         imaging: list[dict[str, Any]] = []
+        feedback: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
             values["created"] = utc(row.created)
@@ -140,8 +147,10 @@ class AuditStore(FeedbackTables, KeyTables):
                 explanations.append(row.explanation.model_dump())
             if row.imaging_result is not None:
                 imaging.append(row.imaging_result.model_dump() | {"request_id": row.request_id})
+            feedback.extend(feedback_values(fb) for fb in row.feedback)
 
-        # One transaction: explanations and imaging results cost no second commit (fsync).
+        # One transaction: explanations, imaging results and feedback cost no second
+        # commit (fsync), and none of them is stored without its audit row.
         write(
             self._writer,
             {
@@ -149,6 +158,7 @@ class AuditStore(FeedbackTables, KeyTables):
                 "audit_cards": cards,
                 "explanations": explanations,
                 "imaging_results": imaging,
+                "feedback": feedback,
             },
         )
 

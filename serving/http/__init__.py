@@ -7,7 +7,9 @@ configuration only) -> strict parse (:mod:`serving.body`) -> handle -> audit row
 committed (:mod:`serving.http.audit`) -> respond. Refused callers get one 401 body (403
 / 410 for a bad signed link) and no durable row (they are counted,
 :mod:`serving.metrics`); a store that cannot be reached is answered 503, decided in one
-place (:func:`serving.http.identify.refusal`). Every route is built this way: CDS Hooks
-and discovery, REST, the imaging and PACS study routes, and the pages opened by signed
-link.
+place (:func:`serving.http.identify.refusal`). Every route that answers a caller is
+built this way: CDS Hooks, its discovery and feedback, REST, the imaging and PACS study
+routes, the pages opened by signed link and the explanation page's feedback; the route
+table test (``tests/serving/http/test_route_table.py``) lists, with reasons, the few
+that are not.
 """

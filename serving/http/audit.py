@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from serving.audit.records import (
     AuditRecord,
     ExplanationRecord,
+    FeedbackRecord,
     ImagingResultRecord,
     Mode,
     Outcome,
@@ -50,6 +51,8 @@ class Exchange:
         explanation: an NCD card's explanation, stored with an ``advice`` row only.
         imaging_result: a new chest X-ray read, stored with an ``advice`` row only: in
             its transaction, so a read exists exactly when its audit row does.
+        feedback: clinician feedback on cards, stored with a ``feedback`` row only, in
+            its transaction: feedback exists exactly when the row of its call does.
         after_advice: run once an ``advice`` row is committed (e.g. counting a new
             read's drift bins), never for a row that was not.
     """
@@ -66,6 +69,7 @@ class Exchange:
     explanation: ExplanationRecord | None = None
     imaging_result: ImagingResultRecord | None = None
     mode: Mode = "live"
+    feedback: list[FeedbackRecord] = field(default_factory=list)
     after_advice: list[Callable[[], None]] = field(default_factory=list)
 
     def row(self, outcome: Outcome, reason: str | None) -> AuditRecord:
@@ -90,6 +94,7 @@ class Exchange:
             mode=self.mode,
             explanation=self.explanation if outcome == "advice" else None,
             imaging_result=self.imaging_result if outcome == "advice" else None,
+            feedback=self.feedback if outcome == "feedback" else [],
         )
 
 

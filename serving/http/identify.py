@@ -6,6 +6,9 @@
   (:class:`serving.auth.ApiKeyAuthenticator`).
 * ``link``: a signed capability link (:mod:`serving.ui.links`, ``?exp=&sig=`` over the
   exact path), opened by a browser without credentials, in dev mode too.
+* ``page-link``: a JSON call from a page opened by signed link (its feedback form): the
+  body names the page and carries that page's ``exp`` and ``sig``
+  (:func:`serving.ui.links.page_capability`); in dev mode too.
 * dev mode (``TONLE_DEV``): no authenticators, every ``jwt`` and ``api-key`` caller is
   the dev caller; the app admits loopback clients only (:class:`serving.app.LoopbackOnly`).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from serving.audit.tables import AuditUnavailable
 from serving.auth import AuthError, AuthUnavailable, api_key_from_headers, unauthorized_response
+from serving.body import BadRequest, read_json
 from serving.http.caller import DEV_CALLER, Caller, link_caller
 from serving.metrics import count_refusal
 from serving.ui import links
@@ -37,7 +42,7 @@ __all__ = ["LinkRefused", "Scheme", "api_key_caller", "authenticate", "refusal",
 
 logger = logging.getLogger(__name__)
 
-Scheme = Literal["jwt", "api-key", "link"]
+Scheme = Literal["jwt", "api-key", "link", "page-link"]
 _LOG_EVERY_S = 60.0
 
 
@@ -61,10 +66,13 @@ async def authenticate(runtime: Runtime, request: Request, scheme: Scheme) -> Ca
     Raises:
         AuthError: refused (answer 401).
         AuthUnavailable: (an AuthError) the replay or key store is down (answer 503).
-        LinkRefused: (an AuthError) ``link``: not a valid signed link (answer 403 / 410).
+        LinkRefused: (an AuthError) ``link`` / ``page-link``: not a valid signed link
+            (answer 403 / 410).
     """
     if scheme == "link":
         return await _link_holder(request)
+    if scheme == "page-link":
+        return await _page_link_holder(request)
     if scheme == "api-key":
         return api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
     if runtime.cds_auth is None:
@@ -92,12 +100,31 @@ def api_key_caller(keys: ApiKeyAuth | None, request: Request, *, dev: bool) -> C
 async def _link_holder(request: Request) -> Caller:
     """The holder of a valid signed link to the request's own path (its tenant unknown
     until what the link names is found); checked before anything is looked up."""
+    return await _holder(lambda: links.verdict(request))
+
+
+async def _page_link_holder(request: Request) -> Caller:
+    """The holder of a valid signed link to the page the JSON body names: a body that
+    cannot be read or names no page is an invalid link (403), checked before anything
+    is looked up. The parsed body is kept for the handler (:func:`serving.body.read_json`)."""
     try:
-        verdict = await run_in_threadpool(links.verdict, request)
+        named = links.page_capability(await read_json(request))
+    except BadRequest as exc:
+        raise LinkRefused("invalid") from exc
+    if named is None:
+        raise LinkRefused("invalid")
+    page, params = named
+    runtime = runtime_of(request)
+    return await _holder(lambda: links.signer(runtime).check(page, params))
+
+
+async def _holder(verdict: Callable[[], links.Verdict]) -> Caller:
+    try:
+        found = await run_in_threadpool(verdict)
     except AuditUnavailable as exc:  # dev mode / demo: the generated key's database
         raise AuthUnavailable("link-key-unavailable") from exc
-    if verdict != "ok":
-        raise LinkRefused(verdict)
+    if found != "ok":
+        raise LinkRefused(found)
     return link_caller()
 
 

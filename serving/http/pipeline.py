@@ -29,7 +29,7 @@ from serving.auth import AuthError
 from serving.body import BadRequest
 from serving.http.audit import Exchange, commit
 from serving.http.identify import Scheme, authenticate, refusal, runtime_of
-from serving.metrics import count_outcome, observe_answer
+from serving.metrics import count_feedback, count_outcome, observe_answer
 
 if TYPE_CHECKING:
     from serving.runtime import Runtime
@@ -40,6 +40,7 @@ __all__ = [
     "audit_unavailable",
     "endpoint",
     "internal_error",
+    "pipeline_scheme",
     "record",
     "record_now",
     "route_of",
@@ -95,7 +96,8 @@ def endpoint(
     """A Starlette endpoint running ``handler`` inside the pipeline.
 
     Args:
-        scheme: how callers authenticate (``jwt``, ``api-key`` or a signed ``link``).
+        scheme: how callers authenticate (``jwt``, ``api-key``, a signed ``link``, or
+            ``page-link``: the signed link of the page a JSON call comes from).
         service_id: the audit rows' service id, or how to tell it from the request.
         handler: parses, answers and fills in the exchange; runs after authentication.
         on_error: the answer when ``handler`` raises something other than BadRequest.
@@ -127,7 +129,18 @@ def endpoint(
         response.headers["X-Request-Id"] = exchange.request_id
         return response
 
+    run.__dict__[_MARK] = scheme
     return run
+
+
+_MARK = "tonle_pipeline_scheme"  # set on every endpoint made here
+
+
+def pipeline_scheme(route_endpoint: object) -> Scheme | None:
+    """How callers of ``route_endpoint`` authenticate, if :func:`endpoint` made it (else
+    None): the route table test checks every route with it."""
+    scheme: Scheme | None = getattr(route_endpoint, "__dict__", {}).get(_MARK)
+    return scheme
 
 
 async def record(
@@ -168,6 +181,8 @@ def _counted(exchange: Exchange, row: AuditRecord) -> None:
     """Count a committed row on ``/metrics`` and run the exchange's advice hooks."""
     count_outcome(exchange.service_id, row.outcome, row.reason)
     observe_answer(row)
+    for fb in row.feedback:
+        count_feedback(fb)
     if row.outcome == "advice":
         for hook in exchange.after_advice:
             hook()

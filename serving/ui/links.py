@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -42,6 +43,7 @@ __all__ = [
     "REFUSED_BODY",
     "LinkSigner",
     "Verdict",
+    "page_capability",
     "refusal",
     "require_key",
     "signer",
@@ -62,6 +64,7 @@ MISSING_KEY = (
 )
 
 Verdict = Literal["ok", "invalid", "expired"]
+_PAGE_ID = re.compile(r"^[0-9A-Za-z-]{8,64}$")  # a card uuid or an imaging result id
 
 
 class LinkSigner:
@@ -169,3 +172,24 @@ def verdict(request: Request) -> Verdict:
     """Whether the request's own URL is a valid signed link."""
     runtime = request.app.state.runtime
     return signer(runtime).check(request.url.path, request.query_params)
+
+
+def page_capability(body: Any) -> tuple[str, dict[str, str]] | None:
+    """The explanation page a JSON body sent from it names, and that page's own signed
+    link (``exp``, ``sig``): the capability of a call made by the page's script (its
+    feedback form), whose own URL is not signed.
+
+    ``{"card": id, "kind": "ncd" | "cxr", "exp": ..., "sig": ...}`` names
+    ``/ui/explain/{id}`` (``kind`` left out: ``ncd``) or ``/ui/explain/cxr/{id}``;
+    anything else names no page (None).
+    """
+    if not isinstance(body, dict):
+        return None
+    card, kind = body.get("card"), body.get("kind", "ncd")
+    exp, sig = body.get("exp"), body.get("sig")
+    if not (isinstance(card, str) and _PAGE_ID.match(card) and kind in ("ncd", "cxr")):
+        return None
+    if not (isinstance(exp, str) and isinstance(sig, str)):
+        return None
+    page = f"/ui/explain/cxr/{card}" if kind == "cxr" else f"/ui/explain/{card}"
+    return page, {"exp": exp, "sig": sig}

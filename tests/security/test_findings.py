@@ -159,6 +159,13 @@ def _feedback_rows(secure: SecureService, card: str) -> list[Any]:
         return list(db.execute("SELECT caller_tenant FROM feedback WHERE card_uuid = ?", (card,)))
 
 
+def _audited(secure: SecureService, response: Any) -> list[Any]:
+    """The audit row (outcome, reason, tenant) of the call ``response`` answered."""
+    query = "SELECT outcome, reason, caller_tenant FROM audit_events WHERE request_id = ?"
+    with sqlite3.connect(secure.database) as db:
+        return list(db.execute(query, (response.headers["x-request-id"],)))
+
+
 def test_feedback_only_for_cards_shown_to_the_callers_hospital(secure: SecureService) -> None:
     path = f"{CVD}/feedback"
     card_a = _card(secure, HOSPITAL_A)
@@ -166,6 +173,8 @@ def test_feedback_only_for_cards_shown_to_the_callers_hospital(secure: SecureSer
         "POST", path, json=_feedback(card_a), headers=secure.token(path, HOSPITAL_B)
     )
     assert (other.status_code, other.json()["error"]) == (404, "unknown-card")
+    # Feedback goes through the one pipeline: the refusal is audited under the caller.
+    assert _audited(secure, other) == [("refused", "unknown-card", "hospital-b")]
     never = str(uuid.uuid4())
     made_up = secure.request("POST", path, json=_feedback(never), headers=secure.token(path))
     assert (made_up.status_code, made_up.json()) == (other.status_code, other.json())
@@ -180,6 +189,7 @@ def test_feedback_only_for_cards_shown_to_the_callers_hospital(secure: SecureSer
     own = secure.request("POST", path, json=_feedback(card_a), headers=secure.token(path))
     assert own.status_code == 200, own.text
     assert _feedback_rows(secure, card_a) == [("hospital-a",)]
+    assert _audited(secure, own) == [("feedback", None, "hospital-a")]
 
 
 def test_the_front_page_is_tonles_own(secure: SecureService) -> None:

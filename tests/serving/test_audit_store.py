@@ -222,6 +222,31 @@ def test_feedback_links_to_request_through_card(store: AuditStore) -> None:
     assert [f.outcome for f in store.feedback(card_uuid="card-a")] == ["accepted"]
 
 
+def test_feedback_commits_with_its_audit_row_or_not_at_all(store: AuditStore) -> None:
+    """Feedback carried by an audit row is written in that row's transaction: a row that
+    cannot be stored (its request id taken) takes its feedback with it."""
+    store.record(_row("req-shown", card_ids=["card-f"]))
+    shown = store.card_shown("card-f")
+    assert shown is not None
+    assert shown.request_id == "req-shown"
+    entry = FeedbackRecord(
+        card_uuid="card-f",
+        request_id=shown.request_id,
+        service_id="ncd-cvd-risk",
+        outcome="accepted",
+        accepted_suggestions=["sugg-1"],
+        outcome_timestamp=datetime(2026, 3, 1, 12, tzinfo=UTC),
+    )
+    store.record(_row("req-fb", outcome="feedback", card_ids=[], feedback=[entry]))
+    with pytest.raises(DuplicateRequest):
+        store.record(_row("req-fb", outcome="feedback", card_ids=[], feedback=[entry]))
+    got = store.feedback(card_uuid="card-f")
+    assert [(f.request_id, f.accepted_suggestions) for f in got] == [("req-shown", ["sugg-1"])]
+    assert got[0].outcome_timestamp == entry.outcome_timestamp
+    (row,) = store.rows(request_id="req-fb")
+    assert (row.outcome, row.card_ids, row.feedback) == ("feedback", [], [])
+
+
 def test_api_keys_hashed_checked_and_revoked(store: AuditStore) -> None:
     info, key = store.create_api_key("site-a", "lab system")
     other_info, other = store.create_api_key("site-b", "pharmacy")

@@ -600,6 +600,57 @@ def test_feedback_is_stored_and_linked(app: Starlette, runtime: Runtime) -> None
     assert bad.json()["field"].startswith("feedback.0")
 
 
+def _accepted(card_id: str) -> dict[str, Any]:
+    return {
+        "feedback": [
+            {"card": card_id, "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:00:00Z"}
+        ]
+    }
+
+
+def test_feedback_is_committed_with_its_audit_row(app: Starlette, runtime: Runtime) -> None:
+    """Feedback goes through the one pipeline: its call's row (outcome ``feedback``) is
+    committed with it, the card's patient named, and found by the call's request id."""
+    answered = call(app, "POST", CVD, cds_request())
+    card_id = answered.json()["cards"][0]["uuid"]
+    stored = call(app, "POST", f"{CVD}/feedback", _accepted(card_id))
+    assert stored.status_code == 200
+    assert stored.json() == {}
+    row = audit_row(runtime, stored)
+    assert (row.service_id, row.outcome, row.reason) == ("feedback:ncd-cvd-risk", "feedback", None)
+    assert (row.caller_iss, row.card_ids) == ("dev", [])
+    assert row.patient_ref == audit_row(runtime, answered).patient_ref
+    found = runtime.audit.feedback(card_uuid=card_id)  # type: ignore[union-attr]
+    assert [(f.outcome, f.request_id) for f in found] == [
+        ("accepted", answered.headers["x-request-id"])
+    ]
+    unknown = call(app, "POST", f"{CVD}/feedback", _accepted("0" * 32))
+    assert unknown.status_code == 404
+    assert (audit_row(runtime, unknown).outcome, audit_row(runtime, unknown).reason) == (
+        "refused",
+        "unknown-card",
+    )
+    nope = call(app, "POST", "/cds-services/nope/feedback", _accepted(card_id))
+    assert nope.status_code == 404
+    assert audit_row(runtime, nope).service_id == "feedback:unknown-service"
+
+
+def test_feedback_is_not_stored_when_its_audit_row_cannot_be(
+    app: Starlette, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    card_id = call(app, "POST", CVD, cds_request()).json()["cards"][0]["uuid"]
+
+    async def down(row: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runtime.audit, "record_async", down)
+    refused = call(app, "POST", f"{CVD}/feedback", _accepted(card_id))
+    assert refused.status_code == 503
+    assert refused.json() == {"error": "audit-unavailable"}
+    monkeypatch.undo()
+    assert runtime.audit.feedback(card_uuid=card_id) == []  # type: ignore[union-attr]
+
+
 def test_fhir_output_validates_with_r4b(app: Starlette) -> None:
     card = call(app, "POST", CVD, cds_request()).json()["cards"][0]
     ra_json, prov_json = recorded(card)

@@ -564,3 +564,50 @@ def test_monitor_subgroups_are_the_callers_tenants_only(app_rt: tuple[Starlette,
     assert "Site: " not in subgroups  # a tenant sees no site breakdown
     elsewhere = request(app, "GET", "/ui/monitor", headers={"X-API-Key": other}).text
     assert "ncd-cvd-risk" not in elsewhere.partition("Subgroups, last 30 days")[2]
+
+
+def test_page_feedback_is_committed_with_its_audit_row(
+    app_rt: tuple[Starlette, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page's feedback goes through the one pipeline: its row (service
+    ``ui-feedback``, outcome ``feedback``, the card's tenant and patient) is committed
+    with it; when that commit fails the answer is 503 and nothing is stored."""
+    app, runtime = app_rt
+    assert runtime.audit is not None
+    card = _card_for(app, "demo-01")
+    uuid, signed = card["uuid"], _signed_params(card["links"][0]["url"])
+    body = {"card": uuid, "kind": "ncd", "agree": True, "reason": "", **signed}
+
+    async def down(row: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runtime.audit, "record_async", down)
+    failed = request(app, "POST", "/ui/api/feedback", json=body)
+    assert failed.status_code == 503
+    monkeypatch.undo()
+    assert runtime.audit.feedback(card_uuid=uuid) == []  # type: ignore[attr-defined]
+
+    ok = request(app, "POST", "/ui/api/feedback", json=body)
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"stored": True}
+    rows = runtime.audit.rows(request_id=ok.headers["x-request-id"])  # type: ignore[attr-defined]
+    assert [(r.service_id, r.outcome, r.caller_iss) for r in rows] == [
+        ("ui-feedback", "feedback", "tonle-link")
+    ]
+    stored = runtime.audit.feedback(card_uuid=uuid)  # type: ignore[attr-defined]
+    assert [(f.outcome, f.caller_iss) for f in stored] == [("accepted", "tonle-ui")]
+    (answered,) = runtime.audit.rows(request_id=stored[0].request_id)  # type: ignore[attr-defined]
+    assert (rows[0].caller_tenant, rows[0].patient_ref) == (
+        answered.caller_tenant,
+        answered.patient_ref,
+    )
+    # The page's link is the capability for that page's card only, before any look-up.
+    for other in ({**body, "card": "0" * 32}, {**body, "kind": "cxr"}, {**body, "exp": "1"}):
+        assert request(app, "POST", "/ui/api/feedback", json=other).status_code == 403
+    assert len(runtime.audit.feedback(card_uuid="0" * 32)) == 0  # type: ignore[attr-defined]
+    # Strict parsing: an unknown field or a non-boolean verdict is refused, and audited.
+    for bad in ({**body, "extra": 1}, {**body, "agree": "yes"}):
+        refused = request(app, "POST", "/ui/api/feedback", json=bad)
+        assert refused.status_code == 400
+        (row,) = runtime.audit.rows(request_id=refused.headers["x-request-id"])  # type: ignore[attr-defined]
+        assert row.outcome == "refused"
