@@ -286,7 +286,11 @@ def import_cxr_command(
             labels_csv=labels, label_map=mapping, official_test=not hashed_test,
         )  # fmt: skip
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        said = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        # An OS error from a file call names the path; our own (e.g. "none of the N
+        # images ...") carries its message alone.
+        said = str(exc)
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            said = f"{exc.filename}: {exc.strerror}"
         console.print(f"[bold red]error:[/] {said}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from exc
     out.print(f"wrote {path}")
