@@ -112,7 +112,8 @@ def instrumented(runtime: Any, stages: Stages) -> Iterator[None]:
     import models.cxr_preprocess as preprocess
     import models.cxr_quality as quality
     from serving import metrics
-    from serving.imaging import analysis, routes
+    from serving.http import pipeline
+    from serving.imaging import analysis, exchange, routes
 
     patches: list[tuple[Any, str, Any]] = []
 
@@ -128,12 +129,11 @@ def instrumented(runtime: Any, stages: Stages) -> Iterator[None]:
     patch(preprocess, "decode_dicom", "decode")
     patch(quality, "assess", "quality gate")
     patch(preprocess, "to_model_input", "model input")
-    patch(analysis.CxrAnalyser, "_display_copy", "display copy")
     # ONNX Runtime's own threads: the process's CPU (nothing else runs meanwhile).
     patch(state.analyser.runner, "predict", "model", time.process_time)
     patch(analysis.CxrAnalyser, "finish", "finish (thresholds, heatmap source)")
-    patch(routes, "audit_row", "audit row (all of it)")
-    patch(state.store, "record", "read row (JSON, heatmap bytes)")
+    patch(pipeline, "record", "audit row (all of it)")
+    patch(exchange.ResultStore, "record", "read row (JSON, heatmap bytes)")
     patch(state.audit, "record", "audit commit (wait)")
     patch(state.audit._committer, "_write", "committer write incl. fsync")
     patch(metrics, "observe_answer", "monitoring metrics")  # imported when called
