@@ -29,11 +29,13 @@ model (224 px) and measures, in one run:
 
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
+A trained model's out-of-distribution gate may refuse the benchmark's images (the demo
+model, trained on 256 px synthetic radiographs, refuses these 512 px and 3000 x 2500
+renderings: 422 before any timing); the untrained default has no gate.
 
 Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
     .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
-    .venv/bin/python benchmarks/bench_cxr_http.py --model cxr-triage:0.4.0-demo
     .venv/bin/python benchmarks/bench_cxr_http.py --cpu-target --display-short-side 0
 """
 
