@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cxr_http import build_model, radiograph, small_radiograph  # noqa: E402
+from benchmarks.profile_cds import Stages  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 
 PATH = "/v1/imaging/cxr"
@@ -64,46 +65,6 @@ ROWS = (
     ("response JSON", False),
 )
 _TOP_LEVEL = [name for name, nested in ROWS if not nested]
-
-
-class Stages:
-    """Per-call CPU seconds by stage; ``add`` accumulates into the current call."""
-
-    def __init__(self) -> None:
-        self.current: dict[str, float] = {}
-        self.calls: list[dict[str, float]] = []
-
-    def add(self, name: str, seconds: float) -> None:
-        self.current[name] = self.current.get(name, 0.0) + seconds
-
-    def end_call(self, total: float) -> None:
-        self.current["total"] = total
-        self.calls.append(self.current)
-        self.current = {}
-
-    def wrap(
-        self, name: str, fn: Callable[..., Any], clock: Callable[[], float] = time.thread_time
-    ) -> Callable[..., Any]:
-        """``fn`` timed under ``name`` in CPU time of the thread it runs on (``clock``)."""
-        if asyncio.iscoroutinefunction(fn):
-
-            async def timed_async(*args: Any, **kwargs: Any) -> Any:
-                start = clock()
-                try:
-                    return await fn(*args, **kwargs)
-                finally:
-                    self.add(name, clock() - start)
-
-            return timed_async
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.add(name, clock() - start)
-
-        return timed
 
 
 @contextmanager
