@@ -29,6 +29,7 @@ import cProfile
 import io
 import json
 import pstats
+import secrets
 import statistics
 import sys
 import tempfile
@@ -162,26 +163,25 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
             setattr(owner, attr, original)
 
 
-async def _call(app: Any, body: bytes, token: str | None) -> int:
-    headers = [(b"content-type", b"application/json"), (b"host", b"testserver"),
-               (b"content-length", str(len(body)).encode())]  # fmt: skip
-    if token is not None:
-        headers.append((b"authorization", f"Bearer {token}".encode()))
+async def post(app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> int:
+    """POST ``chunks`` (the body as the server hands it over) to the ASGI ``app``; its status."""
+    size = sum(len(chunk) for chunk in chunks)
+    headers = [*headers, (b"host", b"testserver"), (b"content-length", str(size).encode())]
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": PATH, "raw_path": PATH.encode(), "root_path": "",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
         "query_string": b"", "headers": headers, "server": ("testserver", 80),
         "client": ("127.0.0.1", 50000),
     }  # fmt: skip
-    sent = False
+    sent = 0
     status = 0
 
     async def receive() -> dict[str, Any]:
         nonlocal sent
-        if sent:
+        if sent == len(chunks):
             return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        sent += 1
+        return {"type": "http.request", "body": chunks[sent - 1], "more_body": sent < len(chunks)}
 
     async def send(message: dict[str, Any]) -> None:
         nonlocal status
@@ -190,6 +190,13 @@ async def _call(app: Any, body: bytes, token: str | None) -> int:
 
     await app(scope, receive, send)
     return status
+
+
+async def _call(app: Any, body: bytes, token: str | None) -> int:
+    headers = [(b"content-type", b"application/json")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return await post(app, PATH, [body], headers)
 
 
 def _tokens(issuer_dir: Path | None, n: int) -> list[str | None]:
@@ -212,6 +219,8 @@ def profile(calls: int = 500, *, auth: bool = True, cprofile: bool = False) -> s
 
             issuer_dir = tmp / "issuer"
             settings["allowed_issuers"] = ensure_demo_issuer(issuer_dir, fhir_servers=[])
+            # Outside dev mode the service needs its link key (explanation-page links).
+            settings["link_secret"] = secrets.token_hex(32)
         body = json.dumps(cds_request()).encode()
         with runtime_for(home, tmp, **settings) as runtime:
             _with_training_distribution(runtime)

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cxr_http import build_model, radiograph, small_radiograph  # noqa: E402
-from benchmarks.profile_cds import Stages  # noqa: E402
+from benchmarks.profile_cds import Stages, post  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 
 PATH = "/v1/imaging/cxr"
@@ -113,32 +113,7 @@ def _chunks(body: bytes) -> list[bytes]:
 
 
 async def _call(app: Any, chunks: list[bytes]) -> int:
-    size = sum(len(chunk) for chunk in chunks)
-    headers = [(b"content-type", b"application/dicom"), (b"host", b"testserver"),
-               (b"content-length", str(size).encode())]  # fmt: skip
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": PATH, "raw_path": PATH.encode(), "root_path": "",
-        "query_string": b"", "headers": headers, "server": ("testserver", 80),
-        "client": ("127.0.0.1", 50000),
-    }  # fmt: skip
-    sent = 0
-    status = 0
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent == len(chunks):
-            return {"type": "http.disconnect"}
-        sent += 1
-        return {"type": "http.request", "body": chunks[sent - 1], "more_body": sent < len(chunks)}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
+    return await post(app, PATH, chunks, [(b"content-type", b"application/dicom")])
 
 
 @contextmanager
