@@ -256,16 +256,13 @@ def _ncd_outcomes(
 def _ncd_html(service: str, tenant: str, summary: str, rows: list[dict[str, object]]) -> str:
     from html import escape
 
-    from serving.monitor.report import html_table
+    from serving.monitor.report import html_page, table_of
 
     head = ["group", "band", "patients", "events", "complete", "censored", "prior",
             "mean_predicted", "observed", "observed_low", "observed_high", "o_e"]  # fmt: skip
-    return "\n".join(
+    return html_page(
+        "Tonle NCD outcomes",
         [
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle NCD "
-            "outcomes</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-            "padding:2px 6px}</style></head><body>",
             f"<h1>Observed against expected risk: {escape(service)}, site "
             f"{escape(tenant or '-')}</h1>",
             f"<p>{escape(summary)}</p>",
@@ -274,14 +271,9 @@ def _ncd_html(service: str, tenant: str, summary: str, rows: list[dict[str, obje
             "without an event are censored (not negatives); '-': nobody in the band was "
             "followed to the horizon. Prior: the event was recorded on or before the card "
             "(excluded). O/E: observed / mean predicted.</p>",
-            html_table(head, [[_cell(r[h]) for h in head] for r in rows]),
-            "</body></html>",
-        ]
+            table_of(head, rows),
+        ],
     )
-
-
-def _cell(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def _read_outcomes(path: Path) -> list[Outcome]:
@@ -320,33 +312,24 @@ def _outcomes_html(
 ) -> str:
     from html import escape
 
-    from serving.monitor.report import html_table
-
-    def cell(value: object) -> str:
-        return (
-            f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
-        )
+    from serving.monitor.report import html_page, table_of
 
     perf_head = ["group", "period", "n", "tp", "fp", "tn", "fn", "sensitivity",
                  "sensitivity_low", "sensitivity_high", "specificity", "specificity_low",
                  "specificity_high"]  # fmt: skip
     calib_head = ["bin_low", "bin_high", "n", "mean_predicted", "observed"]
-    return "\n".join(
+    return html_page(
+        "Tonle outcomes",
         [
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle outcomes"
-            "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-            "padding:2px 6px}</style></head><body>",
             f"<h1>Realised accuracy: {escape(finding)}, site {escape(tenant or '-')}</h1>",
             f"<p>{total} outcomes, {total - unmatched} joined to a read; {unmatched} had no "
             "read in the window (not counted). Flagged = the threshold each read applied. "
             "Wilson 95 % intervals.</p>",
             "<h2>Sensitivity and specificity, by group and month</h2>",
-            html_table(perf_head, [[cell(r[h]) for h in perf_head] for r in rows]),
+            table_of(perf_head, rows),
             "<h2>Calibration (probability deciles)</h2>",
-            html_table(calib_head, [[cell(r[h]) for h in calib_head] for r in calib]),
-            "</body></html>",
-        ]
+            table_of(calib_head, calib),
+        ],
     )
 
 

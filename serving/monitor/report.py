@@ -148,6 +148,28 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
+def html_page(title: str, body: list[str]) -> str:
+    """One self-contained HTML page: ``title`` in the head, ``body`` (HTML) as written."""
+    head = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>"
+        f"{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
+        "margin:auto}table{border-collapse:collapse;font-size:13px;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
+    )
+    return "\n".join([head, *body, "</body></html>"])
+
+
+def table_of(head: list[str], rows: list[dict[str, object]]) -> str:
+    """:func:`html_table` of the ``head`` columns of ``rows``: floats to 3 places, None as '-'."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        return "-" if value is None else str(value)
+
+    return html_table(head, [[cell(row[h]) for h in head] for row in rows])
+
+
 def html_table(head: list[str], rows: list[list[str]]) -> str:
     """An HTML table of ``rows`` under ``head``, every cell escaped."""
     cells = "".join(
@@ -183,10 +205,6 @@ def render_html(report: MonitorReport) -> str:
     """The report as one self-contained HTML page."""
     until = report.until.isoformat() if report.until else "now"
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Tonle monitoring "
-        "report</title><style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
-        "table{border-collapse:collapse;font-size:13px;margin-bottom:1em}"
-        "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
         "<h1>Tonle monitoring report</h1>",
         f"<p>Period: {html.escape(report.since.isoformat())} to {html.escape(until)}.</p>",
         "<h2>Volume</h2>",
@@ -259,8 +277,7 @@ def render_html(report: MonitorReport) -> str:
                 ["tenant", "service", "calls", "advice", "no advice", "refused", "error"], tenants
             ),
         ]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return html_page("Tonle monitoring report", parts)
 
 
 _DRIFT_TITLE = "Chest X-ray score drift (PSI against the model's reference)"
