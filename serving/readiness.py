@@ -178,7 +178,7 @@ async def readiness_detail(request: Request) -> Response:
     from serving.auth import AuthError
     from serving.http.identify import refusal
     from serving.metrics import current_samples, monitor_of, scrape_allowed
-    from serving.monitor.alerts import expected_of
+    from serving.monitor.alerts import expected_of, imaging_reference
 
     readiness = readiness_of(request)
     runtime = readiness.runtime
@@ -187,7 +187,8 @@ async def readiness_detail(request: Request) -> Response:
     checks = await readiness.checks()
     monitor = monitor_of(runtime)
     samples = await run_in_threadpool(current_samples)
-    _, states = monitor.evaluate(samples, expected_of(runtime.ncd))
+    imaging = imaging_reference(runtime)
+    _, states = monitor.evaluate(samples, expected_of(runtime.ncd), imaging=imaging)
     return JSONResponse(
         {
             "ready": all(c.ok for c in checks if c.gates),
