@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from models.ncd_predictor import NcdPredictor
     from serving.audit import AuditStore
-    from serving.audit.records import AuditRecord, FeedbackRecord
+    from serving.audit.records import AuditRecord
     from serving.http.cds import CdsHandler
     from serving.imaging.state import ImagingState
     from serving.ui.links import LinkSigner
@@ -51,7 +51,6 @@ class AuditSink(Protocol):
 
     def record(self, row: AuditRecord) -> None: ...
     async def record_async(self, row: AuditRecord) -> None: ...
-    def record_feedback(self, fb: FeedbackRecord) -> None: ...
 
 
 @dataclass
