@@ -177,7 +177,9 @@ class Runtime:
 def _open_audit(settings: Settings) -> AuditStore:
     from serving.audit import AuditStore
 
-    return AuditStore.open(settings.database_url.get_secret_value())
+    return AuditStore.open(
+        settings.database_url.get_secret_value(), pixels_days=settings.imaging_pixels_days
+    )
 
 
 def _open_auth(settings: Settings, store: AuditStore) -> tuple[CdsAuth, ApiKeyAuth]:

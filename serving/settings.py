@@ -57,6 +57,16 @@ class Settings(BaseSettings):
             "and a signed page or heatmap link stays valid."
         ),
     )
+    imaging_pixels_days: int = Field(
+        default=0,
+        ge=0,
+        le=36500,
+        description=(
+            "Days the X-ray reader's full-resolution copy of a chest X-ray read is kept "
+            "(0.5-0.9 MB a read), then emptied by the service (and `tonle db "
+            "prune-pixels`); the read, its card and heatmap stay. 0: kept for ever."
+        ),
+    )
     link_secret: SecretStr | None = Field(
         default=None,
         description=(

@@ -168,6 +168,8 @@ _SERVICE_GRANTS = (
         ("audit_events", "audit_cards", "feedback", "imaging_results", "service_secrets"),
     ),
     ("SELECT, INSERT, DELETE", ("jwt_replay", "explanations")),
+    # Retention empties a reader's copy (a trigger refuses any other UPDATE or DELETE).
+    ("SELECT, INSERT, UPDATE", ("imaging_pixels",)),
     ("SELECT", ("api_keys", "alembic_version")),
 )
 _SERVICE_SEQUENCES = ("audit_events_id_seq", "feedback_id_seq")

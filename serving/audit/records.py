@@ -50,6 +50,8 @@ class ImagingResultRecord(BaseModel):
 
     ``result`` and ``heatmap`` are encoded by :mod:`serving.imaging.results` in the
     layout numbered ``format``; ``tenant`` is the creating caller's ("" for none).
+    ``pixels`` (format 4+) is the reader's copy of the original, inserted into
+    ``imaging_pixels`` in the same transaction: kept for the site's retention only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +64,9 @@ class ImagingResultRecord(BaseModel):
     format: int = Field(ge=1)
     result: str = Field(description="JSON text of the read.")
     heatmap: bytes = Field(description="What the heatmap PNGs are drawn from.")
+    pixels: bytes | None = Field(
+        default=None, description="The reader's copy (None: none kept); not a result column."
+    )
 
 
 class OverrideReason(BaseModel):

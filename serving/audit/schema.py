@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Integer,
     LargeBinary,
     MetaData,
@@ -28,6 +29,7 @@ __all__ = [
     "audit_events",
     "explanations",
     "feedback",
+    "imaging_pixels",
     "imaging_results",
     "jwt_replay",
     "metadata",
@@ -131,7 +133,8 @@ service_secrets = Table(
 )
 
 # Chest X-ray reads (serving.imaging.results), each inserted in the transaction of the
-# audit row that first answered with it; ``format`` versions ``result`` and ``heatmap``.
+# audit row that first answered with it; ``format`` versions ``result`` and ``heatmap``
+# (and, from format 4, where the reader's copy is kept: ``imaging_pixels``).
 imaging_results = Table(
     "imaging_results",
     metadata,
@@ -144,6 +147,22 @@ imaging_results = Table(
     Column("format", SmallInteger, nullable=False),
     Column("result", Text, nullable=False),
     Column("heatmap", LargeBinary, nullable=False),
+)
+
+# The reader's copy of a read's original (format 4+; 0.5-0.9 MB each), inserted with its
+# read but not part of the record: the PACS holds the image. Retention empties ``data``
+# (TONLE_IMAGING_PIXELS_DAYS, ``tonle db prune-pixels``) and stamps ``removed``; a
+# trigger refuses any other change, so a kept copy is always the one the read was made
+# with. ``created`` is the read's.
+imaging_pixels = Table(
+    "imaging_pixels",
+    metadata,
+    Column(
+        "result_id", String(32), ForeignKey("imaging_results.result_id"), primary_key=True
+    ),
+    Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("data", LargeBinary),
+    Column("removed", DateTime(timezone=True)),
 )
 
 # Tables the service may only INSERT into (UPDATE/DELETE refused by triggers).

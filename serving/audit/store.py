@@ -22,6 +22,7 @@ from serving.audit import schema
 from serving.audit.committer import GroupCommitter
 from serving.audit.feedback import CardShown, FeedbackTables, feedback_values
 from serving.audit.keys import API_KEY_PREFIX, KeyTables
+from serving.audit.pixels import PixelTables
 from serving.audit.records import AuditRecord
 from serving.audit.tables import AuditUnavailable, utc, write
 from serving.audit.writer import BatchWriter
@@ -33,12 +34,14 @@ class DuplicateRequest(ValueError):
     """An audit row with this request id already exists."""
 
 
-class AuditStore(FeedbackTables, KeyTables):
+class AuditStore(FeedbackTables, KeyTables, PixelTables):
     """Append-only audit trail plus the small mutable tables auth needs.
 
     Open it with :meth:`open`; it is thread-safe (one pooled engine). Feedback and
     explanations come from :class:`~serving.audit.feedback.FeedbackTables`, API keys,
-    token ids and service secrets from :class:`~serving.audit.keys.KeyTables`.
+    token ids and service secrets from :class:`~serving.audit.keys.KeyTables`, the
+    retention of chest X-ray reader's copies from
+    :class:`~serving.audit.pixels.PixelTables`.
     """
 
     def __init__(self, engine: Engine, replay_engine: Engine | None = None) -> None:
@@ -50,19 +53,29 @@ class AuditStore(FeedbackTables, KeyTables):
                 schema.audit_cards,
                 schema.explanations,
                 schema.imaging_results,
+                schema.imaging_pixels,
                 schema.feedback,
             ],
         )
         self._committer = GroupCommitter(self._write_rows)
 
     @classmethod
-    def open(cls, database_url: str, *, migrate: bool = True, **engine_kwargs: Any) -> AuditStore:
+    def open(
+        cls,
+        database_url: str,
+        *,
+        migrate: bool = True,
+        pixels_days: int = 0,
+        **engine_kwargs: Any,
+    ) -> AuditStore:
         """Connect to ``database_url`` and bring its schema up to date.
 
         Args:
             database_url: SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
             migrate: apply shipped Alembic migrations (default). When False, refuse a
                 database that is not already at the shipped head.
+            pixels_days: days chest X-ray reader's copies are kept, then emptied with
+                the other expiring rows (0: for ever; ``TONLE_IMAGING_PIXELS_DAYS``).
             **engine_kwargs: passed to :func:`sqlalchemy.create_engine`.
 
         Raises:
@@ -93,7 +106,9 @@ class AuditStore(FeedbackTables, KeyTables):
         # lifetime at most) could then be used once more, but that first answer gave
         # nothing, so a token still gets advice, data or a write at most once. A new JWT route
         # that returns data or stores anything must commit durably before answering.
-        return cls(engine, _engine.make_engine(database_url, durable=False, **engine_kwargs))
+        store = cls(engine, _engine.make_engine(database_url, durable=False, **engine_kwargs))
+        store.pixels_days = pixels_days
+        return store
 
     def close(self) -> None:
         """Commit queued rows, then release pooled connections."""
@@ -137,6 +152,7 @@ class AuditStore(FeedbackTables, KeyTables):
         cards: list[dict[str, str]] = []
         explanations: list[dict[str, Any]] = []
         imaging: list[dict[str, Any]] = []
+        pixels: list[dict[str, Any]] = []
         feedback: list[dict[str, Any]] = []
         for row in rows:
             values = row.model_dump()
@@ -145,12 +161,17 @@ class AuditStore(FeedbackTables, KeyTables):
             cards.extend({"card_uuid": c, "request_id": row.request_id} for c in row.card_ids)
             if row.explanation is not None:
                 explanations.append(row.explanation.model_dump())
-            if row.imaging_result is not None:
-                imaging.append(row.imaging_result.model_dump() | {"request_id": row.request_id})
+            read = row.imaging_result
+            if read is not None:
+                imaging.append(read.model_dump(exclude={"pixels"}) | {"request_id": row.request_id})
+                if read.pixels is not None:
+                    pixels.append(
+                        {"result_id": read.result_id, "created": utc(read.created), "data": read.pixels}
+                    )
             feedback.extend(feedback_values(fb) for fb in row.feedback)
 
-        # One transaction: explanations, imaging results and feedback cost no second
-        # commit (fsync), and none of them is stored without its audit row.
+        # One transaction: explanations, imaging results (and their reader's copies) and
+        # feedback cost no second commit (fsync), and none is stored without its audit row.
         write(
             self._writer,
             {
@@ -158,6 +179,7 @@ class AuditStore(FeedbackTables, KeyTables):
                 "audit_cards": cards,
                 "explanations": explanations,
                 "imaging_results": imaging,
+                "imaging_pixels": pixels,
                 "feedback": feedback,
             },
         )

@@ -34,6 +34,8 @@ __all__ = [
     "display_png",
     "grey_png",
     "overlay_png",
+    "pack_pixels",
+    "unpack_pixels",
     "upsample_cam",
     "windowed_u8",
 ]
@@ -230,7 +232,7 @@ class HeatmapSource:
         first = header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
         names = "\n".join(self.labels).encode("utf-8")
         maps = b"" if self.cams is None else self.cams.astype("<f2").tobytes()
-        display = self.display if self.stored_format == 2 else _pack_pixels(self.pixels)
+        display = self.display if self.stored_format == 2 else pack_pixels(self.pixels)
         second = _HEADER_2.pack(len(self.labels), len(display))
         return first + second + struct.pack("<H", len(names)) + names + maps + display
 
@@ -263,7 +265,7 @@ class HeatmapSource:
         labels, cams, display = _decode_extension(data, first, (map_rows, map_columns))
         if stored_format == 2:
             return cls(image, cam, labels, cams, display)
-        return cls(image, cam, labels, cams, pixels=_unpack_pixels(display))
+        return cls(image, cam, labels, cams, pixels=unpack_pixels(display))
 
     def overlay_png(self) -> bytes:
         """The overlay PNG (see :func:`overlay_png`)."""
@@ -300,7 +302,9 @@ class HeatmapSource:
         }
 
 
-def _pack_pixels(pixels: DisplayValues | None) -> bytes:
+def pack_pixels(pixels: DisplayValues | None) -> bytes:
+    """A display copy as stored: rows, columns, window, then the uint16 values (b"":
+    none, or too large for its header)."""
     if pixels is None or max(pixels.values.shape) > 0xFFFF:  # none, or no header fits it
         return b""
     rows, columns = pixels.values.shape
@@ -308,8 +312,8 @@ def _pack_pixels(pixels: DisplayValues | None) -> bytes:
     return header + np.ascontiguousarray(pixels.values, dtype="<u2").tobytes()
 
 
-def _unpack_pixels(data: bytes) -> DisplayValues | None:
-    """Format 3's display copy (b"": none).
+def unpack_pixels(data: bytes) -> DisplayValues | None:
+    """A display copy from :func:`pack_pixels` (b"": none).
 
     Raises:
         ValueError: the sizes do not match the bytes, or the window is not finite.

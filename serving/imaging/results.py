@@ -13,10 +13,16 @@ opened from cards (the heatmap and the explanation page) are signed for one resu
 (:mod:`serving.ui.links`), minted only after such a scoped lookup; they are looked up
 by id alone (:meth:`ResultStore.by_link`).
 
-Stored layout ``FORMAT`` 3: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
-:meth:`serving.imaging.heatmap.HeatmapSource.encode` (format 1 plus every label's map and
-the original's own values for the reader, uint16). Format 2 rows (the display copy as an
-8-bit PNG) and format 1 rows (one map, no display copy) are still read and shown as
+Stored layout ``FORMAT`` 4: ``result`` is the :class:`CxrResult` JSON, ``heatmap`` is
+:meth:`serving.imaging.heatmap.HeatmapSource.encode` in format 3's layout without a
+display copy (the analysed image and every label's map: what the card, heatmap and
+explanation need), and the reader's copy of the original (its own values, uint16,
+:func:`~serving.imaging.heatmap.pack_pixels`) is a row of ``imaging_pixels`` inserted in
+the same transaction. That row is not part of the record: a site keeps it
+``TONLE_IMAGING_PIXELS_DAYS`` (:mod:`serving.audit.pixels`), after which the reader shows
+the analysed image and says the copy is gone (:class:`CopyRemoved`). Format 3 rows (the
+copy inside ``heatmap``, kept for ever: the table is append-only), format 2 rows (the
+copy as an 8-bit PNG) and format 1 rows (one map, no copy) are still read and shown as
 they were stored; a newer format is refused (503). The overlay PNG is drawn on each GET.
 """
 
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,7 +42,8 @@ from serving.audit import schema
 from serving.audit.engine import READ_ONLY
 from serving.audit.records import ImagingResultRecord
 from serving.audit.store import AuditUnavailable
-from serving.imaging.heatmap import HeatmapSource
+from serving.audit.tables import utc
+from serving.imaging.heatmap import HeatmapSource, pack_pixels, unpack_pixels
 from serving.monitor.drift import FeatureBins
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "FORMAT",
     "READABLE",
     "Analysed",
+    "CopyRemoved",
     "CxrFinding",
     "CxrResult",
     "ModelIdentity",
@@ -60,8 +68,21 @@ ADVISORY = (
     "AI generated, unverified: advisory chest X-ray triage to support, not replace, a "
     "clinician's reading."
 )
-FORMAT = 3  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
-READABLE = frozenset({1, 2, 3})  # the formats this version reads
+FORMAT = 4  # the layout of the stored ``result`` and ``heatmap`` columns (see above)
+READABLE = frozenset({1, 2, 3, 4})  # the formats this version reads
+_COPY_APART = 4  # the first format keeping the reader's copy in ``imaging_pixels``
+
+
+class CopyRemoved(LookupError):
+    """A read's reader copy was emptied by the site's retention (the read stays).
+
+    Attributes:
+        removed: when it was emptied (UTC).
+    """
+
+    def __init__(self, result_id: str, removed: datetime) -> None:
+        super().__init__(result_id)
+        self.removed = removed
 
 
 class _Frozen(BaseModel):
@@ -212,16 +233,19 @@ class ResultStore:
     @staticmethod
     def record(analysed: Analysed, tenant: str | None) -> ImagingResultRecord:
         """The row that stores ``analysed`` for ``tenant``, to commit with its audit row."""
-        result = analysed.result
+        result, source = analysed.result, analysed.heatmap
+        old = source.stored_format == 2  # a format-2 source (tests of old rows): as it was
+        copy = None if old else pack_pixels(source.pixels) or None
         return ImagingResultRecord(
             result_id=result.id,
             tenant=tenant_key(tenant),
             patient_ref=result.patient_ref,
             sop_instance_uid=result.study.sop_instance_uid,
             created=result.created,
-            format=analysed.heatmap.stored_format,  # FORMAT; 2 for a format-2 source
+            format=2 if old else FORMAT,
             result=result.model_dump_json(),
-            heatmap=analysed.heatmap.encode(),
+            heatmap=(source if old else replace(source, pixels=None)).encode(),
+            pixels=copy,
         )
 
     def get(self, result_id: str, *, tenant: str | None) -> CxrResult:
@@ -293,9 +317,10 @@ class ResultStore:
 
     def image(self, result_id: str) -> bytes:
         """The display copy of a read's original (8-bit grey PNG, long side <= 1024; a
-        format-3 read's values drawn at their default window).
+        format-3 or 4 read's values drawn at their default window).
 
-        Reads stored in format 1 kept none: their analysed image (model input size).
+        Reads stored in format 1 kept none, and retention may have emptied a format-4
+        read's: their analysed image (model input size).
 
         Raises:
             KeyError: no such read.
@@ -303,15 +328,27 @@ class ResultStore:
         return self.source(result_id).display_png()
 
     def pixels(self, result_id: str) -> bytes:
-        """A format-3 read's display values for the reader (gzip of uint16 rows).
+        """A format-3 or 4 read's display values for the reader (gzip of uint16 rows).
 
         Raises:
-            KeyError: no such read, or one stored before format 3 (no values kept).
+            KeyError: no such read, or one that kept no values (before format 3, or
+                ``display_short_side`` 0).
+            CopyRemoved: the site's retention emptied them.
         """
         data = self.source(result_id).pixels_gzip()
         if data is None:
+            removed = self.removed(result_id)
+            if removed is not None:
+                raise CopyRemoved(result_id, removed)
             raise KeyError(result_id)
         return data
+
+    def removed(self, result_id: str) -> datetime | None:
+        """When retention emptied a read's reader copy (None: kept, or none was)."""
+        table = schema.imaging_pixels
+        query = select(table.c.removed).where(table.c.result_id == result_id)
+        found = self._run(lambda c: c.execute(query).scalar_one_or_none())
+        return None if found is None else utc(found)
 
     def source(self, result_id: str) -> HeatmapSource:
         """What a read's images and per-label maps are drawn from.
@@ -319,13 +356,20 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
-        table = schema.imaging_results
-        query = select(table.c.format, table.c.heatmap).where(table.c.result_id == result_id)
+        reads, copies = schema.imaging_results, schema.imaging_pixels
+        query = (
+            select(reads.c.format, reads.c.heatmap, copies.c.data)
+            .select_from(reads.outerjoin(copies, copies.c.result_id == reads.c.result_id))
+            .where(reads.c.result_id == result_id)
+        )
         found = self._run(lambda c: c.execute(query).one_or_none())
         if found is None:
             raise KeyError(result_id)
         _check_format(found.format)
-        return HeatmapSource.decode(found.heatmap, found.format)
+        if found.format < _COPY_APART:
+            return HeatmapSource.decode(found.heatmap, found.format)
+        source = HeatmapSource.decode(found.heatmap, 3)  # format 3's layout, no copy inside
+        return replace(source, pixels=unpack_pixels(found.data or b""))
 
     def _one(self, query: Select[Any]) -> StoredResult | None:
         found = self._all(query)
