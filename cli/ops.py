@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["apikey_app", "audit_app", "db_app", "open_store", "parse_when", "register"]
 
-db_app = typer.Typer(help="Create or upgrade the audit database schema.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Create, upgrade, back up and prune the audit database.", no_args_is_help=True
+)
 apikey_app = typer.Typer(
     help="API keys for the REST endpoints (hashed at rest).", no_args_is_help=True
 )
@@ -137,6 +139,53 @@ def db_grant_service_role(
     finally:
         store.close()
     out.print(f"granted {role}: INSERT/SELECT on audit tables, no UPDATE/DELETE")
+
+
+@db_app.command("prune-pixels")
+def db_prune_pixels(
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keep copies of reads made in the last DAYS days "
+            "(default: TONLE_IMAGING_PIXELS_DAYS).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say how many copies and bytes would go.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Empty the X-ray reader's full-resolution copies older than the retention.
+
+    The reads, their cards, heatmaps and audit rows stay; the reader then shows the
+    analysed image and says the copy is gone (open the study from the PACS). The
+    service does the same by itself, a batch a minute, when TONLE_IMAGING_PIXELS_DAYS
+    is set; this catches up at once (e.g. after setting it). Reads stored before
+    version 0006 of the schema keep their copy inside the read: never emptied.
+
+    Example: tonle db prune-pixels --days 90 --dry-run
+    """
+    from serving.settings import Settings
+
+    keep = days if days is not None else Settings().imaging_pixels_days
+    if not keep:
+        raise fail(
+            "TONLE_IMAGING_PIXELS_DAYS is 0 (copies kept for ever): set it or pass --days",
+            EXIT_USAGE,
+        )
+    store = open_store(database_url)
+    try:
+        before = store.pixels_cutoff(keep)
+        done = store.pixels_to_prune(before) if dry_run else store.prune_pixels(before)
+    finally:
+        store.close()
+    verb = "would empty" if dry_run else "emptied"
+    out.print(
+        f"{verb} {done.copies} reader copies ({done.bytes / 1e6:.1f} MB) of reads made "
+        f"before {before:%Y-%m-%d %H:%M} UTC (retention {keep} days)"
+    )
 
 
 def _libpq(url: URL) -> tuple[str, dict[str, str]]:

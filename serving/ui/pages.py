@@ -5,7 +5,8 @@
 * ``GET /ui/explain/cxr/{result id}/heatmap.png`` and ``.../image.png`` - its overlay
   and the display copy of the original (each opening audited as a read).
 * ``GET /ui/explain/cxr/{result id}/pixels`` - the original's own values (uint16, gzip)
-  that the reader windows, for reads stored since format 3 (audited as a read).
+  that the reader windows, for reads stored since format 3 (audited as a read); 410
+  once the site's retention emptied them (``TONLE_IMAGING_PIXELS_DAYS``).
 * ``GET /ui/models/{name}/{version}`` - the model card of a loaded model.
 
 The explanation pages and their images are opened from cards in a browser without
@@ -28,7 +29,7 @@ from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from models.who_chart import ChartGrid, grid
 from serving import i18n
@@ -45,7 +46,7 @@ from serving.http.audit import Exchange
 from serving.http.caller import link_caller
 from serving.http.pipeline import Answer, endpoint
 from serving.imaging.card import score_text
-from serving.imaging.results import CxrResult, StudyRef
+from serving.imaging.results import CopyRemoved, CxrResult, StudyRef
 from serving.runtime import Runtime
 from serving.synthetic import DEMO_NOTE, trained_on_synthetic
 from serving.ui.explanations import FACTOR_FULL_SCALE, NcdExplanation, headline_metrics
@@ -61,6 +62,7 @@ from serving.ui.render import (
 )
 
 __all__ = [
+    "copy_removed_text",
     "cxr_png",
     "cxr_store",
     "explain_cxr",
@@ -281,6 +283,10 @@ async def _explain_cxr(request: Request, exchange: Exchange) -> Answer:
     left, marker_source = side_marker(result.study)
     maps = source.maps()
     pixels = source.pixels
+    # Retention may have emptied the reader's copy: the page then says when and why.
+    removed = None
+    if pixels is None:
+        removed = await run_in_threadpool(state.store.removed, result.id)
     reader: dict[str, Any] = {
         "shown": result.heatmap_label,
         "rows": int(source.cam.shape[0]),
@@ -314,9 +320,22 @@ async def _explain_cxr(request: Request, exchange: Exchange) -> Answer:
         heatmap=signed_link(runtime, f"/ui/explain/cxr/{result.id}/heatmap.png"),
         base_image=signed_link(runtime, f"/ui/explain/cxr/{result.id}/image.png"),
         has_values=pixels is not None,
+        copy_removed=copy_removed_text(runtime, removed, lang) if removed else "",
         link=request.query_params,
     )
     return Answer(page, "read")
+
+
+def copy_removed_text(runtime: Runtime, removed: datetime, lang: str) -> str:
+    """Why a read's full-resolution image is gone and where to open it instead."""
+    days = runtime.settings.imaging_pixels_days
+    retention = (
+        i18n.t("ui.explain.cxr.retention_days", lang, days=days)
+        if days
+        else i18n.t("ui.explain.cxr.retention_set", lang)
+    )
+    when = i18n.format_date(removed, lang)
+    return i18n.t("ui.explain.cxr.copy_removed", lang, date=when, retention=retention)
 
 
 explain_cxr = endpoint(
@@ -354,7 +373,8 @@ async def _cxr_pixels(request: Request, exchange: Exchange) -> Answer:
     gzip-encoded (the page's JSON gives rows, columns and the default window).
 
     Signed-link only and audited as a read, like ``image.png``; 404 for a read stored
-    before format 3 (its page loads ``image.png``).
+    before format 3 (its page loads ``image.png``); 410 with why (JSON ``message`` in
+    the page's language) once the site's retention emptied them.
     """
     found = await _linked_read(request, exchange)
     if isinstance(found, Answer):
@@ -364,6 +384,15 @@ async def _cxr_pixels(request: Request, exchange: Exchange) -> Answer:
         body = await run_in_threadpool(state.store.pixels, result.id)
     except KeyError:
         return Answer(Response(status_code=404), "refused", "no-display-values")
+    except CopyRemoved as gone:
+        runtime = runtime_of(request)
+        answer = {
+            "error": "image-not-kept",
+            "removed": gone.removed.isoformat(timespec="seconds"),
+            "retention_days": runtime.settings.imaging_pixels_days,
+            "message": copy_removed_text(runtime, gone.removed, language(request)),
+        }
+        return Answer(JSONResponse(answer, status_code=410), "refused", "image-not-kept")
     headers = {
         "Cache-Control": "private, max-age=3600",
         "ETag": f'"{result.id}-pixels"',
