@@ -1,0 +1,234 @@
+"""The reader's copy of a chest X-ray is kept apart from the read (SQLite and PostgreSQL):
+stored in the read's transaction, emptied after the site's retention (never anything
+else), and the read, its card and heatmap still open afterwards."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.cxr_preprocess.display import DisplayValues
+from serving.audit import AuditRecord, AuditStore, DuplicateRequest, schema
+from serving.audit import engine as engine_module
+from serving.audit import pixels as pixels_module
+from serving.audit.engine import current_revisions, head_revisions
+from serving.audit.pixels import Pruned
+from serving.imaging.heatmap import HeatmapSource, pack_pixels
+from serving.imaging.results import Analysed, CopyRemoved, ResultStore
+from tests.serving.db_fixtures import postgres_database
+from tests.serving.imaging.results_fixtures import make_result
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    with postgres_database("tonle_retention") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+        return
+    from tests.serving.db_fixtures import postgres_schema
+
+    with postgres_schema(pg_database) as url:
+        yield url
+
+
+@pytest.fixture
+def audit(db_url: str) -> Iterator[AuditStore]:
+    store = AuditStore.open(db_url)
+    yield store
+    store.close()
+
+
+def _source(seed: int = 0) -> HeatmapSource:
+    """A read's maps and a 300 x 250 reader's copy (uint16 values, as format 3 kept)."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 60000, size=(300, 250)).astype(np.uint16)
+    cams = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    image = rng.random((64, 64), dtype=np.float32)
+    shown = DisplayValues(values, center=30000.0, width=20000.0)
+    return HeatmapSource.of(image, cams[1], labels=("abnormal", "tb"), cams=cams, pixels=shown)
+
+
+def _commit(audit: AuditStore, read: Analysed, request_id: str | None = None) -> None:
+    audit.record(
+        AuditRecord(
+            request_id=request_id or uuid.uuid4().hex,
+            service_id="imaging-cxr",
+            outcome="advice",
+            latency_ms=1.0,
+            caller_tenant="a",
+            imaging_result=ResultStore.record(read, "a"),
+        )
+    )
+
+
+def _read(audit: AuditStore, days_old: float, seed: int = 0) -> Analysed:
+    read = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=days_old)), _source(seed))
+    _commit(audit, read)
+    return read
+
+
+def _as_stored(source: HeatmapSource) -> HeatmapSource:
+    """``source`` as a stored read keeps it (its maps as float16)."""
+    return HeatmapSource.decode(source.encode(), 3)
+
+
+def _count(audit: AuditStore, table: object) -> int:
+    with audit.engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def test_the_copy_is_stored_apart_in_the_transaction_of_the_read(audit: AuditStore) -> None:
+    read = _read(audit, 0)
+    source = read.heatmap
+    assert source.pixels is not None
+    with audit.engine.connect() as connection:
+        stored = connection.execute(select(schema.imaging_results)).one()
+        copy = connection.execute(select(schema.imaging_pixels)).one()
+    assert stored.format == 4
+    assert len(stored.heatmap) < 10_000  # maps and the analysed image, not the copy
+    assert bytes(copy.data) == pack_pixels(source.pixels)
+    assert copy.removed is None
+    store = ResultStore(audit.engine)
+    again = store.source(read.result.id)
+    assert again.pixels is not None
+    assert np.array_equal(again.pixels.values, source.pixels.values)
+    assert again.maps() == _as_stored(source).maps()
+    # A failed audit row leaves neither the read nor its copy (one transaction) ...
+    taken = uuid.uuid4().hex
+    _commit(audit, Analysed(make_result(), _source(1)), taken)
+    with pytest.raises(DuplicateRequest):
+        _commit(audit, Analysed(make_result(), _source(2)), taken)
+    # ... and a read that cannot be stored (its id taken) leaves no audit row or copy.
+    rows = audit.count()
+    with pytest.raises(DuplicateRequest):
+        _commit(audit, read)
+    assert audit.count() == rows
+    assert _count(audit, schema.imaging_results) == _count(audit, schema.imaging_pixels) == 2
+
+
+def test_prune_empties_only_copies_older_than_the_limit(audit: AuditStore) -> None:
+    old, recent = _read(audit, 100, seed=1), _read(audit, 10, seed=2)
+    store = ResultStore(audit.engine)
+    kept = store.pixels(old.result.id)
+    before = audit.pixels_cutoff(30)
+    size = len(pack_pixels(old.heatmap.pixels))
+    # A dry run says what would go and changes nothing.
+    assert audit.pixels_to_prune(before) == Pruned(1, size)
+    assert audit.pixels_to_prune(before) == Pruned(1, size)
+    assert store.pixels(old.result.id) == kept
+    assert audit.prune_pixels(before) == Pruned(1, size)
+    assert audit.prune_pixels(before) == Pruned(0, 0)
+    assert audit.pixels_to_prune(before) == Pruned(0, 0)
+    # The recent copy stays; the old read opens without its copy and says when it went.
+    assert store.pixels(recent.result.id)
+    with pytest.raises(CopyRemoved) as gone:
+        store.pixels(old.result.id)
+    assert abs(gone.value.removed - datetime.now(UTC)) < timedelta(minutes=1)
+    assert store.removed(old.result.id) == gone.value.removed
+    assert store.removed(recent.result.id) is None
+    assert store.get(old.result.id, tenant="a") == old.result
+    source = store.source(old.result.id)
+    assert source.pixels is None
+    assert source.maps() == _as_stored(old.heatmap).maps()
+    assert store.heatmap(old.result.id) == _as_stored(old.heatmap).overlay_png()
+    with Image.open(io.BytesIO(store.image(old.result.id))) as shown:
+        assert shown.size == (64, 64)  # the analysed image, as reads without a copy show
+    # Both rows stay: the read is the record, the emptied copy says when it went.
+    assert _count(audit, schema.imaging_results) == _count(audit, schema.imaging_pixels) == 2
+
+
+def test_the_service_empties_one_batch_at_a_time(
+    audit: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pixels_module, "BATCH", 2)
+    reads = [_read(audit, 40 + i, seed=i) for i in range(5)]
+    before = audit.pixels_cutoff(30)
+    assert audit.prune_pixels(before, batches=1).copies == 2  # the oldest first
+    assert [ResultStore(audit.engine).removed(r.result.id) is None for r in reads] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    audit.pixels_days = 30  # TONLE_IMAGING_PIXELS_DAYS: with the other expiring rows
+    audit.explanation("no-such-card")
+    assert audit.pixels_to_prune(before).copies == 1
+    assert audit.prune_pixels(before) == Pruned(1, len(pack_pixels(reads[0].heatmap.pixels)))
+
+
+def test_a_copy_may_only_be_emptied_and_reads_stay_append_only(audit: AuditStore) -> None:
+    read = _read(audit, 0)
+    copies, reads = schema.imaging_pixels, schema.imaging_results
+    now = datetime.now(UTC)
+    refused = [
+        update(copies).values(data=b"another image"),
+        update(copies).values(data=b"another image", removed=None),
+        update(copies).values(data=None, removed=now, created=now - timedelta(days=1)),
+        update(copies).values(data=None),  # emptied without saying when
+        delete(copies),
+        update(reads).values(heatmap=b""),
+        delete(reads),
+    ]
+    for statement in refused:
+        with pytest.raises(SQLAlchemyError), audit.engine.begin() as connection:
+            connection.execute(statement)
+    assert ResultStore(audit.engine).pixels(read.result.id)
+    if audit.dialect == "sqlite":  # INSERT OR REPLACE would delete the stored copy
+        replace = insert(copies).prefix_with("OR REPLACE")
+        with pytest.raises(SQLAlchemyError), audit.engine.begin() as connection:
+            connection.execute(replace.values(result_id=read.result.id, created=now, data=b"x"))
+    assert ResultStore(audit.engine).pixels(read.result.id)
+
+
+def test_the_migration_keeps_reads_stored_before_it(db_url: str) -> None:
+    """A database at the previous head with a read stored as that version did (format
+    3: the copy inside the append-only read) upgrades; the read opens as before and is
+    never emptied, new reads keep their copy apart."""
+    engine = engine_module.make_engine(db_url)
+    engine_module.upgrade(engine, "0005_imaging_results")
+    assert current_revisions(engine) == ("0005_imaging_results",)
+    old = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=400)), _source(7))
+    row = ResultStore.record(old, "a")
+    values = row.model_dump(exclude={"pixels"}) | {"request_id": "r" * 32}
+    values |= {"format": 3, "heatmap": old.heatmap.encode()}  # as format 3 wrote it
+    with engine.begin() as connection:
+        connection.execute(insert(schema.imaging_results).values(**values))
+    engine.dispose()
+
+    audit = AuditStore.open(db_url)
+    try:
+        assert current_revisions(audit.engine) == head_revisions()
+        store = ResultStore(audit.engine)
+        assert store.get(old.result.id, tenant="a") == old.result
+        shown = store.source(old.result.id).pixels
+        assert shown is not None
+        assert old.heatmap.pixels is not None
+        assert np.array_equal(shown.values, old.heatmap.pixels.values)
+        new = _read(audit, 400)
+        assert audit.prune_pixels(audit.pixels_cutoff(30)).copies == 1  # the new one only
+        assert store.pixels(old.result.id)
+        with pytest.raises(CopyRemoved):
+            store.pixels(new.result.id)
+    finally:
+        audit.close()
+
+
+def test_a_read_without_a_copy_stores_none() -> None:
+    source = HeatmapSource.of(np.zeros((64, 64), np.float32), np.ones((8, 8), np.float32))
+    row = ResultStore.record(Analysed(make_result(), source), "a")
+    assert (row.format, row.pixels) == (4, None)
