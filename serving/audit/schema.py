@@ -157,9 +157,7 @@ imaging_results = Table(
 imaging_pixels = Table(
     "imaging_pixels",
     metadata,
-    Column(
-        "result_id", String(32), ForeignKey("imaging_results.result_id"), primary_key=True
-    ),
+    Column("result_id", String(32), ForeignKey("imaging_results.result_id"), primary_key=True),
     Column("created", DateTime(timezone=True), nullable=False, index=True),
     Column("data", LargeBinary),
     Column("removed", DateTime(timezone=True)),

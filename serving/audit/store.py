@@ -166,7 +166,11 @@ class AuditStore(FeedbackTables, KeyTables, PixelTables):
                 imaging.append(read.model_dump(exclude={"pixels"}) | {"request_id": row.request_id})
                 if read.pixels is not None:
                     pixels.append(
-                        {"result_id": read.result_id, "created": utc(read.created), "data": read.pixels}
+                        {
+                            "result_id": read.result_id,
+                            "created": utc(read.created),
+                            "data": read.pixels,
+                        }
                     )
             feedback.extend(feedback_values(fb) for fb in row.feedback)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from cli import app
 from serving.audit import AuditRecord, AuditStore
 from serving.audit.engine import head_revisions
 from serving.audit.fhir_export import audit_event
+from serving.imaging.results import Analysed, CopyRemoved, ResultStore
 
 runner = CliRunner()
 
@@ -142,3 +143,35 @@ def test_audit_export_rejects_bad_dates(db_url: str, tmp_path: Path) -> None:
     args = ["audit", "export", "--since", "last tuesday", "-o", str(tmp_path / "x")]
     result = runner.invoke(app, [*args, "--database-url", db_url])
     assert result.exit_code == 4
+
+
+def test_db_prune_pixels_dry_run_then_prune(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
+
+    store = AuditStore.open(db_url)
+    old = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=100)), with_copy())
+    for read in (old, Analysed(make_result(), with_copy(1))):
+        commit_read(store, read)
+    store.close()
+    monkeypatch.delenv("TONLE_IMAGING_PIXELS_DAYS", raising=False)
+    refused = runner.invoke(app, ["db", "prune-pixels", "--database-url", db_url])
+    assert refused.exit_code == 2
+    assert "TONLE_IMAGING_PIXELS_DAYS is 0" in refused.output
+
+    monkeypatch.setenv("TONLE_IMAGING_PIXELS_DAYS", "90")
+    args = ["db", "prune-pixels", "--database-url", db_url]
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would empty 1 reader copies (0.2 MB)" in dry.output
+    assert "retention 90 days" in dry.output
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "emptied 1 reader copies (0.2 MB)" in done.output
+    again = runner.invoke(app, [*args, "--days", "1"])
+    assert "emptied 0 reader copies (0.0 MB)" in again.output
+    store = AuditStore.open(db_url)
+    try:
+        with pytest.raises(CopyRemoved):
+            ResultStore(store.engine).pixels(old.result.id)
+    finally:
+        store.close()

@@ -23,7 +23,9 @@ from serving.audit import (
 )
 from serving.audit import engine as engine_module
 from serving.audit.engine import current_revisions, grant_service_role, head_revisions
+from serving.imaging.results import Analysed
 from tests.serving.db_fixtures import postgres_database, postgres_schema
+from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +404,7 @@ def test_failed_batch_rolls_back_and_the_next_one_commits(store: AuditStore) -> 
 def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
     owner = AuditStore.open(pg_url)
     owner.record(_row("by-owner"))
+    commit_read(owner, Analysed(make_result(), with_copy()))  # a read with a reader's copy
     role = f"tonle_svc_{uuid.uuid4().hex[:8]}"
     with owner.engine.begin() as connection:
         connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
@@ -413,9 +416,13 @@ def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
             service.record(_row("by-service"))
             assert service.remember_jti("iss", "j1", datetime.now(UTC) + timedelta(minutes=1))
             assert service.prune_replay() == 0
+            # Retention empties reader's copies as the service role (UPDATE granted) ...
+            assert service.prune_pixels(datetime.now(UTC) + timedelta(days=1)).copies == 1
             assert {"by-owner", "by-service"} <= {r.request_id for r in service.rows()}
             for statement in [
                 "DELETE FROM audit_events",
+                "DELETE FROM imaging_pixels",  # ... but never deletes or replaces them
+                "UPDATE imaging_pixels SET data = 'x'",
                 "ALTER TABLE audit_events DISABLE TRIGGER ALL",
                 "TRUNCATE feedback",
                 "INSERT INTO api_keys VALUES ('k', 't', 'n', 'h', now(), NULL)",

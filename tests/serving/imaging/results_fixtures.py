@@ -8,12 +8,20 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy import select
 
-from serving.audit import AuditStore, schema
+from models.cxr_preprocess.display import DisplayValues
+from serving.audit import AuditRecord, AuditStore, schema
 from serving.http.audit import Exchange
 from serving.http.caller import Caller
 from serving.imaging.exchange import new_read
 from serving.imaging.heatmap import HeatmapSource
-from serving.imaging.results import Analysed, CxrFinding, CxrResult, ModelIdentity, StudyRef
+from serving.imaging.results import (
+    Analysed,
+    CxrFinding,
+    CxrResult,
+    ModelIdentity,
+    ResultStore,
+    StudyRef,
+)
 from serving.imaging.state import ImagingState
 
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
@@ -67,6 +75,30 @@ def heatmap_source() -> HeatmapSource:
     cam = np.zeros((8, 8), np.float32)
     cam[0, 0] = 5.0
     return HeatmapSource.of(image, cam)
+
+
+def with_copy(seed: int = 0) -> HeatmapSource:
+    """A read's maps and a 300 x 250 reader's copy (uint16 values, as format 3 kept)."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 60000, size=(300, 250)).astype(np.uint16)
+    cams = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    image = rng.random((64, 64), dtype=np.float32)
+    shown = DisplayValues(values, center=30000.0, width=20000.0)
+    return HeatmapSource.of(image, cams[1], labels=("abnormal", "tb"), cams=cams, pixels=shown)
+
+
+def commit_read(audit: AuditStore, read: Analysed, request_id: str | None = None) -> None:
+    """Commit ``read`` for tenant ``a`` with an audit row, as the imaging route does."""
+    audit.record(
+        AuditRecord(
+            request_id=request_id or uuid.uuid4().hex,
+            service_id="imaging-cxr",
+            outcome="advice",
+            latency_ms=1.0,
+            caller_tenant="a",
+            imaging_result=ResultStore.record(read, "a"),
+        )
+    )
 
 
 def heatmap_png() -> bytes:

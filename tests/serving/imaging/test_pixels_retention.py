@@ -9,23 +9,27 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 
-from models.cxr_preprocess.display import DisplayValues
-from serving.audit import AuditRecord, AuditStore, DuplicateRequest, schema
+from serving.audit import AuditStore, DuplicateRequest, schema
 from serving.audit import engine as engine_module
 from serving.audit import pixels as pixels_module
 from serving.audit.engine import current_revisions, head_revisions
 from serving.audit.pixels import Pruned
 from serving.imaging.heatmap import HeatmapSource, pack_pixels
 from serving.imaging.results import Analysed, CopyRemoved, ResultStore
-from tests.serving.db_fixtures import postgres_database
-from tests.serving.imaging.results_fixtures import make_result
+from serving.imaging.routes import routes as imaging_routes
+from serving.ui.routes import routes as ui_routes
+from tests.serving.db_fixtures import postgres_database, postgres_schema
+from tests.serving.imaging.conftest import AppFactory, Client, fake_runtime
+from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
 
 
 @pytest.fixture(scope="module")
@@ -39,45 +43,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> 
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'audit.db'}"
         return
-    from tests.serving.db_fixtures import postgres_schema
-
     with postgres_schema(pg_database) as url:
         yield url
 
 
 @pytest.fixture
 def audit(db_url: str) -> Iterator[AuditStore]:
+    """The store on either database (in this module also what ``make_app`` serves)."""
     store = AuditStore.open(db_url)
     yield store
     store.close()
 
 
-def _source(seed: int = 0) -> HeatmapSource:
-    """A read's maps and a 300 x 250 reader's copy (uint16 values, as format 3 kept)."""
-    rng = np.random.default_rng(seed)
-    values = rng.integers(0, 60000, size=(300, 250)).astype(np.uint16)
-    cams = rng.normal(size=(2, 8, 8)).astype(np.float32)
-    image = rng.random((64, 64), dtype=np.float32)
-    shown = DisplayValues(values, center=30000.0, width=20000.0)
-    return HeatmapSource.of(image, cams[1], labels=("abnormal", "tb"), cams=cams, pixels=shown)
-
-
-def _commit(audit: AuditStore, read: Analysed, request_id: str | None = None) -> None:
-    audit.record(
-        AuditRecord(
-            request_id=request_id or uuid.uuid4().hex,
-            service_id="imaging-cxr",
-            outcome="advice",
-            latency_ms=1.0,
-            caller_tenant="a",
-            imaging_result=ResultStore.record(read, "a"),
-        )
-    )
-
-
 def _read(audit: AuditStore, days_old: float, seed: int = 0) -> Analysed:
-    read = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=days_old)), _source(seed))
-    _commit(audit, read)
+    created = datetime.now(UTC) - timedelta(days=days_old)
+    read = Analysed(make_result(created=created), with_copy(seed))
+    commit_read(audit, read)
     return read
 
 
@@ -109,13 +90,13 @@ def test_the_copy_is_stored_apart_in_the_transaction_of_the_read(audit: AuditSto
     assert again.maps() == _as_stored(source).maps()
     # A failed audit row leaves neither the read nor its copy (one transaction) ...
     taken = uuid.uuid4().hex
-    _commit(audit, Analysed(make_result(), _source(1)), taken)
+    commit_read(audit, Analysed(make_result(), with_copy(1)), taken)
     with pytest.raises(DuplicateRequest):
-        _commit(audit, Analysed(make_result(), _source(2)), taken)
+        commit_read(audit, Analysed(make_result(), with_copy(2)), taken)
     # ... and a read that cannot be stored (its id taken) leaves no audit row or copy.
     rows = audit.count()
     with pytest.raises(DuplicateRequest):
-        _commit(audit, read)
+        commit_read(audit, read)
     assert audit.count() == rows
     assert _count(audit, schema.imaging_results) == _count(audit, schema.imaging_pixels) == 2
 
@@ -202,7 +183,7 @@ def test_the_migration_keeps_reads_stored_before_it(db_url: str) -> None:
     engine = engine_module.make_engine(db_url)
     engine_module.upgrade(engine, "0005_imaging_results")
     assert current_revisions(engine) == ("0005_imaging_results",)
-    old = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=400)), _source(7))
+    old = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=400)), with_copy(7))
     row = ResultStore.record(old, "a")
     values = row.model_dump(exclude={"pixels"}) | {"request_id": "r" * 32}
     values |= {"format": 3, "heatmap": old.heatmap.encode()}  # as format 3 wrote it
@@ -232,3 +213,51 @@ def test_a_read_without_a_copy_stores_none() -> None:
     source = HeatmapSource.of(np.zeros((64, 64), np.float32), np.ones((8, 8), np.float32))
     row = ResultStore.record(Analysed(make_result(), source), "a")
     assert (row.format, row.pixels) == (4, None)
+
+
+def test_the_reader_after_retention(make_app: AppFactory) -> None:
+    """The read, its heatmap and page still open; ``/pixels`` answers 410 with why, in
+    the page's language, and the page says so (audited as a refused read)."""
+    _, state = make_app()
+    app = Starlette(routes=[*imaging_routes(), *ui_routes()])
+    runtime = fake_runtime(state)
+    runtime.settings = SimpleNamespace(
+        dev=True, public_url=state.public_url, language="en", imaging_pixels_days=90
+    )
+    app.state.runtime = runtime
+    client = Client(app)
+    try:
+        read = Analysed(make_result(created=datetime.now(UTC) - timedelta(days=100)), with_copy())
+        commit_read(state.audit, read)
+        base = f"/ui/explain/cxr/{read.result.id}"
+        link = runtime.link_signer.sign
+        assert client.get(link(f"{base}/pixels")).status_code == 200
+        assert "copy-removed" not in client.get(link(base)).text
+        audit = state.audit
+        assert audit.prune_pixels(audit.pixels_cutoff(90)).copies == 1
+
+        gone = client.get(link(f"{base}/pixels"))
+        assert gone.status_code == 410
+        body = gone.json()
+        assert (body["error"], body["retention_days"]) == ("image-not-kept", 90)
+        assert "no longer kept" in body["message"]
+        assert "90 days" in body["message"]
+        assert "PACS" in body["message"]
+        khmer = client.get(link(f"{base}/pixels") + "&lang=km").json()["message"]
+        assert "PACS" in khmer
+        assert "90 ថ្ងៃ" in khmer
+        page = client.get(link(base))
+        assert page.status_code == 200
+        assert 'id="copy-removed"' in page.text
+        assert "no longer kept" in page.text
+        assert '"pixels"' not in page.text  # the reader draws the analysed image
+        for image in ("heatmap.png", "image.png"):
+            response = client.get(link(f"{base}/{image}"))
+            assert (response.status_code, response.headers["content-type"]) == (
+                200,
+                "image/png",
+            )
+        outcomes = [(r.service_id, r.outcome, r.reason) for r in audit.rows()]
+        assert ("ui-cxr-pixels", "refused", "image-not-kept") in outcomes
+    finally:
+        client.close()
