@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 
@@ -67,7 +67,7 @@ def _as_stored(source: HeatmapSource) -> HeatmapSource:
     return HeatmapSource.decode(source.encode(), 3)
 
 
-def _count(audit: AuditStore, table: object) -> int:
+def _count(audit: AuditStore, table: Table) -> int:
     with audit.engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
