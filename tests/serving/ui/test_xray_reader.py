@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import update
 
 from models.cxr_preprocess.display import DisplayValues
+from serving.audit import schema
 from serving.imaging.heatmap import HeatmapSource, display_png
 from serving.imaging.results import (
     ADVISORY,
@@ -334,3 +336,26 @@ def test_window_level_works_on_more_than_8_bits(
     assert page.errors == []
     rows = [r for r in runtime.audit.rows() if r.input_sha256 == result.input_sha256]  # type: ignore[union-attr]
     assert "ui-cxr-pixels" in {r.service_id for r in rows if r.outcome == "read"}
+
+
+def test_a_read_whose_copy_retention_emptied_still_opens(
+    server: tuple[str, Runtime], browser: Any, artifacts_dir: Path
+) -> None:
+    """After TONLE_IMAGING_PIXELS_DAYS the reader draws the analysed image with the map
+    and says where the full image is; the page stays usable and accessible."""
+    url, runtime = server
+    result = _store_read(runtime.imaging, StudyRef(view="PA"))
+    copies = schema.imaging_pixels
+    emptied = update(copies).where(copies.c.result_id == result.id)
+    with runtime.audit.engine.begin() as connection:  # type: ignore[union-attr]
+        connection.execute(emptied.values(data=None, removed=datetime.now(UTC)))
+    page = _open(browser, url, runtime, result, 390, "km", bypass_csp=True)  # for axe
+    assert (_data(page, "image-width"), _data(page, "image-height")) == ("62", "64")
+    notice = page.inner_text("#copy-removed")
+    assert "PACS" in notice
+    assert "កំណត់ដោយមន្ទីរពេទ្យ" in notice  # retention set outside TONLE_IMAGING_PIXELS_DAYS
+    assert page.evaluate(OVERFLOW) <= 0, page.evaluate(WIDE)
+    assert axe_violations(page) == []
+    page.screenshot(path=str(artifacts_dir / "xray-reader-copy-removed-km-390.png"), full_page=True)
+    page.context.close()
+    assert page.errors == []
