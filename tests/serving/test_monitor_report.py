@@ -96,6 +96,20 @@ def test_counts_rates_reasons_bands_and_findings() -> None:
     assert "By site (calling tenant)" in page
 
 
+def test_the_operators_reads_are_not_counted() -> None:
+    """A scrape every 15 s (``/metrics``), the readiness detail and the monitoring page
+    are audited, but they are not calls of the service's users."""
+    operators = [
+        row(f"op-{service}-{i}", DAY, service_id=service, outcome="read", card_ids=[],
+            caller_tenant=None)
+        for service in ("metrics", "readiness-detail", "ui-monitor")
+        for i in range(3)
+    ]  # fmt: skip
+    with_them = build_report([*rows(), *operators], feedback(), since=DAY)
+    assert with_them == build_report(rows(), feedback(), since=DAY)
+    assert sum(with_them.volume_by_day.values()) == len(rows())
+
+
 def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = AuditStore.open(url)
