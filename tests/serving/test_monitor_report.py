@@ -19,6 +19,7 @@ from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideRea
 from serving.imaging.results import Analysed, ModelIdentity, ResultStore
 from serving.monitor.reads import ScoreDrift, stored_reference
 from serving.monitor.report import build_report, render_html, render_pdf
+from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.cxr_fixtures import LABELS, make_cxr_artifact
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 from training.distribution import training_distribution
@@ -134,8 +135,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
         imaging = ResultStore.record(Analysed(result, heatmap_source()), tenant)
         store.record(row(f"cxr{i}", result.created, service_id="imaging-cxr", card_ids=[],
                          imaging_result=imaging))  # fmt: skip
-    for fb in feedback():
-        store.record_feedback(fb)
+    store_feedback(store, *feedback())
     store.close()
     out = tmp_path / "report" / "week.html"
     pdf = tmp_path / "report" / "week.pdf"
@@ -145,7 +145,8 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
     assert pdf.read_bytes().startswith(b"%PDF")
     pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
     assert len(pages) == 3  # the summary, the share flagged per finding, the score drift
-    assert "11 calls" in result.output  # 8 rows, the hostile one, 2 reads; old rows outside
+    # 8 rows, the hostile one, 2 reads and the feedback call; old rows outside
+    assert "12 calls" in result.output
     page = out.read_text()
     assert "20-&lt;30%" in page
     assert "<script>x" not in page
