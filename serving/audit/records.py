@@ -8,13 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "OPERATOR_SERVICES",
     "ApiKeyInfo",
     "AuditRecord",
     "ExplanationRecord",
     "FeedbackRecord",
     "ImagingResultRecord",
     "Mode",
-    "OPERATOR_SERVICES",
     "Outcome",
     "OverrideReason",
 ]

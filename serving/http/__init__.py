@@ -2,9 +2,10 @@
 
 Each route is a :func:`~serving.http.pipeline.endpoint`: authenticate
 (:mod:`serving.http.identify`: JWT, API key, signed link, the operators' metrics token
-or the loopback-only dev caller) -> tenant scope (the :class:`~serving.http.caller.Caller`'s tenant comes from
-configuration only) -> strict parse (:mod:`serving.body`) -> handle -> audit row
-committed (:mod:`serving.http.audit`) -> respond. Refused callers get one 401 body (403
+or the loopback-only dev caller) -> tenant scope (the
+:class:`~serving.http.caller.Caller`'s tenant comes from configuration only) -> strict
+parse (:mod:`serving.body`) -> handle -> audit row committed
+(:mod:`serving.http.audit`) -> respond. Refused callers get one 401 body (403
 / 410 for a bad signed link) and no durable row (they are counted,
 :mod:`serving.metrics`); a store that cannot be reached is answered 503, decided in one
 place (:func:`serving.http.identify.refusal`). Every route that answers a caller is

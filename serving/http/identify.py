@@ -51,9 +51,7 @@ __all__ = ["LinkRefused", "Scheme", "api_key_caller", "authenticate", "refusal",
 
 logger = logging.getLogger(__name__)
 
-Scheme = Literal[
-    "jwt", "api-key", "link", "page-link", "metrics-token", "metrics-token-or-api-key"
-]
+Scheme = Literal["jwt", "api-key", "link", "page-link", "metrics-token", "metrics-token-or-api-key"]
 _LOG_EVERY_S = 60.0
 
 

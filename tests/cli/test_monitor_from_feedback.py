@@ -81,7 +81,7 @@ def test_feedback_and_confirmed_reads_become_labelled_rows(tmp_path: Path) -> No
                 override_reason=disagree if outcome == "overridden" else None,
                 comment="patient SECRET-1 says hi",
                 caller_tenant="site-a",
-            )
+            ),
         )
     store.close()
     outcomes = tmp_path / "xpert.csv"

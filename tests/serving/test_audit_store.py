@@ -117,7 +117,8 @@ def test_duplicate_request_id_is_refused(store: AuditStore) -> None:
 def test_audit_tables_are_append_only(store: AuditStore, statement: str) -> None:
     store.record(_row("kept", card_ids=["kept-card"]))
     said = store_feedback(
-        store, FeedbackRecord(card_uuid="kept-card", service_id="ncd-cvd-risk", outcome="overridden")
+        store,
+        FeedbackRecord(card_uuid="kept-card", service_id="ncd-cvd-risk", outcome="overridden"),
     )
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
         connection.execute(text(statement))

@@ -44,6 +44,7 @@ NO_CALLER = {
     "/ui/api/demo/xray": "demo EHR: synthetic chest X-rays",
 }
 
+
 def bypassing(routes: Sequence[BaseRoute], prefix: str = "") -> list[str]:
     """The routes (``METHODS path``) neither made by ``endpoint()`` nor listed above."""
     found: list[str] = []
