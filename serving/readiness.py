@@ -31,9 +31,10 @@ from starlette.responses import JSONResponse
 
 from serving.http.audit import Exchange
 from serving.http.pipeline import Answer, endpoint
+from serving.metrics import current_samples, monitor_of
+from serving.monitor.alerts import AlertState, expected_of, imaging_reference
 
 if TYPE_CHECKING:
-    from serving.monitor.alerts import AlertState
     from serving.runtime import Runtime
 
 __all__ = ["AuditProbe", "Check", "Readiness", "ReplayStore", "readiness_detail"]
@@ -182,9 +183,6 @@ async def _detail(request: Request, exchange: Exchange) -> Answer:
     writes it answers 503 ``audit-unavailable``, the reason ``/readyz`` fails then.
     Names no patient, but alert values are per-site rates, hence the token.
     """
-    from serving.metrics import current_samples, monitor_of
-    from serving.monitor.alerts import expected_of, imaging_reference
-
     readiness = readiness_of(request)
     runtime = readiness.runtime
     checks = await readiness.checks()

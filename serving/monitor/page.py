@@ -33,7 +33,8 @@ from starlette.requests import Request
 from serving.body import BadRequest
 from serving.http.audit import Exchange
 from serving.http.pipeline import Answer, endpoint
-from serving.monitor.alerts import AlertState, Monitor
+from serving.metrics import current_samples, monitor_of
+from serving.monitor.alerts import AlertState, Monitor, expected_of, imaging_reference
 from serving.monitor.drift import FeatureBins
 from serving.monitor.subgroups import (
     MAX_ANSWERS,
@@ -218,9 +219,6 @@ async def _monitor(request: Request, exchange: Exchange) -> Answer:
     Raises:
         BadRequest: ``days`` is not a whole number from 1 to 365 (audited as refused).
     """
-    from serving.metrics import current_samples, monitor_of
-    from serving.monitor.alerts import expected_of, imaging_reference
-
     runtime = runtime_of(request)
     caller = exchange.caller
     assert caller is not None  # authenticated by the pipeline
