@@ -20,10 +20,12 @@ from starlette.routing import BaseRoute, Route
 
 from serving import cds_hooks, rest
 from serving.auth import AuthError
+from serving.http.audit import Exchange
 from serving.http.caller import is_loopback
 from serving.http.identify import refusal, runtime_of
+from serving.http.pipeline import Answer, endpoint
 from serving.imaging import routes as imaging_routes
-from serving.metrics import RouteMetrics, exposition, scrape_allowed
+from serving.metrics import RouteMetrics, exposition
 from serving.readiness import readiness_detail
 from serving.settings import Settings
 from serving.ui import routes as ui_routes
@@ -49,12 +51,15 @@ async def list_models(request: Request) -> JSONResponse:
     )
 
 
-async def metrics(request: Request) -> Response:
-    """``GET /metrics``: Prometheus text, for the configured scraper only."""
-    if not scrape_allowed(runtime_of(request).settings, request.headers):
-        return refusal(AuthError("metrics-token"), "/metrics")
+async def _metrics(request: Request, exchange: Exchange) -> Answer:
+    """``GET /metrics``: Prometheus text, for the holder of the metrics token only.
+    Audited like every answer (service ``metrics``, outcome ``read``): a row per scrape,
+    e.g. one per replica every 15 s."""
     body, content_type = await run_in_threadpool(exposition, runtime_of(request))
-    return Response(body, media_type=content_type)
+    return Answer(Response(body, media_type=content_type), "read")
+
+
+metrics = endpoint("metrics-token", "metrics", _metrics)
 
 
 async def not_found(request: Request) -> Response:

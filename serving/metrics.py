@@ -6,21 +6,23 @@ series without bound). Here every label is bounded: the route *template*
 (``/v1/imaging/results/{result_id}``, ``unmatched`` for unknown paths), the method, the
 status code, and codes (service id, outcome, reason family), never PHI.
 
-``/metrics`` (:func:`serving.app.metrics`) needs ``Authorization: Bearer
-<TONLE_METRICS_TOKEN>``; without a configured token it answers 401 to everyone (dev
-mode: loopback clients only). Health probes (``/healthz``, ``/livez``, ``/readyz``)
-stay open.
+``/metrics`` (:func:`serving.app.metrics`, a pipeline endpoint: each scrape audited)
+needs ``Authorization: Bearer <TONLE_METRICS_TOKEN>`` (the ``metrics-token`` scheme of
+:mod:`serving.http.identify`); without a configured token it answers 401 to everyone
+(dev mode: loopback clients only). Health probes (``/healthz``, ``/livez``,
+``/readyz``) stay open.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import time
 from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from serving.audit.records import OPERATOR_SERVICES
 
 if TYPE_CHECKING:
     from models.metadata import ModelMetadata
@@ -40,7 +42,6 @@ __all__ = [
     "observe_answer",
     "observe_features",
     "observe_read",
-    "scrape_allowed",
 ]
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
@@ -176,7 +177,11 @@ def _site(tenant: str | None) -> str:
 
 def observe_answer(row: AuditRecord) -> None:
     """Count one committed answer for monitoring: its category, and the findings
-    flagged (a new chest X-ray read) or the risk band shown (an NCD card)."""
+    flagged (a new chest X-ray read) or the risk band shown (an NCD card). The
+    operators' own reads (:data:`~serving.audit.records.OPERATOR_SERVICES`) are not
+    answers to the service's users: they are counted in ``tonle_outcomes`` only."""
+    if row.service_id in OPERATOR_SERVICES:
+        return
     answers, findings, bands, _ = _monitoring()
     service, site = row.service_id[:64], _site(row.caller_tenant)
     answers.labels(service, site, row.mode, row.outcome, category(row.reason)).inc()
@@ -278,19 +283,6 @@ def observe_read(
         bins = reference.get(name)
         if bins is not None and value == value:  # NaN: not a value to bin
             counter.labels(service[:64], name[:64], str(bin_of(value, bins))).inc()
-
-
-def scrape_allowed(settings: Any, headers: Mapping[str, str]) -> bool:
-    """Whether a request with ``headers`` carries the configured metrics token
-    (``Authorization: Bearer``); in dev mode any caller (the app then admits loopback
-    clients only). For ``/metrics`` and the operators' ``/ui/monitor``."""
-    if settings.dev:
-        return True
-    token = settings.metrics_token
-    scheme, _, sent = headers.get("authorization", "").partition(" ")
-    if token is None or scheme.lower() != "bearer" or not sent:
-        return False
-    return hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode())
 
 
 def _family(reason: str | None) -> str:

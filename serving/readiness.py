@@ -6,8 +6,9 @@ down or full, ``/readyz`` turns 503 (load balancers send traffic elsewhere) and 
 
 ``/readyz`` itself is BentoML's route (it calls the service's ``__is_ready__``, which
 asks :meth:`Readiness.ready`) and answers a bare status code. ``GET /readyz/detail``
-(:func:`readiness_detail`, for operators holding the metrics token) says why: each
-check, whether it gates readiness, and every monitoring alert rule with its state.
+(:func:`readiness_detail`, for operators holding the metrics token, audited like every
+answer) says why: each check, whether it gates readiness, and every monitoring alert
+rule with its state.
 Alerts never gate readiness: a drifting input or a high flagged share is a reason to
 look, not to take a replica out of the load balancer.
 """
@@ -26,10 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+
+from serving.http.audit import Exchange
+from serving.http.pipeline import Answer, endpoint
+from serving.metrics import current_samples, monitor_of
+from serving.monitor.alerts import AlertState, expected_of, imaging_reference
 
 if TYPE_CHECKING:
-    from serving.monitor.alerts import AlertState
     from serving.runtime import Runtime
 
 __all__ = ["AuditProbe", "Check", "Readiness", "ReplayStore", "readiness_detail"]
@@ -169,27 +174,23 @@ def _alert(state: AlertState) -> dict[str, Any]:
     }
 
 
-async def readiness_detail(request: Request) -> Response:
-    """``GET /readyz/detail``: checks and alerts as JSON, for the metrics token only.
+async def _detail(request: Request, exchange: Exchange) -> Answer:
+    """``GET /readyz/detail``: checks and alerts as JSON, for the holder of the metrics
+    token (401 otherwise), audited (service ``readiness-detail``, outcome ``read``).
 
-    Always 200 for an operator (the status code of readiness is ``/readyz``'s); 401
-    otherwise. Names no patient, but alert values are per-site rates, hence the token.
+    Always 200 for an operator (the status code of readiness is ``/readyz``'s), except
+    that, like every answer, it needs its audit row: while the audit database refuses
+    writes it answers 503 ``audit-unavailable``, the reason ``/readyz`` fails then.
+    Names no patient, but alert values are per-site rates, hence the token.
     """
-    from serving.auth import AuthError
-    from serving.http.identify import refusal
-    from serving.metrics import current_samples, monitor_of, scrape_allowed
-    from serving.monitor.alerts import expected_of, imaging_reference
-
     readiness = readiness_of(request)
     runtime = readiness.runtime
-    if not scrape_allowed(runtime.settings, request.headers):
-        return refusal(AuthError("metrics-token"), "/readyz/detail")
     checks = await readiness.checks()
     monitor = monitor_of(runtime)
     samples = await run_in_threadpool(current_samples)
     imaging = imaging_reference(runtime)
     _, states = monitor.evaluate(samples, expected_of(runtime.ncd), imaging=imaging)
-    return JSONResponse(
+    response = JSONResponse(
         {
             "ready": all(c.ok for c in checks if c.gates),
             "checks": [
@@ -208,3 +209,7 @@ async def readiness_detail(request: Request) -> Response:
         },
         headers={"Cache-Control": "no-store"},
     )
+    return Answer(response, "read")
+
+
+readiness_detail = endpoint("metrics-token", "readiness-detail", _detail)

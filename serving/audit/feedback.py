@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from serving.audit import schema
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
@@ -89,27 +89,6 @@ class FeedbackTables(Tables):
         query = delete(table).where(table.c.expires < utc(now or datetime.now(UTC)))
         # Not durable on its own: a purge lost in a power cut is simply done again.
         return int(self._run(lambda c: c.execute(query).rowcount, engine=self.replay_engine))
-
-    def record_feedback(self, fb: FeedbackRecord) -> None:
-        """Append one feedback entry and commit before returning, without an audit row
-        (the routes store feedback with their call's row: :attr:`AuditRecord.feedback`).
-
-        When ``fb.request_id`` is None it is filled from the card index.
-
-        Raises:
-            AuditUnavailable: the entry could not be committed.
-        """
-        values = feedback_values(fb)
-
-        def work(connection: Any) -> None:
-            if values["request_id"] is None:
-                cards = schema.audit_cards
-                values["request_id"] = connection.execute(
-                    select(cards.c.request_id).where(cards.c.card_uuid == fb.card_uuid)
-                ).scalar_one_or_none()
-            connection.execute(insert(schema.feedback), values)
-
-        self._run(work)
 
     def feedback(
         self, *, since: datetime | None = None, card_uuid: str | None = None

@@ -2,7 +2,9 @@
 
 Each row becomes one event: the calling EHR is the requesting agent (source role),
 Tonle the destination agent and the observer; the patient, the model (by sha256) and
-the request (with hook instance, card ids and input hash) are the entities.
+the request (with hook instance, card ids and input hash) are the entities. Its
+purpose is treatment, except for the operators' reads of the service's own figures
+(:data:`~serving.audit.records.OPERATOR_SERVICES`): system administration.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from serving.audit.records import AuditRecord
+from serving.audit.records import OPERATOR_SERVICES, AuditRecord
 
 __all__ = ["audit_event", "write_ndjson"]
 
@@ -31,6 +33,13 @@ _OUTCOME = {
     "error": "8",
 }
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+_TREATMENT = {"system": _ACT_REASON, "code": "TREAT", "display": "treatment"}
+_SYSTEM_ADMINISTRATION = {
+    "system": _ACT_REASON,
+    "code": "HSYSADMIN",
+    "display": "health system administration",
+}
 
 
 def _system_object() -> dict[str, str]:
@@ -81,11 +90,12 @@ def audit_event(row: AuditRecord) -> dict[str, Any]:
                 "description": "model that produced the advice",
             }
         )
+    operator = row.service_id in OPERATOR_SERVICES
     entities.append(
         {
             "what": {"identifier": {"system": "urn:tonle:request-id", "value": row.request_id}},
             "type": _system_object(),
-            "description": f"CDS request to {row.service_id}",
+            "description": f"{'operator' if operator else 'CDS'} request to {row.service_id}",
             "detail": [
                 *_detail("hookInstance", row.hook_instance),
                 *_detail("cardIds", ",".join(row.card_ids)),
@@ -115,17 +125,7 @@ def audit_event(row: AuditRecord) -> dict[str, Any]:
         "recorded": row.created.isoformat(),
         "outcome": _OUTCOME[row.outcome],
         "outcomeDesc": row.outcome + (f": {row.reason}" if row.reason else ""),
-        "purposeOfEvent": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
-                        "code": "TREAT",
-                        "display": "treatment",
-                    }
-                ]
-            }
-        ],
+        "purposeOfEvent": [{"coding": [_SYSTEM_ADMINISTRATION if operator else _TREATMENT]}],
         "agent": [
             requester,
             {

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "OPERATOR_SERVICES",
     "ApiKeyInfo",
     "AuditRecord",
     "ExplanationRecord",
@@ -23,6 +24,12 @@ __all__ = [
 # "feedback": clinician feedback on cards, stored with the row (AuditRecord.feedback).
 Outcome = Literal["advice", "no-advice", "refused", "error", "read", "discovery", "feedback"]
 Mode = Literal["live", "silent"]
+
+OPERATOR_SERVICES = frozenset({"metrics", "readiness-detail", "ui-monitor"})
+"""The service ids of the operators' reads (``/metrics``, ``/readyz/detail``,
+``/ui/monitor``): audited like every answer, but not calls of the service's users, so
+monitoring leaves them out (the live answer counters, the weekly report) and the FHIR
+export gives them the purpose of system administration, not treatment."""
 
 
 def _now() -> datetime:

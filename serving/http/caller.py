@@ -7,16 +7,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["DEV_CALLER", "Caller", "CallerKind", "is_loopback", "link_caller"]
+__all__ = [
+    "DEV_CALLER",
+    "OPERATOR_CALLER",
+    "Caller",
+    "CallerKind",
+    "is_loopback",
+    "link_caller",
+]
 
-CallerKind = Literal["jwt", "api-key", "link", "dev"]
+CallerKind = Literal["jwt", "api-key", "link", "operator", "dev"]
 
 
 class Caller(BaseModel):
     """An authenticated caller.
 
     Attributes:
-        iss: the JWT issuer, ``"api-key"``, ``"tonle-link"`` or ``"dev"``.
+        iss: the JWT issuer, ``"api-key"``, ``"tonle-link"``, ``"tonle-metrics-token"``
+            or ``"dev"``.
         sub: the JWT subject or the API key id.
         tenant: the hospital the caller belongs to, from configuration only (the
             issuer's ``tenant`` or the API key's record), never from the request.
@@ -39,6 +47,9 @@ class Caller(BaseModel):
 
 
 DEV_CALLER = Caller(iss="dev", sub=None, tenant=None, kind="dev")
+# Whoever holds the metrics token (TONLE_METRICS_TOKEN): the scraper or an operator,
+# of no tenant; it reads the service's own figures, never a patient's.
+OPERATOR_CALLER = Caller(iss="tonle-metrics-token", sub=None, tenant=None, kind="operator")
 
 
 def link_caller(tenant: str | None = None) -> Caller:

@@ -9,8 +9,15 @@
 * ``page-link``: a JSON call from a page opened by signed link (its feedback form): the
   body names the page and carries that page's ``exp`` and ``sig``
   (:func:`serving.ui.links.page_capability`); in dev mode too.
-* dev mode (``TONLE_DEV``): no authenticators, every ``jwt`` and ``api-key`` caller is
-  the dev caller; the app admits loopback clients only (:class:`serving.app.LoopbackOnly`).
+* ``metrics-token``: ``Authorization: Bearer <TONLE_METRICS_TOKEN>``, the operators'
+  routes (``/metrics``, ``/readyz/detail``): the operator caller, of no tenant. No token
+  configured: everyone is refused.
+* ``metrics-token-or-api-key``: the metrics token (the operator) or else an API key (its
+  tenant's caller), for ``/ui/monitor``, which shows an API key's caller its own tenant
+  only.
+* dev mode (``TONLE_DEV``): no authenticators, every ``jwt``, ``api-key`` and
+  metrics-token caller is the dev caller; the app admits loopback clients only
+  (:class:`serving.app.LoopbackOnly`).
 
 Every refusal is an :class:`~serving.auth.AuthError`; :func:`refusal` turns it into the
 answer: 503 when the store behind authentication is down, 403 / 410 (one body) for a
@@ -19,6 +26,7 @@ link that is tampered with or expired, else the one 401 body.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -31,18 +39,19 @@ from starlette.responses import JSONResponse, Response
 from serving.audit.tables import AuditUnavailable
 from serving.auth import AuthError, AuthUnavailable, api_key_from_headers, unauthorized_response
 from serving.body import BadRequest, read_json
-from serving.http.caller import DEV_CALLER, Caller, link_caller
+from serving.http.caller import DEV_CALLER, OPERATOR_CALLER, Caller, link_caller
 from serving.metrics import count_refusal
 from serving.ui import links
 
 if TYPE_CHECKING:
     from serving.runtime import ApiKeyAuth, Runtime
+    from serving.settings import Settings
 
 __all__ = ["LinkRefused", "Scheme", "api_key_caller", "authenticate", "refusal", "runtime_of"]
 
 logger = logging.getLogger(__name__)
 
-Scheme = Literal["jwt", "api-key", "link", "page-link"]
+Scheme = Literal["jwt", "api-key", "link", "page-link", "metrics-token", "metrics-token-or-api-key"]
 _LOG_EVERY_S = 60.0
 
 
@@ -75,6 +84,13 @@ async def authenticate(runtime: Runtime, request: Request, scheme: Scheme) -> Ca
         return await _page_link_holder(request)
     if scheme == "api-key":
         return api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
+    if scheme == "metrics-token":
+        return _metrics_token_holder(runtime.settings, request)
+    if scheme == "metrics-token-or-api-key":
+        try:
+            return _metrics_token_holder(runtime.settings, request)
+        except AuthError:
+            return api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
     if runtime.cds_auth is None:
         return _dev_caller(dev=runtime.settings.dev)
     endpoint = runtime.settings.public_url.rstrip("/") + request.url.path
@@ -126,6 +142,24 @@ async def _holder(verdict: Callable[[], links.Verdict]) -> Caller:
     if found != "ok":
         raise LinkRefused(found)
     return link_caller()
+
+
+def _metrics_token_holder(settings: Settings, request: Request) -> Caller:
+    """The operator: ``Authorization: Bearer`` with the configured metrics token,
+    compared in constant time (dev mode: the dev caller).
+
+    Raises:
+        AuthError: no token configured, none sent, or another one (answer 401).
+    """
+    if settings.dev:
+        return DEV_CALLER
+    token = settings.metrics_token
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not sent:
+        raise AuthError("metrics-token")
+    if not hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode()):
+        raise AuthError("metrics-token")
+    return OPERATOR_CALLER
 
 
 def _dev_caller(*, dev: bool) -> Caller:

@@ -96,8 +96,9 @@ def endpoint(
     """A Starlette endpoint running ``handler`` inside the pipeline.
 
     Args:
-        scheme: how callers authenticate (``jwt``, ``api-key``, a signed ``link``, or
-            ``page-link``: the signed link of the page a JSON call comes from).
+        scheme: how callers authenticate (``jwt``, ``api-key``, a signed ``link``,
+            ``page-link``: the signed link of the page a JSON call comes from, or the
+            operators' ``metrics-token``, ``metrics-token-or-api-key``).
         service_id: the audit rows' service id, or how to tell it from the request.
         handler: parses, answers and fills in the exchange; runs after authentication.
         on_error: the answer when ``handler`` raises something other than BadRequest.

@@ -29,11 +29,12 @@ from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from serving.auth import AuthError
-from serving.http.identify import api_key_caller, refusal
-from serving.monitor.alerts import AlertState, Monitor
+from serving.body import BadRequest
+from serving.http.audit import Exchange
+from serving.http.pipeline import Answer, endpoint
+from serving.metrics import current_samples, monitor_of
+from serving.monitor.alerts import AlertState, Monitor, expected_of, imaging_reference
 from serving.monitor.drift import FeatureBins
 from serving.monitor.subgroups import (
     MAX_ANSWERS,
@@ -210,25 +211,25 @@ def bar_chart(
     return Markup(svg)  # noqa: S704 - every label is escaped above
 
 
-async def monitor_page(request: Request) -> Response:
+async def _monitor(request: Request, exchange: Exchange) -> Answer:
     """``GET /ui/monitor``: the metrics token (operators: every site, drift, alerts,
-    latency) or an API key (that key's tenant's rows only); 401 otherwise."""
-    from serving.metrics import current_samples, monitor_of, scrape_allowed
-    from serving.monitor.alerts import expected_of, imaging_reference
+    latency) or an API key (that key's tenant's rows only); 401 otherwise. Audited
+    (service ``ui-monitor``, outcome ``read``) with the caller and its tenant.
 
+    Raises:
+        BadRequest: ``days`` is not a whole number from 1 to 365 (audited as refused).
+    """
     runtime = runtime_of(request)
-    site: str | None = None
+    caller = exchange.caller
+    assert caller is not None  # authenticated by the pipeline
+    site: str | None = None  # None: the operator's view, every site
     tenant: str | None = None
-    if not scrape_allowed(runtime.settings, request.headers):
-        try:
-            caller = api_key_caller(runtime.api_keys, request, dev=runtime.settings.dev)
-        except AuthError as exc:
-            return refusal(exc, "/ui/monitor")
+    if caller.kind not in ("operator", "dev"):  # an API key: its own tenant only
         site = (caller.tenant or "-")[:64]
         tenant = caller.tenant or ""
     raw_days = request.query_params.get("days", "30")
     if not re.fullmatch(r"[0-9]{1,3}", raw_days) or not 1 <= int(raw_days) <= 365:
-        return JSONResponse({"error": "bad-request", "detail": "days: 1 to 365"}, 400)
+        raise BadRequest("bad-request", "days: 1 to 365", field="days")
     days = int(raw_days)
     samples = await run_in_threadpool(current_samples)
     view = build_view(
@@ -249,7 +250,7 @@ async def monitor_page(request: Request) -> Response:
             )
         except SQLAlchemyError as exc:  # the counters above still help
             logger.warning("monitor: subgroups unavailable (%s)", type(exc).__name__)
-    return render_page(
+    page = render_page(
         request,
         "monitor.html",
         view=view,
@@ -261,3 +262,7 @@ async def monitor_page(request: Request) -> Response:
         min_cell=MIN_CELL,
         max_answers=MAX_ANSWERS,
     )
+    return Answer(page, "read")
+
+
+monitor_page = endpoint("metrics-token-or-api-key", "ui-monitor", _monitor)

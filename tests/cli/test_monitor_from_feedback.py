@@ -14,6 +14,7 @@ from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
 from serving.cards import OVERRIDE_SYSTEM
 from serving.imaging.results import Analysed, ResultStore
+from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 
 runner = CliRunner()
@@ -71,7 +72,8 @@ def test_feedback_and_confirmed_reads_become_labelled_rows(tmp_path: Path) -> No
         ("cxr-1", "overridden", "imaging-cxr-cds"),
         ("unknown", "accepted", "ncd-cvd-risk"),
     ):
-        store.record_feedback(
+        store_feedback(
+            store,
             FeedbackRecord(
                 card_uuid=card,
                 service_id=service,
@@ -79,7 +81,7 @@ def test_feedback_and_confirmed_reads_become_labelled_rows(tmp_path: Path) -> No
                 override_reason=disagree if outcome == "overridden" else None,
                 comment="patient SECRET-1 says hi",
                 caller_tenant="site-a",
-            )
+            ),
         )
     store.close()
     outcomes = tmp_path / "xpert.csv"

@@ -133,6 +133,30 @@ def test_audit_export_writes_valid_fhir_audit_events(db_url: str, tmp_path: Path
     assert [e.what.identifier.value for e in events[1].entity] == ["r-refused"]
 
 
+def test_an_operators_read_is_exported_as_system_administration() -> None:
+    operator = _row(
+        "r-scrape",
+        datetime(2026, 1, 2, tzinfo=UTC),
+        service_id="metrics",
+        outcome="read",
+        card_ids=[],
+        caller_iss="tonle-metrics-token",
+        caller_sub=None,
+        caller_tenant=None,
+        model_name=None,
+        model_version=None,
+        model_sha256=None,
+        input_sha256=None,
+        patient_ref=None,
+    )
+    clinical = AuditEvent.model_validate(audit_event(_row("r-advice", operator.created)))
+    event = AuditEvent.model_validate(audit_event(operator))
+    purposes = [[c.code for c in e.purposeOfEvent[0].coding] for e in (clinical, event)]
+    assert purposes == [["TREAT"], ["HSYSADMIN"]]
+    assert event.outcome == "0"
+    assert event.entity[0].description == "operator request to metrics"
+
+
 def test_audit_event_id_is_a_valid_fhir_id_for_any_request_id() -> None:
     event = audit_event(_row("req id/with:odd chars", datetime(2026, 1, 1, tzinfo=UTC)))
     assert AuditEvent.model_validate(event).id == event["id"]

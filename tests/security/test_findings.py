@@ -27,6 +27,12 @@ def _metrics(secure: SecureService) -> str:
     auth = {"Authorization": f"Bearer {secure.metrics_token}"}
     response = secure.request("GET", "/metrics", headers=auth)
     assert response.status_code == 200, response.text
+    row = secure.row(response)  # a scrape is audited like every answer
+    assert (row["service_id"], row["outcome"], row["caller_iss"]) == (
+        "metrics",
+        "read",
+        "tonle-metrics-token",
+    )
     return response.text
 
 

@@ -25,6 +25,7 @@ from serving.audit import engine as engine_module
 from serving.audit.engine import current_revisions, grant_service_role, head_revisions
 from serving.imaging.results import Analysed
 from tests.serving.db_fixtures import postgres_database, postgres_schema
+from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
 
 
@@ -116,13 +117,14 @@ def test_duplicate_request_id_is_refused(store: AuditStore) -> None:
     ],
 )
 def test_audit_tables_are_append_only(store: AuditStore, statement: str) -> None:
-    store.record(_row("kept"))
-    store.record_feedback(
-        FeedbackRecord(card_uuid="kept-card", service_id="ncd-cvd-risk", outcome="overridden")
+    store.record(_row("kept", card_ids=["kept-card"]))
+    said = store_feedback(
+        store,
+        FeedbackRecord(card_uuid="kept-card", service_id="ncd-cvd-risk", outcome="overridden"),
     )
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
         connection.execute(text(statement))
-    assert [r.request_id for r in store.rows()] == ["kept"]
+    assert [r.request_id for r in store.rows()] == ["kept", said]
     assert len(store.feedback()) == 1
 
 
@@ -145,17 +147,20 @@ def test_audit_tables_are_append_only(store: AuditStore, statement: str) -> None
 def test_sqlite_replace_cannot_rewrite_a_row(tmp_path: Path, statement: str) -> None:
     store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
     store.record(_row("kept", card_ids=["card-k"]))
-    store.record_feedback(
-        FeedbackRecord(card_uuid="card-k", service_id="ncd-cvd-risk", outcome="overridden")
+    said = store_feedback(
+        store, FeedbackRecord(card_uuid="card-k", service_id="ncd-cvd-risk", outcome="overridden")
     )
     with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as connection:
         connection.execute(text(statement))
-    assert [(r.request_id, r.service_id) for r in store.rows()] == [("kept", _row("k").service_id)]
+    assert [(r.request_id, r.service_id) for r in store.rows()] == [
+        ("kept", _row("k").service_id),
+        (said, "feedback:ncd-cvd-risk"),
+    ]
     assert store.request_for_card("card-k") == "kept"
     assert [(f.service_id, f.outcome) for f in store.feedback()] == [("ncd-cvd-risk", "overridden")]
     # An ordinary new row is still appended.
     store.record(_row("next"))
-    assert store.count() == 2
+    assert store.count() == 3
     store.close()
 
 
@@ -206,14 +211,15 @@ def test_feedback_links_to_request_through_card(store: AuditStore) -> None:
         outcome_timestamp=datetime(2026, 3, 1, 12, tzinfo=UTC),
         caller_iss="https://ehr.example.org",
     )
-    store.record_feedback(entry)
-    store.record_feedback(
+    store_feedback(
+        store,
+        entry,
         FeedbackRecord(
             card_uuid="card-a",
             service_id="ncd-cvd-risk",
             outcome="accepted",
             accepted_suggestions=["sugg-1"],
-        )
+        ),
     )
     got = store.feedback()
     assert got[0].request_id == "req-9"

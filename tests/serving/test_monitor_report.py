@@ -19,6 +19,7 @@ from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideRea
 from serving.imaging.results import Analysed, ModelIdentity, ResultStore
 from serving.monitor.reads import ScoreDrift, stored_reference
 from serving.monitor.report import build_report, render_html, render_pdf
+from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.cxr_fixtures import LABELS, make_cxr_artifact
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 from training.distribution import training_distribution
@@ -96,6 +97,20 @@ def test_counts_rates_reasons_bands_and_findings() -> None:
     assert "By site (calling tenant)" in page
 
 
+def test_the_operators_reads_are_not_counted() -> None:
+    """A scrape every 15 s (``/metrics``), the readiness detail and the monitoring page
+    are audited, but they are not calls of the service's users."""
+    operators = [
+        row(f"op-{service}-{i}", DAY, service_id=service, outcome="read", card_ids=[],
+            caller_tenant=None)
+        for service in ("metrics", "readiness-detail", "ui-monitor")
+        for i in range(3)
+    ]  # fmt: skip
+    with_them = build_report([*rows(), *operators], feedback(), since=DAY)
+    assert with_them == build_report(rows(), feedback(), since=DAY)
+    assert sum(with_them.volume_by_day.values()) == len(rows())
+
+
 def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = AuditStore.open(url)
@@ -120,8 +135,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
         imaging = ResultStore.record(Analysed(result, heatmap_source()), tenant)
         store.record(row(f"cxr{i}", result.created, service_id="imaging-cxr", card_ids=[],
                          imaging_result=imaging))  # fmt: skip
-    for fb in feedback():
-        store.record_feedback(fb)
+    store_feedback(store, *feedback())
     store.close()
     out = tmp_path / "report" / "week.html"
     pdf = tmp_path / "report" / "week.pdf"
@@ -131,7 +145,8 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
     assert pdf.read_bytes().startswith(b"%PDF")
     pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
     assert len(pages) == 3  # the summary, the share flagged per finding, the score drift
-    assert "11 calls" in result.output  # 8 rows, the hostile one, 2 reads; old rows outside
+    # 8 rows, the hostile one, 2 reads and the feedback call; old rows outside
+    assert "12 calls" in result.output
     page = out.read_text()
     assert "20-&lt;30%" in page
     assert "<script>x" not in page

@@ -14,6 +14,7 @@ from serving.audit import AuditRecord, AuditStore
 from serving.audit.records import ExplanationRecord, FeedbackRecord
 from serving.imaging.results import Analysed, ResultStore
 from serving.monitor.subgroups import Cell, age_band, count_subgroups, shown
+from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
 
 NCD = "ncd-cvd-risk"
@@ -68,7 +69,7 @@ def engine(tmp_path: Path) -> Iterator[AuditStore]:
                 )
             )  # fmt: skip
             if i < len(feedback):
-                store.record_feedback(FeedbackRecord(card_uuid=f"c{n}", service_id=NCD,
+                store_feedback(store, FeedbackRecord(card_uuid=f"c{n}", service_id=NCD,
                                                      outcome=feedback[i],  # type: ignore[arg-type]
                                                      caller_tenant=tenant))  # fmt: skip
     # An answer older than the window, and a no-advice answer: not counted.

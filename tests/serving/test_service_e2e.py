@@ -67,11 +67,20 @@ def test_health_and_metrics(served: Served) -> None:
     assert httpx.get(served.url + "/metrics").status_code == 401
     httpx.post(served.url + CVD, json=cds_request(), headers=served.token(CVD))
     scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}
-    metrics = httpx.get(served.url + "/metrics", headers=scraper).text
-    assert 'tonle_outcomes_total{outcome="advice",reason="",service="ncd-cvd-risk"}' in metrics
+    scrape = httpx.get(served.url + "/metrics", headers=scraper)
+    assert 'tonle_outcomes_total{outcome="advice",reason="",service="ncd-cvd-risk"}' in scrape.text
     # The readiness detail is Tonle's route under BentoML's /readyz, for the scraper only.
     assert httpx.get(served.url + "/readyz/detail").status_code == 401
-    detail = httpx.get(served.url + "/readyz/detail", headers=scraper).json()
+    answered = httpx.get(served.url + "/readyz/detail", headers=scraper)
+    # Both answers are audited, as the operator's reads.
+    for response, service in ((scrape, "metrics"), (answered, "readiness-detail")):
+        (row,) = served.store.rows(request_id=response.headers["x-request-id"])
+        assert (row.service_id, row.outcome, row.caller_iss) == (
+            service,
+            "read",
+            "tonle-metrics-token",
+        )
+    detail = answered.json()
     assert detail["ready"] is True
     assert {c["name"]: c["ok"] for c in detail["checks"]} == {
         "models": True, "database": True, "draining": True, "link-key": True}  # fmt: skip

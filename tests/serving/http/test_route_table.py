@@ -1,6 +1,7 @@
 """The route table: every route the service mounts is made by the one request pipeline
 (:func:`serving.http.pipeline.endpoint`) or is listed below, with why it needs no
-caller (or, for the few that authenticate on their own, why they are not yet moved).
+caller. There are no other exceptions: the operators' routes (``/metrics``,
+``/readyz/detail``, ``/ui/monitor``) are pipeline endpoints too.
 
 A new route that skips the pipeline (authenticates, parses or audits on its own) fails
 :func:`test_every_route_is_a_pipeline_endpoint_or_listed` until it is built with
@@ -43,17 +44,6 @@ NO_CALLER = {
     "/ui/api/demo/xray": "demo EHR: synthetic chest X-rays",
 }
 
-# Routes for operators that authenticate on their own, with the metrics token
-# (TONLE_METRICS_TOKEN; an API key too for /ui/monitor): refused calls get the
-# pipeline's answers (serving.http.identify.refusal), but an answer is not audited.
-# Known exceptions: move them onto endpoint() (a scheme for the metrics token) and
-# delete them here.
-OWN_AUTHENTICATION = {
-    "/metrics": "Prometheus scrape, every few seconds: counted, not audited",
-    "/readyz/detail": "readiness checks and alerts for operators",
-    "/ui/monitor": "monitoring page: the metrics token, or an API key (its tenant only)",
-}
-
 
 def bypassing(routes: Sequence[BaseRoute], prefix: str = "") -> list[str]:
     """The routes (``METHODS path``) neither made by ``endpoint()`` nor listed above."""
@@ -63,7 +53,7 @@ def bypassing(routes: Sequence[BaseRoute], prefix: str = "") -> list[str]:
             found += bypassing(route.routes, prefix + route.path)
             continue
         path = prefix + str(getattr(route, "path", ""))
-        if path in NO_CALLER or path in OWN_AUTHENTICATION:
+        if path in NO_CALLER:
             continue
         if isinstance(route, Route) and pipeline_scheme(route.endpoint) is not None:
             continue
@@ -93,16 +83,15 @@ def test_every_route_is_a_pipeline_endpoint_or_listed() -> None:
         assert bypassing(_service_app(docs=docs)) == []
 
 
-def test_the_lists_name_only_mounted_routes() -> None:
-    """A route removed from the app leaves the lists too, so they stay the truth."""
+def test_the_list_names_only_mounted_routes() -> None:
+    """A route removed from the app leaves the list too, so it stays the truth."""
     mounted = _paths(_service_app(docs=True))
     assert set(NO_CALLER) - mounted == set()
-    assert set(OWN_AUTHENTICATION) - mounted == set()
-    assert not set(NO_CALLER) & set(OWN_AUTHENTICATION)
 
 
 def test_the_routes_that_answer_callers_are_pipeline_endpoints() -> None:
-    """Spot check of the schemes: CDS Hooks by JWT, REST by API key, pages by link."""
+    """Spot check of the schemes: CDS Hooks by JWT, REST by API key, pages by link,
+    the operators' routes by the metrics token (the monitoring page: or an API key)."""
     schemes = {
         (path, ",".join(sorted(route.methods or ()))): pipeline_scheme(route.endpoint)
         for route in _service_app(docs=False)
@@ -113,6 +102,9 @@ def test_the_routes_that_answer_callers_are_pipeline_endpoints() -> None:
     assert schemes[("/v1/risk/cvd", "POST")] == "api-key"
     assert schemes[("/ui/explain/{card_id}", "GET,HEAD")] == "link"
     assert schemes[("/ui/api/feedback", "POST")] == "page-link"
+    assert schemes[("/metrics", "GET,HEAD")] == "metrics-token"
+    assert schemes[("/readyz/detail", "GET,HEAD")] == "metrics-token"
+    assert schemes[("/ui/monitor", "GET,HEAD")] == "metrics-token-or-api-key"
 
 
 def test_a_route_that_skips_the_pipeline_is_found() -> None:
