@@ -209,7 +209,7 @@ def _differences(expected: Any, got: Any, where: str = "") -> list[str]:
             return [f"{where}: {len(expected)} items != {len(got)}"]
         return [
             d
-            for i, (e, g) in enumerate(zip(expected, got))
+            for i, (e, g) in enumerate(zip(expected, got, strict=True))
             for d in _differences(e, g, f"{where}[{i}]")
         ]
     return [] if expected == got else [f"{where}: {expected!r} != {got!r}"]
