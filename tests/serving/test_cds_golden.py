@@ -175,7 +175,7 @@ def _answer(
     return _normalised(recorded, runtime)
 
 
-def _normalised(answer: dict[str, Any], runtime: Runtime) -> Any:
+def _normalised(answer: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """``answer`` with its uuids numbered in order of first appearance, the link's
     signature and expiry blanked (both differ between two identical calls) and each
     model's sha256 (whole or its first 12 digits) replaced by the model's name."""
@@ -186,7 +186,8 @@ def _normalised(answer: dict[str, Any], runtime: Runtime) -> Any:
         text = text.replace(meta.sha256[:12], f"sha256-12-of-{meta.name}")
     numbers: dict[str, str] = {}
     text = _UUID.sub(lambda m: numbers.setdefault(m[0], f"uuid-{len(numbers)}"), text)
-    return json.loads(_SIGNED.sub("?exp=EXP&sig=SIG", text))
+    normalised: dict[str, Any] = json.loads(_SIGNED.sub("?exp=EXP&sig=SIG", text))
+    return normalised
 
 
 def _differences(expected: Any, got: Any, where: str = "") -> list[str]:
