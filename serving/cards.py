@@ -35,7 +35,7 @@ from serving.cds_models import (
     Suggestion,
 )
 from serving.fhir_out import follow_up_task, proposal_resource, provenance, risk_assessment
-from serving.i18n import catalogue, format_date, format_number, format_numbers_in, t
+from serving.i18n import format_date, format_number, format_numbers_in, has_message, t
 from serving.protocol import INDICATOR_RANK
 from serving.synthetic import trained_on_synthetic
 
@@ -149,14 +149,14 @@ def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
 def region_name(code: str | None, name: str, lang: str) -> str:
     """A WHO region's name in ``lang``; ``name`` (as recorded) where the code has none."""
     key = f"region.{code}"
-    return t(key, lang) if code and key in catalogue("en") else name
+    return t(key, lang) if code and has_message(key, "en") else name
 
 
 def country_name(code: str, lang: str) -> str:
     """A country's name in ``lang`` (ISO alpha-3 ``code``): the catalogue's
     ``country.<code>``, else the WHO chart table's English name, else the code."""
     key = f"country.{code}"
-    if key in catalogue(lang):
+    if has_message(key, lang):
         return t(key, lang)
     from models.who_cvd_equations import list_countries
 
