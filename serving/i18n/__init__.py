@@ -244,6 +244,12 @@ def format_date(value: date | datetime, lang: str) -> str:
     English: ``25 Nov 2026``; Khmer: ``25 វិច្ឆិកា 2026``. Month names avoid the
     day/month order ambiguity of numeric dates.
     """
+    if isinstance(value, datetime):
+        return _written_date(value, lang)
+    return _written_day(value, lang)
+
+
+def _written_date(value: date | datetime, lang: str) -> str:
     meta = language_meta(_resolve(lang))
     fields = {
         "day": str(value.day),
@@ -261,6 +267,10 @@ def format_date(value: date | datetime, lang: str) -> str:
     return _digits(text, lang)
 
 
+# A day is written once: the dates on a card are the same few days again and again.
+_written_day = lru_cache(maxsize=4096)(_written_date)
+
+
 def placeholders(template: str) -> set[str]:
     """The ``{name}`` fields a message template uses."""
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
@@ -274,7 +284,8 @@ def _param(value: object, lang: str) -> object:
     if isinstance(value, float):
         # Shortest of 0-2 decimals that keeps the value to 2 decimals (1 above 10).
         most = 1 if abs(value) >= 10 else 2
-        decimals = next(d for d in range(most + 1) if round(value, d) == round(value, most))
+        kept = round(value, most)
+        decimals = 0 if round(value, 0) == kept else 1 if round(value, 1) == kept else 2
         return format_number(value, lang, decimals)
     if isinstance(value, datetime | date):
         return format_date(value, lang)
