@@ -178,6 +178,7 @@ def chart_place(region_code: str | None, region: str, country: str | None, lang:
     return country_name(country, lang) if country else region_name(region_code, region, lang)
 
 
+@lru_cache(maxsize=1024)
 def feature_label(name: str, lang: str) -> str:
     """The feature's name in ``lang``; the field name itself where none is translated."""
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
@@ -395,16 +396,18 @@ def _protocol_text(advice: Advice, lang: str) -> list[str]:
     else:
         head = t("card.protocol.not_approved", lang, version=version)
     lines = [
-        t(
-            "card.protocol.rule",
-            lang,
-            text=_md_fixed(f.row.text.get(lang)),
-            rule=f.row.id,
-            source=_md_fixed(f"{f.row.source.document}, {f.row.source.section}"),
+        _rule_line(
+            f.row.text.get(lang), f.row.id, f"{f.row.source.document}, {f.row.source.section}", lang
         )
         for f in advice.fired
     ]
     return [f"**{head}**", "\n".join(f"- {line}" for line in lines)] if lines else [head]
+
+
+@lru_cache(maxsize=1024)
+def _rule_line(text: str, rule: str, source: str, lang: str) -> str:
+    """A fired row as the card names it (the protocol table's words, written once)."""
+    return t("card.protocol.rule", lang, text=md(text), rule=rule, source=md(source))
 
 
 def demo_notice(meta: ModelMetadata, lang: str) -> list[str]:
