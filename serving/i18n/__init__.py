@@ -209,7 +209,7 @@ def format_number(value: float, lang: str, decimals: int = 0) -> str:
     if rounded == 0:
         rounded = abs(rounded)
     text = f"{rounded:,.{decimals}f}"
-    marks = _number_marks(lang)
+    marks = _number_marks(_resolve(lang))
     return text if marks is None else text.translate(marks)
 
 
