@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal
 
 from models.metadata import ModelMetadata
@@ -35,7 +35,7 @@ from serving.cds_models import (
     Suggestion,
 )
 from serving.fhir_out import follow_up_task, proposal_resource, provenance, risk_assessment
-from serving.i18n import catalogue, format_date, format_number, format_numbers_in, t
+from serving.i18n import format_date, format_number, format_numbers_in, has_message, t
 from serving.protocol import INDICATOR_RANK
 from serving.synthetic import trained_on_synthetic
 
@@ -94,6 +94,13 @@ def md(text: object) -> str:
     return _AUTOLINK.sub(lambda m: "\\:\\/\\/" if m[0] == "://" else m[0][:3] + "\\.", escaped)
 
 
+@lru_cache(maxsize=1024)
+def _md_fixed(text: str) -> str:
+    """:func:`md` of text from the model's metadata, the WHO chart table or the protocol
+    table: a bounded set of strings, escaped once each (never the EHR's data)."""
+    return md(text)
+
+
 def lead(advice: Advice) -> Lead:
     """Which estimate leads the card: the WHO chart when the patient is on it; else the
     local model when its validation shows it at least as good as the chart; else none
@@ -149,14 +156,14 @@ def _value_texts(advice: Advice, lang: str) -> dict[str, str]:
 def region_name(code: str | None, name: str, lang: str) -> str:
     """A WHO region's name in ``lang``; ``name`` (as recorded) where the code has none."""
     key = f"region.{code}"
-    return t(key, lang) if code and key in catalogue("en") else name
+    return t(key, lang) if code and has_message(key, "en") else name
 
 
 def country_name(code: str, lang: str) -> str:
     """A country's name in ``lang`` (ISO alpha-3 ``code``): the catalogue's
     ``country.<code>``, else the WHO chart table's English name, else the code."""
     key = f"country.{code}"
-    if key in catalogue(lang):
+    if has_message(key, lang):
         return t(key, lang)
     from models.who_cvd_equations import list_countries
 
@@ -164,12 +171,14 @@ def country_name(code: str, lang: str) -> str:
     return names.get(code, code)
 
 
+@lru_cache(maxsize=256)
 def chart_place(region_code: str | None, region: str, country: str | None, lang: str) -> str:
     """Where the chart used is recalibrated to, in ``lang``: the country's name when a
     national recalibration was used (never its bare code), else the WHO region's."""
     return country_name(country, lang) if country else region_name(region_code, region, lang)
 
 
+@lru_cache(maxsize=1024)
 def feature_label(name: str, lang: str) -> str:
     """The feature's name in ``lang``; the field name itself where none is translated."""
     return t(f"feature.{name}", lang) if _has_feature_key(name) else name
@@ -240,9 +249,14 @@ def missing_text(
     return t("card.ncd.missing.scored_as", lang, value=value)
 
 
+@cache
+def _data_head(lang: str) -> list[str]:
+    names = (t("ui.col.name", lang), t("ui.col.value", lang), t("ui.col.date", lang))
+    return [f"| {' | '.join(names)} |", "|---|---|---|"]
+
+
 def _data_used(advice: Advice, lang: str, shown: dict[str, str]) -> str:
-    header = f"| {t('ui.col.name', lang)} | {t('ui.col.value', lang)} | {t('ui.col.date', lang)} |"
-    rows = [header, "|---|---|---|"]
+    rows = list(_data_head(lang))
     for name in advice.features:
         when = advice.dates.get(name)
         date_text = format_date(when, lang) if when else ""
@@ -311,7 +325,7 @@ def _chart_text(advice: Advice, lang: str, region: str) -> str:
     return t(
         "card.ncd.cvd.chart",
         lang,
-        region=md(chart_place(who.region_code, region, who.country_code, lang)),
+        region=_md_fixed(chart_place(who.region_code, region, who.country_code, lang)),
         who_percent=cell.percent,
         band=format_numbers_in(cell.band, lang),
         # The chart's ranges ("6-6.9") in the same digits and decimal mark as the values.
@@ -328,7 +342,7 @@ def _chart_text(advice: Advice, lang: str, region: str) -> str:
 
 def _model_text(advice: Advice, lang: str, shown: dict[str, str]) -> list[str]:
     meta = advice.metadata
-    name, version = md(meta.name), md(meta.version)
+    name, version = _md_fixed(meta.name), _md_fixed(meta.version)
     if advice.outside_support:
         units = {spec.name: spec.unit for spec in meta.features}
         why = support_text(advice.outside_support, advice.features, units, lang)
@@ -370,28 +384,30 @@ def _protocol_text(advice: Advice, lang: str) -> list[str]:
     protocol = advice.protocol
     if protocol is None:
         return []
-    version = md(protocol.table.version)
+    version = _md_fixed(protocol.table.version)
     if protocol.approved and protocol.approval is not None:
         head = t(
             "card.protocol.approved",
             lang,
             version=version,
-            by=md(protocol.approval.by),
+            by=_md_fixed(protocol.approval.by),
             on=format_date(protocol.approval.on, lang),
         )
     else:
         head = t("card.protocol.not_approved", lang, version=version)
     lines = [
-        t(
-            "card.protocol.rule",
-            lang,
-            text=md(f.row.text.get(lang)),
-            rule=f.row.id,
-            source=md(f"{f.row.source.document}, {f.row.source.section}"),
+        _rule_line(
+            f.row.text.get(lang), f.row.id, f"{f.row.source.document}, {f.row.source.section}", lang
         )
         for f in advice.fired
     ]
     return [f"**{head}**", "\n".join(f"- {line}" for line in lines)] if lines else [head]
+
+
+@lru_cache(maxsize=1024)
+def _rule_line(text: str, rule: str, source: str, lang: str) -> str:
+    """A fired row as the card names it (the protocol table's words, written once)."""
+    return t("card.protocol.rule", lang, text=md(text), rule=rule, source=md(source))
 
 
 def demo_notice(meta: ModelMetadata, lang: str) -> list[str]:

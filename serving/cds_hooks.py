@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -89,7 +91,12 @@ def _no_cards() -> Response:
 
 def _model_page(base: str, meta: ModelMetadata, lang: str) -> str:
     """The model card page (a clinician's browser opens it), not the JSON list."""
-    return f"{base}/ui/models/{quote(meta.name)}/{quote(meta.version)}?lang={lang}"
+    return _page_of(base, meta.name, meta.version, lang)
+
+
+@lru_cache(maxsize=256)
+def _page_of(base: str, name: str, version: str, lang: str) -> str:
+    return f"{base}/ui/models/{quote(name)}/{quote(version)}?lang={lang}"
 
 
 class NcdService:
@@ -256,9 +263,13 @@ def _no_advice_on_error(exchange: Exchange) -> Answer:
 cds_service = endpoint("jwt", _service_id, _cds_call, on_error=_no_advice_on_error)
 
 
+_RESPONSE = TypeAdapter(CdsResponse)
+
+
 def response_body(cards: list[Card]) -> bytes:
     """The JSON body of a CDS Hooks response carrying ``cards``."""
-    return CdsResponse(cards=cards).model_dump_json(exclude_none=True).encode()
+    # Bytes straight from the serializer (model_dump_json decodes them to a str first).
+    return _RESPONSE.dump_json(CdsResponse(cards=cards), exclude_none=True)
 
 
 def _region_name(advice: Advice) -> str:

@@ -175,6 +175,20 @@ def _site(tenant: str | None) -> str:
     return (tenant or "-")[:64]
 
 
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)`` (values in the order of its label names), looked up once
+    per metric and values: a dict hit instead of prometheus_client's checks and lock on
+    every count. Bounded as the labels are; the metrics live as long as the process."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
+
 def observe_answer(row: AuditRecord) -> None:
     """Count one committed answer for monitoring: its category, and the findings
     flagged (a new chest X-ray read) or the risk band shown (an NCD card). The
@@ -184,18 +198,18 @@ def observe_answer(row: AuditRecord) -> None:
         return
     answers, findings, bands, _ = _monitoring()
     service, site = row.service_id[:64], _site(row.caller_tenant)
-    answers.labels(service, site, row.mode, row.outcome, category(row.reason)).inc()
+    _child(answers, service, site, row.mode, row.outcome, category(row.reason)).inc()
     if row.imaging_result is not None:
         scores = _scores()
         for finding in json.loads(row.imaging_result.result).get("findings", ()):
             label = str(finding.get("label"))[:32]
             flagged = "true" if finding.get("flagged") else "false"
-            findings.labels(service, site, label, flagged).inc()
-            scores.labels(service, label).observe(float(finding.get("probability", 0.0)))
+            _child(findings, service, site, label, flagged).inc()
+            _child(scores, service, label).observe(float(finding.get("probability", 0.0)))
     if row.explanation is not None and row.outcome == "advice":
-        band = json.loads(row.explanation.content).get("band")
+        band = row.explanation.band
         if band is not None:
-            bands.labels(service, site, str(band)[:16]).inc()
+            _child(bands, service, site, band[:16]).inc()
 
 
 def count_feedback(fb: FeedbackRecord) -> None:
@@ -209,7 +223,7 @@ def count_feedback(fb: FeedbackRecord) -> None:
         code = reason.code
     else:
         code = "other"
-    _monitoring()[3].labels(fb.service_id[:64], _site(fb.caller_tenant), fb.outcome, code).inc()
+    _child(_monitoring()[3], fb.service_id[:64], _site(fb.caller_tenant), fb.outcome, code).inc()
 
 
 @cache
@@ -247,7 +261,7 @@ def observe_features(
     """Count the training-distribution bin of each input of one answer (no values kept)."""
     from serving.monitor.drift import bin_of
 
-    counter = _feature_bins()
+    counter, service = _feature_bins(), service[:64]
     for name, bins, codes in _bins_of(metadata):
         raw = features.get(name)
         if raw is None:
@@ -255,7 +269,7 @@ def observe_features(
         value = codes.get(raw) if isinstance(raw, str) else float(raw)
         if value is None or value != value:  # unknown code or NaN: not a value to bin
             continue
-        counter.labels(service[:64], name, str(bin_of(value, bins))).inc()
+        _child(counter, service, name, str(bin_of(value, bins))).inc()
 
 
 @cache
@@ -282,7 +296,7 @@ def observe_read(
     for name, value in values.items():
         bins = reference.get(name)
         if bins is not None and value == value:  # NaN: not a value to bin
-            counter.labels(service[:64], name[:64], str(bin_of(value, bins))).inc()
+            _child(counter, service[:64], name[:64], str(bin_of(value, bins))).inc()
 
 
 def _family(reason: str | None) -> str:
@@ -291,12 +305,12 @@ def _family(reason: str | None) -> str:
 
 def count_outcome(service: str, outcome: str, reason: str | None) -> None:
     """Count one answered call; ``reason`` is reduced to its family (before ``:``)."""
-    _outcomes().labels(service=service[:64], outcome=outcome, reason=_family(reason)).inc()
+    _child(_outcomes(), service[:64], outcome, _family(reason)).inc()
 
 
 def count_refusal(route: str, reason: str) -> None:
     """Count one refused caller (no audit row is written for it)."""
-    _refusals().labels(route=route[:128], reason=_family(reason)).inc()
+    _child(_refusals(), route[:128], _family(reason)).inc()
 
 
 class RouteMetrics:
@@ -327,8 +341,8 @@ class RouteMetrics:
             method = scope.get("method", "GET")
             method = method if method in _METHODS else "OTHER"
             total, seconds = _requests()
-            total.labels(method=method, route=route, status=str(status)).inc()
-            seconds.labels(method=method, route=route).observe(time.perf_counter() - started)
+            _child(total, method, route, str(status)).inc()
+            _child(seconds, method, route).observe(time.perf_counter() - started)
 
 
 _MONITORS: dict[int, Any] = {}  # id(monitoring config) -> this worker's rolling windows

@@ -50,6 +50,12 @@ class ExplanationRecord(BaseModel):
     created: datetime = Field(default_factory=_now)
     expires: datetime
     content: str = Field(description="JSON text of the explanation.")
+    band: str | None = Field(
+        default=None,
+        exclude=True,
+        description="The risk band the card showed (in ``content`` too), for monitoring "
+        "without parsing ``content``; not stored.",
+    )
 
 
 class ImagingResultRecord(BaseModel):

@@ -21,7 +21,7 @@ import re
 import string
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "format_number",
     "format_numbers_in",
     "format_percent",
+    "has_message",
     "language_meta",
     "negotiate",
     "placeholders",
@@ -104,6 +105,15 @@ def catalogue(lang: str) -> dict[str, str]:
     return dict(_load(lang)[1])
 
 
+def has_message(key: str, lang: str) -> bool:
+    """Whether ``lang``'s own catalogue (no English fallback) has ``key``.
+
+    Raises:
+        ValueError: no catalogue file for ``lang``.
+    """
+    return key in _load(lang)[1]
+
+
 def language_meta(lang: str) -> LanguageMeta:
     """Number/date conventions and display name of a language.
 
@@ -157,10 +167,32 @@ def negotiate(accept_language: str | None, default: str = DEFAULT_LANGUAGE) -> s
     return fallback
 
 
-def _digits(text: str, meta: LanguageMeta) -> str:
-    if meta.digits == _LATIN_DIGITS:
-        return text
-    return text.translate(str.maketrans(_LATIN_DIGITS, meta.digits))
+@cache
+def _number_marks(lang: str) -> dict[int, str] | None:
+    """The ``str.translate`` table from Python's number text (``1,234.5``) to ``lang``'s
+    group mark, decimal mark and digits; None where the language writes it as Python does."""
+    meta = language_meta(_resolve(lang))
+    if (meta.digits, meta.decimal, meta.group) == (_LATIN_DIGITS, ".", ","):
+        return None
+    return str.maketrans(
+        {",": meta.group, ".": meta.decimal, **dict(zip(_LATIN_DIGITS, meta.digits, strict=True))}
+    )
+
+
+def _digits(text: str, lang: str) -> str:
+    """``text`` with its Latin digits in ``lang``'s digits (nothing else changed)."""
+    digits = language_meta(_resolve(lang)).digits
+    return text if digits == _LATIN_DIGITS else text.translate(_digit_table(digits))
+
+
+@cache
+def _digit_table(digits: str) -> dict[int, int]:
+    return str.maketrans(_LATIN_DIGITS, digits)
+
+
+@cache
+def _quantum(decimals: int) -> Decimal:
+    return Decimal(1).scaleb(-decimals)
 
 
 def format_number(value: float, lang: str, decimals: int = 0) -> str:
@@ -173,14 +205,12 @@ def format_number(value: float, lang: str, decimals: int = 0) -> str:
         lang: Language code (unknown codes use English).
         decimals: Digits after the decimal separator.
     """
-    meta = language_meta(_resolve(lang))
-    quantum = Decimal(1).scaleb(-decimals)
-    rounded = Decimal(repr(float(value))).quantize(quantum, rounding=ROUND_HALF_UP)
+    rounded = Decimal(repr(float(value))).quantize(_quantum(decimals), rounding=ROUND_HALF_UP)
     if rounded == 0:
         rounded = abs(rounded)
     text = f"{rounded:,.{decimals}f}"
-    text = text.replace(",", "\x00").replace(".", meta.decimal).replace("\x00", meta.group)
-    return _digits(text, meta)
+    marks = _number_marks(_resolve(lang))
+    return text if marks is None else text.translate(marks)
 
 
 _NUMBER = re.compile(r"\d+(?:\.(\d+))?")
@@ -192,6 +222,12 @@ def format_numbers_in(text: str, lang: str) -> str:
     Keeps each number's own decimals, so "6-6.9" becomes "6-6,9" where the decimal
     separator is a comma: the ranges on a screen then match the values beside them.
     """
+    return _numbers_in(text, _resolve(lang))
+
+
+@lru_cache(maxsize=1024)
+def _numbers_in(text: str, lang: str) -> str:
+    # Cached: the texts are the WHO chart's ranges and bands, a few hundred in all.
     return _NUMBER.sub(
         lambda m: format_number(float(m.group(0)), lang, len(m.group(1) or "")), text
     )
@@ -208,6 +244,12 @@ def format_date(value: date | datetime, lang: str) -> str:
     English: ``25 Nov 2026``; Khmer: ``25 វិច្ឆិកា 2026``. Month names avoid the
     day/month order ambiguity of numeric dates.
     """
+    if isinstance(value, datetime):
+        return _written_date(value, lang)
+    return _written_day(value, lang)
+
+
+def _written_date(value: date | datetime, lang: str) -> str:
     meta = language_meta(_resolve(lang))
     fields = {
         "day": str(value.day),
@@ -222,7 +264,11 @@ def format_date(value: date | datetime, lang: str) -> str:
         )
     else:
         text = meta.date_format.format(**fields)
-    return _digits(text, meta)
+    return _digits(text, lang)
+
+
+# A day is written once: the dates on a card are the same few days again and again.
+_written_day = lru_cache(maxsize=4096)(_written_date)
 
 
 def placeholders(template: str) -> set[str]:
@@ -231,14 +277,15 @@ def placeholders(template: str) -> set[str]:
 
 
 def _param(value: object, lang: str) -> object:
-    if isinstance(value, bool):
+    if isinstance(value, str | bool):
         return value
     if isinstance(value, int):
-        return _digits(str(value), language_meta(_resolve(lang)))
+        return _digits(str(value), lang)
     if isinstance(value, float):
         # Shortest of 0-2 decimals that keeps the value to 2 decimals (1 above 10).
         most = 1 if abs(value) >= 10 else 2
-        decimals = next(d for d in range(most + 1) if round(value, d) == round(value, most))
+        kept = round(value, most)
+        decimals = 0 if round(value, 0) == kept else 1 if round(value, 1) == kept else 2
         return format_number(value, lang, decimals)
     if isinstance(value, datetime | date):
         return format_date(value, lang)
@@ -260,13 +307,21 @@ def t(key: str, lang: str, **params: object) -> str:
     Raises:
         KeyError: the key is not in the English catalogue, or a field is missing.
     """
-    lang = _resolve(lang)
-    template = _load(lang)[1].get(key)
-    if template is None:
-        template = _load(DEFAULT_LANGUAGE)[1].get(key)
-        if template is None:
-            raise KeyError(f"message key {key!r} is not in {DEFAULT_LANGUAGE}.json")
-        lang = DEFAULT_LANGUAGE
+    template, lang = _template(key, lang)
     if not params:
         return template
     return template.format_map({name: _param(value, lang) for name, value in params.items()})
+
+
+@lru_cache(maxsize=4096)
+def _template(key: str, lang: str) -> tuple[str, str]:
+    """The template of ``key`` and the language it is written in (``lang``, or English
+    where ``lang`` lacks it): looked up once per key and language."""
+    lang = _resolve(lang)
+    template = _load(lang)[1].get(key)
+    if template is not None:
+        return template, lang
+    template = _load(DEFAULT_LANGUAGE)[1].get(key)
+    if template is None:
+        raise KeyError(f"message key {key!r} is not in {DEFAULT_LANGUAGE}.json")
+    return template, DEFAULT_LANGUAGE

@@ -264,6 +264,7 @@ class NcdExplanation(BaseModel):
             who_settings: The WHO recalibration the advice used.
         """
         settings = who_settings or WhoSettings()
+        model, comparison, reference = _model_parts(advice.metadata)
         return cls(
             id=card_uuid,
             service_id=service_id,
@@ -274,11 +275,11 @@ class NcdExplanation(BaseModel):
             band_index=advice.band_index,
             features=dict(advice.features),
             missing=dict(advice.missing),
-            reference=_reference(advice.metadata),
+            reference=reference,
             units=dict(advice.units),
             dates=dict(advice.dates),
             contributions=list(advice.contributions),
-            model=ModelView.from_metadata(advice.metadata),
+            model=model,
             who=advice.who,
             who_note=advice.who_note,
             who_reason=advice.who_reason,
@@ -286,7 +287,7 @@ class NcdExplanation(BaseModel):
             outside_support=list(advice.outside_support),
             support_known=advice.support_known,
             protocol=ProtocolView.from_advice(advice),
-            comparison=ComparisonView.from_metadata(advice.metadata),
+            comparison=comparison,
             who_region=settings.region,
             who_country=settings.country,
         )
@@ -302,8 +303,21 @@ class NcdExplanation(BaseModel):
         return what_ifs(self.who, WhoSettings(self.who_region, self.who_country))
 
 
-def _reference(meta: ModelMetadata) -> dict[str, float]:
-    return {k: float(v) for k, v in meta.ncd.reference.items()}
+_ModelParts = tuple[ModelView, ComparisonView | None, dict[str, float]]
+_MODEL_PARTS: dict[int, tuple[ModelMetadata, _ModelParts]] = {}  # id -> (kept alive, parts)
+
+
+def _model_parts(meta: ModelMetadata) -> _ModelParts:
+    """What every explanation of ``meta``'s answers repeats (its identity, its recorded
+    comparison with the chart, the factors' reference values), built once per model."""
+    kept = _MODEL_PARTS.get(id(meta))
+    if kept is None or kept[0] is not meta:
+        if len(_MODEL_PARTS) >= 64:  # models replaced many times (tests): start again
+            _MODEL_PARTS.clear()
+        reference = {k: float(v) for k, v in meta.ncd.reference.items()}
+        parts = (ModelView.from_metadata(meta), ComparisonView.from_metadata(meta), reference)
+        kept = _MODEL_PARTS[id(meta)] = (meta, parts)
+    return kept[1]
 
 
 def explanation_record(
@@ -324,6 +338,7 @@ def explanation_record(
         created=ex.created,
         expires=ex.created + retention,
         content=ex.model_dump_json(),
+        band=ex.band,
     )
 
 

@@ -125,7 +125,7 @@ def render_page(request: Request, template: str, status: int = 200, **context: A
     def region(code: str | None, name: str) -> str:
         """A WHO region's name in the page's language (as recorded where not translated)."""
         key = f"region.{code}"
-        return i18n.t(key, lang) if code and key in i18n.catalogue(lang) else name
+        return i18n.t(key, lang) if code and i18n.has_message(key, lang) else name
 
     def when(value: date | datetime | None) -> str:
         return i18n.format_date(value, lang) if value is not None else ""

@@ -188,6 +188,29 @@ def test_format_number(value: float, lang: str, decimals: int, expected: str) ->
     assert format_number(value, lang, decimals) == expected
 
 
+def _forget_written() -> None:
+    """Empty the caches of what i18n has already written (its languages were changed)."""
+    for cached in (i18n._number_marks, i18n._numbers_in, i18n._written_day):
+        cached.cache_clear()
+
+
+def test_a_language_with_its_own_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digits, decimal and group marks all change, in numbers, ranges, dates and
+    integer parameters (no shipped catalogue has digits of its own yet)."""
+    real = i18n.language_meta
+    khmer = real("km").model_copy(update={"digits": "០១២៣៤៥៦៧៨៩"})
+    monkeypatch.setattr(i18n, "language_meta", lambda lang: khmer if lang == "km" else real(lang))
+    _forget_written()
+    try:
+        assert format_number(1234.56, "km", 1) == "១.២៣៤,៦"
+        assert format_number(1234.56, "en", 1) == "1,234.6"
+        assert i18n.format_numbers_in("6-6.9", "km") == "៦-៦,៩"
+        assert format_date(date(2026, 1, 5), "km") == "៥ មករា ២០២៦"
+        assert i18n.t("card.ncd.diabetes.summary", "km", percent=12).endswith("១២%")
+    finally:
+        _forget_written()
+
+
 def test_format_percent_and_dates() -> None:
     assert format_percent(0.1234, "en") == "12%"
     assert format_percent(0.1234, "km", 1) == "12,3%"

@@ -89,6 +89,7 @@ def test_an_ncd_card_counts_its_band_and_refusals_their_category() -> None:
         service_id="ncd-cvd-risk",
         expires=datetime.now(UTC) + timedelta(days=1),
         content=json.dumps({"band": "10-<20%"}),
+        band="10-<20%",
     )
     labels = {"service": "ncd-cvd-risk", "site": "site-m2"}
     band = value("tonle_ncd_bands", **labels, band="10-<20%")
