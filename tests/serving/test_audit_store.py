@@ -444,6 +444,42 @@ def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
         owner.close()
 
 
+def test_an_upgrade_gives_the_service_role_its_rights_on_new_tables(pg_url: str) -> None:
+    """A role granted at the previous head (0005) stores and empties a reader's copy
+    (table added by 0006) after `tonle db upgrade`, without being granted again; a role
+    that was not a service role gets nothing."""
+    engine = engine_module.make_engine(pg_url)
+    engine_module.upgrade(engine, "0005_imaging_results")
+    role, reporting = (f"tonle_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("svc", "rep"))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"CREATE ROLE {reporting} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON audit_events TO {reporting}")
+    try:
+        grant_service_role(engine, role)
+        engine_module.upgrade(engine)
+        assert current_revisions(engine) == head_revisions()
+        service_url = make_url(pg_url).set(username=role).render_as_string(False)
+        service = AuditStore.open(service_url)
+        try:
+            commit_read(service, Analysed(make_result(), with_copy()))
+            assert service.prune_pixels(datetime.now(UTC) + timedelta(days=1)).copies == 1
+        finally:
+            service.close()
+        with engine.connect() as connection:
+            rights = connection.execute(
+                text("SELECT has_table_privilege(:role, 'imaging_pixels', 'SELECT')"),
+                {"role": reporting},
+            ).scalar_one()
+        assert rights is False
+    finally:
+        with engine.begin() as connection:
+            for name in (role, reporting):
+                connection.exec_driver_sql(f"DROP OWNED BY {name}")
+                connection.exec_driver_sql(f"DROP ROLE {name}")
+        engine.dispose()
+
+
 def test_grant_service_role_refuses_sqlite_and_odd_names(tmp_path: Path, pg_url: str) -> None:
     store = AuditStore.open(f"sqlite:///{tmp_path / 'g.db'}")
     with pytest.raises(ValueError, match="PostgreSQL"):
