@@ -23,10 +23,12 @@ from serving.audit import (
 )
 from serving.audit import engine as engine_module
 from serving.audit.engine import current_revisions, grant_service_role, head_revisions
+from serving.audit.records import OPERATOR_SERVICES
 from serving.imaging.results import Analysed
 from tests.serving.db_fixtures import postgres_database, postgres_schema
 from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
+from tests.serving.operator_fixtures import record_scrapes
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +399,23 @@ def test_audit_writer_replaces_a_connection_the_server_dropped(pg_url: str) -> N
     store.record(_row("after"))  # retried on a fresh connection, not a 503
     assert [r.request_id for r in store.rows()] == ["before", "after"]
     store.close()
+
+
+def test_rows_of_cards_and_rows_without_the_operators(store: AuditStore) -> None:
+    """The audit row of each card, found through the card index a few cards a query;
+    the operators' reads left out by the query itself."""
+    for i in range(5):
+        store.record(_row(f"req-{i}", card_ids=[f"c{i}a", f"c{i}b"]))
+    record_scrapes(store, 1000, datetime.now(UTC))
+    store.record(_row("req-last"))
+    found = store.rows_of_cards({"c0a", "c0b", "c3b", "c4a", "unknown"}, chunk=2)
+    assert {card: row.request_id for card, row in found.items()} == {
+        "c0a": "req-0", "c0b": "req-0", "c3b": "req-3", "c4a": "req-4"
+    }  # fmt: skip
+    assert found["c3b"] == store.rows(request_id="req-3")[0]
+    users = store.iter_rows(chunk=4, exclude_services=OPERATOR_SERVICES)
+    assert [r.request_id for r in users] == [*(f"req-{i}" for i in range(5)), "req-last"]
+    assert sum(1 for _ in store.iter_rows()) == 1006
 
 
 def test_failed_batch_rolls_back_and_the_next_one_commits(store: AuditStore) -> None:
