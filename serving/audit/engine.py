@@ -153,9 +153,10 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     ``heads`` (the default) also applies revisions that two teams added in parallel on
     the same parent (e.g. an imaging table next to another new table).
 
-    On PostgreSQL, a migration that changed the schema also gives every service role
-    (see :func:`grant_service_role`) its rights on the tables the migration added, in the
-    same transaction: the running service needs no new grant after an upgrade.
+    On PostgreSQL, when a migration was applied, every service role (granted by
+    :func:`grant_service_role`) is granted the service's rights again in the same
+    transaction, so it has them on the tables the migration added: the running service
+    needs no new grant after an upgrade.
     """
     with engine.begin() as connection:
         postgres = connection.dialect.name == "postgresql"
