@@ -60,6 +60,7 @@ def report(
     """
     from dataclasses import replace
 
+    from serving.audit.records import OPERATOR_SERVICES
     from serving.monitor.reads import ScoreDrift, findings, iter_reads
     from serving.monitor.report import build_report, render_html, render_pdf
 
@@ -81,7 +82,7 @@ def report(
         feedback = [fb for fb in store.feedback(since=start) if end is None or fb.created < end]
         drift = ScoreDrift()
         built = build_report(
-            store.iter_rows(since=start, until=end),
+            store.iter_rows(since=start, until=end, exclude_services=OPERATOR_SERVICES),
             feedback,
             since=start,
             until=end,
@@ -381,13 +382,7 @@ def from_feedback(
     store = open_store(database_url)
     try:
         entries = store.feedback(since=start)
-        cards = {fb.card_uuid for fb in entries}
-        rows_by_card = {
-            card: row
-            for row in store.iter_rows(since=None)
-            for card in row.card_ids
-            if card in cards
-        }
+        rows_by_card = store.rows_of_cards({fb.card_uuid for fb in entries})
 
         def explanation_of(card: str) -> str | None:
             found_ex = store.explanation(card)

@@ -125,7 +125,8 @@ def db_grant_service_role(
     """Grant a PostgreSQL role only what the service needs (audit tables: INSERT/SELECT).
 
     Run as the owner role after `tonle db upgrade`; then serve with a
-    TONLE_DATABASE_URL that logs in as ROLE.
+    TONLE_DATABASE_URL that logs in as ROLE. Later upgrades give ROLE its rights on
+    the tables they add.
 
     Example: tonle db grant-service-role tonle_service
     """

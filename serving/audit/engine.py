@@ -152,12 +152,24 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
 
     ``heads`` (the default) also applies revisions that two teams added in parallel on
     the same parent (e.g. an imaging table next to another new table).
+
+    On PostgreSQL, when a migration was applied, every service role (granted by
+    :func:`grant_service_role`) is granted the service's rights again in the same
+    transaction, so it has them on the tables the migration added: the running service
+    needs no new grant after an upgrade.
     """
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         # SQLite: BEGIN IMMEDIATE (see _sqlite_on_begin) already holds the write lock.
+        before = MigrationContext.configure(connection).get_current_heads()
         command.upgrade(_alembic_config(connection), revision)
+        # Only after a change: the service role itself, starting on a database already
+        # at head, runs this too and may not grant anything.
+        if postgres and MigrationContext.configure(connection).get_current_heads() != before:
+            for role in _service_roles(connection):
+                _grant(connection, role)
 
 
 # What the service's own PostgreSQL role may do: append to the audit tables, read keys,
@@ -189,13 +201,52 @@ def grant_service_role(engine: Engine, role: str) -> None:
         raise ValueError("service-role grants apply to PostgreSQL; SQLite relies on triggers")
     if not _ROLE_NAME.fullmatch(role):
         raise ValueError(f"role {role!r}: use a lower-case identifier like 'tonle_service'")
-    quoted = engine.dialect.identifier_preparer.quote(role)
     with engine.begin() as connection:
-        schema = engine.dialect.identifier_preparer.quote(
-            connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        _grant(connection, role)
+
+
+def _grant(connection: Connection, role: str) -> None:
+    """Grant ``role`` the service's rights on those of its tables the schema has."""
+    quote = connection.dialect.identifier_preparer.quote
+    quoted = quote(role)
+    schema = quote(connection.exec_driver_sql("SELECT current_schema()").scalar_one())
+    connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {quoted}")
+    for rights, tables in _SERVICE_GRANTS:
+        present = _present(connection, tables)
+        if present:
+            connection.exec_driver_sql(f"GRANT {rights} ON {', '.join(present)} TO {quoted}")
+    sequences = _present(connection, _SERVICE_SEQUENCES)
+    if sequences:
+        connection.exec_driver_sql(
+            f"GRANT USAGE, SELECT ON SEQUENCE {', '.join(sequences)} TO {quoted}"
         )
-        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {quoted}")
-        for rights, tables in _SERVICE_GRANTS:
-            connection.exec_driver_sql(f"GRANT {rights} ON {', '.join(tables)} TO {quoted}")
-        sequences = ", ".join(_SERVICE_SEQUENCES)
-        connection.exec_driver_sql(f"GRANT USAGE, SELECT ON SEQUENCE {sequences} TO {quoted}")
+
+
+def _present(connection: Connection, names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` (tables or sequences) in the schema (an older revision lacks some)."""
+    found = connection.execute(
+        text(
+            "SELECT name FROM unnest(CAST(:names AS text[])) AS name "
+            "WHERE to_regclass(name) IS NOT NULL"
+        ),
+        {"names": list(names)},
+    )
+    return [name for (name,) in found]
+
+
+def _service_roles(connection: Connection) -> list[str]:
+    """The roles granted the service's rights: INSERT on ``audit_events`` without owning it.
+
+    Read from the table's own privileges (not ``has_table_privilege``), so superusers and
+    members of such a role are not counted: exactly the roles someone granted.
+    """
+    found = connection.execute(
+        text(
+            "SELECT DISTINCT r.rolname FROM pg_class c "
+            "CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+            "JOIN pg_roles r ON r.oid = a.grantee "
+            "WHERE c.oid = to_regclass('audit_events') AND a.privilege_type = 'INSERT' "
+            "AND a.grantee <> c.relowner ORDER BY r.rolname"
+        )
+    )
+    return [name for (name,) in found]

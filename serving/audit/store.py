@@ -10,7 +10,7 @@ in :mod:`serving.audit.keys`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -209,18 +209,46 @@ class AuditStore(FeedbackTables, KeyTables, PixelTables):
         since: datetime | None = None,
         until: datetime | None = None,
         chunk: int = 1000,
+        exclude_services: Collection[str] = (),
     ) -> Iterator[AuditRecord]:
-        """Like :meth:`rows` but fetched ``chunk`` rows at a time (for large exports)."""
+        """Like :meth:`rows` but fetched ``chunk`` rows at a time (for large exports).
+
+        ``exclude_services``: service ids whose rows the query leaves out (monitoring
+        leaves out the operators' scrapes, thousands a day, in the database).
+        """
         table = schema.audit_events
         last_id = 0
         while True:
             query = self._rows_query(since, until, None).where(table.c.id > last_id).limit(chunk)
+            if exclude_services:
+                query = query.where(table.c.service_id.not_in(sorted(exclude_services)))
             result = self._fetch_all(query)
             for found in result:
                 yield self._audit_record(found)
             if len(result) < chunk:
                 return
             last_id = result[-1]["id"]
+
+    def rows_of_cards(self, cards: Collection[str], chunk: int = 500) -> dict[str, AuditRecord]:
+        """Card uuid -> the audit row of the answer that carried it (unknown cards left out).
+
+        Looked up through the card index, ``chunk`` cards a query, instead of reading
+        every audit row.
+        """
+        events, index = schema.audit_events, schema.audit_cards
+        wanted = sorted(cards)
+        found: dict[str, AuditRecord] = {}
+        for start in range(0, len(wanted), chunk):
+            query = (
+                select(index.c.card_uuid, events)
+                .join(events, events.c.request_id == index.c.request_id)
+                .where(index.c.card_uuid.in_(wanted[start : start + chunk]))
+            )
+            for match in self._fetch_all(query):
+                values = dict(match)
+                card = values.pop("card_uuid")
+                found[card] = self._audit_record(values)
+        return found
 
     def _fetch_all(self, query: Select[Any]) -> list[Any]:
         found: list[Any] = self._run(lambda c: list(c.execute(query).mappings().all()), read=True)

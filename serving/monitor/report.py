@@ -9,8 +9,8 @@ of reads flagged per finding). Nothing here runs on the request path.
 "By site": an audit row names the calling tenant (one EHR / site), so per-site figures
 are per tenant. The operators' own reads (``/metrics``, ``/readyz/detail``,
 ``/ui/monitor``: :data:`~serving.audit.records.OPERATOR_SERVICES`) are not calls of the
-service's users and are left out: a scrape every 15 s would otherwise be most of the
-volume.
+service's users and are left out by the query (``AuditStore.iter_rows(...,
+exclude_services=OPERATOR_SERVICES)``): a scrape every 15 s is most of the rows.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from serving.audit.records import OPERATOR_SERVICES, AuditRecord, FeedbackRecord
+from serving.audit.records import AuditRecord, FeedbackRecord
 
 __all__ = [
     "MonitorReport",
@@ -93,10 +93,10 @@ def build_report(
     band_of: Callable[[str], str | None] | None = None,
     findings: Iterable[tuple[str, bool]] = (),
 ) -> MonitorReport:
-    """Count the period's audit rows (the operators' reads left out) and feedback.
+    """Count the period's audit rows and feedback.
 
     Args:
-        rows: audit rows of the period.
+        rows: audit rows of the period, the operators' reads left out.
         feedback: feedback entries of the period.
         since: start of the period.
         until: end of the period (None: now).
@@ -107,8 +107,6 @@ def build_report(
     volume: Counter[date] = Counter()
     card_service: dict[str, str] = {}
     for row in rows:
-        if row.service_id in OPERATOR_SERVICES:
-            continue
         s = services.setdefault(row.service_id, ServiceSummary(row.service_id))
         s.calls += 1
         s.outcomes[row.outcome] += 1

@@ -16,6 +16,7 @@ from serving.cards import OVERRIDE_SYSTEM
 from serving.imaging.results import Analysed, ResultStore
 from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
+from tests.serving.operator_fixtures import record_scrapes
 
 runner = CliRunner()
 DAY = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -83,6 +84,7 @@ def test_feedback_and_confirmed_reads_become_labelled_rows(tmp_path: Path) -> No
                 caller_tenant="site-a",
             ),
         )
+    record_scrapes(store, 1000, DAY)  # the operators' reads carry no card: not read
     store.close()
     outcomes = tmp_path / "xpert.csv"
     outcomes.write_text("patient_id,date,result\nSECRET-1,2026-11-20,positive\n")

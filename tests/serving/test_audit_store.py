@@ -23,10 +23,12 @@ from serving.audit import (
 )
 from serving.audit import engine as engine_module
 from serving.audit.engine import current_revisions, grant_service_role, head_revisions
+from serving.audit.records import OPERATOR_SERVICES
 from serving.imaging.results import Analysed
 from tests.serving.db_fixtures import postgres_database, postgres_schema
 from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
+from tests.serving.operator_fixtures import record_scrapes
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +401,23 @@ def test_audit_writer_replaces_a_connection_the_server_dropped(pg_url: str) -> N
     store.close()
 
 
+def test_rows_of_cards_and_rows_without_the_operators(store: AuditStore) -> None:
+    """The audit row of each card, found through the card index a few cards a query;
+    the operators' reads left out by the query itself."""
+    for i in range(5):
+        store.record(_row(f"req-{i}", card_ids=[f"c{i}a", f"c{i}b"]))
+    record_scrapes(store, 1000, datetime.now(UTC))
+    store.record(_row("req-last"))
+    found = store.rows_of_cards({"c0a", "c0b", "c3b", "c4a", "unknown"}, chunk=2)
+    assert {card: row.request_id for card, row in found.items()} == {
+        "c0a": "req-0", "c0b": "req-0", "c3b": "req-3", "c4a": "req-4"
+    }  # fmt: skip
+    assert found["c3b"] == store.rows(request_id="req-3")[0]
+    users = store.iter_rows(chunk=4, exclude_services=OPERATOR_SERVICES)
+    assert [r.request_id for r in users] == [*(f"req-{i}" for i in range(5)), "req-last"]
+    assert sum(1 for _ in store.iter_rows()) == 1006
+
+
 def test_failed_batch_rolls_back_and_the_next_one_commits(store: AuditStore) -> None:
     store.record(_row("first"))
     with pytest.raises(DuplicateRequest):
@@ -442,6 +461,42 @@ def test_postgres_service_role_can_append_but_not_alter(pg_url: str) -> None:
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
             connection.exec_driver_sql(f"DROP ROLE {role}")
         owner.close()
+
+
+def test_an_upgrade_gives_the_service_role_its_rights_on_new_tables(pg_url: str) -> None:
+    """A role granted at the previous head (0005) stores and empties a reader's copy
+    (table added by 0006) after `tonle db upgrade`, without being granted again; a role
+    that was not a service role gets nothing."""
+    engine = engine_module.make_engine(pg_url)
+    engine_module.upgrade(engine, "0005_imaging_results")
+    role, reporting = (f"tonle_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("svc", "rep"))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"CREATE ROLE {reporting} LOGIN")
+        connection.exec_driver_sql(f"GRANT SELECT ON audit_events TO {reporting}")
+    try:
+        grant_service_role(engine, role)
+        engine_module.upgrade(engine)
+        assert current_revisions(engine) == head_revisions()
+        service_url = make_url(pg_url).set(username=role).render_as_string(False)
+        service = AuditStore.open(service_url)
+        try:
+            commit_read(service, Analysed(make_result(), with_copy()))
+            assert service.prune_pixels(datetime.now(UTC) + timedelta(days=1)).copies == 1
+        finally:
+            service.close()
+        with engine.connect() as connection:
+            rights = connection.execute(
+                text("SELECT has_table_privilege(:role, 'imaging_pixels', 'SELECT')"),
+                {"role": reporting},
+            ).scalar_one()
+        assert rights is False
+    finally:
+        with engine.begin() as connection:
+            for name in (role, reporting):
+                connection.exec_driver_sql(f"DROP OWNED BY {name}")
+                connection.exec_driver_sql(f"DROP ROLE {name}")
+        engine.dispose()
 
 
 def test_grant_service_role_refuses_sqlite_and_odd_names(tmp_path: Path, pg_url: str) -> None:

@@ -15,13 +15,19 @@ from typer.testing import CliRunner
 
 from cli import app
 from serving.audit import AuditRecord, AuditStore
-from serving.audit.records import ExplanationRecord, FeedbackRecord, OverrideReason
+from serving.audit.records import (
+    OPERATOR_SERVICES,
+    ExplanationRecord,
+    FeedbackRecord,
+    OverrideReason,
+)
 from serving.imaging.results import Analysed, ModelIdentity, ResultStore
 from serving.monitor.reads import ScoreDrift, stored_reference
 from serving.monitor.report import build_report, render_html, render_pdf
 from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.cxr_fixtures import LABELS, make_cxr_artifact
 from tests.serving.imaging.results_fixtures import heatmap_source, make_result
+from tests.serving.operator_fixtures import record_scrapes
 from training.distribution import training_distribution
 
 runner = CliRunner()
@@ -97,18 +103,21 @@ def test_counts_rates_reasons_bands_and_findings() -> None:
     assert "By site (calling tenant)" in page
 
 
-def test_the_operators_reads_are_not_counted() -> None:
+def test_the_operators_reads_are_not_counted(tmp_path: Path) -> None:
     """A scrape every 15 s (``/metrics``), the readiness detail and the monitoring page
-    are audited, but they are not calls of the service's users."""
-    operators = [
-        row(f"op-{service}-{i}", DAY, service_id=service, outcome="read", card_ids=[],
-            caller_tenant=None)
-        for service in ("metrics", "readiness-detail", "ui-monitor")
-        for i in range(3)
-    ]  # fmt: skip
-    with_them = build_report([*rows(), *operators], feedback(), since=DAY)
-    assert with_them == build_report(rows(), feedback(), since=DAY)
-    assert sum(with_them.volume_by_day.values()) == len(rows())
+    are audited, but they are not calls of the service's users: the query leaves them
+    out and the report is the one without them."""
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        for r in rows():
+            store.record(r)
+        record_scrapes(store, 1000, DAY)
+        assert store.count() == len(rows()) + 1000
+        users = list(store.iter_rows(since=DAY, chunk=100, exclude_services=OPERATOR_SERVICES))
+    finally:
+        store.close()
+    assert [r.request_id for r in users] == [r.request_id for r in rows()]
+    assert build_report(users, feedback(), since=DAY) == build_report(rows(), feedback(), since=DAY)
 
 
 def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path) -> None:
@@ -136,6 +145,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
         store.record(row(f"cxr{i}", result.created, service_id="imaging-cxr", card_ids=[],
                          imaging_result=imaging))  # fmt: skip
     store_feedback(store, *feedback())
+    record_scrapes(store, 1000, DAY)  # the operators' reads: not calls
     store.close()
     out = tmp_path / "report" / "week.html"
     pdf = tmp_path / "report" / "week.pdf"
@@ -146,7 +156,7 @@ def test_report_command_reads_the_audit_store(tmp_path: Path, model_store: Path)
     pages = re.findall(rb"/Type\s*/Page(?!s)", pdf.read_bytes())
     assert len(pages) == 3  # the summary, the share flagged per finding, the score drift
     # 8 rows, the hostile one, 2 reads and the feedback call; old rows outside
-    assert "12 calls" in result.output
+    assert "(12 calls)" in result.output
     page = out.read_text()
     assert "20-&lt;30%" in page
     assert "<script>x" not in page
