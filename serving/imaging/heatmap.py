@@ -226,13 +226,16 @@ class HeatmapSource:
         rows, columns = self.image.shape
         map_rows, map_columns = self.cam.shape
         header = _HEADER.pack(rows, columns, map_rows, map_columns)
-        cam = self.cam.astype("<f2").tobytes()
-        first = header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
+        image = np.ascontiguousarray(self.image, dtype=np.uint8)
         names = "\n".join(self.labels).encode("utf-8")
         maps = b"" if self.cams is None else self.cams.astype("<f2").tobytes()
-        display = self.display if self.stored_format == 2 else _pack_pixels(self.pixels)
-        second = _HEADER_2.pack(len(self.labels), len(display))
-        return first + second + struct.pack("<H", len(names)) + names + maps + display
+        display = [self.display] if self.stored_format == 2 else _pixel_parts(self.pixels)
+        second = _HEADER_2.pack(len(self.labels), sum(memoryview(p).nbytes for p in display))
+        # One join copies the reader's values (0.5-1 MB) once, straight from the array.
+        return b"".join(
+            [header, memoryview(image), self.cam.astype("<f2").tobytes(), second,
+             struct.pack("<H", len(names)), names, maps, *display]
+        )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes, stored_format: int = 3) -> HeatmapSource:
@@ -300,12 +303,13 @@ class HeatmapSource:
         }
 
 
-def _pack_pixels(pixels: DisplayValues | None) -> bytes:
+def _pixel_parts(pixels: DisplayValues | None) -> list[bytes | memoryview]:
+    """Format 3's display copy as its header and a view of its values (none: [])."""
     if pixels is None or max(pixels.values.shape) > 0xFFFF:  # none, or no header fits it
-        return b""
+        return []
     rows, columns = pixels.values.shape
     header = _PIXELS.pack(rows, columns, pixels.center, pixels.width)
-    return header + np.ascontiguousarray(pixels.values, dtype="<u2").tobytes()
+    return [header, memoryview(np.ascontiguousarray(pixels.values, dtype="<u2"))]
 
 
 def _unpack_pixels(data: bytes) -> DisplayValues | None:
