@@ -79,7 +79,7 @@ def block_sum(a: NDArray[Any], k: int, bits: int | None = None) -> NDArray[Any]:
     if not signed and top * k * k <= 0xFFFF:
         acc = np.uint16
     # The k rows of each block in one reduction (10-40 % less CPU than k strided adds).
-    rows = view.reshape(r, k, c * k).sum(axis=1, dtype=acc)
+    rows: NDArray[Any] = view.reshape(r, k, c * k).sum(axis=1, dtype=acc)
     out = rows[:, 0::k].copy()
     for j in range(1, k):
         out += rows[:, j::k]

@@ -233,7 +233,7 @@ class HeatmapSource:
         second = _HEADER_2.pack(len(self.labels), sum(memoryview(p).nbytes for p in display))
         # One join copies the reader's values (0.5-1 MB) once, straight from the array.
         return b"".join(
-            [header, memoryview(image), self.cam.astype("<f2").tobytes(), second,
+            [header, image.data, self.cam.astype("<f2").tobytes(), second,
              struct.pack("<H", len(names)), names, maps, *display]
         )  # fmt: skip
 
@@ -309,7 +309,7 @@ def _pixel_parts(pixels: DisplayValues | None) -> list[bytes | memoryview]:
         return []
     rows, columns = pixels.values.shape
     header = _PIXELS.pack(rows, columns, pixels.center, pixels.width)
-    return [header, memoryview(np.ascontiguousarray(pixels.values, dtype="<u2"))]
+    return [header, np.ascontiguousarray(pixels.values, dtype="<u2").data]
 
 
 def _unpack_pixels(data: bytes) -> DisplayValues | None:
