@@ -188,11 +188,14 @@ def load_row(
     duration: float,
     server_cpu: Callable[[], float],
     content_type: str = "application/dicom",
+    faults: Callable[[], int] = lambda: 0,
 ) -> dict[str, Any]:
-    """Closed-loop load on ``url``; adds server and client CPU ms per request."""
+    """Closed-loop load on ``url``; adds server and client CPU ms per request (and the
+    server's minor page faults per request, from ``faults``)."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                f"content-type:{content_type}"]  # fmt: skip
+    faults_before = faults()
     server_before = server_cpu()
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -201,6 +204,7 @@ def load_row(
     result: dict[str, Any] = json.loads(out.stdout)
     n = max(result["requests"], 1)
     result["server_cpu_ms_per_req"] = server_s / n * 1000
+    result["faults_per_req"] = (faults() - faults_before) / n
     client_s = (after.ru_utime + after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     result["client_cpu_ms_per_req"] = client_s / n * 1000
     return result
@@ -325,6 +329,8 @@ def cpu_target(
     in this process; the service draws it for every read) and ``refused`` (the same upload
     answered 415 at once by the same service: its HTTP stack, reading the body, one audit
     row). ``analysis`` = server - model - decode - refused: what the analysis path adds.
+    ``faults``: the server's minor page faults per request in the measured row (fresh
+    pages mapped and zeroed: large buffers the allocator did not reuse).
     """
     name, version, home = model
     threads = args.model_threads or os.cpu_count() or 1
@@ -380,7 +386,7 @@ def _target_rows(
             model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
             decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
             row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
-                           server.cpu_seconds)  # fmt: skip
+                           server.cpu_seconds, faults=server.minor_faults)  # fmt: skip
             floor_ms = floor["server_cpu_ms_per_req"]
             refused_ms = refused["server_cpu_ms_per_req"]
             server_ms = row["server_cpu_ms_per_req"]
@@ -390,6 +396,7 @@ def _target_rows(
                 "display": display_ms, "refused": refused_ms,
                 "analysis": server_ms - model_ms - decode_ms - refused_ms,
                 "req_per_s": row["throughput_rps"], "errors": row["errors"],
+                "faults": row["faults_per_req"],
             })  # fmt: skip
 
 
@@ -402,11 +409,12 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
           f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
           )  # fmt: skip
     keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
-    print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys) + f"{'req/s':>8}  CPU-ms")
+    print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys)
+          + f"{'req/s':>8}{'faults':>8}  (CPU-ms; minor page faults per request)")  # fmt: skip
     for label, rows in runs.items():
         for i, row in enumerate(rows):
             print(f"{label:<20}{i + 1:>5}" + "".join(f"{row[k]:>9.2f}" for k in keys)
-                  + f"{row['req_per_s']:>8.1f}"
+                  + f"{row['req_per_s']:>8.1f}{row['faults']:>8.0f}"
                   + (f"  ({row['errors']:.0f} errors)" if row["errors"] else ""))  # fmt: skip
         medians = {k: statistics.median(r[k] for r in rows) for k in keys}
         print(f"{label:<20}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))
