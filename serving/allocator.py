@@ -3,10 +3,11 @@
 Each chest X-ray upload allocates tens of MB per request in blocks of megabytes: the
 joined body (15 MB for a 3000 x 2500 radiograph), the decoder's and the reader's copy's
 block sums, the stored read. glibc serves blocks that large with a fresh ``mmap`` and
-returns them with ``munmap`` when freed (its adaptive threshold does not keep up with
-eight requests in flight on several threads), so the next request touches new pages:
-1,300-2,400 page faults per 15 MB upload, each a kernel entry and a zeroed page: 2-4
-CPU-ms per request in the event loop alone, up to ~8 in all (docs/performance.md). With a
+returns them with ``munmap`` or a heap trim when freed; its adaptive thresholds follow
+what was freed before, so depending on the order of the uploads the next request
+touches new pages: 50 to 2,400 page faults per 15 MB upload, each a kernel entry and a
+zeroed page, 2-4 CPU-ms per request in the event loop alone at the high end
+(docs/performance.md). With a
 fixed mmap threshold above those sizes and a high trim threshold, freed blocks stay in
 the heap and are reused; the worker's memory stays at its peak use under load rather
 than growing (nothing is kept that was not in use at once before).
