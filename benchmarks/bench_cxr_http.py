@@ -25,7 +25,8 @@ model (224 px) and measures, in one run:
 4. with ``--cpu-target`` only this, ``--repeat`` times: the server CPU per request
    outside the model call, the decode and the floor (no batching), the number the
    imaging CPU target is stated in (docs/performance.md), with the display copy and
-   the same upload refused at once (415) beside it.
+   the same upload refused at once (415) beside it; with ``--against DIR`` also for the
+   service of another checkout, interleaved in every repeat (before/after in one run).
 
 The model is the one given with ``--model name:version`` (from ``--store``), else an
 untrained ``CxrNet`` of ``--arch`` exported to ONNX: speed does not depend on weights.
@@ -37,6 +38,7 @@ Usage:
     .venv/bin/python benchmarks/bench_cxr_http.py
     .venv/bin/python benchmarks/bench_cxr_http.py --arch densenet121
     .venv/bin/python benchmarks/bench_cxr_http.py --cpu-target --display-short-side 0
+    .venv/bin/python benchmarks/bench_cxr_http.py --cpu-target --against /tmp/before
 """
 
 from __future__ import annotations
@@ -186,11 +188,14 @@ def load_row(
     duration: float,
     server_cpu: Callable[[], float],
     content_type: str = "application/dicom",
+    faults: Callable[[], int] = lambda: 0,
 ) -> dict[str, Any]:
-    """Closed-loop load on ``url``; adds server and client CPU ms per request."""
+    """Closed-loop load on ``url``; adds server and client CPU ms per request (and the
+    server's minor page faults per request, from ``faults``)."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                f"content-type:{content_type}"]  # fmt: skip
+    faults_before = faults()
     server_before = server_cpu()
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -199,6 +204,7 @@ def load_row(
     result: dict[str, Any] = json.loads(out.stdout)
     n = max(result["requests"], 1)
     result["server_cpu_ms_per_req"] = server_s / n * 1000
+    result["faults_per_req"] = (faults() - faults_before) / n
     client_s = (after.ru_utime + after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     result["client_cpu_ms_per_req"] = client_s / n * 1000
     return result
@@ -323,6 +329,8 @@ def cpu_target(
     in this process; the service draws it for every read) and ``refused`` (the same upload
     answered 415 at once by the same service: its HTTP stack, reading the body, one audit
     row). ``analysis`` = server - model - decode - refused: what the analysis path adds.
+    ``faults``: the server's minor page faults per request in the measured row (fresh
+    pages mapped and zeroed: large buffers the allocator did not reuse).
     """
     name, version, home = model
     threads = args.model_threads or os.cpu_count() or 1
@@ -335,41 +343,61 @@ def cpu_target(
     (tmp / "serving.yaml").write_text(
         yaml.safe_dump({"models": {name: version}, "imaging": imaging}), encoding="utf-8"
     )
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in inputs}
+    trees = [("", ROOT)] + ([(" against", args.against)] if args.against else [])
+    runs: dict[str, list[dict[str, float]]] = {
+        label + name: [] for name, _ in trees for label in inputs
+    }
     for repeat in range(args.repeat):
-        env = {
-            "BENTOML_HOME": str(home),
-            "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
-            "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'target-{repeat}.db'}",
-            "TONLE_DEV": "1",
-            "TONLE_LOG_LEVEL": "WARNING",
-            "BENTOML_CONFIG_OPTIONS": "services.tonle.workers=1",
-        }
-        with Server("serving.service:Tonle", env, ROOT) as server:
-            url = f"{server.url}/v1/imaging/cxr"
-            for label, data in inputs.items():
-                warm(url, data)
-                # Each baseline right before the row, under the same load (a 15 MB body's
-                # floor moved 13-28 CPU-ms with the machine's load).
-                floor = asgi_floor(tmp / f"{label}.dcm", args.connections, args.floor_seconds)
-                body_file = tmp / f"{label}.dcm"
-                refused = load_row(url, body_file, args.connections, args.floor_seconds,
-                                   server.cpu_seconds, "image/x-none")  # fmt: skip
-                model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
-                decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
-                row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
-                               server.cpu_seconds)  # fmt: skip
-                floor_ms = floor["server_cpu_ms_per_req"]
-                refused_ms = refused["server_cpu_ms_per_req"]
-                server_ms = row["server_cpu_ms_per_req"]
-                runs[label].append({
-                    "server": server_ms, "model": model_ms, "decode": decode_ms,
-                    "floor": floor_ms, "outside": server_ms - model_ms - decode_ms - floor_ms,
-                    "display": display_ms, "refused": refused_ms,
-                    "analysis": server_ms - model_ms - decode_ms - refused_ms,
-                    "req_per_s": row["throughput_rps"], "errors": row["errors"],
-                })  # fmt: skip
+        # Alternate which checkout goes first, so that neither always meets the same load.
+        for name, tree in trees[:: -1 if repeat % 2 else 1]:
+            env = {
+                "BENTOML_HOME": str(home),
+                "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
+                "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'target-{repeat}{name.strip()}.db'}",
+                "TONLE_DEV": "1",
+                "TONLE_LOG_LEVEL": "WARNING",
+                "BENTOML_CONFIG_OPTIONS": "services.tonle.workers=1",
+                "PYTHONPATH": str(tree),
+            }
+            _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
     return runs
+
+
+def _target_rows(
+    args: argparse.Namespace,
+    inputs: dict[str, bytes],
+    tmp: Path,
+    alone: ModelOnly,
+    service: tuple[dict[str, str], Path, str],
+    runs: dict[str, list[dict[str, float]]],
+) -> None:
+    """One repeat of :func:`cpu_target` against the service of one checkout."""
+    env, tree, name = service
+    with Server("serving.service:Tonle", env, tree) as server:
+        url = f"{server.url}/v1/imaging/cxr"
+        for label, data in inputs.items():
+            warm(url, data)
+            # Each baseline right before the row, under the same load (a 15 MB body's
+            # floor moved 13-28 CPU-ms with the machine's load).
+            floor = asgi_floor(tmp / f"{label}.dcm", args.connections, args.floor_seconds)
+            body_file = tmp / f"{label}.dcm"
+            refused = load_row(url, body_file, args.connections, args.floor_seconds,
+                               server.cpu_seconds, "image/x-none")  # fmt: skip
+            model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
+            decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
+            row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
+                           server.cpu_seconds, faults=server.minor_faults)  # fmt: skip
+            floor_ms = floor["server_cpu_ms_per_req"]
+            refused_ms = refused["server_cpu_ms_per_req"]
+            server_ms = row["server_cpu_ms_per_req"]
+            runs[label + name].append({
+                "server": server_ms, "model": model_ms, "decode": decode_ms,
+                "floor": floor_ms, "outside": server_ms - model_ms - decode_ms - floor_ms,
+                "display": display_ms, "refused": refused_ms,
+                "analysis": server_ms - model_ms - decode_ms - refused_ms,
+                "req_per_s": row["throughput_rps"], "errors": row["errors"],
+                "faults": row["faults_per_req"],
+            })  # fmt: skip
 
 
 def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namespace,
@@ -381,14 +409,15 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
           f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
           )  # fmt: skip
     keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
-    print(f"{'input':<12}{'run':>5}" + "".join(f"{k:>9}" for k in keys) + f"{'req/s':>8}  CPU-ms")
+    print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys)
+          + f"{'req/s':>8}{'faults':>8}  (CPU-ms; minor page faults per request)")  # fmt: skip
     for label, rows in runs.items():
         for i, row in enumerate(rows):
-            print(f"{label:<12}{i + 1:>5}" + "".join(f"{row[k]:>9.2f}" for k in keys)
-                  + f"{row['req_per_s']:>8.1f}"
+            print(f"{label:<20}{i + 1:>5}" + "".join(f"{row[k]:>9.2f}" for k in keys)
+                  + f"{row['req_per_s']:>8.1f}{row['faults']:>8.0f}"
                   + (f"  ({row['errors']:.0f} errors)" if row["errors"] else ""))  # fmt: skip
         medians = {k: statistics.median(r[k] for r in rows) for k in keys}
-        print(f"{label:<12}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))
+        print(f"{label:<20}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))
     for label, rows in runs.items():
         outside = statistics.median(r["outside"] for r in rows)
         display = statistics.median(r["display"] for r in rows)
@@ -421,6 +450,11 @@ def main() -> None:
                         help="imaging.model_threads (default: all cores)")  # fmt: skip
     parser.add_argument("--display-short-side", type=int, default=None,
                         help="imaging.display_short_side (default: the service's)")  # fmt: skip
+    parser.add_argument("--against", type=Path, default=None,
+                        help="--cpu-target: also serve this other checkout (e.g. the code "
+                             "before a change, from `git archive`), interleaved with this "
+                             "one in every repeat; its model, decode and display columns "
+                             "are this checkout's")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -12,6 +12,7 @@ from types import FrameType
 import bentoml
 
 from models.logs import configure_logging
+from serving.allocator import keep_freed_memory
 from serving.app import create_app
 from serving.audit import AuditStore
 from serving.bento_internals import install_timeout_middleware, refuse_open_bind
@@ -54,6 +55,7 @@ class Tonle:
         configure_logging(settings.log_level, settings.log_json)
         refuse_open_bind(settings)
         logging.getLogger("uvicorn.access").disabled = True
+        keep_freed_memory()  # before the first upload: large buffers are reused, not refaulted
         self.runtime = Runtime.load(settings)
         app.state.runtime = self.runtime
         assert isinstance(self.runtime.audit, AuditStore)

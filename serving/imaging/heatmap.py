@@ -228,13 +228,15 @@ class HeatmapSource:
         rows, columns = self.image.shape
         map_rows, map_columns = self.cam.shape
         header = _HEADER.pack(rows, columns, map_rows, map_columns)
-        cam = self.cam.astype("<f2").tobytes()
-        first = header + np.ascontiguousarray(self.image, dtype=np.uint8).tobytes() + cam
+        image = np.ascontiguousarray(self.image, dtype=np.uint8)
         names = "\n".join(self.labels).encode("utf-8")
         maps = b"" if self.cams is None else self.cams.astype("<f2").tobytes()
         display = self.display if self.stored_format == 2 else pack_pixels(self.pixels)
         second = _HEADER_2.pack(len(self.labels), len(display))
-        return first + second + struct.pack("<H", len(names)) + names + maps + display
+        return b"".join(
+            [header, image.data, self.cam.astype("<f2").tobytes(), second,
+             struct.pack("<H", len(names)), names, maps, display]
+        )  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes, stored_format: int = 3) -> HeatmapSource:
@@ -309,7 +311,8 @@ def pack_pixels(pixels: DisplayValues | None) -> bytes:
         return b""
     rows, columns = pixels.values.shape
     header = _PIXELS.pack(rows, columns, pixels.center, pixels.width)
-    return header + np.ascontiguousarray(pixels.values, dtype="<u2").tobytes()
+    # One join copies the values (0.5-1 MB) once, straight from the array.
+    return b"".join([header, np.ascontiguousarray(pixels.values, dtype="<u2").data])
 
 
 def unpack_pixels(data: bytes) -> DisplayValues | None:
