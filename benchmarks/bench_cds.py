@@ -13,13 +13,22 @@ server uses no CPU meanwhile). It prints:
    endpoints: the median of the per-round ratios;
 3. where the time of one call goes (``benchmarks/profile_cds.py``, in-process).
 
+With ``--against DIR`` (another checkout, e.g. ``git worktree add --detach DIR
+<commit>``), that checkout's service (its own fixture models, its own audit database)
+is one more endpoint in every round, and the closed-loop throughput and CPU per
+request of this checkout are also given as a ratio to it, round by round: this
+machine's speed drifts by up to 2x within minutes, so only such interleaved ratios
+compare two versions.
+
 Usage:
     .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 15] [--rounds 5]
+        [--against DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -43,6 +52,22 @@ PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
 CONST_PATHS = {"const @bentoml.api": "/const", "const mounted ASGI": "/asgi/const"}
 CDS_PATH = "/cds-services/ncd-cvd-risk"
+AGAINST = "Tonle NCD CDS against"
+
+
+def fixtures_of(tree: Path, tmp: Path) -> tuple[Path, Path]:
+    """The fixture model store and serving config built by ``tree``'s own code (its
+    metadata format may differ from this checkout's)."""
+    script = (
+        "import sys; from pathlib import Path; "
+        "from tests.serving.cds_fixtures import build_store, write_config; "
+        "print(build_store(Path(sys.argv[1]))); print(write_config(Path(sys.argv[1])))"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([PY, "-c", script, str(tmp)], cwd=tree, check=True, text=True,
+                         capture_output=True, env=environment)  # fmt: skip
+    home, config = out.stdout.split()[-2:]
+    return Path(home), Path(config)
 
 
 def load(
@@ -89,6 +114,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="Closed-loop rounds.")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="Another checkout, served beside this one (see above).")  # fmt: skip
     parser.add_argument(
         "--auth",
         action="store_true",
@@ -116,15 +143,26 @@ def main() -> None:
         results: dict[str, dict] = {}
         rounds: list[dict[str, dict]] = []
 
-        with (
-            Server("benchmarks.const_service:Const", {}, ROOT) as const,
-            Server("serving.service:Tonle", env, ROOT) as tonle,
-        ):
+        with contextlib.ExitStack() as servers:
+            const = servers.enter_context(Server("benchmarks.const_service:Const", {}, ROOT))
             targets = [(name, const, const.url + path, const_body)
                        for name, path in CONST_PATHS.items()]  # fmt: skip
+            if args.against is not None:
+                other = tmp / "against"
+                other.mkdir()
+                other_home, other_config = fixtures_of(args.against, other)
+                other_env = {**env, "BENTOML_HOME": str(other_home),
+                             "TONLE_SERVING_CONFIG": str(other_config),
+                             "TONLE_DATABASE_URL": f"sqlite:///{other / 'audit.db'}",
+                             "PYTHONPATH": str(args.against)}  # fmt: skip
+                against = servers.enter_context(
+                    Server("serving.service:Tonle", other_env, args.against)
+                )
+                targets.append((AGAINST, against, against.url + CDS_PATH, cds_body))
+            tonle = servers.enter_context(Server("serving.service:Tonle", env, ROOT))
             targets.append(("Tonle NCD CDS", tonle, tonle.url + CDS_PATH, cds_body))
             for _, _, url, body in targets[:-1]:
-                warm(url, body.read_bytes())
+                warm(url, body.read_bytes(), n=600 if url.endswith(CDS_PATH) else 50)
             # Steady state: enough calls for SQLite's first WAL checkpoint, after which the
             # WAL file is reused and a commit's fsync no longer also grows the file.
             warm(targets[-1][2], cds_body.read_bytes(), n=600)
@@ -133,7 +171,7 @@ def main() -> None:
                 results[f"{name} open"] = load("open", url, body, args, server)
             for i in range(args.rounds):
                 rounds.append({})
-                for name, server, url, body in targets:
+                for name, server, url, body in targets[:: -1 if i % 2 else 1]:
                     rounds[i][name] = results[f"{name} max #{i + 1}"] = load(
                         "closed", url, body, args, server
                     )
@@ -184,7 +222,11 @@ def main() -> None:
                   f"{r['throughput_rps']:>8.1f}{r['p50_ms']:>8.2f}{r['p90_ms']:>8.2f}"
                   f"{r['p99_ms']:>8.2f}{r['max_ms']:>8.2f}{r['server_cpu_ms']:>11.3f}"
                   f"{r['load1']:>7.2f}")  # fmt: skip
-        runs = [r for name, r in results.items() if name.startswith("Tonle NCD CDS ")]
+        runs = [
+            r
+            for name, r in results.items()
+            if name.startswith("Tonle NCD CDS ") and not name.startswith(AGAINST)
+        ]
         tonle_ok = sum(r["ok_2xx"] for r in runs)
         gave_up = sum(r["errors"] for r in runs)  # client timeouts: answered late, still audited
         rows = after - before
@@ -199,6 +241,15 @@ def main() -> None:
             print(f"max throughput ratio Tonle / {name}: median {statistics.median(ratios):.0%} "
                   f"(rounds: {', '.join(f'{x:.0%}' for x in ratios)}); "
                   f"server CPU per request ratio: {cpu:.0%}")  # fmt: skip
+        if args.against is not None:
+            ratios = [r["Tonle NCD CDS"]["throughput_rps"] / r[AGAINST]["throughput_rps"]
+                      for r in rounds]  # fmt: skip
+            cpu = [r["Tonle NCD CDS"]["server_cpu_ms"] / r[AGAINST]["server_cpu_ms"]
+                   for r in rounds]  # fmt: skip
+            print(f"this checkout / {args.against}: max throughput median "
+                  f"{statistics.median(ratios):.2f} (rounds: "
+                  f"{', '.join(f'{x:.2f}' for x in ratios)}); server CPU per request median "
+                  f"{statistics.median(cpu):.2f}")  # fmt: skip
         if not args.no_profile:
             print("\nWhere the time of one call goes (benchmarks/profile_cds.py --no-auth):")
             print(profile(300, auth=False))
