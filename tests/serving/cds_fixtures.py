@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from starlette.applications import Starlette
 
+from serving.app import create_app
 from serving.runtime import Runtime
 from serving.settings import Settings
 
@@ -91,6 +93,13 @@ def runtime_for(home: Path, tmp: Path, **settings: Any) -> Iterator[Runtime]:
         runtime = Runtime.load(Settings(**values))
         runtime.warm_up()
         yield runtime
+
+
+def app_for(runtime: Runtime, settings: Settings | None = None) -> Starlette:
+    """The service's ASGI app over ``runtime`` (its settings unless ``settings``)."""
+    application = create_app(settings or runtime.settings)
+    application.state.runtime = runtime
+    return application
 
 
 def observation(

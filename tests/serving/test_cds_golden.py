@@ -18,7 +18,6 @@ To record the file anew (only when an answer is meant to change):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -29,17 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 
-from serving.app import create_app
 from serving.audit.records import AuditRecord
 from serving.config import ProtocolConfig
 from serving.protocol import Approval
 from serving.runtime import Runtime
 from tests.ncd_fixtures import who_comparison, with_details
-from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
+from tests.serving.cds_fixtures import app_for, cds_request, prefetch, runtime_for, shared_store
+from tests.serving.test_cds_hooks import call
 
 GOLDEN = Path(__file__).parent / "golden" / "cds_answers.json"
 NOW = datetime(2026, 11, 20, 8, 15, 30, tzinfo=UTC)
@@ -118,9 +116,7 @@ def runtime(frozen: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def app(runtime: Runtime) -> Starlette:
-    application = create_app(runtime.settings)
-    application.state.runtime = runtime
-    return application
+    return app_for(runtime)
 
 
 def _answer(
@@ -147,15 +143,8 @@ def _answer(
             patch.setattr(predictor, "metadata", validated)
     if options.get("encounter"):
         body = {**body, "context": {**body["context"], "encounterId": "enc-7"}}
-    headers = {"accept-language": options["lang"]}
-
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.post(path, json=body, headers=headers)
-
     try:
-        response = asyncio.run(go())
+        response = call(app, "POST", path, body, headers={"accept-language": options["lang"]})
     finally:
         patch.undo()
     assert len(rows) == 1

@@ -19,13 +19,12 @@ from starlette.applications import Starlette
 
 from models.who_chart import patient_cell
 from models.who_cvd import WhoCvdInputs, who_cvd_risk
-from serving.app import create_app
 from serving.assess import assess
 from serving.cards import ncd_card
 from serving.http.caller import Caller
 from serving.runtime import Runtime
 from tests.ncd_fixtures import who_comparison, with_details
-from tests.serving.cds_fixtures import cds_request, prefetch, runtime_for, shared_store
+from tests.serving.cds_fixtures import app_for, cds_request, prefetch, runtime_for, shared_store
 
 CVD = "/cds-services/ncd-cvd-risk"
 DIABETES = "/cds-services/ncd-diabetes-risk"
@@ -44,9 +43,7 @@ def runtime(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def app(runtime: Runtime) -> Starlette:
-    application = create_app(runtime.settings)
-    application.state.runtime = runtime
-    return application
+    return app_for(runtime)
 
 
 def call(
@@ -788,8 +785,7 @@ def test_rest_cvd_and_who(
 
 def test_cors_only_for_allowed_origin(runtime: Runtime) -> None:
     settings = runtime.settings.model_copy(update={"cors_origins": ["https://ehr.example"]})
-    application = create_app(settings)
-    application.state.runtime = runtime
+    application = app_for(runtime, settings)
     preflight = {"access-control-request-method": "POST"}
     ok = call(application, "OPTIONS", CVD, headers={"origin": "https://ehr.example", **preflight})
     assert ok.headers.get("access-control-allow-origin") == "https://ehr.example"

@@ -12,13 +12,19 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from serving.app import create_app
 from serving.assess import NoAdvice, Problem
 from serving.cards import md
 from serving.fhir_in import PrefetchError, extract
 from serving.no_advice_card import no_advice_card
 from serving.runtime import Runtime
-from tests.serving.cds_fixtures import cds_request, observation, prefetch, runtime_for, shared_store
+from tests.serving.cds_fixtures import (
+    app_for,
+    cds_request,
+    observation,
+    prefetch,
+    runtime_for,
+    shared_store,
+)
 
 CVD = "/cds-services/ncd-cvd-risk"
 INJECTIONS = [
@@ -39,9 +45,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 
 @pytest.fixture(scope="module")
 def app(runtime: Runtime) -> Starlette:
-    application = create_app(runtime.settings)
-    application.state.runtime = runtime
-    return application
+    return app_for(runtime)
 
 
 def call(app: Starlette, body: Any) -> httpx.Response:

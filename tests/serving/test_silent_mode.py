@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from starlette.applications import Starlette
 
-from serving.app import create_app
 from serving.runtime import Runtime
 from tests.serving.cds_fixtures import (
+    app_for,
     cds_request,
     prefetch,
     runtime_for,
@@ -37,9 +37,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 
 @pytest.fixture(scope="module")
 def app(runtime: Runtime) -> Starlette:
-    application = create_app(runtime.settings)
-    application.state.runtime = runtime
-    return application
+    return app_for(runtime)
 
 
 def test_silent_service_answers_no_cards_and_stores_what_it_would_have_shown(
