@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -91,12 +90,7 @@ def _no_cards() -> Response:
 
 def _model_page(base: str, meta: ModelMetadata, lang: str) -> str:
     """The model card page (a clinician's browser opens it), not the JSON list."""
-    return _page_of(base, meta.name, meta.version, lang)
-
-
-@lru_cache(maxsize=256)
-def _page_of(base: str, name: str, version: str, lang: str) -> str:
-    return f"{base}/ui/models/{quote(name)}/{quote(version)}?lang={lang}"
+    return f"{base}/ui/models/{quote(meta.name)}/{quote(meta.version)}?lang={lang}"
 
 
 class NcdService:

@@ -179,15 +179,18 @@ def _number_marks(lang: str) -> dict[int, str] | None:
     )
 
 
+@cache
+def _digit_table(lang: str) -> dict[int, int] | None:
+    """The ``str.translate`` table from Latin digits to ``lang``'s; None where ``lang``
+    writes Latin digits."""
+    digits = language_meta(_resolve(lang)).digits
+    return None if digits == _LATIN_DIGITS else str.maketrans(_LATIN_DIGITS, digits)
+
+
 def _digits(text: str, lang: str) -> str:
     """``text`` with its Latin digits in ``lang``'s digits (nothing else changed)."""
-    digits = language_meta(_resolve(lang)).digits
-    return text if digits == _LATIN_DIGITS else text.translate(_digit_table(digits))
-
-
-@cache
-def _digit_table(digits: str) -> dict[int, int]:
-    return str.maketrans(_LATIN_DIGITS, digits)
+    table = _digit_table(lang)
+    return text if table is None else text.translate(table)
 
 
 @cache

@@ -190,7 +190,7 @@ def test_format_number(value: float, lang: str, decimals: int, expected: str) ->
 
 def _forget_written() -> None:
     """Empty the caches of what i18n has already written (its languages were changed)."""
-    for cached in (i18n._number_marks, i18n._numbers_in, i18n._written_day):
+    for cached in (i18n._digit_table, i18n._number_marks, i18n._numbers_in, i18n._written_day):
         cached.cache_clear()
 
 
