@@ -46,6 +46,13 @@ def _row(request_id: str, created: datetime, **changes: object) -> AuditRecord:
     return AuditRecord.model_validate(values)
 
 
+# A row of a call that named no card, caller, model, input or patient (changes may set some).
+_BARE = dict.fromkeys(
+    ["caller_iss", "caller_sub", "caller_tenant", "model_name", "model_version",
+     "model_sha256", "input_sha256", "patient_ref"]
+) | {"card_ids": []}  # fmt: skip
+
+
 def test_db_upgrade_reports_head(db_url: str) -> None:
     result = runner.invoke(app, ["db", "upgrade", "--database-url", db_url])
     assert result.exit_code == 0, result.output
@@ -86,17 +93,7 @@ def test_audit_export_writes_valid_fhir_audit_events(db_url: str, tmp_path: Path
         _row(
             "r-refused",
             datetime(2026, 1, 2, 9, 0, tzinfo=UTC),
-            outcome="refused",
-            reason="unauthorized",
-            card_ids=[],
-            caller_iss=None,
-            caller_sub=None,
-            caller_tenant=None,
-            model_name=None,
-            model_version=None,
-            model_sha256=None,
-            input_sha256=None,
-            patient_ref=None,
+            **{**_BARE, "outcome": "refused", "reason": "unauthorized"},
         )
     )
     store.record(
@@ -137,17 +134,12 @@ def test_an_operators_read_is_exported_as_system_administration() -> None:
     operator = _row(
         "r-scrape",
         datetime(2026, 1, 2, tzinfo=UTC),
-        service_id="metrics",
-        outcome="read",
-        card_ids=[],
-        caller_iss="tonle-metrics-token",
-        caller_sub=None,
-        caller_tenant=None,
-        model_name=None,
-        model_version=None,
-        model_sha256=None,
-        input_sha256=None,
-        patient_ref=None,
+        **{
+            **_BARE,
+            "service_id": "metrics",
+            "outcome": "read",
+            "caller_iss": "tonle-metrics-token",
+        },
     )
     clinical = AuditEvent.model_validate(audit_event(_row("r-advice", operator.created)))
     event = AuditEvent.model_validate(audit_event(operator))
