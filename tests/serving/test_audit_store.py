@@ -25,31 +25,16 @@ from serving.audit import engine as engine_module
 from serving.audit.engine import current_revisions, grant_service_role, head_revisions
 from serving.audit.records import OPERATOR_SERVICES
 from serving.imaging.results import Analysed
-from tests.serving.db_fixtures import postgres_database, postgres_schema
+from tests.serving.db_fixtures import postgres_schema
 from tests.serving.feedback_fixtures import store_feedback
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
 from tests.serving.operator_fixtures import record_scrapes
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with postgres_database() as url:
-        yield url
 
 
 @pytest.fixture
 def pg_url(pg_database: str) -> Iterator[str]:
     with postgres_schema(pg_database) as url:
         yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'audit.db'}"
-    else:
-        with postgres_schema(pg_database) as url:
-            yield url
 
 
 @pytest.fixture

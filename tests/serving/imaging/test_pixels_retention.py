@@ -8,7 +8,6 @@ import io
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,24 +26,8 @@ from serving.imaging.heatmap import HeatmapSource, pack_pixels
 from serving.imaging.results import Analysed, CopyRemoved, ResultStore
 from serving.imaging.routes import routes as imaging_routes
 from serving.ui.routes import routes as ui_routes
-from tests.serving.db_fixtures import postgres_database, postgres_schema
 from tests.serving.imaging.conftest import AppFactory, Client, fake_runtime
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[str]:
-    with postgres_database("tonle_retention") as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'audit.db'}"
-        return
-    with postgres_schema(pg_database) as url:
-        yield url
 
 
 @pytest.fixture
