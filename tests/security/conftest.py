@@ -26,8 +26,7 @@ import yaml
 
 from serving.audit import AuditStore
 from serving.demo_issuer import ensure_demo_issuer, sign_token
-from tests.serving.cds_fixtures import build_store, model_store_at, write_config
-from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
+from tests.serving.imaging.cxr_fixtures import served_store
 from tests.serving.service_process import TonleProcess
 
 __all__ = ["ISSUERS", "FhirListener", "SecureService", "secure"]
@@ -163,17 +162,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureService]:
     fhir = FhirListener()
     issuers, dirs = _write_issuers(tmp, fhir)
     token = secrets.token_hex(32)
-    home = build_store(tmp / "store")
-    with model_store_at(home):
-        cxr = make_cxr_artifact(tmp / "store")
-    # Its own folder: TonleProcess writes a plain serving.yaml into ``tmp``.
-    (tmp / "imaging").mkdir()
-    config = write_config(
-        tmp / "imaging",
-        models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version},
-        imaging={"model": "cxr-triage"},
-        no_advice_card=True,  # the site option that shows why no estimate was given
-    )
+    # no_advice_card: the site option that shows why no estimate was given.
+    home, _, config = served_store(tmp, no_advice_card=True)
     env = {
         "TONLE_ALLOWED_ISSUERS": str(issuers),
         "TONLE_METRICS_TOKEN": token,

@@ -12,8 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving.cds_fixtures import build_store, model_store_at, write_config
-from tests.serving.imaging.cxr_fixtures import make_cxr_artifact
+from tests.serving.imaging.cxr_fixtures import served_store
 from tests.serving.service_process import TonleProcess
 
 REFUSED = "the metadata or the card was modified and will not be loaded"
@@ -21,15 +20,7 @@ REFUSED = "the metadata or the card was modified and will not be loaded"
 
 @pytest.mark.slow
 def test_a_model_with_edited_metadata_is_not_served(tmp_path: Path) -> None:
-    home = build_store(tmp_path / "store")
-    with model_store_at(home):
-        cxr = make_cxr_artifact(tmp_path / "store")
-    (tmp_path / "config").mkdir()
-    config = write_config(
-        tmp_path / "config",
-        models={"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version},
-        imaging={"model": "cxr-triage"},
-    )
+    home, cxr, config = served_store(tmp_path)
     env = {"BENTOML_HOME": str(home), "TONLE_SERVING_CONFIG": str(config)}
     service = TonleProcess(tmp_path, f"sqlite:///{tmp_path / 'audit.db'}", env=env)
     metadata = cxr.path / "metadata.json"

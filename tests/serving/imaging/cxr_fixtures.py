@@ -24,6 +24,7 @@ from models import registry
 from models.details import CxrDetails, FeatureBins
 from models.metadata import ImageSpec, ModelMetadata, OperatingPoint, OutputSpec
 from models.registry import StoredModel
+from tests.serving.cds_fixtures import build_store, model_store_at, write_config
 
 LABELS = ["abnormal", "tb", "nodule", "consolidation", "effusion"]
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -170,3 +171,20 @@ def dicom_bytes(
 def read(data: bytes) -> pydicom.Dataset:
     """Parse Part 10 bytes."""
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def served_store(tmp: Path, **config: object) -> tuple[Path, StoredModel, Path]:
+    """The two NCD fixture models and a 64 px chest X-ray model stored under
+    ``tmp/store``, and a serving config (in ``tmp/config``) serving all three.
+
+    Returns:
+        The store's home, the stored X-ray model and the config's path.
+    """
+    home = build_store(tmp / "store")
+    with model_store_at(home):
+        cxr = make_cxr_artifact(tmp / "store")
+    # Its own folder: TonleProcess writes a plain serving.yaml into ``tmp``.
+    (tmp / "config").mkdir()
+    models = {"cvd-risk": "1.0.0", "diabetes-risk": "1.0.0", "cxr-triage": cxr.metadata.version}
+    path = write_config(tmp / "config", models=models, imaging={"model": "cxr-triage"}, **config)
+    return home, cxr, path
