@@ -64,6 +64,7 @@ class Stages:
     def __init__(self) -> None:
         self.current: dict[str, float] = {}
         self.calls: list[dict[str, float]] = []
+        self._patched: list[tuple[Any, str, Any]] = []
 
     def add(self, name: str, seconds: float) -> None:
         self.current[name] = self.current.get(name, 0.0) + seconds
@@ -98,6 +99,20 @@ class Stages:
 
         return timed
 
+    def patch(
+        self, owner: Any, attr: str, name: str, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """Time ``owner.attr`` under ``name`` (see :meth:`wrap`) until :meth:`restore`."""
+        original = getattr(owner, attr)
+        self._patched.append((owner, attr, original))
+        setattr(owner, attr, self.wrap(name, original, clock))
+
+    def restore(self) -> None:
+        """Put back every function :meth:`patch` replaced."""
+        for owner, attr, original in reversed(self._patched):
+            setattr(owner, attr, original)
+        self._patched.clear()
+
 
 # (stage, part of another stage shown indented) in print order; "other" is computed.
 ROWS = (
@@ -125,13 +140,7 @@ _TOP_LEVEL = [name for name, nested in ROWS if not nested and name not in ("tota
 @contextmanager
 def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
     """Wrap the functions the handler calls with timers; restore them afterwards."""
-    patches: list[tuple[Any, str, Any]] = []
-
-    def patch(owner: Any, attr: str, name: str) -> None:
-        original = getattr(owner, attr)
-        patches.append((owner, attr, original))
-        setattr(owner, attr, stages.wrap(name, original))
-
+    patch = stages.patch
     auth = runtime.cds_auth
     if auth is not None:
         patch(auth, "authenticate", "auth total")
@@ -159,8 +168,7 @@ def instrumented(runtime: Runtime, stages: Stages) -> Iterator[None]:
     try:
         yield
     finally:
-        for owner, attr, original in reversed(patches):
-            setattr(owner, attr, original)
+        stages.restore()
 
 
 async def post(app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import io
 import os
@@ -76,14 +77,7 @@ def instrumented(runtime: Any, stages: Stages) -> Iterator[None]:
     from serving.http import pipeline
     from serving.imaging import analysis, exchange, routes
 
-    patches: list[tuple[Any, str, Any]] = []
-
-    def patch(
-        owner: Any, attr: str, name: str, clock: Callable[[], float] = time.thread_time
-    ) -> None:
-        original = getattr(owner, attr)
-        patches.append((owner, attr, original))
-        setattr(owner, attr, stages.wrap(name, original, clock))
+    patch = functools.partial(stages.patch, clock=time.thread_time)
 
     state = runtime.imaging
     patch(routes, "read_body", "read body")
@@ -91,7 +85,7 @@ def instrumented(runtime: Any, stages: Stages) -> Iterator[None]:
     patch(quality, "assess", "quality gate")
     patch(preprocess, "to_model_input", "model input")
     # ONNX Runtime's own threads: the process's CPU (nothing else runs meanwhile).
-    patch(state.analyser.runner, "predict", "model", time.process_time)
+    patch(state.analyser.runner, "predict", "model", clock=time.process_time)
     patch(analysis.CxrAnalyser, "finish", "finish (thresholds, heatmap source)")
     patch(pipeline, "record", "audit row (all of it)")
     patch(exchange.ResultStore, "record", "read row (JSON, heatmap bytes)")
@@ -103,8 +97,7 @@ def instrumented(runtime: Any, stages: Stages) -> Iterator[None]:
     try:
         yield
     finally:
-        for owner, attr, original in reversed(patches):
-            setattr(owner, attr, original)
+        stages.restore()
 
 
 def _chunks(body: bytes) -> list[bytes]:
