@@ -305,6 +305,18 @@ def decode_and_display_cpu_ms(data: bytes, seconds: float) -> tuple[float, float
     return decode, max(0.0, both - decode)
 
 
+def service_env(home: Path, config: Path, database: Path, workers: int = 1) -> dict[str, str]:
+    """The environment of a benchmarked service (dev mode, SQLite audit, no access logs)."""
+    return {
+        "BENTOML_HOME": str(home),
+        "TONLE_SERVING_CONFIG": str(config),
+        "TONLE_DATABASE_URL": f"sqlite:///{database}",
+        "TONLE_DEV": "1",
+        "TONLE_LOG_LEVEL": "WARNING",
+        "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
+    }
+
+
 def warm(url: str, body: bytes, n: int = 10) -> None:
     """``n`` sequential uploads, so that a measured row starts on a warm server."""
     with httpx.Client(timeout=60) as client:
@@ -350,15 +362,8 @@ def cpu_target(
     for repeat in range(args.repeat):
         # Alternate which checkout goes first, so that neither always meets the same load.
         for name, tree in trees[:: -1 if repeat % 2 else 1]:
-            env = {
-                "BENTOML_HOME": str(home),
-                "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
-                "TONLE_DATABASE_URL": f"sqlite:///{tmp / f'target-{repeat}{name.strip()}.db'}",
-                "TONLE_DEV": "1",
-                "TONLE_LOG_LEVEL": "WARNING",
-                "BENTOML_CONFIG_OPTIONS": "services.tonle.workers=1",
-                "PYTHONPATH": str(tree),
-            }
+            database = tmp / f"target-{repeat}{name.strip()}.db"
+            env = service_env(home, tmp / "serving.yaml", database) | {"PYTHONPATH": str(tree)}
             _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
     return runs
 
@@ -508,14 +513,7 @@ def main() -> None:
                 imaging["display_short_side"] = args.display_short_side
             config = {"models": {name: version}, "imaging": imaging}
             (tmp / "serving.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-            env = {
-                "BENTOML_HOME": str(home),
-                "TONLE_SERVING_CONFIG": str(tmp / "serving.yaml"),
-                "TONLE_DATABASE_URL": f"sqlite:///{database}",
-                "TONLE_DEV": "1",
-                "TONLE_LOG_LEVEL": "WARNING",
-                "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
-            }
+            env = service_env(home, tmp / "serving.yaml", database, workers)
             with Server("serving.service:Tonle", env, ROOT) as server:
                 url = f"{server.url}/v1/imaging/cxr"
                 if workers == 1:
