@@ -18,7 +18,7 @@ from serving.audit import AuditStore
 from serving.bento_internals import install_timeout_middleware, refuse_open_bind
 from serving.readiness import AuditProbe, Readiness
 from serving.runtime import Runtime
-from serving.settings import Settings
+from serving.settings import ImportSettings, Settings
 
 __all__ = ["Tonle"]
 
@@ -28,6 +28,13 @@ app = create_app()
 
 
 install_timeout_middleware()
+
+# BentoML's OpenTelemetry middleware wraps every request, its receive() and send() in
+# spans even where none is recorded (BentoML's default sample rate is 0): about 15 % of
+# an NCD call's CPU (docs/performance.md). Untraced, a URL skips it ("/": every URL).
+# The chest X-ray upload is never traced: a span per receive() call, hundreds for a
+# 15 MB DICOM body, doubled the CPU of reading it; its audit row records each request.
+_UNTRACED = ["/v1/imaging/cxr"] if ImportSettings().tracing else ["/"]
 
 
 # Access logs off: the audit store is the request log, and per-request log lines cost
@@ -41,10 +48,7 @@ install_timeout_middleware()
     # BentoML's request metrics label series by raw path (ids in URLs: unbounded) and
     # its /metrics is open; Tonle serves its own (serving/metrics.py).
     metrics={"enabled": False},
-    # OpenTelemetry's ASGI middleware opens a span per receive() call, hundreds for a 15 MB
-    # DICOM body, which doubled the CPU of reading it (12 -> 6.5 CPU-ms per upload
-    # without); the audit row is that route's record of each request.
-    tracing={"excluded_urls": ["/v1/imaging/cxr"]},
+    tracing={"excluded_urls": _UNTRACED},
 )
 @bentoml.asgi_app(app, path="/")
 class Tonle:

@@ -7,23 +7,37 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["ImportSettings", "Settings"]
 
 _MIN_LINK_SECRET = 32
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MAKE_ONE = "e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`"
 
 
-class Settings(BaseSettings):
+class ImportSettings(BaseSettings):
+    """The settings the service definition needs when ``serving.service`` is imported,
+    before the service reads :class:`Settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TONLE_", extra="ignore", hide_input_in_errors=True
+    )
+
+    tracing: bool = Field(
+        default=False,
+        description=(
+            "Pass requests through BentoML's OpenTelemetry middleware (spans are recorded "
+            "only as BentoML's own tracing configuration says: exporter, sample rate). Off, "
+            "no route is traced; the chest X-ray upload never is."
+        ),
+    )
+
+
+class Settings(ImportSettings):
     """Everything a deployment sets without touching code.
 
     Secrets are ``SecretStr`` so they never show in ``repr`` or logs, and a validation
     error never repeats the value it refused (it could be a secret).
     """
-
-    model_config = SettingsConfigDict(
-        env_prefix="TONLE_", extra="ignore", hide_input_in_errors=True
-    )
 
     database_url: SecretStr = Field(
         default=SecretStr("sqlite:///.tonle/tonle.db"),
