@@ -44,6 +44,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -67,6 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.server import Server, free_port  # noqa: E402
+from tests.serving.db_fixtures import postgres_database  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
 
@@ -305,12 +307,13 @@ def decode_and_display_cpu_ms(data: bytes, seconds: float) -> tuple[float, float
     return decode, max(0.0, both - decode)
 
 
-def service_env(home: Path, config: Path, database: Path, workers: int = 1) -> dict[str, str]:
-    """The environment of a benchmarked service (dev mode, SQLite audit, no access logs)."""
+def service_env(home: Path, config: Path, database: Path | str, workers: int = 1) -> dict[str, str]:
+    """The environment of a benchmarked service (dev mode, no access logs); its audit
+    store is the SQLite file ``database`` or the database URL ``database``."""
     return {
         "BENTOML_HOME": str(home),
         "TONLE_SERVING_CONFIG": str(config),
-        "TONLE_DATABASE_URL": f"sqlite:///{database}",
+        "TONLE_DATABASE_URL": database if isinstance(database, str) else f"sqlite:///{database}",
         "TONLE_DEV": "1",
         "TONLE_LOG_LEVEL": "WARNING",
         "BENTOML_CONFIG_OPTIONS": f"services.tonle.workers={workers}",
@@ -362,10 +365,30 @@ def cpu_target(
     for repeat in range(args.repeat):
         # Alternate which checkout goes first, so that neither always meets the same load.
         for name, tree in trees[:: -1 if repeat % 2 else 1]:
-            database = tmp / f"target-{repeat}{name.strip()}.db"
-            env = service_env(home, tmp / "serving.yaml", database) | {"PYTHONPATH": str(tree)}
-            _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
+            with contextlib.ExitStack() as stack:
+                database: Path | str = tmp / f"target-{repeat}{name.strip()}.db"
+                if args.postgres:
+                    database = stack.enter_context(postgres_database("tonle_bench"))
+                env = service_env(home, tmp / "serving.yaml", database)
+                env["PYTHONPATH"] = str(tree)
+                _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
     return runs
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time (user + system) so far of every PostgreSQL server process on this
+    machine (backends, WAL writer, checkpointer): where a read's storage goes when the
+    audit store is PostgreSQL. 0 when none runs here."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if not (process.info["name"] or "").startswith("postgres"):
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _target_rows(
@@ -390,8 +413,10 @@ def _target_rows(
                                server.cpu_seconds, "image/x-none")  # fmt: skip
             model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
             decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
+            database_cpu = postgres_cpu_seconds()
             row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
                            server.cpu_seconds, faults=server.minor_faults)  # fmt: skip
+            database_ms = (postgres_cpu_seconds() - database_cpu) / max(row["requests"], 1) * 1000
             floor_ms = floor["server_cpu_ms_per_req"]
             refused_ms = refused["server_cpu_ms_per_req"]
             server_ms = row["server_cpu_ms_per_req"]
@@ -401,7 +426,7 @@ def _target_rows(
                 "display": display_ms, "refused": refused_ms,
                 "analysis": server_ms - model_ms - decode_ms - refused_ms,
                 "req_per_s": row["throughput_rps"], "errors": row["errors"],
-                "faults": row["faults_per_req"],
+                "faults": row["faults_per_req"], "postgres": database_ms,
             })  # fmt: skip
 
 
@@ -414,6 +439,8 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
           f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
           )  # fmt: skip
     keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
+    if args.postgres:
+        keys.append("postgres")
     print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys)
           + f"{'req/s':>8}{'faults':>8}  (CPU-ms; minor page faults per request)")  # fmt: skip
     for label, rows in runs.items():
@@ -455,6 +482,11 @@ def main() -> None:
                         help="imaging.model_threads (default: all cores)")  # fmt: skip
     parser.add_argument("--display-short-side", type=int, default=None,
                         help="imaging.display_short_side (default: the service's)")  # fmt: skip
+    parser.add_argument("--postgres", action="store_true",
+                        help="--cpu-target: audit store in a fresh database on the "
+                             "PostgreSQL server of the tests (TONLE_TEST_POSTGRES_URL) "
+                             "instead of SQLite; the 'postgres' column is the CPU its "
+                             "processes used per request (not in 'server')")  # fmt: skip
     parser.add_argument("--against", type=Path, default=None,
                         help="--cpu-target: also serve this other checkout (e.g. the code "
                              "before a change, from `git archive`), interleaved with this "
