@@ -27,6 +27,7 @@ from serving.imaging.heatmap import HeatmapSource, pack_pixels
 from serving.imaging.results import Analysed, CopyRemoved, ResultStore
 from serving.imaging.routes import routes as imaging_routes
 from serving.ui.routes import routes as ui_routes
+from tests.serving.db_fixtures import postgres_schema
 from tests.serving.imaging.conftest import AppFactory, Client, fake_runtime
 from tests.serving.imaging.results_fixtures import commit_read, make_result, with_copy
 
@@ -213,12 +214,16 @@ def _compression(engine: Engine, read: Analysed) -> tuple[str | None, str | None
     return found[0], found[1]
 
 
-def test_postgresql_stores_the_images_as_they_are(db_url: str) -> None:
+def test_postgresql_stores_the_images_as_they_are(pg_database: str) -> None:
     """Migration 0007: trying to compress a 0.5 MB copy cost PostgreSQL about 8x the CPU
-    of storing it; stored before it the same read is compressed, after it not."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("a PostgreSQL column setting (SQLite never compresses)")
-    engine = engine_module.make_engine(db_url)
+    of storing it; stored before it the same read is compressed, after it not. (A
+    PostgreSQL column setting: SQLite never compresses.)"""
+    with postgres_schema(pg_database) as url:
+        _stored_before_and_after_0007(url)
+
+
+def _stored_before_and_after_0007(url: str) -> None:
+    engine = engine_module.make_engine(url)
     try:
         engine_module.upgrade(engine, "0006_imaging_pixels")
         audit = AuditStore(engine)
