@@ -22,7 +22,7 @@ compare two versions.
 
 Usage:
     .venv/bin/python benchmarks/bench_cds.py [--rate 100] [--duration 15] [--rounds 5]
-        [--against DIR]
+        [--against DIR] [--postgres]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,14 +38,16 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.profile_cds import profile  # noqa: E402
-from benchmarks.server import Server, free_port  # noqa: E402
+from benchmarks.server import Server, free_port, postgres_cpu_seconds  # noqa: E402
 from serving.audit.records import OPERATOR_SERVICES  # noqa: E402
 from tests.serving.cds_fixtures import build_store, cds_request, write_config  # noqa: E402
+from tests.serving.db_fixtures import postgres_database  # noqa: E402
 
 PY = sys.executable
 LOADGEN = str(ROOT / "benchmarks" / "loadgen.py")
@@ -83,11 +84,12 @@ def load(
                "--rate", str(args.rate), "--connections", str(args.connections)]  # fmt: skip
     if tokens is not None:
         command += ["--tokens", str(tokens)]
-    cpu = server.cpu_seconds()
+    cpu, database = server.cpu_seconds(), postgres_cpu_seconds()
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict = json.loads(out.stdout)
     answered = max(1, sum(result["statuses"].values()))
     result["server_cpu_ms"] = (server.cpu_seconds() - cpu) * 1000 / answered
+    result["postgres_cpu_ms"] = (postgres_cpu_seconds() - database) * 1000 / answered
     result["load1"] = os.getloadavg()[0]
     return result
 
@@ -98,12 +100,16 @@ def warm(url: str, body: bytes, n: int = 50) -> None:
             client.post(url, content=body, headers={"content-type": "application/json"})
 
 
-def audit_rows(db: Path) -> int:
-    """Audit rows of calls: the operators' reads (a scrape of ``/metrics``) are audited
-    too, and not counted."""
+def audit_rows(url: str) -> int:
+    """Audit rows of calls in the database at ``url``: the operators' reads (a scrape of
+    ``/metrics``) are audited too, and not counted."""
     query = "select service_id, count(*) from audit_events group by service_id"
-    with sqlite3.connect(db) as connection:
-        counts = connection.execute(query).fetchall()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            counts = connection.exec_driver_sql(query).fetchall()
+    finally:
+        engine.dispose()
     return sum(int(n) for service, n in counts if service not in OPERATOR_SERVICES)
 
 
@@ -114,6 +120,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="Closed-loop rounds.")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--postgres", action="store_true",
+                        help="audit stores in fresh databases on the tests' PostgreSQL "
+                             "server (TONLE_TEST_POSTGRES_URL) instead of SQLite; 'PG "
+                             "ms/req' is the CPU its processes used per request")  # fmt: skip
     parser.add_argument("--against", type=Path, default=None,
                         help="Another checkout, served beside this one (see above).")  # fmt: skip
     parser.add_argument(
@@ -124,15 +134,23 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
 
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, contextlib.ExitStack() as databases:
         tmp = Path(tmpdir)
         home = build_store(tmp)
         config = write_config(tmp)
-        db = tmp / "audit.db"
+
+        def database(name: str) -> str:
+            """A fresh audit database: a SQLite file ``name``, or (``--postgres``) a new
+            database on the tests' PostgreSQL server, dropped at the end."""
+            if args.postgres:
+                return databases.enter_context(postgres_database("tonle_bench"))
+            return f"sqlite:///{tmp / name}"
+
+        db = database("audit.db")
         env = {
             "BENTOML_HOME": str(home),
             "TONLE_SERVING_CONFIG": str(config),
-            "TONLE_DATABASE_URL": f"sqlite:///{db}",
+            "TONLE_DATABASE_URL": db,
             "TONLE_DEV": "1",
             "TONLE_LOG_LEVEL": "WARNING",
         }
@@ -153,7 +171,7 @@ def main() -> None:
                 other_home, other_config = fixtures_of(args.against, other)
                 other_env = {**env, "BENTOML_HOME": str(other_home),
                              "TONLE_SERVING_CONFIG": str(other_config),
-                             "TONLE_DATABASE_URL": f"sqlite:///{other / 'audit.db'}",
+                             "TONLE_DATABASE_URL": database("against.db"),
                              "PYTHONPATH": str(args.against)}  # fmt: skip
                 against = servers.enter_context(
                     Server("serving.service:Tonle", other_env, args.against)
@@ -185,7 +203,7 @@ def main() -> None:
             auth_env = {
                 **{k: v for k, v in env.items() if k != "TONLE_DEV"},
                 "TONLE_ALLOWED_ISSUERS": str(issuers),
-                "TONLE_DATABASE_URL": f"sqlite:///{tmp / 'audit-auth.db'}",
+                "TONLE_DATABASE_URL": database("audit-auth.db"),
                 # The JWT aud must equal the public URL plus the endpoint path.
                 "TONLE_PUBLIC_URL": f"http://127.0.0.1:{port}",
             }
@@ -215,13 +233,16 @@ def main() -> None:
               f"rounds alternating the endpoints. 127.0.0.1, {os.cpu_count()} CPUs. Load "
               f"average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
               f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")  # fmt: skip
+        postgres = f"{'PG ms/req':>10}" if args.postgres else ""
         print(f"{'endpoint':<30}{'req':>7}{'2xx':>7}{'err':>5}{'rps':>8}{'p50 ms':>8}"
-              f"{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'CPU ms/req':>11}{'load1':>7}")  # fmt: skip
+              f"{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'CPU ms/req':>11}{postgres}"
+              f"{'load1':>7}")  # fmt: skip
         for name, r in results.items():
+            postgres = f"{r['postgres_cpu_ms']:>10.3f}" if args.postgres else ""
             print(f"{name:<30}{r['requests']:>7}{r['ok_2xx']:>7}{r['errors']:>5}"
                   f"{r['throughput_rps']:>8.1f}{r['p50_ms']:>8.2f}{r['p90_ms']:>8.2f}"
                   f"{r['p99_ms']:>8.2f}{r['max_ms']:>8.2f}{r['server_cpu_ms']:>11.3f}"
-                  f"{r['load1']:>7.2f}")  # fmt: skip
+                  f"{postgres}{r['load1']:>7.2f}")  # fmt: skip
         runs = [
             r
             for name, r in results.items()

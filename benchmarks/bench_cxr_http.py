@@ -67,7 +67,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server import Server, cpu_seconds, free_port  # noqa: E402
+from benchmarks.server import Server, free_port, postgres_cpu_seconds  # noqa: E402
 from tests.serving.db_fixtures import postgres_database  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
@@ -373,17 +373,6 @@ def cpu_target(
                 env["PYTHONPATH"] = str(tree)
                 _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
     return runs
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU time (user + system) so far of every PostgreSQL server process on this
-    machine (backends, WAL writer, checkpointer): where a read's storage goes when the
-    audit store is PostgreSQL. 0 when none runs here."""
-    return cpu_seconds(
-        process
-        for process in psutil.process_iter(["name"])
-        if (process.info["name"] or "").startswith("postgres")
-    )
 
 
 def _target_rows(

@@ -35,6 +35,17 @@ def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     return total
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time (user + system) so far of every PostgreSQL server process on this
+    machine (backends, WAL writer, checkpointer): where a read's storage goes when the
+    audit store is PostgreSQL. 0 when none runs here."""
+    return cpu_seconds(
+        process
+        for process in psutil.process_iter(["name"])
+        if (process.info["name"] or "").startswith("postgres")
+    )
+
+
 class Server:
     """``bentoml serve TARGET`` on 127.0.0.1; a context manager that waits for readiness."""
 
