@@ -335,13 +335,13 @@ class ResultStore:
                 ``display_short_side`` 0).
             CopyRemoved: the site's retention emptied them.
         """
-        data = self.source(result_id).pixels_gzip()
-        if data is None:
-            removed = self.removed(result_id)
-            if removed is not None:
-                raise CopyRemoved(result_id, removed)
-            raise KeyError(result_id)
-        return data
+        source, removed = self.kept_source(result_id)
+        data = source.pixels_gzip()
+        if data is not None:
+            return data
+        if removed is not None:
+            raise CopyRemoved(result_id, removed)
+        raise KeyError(result_id)
 
     def removed(self, result_id: str) -> datetime | None:
         """When retention emptied a read's reader copy (None: kept, or none was)."""
@@ -356,9 +356,18 @@ class ResultStore:
         Raises:
             KeyError: no such read.
         """
+        return self.kept_source(result_id)[0]
+
+    def kept_source(self, result_id: str) -> tuple[HeatmapSource, datetime | None]:
+        """:meth:`source`, and when retention emptied its reader's copy (None: kept, or
+        none was), in one query.
+
+        Raises:
+            KeyError: no such read.
+        """
         reads, copies = schema.imaging_results, schema.imaging_pixels
         query = (
-            select(reads.c.format, reads.c.heatmap, copies.c.data)
+            select(reads.c.format, reads.c.heatmap, copies.c.data, copies.c.removed)
             .select_from(reads.outerjoin(copies, copies.c.result_id == reads.c.result_id))
             .where(reads.c.result_id == result_id)
         )
@@ -366,10 +375,11 @@ class ResultStore:
         if found is None:
             raise KeyError(result_id)
         _check_format(found.format)
+        removed = None if found.removed is None else utc(found.removed)
         if found.format < _COPY_APART:
-            return HeatmapSource.decode(found.heatmap, found.format)
+            return HeatmapSource.decode(found.heatmap, found.format), removed
         source = HeatmapSource.decode(found.heatmap, 3)  # format 3's layout, no copy inside
-        return replace(source, pixels=unpack_pixels(found.data or b""))
+        return replace(source, pixels=unpack_pixels(found.data or b"")), removed
 
     def _one(self, query: Select[Any]) -> StoredResult | None:
         found = self._all(query)

@@ -278,15 +278,12 @@ async def _explain_cxr(request: Request, exchange: Exchange) -> Answer:
         return _not_found(request) if found.reason == "not-found" else found
     state, result = found
     # A stored read whose maps cannot be read raises: 503 (on_error), nothing half-shown.
-    source = await run_in_threadpool(state.store.source, result.id)
+    # Retention may have emptied the reader's copy (removed): the page says when and why.
+    source, removed = await run_in_threadpool(state.store.kept_source, result.id)
     lang = language(request)
     left, marker_source = side_marker(result.study)
     maps = source.maps()
     pixels = source.pixels
-    # Retention may have emptied the reader's copy: the page then says when and why.
-    removed = None
-    if pixels is None:
-        removed = await run_in_threadpool(state.store.removed, result.id)
     reader: dict[str, Any] = {
         "shown": result.heatmap_label,
         "rows": int(source.cam.shape[0]),
