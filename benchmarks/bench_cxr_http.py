@@ -340,6 +340,10 @@ def cpu_target(
     the service's threads) and ``decode_dicom`` alone, all in CPU time:
     outside = server CPU-ms per request - model - decode - floor server CPU-ms.
 
+    ``bentoml``: the same upload read whole by a route mounted in a minimal BentoML
+    service configured like Tonle (``benchmarks/const_service.py``): the floor with
+    BentoML's own layers, measured in the same repeat.
+
     Two references beside it: ``display`` (the display copy PNG of the model's decode,
     in this process; the service draws it for every read) and ``refused`` (the same upload
     answered 415 at once by the same service: its HTTP stack, reading the body, one audit
@@ -362,16 +366,17 @@ def cpu_target(
     runs: dict[str, list[dict[str, float]]] = {
         label + name: [] for name, _ in trees for label in inputs
     }
-    for repeat in range(args.repeat):
-        # Alternate which checkout goes first, so that neither always meets the same load.
-        for name, tree in trees[:: -1 if repeat % 2 else 1]:
-            with contextlib.ExitStack() as stack:
-                database: Path | str = tmp / f"target-{repeat}{name.strip()}.db"
-                if args.postgres:
-                    database = stack.enter_context(postgres_database("tonle_bench"))
-                env = service_env(home, tmp / "serving.yaml", database)
-                env["PYTHONPATH"] = str(tree)
-                _target_rows(args, inputs, tmp, alone, (env, tree, name), runs)
+    with Server("benchmarks.const_service:Const", {}, ROOT) as const:
+        for repeat in range(args.repeat):
+            # Alternate which checkout goes first, so that neither meets the same load.
+            for name, tree in trees[:: -1 if repeat % 2 else 1]:
+                with contextlib.ExitStack() as stack:
+                    database: Path | str = tmp / f"target-{repeat}{name.strip()}.db"
+                    if args.postgres:
+                        database = stack.enter_context(postgres_database("tonle_bench"))
+                    env = service_env(home, tmp / "serving.yaml", database)
+                    env["PYTHONPATH"] = str(tree)
+                    _target_rows(args, inputs, tmp, (alone, const), (env, tree, name), runs)
     return runs
 
 
@@ -379,11 +384,13 @@ def _target_rows(
     args: argparse.Namespace,
     inputs: dict[str, bytes],
     tmp: Path,
-    alone: ModelOnly,
+    references: tuple[ModelOnly, Server],
     service: tuple[dict[str, str], Path, str],
     runs: dict[str, list[dict[str, float]]],
 ) -> None:
-    """One repeat of :func:`cpu_target` against the service of one checkout."""
+    """One repeat of :func:`cpu_target` against the service of one checkout (the model
+    alone and the minimal BentoML service measured beside it)."""
+    alone, const = references
     env, tree, name = service
     with Server("serving.service:Tonle", env, tree) as server:
         url = f"{server.url}/v1/imaging/cxr"
@@ -393,6 +400,8 @@ def _target_rows(
             # floor moved 13-28 CPU-ms with the machine's load).
             floor = asgi_floor(tmp / f"{label}.dcm", args.connections, args.floor_seconds)
             body_file = tmp / f"{label}.dcm"
+            bentoml_floor = load_row(f"{const.url}/asgi/const", body_file, args.connections,
+                                     args.floor_seconds, const.cpu_seconds)  # fmt: skip
             refused = load_row(url, body_file, args.connections, args.floor_seconds,
                                server.cpu_seconds, "image/x-none")  # fmt: skip
             model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
@@ -407,6 +416,7 @@ def _target_rows(
             runs[label + name].append({
                 "server": server_ms, "model": model_ms, "decode": decode_ms,
                 "floor": floor_ms, "outside": server_ms - model_ms - decode_ms - floor_ms,
+                "bentoml": bentoml_floor["server_cpu_ms_per_req"],
                 "display": display_ms, "refused": refused_ms,
                 "analysis": server_ms - model_ms - decode_ms - refused_ms,
                 "req_per_s": row["throughput_rps"], "errors": row["errors"],
@@ -422,7 +432,8 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
           f"floor (no batching, {args.connections} clients, display_short_side {display}, "
           f"{os.cpu_count()} CPUs); load average {load[0]} (before), {load[1]} (after)"
           )  # fmt: skip
-    keys = ["server", "model", "decode", "floor", "outside", "display", "refused", "analysis"]
+    keys = ["server", "model", "decode", "floor", "outside", "bentoml", "display", "refused",
+            "analysis"]  # fmt: skip
     if args.postgres:
         keys.append("postgres")
     print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys)
@@ -437,9 +448,12 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
     for label, rows in runs.items():
         outside = statistics.median(r["outside"] for r in rows)
         display = statistics.median(r["display"] for r in rows)
+        bentoml = statistics.median(r["server"] - r["model"] - r["decode"] - r["bentoml"]
+                                    for r in rows)  # fmt: skip
         print(f"{label}: server CPU per request outside model, decode and floor: "
               f"{outside:.1f} CPU-ms (median of {len(rows)}; target <= 3), of which the "
-              f"display copy ~{display:.1f}")  # fmt: skip
+              f"display copy ~{display:.1f}; outside model, decode and the BentoML floor: "
+              f"{bentoml:.1f}")  # fmt: skip
 
 
 def load_average() -> str:
