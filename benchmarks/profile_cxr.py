@@ -14,13 +14,14 @@ of that benchmark's "server CPU per request outside the model, decode and floor"
 no HTTP, there is no floor to take off).
 
 Usage:
-    .venv/bin/python benchmarks/profile_cxr.py [--calls 60] [--cprofile]
+    .venv/bin/python benchmarks/profile_cxr.py [--calls 60] [--cprofile] [--postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import functools
 import gc
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cxr_http import build_model, radiograph, small_radiograph  # noqa: E402
 from benchmarks.profile_cds import Stages, post  # noqa: E402
+from tests.serving.db_fixtures import postgres_database  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes  # noqa: E402
 
 PATH = "/v1/imaging/cxr"
@@ -138,8 +140,10 @@ def profile(
     cprofile: bool,
     in_line: bool = False,
     model_threads: int | None = None,
+    database_url: str | None = None,
 ) -> str:
-    """``calls`` sequential uploads of each input in-process; the stage tables as text."""
+    """``calls`` sequential uploads of each input in-process; the stage tables as text
+    (audit store: ``database_url``, else a new SQLite file)."""
     from serving.app import create_app
     from serving.runtime import Runtime
     from serving.settings import Settings
@@ -160,7 +164,7 @@ def profile(
         os.environ["BENTOML_HOME"] = str(home)
         settings = Settings(
             serving_config=tmp / "serving.yaml",
-            database_url=f"sqlite:///{tmp / 'audit.db'}",
+            database_url=database_url or f"sqlite:///{tmp / 'audit.db'}",
             dev=True,
             public_url="http://testserver",
         )
@@ -243,15 +247,20 @@ def main() -> None:
     parser.add_argument("--cprofile", action="store_true", help="Also print a cProfile top.")
     parser.add_argument("--in-line", action="store_true", help="No worker threads.")
     parser.add_argument("--model-threads", type=int, default=None)
+    parser.add_argument("--postgres", action="store_true",
+                        help="audit store in a fresh database on the tests' PostgreSQL "
+                             "server (TONLE_TEST_POSTGRES_URL) instead of SQLite")  # fmt: skip
     args = parser.parse_args()
     inputs: dict[str, bytes] = {}
     if args.only != "large":
         inputs[f"{args.small}x{args.small}"] = dicom_bytes(small_radiograph(args.small))
     if args.only != "small":
         inputs["3000x2500"] = dicom_bytes(radiograph())
-    print(profile(inputs, args.calls, display_short_side=args.display_short_side,
-                  cprofile=args.cprofile, in_line=args.in_line,
-                  model_threads=args.model_threads))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database("tonle_profile")) if args.postgres else None
+        print(profile(inputs, args.calls, display_short_side=args.display_short_side,
+                      cprofile=args.cprofile, in_line=args.in_line,
+                      model_threads=args.model_threads, database_url=url))  # fmt: skip
 
 
 if __name__ == "__main__":
