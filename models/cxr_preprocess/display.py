@@ -14,6 +14,7 @@ summed over 4 x 4 blocks keeps 16 bits of grey where an 8-bit copy kept 8.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 DISPLAY_LONGEST = 1024  # the display copy's long side is at most this, pixels
+PERCENTILE_SAMPLE = 1 << 16  # the default window is read off about this many values
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,11 @@ def from_sums(
 
 def _percentiles(values: NDArray[np.uint16]) -> tuple[float, float]:
     """The 0.5th and 99.5th percentiles of uint16 values, from a histogram (a sort of
-    half a million values cost 5x more)."""
-    cumulative = np.cumsum(np.bincount(values.ravel(), minlength=1))
+    half a million values cost 5x more) of at most about :data:`PERCENTILE_SAMPLE` of
+    them on a regular grid: the default window of the reader, not an exact statistic
+    (the histogram of every value of a 750 x 625 copy cost 0.7 CPU-ms of a read)."""
+    step = math.isqrt(max(0, values.size - 1) // PERCENTILE_SAMPLE) + 1
+    cumulative = np.cumsum(np.bincount(values[::step, ::step].ravel(), minlength=1))
     total = int(cumulative[-1])
     lo, hi = np.searchsorted(cumulative, [0.005 * total, 0.995 * total])
     return float(lo), float(hi)
