@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.cxr_preprocess import decode_dicom, decode_png  # noqa: E402
+from models.cxr_preprocess.display import block_sum, display_factor  # noqa: E402
 from serving.imaging.heatmap import HeatmapSource, display_png  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph  # noqa: E402
 from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
@@ -106,6 +107,12 @@ def main() -> None:
             f"{name:24} {model_only:12.1f} {before_ms:9.1f} {after_ms:8.1f} "
             f"{sizes:>14} {get_gz:5.1f}/{get_png:5.1f}"
         )
+    # The copy's block sums by stored bits: 12-bit values sum in uint16, 16-bit in uint32.
+    twelve = radiograph(3000, 2500)  # values < 4096
+    k = display_factor(*twelve.shape, DISPLAY)
+    for bits, values in ((12, twelve), (16, twelve << 4)):
+        ms = cpu_ms(lambda v=values, b=bits: block_sum(v, k, b), args.repeat)
+        print(f"block sums {k} x {k} of 3000x2500, {bits} stored bits: {ms:.2f} CPU-ms")
     with open("/proc/loadavg", encoding="ascii") as handle:
         print(f"load average: {handle.read().strip()}")
 
