@@ -18,6 +18,7 @@ from models.cxr_preprocess.display import (
     ("dtype", "low", "high", "bits"),
     [
         (np.uint16, 0, 4096, 12),  # 12-bit CR: uint16 sums up to 4 x 4
+        (np.uint16, 0, 16384, 14),  # 14-bit DX: uint16 row sums up to 4 rows
         (np.uint16, 0, 65536, 16),  # full 16 bits: uint32 sums
         (np.uint16, 0, 65536, None),  # bits unknown: bound by the largest value
         (np.int16, -32768, 32768, None),  # signed, the extreme negative included
@@ -59,13 +60,13 @@ def test_a_sliver_keeps_one_row() -> None:
     assert shown.values.shape == (2000, 1)
 
 
-def test_a_wide_range_is_scaled_into_16_bits_with_its_window() -> None:
-    stored = np.array([[0, 100_000], [200_000, 300_000]], dtype=np.int32)
+def test_a_wide_range_is_shifted_into_16_bits_with_its_window() -> None:
+    stored = np.array([[0, 100_000], [200_000, 300_000]], dtype=np.int32)  # 19 bits
     shown = display_values(stored, 1, window=(150_000.0, 100_000.0))
-    gain = 0xFFFF / 300_000
-    assert shown.values.tolist() == [[0, round(100_000 * gain)], [round(200_000 * gain), 65535]]
-    assert shown.center == pytest.approx(150_000 * gain)
-    assert shown.width == pytest.approx(100_000 * gain)
+    assert shown.values.tolist() == [[0, 100_000 >> 3], [200_000 >> 3, 300_000 >> 3]]
+    assert shown.center == pytest.approx(150_000 / 8)
+    assert shown.width == pytest.approx(100_000 / 8)
+    assert int(shown.values.max()) >= 1 << 15  # at least 15 of the 16 bits used
 
 
 def test_rescale_and_inversion_move_the_window_with_the_values() -> None:
