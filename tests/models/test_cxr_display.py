@@ -3,6 +3,8 @@ the block size and the default window."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,33 @@ def test_the_default_window_of_a_large_copy_is_read_off_a_sample(shape: tuple[in
     tolerance = 0.005 * (int(shown.values.max()) - int(shown.values.min()))
     assert shown.center == pytest.approx((lo + hi) / 2, abs=tolerance)
     assert shown.width == pytest.approx(hi - lo, abs=2 * tolerance)
+
+
+def test_the_copy_of_a_real_radiograph_shows_the_image_at_its_header_window() -> None:
+    """RG1 of ``pydicom-data``: a real CR chest PA (MONOCHROME1, 15 stored bits, header
+    window 15000 / 30000) summed over 3 x 3 blocks, a range wider than 16 bits and so
+    shifted into 16. Windowed as the reader windows it, every pixel of the copy is the
+    exact block mean's grey (flipped: white = dense) within 1/100 of an 8-bit level."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from models.cxr_preprocess import decode_dicom
+
+    found = get_testdata_file("RG1_UNCI.dcm", download=False)
+    assert found is not None, "RG1_UNCI.dcm is not installed: pip install pydicom-data"
+    data = Path(str(found)).read_bytes()
+    shown = decode_dicom(data, target_size=224, display_size=512).display
+    assert shown is not None
+    header = pydicom.dcmread(str(found))
+    assert header.PhotometricInterpretation == "MONOCHROME1"
+    center, width = float(header.WindowCenter), float(header.WindowWidth)
+    stored = header.pixel_array
+    rows, columns = shown.values.shape
+    k = stored.shape[0] // rows
+    assert k == 3
+    assert int(shown.values.max()) >= 1 << 15  # 15-16 bits of grey kept
+    blocks = stored[: rows * k, : columns * k].astype(np.float64)
+    mean = blocks.reshape(rows, k, columns, k).mean(axis=(1, 3))
+    expected = np.clip((center - mean) / width + 0.5, 0, 1)
+    grey = np.clip((shown.values - shown.center) / shown.width + 0.5, 0, 1)
+    assert np.abs(grey - expected).max() * 255 < 1 / 100
