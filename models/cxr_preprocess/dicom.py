@@ -175,9 +175,13 @@ def _display(
     photometric: str,
     slope: float | None,
     intercept: float | None,
+    masked: bool,
 ) -> DisplayValues:
     k = display_factor(stored.shape[0], stored.shape[1], size)
-    bits = int(_number(ds.get("BitsStored")) or 0) or None
+    # Native and pydicom-decoded pixels are masked to BitsStored; a JPEG 2000 decode of
+    # ours keeps its codestream's precision, which may declare more bits (then the sums
+    # are bound by the largest value, not the header).
+    bits = (int(_number(ds.get("BitsStored")) or 0) or None) if masked else None
     return display_values(
         stored,
         k,
@@ -284,7 +288,9 @@ def decode_dicom(
                     level_d = reduce_level(rows, cols, display_size)
                     finer = decode_j2k_reduced(j2k_frame, level_d) if level_d < level else None
                     shown = stored if finer is None else finer
-                display = _display(shown, ds, display_size, photometric, slope, intercept)
+                display = _display(
+                    shown, ds, display_size, photometric, slope, intercept, j2k_frame is None
+                )
             spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
             descriptions = tuple(
                 t

@@ -70,11 +70,13 @@ def block_sum(a: NDArray[Any], k: int, bits: int | None = None) -> NDArray[Any]:
     view = a[: r * k, : c * k]
     if k == 1:
         return view
+    signed = a.dtype.kind == "i"
     if bits:
         top = (1 << bits) - 1
-    else:
-        top = max(abs(int(view.min())), int(view.max())) if view.size else 0
-    signed = a.dtype.kind == "i"
+    elif not view.size:
+        top = 0
+    else:  # one pass over the values (two if signed)
+        top = max(abs(int(view.min())), int(view.max())) if signed else int(view.max())
     # The k rows of each block in one reduction (10-40 % less CPU than k strided adds),
     # in 16 bits where they fit (14 stored bits summed 4 x 4: 1.8 CPU-ms against 3.1
     # for a 3000 x 2500 image with one 32-bit accumulator for both stages).

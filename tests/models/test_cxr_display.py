@@ -14,6 +14,7 @@ from models.cxr_preprocess.display import (
     display_factor,
     display_values,
 )
+from models.cxr_preprocess.transform import block_mean
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,24 @@ def test_block_sums_are_exact(dtype: type, low: int, high: int, bits: int | None
     expected = values[: rows * k, : columns * k].astype(np.int64)
     expected = expected.reshape(rows, k, columns, k).sum(axis=(1, 3))
     assert np.array_equal(block_sum(values, k, bits).astype(np.int64), expected)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"),
+    [(np.uint16, 0, 4096), (np.uint16, 0, 65536), (np.int16, -32768, 32768), (np.uint8, 0, 256)],
+)
+@pytest.mark.parametrize("k", [2, 4, 11])
+def test_block_means_of_integers_are_exact(dtype: type, low: int, high: int, k: int) -> None:
+    """The model input's reduction (``block_mean``) sums stored integers exactly, in
+    the narrowest type their largest value allows, then divides once."""
+    values = np.random.default_rng(k).integers(low, high, size=(103, 97)).astype(dtype)
+    values.flat[0] = low
+    values.flat[-1] = high - 1
+    rows, columns = 103 // k, 97 // k
+    sums = values[: rows * k, : columns * k].astype(np.int64)
+    sums = sums.reshape(rows, k, columns, k).sum(axis=(1, 3))
+    expected = np.asarray(sums / float(k * k), dtype=np.float32)
+    assert np.array_equal(block_mean(values, k), expected)
 
 
 def test_block_sum_refuses_floats() -> None:
@@ -139,3 +158,30 @@ def test_the_copy_of_a_real_radiograph_shows_the_image_at_its_header_window() ->
     expected = np.clip((center - mean) / width + 0.5, 0, 1)
     grey = np.clip((shown.values - shown.center) / shown.width + 0.5, 0, 1)
     assert np.abs(grey - expected).max() * 255 < 1 / 100
+
+
+def test_a_jpeg_2000_copy_is_bound_by_its_values_not_by_the_header() -> None:
+    """A JPEG 2000 codestream of 16-bit values under a header claiming BitsStored 12
+    (our reduced JPEG 2000 decode keeps the codestream's precision): the copy of this
+    600 x 2400 image, summed 3 x 3, is still exact. Bound by the header's 12 bits, its
+    rows were summed in 16-bit integers and wrapped."""
+    import io
+
+    import pydicom
+
+    from models.cxr_preprocess import decode_dicom
+    from tests.serving.imaging.cxr_fixtures import dicom_bytes
+    from training.cxr_synthetic_dicom import jpeg2000_lossless
+
+    yy, xx = np.mgrid[0:600, 0:2400]
+    image = (40_000 + 25_000 * np.sin(xx / 300) * np.cos(yy / 200) ** 2).astype(np.uint16)
+    header = pydicom.dcmread(io.BytesIO(jpeg2000_lossless(dicom_bytes(image))))
+    header.BitsStored, header.HighBit = 12, 11
+    out = io.BytesIO()
+    header.save_as(out, enforce_file_format=True)
+    shown = decode_dicom(out.getvalue(), target_size=224, display_size=512).display
+    assert shown is not None
+    assert shown.values.shape == (200, 800)  # 3 x 3 blocks
+    sums = image.astype(np.int64).reshape(200, 3, 800, 3).sum(axis=(1, 3))
+    shift = max(0, int(sums.max() - sums.min()).bit_length() - 16)
+    assert np.array_equal(shown.values, (sums - sums.min()) >> shift)
