@@ -181,7 +181,8 @@ def _display(
     # Native and pydicom-decoded pixels are masked to BitsStored; a JPEG 2000 decode of
     # ours keeps its codestream's precision, which may declare more bits (then the sums
     # are bound by the largest value, not the header).
-    bits = (int(_number(ds.get("BitsStored")) or 0) or None) if masked else None
+    bits = int(_number(ds.get("BitsStored")) or 0)
+    trusted = masked and 0 < bits <= 8 * stored.dtype.itemsize
     return display_values(
         stored,
         k,
@@ -189,7 +190,7 @@ def _display(
         intercept=0.0 if slope is None or intercept is None else intercept,
         window=_linear_window(ds),
         invert=photometric == "MONOCHROME1",
-        bits=bits if bits and bits <= 8 * stored.dtype.itemsize else None,
+        bits=bits if trusted else None,
     )
 
 

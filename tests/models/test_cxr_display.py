@@ -31,13 +31,8 @@ from models.cxr_preprocess.transform import block_mean
 )
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
 def test_block_sums_are_exact(dtype: type, low: int, high: int, bits: int | None, k: int) -> None:
-    values = np.random.default_rng(k).integers(low, high, size=(103, 97)).astype(dtype)
-    values.flat[0] = low  # the extremes, where a narrow accumulator would wrap
-    values.flat[-1] = high - 1
-    rows, columns = 103 // k, 97 // k
-    expected = values[: rows * k, : columns * k].astype(np.int64)
-    expected = expected.reshape(rows, k, columns, k).sum(axis=(1, 3))
-    assert np.array_equal(block_sum(values, k, bits).astype(np.int64), expected)
+    values = _random_values(dtype, low, high, seed=k)
+    assert np.array_equal(block_sum(values, k, bits).astype(np.int64), _exact_sums(values, k))
 
 
 @pytest.mark.parametrize(
@@ -48,14 +43,25 @@ def test_block_sums_are_exact(dtype: type, low: int, high: int, bits: int | None
 def test_block_means_of_integers_are_exact(dtype: type, low: int, high: int, k: int) -> None:
     """The model input's reduction (``block_mean``) sums stored integers exactly, in
     the narrowest type their largest value allows, then divides once."""
-    values = np.random.default_rng(k).integers(low, high, size=(103, 97)).astype(dtype)
+    values = _random_values(dtype, low, high, seed=k)
+    expected = np.asarray(_exact_sums(values, k) / float(k * k), dtype=np.float32)
+    assert np.array_equal(block_mean(values, k), expected)
+
+
+def _random_values(dtype: type, low: int, high: int, seed: int) -> np.ndarray:
+    """103 x 97 random values in [low, high) with both extremes, where a narrow
+    accumulator would wrap."""
+    values = np.random.default_rng(seed).integers(low, high, size=(103, 97)).astype(dtype)
     values.flat[0] = low
     values.flat[-1] = high - 1
-    rows, columns = 103 // k, 97 // k
-    sums = values[: rows * k, : columns * k].astype(np.int64)
-    sums = sums.reshape(rows, k, columns, k).sum(axis=(1, 3))
-    expected = np.asarray(sums / float(k * k), dtype=np.float32)
-    assert np.array_equal(block_mean(values, k), expected)
+    return values
+
+
+def _exact_sums(values: np.ndarray, k: int) -> np.ndarray:
+    """The ``k x k`` block sums of ``values`` in int64 (the edge remainder dropped)."""
+    rows, columns = values.shape[0] // k, values.shape[1] // k
+    blocks = values[: rows * k, : columns * k].astype(np.int64)
+    return blocks.reshape(rows, k, columns, k).sum(axis=(1, 3))
 
 
 def test_block_sum_refuses_floats() -> None:
@@ -149,12 +155,10 @@ def test_the_copy_of_a_real_radiograph_shows_the_image_at_its_header_window() ->
     assert header.PhotometricInterpretation == "MONOCHROME1"
     center, width = float(header.WindowCenter), float(header.WindowWidth)
     stored = header.pixel_array
-    rows, columns = shown.values.shape
-    k = stored.shape[0] // rows
+    k = stored.shape[0] // shown.values.shape[0]
     assert k == 3
     assert int(shown.values.max()) >= 1 << 15  # 15-16 bits of grey kept
-    blocks = stored[: rows * k, : columns * k].astype(np.float64)
-    mean = blocks.reshape(rows, k, columns, k).mean(axis=(1, 3))
+    mean = _exact_sums(stored, k) / (k * k)
     expected = np.clip((center - mean) / width + 0.5, 0, 1)
     grey = np.clip((shown.values - shown.center) / shown.width + 0.5, 0, 1)
     assert np.abs(grey - expected).max() * 255 < 1 / 100
@@ -182,6 +186,6 @@ def test_a_jpeg_2000_copy_is_bound_by_its_values_not_by_the_header() -> None:
     shown = decode_dicom(out.getvalue(), target_size=224, display_size=512).display
     assert shown is not None
     assert shown.values.shape == (200, 800)  # 3 x 3 blocks
-    sums = image.astype(np.int64).reshape(200, 3, 800, 3).sum(axis=(1, 3))
+    sums = _exact_sums(image, 3)
     shift = max(0, int(sums.max() - sums.min()).bit_length() - 16)
     assert np.array_equal(shown.values, (sums - sums.min()) >> shift)
