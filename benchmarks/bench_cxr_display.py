@@ -32,7 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.cxr_preprocess import decode_dicom, decode_png  # noqa: E402
-from models.cxr_preprocess.display import block_sum, display_factor  # noqa: E402
+from models.cxr_preprocess.display import (  # noqa: E402
+    block_sum,
+    display_factor,
+    display_values,
+)
 from serving.imaging.heatmap import HeatmapSource, display_png  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph  # noqa: E402
 from training.cxr_synthetic_dicom import jpeg2000_lossless  # noqa: E402
@@ -114,6 +118,13 @@ def main() -> None:
     for bits, values in ((12, twelve), (14, twelve << 2), (16, twelve << 4)):
         ms = cpu_ms(lambda v=values, b=bits: block_sum(v, k, b), args.repeat)
         print(f"block sums {k} x {k} of 3000x2500, {bits} stored bits: {ms:.2f} CPU-ms")
+    # The default window's sample: numpy's default sort of uint16 is fast only with
+    # AVX-512; the stable kind (a radix sort) is what from_sums uses, on every CPU.
+    sample = display_values(twelve << 2, k, bits=14).values[::3, ::3]  # uint16
+    for kind in ("quicksort", "stable"):
+        ms = cpu_ms(lambda kind=kind: np.sort(sample, axis=None, kind=kind), args.repeat)
+        print(f"sort of the default window's sample ({sample.size} values), {kind}: "
+              f"{ms:.2f} CPU-ms")  # fmt: skip
     with open("/proc/loadavg", encoding="ascii") as handle:
         print(f"load average: {handle.read().strip()}")
 

@@ -158,8 +158,8 @@ def _percentiles(values: NDArray[np.uint16]) -> tuple[float, float]:
     of ``values`` on a regular grid: the default window of the reader, not an exact
     statistic (every value of a 750 x 625 copy cost 0.7 CPU-ms of a read). A stable sort
     of uint16 is numpy's radix sort on every CPU: 0.5 CPU-ms for the sample on an AMD EPYC
-    without AVX-512, where the default kind (introsort there) took 3.4 and a histogram
-    0.8; only AVX-512's vectorised quicksort came near it."""
+    without AVX-512, where the default kind (an introsort without AVX-512) took 3.4 and a
+    histogram 0.8."""
     step = math.isqrt(max(0, values.size - 1) // PERCENTILE_SAMPLE) + 1
     ordered = np.sort(values[::step, ::step], axis=None, kind="stable")
     lo, hi = (max(0, math.ceil(share * ordered.size) - 1) for share in (0.005, 0.995))
