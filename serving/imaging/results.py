@@ -343,13 +343,6 @@ class ResultStore:
             raise CopyRemoved(result_id, removed)
         raise KeyError(result_id)
 
-    def removed(self, result_id: str) -> datetime | None:
-        """When retention emptied a read's reader copy (None: kept, or none was)."""
-        table = schema.imaging_pixels
-        query = select(table.c.removed).where(table.c.result_id == result_id)
-        found = self._run(lambda c: c.execute(query).scalar_one_or_none())
-        return None if found is None else utc(found)
-
     def source(self, result_id: str) -> HeatmapSource:
         """What a read's images and per-label maps are drawn from.
 

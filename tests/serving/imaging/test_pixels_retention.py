@@ -104,8 +104,8 @@ def test_prune_empties_only_copies_older_than_the_limit(audit: AuditStore) -> No
     with pytest.raises(CopyRemoved) as gone:
         store.pixels(old.result.id)
     assert abs(gone.value.removed - datetime.now(UTC)) < timedelta(minutes=1)
-    assert store.removed(old.result.id) == gone.value.removed
-    assert store.removed(recent.result.id) is None
+    assert store.kept_source(old.result.id)[1] == gone.value.removed
+    assert store.kept_source(recent.result.id)[1] is None
     assert store.get(old.result.id, tenant="a") == old.result
     source = store.source(old.result.id)
     assert source.pixels is None
@@ -124,7 +124,7 @@ def test_the_service_empties_one_batch_at_a_time(
     reads = [_read(audit, 40 + i, seed=i) for i in range(5)]
     before = audit.pixels_cutoff(30)
     assert audit.prune_pixels(before, batches=1).copies == 2  # the oldest first
-    assert [ResultStore(audit.engine).removed(r.result.id) is None for r in reads] == [
+    assert [ResultStore(audit.engine).kept_source(r.result.id)[1] is None for r in reads] == [
         True,
         True,
         True,
