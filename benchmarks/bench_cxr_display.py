@@ -36,6 +36,7 @@ from models.cxr_preprocess.display import (  # noqa: E402
     block_sum,
     display_factor,
     display_values,
+    window_sample,
 )
 from serving.imaging.heatmap import HeatmapSource, display_png  # noqa: E402
 from tests.serving.imaging.cxr_fixtures import dicom_bytes, radiograph  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> None:
         print(f"block sums {k} x {k} of 3000x2500, {bits} stored bits: {ms:.2f} CPU-ms")
     # The default window's sample: numpy's default sort of uint16 is fast only with
     # AVX-512; the stable kind (a radix sort) is what from_sums uses, on every CPU.
-    sample = display_values(twelve << 2, k, bits=14).values[::3, ::3]  # uint16
+    sample = window_sample(display_values(twelve << 2, k, bits=14).values)
     for kind in ("quicksort", "stable"):
         ms = cpu_ms(lambda kind=kind: np.sort(sample, axis=None, kind=kind), args.repeat)
         print(f"sort of the default window's sample ({sample.size} values), {kind}: "
