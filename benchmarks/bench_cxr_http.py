@@ -190,14 +190,15 @@ def load_row(
     duration: float,
     server_cpu: Callable[[], float],
     content_type: str = "application/dicom",
-    faults: Callable[[], int] = lambda: 0,
+    counts: Callable[[], dict[str, int]] = dict,
 ) -> dict[str, Any]:
-    """Closed-loop load on ``url``; adds server and client CPU ms per request (and the
-    server's minor page faults per request, from ``faults``)."""
+    """Closed-loop load on ``url``; adds server and client CPU ms per request (and, per
+    request, each of the server's ``counts``: ``faults`` of :meth:`Server.kernel_counts`
+    becomes ``faults_per_req``)."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                f"content-type:{content_type}"]  # fmt: skip
-    faults_before = faults()
+    counts_before = counts()
     server_before = server_cpu()
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -206,7 +207,8 @@ def load_row(
     result: dict[str, Any] = json.loads(out.stdout)
     n = max(result["requests"], 1)
     result["server_cpu_ms_per_req"] = server_s / n * 1000
-    result["faults_per_req"] = (faults() - faults_before) / n
+    for name, count in counts().items():
+        result[f"{name}_per_req"] = (count - counts_before[name]) / n
     client_s = (after.ru_utime + after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     result["client_cpu_ms_per_req"] = client_s / n * 1000
     return result
@@ -349,7 +351,9 @@ def cpu_target(
     answered 415 at once by the same service: its HTTP stack, reading the body, one audit
     row). ``analysis`` = server - model - decode - refused: what the analysis path adds.
     ``faults``: the server's minor page faults per request in the measured row (fresh
-    pages mapped and zeroed: large buffers the allocator did not reuse).
+    pages mapped and zeroed: large buffers the allocator did not reuse) and ``switches``
+    its context switches per request (threads that waited: for the GIL, the committer,
+    the network or a core).
     """
     name, version, home = model
     threads = args.model_threads or os.cpu_count() or 1
@@ -408,7 +412,7 @@ def _target_rows(
             decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
             database_cpu = postgres_cpu_seconds()
             row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
-                           server.cpu_seconds, faults=server.minor_faults)  # fmt: skip
+                           server.cpu_seconds, counts=server.kernel_counts)  # fmt: skip
             database_ms = (postgres_cpu_seconds() - database_cpu) / max(row["requests"], 1) * 1000
             floor_ms = floor["server_cpu_ms_per_req"]
             refused_ms = refused["server_cpu_ms_per_req"]
@@ -420,7 +424,8 @@ def _target_rows(
                 "display": display_ms, "refused": refused_ms,
                 "analysis": server_ms - model_ms - decode_ms - refused_ms,
                 "req_per_s": row["throughput_rps"], "errors": row["errors"],
-                "faults": row["faults_per_req"], "postgres": database_ms,
+                "faults": row["faults_per_req"], "switches": row["switches_per_req"],
+                "postgres": database_ms,
             })  # fmt: skip
 
 
@@ -437,11 +442,12 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
     if args.postgres:
         keys.append("postgres")
     print(f"{'input':<20}{'run':>5}" + "".join(f"{k:>9}" for k in keys)
-          + f"{'req/s':>8}{'faults':>8}  (CPU-ms; minor page faults per request)")  # fmt: skip
+          + f"{'req/s':>8}{'faults':>8}{'switches':>9}"
+          + "  (CPU-ms; minor page faults and context switches per request)")  # fmt: skip
     for label, rows in runs.items():
         for i, row in enumerate(rows):
             print(f"{label:<20}{i + 1:>5}" + "".join(f"{row[k]:>9.2f}" for k in keys)
-                  + f"{row['req_per_s']:>8.1f}{row['faults']:>8.0f}"
+                  + f"{row['req_per_s']:>8.1f}{row['faults']:>8.0f}{row['switches']:>9.0f}"
                   + (f"  ({row['errors']:.0f} errors)" if row["errors"] else ""))  # fmt: skip
         medians = {k: statistics.median(r[k] for r in rows) for k in keys}
         print(f"{label:<20}{'med':>5}" + "".join(f"{medians[k]:>9.2f}" for k in keys))

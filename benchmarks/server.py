@@ -95,18 +95,24 @@ class Server:
         root = psutil.Process(self.proc.pid)
         return cpu_seconds([root, *root.children(recursive=True)])
 
-    def minor_faults(self) -> int:
-        """Minor page faults so far of the server and all its workers (Linux ``/proc``;
-        0 elsewhere): each is a fresh page the kernel mapped and zeroed."""
-        total = 0
+    def kernel_counts(self) -> dict[str, int]:
+        """Counts the kernel keeps, so far, of the server and all its workers (Linux
+        ``/proc``; 0 elsewhere): ``faults``, minor page faults (each a fresh page mapped
+        and zeroed), and ``switches``, context switches of the threads alive now (each
+        time a thread waited: for the GIL, a lock, the network, or its turn on a core)."""
+        faults = switches = 0
         root = psutil.Process(self.proc.pid)
         for process in [root, *root.children(recursive=True)]:
+            proc = Path(f"/proc/{process.pid}")
             try:
-                stat = Path(f"/proc/{process.pid}/stat").read_text()
-            except OSError:
+                faults += int((proc / "stat").read_text().rsplit(")", 1)[1].split()[7])  # minflt
+                for task in (proc / "task").iterdir():
+                    for line in (task / "status").read_text().splitlines():
+                        if "ctxt_switches:" in line:  # voluntary and not
+                            switches += int(line.split()[1])
+            except OSError:  # a worker or thread that just ended
                 continue
-            total += int(stat.rsplit(")", 1)[1].split()[7])  # field 10, minflt
-        return total
+        return {"faults": faults, "switches": switches}
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
