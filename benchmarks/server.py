@@ -106,12 +106,17 @@ class Server:
             proc = Path(f"/proc/{process.pid}")
             try:
                 faults += int((proc / "stat").read_text().rsplit(")", 1)[1].split()[7])  # minflt
-                for task in (proc / "task").iterdir():
-                    for line in (task / "status").read_text().splitlines():
-                        if "ctxt_switches:" in line:  # voluntary and not
-                            switches += int(line.split()[1])
-            except OSError:  # a worker or thread that just ended
+                tasks = list((proc / "task").iterdir())
+            except OSError:  # a worker that just ended
                 continue
+            for task in tasks:
+                try:
+                    status = (task / "status").read_text()
+                except OSError:  # a thread that just ended
+                    continue
+                for line in status.splitlines():
+                    if "ctxt_switches:" in line:  # voluntary and not
+                        switches += int(line.split()[1])
         return {"faults": faults, "switches": switches}
 
     def __exit__(self, *exc: object) -> None:
