@@ -192,9 +192,8 @@ def load_row(
     content_type: str = "application/dicom",
     counts: Callable[[], dict[str, int]] = dict,
 ) -> dict[str, Any]:
-    """Closed-loop load on ``url``; adds server and client CPU ms per request (and, per
-    request, each of the server's ``counts``: ``faults`` of :meth:`Server.kernel_counts`
-    becomes ``faults_per_req``)."""
+    """Closed-loop load on ``url``; adds server and client CPU ms per request, and
+    ``NAME_per_req`` for each count of ``counts`` (e.g. :meth:`Server.kernel_counts`)."""
     command = [PY, LOADGEN, "closed", url, str(body_file), "--duration", str(duration),
                "--connections", str(connections), "--header",
                f"content-type:{content_type}"]  # fmt: skip

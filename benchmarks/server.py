@@ -90,22 +90,32 @@ class Server:
             time.sleep(0.3)
         raise RuntimeError(f"server did not become ready in {self.ready_timeout_s:.0f} s")
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's process and all its descendants (workers, their helpers)."""
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server and all its workers."""
-        root = psutil.Process(self.proc.pid)
-        return cpu_seconds([root, *root.children(recursive=True)])
+        return cpu_seconds(self.processes())
 
     def kernel_counts(self) -> dict[str, int]:
         """Counts the kernel keeps, so far, of the server and all its workers (Linux
-        ``/proc``; 0 elsewhere): ``faults``, minor page faults (each a fresh page mapped
-        and zeroed), and ``switches``, context switches of the threads alive now (each
-        time a thread waited: for the GIL, a lock, the network, or its turn on a core)."""
-        faults = switches = 0
-        root = psutil.Process(self.proc.pid)
-        for process in [root, *root.children(recursive=True)]:
+        ``/proc``; 0 elsewhere):
+
+        - ``faults``: minor page faults, each a fresh page mapped and zeroed;
+        - ``switches``: context switches, each time a thread waited (for the GIL, a
+          lock, the network, or its turn on a core);
+        - ``preempted``: those of them where a thread was taken off its core.
+
+        Switches are summed over the threads alive now: psutil's ``num_ctx_switches``
+        reads only a process's main thread.
+        """
+        counts = {"faults": 0, "switches": 0, "preempted": 0}
+        for process in self.processes():
             proc = Path(f"/proc/{process.pid}")
             try:
-                faults += int((proc / "stat").read_text().rsplit(")", 1)[1].split()[7])  # minflt
+                counts["faults"] += int((proc / "stat").read_text().rsplit(")", 1)[1].split()[7])
                 tasks = list((proc / "task").iterdir())
             except OSError:  # a worker that just ended
                 continue
@@ -115,9 +125,12 @@ class Server:
                 except OSError:  # a thread that just ended
                     continue
                 for line in status.splitlines():
-                    if "ctxt_switches:" in line:  # voluntary and not
-                        switches += int(line.split()[1])
-        return {"faults": faults, "switches": switches}
+                    name, _, value = line.partition(":")
+                    if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                        counts["switches"] += int(value)
+                        if name.startswith("non"):
+                            counts["preempted"] += int(value)
+        return counts
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

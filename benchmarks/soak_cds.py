@@ -18,7 +18,7 @@ in flight, it samples:
   window's ids must have exactly one audit row; ids with none (``miss``, a 2xx answer
   without an id counts here too) or with more than one, or answered twice (``2x``), are
   reported. At the end every id of the run is joined once more;
-- the server's CPU time, how often its processes were preempted (involuntary context
+- the server's CPU time, how often its threads were preempted (involuntary context
   switches: other work on the machine), the machine's load average, and how late the
   generator itself started its calls (``lag99``, p99 ms; a busy machine delays the
   client too, and open-loop latency counts that).
@@ -107,7 +107,7 @@ class Sample:
     latencies_ms: list[float]
     rss: dict[int, int]  # pid -> bytes
     fds: dict[int, int]  # pid -> open descriptors
-    preempted: int  # involuntary context switches of the service in the window
+    preempted: int  # involuntary context switches of the service's threads in the window
     audit_rows: int
     duplicates: int
     ok_so_far: int
@@ -115,23 +115,6 @@ class Sample:
     load1: float
     join: Join  # this window's 2xx answers
     names: dict[int, str] = field(default_factory=dict)
-
-
-def service_processes(server: Server) -> list[psutil.Process]:
-    """The arbiter and all its children (workers, their helpers)."""
-    root = psutil.Process(server.proc.pid)
-    return [root, *root.children(recursive=True)]
-
-
-def involuntary_switches(server: Server) -> int:
-    """Times the service's processes were preempted so far (CPU contention shows here)."""
-    total = 0
-    for process in service_processes(server):
-        try:
-            total += process.num_ctx_switches().involuntary
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def _role(process: psutil.Process, server: Server) -> str:
@@ -218,7 +201,7 @@ def soak(
     """
     windows = max(1, round(args.minutes * 60 / args.sample_s))
     rows_before, _ = audit_counts(db)
-    switches = involuntary_switches(server)
+    switches = server.kernel_counts()["preempted"]
     ok_so_far = 0
     answered: Counter[str] = Counter()  # request id -> 2xx answers that carried it
     without_id = 0
@@ -242,7 +225,7 @@ def soak(
         rss: dict[int, int] = {}
         fds: dict[int, int] = {}
         names: dict[int, str] = {}
-        for process in service_processes(server):
+        for process in server.processes():
             try:
                 rss[process.pid] = process.memory_info().rss
                 fds[process.pid] = process.num_fds()
@@ -250,7 +233,7 @@ def soak(
             except psutil.NoSuchProcess:
                 continue
         rows, duplicates = audit_counts(db)
-        switched, switches = switches, involuntary_switches(server)
+        switched, switches = switches, server.kernel_counts()["preempted"]
         sample = Sample(
             t_s=time.monotonic() - started,
             load=result,
