@@ -13,6 +13,7 @@ from models.cxr_preprocess.display import (
     block_sum,
     display_factor,
     display_values,
+    window_sample,
 )
 from models.cxr_preprocess.transform import block_mean
 
@@ -116,6 +117,26 @@ def test_without_a_window_the_percentiles_are_used() -> None:
     assert shown.width == pytest.approx(990, abs=2)
     flat = display_values(np.full((4, 4), 7, np.uint16), 1)
     assert flat.width >= 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).integers(0, 65536, (700, 600)),  # every bit, a large copy
+        np.random.default_rng(2).integers(0, 4096, (300, 200)),  # 12 bits, under the sample
+        np.random.default_rng(3).geometric(0.3, (400, 400)),  # few values, long ties
+        np.r_[np.zeros(990), np.full(10, 65535)].reshape(40, 25),  # two values at the ends
+        np.full((1, 1), 9),
+    ],
+)
+def test_the_default_window_is_the_order_statistics_of_its_sample(values: np.ndarray) -> None:
+    """The window is read off the sample's counts per value; it is the same pair of
+    order statistics (the ceil(p n)-th smallest) a sort of that sample gives."""
+    shown = display_values(values.astype(np.uint16), 1)
+    ordered = np.sort(window_sample(shown.values), axis=None)
+    lo, hi = (max(0, -(-ordered.size * share // 1000) - 1) for share in (5, 995))
+    assert shown.center == (float(ordered[lo]) + float(ordered[hi])) / 2
+    assert shown.width == max(1.0, float(ordered[hi]) - float(ordered[lo]))
 
 
 @pytest.mark.parametrize("shape", [(512, 512), (750, 625), (1024, 853)])
