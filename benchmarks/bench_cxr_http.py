@@ -460,7 +460,7 @@ def report_target(runs: dict[str, list[dict[str, float]]], args: argparse.Namesp
               f"{outside:.1f} CPU-ms (median of {len(rows)}; target <= 3), of which the "
               f"display copy ~{display:.1f}; outside model, decode and the BentoML floor: "
               f"{bentoml:.1f}; outside / model {ratio:.2f} (the target was set against a "
-              f"3.7-4.0 CPU-ms model: 0.75-0.81 of it, on any CPU)")  # fmt: skip
+              f"3.7-4.0 CPU-ms model: 0.75-0.81 of it; the ratio moves with the CPU)")  # fmt: skip
 
 
 def load_average() -> str:
