@@ -136,6 +136,12 @@ class Timings(_Frozen):
     """Milliseconds spent in each stage of the analysis."""
 
     decode_ms: float = 0.0
+    decode_cpu_ms: float = Field(
+        default=0.0,
+        description="CPU time the analysing thread spent in the decode (at most decode_ms): "
+        "what the decode cost as served, beside other requests on the same cores; 0 for "
+        "reads stored before it was recorded.",
+    )
     quality_ms: float = 0.0
     preprocess_ms: float = 0.0
     model_ms: float = 0.0

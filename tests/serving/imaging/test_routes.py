@@ -52,6 +52,8 @@ def test_dicom_in_scores_thresholds_identity_heatmap(
     assert "unverified" in body["advisory"].lower()
     timings = body["timings"]
     assert timings["total_ms"] >= timings["model_ms"] > 0
+    # The decode's CPU on the analysing thread: spent, and no more than its wall time.
+    assert 0 < timings["decode_cpu_ms"] <= timings["decode_ms"]
     assert timings["model_batch"] == 1  # one client: a model call of its own
     assert timings["store_ms"] > 0  # the commit of the read with its row, timed after it
     # The overlay is served and is an RGB PNG of the model input size.
