@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,18 +213,24 @@ def load_row(
     return result
 
 
-def stored_timings(database_url: str) -> dict[str, dict[str, float]]:
-    """Result id -> its ``timings``, for every read stored in the audit database."""
+def reads_made_during(
+    database_url: str, run: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """``run()``, and the ``timings`` of the reads it stored in the audit database."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(database_url)
     try:
         with engine.connect() as connection:
-            query = sqlalchemy.text("SELECT result_id, result FROM imaging_results")
-            rows = connection.execute(query).all()
+            ids = sqlalchemy.text("SELECT result_id FROM imaging_results")
+            before = set(connection.execute(ids).scalars())
+        result = run()
+        with engine.connect() as connection:
+            reads = sqlalchemy.text("SELECT result_id, result FROM imaging_results")
+            rows = connection.execute(reads).all()
     finally:
         engine.dispose()
-    return {rid: json.loads(text)["timings"] for rid, text in rows}
+    return result, [json.loads(text)["timings"] for rid, text in rows if rid not in before]
 
 
 def closed_loop(
@@ -231,11 +238,12 @@ def closed_loop(
 ) -> dict[str, Any]:
     """:func:`load_row` on the imaging route, plus the mean number of images per model
     call (from every read stored in the audit database during the run)."""
-    before = stored_timings(f"sqlite:///{database}")
     url = f"{server.url}/v1/imaging/cxr"
-    result = load_row(url, body_file, connections, duration, server.cpu_seconds)
-    stored = stored_timings(f"sqlite:///{database}")
-    batches = [t["model_batch"] for rid, t in stored.items() if rid not in before]
+    result, reads = reads_made_during(
+        f"sqlite:///{database}",
+        partial(load_row, url, body_file, connections, duration, server.cpu_seconds),
+    )
+    batches = [t["model_batch"] for t in reads]
     result["mean_batch"] = statistics.fmean(batches) if batches else float("nan")
     return result
 
@@ -422,14 +430,13 @@ def _target_rows(
             model_ms = alone.measure(args.model_seconds)["cpu_ms_per_img"]
             decode_ms, display_ms = decode_and_display_cpu_ms(data, args.model_seconds)
             database_cpu = postgres_cpu_seconds()
-            reads_before = stored_timings(env["TONLE_DATABASE_URL"])
-            row = load_row(url, tmp / f"{label}.dcm", args.connections, args.duration,
-                           server.cpu_seconds, counts=server.kernel_counts)  # fmt: skip
+            row, reads = reads_made_during(
+                env["TONLE_DATABASE_URL"],
+                partial(load_row, url, body_file, args.connections, args.duration,
+                        server.cpu_seconds, counts=server.kernel_counts),
+            )  # fmt: skip
             database_ms = (postgres_cpu_seconds() - database_cpu) / max(row["requests"], 1) * 1000
-            reads = stored_timings(env["TONLE_DATABASE_URL"])
-            served_ms = statistics.fmean(
-                t["decode_cpu_ms"] for rid, t in reads.items() if rid not in reads_before
-            )
+            served_ms = statistics.fmean(t["decode_cpu_ms"] for t in reads)
             floor_ms = floor["server_cpu_ms_per_req"]
             refused_ms = refused["server_cpu_ms_per_req"]
             server_ms = row["server_cpu_ms_per_req"]
